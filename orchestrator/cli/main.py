@@ -1,0 +1,19 @@
+"""The `hwemu` command line: one typer sub-app per command family (STYLE.md, CLI)."""
+
+from __future__ import annotations
+
+import typer
+
+from orchestrator.cli import cpu
+
+app = typer.Typer(
+    name="hwemu",
+    help="A computer whose hardware is a cluster of processes.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(cpu.app, name="cpu", help="Run programs on the CPU core.")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
