@@ -1,0 +1,83 @@
+/*
+ * hwemu guest SDK: the small C library every guest program links against.
+ *
+ * System call wrappers (sys_*) return the kernel's raw result: >= 0 on
+ * success, -errno on failure (there is no errno). The rest is a freestanding
+ * subset of the C library: strings, a printf family that writes through
+ * sys_write, a bump allocator over brk, qsort, exit.
+ */
+#ifndef HWEMU_H
+#define HWEMU_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "hwemu_sys.h"
+
+/* ---- system calls (Linux RV32 numbers, see hwemu_sys.h) ---- */
+struct hwemu_timespec64 {       /* struct __kernel_timespec: 64-bit seconds */
+    int64_t tv_sec;
+    int64_t tv_nsec;
+};
+#define HWEMU_CLOCK_REALTIME   0
+#define HWEMU_CLOCK_MONOTONIC  1
+#define HWEMU_AT_FDCWD       (-100)
+
+long sys_read(int fd, void *buf, size_t n);
+long sys_write(int fd, const void *buf, size_t n);
+long sys_openat(int dirfd, const char *path, int flags, int mode);
+long sys_close(int fd);
+long sys_pread64(int fd, void *buf, size_t n, int64_t off);
+long sys_pwrite64(int fd, const void *buf, size_t n, int64_t off);
+long sys_fsync(int fd);
+long sys_socket(int domain, int type, int protocol);
+long sys_bind(int fd, const void *addr, unsigned addrlen);
+long sys_sendto(int fd, const void *buf, size_t n, int flags,
+                const void *addr, unsigned addrlen);
+long sys_recvfrom(int fd, void *buf, size_t n, int flags,
+                  void *addr, unsigned *addrlen);
+long sys_brk(void *addr);
+long sys_clock_gettime(int clock, struct hwemu_timespec64 *ts);
+long sys_nanosleep(const struct hwemu_timespec64 *req);
+long sys_getpid(void);
+__attribute__((noreturn)) void sys_exit(int code);
+__attribute__((noreturn)) void sys_exit_group(int code);
+
+/* ---- string.h ---- */
+void *memcpy(void *dst, const void *src, size_t n);
+void *memmove(void *dst, const void *src, size_t n);
+void *memset(void *dst, int c, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+int strcmp(const char *a, const char *b);
+int strncmp(const char *a, const char *b, size_t n);
+char *strcpy(char *dst, const char *src);
+char *strncpy(char *dst, const char *src, size_t n);
+char *strcat(char *dst, const char *src);
+char *strchr(const char *s, int c);
+char *strrchr(const char *s, int c);
+
+/* ---- stdio.h (unbuffered: each call ends in one sys_write) ---- */
+#define EOF (-1)
+int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int dprintf(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int vdprintf(int fd, const char *fmt, va_list ap);
+int snprintf(char *buf, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
+int puts(const char *s);
+int putchar(int c);
+
+/* ---- stdlib.h ---- */
+void *malloc(size_t n);
+void *calloc(size_t count, size_t size);
+void *realloc(void *p, size_t n);
+void free(void *p);
+void qsort(void *base, size_t count, size_t size,
+           int (*cmp)(const void *, const void *));
+int atoi(const char *s);
+long strtol(const char *s, char **end, int base);
+__attribute__((noreturn)) void exit(int code);
+__attribute__((noreturn)) void abort(void);
+
+#endif
