@@ -1,0 +1,341 @@
+"""The node runtime: what every process of the machine is built on (DESIGN.md §2).
+
+A node binds its inbox, connects to peers lazily by name, dispatches messages
+by kind to ``on_<kind>`` methods, answers ``ping``/``stats``/``shutdown``,
+sends heartbeats to the orchestrator, keeps per-flow sequence numbers, and
+implements the route-change protocol generically:
+
+- ``route_pause``  — as the *sender* of a flow: stop emitting, buffer what the
+  node emits meanwhile ("interrupts disabled"), report the last ``fseq`` sent;
+- ``route_drain``  — as the *old receiver*: answer once everything up to that
+  ``fseq`` has been consumed;
+- ``route_install`` — everyone: the new table (epoch + 1); a new receiver
+  learns which ``fseq`` comes next on the flows now routed to it;
+- ``route_resume`` — as the sender: flush the buffer to the new receiver
+  ("interrupts re-enabled"), in order, then emit directly again.
+
+So no message of a flow is lost, duplicated or reordered across a change; a
+receiver that still sees a gap or a duplicate counts it (``stats``).
+
+A node kind subclasses :class:`Node`, adds ``on_<kind>`` handlers and
+``async def work(nursery)`` for its own tasks, and its ``__main__`` calls
+:func:`main`. Handlers run inline in arrival order (so flows stay ordered) and
+must not wait for replies; a handler that needs to make requests is marked
+with :func:`spawned` and runs as its own task in the node's nursery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from protocol.errors import ProtocolError
+from protocol.messages import Message, error_body
+from protocol.routes import RouteTable
+from protocol.transport import Party
+
+log = logging.getLogger("hwemu.node")
+
+
+@dataclass
+class NodeConfig:
+    """What the launcher hands a node (as a JSON file, ``--config``)."""
+
+    name: str
+    kind: str
+    endpoint: str
+    directory: dict[str, str]
+    routes: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "routes": {}})
+    orchestrator: str | None = "orch"
+    options: dict[str, Any] = field(default_factory=dict)
+    heartbeat: float = 1.0
+    run_dir: str = "."
+
+    @classmethod
+    def load(cls, path: str) -> "NodeConfig":
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return cls(**data)
+
+
+def spawned(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Mark a handler to run as its own task (it may await replies)."""
+    fn.spawned = True  # type: ignore[attr-defined]
+    return fn
+
+
+class _OutFlow:
+    __slots__ = ("fseq", "paused", "buffer", "flushing", "resumed")
+
+    def __init__(self) -> None:
+        self.fseq = 0  # last fseq assigned
+        self.paused = False
+        self.flushing = False
+        self.buffer: deque[Message] = deque()
+        self.resumed = trio.Event()
+
+
+class _InFlow:
+    __slots__ = ("expected", "consumed", "gaps", "dups", "changed")
+
+    def __init__(self) -> None:
+        self.expected: int | None = None  # next fseq; None until known
+        self.consumed = 0
+        self.gaps = 0
+        self.dups = 0
+        self.changed = trio.Event()
+
+
+class Node:
+    """Base class of every node kind."""
+
+    kind = "base"
+    pause_buffer = 4096  # messages a paused flow buffers before its emitter waits
+
+    def __init__(self, cfg: NodeConfig):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.options = cfg.options
+        self.party = Party(cfg.name, cfg.endpoint, cfg.directory)
+        self.routes = RouteTable.from_wire(cfg.routes)
+        self.party.epoch = self.routes.epoch
+        self.out_flows: dict[str, _OutFlow] = {}
+        self.in_flows: dict[str, _InFlow] = {}
+        self.state = "starting"
+        self.started = time.monotonic()
+        self.nursery: trio.Nursery | None = None
+        self._handlers: dict[str, Callable[[Message], Awaitable[None]]] = {}
+        for attr in dir(type(self)):
+            if attr.startswith("on_"):
+                self._handlers[attr[3:]] = getattr(self, attr)
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The node's whole life: one nursery with the inbox, heartbeat and work tasks."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                await nursery.start(self.party.serve, self._dispatch)
+                nursery.start_soon(self._signals)
+                await self.setup()
+                self.state = "running"
+                if self.cfg.orchestrator and self.cfg.orchestrator in self.party.directory:
+                    self.party.send_nowait(self.party.make(
+                        self.cfg.orchestrator, "ready",
+                        {"kind": self.kind, "pid": os.getpid(), "endpoint": self.cfg.endpoint}))
+                    nursery.start_soon(self._heartbeats)
+                await self.work(nursery)
+        finally:
+            self.state = "stopped"
+            await self.teardown()
+            self.party.close()
+
+    async def setup(self) -> None:
+        """Kind-specific start-up before the node reports ready (override)."""
+
+    async def work(self, nursery: trio.Nursery) -> None:
+        """Start the kind's own tasks in ``nursery`` (override)."""
+
+    async def teardown(self) -> None:
+        """Kind-specific clean-up; runs even on cancellation (override; keep it quick)."""
+
+    def stop(self) -> None:
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+            async for _ in sigs:
+                self.stop()
+                return
+
+    async def _heartbeats(self) -> None:
+        orch = self.cfg.orchestrator
+        while True:
+            await trio.sleep(self.cfg.heartbeat)
+            self.party.send_nowait(self.party.make(orch, "heartbeat", {
+                "kind": self.kind, "pid": os.getpid(), "state": self.state,
+                "uptime": time.monotonic() - self.started, "stats": self.stats()}))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``status`` (override and extend with ``super().stats()``)."""
+        s: dict[str, Any] = dict(self.party.counters)
+        s["state"] = self.state
+        s["epoch"] = self.routes.epoch
+        s["flows_out"] = {f: o.fseq for f, o in self.out_flows.items()}
+        s["flows_in"] = {f: {"consumed": i.consumed, "gaps": i.gaps, "dups": i.dups}
+                         for f, i in self.in_flows.items()}
+        return s
+
+    # -- dispatch ---------------------------------------------------------------
+
+    async def _dispatch(self, msg: Message) -> None:
+        handler = self._handlers.get(msg.kind)
+        if msg.flow is not None:
+            if not self._accept(msg):
+                return
+        if handler is None:
+            if msg.kind in ("ok", "error", "pong", "stats_reply"):
+                return  # an unsolicited reply: nothing to do, never answer it
+            raise ProtocolError("unhandled_kind", f"node {self.name} ({self.kind}) does not handle {msg.kind!r}", "kind")
+        if getattr(handler, "spawned", False):
+            self.nursery.start_soon(self._guarded, handler, msg)
+        else:
+            await handler(msg)
+        if msg.flow is not None:
+            inflow = self.in_flows[msg.flow]
+            inflow.consumed = msg.fseq
+            inflow.changed.set()
+            inflow.changed = trio.Event()
+
+    async def _guarded(self, handler: Callable[[Message], Awaitable[None]], msg: Message) -> None:
+        try:
+            await handler(msg)
+        except ProtocolError as exc:
+            await self.party.reply(msg, "error", error_body(exc, ref=msg.kind))
+        except Exception as exc:  # a bug in one request must not take the node down
+            log.exception("%s: handler for %s failed", self.name, msg.kind)
+            await self.party.reply(msg, "error", error_body(exc, ref=msg.kind))
+
+    def _accept(self, msg: Message) -> bool:
+        """Per-flow sequence check: drop duplicates, count gaps."""
+        inflow = self.in_flows.get(msg.flow)
+        if inflow is None:
+            inflow = self.in_flows[msg.flow] = _InFlow()
+        expected = inflow.expected
+        if expected is not None and msg.fseq != expected:
+            if msg.fseq < expected:
+                inflow.dups += 1
+                log.warning("%s: duplicate %s #%d (expected %d)", self.name, msg.flow, msg.fseq, expected)
+                return False
+            inflow.gaps += 1
+            log.error("%s: gap on %s: got #%d, expected %d", self.name, msg.flow, msg.fseq, expected)
+        inflow.expected = msg.fseq + 1
+        return True
+
+    # -- emitting on flows --------------------------------------------------------
+
+    async def emit(self, flow: str, kind: str, body: dict[str, Any]) -> int:
+        """Send ``kind`` on a logical flow to whoever the route table names.
+
+        While the flow is paused for a route change the message is buffered
+        and goes out, in order, at resume; once ``pause_buffer`` messages are
+        buffered the emitter waits for the resume (back-pressure, as a device
+        whose queue is full stalls). Returns the message's ``fseq``.
+        """
+        out = self.out_flows.get(flow)
+        if out is None:
+            out = self.out_flows[flow] = _OutFlow()
+        while (out.paused or out.flushing) and len(out.buffer) >= self.pause_buffer:
+            await out.resumed.wait()  # a device whose queue is full stalls, like hardware
+        dst = self.routes.lookup(flow)
+        out.fseq += 1
+        msg = self.party.make(dst, kind, body, flow=flow, fseq=out.fseq)
+        if out.paused or out.flushing:
+            out.buffer.append(msg)
+        else:
+            await self.party.send_msg(msg)
+        return out.fseq
+
+    async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Message:
+        """A request on a flow (e.g. a privileged operation on ``priv:os1``)."""
+        dst = self.routes.lookup(flow)
+        out = self.out_flows.setdefault(flow, _OutFlow())
+        out.fseq += 1
+        return await self.party.request(dst, kind, body, timeout=timeout, flow=flow, fseq=out.fseq)
+
+    # -- built-in handlers ----------------------------------------------------------
+
+    async def on_ping(self, msg: Message) -> None:
+        await self.party.reply(msg, "pong", {"name": self.name, "kind": self.kind})
+
+    async def on_stats(self, msg: Message) -> None:
+        await self.party.reply(msg, "stats_reply", {"stats": self.stats()})
+
+    async def on_shutdown(self, msg: Message) -> None:
+        await self.party.reply(msg, "ok")
+        self.state = "stopping"
+        self.stop()
+
+    async def on_route_pause(self, msg: Message) -> None:
+        last = {}
+        for flow in msg.body["flows"]:
+            out = self.out_flows.setdefault(flow, _OutFlow())
+            out.paused = True
+            last[flow] = out.fseq
+        await self.party.reply(msg, "ok", {"data": last})
+
+    @spawned
+    async def on_route_drain(self, msg: Message) -> None:
+        timeout = msg.body.get("timeout", 5.0)
+        with trio.move_on_after(timeout):
+            for flow, upto in msg.body["upto"].items():
+                inflow = self.in_flows.setdefault(flow, _InFlow())
+                while inflow.consumed < upto:
+                    await inflow.changed.wait()
+            await self.party.reply(msg, "ok", {"data": {f: self.in_flows[f].consumed for f in msg.body["upto"]}})
+            return
+        have = {f: self.in_flows[f].consumed for f in msg.body["upto"]}
+        await self.party.reply(msg, "error", {"reason": "drain_timeout",
+                                              "detail": f"{self.name} consumed {have}, expected {msg.body['upto']}"})
+
+    async def on_route_install(self, msg: Message) -> None:
+        table = RouteTable(msg.body["epoch"], msg.body["routes"])
+        if table.epoch < self.routes.epoch:
+            raise ProtocolError("stale_epoch", f"epoch {table.epoch} is older than {self.routes.epoch}", "body.epoch")
+        self.routes = table
+        self.party.epoch = table.epoch
+        for flow, nxt in msg.body.get("next", {}).items():
+            if table.get(flow) == self.name:
+                inflow = self.in_flows.setdefault(flow, _InFlow())
+                inflow.expected = nxt
+                inflow.consumed = nxt - 1
+        await self.party.reply(msg, "ok", {"data": {"epoch": table.epoch}})
+
+    @spawned
+    async def on_route_resume(self, msg: Message) -> None:
+        flushed = 0
+        for flow in msg.body["flows"]:
+            out = self.out_flows.setdefault(flow, _OutFlow())
+            out.paused = False
+            out.flushing = True
+            try:
+                while out.buffer:
+                    buffered = out.buffer.popleft()
+                    # re-address to the receiver of the new epoch
+                    buffered.dst = self.routes.lookup(flow)
+                    buffered.epoch = self.routes.epoch
+                    await self.party.send_msg(buffered)
+                    flushed += 1
+            finally:
+                out.flushing = False
+                out.resumed.set()
+                out.resumed = trio.Event()
+        await self.party.reply(msg, "ok", {"data": {"flushed": flushed}})
+
+
+def main(node_cls: type[Node], argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m nodes.<kind> --config FILE``."""
+    parser = argparse.ArgumentParser(prog=f"python -m nodes.{node_cls.kind}")
+    parser.add_argument("--config", required=True, help="node configuration JSON written by the launcher")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("HWEMU_LOG", "WARNING"),
+                        format=f"%(asctime)s {node_cls.kind} %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        cfg = NodeConfig.load(args.config)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"{node_cls.kind}: cannot read config {args.config}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    node = node_cls(cfg)
+    trio.run(node.run)

@@ -1,0 +1,192 @@
+"""Node processes and their supervision (STYLE.md: one explicit state per
+launcher, ``starting → running → stopping → stopped``, or ``crashed``).
+
+Each node runs as ``python -m <module> --config <run dir>/conf/<node>.json``
+in its own session (so a terminal's Ctrl-C reaches the orchestrator only,
+which then stops the nodes in order), logging to ``<run dir>/logs/<node>.log``.
+A supervising task per node waits for its exit and restarts it per policy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+from orchestrator.topology import NodeSpec
+
+log = logging.getLogger("hwemu.supervisor")
+
+STATES = ("starting", "running", "stopping", "stopped", "crashed")
+
+
+@dataclass
+class NodeProc:
+    """The orchestrator's view of one node process."""
+
+    spec: NodeSpec
+    endpoint: str
+    state: str = "stopped"
+    pid: int | None = None
+    started_at: float | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    last_stats: dict[str, Any] = field(default_factory=dict)
+    last_heartbeat: float | None = None
+    proc: Any = None
+    ready: trio.Event = field(default_factory=trio.Event)
+    exited: trio.Event = field(default_factory=trio.Event)
+
+    def view(self) -> dict[str, Any]:
+        alive = self.proc is not None and self.proc.returncode is None
+        return {
+            "name": self.spec.name,
+            "kind": self.spec.kind,
+            "pid": self.pid,
+            "endpoint": self.endpoint,
+            "state": self.state,
+            "alive": alive,
+            "uptime": round(time.monotonic() - self.started_at, 3) if alive and self.started_at else 0.0,
+            "restarts": self.restarts,
+            "exit_code": self.exit_code,
+            "msgs_in": self.last_stats.get("msgs_in", 0),
+            "msgs_out": self.last_stats.get("msgs_out", 0),
+            "stats": self.last_stats,
+        }
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the node processes of a cluster."""
+
+    def __init__(self, run_dir: Path, config_for: Callable[[NodeSpec], dict[str, Any]],
+                 on_restart: Callable[[NodeProc], Any] | None = None):
+        self.run_dir = run_dir
+        self.config_for = config_for
+        self.on_restart = on_restart
+        self.nodes: dict[str, NodeProc] = {}
+        self.stopping = False
+        (run_dir / "conf").mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+
+    async def _spawn(self, np: NodeProc) -> None:
+        conf = self.run_dir / "conf" / f"{np.spec.name}.json"
+        conf.write_text(json.dumps(self.config_for(np.spec)))
+        logf = open(self.run_dir / "logs" / f"{np.spec.name}.log", "ab")
+        try:
+            np.proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", np.spec.module, "--config", str(conf)],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            logf.close()
+        np.pid = np.proc.pid
+        np.state = "starting"
+        np.started_at = time.monotonic()
+        np.exit_code = None
+        np.ready = trio.Event()
+        np.exited = trio.Event()
+
+    async def start_all(self, nursery: trio.Nursery, specs: list[NodeSpec], endpoints: dict[str, str],
+                        timeout: float) -> None:
+        """Start every node and wait until each has reported ``ready``.
+
+        Raises:
+            RuntimeError: a node exited or did not report ready in time (its log's tail is in the message).
+        """
+        for spec in specs:
+            np = self.nodes[spec.name] = NodeProc(spec, endpoints[spec.name])
+            await self._spawn(np)
+            nursery.start_soon(self._watch, np)
+        with trio.move_on_after(timeout) as scope:
+            for np in self.nodes.values():
+                async with trio.open_nursery() as wait:
+                    async def ready(np=np, wait=wait):
+                        await np.ready.wait()
+                        wait.cancel_scope.cancel()
+                    async def died(np=np, wait=wait):
+                        await np.exited.wait()
+                        wait.cancel_scope.cancel()
+                    wait.start_soon(ready)
+                    wait.start_soon(died)
+                if not np.ready.is_set():
+                    raise RuntimeError(f"node {np.spec.name} ({np.spec.kind}) exited during start-up "
+                                       f"with code {np.exit_code}:\n{self.log_tail(np.spec.name)}")
+        if scope.cancelled_caught:
+            late = [n for n, np in self.nodes.items() if not np.ready.is_set()]
+            raise RuntimeError(f"nodes not ready after {timeout:g} s: {', '.join(late)}\n"
+                               + "\n".join(self.log_tail(n) for n in late))
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        try:
+            text = (self.run_dir / "logs" / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(f"  {name}| {line}" for line in text.splitlines()[-lines:])
+
+    def mark_ready(self, name: str, pid: int) -> None:
+        np = self.nodes.get(name)
+        if np is not None and np.pid == pid:
+            np.state = "running"
+            np.ready.set()
+
+    async def _watch(self, np: NodeProc) -> None:
+        """Wait for the node to exit; restart it per policy."""
+        while True:
+            code = await np.proc.wait()
+            np.exit_code = code
+            np.exited.set()
+            if self.stopping or np.state == "stopping":
+                np.state = "stopped"
+                return
+            np.state = "crashed"
+            log.warning("node %s exited with code %s", np.spec.name, code)
+            policy = np.spec.restart
+            wanted = policy == "always" or (policy == "on-failure" and code != 0)
+            if not wanted or np.restarts >= np.spec.max_restarts:
+                return
+            await trio.sleep(min(0.1 * 2 ** np.restarts, 2.0))
+            if self.stopping:
+                return
+            np.restarts += 1
+            await self._spawn(np)
+            with trio.move_on_after(15):
+                await np.ready.wait()
+            if self.on_restart is not None and np.ready.is_set():
+                await self.on_restart(np)
+
+    async def stop_all(self, graceful: Callable[[NodeProc], Any] | None, timeout: float = 5.0) -> None:
+        """Ask every node to shut down, then SIGTERM, then SIGKILL; by pid, only ours."""
+        self.stopping = True
+        live = [np for np in self.nodes.values() if np.proc is not None and np.proc.returncode is None]
+        for np in live:
+            np.state = "stopping"
+        if graceful is not None:
+            async with trio.open_nursery() as n:
+                for np in live:
+                    n.start_soon(graceful, np)
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
+            live = [np for np in live if np.proc.returncode is None]
+            if not live:
+                break
+            with trio.move_on_after(wait if sig == signal.SIGKILL else timeout / 2):
+                for np in live:
+                    if np.proc.returncode is None:
+                        try:
+                            os.kill(np.pid, sig)
+                        except ProcessLookupError:
+                            pass
+                for np in live:
+                    await np.proc.wait()
+        for np in self.nodes.values():
+            if np.proc is not None and np.proc.returncode is not None:
+                np.state = "stopped"

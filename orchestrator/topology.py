@@ -1,0 +1,203 @@
+"""Topology files (``compose/*.toml``): which nodes a cluster has, where their
+inboxes are, their options and the initial routes (DESIGN.md §1, §2).
+
+    [cluster]
+    name = "native"
+
+    [nodes.cpu0]
+    kind = "cpu"             # a node kind: nodes.<module> is started for it
+    restart = "on-failure"   # never | on-failure | always
+    [nodes.cpu0.options]
+    quantum = 20000
+
+    [routes]
+    "trap:cpu0" = "os1"
+
+Endpoints default to ``ipc://<run dir>/<node>.sock``; a node may name its own
+(``endpoint = "tcp://127.0.0.1:7001"``). Errors name the file and the key.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol.errors import ProtocolError
+from protocol.routes import check_flow, check_node_name
+
+# node kind -> the module started as `python -m <module>`
+KINDS: dict[str, str] = {
+    "cpu": "nodes.cpu",
+    "memctl": "nodes.memctl",
+    "uart": "nodes.uart",
+    "timer": "nodes.timer",
+    "disk": "nodes.disk",
+    "nic": "nodes.nic",
+    "os": "nodes.guest_os",
+    "vmm": "nodes.vmm",
+}
+RESTART_POLICIES = ("never", "on-failure", "always")
+ORCHESTRATOR = "orch"
+_IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux
+
+
+class TopologyError(Exception):
+    """A topology file that cannot be used; the message names file and key."""
+
+    def __init__(self, source: str, key: str | None, problem: str):
+        self.source, self.key, self.problem = source, key, problem
+        where = f"{source}: {key}: " if key else f"{source}: "
+        super().__init__(where + problem)
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    kind: str
+    module: str
+    endpoint: str | None = None
+    restart: str = "on-failure"
+    max_restarts: int = 3
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Topology:
+    name: str
+    source: str
+    nodes: dict[str, NodeSpec]
+    routes: dict[str, str]
+    ready_timeout: float = 15.0
+    heartbeat: float = 1.0
+
+    def endpoint(self, node: str, run_dir: Path) -> str:
+        spec = self.nodes[node]
+        return spec.endpoint or f"ipc://{run_dir}/{node}.sock"
+
+    def directory(self, run_dir: Path) -> dict[str, str]:
+        d = {name: self.endpoint(name, run_dir) for name in self.nodes}
+        d[ORCHESTRATOR] = f"ipc://{run_dir}/{ORCHESTRATOR}.sock"
+        return d
+
+    def check_run_dir(self, run_dir: Path) -> None:
+        """ipc paths must fit in a Unix socket address."""
+        for name, ep in self.directory(run_dir).items():
+            if ep.startswith("ipc://") and len(ep) - 6 > _IPC_PATH_MAX:
+                raise TopologyError(self.source, f"nodes.{name}.endpoint",
+                                    f"ipc path {ep[6:]!r} is longer than {_IPC_PATH_MAX} bytes; use a shorter run directory")
+
+
+def _table(data: Any, source: str, key: str) -> dict:
+    if not isinstance(data, dict):
+        raise TopologyError(source, key, f"expected a table, got {type(data).__name__}")
+    return data
+
+
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def parse(data: dict, source: str = "<topology>") -> Topology:
+    """Validate a loaded TOML document into a :class:`Topology`.
+
+    Raises:
+        TopologyError: naming the key and what was expected.
+    """
+    _table(data, source, "(top level)")
+    unknown = set(data) - {"cluster", "nodes", "routes", "orchestrator"}
+    if unknown:
+        raise TopologyError(source, sorted(unknown)[0], "unknown section (expected cluster, nodes, routes, orchestrator)")
+    cluster = _table(data.get("cluster", {}), source, "cluster")
+    name = cluster.get("name", Path(source).stem)
+    if not isinstance(name, str) or not name:
+        raise TopologyError(source, "cluster.name", "expected a non-empty string")
+    orch = _table(data.get("orchestrator", {}), source, "orchestrator")
+    ready_timeout = orch.get("ready_timeout", 15.0)
+    heartbeat = orch.get("heartbeat", 1.0)
+    for key, val in (("ready_timeout", ready_timeout), ("heartbeat", heartbeat)):
+        if not isinstance(val, (int, float)) or isinstance(val, bool) or val <= 0:
+            raise TopologyError(source, f"orchestrator.{key}", f"expected a positive number of seconds, got {val!r}")
+    default_restart = orch.get("restart", "on-failure")
+    if default_restart not in RESTART_POLICIES:
+        raise TopologyError(source, "orchestrator.restart", f"expected one of {', '.join(RESTART_POLICIES)}, got {default_restart!r}")
+
+    nodes_raw = _table(data.get("nodes"), source, "nodes") if "nodes" in data else None
+    if not nodes_raw:
+        raise TopologyError(source, "nodes", "a topology needs at least one node ([nodes.<name>] tables)")
+    nodes: dict[str, NodeSpec] = {}
+    endpoints: dict[str, str] = {}
+    for node_name, raw in nodes_raw.items():
+        key = f"nodes.{node_name}"
+        try:
+            check_node_name(node_name)
+        except ProtocolError as exc:
+            raise TopologyError(source, key, exc.detail) from None
+        if node_name == ORCHESTRATOR:
+            raise TopologyError(source, key, f"the name {ORCHESTRATOR!r} is reserved for the orchestrator")
+        raw = _table(raw, source, key)
+        extra = set(raw) - {"kind", "module", "endpoint", "restart", "max_restarts", "options"}
+        if extra:
+            raise TopologyError(source, f"{key}.{sorted(extra)[0]}", "unknown key (expected kind, module, endpoint, restart, max_restarts, options)")
+        kind = raw.get("kind")
+        if not isinstance(kind, str):
+            raise TopologyError(source, f"{key}.kind", f"missing or not a string; known kinds: {', '.join(sorted(KINDS))}")
+        module = raw.get("module", KINDS.get(kind))
+        if module is None:
+            raise TopologyError(source, f"{key}.kind", f"unknown node kind {kind!r}; known kinds: {', '.join(sorted(KINDS))} (or give module = \"pkg.mod\")")
+        if not isinstance(module, str) or not _module_exists(module):
+            raise TopologyError(source, f"{key}.module" if "module" in raw else f"{key}.kind",
+                                f"node kind {kind!r}: module {module!r} is not importable")
+        endpoint = raw.get("endpoint")
+        if endpoint is not None:
+            if not isinstance(endpoint, str) or not endpoint.startswith(("ipc://", "tcp://")):
+                raise TopologyError(source, f"{key}.endpoint", f"expected ipc://PATH or tcp://HOST:PORT, got {endpoint!r}")
+            if endpoint in endpoints:
+                raise TopologyError(source, f"{key}.endpoint", f"same endpoint as node {endpoints[endpoint]!r}")
+            endpoints[endpoint] = node_name
+        restart = raw.get("restart", default_restart)
+        if restart not in RESTART_POLICIES:
+            raise TopologyError(source, f"{key}.restart", f"expected one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
+        max_restarts = raw.get("max_restarts", 3)
+        if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
+            raise TopologyError(source, f"{key}.max_restarts", f"expected a non-negative integer, got {max_restarts!r}")
+        options = _table(raw.get("options", {}), source, f"{key}.options")
+        nodes[node_name] = NodeSpec(node_name, kind, module, endpoint, restart, max_restarts, dict(options))
+
+    routes_raw = _table(data.get("routes", {}), source, "routes")
+    routes: dict[str, str] = {}
+    for flow, target in routes_raw.items():
+        key = f"routes.{flow!r}" if "." in flow else f"routes.{flow}"
+        try:
+            check_flow(flow)
+        except ProtocolError as exc:
+            raise TopologyError(source, key, exc.detail) from None
+        if not isinstance(target, str) or target not in nodes:
+            raise TopologyError(source, key, f"routes to {target!r}, which is not a node of this topology")
+        routes[flow] = target
+    return Topology(name, source, nodes, routes, float(ready_timeout), float(heartbeat))
+
+
+def load(path: str | Path) -> Topology:
+    """Read and validate a topology file.
+
+    Raises:
+        TopologyError: unreadable, not TOML, or invalid (names file and key).
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise TopologyError(source, None, f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TopologyError(source, None, "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TopologyError(source, None, f"not valid TOML: {exc}") from None
+    return parse(data, source)

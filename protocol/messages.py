@@ -1,0 +1,264 @@
+"""The message schema of hwemu in one place (DESIGN.md §2).
+
+A message on the wire is one ZeroMQ frame holding a msgpack map:
+
+    {"v": 1, "kind": "ping", "src": "orch", "dst": "cpu0", "seq": 7,
+     "corr": null, "epoch": 3, "flow": null, "fseq": null, "body": {...}}
+
+- ``seq`` numbers every message a sender emits (unique per ``src``), and
+  ``corr`` on a reply is the ``seq`` of the request it answers.
+- ``flow``/``fseq`` are set on messages of a logical flow (``irq:nic0``):
+  ``fseq`` counts that flow's messages from 1, so a receiver detects a gap or
+  a duplicate across a route change.
+- ``epoch`` is the route-table epoch the sender routed with.
+- ``reply_to`` (optional) is the sender's inbox endpoint, for parties that are
+  not in the topology's directory (a CLI client): the receiver learns it.
+
+Every kind has a body schema, registered with :func:`register`; bodies are
+validated on receipt by :func:`decode`, which raises only
+:class:`~protocol.errors.ProtocolError` whatever bytes it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from protocol.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 4 * 1024 * 1024  # bytes; a 4 KiB page or a disk burst fits easily
+_NAME_MAX = 64
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "str": (str,),
+    "bytes": (bytes,),
+    "bool": (bool,),
+    "float": (float, int),
+    "list": (list,),
+    "dict": (dict,),
+    "any": (object,),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One body field: its type name (a key of ``_TYPES``), whether it must be
+    present, whether ``None`` is allowed, and for lists/dicts the type of the
+    items/values."""
+
+    type: str
+    required: bool = True
+    nullable: bool = False
+    items: str | None = None
+
+
+_SCHEMAS: dict[str, dict[str, Field]] = {}
+
+
+def register(kind: str, /, **fields: Field | str) -> None:
+    """Register (or extend) the body schema of a message kind.
+
+    ``register("route_pause", flows=Field("list", items="str"))``; a bare
+    string is shorthand for a required field of that type. Unknown body
+    fields are accepted and ignored (forward compatibility within a version).
+    """
+    if not kind.isidentifier():
+        raise ValueError(f"message kind must be an identifier, got {kind!r}")
+    spec = {}
+    for name, f in fields.items():
+        f = Field(f) if isinstance(f, str) else f
+        if f.type not in _TYPES or (f.items is not None and f.items not in _TYPES):
+            raise ValueError(f"{kind}.{name}: unknown type {f.type!r}/{f.items!r}")
+        spec[name] = f
+    _SCHEMAS.setdefault(kind, {}).update(spec)
+
+
+def known_kinds() -> list[str]:
+    """All registered message kinds, sorted."""
+    return sorted(_SCHEMAS)
+
+
+@dataclass(slots=True)
+class Message:
+    """A decoded, validated message. ``body`` is a plain dict."""
+
+    kind: str
+    src: str
+    dst: str
+    seq: int
+    body: dict[str, Any]
+    corr: int | None = None
+    epoch: int = 0
+    flow: str | None = None
+    fseq: int | None = None
+    reply_to: str | None = None
+
+
+def encode(msg: Message) -> bytes:
+    """Serialise a message to one frame (msgpack map).
+
+    Raises:
+        ProtocolError: the frame would exceed ``MAX_FRAME``.
+    """
+    frame = msgpack.packb(
+        {
+            "v": PROTOCOL_VERSION,
+            "kind": msg.kind,
+            "src": msg.src,
+            "dst": msg.dst,
+            "seq": msg.seq,
+            "corr": msg.corr,
+            "epoch": msg.epoch,
+            "flow": msg.flow,
+            "fseq": msg.fseq,
+            "reply_to": msg.reply_to,
+            "body": msg.body,
+        },
+        use_bin_type=True,
+    )
+    if len(frame) > MAX_FRAME:
+        raise ProtocolError("too_large", f"frame of {len(frame)} bytes exceeds the maximum {MAX_FRAME}")
+    return frame
+
+
+def _check(value: Any, f: Field, where: str) -> None:
+    if value is None:
+        if f.nullable:
+            return
+        raise ProtocolError("bad_field", f"expected {f.type}, got null", where)
+    allowed = _TYPES[f.type]
+    if not isinstance(value, allowed) or (isinstance(value, bool) and f.type in ("int", "float")):
+        raise ProtocolError("bad_field", f"expected {f.type}, got {type(value).__name__}", where)
+    if f.items is not None:
+        inner = Field(f.items)
+        if f.type == "list":
+            for i, item in enumerate(value):
+                _check(item, inner, f"{where}[{i}]")
+        elif f.type == "dict":
+            for k, item in value.items():
+                if not isinstance(k, str):
+                    raise ProtocolError("bad_field", f"expected string keys, got {type(k).__name__}", where)
+                _check(item, inner, f"{where}.{k}")
+
+
+def validate_body(kind: str, body: Any) -> None:
+    """Check ``body`` against the schema of ``kind``.
+
+    Raises:
+        ProtocolError: unknown kind, or a field missing or of the wrong type.
+    """
+    schema = _SCHEMAS.get(kind)
+    if schema is None:
+        raise ProtocolError("unknown_kind", f"no message kind {kind!r}", "kind")
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_field", f"expected a map, got {type(body).__name__}", "body")
+    for name, f in schema.items():
+        if name in body:
+            _check(body[name], f, f"body.{name}")
+        elif f.required:
+            raise ProtocolError("missing_field", f"{kind} needs field {name!r} ({f.type})", f"body.{name}")
+
+
+def _header_str(raw: dict, key: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value or len(value) > _NAME_MAX:
+        raise ProtocolError("bad_field", f"expected a non-empty string of at most {_NAME_MAX} characters", key)
+    return value
+
+
+def _header_int(raw: dict, key: str, nullable: bool) -> int | None:
+    value = raw.get(key)
+    if value is None and nullable:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError("bad_field", f"expected a non-negative integer, got {value!r:.40}", key)
+    return value
+
+
+def decode(frame: bytes) -> Message:
+    """Parse and validate one frame.
+
+    Raises:
+        ProtocolError: and nothing else, whatever ``frame`` holds.
+    """
+    if len(frame) > MAX_FRAME:
+        raise ProtocolError("too_large", f"frame of {len(frame)} bytes exceeds the maximum {MAX_FRAME}")
+    try:
+        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, UnicodeDecodeError ...)
+        raise ProtocolError("bad_msgpack", f"not a msgpack message: {exc.__class__.__name__}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError("bad_message", f"expected a msgpack map, got {type(raw).__name__}")
+    v = raw.get("v")
+    if v != PROTOCOL_VERSION or isinstance(v, bool):
+        raise ProtocolError("bad_version", f"protocol version {v!r:.20} is not {PROTOCOL_VERSION}", "v")
+    kind = _header_str(raw, "kind")
+    body = raw.get("body")
+    validate_body(kind, body)
+    flow = raw.get("flow")
+    if flow is not None and (not isinstance(flow, str) or not flow or len(flow) > 2 * _NAME_MAX):
+        raise ProtocolError("bad_field", "expected a flow name or null", "flow")
+    fseq = _header_int(raw, "fseq", nullable=True)
+    if (flow is None) != (fseq is None):
+        raise ProtocolError("bad_field", "flow and fseq must be both set or both null", "fseq")
+    reply_to = raw.get("reply_to")
+    if reply_to is not None and (not isinstance(reply_to, str) or len(reply_to) > 512):
+        raise ProtocolError("bad_field", "expected an endpoint string or null", "reply_to")
+    return Message(
+        kind=kind,
+        src=_header_str(raw, "src"),
+        dst=_header_str(raw, "dst"),
+        seq=_header_int(raw, "seq", nullable=False),
+        corr=_header_int(raw, "corr", nullable=True),
+        epoch=_header_int(raw, "epoch", nullable=False),
+        flow=flow,
+        fseq=fseq,
+        reply_to=reply_to,
+        body=body,
+    )
+
+
+# --- the kinds every party speaks -------------------------------------------------
+
+register("ping")
+register("pong", name="str", kind=Field("str", required=False))
+register("ok", data=Field("any", required=False, nullable=True))
+register("error", reason="str", detail="str", ref=Field("str", required=False))
+register("stats")
+register("stats_reply", stats="dict")
+register("shutdown")
+register("ready", kind="str", pid="int", endpoint="str")
+register("heartbeat", kind="str", pid="int", state="str", uptime="float", stats="dict")
+
+# The route-change protocol (DESIGN.md §2): pause / drain / switch / resume.
+register("route_pause", flows=Field("list", items="str"))
+register("route_drain", upto=Field("dict", items="int"), timeout=Field("float", required=False))
+register(
+    "route_install",
+    epoch="int",
+    routes=Field("dict", items="str"),
+    next=Field("dict", items="int", required=False),
+)
+register("route_resume", flows=Field("list", items="str"))
+
+
+def error_body(exc: ProtocolError | Exception, ref: str | None = None) -> dict[str, Any]:
+    """The body of an ``error`` reply for an exception."""
+    if isinstance(exc, ProtocolError):
+        body = {"reason": exc.reason, "detail": str(exc)}
+    else:
+        body = {"reason": exc.__class__.__name__, "detail": str(exc)}
+    if ref is not None:
+        body["ref"] = ref
+    return body
+
+# The control plane: CLI / tests ↔ orchestrator. Replies are ``ok`` {data} or ``error``.
+register("ctl_status")
+register("ctl_route_show")
+register("ctl_route_set", changes=Field("dict", items="str"))
+register("ctl_down", timeout=Field("float", required=False))
+register("ctl_request", node="str", kind="str", body="dict", timeout=Field("float", required=False))
