@@ -1,0 +1,385 @@
+"""Block translator: straight-line guest code → one compiled Python function.
+
+Speed without a second source of semantics: a block is built by taking the
+source of each instruction's `isa.execute_<mnemonic>`, specialising it with
+the decoded fields (AST rewrite), and gluing the results together:
+
+- `s.x[i.rs1]` becomes a Python local `x<n>` (the constant 0 for x0), loaded
+  at block entry and written back at exit, so registers live in locals.
+- `i.<field>` and `s.pc` become constants, then constant folding and
+  propagation remove what they decide (jump targets, alignment checks).
+- `s.load` / `s.store` become an inline dict lookup on the current address
+  space's page maps (see core.py) with the core's slow path as fallback.
+- `return t` (a control transfer) becomes `npc = t`, the block's exit.
+
+A block ends at a control transfer, at the end of the page, or before an
+instruction that must see exact core state (`isa.SERIALIZING`). A block whose
+last instruction branches back to its own start becomes a `while` loop that
+runs as many whole iterations as the budget allows.
+
+Generated signature: `block(core, budget) -> retired`; it sets `core.pc`.
+If an instruction stops (trap, page miss), the slow path raises `Fault`, the
+block writes back its registers, points pc at that instruction (`k` counts
+where it was) and returns how many retired before it: the stop is precise.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+
+from nodes.cpu import isa
+from nodes.cpu.core import Fault
+
+MAX_BLOCK = 64  # instructions; bounds compile time and budget granularity
+
+_LOAD = {
+    1: "(_mp[_ma & 4095] if (_mp := R1.get((_ma := {a}) >> 12)) is not None else LOAD(_ma, 1))",
+    2: "(_mp[(_ma & 4095) >> 1] if not ((_ma := {a}) & 1) and (_mp := R2.get(_ma >> 12)) is not None"
+    " else LOAD(_ma, 2))",
+    4: "(_mp[(_ma & 4095) >> 2] if not ((_ma := {a}) & 3) and (_mp := R4.get(_ma >> 12)) is not None"
+    " else LOAD(_ma, 4))",
+}
+_STORE = {
+    1: "_ma = {a}\n_mp = W1.get(_ma >> 12)\nif _mp is not None:\n    _mp[_ma & 4095] = {v}\n"
+    "else:\n    STORE(_ma, 1, {v})",
+    2: "_ma = {a}\n_mp = W2.get(_ma >> 12)\nif _mp is not None and not (_ma & 1):\n"
+    "    _mp[(_ma & 4095) >> 1] = {v}\nelse:\n    STORE(_ma, 2, {v})",
+    4: "_ma = {a}\n_mp = W4.get(_ma >> 12)\nif _mp is not None and not (_ma & 3):\n"
+    "    _mp[(_ma & 4095) >> 2] = {v}\nelse:\n    STORE(_ma, 4, {v})",
+}
+
+
+def _is_attr(node: ast.AST, obj: str, attr: str | None = None) -> bool:
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == obj
+        and (attr is None or node.attr == attr)
+    )
+
+
+class _Template:
+    """The parsed body of one `execute_<mnemonic>` and its local names."""
+
+    def __init__(self, mnemonic: str):
+        source = textwrap.dedent(inspect.getsource(getattr(isa, "execute_" + mnemonic)))
+        func = ast.parse(source).body[0]
+        self.body = func.body
+        self.locals = {
+            n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+        }
+
+
+class _Specialise(ast.NodeTransformer):
+    """Rewrite one instruction's template into block code (see module doc)."""
+
+    def __init__(self, insn: isa.Insn, pc: int, local_names: set[str]):
+        self.insn, self.pc, self.local_names = insn, pc, local_names
+        self.read: set[int] = set()
+        self.written: set[int] = set()
+        self.may_stop = False
+
+    def visit_Subscript(self, node):
+        if _is_attr(node.value, "s", "x") and _is_attr(node.slice, "i"):
+            reg = getattr(self.insn, node.slice.attr)
+            if isinstance(node.ctx, ast.Store):
+                if reg == 0:
+                    return ast.Name("_", ast.Store())
+                self.written.add(reg)
+                return ast.Name(f"x{reg}", ast.Store())
+            if reg == 0:
+                return ast.Constant(0)
+            self.read.add(reg)
+            return ast.Name(f"x{reg}", ast.Load())
+        return self.generic_visit(node)
+
+    def visit_Attribute(self, node):
+        if _is_attr(node, "i"):
+            return ast.Constant(getattr(self.insn, node.attr))
+        if _is_attr(node, "s", "pc"):
+            return ast.Constant(self.pc)
+        return self.generic_visit(node)
+
+    def visit_Name(self, node):
+        if node.id in self.local_names:
+            return ast.Name("t_" + node.id, node.ctx)
+        return node
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "signed":
+            # Inline: a call costs more than the arithmetic.
+            (arg,) = node.args
+            return _expr(f"(({ast.unparse(arg)}) ^ 0x80000000) - 0x80000000")
+        if _is_attr(node.func, "s", "load"):
+            self.may_stop = True
+            addr, size = node.args
+            return _expr(_LOAD[size.value].format(a=ast.unparse(addr)))
+        if _is_attr(node.func, "s", "trap"):
+            self.may_stop = True
+            return ast.Call(ast.Name("TRAP", ast.Load()), node.args, [])
+        if _is_attr(node.func, "s"):
+            raise NotImplementedError(f"{self.insn.mnemonic}: s.{node.func.attr} cannot be translated")
+        return node
+
+    def visit_Expr(self, node):
+        call = node.value
+        if isinstance(call, ast.Call) and _is_attr(call.func, "s", "store"):
+            self.may_stop = True
+            addr, size, value = (self.visit(arg) for arg in call.args)
+            text = _STORE[size.value].format(a=ast.unparse(addr), v=ast.unparse(value))
+            return ast.parse(text).body
+        return self.generic_visit(node)
+
+    def visit_Return(self, node):
+        self.generic_visit(node)
+        return ast.Assign([ast.Name("npc", ast.Store())], node.value)
+
+    def visit_Assign(self, node):
+        self.generic_visit(node)
+        target = node.targets[0]
+        if isinstance(target, ast.Name) and target.id == "_":
+            # A write to x0: keep only what can stop (a load must still fault).
+            if any(isinstance(n, ast.Call) for n in ast.walk(node.value)):
+                return ast.Expr(node.value)
+            return None
+        return node
+
+
+def _expr(text: str) -> ast.expr:
+    return ast.parse(text, mode="eval").body
+
+
+_FOLDABLE = (ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp)
+
+
+class _Fold(ast.NodeTransformer):
+    """Constant folding and single-assignment constant propagation."""
+
+    def __init__(self, constants: dict[str, int]):
+        self.constants = constants
+
+    def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load) and node.id in self.constants:
+            return ast.Constant(self.constants[node.id])
+        return node
+
+    def generic_visit(self, node):
+        node = super().generic_visit(node)
+        if isinstance(node, _FOLDABLE) and all(
+            isinstance(c, ast.Constant) for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)
+        ):
+            return ast.Constant(eval(ast.unparse(node), {"__builtins__": {}}))
+        if isinstance(node, ast.IfExp) and isinstance(node.test, ast.Constant):
+            return node.body if node.test.value else node.orelse
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Constant):
+            return (node.body if node.test.value else node.orelse) or None
+        return node
+
+
+def _fold(statements: list[ast.stmt]) -> list[ast.stmt]:
+    """Fold constants until nothing changes; drop propagated temporaries."""
+    module = ast.fix_missing_locations(ast.Module(statements, []))
+    for _ in range(4):
+        module = _Fold({}).visit(module)
+        stores: dict[str, list[ast.Assign]] = {}
+        for node in ast.walk(module):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                stores.setdefault(node.id, [])
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                stores.setdefault(node.targets[0].id, []).append(node)
+        constants = {
+            name: assigns[0].value.value
+            for name, assigns in stores.items()
+            if name.startswith("t_") and len(assigns) == 1 and isinstance(assigns[0].value, ast.Constant)
+        }
+        if not constants:
+            break
+        dead = {id(stores[name][0]) for name in constants}
+        module = _Fold(constants).visit(module)
+        module = ast.fix_missing_locations(_DropAssigns(dead).visit(module))
+    return module.body
+
+
+class _DropAssigns(ast.NodeTransformer):
+    def __init__(self, dead: set[int]):
+        self.dead = dead
+
+    def visit_Assign(self, node):
+        return None if id(node) in self.dead else node
+
+    def generic_visit(self, node):
+        node = super().generic_visit(node)
+        # A branch emptied by dropping its only statement still needs a body.
+        if isinstance(node, ast.If) and not node.body:
+            node.body = [ast.Pass()]
+        return node
+
+
+class Translator:
+    """Builds and compiles blocks for one core, in that core's namespace."""
+
+    def __init__(self, core):
+        self.core = core
+        self.decode_cache: dict[int, isa.Insn | None] = {}
+        self._templates: dict[str, _Template] = {}
+        # Translated code sees the isa module's names (M, trap causes) plus
+        # the core's page maps and slow paths, all fixed for the core's life.
+        self.namespace = dict(vars(isa))
+        self.namespace.update(
+            Fault=Fault,
+            TRAP=core.trap,
+            LOAD=core.load_slow,
+            STORE=core.store_slow,
+            INTERP=type(core).interpret,
+            R1=core.R1, R2=core.R2, R4=core.R4,
+            W1=core.W1, W2=core.W2, W4=core.W4,
+        )
+
+    def decode(self, word: int) -> isa.Insn | None:
+        """Decode with a cache keyed by the instruction word."""
+        try:
+            return self.decode_cache[word]
+        except KeyError:
+            insn = self.decode_cache[word] = isa.decode(word)
+            return insn
+
+    def translate(self, pc: int):
+        """Return a block function for the code at `pc`.
+
+        Raises:
+            Fault: the fetch of the first instruction stopped (core.stop set).
+        """
+        first = self.core.fetch(pc)  # checks the TLB and the page once
+        page = self.core.X1.get(pc >> 12) or self.core._resolve(pc, "x")
+        insns: list[isa.Insn] = []
+        addr, word = pc, first
+        while True:
+            insn = self.decode(word)
+            if insn is None or insn.mnemonic in isa.SERIALIZING:
+                break
+            insns.append(insn)
+            addr = (addr + 4) & isa.M
+            if insn.mnemonic in isa.CONTROL or addr & 4095 == 0 or len(insns) >= MAX_BLOCK:
+                break
+            off = addr & 4095
+            word = int.from_bytes(page[off : off + 4], "little")
+        if not insns:
+            return _interpret_one
+        return self._compile(pc, insns)
+
+    def _template(self, mnemonic: str) -> _Template:
+        template = self._templates.get(mnemonic)
+        if template is None:
+            template = self._templates[mnemonic] = _Template(mnemonic)
+        return template
+
+    def _compile(self, start: int, insns: list[isa.Insn]):
+        length = len(insns)
+        fallthrough = (start + 4 * length) & isa.M
+        body: list[str] = []
+        read: set[int] = set()
+        written: set[int] = set()
+        loop_cond = None
+        for index, insn in enumerate(insns):
+            template = self._template(insn.mnemonic)
+            spec = _Specialise(insn, (start + 4 * index) & isa.M, template.locals)
+            statements = [spec.visit(s) for s in _copy(template.body)]
+            statements = _fold([s for st in statements if st is not None for s in (st if isinstance(st, list) else [st])])
+            read |= spec.read
+            written |= spec.written
+            if spec.may_stop:
+                body.append(f"k = {index}")
+            last = index == length - 1 and insn.mnemonic in isa.CONTROL
+            if last:
+                loop_cond = _loop_condition(statements, start)
+                if loop_cond is None:
+                    body.append(f"npc = {fallthrough}")
+            if last and loop_cond is not None:
+                statements = statements[:-1]  # the loop's own test replaces it
+            body.extend(ast.unparse(s) for s in statements if not isinstance(s, ast.Pass))
+        regs = sorted(read | written)
+        load = [f"x{r} = X[{r}]" for r in regs]
+        store = [f"X[{r}] = x{r}" for r in sorted(written)] or ["pass"]
+        lines = [f"def block_{start:08x}(s, budget):"]
+        lines += _indent(1, [f"if budget < {length}:", "    return INTERP(s, budget)", "X = s.x", *load, "k = 0"])
+        if loop_cond is not None:
+            cond = "True" if loop_cond is True else loop_cond
+            lines += _indent(1, ["n = 0", "try:", "    while True:"])
+            lines += _indent(3, _split(body))
+            lines += _indent(3, [
+                f"n += {length}",
+                f"if {cond}:",
+                f"    if n + {length} <= budget:",
+                "        continue",
+                f"    npc = {start}",
+                "else:",
+                f"    npc = {fallthrough}",
+                "break",
+            ])
+            lines += _indent(1, ["except Fault:", *_indent(1, store), f"    s.pc = {start} + 4 * k",
+                                 "    return n + k", *store, "s.pc = npc", "return n"])
+        else:
+            exit_pc = "npc" if insns[-1].mnemonic in isa.CONTROL else str(fallthrough)
+            lines += _indent(1, ["try:"])
+            lines += _indent(2, _split(body) or ["pass"])
+            lines += _indent(1, ["except Fault:", *_indent(1, store), f"    s.pc = {start} + 4 * k",
+                                 "    return k", *store, f"s.pc = {exit_pc}", f"return {length}"])
+        source = "\n".join(lines) + "\n"
+        namespace = self.namespace
+        exec(compile(source, f"<block {start:#010x}>", "exec"), namespace)
+        block = namespace.pop(f"block_{start:08x}")
+        block.source = source  # for debugging and tests
+        return block
+
+
+def _interpret_one(core, budget):
+    """The block for a serializing or undecodable instruction."""
+    return core.interpret(1)
+
+
+def _copy(statements):
+    return [ast.parse(ast.unparse(s)).body[0] for s in statements]
+
+
+def _loop_condition(statements: list[ast.stmt], start: int):
+    """If the block's terminator can jump back to `start`, its condition.
+
+    Returns:
+        True for an unconditional jump to start, the condition's source for a
+        branch `if cond: npc = start`, None when the block is not a loop.
+    """
+    if not statements:
+        return None
+    last = statements[-1]
+    if _assigns_npc(last, start):
+        return True
+    if (
+        isinstance(last, ast.If)
+        and not last.orelse
+        and len(last.body) == 1
+        and _assigns_npc(last.body[0], start)
+    ):
+        return ast.unparse(last.test)
+    return None
+
+
+def _assigns_npc(node: ast.stmt, value: int) -> bool:
+    return (
+        isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id == "npc"
+        and isinstance(node.value, ast.Constant)
+        and node.value.value == value
+    )
+
+
+def _split(lines: list[str]) -> list[str]:
+    return [line for text in lines for line in text.split("\n")]
+
+
+def _indent(level: int, lines: list[str]) -> list[str]:
+    pad = "    " * level
+    return [pad + line for text in lines for line in text.split("\n")]
