@@ -1,0 +1,707 @@
+"""The memory controller's policy: ownership, address maps and the directory.
+
+DESIGN.md §3 "Memory controller", §5 ¶39 (borrow memory), §6 (isolation,
+frame conservation). One :class:`MemoryController` holds:
+
+* **Ownership.** Every frame has exactly one owner at every instant:
+  ``"free"``, ``"firmware"``, ``"vmm"`` or an OS instance (``"os1"``). A frame
+  whose owner changes is zeroed before the new owner can reach it.
+* **Address spaces.** One per OS instance (and one for the VMM if it wants
+  one), mapping guest page numbers to frames. A space is either *identity*
+  (direct addressability: guest page ``g`` is frame ``g`` itself, reachable
+  iff the space owns frame ``g``) or *mapped* (an explicit table the VMM sets
+  when memory is virtualized). The rule that keeps isolation: a space's
+  entries may only point at frames that the space's owner owns, so an OS can
+  never reach another party's frame, whatever the VMM maps.
+* **The directory.** Initiators (``cpu0``, ``os1``, ``disk0``, ...) cache
+  frames as *shared* (clean, many readers) or *modified* (one writer). Before
+  granting a conflicting access, changing a frame's owner or unmapping it,
+  the controller *recalls* the other copies through an injected coroutine
+  ``await recall(holder, frame, mode)`` and writes back what comes back.
+
+The message wrapper (``node.py``) turns requests into calls of the public
+coroutines here; each request may run in its own task: per-frame
+``trio.Lock`` s serialize what touches a frame, a controller-wide lock
+serializes ownership and map changes. :meth:`MemoryController.release` is
+synchronous on purpose, so a write-back is applied atomically in the order it
+arrives, even while a recall of the same frame is in flight.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .errors import DirectoryError, InvariantError, MemFault, OwnershipError, Recovering
+from .store import FRAME_SIZE, FrameStore, Snapshot
+
+FREE = "free"
+VMM = "vmm"
+FIRMWARE = "firmware"
+SYSTEM_OWNERS = frozenset({FREE, VMM, FIRMWARE})
+
+SHARED = "S"
+MODIFIED = "M"
+
+INVALIDATE = "invalidate"
+DOWNGRADE = "downgrade"
+
+SNAPSHOT_VERSION = 1
+
+Recall = Callable[[str, int, str], Awaitable["bytes | None"]]
+"""``await recall(holder, frame, mode) -> bytes | None``.
+
+``mode`` is ``"invalidate"`` (the holder drops its copy) or ``"downgrade"``
+(a modified copy becomes shared). The holder returns the frame's 4096 bytes
+if its copy was modified, else ``None``. It must not call back into the
+controller for the same frame while answering (the frame is locked).
+"""
+
+
+def is_os(owner: str) -> bool:
+    """Tell whether ``owner`` names an OS instance (anything but free/firmware/vmm)."""
+    return owner not in SYSTEM_OWNERS
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The answer to :meth:`MemoryController.acquire`.
+
+    Attributes:
+        frame: the machine frame the guest page reached; the key of every later
+            ``release`` and ``recall`` of this copy.
+        data: the frame's bytes, or ``None`` when the initiator already holds
+            it modified (its own copy is the newest; keep it).
+        writable: whether the copy is held modified (may be written locally).
+    """
+
+    frame: int
+    data: bytes | None
+    writable: bool
+
+
+@dataclass
+class Space:
+    """One address space: identity over the owner's frames, or an explicit map."""
+
+    identity: bool = True
+    map: dict[int, int] = field(default_factory=dict)
+
+
+class MemoryController:
+    """Ownership, address maps and the directory protocol over a :class:`FrameStore`.
+
+    Args:
+        store: the physical memory.
+        recall: the coroutine that recalls a cached copy from a holder (see :data:`Recall`).
+        snapshot: where metadata is persisted; ``None`` keeps it in memory only.
+            If it holds a snapshot, the controller resumes from it; if initiators
+            were caching before the restart, it starts in recovery (see
+            :attr:`recovering`).
+
+    Raises:
+        OwnershipError: the snapshot is for a memory of another size or version.
+    """
+
+    def __init__(self, store: FrameStore, recall: Recall, snapshot: Snapshot | None = None):
+        self.store = store
+        self._recall_cb = recall
+        self._snapshot = snapshot
+        self._owner: list[str] = [FREE] * store.nframes
+        self._spaces: dict[str, Space] = {}
+        self._pinned: dict[str, set[int]] = {}
+        self._holders: dict[int, dict[str, str]] = {}  # frame -> {initiator: S|M}; no empty dicts
+        self._locks: dict[int, trio.Lock] = {}
+        self._meta_lock = trio.Lock()
+        self.known_initiators: set[str] = set()
+        self.recovering = False
+        """True after a restart while initiators may still hold copies from
+        before it: the directory is soft state and was lost. The wrapper must
+        have every initiator in :attr:`known_initiators` write back (``release``
+        with data) and drop all its copies, then call :meth:`finish_recovery`.
+        Until then every request but ``release`` and the views raises
+        :class:`Recovering`."""
+        self._counts: Counter[str] = Counter()
+        doc = snapshot.load() if snapshot is not None else None
+        if doc is not None:
+            self._restore(doc)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], nframes: int | None, recall: Recall) -> MemoryController:
+        """Open (or create) a controller whose files live in ``directory``.
+
+        ``memory.bin`` holds the frames, ``memctl.json`` the metadata snapshot.
+
+        Args:
+            directory: an existing folder.
+            nframes: the memory size in frames; ``None`` to reopen at the file's size.
+            recall: see :data:`Recall`.
+        """
+        d = Path(directory)
+        return cls(FrameStore(d / "memory.bin", nframes), recall, Snapshot(d / "memctl.json"))
+
+    def close(self) -> None:
+        """Close the store (the snapshot is always up to date)."""
+        self.store.close()
+
+    # -- ownership ------------------------------------------------------------
+
+    def owner_of(self, frame: int) -> str:
+        """Return the owner of ``frame``."""
+        return self._owner[self._check_frames([frame])[0]]
+
+    def frames_of(self, owner: str) -> list[int]:
+        """Return the frames ``owner`` owns, in increasing order."""
+        return [f for f, o in enumerate(self._owner) if o == owner]
+
+    def owners(self) -> dict[str, list[int]]:
+        """Return every owner's frames."""
+        out: dict[str, list[int]] = {}
+        for f, o in enumerate(self._owner):
+            out.setdefault(o, []).append(f)
+        return out
+
+    def pinned(self, owner: str) -> list[int]:
+        """Return the frames ``owner`` has pinned, in increasing order."""
+        return sorted(self._pinned.get(owner, ()))
+
+    async def assign(self, frames: Iterable[int], new_owner: str) -> None:
+        """Give ``frames`` to ``new_owner``, whoever owns them now (the firmware's power).
+
+        Each frame whose owner changes is recalled from every cache, removed
+        from the old owner's map and pins, and zeroed, before the new owner
+        can reach it.
+
+        Raises:
+            StoreError: a frame number is out of range.
+            OwnershipError: ``new_owner`` is not a name.
+        """
+        frames = self._check_frames(frames)
+        _check_name(new_owner)
+        async with self._meta_changes(lambda: frames):
+            await self._change_owner(frames, new_owner)
+
+    async def transfer(self, frames: Iterable[int], from_owner: str, to_owner: str) -> None:
+        """Move ``frames`` from ``from_owner`` to ``to_owner``, zeroed (DESIGN §5 ¶39).
+
+        An OS instance gives away only frames it pinned first (its kernel
+        module took them off its free list, so it no longer uses them).
+
+        Raises:
+            OwnershipError: a frame is not ``from_owner``'s, or not pinned by it.
+        """
+        frames = self._check_frames(frames)
+        _check_name(to_owner)
+        async with self._meta_changes(lambda: frames):
+            wrong = [f for f in frames if self._owner[f] != from_owner]
+            if wrong:
+                found = sorted({self._owner[f] for f in wrong})
+                raise OwnershipError(f"frames {wrong} are not owned by {from_owner!r} (owned by {found})")
+            if is_os(from_owner):
+                loose = [f for f in frames if f not in self._pinned.get(from_owner, ())]
+                if loose:
+                    raise OwnershipError(f"{from_owner!r} must pin frames {loose} before giving them away")
+            await self._change_owner(frames, to_owner)
+
+    async def create_space(self, name: str, frames: Iterable[int]) -> None:
+        """Give ``name`` a partition of free ``frames`` and an identity address space.
+
+        Raises:
+            OwnershipError: the space exists, or a frame is not free.
+        """
+        frames = self._check_frames(frames)
+        _check_name(name)
+        async with self._meta_changes(lambda: frames):
+            if name in self._spaces:
+                raise OwnershipError(f"address space {name!r} exists already")
+            taken = [f for f in frames if self._owner[f] != FREE]
+            if taken:
+                raise OwnershipError(f"a partition is carved from free frames; frames {taken} are not free")
+            self._spaces[name] = Space()
+            await self._change_owner(frames, name)
+
+    async def destroy_space(self, name: str) -> None:
+        """Drop ``name``'s address space and free every frame it owns (zeroed)."""
+        async with self._meta_changes(lambda: self.frames_of(name)):
+            self._space(name)
+            await self._change_owner(self.frames_of(name), FREE)
+            del self._spaces[name]
+            self._pinned.pop(name, None)
+
+    def pin(self, owner: str, n: int) -> list[int]:
+        """Pin ``n`` unpinned frames of ``owner``, the highest-numbered first, and return them.
+
+        The highest first because an OS keeps its kernel low. An OS that knows
+        which of its frames are free calls :meth:`pin_frames` instead.
+
+        Raises:
+            OwnershipError: ``owner`` has fewer than ``n`` unpinned frames.
+        """
+        self._check_serving()
+        have = self._pinned.get(owner, set())
+        loose = [f for f in reversed(self.frames_of(owner)) if f not in have]
+        if n < 0 or n > len(loose):
+            raise OwnershipError(f"{owner!r} cannot pin {n} frames: it has {len(loose)} unpinned")
+        chosen = sorted(loose[:n])
+        self.pin_frames(owner, chosen)
+        return chosen
+
+    def pin_frames(self, owner: str, frames: Iterable[int]) -> None:
+        """Pin ``frames`` of ``owner`` (idempotent).
+
+        Raises:
+            OwnershipError: a frame is not ``owner``'s.
+        """
+        self._check_serving()
+        frames = self._check_frames(frames)
+        wrong = [f for f in frames if self._owner[f] != owner]
+        if wrong:
+            raise OwnershipError(f"{owner!r} cannot pin frames {wrong}: it does not own them")
+        self._pinned.setdefault(owner, set()).update(frames)
+        self._save()
+
+    def unpin(self, owner: str, frames: Iterable[int]) -> None:
+        """Unpin ``frames`` of ``owner``; frames it had not pinned are ignored."""
+        self._check_serving()
+        frames = self._check_frames(frames)
+        self._pinned.get(owner, set()).difference_update(frames)
+        self._save()
+
+    # -- address maps ---------------------------------------------------------
+
+    def translate(self, space: str, gpn: int) -> int:
+        """Return the frame guest page ``gpn`` of ``space`` reaches.
+
+        Raises:
+            MemFault: no such space, the page is outside the map, or the frame
+                is not owned by the space.
+        """
+        sp = self._spaces.get(space)
+        if sp is None:
+            raise self._fault(space, gpn, "no such address space")
+        if not isinstance(gpn, int) or gpn < 0:
+            raise self._fault(space, gpn, "guest page number must be a non-negative integer")
+        if sp.identity:
+            if gpn >= len(self._owner) or self._owner[gpn] != space:
+                owner = self._owner[gpn] if gpn < len(self._owner) else "nobody: beyond memory"
+                raise self._fault(space, gpn, f"outside the partition (identity map; frame owned by {owner})")
+            return gpn
+        frame = sp.map.get(gpn)
+        if frame is None:
+            raise self._fault(space, gpn, "not mapped")
+        if self._owner[frame] != space:  # unreachable while invariants hold; isolation first
+            raise self._fault(space, gpn, f"maps frame {frame}, owned by {self._owner[frame]}")
+        return frame
+
+    def get_map(self, space: str) -> dict[int, int] | None:
+        """Return ``space``'s explicit map, or ``None`` while it is identity."""
+        sp = self._space(space)
+        return None if sp.identity else dict(sp.map)
+
+    async def set_map(self, space: str, mapping: Mapping[int, int]) -> None:
+        """Replace ``space``'s map by an explicit one (memory virtualized by the VMM).
+
+        Frames whose guest pages change are recalled from every cache first.
+
+        Raises:
+            OwnershipError: no such space, or an entry points at a frame the space does not own.
+        """
+        table = dict(mapping)
+        await self._replace_map(space, lambda old: (False, table))
+
+    async def set_identity(self, space: str) -> None:
+        """Give ``space`` direct addressability again: guest page g is frame g, if owned."""
+        await self._replace_map(space, lambda old: (True, {}))
+
+    async def map_page(self, space: str, gpn: int, frame: int) -> None:
+        """Map guest page ``gpn`` of ``space`` to ``frame`` (an identity map becomes explicit)."""
+        await self._replace_map(space, lambda old: (False, {**old, gpn: frame}))
+
+    async def unmap_page(self, space: str, gpn: int) -> bool:
+        """Unmap guest page ``gpn`` of ``space``; return whether it was mapped.
+
+        An identity map becomes explicit. Cached copies of the frame are recalled first.
+        """
+        was: list[bool] = []
+
+        def edit(old: dict[int, int]) -> tuple[bool, dict[int, int]]:
+            was.append(gpn in old)
+            return False, {g: f for g, f in old.items() if g != gpn}
+
+        await self._replace_map(space, edit)
+        return was[-1]
+
+    # -- the directory protocol ------------------------------------------------
+
+    async def acquire(self, initiator: str, space: str, gpn: int, write: bool) -> Grant:
+        """Grant ``initiator`` a cached copy of guest page ``gpn`` of ``space``.
+
+        A write recalls (invalidates) every other copy; a read downgrades the
+        modified copy, if another initiator holds one. Returned bytes are
+        written back before the grant.
+
+        Raises:
+            MemFault: the page is outside the space's map.
+        """
+        self._check_serving()
+        if initiator not in self.known_initiators:
+            # Persisted so that a restarted controller knows whose caches to flush.
+            self.known_initiators.add(initiator)
+            self._save()
+        async with self._translated(space, gpn) as frame:
+            self._counts["acquires"] += 1
+            holders = self._holders.get(frame, {})
+            if holders.get(initiator) == MODIFIED:
+                return Grant(frame, None, True)
+            if write:
+                others = [h for h in holders if h != initiator]
+                await self._recall(frame, INVALIDATE, others)
+            else:
+                writer = [h for h, m in holders.items() if m == MODIFIED and h != initiator]
+                await self._recall(frame, DOWNGRADE, writer)
+            self._holders.setdefault(frame, {})[initiator] = MODIFIED if write else SHARED
+            return Grant(frame, self.store.read_frame(frame), write)
+
+    def release(self, initiator: str, frame: int, data: bytes | None = None) -> None:
+        """Drop ``initiator``'s copy of ``frame``, writing back ``data`` if it was modified.
+
+        A release from an initiator that no longer holds the frame is ignored
+        (counted as ``stale_releases``): a recall overtook it and carried the
+        data, and the frame may have changed owner since. During recovery
+        every write-back is accepted (the directory was lost).
+
+        Raises:
+            DirectoryError: data for a copy held shared, or not a whole frame.
+        """
+        frame = self._check_frames([frame])[0]
+        if data is not None and len(data) != FRAME_SIZE:
+            raise DirectoryError(f"write-back of frame {frame} by {initiator!r}: {len(data)} bytes, not {FRAME_SIZE}")
+        if self.recovering:
+            if data is not None and self._owner[frame] != FREE:
+                self._write_back(frame, data)
+            return
+        holders = self._holders.get(frame, {})
+        mode = holders.get(initiator)
+        if mode is None:
+            self._counts["stale_releases"] += 1
+            return
+        if data is not None:
+            if mode != MODIFIED:
+                raise DirectoryError(f"{initiator!r} wrote back frame {frame}, which it holds shared (clean)")
+            self._write_back(frame, data)
+        self._drop_holder(frame, initiator)
+
+    async def read(self, initiator: str, space: str, gaddr: int, n: int) -> bytes:
+        """Read ``n`` bytes at guest address ``gaddr`` of ``space``, uncached (OS copies, DMA).
+
+        A modified cached copy is downgraded (written back) first, so the
+        bytes are the newest. Every page is translated before any is read.
+
+        Raises:
+            MemFault: a page of the range is outside the space's map.
+        """
+        pieces = []
+        for gpn, offset, length in self._pages(space, gaddr, n):
+            async with self._translated(space, gpn) as frame:
+                writer = [h for h, m in self._holders.get(frame, {}).items() if m == MODIFIED]
+                await self._recall(frame, DOWNGRADE, writer)
+                pieces.append(self.store.read(frame, offset, length))
+        self._counts["uncached_reads"] += 1
+        return b"".join(pieces)
+
+    async def write(self, initiator: str, space: str, gaddr: int, data: bytes) -> None:
+        """Write ``data`` at guest address ``gaddr`` of ``space``, uncached (OS copies, DMA).
+
+        Every cached copy of each page (the initiator's own included) is
+        invalidated first; a modified one is written back, then overlaid.
+        Every page is translated before any is written, so a fault writes nothing.
+
+        Raises:
+            MemFault: a page of the range is outside the space's map.
+        """
+        data = bytes(data)
+        done = 0
+        for gpn, offset, length in self._pages(space, gaddr, len(data)):
+            async with self._translated(space, gpn) as frame:
+                await self._recall(frame, INVALIDATE, list(self._holders.get(frame, {})))
+                self.store.write(frame, offset, data[done:done + length])
+            done += length
+        self._counts["uncached_writes"] += 1
+
+    def finish_recovery(self) -> None:
+        """End recovery: every initiator has written back and dropped its copies."""
+        self.recovering = False
+        self._holders.clear()
+
+    # -- views -------------------------------------------------------------------
+
+    def holders(self, frame: int) -> dict[str, str]:
+        """Return who caches ``frame`` and how (``"S"`` shared, ``"M"`` modified)."""
+        return dict(self._holders.get(self._check_frames([frame])[0], {}))
+
+    def stats(self) -> dict[str, Any]:
+        """Return counters for ``hwemu memory status`` (JSON-serialisable)."""
+        cached: Counter[str] = Counter()
+        modified: Counter[str] = Counter()
+        for holders in self._holders.values():
+            for who, mode in holders.items():
+                cached[who] += 1
+                modified[who] += mode == MODIFIED
+        counts = {k: self._counts[k] for k in (
+            "acquires", "recalls", "writebacks", "faults", "zeroed",
+            "uncached_reads", "uncached_writes", "stale_releases", "recall_anomalies")}
+        return {
+            "nframes": self.store.nframes,
+            "frames": dict(Counter(self._owner)),
+            "pinned": {o: len(p) for o, p in self._pinned.items() if p},
+            "spaces": {s: "identity" if sp.identity else f"{len(sp.map)} pages mapped"
+                       for s, sp in self._spaces.items()},
+            "cached": dict(cached),
+            "modified": {k: v for k, v in modified.items() if v},
+            "recovering": self.recovering,
+            **counts,
+        }
+
+    def check_invariants(self) -> None:
+        """Check DESIGN.md §6's memory guarantees on the controller's own state.
+
+        Every frame has exactly one owner (a name); one writer or many readers
+        per frame; free frames are cached by nobody; every explicit map entry
+        points at a frame its space owns; every pinned frame is its pinner's.
+
+        Raises:
+            InvariantError: naming the first broken invariant found.
+        """
+        if len(self._owner) != self.store.nframes or not all(isinstance(o, str) and o for o in self._owner):
+            raise InvariantError("a frame has no owner")
+        for frame, holders in self._holders.items():
+            writers = [h for h, m in holders.items() if m == MODIFIED]
+            if not holders or (writers and len(holders) > 1) or set(holders.values()) - {SHARED, MODIFIED}:
+                raise InvariantError(f"frame {frame}: not one writer or many readers: {holders}")
+            if self._owner[frame] == FREE:
+                raise InvariantError(f"free frame {frame} is cached by {sorted(holders)}")
+        for name, sp in self._spaces.items():
+            for gpn, frame in sp.map.items():
+                if not 0 <= frame < len(self._owner) or self._owner[frame] != name:
+                    raise InvariantError(f"space {name!r} maps page {gpn:#x} to frame {frame} it does not own")
+        for owner, frames in self._pinned.items():
+            stray = [f for f in frames if self._owner[f] != owner]
+            if stray:
+                raise InvariantError(f"{owner!r} pins frames {stray} it does not own")
+
+    # -- internals ---------------------------------------------------------------
+
+    def _fault(self, space: str, gpn: int, detail: str) -> MemFault:
+        self._counts["faults"] += 1
+        return MemFault(space, gpn, detail)
+
+    def _check_serving(self) -> None:
+        if self.recovering:
+            raise Recovering(
+                "memory controller restarted: waiting for initiators "
+                f"{sorted(self.known_initiators)} to write back and drop their caches")
+
+    def _check_frames(self, frames: Iterable[int]) -> list[int]:
+        """Return the distinct frames, in order, each checked to be in range."""
+        out = list(dict.fromkeys(frames))
+        for f in out:
+            self.store.check_frame(f)
+        return out
+
+    def _space(self, name: str) -> Space:
+        sp = self._spaces.get(name)
+        if sp is None:
+            raise OwnershipError(f"no address space {name!r} (known: {sorted(self._spaces)})")
+        return sp
+
+    def _explicit_map(self, space: str) -> dict[int, int]:
+        """Return ``space``'s map as an explicit table (identity spelled out)."""
+        sp = self._space(space)
+        return {f: f for f in self.frames_of(space)} if sp.identity else dict(sp.map)
+
+    def _lock(self, frame: int) -> trio.Lock:
+        lock = self._locks.get(frame)
+        if lock is None:
+            lock = self._locks[frame] = trio.Lock()
+        return lock
+
+    @asynccontextmanager
+    async def _meta_changes(self, frames: Callable[[], Iterable[int]]) -> AsyncIterator[list[int]]:
+        """Serialize a change of ownership or maps touching ``frames()``, then snapshot it.
+
+        Yields the frames locked, in increasing order.
+
+        The controller-wide lock first, then the frame locks in increasing
+        order: acquires hold one frame lock at a time, so this cannot deadlock.
+        ``frames`` is called under the controller-wide lock, since owners and
+        maps change only under it: what it returns stays exact.
+        The snapshot is saved even if the change stops half-way, so the file
+        always tells the truth about what was done.
+        """
+        self._check_serving()
+        async with self._meta_lock, AsyncExitStack() as stack:
+            locked = sorted(set(frames()))
+            for f in locked:
+                await stack.enter_async_context(self._lock(f))
+            try:
+                yield locked
+            finally:
+                self._save()
+
+    @asynccontextmanager
+    async def _translated(self, space: str, gpn: int) -> AsyncIterator[int]:
+        """Translate ``gpn`` and hold the frame's lock, retrying if the map moved while queued."""
+        while True:
+            frame = self.translate(space, gpn)
+            async with self._lock(frame):
+                if self.translate(space, gpn) == frame:
+                    yield frame
+                    return
+
+    def _pages(self, space: str, gaddr: int, n: int) -> list[tuple[int, int, int]]:
+        """Split ``[gaddr, gaddr+n)`` into (gpn, offset, length), translating each page once."""
+        self._check_serving()
+        if not isinstance(gaddr, int) or gaddr < 0 or n < 0:
+            raise self._fault(space, -1, f"bad range: address {gaddr!r}, length {n!r}")
+        out = []
+        addr, end = gaddr, gaddr + n
+        while addr < end:
+            gpn, offset = divmod(addr, FRAME_SIZE)
+            length = min(FRAME_SIZE - offset, end - addr)
+            self.translate(space, gpn)  # fault before touching anything
+            out.append((gpn, offset, length))
+            addr += length
+        return out
+
+    async def _recall(self, frame: int, mode: str, holders: list[str]) -> None:
+        """Recall ``frame`` from ``holders`` (caller holds the frame lock); write back what returns."""
+        for holder in holders:
+            was = self._holders.get(frame, {}).get(holder)
+            if was is None:
+                continue  # released while we recalled another holder
+            self._counts["recalls"] += 1
+            data = await self._recall_cb(holder, frame, mode)
+            now = self._holders.get(frame, {}).get(holder)
+            if now is None:
+                continue  # its release overtook the recall and already wrote back
+            if data is not None and now == MODIFIED:
+                if len(data) != FRAME_SIZE:
+                    raise DirectoryError(f"recall of frame {frame} from {holder!r}: {len(data)} bytes back")
+                self._write_back(frame, data)
+            elif (data is None) != (now == SHARED):
+                # A writer with nothing to give back, or bytes from a clean copy:
+                # memory stays as it is (a clean copy equals it anyway).
+                self._counts["recall_anomalies"] += 1
+            if mode == INVALIDATE:
+                self._drop_holder(frame, holder)
+            else:
+                self._holders[frame][holder] = SHARED
+
+    def _write_back(self, frame: int, data: bytes) -> None:
+        self.store.write_frame(frame, data)
+        self._counts["writebacks"] += 1
+
+    def _drop_holder(self, frame: int, holder: str) -> None:
+        holders = self._holders[frame]
+        del holders[holder]
+        if not holders:
+            del self._holders[frame]
+
+    async def _change_owner(self, frames: list[int], new_owner: str) -> None:
+        """Recall, unmap, unpin and zero each frame that changes owner (caller holds the locks)."""
+        for f in frames:
+            old = self._owner[f]
+            if old == new_owner:
+                continue
+            await self._recall(f, INVALIDATE, list(self._holders.get(f, {})))
+            sp = self._spaces.get(old)
+            if sp is not None and not sp.identity:
+                sp.map = {g: fr for g, fr in sp.map.items() if fr != f}
+            self._pinned.get(old, set()).discard(f)
+            # Zero before the owner changes: the new owner never sees the old one's bytes.
+            self.store.zero_frame(f)
+            self._counts["zeroed"] += 1
+            self._owner[f] = new_owner
+
+    async def _replace_map(
+        self, space: str, edit: Callable[[dict[int, int]], tuple[bool, dict[int, int]]]
+    ) -> None:
+        """Install ``edit(current explicit map) -> (identity, map)`` as ``space``'s map.
+
+        ``edit`` runs under the controller-wide lock, so concurrent page edits
+        compose. Every frame whose guest pages change is recalled from every
+        cache before the new map takes effect.
+        """
+        new: dict[str, Any] = {}
+
+        def touched() -> set[int]:
+            sp = self._space(space)
+            identity, mapping = edit(self._explicit_map(space))
+            bad = [g for g in mapping if not isinstance(g, int) or g < 0]
+            if bad:
+                raise OwnershipError(f"map of {space!r}: guest pages {bad} are not non-negative integers")
+            foreign = sorted({f for f in self._check_frames(mapping.values()) if self._owner[f] != space})
+            if foreign:
+                raise OwnershipError(f"map of {space!r} may only point at frames it owns; frames {foreign} are not")
+            old, now = _pages_by_frame(self._explicit_map(space)), _pages_by_frame(
+                {f: f for f in self.frames_of(space)} if identity else mapping)
+            new.update(sp=sp, identity=identity, mapping=mapping)
+            return {f for f in old.keys() | now.keys() if old.get(f) != now.get(f)}
+
+        async with self._meta_changes(touched) as frames:
+            for f in frames:
+                await self._recall(f, INVALIDATE, list(self._holders.get(f, {})))
+            new["sp"].identity, new["sp"].map = new["identity"], new["mapping"]
+
+    def _save(self) -> None:
+        if self._snapshot is None:
+            return
+        runs: list[list[Any]] = []
+        for f, o in enumerate(self._owner):
+            if runs and runs[-1][2] == o:
+                runs[-1][1] += 1
+            else:
+                runs.append([f, 1, o])
+        self._snapshot.save({
+            "version": SNAPSHOT_VERSION,
+            "nframes": self.store.nframes,
+            "owners": runs,
+            "spaces": {name: {"identity": sp.identity, "map": sorted(sp.map.items())}
+                       for name, sp in self._spaces.items()},
+            "pinned": {o: sorted(p) for o, p in self._pinned.items() if p},
+            "initiators": sorted(self.known_initiators),
+        })
+
+    def _restore(self, doc: dict[str, Any]) -> None:
+        if doc.get("version") != SNAPSHOT_VERSION or doc.get("nframes") != self.store.nframes:
+            raise OwnershipError(
+                f"snapshot {self._snapshot.path if self._snapshot else ''} is version {doc.get('version')} "
+                f"for {doc.get('nframes')} frames; this memory has {self.store.nframes} frames "
+                f"(version {SNAPSHOT_VERSION})")
+        for start, count, owner in doc["owners"]:
+            self._owner[start:start + count] = [owner] * count
+        self._spaces = {name: Space(s["identity"], {g: f for g, f in s["map"]})
+                        for name, s in doc["spaces"].items()}
+        self._pinned = {o: set(p) for o, p in doc["pinned"].items()}
+        self.known_initiators = set(doc["initiators"])
+        self.recovering = bool(self.known_initiators)
+
+
+def _check_name(owner: object) -> None:
+    if not isinstance(owner, str) or not owner:
+        raise OwnershipError(f"an owner is a non-empty name, got {owner!r}")
+
+
+def _pages_by_frame(table: dict[int, int]) -> dict[int, set[int]]:
+    """Invert a guest-page -> frame table."""
+    out: dict[int, set[int]] = {}
+    for g, f in table.items():
+        out.setdefault(f, set()).add(g)
+    return out

@@ -1,0 +1,282 @@
+"""Ownership, address maps and the directory protocol of the memory controller.
+
+DESIGN.md §3 (directory protocol, address maps), §5 ¶39 (borrow memory),
+§6 (isolation, frame conservation). The initiators' caches are simulated by
+:class:`Caches`, whose ``recall`` is the controller's recall callback.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from nodes.memctl import (
+    FRAME_SIZE,
+    DirectoryError,
+    MemFault,
+    MemoryController,
+    OwnershipError,
+    Recovering,
+)
+
+ZERO = bytes(FRAME_SIZE)
+
+
+class Caches:
+    """Every simulated initiator's local page cache: ``lines[initiator][frame] = [mode, bytearray]``.
+
+    ``recall`` behaves as a well-behaved initiator does; it checkpoints first,
+    as a real message round trip would, so other requests interleave.
+    """
+
+    def __init__(self) -> None:
+        self.lines: dict[str, dict[int, list]] = {}
+        self.recalls: list[tuple[str, int, str]] = []
+
+    async def recall(self, holder: str, frame: int, mode: str) -> bytes | None:
+        await trio.lowlevel.checkpoint()
+        self.recalls.append((holder, frame, mode))
+        line = self.lines[holder][frame]  # KeyError: recalled a copy the holder lacks
+        data = bytes(line[1]) if line[0] == "M" else None
+        if mode == "invalidate":
+            del self.lines[holder][frame]
+        else:
+            line[0] = "S"
+        return data
+
+    def install(self, initiator: str, grant) -> bytearray:
+        """Take a grant into the initiator's cache and return the cached bytes."""
+        mine = self.lines.setdefault(initiator, {})
+        if grant.data is None:
+            assert mine[grant.frame][0] == "M"
+        else:
+            mine[grant.frame] = ["M" if grant.writable else "S", bytearray(grant.data)]
+        return mine[grant.frame][1]
+
+    def held(self) -> dict[int, dict[str, str]]:
+        """Return the holders per frame, as the directory should record them."""
+        out: dict[int, dict[str, str]] = {}
+        for who, lines in self.lines.items():
+            for frame, (mode, _) in lines.items():
+                out.setdefault(frame, {})[who] = mode
+        return out
+
+
+async def controller(tmp_path, nframes: int = 8) -> tuple[MemoryController, Caches]:
+    """A controller over ``tmp_path`` with os1 = frames 0-2, os2 = 3-5, vmm = 6, frame 7 free."""
+    caches = Caches()
+    mc = MemoryController.open(tmp_path, nframes, caches.recall)
+    await mc.create_space("os1", [0, 1, 2])
+    await mc.create_space("os2", [3, 4, 5])
+    await mc.create_space("vmm", [6])
+    return mc, caches
+
+
+# -- ownership, isolation -------------------------------------------------------
+
+
+async def test_partitions_are_identity_mapped_and_isolated(tmp_path):
+    mc, _ = await controller(tmp_path)
+    assert mc.owners() == {"os1": [0, 1, 2], "os2": [3, 4, 5], "vmm": [6], "free": [7]}
+    assert mc.translate("os1", 2) == 2
+    assert mc.translate("os2", 3) == 3
+    with pytest.raises(MemFault) as err:
+        await mc.read("os1", "os1", 3 * FRAME_SIZE, 1)
+    assert (err.value.space, err.value.gpn) == ("os1", 3)
+    assert "outside the partition" in err.value.detail and "owned by os2" in err.value.detail
+    with pytest.raises(MemFault, match="no such address space"):
+        mc.translate("os9", 0)
+    with pytest.raises(MemFault, match="beyond memory"):
+        await mc.acquire("cpu0", "os1", 8, write=False)
+    assert mc.stats()["faults"] == 3
+
+
+async def test_a_faulting_uncached_write_writes_no_page_of_the_range(tmp_path):
+    mc, _ = await controller(tmp_path)
+    with pytest.raises(MemFault):  # page 2 is os1's, page 3 is not
+        await mc.write("os1", "os1", 3 * FRAME_SIZE - 2, b"abcd")
+    assert mc.store.read(2, FRAME_SIZE - 2, 2) == b"\0\0"
+
+
+async def test_reassigned_frame_is_recalled_and_zeroed_before_the_new_owner_sees_it(tmp_path):
+    mc, caches = await controller(tmp_path)
+    line = caches.install("cpu0", await mc.acquire("cpu0", "os1", 1, write=True))
+    line[:5] = b"old!!"
+    await mc.assign([1], "os2")
+    assert ("cpu0", 1, "invalidate") in caches.recalls
+    assert 1 not in caches.lines["cpu0"]
+    assert mc.owner_of(1) == "os2"
+    assert await mc.read("os2", "os2", FRAME_SIZE, FRAME_SIZE) == ZERO
+    with pytest.raises(MemFault):
+        mc.translate("os1", 1)
+    mc.check_invariants()
+
+
+async def test_borrowing_moves_pinned_frames_zeroed_from_one_os_to_another(tmp_path):
+    """DESIGN.md §5 ¶39: A's module pins N frames → the VMM takes them → B gets them."""
+    mc, _ = await controller(tmp_path)
+    await mc.write("os1", "os1", 0, b"\x55" * (3 * FRAME_SIZE))
+    with pytest.raises(OwnershipError, match="must pin frames"):
+        await mc.transfer([2], "os1", "vmm")
+    lent = mc.pin("os1", 2)
+    assert lent == [1, 2] and mc.pinned("os1") == [1, 2]
+    await mc.transfer(lent, "os1", "vmm")
+    assert mc.pinned("os1") == [] and mc.frames_of("vmm") == [1, 2, 6]
+    await mc.transfer(lent, "vmm", "os2")
+    assert await mc.read("os2", "os2", FRAME_SIZE, 2 * FRAME_SIZE) == bytes(2 * FRAME_SIZE)
+    assert await mc.read("os1", "os1", 0, 4) == b"\x55" * 4  # the rest of A is untouched
+    with pytest.raises(OwnershipError, match=r"not owned by 'os1'"):
+        await mc.transfer([1], "os1", "os2")
+    assert mc.stats()["frames"] == {"os1": 1, "os2": 5, "vmm": 1, "free": 1}
+    mc.check_invariants()
+
+
+async def test_pins_and_partitions_are_refused_when_they_would_break_ownership(tmp_path):
+    mc, _ = await controller(tmp_path)
+    with pytest.raises(OwnershipError, match="fewer|has 3 unpinned"):
+        mc.pin("os1", 4)
+    with pytest.raises(OwnershipError, match="does not own"):
+        mc.pin_frames("os1", [3])
+    with pytest.raises(OwnershipError, match="not free"):
+        await mc.create_space("os3", [5, 7])
+    with pytest.raises(OwnershipError, match="exists already"):
+        await mc.create_space("os1", [7])
+    await mc.destroy_space("os2")
+    assert mc.frames_of("free") == [3, 4, 5, 7]
+    mc.check_invariants()
+
+
+# -- address maps ------------------------------------------------------------------
+
+
+async def test_an_explicit_map_may_only_point_at_frames_the_space_owns(tmp_path):
+    mc, caches = await controller(tmp_path)
+    await mc.write("os1", "os1", 2 * FRAME_SIZE, b"two")
+    caches.install("cpu0", await mc.acquire("cpu0", "os1", 2, write=False))
+    await mc.set_map("os1", {0x100: 2, 0x101: 0})
+    assert ("cpu0", 2, "invalidate") in caches.recalls  # its guest page moved
+    assert await mc.read("cpu0", "os1", 0x100 * FRAME_SIZE, 3) == b"two"
+    with pytest.raises(MemFault, match="not mapped"):
+        mc.translate("os1", 2)
+    with pytest.raises(OwnershipError, match=r"frames \[3\] are not"):
+        await mc.map_page("os1", 0x102, 3)
+    with pytest.raises(OwnershipError, match=r"frames \[6\] are not"):
+        await mc.set_map("os1", {0: 6})
+    assert mc.get_map("os1") == {0x100: 2, 0x101: 0}
+    assert await mc.unmap_page("os1", 0x101) is True
+    assert await mc.unmap_page("os1", 0x101) is False
+    await mc.set_identity("os1")
+    assert mc.get_map("os1") is None and mc.translate("os1", 2) == 2
+    mc.check_invariants()
+
+
+async def test_a_frame_leaving_a_space_leaves_its_map(tmp_path):
+    mc, _ = await controller(tmp_path)
+    await mc.set_map("os1", {10: 0, 11: 1})
+    mc.pin_frames("os1", [1])
+    await mc.transfer([1], "os1", "vmm")
+    assert mc.get_map("os1") == {10: 0}
+    await mc.map_page("vmm", 0, 1)  # the VMM's own space maps what the VMM owns
+    assert mc.translate("vmm", 0) == 1
+    mc.check_invariants()
+
+
+# -- the directory protocol -----------------------------------------------------------
+
+
+async def test_a_write_invalidates_readers_and_recalls_the_writer_first(tmp_path):
+    mc, caches = await controller(tmp_path)
+    a = caches.install("cpu0", await mc.acquire("cpu0", "os1", 0, write=True))
+    a[:3] = b"abc"
+    b = caches.install("cpu1", await mc.acquire("cpu1", "os1", 0, write=False))
+    assert bytes(b[:3]) == b"abc"  # the writer was downgraded and wrote back first
+    assert mc.holders(0) == {"cpu0": "S", "cpu1": "S"}
+    c = caches.install("disk0", await mc.acquire("disk0", "os1", 0, write=True))
+    assert bytes(c[:3]) == b"abc"
+    assert mc.holders(0) == {"disk0": "M"}
+    assert caches.recalls == [("cpu0", 0, "downgrade"), ("cpu0", 0, "invalidate"), ("cpu1", 0, "invalidate")]
+    again = await mc.acquire("disk0", "os1", 0, write=False)
+    assert again.data is None and again.writable  # it holds the newest copy already
+    assert mc.stats()["cached"] == {"disk0": 1} and mc.stats()["modified"] == {"disk0": 1}
+
+
+async def test_uncached_access_sees_and_overrides_cached_copies(tmp_path):
+    mc, caches = await controller(tmp_path)
+    line = caches.install("cpu0", await mc.acquire("cpu0", "os1", 1, write=True))
+    line[10:13] = b"xyz"
+    assert await mc.read("disk0", "os1", FRAME_SIZE + 10, 3) == b"xyz"
+    assert mc.holders(1) == {"cpu0": "S"}
+    await mc.write("disk0", "os1", FRAME_SIZE + 11, b"Q")
+    assert mc.holders(1) == {}
+    grant = await mc.acquire("cpu0", "os1", 1, write=False)
+    assert grant.data[10:13] == b"xQz"
+
+
+async def test_a_release_overtaken_by_a_recall_writes_nothing(tmp_path):
+    mc, caches = await controller(tmp_path)
+    caches.install("cpu0", await mc.acquire("cpu0", "os1", 0, write=True))
+    await mc.assign([0], "os2")  # recalled, zeroed, handed over
+    mc.release("cpu0", 0, b"\xff" * FRAME_SIZE)  # the late write-back must not leak into os2
+    assert mc.store.read_frame(0) == ZERO
+    assert mc.stats()["stale_releases"] == 1
+
+
+async def test_bad_write_backs_are_refused(tmp_path):
+    mc, caches = await controller(tmp_path)
+    caches.install("cpu0", await mc.acquire("cpu0", "os1", 0, write=False))
+    with pytest.raises(DirectoryError, match="holds shared"):
+        mc.release("cpu0", 0, ZERO)
+    with pytest.raises(DirectoryError, match="3 bytes"):
+        mc.release("cpu0", 0, b"abc")
+    mc.release("cpu0", 0)
+    assert mc.holders(0) == {}
+
+
+async def test_concurrent_writers_are_serialized_and_lose_no_update(tmp_path):
+    mc, caches = await controller(tmp_path)
+    initiators, rounds = ["cpu0", "cpu1", "os1", "disk0"], 25
+
+    async def increment(who: str) -> None:
+        for _ in range(rounds):
+            line = caches.install(who, await mc.acquire(who, "os1", 2, write=True))
+            # No checkpoint between the grant and the store: the copy is ours.
+            line[:4] = (int.from_bytes(line[:4], "little") + 1).to_bytes(4, "little")
+            mc.check_invariants()
+
+    async with trio.open_nursery() as nursery:
+        for who in initiators:
+            nursery.start_soon(increment, who)
+    total = await mc.read("os1", "os1", 2 * FRAME_SIZE, 4)
+    assert int.from_bytes(total, "little") == len(initiators) * rounds
+    assert mc.stats()["recalls"] > 0
+
+
+# -- restart -----------------------------------------------------------------------
+
+
+async def test_metadata_survives_a_restart_and_caches_are_recovered(tmp_path):
+    mc, caches = await controller(tmp_path)
+    await mc.set_map("os2", {0x40: 4, 0x41: 5})
+    mc.pin_frames("os1", [2])
+    line = caches.install("cpu0", await mc.acquire("cpu0", "os1", 1, write=True))
+    line[:4] = b"dirt"
+    before = (mc.owners(), mc.get_map("os1"), mc.get_map("os2"), mc.pinned("os1"))
+    # No close: the process dies here, its cpu0 copy still modified.
+
+    again = MemoryController.open(tmp_path, None, caches.recall)
+    assert (again.owners(), again.get_map("os1"), again.get_map("os2"), again.pinned("os1")) == before
+    assert again.recovering and again.known_initiators == {"cpu0"}
+    with pytest.raises(Recovering, match="cpu0"):
+        await again.acquire("cpu1", "os1", 1, write=False)
+    again.release("cpu0", 1, bytes(line))  # the wrapper has every initiator flush
+    again.finish_recovery()
+    assert await again.read("cpu1", "os1", FRAME_SIZE, 4) == b"dirt"
+    again.check_invariants()
+
+
+async def test_a_snapshot_for_another_memory_size_is_refused(tmp_path):
+    mc, caches = await controller(tmp_path)
+    mc.close()
+    (tmp_path / "memory.bin").unlink()
+    with pytest.raises(OwnershipError, match="for 8 frames; this memory has 16"):
+        MemoryController.open(tmp_path, 16, caches.recall)
