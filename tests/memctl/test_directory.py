@@ -7,8 +7,13 @@ DESIGN.md §3 (directory protocol, address maps), §5 ¶39 (borrow memory),
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import trio
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from nodes.memctl import (
     FRAME_SIZE,
@@ -18,6 +23,7 @@ from nodes.memctl import (
     OwnershipError,
     Recovering,
 )
+from nodes.memctl.store import FrameStore
 
 ZERO = bytes(FRAME_SIZE)
 
@@ -280,3 +286,220 @@ async def test_a_snapshot_for_another_memory_size_is_refused(tmp_path):
     (tmp_path / "memory.bin").unlink()
     with pytest.raises(OwnershipError, match="for 8 frames; this memory has 16"):
         MemoryController.open(tmp_path, 16, caches.recall)
+
+
+# -- the randomized directory machine ---------------------------------------------------
+
+N = 8
+INITIATORS = ("cpu0", "cpu1", "os1", "disk0")
+SPACES = ("os1", "os2", "vmm")
+OWNERS = (*SPACES, "free", "firmware")
+who_ = st.sampled_from(INITIATORS)
+space_ = st.sampled_from(SPACES)
+gpn_ = st.integers(0, N + 1)  # a little beyond memory, to fault there too
+frame_ = st.integers(0, N - 1)
+
+
+class DirectoryMachine(RuleBasedStateMachine):
+    """Random acquires, releases, uncached copies, ownership and map changes, against a model.
+
+    The model is the owners, the maps (``None`` = identity) and the newest
+    bytes of every frame (``expected``); the invariants check that every copy
+    anyone holds, and memory itself when nobody holds a copy modified, equals
+    the newest bytes: every write is what any later reader sees.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        path.mkdir()
+        self.caches = Caches()
+        self.mc = MemoryController(FrameStore(path / "mem.bin", N), self.caches.recall)
+        trio.run(self._boot)
+        self.owner = ["os1"] * 3 + ["os2"] * 3 + ["vmm", "free"]
+        self.maps: dict[str, dict[int, int] | None] = dict.fromkeys(SPACES)
+        self.pinned: dict[str, set[int]] = {s: set() for s in SPACES}
+        self.expected = [ZERO] * N
+
+    async def _boot(self):
+        for name, frames in (("os1", [0, 1, 2]), ("os2", [3, 4, 5]), ("vmm", [6])):
+            await self.mc.create_space(name, frames)
+
+    def teardown(self):
+        self.mc.close()
+
+    # the model
+
+    def reach(self, space, gpn):
+        table = self.maps[space]
+        if table is None:
+            return gpn if gpn < N and self.owner[gpn] == space else None
+        return table.get(gpn)
+
+    def explicit(self, space):
+        table = self.maps[space]
+        return {f: f for f in range(N) if self.owner[f] == space} if table is None else dict(table)
+
+    def span(self, space, gaddr, n):
+        """Return [(frame, offset, length)] of the range, or None if a page faults."""
+        out, addr, end = [], gaddr, gaddr + n
+        while addr < end:
+            gpn, offset = divmod(addr, FRAME_SIZE)
+            length = min(FRAME_SIZE - offset, end - addr)
+            frame = self.reach(space, gpn)
+            if frame is None:
+                return None
+            out.append((frame, offset, length))
+            addr += length
+        return out
+
+    def move(self, frames, new_owner):
+        for f in frames:
+            old = self.owner[f]
+            if old == new_owner:
+                continue
+            assert all(f not in lines for lines in self.caches.lines.values()), "a moved frame stays cached"
+            assert self.mc.store.read_frame(f) == ZERO, "a moved frame is not zeroed"
+            self.owner[f], self.expected[f] = new_owner, ZERO
+            if self.maps.get(old) is not None:
+                self.maps[old] = {g: x for g, x in self.maps[old].items() if x != f}
+            self.pinned.get(old, set()).discard(f)
+
+    # the directory protocol
+
+    @rule(who=who_, space=space_, gpn=gpn_, write=st.booleans(), pos=st.integers(0, FRAME_SIZE - 1),
+          value=st.integers(0, 255))
+    def acquire(self, who, space, gpn, write, pos, value):
+        frame = self.reach(space, gpn)
+        if frame is None:
+            with pytest.raises(MemFault):
+                trio.run(self.mc.acquire, who, space, gpn, write)
+            return
+        grant = trio.run(self.mc.acquire, who, space, gpn, write)
+        assert grant.frame == frame
+        assert grant.data is None or grant.data == self.expected[frame]
+        line = self.caches.install(who, grant)
+        if write:
+            line[pos] = value
+            self.expected[frame] = bytes(line)
+
+    @precondition(lambda self: any(self.caches.lines.values()))
+    @rule(data=st.data())
+    def release(self, data):
+        who = data.draw(st.sampled_from(sorted(w for w, lines in self.caches.lines.items() if lines)))
+        frame = data.draw(st.sampled_from(sorted(self.caches.lines[who])))
+        mode, line = self.caches.lines[who].pop(frame)
+        self.mc.release(who, frame, bytes(line) if mode == "M" else None)
+
+    @rule(who=who_, space=space_, gaddr=st.integers(0, (N + 2) * FRAME_SIZE), n=st.integers(0, 2 * FRAME_SIZE))
+    def uncached_read(self, who, space, gaddr, n):
+        pieces = self.span(space, gaddr, n)
+        if pieces is None:
+            with pytest.raises(MemFault):
+                trio.run(self.mc.read, who, space, gaddr, n)
+            return
+        got = trio.run(self.mc.read, who, space, gaddr, n)
+        assert got == b"".join(self.expected[f][o:o + k] for f, o, k in pieces)
+
+    @rule(who=who_, space=space_, gaddr=st.integers(0, (N + 2) * FRAME_SIZE), n=st.integers(0, 2 * FRAME_SIZE),
+          seed=st.integers(0, 255))
+    def uncached_write(self, who, space, gaddr, n, seed):
+        payload = bytes((seed + i) % 256 for i in range(n))
+        pieces = self.span(space, gaddr, n)
+        if pieces is None:
+            with pytest.raises(MemFault):
+                trio.run(self.mc.write, who, space, gaddr, payload)
+            return
+        trio.run(self.mc.write, who, space, gaddr, payload)
+        done = 0
+        for f, o, k in pieces:
+            self.expected[f] = self.expected[f][:o] + payload[done:done + k] + self.expected[f][o + k:]
+            done += k
+
+    # ownership
+
+    @rule(frames=st.sets(frame_, min_size=1, max_size=3), new_owner=st.sampled_from(OWNERS))
+    def assign(self, frames, new_owner):
+        trio.run(self.mc.assign, sorted(frames), new_owner)
+        self.move(frames, new_owner)
+
+    @rule(lender=st.sampled_from(("os1", "os2")), n=st.integers(1, 2))
+    def borrow(self, lender, n):
+        borrower = "os2" if lender == "os1" else "os1"
+        loose = [f for f in range(N) if self.owner[f] == lender and f not in self.pinned[lender]]
+        if len(loose) < n:
+            with pytest.raises(OwnershipError):
+                self.mc.pin(lender, n)
+            return
+        lent = self.mc.pin(lender, n)
+        assert set(lent) <= set(loose) and len(lent) == n
+        self.pinned[lender].update(lent)
+        trio.run(self.mc.transfer, lent, lender, "vmm")
+        self.move(lent, "vmm")
+        trio.run(self.mc.transfer, lent, "vmm", borrower)
+        self.move(lent, borrower)
+
+    @rule(frame=frame_, to=space_)
+    def transfer_unpinned_is_refused(self, frame, to):
+        owner = self.owner[frame]
+        if owner in ("os1", "os2") and frame not in self.pinned[owner]:
+            with pytest.raises(OwnershipError, match="must pin"):
+                trio.run(self.mc.transfer, [frame], owner, to)
+
+    # address maps
+
+    @rule(space=space_, data=st.data())
+    def set_map(self, space, data):
+        owned = [f for f in range(N) if self.owner[f] == space]
+        gpns = data.draw(st.lists(gpn_, unique=True, max_size=4)) if owned else []
+        table = {g: data.draw(st.sampled_from(owned)) for g in gpns}
+        trio.run(self.mc.set_map, space, table)
+        self.maps[space] = table
+
+    @rule(space=space_, gpn=gpn_, frame=frame_)
+    def map_page(self, space, gpn, frame):
+        if self.owner[frame] != space:
+            with pytest.raises(OwnershipError, match="may only point at frames it owns"):
+                trio.run(self.mc.map_page, space, gpn, frame)
+            return
+        trio.run(self.mc.map_page, space, gpn, frame)
+        self.maps[space] = {**self.explicit(space), gpn: frame}
+
+    @rule(space=space_, gpn=gpn_)
+    def unmap_page(self, space, gpn):
+        table = self.explicit(space)
+        assert trio.run(self.mc.unmap_page, space, gpn) == (table.pop(gpn, None) is not None)
+        self.maps[space] = table
+
+    @rule(space=space_)
+    def set_identity(self, space):
+        trio.run(self.mc.set_identity, space)
+        self.maps[space] = None
+
+    # the guarantees
+
+    @invariant()
+    def every_copy_and_memory_hold_the_newest_bytes(self):
+        self.mc.check_invariants()
+        assert self.caches.held() == {f: self.mc.holders(f) for f in range(N) if self.mc.holders(f)}
+        for f in range(N):
+            holders = self.mc.holders(f)
+            assert list(holders.values()) in ([], ["M"]) or set(holders.values()) == {"S"}
+            for who in holders:
+                assert bytes(self.caches.lines[who][f][1]) == self.expected[f], (who, f)
+            if "M" not in holders.values():
+                assert self.mc.store.read_frame(f) == self.expected[f], f
+
+    @invariant()
+    def owners_and_maps_match_the_model(self):
+        assert [self.mc.owner_of(f) for f in range(N)] == self.owner
+        assert {s: self.mc.get_map(s) for s in SPACES} == self.maps
+        assert {s: set(self.mc.pinned(s)) for s in SPACES} == self.pinned
+
+
+def test_directory_machine_keeps_coherence_ownership_and_isolation(tmp_path):
+    runs = itertools.count()
+    run_state_machine_as_test(
+        lambda: DirectoryMachine(tmp_path / str(next(runs))),
+        settings=settings(max_examples=150, stateful_step_count=40, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow]),
+    )
