@@ -20,6 +20,8 @@ Endpoints default to ``ipc://<run dir>/<node>.sock``; a node may name its own
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,10 +99,18 @@ def _table(data: Any, source: str, key: str) -> dict:
 
 
 def _module_exists(module: str) -> bool:
+    # nodes run as `python -m module` from the current directory, which is on
+    # their path; make it part of this check too
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.append(os.getcwd())
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
 
 
 def parse(data: dict, source: str = "<topology>") -> Topology:

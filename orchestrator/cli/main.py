@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import cpu
+from orchestrator.cli import cluster, cpu, route
 
 app = typer.Typer(
     name="hwemu",
@@ -12,6 +12,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.command("up")(cluster.up)
+app.command("status")(cluster.status)
+app.command("down")(cluster.down)
+app.add_typer(route.app, name="route")
 app.add_typer(cpu.app, name="cpu", help="Run programs on the CPU core.")
 
 

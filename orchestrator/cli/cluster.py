@@ -1,0 +1,174 @@
+"""`hwemu up`, `hwemu status`, `hwemu down`: a cluster's life cycle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import trio
+import typer
+from rich.table import Table
+
+from orchestrator.cli.common import Json, RunDir, console, emit_json, fail, run_dir_of
+from orchestrator.client import NotRunning, call
+from orchestrator.daemon import is_locked, read_state
+from orchestrator.topology import TopologyError, load
+from protocol.errors import RemoteError, RequestTimeout
+
+
+def _status_table(data: dict) -> Table:
+    table = Table(title=f"cluster {data['cluster']}  ({data['topology']}, routes epoch {data['routes']['epoch']})")
+    for col in ("node", "kind", "pid", "state", "alive", "uptime s", "msgs in", "msgs out", "restarts", "endpoint"):
+        table.add_column(col, justify="right" if col in ("pid", "uptime s", "msgs in", "msgs out", "restarts") else "left")
+    o = data["orchestrator"]
+    table.add_row("orch", "orchestrator", str(o["pid"]), o["state"], "yes", f"{o['uptime']:.1f}", "", "", "", o["endpoint"])
+    for n in data["nodes"]:
+        state = n["state"]
+        if n["kind"] == "cpu" and isinstance(n["stats"].get("cpu_state"), str):
+            state += f" / {n['stats']['cpu_state']}"
+        table.add_row(n["name"], n["kind"], str(n["pid"]), state, "yes" if n["alive"] else "[red]no[/]",
+                      f"{n['uptime']:.1f}", str(n["msgs_in"]), str(n["msgs_out"]), str(n["restarts"]), n["endpoint"])
+    return table
+
+
+def _routes_table(routes: dict) -> Table:
+    table = Table(title=f"routes (epoch {routes['epoch']})")
+    table.add_column("flow")
+    table.add_column("→ node")
+    for flow, node in sorted(routes["routes"].items()):
+        table.add_row(flow, node)
+    return table
+
+
+def _call(run_dir: Path, kind: str, body: dict | None = None, timeout: float = 10.0):
+    try:
+        return trio.run(call, run_dir, kind, body, timeout)
+    except NotRunning as exc:
+        fail(str(exc))
+    except RemoteError as exc:
+        fail(f"{exc.detail}")
+    except RequestTimeout:
+        fail(f"the orchestrator in {run_dir} does not answer (is it hung? `hwemu down` kills it)")
+
+
+def up(
+    topology: Annotated[Path, typer.Argument(help="Topology file (compose/*.toml).")],
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the cluster runs; stop it with `hwemu down`.")] = False,
+    run_dir: RunDir = None,
+    json_out: Json = False,
+) -> None:
+    """Launch the cluster a topology describes and show its status."""
+    rd = run_dir_of(run_dir)
+    try:
+        topo = load(topology)
+        topo.check_run_dir(rd)
+    except TopologyError as exc:
+        fail(str(exc), code=2)
+    if is_locked(rd):
+        state = read_state(rd) or {}
+        fail(f"a cluster is already running in {rd} (pid {state.get('pid', '?')}, topology "
+             f"{state.get('topology', '?')}): run `hwemu down` first, or use another --run-dir")
+    rd.mkdir(parents=True, exist_ok=True)
+    log_path = rd / "orchestrator.log"
+    with open(log_path, "ab") as log:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.daemon", "--topology", str(topology.resolve()), "--run-dir", str(rd)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + topo.ready_timeout + 10
+    while True:
+        state = read_state(rd)
+        if state and state.get("pid") == daemon.pid and state.get("state") == "running":
+            break
+        code = daemon.poll()
+        if code is not None or time.monotonic() > deadline:
+            if code is None:
+                daemon.kill()
+                daemon.wait()
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-20:]
+            fail("cluster failed to start:\n" + "\n".join(tail))
+        time.sleep(0.05)
+    data = _call(rd, "ctl_status")
+    if json_out:
+        emit_json(data)
+    else:
+        console.print(_status_table(data))
+    if detach:
+        return
+    if not json_out:
+        console.print("[dim]running; Ctrl-C stops the cluster[/]")
+    try:
+        daemon.wait()
+    except KeyboardInterrupt:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait()
+
+
+def status(run_dir: RunDir = None, json_out: Json = False) -> None:
+    """Every node: kind, pid, state, alive, uptime, messages in/out; and the routes."""
+    rd = run_dir_of(run_dir)
+    data = _call(rd, "ctl_status")
+    if json_out:
+        emit_json(data)
+        return
+    console.print(_status_table(data))
+    console.print(_routes_table(data["routes"]))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _ours(pid: int, run_dir: Path) -> bool:
+    """Only kill a pid whose command line names our run directory (pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return str(run_dir).encode() in cmdline
+
+
+def down(
+    run_dir: RunDir = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a graceful stop before SIGKILL.")] = 5.0,
+    json_out: Json = False,
+) -> None:
+    """Stop the cluster: shutdown messages, then SIGTERM, then SIGKILL; no process or socket left."""
+    rd = run_dir_of(run_dir)
+    state = read_state(rd)
+    if state is None:
+        if json_out:
+            emit_json({"stopped": [], "note": "no cluster running"})
+        else:
+            console.print(f"no cluster is running in {rd}")
+        return
+    try:
+        trio.run(call, rd, "ctl_down", {"timeout": timeout}, timeout)
+    except (NotRunning, RemoteError, RequestTimeout):
+        pass  # fall through to signals
+    pids = {"orch": state["pid"], **state.get("nodes", {})}
+    deadline = time.monotonic() + timeout + 2
+    while time.monotonic() < deadline and any(_alive(p) for p in pids.values() if p):
+        time.sleep(0.05)
+    killed = []
+    for name, pid in pids.items():
+        if pid and _alive(pid) and _ours(pid, rd):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(name)
+    for sock in rd.glob("*.sock"):
+        sock.unlink(missing_ok=True)
+    (rd / "cluster.json").unlink(missing_ok=True)
+    if json_out:
+        emit_json({"stopped": sorted(pids), "killed": killed})
+    else:
+        console.print(f"stopped {len(pids)} processes" + (f" ({', '.join(killed)} needed SIGKILL)" if killed else ""))

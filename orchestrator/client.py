@@ -1,0 +1,57 @@
+"""Talking to a running orchestrator from the CLI (the control plane).
+
+The CLI joins the message plane as ``cli-<pid>`` with its own inbox in the run
+directory and advertises it (``reply_to``), since it is not in the topology.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from orchestrator.daemon import read_state
+from protocol.errors import RemoteError, RequestTimeout
+from protocol.transport import Party
+
+
+class NotRunning(Exception):
+    """No cluster runs in the run directory."""
+
+
+def default_run_dir() -> Path:
+    """``$HWEMU_RUN_DIR``, else ``./.hwemu``."""
+    return Path(os.environ.get("HWEMU_RUN_DIR") or Path.cwd() / ".hwemu").resolve()
+
+
+async def call(run_dir: Path, kind: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+    """Send one control request to the orchestrator and return its ``data``.
+
+    Raises:
+        NotRunning: no cluster in ``run_dir``.
+        RemoteError: the orchestrator refused (its reason is in the message).
+        RequestTimeout: it did not answer.
+    """
+    state = read_state(run_dir)
+    if state is None:
+        raise NotRunning(f"no cluster is running in {run_dir} (start one with `hwemu up TOPOLOGY`)")
+    me = f"cli-{os.getpid()}"
+    party = Party(me, f"ipc://{run_dir}/{me}.sock", {"orch": state["endpoint"]}, advertise=True)
+    try:
+        async with trio.open_nursery() as nursery:
+            async def ignore(msg):
+                return None
+
+            await nursery.start(party.serve, ignore)
+            try:
+                reply = await party.request("orch", kind, body or {}, timeout=timeout)
+            finally:
+                nursery.cancel_scope.cancel()
+        return reply.body.get("data")
+    finally:
+        party.close()
+
+
+__all__ = ["call", "default_run_dir", "NotRunning", "RemoteError", "RequestTimeout"]

@@ -1,0 +1,127 @@
+"""The orchestrator as a long-running process (``hwemu up``).
+
+``python -m orchestrator.daemon --topology FILE --run-dir DIR`` holds an
+exclusive lock on ``DIR/cluster.lock`` for its whole life (so a second
+``hwemu up`` on the same run directory is refused), keeps ``DIR/cluster.json``
+current (its pid, the control endpoint, the node pids) and runs the cluster
+until ``hwemu down`` (a ``ctl_down`` request) or SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from orchestrator.cluster import Orchestrator
+from orchestrator.topology import TopologyError, load
+
+LOCK = "cluster.lock"
+STATE = "cluster.json"
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def read_state(run_dir: Path) -> dict | None:
+    """The running cluster's state file, or None if there is none."""
+    try:
+        return json.loads((Path(run_dir) / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_locked(run_dir: Path) -> bool:
+    """True while a daemon holds the run directory's lock."""
+    path = Path(run_dir) / LOCK
+    if not path.exists():
+        return False
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def _write_state(run_dir: Path, orch: Orchestrator, state: str) -> None:
+    data = {
+        "pid": os.getpid(), "state": state, "topology": orch.topology.source,
+        "cluster": orch.topology.name, "endpoint": orch.directory["orch"],
+        "started": time.time(),
+        "nodes": {n: np.pid for n, np in orch.supervisor.nodes.items()},
+    }
+    tmp = run_dir / (STATE + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, run_dir / STATE)
+
+
+async def serve(topology_path: str, run_dir: Path) -> int:
+    """Run a cluster until told to stop. Returns the process exit code."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(run_dir / LOCK, "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        state = read_state(run_dir) or {}
+        print(f"hwemu: a cluster is already running in {run_dir} (pid {state.get('pid', '?')}, "
+              f"topology {state.get('topology', '?')}): run `hwemu down` first", file=sys.stderr)
+        return 3
+    try:
+        topology = load(topology_path)
+        orch = Orchestrator(topology, run_dir)
+        async with trio.open_nursery() as nursery:
+            async def on_signal():
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+                    async for _ in sigs:
+                        await orch.shutdown()
+                        return
+
+            nursery.start_soon(on_signal)
+            try:
+                await orch.start(nursery)
+                _write_state(run_dir, orch, "running")
+                print(f"hwemu: cluster {topology.name} running", flush=True)
+                await orch.done.wait()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await orch.shutdown()
+                nursery.cancel_scope.cancel()
+        return 0
+    except TopologyError as exc:
+        print(f"hwemu: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"hwemu: cluster failed to start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        try:
+            (run_dir / STATE).unlink()
+        except FileNotFoundError:
+            pass
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.daemon")
+    parser.add_argument("--topology", required=True)
+    parser.add_argument("--run-dir", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("HWEMU_LOG", "WARNING"),
+                        format="%(asctime)s orch %(levelname)s %(message)s")
+    sys.exit(trio.run(serve, args.topology, Path(args.run_dir).resolve()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Message kinds of the hardware and the OS (DESIGN.md §3, §4), registered
+with the schema of :mod:`protocol.messages`.
+
+Flows (route table entries) and who sends on them:
+
+===================  ==========  ===============================================
+flow                 sender      kinds
+===================  ==========  ===============================================
+``trap:cpu0``        cpu0        ``trap`` (register file, cause; the CPU waits)
+``priv:os1``         os1         ``cpu_resume``, ``tlb_write``, ``tlb_flush``,
+                                 ``cpu_preempt``, ``cpu_halt``, ``irq_mask``
+``irq:timer0``       timer0      ``tick``, ``alarm``
+``irq:uart0``        uart0       ``uart_rx``
+``io:os1.uart``      os1         ``uart_write``
+``io:os1.timer``     os1         ``timer_set``, ``timer_alarm``
+===================  ==========  ===============================================
+
+Memory traffic is request/reply with the memory controller (``mem_*``).
+"""
+
+from __future__ import annotations
+
+from protocol.messages import Field, register
+
+_opt = lambda t, **kw: Field(t, required=False, **kw)  # noqa: E731
+
+# -- CPU ------------------------------------------------------------------------
+# cause: RISC-V scause code; interrupt traps (preemption) use cause 0x80000005.
+register("trap", cause="int", tval="int", pc="int", regs=Field("list", items="int"), asid="int",
+         instret="int", insn=_opt("int"))
+register("cpu_resume", regs=_opt("list", items="int"), pc=_opt("int"), asid=_opt("int"),
+         space=_opt("str"), flush_tlb=_opt("bool"))
+register("tlb_write", asid="int", vpn="int", ppn="int", perms="str")
+register("tlb_flush", asid=_opt("int", nullable=True), vpn=_opt("int", nullable=True))
+register("cpu_preempt")           # take an interrupt trap at the next instruction boundary
+register("cpu_halt")              # stop executing until the next cpu_resume
+register("irq_mask", masked="bool")
+register("cpu_run", elf=_opt("bytes"))  # standalone convenience; unused by the OS
+
+# -- memory controller ------------------------------------------------------------
+register("mem_acquire", space="str", gpn="int", write="bool")
+register("mem_grant", frame="int", gpn="int", data="bytes", writable="bool")
+register("mem_recall", frame="int", mode="str")          # mode: invalidate | downgrade
+register("mem_recalled", frame="int", data=_opt("bytes", nullable=True))
+register("mem_release", frame="int", data=_opt("bytes", nullable=True))
+register("mem_read", space="str", addr="int", length="int")
+register("mem_write", space="str", addr="int", data="bytes")
+register("mem_data", data="bytes")
+register("mem_space", space="str", frames=Field("list", items="int"))  # create / describe a space
+register("mem_info")
+
+# -- UART ----------------------------------------------------------------------
+register("uart_write", data="bytes")
+register("uart_rx", data="bytes")
+register("uart_sync")                # reply ok {data: {"logged": bytes written to the log so far}}
+
+# -- timer -----------------------------------------------------------------------
+register("timer_set", period_ms=Field("float"))        # 0 stops the periodic tick
+register("timer_alarm", id="int", delay_ms=Field("float"))
+register("tick", n="int", time_ns="int")
+register("alarm", id="int", time_ns="int")
+register("timer_now")                # reply ok {data: {"time_ns": int}} (wall clock)
+
+# -- OS instance -----------------------------------------------------------------
+register("os_exec", elf="bytes", argv=Field("list", items="str"), name=_opt("str"),
+         notify=_opt("bool"))       # reply ok {data: {"pid": int}}; proc_exit sent to the requester if notify
+register("proc_exit", pid="int", code="int", reason=_opt("str"))
+register("os_ps")
