@@ -7,6 +7,7 @@ both runs must print exactly the expected bytes and exit with the same code.
 Files beside a program describe how to run it (see guest/README.md):
 
 - ``<name>.args``: command-line arguments, one per line;
+- ``<name>.stdin``: bytes fed to standard input (otherwise it is empty);
 - ``<name>.exit``: the exit code when it is not 0;
 - ``<name>.fault``: the symbol of the instruction at which the program must
   die; both runs must then exit non-zero, and hwemu's report on stderr must
@@ -44,6 +45,7 @@ class GuestProgram:
     group: str
     name: str
     args: tuple[str, ...]
+    stdin: bytes
     expected_stdout: bytes
     expected_exit: int
     fault_symbol: str | None
@@ -69,11 +71,13 @@ def discover_programs() -> list[GuestProgram]:
             args = _optional_text(stem.with_suffix(".args"))
             exit_code = _optional_text(stem.with_suffix(".exit"))
             fault = _optional_text(stem.with_suffix(".fault"))
+            stdin = stem.with_suffix(".stdin")
             programs.append(
                 GuestProgram(
                     group=group,
                     name=stem.name,
                     args=tuple(args.splitlines()) if args else (),
+                    stdin=stdin.read_bytes() if stdin.exists() else b"",
                     expected_stdout=expected.read_bytes(),
                     expected_exit=int(exit_code) if exit_code else 0,
                     fault_symbol=fault.strip() if fault else None,
@@ -120,7 +124,7 @@ def run_qemu(program: GuestProgram) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         ["qemu-riscv32", str(program.elf), *program.args],
         capture_output=True,
-        stdin=subprocess.DEVNULL,
+        input=program.stdin,
         timeout=HANG_LIMIT_S,
     )
 
@@ -129,7 +133,7 @@ def run_hwemu(program: GuestProgram) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "nodes.cpu", "run", str(program.elf), "--", *program.args],
         capture_output=True,
-        stdin=subprocess.DEVNULL,
+        input=program.stdin,
         cwd=REPO,
         timeout=HANG_LIMIT_S,
     )
