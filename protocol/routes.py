@@ -22,14 +22,14 @@ _NODE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 def check_flow(flow: str) -> str:
     """Return ``flow`` if it is a well-formed flow name, else raise ProtocolError."""
-    if not isinstance(flow, str) or not _FLOW.match(flow):
+    if not isinstance(flow, str) or not _FLOW.fullmatch(flow):
         raise ProtocolError("bad_flow", f"flow {flow!r} is not of the form class:node[.part...]", "flow")
     return flow
 
 
 def check_node_name(name: str) -> str:
     """Return ``name`` if it is a valid node name (letters, digits, ``_``, ``-``)."""
-    if not isinstance(name, str) or not _NODE.match(name):
+    if not isinstance(name, str) or not _NODE.fullmatch(name):
         raise ProtocolError("bad_node", f"node name {name!r} must start with a letter and use [A-Za-z0-9_-]", "node")
     return name
 
@@ -77,6 +77,8 @@ class RouteTable:
 
     @classmethod
     def from_wire(cls, data: Mapping) -> "RouteTable":
-        if not isinstance(data, Mapping) or not isinstance(data.get("epoch"), int) or not isinstance(data.get("routes"), Mapping):
+        epoch = data.get("epoch") if isinstance(data, Mapping) else None
+        if (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0
+                or not isinstance(data.get("routes"), Mapping)):
             raise ProtocolError("bad_routes", "expected {epoch: int, routes: {flow: node}}", "routes")
         return cls(data["epoch"], data["routes"])
