@@ -63,6 +63,9 @@ _PAGE_FAULT = {"x": isa.INSTR_PAGE_FAULT, "r": isa.LOAD_PAGE_FAULT, "w": isa.STO
 _ACCESS_FAULT = {"x": isa.INSTR_ACCESS_FAULT, "r": isa.LOAD_ACCESS_FAULT, "w": isa.STORE_ACCESS_FAULT}
 _COUNTERS = frozenset({isa.CSR_CYCLE, isa.CSR_TIME, isa.CSR_INSTRET, isa.CSR_CYCLEH, isa.CSR_TIMEH, isa.CSR_INSTRETH})
 
+_CONTROL = isa.CONTROL
+HOT_THRESHOLD = 4  # times a block start is interpreted before it is translated
+
 if sys.byteorder != "little":  # pragma: no cover - the word views assume it
     raise ImportError("nodes.cpu needs a little-endian host")
 
@@ -95,14 +98,22 @@ class Fault(Exception):
 class Core:
     """One RV32IM hart with a software TLB and a local page cache."""
 
-    def __init__(self, tlb_capacity: int = 1024, time_source: Callable[[], int] | None = None):
+    def __init__(
+        self,
+        tlb_capacity: int = 1024,
+        time_source: Callable[[], int] | None = None,
+        hot_threshold: int = HOT_THRESHOLD,
+    ):
         """Create a core with all registers zero and no pages.
 
         Args:
             tlb_capacity: number of TLB entries (FIFO replacement).
             time_source: returns the `rdtime` value; default: a monotonic
                 clock in TIMEBASE_HZ ticks.
+            hot_threshold: how many times a block start is interpreted
+                before it is translated (0: translate at once).
         """
+        self.hot_threshold = hot_threshold
         self.x = [0] * 32
         self.pc = 0
         self.asid = 0
@@ -120,6 +131,7 @@ class Core:
         self._maps_dirty = False
         self._blocks_by_asid: dict[int, dict[int, Callable]] = {}
         self._blocks = self._blocks_by_asid.setdefault(0, {})
+        self._heat: dict[int, int] = {}  # block start -> times interpreted
         self._inflight = 0  # instructions the interpreter retired but run() has not counted
         from nodes.cpu import translate  # late: translate imports this module
 
@@ -232,15 +244,22 @@ class Core:
         blocks = self._blocks
         translate = self._translator.translate
         done = 0
+        heat = self._heat
         while done < max_instructions:
             block = blocks.get(self.pc)
-            if block is None:
+            if block is not None:
+                count = block(self, max_instructions - done)
+            elif heat.get(self.pc, 0) < self.hot_threshold:
+                # Cold code runs once (start-up, error paths): interpreting it
+                # costs far less than translating it.
+                heat[self.pc] = heat.get(self.pc, 0) + 1
+                count = self.interpret(max_instructions - done, to_control=True)
+            else:
                 try:
-                    block = translate(self.pc)
+                    block = blocks[self.pc] = translate(self.pc)
                 except Fault:
                     break
-                blocks[self.pc] = block
-            count = block(self, max_instructions - done)
+                count = block(self, max_instructions - done)
             done += count
             self.instret += count
             if self.stop is not None:
@@ -252,12 +271,14 @@ class Core:
         stop.pc = self.pc
         return stop
 
-    def interpret(self, budget: int) -> int:
+    def interpret(self, budget: int, to_control: bool = False) -> int:
         """Execute up to `budget` instructions one at a time, without translation.
 
         Used for instructions a block cannot hold (ecall, CSR reads, fence.i,
         illegal words) and for a budget smaller than the next block. Returns
         the number retired; leaves `self.stop` set if one stopped.
+        With `to_control`, also returns after a control transfer, so that
+        the run loop sees the start of every block.
         """
         x = self.x
         n = 0
@@ -275,8 +296,15 @@ class Core:
                 self._inflight = n
                 target = insn.execute(self, insn)
                 x[0] = 0
-                self.pc = (pc + 4) & M if target is None else target
                 n += 1
+                if target is None:
+                    self.pc = (pc + 4) & M
+                else:
+                    self.pc = target
+                    if to_control:
+                        break
+                if to_control and insn.mnemonic in _CONTROL:
+                    break
         except Fault:
             pass
         self._inflight = 0

@@ -26,6 +26,8 @@ where it was) and returns how many retired before it: the stop is precise.
 from __future__ import annotations
 
 import ast
+import copy
+import operator
 import inspect
 import textwrap
 
@@ -67,6 +69,7 @@ class _Template:
         source = textwrap.dedent(inspect.getsource(getattr(isa, "execute_" + mnemonic)))
         func = ast.parse(source).body[0]
         self.body = func.body
+        self.uses_pc = any(_is_attr(n, "s", "pc") for n in ast.walk(func))
         self.locals = {
             n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
         }
@@ -152,7 +155,35 @@ def _expr(text: str) -> ast.expr:
     return ast.parse(text, mode="eval").body
 
 
-_FOLDABLE = (ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp)
+_BINOPS = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.LShift: operator.lshift,
+    ast.RShift: operator.rshift, ast.BitAnd: operator.and_, ast.BitOr: operator.or_,
+    ast.BitXor: operator.xor,
+}
+_UNARYOPS = {ast.USub: operator.neg, ast.Not: operator.not_, ast.Invert: operator.invert}
+_COMPARES = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
+    ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+}
+
+
+def _constant_value(node: ast.expr):
+    """The value of an operation on constants, or raise LookupError."""
+    if isinstance(node, ast.BinOp) and isinstance(node.left, ast.Constant) and isinstance(node.right, ast.Constant):
+        if isinstance(node.op, (ast.FloorDiv, ast.Mod)) and node.right.value == 0:
+            raise LookupError  # leave it to run time (it never runs: guarded)
+        return _BINOPS[type(node.op)](node.left.value, node.right.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.operand, ast.Constant):
+        return _UNARYOPS[type(node.op)](node.operand.value)
+    if (
+        isinstance(node, ast.Compare)
+        and len(node.ops) == 1
+        and isinstance(node.left, ast.Constant)
+        and isinstance(node.comparators[0], ast.Constant)
+    ):
+        return _COMPARES[type(node.ops[0])](node.left.value, node.comparators[0].value)
+    raise LookupError
 
 
 class _Fold(ast.NodeTransformer):
@@ -168,10 +199,11 @@ class _Fold(ast.NodeTransformer):
 
     def generic_visit(self, node):
         node = super().generic_visit(node)
-        if isinstance(node, _FOLDABLE) and all(
-            isinstance(c, ast.Constant) for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)
-        ):
-            return ast.Constant(eval(ast.unparse(node), {"__builtins__": {}}))
+        if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Compare)):
+            try:
+                return ast.Constant(_constant_value(node))
+            except LookupError:
+                return node
         if isinstance(node, ast.IfExp) and isinstance(node.test, ast.Constant):
             return node.body if node.test.value else node.orelse
         if isinstance(node, ast.If) and isinstance(node.test, ast.Constant):
@@ -225,6 +257,7 @@ class Translator:
         self.core = core
         self.decode_cache: dict[int, isa.Insn | None] = {}
         self._templates: dict[str, _Template] = {}
+        self._specialised: dict[tuple[int, int | None], tuple] = {}
         # Translated code sees the isa module's names (M, trap causes) plus
         # the core's page maps and slow paths, all fixed for the core's life.
         self.namespace = dict(vars(isa))
@@ -276,6 +309,27 @@ class Translator:
             template = self._templates[mnemonic] = _Template(mnemonic)
         return template
 
+    def _specialise(self, insn: isa.Insn, pc: int):
+        """One instruction's folded statements, their source, and what it touches.
+
+        Cached by word (and pc, for templates that read it): hot code is
+        re-translated whenever a block starts in a new place.
+        """
+        template = self._template(insn.mnemonic)
+        key = (insn.word, pc if template.uses_pc else None)
+        cached = self._specialised.get(key)
+        if cached is None:
+            spec = _Specialise(insn, pc, template.locals)
+            statements = []
+            for statement in copy.deepcopy(template.body):
+                result = spec.visit(statement)
+                if result is not None:
+                    statements.extend(result if isinstance(result, list) else [result])
+            statements = [s for s in _fold(statements) if not isinstance(s, ast.Pass)]
+            texts = [ast.unparse(s) for s in statements]
+            cached = self._specialised[key] = (statements, texts, spec)
+        return cached
+
     def _compile(self, start: int, insns: list[isa.Insn]):
         length = len(insns)
         fallthrough = (start + 4 * length) & isa.M
@@ -284,10 +338,7 @@ class Translator:
         written: set[int] = set()
         loop_cond = None
         for index, insn in enumerate(insns):
-            template = self._template(insn.mnemonic)
-            spec = _Specialise(insn, (start + 4 * index) & isa.M, template.locals)
-            statements = [spec.visit(s) for s in _copy(template.body)]
-            statements = _fold([s for st in statements if st is not None for s in (st if isinstance(st, list) else [st])])
+            statements, texts, spec = self._specialise(insn, (start + 4 * index) & isa.M)
             read |= spec.read
             written |= spec.written
             if spec.may_stop:
@@ -298,8 +349,8 @@ class Translator:
                 if loop_cond is None:
                     body.append(f"npc = {fallthrough}")
             if last and loop_cond is not None:
-                statements = statements[:-1]  # the loop's own test replaces it
-            body.extend(ast.unparse(s) for s in statements if not isinstance(s, ast.Pass))
+                texts = texts[:-1]  # the loop's own test replaces the last statement
+            body.extend(texts)
         regs = sorted(read | written)
         load = [f"x{r} = X[{r}]" for r in regs]
         store = [f"X[{r}] = x{r}" for r in sorted(written)] or ["pass"]
@@ -338,10 +389,6 @@ class Translator:
 def _interpret_one(core, budget):
     """The block for a serializing or undecodable instruction."""
     return core.interpret(1)
-
-
-def _copy(statements):
-    return [ast.parse(ast.unparse(s)).body[0] for s in statements]
 
 
 def _loop_condition(statements: list[ast.stmt], start: int):
