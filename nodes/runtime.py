@@ -202,11 +202,11 @@ class Node:
     async def _guarded(self, handler: Callable[[Message], Awaitable[None]], msg: Message) -> None:
         try:
             await handler(msg)
-        except ProtocolError as exc:
-            await self.party.reply(msg, "error", error_body(exc, ref=msg.kind))
         except Exception as exc:  # a bug in one request must not take the node down
-            log.exception("%s: handler for %s failed", self.name, msg.kind)
-            await self.party.reply(msg, "error", error_body(exc, ref=msg.kind))
+            if not isinstance(exc, ProtocolError):
+                log.exception("%s: handler for %s failed", self.name, msg.kind)
+            if msg.src in self.party.directory:  # else (no reply_to) there is nobody to tell
+                await self.party.reply(msg, "error", error_body(exc, ref=msg.kind))
 
     def _accept(self, msg: Message) -> bool:
         """Per-flow sequence check: drop duplicates, count gaps."""

@@ -249,7 +249,8 @@ class Party:
                 await handler(msg)
             except ProtocolError as exc:
                 counters["bad_in"] += 1
-                await self.reply(msg, "error", error_body(exc, ref=msg.kind))
+                if msg.src in self.directory:  # else (no reply_to) there is nobody to tell: drop
+                    await self.reply(msg, "error", error_body(exc, ref=msg.kind))
 
     async def _complain(self, frames: list[bytes], exc: ProtocolError) -> None:
         """Tell the sender (if we know it by its routing id) what was wrong.
