@@ -28,6 +28,19 @@ async def recv_raw(sock: zmq.Socket, timeout: float = 10.0) -> list[bytes]:
             await trio.lowlevel.wait_readable(fd)
 
 
+def mallory(tmp_path: Path, target: Party) -> tuple[zmq.Socket, zmq.Socket]:
+    """Raw sockets of a party named mallory: its inbox (where complaints come) and its link to ``target``."""
+    ctx = zmq.Context.instance()
+    inbox = ctx.socket(zmq.ROUTER)
+    inbox.setsockopt(zmq.LINGER, 0)
+    inbox.bind(ep(tmp_path, "mallory"))
+    out = ctx.socket(zmq.DEALER)
+    out.setsockopt(zmq.LINGER, 0)
+    out.setsockopt(zmq.ROUTING_ID, b"mallory")
+    out.connect(target.endpoint)
+    return inbox, out
+
+
 async def echo(party: Party, msg: Message) -> None:
     if msg.kind == "ping":
         await party.reply(msg, "pong", {"name": party.name})
@@ -96,14 +109,7 @@ async def test_request_to_a_node_outside_the_directory_is_unknown_node(pair):
 
 async def test_a_spoofed_source_is_counted_refused_and_the_party_keeps_serving(pair, tmp_path):
     alice, bob = pair
-    ctx = zmq.Context.instance()
-    inbox = ctx.socket(zmq.ROUTER)  # mallory's inbox: where bob's complaint goes
-    inbox.setsockopt(zmq.LINGER, 0)
-    inbox.bind(ep(tmp_path, "mallory"))
-    out = ctx.socket(zmq.DEALER)
-    out.setsockopt(zmq.LINGER, 0)
-    out.setsockopt(zmq.ROUTING_ID, b"mallory")
-    out.connect(bob.endpoint)
+    inbox, out = mallory(tmp_path, bob)
     try:
         out.send(encode(Message("ping", "alice", "bob", 1, {})))  # well formed, but claims to be alice
         ident, frame = await recv_raw(inbox)
@@ -152,14 +158,7 @@ async def test_a_sender_outside_the_topology_is_answered_at_its_reply_to(tmp_pat
 
 async def test_multipart_garbage_is_bad_message_and_answered(pair, tmp_path):
     _, bob = pair
-    ctx = zmq.Context.instance()
-    inbox = ctx.socket(zmq.ROUTER)
-    inbox.setsockopt(zmq.LINGER, 0)
-    inbox.bind(ep(tmp_path, "mallory"))
-    out = ctx.socket(zmq.DEALER)
-    out.setsockopt(zmq.LINGER, 0)
-    out.setsockopt(zmq.ROUTING_ID, b"mallory")
-    out.connect(bob.endpoint)
+    inbox, out = mallory(tmp_path, bob)
     try:
         out.send_multipart([b"", encode(Message("ping", "mallory", "bob", 1, {}))])  # a REQ-style envelope
         _, frame = await recv_raw(inbox)
