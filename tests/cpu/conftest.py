@@ -26,7 +26,7 @@ def assemble(tmp_path: Path, source: str, name: str = "prog", extra: tuple[str, 
     elf = tmp_path / f"{name}.elf"
     src.write_text(".globl _start\n" + source + "\n")
     done = subprocess.run(
-        [GCC, "-march=rv32im", "-mabi=ilp32", "-nostdlib", "-static", f"-Wl,-Ttext={TEXT:#x}",
+        [GCC, "-march=rv32im_zicsr_zifencei", "-mabi=ilp32", "-nostdlib", "-static", f"-Wl,-Ttext={TEXT:#x}",
          "-Wl,--no-warn-rwx-segments", "-Wl,--build-id=none", *extra, "-o", str(elf), str(src)],
         capture_output=True, text=True,
     )
@@ -79,9 +79,9 @@ def mode(request):
 def run_asm(tmp_path, mode):
     """Assemble, load and run a snippet to its first stop; returns (core, stop)."""
 
-    def _run(source: str, core: Core | None = None):
+    def _run(source: str, core: Core | None = None, text_perms: str | None = None):
         core = core or Core(hot_threshold=0 if mode == "translated" else 4)
-        load(core, assemble(tmp_path, source))
+        load(core, assemble(tmp_path, source), text_perms=text_perms)
         stop = run_to_stop(core, stepped=mode == "stepped")
         return core, stop
 
