@@ -1,0 +1,176 @@
+"""The ``hwemu`` console script, run as a user runs it (STYLE.md, CLI: exit
+codes mean something, ``--json`` prints exactly one JSON object, errors are
+one line naming the file, key or node; ``down`` leaves no process or socket).
+
+Each test gets its own short run directory through ``HWEMU_RUN_DIR``; every
+process of the cluster is stopped in a ``finally`` (``hwemu down``, then
+SIGKILL by pid for anything of ours still alive).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HWEMU = str(Path(sys.executable).parent / "hwemu")
+NODE_KEYS = {"kind", "pid", "endpoint", "alive", "uptime", "msgs_in", "msgs_out"}
+
+
+def hwemu(run_dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([HWEMU, *args], cwd=ROOT, env={**os.environ, "HWEMU_RUN_DIR": str(run_dir)},
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def one_json_object(out: str) -> dict:
+    """stdout holds exactly one JSON object and nothing else."""
+    data, end = json.JSONDecoder().raw_decode(out)
+    assert out[end:].strip() == "", f"more than one JSON object on stdout: {out!r}"
+    assert isinstance(data, dict)
+    return data
+
+
+def alive(pid: int) -> bool:
+    """A zombie (exited, not yet reaped by a parent that is not ours) counts as dead."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def recorded_pids(run_dir: Path) -> set[int]:
+    """The daemon's and nodes' pids from the run directory's state file, if any."""
+    try:
+        state = json.loads((run_dir / "cluster.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {state["pid"], *state.get("nodes", {}).values()} - {None}
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A short run directory; at the end, `hwemu down` and SIGKILL for anything of ours left."""
+    rd = tmp_path / "r"
+    pids: set[int] = set()
+    try:
+        yield rd, pids
+    finally:
+        pids |= recorded_pids(rd)
+        hwemu(rd, "down", timeout=60)
+        for pid in pids:
+            if alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def test_up_status_route_set_show_second_up_and_down_leave_nothing_behind(run_dir):
+    rd, pids = run_dir
+    up = hwemu(rd, "up", "compose/flip.toml", "--detach")
+    pids |= recorded_pids(rd)
+    assert up.returncode == 0, up.stderr
+
+    status = hwemu(rd, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    data = one_json_object(status.stdout)
+    nodes = {n["name"]: n for n in data["nodes"]}
+    assert sorted(nodes) == ["sink_a", "sink_b", "src"]
+    for name, node in nodes.items():
+        assert NODE_KEYS <= set(node), (name, node)
+        assert (node["kind"], node["alive"], node["state"]) == ("testnode", True, "running"), (name, node)
+        assert isinstance(node["pid"], int) and alive(node["pid"])
+        assert node["endpoint"] == f"ipc://{rd}/{name}.sock"
+        assert isinstance(node["uptime"], float) and node["uptime"] >= 0
+        assert isinstance(node["msgs_in"], int) and isinstance(node["msgs_out"], int)
+    cluster_pids = {data["orchestrator"]["pid"], *(n["pid"] for n in nodes.values())}
+    pids |= cluster_pids
+    epoch = data["routes"]["epoch"]
+    assert data["routes"]["routes"] == {"data:src": "sink_a"}
+
+    route_set = hwemu(rd, "route", "set", "data:src", "sink_b", "--json")
+    assert route_set.returncode == 0, route_set.stderr
+    assert one_json_object(route_set.stdout)["epoch"] == epoch + 1
+
+    show = hwemu(rd, "route", "show", "--json")
+    assert show.returncode == 0, show.stderr
+    assert one_json_object(show.stdout) == {"epoch": epoch + 1, "routes": {"data:src": "sink_b"}}
+
+    again = hwemu(rd, "up", "compose/flip.toml", "--detach")
+    assert again.returncode == 1
+    assert "already running" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert all(alive(pid) for pid in cluster_pids), "a refused `up` must not disturb the running cluster"
+
+    down = hwemu(rd, "down")
+    assert down.returncode == 0, down.stderr
+    assert [pid for pid in cluster_pids if alive(pid)] == []
+    assert sorted(p.name for p in rd.glob("*.sock")) == []
+    assert not (rd / "cluster.json").exists()
+
+    after = hwemu(rd, "status")
+    assert after.returncode == 1
+    assert "no cluster is running" in after.stderr
+
+
+def test_up_of_a_bad_topology_exits_2_naming_file_and_key(run_dir, tmp_path):
+    rd, _ = run_dir
+    topo = tmp_path / "bad.toml"
+    topo.write_text('[nodes.a]\nkind = "testnode"\nmodule = "tests.fixtures.streamer"\nrestart = "sometimes"\n')
+    result = hwemu(rd, "up", str(topo), "--detach")
+    assert result.returncode == 2
+    assert f"{topo}: nodes.a.restart: " in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (rd / "cluster.json").exists()
+
+
+def test_up_of_an_unknown_node_kind_exits_2_naming_the_kind(run_dir, tmp_path):
+    rd, _ = run_dir
+    topo = tmp_path / "gpu.toml"
+    topo.write_text('[nodes.g0]\nkind = "gpu"\n')
+    result = hwemu(rd, "up", str(topo), "--detach")
+    assert result.returncode == 2
+    assert f"{topo}: nodes.g0.kind: unknown node kind 'gpu'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_up_of_a_missing_file_exits_2(run_dir, tmp_path):
+    rd, _ = run_dir
+    result = hwemu(rd, "up", str(tmp_path / "nope.toml"), "--detach")
+    assert result.returncode == 2
+    assert f"{tmp_path / 'nope.toml'}: cannot read" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["route", "show"],
+                                  ["route", "set", "data:src", "sink_b"]])
+def test_a_command_with_no_cluster_exits_1_with_one_clear_line(run_dir, args):
+    rd, _ = run_dir
+    result = hwemu(rd, *args)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"hwemu: no cluster is running in {rd} (start one with `hwemu up TOPOLOGY`)"]
+
+
+def test_down_with_no_cluster_is_a_no_op_that_succeeds(run_dir):
+    rd, _ = run_dir
+    result = hwemu(rd, "down", "--json")
+    assert result.returncode == 0
+    assert one_json_object(result.stdout) == {"stopped": [], "note": "no cluster running"}
+
+
+@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["route"], ["route", "show"],
+                                     ["route", "set"], ["cpu"], ["cpu", "run"]])
+def test_help_works_for_every_command(run_dir, command):
+    rd, _ = run_dir
+    result = hwemu(rd, *command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: hwemu" in result.stdout
