@@ -310,7 +310,7 @@ def execute_sw(s, i):
 
 
 def execute_addi(s, i):
-    s.x[i.rd] = (s.x[i.rs1] + i.imm) & M
+    s.x[i.rd] = (s.x[i.rs1] + i.simm) & M  # simm: small ints add faster than 2**32 - 1
 
 
 def execute_slti(s, i):

@@ -108,6 +108,8 @@ class _Specialise(ast.NodeTransformer):
     def visit_Name(self, node):
         if node.id in self.local_names:
             return ast.Name("t_" + node.id, node.ctx)
+        if isinstance(_ISA_CONSTANTS.get(node.id), int):
+            return ast.Constant(_ISA_CONSTANTS[node.id])  # M, trap causes: let them fold
         return node
 
     def visit_Call(self, node):
@@ -149,6 +151,9 @@ class _Specialise(ast.NodeTransformer):
                 return ast.Expr(node.value)
             return None
         return node
+
+
+_ISA_CONSTANTS = {name: value for name, value in vars(isa).items() if name.isupper() and isinstance(value, int)}
 
 
 def _expr(text: str) -> ast.expr:
@@ -203,12 +208,27 @@ class _Fold(ast.NodeTransformer):
             try:
                 return ast.Constant(_constant_value(node))
             except LookupError:
-                return node
+                return _simplify(node)
         if isinstance(node, ast.IfExp) and isinstance(node.test, ast.Constant):
             return node.body if node.test.value else node.orelse
         if isinstance(node, ast.If) and isinstance(node.test, ast.Constant):
             return (node.body if node.test.value else node.orelse) or None
         return node
+
+
+def _is_register(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name) and node.id[0] == "x" and node.id[1:].isdigit()
+
+
+def _simplify(node: ast.expr) -> ast.expr:
+    """Identities that hold because registers are always in [0, 2**32)."""
+    if isinstance(node, ast.BinOp) and isinstance(node.right, ast.Constant):
+        op, value = type(node.op), node.right.value
+        if value == 0 and op in (ast.Add, ast.Sub, ast.BitOr, ast.BitXor, ast.LShift, ast.RShift):
+            return node.left  # mv, shifts by 0
+        if op is ast.BitAnd and value == isa.M and _is_register(node.left):
+            return node.left
+    return node
 
 
 def _fold(statements: list[ast.stmt]) -> list[ast.stmt]:
@@ -326,6 +346,12 @@ class Translator:
                 if result is not None:
                     statements.extend(result if isinstance(result, list) else [result])
             statements = [s for s in _fold(statements) if not isinstance(s, ast.Pass)]
+            # Decided after folding: an alignment check on a constant target is gone.
+            spec.may_stop = any(
+                isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("TRAP", "LOAD", "STORE")
+                for s in statements
+                for n in ast.walk(s)
+            )
             texts = [ast.unparse(s) for s in statements]
             cached = self._specialised[key] = (statements, texts, spec)
         return cached
@@ -346,8 +372,8 @@ class Translator:
             last = index == length - 1 and insn.mnemonic in isa.CONTROL
             if last:
                 loop_cond = _loop_condition(statements, start)
-                if loop_cond is None:
-                    body.append(f"npc = {fallthrough}")
+                if loop_cond is None and not any(_assigns_npc(s) for s in statements):
+                    body.append(f"npc = {fallthrough}")  # a branch not taken
             if last and loop_cond is not None:
                 texts = texts[:-1]  # the loop's own test replaces the last statement
             body.extend(texts)
@@ -413,13 +439,13 @@ def _loop_condition(statements: list[ast.stmt], start: int):
     return None
 
 
-def _assigns_npc(node: ast.stmt, value: int) -> bool:
+def _assigns_npc(node: ast.stmt, value: int | None = None) -> bool:
+    """Whether `node` is `npc = <value>` (any value if None)."""
     return (
         isinstance(node, ast.Assign)
         and isinstance(node.targets[0], ast.Name)
         and node.targets[0].id == "npc"
-        and isinstance(node.value, ast.Constant)
-        and node.value.value == value
+        and (value is None or isinstance(node.value, ast.Constant) and node.value.value == value)
     )
 
 
