@@ -39,6 +39,7 @@ async def call(run_dir: Path, kind: str, body: dict[str, Any] | None = None, tim
         raise NotRunning(f"no cluster is running in {run_dir} (start one with `hwemu up TOPOLOGY`)")
     me = f"cli-{os.getpid()}"
     party = Party(me, f"ipc://{run_dir}/{me}.sock", {"orch": state["endpoint"]}, advertise=True)
+    refused: Exception | None = None
     try:
         async with trio.open_nursery() as nursery:
             async def ignore(msg):
@@ -47,8 +48,12 @@ async def call(run_dir: Path, kind: str, body: dict[str, Any] | None = None, tim
             await nursery.start(party.serve, ignore)
             try:
                 reply = await party.request("orch", kind, body or {}, timeout=timeout)
+            except (RemoteError, RequestTimeout) as exc:
+                refused = exc  # raised outside the nursery, so not wrapped in an ExceptionGroup
             finally:
                 nursery.cancel_scope.cancel()
+        if refused is not None:
+            raise refused
         return reply.body.get("data")
     finally:
         party.close()

@@ -10,6 +10,7 @@ from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator.client import default_run_dir
 
@@ -31,7 +32,8 @@ def run_dir_of(value: Path | None) -> Path:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one actionable line on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]hwemu:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: "[body.flows]" or a path with brackets in a message is text, not rich markup
+    err_console.print(f"[bold red]hwemu:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -103,6 +103,14 @@ def test_up_status_route_set_show_second_up_and_down_leave_nothing_behind(run_di
     assert show.returncode == 0, show.stderr
     assert one_json_object(show.stdout) == {"epoch": epoch + 1, "routes": {"data:src": "sink_b"}}
 
+    for args, expected in ((["notaflow", "sink_b"], "hwemu: bad_flow [flow]: flow 'notaflow' is not of the form"),
+                           (["data:src", "ghost"], "hwemu: unknown_node [node]: cannot route data:src to 'ghost'")):
+        refused = hwemu(rd, "route", "set", *args, "--json")
+        assert (refused.returncode, refused.stdout) == (1, ""), refused.stderr
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), refused.stderr
+    assert one_json_object(hwemu(rd, "route", "show", "--json").stdout)["epoch"] == epoch + 1  # nothing changed
+
     again = hwemu(rd, "up", "compose/flip.toml", "--detach")
     assert again.returncode == 1
     assert "already running" in again.stderr
