@@ -106,11 +106,11 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(title=f"hwemu CPU (CPython {report['python']}, best of {args.repeat})")
-    for column in ("program", "instructions", "guest s", "MIPS", "wall s", "qemu wall s", "ours ÷ qemu"):
+    for column in ("program", "instret", "guest s", "MIPS", "wall s", "qemu s", "÷ qemu"):
         table.add_column(column, justify="right")
     for kind in PROGRAMS:
         table.add_row(
-            f"{report[f'{kind}_program']} ({kind})",
+            f"{kind}: {report[f'{kind}_program']}",
             f"{report[f'{kind}_instret']:,}",
             f"{report[f'{kind}_seconds']:.3f}",
             f"{report[f'mips_{kind}']:.2f}",

@@ -259,6 +259,9 @@ class Core:
                     block = blocks[self.pc] = translate(self.pc)
                 except Fault:
                     break
+                # A region can be entered at any of its blocks.
+                for start in getattr(block, "starts", ()):
+                    blocks.setdefault(start, block)
                 count = block(self, max_instructions - done)
             done += count
             self.instret += count
@@ -419,5 +422,6 @@ class Core:
     def _drop_blocks(self, asid: int, vpn: int) -> None:
         blocks = self._blocks_by_asid.get(asid)
         if blocks:
-            for pc in [pc for pc in blocks if pc >> 12 == vpn]:
+            stale = [pc for pc, block in blocks.items() if vpn in getattr(block, "vpns", (pc >> 12,))]
+            for pc in stale:
                 del blocks[pc]

@@ -34,7 +34,8 @@ import textwrap
 from nodes.cpu import isa
 from nodes.cpu.core import Fault
 
-MAX_BLOCK = 64  # instructions; bounds compile time and budget granularity
+MAX_BLOCK = 64  # instructions per basic block; bounds budget granularity
+MAX_REGION_BLOCKS = 32  # basic blocks per region; bounds compile time and dispatch
 
 _LOAD = {
     1: "(_mp[_ma & 4095] if (_mp := R1.get((_ma := {a}) >> 12)) is not None else LOAD(_ma, 1))",
@@ -220,8 +221,38 @@ def _is_register(node: ast.expr) -> bool:
     return isinstance(node, ast.Name) and node.id[0] == "x" and node.id[1:].isdigit()
 
 
+_SIGN = 0x80000000
+
+
+def _unsigned_image(node: ast.expr) -> ast.expr | None:
+    """For `(e ^ 2**31) - 2**31` (signed(e), inlined) return `e ^ 2**31`."""
+    if (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Sub)
+        and isinstance(node.right, ast.Constant)
+        and node.right.value == _SIGN
+        and isinstance(node.left, ast.BinOp)
+        and isinstance(node.left.op, ast.BitXor)
+        and isinstance(node.left.right, ast.Constant)
+        and node.left.right.value == _SIGN
+    ):
+        return node.left
+    return None
+
+
 def _simplify(node: ast.expr) -> ast.expr:
     """Identities that hold because registers are always in [0, 2**32)."""
+    if isinstance(node, ast.Compare) and len(node.ops) == 1:
+        # signed(a) < signed(b)  <=>  a ^ 2**31 < b ^ 2**31: both sides shift
+        # by the same 2**31, so one subtraction each can go.
+        left, right = node.left, node.comparators[0]
+        left_image, right_image = _unsigned_image(left), _unsigned_image(right)
+        if left_image is not None and right_image is not None:
+            return ast.Compare(left_image, node.ops, [right_image])
+        if left_image is not None and isinstance(right, ast.Constant):
+            return ast.Compare(left_image, node.ops, [ast.Constant(right.value + _SIGN)])
+        if right_image is not None and isinstance(left, ast.Constant):
+            return ast.Compare(ast.Constant(left.value + _SIGN), node.ops, [right_image])
     if isinstance(node, ast.BinOp) and isinstance(node.right, ast.Constant):
         op, value = type(node.op), node.right.value
         if value == 0 and op in (ast.Add, ast.Sub, ast.BitOr, ast.BitXor, ast.LShift, ast.RShift):
@@ -300,28 +331,49 @@ class Translator:
             return insn
 
     def translate(self, pc: int):
-        """Return a block function for the code at `pc`.
+        """Return a region function for the code at `pc`.
 
         Raises:
             Fault: the fetch of the first instruction stopped (core.stop set).
         """
-        first = self.core.fetch(pc)  # checks the TLB and the page once
+        self.core.fetch(pc)  # checks the TLB and the page of the entry once
+        entry = self._scan(pc)
+        if entry is None:
+            return _interpret_one
+        # Grow a region from the entry along static successors that have
+        # already run (the heat map), so that a loop with branches inside
+        # stays in one Python function with its registers in locals.
+        region = {pc: entry}
+        order = [pc]
+        queue = list(_successors(pc, entry))
+        heat = self.core._heat
+        while queue and len(region) < MAX_REGION_BLOCKS:
+            start = queue.pop(0)
+            if start in region or not heat.get(start) or (start >> 12) not in self.core.X1:
+                continue
+            insns = self._scan(start)
+            if insns is None:
+                continue
+            region[start] = insns
+            order.append(start)
+            queue.extend(_successors(start, insns))
+        return self._compile(pc, [(start, region[start]) for start in order])
+
+    def _scan(self, pc: int) -> list[isa.Insn] | None:
+        """Decode the basic block at `pc` (on a page already checked executable)."""
         page = self.core.X1.get(pc >> 12) or self.core._resolve(pc, "x")
         insns: list[isa.Insn] = []
-        addr, word = pc, first
+        addr = pc
         while True:
-            insn = self.decode(word)
+            off = addr & 4095
+            insn = self.decode(int.from_bytes(page[off : off + 4], "little"))
             if insn is None or insn.mnemonic in isa.SERIALIZING:
                 break
             insns.append(insn)
             addr = (addr + 4) & isa.M
             if insn.mnemonic in isa.CONTROL or addr & 4095 == 0 or len(insns) >= MAX_BLOCK:
                 break
-            off = addr & 4095
-            word = int.from_bytes(page[off : off + 4], "little")
-        if not insns:
-            return _interpret_one
-        return self._compile(pc, insns)
+        return insns or None
 
     def _template(self, mnemonic: str) -> _Template:
         template = self._templates.get(mnemonic)
@@ -356,60 +408,69 @@ class Translator:
             cached = self._specialised[key] = (statements, texts, spec)
         return cached
 
-    def _compile(self, start: int, insns: list[isa.Insn]):
+    def _block(self, start: int, insns: list[isa.Insn]) -> tuple[list[str], set[int], set[int]]:
+        """Source lines of one basic block inside a region's dispatch loop."""
         length = len(insns)
         fallthrough = (start + 4 * length) & isa.M
-        body: list[str] = []
+        body = [f"if n + {length} > budget:", "    break"]
         read: set[int] = set()
         written: set[int] = set()
-        loop_cond = None
         for index, insn in enumerate(insns):
             statements, texts, spec = self._specialise(insn, (start + 4 * index) & isa.M)
             read |= spec.read
             written |= spec.written
             if spec.may_stop:
                 body.append(f"k = {index}")
-            last = index == length - 1 and insn.mnemonic in isa.CONTROL
-            if last:
-                loop_cond = _loop_condition(statements, start)
-                if loop_cond is None and not any(_assigns_npc(s) for s in statements):
+            if index == length - 1 and insn.mnemonic in isa.CONTROL:
+                if not any(_assigns_npc(s) for s in statements):
                     body.append(f"npc = {fallthrough}")  # a branch not taken
-            if last and loop_cond is not None:
-                texts = texts[:-1]  # the loop's own test replaces the last statement
-            body.extend(texts)
-        regs = sorted(read | written)
-        load = [f"x{r} = X[{r}]" for r in regs]
-        store = [f"X[{r}] = x{r}" for r in sorted(written)] or ["pass"]
-        lines = [f"def block_{start:08x}(s, budget):"]
-        lines += _indent(1, [f"if budget < {length}:", "    return INTERP(s, budget)", "X = s.x", *load, "k = 0"])
-        if loop_cond is not None:
-            cond = "True" if loop_cond is True else loop_cond
-            lines += _indent(1, ["n = 0", "try:", "    while True:"])
-            lines += _indent(3, _split(body))
-            lines += _indent(3, [
-                f"n += {length}",
-                f"if {cond}:",
-                f"    if n + {length} <= budget:",
-                "        continue",
-                f"    npc = {start}",
-                "else:",
-                f"    npc = {fallthrough}",
-                "break",
-            ])
-            lines += _indent(1, ["except Fault:", *_indent(1, store), f"    s.pc = {start} + 4 * k",
-                                 "    return n + k", *store, "s.pc = npc", "return n"])
-        else:
-            exit_pc = "npc" if insns[-1].mnemonic in isa.CONTROL else str(fallthrough)
-            lines += _indent(1, ["try:"])
-            lines += _indent(2, _split(body) or ["pass"])
-            lines += _indent(1, ["except Fault:", *_indent(1, store), f"    s.pc = {start} + 4 * k",
-                                 "    return k", *store, f"s.pc = {exit_pc}", f"return {length}"])
+                body.extend(texts)
+                body.append("pc = npc")
+            else:
+                body.extend(texts)
+        if insns[-1].mnemonic not in isa.CONTROL:
+            body.append(f"pc = {fallthrough}")
+        body.append(f"n += {length}")
+        return body, read, written
+
+    def _compile(self, entry: int, blocks: list[tuple[int, list[isa.Insn]]]):
+        read: set[int] = set()
+        written: set[int] = set()
+        dispatch: list[str] = []
+        for number, (start, insns) in enumerate(blocks):
+            body, block_read, block_written = self._block(start, insns)
+            read |= block_read
+            written |= block_written
+            dispatch.append(f"{'if' if number == 0 else 'elif'} pc == {start}:")
+            dispatch.extend(_indent(1, body))
+        dispatch += ["else:", "    break"]
+        load = [f"x{r} = X[{r}]" for r in sorted(read | written)]
+        store = [f"X[{r}] = x{r}" for r in sorted(written)]
+        name = f"region_{entry:08x}"
+        lines = [f"def {name}(s, budget):"]
+        lines += _indent(1, ["X = s.x", *load, "pc = s.pc", "n = 0", "k = 0", "try:", "    while True:"])
+        lines += _indent(3, dispatch)
+        lines += _indent(1, [
+            "except Fault:",
+            *_indent(1, store),
+            "    s.pc = pc + 4 * k",
+            "    return n + k",
+            *store,
+            "s.pc = pc",
+            "if n:",
+            "    return n",
+            "return INTERP(s, budget)  # the budget is smaller than the first block",
+        ])
         source = "\n".join(lines) + "\n"
         namespace = self.namespace
-        exec(compile(source, f"<block {start:#010x}>", "exec"), namespace)
-        block = namespace.pop(f"block_{start:08x}")
-        block.source = source  # for debugging and tests
-        return block
+        exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)
+        region = namespace.pop(name)
+        region.source = source  # for debugging and tests
+        region.starts = [start for start, _ in blocks]
+        region.vpns = frozenset(
+            (start + 4 * i) >> 12 for start, insns in blocks for i in (0, len(insns) - 1)
+        )
+        return region
 
 
 def _interpret_one(core, budget):
@@ -417,26 +478,18 @@ def _interpret_one(core, budget):
     return core.interpret(1)
 
 
-def _loop_condition(statements: list[ast.stmt], start: int):
-    """If the block's terminator can jump back to `start`, its condition.
-
-    Returns:
-        True for an unconditional jump to start, the condition's source for a
-        branch `if cond: npc = start`, None when the block is not a loop.
-    """
-    if not statements:
-        return None
-    last = statements[-1]
-    if _assigns_npc(last, start):
-        return True
-    if (
-        isinstance(last, ast.If)
-        and not last.orelse
-        and len(last.body) == 1
-        and _assigns_npc(last.body[0], start)
-    ):
-        return ast.unparse(last.test)
-    return None
+def _successors(start: int, insns: list[isa.Insn]) -> list[int]:
+    """Statically known next block starts (none for jalr)."""
+    last = insns[-1]
+    pc = (start + 4 * (len(insns) - 1)) & isa.M
+    fallthrough = (pc + 4) & isa.M
+    if last.mnemonic == "jal":
+        return [(pc + last.simm) & isa.M]
+    if last.mnemonic == "jalr":
+        return []
+    if last.mnemonic in isa.CONTROL:
+        return [(pc + last.simm) & isa.M, fallthrough]
+    return [fallthrough]
 
 
 def _assigns_npc(node: ast.stmt, value: int | None = None) -> bool:
@@ -447,10 +500,6 @@ def _assigns_npc(node: ast.stmt, value: int | None = None) -> bool:
         and node.targets[0].id == "npc"
         and (value is None or isinstance(node.value, ast.Constant) and node.value.value == value)
     )
-
-
-def _split(lines: list[str]) -> list[str]:
-    return [line for text in lines for line in text.split("\n")]
 
 
 def _indent(level: int, lines: list[str]) -> list[str]:
