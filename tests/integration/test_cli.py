@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,36 @@ def test_help_works_for_every_command(run_dir, command):
     result = hwemu(rd, *command, "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage: hwemu" in result.stdout
+
+
+def wait_until_dead(pids: set[int], timeout: float = 30) -> list[int]:
+    """Wait (bounded) for SIGKILLed processes to go; returns those still alive."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return sorted(p for p in pids if alive(p))
+
+
+def test_a_hung_orchestrator_is_reported_and_down_still_stops_every_process(run_dir):
+    rd, pids = run_dir
+    up = hwemu(rd, "up", "compose/flip.toml", "--detach", "--json")
+    pids |= recorded_pids(rd)
+    assert up.returncode == 0, up.stderr
+    data = one_json_object(up.stdout)
+    orch_pid = data["orchestrator"]["pid"]
+    cluster_pids = {orch_pid, *(n["pid"] for n in data["nodes"])}
+    pids |= cluster_pids
+    os.kill(orch_pid, signal.SIGSTOP)
+    try:
+        status = hwemu(rd, "status", "--json")
+        assert (status.returncode, status.stdout) == (1, "")
+        lines = status.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"hwemu: the orchestrator in {rd} does not answer"), status.stderr
+
+        down = hwemu(rd, "down", "--timeout", "1")
+        assert down.returncode == 0, down.stderr
+        assert wait_until_dead(cluster_pids) == []
+        assert sorted(p.name for p in rd.glob("*.sock")) == []
+    finally:
+        if alive(orch_pid):
+            os.kill(orch_pid, signal.SIGCONT)
