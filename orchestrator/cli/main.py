@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import cluster, cpu, route
+from orchestrator.cli import cluster, console, cpu, route
 
 app = typer.Typer(
     name="hwemu",
@@ -15,6 +15,7 @@ app = typer.Typer(
 app.command("up")(cluster.up)
 app.command("status")(cluster.status)
 app.command("down")(cluster.down)
+app.command("console")(console.console)
 app.add_typer(route.app, name="route")
 app.add_typer(cpu.app, name="cpu", help="Run programs on the CPU core.")
 

@@ -6,12 +6,15 @@ console's TCP side is driven with real sockets on loopback."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import trio
 
+from orchestrator.client import call
 from protocol.errors import RemoteError
 
 pytestmark = pytest.mark.integration
@@ -81,7 +84,7 @@ async def test_console_output_reaches_log_and_tcp_client_in_order_and_sync_count
                                                     "bodies": [{"data": b} for b in lines]}, timeout=30)
     assert reply.body["data"]["fseq"] == len(lines)
     # two senders are not ordered with each other: let the flow land first
-    await wait_stats(orch, "uart0", lambda s: s["flows_in"]["io:os1.uart"]["consumed"] == len(lines))
+    await wait_stats(orch, "uart0", lambda s: s["flows_in"].get("io:os1.uart", {}).get("consumed") == len(lines))
     direct = await orch.request("uart0", "uart_write", {"data": b"direct\n"})
     expected = b"".join(lines) + b"direct\n"
     assert direct.body["data"]["logged"] == len(expected)
@@ -200,3 +203,62 @@ async def test_timer_now_reads_the_wall_clock_and_bad_periods_are_refused(cluste
     with pytest.raises(RemoteError, match="period_ms"):
         await orch.request("timer0", "timer_set", {"period_ms": -1})
     assert (await stats(orch, "timer0"))["period_ms"] == 0
+
+
+CLI = [sys.executable, "-m", "orchestrator.cli.main"]
+TOPOLOGY_TOML = """
+[cluster]
+name = "console"
+[nodes.uart0]
+kind = "uart"
+[nodes.os1]
+kind = "irqsink"
+module = "tests.fixtures.irqsink"
+[routes]
+"irq:uart0" = "os1"
+"""
+
+
+async def test_hwemu_console_shows_output_types_input_and_refuses_unknown_or_non_uart_nodes(tmp_path):
+    rd = tmp_path / "rd"
+    topo = tmp_path / "console.toml"
+    topo.write_text(TOPOLOGY_TOML)
+    repo = Path(__file__).resolve().parents[2]
+    up = await trio.run_process([*CLI, "up", "--detach", "--run-dir", str(rd), str(topo)],
+                                cwd=repo, capture_stdout=True, capture_stderr=True, check=False)
+    assert up.returncode == 0, up.stderr.decode()
+    try:
+        async def ctl(node: str, kind: str, body: dict | None = None) -> dict:
+            return (await call(rd, "ctl_request", {"node": node, "kind": kind, "body": body or {}}))["body"]
+
+        proc = await trio.lowlevel.open_process([*CLI, "console", "uart0", "--run-dir", str(rd)], cwd=repo,
+                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            with trio.fail_after(20):
+                while (await ctl("uart0", "stats"))["stats"]["clients"] != 1:
+                    await trio.sleep(0.02)
+                await ctl("uart0", "uart_write", {"data": b"hello from the machine\n"})
+                shown = b""
+                while b"hello from the machine\n" not in shown:
+                    chunk = await proc.stdout.receive_some(4096)
+                    assert chunk, "hwemu console ended early"
+                    shown += chunk
+                await proc.stdin.send_all(b"typed on the console\n")
+                while b"".join(e["body"]["data"] for e in (await ctl("os1", "sink_events"))["data"]["events"]) \
+                        != b"typed on the console\n":
+                    await trio.sleep(0.02)
+                await proc.stdin.aclose()  # EOF ends the session
+                assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+        for name, why in (("nope", "no node 'nope'"), ("os1", "not a uart")):
+            res = await trio.run_process([*CLI, "console", name, "--run-dir", str(rd)], cwd=repo,
+                                         capture_stdout=True, capture_stderr=True, check=False)
+            assert res.returncode == 1
+            assert why in res.stderr.decode()
+    finally:
+        with trio.CancelScope(shield=True):  # stop every process even when the test failed
+            await trio.run_process([*CLI, "down", "--run-dir", str(rd)], cwd=repo, capture_stdout=True, check=False)
