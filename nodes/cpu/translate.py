@@ -349,7 +349,8 @@ class Translator:
         heat = self.core._heat
         while queue and len(region) < MAX_REGION_BLOCKS:
             start = queue.pop(0)
-            if start in region or not heat.get(start) or (start >> 12) not in self.core.X1:
+            cold = self.core.hot_threshold and not heat.get(start)
+            if start in region or cold or (start >> 12) not in self.core.X1:
                 continue
             insns = self._scan(start)
             if insns is None:

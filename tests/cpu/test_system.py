@@ -109,3 +109,82 @@ def test_state_round_trips_through_msgpack():
     other.set_state(state)
     assert other.get_state() == core.get_state()
     assert other.asid == 3 and other.x[5] == 0xDEADBEEF and other.x[0] == 0
+
+
+# A loop with a branch inside and memory traffic across several pages: it
+# becomes one multi-block region once hot.
+MIXED = """
+_start:
+    li s0, 0x40000
+    li s1, 0
+    li s2, 600
+    li s3, 0
+loop:
+    andi t0, s1, 7
+    slli t0, t0, 12
+    add t0, t0, s0
+    lw t1, 16(t0)
+    andi t2, s1, 1
+    beqz t2, even
+    addi t1, t1, 3
+    j store
+even:
+    xori t1, t1, 0x55
+store:
+    sw t1, 16(t0)
+    add s3, s3, t1
+    addi s1, s1, 1
+    blt s1, s2, loop
+    ecall
+"""
+
+
+def _mixed_core(cpu_helpers, tmp_path, threshold):
+    core = Core(hot_threshold=threshold)
+    cpu_helpers.load(core, cpu_helpers.assemble(tmp_path, MIXED))
+    return core
+
+
+def test_regions_stop_exactly_on_every_quantum_size(tmp_path, cpu_helpers):
+    whole = _mixed_core(cpu_helpers, tmp_path, 0)
+    assert whole.run(10**6).cause == 8
+    assert any(len(getattr(b, "starts", ())) > 1 for b in whole._blocks.values())
+    for threshold in (0, 4):
+        for chunk in (1, 2, 5, 9, 64, 1000):
+            core = _mixed_core(cpu_helpers, tmp_path, threshold)
+            while True:
+                before = core.instret
+                stop = core.run(chunk)
+                if stop.kind != "quantum":
+                    break
+                assert core.instret - before == chunk
+            assert stop.cause == 8
+            assert core.get_state() == whole.get_state()
+
+
+def _run_until_not_quantum(core, stepped):
+    while True:
+        stop = core.run(1 if stepped else 10**6)
+        if stop.kind != "quantum":
+            return stop
+
+
+def test_page_miss_inside_a_hot_region_restarts_the_access(tmp_path, cpu_helpers, mode):
+    stepped = mode == "stepped"
+    whole = _mixed_core(cpu_helpers, tmp_path, 0)
+    assert whole.run(10**6).cause == 8
+    core = _mixed_core(cpu_helpers, tmp_path, 0 if mode == "translated" else 4)
+    saved = core.evict_page(0x45)
+    # The first visit to page 0x45 (iteration 5) misses on the load ...
+    stop = _run_until_not_quantum(core, stepped)
+    assert (stop.kind, stop.ppn, stop.write) == ("page_miss", 0x45, False)
+    at_load = (core.instret, core.pc, list(core.x))
+    core.install_page(0x45, bytearray(saved), writable=False)
+    # ... then, the page being held read-only, on the store, with the load retired.
+    stop = _run_until_not_quantum(core, stepped)
+    assert (stop.kind, stop.ppn, stop.write) == ("page_miss", 0x45, True)
+    assert core.pc == stop.pc and core.pc > at_load[1] and core.instret > at_load[0]
+    core.install_page(0x45, bytearray(core.evict_page(0x45)), writable=True)
+    assert _run_until_not_quantum(core, stepped).cause == 8
+    assert core.get_state() == whole.get_state()
+    assert core.evict_page(0x45) == whole.evict_page(0x45)
