@@ -206,7 +206,7 @@ class Uart(Node):
                     nursery.start_soon(self._client_writer, client)
                     await self._client_reader(client)
                     # the client half-closed: it may still be reading output
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass  # a client that vanished is no concern of the machine's
             finally:
                 self.clients.discard(client)

@@ -6,6 +6,7 @@ console's TCP side is driven with real sockets on loopback."""
 from __future__ import annotations
 
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -262,3 +263,22 @@ async def test_hwemu_console_shows_output_types_input_and_refuses_unknown_or_non
     finally:
         with trio.CancelScope(shield=True):  # stop every process even when the test failed
             await trio.run_process([*CLI, "down", "--run-dir", str(rd)], cwd=repo, capture_stdout=True, check=False)
+
+
+async def test_clients_that_reset_mid_output_leave_the_console_running(cluster):
+    orch = await cluster(uart_topology())
+    pid = (await orch.request("uart0", "ping")).body
+    port = (await stats(orch, "uart0"))["tcp_port"]
+    for _ in range(3):
+        rude = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        rude.connect(("127.0.0.1", port))
+        rude.sendall(b"half a command")
+        await wait_stats(orch, "uart0", lambda s: s["clients"] == 1)
+        await orch.request("uart0", "uart_write", {"data": b"z" * 200_000})
+        rude.close()
+        await wait_stats(orch, "uart0", lambda s: s["clients"] == 0)
+    assert (await orch.request("uart0", "ping")).body == pid
+    s = await stats(orch, "uart0")
+    assert (s["state"], s["bytes_in"]) == ("running", 3 * len(b"half a command"))
+    assert orch.supervisor.nodes["uart0"].restarts == 0
