@@ -79,10 +79,11 @@ class Timer(Node):
 
     async def _raise_irq(self, kind: str, body: dict[str, Any]) -> bool:
         """Emit on ``irq:<name>``; False (and counted) if nobody takes it."""
-        if self.routes.get(self.irq_flow) is None:
+        try:
+            await self.emit(self.irq_flow, kind, body)
+        except ProtocolError:  # no route (or it went while a route change held the emit)
             self.unrouted += 1
             return False
-        await self.emit(self.irq_flow, kind, body)
         return True
 
     # -- periodic tick ------------------------------------------------------------

@@ -50,16 +50,22 @@ async def _attach(port: int) -> None:
 
         async def console_to_stdout() -> None:
             out = sys.stdout.buffer
-            while data := await stream.receive_some(65536):
-                out.write(data)
-                out.flush()
+            try:
+                while data := await stream.receive_some(65536):
+                    out.write(data)
+                    out.flush()
+            except (trio.BrokenResourceError, BrokenPipeError):
+                pass  # the node went away, or our reader did (`| head`): the session is over
             nursery.cancel_scope.cancel()
 
         async def stdin_to_console() -> None:
             # a thread, since stdin may be a tty, a pipe or a file, and only
             # pipes and ttys can be waited on by trio
-            while data := await trio.to_thread.run_sync(os.read, 0, 4096, abandon_on_cancel=True):
-                await stream.send_all(data)
+            try:
+                while data := await trio.to_thread.run_sync(os.read, 0, 4096, abandon_on_cancel=True):
+                    await stream.send_all(data)
+            except trio.BrokenResourceError:
+                pass
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(console_to_stdout)

@@ -24,6 +24,7 @@ def make_timer(tmp_path, delays: dict[int, float]) -> tuple[Timer, list[tuple[fl
 
     async def emit(flow, kind, body):
         assert (flow, kind) == ("irq:timer0", "tick")
+        timer.routes.lookup(flow)  # as Node.emit does: no route raises ProtocolError
         sent.append((trio.current_time(), body["n"]))
         await trio.sleep(delays.get(body["n"], 0.003))
 
