@@ -205,7 +205,10 @@ class Uart(Node):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._client_writer, client)
                     await self._client_reader(client)
-                    # the client half-closed: it may still be reading output
+                    # EOF: a closed client and a half-closed one look alike
+                    # here; ending the session is what keeps closed ones from
+                    # lingering until the next output (nc does not half-close)
+                    nursery.cancel_scope.cancel()
             except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass  # a client that vanished is no concern of the machine's
             finally:
