@@ -29,8 +29,10 @@ ZERO = bytes(FRAME_SIZE)
 
 
 class Caches:
-    """Every simulated initiator's local page cache: ``lines[initiator][frame] = [mode, bytearray]``.
+    """Every simulated initiator's local page cache: ``lines[initiator][frame] = [mode, bytearray, via]``.
 
+    ``via`` is the set of (space, guest page) the copy was acquired through:
+    a CPU's translations, which a map change must recall with the copy.
     ``recall`` behaves as a well-behaved initiator does; it checkpoints first,
     as a real message round trip would, so other requests interleave.
     """
@@ -50,20 +52,23 @@ class Caches:
             line[0] = "S"
         return data
 
-    def install(self, initiator: str, grant) -> bytearray:
-        """Take a grant into the initiator's cache and return the cached bytes."""
+    def install(self, initiator: str, grant, via: tuple[str, int] | None = None) -> bytearray:
+        """Take a grant (acquired through ``via``) into the initiator's cache; return the cached bytes."""
         mine = self.lines.setdefault(initiator, {})
         if grant.data is None:
             assert mine[grant.frame][0] == "M"
         else:
-            mine[grant.frame] = ["M" if grant.writable else "S", bytearray(grant.data)]
+            old = mine.get(grant.frame, [None, None, set()])[2]
+            mine[grant.frame] = ["M" if grant.writable else "S", bytearray(grant.data), old]
+        if via is not None:
+            mine[grant.frame][2].add(via)
         return mine[grant.frame][1]
 
     def held(self) -> dict[int, dict[str, str]]:
         """Return the holders per frame, as the directory should record them."""
         out: dict[int, dict[str, str]] = {}
         for who, lines in self.lines.items():
-            for frame, (mode, _) in lines.items():
+            for frame, (mode, _, _) in lines.items():
                 out.setdefault(frame, {})[who] = mode
         return out
 
@@ -366,28 +371,51 @@ class DirectoryMachine(RuleBasedStateMachine):
 
     # the directory protocol
 
-    @rule(who=who_, space=space_, gpn=gpn_, write=st.booleans(), pos=st.integers(0, FRAME_SIZE - 1),
-          value=st.integers(0, 255))
-    def acquire(self, who, space, gpn, write, pos, value):
+    async def touch(self, who, space, gpn, write, pos, value):
+        """Acquire a page as ``who`` and, for a write, change one byte of its copy.
+
+        No checkpoint between the grant and the model update: the copy is ours
+        until the controller recalls it, which needs a checkpoint.
+        """
         frame = self.reach(space, gpn)
         if frame is None:
             with pytest.raises(MemFault):
-                trio.run(self.mc.acquire, who, space, gpn, write)
+                await self.mc.acquire(who, space, gpn, write)
             return
-        grant = trio.run(self.mc.acquire, who, space, gpn, write)
+        grant = await self.mc.acquire(who, space, gpn, write)
         assert grant.frame == frame
         assert grant.data is None or grant.data == self.expected[frame]
-        line = self.caches.install(who, grant)
+        line = self.caches.install(who, grant, via=(space, gpn))
         if write:
             line[pos] = value
             self.expected[frame] = bytes(line)
+
+    touch_ = st.tuples(who_, space_, gpn_, st.booleans(), st.integers(0, FRAME_SIZE - 1), st.integers(0, 255))
+
+    @rule(args=touch_)
+    def acquire(self, args):
+        trio.run(self.touch, *args)
+
+    @rule(pages=st.lists(st.tuples(space_, gpn_), min_size=1, max_size=2), data=st.data())
+    def acquire_concurrently(self, pages, data):
+        # Few pages for many requests, so that requests queue on a frame's lock.
+        batch = data.draw(st.lists(st.tuples(who_, st.sampled_from(pages), st.booleans(),
+                                             st.integers(0, FRAME_SIZE - 1), st.integers(0, 255)),
+                                   min_size=2, max_size=6))
+
+        async def main():
+            async with trio.open_nursery() as nursery:
+                for who, (space, gpn), write, pos, value in batch:
+                    nursery.start_soon(self.touch, who, space, gpn, write, pos, value)
+
+        trio.run(main)
 
     @precondition(lambda self: any(self.caches.lines.values()))
     @rule(data=st.data())
     def release(self, data):
         who = data.draw(st.sampled_from(sorted(w for w, lines in self.caches.lines.items() if lines)))
         frame = data.draw(st.sampled_from(sorted(self.caches.lines[who])))
-        mode, line = self.caches.lines[who].pop(frame)
+        mode, line, _ = self.caches.lines[who].pop(frame)
         self.mc.release(who, frame, bytes(line) if mode == "M" else None)
 
     @rule(who=who_, space=space_, gaddr=st.integers(0, (N + 2) * FRAME_SIZE), n=st.integers(0, 2 * FRAME_SIZE))
@@ -488,6 +516,12 @@ class DirectoryMachine(RuleBasedStateMachine):
                 assert bytes(self.caches.lines[who][f][1]) == self.expected[f], (who, f)
             if "M" not in holders.values():
                 assert self.mc.store.read_frame(f) == self.expected[f], f
+
+    @invariant()
+    def every_cached_translation_is_still_true(self):
+        for lines in self.caches.lines.values():
+            for frame, (_, _, via) in lines.items():
+                assert all(self.reach(space, gpn) == frame for space, gpn in via), (frame, via)
 
     @invariant()
     def owners_and_maps_match_the_model(self):
