@@ -425,7 +425,10 @@ class MemoryController:
 
         Raises:
             MemFault: a page of the range is outside the space's map.
+            DirectoryError: ``data`` is not bytes.
         """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DirectoryError(f"uncached write by {initiator!r}: data must be bytes, got {type(data).__name__}")
         data = bytes(data)
         done = 0
         for gpn, offset, length in self._pages(space, gaddr, len(data)):
@@ -434,6 +437,20 @@ class MemoryController:
                 self.store.write(frame, offset, data[done:done + length])
             done += length
         self._counts["uncached_writes"] += 1
+
+    def drop_initiator(self, initiator: str) -> list[int]:
+        """Forget every copy ``initiator`` holds (it crashed, or stopped answering recalls).
+
+        Returns:
+            The frames it held modified: their newest bytes are lost, memory keeps
+            the last written-back ones. The wrapper should report them.
+        """
+        lost = []
+        for frame in [f for f, h in self._holders.items() if initiator in h]:
+            if self._holders[frame][initiator] == MODIFIED:
+                lost.append(frame)
+            self._drop_holder(frame, initiator)
+        return sorted(lost)
 
     def finish_recovery(self) -> None:
         """End recovery: every initiator has written back and dropped its copies."""
@@ -568,7 +585,7 @@ class MemoryController:
     def _pages(self, space: str, gaddr: int, n: int) -> list[tuple[int, int, int]]:
         """Split ``[gaddr, gaddr+n)`` into (gpn, offset, length), translating each page once."""
         self._check_serving()
-        if not isinstance(gaddr, int) or gaddr < 0 or n < 0:
+        if not isinstance(gaddr, int) or not isinstance(n, int) or gaddr < 0 or n < 0:
             raise self._fault(space, -1, f"bad range: address {gaddr!r}, length {n!r}")
         out = []
         addr, end = gaddr, gaddr + n

@@ -43,7 +43,9 @@ class MemFault(MemctlError):
         self.space = space
         self.gpn = gpn
         self.detail = detail
-        super().__init__(f"memory fault in space {space!r} at guest page {gpn:#x}: {detail}")
+        # A wild request may carry any type here; the message must still format.
+        where = f"{gpn:#x}" if isinstance(gpn, int) else repr(gpn)
+        super().__init__(f"memory fault in space {space!r} at guest page {where}: {detail}")
 
 
 class OwnershipError(MemctlError):

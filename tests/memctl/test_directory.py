@@ -102,6 +102,20 @@ async def test_partitions_are_identity_mapped_and_isolated(tmp_path):
     assert mc.stats()["faults"] == 3
 
 
+@pytest.mark.parametrize(("gpn", "detail"), [(-1, "non-negative"), ("3", "non-negative"), (None, "non-negative")])
+async def test_a_wild_guest_page_is_a_clear_fault(tmp_path, gpn, detail):
+    mc, _ = await controller(tmp_path)
+    with pytest.raises(MemFault, match=detail) as err:
+        await mc.acquire("cpu0", "os1", gpn, write=True)
+    assert "space 'os1'" in str(err.value)
+    with pytest.raises(MemFault, match="bad range"):
+        await mc.read("cpu0", "os1", -5, 10)
+    with pytest.raises(MemFault, match="bad range"):
+        await mc.read("cpu0", "os1", 0, "10")
+    with pytest.raises(DirectoryError, match="must be bytes"):
+        await mc.write("cpu0", "os1", 0, 5)
+
+
 async def test_a_faulting_uncached_write_writes_no_page_of_the_range(tmp_path):
     mc, _ = await controller(tmp_path)
     with pytest.raises(MemFault):  # page 2 is os1's, page 3 is not
@@ -260,6 +274,16 @@ async def test_concurrent_writers_are_serialized_and_lose_no_update(tmp_path):
     total = await mc.read("os1", "os1", 2 * FRAME_SIZE, 4)
     assert int.from_bytes(total, "little") == len(initiators) * rounds
     assert mc.stats()["recalls"] > 0
+
+
+async def test_a_dead_initiator_is_forgotten_and_its_unwritten_frames_reported(tmp_path):
+    mc, caches = await controller(tmp_path)
+    caches.install("cpu0", await mc.acquire("cpu0", "os1", 0, write=True))
+    caches.install("cpu0", await mc.acquire("cpu0", "os1", 1, write=False))
+    caches.install("cpu1", await mc.acquire("cpu1", "os1", 1, write=False))
+    assert mc.drop_initiator("cpu0") == [0]
+    assert mc.holders(0) == {} and mc.holders(1) == {"cpu1": "S"}
+    mc.check_invariants()
 
 
 # -- restart -----------------------------------------------------------------------
