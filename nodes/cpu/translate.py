@@ -1,26 +1,34 @@
-"""Block translator: straight-line guest code → one compiled Python function.
+"""Region translator: hot guest code → one compiled Python function.
 
-Speed without a second source of semantics: a block is built by taking the
+Speed without a second source of semantics: code is built by taking the
 source of each instruction's `isa.execute_<mnemonic>`, specialising it with
 the decoded fields (AST rewrite), and gluing the results together:
 
 - `s.x[i.rs1]` becomes a Python local `x<n>` (the constant 0 for x0), loaded
-  at block entry and written back at exit, so registers live in locals.
-- `i.<field>` and `s.pc` become constants, then constant folding and
-  propagation remove what they decide (jump targets, alignment checks).
+  at entry and written back at exit, so registers live in locals.
+- `i.<field>`, `s.pc` and isa's constants (M, trap causes) become constants;
+  constant folding and propagation then remove what they decide (jump
+  targets, alignment checks), and a few identities that hold for values in
+  [0, 2**32) shorten the rest (`signed(a) < signed(b)` compares biased
+  values, `x + 0 & M` is `x`).
 - `s.load` / `s.store` become an inline dict lookup on the current address
   space's page maps (see core.py) with the core's slow path as fallback.
 - `return t` (a control transfer) becomes `npc = t`, the block's exit.
 
-A block ends at a control transfer, at the end of the page, or before an
-instruction that must see exact core state (`isa.SERIALIZING`). A block whose
-last instruction branches back to its own start becomes a `while` loop that
-runs as many whole iterations as the budget allows.
+A basic block ends at a control transfer, at the end of its page, or before
+an instruction that must see exact core state (`isa.SERIALIZING`). A region
+is the entry block plus the blocks reachable from it by static successors
+(branch targets, fall-through, jal targets) that have already run: a
+`while True` loop dispatches on `pc` between them, so a loop with branches
+inside never leaves Python locals.
 
-Generated signature: `block(core, budget) -> retired`; it sets `core.pc`.
-If an instruction stops (trap, page miss), the slow path raises `Fault`, the
-block writes back its registers, points pc at that instruction (`k` counts
-where it was) and returns how many retired before it: the stop is precise.
+Generated signature: `region(core, budget) -> retired`; it starts at
+`core.pc` (any of its block starts) and sets `core.pc`. A block runs only if
+it fits in what is left of the budget, so quanta are exact. If an
+instruction stops (trap, page miss), the slow path raises `Fault`, the
+region writes back its registers, points pc at that instruction (`k` is its
+index in the current block) and returns how many retired before it: the
+stop is precise.
 """
 
 from __future__ import annotations
