@@ -68,13 +68,15 @@ class Party:
         self.name = name
         self.endpoint = endpoint
         self.directory: dict[str, str] = dict(directory or {})
+        self._static = frozenset(self.directory)  # topology names; reply_to never overrides these
         self.ctx = ctx or zmq.Context.instance()
         self.epoch = 0
         self._advertise = advertise  # put reply_to on every message (clients not in the topology)
         self._seq = itertools.count(1)
         self._peers: dict[str, _Peer] = {}
         self._pending: dict[int, list] = {}  # seq -> [trio.Event, reply]
-        self.counters = {"msgs_in": 0, "msgs_out": 0, "bad_in": 0, "late_replies": 0, "spoofed": 0}
+        self.counters = {"msgs_in": 0, "msgs_out": 0, "bad_in": 0, "late_replies": 0, "spoofed": 0,
+                         "handler_errors": 0}
         self._inbox = self.ctx.socket(zmq.ROUTER)
         self._inbox.setsockopt(zmq.RCVHWM, RCVHWM)
         self._inbox.setsockopt(zmq.LINGER, 0)
@@ -161,10 +163,15 @@ class Party:
         await self.send_msg(msg)
         return msg
 
+    def learn(self, msg: Message) -> None:
+        """Remember the inbox of a party outside the topology (a CLI client)."""
+        if msg.reply_to and msg.src not in self._static and self.directory.get(msg.src) != msg.reply_to:
+            self.forget(msg.src)
+            self.directory[msg.src] = msg.reply_to
+
     async def reply(self, to: Message, kind: str = "ok", body: dict[str, Any] | None = None) -> None:
         """Answer ``to`` (sets ``corr``)."""
-        if to.reply_to and to.src not in self.directory:
-            self.directory[to.src] = to.reply_to
+        self.learn(to)
         await self.send_msg(self.make(to.src, kind, body or {}, corr=to.seq))
 
     async def request(self, dst: str, kind: str, body: dict[str, Any] | None = None, *,
@@ -243,13 +250,17 @@ class Party:
                 else:
                     counters["late_replies"] += 1
                 continue
-            if msg.reply_to and msg.src not in self.directory:
-                self.directory[msg.src] = msg.reply_to
+            self.learn(msg)
             try:
                 await handler(msg)
             except ProtocolError as exc:
                 counters["bad_in"] += 1
                 if msg.src in self.directory:  # else (no reply_to) there is nobody to tell: drop
+                    await self.reply(msg, "error", error_body(exc, ref=msg.kind))
+            except Exception as exc:  # a handler's bug: answer it, count it, keep serving
+                counters["handler_errors"] += 1
+                log.exception("%s: handler for %s from %s failed", self.name, msg.kind, msg.src)
+                if msg.src in self.directory:
                     await self.reply(msg, "error", error_body(exc, ref=msg.kind))
 
     async def _complain(self, frames: list[bytes], exc: ProtocolError) -> None:

@@ -1,0 +1,272 @@
+"""Message-plane benchmark (issue #3): our transport against raw pyzmq, side by side, in one run.
+
+Prints
+- round trip: raw pyzmq DEALER/ROUTER echo between two processes vs our
+  node-to-node request/reply (a real `Node` answering `ping`), and vs the
+  alternative adapter design (a poller thread feeding a trio channel);
+- one-way throughput: raw DEALER→ROUTER vs a real node emitting on a flow to
+  our receiving `Party` (which decodes and validates every message);
+- the pause of a route change (senders paused → resumed), idle and while a
+  flow streams at 20k msg/s.
+
+    .venv/bin/python bench/msgplane.py [--json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import trio
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.cluster import running  # noqa: E402
+from orchestrator.topology import parse  # noqa: E402
+from protocol.transport import Party  # noqa: E402
+import tests.fixtures.streamer  # noqa: E402,F401  (registers datum/stream_start)
+
+PAYLOAD = b"x" * 64
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+# -- raw pyzmq ------------------------------------------------------------------
+
+RAW_ECHO = """
+import sys, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.bind(sys.argv[1])
+print("ready", flush=True)
+while True:
+    ident, frame = s.recv_multipart()
+    if frame == b"quit":
+        break
+    s.send_multipart([ident, frame])
+"""
+
+RAW_SENDER = """
+import sys, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.DEALER); s.setsockopt(zmq.SNDHWM, 20000); s.connect(sys.argv[1])
+n = int(sys.argv[2]); frame = b"x" * 64
+input()
+for _ in range(n):
+    s.send(frame)
+s.send(b"end")
+s.close(linger=-1)
+"""
+
+
+def raw_rtt(tmp: str, n: int) -> list[float]:
+    ep = f"ipc://{tmp}/raw-echo"
+    proc = subprocess.Popen([sys.executable, "-c", RAW_ECHO, ep], stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdout.readline()
+        ctx = zmq.Context.instance()
+        s = ctx.socket(zmq.DEALER)
+        s.connect(ep)
+        for _ in range(200):  # warm up
+            s.send(PAYLOAD)
+            s.recv()
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            s.send(PAYLOAD)
+            s.recv()
+            out.append(time.perf_counter() - t)
+        s.send(b"quit")
+        s.close(linger=100)
+        return out
+    finally:
+        proc.wait(timeout=5) if proc.poll() is None and not proc.kill() else None
+
+
+def raw_throughput(tmp: str, n: int) -> float:
+    ep = f"ipc://{tmp}/raw-sink"
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.ROUTER)
+    s.setsockopt(zmq.RCVHWM, 20000)
+    s.bind(ep)
+    proc = subprocess.Popen([sys.executable, "-c", RAW_SENDER, ep, str(n)], stdin=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.2)  # let the sender connect before the clock starts
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        ident, first = s.recv_multipart()
+        t = time.perf_counter()
+        count = 1
+        while True:
+            ident, frame = s.recv_multipart()
+            if frame == b"end":
+                break
+            count += 1
+        return (count - 1) / (time.perf_counter() - t)
+    finally:
+        proc.wait(timeout=10)
+        s.close(linger=0)
+
+
+# -- ours ---------------------------------------------------------------------------
+
+class ThreadInboxParty(Party):
+    """The alternative adapter: a thread owns the inbox socket, blocks in recv
+    and hands frames to trio through a memory channel."""
+
+    async def serve(self, handler, *, task_status=trio.TASK_STATUS_IGNORED):
+        send, self._chan = trio.open_memory_channel(10000)
+        token = trio.lowlevel.current_trio_token()
+        stop = threading.Event()
+        sock = self._inbox
+
+        def pump():
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            while not stop.is_set():
+                if poller.poll(50):
+                    frames = sock.recv_multipart()
+                    try:
+                        trio.from_thread.run(send.send, frames, trio_token=token)
+                    except trio.RunFinishedError:
+                        return
+
+        thread = threading.Thread(target=pump, daemon=True)
+        thread.start()
+        try:
+            await super().serve(handler, task_status=task_status)
+        finally:
+            stop.set()
+            thread.join()
+
+    async def recv_frames(self):
+        return await self._chan.receive()
+
+
+def echo_topology():
+    node = lambda role: {"kind": "testnode", "module": "tests.fixtures.streamer", "options": {"role": role}}
+    return parse({"nodes": {"echo": node("sink"), "src": node("streamer"), "sink_a": node("sink"), "sink_b": node("sink")},
+                  "routes": {"data:src": "sink_a"}}, "bench")
+
+
+async def our_rtt(orch, tmp: str, n: int, cls=Party) -> list[float]:
+    directory = dict(orch.directory)
+    me = cls("bench", f"ipc://{tmp}/bench-{cls.__name__}", directory)
+    # the node learns our endpoint from reply_to
+    me._advertise = True
+    out = []
+
+    async def ignore(msg):
+        return None
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(me.serve, ignore)
+        for _ in range(200):
+            await me.request("echo", "ping")
+        for _ in range(n):
+            t = time.perf_counter()
+            await me.request("echo", "ping")
+            out.append(time.perf_counter() - t)
+        nursery.cancel_scope.cancel()
+    me.close()
+    return out
+
+
+async def our_throughput(orch, n: int) -> float:
+    """A real node emits n messages on a flow to a real node, which decodes,
+    validates, sequence-checks and consumes each; timed until a route change
+    has drained the receiver (so every message was consumed)."""
+    t = time.perf_counter()
+    await orch.request("src", "stream_start", {"count": n, "flow": "data:src"}, timeout=300)
+    current = orch.routes.table.get("data:src")
+    report = await orch.routes.change({"data:src": "sink_b" if current == "sink_a" else "sink_a"})
+    elapsed = time.perf_counter() - t
+    assert report.last["data:src"] >= n
+    return n / elapsed
+
+
+async def route_pauses(orch, flips: int, rate: int) -> list[float]:
+    pauses = []
+    target = "sink_b"
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        if rate:
+            async def stream():
+                await orch.request("src", "stream_start", {"count": 10**7, "flow": "data:src", "rate": rate}, timeout=600)
+            nursery.start_soon(stream)
+            await trio.sleep(0.2)
+        for _ in range(flips):
+            report = await orch.routes.change({"data:src": target})
+            pauses.append(report.pause_ms)
+            target = "sink_a" if target == "sink_b" else "sink_b"
+            await trio.sleep(0.005)
+        if rate:
+            await orch.request("src", "stream_stop")
+    done.set()
+    return pauses
+
+
+async def bench_ours(tmp: str, n_rtt: int, n_tp: int, flips: int) -> dict:
+    res = {}
+    async with running(echo_topology(), Path(tmp) / "cl") as orch:
+        res["pause_idle"] = await route_pauses(orch, flips, 0)
+        res["pause_load"] = await route_pauses(orch, flips, 20000)
+        res["rtt"] = await our_rtt(orch, tmp, n_rtt)
+        res["rtt_thread"] = await our_rtt(orch, tmp, n_rtt, ThreadInboxParty)
+        res["tp"] = await our_throughput(orch, n_tp)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    args = ap.parse_args()
+    n_rtt, n_tp, flips = (500, 20000, 50) if args.quick else (5000, 200000, 300)
+    with tempfile.TemporaryDirectory(prefix="hwb") as tmp:
+        raw = raw_rtt(tmp, n_rtt)
+        raw_tp = raw_throughput(tmp, n_tp)
+        ours = trio.run(bench_ours, tmp, n_rtt, n_tp, flips)
+    us = lambda v: round(v * 1e6, 1)
+    result = {
+        "raw_rtt_p50_us": us(statistics.median(raw)), "raw_rtt_p99_us": us(pct(raw, 99)),
+        "our_rtt_p50_us": us(statistics.median(ours["rtt"])), "our_rtt_p99_us": us(pct(ours["rtt"], 99)),
+        "thread_rtt_p50_us": us(statistics.median(ours["rtt_thread"])),
+        "thread_rtt_p99_us": us(pct(ours["rtt_thread"], 99)),
+        "latency_ratio": round(statistics.median(ours["rtt"]) / statistics.median(raw), 3),
+        "thread_latency_ratio": round(statistics.median(ours["rtt_thread"]) / statistics.median(raw), 3),
+        "raw_msgs_per_s": round(raw_tp), "our_msgs_per_s": round(ours["tp"]),
+        "throughput_ratio": round(ours["tp"] / raw_tp, 3),
+        "route_pause_p50_ms": round(statistics.median(ours["pause_load"]), 3),
+        "route_pause_p99_ms": round(pct(ours["pause_load"], 99), 3),
+        "route_pause_idle_p50_ms": round(statistics.median(ours["pause_idle"]), 3),
+        "route_pause_idle_p99_ms": round(pct(ours["pause_idle"], 99), 3),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    rows = [
+        ("round trip p50 (µs)", result["raw_rtt_p50_us"], result["our_rtt_p50_us"], result["latency_ratio"]),
+        ("round trip p99 (µs)", result["raw_rtt_p99_us"], result["our_rtt_p99_us"], ""),
+        ("  alt: poller thread p50 (µs)", result["raw_rtt_p50_us"], result["thread_rtt_p50_us"], result["thread_latency_ratio"]),
+        ("one-way throughput (msg/s)", result["raw_msgs_per_s"], result["our_msgs_per_s"], result["throughput_ratio"]),
+    ]
+    print(f"{'':32}{'raw pyzmq':>12}{'hwemu':>12}{'ratio':>8}")
+    for name, a, b, r in rows:
+        print(f"{name:32}{a:>12}{b:>12}{r:>8}")
+    print(f"route change pause, flow at 20k msg/s: p50 {result['route_pause_p50_ms']} ms, p99 {result['route_pause_p99_ms']} ms")
+    print(f"route change pause, idle flow:        p50 {result['route_pause_idle_p50_ms']} ms, p99 {result['route_pause_idle_p99_ms']} ms")
+
+
+if __name__ == "__main__":
+    main()
