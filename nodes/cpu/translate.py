@@ -34,7 +34,6 @@ stop is precise.
 from __future__ import annotations
 
 import ast
-import copy
 import operator
 import inspect
 import textwrap
@@ -72,12 +71,11 @@ def _is_attr(node: ast.AST, obj: str, attr: str | None = None) -> bool:
 
 
 class _Template:
-    """The parsed body of one `execute_<mnemonic>` and its local names."""
+    """The source of one `execute_<mnemonic>`, its local names, whether it reads pc."""
 
     def __init__(self, mnemonic: str):
-        source = textwrap.dedent(inspect.getsource(getattr(isa, "execute_" + mnemonic)))
-        func = ast.parse(source).body[0]
-        self.body = func.body
+        self.source = textwrap.dedent(inspect.getsource(getattr(isa, "execute_" + mnemonic)))
+        func = ast.parse(self.source).body[0]
         self.uses_pc = any(_is_attr(n, "s", "pc") for n in ast.walk(func))
         self.locals = {
             n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
@@ -126,13 +124,14 @@ class _Specialise(ast.NodeTransformer):
         if isinstance(node.func, ast.Name) and node.func.id == "signed":
             # Inline: a call costs more than the arithmetic.
             (arg,) = node.args
-            return _expr(f"(({ast.unparse(arg)}) ^ 0x80000000) - 0x80000000")
+            biased = ast.BinOp(arg, ast.BitXor(), ast.Constant(_SIGN))
+            return ast.BinOp(biased, ast.Sub(), ast.Constant(_SIGN))
         if _is_attr(node.func, "s", "load"):
-            self.may_stop = True
+            # A marker call; `_emit` turns it into the inline fast path as text,
+            # which is much cheaper than building and folding its AST.
             addr, size = node.args
-            return _expr(_LOAD[size.value].format(a=ast.unparse(addr)))
+            return ast.Call(ast.Name(f"__load{size.value}__", ast.Load()), [addr], [])
         if _is_attr(node.func, "s", "trap"):
-            self.may_stop = True
             return ast.Call(ast.Name("TRAP", ast.Load()), node.args, [])
         if _is_attr(node.func, "s"):
             raise NotImplementedError(f"{self.insn.mnemonic}: s.{node.func.attr} cannot be translated")
@@ -141,10 +140,8 @@ class _Specialise(ast.NodeTransformer):
     def visit_Expr(self, node):
         call = node.value
         if isinstance(call, ast.Call) and _is_attr(call.func, "s", "store"):
-            self.may_stop = True
             addr, size, value = (self.visit(arg) for arg in call.args)
-            text = _STORE[size.value].format(a=ast.unparse(addr), v=ast.unparse(value))
-            return ast.parse(text).body
+            return ast.Expr(ast.Call(ast.Name(f"__store{size.value}__", ast.Load()), [addr, value], []))
         return self.generic_visit(node)
 
     def visit_Return(self, node):
@@ -163,10 +160,6 @@ class _Specialise(ast.NodeTransformer):
 
 
 _ISA_CONSTANTS = {name: value for name, value in vars(isa).items() if name.isupper() and isinstance(value, int)}
-
-
-def _expr(text: str) -> ast.expr:
-    return ast.parse(text, mode="eval").body
 
 
 _BINOPS = {
@@ -232,6 +225,33 @@ def _is_register(node: ast.expr) -> bool:
 _SIGN = 0x80000000
 
 
+class _ExpandLoads(ast.NodeTransformer):
+    """Replace load markers by placeholders; `loads` gets their fast-path source."""
+
+    def __init__(self):
+        self.loads: list[str] = []
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id.startswith("__load"):
+            self.loads.append(_LOAD[int(node.func.id[6])].format(a=ast.unparse(node.args[0])))
+            return ast.Name(f"__mem{len(self.loads) - 1}__", ast.Load())
+        return node
+
+
+def _emit(statement: ast.stmt) -> str:
+    """Source of a folded statement, with memory-access markers expanded."""
+    value = statement.value if isinstance(statement, ast.Expr) else None
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id.startswith("__store"):
+        addr, stored = value.args
+        return _STORE[int(value.func.id[7])].format(a=ast.unparse(addr), v=ast.unparse(stored))
+    expand = _ExpandLoads()
+    text = ast.unparse(expand.visit(statement))
+    for index, load in enumerate(expand.loads):
+        text = text.replace(f"__mem{index}__", load)
+    return text
+
+
 def _unsigned_image(node: ast.expr) -> ast.expr | None:
     """For `(e ^ 2**31) - 2**31` (signed(e), inlined) return `e ^ 2**31`."""
     if (
@@ -271,10 +291,9 @@ def _simplify(node: ast.expr) -> ast.expr:
 
 
 def _fold(statements: list[ast.stmt]) -> list[ast.stmt]:
-    """Fold constants until nothing changes; drop propagated temporaries."""
-    module = ast.fix_missing_locations(ast.Module(statements, []))
-    for _ in range(4):
-        module = _Fold({}).visit(module)
+    """Fold constants, propagate single-assignment constant temporaries, repeat."""
+    module = _Fold({}).visit(ast.Module(statements, []))
+    for _ in range(3):
         stores: dict[str, list[ast.Assign]] = {}
         for node in ast.walk(module):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
@@ -289,9 +308,8 @@ def _fold(statements: list[ast.stmt]) -> list[ast.stmt]:
         if not constants:
             break
         dead = {id(stores[name][0]) for name in constants}
-        module = _Fold(constants).visit(module)
-        module = ast.fix_missing_locations(_DropAssigns(dead).visit(module))
-    return module.body
+        module = _DropAssigns(dead).visit(_Fold(constants).visit(module))
+    return ast.fix_missing_locations(module).body
 
 
 class _DropAssigns(ast.NodeTransformer):
@@ -357,7 +375,9 @@ class Translator:
         heat = self.core._heat
         while queue and len(region) < MAX_REGION_BLOCKS:
             start = queue.pop(0)
-            cold = self.core.hot_threshold and not heat.get(start)
+            # Blocks that ran only once or twice are likely start-up or error
+            # paths: compiling them costs more than leaving the region.
+            cold = heat.get(start, 0) < (self.core.hot_threshold + 1) // 2
             if start in region or cold or (start >> 12) not in self.core.X1:
                 continue
             insns = self._scan(start)
@@ -402,18 +422,15 @@ class Translator:
         if cached is None:
             spec = _Specialise(insn, pc, template.locals)
             statements = []
-            for statement in copy.deepcopy(template.body):
+            # A fresh parse is a cheaper private copy than copy.deepcopy.
+            for statement in ast.parse(template.source).body[0].body:
                 result = spec.visit(statement)
                 if result is not None:
                     statements.extend(result if isinstance(result, list) else [result])
             statements = [s for s in _fold(statements) if not isinstance(s, ast.Pass)]
+            texts = [_emit(s) for s in statements]
             # Decided after folding: an alignment check on a constant target is gone.
-            spec.may_stop = any(
-                isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("TRAP", "LOAD", "STORE")
-                for s in statements
-                for n in ast.walk(s)
-            )
-            texts = [ast.unparse(s) for s in statements]
+            spec.may_stop = any(marker in text for text in texts for marker in ("TRAP(", "LOAD(", "STORE("))
             cached = self._specialised[key] = (statements, texts, spec)
         return cached
 
