@@ -31,13 +31,22 @@ Physical memory is a local cache of 4 KiB pages keyed by physical page number
 messages and `resume` replies is `get_state()` / `set_state()`: plain ints and
 lists, msgpack-able.
 
-Speed: hot code runs as translated blocks (`translate.py`) that keep
-registers in Python locals and reach memory through per-page dicts for the
-current address space (`R1/R2/R4` readable pages as bytes / halfwords / words,
+Speed: code is interpreted (`interpret`, calling `isa.execute_*`) until a
+block start has been reached `hot_threshold` times; then it runs as a
+translated region (`translate.py`) that keeps registers in Python locals and
+reaches memory through per-page dicts for the current address space (`R1/R2/R4` readable pages as bytes / halfwords / words,
 `W1/W2/W4` writable ones, `X1` executable ones). Those dicts hold only pages
 that are both mapped by the TLB and present locally (writable ones: held
 writable), so a hit needs no further check; anything else takes the slow path
-in this module, which raises the stop.
+in this module, which raises the stop. Translations are dropped when the TLB
+entry or the local page they came from goes (`tlb_write`/`tlb_flush`
+replacing it, `evict_page`) and on `fence.i`; a store into code without
+`fence.i` may leave the old code running, as the RISC-V spec allows.
+
+Privileged operations the node maps its `priv:` messages onto:
+`tlb_write(asid, vpn, ppn, perms)`, `tlb_flush(asid=None, vpn=None)`,
+`set_asid(asid)`, `install_page(ppn, data, writable)`, `evict_page(ppn)`,
+`downgrade_page(ppn)`, `get_state()`, `set_state(state)`, `halt()`.
 """
 
 from __future__ import annotations

@@ -230,6 +230,8 @@ class Machine:
         data = b"".join(page[off : off + n] for page, off, n in pieces)
         if fd == 1:
             self.out += data
+            if len(self.out) >= 1 << 16:  # bound the buffer for chatty programs
+                self.flush()
         else:
             self.flush()
             sys.stderr.buffer.write(data)

@@ -188,3 +188,19 @@ def test_page_miss_inside_a_hot_region_restarts_the_access(tmp_path, cpu_helpers
     assert _run_until_not_quantum(core, stepped).cause == 8
     assert core.get_state() == whole.get_state()
     assert core.evict_page(0x45) == whole.evict_page(0x45)
+
+
+def test_halted_core_runs_nothing(tmp_path, cpu_helpers):
+    core = Core()
+    cpu_helpers.load(core, cpu_helpers.assemble(tmp_path, LOOP))
+    assert core.run(5).kind == "quantum" and core.instret == 5
+    core.halt()
+    stop = core.run(100)
+    assert (stop.kind, stop.pc, core.instret) == ("halt", core.pc, 5)
+
+
+def test_budget_zero_is_an_empty_quantum(tmp_path, cpu_helpers):
+    core = Core()
+    cpu_helpers.load(core, cpu_helpers.assemble(tmp_path, LOOP))
+    stop = core.run(0)
+    assert (stop.kind, stop.pc, core.instret) == ("quantum", 0x10000, 0)
