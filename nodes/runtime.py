@@ -86,14 +86,20 @@ class _OutFlow:
 
 
 class _InFlow:
-    __slots__ = ("expected", "consumed", "gaps", "dups", "changed")
+    __slots__ = ("expected", "consumed", "gaps", "dups", "waiter")
 
     def __init__(self) -> None:
         self.expected: int | None = None  # next fseq; None until known
         self.consumed = 0
         self.gaps = 0
         self.dups = 0
-        self.changed = trio.Event()
+        self.waiter: trio.Event | None = None  # set when `consumed` moves; only while a drain waits
+
+    async def wait_consumed(self, upto: int) -> None:
+        while self.consumed < upto:
+            if self.waiter is None:
+                self.waiter = trio.Event()
+            await self.waiter.wait()
 
 
 class Node:
@@ -196,8 +202,9 @@ class Node:
         if msg.flow is not None:
             inflow = self.in_flows[msg.flow]
             inflow.consumed = msg.fseq
-            inflow.changed.set()
-            inflow.changed = trio.Event()
+            if inflow.waiter is not None:
+                inflow.waiter.set()
+                inflow.waiter = None
 
     async def _guarded(self, handler: Callable[[Message], Awaitable[None]], msg: Message) -> None:
         try:
@@ -281,9 +288,7 @@ class Node:
         timeout = msg.body.get("timeout", 5.0)
         with trio.move_on_after(timeout):
             for flow, upto in msg.body["upto"].items():
-                inflow = self.in_flows.setdefault(flow, _InFlow())
-                while inflow.consumed < upto:
-                    await inflow.changed.wait()
+                await self.in_flows.setdefault(flow, _InFlow()).wait_consumed(upto)
             await self.party.reply(msg, "ok", {"data": {f: self.in_flows[f].consumed for f in msg.body["upto"]}})
             return
         have = {f: self.in_flows[f].consumed for f in msg.body["upto"]}

@@ -191,6 +191,35 @@ def decode(frame: bytes) -> Message:
         raw = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, UnicodeDecodeError ...)
         raise ProtocolError("bad_msgpack", f"not a msgpack message: {exc.__class__.__name__}: {exc}") from None
+    if type(raw) is dict:
+        # Fast path: one combined type check of a well-formed header; any
+        # doubt falls through to the field-by-field checks, which say what is wrong.
+        kind = raw.get("kind")
+        src = raw.get("src")
+        dst = raw.get("dst")
+        seq = raw.get("seq")
+        corr = raw.get("corr")
+        epoch = raw.get("epoch")
+        flow = raw.get("flow")
+        fseq = raw.get("fseq")
+        reply_to = raw.get("reply_to")
+        body = raw.get("body")
+        if (raw.get("v") == PROTOCOL_VERSION and type(raw["v"]) is int
+                and type(kind) is str and type(src) is str and type(dst) is str and 0 < len(kind) <= _NAME_MAX
+                and 0 < len(src) <= _NAME_MAX and 0 < len(dst) <= _NAME_MAX
+                and type(seq) is int and seq >= 0 and type(epoch) is int and epoch >= 0
+                and (corr is None or (type(corr) is int and corr >= 0))
+                and ((flow is None and fseq is None)
+                     or (type(flow) is str and 0 < len(flow) <= 2 * _NAME_MAX and type(fseq) is int and fseq >= 0))
+                and (reply_to is None or (type(reply_to) is str and len(reply_to) <= 512))
+                and type(body) is dict):
+            validate_body(kind, body)
+            return Message(kind, src, dst, seq, body, corr, epoch, flow, fseq, reply_to)
+    return _decode_checked(raw)
+
+
+def _decode_checked(raw: Any) -> Message:
+    """The slow path of :func:`decode`: every header field checked in turn."""
     if not isinstance(raw, dict):
         raise ProtocolError("bad_message", f"expected a msgpack map, got {type(raw).__name__}")
     v = raw.get("v")
