@@ -73,7 +73,7 @@ _ACCESS_FAULT = {"x": isa.INSTR_ACCESS_FAULT, "r": isa.LOAD_ACCESS_FAULT, "w": i
 _COUNTERS = frozenset({isa.CSR_CYCLE, isa.CSR_TIME, isa.CSR_INSTRET, isa.CSR_CYCLEH, isa.CSR_TIMEH, isa.CSR_INSTRETH})
 
 _CONTROL = isa.CONTROL
-HOT_THRESHOLD = 4  # times a block start is interpreted before it is translated
+HOT_THRESHOLD = 32  # times a block start is interpreted before it is translated
 
 if sys.byteorder != "little":  # pragma: no cover - the word views assume it
     raise ImportError("nodes.cpu needs a little-endian host")

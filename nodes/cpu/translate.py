@@ -83,32 +83,53 @@ class _Template:
         }
 
 
-class _Specialise(ast.NodeTransformer):
-    """Rewrite one instruction's template into block code (see module doc)."""
+class _NotSymbolic(Exception):
+    """The template cannot be specialised by shape; do it per instruction."""
 
-    def __init__(self, insn: isa.Insn, pc: int, local_names: set[str]):
-        self.insn, self.pc, self.local_names = insn, pc, local_names
-        self.read: set[int] = set()
-        self.written: set[int] = set()
+
+_REGISTER_FIELDS = ("rd", "rs1", "rs2")
+_VALUE_FIELDS = ("imm", "simm", "shamt", "csr", "word")
+
+
+class _Specialise(ast.NodeTransformer):
+    """Rewrite one instruction's template into block code (see module doc).
+
+    With `symbolic`, non-zero register numbers and non-zero immediates become
+    placeholders (`__rs1__`, `__imm__`) so that the folded result serves every
+    instruction of the same shape; `_fill` puts the numbers in.
+    """
+
+    def __init__(self, insn: isa.Insn, pc: int, local_names: set[str], symbolic: bool = False):
+        self.insn, self.pc, self.local_names, self.symbolic = insn, pc, local_names, symbolic
+        self.read: set = set()
+        self.written: set = set()
         self.may_stop = False
 
     def visit_Subscript(self, node):
         if _is_attr(node.value, "s", "x") and _is_attr(node.slice, "i"):
-            reg = getattr(self.insn, node.slice.attr)
+            field = node.slice.attr
+            reg = getattr(self.insn, field)
+            name = f"__{field}__" if self.symbolic else f"x{reg}"
+            role = field if self.symbolic else reg
             if isinstance(node.ctx, ast.Store):
                 if reg == 0:
                     return ast.Name("_", ast.Store())
-                self.written.add(reg)
-                return ast.Name(f"x{reg}", ast.Store())
+                self.written.add(role)
+                return ast.Name(name, ast.Store())
             if reg == 0:
                 return ast.Constant(0)
-            self.read.add(reg)
-            return ast.Name(f"x{reg}", ast.Load())
+            self.read.add(role)
+            return ast.Name(name, ast.Load())
         return self.generic_visit(node)
 
     def visit_Attribute(self, node):
         if _is_attr(node, "i"):
-            return ast.Constant(getattr(self.insn, node.attr))
+            value = getattr(self.insn, node.attr)
+            if self.symbolic and node.attr in _VALUE_FIELDS and value != 0:
+                return ast.Name(f"__{node.attr}__", ast.Load())
+            if self.symbolic and node.attr in _REGISTER_FIELDS:
+                raise _NotSymbolic  # a register number used as a value
+            return ast.Constant(value)
         if _is_attr(node, "s", "pc"):
             return ast.Constant(self.pc)
         return self.generic_visit(node)
@@ -220,7 +241,9 @@ class _Fold(ast.NodeTransformer):
 
 
 def _is_register(node: ast.expr) -> bool:
-    return isinstance(node, ast.Name) and node.id[0] == "x" and node.id[1:].isdigit()
+    if not isinstance(node, ast.Name):
+        return False
+    return node.id[0] == "x" and node.id[1:].isdigit() or node.id in ("__rd__", "__rs1__", "__rs2__")
 
 
 _SIGN = 0x80000000
@@ -336,6 +359,7 @@ class Translator:
         self.decode_cache: dict[int, isa.Insn | None] = {}
         self._templates: dict[str, _Template] = {}
         self._specialised: dict[tuple[int, int | None], tuple] = {}
+        self._shapes: dict[tuple, tuple] = {}
         # Translated code sees the isa module's names (M, trap causes) plus
         # the core's page maps and slow paths, all fixed for the core's life.
         self.namespace = dict(vars(isa))
@@ -379,7 +403,10 @@ class Translator:
             # Blocks that ran only once or twice are likely start-up or error
             # paths: compiling them costs more than leaving the region.
             cold = heat.get(start, 0) < (self.core.hot_threshold + 1) // 2
-            if start in region or cold or (start >> 12) not in self.core.X1:
+            # A block another region already holds is left to it: compiling
+            # it again costs more than the hop through the run loop.
+            taken = start in self.core._blocks
+            if start in region or cold or taken or (start >> 12) not in self.core.X1:
                 continue
             insns = self._scan(start)
             if insns is None:
@@ -415,24 +442,47 @@ class Translator:
         """One instruction's folded statements, their source, and what it touches.
 
         Cached by word (and pc, for templates that read it): hot code is
-        re-translated whenever a block starts in a new place.
+        re-translated whenever a block starts in a new place. Templates that
+        do not read pc are folded once per shape (which registers and
+        immediates are zero) and filled in by text substitution.
         """
         template = self._template(insn.mnemonic)
         key = (insn.word, pc if template.uses_pc else None)
         cached = self._specialised.get(key)
         if cached is None:
-            spec = _Specialise(insn, pc, template.locals)
-            statements = []
-            for statement in _clone(template.body):
-                result = spec.visit(statement)
-                if result is not None:
-                    statements.extend(result if isinstance(result, list) else [result])
-            statements = [s for s in _fold(statements) if not isinstance(s, ast.Pass)]
-            texts = [_emit(s) for s in statements]
-            # Decided after folding: an alignment check on a constant target is gone.
-            spec.may_stop = any(marker in text for text in texts for marker in ("TRAP(", "LOAD(", "STORE("))
-            cached = self._specialised[key] = (statements, texts, spec)
+            shape = None
+            if not template.uses_pc:
+                shape_key = (insn.mnemonic, insn.rd == 0, insn.rs1 == 0, insn.rs2 == 0, insn.simm == 0, insn.shamt == 0)
+                shape = self._shapes.get(shape_key)
+                if shape is None:
+                    try:
+                        shape = self._shapes[shape_key] = self._fold_template(template, insn, pc, symbolic=True)
+                    except _NotSymbolic:
+                        shape = None
+            if shape is not None:
+                statements, texts, spec = shape
+                texts = [_fill(text, insn) for text in texts]
+                spec = _Touched(
+                    {getattr(insn, f) for f in spec.read}, {getattr(insn, f) for f in spec.written}, spec.may_stop
+                )
+                cached = (None, texts, spec)
+            else:
+                cached = self._fold_template(template, insn, pc, symbolic=False)
+            self._specialised[key] = cached
         return cached
+
+    def _fold_template(self, template: _Template, insn: isa.Insn, pc: int, symbolic: bool):
+        spec = _Specialise(insn, pc, template.locals, symbolic)
+        statements = []
+        for statement in _clone(template.body):
+            result = spec.visit(statement)
+            if result is not None:
+                statements.extend(result if isinstance(result, list) else [result])
+        statements = [s for s in _fold(statements) if not isinstance(s, ast.Pass)]
+        texts = [_emit(s) for s in statements]
+        # Decided after folding: an alignment check on a constant target is gone.
+        spec.may_stop = any(marker in text for text in texts for marker in ("TRAP(", "LOAD(", "STORE("))
+        return statements, texts, spec
 
     def _block(self, start: int, insns: list[isa.Insn]) -> tuple[list[str], set[int], set[int]]:
         """Source lines of one basic block inside a region's dispatch loop."""
@@ -504,6 +554,23 @@ def _interpret_one(core, budget):
     return core.interpret(1)
 
 
+class _Touched:
+    """Registers an instruction reads and writes, and whether it may stop."""
+
+    def __init__(self, read: set[int], written: set[int], may_stop: bool):
+        self.read, self.written, self.may_stop = read, written, may_stop
+
+
+def _fill(text: str, insn: isa.Insn) -> str:
+    """Put an instruction's registers and immediates into a shape's source."""
+    for field in _REGISTER_FIELDS:
+        text = text.replace(f"__{field}__", f"x{getattr(insn, field)}")
+    for field in _VALUE_FIELDS:
+        value = getattr(insn, field)
+        text = text.replace(f"__{field}__", f"({value})" if value < 0 else str(value))
+    return text
+
+
 def _clone(node):
     """Copy an AST, 5-10x faster than copy.deepcopy (no memo, no pickling protocol)."""
     if isinstance(node, list):
@@ -517,12 +584,14 @@ def _clone(node):
 
 
 def _successors(start: int, insns: list[isa.Insn]) -> list[int]:
-    """Statically known next block starts (none for jalr)."""
+    """Statically known (or, after a call, likely) next block starts; none for jalr."""
     last = insns[-1]
     pc = (start + 4 * (len(insns) - 1)) & isa.M
     fallthrough = (pc + 4) & isa.M
     if last.mnemonic == "jal":
-        return [(pc + last.simm) & isa.M]
+        # A call (rd = ra) usually comes back right after itself: with callee
+        # and return point in one region, `ret` does not leave the region.
+        return [(pc + last.simm) & isa.M] + ([fallthrough] if last.rd else [])
     if last.mnemonic == "jalr":
         return []
     if last.mnemonic in isa.CONTROL:
