@@ -54,7 +54,7 @@ def run_ours(elf: Path) -> dict:
         start = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "nodes.cpu", "run", str(elf), "--stats", str(stats)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
         )
         wall = time.perf_counter() - start
         if done.returncode != 0:
@@ -68,7 +68,9 @@ def run_ours(elf: Path) -> dict:
 def run_qemu(elf: Path) -> float:
     """Wall time of one run under qemu-riscv32."""
     start = time.perf_counter()
-    done = subprocess.run(["qemu-riscv32", str(elf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(
+        ["qemu-riscv32", str(elf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+    )
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"bench/cpu.py: {elf.name} failed under qemu-riscv32: {done.stderr.decode().strip()}")

@@ -53,8 +53,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from nodes.cpu import isa
 from nodes.cpu.isa import M

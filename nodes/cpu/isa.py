@@ -120,7 +120,7 @@ CONTROL = frozenset({"jal", "jalr", "beq", "bne", "blt", "bge", "bltu", "bgeu"})
 class Insn:
     """One decoded instruction: its mnemonic, execute function and fields."""
 
-    __slots__ = ("mnemonic", "execute", "word", "rd", "rs1", "rs2", "imm", "simm", "shamt", "csr")
+    __slots__ = ("csr", "execute", "imm", "mnemonic", "rd", "rs1", "rs2", "shamt", "simm", "word")
 
     def __init__(self, mnemonic: str, word: int, rd=0, rs1=0, rs2=0, simm=0, shamt=0, csr=0):
         self.mnemonic = mnemonic

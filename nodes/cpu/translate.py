@@ -34,8 +34,8 @@ stop is precise.
 from __future__ import annotations
 
 import ast
-import operator
 import inspect
+import operator
 import textwrap
 
 from nodes.cpu import isa
@@ -460,7 +460,7 @@ class Translator:
                     except _NotSymbolic:
                         shape = None
             if shape is not None:
-                statements, texts, spec = shape
+                _, texts, spec = shape
                 texts = [_fill(text, insn) for text in texts]
                 spec = _Touched(
                     {getattr(insn, f) for f in spec.read}, {getattr(insn, f) for f in spec.written}, spec.may_stop
@@ -539,7 +539,8 @@ class Translator:
         ])
         source = "\n".join(lines) + "\n"
         namespace = self.namespace
-        exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)
+        # The source is generated from isa.py only, never from guest data.
+        exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)  # noqa: S102
         region = namespace.pop(name)
         region.source = source  # for debugging and tests
         region.starts = [start for start, _ in blocks]

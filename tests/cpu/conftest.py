@@ -28,7 +28,7 @@ def assemble(tmp_path: Path, source: str, name: str = "prog", extra: tuple[str, 
     done = subprocess.run(
         [GCC, "-march=rv32im_zicsr_zifencei", "-mabi=ilp32", "-nostdlib", "-static", f"-Wl,-Ttext={TEXT:#x}",
          "-Wl,--no-warn-rwx-segments", "-Wl,--build-id=none", *extra, "-o", str(elf), str(src)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )
     if done.returncode:
         raise AssertionError(f"assembling {src} failed:\n{done.stderr}")
@@ -88,7 +88,7 @@ def run_asm(tmp_path, mode):
     return _run
 
 
-__all__ = ["assemble", "load", "read_word", "run_to_stop", "PAGE_MISS", "TRAP", "QUANTUM", "DATA"]
+__all__ = ["DATA", "PAGE_MISS", "QUANTUM", "TRAP", "assemble", "load", "read_word", "run_to_stop"]
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ def test_branches_take_signed_and_unsigned_decisions(run_asm):
         if taken:
             lines += ["addi a0, a0, 1", f"L{n}:", "addi a1, a1, 1"]
         else:
-            lines += ["addi a1, a1, 1", "j M%d" % n, f"L{n}:", "addi a0, a0, 1", f"M{n}:"]
+            lines += ["addi a1, a1, 1", f"j M{n}", f"L{n}:", "addi a0, a0, 1", f"M{n}:"]
     lines.append("ecall")
     core, stop = run_asm("\n".join(lines))
     assert stop.cause == 8
@@ -118,8 +118,8 @@ _start:
     lw a0, 4(s0)
     ecall
 """)
-    assert (stop.cause, stop.tval) == (13, 0x900004)
-    core, stop = run_asm("""
+    assert (stop.cause, stop.tval, core.pc) == (13, 0x900004, 0x10008)
+    _, stop = run_asm("""
 _start:
     li s0, 0x900000
     jr s0

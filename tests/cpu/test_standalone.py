@@ -97,7 +97,7 @@ bad:
 
 
 def _run(args, stdin=b""):
-    return subprocess.run([sys.executable, "-m", "nodes.cpu", "run", *args], input=stdin, capture_output=True)
+    return subprocess.run([sys.executable, "-m", "nodes.cpu", "run", *args], input=stdin, capture_output=True, check=False)
 
 
 def test_runner_passes_argv_and_exit_status_like_linux(tmp_path, cpu_helpers):
@@ -136,7 +136,7 @@ def test_guest_faults_print_one_line_and_exit_with_the_signal(tmp_path, cpu_help
 def test_hwemu_cli_execs_the_runner(tmp_path, cpu_helpers):
     elf = cpu_helpers.assemble(tmp_path, ECHO_ARGS)
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli.main", "cpu", "run", str(elf), "--", "x"], capture_output=True
+        [sys.executable, "-m", "orchestrator.cli.main", "cpu", "run", str(elf), "--", "x"], capture_output=True, check=False
     )
     assert (done.returncode, done.stdout) == (42, f"{elf}x\n".encode())
 
@@ -167,7 +167,7 @@ def _point_first_load_past_end(good: bytes) -> bytes:
 def test_good_elf_has_entry_and_segments_with_permissions(tmp_path, cpu_helpers):
     program = load_elf(cpu_helpers.assemble(tmp_path, "_start:\n ecall\n.data\n.word 1\n"))
     assert program.entry == 0x10000
-    assert [s.perms for s in program.segments][0] == "rx"
+    assert program.segments[0].perms == "rx"
     assert any("w" in s.perms for s in program.segments)
 
 
