@@ -118,7 +118,7 @@ _start:
     lw a0, 4(s0)
     ecall
 """)
-    assert (stop.cause, stop.tval, core.pc) == (13, 0x900004, 0x10008)
+    assert (stop.cause, stop.tval, core.pc) == (13, 0x900004, 0x10004)  # li is one lui
     _, stop = run_asm("""
 _start:
     li s0, 0x900000
