@@ -1,0 +1,190 @@
+"""The memory controller node: the message wrapper around :class:`MemoryController`
+(DESIGN.md §3, "Memory controller").
+
+Options:
+
+- ``frames`` (int): total 4 KiB frames of physical memory;
+- ``path``: folder of the memory file and metadata snapshot (default
+  ``<run_dir>/<name>.mem``; created if missing);
+- ``partitions`` ({os: [first_frame, count]}): the firmware's memory map;
+  each becomes an identity address space at first boot (after a restart the
+  snapshot has them already and they are not recreated).
+
+Requests: ``mem_acquire`` → ``mem_grant``; ``mem_release`` (no reply);
+``mem_read`` → ``mem_data``; ``mem_write`` → ``ok``; ``mem_info`` → ``ok``
+{data: controller stats}. Errors of the controller become ``error`` replies
+with the error's ``reason`` (``mem_fault``, ``bad_address``, ``recovering``...).
+
+A node named like an OS address space may only name its own space; other
+initiators (CPUs, the VMM, devices) name the space in the body.
+
+Recovery after a restart (the directory of cached copies is soft state and
+was lost): every known initiator is asked ``mem_recall`` {frame: -1, mode:
+"invalidate"} — "write back and drop everything you hold". A CPU answers by
+sending ``mem_release`` with data for each modified page and without for each
+clean one, then replying ``mem_recalled`` (the releases arrive first on the
+same connection, so they are applied before the reply). An initiator that
+does not answer (down, or holds nothing and does not know the request) is
+dropped. Then :meth:`MemoryController.finish_recovery`. Until then requests
+other than ``mem_release`` get ``error`` ``recovering``; a CPU retries.
+Plain ``drop_initiator`` was not enough: a CPU keeps its cache across a
+memctl restart, and its modified pages would silently diverge from memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import protocol.hw  # noqa: F401  (registers the mem_* kinds)
+from nodes.runtime import Node, spawned
+from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.messages import Message
+
+from .directory import MemoryController
+from .errors import MemctlError
+
+RECALL_ALL = -1  # mem_recall frame meaning "every frame you hold" (recovery)
+RECALL_TIMEOUT = 2.0
+
+
+class MemctlNode(Node):
+    kind = "memctl"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        opts = self.options
+        frames = opts.get("frames")
+        if not isinstance(frames, int) or isinstance(frames, bool) or frames <= 0:
+            raise SystemExit(f"memctl {self.name}: option 'frames' must be a positive int, got {frames!r}")
+        self.nframes = frames
+        self.path = Path(opts.get("path") or Path(cfg.run_dir) / f"{self.name}.mem")
+        parts = opts.get("partitions") or {}
+        self.partitions: dict[str, tuple[int, int]] = {}
+        for os_name, rng in parts.items():
+            if (not isinstance(rng, (list, tuple)) or len(rng) != 2
+                    or not all(isinstance(v, int) and v >= 0 for v in rng)):
+                raise SystemExit(f"memctl {self.name}: partition {os_name!r} must be [first_frame, count], got {rng!r}")
+            self.partitions[os_name] = (rng[0], rng[1])
+        self.mc: MemoryController | None = None
+        self.os_spaces: set[str] = set(self.partitions)
+        self.counts = {"recall_timeouts": 0, "dropped_initiators": 0, "lost_frames": 0,
+                       "recoveries": 0, "refused": 0}
+
+    # -- life cycle ---------------------------------------------------------------
+
+    async def setup(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.mc = MemoryController.open(self.path, self.nframes, self._recall)
+        if not self.mc.recovering:
+            known = set(self.mc.stats()["spaces"])
+            for os_name, (first, count) in self.partitions.items():
+                if os_name not in known:
+                    await self.mc.create_space(os_name, range(first, first + count))
+        self.os_spaces = set(self.partitions) | set(self.mc.stats()["spaces"])
+
+    async def work(self, nursery: trio.Nursery) -> None:
+        if self.mc.recovering:
+            nursery.start_soon(self._recover)
+
+    async def teardown(self) -> None:
+        if self.mc is not None:
+            self.mc.close()
+
+    async def _recover(self) -> None:
+        """Have every known initiator write back and drop all its copies, then serve."""
+        async def flush(initiator: str) -> None:
+            try:
+                await self.party.request(initiator, "mem_recall", {"frame": RECALL_ALL, "mode": "invalidate"},
+                                         timeout=RECALL_TIMEOUT)
+            except (RequestTimeout, RemoteError, ProtocolError, KeyError):
+                self.counts["dropped_initiators"] += 1
+                self.mc.drop_initiator(initiator)
+
+        async with trio.open_nursery() as n:
+            for initiator in sorted(self.mc.known_initiators):
+                if initiator in self.party.directory:
+                    n.start_soon(flush, initiator)
+        self.mc.finish_recovery()
+        self.counts["recoveries"] += 1
+
+    # -- the recall callback ----------------------------------------------------------
+
+    async def _recall(self, holder: str, frame: int, mode: str) -> bytes | None:
+        try:
+            reply = await self.party.request(holder, "mem_recall", {"frame": frame, "mode": mode},
+                                             timeout=RECALL_TIMEOUT)
+        except (RequestTimeout, RemoteError) as exc:
+            # A holder that cannot answer loses its copies (its newest bytes too).
+            self.counts["recall_timeouts"] += isinstance(exc, RequestTimeout)
+            self.counts["dropped_initiators"] += 1
+            self.counts["lost_frames"] += len(self.mc.drop_initiator(holder))
+            return None
+        return reply.body.get("data")
+
+    # -- requests ---------------------------------------------------------------------
+
+    def _space(self, msg: Message) -> str:
+        """The space a request may name: an OS only its own."""
+        space = msg.body["space"]
+        if msg.src in self.os_spaces and space != msg.src:
+            self.counts["refused"] += 1
+            raise ProtocolError("mem_fault", f"{msg.src} is an OS instance and may only access its own "
+                                             f"address space {msg.src!r}, not {space!r}", "body.space")
+        return space
+
+    @staticmethod
+    def _error(exc: MemctlError, ref: str) -> dict[str, Any]:
+        return {"reason": exc.reason, "detail": str(exc), "ref": ref}
+
+    @spawned
+    async def on_mem_acquire(self, msg: Message) -> None:
+        b = msg.body
+        space = self._space(msg)
+        try:
+            grant = await self.mc.acquire(msg.src, space, b["gpn"], b["write"])
+        except MemctlError as exc:
+            await self.party.reply(msg, "error", self._error(exc, msg.kind))
+            return
+        await self.party.reply(msg, "mem_grant", {"frame": grant.frame, "gpn": b["gpn"],
+                                                  "data": grant.data if grant.data is not None else b"",
+                                                  "writable": grant.writable})
+
+    async def on_mem_release(self, msg: Message) -> None:
+        try:
+            self.mc.release(msg.src, msg.body["frame"], msg.body.get("data"))
+        except MemctlError as exc:
+            # No reply is expected: count it and tell the sender, without crashing.
+            await self.party.send(msg.src, "error", self._error(exc, msg.kind))
+
+    @spawned
+    async def on_mem_read(self, msg: Message) -> None:
+        space = self._space(msg)
+        try:
+            data = await self.mc.read(msg.src, space, msg.body["addr"], msg.body["length"])
+        except MemctlError as exc:
+            await self.party.reply(msg, "error", self._error(exc, msg.kind))
+            return
+        await self.party.reply(msg, "mem_data", {"data": data})
+
+    @spawned
+    async def on_mem_write(self, msg: Message) -> None:
+        space = self._space(msg)
+        try:
+            await self.mc.write(msg.src, space, msg.body["addr"], msg.body["data"])
+        except MemctlError as exc:
+            await self.party.reply(msg, "error", self._error(exc, msg.kind))
+            return
+        await self.party.reply(msg, "ok", {"data": {"written": len(msg.body["data"])}})
+
+    async def on_mem_info(self, msg: Message) -> None:
+        await self.party.reply(msg, "ok", {"data": self.stats()})
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s.update(self.counts)
+        if self.mc is not None:
+            s.update(self.mc.stats())
+        return s
