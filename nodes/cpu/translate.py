@@ -34,6 +34,7 @@ stop is precise.
 from __future__ import annotations
 
 import ast
+import re
 import inspect
 import operator
 import textwrap
@@ -439,36 +440,41 @@ class Translator:
         return template
 
     def _specialise(self, insn: isa.Insn, pc: int):
-        """One instruction's folded statements, their source, and what it touches.
+        """One instruction's source lines and what it touches.
 
         Cached by word (and pc, for templates that read it): hot code is
-        re-translated whenever a block starts in a new place. Templates that
-        do not read pc are folded once per shape (which registers and
-        immediates are zero) and filled in by text substitution.
+        re-translated whenever a block starts in a new place. Most templates
+        are folded once per shape (which registers and immediates are zero)
+        and filled in by text substitution; branches and jal are folded once
+        per word at a canonical pc and moved to the real pc (`_move`).
         """
         template = self._template(insn.mnemonic)
         key = (insn.word, pc if template.uses_pc else None)
         cached = self._specialised.get(key)
-        if cached is None:
-            shape = None
-            if not template.uses_pc:
-                shape_key = (insn.mnemonic, insn.rd == 0, insn.rs1 == 0, insn.rs2 == 0, insn.simm == 0, insn.shamt == 0)
-                shape = self._shapes.get(shape_key)
-                if shape is None:
-                    try:
-                        shape = self._shapes[shape_key] = self._fold_template(template, insn, pc, symbolic=True)
-                    except _NotSymbolic:
-                        shape = None
+        if cached is not None:
+            return cached
+        if insn.mnemonic in _PC_RELATIVE_CONTROL:
+            shape = self._shapes.get(insn.word)
+            if shape is None:
+                shape = self._shapes[insn.word] = self._fold_template(template, insn, _CANONICAL_PC, False)
+            texts, spec = shape
+            cached = ([_move(text, pc) for text in texts], spec)
+        elif not template.uses_pc:
+            shape_key = (insn.mnemonic, insn.rd == 0, insn.rs1 == 0, insn.rs2 == 0, insn.simm == 0, insn.shamt == 0)
+            shape = self._shapes.get(shape_key)
+            if shape is None:
+                try:
+                    shape = self._shapes[shape_key] = self._fold_template(template, insn, pc, symbolic=True)
+                except _NotSymbolic:
+                    shape = self._shapes[shape_key] = None
             if shape is not None:
-                _, texts, spec = shape
-                texts = [_fill(text, insn) for text in texts]
-                spec = _Touched(
-                    {getattr(insn, f) for f in spec.read}, {getattr(insn, f) for f in spec.written}, spec.may_stop
-                )
-                cached = (None, texts, spec)
-            else:
-                cached = self._fold_template(template, insn, pc, symbolic=False)
-            self._specialised[key] = cached
+                texts, spec = shape
+                read = {getattr(insn, f) for f in spec.read}
+                written = {getattr(insn, f) for f in spec.written}
+                cached = ([_fill(text, insn) for text in texts], _Touched(read, written, spec.may_stop, spec.sets_npc))
+        if cached is None:
+            cached = self._fold_template(template, insn, pc, symbolic=False)
+        self._specialised[key] = cached
         return cached
 
     def _fold_template(self, template: _Template, insn: isa.Insn, pc: int, symbolic: bool):
@@ -481,8 +487,9 @@ class Translator:
         statements = [s for s in _fold(statements) if not isinstance(s, ast.Pass)]
         texts = [_emit(s) for s in statements]
         # Decided after folding: an alignment check on a constant target is gone.
-        spec.may_stop = any(marker in text for text in texts for marker in ("TRAP(", "LOAD(", "STORE("))
-        return statements, texts, spec
+        may_stop = any(marker in text for text in texts for marker in ("TRAP(", "LOAD(", "STORE("))
+        sets_npc = any(_assigns_npc(s) for s in statements)  # unconditionally, at top level
+        return texts, _Touched(spec.read, spec.written, may_stop, sets_npc)
 
     def _block(self, start: int, insns: list[isa.Insn]) -> tuple[list[str], set[int], set[int]]:
         """Source lines of one basic block inside a region's dispatch loop."""
@@ -492,13 +499,13 @@ class Translator:
         read: set[int] = set()
         written: set[int] = set()
         for index, insn in enumerate(insns):
-            statements, texts, spec = self._specialise(insn, (start + 4 * index) & isa.M)
+            texts, spec = self._specialise(insn, (start + 4 * index) & isa.M)
             read |= spec.read
             written |= spec.written
             if spec.may_stop:
                 body.append(f"k = {index}")
             if index == length - 1 and insn.mnemonic in isa.CONTROL:
-                if not any(_assigns_npc(s) for s in statements):
+                if not spec.sets_npc:
                     body.append(f"npc = {fallthrough}")  # a branch not taken
                 body.extend(texts)
                 body.append("pc = npc")
@@ -556,10 +563,30 @@ def _interpret_one(core, budget):
 
 
 class _Touched:
-    """Registers an instruction reads and writes, and whether it may stop."""
+    """Registers an instruction reads and writes, whether it may stop, whether it always jumps."""
 
-    def __init__(self, read: set[int], written: set[int], may_stop: bool):
-        self.read, self.written, self.may_stop = read, written, may_stop
+    def __init__(self, read: set, written: set, may_stop: bool, sets_npc: bool):
+        self.read, self.written, self.may_stop, self.sets_npc = read, written, may_stop, sets_npc
+
+
+# Branch and jal templates depend on pc only through pc + small constants
+# (target, link). Folded at a canonical pc far from any such constant, their
+# source is moved to the real pc by rewriting the numbers near it.
+_PC_RELATIVE_CONTROL = frozenset({"jal", "beq", "bne", "blt", "bge", "bltu", "bgeu"})
+_CANONICAL_PC = 0x40000000
+_PC_REACH = 1 << 21  # > |jal offset| + 4
+_NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.])")
+
+
+def _move(text: str, pc: int) -> str:
+    """Rewrite a canonical-pc translation for `pc` (targets wrap mod 2**32)."""
+
+    def moved(match: re.Match) -> str:
+        value = int(match.group())
+        delta = value - _CANONICAL_PC
+        return str((pc + delta) & isa.M) if -_PC_REACH < delta < _PC_REACH else match.group()
+
+    return _NUMBER.sub(moved, text)
 
 
 def _fill(text: str, insn: isa.Insn) -> str:

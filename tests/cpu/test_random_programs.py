@@ -19,7 +19,7 @@ from nodes.cpu.core import Core
 TEXT_VPN, DATA_VPN, DATA_PAGES = 0x10, 0x40, 4
 EDGES = [0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFFFFFE, 31, 32]
 # Opcodes of everything but the serializing instructions and jalr.
-OPCODES = [0b0110111, 0b0010111, 0b1100011, 0b0000011, 0b0100011, 0b0010011, 0b0110011, 0b0001111]
+OPCODES = [0b0110111, 0b0010111, 0b1100011, 0b1101111, 0b0000011, 0b0100011, 0b0010011, 0b0110011, 0b0001111]
 
 
 def _branch(funct3: int, rs1: int, rs2: int, offset: int) -> int:
@@ -27,6 +27,14 @@ def _branch(funct3: int, rs1: int, rs2: int, offset: int) -> int:
     return (
         ((imm >> 12) & 1) << 31 | ((imm >> 5) & 0x3F) << 25 | rs2 << 20 | rs1 << 15 | funct3 << 12
         | ((imm >> 1) & 0xF) << 8 | ((imm >> 11) & 1) << 7 | 0b1100011
+    )
+
+
+def _jal(rd: int, offset: int) -> int:
+    imm = offset & 0x1FFFFF
+    return (
+        ((imm >> 20) & 1) << 31 | ((imm >> 1) & 0x3FF) << 21 | ((imm >> 11) & 1) << 20
+        | ((imm >> 12) & 0xFF) << 12 | rd << 7 | 0b1101111
     )
 
 
@@ -38,6 +46,8 @@ def _random_word(rng: random.Random, index: int, length: int) -> int:
             # Mostly short hops inside the program, forward and backward.
             target = rng.randrange(0, length)
             word = _branch(rng.choice([0, 1, 4, 5, 6, 7]), rng.randrange(32), rng.randrange(32), 4 * (target - index))
+        if opcode == 0b1101111:
+            word = _jal(rng.choice([0, 1, 5]), 4 * (rng.randrange(0, length) - index) + rng.choice([0, 0, 0, 2]))
         if opcode in (0b0000011, 0b0100011) and rng.random() < 0.8:
             word = (word & ~(31 << 15)) | (rng.choice([8, 9, 18, 19]) << 15)  # a data pointer
         insn = isa.decode(word)
