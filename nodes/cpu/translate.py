@@ -34,9 +34,9 @@ stop is precise.
 from __future__ import annotations
 
 import ast
-import re
 import inspect
 import operator
+import re
 import textwrap
 
 from nodes.cpu import isa
