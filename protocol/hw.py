@@ -66,3 +66,10 @@ register("os_exec", elf="bytes", argv=Field("list", items="str"), name=_opt("str
          notify=_opt("bool"))       # reply ok {data: {"pid": int}}; proc_exit sent to the requester if notify
 register("proc_exit", pid="int", code="int", reason=_opt("str"))
 register("os_ps")
+register("os_driver_mode", device="str", mode="str")   # reply ok {data: the driver's state}
+
+# -- OS kernel module (DESIGN.md §4, FIG. 4) ---------------------------------------
+# each answered ok {data: {"frames": [...], "free": free frames left}}
+register("mod_alloc_pin", n="int")               # allocate and pin n frames
+register("mod_add", frames=Field("list", items="int"))        # received frames join the free list
+register("mod_give_back", frames=Field("list", items="int"))  # pinned or free frames leave the OS
