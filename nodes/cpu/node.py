@@ -1,0 +1,278 @@
+"""The CPU node (DESIGN.md §3, "CPU"): a :class:`Core` driven by messages.
+
+Options: ``quantum`` (instructions per ``core.run``, default 20000), ``tlb``
+(TLB capacity, default 1024).
+
+- Starts halted. ``cpu_resume`` {regs, pc, asid, space, flush_tlb} loads the
+  fields present and runs. ``space`` is the OS address space named in
+  ``mem_acquire``; when it changes, every cached page is written back
+  (``mem_release``, with data when held modified) and dropped first.
+- The run loop (a task of :meth:`work`) runs quanta; between quanta it yields
+  so the inbox runs (recalls, privileged operations, preemption).
+- ``TRAP`` → ``trap`` on ``trap:<name>``, then wait (``trapped``) for a
+  ``cpu_resume``. A pending ``cpu_preempt`` (unless ``irq_mask`` masks it)
+  becomes an interrupt trap, cause 0x80000005, at the next quantum boundary.
+- ``PAGE_MISS`` → ``mem_acquire`` {space, gpn, write} to the node of route
+  ``mem:<name>`` (``waiting_mem``); retried while the controller is down or
+  recovering. A refused page (``mem_fault``: the OS mapped a page outside
+  its space) becomes an access-fault trap (store access fault for a write,
+  else load access fault) with ``tval`` = the page's first address.
+- ``mem_recall`` {frame, mode} is answered inline, whatever the run state.
+  ``frame`` -1 (memctl recovery after a restart) means "every frame": each
+  cached page is released (with data if modified) and dropped, then the
+  reply ``mem_recalled`` {frame: -1, data: None} follows on the same link.
+- Privileged operations on ``priv:<os>`` get no reply.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import trio
+
+import protocol.hw  # noqa: F401  (registers the kinds)
+from nodes.cpu import isa
+from nodes.cpu.core import HALT, PAGE_MISS, PAGE_SIZE, QUANTUM, TRAP, Core
+from nodes.runtime import Node, main
+from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.messages import Message
+
+INTERRUPT_CAUSE = 0x80000005
+RECALL_ALL = -1
+ACQUIRE_TIMEOUT = 3.0
+RETRY_DELAY = 0.05
+
+
+class CpuNode(Node):
+    kind = "cpu"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.quantum = int(self.options.get("quantum", 20000))
+        if self.quantum <= 0:
+            raise SystemExit(f"cpu {self.name}: option 'quantum' must be positive, got {self.quantum}")
+        self.core = Core(tlb_capacity=int(self.options.get("tlb", 1024)))
+        self.cpu_state = "halted"
+        self.space: str | None = None
+        self.frame_gpn: dict[int, int] = {}   # machine frame -> guest page cached
+        self.gpn_frame: dict[int, int] = {}
+        self.modified: set[int] = set()       # gpns held writable
+        self.preempt_pending = False
+        self.masked = False
+        self._go = trio.Event()
+        self._acquiring = False
+        self._early: dict[int, str] = {}      # recalls that overtook our own grant
+        self.counts = {"traps": 0, "page_misses": 0, "recalls": 0, "preempts": 0, "mem_retries": 0,
+                       "releases": 0}
+        self._mips = 0.0
+        self._last_mem_error: str | None = None
+        self._window = (time.monotonic(), 0)
+
+    # -- the run loop --------------------------------------------------------------
+
+    def _set_running(self) -> None:
+        self.cpu_state = "running"
+        self._go.set()
+
+    async def work(self, nursery: trio.Nursery) -> None:
+        core = self.core
+        while True:
+            if self.cpu_state != "running":
+                self._go = trio.Event()
+                await self._go.wait()
+                continue
+            if self.preempt_pending and not self.masked:
+                self.preempt_pending = False
+                self.counts["preempts"] += 1
+                await self._trap(INTERRUPT_CAUSE, 0)
+                continue
+            stop = core.run(self.quantum)
+            self._measure()
+            if stop.kind == QUANTUM:
+                await trio.sleep(0)
+            elif stop.kind == TRAP:
+                insn = stop.tval if stop.cause == isa.ILLEGAL_INSTRUCTION else None
+                await self._trap(stop.cause, stop.tval, insn)
+            elif stop.kind == PAGE_MISS:
+                await self._page_miss(stop.ppn, stop.write)
+            elif stop.kind == HALT:
+                self.cpu_state = "halted"
+
+    def _measure(self) -> None:
+        now = time.monotonic()
+        t0, i0 = self._window
+        if now - t0 >= 0.5:
+            self._mips = (self.core.instret - i0) / (now - t0) / 1e6
+            self._window = (now, self.core.instret)
+
+    async def _trap(self, cause: int, tval: int, insn: int | None = None) -> None:
+        # trapped before emitting: the resume may be handled while the send awaits
+        self.cpu_state = "trapped"
+        self.counts["traps"] += 1
+        st = self.core.get_state()
+        body = {"cause": cause, "tval": tval & 0xFFFFFFFF, "pc": st["pc"], "regs": st["x"],
+                "asid": st["asid"], "instret": st["instret"]}
+        if insn is not None:
+            body["insn"] = insn
+        await self.emit(f"trap:{self.name}", "trap", body)
+
+    async def _page_miss(self, gpn: int, write: bool) -> None:
+        self.counts["page_misses"] += 1
+        self.cpu_state = "waiting_mem"
+        space = self.space
+        try:
+            while True:
+                if space is None:
+                    raise RemoteError("cpu", "mem_fault", "no address space loaded (cpu_resume without space)")
+                try:
+                    self._acquiring = True
+                    self._early.clear()
+                    reply = await self.party.request(self.routes.lookup(f"mem:{self.name}"), "mem_acquire",
+                                                     {"space": space, "gpn": gpn, "write": write},
+                                                     timeout=ACQUIRE_TIMEOUT)
+                except RequestTimeout:
+                    self.counts["mem_retries"] += 1  # memctl down or restarting: ask again
+                    continue
+                except RemoteError as exc:
+                    if exc.reason == "recovering":
+                        self.counts["mem_retries"] += 1
+                        await trio.sleep(RETRY_DELAY)
+                        continue
+                    raise
+                finally:
+                    self._acquiring = False
+                b = reply.body
+                frame = b["frame"]
+                if self.space != space:
+                    # the address space changed while we waited: this page is not ours to keep
+                    await self._send_mem("mem_release", {"frame": frame, "data": None})
+                    return
+                early = self._early.pop(frame, None)
+                if early == "invalidate":
+                    self.counts["mem_retries"] += 1
+                    continue  # recalled before we could install it: ask again
+                writable = b["writable"] and early != "downgrade"
+                if b["data"]:
+                    self.core.install_page(gpn, bytearray(b["data"]), writable)
+                elif self.core.has_page(gpn):
+                    self.core.install_page(gpn, bytearray(self.core.downgrade_page(gpn)), writable)
+                else:  # memctl thinks we hold it modified but we do not: start over clean
+                    await self._send_mem("mem_release", {"frame": frame, "data": None})
+                    continue
+                old = self.gpn_frame.get(gpn)
+                if old is not None and old != frame:
+                    self.frame_gpn.pop(old, None)
+                self.frame_gpn[frame] = gpn
+                self.gpn_frame[gpn] = frame
+                if writable:
+                    self.modified.add(gpn)
+                else:
+                    self.modified.discard(gpn)
+                return
+        except (RemoteError, ProtocolError) as exc:
+            reason = getattr(exc, "reason", "")
+            if self.cpu_state == "waiting_mem":
+                self.cpu_state = "running"
+            cause = isa.STORE_ACCESS_FAULT if write else isa.LOAD_ACCESS_FAULT
+            self._last_mem_error = f"{reason}: {exc}"
+            await self._trap(cause, gpn * PAGE_SIZE)
+            return
+        finally:
+            if self.cpu_state == "waiting_mem":
+                self.cpu_state = "running"
+
+    async def _send_mem(self, kind: str, body: dict[str, Any], dst: str | None = None) -> None:
+        if kind == "mem_release":
+            self.counts["releases"] += 1
+        await self.party.send(dst or self.routes.lookup(f"mem:{self.name}"), kind, body)
+
+    async def _drop_all(self, dst: str | None = None) -> None:
+        """Write back (modified) and drop every cached page."""
+        for frame, gpn in list(self.frame_gpn.items()):
+            data = self.core.evict_page(gpn) if self.core.has_page(gpn) else None
+            await self._send_mem("mem_release", {"frame": frame, "data": data if gpn in self.modified else None},
+                                 dst)
+        self.frame_gpn.clear()
+        self.gpn_frame.clear()
+        self.modified.clear()
+
+    # -- coherence ---------------------------------------------------------------------
+
+    async def on_mem_recall(self, msg: Message) -> None:
+        frame, mode = msg.body["frame"], msg.body["mode"]
+        if mode not in ("invalidate", "downgrade"):
+            raise ProtocolError("bad_field", f"mem_recall mode must be invalidate or downgrade, got {mode!r}",
+                                "body.mode")
+        self.counts["recalls"] += 1
+        if frame == RECALL_ALL:
+            await self._drop_all(msg.src)
+            await self.party.reply(msg, "mem_recalled", {"frame": frame, "data": None})
+            return
+        gpn = self.frame_gpn.get(frame)
+        data = None
+        if gpn is None or not self.core.has_page(gpn):
+            if self._acquiring:
+                self._early[frame] = mode
+        elif mode == "invalidate":
+            page = self.core.evict_page(gpn)
+            data = page if gpn in self.modified else None
+            del self.frame_gpn[frame]
+            del self.gpn_frame[gpn]
+            self.modified.discard(gpn)
+        else:
+            data = self.core.downgrade_page(gpn)
+            self.modified.discard(gpn)
+        await self.party.reply(msg, "mem_recalled", {"frame": frame, "data": data})
+
+    # -- privileged operations -----------------------------------------------------------
+
+    async def on_cpu_resume(self, msg: Message) -> None:
+        b = msg.body
+        if "regs" in b and len(b["regs"]) != 32:
+            raise ProtocolError("bad_field", f"cpu_resume regs must be 32 ints, got {len(b['regs'])}", "body.regs")
+        if "space" in b and b["space"] != self.space:
+            if self.space is not None:
+                await self._drop_all()
+            self.space = b["space"]
+        if b.get("flush_tlb"):
+            self.core.tlb_flush()
+        st = self.core.get_state()
+        self.core.set_state({"x": b.get("regs", st["x"]), "pc": b.get("pc", st["pc"]),
+                             "asid": b.get("asid", st["asid"])})
+        self.core.halted = False
+        if self.cpu_state != "waiting_mem":
+            self._set_running()
+
+    async def on_tlb_write(self, msg: Message) -> None:
+        b = msg.body
+        if not set(b["perms"]) <= set("rwx"):
+            raise ProtocolError("bad_field", f"tlb_write perms must be a subset of 'rwx', got {b['perms']!r}",
+                                "body.perms")
+        self.core.tlb_write(b["asid"], b["vpn"], b["ppn"], b["perms"])
+
+    async def on_tlb_flush(self, msg: Message) -> None:
+        self.core.tlb_flush(msg.body.get("asid"), msg.body.get("vpn"))
+
+    async def on_cpu_preempt(self, msg: Message) -> None:
+        self.preempt_pending = True
+
+    async def on_cpu_halt(self, msg: Message) -> None:
+        self.preempt_pending = False
+        self.cpu_state = "halted"
+
+    async def on_irq_mask(self, msg: Message) -> None:
+        self.masked = msg.body["masked"]
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s.update(self.counts)
+        s.update({"cpu_state": self.cpu_state, "instret": self.core.instret, "mips": round(self._mips, 3),
+                  "quantum": self.quantum, "space": self.space, "pages": len(self.frame_gpn),
+                  "modified": len(self.modified), "preempt_pending": self.preempt_pending,
+                  "masked": self.masked, "last_mem_error": self._last_mem_error})
+        return s
+
+
+if __name__ == "__main__":
+    main(CpuNode)

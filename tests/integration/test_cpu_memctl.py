@@ -1,0 +1,151 @@
+"""The CPU and memory controller nodes in real clusters (DESIGN.md §3): a test
+OS (``tests.fixtures.trapper``, named ``os1``) loads guest programs into its
+partition through memctl, handles the CPU's traps (TLB misses, system calls)
+and copies user buffers with uncached reads, which make memctl recall the
+pages the CPU holds modified. Also: isolation of OS spaces, and a memctl
+killed with SIGKILL comes back (supervisor) with memory intact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+
+import tests.fixtures.trapper  # noqa: F401  (registers the testos_* kinds in this process)
+from protocol.errors import RemoteError, RequestTimeout
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "guest" / "build" / "samples"
+SAMPLES = ROOT / "guest" / "samples"
+
+
+@pytest.fixture(scope="module")
+def guest_build() -> Path:
+    if not (BUILD / "hello.elf").exists() or not (BUILD / "primes.elf").exists():
+        subprocess.run(["make", "-C", str(ROOT / "guest")], check=True, capture_output=True)
+    return BUILD
+
+
+def topology(tmp_path: Path, quantum: int = 20000) -> dict:
+    return {"cluster": {"name": "cpumem"},
+            "nodes": {"memctl": {"kind": "memctl",
+                                 "options": {"frames": 1024, "path": str(tmp_path / "mem"),
+                                             "partitions": {"os1": [256, 256]}}},
+                      "cpu0": {"kind": "cpu", "options": {"quantum": quantum}},
+                      "os1": {"kind": "testos", "module": "tests.fixtures.trapper",
+                              "options": {"first_gpn": 256, "count": 256}}},
+            "routes": {"trap:cpu0": "os1", "priv:os1": "cpu0", "mem:cpu0": "memctl", "mem:os1": "memctl"}}
+
+
+async def stats(orch, node: str) -> dict:
+    return (await orch.request(node, "stats")).body["stats"]
+
+
+async def run_program(orch, name: str, argv: list[str], timeout: float = 60.0) -> dict:
+    elf = (BUILD / f"{name}.elf").read_bytes()
+    await orch.request("os1", "testos_load", {"elf": elf, "argv": argv}, timeout=20)
+    with trio.fail_after(timeout):
+        while True:
+            result = (await orch.request("os1", "testos_result")).body["data"]
+            if result["exit_code"] is not None or result["fault"] is not None:
+                return result
+            await trio.sleep(0.02)
+
+
+def expected(name: str) -> bytes:
+    return (SAMPLES / f"{name}.expected").read_bytes()
+
+
+def args(name: str) -> list[str]:
+    path = SAMPLES / f"{name}.args"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def test_hello_and_primes_run_on_the_cpu_node_through_the_test_os(cluster, tmp_path, guest_build):
+    orch = await cluster(topology(tmp_path))
+    assert (await stats(orch, "cpu0"))["cpu_state"] == "halted"
+    for name in ("hello", "primes"):
+        result = await run_program(orch, name, [f"{name}.elf", *args(name)])
+        assert result["fault"] is None
+        assert (result["output"], result["exit_code"]) == (expected(name), 0), name
+        assert result["tlb_misses"] > 0
+    cpu = await stats(orch, "cpu0")
+    assert cpu["cpu_state"] == "halted"
+    assert cpu["page_misses"] > 0 and cpu["instret"] > 0 and cpu["traps"] > 0
+    # write() copied buffers the CPU held modified: memctl recalled them
+    assert cpu["recalls"] > 0
+    mem = await stats(orch, "memctl")
+    assert mem["recalls"] > 0 and mem["writebacks"] > 0 and mem["uncached_reads"] > 0
+    assert mem["recovering"] is False
+    assert mem["spaces"] == {"os1": "identity"}
+
+
+async def test_an_os_may_only_name_its_own_space_but_other_initiators_name_any(cluster, tmp_path):
+    orch = await cluster(topology(tmp_path))
+    refused = (await orch.request("os1", "testos_acquire", {"space": "os2", "gpn": 300})).body["data"]
+    assert refused["reason"] == "mem_fault"
+    assert "own address space" in refused["detail"]
+    own = (await orch.request("os1", "testos_acquire", {"space": "os1", "gpn": 300})).body["data"]
+    assert own == {"frame": 300}
+    # a page outside the partition is a fault of the controller itself
+    outside = (await orch.request("os1", "testos_acquire", {"space": "os1", "gpn": 10})).body["data"]
+    assert outside["reason"] == "mem_fault"
+    # the orchestrator is not an OS: it names the space
+    await orch.request("memctl", "mem_write", {"space": "os1", "addr": 300 * 4096 + 8, "data": b"abc"})
+    got = await orch.request("memctl", "mem_read", {"space": "os1", "addr": 300 * 4096 + 8, "length": 3})
+    assert got.body["data"] == b"abc"
+    with pytest.raises(RemoteError) as err:
+        await orch.request("memctl", "mem_read", {"space": "nope", "addr": 0, "length": 1})
+    assert err.value.reason == "mem_fault"
+    info = (await orch.request("memctl", "mem_info")).body["data"]
+    assert info["refused"] == 1 and info["nframes"] == 1024
+
+
+async def test_memctl_killed_with_sigkill_is_restarted_with_memory_intact(cluster, tmp_path, guest_build):
+    orch = await cluster(topology(tmp_path))
+    # primes leaves its sieve (a calloc'ed heap array) modified in the CPU's cache:
+    # only memctl's recovery can bring those bytes back to memory
+    result = await run_program(orch, "primes", ["primes.elf"])
+    assert (result["output"], result["exit_code"]) == (expected("primes"), 0)
+    heap = result["heap_gpns"]
+    assert heap
+    cpu = await stats(orch, "cpu0")
+    assert cpu["pages"] > 0 and cpu["modified"] > 0
+    pattern = bytes(range(256)) * 32  # two pages, written uncached
+    await orch.request("memctl", "mem_write", {"space": "os1", "addr": 500 * 4096, "data": pattern})
+
+    proc = orch.supervisor.nodes["memctl"]
+    old_pid = proc.pid
+    os.kill(old_pid, signal.SIGKILL)
+    with trio.fail_after(30):
+        while True:
+            try:
+                mem = await stats(orch, "memctl")
+                if proc.pid != old_pid and proc.restarts == 1 and mem["recovering"] is False:
+                    break
+            except (RemoteError, RequestTimeout):
+                pass
+            await trio.sleep(0.05)
+    assert mem["recoveries"] == 1 and mem["dropped_initiators"] == 0
+    got = await orch.request("memctl", "mem_read", {"space": "os1", "addr": 500 * 4096, "length": len(pattern)})
+    assert got.body["data"] == pattern
+    # the sieve the CPU held modified was written back during recovery
+    sieve = bytes(0 if i < 2 or all(i % d for d in range(2, int(i ** 0.5) + 1)) else 1 for i in range(2000))
+    heap_bytes = b"".join([(await orch.request("memctl", "mem_read", {"space": "os1", "addr": g * 4096,
+                                                                     "length": 4096})).body["data"] for g in heap])
+    assert sieve in heap_bytes
+    assert mem["writebacks"] >= 1
+    assert mem["spaces"] == {"os1": "identity"} and mem["frames"]["os1"] == 256
+    # the CPU wrote back and dropped what it held; the directory is empty again
+    cpu = await stats(orch, "cpu0")
+    assert (cpu["pages"], cpu["modified"]) == (0, 0)
+    assert mem["cached"] == {}
+    # and the machine still runs programs
+    result = await run_program(orch, "hello", ["hello.elf", *args("hello")])
+    assert (result["output"], result["exit_code"]) == (expected("hello"), 0)
