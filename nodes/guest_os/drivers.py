@@ -1,0 +1,138 @@
+"""Dual-mode device drivers of the OS (DESIGN.md §4).
+
+A driver has a ``mode`` bit. In ``native`` mode it issues I/O straight to the
+device node on the flow ``io:<os>.<device>``; in ``virtual`` mode it forwards
+to the VMM's driver for that device (the same flow, re-routed to the VMM by
+the orchestrator, or ``virtual_flow`` if one is given). Switching mode
+(:meth:`UartDriver.set_mode`) drains what is in flight, exports the driver's
+state, flips the bit and imports the state on the other side.
+
+The driver only needs an *emitter*: something with ``emit(flow, kind, body)``
+and ``emit_request(flow, kind, body, timeout=)`` (the OS node).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+NATIVE, VIRTUAL = "native", "virtual"
+MODES = (NATIVE, VIRTUAL)
+
+
+class Emitter(Protocol):
+    async def emit(self, flow: str, kind: str, body: dict[str, Any]) -> int: ...
+
+    async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Any: ...
+
+
+class UartDriver:
+    """The console driver: ``uart_write`` out, ``uart_sync`` to drain.
+
+    Attributes:
+        mode: ``native`` or ``virtual``.
+        written: bytes handed to the device (or the VMM) so far.
+        pending: writes emitted since the last completed :meth:`sync`.
+    """
+
+    device = "uart"
+
+    def __init__(self, node: Emitter, os_name: str, mode: str = NATIVE, virtual_flow: str | None = None):
+        if mode not in MODES:
+            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
+        self.node = node
+        self.mode = mode
+        self.native_flow = f"io:{os_name}.{self.device}"
+        self.virtual_flow = virtual_flow or self.native_flow
+        self.written = 0
+        self.writes = 0
+        self.pending = 0
+        self.syncs = 0
+
+    @property
+    def flow(self) -> str:
+        return self.native_flow if self.mode == NATIVE else self.virtual_flow
+
+    async def write(self, data: bytes) -> None:
+        """Queue bytes for the console (ordered with every other write)."""
+        if not data:
+            return
+        await self.node.emit(self.flow, "uart_write", {"data": bytes(data)})
+        self.written += len(data)
+        self.writes += 1
+        self.pending += 1
+
+    async def sync(self, timeout: float = 10.0) -> int:
+        """Wait until every write sent so far is in the device's log; returns
+        the device's ``logged`` count."""
+        reply = await self.node.emit_request(self.flow, "uart_sync", {}, timeout=timeout)
+        self.pending = 0
+        self.syncs += 1
+        data = reply.body.get("data") or {}
+        return int(data.get("logged", 0))
+
+    def export_state(self) -> dict[str, Any]:
+        return {"device": self.device, "mode": self.mode, "written": self.written, "writes": self.writes}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        self.written = int(state.get("written", self.written))
+        self.writes = int(state.get("writes", self.writes))
+
+    async def set_mode(self, mode: str) -> dict[str, Any]:
+        """Drain, export the state, flip the mode bit, import it; returns the state."""
+        if mode not in MODES:
+            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
+        if mode == self.mode:
+            return self.export_state()
+        await self.sync()
+        state = self.export_state()
+        self.mode = mode
+        self.import_state(state)
+        return self.export_state()
+
+    def stats(self) -> dict[str, Any]:
+        return {"mode": self.mode, "written": self.written, "writes": self.writes, "syncs": self.syncs}
+
+
+class TimerDriver:
+    """The interval timer: ``timer_set`` / ``timer_alarm`` on ``io:<os>.timer``."""
+
+    device = "timer"
+
+    def __init__(self, node: Emitter, os_name: str, mode: str = NATIVE, virtual_flow: str | None = None):
+        if mode not in MODES:
+            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
+        self.node = node
+        self.mode = mode
+        self.native_flow = f"io:{os_name}.{self.device}"
+        self.virtual_flow = virtual_flow or self.native_flow
+        self.period_ms = 0.0
+
+    @property
+    def flow(self) -> str:
+        return self.native_flow if self.mode == NATIVE else self.virtual_flow
+
+    async def set_period(self, period_ms: float) -> None:
+        await self.node.emit(self.flow, "timer_set", {"period_ms": float(period_ms)})
+        self.period_ms = float(period_ms)
+
+    def export_state(self) -> dict[str, Any]:
+        return {"device": self.device, "mode": self.mode, "period_ms": self.period_ms}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        self.period_ms = float(state.get("period_ms", self.period_ms))
+
+    async def set_mode(self, mode: str) -> dict[str, Any]:
+        """Flip the mode bit; the period is re-programmed on the other side."""
+        if mode not in MODES:
+            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
+        if mode == self.mode:
+            return self.export_state()
+        state = self.export_state()
+        self.mode = mode
+        self.import_state(state)
+        if self.period_ms > 0:
+            await self.set_period(self.period_ms)
+        return self.export_state()
+
+    def stats(self) -> dict[str, Any]:
+        return {"mode": self.mode, "period_ms": self.period_ms}

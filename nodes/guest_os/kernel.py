@@ -1,0 +1,714 @@
+"""The kernel proper: processes, address spaces, the scheduler and trap
+handling (DESIGN.md §4). No I/O of its own: it reaches the hardware through a
+:class:`Hardware` object (the OS node in a cluster, a fake in unit tests):
+
+- ``mem_read(addr, n)`` / ``mem_write(addr, data)``: uncached accesses to
+  guest-physical memory (gpn * 4096 + offset) through the memory controller;
+- ``priv(kind, body)``: a privileged operation for the CPU (``cpu_resume``,
+  ``tlb_write``, ``tlb_flush``, ``cpu_preempt``, ``cpu_halt``), in order;
+- ``console``: the dual-mode UART driver (``write``, ``sync``);
+- ``process_exited(proc)``: tell whoever asked for the process (after its
+  console output has reached the UART).
+
+Every kernel method runs in the node's single kernel task, one event at a
+time, so the kernel needs no locks.
+
+Processes: an asid each, a page table vpn -> (gpn, perms) filled with the
+ELF segments at load and lazily (zero pages) for the heap (brk) and the stack,
+the Linux initial stack for argv. TLB misses install the page table's entry
+with ``tlb_write``; a miss outside every mapped region, an access the page
+does not allow, an illegal instruction or an ebreak kills the process (exit
+status 128 + signal) and only it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nodes.elf import ElfError, Program, load_elf
+from nodes.guest_os import syscalls
+from nodes.guest_os.module import FrameAllocator, OutOfMemory
+
+log = logging.getLogger("hwemu.os")
+
+PAGE = 4096
+STACK_TOP = 0x80000000
+STACK_PAGES = 2048  # 8 MiB of stack, allocated on first touch
+BRK_LIMIT = 0x40000000
+M32 = 0xFFFFFFFF
+AT_NULL, AT_PAGESZ = 0, 6
+
+# scause codes
+CAUSE_MISALIGNED_FETCH = 0
+CAUSE_FETCH_ACCESS = 1
+CAUSE_ILLEGAL = 2
+CAUSE_BREAKPOINT = 3
+CAUSE_LOAD_ACCESS = 5
+CAUSE_STORE_ACCESS = 7
+CAUSE_ECALL = 8
+CAUSE_FETCH_PAGE = 12
+CAUSE_LOAD_PAGE = 13
+CAUSE_STORE_PAGE = 15
+INTERRUPT = 0x80000000
+CAUSE_TIMER_IRQ = 0x80000005
+
+SIGILL, SIGTRAP, SIGBUS, SIGKILL, SIGSEGV = 4, 5, 7, 9, 11
+PAGE_FAULT_ACCESS = {CAUSE_FETCH_PAGE: "x", CAUSE_LOAD_PAGE: "r", CAUSE_STORE_PAGE: "w"}
+FAULTS = {
+    CAUSE_MISALIGNED_FETCH: ("misaligned jump target", SIGBUS),
+    CAUSE_FETCH_ACCESS: ("segmentation fault (fetch from a non-executable page)", SIGSEGV),
+    CAUSE_ILLEGAL: ("illegal instruction", SIGILL),
+    CAUSE_BREAKPOINT: ("breakpoint", SIGTRAP),
+    CAUSE_LOAD_ACCESS: ("segmentation fault (load from a non-readable page)", SIGSEGV),
+    CAUSE_STORE_ACCESS: ("segmentation fault (store to a read-only page)", SIGSEGV),
+    CAUSE_FETCH_PAGE: ("segmentation fault", SIGSEGV),
+    CAUSE_LOAD_PAGE: ("segmentation fault", SIGSEGV),
+    CAUSE_STORE_PAGE: ("segmentation fault", SIGSEGV),
+}
+
+READY, RUNNING, BLOCKED, EXITED = "ready", "running", "blocked", "exited"
+
+
+class Console(Protocol):
+    async def write(self, data: bytes) -> None: ...
+
+    async def sync(self, timeout: float = 10.0) -> int: ...
+
+
+class Hardware(Protocol):
+    console: Console
+
+    async def mem_read(self, addr: int, length: int) -> bytes: ...
+
+    async def mem_write(self, addr: int, data: bytes) -> None: ...
+
+    async def priv(self, kind: str, body: dict[str, Any]) -> None: ...
+
+    def process_exited(self, proc: "Process") -> None: ...
+
+
+@dataclass
+class Process:
+    pid: int
+    asid: int
+    name: str
+    argv: list[str]
+    entry: int
+    regs: list[int] = field(default_factory=lambda: [0] * 32)
+    pc: int = 0
+    state: str = READY
+    pages: dict[int, tuple[int, str]] = field(default_factory=dict)  # vpn -> (gpn, perms)
+    segments: dict[int, str] = field(default_factory=dict)  # vpn -> perms of ELF segment pages
+    brk_start: int = 0
+    brk: int = 0
+    heap_end: int = 0  # first vpn past the heap
+    stack_lo: int = (STACK_TOP >> 12) - STACK_PAGES
+    stack_hi: int = STACK_TOP >> 12
+    wait: tuple | None = None  # ("read", buf, count) | ("sleep", deadline_ns)
+    owner: str | None = None  # who asked for it (os_exec src)
+    notify: bool = False
+    ref: Any = None  # the node's handle for the requester (e.g. the os_exec message)
+    code: int | None = None
+    reason: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    traps: int = 0
+    syscalls: int = 0
+    instret: int = 0
+
+    def region_perms(self, vpn: int) -> str | None:
+        """The rights of virtual page ``vpn``, or None if it is not part of the process."""
+        perms = self.segments.get(vpn)
+        if perms is not None:
+            return perms
+        if self.brk_start >> 12 <= vpn < self.heap_end or self.stack_lo <= vpn < self.stack_hi:
+            return "rw"
+        return None
+
+    def view(self) -> dict[str, Any]:
+        return {"pid": self.pid, "asid": self.asid, "name": self.name, "argv": self.argv,
+                "state": self.state, "pages": len(self.pages), "pc": self.pc,
+                "wait": self.wait[0] if self.wait else None, "syscalls": self.syscalls,
+                "traps": self.traps, "instret": self.instret, "owner": self.owner}
+
+
+class KernelError(Exception):
+    """A request the kernel refuses (bad ELF, out of memory ...): reason + message."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _perms_union(a: str, b: str) -> str:
+    return "".join(c for c in "rwx" if c in a or c in b)
+
+
+def initial_stack(argv: list[str], top: int = STACK_TOP) -> tuple[int, bytes]:
+    """The Linux initial stack for a static binary (what qemu-riscv32 and the
+    standalone runner build): strings at the top, then argc, argv pointers,
+    NULL, envp NULL, auxv (AT_PAGESZ, AT_NULL) at sp.
+
+    Returns (sp, the bytes from sp up to ``top``).
+    """
+    strings, pointers = bytearray(), []
+    end = top - 16
+    for arg in argv:
+        raw = arg.encode()
+        pointers.append(end - len(strings) - len(raw) - 1)
+        strings[:0] = raw + b"\0"
+    str_base = end - len(strings)
+    words = [len(argv), *pointers, 0, 0, AT_PAGESZ, PAGE, AT_NULL, 0]
+    sp = (str_base - 4 * len(words)) & ~15
+    image = bytearray(top - sp)
+    image[0:4 * len(words)] = b"".join((w & M32).to_bytes(4, "little") for w in words)
+    image[str_base - sp:str_base - sp + len(strings)] = strings
+    return sp, bytes(image)
+
+
+def layout(program: Program, argv: list[str]) -> tuple[dict[int, str], dict[int, bytearray], int, int]:
+    """Where a program's pages go: (segment perms per vpn, initial page images
+    per vpn (segments and initial stack), brk start, sp)."""
+    perms: dict[int, str] = {}
+    images: dict[int, bytearray] = {}
+    end = 0
+    for seg in program.segments:
+        first, last = seg.vaddr >> 12, (seg.vaddr + seg.memsz + PAGE - 1) >> 12
+        for vpn in range(first, last):
+            perms[vpn] = _perms_union(perms.get(vpn, ""), seg.perms)
+            images.setdefault(vpn, bytearray(PAGE))
+        pos = 0
+        while pos < len(seg.data):
+            a = seg.vaddr + pos
+            off = a & (PAGE - 1)
+            n = min(len(seg.data) - pos, PAGE - off)
+            images[a >> 12][off:off + n] = seg.data[pos:pos + n]
+            pos += n
+        end = max(end, seg.vaddr + seg.memsz)
+    brk_start = (end + PAGE - 1) & ~(PAGE - 1)
+    sp, stack = initial_stack(argv)
+    a = sp
+    while a < STACK_TOP:
+        vpn, off = a >> 12, a & (PAGE - 1)
+        n = min(STACK_TOP - a, PAGE - off)
+        page = images.setdefault(vpn, bytearray(PAGE))
+        page[off:off + n] = stack[a - sp:a - sp + n]
+        a += n
+    return perms, images, brk_start, sp
+
+
+class Kernel:
+    """Process table, scheduler, trap handling. See the module docstring."""
+
+    def __init__(self, name: str, frames: FrameAllocator, hw: Hardware):
+        self.name = name
+        self.space = name
+        self.frames = frames
+        self.hw = hw
+        self.procs: dict[int, Process] = {}
+        self.current: Process | None = None
+        self.runq: deque[Process] = deque()
+        self.readers: deque[Process] = deque()
+        self.sleepers: list[Process] = []
+        self.rx = bytearray()
+        self.next_pid = 1
+        self.next_asid = 1
+        self.ticks = 0
+        self.counters = {"traps": 0, "syscalls": 0, "tlb_misses": 0, "preempts": 0, "switches": 0,
+                         "exits": 0, "kills": 0, "stray_traps": 0}
+
+    # ---------------------------------------------------------------- helpers
+
+    def console_line(self, text: str) -> bytes:
+        return f"[{self.name}] {text}\n".encode()
+
+    async def _zero_page(self, gpn: int) -> None:
+        await self.hw.mem_write(gpn * PAGE, bytes(PAGE))
+
+    async def _alloc_zero(self, proc: Process, vpn: int) -> int:
+        gpn = self.frames.alloc()
+        await self._zero_page(gpn)
+        proc.pages[vpn] = (gpn, proc.region_perms(vpn) or "rw")
+        return gpn
+
+    # ------------------------------------------------------------------ exec
+
+    async def exec(self, elf: bytes, argv: list[str], owner: str | None = None,
+                   notify: bool = False, ref: Any = None, name: str | None = None) -> Process:
+        """Load an ELF into a new process and make it runnable.
+
+        Raises:
+            KernelError: bad ELF (``bad_elf``) or not enough frames (``out_of_memory``).
+        """
+        try:
+            program = load_elf(elf)
+        except ElfError as exc:
+            raise KernelError("bad_elf", str(exc)) from None
+        argv = list(argv) or [name or "a.out"]
+        perms, images, brk_start, sp = layout(program, argv)
+        if len(images) > self.frames.free_count:
+            raise KernelError("out_of_memory", f"{len(images)} frames needed, {self.frames.free_count} free")
+        pid = self.next_pid
+        self.next_pid += 1
+        asid = self.next_asid
+        self.next_asid = self.next_asid % 0xFFFF + 1
+        proc = Process(pid=pid, asid=asid, name=name or argv[0].rsplit("/", 1)[-1], argv=argv,
+                       entry=program.entry, owner=owner, notify=notify, ref=ref)
+        proc.segments = perms
+        proc.brk_start = proc.brk = brk_start
+        proc.heap_end = brk_start >> 12
+        proc.pc = program.entry
+        proc.regs[2] = sp
+        try:
+            for vpn in sorted(images):
+                proc.pages[vpn] = (self.frames.alloc(), proc.region_perms(vpn) or "rw")
+            # write the images, one request per run of consecutive frames
+            run: list[tuple[int, bytearray]] = []
+            for vpn in sorted(images, key=lambda v: proc.pages[v][0]):
+                gpn = proc.pages[vpn][0]
+                if run and run[-1][0] + 1 != gpn:
+                    await self._write_run(run)
+                    run = []
+                run.append((gpn, images[vpn]))
+            if run:
+                await self._write_run(run)
+        except BaseException:
+            for gpn, _ in proc.pages.values():
+                self.frames.free(gpn)
+            raise
+        await self.hw.priv("tlb_flush", {"asid": asid})  # an asid used before may have stale entries
+        self.procs[pid] = proc
+        self.runq.append(proc)
+        await self.dispatch()
+        return proc
+
+    async def _write_run(self, run: list[tuple[int, bytearray]]) -> None:
+        # bounded messages: at most 64 pages per write
+        for i in range(0, len(run), 64):
+            part = run[i:i + 64]
+            await self.hw.mem_write(part[0][0] * PAGE, b"".join(bytes(img) for _, img in part))
+
+    # -------------------------------------------------------------- scheduler
+
+    async def dispatch(self) -> None:
+        """If the CPU is idle, run the next ready process."""
+        while self.current is None and self.runq:
+            proc = self.runq.popleft()
+            if proc.state != READY:
+                continue
+            await self._run(proc)
+
+    async def _run(self, proc: Process) -> None:
+        proc.state = RUNNING
+        self.current = proc
+        self.counters["switches"] += 1
+        await self.resume(proc)
+
+    async def resume(self, proc: Process) -> None:
+        await self.hw.priv("cpu_resume", {"regs": [r & M32 for r in proc.regs], "pc": proc.pc & M32,
+                                          "asid": proc.asid, "space": self.space})
+
+    def make_ready(self, proc: Process) -> None:
+        proc.wait = None
+        proc.state = READY
+        self.runq.append(proc)
+
+    def block(self, proc: Process, wait: tuple) -> None:
+        """Take the current process off the CPU until ``wait`` is satisfied."""
+        proc.state = BLOCKED
+        proc.wait = wait
+        if self.current is proc:
+            self.current = None
+        if wait[0] == "read":
+            self.readers.append(proc)
+        elif wait[0] == "sleep":
+            self.sleepers.append(proc)
+
+    async def tick(self, n: int = 0) -> None:
+        """A timer interrupt: wake sleepers, preempt if someone else is waiting."""
+        self.ticks += 1
+        if self.sleepers:
+            now = time.monotonic_ns()
+            due = [p for p in self.sleepers if p.wait and p.wait[1] <= now]
+            for p in due:
+                self.sleepers.remove(p)
+                p.regs[10] = 0
+                self.make_ready(p)
+        if self.current is not None and self.runq:
+            self.counters["preempts"] += 1
+            await self.hw.priv("cpu_preempt", {})
+        else:
+            await self.dispatch()
+
+    # ------------------------------------------------------------------- traps
+
+    async def trap(self, body: dict[str, Any]) -> None:
+        proc = self.current
+        self.counters["traps"] += 1
+        if proc is None or body.get("asid") != proc.asid:
+            # not ours (a trap of a process already killed): nothing to resume
+            self.counters["stray_traps"] += 1
+            log.warning("%s: stray trap %s (current %s)", self.name, body.get("cause"),
+                        proc.pid if proc else None)
+            await self.dispatch()
+            return
+        proc.traps += 1
+        proc.regs = list(body["regs"])
+        proc.pc = body["pc"]
+        proc.instret = body.get("instret", proc.instret)
+        cause = body["cause"]
+        if cause == CAUSE_ECALL:
+            self.counters["syscalls"] += 1
+            proc.syscalls += 1
+            proc.pc = (proc.pc + 4) & M32
+            result = await syscalls.syscall(self, proc)
+            if result is not None:
+                proc.regs[10] = result & M32
+        elif cause & INTERRUPT:
+            if self.runq:
+                proc.state = READY
+                self.current = None
+                self.runq.append(proc)
+        elif cause in PAGE_FAULT_ACCESS:
+            await self.page_fault(proc, cause, body["tval"])
+        else:
+            await self.fault(proc, cause, body["tval"])
+        if self.current is proc and proc.state == RUNNING:
+            await self.resume(proc)
+        else:
+            await self.dispatch()
+
+    async def page_fault(self, proc: Process, cause: int, vaddr: int) -> None:
+        self.counters["tlb_misses"] += 1
+        vpn = (vaddr & M32) >> 12
+        perms = proc.region_perms(vpn)
+        if perms is None or PAGE_FAULT_ACCESS[cause] not in perms:
+            await self.fault(proc, cause, vaddr)
+            return
+        entry = proc.pages.get(vpn)
+        if entry is None:
+            try:
+                await self._alloc_zero(proc, vpn)
+            except OutOfMemory:
+                await self.kill(proc, 128 + SIGKILL, f"out of memory at {vaddr:#010x} pc={proc.pc:#010x}")
+                return
+            entry = proc.pages[vpn]
+        await self.hw.priv("tlb_write", {"asid": proc.asid, "vpn": vpn, "ppn": entry[0], "perms": entry[1]})
+
+    async def fault(self, proc: Process, cause: int, tval: int) -> None:
+        what, sig = FAULTS.get(cause, (f"trap cause {cause:#x}", SIGSEGV))
+        if cause == CAUSE_ILLEGAL:
+            where = f"instruction {tval & M32:#010x}"
+        else:
+            where = f"at {tval & M32:#010x}"
+        await self.kill(proc, 128 + sig, f"{what} {where} pc={proc.pc & M32:#010x}")
+
+    async def kill(self, proc: Process, code: int, why: str) -> None:
+        self.counters["kills"] += 1
+        await self.hw.console.write(self.console_line(f"pid {proc.pid} ({proc.name}) killed: {why}"))
+        await self.exit(proc, code, f"killed: {why}")
+
+    async def exit(self, proc: Process, code: int, reason: str = "exit") -> None:
+        """The process is gone: free its frames and TLB entries, tell its owner."""
+        if proc.state == EXITED:
+            return
+        self.counters["exits"] += 1
+        if self.current is proc:
+            self.current = None
+        if proc in self.runq:
+            self.runq.remove(proc)
+        if proc in self.readers:
+            self.readers.remove(proc)
+        if proc in self.sleepers:
+            self.sleepers.remove(proc)
+        proc.state = EXITED
+        proc.code = code
+        proc.reason = reason
+        proc.wait = None
+        for gpn, _ in proc.pages.values():
+            self.frames.free(gpn)
+        proc.pages.clear()
+        await self.hw.priv("tlb_flush", {"asid": proc.asid})
+        self.procs.pop(proc.pid, None)
+        self.hw.process_exited(proc)
+
+    # --------------------------------------------------------------- devices
+
+    async def uart_rx(self, data: bytes) -> None:
+        self.rx += data
+        while self.readers and self.rx:
+            proc = self.readers.popleft()
+            await syscalls.complete_read(self, proc)
+        await self.dispatch()
+
+    # ----------------------------------------------------------- user memory
+
+    def user_pieces(self, proc: Process, addr: int, size: int, perm: str) -> list[tuple[int, int, int]] | None:
+        """(vpn, offset, n) pieces of a user buffer, or None if any byte is
+        outside the process or lacks ``perm``."""
+        if size < 0 or addr < 0 or addr + size > 1 << 32:
+            return None
+        pieces, pos = [], 0
+        while pos < size:
+            a = addr + pos
+            vpn, off = a >> 12, a & (PAGE - 1)
+            perms = proc.region_perms(vpn)
+            if perms is None or perm not in perms:
+                return None
+            n = min(size - pos, PAGE - off)
+            pieces.append((vpn, off, n))
+            pos += n
+        return pieces
+
+    async def copy_from_user(self, proc: Process, addr: int, size: int) -> bytes | None:
+        pieces = self.user_pieces(proc, addr, size, "r")
+        if pieces is None:
+            return None
+        out = bytearray()
+        run_start = run_len = None
+        for vpn, off, n in pieces:
+            entry = proc.pages.get(vpn)
+            if entry is None:  # never touched: reads as zeros
+                if run_start is not None:
+                    out += await self.hw.mem_read(run_start, run_len)
+                    run_start = None
+                out += bytes(n)
+                continue
+            ga = entry[0] * PAGE + off
+            if run_start is not None and run_start + run_len == ga:
+                run_len += n
+                continue
+            if run_start is not None:
+                out += await self.hw.mem_read(run_start, run_len)
+            run_start, run_len = ga, n
+        if run_start is not None:
+            out += await self.hw.mem_read(run_start, run_len)
+        return bytes(out)
+
+    async def copy_to_user(self, proc: Process, addr: int, data: bytes) -> bool:
+        pieces = self.user_pieces(proc, addr, len(data), "w")
+        if pieces is None:
+            return False
+        pos = 0
+        for vpn, off, n in pieces:
+            entry = proc.pages.get(vpn)
+            if entry is None:
+                try:
+                    await self._alloc_zero(proc, vpn)
+                except OutOfMemory:
+                    return False
+                entry = proc.pages[vpn]
+            await self.hw.mem_write(entry[0] * PAGE + off, bytes(data[pos:pos + n]))
+            pos += n
+        return True
+
+    def ps(self) -> list[dict[str, Any]]:
+        return [p.view() for p in sorted(self.procs.values(), key=lambda p: p.pid)]
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counters, "procs": len(self.procs), "ready": len(self.runq),
+                "current": self.current.pid if self.current else None, "ticks": self.ticks,
+                "free_frames": self.frames.free_count, "owned_frames": len(self.frames.owned),
+                "pinned_frames": len(self.frames.pinned)}
+
+
+# ======================================================================= node
+
+import math  # noqa: E402
+
+import trio  # noqa: E402
+
+from nodes.guest_os.drivers import TimerDriver, UartDriver  # noqa: E402
+from nodes.guest_os.module import FrameError, KernelModule  # noqa: E402
+from nodes.runtime import Node, NodeConfig  # noqa: E402
+import protocol.hw  # noqa: E402,F401  (registers the message kinds)
+from protocol.errors import ProtocolError  # noqa: E402
+from protocol.messages import Message  # noqa: E402
+
+
+def _memory_option(value: Any) -> tuple[int, int]:
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise ValueError(f"option 'memory': expected [first_frame, count], got {value!r}")
+    return value[0], value[1]
+
+
+class OsNode(Node):
+    """An OS instance (``kind = "os"``). Options: ``memory`` = [first_frame,
+    count] (its partition), ``cpu``, ``memctl``, ``uart``, ``timer`` (device
+    node names), ``tick_ms`` (default 10).
+
+    Messages: ``os_exec`` {elf, argv, notify} -> ok {data: {pid}} (bad ELF:
+    ``error`` bad_elf); ``proc_exit`` {pid, code, reason} to the requester if
+    ``notify``; ``os_ps`` -> ok {data: {procs}}; ``mod_alloc_pin`` {n},
+    ``mod_add`` {frames}, ``mod_give_back`` {frames} -> ok {data: {frames,
+    free}}; ``os_driver_mode`` {device, mode} -> ok {data: state}. Takes
+    ``trap`` (trap:<cpu>), ``tick``/``alarm`` (irq:<timer>), ``uart_rx``
+    (irq:<uart>); sends privileged operations on ``priv:<name>``, console
+    output on ``io:<name>.uart``, ``timer_set`` on ``io:<name>.timer``.
+    """
+
+    kind = "os"
+
+    def __init__(self, cfg: NodeConfig):
+        super().__init__(cfg)
+        opts = cfg.options
+        first, count = _memory_option(opts.get("memory", [0, 0]))
+        self.cpu_name = opts.get("cpu", "cpu0")
+        self.memctl_name = opts.get("memctl", "memctl")
+        self.uart_name = opts.get("uart", "uart0")
+        self.timer_name = opts.get("timer", "timer0")
+        tick = opts.get("tick_ms", 10)
+        if isinstance(tick, bool) or not isinstance(tick, (int, float)) or not math.isfinite(tick) or tick <= 0:
+            raise ValueError(f"option 'tick_ms': expected a positive number, got {tick!r}")
+        self.tick_ms = float(tick)
+        self.priv_flow = f"priv:{self.name}"
+        self.mem_flow = f"mem:{self.name}"
+        self.frames = FrameAllocator(first, count)
+        self.module = KernelModule(self.frames)
+        self.console = UartDriver(self, self.name)
+        self.timer = TimerDriver(self, self.name)
+        self.kernel = Kernel(self.name, self.frames, self)
+        self._events_in, self._events = trio.open_memory_channel(math.inf)
+        self.exited: deque[dict[str, Any]] = deque(maxlen=64)
+        self.mem_ops = 0
+
+    # -- Hardware interface for the kernel ------------------------------------------
+
+    async def _mem(self, kind: str, body: dict[str, Any]) -> Message:
+        self.mem_ops += 1
+        if self.routes.get(self.mem_flow) is not None:
+            return await self.emit_request(self.mem_flow, kind, body, timeout=10.0)
+        return await self.party.request(self.memctl_name, kind, body, timeout=10.0)
+
+    async def mem_read(self, addr: int, length: int) -> bytes:
+        reply = await self._mem("mem_read", {"space": self.name, "addr": addr, "length": length})
+        return reply.body["data"]
+
+    async def mem_write(self, addr: int, data: bytes) -> None:
+        await self._mem("mem_write", {"space": self.name, "addr": addr, "data": bytes(data)})
+
+    async def priv(self, kind: str, body: dict[str, Any]) -> None:
+        await self.emit(self.priv_flow, kind, body)
+
+    def process_exited(self, proc: Process) -> None:
+        self.exited.append({"pid": proc.pid, "name": proc.name, "code": proc.code, "reason": proc.reason})
+        if proc.notify and proc.owner:
+            self.nursery.start_soon(self._notify_exit, proc)
+
+    async def _notify_exit(self, proc: Process) -> None:
+        try:
+            await self.console.sync()  # its output is in the console log before anyone hears of the exit
+        except Exception as exc:  # noqa: BLE001 - still tell the owner
+            log.warning("%s: console sync before proc_exit failed: %s", self.name, exc)
+        try:
+            await self.party.send(proc.owner, "proc_exit",
+                                  {"pid": proc.pid, "code": proc.code, "reason": proc.reason or "exit"})
+        except ProtocolError as exc:
+            log.warning("%s: cannot tell %s that pid %d exited: %s", self.name, proc.owner, proc.pid, exc)
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def work(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._kernel_loop)
+        if self.routes.get(self.timer.flow) is not None:
+            await self.timer.set_period(self.tick_ms)
+
+    async def _kernel_loop(self) -> None:
+        async for event in self._events:
+            kind, payload = event
+            try:
+                await self._handle(kind, payload)
+            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the kernel
+                log.exception("%s: kernel failed on %s", self.name, kind)
+                if isinstance(payload, Message) and payload.src in self.party.directory:
+                    await self.party.reply(payload, "error", {"reason": "kernel_error", "detail": str(exc)})
+
+    async def _handle(self, kind: str, payload: Any) -> None:
+        k = self.kernel
+        if kind == "trap":
+            await k.trap(payload.body)
+        elif kind == "tick":
+            await k.tick()
+        elif kind == "uart_rx":
+            await k.uart_rx(payload.body["data"])
+        elif kind == "os_exec":
+            msg = payload
+            try:
+                proc = await k.exec(msg.body["elf"], msg.body["argv"], owner=msg.src,
+                                    notify=bool(msg.body.get("notify")), ref=None, name=msg.body.get("name"))
+            except KernelError as exc:
+                await self.party.reply(msg, "error", {"reason": exc.reason, "detail": exc.detail, "ref": "os_exec"})
+                return
+            await self.party.reply(msg, "ok", {"data": {"pid": proc.pid}})
+        elif kind.startswith("mod_"):
+            msg = payload
+            try:
+                if kind == "mod_alloc_pin":
+                    frames = self.module.alloc_pin(msg.body["n"])
+                elif kind == "mod_add":
+                    frames = self.module.add_frames(msg.body["frames"])
+                    await k.dispatch()
+                else:
+                    frames = self.module.give_back(msg.body["frames"])
+            except (OutOfMemory, FrameError) as exc:
+                reason = "out_of_memory" if isinstance(exc, OutOfMemory) else "bad_frames"
+                await self.party.reply(msg, "error", {"reason": reason, "detail": str(exc), "ref": kind})
+                return
+            await self.party.reply(msg, "ok", {"data": {"frames": frames, "free": self.frames.free_count}})
+        elif kind == "os_driver_mode":
+            msg = payload
+            driver = {"uart": self.console, "timer": self.timer}.get(msg.body.get("device"))
+            if driver is None:
+                raise ProtocolError("bad_field", f"no driver {msg.body.get('device')!r} (uart, timer)", "body.device")
+            state = await driver.set_mode(msg.body.get("mode"))
+            await self.party.reply(msg, "ok", {"data": state})
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s.update(kernel=self.kernel.stats(), uart=self.console.stats(), timer=self.timer.stats(),
+                 mem_ops=self.mem_ops, procs=self.kernel.ps())
+        return s
+
+    # -- handlers: everything goes through the one kernel task, in arrival order ------------
+
+    def _queue(self, kind: str, msg: Message) -> None:
+        self._events_in.send_nowait((kind, msg))
+
+    async def on_trap(self, msg: Message) -> None:
+        self._queue("trap", msg)
+
+    async def on_tick(self, msg: Message) -> None:
+        self._queue("tick", msg)
+
+    async def on_alarm(self, msg: Message) -> None:
+        self._queue("tick", msg)
+
+    async def on_uart_rx(self, msg: Message) -> None:
+        self._queue("uart_rx", msg)
+
+    async def on_os_exec(self, msg: Message) -> None:
+        self._queue("os_exec", msg)
+
+    async def on_mod_alloc_pin(self, msg: Message) -> None:
+        self._queue("mod_alloc_pin", msg)
+
+    async def on_mod_add(self, msg: Message) -> None:
+        self._queue("mod_add", msg)
+
+    async def on_mod_give_back(self, msg: Message) -> None:
+        self._queue("mod_give_back", msg)
+
+    async def on_os_driver_mode(self, msg: Message) -> None:
+        self._queue("os_driver_mode", msg)
+
+    async def on_os_ps(self, msg: Message) -> None:
+        await self.party.reply(msg, "ok", {"data": {"procs": self.kernel.ps(), "exited": list(self.exited),
+                                                    "free_frames": self.frames.free_count}})
+
+    async def on_proc_exit(self, msg: Message) -> None:
+        """Not ours to handle (someone routed it here); ignore."""

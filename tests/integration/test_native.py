@@ -1,0 +1,238 @@
+"""The OS instance on the native topology (DESIGN.md §4, issue #5).
+
+Two levels:
+
+- the kernel (``nodes.guest_os.kernel.Kernel``) driven by the real RV32 core
+  in-process, with memory and console as plain Python objects: ELF layout,
+  syscalls, page faults, the scheduler and the kernel module, fast and exact;
+- the real cluster of ``compose/native.toml`` (CPU, memory controller, UART,
+  timer and the OS as processes): ``hwemu run`` end to end, and several
+  processes started together through the OS's ``os_exec``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from nodes.cpu.core import PAGE_MISS, QUANTUM, TRAP, Core
+from nodes.guest_os.kernel import CAUSE_TIMER_IRQ, Kernel, KernelError, initial_stack
+from nodes.guest_os.module import FrameAllocator, FrameError, KernelModule, OutOfMemory
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST = REPO / "guest"
+SAMPLES = GUEST / "samples"
+BUILD = GUEST / "build" / "samples"
+NATIVE = REPO / "compose" / "native.toml"
+
+
+@pytest.fixture(scope="session")
+def guest_build() -> Path:
+    """The sample ELFs (``make -C guest`` unless up to date)."""
+    if shutil.which("riscv64-unknown-elf-gcc") is None:
+        pytest.fail("missing riscv64-unknown-elf-gcc: run ./scripts/setup.sh", pytrace=False)
+    if subprocess.run(["make", "-q", "-C", str(GUEST)], capture_output=True).returncode != 0:
+        built = subprocess.run(["make", "-C", str(GUEST)], capture_output=True, text=True)
+        if built.returncode != 0:
+            pytest.fail(f"`make -C guest` failed:\n{built.stderr[-3000:]}", pytrace=False)
+    return BUILD
+
+
+def sample_args(name: str) -> list[str]:
+    args = SAMPLES / f"{name}.args"
+    return args.read_text().splitlines() if args.exists() else []
+
+
+def expected(name: str) -> bytes:
+    return (SAMPLES / f"{name}.expected").read_bytes()
+
+
+# =========================================================== kernel, in-process
+
+class FakeConsole:
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        self.out += data
+
+    async def sync(self, timeout: float = 10.0) -> int:
+        return len(self.out)
+
+
+class Machine:
+    """A CPU (the real core), memory and a console for one kernel, in-process.
+
+    ``priv`` operations act on the core as the CPU node would; :meth:`run`
+    executes until every process has exited, delivering a timer tick every
+    ``quantum`` instructions (which preempts, as the real timer does)."""
+
+    def __init__(self, first: int = 256, count: int = 512, quantum: int = 20_000):
+        self.core = Core()
+        self.mem: dict[int, bytearray] = {}
+        self.console = FakeConsole()
+        self.frames = FrameAllocator(first, count)
+        self.kernel = Kernel("os1", self.frames, self)
+        self.quantum = quantum
+        self.running = False
+        self.preempt = False
+        self.exited: list[Any] = []
+        self.priv_log: list[tuple[str, dict]] = []
+
+    def page(self, gpn: int) -> bytearray:
+        assert gpn in self.frames.owned, f"the kernel touched frame {gpn}, which is not its own"
+        return self.mem.setdefault(gpn, bytearray(4096))
+
+    async def mem_read(self, addr: int, length: int) -> bytes:
+        out = bytearray()
+        while length:
+            off = addr & 4095
+            n = min(length, 4096 - off)
+            out += self.page(addr >> 12)[off:off + n]
+            addr, length = addr + n, length - n
+        return bytes(out)
+
+    async def mem_write(self, addr: int, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            off = (addr + pos) & 4095
+            n = min(len(data) - pos, 4096 - off)
+            self.page((addr + pos) >> 12)[off:off + n] = data[pos:pos + n]
+            pos += n
+
+    async def priv(self, kind: str, body: dict) -> None:
+        self.priv_log.append((kind, body))
+        core = self.core
+        if kind == "cpu_resume":
+            assert body["space"] == "os1"
+            core.set_state({"x": body["regs"], "pc": body["pc"], "asid": body["asid"]})
+            self.running = True
+        elif kind == "tlb_write":
+            core.tlb_write(body["asid"], body["vpn"], body["ppn"], body["perms"])
+        elif kind == "tlb_flush":
+            core.tlb_flush(body.get("asid"), body.get("vpn"))
+        elif kind == "cpu_preempt":
+            self.preempt = True
+        elif kind == "cpu_halt":
+            self.running = False
+
+    def process_exited(self, proc) -> None:
+        self.exited.append(proc)
+
+    def trap_body(self, cause: int, tval: int, pc: int) -> dict:
+        return {"cause": cause, "tval": tval, "pc": pc, "regs": list(self.core.x),
+                "asid": self.core.asid, "instret": self.core.instret}
+
+    async def run(self, limit: int = 50_000_000) -> None:
+        core = self.core
+        while self.running and core.instret < limit:
+            stop = core.run(self.quantum)
+            if stop.kind == PAGE_MISS:
+                core.install_page(stop.ppn, self.page(stop.ppn), True)
+            elif stop.kind == QUANTUM:
+                await self.kernel.tick()
+                if self.preempt:
+                    self.preempt = False
+                    self.running = False
+                    await self.kernel.trap(self.trap_body(CAUSE_TIMER_IRQ, 0, core.pc))
+            elif stop.kind == TRAP:
+                self.running = False
+                await self.kernel.trap(self.trap_body(stop.cause, stop.tval, stop.pc))
+            else:
+                raise AssertionError(f"core stopped: {stop.kind}")
+        assert not self.running, "the guest did not finish within the instruction limit"
+
+
+def elf_of(name: str) -> bytes:
+    return (BUILD / f"{name}.elf").read_bytes()
+
+
+async def test_initial_stack_is_the_linux_layout() -> None:
+    sp, image = initial_stack(["prog", "a b"], top=0x80000000)
+    assert sp % 16 == 0
+    words = [int.from_bytes(image[i:i + 4], "little") for i in range(0, 36, 4)]
+    argc, p0, p1, null, envp = words[:5]
+    assert (argc, null, envp) == (2, 0, 0)
+    assert words[5:9] == [6, 4096, 0, 0]  # AT_PAGESZ, AT_NULL
+
+    def string_at(ptr: int) -> bytes:
+        off = ptr - sp
+        return image[off:image.index(b"\0", off)]
+
+    assert (string_at(p0), string_at(p1)) == (b"prog", b"a b")
+
+
+@pytest.mark.parametrize("name", ["hello", "primes", "strsort", "badptr"])
+async def test_kernel_runs_sample_like_qemu(guest_build, name: str) -> None:
+    m = Machine()
+    proc = await m.kernel.exec(elf_of(name), [f"/some/dir/{name}.elf", *sample_args(name)], notify=True)
+    await m.run()
+    assert bytes(m.console.out) == expected(name)
+    assert [(p.pid, p.code) for p in m.exited] == [(proc.pid, 0)]
+    assert m.frames.free_count == 512, "the process's frames went back to the free list"
+
+
+async def test_kernel_timeshares_and_kills_only_the_faulting_process(guest_build) -> None:
+    m = Machine()
+    a = await m.kernel.exec(elf_of("timeshare"), ["timeshare", "A", "4"])
+    segv = await m.kernel.exec(elf_of("segv"), ["segv"])
+    b = await m.kernel.exec(elf_of("timeshare"), ["timeshare", "B", "4"])
+    await m.run()
+    out = m.console.out.decode()
+    lines = out.splitlines()
+    a_lines = [ln for ln in lines if ln.startswith("A: ")]
+    b_lines = [ln for ln in lines if ln.startswith("B: ")]
+    assert len(a_lines) == len(b_lines) == 4
+    assert lines.index(a_lines[0]) < lines.index(b_lines[-1]) and lines.index(b_lines[0]) < lines.index(a_lines[-1])
+    codes = {p.pid: p.code for p in m.exited}
+    assert codes == {a.pid: 0, segv.pid: 139, b.pid: 0}
+    killed = [ln for ln in lines if "killed" in ln]
+    assert len(killed) == 1 and f"pid {segv.pid}" in killed[0] and "0x00000ff0" in killed[0] and "pc=0x" in killed[0]
+    assert m.kernel.counters["preempts"] > 0
+
+
+async def test_kernel_rejects_a_bad_elf_and_goes_on(guest_build) -> None:
+    m = Machine()
+    with pytest.raises(KernelError) as info:
+        await m.kernel.exec(b"\x7fELF" + b"\0" * 10, ["junk"])
+    assert info.value.reason == "bad_elf" and "truncated" in info.value.detail
+    await m.kernel.exec(elf_of("hello"), ["hello"])
+    await m.run()
+    assert m.console.out.startswith(b"Hello from hwemu!\n")
+
+
+async def test_kernel_read_blocks_until_uart_rx(guest_build) -> None:
+    m = Machine()
+    proc = await m.kernel.exec(elf_of("wc"), ["wc"])
+    await m.run()  # runs until wc blocks in read(0)
+    assert proc.state == "blocked" and proc.wait[0] == "read"
+    await m.kernel.uart_rx((SAMPLES / "wc.stdin").read_bytes())
+    await m.run()
+    # wc reads to EOF; a console never ends, so it is still waiting for more
+    assert proc.state == "blocked"
+
+
+def test_kernel_module_pins_adds_and_gives_back() -> None:
+    fa = FrameAllocator(10, 4)
+    mod = KernelModule(fa)
+    pinned = mod.alloc_pin(2)
+    assert pinned == [10, 11] and fa.pinned == {10, 11} and fa.free_count == 2
+    with pytest.raises(OutOfMemory):
+        mod.alloc_pin(3)
+    assert mod.add_frames([100, 101]) == [100, 101] and fa.free_count == 4
+    with pytest.raises(FrameError):
+        mod.add_frames([12])
+    used = fa.alloc()  # 12: in use by a "process"
+    with pytest.raises(FrameError):
+        mod.give_back([used])
+    assert mod.give_back([10, 100]) == [10, 100]
+    assert 10 not in fa.owned and 100 not in fa.owned and fa.pinned == {11}
+    assert fa.free_count == 2  # 13 and 101
