@@ -258,7 +258,7 @@ class CpuNode(Node):
         self.preempt_pending = True
 
     async def on_cpu_halt(self, msg: Message) -> None:
-        self.preempt_pending = False
+        # a pending preempt stays pending (taken after the next cpu_resume, unless masked)
         self.cpu_state = "halted"
 
     async def on_irq_mask(self, msg: Message) -> None:

@@ -149,3 +149,63 @@ async def test_memctl_killed_with_sigkill_is_restarted_with_memory_intact(cluste
     # and the machine still runs programs
     result = await run_program(orch, "hello", ["hello.elf", *args("hello")])
     assert (result["output"], result["exit_code"]) == (expected("hello"), 0)
+
+
+async def held_at_brk(orch, name: str, argv: list[str]) -> None:
+    """Load ``name`` with the test OS holding the CPU trapped at its first brk."""
+    await orch.request("os1", "testos_hold")
+    await orch.request("os1", "testos_load", {"elf": (BUILD / f"{name}.elf").read_bytes(), "argv": argv},
+                       timeout=20)
+    with trio.fail_after(30):
+        while not (await orch.request("os1", "testos_result")).body["data"]["held"]:
+            await trio.sleep(0.02)
+    assert (await stats(orch, "cpu0"))["cpu_state"] == "trapped"
+
+
+async def emit(orch, kind: str, body: dict | None = None) -> None:
+    await orch.request("os1", "testos_emit", {"kind": kind, "body": body or {}})
+
+
+async def wait_cpu(orch, pred, timeout: float = 10.0) -> dict:
+    with trio.fail_after(timeout):
+        while True:
+            s = await stats(orch, "cpu0")
+            if pred(s):
+                return s
+            await trio.sleep(0.02)
+
+
+async def test_a_preempt_while_trapped_is_taken_as_an_interrupt_trap_after_the_resume(cluster, tmp_path,
+                                                                                      guest_build):
+    orch = await cluster(topology(tmp_path))
+    await held_at_brk(orch, "primes", ["primes.elf"])
+    await emit(orch, "cpu_preempt")
+    await wait_cpu(orch, lambda s: s["preempt_pending"])
+    await orch.request("os1", "testos_release")
+    result = await run_until_exit(orch)
+    assert (result["output"], result["exit_code"]) == (expected("primes"), 0)
+    assert len(result["interrupts"]) == 1
+    s = await stats(orch, "cpu0")
+    assert (s["preempts"], s["preempt_pending"], s["cpu_state"]) == (1, False, "halted")
+
+
+async def test_a_masked_preempt_stays_pending(cluster, tmp_path, guest_build):
+    orch = await cluster(topology(tmp_path))
+    await held_at_brk(orch, "primes", ["primes.elf"])
+    await emit(orch, "irq_mask", {"masked": True})
+    await emit(orch, "cpu_preempt")
+    await wait_cpu(orch, lambda s: s["preempt_pending"] and s["masked"])
+    await orch.request("os1", "testos_release")
+    result = await run_until_exit(orch)
+    assert (result["output"], result["exit_code"], result["interrupts"]) == (expected("primes"), 0, [])
+    s = await stats(orch, "cpu0")
+    assert (s["preempts"], s["preempt_pending"]) == (0, True)
+
+
+async def run_until_exit(orch, timeout: float = 60.0) -> dict:
+    with trio.fail_after(timeout):
+        while True:
+            result = (await orch.request("os1", "testos_result")).body["data"]
+            if result["exit_code"] is not None or result["fault"] is not None:
+                return result
+            await trio.sleep(0.02)
