@@ -23,6 +23,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "guest" / "build" / "samples"
 SAMPLES = ROOT / "guest" / "samples"
+# primes' calloc'ed sieve below 2000: composite[i] = 1
+SIEVE = bytes(0 if i < 2 or all(i % d for d in range(2, int(i ** 0.5) + 1)) else 1 for i in range(2000))
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +138,9 @@ async def test_memctl_killed_with_sigkill_is_restarted_with_memory_intact(cluste
     got = await orch.request("memctl", "mem_read", {"space": "os1", "addr": 500 * 4096, "length": len(pattern)})
     assert got.body["data"] == pattern
     # the sieve the CPU held modified was written back during recovery
-    sieve = bytes(0 if i < 2 or all(i % d for d in range(2, int(i ** 0.5) + 1)) else 1 for i in range(2000))
     heap_bytes = b"".join([(await orch.request("memctl", "mem_read", {"space": "os1", "addr": g * 4096,
                                                                      "length": 4096})).body["data"] for g in heap])
-    assert sieve in heap_bytes
+    assert SIEVE in heap_bytes
     assert mem["writebacks"] >= 1
     assert mem["spaces"] == {"os1": "identity"} and mem["frames"]["os1"] == 256
     # the CPU wrote back and dropped what it held; the directory is empty again
@@ -209,3 +210,36 @@ async def run_until_exit(orch, timeout: float = 60.0) -> dict:
             if result["exit_code"] is not None or result["fault"] is not None:
                 return result
             await trio.sleep(0.02)
+
+
+async def test_a_new_address_space_writes_back_and_drops_every_cached_page_first(cluster, tmp_path, guest_build):
+    orch = await cluster(topology(tmp_path))
+    result = await run_program(orch, "primes", ["primes.elf"])
+    assert (result["output"], result["exit_code"]) == (expected("primes"), 0)
+    assert (await stats(orch, "cpu0"))["modified"] > 0
+    # another space, a flushed TLB and pc 0: the CPU releases everything, then
+    # traps at once on the instruction fetch (nothing is mapped), and the test OS halts it
+    await emit(orch, "cpu_resume", {"space": "os2", "pc": 0, "asid": 2, "flush_tlb": True})
+    with trio.fail_after(10):
+        while (result := (await orch.request("os1", "testos_result")).body["data"])["fault"] is None:
+            await trio.sleep(0.02)
+    assert result["fault"].startswith("cause 12 tval 0x0 ")
+    cpu = await wait_cpu(orch, lambda s: s["cpu_state"] == "halted")
+    assert (cpu["space"], cpu["pages"], cpu["modified"]) == ("os2", 0, 0)
+    mem = await stats(orch, "memctl")
+    assert mem["cached"] == {}
+    heap_bytes = b"".join([(await orch.request("memctl", "mem_read", {"space": "os1", "addr": g * 4096,
+                                                                     "length": 4096})).body["data"]
+                           for g in result["heap_gpns"]])
+    assert SIEVE in heap_bytes
+
+
+async def test_a_program_running_across_a_memctl_restart_completes_correctly(cluster, tmp_path, guest_build):
+    orch = await cluster(topology(tmp_path))
+    await held_at_brk(orch, "primes", ["primes.elf"])  # the heap is not touched yet: misses will follow
+    proc = orch.supervisor.nodes["memctl"]
+    os.kill(proc.pid, signal.SIGKILL)
+    await orch.request("os1", "testos_release")
+    result = await run_until_exit(orch)
+    assert (result["output"], result["exit_code"]) == (expected("primes"), 0)
+    assert proc.restarts == 1
