@@ -26,6 +26,7 @@ Options: ``quantum`` (instructions per ``core.run``, default 20000), ``tlb``
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -37,6 +38,8 @@ from nodes.cpu.core import HALT, PAGE_MISS, PAGE_SIZE, QUANTUM, TRAP, Core
 from nodes.runtime import Node, main
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message
+
+log = logging.getLogger("hwemu.cpu")
 
 INTERRUPT_CAUSE = 0x80000005
 RECALL_ALL = -1
@@ -90,7 +93,7 @@ class CpuNode(Node):
             stop = core.run(self.quantum)
             self._measure()
             if stop.kind == QUANTUM:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()  # let the inbox run: recalls, privileged ops, preempt
             elif stop.kind == TRAP:
                 insn = stop.tval if stop.cause == isa.ILLEGAL_INSTRUCTION else None
                 await self._trap(stop.cause, stop.tval, insn)
@@ -115,7 +118,11 @@ class CpuNode(Node):
                 "asid": st["asid"], "instret": st["instret"]}
         if insn is not None:
             body["insn"] = insn
-        await self.emit(f"trap:{self.name}", "trap", body)
+        try:
+            await self.emit(f"trap:{self.name}", "trap", body)
+        except ProtocolError as exc:  # no trap handler routed: nobody can resume us
+            log.error("%s: cannot deliver trap (cause %#x at pc %#x): %s; halting", self.name, cause, st["pc"], exc)
+            self.cpu_state = "halted"
 
     async def _page_miss(self, gpn: int, write: bool) -> None:
         self.counts["page_misses"] += 1
