@@ -11,7 +11,7 @@ guest: setup
 	$(MAKE) -C guest
 
 demo: guest
-	.venv/bin/hwemu demo
+	./scripts/demo.sh
 
 test: guest
 	$(PY) -m pytest -q

@@ -24,7 +24,8 @@ from protocol.errors import RemoteError, RequestTimeout
 def _status_table(data: dict) -> Table:
     table = Table(title=f"cluster {data['cluster']}  ({data['topology']}, routes epoch {data['routes']['epoch']})")
     for col in ("node", "kind", "pid", "state", "alive", "uptime s", "msgs in", "msgs out", "restarts", "endpoint"):
-        table.add_column(col, justify="right" if col in ("pid", "uptime s", "msgs in", "msgs out", "restarts") else "left")
+        table.add_column(col, no_wrap=True,
+                         justify="right" if col in ("pid", "uptime s", "msgs in", "msgs out", "restarts") else "left")
     o = data["orchestrator"]
     table.add_row("orch", "orchestrator", str(o["pid"]), o["state"], "yes", f"{o['uptime']:.1f}", "", "", "", o["endpoint"])
     for n in data["nodes"]:

@@ -15,6 +15,8 @@ from rich.markup import escape
 from orchestrator.client import default_run_dir
 
 console = Console()
+if not console.is_terminal:  # piped or logged: don't squeeze tables into 80 columns
+    console = Console(width=160)
 err_console = Console(stderr=True)
 
 RunDir = Annotated[
