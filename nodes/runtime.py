@@ -295,21 +295,26 @@ class Node:
         await self.party.reply(msg, "error", {"reason": "drain_timeout",
                                               "detail": f"{self.name} consumed {have}, expected {msg.body['upto']}"})
 
-    async def on_route_install(self, msg: Message) -> None:
-        table = RouteTable(msg.body["epoch"], msg.body["routes"])
+    def _install(self, epoch: int, routes: dict[str, str], nxt: dict[str, int]) -> None:
+        table = RouteTable(epoch, routes)
         if table.epoch < self.routes.epoch:
             raise ProtocolError("stale_epoch", f"epoch {table.epoch} is older than {self.routes.epoch}", "body.epoch")
         self.routes = table
         self.party.epoch = table.epoch
-        for flow, nxt in msg.body.get("next", {}).items():
+        for flow, n in nxt.items():
             if table.get(flow) == self.name:
                 inflow = self.in_flows.setdefault(flow, _InFlow())
-                inflow.expected = nxt
-                inflow.consumed = nxt - 1
-        await self.party.reply(msg, "ok", {"data": {"epoch": table.epoch}})
+                inflow.expected = n
+                inflow.consumed = n - 1
+
+    async def on_route_install(self, msg: Message) -> None:
+        self._install(msg.body["epoch"], msg.body["routes"], msg.body.get("next", {}))
+        await self.party.reply(msg, "ok", {"data": {"epoch": self.routes.epoch}})
 
     @spawned
     async def on_route_resume(self, msg: Message) -> None:
+        if "epoch" in msg.body and "routes" in msg.body and msg.body["epoch"] > self.routes.epoch:
+            self._install(msg.body["epoch"], msg.body["routes"], {})
         flushed = 0
         for flow in msg.body["flows"]:
             out = self.out_flows.setdefault(flow, _OutFlow())

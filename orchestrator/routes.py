@@ -5,18 +5,21 @@ A change of some flows is the quiesce / drain / switch / resume sequence:
 
 1. *pause*   — each sender of a changed flow stops emitting on it and reports
    the last ``fseq`` it sent ("interrupts disabled");
-2. *drain*   — each old receiver confirms it consumed up to that ``fseq``;
-3. *switch*  — the new table (epoch + 1) is installed on every node, telling
-   each new receiver which ``fseq`` comes next;
-4. *resume*  — the senders flush what they buffered to the new receivers
-   ("interrupts re-enabled").
+2. *drain*   — each old receiver confirms it consumed up to that ``fseq``
+   (meanwhile each new receiver is told which ``fseq`` comes next);
+3. *switch*  — the new table (epoch + 1) reaches the senders with
+4. *resume*  — they flush what they buffered to the new receivers
+   ("interrupts re-enabled"); then every other node gets the new table.
 
+Steps 3 and 4 share a message, and the installs that nobody waits for happen
+after the resume, so a change costs the senders three round trips of pause.
 If a step fails before the switch, the senders are resumed on the old table:
 the change is rolled back and reported, nothing is lost.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,6 +30,9 @@ import trio
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.routes import RouteTable, flow_sender
 from protocol.transport import Party
+
+
+log = logging.getLogger("hwemu.routes")
 
 
 class RouteChangeError(Exception):
@@ -102,6 +108,8 @@ class RouteAuthority:
                     by_sender[sender].append(flow)
             paused: list[str] = []
             last: dict[str, int] = {}
+            receivers = {n for n in changes.values()}
+            installed: set[str] = set()
             try:
                 # 1. pause
                 t_pause = time.perf_counter()
@@ -110,35 +118,55 @@ class RouteAuthority:
                 paused = list(replies)
                 for reply in replies.values():
                     last.update(reply.body["data"])
-                # 2. drain the old receivers
+                nxt = {flow: last.get(flow, 0) + 1 for flow in changes}
+                # 2. drain the old receivers and, at the same time, tell the
+                #    new receivers which fseq comes next (nothing reaches them
+                #    before the resume, so this cannot race)
                 drains: dict[str, dict[str, int]] = defaultdict(dict)
                 for flow, upto in last.items():
                     receiver = old.get(flow)
                     if receiver is not None and receiver != changes[flow] and receiver in live and upto > 0:
                         drains[receiver][flow] = upto
-                await self._each({r: (lambda r=r, u=u: self.party.request(
+                calls = {("drain", r): (lambda r=r, u=u: self.party.request(
                     r, "route_drain", {"upto": u, "timeout": self.timeout}, timeout=self.timeout + 1))
-                    for r, u in drains.items()})
+                    for r, u in drains.items()}
+                installed = receivers - set(paused)
+                calls.update({("install", n): (lambda n=n: self._install_one(n, new, nxt)) for n in installed})
+                await self._each(calls)
             except (RemoteError, RequestTimeout) as exc:
+                rollback = RouteTable(new.epoch + 1, old.routes)
+                self.table = rollback
+                with trio.move_on_after(self.timeout):
+                    await self.install(rollback, nodes=installed)
                 await self._resume(paused, by_sender)
                 raise RouteChangeError(f"route change {dict(changes)} rolled back: {exc}") from None
-            # 3. switch: from here the new epoch is the truth
+            # 3. switch + 4. resume: the senders get the new table with the
+            #    resume and flush their buffers to the new receivers
             self.table = new
-            nxt = {flow: last.get(flow, 0) + 1 for flow in changes}
+            await self._resume(paused, by_sender, new)
+            t_resumed = time.perf_counter()
+            # everyone else learns the new epoch outside the pause
+            others = [n for n in live if n not in installed and n not in paused]
             try:
-                await self.install(new, nxt)
-            finally:
-                # 4. resume, even if some node missed the install (it is re-sent on its restart)
-                await self._resume(paused, by_sender)
+                await self.install(new, nxt, nodes=others)
+            except (RemoteError, RequestTimeout) as exc:  # re-sent to a node when it restarts
+                log.warning("install of epoch %d incomplete: %s", new.epoch, exc)
             t_end = time.perf_counter()
             report = ChangeReport(new.epoch, {f: (old.get(f), n) for f, n in changes.items()},
-                                  (t_end - t_pause) * 1e3, (t_end - t0) * 1e3, last)
+                                  (t_resumed - t_pause) * 1e3, (t_end - t0) * 1e3, last)
             self.history.append(report)
             del self.history[:-1000]
             return report
 
-    async def _resume(self, senders: list[str], by_sender: Mapping[str, list[str]] | None = None) -> None:
+    async def _install_one(self, node: str, table: RouteTable, nxt: Mapping[str, int]):
+        return await self.party.request(node, "route_install", {
+            "epoch": table.epoch, "routes": dict(table.routes), "next": dict(nxt)}, timeout=self.timeout)
+
+    async def _resume(self, senders: list[str], by_sender: Mapping[str, list[str]] | None = None,
+                      table: RouteTable | None = None) -> None:
         if not senders:
             return
+        body = {} if table is None else {"epoch": table.epoch, "routes": dict(table.routes)}
         await self._each({s: (lambda s=s: self.party.request(
-            s, "route_resume", {"flows": (by_sender or {}).get(s) or []}, timeout=self.timeout)) for s in senders})
+            s, "route_resume", {"flows": (by_sender or {}).get(s) or [], **body}, timeout=self.timeout))
+            for s in senders})

@@ -272,7 +272,8 @@ register(
     routes=Field("dict", items="str"),
     next=Field("dict", items="int", required=False),
 )
-register("route_resume", flows=Field("list", items="str"))
+register("route_resume", flows=Field("list", items="str"), epoch=Field("int", required=False),
+         routes=Field("dict", items="str", required=False))  # the new table may ride along: one round trip less
 
 
 def error_body(exc: ProtocolError | Exception, ref: str | None = None) -> dict[str, Any]:
