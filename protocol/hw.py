@@ -13,6 +13,11 @@ flow                 sender      kinds
 ``irq:uart0``        uart0       ``uart_rx``
 ``io:os1.uart``      os1         ``uart_write``
 ``io:os1.timer``     os1         ``timer_set``, ``timer_alarm``
+``io:os1.disk``      os1         ``disk_read``, ``disk_write``, ``disk_flush``
+``irq:disk0``        disk0       ``disk_done``
+``io:os1.nic``       os1         ``nic_bind``, ``nic_send``, ``nic_close``,
+                                 ``nic_rx_ack``
+``irq:nic0``         nic0        ``nic_done``, ``nic_rx``
 ===================  ==========  ===============================================
 
 Memory traffic is request/reply with the memory controller (``mem_*``).
@@ -60,6 +65,23 @@ register("timer_alarm", id="int", delay_ms=Field("float"))
 register("tick", n="int", time_ns="int")
 register("alarm", id="int", time_ns="int")
 register("timer_now")                # reply ok {data: {"time_ns": int}} (wall clock)
+
+# -- disk (nodes/disk/node.py has the full interface) ------------------------------
+# status: 0, or -errno (EINVAL malformed/misaligned, EIO out of range or outside
+# the issuer's partition, EFAULT bad DMA, EAGAIN queue full); reason says why.
+register("disk_read", id="int", block="int", count="int", space="str", addr="int")
+register("disk_write", id="int", block="int", count="int", space="str", addr="int")
+register("disk_flush", id="int")
+register("disk_done", id="int", status="int", count="int", reason=_opt("str"))
+register("disk_info")                # reply ok {data: {blocks, block_size, write_back, ...}}
+
+# -- NIC (nodes/nic/node.py has the full interface) -----------------------------------
+register("nic_bind", id="int", port="int")     # port 0: the NIC picks a free guest port
+register("nic_send", id="int", src_port="int", dst_host="str", dst_port="int", data="bytes")
+register("nic_close", id="int", port="int")
+register("nic_rx_ack", port="int", count="int")  # the driver hands back receive slots
+register("nic_done", id="int", status="int", port=_opt("int"), reason=_opt("str"))
+register("nic_rx", port="int", src_host="str", src_port="int", data="bytes")
 
 # -- OS instance -----------------------------------------------------------------
 register("os_exec", elf="bytes", argv=Field("list", items="str"), name=_opt("str"),

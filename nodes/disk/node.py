@@ -1,0 +1,317 @@
+"""The ``disk`` node: a block device over an image file, with DMA through the
+memory controller and completion interrupts (DESIGN.md §3, Devices; flows in
+:mod:`protocol.hw`).
+
+Message interface (for the OS driver):
+
+- ``disk_read`` {id, block, count, space, addr} — read ``count`` blocks from
+  block ``block`` (absolute on the device) into guest memory: ``mem_write`` of
+  ``count * block_size`` bytes to ``memctl`` at guest physical ``addr`` of
+  address space ``space``.
+- ``disk_write`` {id, block, count, space, addr} — ``mem_read`` the bytes from
+  guest memory, ``pwrite`` them to the image and ``fdatasync`` before the
+  completion (unless the ``write_back`` option: then durable at the next
+  ``disk_flush``).
+- ``disk_flush`` {id} — ``fdatasync`` the image, then complete (count 0).
+- completion ``disk_done`` {id, status, count, reason?}: ``status`` 0 and
+  ``count`` = blocks moved, or ``status`` = -errno, ``count`` 0 and a
+  human ``reason``:
+
+  ===========  ==============================================================
+  ``-EINVAL``  malformed: ``count`` < 1 or above ``max_blocks``, a negative
+               block, a negative or misaligned (not a multiple of
+               ``DMA_ALIGN`` = 4) guest address
+  ``-EIO``     blocks beyond the end of the device, or outside the issuer's
+               partition (as Linux fails a bio beyond the end of a device: a
+               partition is the device as that OS sees it); a host I/O error
+  ``-EFAULT``  the DMA failed (memctl refused the guest range) or an issuer
+               with a partition named another OS's address space
+  ``-EAGAIN``  the command queue was full (``queue_depth``); nothing was done
+  ===========  ==============================================================
+
+  Commands on flow ``io:<os>.disk`` complete with ``disk_done`` emitted on
+  ``irq:<name>``; commands sent directly as requests are answered with a
+  ``disk_done`` reply instead. Completions come in command order (one worker).
+- ``disk_info`` (direct request) — reply ``ok`` {data: {blocks, block_size,
+  write_back, queue_depth, max_blocks, partition}}; ``partition`` is the
+  requester's ``[first_block, count]`` or null (the whole device).
+
+The issuer of a command is ``<os>`` of its flow ``io:<os>.disk``, or the
+sender of a direct request. An issuer named in the ``partitions`` option may
+only touch its partition's blocks and DMA only into its own address space
+(otherwise the disk would be a deputy into another instance's memory, since
+memctl lets devices name any space). Any other issuer (the VMM, tools)
+addresses the whole device and names the space of the OS it acts for.
+
+Options: ``image`` (path, default ``<run_dir>/<name>.img``; created at
+``size_mb`` MiB, default 16, if absent; an existing image keeps its size),
+``block_size`` (512 or 4096, default 512: the logical sector of real disks
+and of raw images made by host tools, so offsets line up with ``dd``/``mkfs``;
+4096 suits page-sized transfers), ``write_back`` (default false),
+``partitions`` ({os: [first_block, count]}), ``memctl`` (node name, default
+``"memctl"``), ``queue_depth`` (default 64).
+
+Back-pressure: at most ``queue_depth`` commands are waiting; a command past it
+completes at once with ``-EAGAIN`` (a driver keeps no more than
+``queue_depth`` outstanding, as with a hardware submission ring). The inbox
+is never blocked on a full queue: the DMA replies the worker waits for arrive
+on that same inbox, so blocking it would deadlock.
+
+Crash safety: a completion is emitted only after ``fdatasync`` returned, so a
+``kill -9`` of this process (or a host crash) never loses an acknowledged
+write; the supervisor restarts the node over the same image.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from nodes.runtime import Node, NodeConfig
+from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+import protocol.hw  # noqa: F401  (registers the device message kinds)
+from protocol.messages import Message
+
+log = logging.getLogger("hwemu.disk")
+
+BLOCK_SIZES = (512, 4096)
+DMA_ALIGN = 4  # guest buffer alignment, as most DMA engines' descriptors require
+MAX_TRANSFER = 1024 * 1024  # bytes per command: well inside one message frame
+DMA_TIMEOUT = 10.0  # s for one memctl request
+DMA_DEADLINE = 30.0  # s of retrying while memctl recovers from a restart
+
+
+class _Refused(Exception):
+    """A command that completes with an error status (never a crash)."""
+
+    def __init__(self, err: int, reason: str):
+        super().__init__(reason)
+        self.status = -err
+        self.reason = reason
+
+
+def _int_option(options: dict[str, Any], key: str, default: int, name: str) -> int:
+    value = options.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise SystemExit(f"disk {name}: option {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+class Disk(Node):
+    """The block device. See the module docstring for its messages."""
+
+    kind = "disk"
+
+    def __init__(self, cfg: NodeConfig):
+        super().__init__(cfg)
+        opts = cfg.options
+        self.image = Path(opts.get("image") or Path(cfg.run_dir) / f"{cfg.name}.img")
+        self.size_mb = _int_option(opts, "size_mb", 16, cfg.name)
+        self.block_size = opts.get("block_size", 512)
+        if self.block_size not in BLOCK_SIZES or isinstance(self.block_size, bool):
+            raise SystemExit(f"disk {cfg.name}: option 'block_size' must be 512 or 4096, got {self.block_size!r}")
+        self.write_back = opts.get("write_back", False)
+        if not isinstance(self.write_back, bool):
+            raise SystemExit(f"disk {cfg.name}: option 'write_back' must be true or false, got {self.write_back!r}")
+        self.memctl = opts.get("memctl", "memctl")
+        self.queue_depth = _int_option(opts, "queue_depth", 64, cfg.name)
+        self.max_blocks = MAX_TRANSFER // self.block_size
+        self.partitions: dict[str, tuple[int, int]] = {}
+        for os_name, rng in (opts.get("partitions") or {}).items():
+            if (not isinstance(rng, (list, tuple)) or len(rng) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in rng)):
+                raise SystemExit(f"disk {cfg.name}: partition {os_name!r} must be [first_block, count], got {rng!r}")
+            self.partitions[os_name] = (rng[0], rng[1])
+        self.irq_flow = f"irq:{cfg.name}"
+        self.blocks = 0
+        self.fd: int | None = None
+        self._send, self._recv = trio.open_memory_channel(self.queue_depth)
+        self.queued = 0
+        self.counts = {"reads": 0, "writes": 0, "flushes": 0, "blocks_read": 0, "blocks_written": 0,
+                       "syncs": 0, "errors": 0, "busy": 0, "unrouted": 0}
+        self._open_image()
+
+    # -- life cycle -------------------------------------------------------------
+
+    def _open_image(self) -> None:
+        # here rather than in setup(): a bad image ends the process with one line (SystemExit)
+        try:
+            self.image.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.image, os.O_RDWR | os.O_CREAT, 0o644)
+            size = os.fstat(fd).st_size
+            if size == 0:
+                os.ftruncate(fd, self.size_mb * 1024 * 1024)
+                os.fsync(fd)
+                dfd = os.open(self.image.parent, os.O_RDONLY)  # the new name must survive a crash too
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+                size = os.fstat(fd).st_size
+        except OSError as exc:
+            raise SystemExit(f"disk {self.name}: cannot open image {self.image}: {exc}") from None
+        self.fd = fd
+        if size % self.block_size:
+            raise SystemExit(f"disk {self.name}: image {self.image} is {size} bytes, "
+                             f"not a multiple of the block size {self.block_size}")
+        self.blocks = size // self.block_size
+        for os_name, (first, count) in self.partitions.items():
+            if first + count > self.blocks:
+                raise SystemExit(f"disk {self.name}: partition {os_name!r} [{first}, {count}] ends past "
+                                 f"the device's {self.blocks} blocks")
+
+    async def work(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._worker)
+
+    async def teardown(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s.update(self.counts)
+        s.update(image=str(self.image), blocks=self.blocks, block_size=self.block_size,
+                 write_back=self.write_back, queued=self.queued, queue_depth=self.queue_depth)
+        return s
+
+    # -- commands -------------------------------------------------------------------
+
+    async def on_disk_read(self, msg: Message) -> None:
+        await self._submit(msg)
+
+    async def on_disk_write(self, msg: Message) -> None:
+        await self._submit(msg)
+
+    async def on_disk_flush(self, msg: Message) -> None:
+        await self._submit(msg)
+
+    async def on_disk_info(self, msg: Message) -> None:
+        part = self.partitions.get(self._issuer(msg))
+        await self.party.reply(msg, "ok", {"data": {
+            "blocks": self.blocks, "block_size": self.block_size, "write_back": self.write_back,
+            "queue_depth": self.queue_depth, "max_blocks": self.max_blocks,
+            "partition": list(part) if part is not None else None}})
+
+    async def _submit(self, msg: Message) -> None:
+        try:
+            self._send.send_nowait(msg)
+        except trio.WouldBlock:
+            self.counts["busy"] += 1
+            await self._complete(msg, -errno.EAGAIN, 0, f"command queue full ({self.queue_depth} waiting)")
+            return
+        self.queued += 1
+
+    @staticmethod
+    def _issuer(msg: Message) -> str:
+        flow = msg.flow
+        if flow is not None and flow.startswith("io:") and flow.endswith(".disk"):
+            return flow[3:-5]
+        return msg.src
+
+    async def _worker(self) -> None:
+        """The one executor: commands run and complete in arrival order."""
+        async for msg in self._recv:
+            self.queued -= 1
+            try:
+                count = await self._execute(msg)
+            except _Refused as exc:
+                self.counts["errors"] += 1
+                log.info("%s: %s %s refused: %s", self.name, msg.kind, msg.body.get("id"), exc.reason)
+                await self._complete(msg, exc.status, 0, exc.reason)
+            else:
+                await self._complete(msg, 0, count, None)
+
+    async def _complete(self, msg: Message, status: int, count: int, reason: str | None) -> None:
+        body: dict[str, Any] = {"id": msg.body["id"], "status": status, "count": count}
+        if reason is not None:
+            body["reason"] = reason
+        if msg.flow is None:
+            await self.party.reply(msg, "disk_done", body)
+            return
+        try:
+            await self.emit(self.irq_flow, "disk_done", body)
+        except ProtocolError as exc:  # nobody takes the interrupt
+            self.counts["unrouted"] += 1
+            log.warning("%s: disk_done %s not delivered: %s", self.name, body["id"], exc)
+
+    async def _execute(self, msg: Message) -> int:
+        if msg.kind == "disk_flush":
+            await self._sync()
+            self.counts["flushes"] += 1
+            return 0
+        b = msg.body
+        block, count, addr, space = b["block"], b["count"], b["addr"], b["space"]
+        if count < 1 or count > self.max_blocks:
+            raise _Refused(errno.EINVAL, f"count {count}: expected 1..{self.max_blocks} blocks")
+        if block < 0:
+            raise _Refused(errno.EINVAL, f"block {block} is negative")
+        if addr < 0 or addr % DMA_ALIGN:
+            raise _Refused(errno.EINVAL, f"guest address {addr:#x} is not {DMA_ALIGN}-byte aligned")
+        if block + count > self.blocks:
+            raise _Refused(errno.EIO, f"blocks [{block}, {block + count}) beyond the end of the device "
+                                      f"({self.blocks} blocks)")
+        issuer = self._issuer(msg)
+        part = self.partitions.get(issuer)
+        if part is not None:
+            first, n = part
+            if block < first or block + count > first + n:
+                raise _Refused(errno.EIO, f"blocks [{block}, {block + count}) outside {issuer}'s partition "
+                                          f"[{first}, {first + n})")
+            if space != issuer:
+                raise _Refused(errno.EFAULT, f"{issuer} may only DMA into its own address space, not {space!r}")
+        offset = block * self.block_size
+        length = count * self.block_size
+        if msg.kind == "disk_read":
+            data = await self._io(os.pread, self.fd, length, offset)
+            if len(data) != length:
+                raise _Refused(errno.EIO, f"short read from the image: {len(data)} of {length} bytes")
+            await self._dma("mem_write", {"space": space, "addr": addr, "data": data})
+            self.counts["reads"] += 1
+            self.counts["blocks_read"] += count
+        else:
+            reply = await self._dma("mem_read", {"space": space, "addr": addr, "length": length})
+            data = reply.body["data"]
+            if len(data) != length:
+                raise _Refused(errno.EFAULT, f"memctl returned {len(data)} of {length} bytes")
+            written = await self._io(os.pwrite, self.fd, data, offset)
+            if written != length:
+                raise _Refused(errno.EIO, f"short write to the image: {written} of {length} bytes")
+            if not self.write_back:
+                await self._sync()  # durable before the completion: that is the contract
+            self.counts["writes"] += 1
+            self.counts["blocks_written"] += count
+        return count
+
+    async def _io(self, fn, *args):
+        # in a thread, so the inbox keeps answering (stats, info, DMA replies)
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except OSError as exc:
+            raise _Refused(exc.errno or errno.EIO, f"image {self.image}: {exc.strerror or exc}") from None
+
+    async def _sync(self) -> None:
+        await self._io(os.fdatasync, self.fd)
+        self.counts["syncs"] += 1
+
+    async def _dma(self, kind: str, body: dict[str, Any]) -> Message:
+        """One memctl request; retried while memctl is recovering from a restart."""
+        with trio.move_on_after(DMA_DEADLINE):
+            while True:
+                try:
+                    return await self.party.request(self.memctl, kind, body, timeout=DMA_TIMEOUT)
+                except RemoteError as exc:
+                    if exc.reason != "recovering":
+                        raise _Refused(errno.EFAULT, f"DMA {kind} at {body['addr']:#x} in space "
+                                                     f"{body['space']!r}: {exc.reason}: {exc.detail}") from None
+                except RequestTimeout:
+                    pass  # memctl down or restarting: the supervisor brings it back
+                except ProtocolError as exc:
+                    raise _Refused(errno.EIO, f"DMA {kind}: {exc}") from None
+                await trio.sleep(0.05)
+        raise _Refused(errno.EIO, f"DMA {kind}: memctl {self.memctl!r} did not answer within {DMA_DEADLINE:g} s")

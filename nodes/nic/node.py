@@ -1,0 +1,295 @@
+"""The ``nic`` node: guest UDP sockets bridged to host UDP sockets on loopback
+(DESIGN.md §3, Devices; flows in :mod:`protocol.hw`), so a real client outside
+the cluster can talk to a guest program. Traffic never leaves 127.0.0.0/8.
+
+Message interface (for the OS driver), on flow ``io:<os>.nic`` or sent
+directly as requests:
+
+- ``nic_bind`` {id, port} — open guest UDP port ``port`` (1..65535; 0 = the
+  NIC picks a free one from 49152 up and returns it). A port listed in the
+  ``forward`` option gets a host socket on ``127.0.0.1:<host_port>``; any
+  other an ephemeral host socket on 127.0.0.1. Completion carries ``port``.
+- ``nic_send`` {id, src_port, dst_host, dst_port, data} — send one datagram
+  from the (bound) guest port's host socket, so the peer sees it come from
+  ``127.0.0.1:<host_port>``.
+- ``nic_close`` {id, port} — close the guest port and its host socket; its
+  queued datagrams are dropped.
+- ``nic_rx_ack`` {port, count} — no completion: the driver hands back
+  ``count`` receive slots of ``port`` (see below) once the guest has taken the
+  datagrams (``recvfrom``).
+- completion ``nic_done`` {id, status, port?, reason?}: ``status`` 0, or
+  -errno with a ``reason``: ``-EINVAL`` (bad port number), ``-EADDRINUSE``
+  (guest port already bound, or the forwarded host port is taken),
+  ``-EBADF`` (port not bound, or bound by another issuer), ``-EMSGSIZE``
+  (datagram over ``mtu``), ``-ENETUNREACH`` (``dst_host`` not an IPv4 address
+  in 127.0.0.0/8; names are not resolved), other -errno from the host socket.
+  Flow commands complete with ``nic_done`` emitted on ``irq:<name>``; direct
+  requests get a ``nic_done`` reply.
+- interrupt ``nic_rx`` {port, src_host, src_port, data} on ``irq:<name>``:
+  a datagram received for guest ``port``.
+
+Receive ring: each bound port has ``rx_queue`` slots (default 64). A
+datagram takes a slot when it arrives from the host and keeps it until the
+driver returns it with ``nic_rx_ack``, so the ring bounds what the guest has
+not yet consumed, as a real NIC's descriptor ring does. A datagram that
+arrives with no free slot is dropped and counted (``drops``). A driver that
+never acks receives ``rx_queue`` datagrams per port and then only drops.
+
+The issuer of a command is ``<os>`` of its flow ``io:<os>.nic``, or the
+sender of a direct request; a port belongs to the issuer that bound it.
+
+Options: ``forward`` ({guest_port: host_port}; host_port 0 = any free port,
+``stats`` shows the actual one once bound), ``rx_queue`` (default 64),
+``mtu`` (largest datagram, default and at most 65507).
+
+``stats`` adds ``ports`` {guest_port: {host_port, owner, rx, tx, drops,
+queued, inflight}} and totals (``refused`` non-loopback sends, ``oversize``,
+``unrouted`` interrupts, ``stale_acks``).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from collections import deque
+from typing import Any
+
+import trio
+
+from nodes.runtime import Node, NodeConfig
+from protocol.errors import ProtocolError
+import protocol.hw  # noqa: F401  (registers the device message kinds)
+from protocol.messages import Message
+
+log = logging.getLogger("hwemu.nic")
+
+MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
+LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+EPHEMERAL = range(49152, 65536)  # guest ports the NIC picks for bind(port 0)
+HOST = "127.0.0.1"
+
+
+class _Refused(Exception):
+    def __init__(self, err: int, reason: str):
+        super().__init__(reason)
+        self.status = -err
+        self.reason = reason
+
+
+class _Port:
+    """One bound guest port: its host socket, receive ring and counters."""
+
+    __slots__ = ("guest", "owner", "sock", "host_port", "queue", "inflight", "rx", "tx", "drops", "scope")
+
+    def __init__(self, guest: int, owner: str, sock: trio.socket.SocketType, host_port: int):
+        self.guest = guest
+        self.owner = owner
+        self.sock = sock
+        self.host_port = host_port
+        self.queue: deque[tuple[bytes, str, int]] = deque()  # received, not yet emitted
+        self.inflight = 0  # emitted, not yet acked by the driver
+        self.rx = 0  # datagrams delivered to the guest (emitted)
+        self.tx = 0
+        self.drops = 0
+        self.scope = trio.CancelScope()
+
+    def view(self) -> dict[str, Any]:
+        return {"host_port": self.host_port, "owner": self.owner, "rx": self.rx, "tx": self.tx,
+                "drops": self.drops, "queued": len(self.queue), "inflight": self.inflight}
+
+
+def _port_number(value: Any, what: str, *, zero: bool = False) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not (0 if zero else 1) <= value <= 65535:
+        raise _Refused(errno.EINVAL, f"{what} {value!r}: expected {0 if zero else 1}..65535")
+    return value
+
+
+class Nic(Node):
+    """The UDP network device. See the module docstring for its messages."""
+
+    kind = "nic"
+
+    def __init__(self, cfg: NodeConfig):
+        super().__init__(cfg)
+        opts = cfg.options
+        self.forward: dict[int, int] = {}
+        for guest, host in (opts.get("forward") or {}).items():
+            try:
+                g = _port_number(int(guest), "guest port")
+                h = _port_number(host, "host port", zero=True)
+            except (ValueError, _Refused) as exc:
+                raise SystemExit(f"nic {cfg.name}: option 'forward' {guest!r} = {host!r}: {exc}") from None
+            self.forward[g] = h
+        self.rx_queue = opts.get("rx_queue", 64)
+        if not isinstance(self.rx_queue, int) or isinstance(self.rx_queue, bool) or self.rx_queue < 1:
+            raise SystemExit(f"nic {cfg.name}: option 'rx_queue' must be a positive integer, got {self.rx_queue!r}")
+        self.mtu = opts.get("mtu", MAX_DATAGRAM)
+        if not isinstance(self.mtu, int) or isinstance(self.mtu, bool) or not 1 <= self.mtu <= MAX_DATAGRAM:
+            raise SystemExit(f"nic {cfg.name}: option 'mtu' must be 1..{MAX_DATAGRAM}, got {self.mtu!r}")
+        self.irq_flow = f"irq:{cfg.name}"
+        self.ports: dict[int, _Port] = {}
+        self.counts = {"refused": 0, "oversize": 0, "unrouted": 0, "stale_acks": 0, "errors": 0}
+        self._wake = trio.Event()  # a datagram was queued
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def work(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._rx_pump)
+
+    async def teardown(self) -> None:
+        for port in self.ports.values():
+            port.scope.cancel()
+            port.sock.close()
+        self.ports.clear()
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s.update(self.counts)
+        s["ports"] = {str(g): p.view() for g, p in sorted(self.ports.items())}
+        s["forward"] = {str(g): h for g, h in sorted(self.forward.items())}
+        return s
+
+    # -- commands -------------------------------------------------------------------
+
+    @staticmethod
+    def _issuer(msg: Message) -> str:
+        flow = msg.flow
+        if flow is not None and flow.startswith("io:") and flow.endswith(".nic"):
+            return flow[3:-4]
+        return msg.src
+
+    async def _run(self, msg: Message, action) -> None:
+        body: dict[str, Any]
+        try:
+            body = {"id": msg.body["id"], "status": 0, **(await action(msg))}
+        except _Refused as exc:
+            self.counts["errors"] += 1
+            body = {"id": msg.body["id"], "status": exc.status, "reason": exc.reason}
+        if msg.flow is None:
+            await self.party.reply(msg, "nic_done", body)
+        else:
+            await self._raise_irq("nic_done", body)
+
+    async def _raise_irq(self, kind: str, body: dict[str, Any]) -> bool:
+        try:
+            await self.emit(self.irq_flow, kind, body)
+        except ProtocolError as exc:  # nobody takes the interrupt
+            self.counts["unrouted"] += 1
+            log.warning("%s: %s not delivered: %s", self.name, kind, exc)
+            return False
+        return True
+
+    def _owned(self, msg: Message, port: Any, what: str) -> _Port:
+        p = self.ports.get(port)
+        if p is None:
+            raise _Refused(errno.EBADF, f"{what} {port!r} is not bound")
+        if p.owner != self._issuer(msg):
+            raise _Refused(errno.EBADF, f"{what} {port} is bound by {p.owner}, not {self._issuer(msg)}")
+        return p
+
+    async def on_nic_bind(self, msg: Message) -> None:
+        await self._run(msg, self._bind)
+
+    async def _bind(self, msg: Message) -> dict[str, Any]:
+        guest = _port_number(msg.body["port"], "port", zero=True)
+        if guest == 0:
+            guest = next((p for p in EPHEMERAL if p not in self.ports), 0)
+            if not guest:
+                raise _Refused(errno.EADDRINUSE, "no free guest port")
+        elif guest in self.ports:
+            raise _Refused(errno.EADDRINUSE, f"guest port {guest} is already bound")
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            await sock.bind((HOST, self.forward.get(guest, 0)))
+        except OSError as exc:
+            sock.close()
+            raise _Refused(exc.errno or errno.EIO,
+                           f"host port {self.forward.get(guest, 0)} for guest port {guest}: {exc.strerror}") from None
+        port = self.ports[guest] = _Port(guest, self._issuer(msg), sock, sock.getsockname()[1])
+        self.nursery.start_soon(self._reader, port)
+        return {"port": guest}
+
+    async def on_nic_close(self, msg: Message) -> None:
+        await self._run(msg, self._close)
+
+    async def _close(self, msg: Message) -> dict[str, Any]:
+        port = self._owned(msg, msg.body["port"], "port")
+        del self.ports[port.guest]
+        port.scope.cancel()
+        port.sock.close()
+        return {"port": port.guest}
+
+    async def on_nic_send(self, msg: Message) -> None:
+        await self._run(msg, self._send)
+
+    async def _send(self, msg: Message) -> dict[str, Any]:
+        b = msg.body
+        port = self._owned(msg, b["src_port"], "src_port")
+        dst_port = _port_number(b["dst_port"], "dst_port")
+        data = b["data"]
+        if len(data) > self.mtu:
+            self.counts["oversize"] += 1
+            raise _Refused(errno.EMSGSIZE, f"datagram of {len(data)} bytes exceeds the mtu {self.mtu}")
+        try:
+            dst = ipaddress.IPv4Address(b["dst_host"])
+        except ValueError:
+            dst = None
+        if dst is None or dst not in LOOPBACK:
+            self.counts["refused"] += 1
+            raise _Refused(errno.ENETUNREACH, f"destination {b['dst_host']!r} is not in {LOOPBACK}: "
+                                              "traffic never leaves loopback")
+        try:
+            await port.sock.sendto(data, (str(dst), dst_port))
+        except OSError as exc:
+            raise _Refused(exc.errno or errno.EIO, f"sendto {dst}:{dst_port}: {exc.strerror}") from None
+        port.tx += 1
+        return {"port": port.guest}
+
+    async def on_nic_rx_ack(self, msg: Message) -> None:
+        port = self.ports.get(msg.body["port"])
+        if port is None or port.owner != self._issuer(msg):
+            self.counts["stale_acks"] += 1  # the port was closed meanwhile: nothing to hand back
+        else:
+            port.inflight = max(0, port.inflight - max(0, msg.body["count"]))
+        if msg.flow is None:
+            await self.party.reply(msg, "ok")
+
+    # -- receive: host socket -> ring -> nic_rx on irq:<name> --------------------------
+
+    async def _reader(self, port: _Port) -> None:
+        with port.scope:
+            while True:
+                try:
+                    data, (src_host, src_port) = await port.sock.recvfrom(MAX_DATAGRAM + 1)
+                except trio.ClosedResourceError:
+                    return
+                except OSError as exc:  # e.g. an ICMP error reported on the socket: keep reading
+                    log.info("%s: port %d: %s", self.name, port.guest, exc)
+                    continue
+                if len(port.queue) + port.inflight >= self.rx_queue:
+                    port.drops += 1
+                    continue
+                port.queue.append((data, src_host, src_port))
+                self._wake.set()
+
+    async def _rx_pump(self) -> None:
+        """The one emitter of ``nic_rx``: ports served round-robin, each in arrival order."""
+        while True:
+            busy = [p for p in self.ports.values() if p.queue]
+            if not busy:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            for port in busy:
+                if not port.queue or self.ports.get(port.guest) is not port:
+                    continue  # closed while an earlier emit waited
+                data, src_host, src_port = port.queue.popleft()
+                port.inflight += 1
+                if await self._raise_irq("nic_rx", {"port": port.guest, "src_host": src_host,
+                                                    "src_port": src_port, "data": data}):
+                    port.rx += 1
+                else:
+                    port.inflight -= 1
+                    port.drops += 1
