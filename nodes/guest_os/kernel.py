@@ -247,7 +247,8 @@ class Kernel:
         try:
             program = load_elf(elf)
         except ElfError as exc:
-            raise KernelError("bad_elf", str(exc)) from None
+            what = name or (argv[0] if argv else "program")
+            raise KernelError("bad_elf", str(exc).replace("<bytes>", what, 1)) from None
         argv = list(argv) or [name or "a.out"]
         perms, images, brk_start, sp = layout(program, argv)
         if len(images) > self.frames.free_count:

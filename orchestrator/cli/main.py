@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import cluster, console, cpu, route
+from orchestrator.cli import cluster, console, cpu, route, run
 
 app = typer.Typer(
     name="hwemu",
@@ -16,6 +16,7 @@ app.command("up")(cluster.up)
 app.command("status")(cluster.status)
 app.command("down")(cluster.down)
 app.command("console")(console.console)
+app.command("run")(run.run)
 app.add_typer(route.app, name="route")
 app.add_typer(cpu.app, name="cpu", help="Run programs on the CPU core.")
 

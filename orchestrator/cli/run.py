@@ -1,0 +1,195 @@
+"""`hwemu run TOPOLOGY PROGRAM.elf [-- ARGS]`: run one program on an OS of a
+cluster, like running it on a computer (DESIGN.md §4).
+
+If no cluster runs in the run directory, one is started exactly as
+``hwemu up --detach`` starts it, and stopped again at the end (also on
+Ctrl-C or an error); a cluster that was already running is left running.
+The OS and its console are found through ``ctl_status``. The command joins
+the message plane as a client (``run-<pid>``, advertising its inbox), sends
+``os_exec`` {elf, argv, notify} to the OS, copies the console log to stdout
+while the program runs, and after the OS's ``proc_exit`` asks the UART how
+much is logged (``uart_sync``) and copies the rest. Its exit status is the
+program's (128 + signal for a guest fault); a program the OS refuses (a bad
+ELF) exits 1 with the OS's reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO, Optional
+
+import trio
+import typer
+
+from orchestrator.cli import cluster
+from orchestrator.cli.cluster import _call
+from orchestrator.cli.common import RunDir, err_console, fail, run_dir_of
+from orchestrator.daemon import is_locked
+import protocol.hw  # noqa: F401  (registers os_exec / proc_exit / uart_sync)
+from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.transport import Party
+
+POLL_S = 0.05  # how often the console log is looked at while the program runs
+
+
+class Lost(Exception):
+    """The cluster stopped answering while the program ran."""
+
+
+def _pick(status: dict, os_name: str | None) -> tuple[dict, dict]:
+    """The OS node and the uart node its console goes to."""
+    nodes = {n["name"]: n for n in status["nodes"]}
+    oses = sorted(n for n, v in nodes.items() if v["kind"] == "os")
+    if os_name is None:
+        if not oses:
+            fail(f"the cluster has no OS node (nodes: {', '.join(sorted(nodes))})")
+        os_name = oses[0]
+    node = nodes.get(os_name)
+    if node is None or node["kind"] != "os":
+        fail(f"no OS node {os_name!r} in the cluster (OS nodes: {', '.join(oses) or 'none'})")
+    if not node["alive"]:
+        fail(f"OS {os_name!r} is {node['state']} (see `hwemu status`)")
+    routes = status["routes"]["routes"]
+    uart = nodes.get(routes.get(f"io:{os_name}.uart", ""))
+    if uart is None or uart["kind"] != "uart":
+        uarts = sorted(n for n, v in nodes.items() if v["kind"] == "uart")
+        if not uarts:
+            fail(f"the cluster has no uart for the console of {os_name}")
+        uart = nodes[uarts[0]]
+    if not uart["stats"].get("log"):
+        fail(f"uart {uart['name']!r} does not report its log file (is it running? see `hwemu status`)")
+    return node, uart
+
+
+async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, elf: bytes,
+                      argv: list[str], out: BinaryIO, timeout: float | None = None) -> dict[str, Any]:
+    """Run one program on ``os_node`` and copy its console output to ``out``.
+
+    Returns the ``proc_exit`` body {pid, code, reason}.
+
+    Raises:
+        RemoteError: the OS refused the program (its reason in ``detail``).
+        Lost: the cluster did not answer.
+        trio.TooSlowError: ``timeout`` seconds passed before the program exited.
+    """
+    me = f"run-{os.getpid()}"
+    directory = {n["name"]: n["endpoint"] for n in status["nodes"]}
+    directory["orch"] = status["orchestrator"]["endpoint"]
+    party = Party(me, f"ipc://{run_dir}/{me}.sock", directory, advertise=True)
+    exits: dict[int, dict] = {}
+    arrived = trio.Event()
+    log_path = Path(uart["stats"]["log"])
+
+    async def handler(msg) -> None:
+        nonlocal arrived
+        if msg.kind == "proc_exit":
+            exits[msg.body["pid"]] = msg.body
+            arrived.set()
+            arrived = trio.Event()
+
+    def copy(f: BinaryIO, limit: int | None) -> int:
+        n = 0
+        while True:
+            want = 1 << 16 if limit is None else min(1 << 16, limit - n)
+            if want <= 0:
+                return n
+            chunk = f.read(want)
+            if not chunk:
+                return n
+            out.write(chunk)
+            out.flush()
+            n += len(chunk)
+
+    failed: BaseException | None = None
+    pid = -1
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(party.serve, handler)
+            try:
+                pid = await _exec_and_copy(party, os_node, uart, elf, argv, log_path, exits, lambda: arrived,
+                                           copy, timeout)
+            except (RemoteError, Lost, trio.TooSlowError, ProtocolError) as exc:
+                failed = exc  # raised outside the nursery, so not wrapped in an ExceptionGroup
+            nursery.cancel_scope.cancel()
+    finally:
+        party.close()
+    if failed is not None:
+        raise failed
+    return exits[pid]
+
+
+async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, argv: list[str], log_path: Path,
+                         exits: dict[int, dict], arrived, copy, timeout: float | None) -> int:
+    try:
+        start = (await party.request(uart["name"], "uart_sync", timeout=10)).body["data"]["logged"]
+        reply = await party.request(os_node["name"], "os_exec", {"elf": elf, "argv": argv, "notify": True}, timeout=30)
+    except RequestTimeout as exc:
+        raise Lost(str(exc)) from None
+    pid = reply.body["data"]["pid"]
+    with open(log_path, "rb") as f:
+        f.seek(start)
+        pos = start
+        with trio.fail_after(timeout) if timeout else contextlib.nullcontext():
+            while pid not in exits:
+                pos += copy(f, None)
+                with trio.move_on_after(POLL_S):
+                    await arrived().wait()
+        try:
+            logged = (await party.request(uart["name"], "uart_sync", timeout=10)).body["data"]["logged"]
+        except RequestTimeout as exc:
+            raise Lost(str(exc)) from None
+        copy(f, max(0, logged - pos))
+    return pid
+
+
+def run(
+    topology: Annotated[Path, typer.Argument(help="Topology file (compose/*.toml); started if no cluster runs.")],
+    program: Annotated[Path, typer.Argument(help="The RV32 ELF program to run.")],
+    args: Annotated[Optional[list[str]], typer.Argument(help="The program's arguments (after --).")] = None,
+    os_name: Annotated[Optional[str], typer.Option("--os", help="The OS node to run it on [default: the first].")] = None,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds (0: wait for the program).")] = 0.0,
+    run_dir: RunDir = None,
+) -> None:
+    """Run a program on the cluster's OS: its console output on stdout, its exit status as ours."""
+    rd = run_dir_of(run_dir)
+    try:
+        elf = program.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {program}: {exc.strerror or exc}")
+    started = False
+    code = 1
+    try:
+        if not is_locked(rd):
+            # exactly what `hwemu up --detach` does; its status report is not our output
+            with contextlib.redirect_stdout(io.StringIO()):
+                cluster.up(topology, detach=True, run_dir=rd, json_out=True)
+            started = True
+        status = _call(rd, "ctl_status")
+        os_node, uart = _pick(status, os_name)
+        try:
+            result = trio.run(run_program, rd, status, os_node, uart, elf, [str(program), *(args or [])],
+                              sys.stdout.buffer, timeout or None)
+        except RemoteError as exc:
+            fail(f"{os_node['name']} cannot run {program}: {exc.detail}")
+        except Lost as exc:
+            fail(f"the cluster in {rd} stopped answering: {exc}")
+        except trio.TooSlowError:
+            fail(f"{program} did not finish within {timeout:g} s")
+        except ProtocolError as exc:
+            fail(f"cannot reach the cluster in {rd}: {exc.detail}")
+        code = result["code"]
+        reason = result.get("reason") or "exit"
+        if reason != "exit":
+            err_console.print(f"hwemu: pid {result['pid']} {reason}", highlight=False, markup=False)
+    finally:
+        if started:
+            with contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    cluster.down(run_dir=rd, timeout=5.0, json_out=True)
+                except typer.Exit:
+                    pass
+    raise typer.Exit(code)
