@@ -28,14 +28,16 @@ GUEST = 300 * PAGE  # inside os1's memory partition (frames 256..511)
 BLOCKS = 2048  # a 1 MiB image of 512-byte blocks
 
 
-def topology(tmp_path: Path, disk: dict | None = None, nic: dict | None = None, driver: dict | None = None) -> dict:
+def topology(tmp_path: Path, disk: dict | None = None, nic: dict | None = None, driver: dict | None = None,
+             image: bool = True, restart: str = "on-failure") -> dict:
+    disk_opts = {"size_mb": 1, "partitions": {"os1": [0, 1024], "os2": [1024, 1024]}, **(disk or {})}
+    if image:
+        disk_opts["image"] = str(tmp_path / "disk0.img")
     return {
         "cluster": {"name": "io"},
         "nodes": {
             "memctl": {"kind": "memctl", "options": {"frames": 512, "partitions": {"os1": [256, 256]}}},
-            "disk0": {"kind": "disk", "options": {"image": str(tmp_path / "disk0.img"), "size_mb": 1,
-                                                  "partitions": {"os1": [0, 1024], "os2": [1024, 1024]},
-                                                  **(disk or {})}},
+            "disk0": {"kind": "disk", "restart": restart, "options": disk_opts},
             "nic0": {"kind": "nic", "options": {"forward": {"7000": 0}, **(nic or {})}},
             "os1": {**DRIVER, "options": driver or {}},
         },
@@ -229,6 +231,31 @@ async def test_disk_killed_with_sigkill_loses_no_acknowledged_write(cluster, tmp
     log = await events(orch, "disk_done")
     assert log["events"][-1]["fseq"] == 1  # the new process numbers its completions from 1 again
     assert log["flows"]["irq:disk0"] == {"gaps": 0, "dups": 0}
+
+
+async def test_disk_image_defaults_to_the_run_dir_keeps_its_existing_size_and_takes_4096_byte_blocks(
+        cluster, tmp_path):
+    run_dir = tmp_path / "rd"
+    run_dir.mkdir()
+    old = os.urandom(64 * PAGE)  # an image made by a host tool: 64 blocks of 4 KiB, not size_mb
+    (run_dir / "disk0.img").write_bytes(old)
+    orch = await cluster(topology(tmp_path, disk={"block_size": 4096, "partitions": {"os1": [0, 64]}},
+                                  image=False), run_dir=run_dir)
+    info = (await orch.request("disk0", "disk_info")).body["data"]
+    assert (info["blocks"], info["block_size"], info["max_blocks"]) == (64, 4096, 256)
+    pattern = os.urandom(PAGE)
+    await poke(orch, GUEST, pattern)
+    await issue(orch, "io:os1.disk", "disk_read", [cmd(1, 3, 2, addr=GUEST + PAGE)])
+    await issue(orch, "io:os1.disk", "disk_write", [cmd(2, 63, 1), cmd(3, 64, 1)])
+    done = await wait_done(orch, "disk_done", [1, 2, 3])
+    assert [done[i]["status"] for i in (1, 2, 3)] == [0, 0, -errno.EIO]
+    assert await peek(orch, GUEST + PAGE, 2 * PAGE) == old[3 * PAGE:5 * PAGE]
+    assert (run_dir / "disk0.img").read_bytes() == old[:63 * PAGE] + pattern
+
+
+async def test_a_disk_whose_partition_ends_past_the_image_refuses_to_start_and_says_why(cluster, tmp_path):
+    with pytest.raises(RuntimeError, match=r"partition 'os1' \[0, 4096\] ends past the device's 2048 blocks"):
+        await cluster(topology(tmp_path, disk={"partitions": {"os1": [0, 4096]}}, restart="never"))
 
 
 # -- NIC ----------------------------------------------------------------------------
