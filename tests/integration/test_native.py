@@ -236,3 +236,161 @@ def test_kernel_module_pins_adds_and_gives_back() -> None:
     assert mod.give_back([10, 100]) == [10, 100]
     assert 10 not in fa.owned and 100 not in fa.owned and fa.pinned == {11}
     assert fa.free_count == 2  # 13 and 101
+
+
+# ================================================================ real cluster
+
+HWEMU = str(Path(sys.executable).parent / "hwemu")
+
+
+def hwemu(run_dir: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([HWEMU, *args], cwd=REPO, env={**os.environ, "HWEMU_RUN_DIR": str(run_dir)},
+                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _recorded_pids(run_dir: Path) -> set[int]:
+    import json
+
+    try:
+        state = json.loads((run_dir / "cluster.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {state["pid"], *state.get("nodes", {}).values()} - {None}
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A short run directory; at the end `hwemu down` and SIGKILL for anything of ours left."""
+    import signal
+
+    rd = tmp_path / "r"
+    pids: set[int] = set()
+    try:
+        yield rd, pids
+    finally:
+        pids |= _recorded_pids(rd)
+        hwemu(rd, "down", timeout=60)
+        for pid in pids:
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def show(run: subprocess.CompletedProcess) -> str:
+    return f"exit {run.returncode}, stdout {run.stdout[-800:]!r}, stderr {run.stderr[-1500:]!r}"
+
+
+@pytest.mark.integration
+def test_hwemu_run_starts_a_cluster_runs_hello_and_stops_it(guest_build, run_dir):
+    rd, pids = run_dir
+    run = hwemu(rd, "run", "compose/native.toml", str(BUILD / "hello.elf"), "--", *sample_args("hello"))
+    assert run.returncode == 0, show(run)
+    assert run.stdout == expected("hello"), show(run)
+    assert not (rd / "cluster.json").exists(), "hwemu run left the cluster it started running"
+    assert not list(rd.glob("*.sock")), "sockets left behind"
+
+
+@pytest.mark.integration
+def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, run_dir, tmp_path):
+    rd, pids = run_dir
+    up = hwemu(rd, "up", "compose/native.toml", "--detach", "--json")
+    pids |= _recorded_pids(rd)
+    assert up.returncode == 0, show(up)
+
+    for name in ("primes", "strsort", "badptr"):
+        run = hwemu(rd, "run", "compose/native.toml", str(BUILD / f"{name}.elf"), "--", *sample_args(name))
+        assert (run.returncode, run.stdout) == (0, expected(name)), f"{name}: {show(run)}"
+
+    segv = hwemu(rd, "run", "compose/native.toml", str(BUILD / "segv.elf"))
+    assert segv.returncode == 139, show(segv)
+    out = segv.stdout.decode()
+    assert out.startswith(expected("segv").decode()), show(segv)
+    assert re.search(r"\[os1\] pid \d+ \(segv.elf\) killed: segmentation fault at 0x00000ff0 pc=0x[0-9a-f]{8}", out), out
+    assert b"killed" in segv.stderr
+
+    junk = tmp_path / "junk.elf"
+    junk.write_bytes(b"this is not a program\n")
+    bad = hwemu(rd, "run", "compose/native.toml", str(junk))
+    assert bad.returncode == 1, show(bad)
+    assert b"not an ELF file" in bad.stderr and bad.stderr.count(b"\n") == 1, show(bad)
+
+    # the OS is still there and runs the next program; the cluster was not ours to stop
+    again = hwemu(rd, "run", "compose/native.toml", str(BUILD / "hello.elf"), "--", *sample_args("hello"))
+    assert (again.returncode, again.stdout) == (0, expected("hello")), show(again)
+    assert (rd / "cluster.json").exists()
+
+
+class Client:
+    """A party of the plane outside the topology that starts programs on os1
+    and hears their proc_exit."""
+
+    def __init__(self, orch, name: str = "tclient"):
+        from protocol.transport import Party
+        import protocol.hw  # noqa: F401
+
+        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True)
+        self.exits: dict[int, dict] = {}
+        self.changed = trio.Event()
+
+    async def _handle(self, msg) -> None:
+        if msg.kind == "proc_exit":
+            self.exits[msg.body["pid"]] = msg.body
+            self.changed.set()
+            self.changed = trio.Event()
+
+    async def exec(self, name: str, argv: list[str]) -> int:
+        reply = await self.party.request("os1", "os_exec", {"elf": elf_of(name), "argv": argv, "notify": True},
+                                         timeout=30)
+        return reply.body["data"]["pid"]
+
+    async def wait_exits(self, pids: set[int], timeout: float = 120) -> dict[int, dict]:
+        with trio.fail_after(timeout):
+            while not pids <= set(self.exits):
+                await self.changed.wait()
+        return {p: self.exits[p] for p in pids}
+
+
+@pytest.mark.integration
+async def test_cluster_timeshares_two_programs_and_a_fault_kills_only_its_process(guest_build, cluster):
+    orch = await cluster(NATIVE)
+    client = Client(orch)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client._handle)
+            await _timeshare_and_segv(orch, client)
+            nursery.cancel_scope.cancel()
+    finally:
+        client.party.close()
+
+
+async def _timeshare_and_segv(orch, client: Client) -> None:
+    a = await client.exec("timeshare", ["timeshare", "A", "6"])
+    b = await client.exec("timeshare", ["timeshare", "B", "6"])
+    s = await client.exec("segv", ["segv"])
+    exits = await client.wait_exits({a, b, s})
+    assert {p: e["code"] for p, e in exits.items()} == {a: 0, b: 0, s: 139}
+    assert "killed" in exits[s]["reason"]
+    logged = (await client.party.request("uart0", "uart_sync")).body["data"]["logged"]
+    log = (orch.run_dir / "uart0.console.log").read_bytes()[:logged].decode()
+    lines = log.splitlines()
+    want = expected("timeshare").decode().splitlines()
+    for tag in "AB":
+        mine = [ln for ln in lines if ln.startswith(f"{tag}: ")]
+        assert mine == [ln.replace("T: ", f"{tag}: ", 1) for ln in want], log
+    first = {t: next(i for i, ln in enumerate(lines) if ln.startswith(f"{t}: ")) for t in "AB"}
+    last = {t: max(i for i, ln in enumerate(lines) if ln.startswith(f"{t}: ")) for t in "AB"}
+    assert first["A"] < last["B"] and first["B"] < last["A"], f"the two did not run interleaved:\n{log}"
+    assert "storing to 0x00000ff0" in lines
+    assert sum(f"pid {s} (segv) killed: segmentation fault at 0x00000ff0" in ln for ln in lines) == 1, log
+    stats = (await orch.request("os1", "stats")).body["stats"]["kernel"]
+    assert stats["procs"] == 0 and stats["free_frames"] == 512 and stats["preempts"] > 0
