@@ -85,7 +85,8 @@ register("nic_rx", port="int", src_host="str", src_port="int", data="bytes")
 
 # -- OS instance -----------------------------------------------------------------
 register("os_exec", elf="bytes", argv=Field("list", items="str"), name=_opt("str"),
-         notify=_opt("bool"))       # reply ok {data: {"pid": int}}; proc_exit sent to the requester if notify
+         notify=_opt("bool"), stdin=_opt("bytes", nullable=True))       # reply ok {data: {"pid": int}}; proc_exit sent to the requester if notify
+# stdin: the process's fd 0 reads these bytes, then EOF (default: the console)
 register("proc_exit", pid="int", code="int", reason=_opt("str"))
 register("os_ps")
 register("os_driver_mode", device="str", mode="str")   # reply ok {data: the driver's state}

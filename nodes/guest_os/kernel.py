@@ -109,6 +109,7 @@ class Process:
     stack_lo: int = (STACK_TOP >> 12) - STACK_PAGES
     stack_hi: int = STACK_TOP >> 12
     wait: tuple | None = None  # ("read", buf, count) | ("sleep", deadline_ns)
+    stdin: bytearray | None = None  # fd 0 from these bytes then EOF; None: from the console
     owner: str | None = None  # who asked for it (os_exec src)
     notify: bool = False
     ref: Any = None  # the node's handle for the requester (e.g. the os_exec message)
@@ -238,7 +239,8 @@ class Kernel:
     # ------------------------------------------------------------------ exec
 
     async def exec(self, elf: bytes, argv: list[str], owner: str | None = None,
-                   notify: bool = False, ref: Any = None, name: str | None = None) -> Process:
+                   notify: bool = False, ref: Any = None, name: str | None = None,
+                   stdin: bytes | None = None) -> Process:
         """Load an ELF into a new process and make it runnable.
 
         Raises:
@@ -260,6 +262,7 @@ class Kernel:
         proc = Process(pid=pid, asid=asid, name=name or argv[0].rsplit("/", 1)[-1], argv=argv,
                        entry=program.entry, owner=owner, notify=notify, ref=ref)
         proc.segments = perms
+        proc.stdin = bytearray(stdin) if stdin is not None else None
         proc.brk_start = proc.brk = brk_start
         proc.heap_end = brk_start >> 12
         proc.pc = program.entry
@@ -641,7 +644,8 @@ class OsNode(Node):
             msg = payload
             try:
                 proc = await k.exec(msg.body["elf"], msg.body["argv"], owner=msg.src,
-                                    notify=bool(msg.body.get("notify")), ref=None, name=msg.body.get("name"))
+                                    notify=bool(msg.body.get("notify")), ref=None, name=msg.body.get("name"),
+                                    stdin=msg.body.get("stdin"))
             except KernelError as exc:
                 await self.party.reply(msg, "error", {"reason": exc.reason, "detail": exc.detail, "ref": "os_exec"})
                 return

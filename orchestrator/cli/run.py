@@ -66,7 +66,8 @@ def _pick(status: dict, os_name: str | None) -> tuple[dict, dict]:
 
 
 async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, elf: bytes,
-                      argv: list[str], out: BinaryIO, timeout: float | None = None) -> dict[str, Any]:
+                      argv: list[str], out: BinaryIO, timeout: float | None = None,
+                      stdin: bytes | None = None) -> dict[str, Any]:
     """Run one program on ``os_node`` and copy its console output to ``out``.
 
     Returns the ``proc_exit`` body {pid, code, reason}.
@@ -111,7 +112,7 @@ async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, el
             await nursery.start(party.serve, handler)
             try:
                 pid = await _exec_and_copy(party, os_node, uart, elf, argv, log_path, exits, lambda: arrived,
-                                           copy, timeout)
+                                           copy, timeout, stdin)
             except (RemoteError, Lost, trio.TooSlowError, ProtocolError) as exc:
                 failed = exc  # raised outside the nursery, so not wrapped in an ExceptionGroup
             nursery.cancel_scope.cancel()
@@ -123,10 +124,14 @@ async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, el
 
 
 async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, argv: list[str], log_path: Path,
-                         exits: dict[int, dict], arrived, copy, timeout: float | None) -> int:
+                         exits: dict[int, dict], arrived, copy, timeout: float | None,
+                         stdin: bytes | None = None) -> int:
     try:
         start = (await party.request(uart["name"], "uart_sync", timeout=10)).body["data"]["logged"]
-        reply = await party.request(os_node["name"], "os_exec", {"elf": elf, "argv": argv, "notify": True}, timeout=30)
+        body: dict[str, Any] = {"elf": elf, "argv": argv, "notify": True}
+        if stdin is not None:
+            body["stdin"] = stdin
+        reply = await party.request(os_node["name"], "os_exec", body, timeout=30)
     except RequestTimeout as exc:
         raise Lost(str(exc)) from None
     pid = reply.body["data"]["pid"]
@@ -151,6 +156,9 @@ def run(
     program: Annotated[Path, typer.Argument(help="The RV32 ELF program to run.")],
     args: Annotated[Optional[list[str]], typer.Argument(help="The program's arguments (after --).")] = None,
     os_name: Annotated[Optional[str], typer.Option("--os", help="The OS node to run it on [default: the first].")] = None,
+    stdin: Annotated[Optional[Path], typer.Option(
+        "--stdin", help="Feed this file ('-': our stdin) to the program's fd 0, then EOF "
+                        "[default: fd 0 reads the console].")] = None,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds (0: wait for the program).")] = 0.0,
     run_dir: RunDir = None,
 ) -> None:
@@ -160,6 +168,12 @@ def run(
         elf = program.read_bytes()
     except OSError as exc:
         fail(f"cannot read {program}: {exc.strerror or exc}")
+    feed = None
+    if stdin is not None:
+        try:
+            feed = sys.stdin.buffer.read() if str(stdin) == "-" else stdin.read_bytes()
+        except OSError as exc:
+            fail(f"cannot read {stdin}: {exc.strerror or exc}")
     started = False
     code = 1
     try:
@@ -172,7 +186,7 @@ def run(
         os_node, uart = _pick(status, os_name)
         try:
             result = trio.run(run_program, rd, status, os_node, uart, elf, [str(program), *(args or [])],
-                              sys.stdout.buffer, timeout or None)
+                              sys.stdout.buffer, timeout or None, feed)
         except RemoteError as exc:
             fail(f"{os_node['name']} cannot run {program}: {exc.detail}")
         except Lost as exc:

@@ -170,13 +170,38 @@ async def test_initial_stack_is_the_linux_layout() -> None:
     assert (string_at(p0), string_at(p1)) == (b"prog", b"a b")
 
 
-@pytest.mark.parametrize("name", ["hello", "primes", "strsort", "badptr"])
-async def test_kernel_runs_sample_like_qemu(guest_build, name: str) -> None:
+SAMPLE_NAMES = sorted(p.stem for p in SAMPLES.glob("*.expected"))
+
+
+def symbol_address(elf: Path, symbol: str) -> int:
+    from elftools.elf.elffile import ELFFile
+
+    with elf.open("rb") as f:
+        return ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name(symbol)[0]["st_value"]
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+async def test_kernel_runs_every_sample_like_qemu(guest_build, name: str) -> None:
+    """Output, exit status (128 + signal and a console line naming the pc for
+    a fault) and every frame back on the free list, for each guest sample."""
+    stdin = SAMPLES / f"{name}.stdin"
+    fault = SAMPLES / f"{name}.fault"
+    code = SAMPLES / f"{name}.exit"
     m = Machine()
-    proc = await m.kernel.exec(elf_of(name), [f"/some/dir/{name}.elf", *sample_args(name)], notify=True)
-    await m.run()
-    assert bytes(m.console.out) == expected(name)
-    assert [(p.pid, p.code) for p in m.exited] == [(proc.pid, 0)]
+    proc = await m.kernel.exec(elf_of(name), [f"/some/dir/{name}.elf", *sample_args(name)], notify=True,
+                               stdin=stdin.read_bytes() if stdin.exists() else b"")
+    await m.run(limit=200_000_000)
+    out = bytes(m.console.out)
+    assert [p.pid for p in m.exited] == [proc.pid]
+    if fault.exists():
+        pc = symbol_address(BUILD / f"{name}.elf", fault.read_text().strip())
+        assert out.startswith(expected(name)), out
+        line = out[len(expected(name)):].decode()
+        assert re.fullmatch(rf"\[os1\] pid {proc.pid} \({name}.elf\) killed: .* pc=0x{pc:08x}\n", line), line
+        assert m.exited[0].code in (132, 139)
+    else:
+        assert out == expected(name)
+        assert m.exited[0].code == (int(code.read_text()) if code.exists() else 0)
     assert m.frames.free_count == 512, "the process's frames went back to the free list"
 
 
@@ -310,6 +335,12 @@ def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, 
     for name in ("primes", "strsort", "badptr"):
         run = hwemu(rd, "run", "compose/native.toml", str(BUILD / f"{name}.elf"), "--", *sample_args(name))
         assert (run.returncode, run.stdout) == (0, expected(name)), f"{name}: {show(run)}"
+
+    # fd 0 from a file, then EOF, as under qemu-riscv32 < file
+    wc = hwemu(rd, "run", "compose/native.toml", str(BUILD / "wc.elf"), "--stdin", str(SAMPLES / "wc.stdin"))
+    assert (wc.returncode, wc.stdout) == (0, expected("wc")), show(wc)
+    sysabi = hwemu(rd, "run", "compose/native.toml", "--stdin", "/dev/null", str(BUILD / "sysabi.elf"))
+    assert (sysabi.returncode, sysabi.stdout) == (7, expected("sysabi")), show(sysabi)
 
     segv = hwemu(rd, "run", "compose/native.toml", str(BUILD / "segv.elf"))
     assert segv.returncode == 139, show(segv)
