@@ -286,6 +286,13 @@ def run_file(path: str, args: list[str], stats: str | None = None) -> int:
     except (ElfError, OSError) as exc:
         sys.stderr.write(f"hwemu-cpu: {exc}\n")
         return 1
+    if stats:
+        # refuse an unwritable --stats path before running, not after
+        try:
+            open(stats, "a").close()
+        except OSError as exc:
+            sys.stderr.write(f"hwemu-cpu: cannot write --stats file {stats}: {exc.strerror}\n")
+            return 2
     machine = Machine(program, [path, *args])
     start = time.perf_counter()
     status = machine.run()

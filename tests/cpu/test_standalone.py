@@ -188,3 +188,19 @@ def test_bad_elf_files_are_refused_with_the_reason(tmp_path, cpu_helpers, mangle
     good = cpu_helpers.assemble(tmp_path, "_start:\n ecall\n").read_bytes()
     with pytest.raises(ElfError, match=message):
         load_elf(mangle(good))
+
+
+def test_an_unwritable_stats_path_is_refused_before_running_with_exit_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    elf = root / "guest/build/samples/hello.elf"
+    if not elf.exists():
+        subprocess.run(["make", "-C", str(root / "guest"), "-s"], check=True)
+    out = subprocess.run([sys.executable, "-m", "nodes.cpu", "run", str(elf), "--stats", str(tmp_path / "no/such/dir.json")],
+                         cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert "cannot write --stats file" in out.stderr and "Traceback" not in out.stderr
