@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import trio
 
+from protocol.errors import RemoteError
+
 from nodes.cpu.core import PAGE_MISS, QUANTUM, TRAP, Core
 from nodes.guest_os.kernel import CAUSE_TIMER_IRQ, Kernel, KernelError, initial_stack
 from nodes.guest_os.module import FrameAllocator, FrameError, KernelModule, OutOfMemory
@@ -133,7 +135,11 @@ class Machine:
 
     async def run(self, limit: int = 50_000_000) -> None:
         core = self.core
-        while self.running and core.instret < limit:
+        while (self.running or self.kernel.sleepers) and core.instret < limit:
+            if not self.running:  # everyone sleeps: the timer still ticks
+                await trio.sleep(0.002)
+                await self.kernel.tick()
+                continue
             stop = core.run(self.quantum)
             if stop.kind == PAGE_MISS:
                 core.install_page(stop.ppn, self.page(stop.ppn), True)
@@ -222,6 +228,59 @@ async def test_kernel_timeshares_and_kills_only_the_faulting_process(guest_build
     killed = [ln for ln in lines if "killed" in ln]
     assert len(killed) == 1 and f"pid {segv.pid}" in killed[0] and "0x00000ff0" in killed[0] and "pc=0x" in killed[0]
     assert m.kernel.counters["preempts"] > 0
+
+
+SLEEPER_C = r"""
+#include <stdio.h>
+
+int main(void)
+{
+    struct hwemu_timespec64 t0, t1, req = {0, 30000000};
+    sys_clock_gettime(HWEMU_CLOCK_MONOTONIC, &t0);
+    long r = sys_nanosleep(&req);
+    sys_clock_gettime(HWEMU_CLOCK_MONOTONIC, &t1);
+    int64_t ns = (t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
+    printf("pid %ld: nanosleep = %ld, slept at least 30 ms: %s\n", sys_getpid(), r, ns >= 30000000 ? "yes" : "NO");
+    printf("clock_gettime(bad pointer) = %ld\n", sys_clock_gettime(HWEMU_CLOCK_REALTIME, (void *)0xff0));
+    struct hwemu_timespec64 bad = {0, 2000000000};
+    printf("nanosleep(bad nsec) = %ld\n", sys_nanosleep(&bad));
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def sleeper(guest_build, tmp_path_factory) -> bytes:
+    """A program that sleeps 30 ms (clock_nanosleep_time64), checks it with
+    clock_gettime64, prints its pid, and passes bad arguments to both."""
+    d = tmp_path_factory.mktemp("sleeper")
+    (d / "sleeper.c").write_text(SLEEPER_C)
+    cc = subprocess.run(
+        ["riscv64-unknown-elf-gcc", "-march=rv32im", "-mabi=ilp32", "-O2", "-ffreestanding",
+         f"-I{GUEST}/sdk", f"-I{GUEST}/sdk/include", "-static", "-nostartfiles", "-nostdlib",
+         "-T", f"{GUEST}/sdk/link.ld", "-Wl,--no-warn-rwx-segments", f"{GUEST}/build/crt0.o",
+         str(d / "sleeper.c"), f"{GUEST}/build/libhwemu.a", "-lgcc", "-o", str(d / "sleeper.elf")],
+        capture_output=True, text=True)
+    assert cc.returncode == 0, cc.stderr
+    return (d / "sleeper.elf").read_bytes()
+
+
+def sleeper_output(pid: int) -> str:
+    return (f"pid {pid}: nanosleep = 0, slept at least 30 ms: yes\n"
+            "clock_gettime(bad pointer) = -14\nnanosleep(bad nsec) = -22\n")
+
+
+async def test_kernel_sleep_blocks_only_the_sleeper(guest_build, sleeper) -> None:
+    m = Machine()
+    s = await m.kernel.exec(sleeper, ["sleeper"])
+    t = await m.kernel.exec(elf_of("timeshare"), ["timeshare", "T", "2"])
+    await m.run()
+    lines = m.console.out.decode().splitlines()
+    mine = [ln for ln in lines if not ln.startswith("T: ")]
+    assert mine == sleeper_output(s.pid).splitlines(), lines
+    want = [ln.replace(" of 6", " of 2") for ln in expected("timeshare").decode().splitlines()[:2]]
+    assert [ln for ln in lines if ln.startswith("T: ")] == want, lines
+    assert {p.pid: p.code for p in m.exited} == {s.pid: 0, t.pid: 0}
 
 
 async def test_kernel_rejects_a_bad_elf_and_goes_on(guest_build) -> None:
@@ -379,8 +438,9 @@ class Client:
             self.changed.set()
             self.changed = trio.Event()
 
-    async def exec(self, name: str, argv: list[str]) -> int:
-        reply = await self.party.request("os1", "os_exec", {"elf": elf_of(name), "argv": argv, "notify": True},
+    async def exec(self, name: str | bytes, argv: list[str]) -> int:
+        elf = name if isinstance(name, bytes) else elf_of(name)
+        reply = await self.party.request("os1", "os_exec", {"elf": elf, "argv": argv, "notify": True},
                                          timeout=30)
         return reply.body["data"]["pid"]
 
@@ -392,24 +452,28 @@ class Client:
 
 
 @pytest.mark.integration
-async def test_cluster_timeshares_two_programs_and_a_fault_kills_only_its_process(guest_build, cluster):
+async def test_cluster_timeshares_two_programs_and_a_fault_kills_only_its_process(guest_build, sleeper, cluster):
     orch = await cluster(NATIVE)
     client = Client(orch)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(client.party.serve, client._handle)
-            await _timeshare_and_segv(orch, client)
+            await _timeshare_and_segv(orch, client, sleeper)
+            await _kernel_module_and_ps(orch, client)
             nursery.cancel_scope.cancel()
     finally:
         client.party.close()
 
 
-async def _timeshare_and_segv(orch, client: Client) -> None:
+async def _timeshare_and_segv(orch, client: Client, sleeper: bytes) -> None:
     a = await client.exec("timeshare", ["timeshare", "A", "6"])
+    z = await client.exec(sleeper, ["sleeper"])
     b = await client.exec("timeshare", ["timeshare", "B", "6"])
     s = await client.exec("segv", ["segv"])
-    exits = await client.wait_exits({a, b, s})
-    assert {p: e["code"] for p, e in exits.items()} == {a: 0, b: 0, s: 139}
+    ps = (await client.party.request("os1", "os_ps")).body["data"]["procs"]
+    assert {p["pid"] for p in ps} <= {a, z, b, s} and all(p["state"] in ("ready", "running", "blocked") for p in ps)
+    exits = await client.wait_exits({a, z, b, s})
+    assert {p: e["code"] for p, e in exits.items()} == {a: 0, z: 0, b: 0, s: 139}
     assert "killed" in exits[s]["reason"]
     logged = (await client.party.request("uart0", "uart_sync")).body["data"]["logged"]
     log = (orch.run_dir / "uart0.console.log").read_bytes()[:logged].decode()
@@ -422,6 +486,30 @@ async def _timeshare_and_segv(orch, client: Client) -> None:
     last = {t: max(i for i, ln in enumerate(lines) if ln.startswith(f"{t}: ")) for t in "AB"}
     assert first["A"] < last["B"] and first["B"] < last["A"], f"the two did not run interleaved:\n{log}"
     assert "storing to 0x00000ff0" in lines
+    assert [ln for ln in lines if ln.startswith(("pid ", "clock_", "nanosleep"))] == sleeper_output(z).splitlines()
     assert sum(f"pid {s} (segv) killed: segmentation fault at 0x00000ff0" in ln for ln in lines) == 1, log
     stats = (await orch.request("os1", "stats")).body["stats"]["kernel"]
     assert stats["procs"] == 0 and stats["free_frames"] == 512 and stats["preempts"] > 0
+
+
+async def _kernel_module_and_ps(orch, client: Client) -> None:
+    req = client.party.request
+    pinned = (await req("os1", "mod_alloc_pin", {"n": 3})).body["data"]
+    assert len(pinned["frames"]) == 3 and all(256 <= f < 768 for f in pinned["frames"]) and pinned["free"] == 509
+    with pytest.raises(RemoteError, match="out of memory"):
+        await req("os1", "mod_alloc_pin", {"n": 10_000})
+    back = (await req("os1", "mod_give_back", {"frames": pinned["frames"][:2]})).body["data"]
+    assert back == {"frames": pinned["frames"][:2], "free": 509}
+    with pytest.raises(RemoteError, match="already owned"):
+        await req("os1", "mod_add", {"frames": [pinned["frames"][2]]})
+    added = (await req("os1", "mod_add", {"frames": pinned["frames"][:2]})).body["data"]
+    assert added["free"] == 511
+    # the OS still runs programs, with the pinned frame kept out of their way
+    pid = await client.exec("hello", ["hello.elf", *sample_args("hello")])
+    assert (await client.wait_exits({pid}))[pid]["code"] == 0
+    mode = (await req("os1", "os_driver_mode", {"device": "uart", "mode": "virtual"})).body["data"]
+    assert mode["mode"] == "virtual"
+    assert (await req("os1", "os_driver_mode", {"device": "uart", "mode": "native"})).body["data"]["mode"] == "native"
+    ps = (await req("os1", "os_ps")).body["data"]
+    assert ps["procs"] == [] and ps["free_frames"] == 511
+    assert {e["pid"]: e["code"] for e in ps["exited"]}[pid] == 0
