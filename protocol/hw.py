@@ -89,6 +89,7 @@ register("os_exec", elf="bytes", argv=Field("list", items="str"), name=_opt("str
 # stdin: the process's fd 0 reads these bytes, then EOF (default: the console)
 register("proc_exit", pid="int", code="int", reason=_opt("str"))
 register("os_ps")
+register("os_kill", pid="int", signal=_opt("int"))   # reply ok {data: {"pid"}}; exit status 128 + signal (9)
 register("os_driver_mode", device="str", mode="str")   # reply ok {data: the driver's state}
 
 # -- OS kernel module (DESIGN.md §4, FIG. 4) ---------------------------------------

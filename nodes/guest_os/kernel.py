@@ -110,6 +110,7 @@ class Process:
     stack_hi: int = STACK_TOP >> 12
     wait: tuple | None = None  # ("read", buf, count) | ("sleep", deadline_ns)
     stdin: bytearray | None = None  # fd 0 from these bytes then EOF; None: from the console
+    kill_pending: tuple[int, str] | None = None  # (status, why): dies at its next trap
     owner: str | None = None  # who asked for it (os_exec src)
     notify: bool = False
     ref: Any = None  # the node's handle for the requester (e.g. the os_exec message)
@@ -359,13 +360,16 @@ class Kernel:
             log.warning("%s: stray trap %s (current %s)", self.name, body.get("cause"),
                         proc.pid if proc else None)
             await self.dispatch()
+            await self._halt_if_idle()
             return
         proc.traps += 1
         proc.regs = list(body["regs"])
         proc.pc = body["pc"]
         proc.instret = body.get("instret", proc.instret)
         cause = body["cause"]
-        if cause == CAUSE_ECALL:
+        if proc.kill_pending is not None:
+            await self.kill(proc, *proc.kill_pending)
+        elif cause == CAUSE_ECALL:
             self.counters["syscalls"] += 1
             proc.syscalls += 1
             proc.pc = (proc.pc + 4) & M32
@@ -385,6 +389,13 @@ class Kernel:
             await self.resume(proc)
         else:
             await self.dispatch()
+            await self._halt_if_idle()
+
+    async def _halt_if_idle(self) -> None:
+        # the CPU trapped to us and nothing is left to run: say so (cpu_halt), so
+        # that a VMM knows this instance is idle and can give the CPU to another
+        if self.current is None:
+            await self.hw.priv("cpu_halt", {})
 
     async def page_fault(self, proc: Process, cause: int, vaddr: int) -> None:
         self.counters["tlb_misses"] += 1
@@ -410,6 +421,20 @@ class Kernel:
         else:
             where = f"at {tval & M32:#010x}"
         await self.kill(proc, 128 + sig, f"{what} {where} pc={proc.pc & M32:#010x}")
+
+    async def kill_request(self, pid: int, signal: int = SIGKILL, by: str | None = None) -> None:
+        """Kill a process from outside (``os_kill``): at once if it is off the
+        CPU, else at its next trap (a preemption is requested)."""
+        proc = self.procs.get(pid)
+        if proc is None or proc.state == EXITED:
+            raise KernelError("no_such_process", f"no process {pid} on {self.name}")
+        why = f"signal {signal}" + (f" from {by}" if by else "")
+        if proc is self.current:
+            proc.kill_pending = (128 + signal, why)
+            await self.hw.priv("cpu_preempt", {})
+        else:
+            await self.kill(proc, 128 + signal, why)
+            await self.dispatch()
 
     async def kill(self, proc: Process, code: int, why: str) -> None:
         self.counters["kills"] += 1
@@ -629,8 +654,26 @@ class OsNode(Node):
                 await self._handle(kind, payload)
             except Exception as exc:  # noqa: BLE001 - one bad event must not stop the kernel
                 log.exception("%s: kernel failed on %s", self.name, kind)
-                if isinstance(payload, Message) and payload.src in self.party.directory:
+                if kind == "trap":
+                    await self._abandon_current(exc)
+                elif isinstance(payload, Message) and payload.src in self.party.directory and kind != "uart_rx":
                     await self.party.reply(payload, "error", {"reason": "kernel_error", "detail": str(exc)})
+
+    async def _abandon_current(self, exc: Exception) -> None:
+        """A trap the kernel could not serve (memory controller down ...): the
+        CPU waits for a resume that will not come, so that process dies, not
+        the machine."""
+        k = self.kernel
+        proc = k.current
+        if proc is None:
+            return
+        try:
+            await k.kill(proc, 128 + SIGKILL, f"kernel could not serve its trap ({exc}) pc={proc.pc & M32:#010x}")
+            await k.dispatch()
+        except Exception:  # noqa: BLE001
+            log.exception("%s: could not even kill pid %d", self.name, proc.pid)
+            if k.current is proc:
+                k.current = None
 
     async def _handle(self, kind: str, payload: Any) -> None:
         k = self.kernel
@@ -665,6 +708,17 @@ class OsNode(Node):
                 await self.party.reply(msg, "error", {"reason": reason, "detail": str(exc), "ref": kind})
                 return
             await self.party.reply(msg, "ok", {"data": {"frames": frames, "free": self.frames.free_count}})
+        elif kind == "os_kill":
+            msg = payload
+            signal = msg.body.get("signal", SIGKILL)
+            if not isinstance(signal, int) or not 1 <= signal <= 64:
+                raise ProtocolError("bad_field", f"expected a signal number 1..64, got {signal!r}", "body.signal")
+            try:
+                await k.kill_request(msg.body["pid"], signal, by=msg.src)
+            except KernelError as exc:
+                await self.party.reply(msg, "error", {"reason": exc.reason, "detail": exc.detail, "ref": "os_kill"})
+                return
+            await self.party.reply(msg, "ok", {"data": {"pid": msg.body["pid"]}})
         elif kind == "os_driver_mode":
             msg = payload
             driver = {"uart": self.console, "timer": self.timer}.get(msg.body.get("device"))
@@ -707,6 +761,9 @@ class OsNode(Node):
 
     async def on_mod_give_back(self, msg: Message) -> None:
         self._queue("mod_give_back", msg)
+
+    async def on_os_kill(self, msg: Message) -> None:
+        self._queue("os_kill", msg)
 
     async def on_os_driver_mode(self, msg: Message) -> None:
         self._queue("os_driver_mode", msg)

@@ -28,6 +28,7 @@ import typer
 from orchestrator.cli import cluster
 from orchestrator.cli.cluster import _call
 from orchestrator.cli.common import RunDir, err_console, fail, run_dir_of
+from orchestrator.client import NotRunning, call
 from orchestrator.daemon import is_locked
 import protocol.hw  # noqa: F401  (registers os_exec / proc_exit / uart_sync)
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
@@ -67,7 +68,7 @@ def _pick(status: dict, os_name: str | None) -> tuple[dict, dict]:
 
 async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, elf: bytes,
                       argv: list[str], out: BinaryIO, timeout: float | None = None,
-                      stdin: bytes | None = None) -> dict[str, Any]:
+                      stdin: bytes | None = None, info: dict | None = None) -> dict[str, Any]:
     """Run one program on ``os_node`` and copy its console output to ``out``.
 
     Returns the ``proc_exit`` body {pid, code, reason}.
@@ -112,7 +113,7 @@ async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, el
             await nursery.start(party.serve, handler)
             try:
                 pid = await _exec_and_copy(party, os_node, uart, elf, argv, log_path, exits, lambda: arrived,
-                                           copy, timeout, stdin)
+                                           copy, timeout, stdin, info if info is not None else {})
             except (RemoteError, Lost, trio.TooSlowError, ProtocolError) as exc:
                 failed = exc  # raised outside the nursery, so not wrapped in an ExceptionGroup
             nursery.cancel_scope.cancel()
@@ -125,7 +126,7 @@ async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, el
 
 async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, argv: list[str], log_path: Path,
                          exits: dict[int, dict], arrived, copy, timeout: float | None,
-                         stdin: bytes | None = None) -> int:
+                         stdin: bytes | None = None, info: dict | None = None) -> int:
     try:
         start = (await party.request(uart["name"], "uart_sync", timeout=10)).body["data"]["logged"]
         body: dict[str, Any] = {"elf": elf, "argv": argv, "notify": True}
@@ -135,6 +136,8 @@ async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, ar
     except RequestTimeout as exc:
         raise Lost(str(exc)) from None
     pid = reply.body["data"]["pid"]
+    if info is not None:
+        info["pid"] = pid
     with open(log_path, "rb") as f:
         f.seek(start)
         pos = start
@@ -149,6 +152,21 @@ async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, ar
             raise Lost(str(exc)) from None
         copy(f, max(0, logged - pos))
     return pid
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, possibly wrapped in an exception group by a nursery."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
+
+
+def _kill(rd: Path, os_name: str, pid: int) -> None:
+    """Ctrl-C: stop our program on a cluster we leave running (``os_kill``, SIGINT)."""
+    try:
+        trio.run(call, rd, "ctl_request", {"node": os_name, "kind": "os_kill", "body": {"pid": pid, "signal": 2}})
+    except (RemoteError, RequestTimeout, ProtocolError, NotRunning):
+        pass  # it ended meanwhile, or the cluster is gone
 
 
 def run(
@@ -184,9 +202,16 @@ def run(
             started = True
         status = _call(rd, "ctl_status")
         os_node, uart = _pick(status, os_name)
+        info: dict[str, Any] = {}
         try:
             result = trio.run(run_program, rd, status, os_node, uart, elf, [str(program), *(args or [])],
-                              sys.stdout.buffer, timeout or None, feed)
+                              sys.stdout.buffer, timeout or None, feed, info)
+        except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+            if not _interrupted(exc):
+                raise
+            if not started and "pid" in info:  # the cluster stays: the program must not
+                _kill(rd, os_node["name"], info["pid"])
+            raise typer.Exit(130) from None
         except RemoteError as exc:
             fail(f"{os_node['name']} cannot run {program}: {exc.detail}")
         except Lost as exc:
