@@ -113,7 +113,7 @@ class RouteAuthority:
             try:
                 # 1. pause
                 t_pause = time.perf_counter()
-                replies = await self._each({s: (lambda s=s: self.party.request(
+                replies = await self._each({s: (lambda s=s, flows=flows: self.party.request(
                     s, "route_pause", {"flows": flows}, timeout=self.timeout)) for s, flows in by_sender.items()})
                 paused = list(replies)
                 for reply in replies.values():

@@ -1,0 +1,504 @@
+"""The VMM node (DESIGN.md §4 "VMM", the contract of ``protocol/vmm.py``).
+
+Once the orchestrator has routed the CPU's traps (``trap:cpu0``), the
+timer's interrupts (``irq:timer0``) and the OS's privileged operations
+(``priv:<os>``) to it, the VMM:
+
+- **reflects traps** to the OS whose context is on the CPU, on
+  ``trap:vmm.<os>``, with the asid translated back (minus the OS's asid base);
+- **forwards or emulates privileged operations**: an operation of the OS on
+  the CPU goes to the CPU on ``priv:vmm`` (asids plus the base), in order; an
+  operation of an OS that is not on the CPU updates that OS's *virtual CPU*
+  (saved context, pending preemption, halt, virtual interrupt flag). TLB
+  operations always reach the real TLB: the asid bases keep the instances'
+  entries apart, so the real TLB is every OS's virtual TLB at once;
+- **delivers virtual interrupts** (``tick``/``alarm`` to every OS,
+  ``uart_rx`` to the UART's owner) on ``irq:vmm.<os>``, queued while the OS's
+  virtual interrupt flag masks them;
+- **time-slices** the CPU among the instances (option ``slice_ticks``,
+  default 5): it preempts the CPU itself, keeps the resulting interrupt trap
+  (it is not the OS's), saves the context and resumes another OS's;
+- drives devices for the instances (``vmm_device``, FIG. 5): console bytes
+  of ``io:<os>.uart`` go out unchanged on ``io:vmm.<uart>``.
+
+Options: ``cpu`` (default ``cpu0``), ``memctl`` (``memctl``), ``timer``
+(``timer0``), ``slice_ticks`` (5), ``uarts`` ({uart node: os}, which OS owns
+which UART; default ``uart0`` → the first OS attached).
+
+Scheduling model: an OS is *runnable* while its virtual CPU has a context to
+run (its last operation was ``cpu_resume``, or it was switched out by the
+VMM) and *idle* after ``cpu_halt``. The OS kernel reacts to events only, so
+an idle OS becomes runnable again when a virtual interrupt makes it resume a
+process (its ``cpu_resume`` reaches the VMM).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+import protocol.hw  # noqa: F401  (registers the kinds)
+import protocol.vmm  # noqa: F401
+from nodes.runtime import Node, main, spawned
+from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.messages import Message
+
+log = logging.getLogger("hwemu.vmm")
+
+INTERRUPT_CAUSE = 0x80000005
+PRIV_KINDS = ("cpu_resume", "tlb_write", "tlb_flush", "cpu_preempt", "cpu_halt", "irq_mask")
+IMAGE_MAGIC = b"HWEMU-VMM\0"
+
+
+@dataclass
+class VirtualCpu:
+    """What the VMM keeps per OS instance."""
+
+    name: str
+    asid_base: int
+    regs: list[int] | None = None
+    pc: int | None = None
+    asid: int | None = None          # the CPU's asid (base included)
+    runnable: bool = False           # has a context to run
+    in_handler: bool = False         # a reflected trap is outstanding
+    preempt: bool = False            # the OS asked for a preemption not delivered yet
+    vif: bool = True                 # virtual interrupt flag: True = interrupts enabled
+    queued: deque = field(default_factory=deque)   # virtual interrupts held while masked
+    asids: set[int] = field(default_factory=set)   # CPU asids the OS used (for tlb_flush None)
+    counts: dict[str, int] = field(default_factory=lambda: {
+        "traps": 0, "forwarded": 0, "emulated": 0, "ticks": 0, "uart_rx": 0, "switched_in": 0,
+        "switched_out": 0, "queued_irqs": 0})
+
+    def view(self, current: bool) -> dict[str, Any]:
+        return {"current": current, "vif": self.vif, "asid_base": self.asid_base, "runnable": self.runnable,
+                "in_handler": self.in_handler, "preempt_pending": self.preempt, "queued": len(self.queued),
+                **self.counts}
+
+
+class VmmNode(Node):
+    """The virtual machine monitor (``kind = "vmm"``). See the module docstring."""
+
+    kind = "vmm"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        opts = self.options
+        self.cpu_name = opts.get("cpu", "cpu0")
+        self.memctl_name = opts.get("memctl", "memctl")
+        self.timer_name = opts.get("timer", "timer0")
+        slice_ticks = opts.get("slice_ticks", 5)
+        if isinstance(slice_ticks, bool) or not isinstance(slice_ticks, int) or slice_ticks <= 0:
+            raise SystemExit(f"vmm {self.name}: option 'slice_ticks' must be a positive integer, got {slice_ticks!r}")
+        self.slice_ticks = slice_ticks
+        self.uart_owner: dict[str, str] = dict(opts.get("uarts") or {})   # uart node -> os
+        self.oses: dict[str, VirtualCpu] = {}
+        self.current: str | None = None       # whose context is on the CPU (None: halted)
+        self.own_preempt = False              # our cpu_preempt is pending in the CPU
+        self.released = False                 # vmm_cpu_release done: pass everything through
+        self.slice_left = self.slice_ticks
+        self.devices: dict[str, dict[str, Any]] = {}   # uart node -> {"os", "mode"}
+        self.resources: dict[str, Any] = {}
+        self.counts = {"traps_in": 0, "traps_reflected": 0, "traps_kept": 0, "stray_traps": 0,
+                       "priv_forwarded": 0, "priv_emulated": 0, "ticks_in": 0, "virtual_ticks": 0,
+                       "uart_rx": 0, "switches": 0, "slices": 0, "uart_bytes": 0, "cpu_halts": 0}
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _managed(self) -> bool:
+        return bool(self.oses) and not self.released
+
+    def _os_of_flow(self, msg: Message) -> VirtualCpu:
+        """The OS a message on ``priv:<os>`` / ``io:<os>.*`` comes from."""
+        name = msg.src
+        if msg.flow and ":" in msg.flow:
+            name = msg.flow.split(":", 1)[1].split(".", 1)[0]
+        vcpu = self.oses.get(name)
+        if vcpu is None:
+            raise ProtocolError("not_attached", f"{self.name} does not manage an OS named {name!r}", "flow")
+        return vcpu
+
+    async def _cpu(self, kind: str, body: dict[str, Any]) -> None:
+        await self.emit("priv:vmm", kind, body)
+
+    async def _virq(self, vcpu: VirtualCpu, kind: str, body: dict[str, Any]) -> None:
+        """A virtual interrupt for ``vcpu``: delivered now, or queued while it masks interrupts."""
+        if not vcpu.vif:
+            vcpu.queued.append((kind, body))
+            vcpu.counts["queued_irqs"] += 1
+            return
+        await self.emit(f"irq:vmm.{vcpu.name}", kind, body)
+
+    async def _flush_virqs(self, vcpu: VirtualCpu) -> int:
+        n = 0
+        while vcpu.queued:
+            kind, body = vcpu.queued.popleft()
+            await self.emit(f"irq:vmm.{vcpu.name}", kind, body)
+            n += 1
+        return n
+
+    def _owner_of_asid(self, asid: int) -> VirtualCpu | None:
+        """The OS whose asid range holds ``asid`` (the largest base not above it)."""
+        best = None
+        for v in self.oses.values():
+            if v.asid_base <= asid and (best is None or v.asid_base > best.asid_base):
+                best = v
+        return best
+
+    def _other_runnable(self) -> VirtualCpu | None:
+        """The next runnable OS after the current one, round-robin by attach order."""
+        names = list(self.oses)
+        if not names:
+            return None
+        start = names.index(self.current) + 1 if self.current in names else 0
+        for i in range(len(names)):
+            v = self.oses[names[(start + i) % len(names)]]
+            if v.name != self.current and v.runnable:
+                return v
+        return None
+
+    async def _switch_in(self, vcpu: VirtualCpu) -> None:
+        """Put ``vcpu``'s saved context on the CPU (with its address space and interrupt flag)."""
+        prev = self.oses.get(self.current) if self.current else None
+        if prev is not None and prev is not vcpu:
+            prev.counts["switched_out"] += 1
+        self.current = vcpu.name
+        self.counts["switches"] += 1
+        vcpu.counts["switched_in"] += 1
+        self.slice_left = self.slice_ticks
+        await self._cpu("irq_mask", {"masked": not vcpu.vif})
+        body: dict[str, Any] = {"space": vcpu.name}
+        if vcpu.regs is not None:
+            body.update(regs=list(vcpu.regs), pc=vcpu.pc, asid=vcpu.asid)
+        await self._cpu("cpu_resume", body)
+        if vcpu.preempt:  # a preemption it asked for while off the CPU: taken now
+            await self._cpu("cpu_preempt", {})
+
+    # -- traps -----------------------------------------------------------------------
+
+    async def on_trap(self, msg: Message) -> None:
+        b = msg.body
+        self.counts["traps_in"] += 1
+        cur = self.oses.get(self.current) if self.current else None
+        if cur is None:
+            cur = self._owner_of_asid(b["asid"])  # the CPU ran without us seeing the resume
+            if cur is not None:
+                self.current = cur.name
+        if cur is None:
+            self.counts["stray_traps"] += 1
+            log.warning("%s: trap %#x with no OS on the CPU; dropped", self.name, b["cause"])
+            return
+        cur.in_handler = False  # the CPU ran, so its last handler had resumed it
+        if b["cause"] == INTERRUPT_CAUSE and self.own_preempt and self._managed():
+            self.own_preempt = False
+            other = self._other_runnable()
+            if other is not None:
+                self.counts["traps_kept"] += 1
+                cur.regs, cur.pc, cur.asid = list(b["regs"]), b["pc"], b["asid"]
+                cur.runnable = True
+                await self._switch_in(other)
+                return
+            if not cur.preempt:
+                self.counts["traps_kept"] += 1
+                await self._cpu("cpu_resume", {})  # nobody else to run: carry on where it was
+                return
+        if b["cause"] == INTERRUPT_CAUSE:
+            cur.preempt = False
+        body = dict(b)
+        body["asid"] = b["asid"] - cur.asid_base
+        cur.in_handler = True
+        cur.counts["traps"] += 1
+        self.counts["traps_reflected"] += 1
+        await self.emit(f"trap:vmm.{cur.name}", "trap", body)
+
+    # -- privileged operations ----------------------------------------------------------
+
+    async def _priv(self, msg: Message) -> None:
+        vcpu = self._os_of_flow(msg)
+        kind, b = msg.kind, dict(msg.body)
+        base = vcpu.asid_base
+        if kind in ("cpu_resume", "tlb_write", "tlb_flush") and b.get("asid") is not None:
+            b["asid"] = b["asid"] + base
+            vcpu.asids.add(b["asid"])
+        if kind in ("tlb_write", "tlb_flush"):
+            # the real TLB is partitioned by asid: every OS's entries go straight in
+            vcpu.counts["forwarded"] += 1
+            self.counts["priv_forwarded"] += 1
+            if (kind == "tlb_flush" and b.get("asid") is None and self._managed()
+                    and (base != 0 or len(self.oses) > 1)):
+                for asid in sorted(vcpu.asids):
+                    await self._cpu("tlb_flush", {"asid": asid, "vpn": b.get("vpn")})
+                return
+            await self._cpu(kind, b)
+            return
+        if not self._managed():
+            await self._forward(vcpu, kind, b)
+            return
+        if kind == "cpu_resume":
+            vcpu.in_handler = False
+            vcpu.runnable = True
+            if "regs" in b:
+                vcpu.regs = list(b["regs"])
+            if "pc" in b:
+                vcpu.pc = b["pc"]
+            if "asid" in b:
+                vcpu.asid = b["asid"]
+            if self.current is None:  # the CPU is idle: this OS gets it
+                self.counts["priv_emulated"] += 1
+                vcpu.counts["emulated"] += 1
+                b["space"] = b.get("space", vcpu.name)
+                await self._switch_in(vcpu)
+                return
+        elif kind == "cpu_halt":
+            vcpu.in_handler = False
+            vcpu.runnable = False
+            if self.current == vcpu.name:
+                other = self._other_runnable()
+                self.counts["priv_emulated"] += 1
+                vcpu.counts["emulated"] += 1
+                if other is not None:
+                    vcpu.counts["switched_out"] += 1
+                    self.current = None
+                    await self._switch_in(other)
+                else:
+                    self.current = None
+                    self.counts["cpu_halts"] += 1
+                    await self._cpu("cpu_halt", {})
+                return
+        elif kind == "cpu_preempt":
+            vcpu.preempt = True
+        elif kind == "irq_mask":
+            vcpu.vif = not b["masked"]
+            if vcpu.vif:
+                await self._flush_virqs(vcpu)
+        if self.current == vcpu.name:
+            await self._forward(vcpu, kind, b)
+        else:
+            self.counts["priv_emulated"] += 1
+            vcpu.counts["emulated"] += 1
+
+    async def _forward(self, vcpu: VirtualCpu, kind: str, b: dict[str, Any]) -> None:
+        if kind in ("cpu_resume", "cpu_halt"):
+            vcpu.in_handler = False
+        vcpu.counts["forwarded"] += 1
+        self.counts["priv_forwarded"] += 1
+        await self._cpu(kind, b)
+
+    async def on_cpu_resume(self, msg: Message) -> None:
+        await self._priv(msg)
+
+    async def on_tlb_write(self, msg: Message) -> None:
+        await self._priv(msg)
+
+    async def on_tlb_flush(self, msg: Message) -> None:
+        await self._priv(msg)
+
+    async def on_cpu_preempt(self, msg: Message) -> None:
+        await self._priv(msg)
+
+    async def on_cpu_halt(self, msg: Message) -> None:
+        await self._priv(msg)
+
+    async def on_irq_mask(self, msg: Message) -> None:
+        await self._priv(msg)
+
+    # -- virtual interrupts ---------------------------------------------------------------
+
+    async def on_tick(self, msg: Message) -> None:
+        self.counts["ticks_in"] += 1
+        for vcpu in list(self.oses.values()):
+            vcpu.counts["ticks"] += 1
+            self.counts["virtual_ticks"] += 1
+            await self._virq(vcpu, "tick", dict(msg.body))
+        if len(self.oses) >= 2 and not self.released and self.current is not None:
+            self.slice_left -= 1
+            if self.slice_left <= 0:
+                self.slice_left = self.slice_ticks
+                if not self.own_preempt and self._other_runnable() is not None:
+                    self.own_preempt = True
+                    self.counts["slices"] += 1
+                    await self._cpu("cpu_preempt", {})
+
+    async def on_alarm(self, msg: Message) -> None:
+        for vcpu in list(self.oses.values()):
+            await self._virq(vcpu, "alarm", dict(msg.body))
+
+    async def on_uart_rx(self, msg: Message) -> None:
+        uart = msg.flow.split(":", 1)[1] if msg.flow else msg.src
+        owner = self.uart_owner.get(uart) or (self.devices.get(uart) or {}).get("os")
+        if owner is None and self.oses:
+            owner = next(iter(self.oses))
+        vcpu = self.oses.get(owner) if owner else None
+        if vcpu is None:
+            log.warning("%s: uart_rx from %s and no OS owns it; dropped", self.name, uart)
+            return
+        self.counts["uart_rx"] += 1
+        vcpu.counts["uart_rx"] += 1
+        await self._virq(vcpu, "uart_rx", dict(msg.body))
+
+    # -- the VMM's native console driver (FIG. 5) ---------------------------------------------
+
+    def _uart_of(self, vcpu: VirtualCpu) -> str:
+        for uart, os_name in self.uart_owner.items():
+            if os_name == vcpu.name:
+                return uart
+        for uart, d in self.devices.items():
+            if d.get("os") == vcpu.name:
+                return uart
+        raise ProtocolError("no_device", f"{self.name} drives no UART for {vcpu.name}", "flow")
+
+    async def on_uart_write(self, msg: Message) -> None:
+        vcpu = self._os_of_flow(msg)
+        self.counts["uart_bytes"] += len(msg.body["data"])
+        await self.emit(f"io:vmm.{self._uart_of(vcpu)}", "uart_write", {"data": msg.body["data"]})
+
+    @spawned
+    async def on_uart_sync(self, msg: Message) -> None:
+        vcpu = self._os_of_flow(msg)
+        reply = await self.emit_request(f"io:vmm.{self._uart_of(vcpu)}", "uart_sync", {}, timeout=10.0)
+        await self.party.reply(msg, "ok", {"data": reply.body.get("data") or {}})
+
+    # -- control (orchestrator) -----------------------------------------------------------------
+
+    @spawned
+    async def on_vmm_init(self, msg: Message) -> None:
+        frames = list(msg.body["frames"])
+        image: dict[str, Any] = {"frames": len(frames)}
+        if frames:
+            header = IMAGE_MAGIC + f"{self.name} frames={frames[0]}+{len(frames)}\n".encode()
+            try:
+                await self.party.request(self.memctl_name, "mem_write",
+                                         {"space": "vmm", "addr": frames[0] * 4096, "data": header}, timeout=5.0)
+                image["written"] = len(header)
+            except (RemoteError, RequestTimeout) as exc:
+                image["written"] = 0
+                image["skipped"] = f"no image written: {exc}"
+        cpu: dict[str, Any] = {}
+        mem: dict[str, Any] = {}
+        try:
+            cpu = (await self.party.request(self.cpu_name, "stats", timeout=5.0)).body.get("stats", {})
+        except (RemoteError, RequestTimeout) as exc:
+            cpu = {"error": str(exc)}
+        try:
+            mem = (await self.party.request(self.memctl_name, "mem_info", timeout=5.0)).body.get("data", {})
+        except (RemoteError, RequestTimeout) as exc:
+            mem = {"error": str(exc)}
+        keep = ("instret", "cpu_state", "quantum", "space", "mips")
+        self.resources = {
+            "frames": len(frames), "host": msg.body.get("host"), "image": image,
+            "cpu": {"name": self.cpu_name, **{k: cpu[k] for k in keep if k in cpu}},
+            "memctl": {"name": self.memctl_name, **{k: v for k, v in mem.items()
+                                                     if not isinstance(v, (dict, list)) or k == "spaces"}},
+            "devices": sorted(n for n in self.party.directory if n not in (self.name, "orch")),
+        }
+        await self.party.reply(msg, "ok", {"data": self.resources})
+
+    @spawned
+    async def on_vmm_attach_os(self, msg: Message) -> None:
+        b = msg.body
+        name = b["os"]
+        if name in self.oses:
+            raise ProtocolError("already_attached", f"{self.name} already manages {name}", "body.os")
+        if any(v.asid_base == b["asid_base"] for v in self.oses.values()):
+            raise ProtocolError("bad_field", f"asid base {b['asid_base']} is taken", "body.asid_base")
+        if b.get("current") and self.current is not None and self.current != name:
+            raise ProtocolError("bad_field", f"{self.current} is already current", "body.current")
+        cpu_state = None
+        if b.get("current"):
+            try:
+                stats = await self.party.request(self.cpu_name, "stats", timeout=5.0)
+                cpu_state = stats.body.get("stats", {}).get("cpu_state")
+            except (RemoteError, RequestTimeout) as exc:
+                log.warning("%s: cannot ask %s its state: %s", self.name, self.cpu_name, exc)
+        if name in self.oses:
+            raise ProtocolError("already_attached", f"{self.name} already manages {name}", "body.os")
+        vcpu = VirtualCpu(name, b["asid_base"])
+        self.oses[name] = vcpu
+        if b.get("current") and cpu_state != "halted":
+            # on the CPU (running, or trapped to it); a halted CPU runs nobody: the
+            # OS gets it back with its next cpu_resume (or a trap names it by asid)
+            self.current = name
+            vcpu.runnable = True
+        if not any(o == name for o in self.uart_owner.values()) and "uart0" not in self.uart_owner:
+            self.uart_owner["uart0"] = name
+        self.released = False
+        await self.party.reply(msg, "ok", {"data": vcpu.view(self.current == name)})
+
+    async def on_vmm_detach_os(self, msg: Message) -> None:
+        name = msg.body["os"]
+        vcpu = self.oses.get(name)
+        if vcpu is None:
+            raise ProtocolError("not_attached", f"{self.name} does not manage {name}", "body.os")
+        if self.current == name and len(self.oses) > 1:
+            other = self._other_runnable()
+            if vcpu.runnable or vcpu.in_handler:
+                raise ProtocolError("os_is_current", f"{name} is on the CPU; shut it down (cpu_halt) first",
+                                    "body.os")
+            if other is not None:
+                await self._switch_in(other)
+        if self.current == name:
+            self.current = None
+        del self.oses[name]
+        await self.party.reply(msg, "ok", {"data": vcpu.view(False)})
+
+    async def on_vmm_cpu_release(self, msg: Message) -> None:
+        name = msg.body["os"]
+        vcpu = self.oses.get(name)
+        if vcpu is None:
+            raise ProtocolError("not_attached", f"{self.name} does not manage {name}", "body.os")
+        others = sorted(n for n in self.oses if n != name)
+        if others:
+            await self.party.reply(msg, "error", {"reason": "more_than_one_os", "ref": "vmm_cpu_release",
+                                                  "detail": f"still attached besides {name}: {', '.join(others)}"})
+            return
+        held = 0
+        if self.current != name and vcpu.runnable:  # its context is saved here: put it back on the CPU
+            await self._switch_in(vcpu)
+            held += 1
+        elif self.current == name and not vcpu.vif:
+            pass
+        if vcpu.preempt and self.current == name and held == 0:
+            await self._cpu("cpu_preempt", {})  # its own preemption, noted while it was off the CPU
+        vcpu.vif = True
+        held += await self._flush_virqs(vcpu)
+        if not vcpu.runnable and not vcpu.in_handler and self.current is None:
+            pass  # idle: the CPU stays halted until the OS resumes it directly
+        self.released = True
+        await self.party.reply(msg, "ok", {"data": {"held": held, "current": self.current,
+                                                    "own_preempt_pending": self.own_preempt}})
+
+    async def on_vmm_device(self, msg: Message) -> None:
+        b = msg.body
+        if b["mode"] not in ("virtual", "native"):
+            raise ProtocolError("bad_field", f"mode must be virtual or native, got {b['mode']!r}", "body.mode")
+        node = b["node"]
+        device = b["device"]
+        os_name = device.split(".", 1)[0] if "." in device else self.uart_owner.get(node)
+        if b["mode"] == "virtual":
+            self.devices[node] = {"device": device, "os": os_name, "mode": "virtual"}
+            if os_name:
+                self.uart_owner[node] = os_name
+        else:
+            self.devices.pop(node, None)
+        await self.party.reply(msg, "ok", {"data": {"node": node, "os": os_name, "mode": b["mode"]}})
+
+    async def on_vmm_status(self, msg: Message) -> None:
+        await self.party.reply(msg, "ok", {"data": self._status()})
+
+    def _status(self) -> dict[str, Any]:
+        return {"oses": {n: v.view(self.current == n) for n, v in self.oses.items()},
+                "current": self.current, "released": self.released, "own_preempt": self.own_preempt,
+                "slice_ticks": self.slice_ticks, "devices": self.devices, "resources": self.resources,
+                **self.counts}
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s["vmm"] = self._status()
+        return s
+
+
+if __name__ == "__main__":
+    main(VmmNode)
