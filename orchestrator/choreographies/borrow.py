@@ -1,0 +1,124 @@
+"""¶39: borrow memory from one running OS for another, through the VMM; and
+give it back.
+
+Patent steps → steps here (borrow):
+
+- the kernel module of OS A allocates and pins N frames (``mod_alloc_pin``
+  {n} on A, ``mem_pin``): a grant of fewer is reported, a refusal (A would go
+  below what it keeps) is an error that says so;
+- the VMM takes them, zeroed (``mem_transfer`` A → vmm);
+- the VMM hands them to OS B, zeroed again (``mem_transfer`` vmm → B; if the
+  VMM manages B's memory, B's map is extended to reach them);
+- the kernel module of OS B adds them to its free list (``mod_add``).
+
+Giving back is the reverse: B's module gives them back (they must be free in
+B: ``mod_give_back`` refuses frames in use), B → vmm → A, A's module adds them.
+
+Recovery after an orchestrator crash: rolled back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.frames import add_frames, alloc_pin, remap_if_virtualized, transfer
+
+FIGURE = "p39_borrow"
+FIGURE_RETURN = "p39_return"
+
+
+async def _remap_to(run: Run, ctx: Ctx) -> dict[str, Any]:
+    return await remap_if_virtualized(run, ctx["to_os"])
+
+
+async def _remap_from(run: Run, ctx: Ctx) -> dict[str, Any]:
+    return await remap_if_virtualized(run, ctx["from_os"])
+
+
+async def _give_back_to(run: Run, ctx: Ctx) -> dict[str, Any]:
+    try:
+        data = await run.call(ctx["to_os"], "mod_give_back", {"frames": ctx["frames"]})
+    except Exception as exc:
+        raise ChoreographyError(f"{ctx['to_os']} cannot give the frames back: {getattr(exc, 'detail', exc)}") from None
+    return {"to_os_free": data.get("free")}
+
+
+async def _readd_to(run: Run, ctx: Ctx) -> None:
+    await run.call(ctx["to_os"], "mod_add", {"frames": ctx["frames"]})
+
+
+@figure(FIGURE)
+def build(params: dict[str, Any]) -> Choreography:
+    return Choreography(FIGURE, f"¶39 borrow {params.get('n')} frames of {params.get('from_os')} "
+                                f"for {params.get('to_os')}", [
+        alloc_pin("from_os", "n", patent="module in OS A allocates and pins N frames"),
+        transfer("frames", "from_os", None, "to_vmm", to_owner=VMM, patent="the VMM takes them (zeroed)"),
+        transfer("frames", None, "to_os", "to_os", from_owner=VMM, patent="the VMM hands them to OS B (zeroed)"),
+        Step("map_to_os", _remap_to, _remap_to, "(B's map reaches them while the VMM manages its memory)"),
+        add_frames("to_os", "frames", "add_to_free_list", patent="module in OS B adds them to its free list"),
+    ], params=params)
+
+
+@figure(FIGURE_RETURN)
+def build_return(params: dict[str, Any]) -> Choreography:
+    return Choreography(FIGURE_RETURN, f"¶39 return {len(params.get('frames') or [])} frames of "
+                                       f"{params.get('from_os')} from {params.get('to_os')}", [
+        Step("give_back", _give_back_to, _readd_to, "module in OS B gives the frames back"),
+        transfer("frames", "to_os", None, "to_vmm", to_owner=VMM, patent="the VMM takes them (zeroed)"),
+        transfer("frames", None, "from_os", "to_lender", from_owner=VMM, patent="back to OS A (zeroed)"),
+        Step("map_lender", _remap_from, _remap_from, "(A's map reaches them while the VMM manages its memory)"),
+        add_frames("from_os", "frames", "add_to_free_list", patent="module in OS A adds them to its free list"),
+    ], params=params)
+
+
+def _check(orch, from_os: str, to_os: str) -> None:
+    r = Run(orch, "", FIGURE)
+    r.os_option(from_os, "memctl", None)
+    r.os_option(to_os, "memctl", None)
+    if from_os == to_os:
+        raise ChoreographyError(f"an OS cannot borrow from itself ({from_os})")
+    if not orch.virt.vmm_loaded:
+        raise ChoreographyError("borrowing goes through the VMM, which is not loaded: `hwemu vmm load` first")
+
+
+async def borrow(orch, from_os: str, to_os: str, n: int, budget_ms: float | None = None) -> dict[str, Any]:
+    """Lend ``n`` frames of ``from_os`` to ``to_os`` (¶39).
+
+    Raises:
+        ChoreographyError: refused before any step.
+        ChoreographyFailed: a step failed (e.g. the lender refused); rolled back.
+    """
+    _check(orch, from_os, to_os)
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ChoreographyError(f"the number of frames to borrow must be positive, got {n!r}")
+    chor = build({"from_os": from_os, "to_os": to_os, "n": n})
+
+    def commit(ctx: Ctx) -> None:
+        orch.virt.loans.append({"id": ctx["choreography"], "from": from_os, "to": to_os,
+                                "frames": list(ctx["frames"])})
+
+    chor.on_commit = commit
+    if budget_ms is not None:
+        chor.budget_ms = budget_ms
+    report = await chor.run(orch)
+    first = report["steps"][0]["data"]
+    report["frames"] = first.get("frames") or []
+    report["partial"] = first.get("frames_partial")
+    return report
+
+
+async def give_back(orch, from_os: str, to_os: str, loan: str | None = None) -> list[dict[str, Any]]:
+    """Return every loan ``from_os`` → ``to_os`` (or the one named ``loan``); one report each."""
+    _check(orch, from_os, to_os)
+    loans = [ln for ln in orch.virt.loans if ln["from"] == from_os and ln["to"] == to_os
+             and (loan is None or ln["id"] == loan)]
+    if not loans:
+        raise ChoreographyError(f"no frames of {from_os} are lent to {to_os}"
+                                + (f" under loan {loan}" if loan else ""))
+    reports = []
+    for ln in loans:
+        chor = build_return({"from_os": from_os, "to_os": to_os, "frames": ln["frames"]})
+        chor.on_commit = lambda ctx, ln=ln: orch.virt.loans.remove(ln)
+        reports.append(await chor.run(orch))
+    return reports

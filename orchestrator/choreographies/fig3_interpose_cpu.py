@@ -1,0 +1,123 @@
+"""FIG. 3: interpose the VMM under a running OS, on the CPU and memory.
+
+Patent steps → steps here:
+
+- (new flows) the VMM's own flows are routed first, so that nothing it sends
+  can find no route: ``trap:vmm.<os>`` → os, ``irq:vmm.<os>`` → os,
+  ``priv:vmm`` → cpu (route changes with no old receiver; not undone, a
+  route nobody sends on is harmless);
+- (attach) ``vmm_attach_os`` {os, asid_base, current}: the VMM starts
+  managing the OS (asid base 0 for the first, so its TLB entries stay valid);
+- 302-306 disable interrupts → redirect the CPU's trap and interrupt routes
+  to the VMM → re-enable: ONE lossless route change
+  ``{trap:cpu0: vmm, irq:timer0: vmm}``; its pause is the disabled window;
+- 308 disable the OS's direct addressability: ``mem_set_map`` with the
+  identity made explicit (every frame the OS owns, guest page = frame);
+- 310 route privileged operations to the VMM: ``priv:<os>`` → vmm;
+- 312 resume the OS: nothing stopped it (the route change only held its
+  traps); recorded as a step so the journal shows the figure whole.
+
+Recovery after an orchestrator crash: rolled back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
+
+FIGURE = "fig3"
+
+
+def _names(run: Run, ctx: Ctx) -> tuple[str, str, str]:
+    os_name = ctx["os"]
+    return os_name, run.os_option(os_name, "cpu", "cpu0"), run.os_option(os_name, "timer", "timer0")
+
+
+async def _new_flows(run: Run, ctx: Ctx) -> dict[str, Any]:
+    os_name, cpu, _ = _names(run, ctx)
+    return await run.reroute({f"trap:{VMM}.{os_name}": os_name, f"irq:{VMM}.{os_name}": os_name,
+                              f"priv:{VMM}": cpu})
+
+
+async def _attach(run: Run, ctx: Ctx) -> dict[str, Any]:
+    os_name, cpu, _ = _names(run, ctx)
+    current = run.orch.routes.table.get(f"trap:{cpu}") == os_name
+    await run.call(VMM, "vmm_attach_os", {"os": os_name, "asid_base": ctx["asid_base"], "current": current})
+    return {"current": current}
+
+
+async def _detach(run: Run, ctx: Ctx) -> None:
+    await run.call(VMM, "vmm_detach_os", {"os": ctx["os"]})
+
+
+async def _redirect(run: Run, ctx: Ctx) -> dict[str, Any]:
+    _, cpu, timer = _names(run, ctx)
+    out = await run.reroute({f"trap:{cpu}": VMM, f"irq:{timer}": VMM})
+    return {"pause_ms": out["pause_ms"], "traps_previous": out["previous"]}
+
+
+async def _redirect_back(run: Run, ctx: Ctx) -> None:
+    await run.restore_routes(ctx.get("traps_previous") or {})
+
+
+async def _map(run: Run, ctx: Ctx) -> dict[str, Any]:
+    os_name = ctx["os"]
+    owners = await run.call(run.memctl(os_name), "mem_owners")
+    frames = owners.get(os_name, [])
+    await run.call(run.memctl(os_name), "mem_set_map", {"space": os_name, "map": {str(f): f for f in frames}})
+    return {"mapped_pages": len(frames)}
+
+
+async def _identity(run: Run, ctx: Ctx) -> None:
+    await run.call(run.memctl(ctx["os"]), "mem_set_identity", {"space": ctx["os"]})
+
+
+async def _priv(run: Run, ctx: Ctx) -> dict[str, Any]:
+    out = await run.reroute({f"priv:{ctx['os']}": VMM})
+    return {"pause_ms": out["pause_ms"], "priv_previous": out["previous"]}
+
+
+async def _priv_back(run: Run, ctx: Ctx) -> None:
+    await run.restore_routes(ctx.get("priv_previous") or {})
+
+
+async def _resume(run: Run, ctx: Ctx) -> dict[str, Any]:
+    return {"resumed": ctx["os"]}
+
+
+@figure(FIGURE)
+def build(params: dict[str, Any]) -> Choreography:
+    return Choreography(FIGURE, f"FIG. 3 interpose the VMM on the CPU of {params.get('os')}", [
+        Step("new_flows", _new_flows, None, "(the VMM's flows to the OS and the CPU)"),
+        Step("attach", _attach, _detach, "(the VMM manages the OS)"),
+        Step("redirect_traps", _redirect, _redirect_back,
+             "302-306 disable interrupts, traps and interrupts to the VMM, re-enable"),
+        Step("disable_direct_addressing", _map, _identity, "308 disable direct addressability"),
+        Step("route_priv", _priv, _priv_back, "310 privileged operations to the VMM"),
+        Step("resume_os", _resume, None, "312 resume the OS"),
+    ], params=params)
+
+
+async def interpose_cpu(orch, os_name: str, budget_ms: float | None = None) -> dict[str, Any]:
+    """Run FIG. 3 for ``os_name``.
+
+    Raises:
+        ChoreographyError: the VMM is not loaded, or manages the OS already.
+        ChoreographyFailed: a step failed; rolled back.
+    """
+    st = orch.virt
+    if not st.vmm_loaded:
+        raise ChoreographyError("the VMM is not loaded: `hwemu vmm load` first")
+    if st.attached.get(os_name, {}).get("cpu") == VMM:
+        raise ChoreographyError(f"the CPU of {os_name} is virtualized already")
+    Run(orch, "", FIGURE).os_option(os_name, "cpu", None)
+    chor = build({"os": os_name, "asid_base": st.next_asid_base()})
+
+    def commit(ctx: Ctx) -> None:
+        st.attached[os_name] = {"asid_base": ctx["asid_base"], "cpu": VMM, "memory": VMM}
+
+    chor.on_commit = commit
+    if budget_ms is not None:
+        chor.budget_ms = budget_ms
+    return await chor.run(orch)

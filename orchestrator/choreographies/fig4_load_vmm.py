@@ -1,0 +1,76 @@
+"""FIG. 4: load the VMM at runtime into frames an OS gives up.
+
+Patent steps, each one step here:
+
+- 402 the host OS's kernel module allocates and pins N frames
+  (``mod_alloc_pin`` {n} on the host, ``mem_pin`` on the memory controller);
+- 404 the frames become the VMM's, zeroed (``mem_transfer`` host → ``vmm``);
+- 406 the VMM image is loaded there: the ``vmm`` node, a deferred node of the
+  topology (``autostart = false``), is started;
+- 408 the VMM initialises and discovers the resources (``vmm_init`` {frames, host}).
+
+A failing step undoes the earlier ones in reverse: the VMM node stopped, the
+frames back to the host (zeroed again) and onto its free list. Recovery after
+an orchestrator crash: rolled back (see the package docstring).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.frames import alloc_pin, transfer
+
+FIGURE = "fig4"
+
+
+async def _start_vmm(run: Run, ctx: Ctx) -> dict[str, Any]:
+    started = await run.orch.start_node(VMM)
+    return {"vmm_started": started}
+
+
+async def _stop_vmm(run: Run, ctx: Ctx) -> None:
+    if ctx.get("vmm_started"):
+        await run.orch.stop_node(VMM)
+
+
+async def _init(run: Run, ctx: Ctx) -> dict[str, Any]:
+    data = await run.call(VMM, "vmm_init", {"frames": ctx["frames"], "host": ctx["host"]})
+    return {"discovered": data}
+
+
+@figure(FIGURE)
+def build(params: dict[str, Any]) -> Choreography:
+    return Choreography(FIGURE, f"FIG. 4 load the VMM into {params.get('n')} frames of {params.get('host')}", [
+        alloc_pin("host", "n", patent="402 kernel module allocates and pins frames"),
+        transfer("frames", "host", None, "to_vmm", to_owner=VMM, patent="404 frames become the VMM's (zeroed)"),
+        Step("start_vmm", _start_vmm, _stop_vmm, "406 VMM image loaded into them"),
+        Step("vmm_init", _init, None, "408 VMM initialised (resource discovery)"),
+    ], params=params)
+
+
+async def load_vmm(orch, host: str = "os1", frames: int = 64, budget_ms: float | None = None) -> dict[str, Any]:
+    """Run FIG. 4 on a running cluster.
+
+    Raises:
+        ChoreographyError: refused before any step (already loaded, no vmm node, not an OS).
+        ChoreographyFailed: a step failed; rolled back.
+    """
+    st = orch.virt
+    if st.vmm_loaded:
+        raise ChoreographyError(f"the VMM is loaded already (in {len(st.vmm_frames)} frames of {st.vmm_host}); "
+                                "`hwemu vmm unload` first")
+    if VMM not in orch.topology.nodes:
+        raise ChoreographyError(f"topology {orch.topology.source} has no node named {VMM!r} to load")
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames <= 0:
+        raise ChoreographyError(f"the VMM needs a positive number of frames, got {frames!r}")
+    chor = build({"host": host, "n": frames})
+    Run(orch, "", FIGURE).os_option(host, "memctl", None)  # host must be an OS: refuse clearly
+
+    def commit(ctx: Ctx) -> None:
+        st.vmm_loaded, st.vmm_host, st.vmm_frames = True, host, list(ctx["frames"])
+
+    chor.on_commit = commit
+    if budget_ms is not None:
+        chor.budget_ms = budget_ms
+    return await chor.run(orch)

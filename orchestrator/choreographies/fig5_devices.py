@@ -1,0 +1,134 @@
+"""FIG. 5 (interpose on a device) and FIG. 6 (give a device back), for the
+UART (the devices an OS drives through a dual-mode driver).
+
+FIG. 5, patent steps → steps here:
+
+- (new flows) ``io:vmm.<device>`` → the device node (the VMM's native
+  driver) and ``irq:vmm.<os>`` → os (virtual interrupts);
+- 502-504 disable interrupts, the dual-mode driver to virtual: ``os_driver_mode``
+  {device, mode: virtual} on the OS (it drains its queue, exports its state);
+- (the VMM takes the device) ``vmm_device`` {device, node, mode: virtual};
+- 506-508 the device's interrupts (and the OS's commands) to the VMM,
+  re-enable: ONE lossless route change ``{io:<os>.<device>: vmm, irq:<node>: vmm}``.
+
+FIG. 6 is the reverse: routes back to the device and the OS (one change),
+``vmm_device`` native, the driver to native (it imports the state).
+
+Recovery after an orchestrator crash: rolled back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
+
+FIGURE_IN = "fig5"
+FIGURE_OUT = "fig6"
+DEVICES = ("uart",)
+
+
+def _node(run: Run, ctx: Ctx) -> str:
+    return run.os_option(ctx["os"], ctx["device"], f"{ctx['device']}0")
+
+
+async def _new_flows(run: Run, ctx: Ctx) -> dict[str, Any]:
+    out = await run.reroute({f"io:{VMM}.{ctx['device']}": _node(run, ctx), f"irq:{VMM}.{ctx['os']}": ctx["os"]})
+    return {"new_flows": sorted(out["previous"])}
+
+
+def _driver(mode: str):
+    async def do(run: Run, ctx: Ctx) -> dict[str, Any]:
+        state = await run.call(ctx["os"], "os_driver_mode", {"device": ctx["device"], "mode": mode})
+        return {f"driver_{mode}": state}
+    return do
+
+
+def _vmm_device(mode: str):
+    async def do(run: Run, ctx: Ctx) -> dict[str, Any]:
+        data = await run.call(VMM, "vmm_device", {"device": ctx["device"], "node": _node(run, ctx), "mode": mode,
+                                                  "os": ctx["os"]})
+        return {f"vmm_{mode}": data}
+    return do
+
+
+def _routes(to_vmm: bool):
+    async def do(run: Run, ctx: Ctx) -> dict[str, Any]:
+        os_name, node = ctx["os"], _node(run, ctx)
+        io, irq = f"io:{os_name}.{ctx['device']}", f"irq:{node}"
+        out = await run.reroute({io: VMM, irq: VMM} if to_vmm else {io: node, irq: os_name})
+        return {"pause_ms": out["pause_ms"], "routes_previous": out["previous"]}
+    return do
+
+
+async def _routes_undo(run: Run, ctx: Ctx) -> None:
+    await run.restore_routes(ctx.get("routes_previous") or {})
+
+
+def _undo_with(fn):
+    async def undo(run: Run, ctx: Ctx) -> None:
+        await fn(run, ctx)
+    return undo
+
+
+@figure(FIGURE_IN)
+def build_in(params: dict[str, Any]) -> Choreography:
+    return Choreography(FIGURE_IN, f"FIG. 5 interpose the VMM on the {params.get('device')} of {params.get('os')}", [
+        Step("new_flows", _new_flows, None, "(the VMM's flows to the device and the OS)"),
+        Step("driver_virtual", _driver("virtual"), _undo_with(_driver("native")),
+             "502-504 disable interrupts, driver to virtual (drain, export state)"),
+        Step("vmm_takes_device", _vmm_device("virtual"), _undo_with(_vmm_device("native")),
+             "(the VMM's native driver takes the device)"),
+        Step("redirect", _routes(True), _routes_undo, "506-508 device interrupts to the VMM, re-enable"),
+    ], params=params)
+
+
+@figure(FIGURE_OUT)
+def build_out(params: dict[str, Any]) -> Choreography:
+    return Choreography(FIGURE_OUT, f"FIG. 6 give the {params.get('device')} back to {params.get('os')}", [
+        Step("redirect_back", _routes(False), _routes_undo, "602-606 disable interrupts, interrupts to the OS"),
+        Step("vmm_releases_device", _vmm_device("native"), _undo_with(_vmm_device("virtual")),
+             "(the VMM's native driver lets go)"),
+        Step("driver_native", _driver("native"), _undo_with(_driver("virtual")),
+             "604 driver to native (import state), re-enable"),
+    ], params=params)
+
+
+def _check(orch, os_name: str, device: str) -> None:
+    if device not in DEVICES:
+        raise ChoreographyError(f"device {device!r} cannot be virtualized (devices: {', '.join(DEVICES)})")
+    Run(orch, "", FIGURE_IN).os_option(os_name, device, None)
+
+
+async def interpose_device(orch, os_name: str, device: str = "uart", budget_ms: float | None = None) -> dict:
+    """Run FIG. 5 for ``device`` of ``os_name``."""
+    st = orch.virt
+    _check(orch, os_name, device)
+    if not st.vmm_loaded:
+        raise ChoreographyError("the VMM is not loaded: `hwemu vmm load` first")
+    key = f"{os_name}.{device}"
+    if key in st.devices:
+        raise ChoreographyError(f"the {device} of {os_name} is virtualized already")
+    chor = build_in({"os": os_name, "device": device})
+
+    def commit(ctx: Ctx) -> None:
+        st.devices[key] = {"os": os_name, "device": device, "node": orch.topology.nodes[os_name].options.get(device, f"{device}0")}
+
+    chor.on_commit = commit
+    if budget_ms is not None:
+        chor.budget_ms = budget_ms
+    return await chor.run(orch)
+
+
+async def give_back_device(orch, os_name: str, device: str = "uart", budget_ms: float | None = None) -> dict:
+    """Run FIG. 6 for ``device`` of ``os_name``."""
+    st = orch.virt
+    _check(orch, os_name, device)
+    key = f"{os_name}.{device}"
+    if key not in st.devices:
+        raise ChoreographyError(f"the {device} of {os_name} is not virtualized")
+    chor = build_out({"os": os_name, "device": device})
+    chor.on_commit = lambda ctx: st.devices.pop(key, None)
+    if budget_ms is not None:
+        chor.budget_ms = budget_ms
+    return await chor.run(orch)

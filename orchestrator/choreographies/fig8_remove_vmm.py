@@ -1,0 +1,103 @@
+"""FIG. 8: remove the VMM — memory back to the OS, devices back, CPU back,
+optionally unload, returning the VMM's own frames to its host.
+
+Each part is its own journaled choreography, in the figure's order:
+
+- 802 memory back: every outstanding loan returned (¶39 in reverse), then
+  direct addressability for an OS whose CPU stays virtualized;
+- 804 devices back: FIG. 6 for each virtualized device;
+- 806 CPU back: FIG. 7 (refused while two OS instances run under the VMM);
+- 808 unload (optional, this module's own figure ``fig8_unload``): the
+  ``vmm`` node stopped, its frames back to the host (``mem_transfer`` vmm →
+  host, zeroed) and onto the host's free list (``mod_add``).
+
+Recovery after an orchestrator crash: rolled back (a half-done unload puts
+the frames back with the VMM; the node is not restarted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.borrow import give_back
+from orchestrator.choreographies.fig5_devices import give_back_device
+from orchestrator.choreographies.fig7_devirtualize_cpu import devirtualize_cpu, devirtualize_memory
+from orchestrator.choreographies.frames import add_frames, transfer
+
+FIGURE_UNLOAD = "fig8_unload"
+
+
+async def _stop(run: Run, ctx: Ctx) -> dict[str, Any]:
+    stopped = await run.orch.stop_node(VMM)
+    return {"vmm_stopped": stopped}
+
+
+async def _restart(run: Run, ctx: Ctx) -> None:
+    if ctx.get("vmm_stopped"):
+        await run.orch.start_node(VMM)
+        await run.call(VMM, "vmm_init", {"frames": ctx["frames"], "host": ctx["host"]})
+
+
+@figure(FIGURE_UNLOAD)
+def build_unload(params: dict[str, Any]) -> Choreography:
+    return Choreography(FIGURE_UNLOAD, f"FIG. 8 unload the VMM, its frames back to {params.get('host')}", [
+        Step("stop_vmm", _stop, _restart, "808 unload the VMM"),
+        transfer("frames", None, "host", "to_host", from_owner=VMM, patent="808 its frames back (zeroed)"),
+        add_frames("host", "frames", "add_to_free_list", patent="808 the host's module adds them to its free list"),
+    ], params=params)
+
+
+async def unload(orch) -> dict[str, Any]:
+    """Stop the VMM and return its frames; refused while it manages anything."""
+    st = orch.virt
+    if not st.vmm_loaded:
+        raise ChoreographyError("the VMM is not loaded")
+    busy = ([f"the CPU of {o}" for o in sorted(st.attached)] + [f"the {d['device']} of {d['os']}"
+            for d in st.devices.values()] + [f"{len(ln['frames'])} frames {ln['from']}→{ln['to']}" for ln in st.loans])
+    if busy:
+        raise ChoreographyError(f"cannot unload the VMM while it manages {', '.join(busy)}: "
+                                "`hwemu devirtualize` first")
+    chor = build_unload({"host": st.vmm_host, "frames": list(st.vmm_frames)})
+
+    def commit(ctx: Ctx) -> None:
+        st.vmm_loaded, st.vmm_host, st.vmm_frames = False, None, []
+
+    chor.on_commit = commit
+    return await chor.run(orch)
+
+
+async def remove_vmm(orch, cpu: bool = True, io: list[str] | None = None, memory: bool = True,
+                     unload_vmm: bool = False) -> list[dict[str, Any]]:
+    """Devirtualize in FIG. 8's order what is asked; returns one report per choreography run.
+
+    ``cpu`` implies memory and every device of the OS (devirtualizing the
+    CPU implies the rest). ``io`` lists devices ("uart") or ``["all"]``.
+
+    Raises:
+        ChoreographyError: a refusal (its message says which and why); earlier parts stay done.
+        ChoreographyFailed: a part failed and was rolled back; earlier parts stay done.
+    """
+    st = orch.virt
+    reports: list[dict[str, Any]] = []
+    io = list(io or [])
+    if cpu and len(st.attached) > 1:
+        raise ChoreographyError(f"cannot devirtualize the CPU while {len(st.attached)} OS instances run under the "
+                                f"VMM ({', '.join(sorted(st.attached))}): only one OS can own the CPU")
+    if cpu or memory:  # 802 memory back
+        for ln in list(st.loans):
+            if any(ln is x for x in st.loans):
+                reports += await give_back(orch, ln["from"], ln["to"], ln["id"])
+        if not cpu:
+            for os_name, att in sorted(st.attached.items()):
+                if att.get("memory") == VMM:
+                    reports.append(await devirtualize_memory(orch, os_name))
+    for key, dev in sorted(st.devices.items()):  # 804 devices back
+        if cpu or "all" in io or dev["device"] in io:
+            reports.append(await give_back_device(orch, dev["os"], dev["device"]))
+    if cpu:  # 806 CPU back
+        for os_name in sorted(st.attached):
+            reports.append(await devirtualize_cpu(orch, os_name))
+    if unload_vmm:  # 808
+        reports.append(await unload(orch))
+    return reports

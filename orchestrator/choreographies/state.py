@@ -1,0 +1,60 @@
+"""Who controls each resource (DESIGN.md §5): the orchestrator's record of
+what the choreographies committed, shown by ``hwemu status`` and checked by
+their preconditions (refusals).
+
+It lives in the orchestrator's memory: a restarted orchestrator restarts the
+nodes too, so the machine comes back native (and the journal rolls back what
+was half done).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from orchestrator.topology import Topology
+
+VMM = "vmm"
+
+
+@dataclass
+class VirtState:
+    """The virtualization state of a cluster."""
+
+    vmm_loaded: bool = False
+    vmm_host: str | None = None
+    vmm_frames: list[int] = field(default_factory=list)
+    attached: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """os -> {"asid_base", "cpu": "vmm", "memory": "vmm" | "os"} while the VMM manages it."""
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """"<os>.<device>" -> {"os", "device", "node"} while the device is virtualized."""
+    loans: list[dict[str, Any]] = field(default_factory=list)
+    """{"id", "from", "to", "frames"} of frames lent and not returned."""
+    auto_devirtualize: bool = False
+    """Policy (off by default): devirtualize everything once one OS remains."""
+
+    def loans_of(self, os_name: str) -> list[dict[str, Any]]:
+        return [ln for ln in self.loans if os_name in (ln["from"], ln["to"])]
+
+    def next_asid_base(self) -> int:
+        used = {a["asid_base"] for a in self.attached.values()}
+        base = 0
+        while base in used:
+            base += 0x10000
+        return base
+
+    def view(self, topology: "Topology") -> dict[str, Any]:
+        """``{resource: controller}`` for every OS's CPU, memory and devices, plus the VMM and loans."""
+        resources: dict[str, str] = {}
+        for name, spec in topology.nodes.items():
+            if spec.kind != "os":
+                continue
+            att = self.attached.get(name, {})
+            resources[f"{name}.cpu"] = VMM if att.get("cpu") == VMM else name
+            resources[f"{name}.memory"] = VMM if att.get("memory") == VMM else name
+            dev = spec.options.get("uart", "uart0")
+            resources[f"{name}.uart ({dev})"] = VMM if f"{name}.uart" in self.devices else name
+        return {"vmm": {"loaded": self.vmm_loaded, "host": self.vmm_host, "frames": len(self.vmm_frames)},
+                "resources": resources, "loans": list(self.loans),
+                "policy": {"auto_devirtualize": self.auto_devirtualize}}
