@@ -35,6 +35,7 @@ from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.transport import Party
 
 POLL_S = 0.05  # how often the console log is looked at while the program runs
+CHECK_S = 2.0  # how often the OS is asked whether it still has the program
 
 
 class Lost(Exception):
@@ -124,6 +125,16 @@ async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, el
     return exits[pid]
 
 
+async def _still_there(party: Party, os_name: str, pid: int) -> None:
+    """The OS still runs ``pid`` (or has just ended it); else :class:`Lost`."""
+    try:
+        ps = (await party.request(os_name, "os_ps", timeout=10)).body["data"]
+    except (RequestTimeout, RemoteError) as exc:
+        raise Lost(f"{os_name} does not answer: {exc}") from None
+    if not any(p["pid"] == pid for p in ps["procs"] + ps["exited"]):
+        raise Lost(f"{os_name} no longer knows pid {pid} (was it restarted?)")
+
+
 async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, argv: list[str], log_path: Path,
                          exits: dict[int, dict], arrived, copy, timeout: float | None,
                          stdin: bytes | None = None, info: dict | None = None) -> int:
@@ -142,10 +153,14 @@ async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, ar
         f.seek(start)
         pos = start
         with trio.fail_after(timeout) if timeout else contextlib.nullcontext():
+            next_check = trio.current_time() + CHECK_S
             while pid not in exits:
                 pos += copy(f, None)
                 with trio.move_on_after(POLL_S):
                     await arrived().wait()
+                if pid not in exits and trio.current_time() >= next_check:
+                    await _still_there(party, os_node["name"], pid)
+                    next_check = trio.current_time() + CHECK_S
         try:
             logged = (await party.request(uart["name"], "uart_sync", timeout=10)).body["data"]["logged"]
         except RequestTimeout as exc:

@@ -462,6 +462,24 @@ def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, 
     assert ps["procs"] == [], ps
     assert ps["exited"][-1]["code"] == 130 and "signal 2" in ps["exited"][-1]["reason"], ps["exited"][-1]
 
+    # the OS dies under a running program (SIGKILL; the supervisor restarts it
+    # empty): hwemu run does not wait forever, it says so and exits 1
+    import json
+
+    proc = subprocess.Popen([HWEMU, "run", "compose/native.toml", str(BUILD / "timeshare.elf"), "--", "Y", "100000"],
+                            cwd=REPO, env={**os.environ, "HWEMU_RUN_DIR": str(rd)}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert read_line_within(proc, 60).startswith(b"Y: line 1 ")
+        os.kill(json.loads((rd / "cluster.json").read_text())["nodes"]["os1"], signal.SIGKILL)
+        assert proc.wait(timeout=60) == 1
+        err = proc.stderr.read().decode()
+        assert "os1" in err and err.count("\n") == 1, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
 
 def read_line_within(proc: subprocess.Popen, seconds: float) -> bytes:
     """The first line a child prints, or fail after ``seconds``."""
