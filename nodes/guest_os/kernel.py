@@ -606,6 +606,14 @@ class OsNode(Node):
         self.exited: deque[dict[str, Any]] = deque(maxlen=64)
         self.mem_ops = 0
 
+    async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Message:
+        """A request on a flow, but never past messages a route change holds
+        back: it would overtake them (and they would arrive as duplicates)."""
+        out = self.out_flows.get(flow)
+        while out is not None and (out.paused or out.flushing):
+            await out.resumed.wait()
+        return await super().emit_request(flow, kind, body, timeout=timeout)
+
     # -- Hardware interface for the kernel ------------------------------------------
 
     async def _mem(self, kind: str, body: dict[str, Any]) -> Message:
