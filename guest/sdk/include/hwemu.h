@@ -80,4 +80,41 @@ long strtol(const char *s, char **end, int base);
 __attribute__((noreturn)) void exit(int code);
 __attribute__((noreturn)) void abort(void);
 
+/* ---- fcntl.h, sys/socket.h, netinet/in.h: what the network samples use ---- */
+/* open flags (asm-generic values, as RV32 Linux uses them) */
+#define O_RDONLY   0
+#define O_WRONLY   1
+#define O_RDWR     2
+#define O_CREAT    0100
+#define O_TRUNC    01000
+#define AT_FDCWD   HWEMU_AT_FDCWD
+#define HWEMU_ENOENT   2
+
+/* IPv4 UDP only */
+#define AF_INET          2
+#define SOCK_DGRAM       2
+#define INADDR_ANY       0x00000000u
+#define INADDR_LOOPBACK  0x7f000001u
+struct in_addr {
+    uint32_t s_addr;            /* network byte order */
+};
+struct sockaddr_in {            /* 16 bytes, as the kernel expects */
+    uint16_t sin_family;        /* AF_INET, host byte order */
+    uint16_t sin_port;          /* network byte order */
+    struct in_addr sin_addr;
+    uint8_t sin_zero[8];
+};
+/* RV32 is little-endian: network order is the byte-swapped value. (Macros,
+ * not inline functions, so that programs which do not use them compile to
+ * exactly the same objects as before they existed.) */
+#define htons(x)   __builtin_bswap16((uint16_t)(x))
+#define ntohs(x)   __builtin_bswap16((uint16_t)(x))
+#define htonl(x)   __builtin_bswap32((uint32_t)(x))
+#define ntohl(x)   __builtin_bswap32((uint32_t)(x))
+
+/* sdk/net.c: "1".."65535" -> the port, anything else -> -1 */
+int parse_port(const char *s);
+/* a SOCK_DGRAM socket bound to INADDR_ANY:port: the fd, or -errno */
+long udp_bind_any(int port);
+
 #endif
