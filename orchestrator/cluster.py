@@ -18,6 +18,9 @@ from typing import Any, AsyncIterator
 
 import trio
 
+from orchestrator import choreographies as chor
+from orchestrator.choreographies.state import VirtState
+from orchestrator.journal import Journal
 from orchestrator.routes import RouteAuthority, RouteChangeError
 from orchestrator.supervisor import NodeProc, Supervisor
 from orchestrator.topology import ORCHESTRATOR, Topology
@@ -49,6 +52,11 @@ class Orchestrator:
         self.started = time.monotonic()
         self.done = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self.journal = Journal(self.run_dir / "journal.jsonl")
+        self.virt = VirtState()
+        self.choreography_lock = trio.Lock()  # one choreography at a time
+        self.recovered: list[dict[str, Any]] = []
+        self.step_hook = None  # async (figure, step) -> None, awaited after each choreography step
 
     # -- life cycle -------------------------------------------------------------
 
@@ -84,7 +92,28 @@ class Orchestrator:
         await nursery.start(self.party.serve, self._dispatch)
         specs = list(self.topology.nodes.values())
         await self.supervisor.start_all(nursery, specs, self.directory, self.topology.ready_timeout)
+        # a choreography cut short by a crash of the previous orchestrator is rolled back
+        self.recovered = await chor.recover(self)
+        for rec in self.recovered:
+            log.warning("rolled back incomplete choreography %s (%s): undid %s%s", rec["id"], rec["figure"],
+                        rec["undone"], f", could not undo {rec['undo_failures']}" if rec["undo_failures"] else "")
         self.state = "running"
+
+    async def start_node(self, name: str) -> bool:
+        """Launch a node that is not running (``autostart = false``); False if it was running."""
+        if name not in self.supervisor.nodes:
+            raise KeyError(f"no node {name!r} in topology {self.topology.source}")
+        return await self.supervisor.start_one(self._nursery, name, self.topology.ready_timeout)
+
+    async def stop_node(self, name: str, timeout: float = 5.0) -> bool:
+        """Stop one node (it is not restarted); False if it was not running."""
+        async def graceful(np: NodeProc) -> None:
+            try:
+                await self.party.request(np.spec.name, "shutdown", timeout=timeout / 2)
+                await np.proc.wait()
+            except (RemoteError, RequestTimeout, ProtocolError):
+                pass
+        return await self.supervisor.stop_one(name, graceful, timeout)
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Stop every node (shutdown message, SIGTERM, SIGKILL) and the orchestrator."""
@@ -135,8 +164,14 @@ class Orchestrator:
     async def _control(self, msg: Message) -> None:
         try:
             data = await getattr(self, msg.kind)(**msg.body)
-        except (ProtocolError, RouteChangeError, RemoteError, RequestTimeout, KeyError) as exc:
-            await self.party.reply(msg, "error", error_body(exc, ref=msg.kind))
+        except (ProtocolError, RouteChangeError, RemoteError, RequestTimeout, KeyError, RuntimeError,
+                chor.ChoreographyError, chor.ChoreographyFailed) as exc:
+            body = error_body(exc, ref=msg.kind)
+            if isinstance(exc, chor.ChoreographyError):
+                body["reason"] = "refused"
+            elif isinstance(exc, chor.ChoreographyFailed):
+                body["reason"] = "rolled_back"
+            await self.party.reply(msg, "error", body)
             return
         await self.party.reply(msg, "ok", {"data": data})
         if msg.kind == "ctl_down":
@@ -154,6 +189,7 @@ class Orchestrator:
                              "endpoint": self.directory[ORCHESTRATOR]},
             "nodes": [np.view() for np in self.supervisor.nodes.values()],
             "routes": self.routes.table.to_wire(),
+            "virt": self.virt.view(self.topology),
         }
 
     async def refresh_stats(self) -> None:
@@ -185,6 +221,101 @@ class Orchestrator:
         """Relay one request to a node and return its reply (for tools and tests)."""
         reply = await self.party.request(node, kind, body, timeout=timeout)
         return {"kind": reply.kind, "body": reply.body}
+
+    # -- choreographies (DESIGN.md §5; orchestrator/choreographies) ------------------
+
+    def _os_names(self) -> list[str]:
+        return [n for n, s in self.topology.nodes.items() if s.kind == "os"]
+
+    def _default_os(self, os_name: str | None) -> str:
+        """The OS named, else the one the CPU traps to, else the first OS of the topology."""
+        if os_name:
+            return os_name
+        on_cpu = self.routes.table.get("trap:cpu0")
+        if on_cpu in self._os_names():
+            return on_cpu
+        attached = sorted(self.virt.attached)
+        if attached:
+            return attached[0]
+        oses = self._os_names()
+        if not oses:
+            raise chor.ChoreographyError(f"topology {self.topology.source} has no OS instance")
+        return oses[0]
+
+    async def _exclusive(self, fn, *args, **kw) -> Any:
+        async with self.choreography_lock:
+            before = len(self.virt.attached)
+            result = await fn(self, *args, **kw)
+        if before > 1:
+            await self._apply_policy()
+        return result
+
+    async def _apply_policy(self) -> None:
+        """Policy (off by default): devirtualize everything once one OS remains under the VMM
+        (called when the number of managed OS instances drops to one)."""
+        if not self.virt.auto_devirtualize or len(self.virt.attached) != 1:
+            return
+        from orchestrator.choreographies.fig8_remove_vmm import remove_vmm
+        async with self.choreography_lock:
+            try:
+                await remove_vmm(self, cpu=True)
+            except (chor.ChoreographyError, chor.ChoreographyFailed) as exc:
+                log.warning("automatic devirtualization did not happen: %s", exc)
+
+    async def ctl_vmm_load(self, host: str = "os1", frames: int = 64) -> dict[str, Any]:
+        """FIG. 4: load the VMM into ``frames`` frames pinned by ``host``."""
+        from orchestrator.choreographies.fig4_load_vmm import load_vmm
+        return {"reports": [await self._exclusive(load_vmm, host, frames)]}
+
+    async def ctl_vmm_unload(self) -> dict[str, Any]:
+        """FIG. 8 808: stop the VMM and return its frames (refused while it manages anything)."""
+        from orchestrator.choreographies.fig8_remove_vmm import unload
+        return {"reports": [await self._exclusive(unload)]}
+
+    async def ctl_interpose(self, os: str | None = None, cpu: bool | None = None,
+                            io: list[str] | None = None) -> dict[str, Any]:
+        """FIG. 3 on the CPU and FIG. 5 on each device asked; nothing asked: everything."""
+        from orchestrator.choreographies.fig3_interpose_cpu import interpose_cpu
+        from orchestrator.choreographies.fig5_devices import DEVICES, interpose_device
+        os_name = self._default_os(os)
+        everything = not cpu and not io
+        devices = list(DEVICES) if everything or "all" in (io or []) else list(io or [])
+        reports = []
+        if (cpu or everything) and self.virt.attached.get(os_name, {}).get("cpu") != "vmm":
+            reports.append(await self._exclusive(interpose_cpu, os_name))
+        for dev in devices:
+            if f"{os_name}.{dev}" not in self.virt.devices or not everything:
+                reports.append(await self._exclusive(interpose_device, os_name, dev))
+        return {"reports": reports}
+
+    async def ctl_devirtualize(self, os: str | None = None, cpu: bool | None = None, io: list[str] | None = None,
+                               memory: bool | None = None, unload: bool | None = None) -> dict[str, Any]:
+        """FIG. 8 order: memory, devices, CPU, optionally unload; nothing asked: everything allowed."""
+        from orchestrator.choreographies.fig8_remove_vmm import remove_vmm
+        everything = not cpu and not io and not memory
+        if everything:
+            cpu = len(self.virt.attached) <= 1
+            io, memory = ["all"], True
+        reports = await self._exclusive(remove_vmm, os_name=os, cpu=bool(cpu), io=list(io or []), memory=bool(memory),
+                                        unload_vmm=bool(unload))
+        return {"reports": reports}
+
+    async def ctl_memory_borrow(self, from_os: str, to_os: str, frames: int) -> dict[str, Any]:
+        """¶39: lend ``frames`` frames of ``from_os`` to ``to_os`` through the VMM."""
+        from orchestrator.choreographies.borrow import borrow
+        return {"reports": [await self._exclusive(borrow, from_os, to_os, frames)]}
+
+    async def ctl_memory_return(self, from_os: str, to_os: str, loan: str | None = None) -> dict[str, Any]:
+        """¶39 in reverse: every loan ``from_os`` → ``to_os`` (or the one named) comes back."""
+        from orchestrator.choreographies.borrow import give_back
+        return {"reports": await self._exclusive(give_back, from_os, to_os, loan)}
+
+    async def ctl_virt_status(self) -> dict[str, Any]:
+        return self.virt.view(self.topology)
+
+    async def ctl_policy(self, auto_devirtualize: bool) -> dict[str, Any]:
+        self.virt.auto_devirtualize = bool(auto_devirtualize)
+        return self.virt.view(self.topology)["policy"]
 
     async def request(self, node: str, kind: str, body: dict | None = None, timeout: float = 5.0) -> Message:
         return await self.party.request(node, kind, body or {}, timeout=timeout)

@@ -103,12 +103,16 @@ class Supervisor:
         Raises:
             RuntimeError: a node exited or did not report ready in time (its log's tail is in the message).
         """
+        started = []
         for spec in specs:
             np = self.nodes[spec.name] = NodeProc(spec, endpoints[spec.name])
+            if not spec.autostart:
+                continue  # deferred: start_one() launches it when a choreography needs it
             await self._spawn(np)
             nursery.start_soon(self._watch, np)
+            started.append(np)
         with trio.move_on_after(timeout) as scope:
-            for np in self.nodes.values():
+            for np in started:
                 async with trio.open_nursery() as wait:
                     async def ready(np=np, wait=wait):
                         await np.ready.wait()
@@ -122,9 +126,67 @@ class Supervisor:
                     raise RuntimeError(f"node {np.spec.name} ({np.spec.kind}) exited during start-up "
                                        f"with code {np.exit_code}:\n{self.log_tail(np.spec.name)}")
         if scope.cancelled_caught:
-            late = [n for n, np in self.nodes.items() if not np.ready.is_set()]
+            late = [np.spec.name for np in started if not np.ready.is_set()]
             raise RuntimeError(f"nodes not ready after {timeout:g} s: {', '.join(late)}\n"
                                + "\n".join(self.log_tail(n) for n in late))
+
+    async def start_one(self, nursery: trio.Nursery, name: str, timeout: float) -> bool:
+        """Launch a node that is not running (a deferred one) and wait for its ``ready``.
+
+        Returns:
+            False if it was running already, True if it was started.
+
+        Raises:
+            RuntimeError: it exited or was not ready in time (with its log's tail).
+        """
+        np = self.nodes[name]
+        if np.proc is not None and np.proc.returncode is None:
+            return False
+        await self._spawn(np)
+        nursery.start_soon(self._watch, np)
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as wait:
+                async def ready():
+                    await np.ready.wait()
+                    wait.cancel_scope.cancel()
+
+                async def died():
+                    await np.exited.wait()
+                    wait.cancel_scope.cancel()
+                wait.start_soon(ready)
+                wait.start_soon(died)
+        if not np.ready.is_set():
+            if np.proc.returncode is None:
+                await self.stop_one(name, None, 1.0)
+            raise RuntimeError(f"node {name} ({np.spec.kind}) did not become ready "
+                               f"(exit code {np.exit_code}):\n{self.log_tail(name)}")
+        return True
+
+    async def stop_one(self, name: str, graceful: Callable[[NodeProc], Any] | None, timeout: float = 5.0) -> bool:
+        """Stop one node (graceful, then SIGTERM, then SIGKILL, by pid); not restarted.
+
+        Returns:
+            False if it was not running.
+        """
+        np = self.nodes[name]
+        if np.proc is None or np.proc.returncode is not None:
+            return False
+        np.state = "stopping"
+        if graceful is not None:
+            with trio.move_on_after(timeout):
+                await graceful(np)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if np.proc.returncode is not None:
+                break
+            try:
+                os.kill(np.pid, sig)
+            except ProcessLookupError:
+                pass
+            with trio.move_on_after(timeout / 2 if sig == signal.SIGTERM else timeout):
+                await np.proc.wait()
+        await np.exited.wait()
+        np.state = "stopped"
+        return True
 
     def log_tail(self, name: str, lines: int = 15) -> str:
         try:

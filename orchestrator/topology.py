@@ -7,6 +7,7 @@ inboxes are, their options and the initial routes (DESIGN.md §1, §2).
     [nodes.cpu0]
     kind = "cpu"             # a node kind: nodes.<module> is started for it
     restart = "on-failure"   # never | on-failure | always
+    autostart = true         # false: not launched at `up`; a choreography starts it (the vmm, os2)
     [nodes.cpu0.options]
     quantum = 20000
 
@@ -64,6 +65,7 @@ class NodeSpec:
     restart: str = "on-failure"
     max_restarts: int = 3
     options: dict[str, Any] = field(default_factory=dict)
+    autostart: bool = True
 
 
 @dataclass
@@ -151,9 +153,9 @@ def parse(data: dict, source: str = "<topology>") -> Topology:
         if node_name == ORCHESTRATOR:
             raise TopologyError(source, key, f"the name {ORCHESTRATOR!r} is reserved for the orchestrator")
         raw = _table(raw, source, key)
-        extra = set(raw) - {"kind", "module", "endpoint", "restart", "max_restarts", "options"}
+        extra = set(raw) - {"kind", "module", "endpoint", "restart", "max_restarts", "options", "autostart"}
         if extra:
-            raise TopologyError(source, f"{key}.{sorted(extra)[0]}", "unknown key (expected kind, module, endpoint, restart, max_restarts, options)")
+            raise TopologyError(source, f"{key}.{sorted(extra)[0]}", "unknown key (expected kind, module, endpoint, restart, max_restarts, options, autostart)")
         kind = raw.get("kind")
         if not isinstance(kind, str):
             raise TopologyError(source, f"{key}.kind", f"missing or not a string; known kinds: {', '.join(sorted(KINDS))}")
@@ -177,7 +179,10 @@ def parse(data: dict, source: str = "<topology>") -> Topology:
         if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
             raise TopologyError(source, f"{key}.max_restarts", f"expected a non-negative integer, got {max_restarts!r}")
         options = _table(raw.get("options", {}), source, f"{key}.options")
-        nodes[node_name] = NodeSpec(node_name, kind, module, endpoint, restart, max_restarts, dict(options))
+        autostart = raw.get("autostart", True)
+        if not isinstance(autostart, bool):
+            raise TopologyError(source, f"{key}.autostart", f"expected true or false, got {autostart!r}")
+        nodes[node_name] = NodeSpec(node_name, kind, module, endpoint, restart, max_restarts, dict(options), autostart)
 
     routes_raw = _table(data.get("routes", {}), source, "routes")
     routes: dict[str, str] = {}

@@ -60,10 +60,22 @@ register("vmm_status")
 # -- memory controller administration (orchestrator / vmm only) ---------------------------
 register("mem_transfer", frames=Field("list", items="int"), from_owner="str", to_owner="str")
 # frames change owner, zeroed first (¶39); from an OS they must be pinned by it (mem_pin)
-register("mem_pin", frames=Field("list", items="int"))           # an OS pins its own frames
-register("mem_unpin", frames=Field("list", items="int"))
+register("mem_pin", frames=Field("list", items="int"), owner=_opt("str"))  # an OS pins its own frames;
+register("mem_unpin", frames=Field("list", items="int"), owner=_opt("str"))  # orch/vmm name the owner
 register("mem_set_map", space="str", map=Field("dict", items="int"))   # {str(gpn): frame}
 register("mem_set_identity", space="str")
 register("mem_create_space", space="str", frames=Field("list", items="int"))
 register("mem_destroy_space", space="str")
 register("mem_owners")   # data: {owner: [frames...]}, plus "invariants": "ok" or the violation
+
+# -- control requests (CLI → orchestrator; replies ok {data: report} or error) -----------
+# each report lists the choreography's steps with their pause time (orchestrator/choreographies)
+register("ctl_vmm_load", host=_opt("str"), frames=_opt("int"))
+register("ctl_vmm_unload")
+register("ctl_interpose", os=_opt("str"), cpu=_opt("bool"), io=_opt("list", items="str"))
+register("ctl_devirtualize", os=_opt("str"), cpu=_opt("bool"), io=_opt("list", items="str"),
+         memory=_opt("bool"), unload=_opt("bool"))
+register("ctl_memory_borrow", from_os="str", to_os="str", frames="int")
+register("ctl_memory_return", from_os="str", to_os="str", loan=_opt("str"))
+register("ctl_virt_status")    # data: who controls each resource, the VMM, the loans, the policy
+register("ctl_policy", auto_devirtualize="bool")

@@ -18,6 +18,14 @@ with the error's ``reason`` (``mem_fault``, ``bad_address``, ``recovering``...).
 A node named like an OS address space may only name its own space; other
 initiators (CPUs, the VMM, devices) name the space in the body.
 
+Administration (``protocol/vmm.py``; DESIGN.md §5): ``mem_transfer``,
+``mem_set_map``, ``mem_set_identity``, ``mem_create_space``,
+``mem_destroy_space``, ``mem_owners`` are accepted only from the orchestrator
+(``orch``) and the VMM (``vmm``); ``mem_pin`` / ``mem_unpin`` also from an OS
+for its own frames (from ``orch``/``vmm`` for the frames' ``owner``, named in
+the body or else the frames' current owner). Each answers ``ok`` {data} or
+``error`` (``forbidden``, or the controller's reason).
+
 Recovery after a restart (the directory of cached copies is soft state and
 was lost): every known initiator is asked ``mem_recall`` {frame: -1, mode:
 "invalidate"} — "write back and drop everything you hold". A CPU answers by
@@ -39,6 +47,7 @@ from typing import Any
 import trio
 
 import protocol.hw  # noqa: F401  (registers the mem_* kinds)
+import protocol.vmm  # noqa: F401  (registers the mem_* administration kinds)
 from nodes.runtime import Node, spawned
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message
@@ -48,6 +57,7 @@ from .errors import MemctlError
 
 RECALL_ALL = -1  # mem_recall frame meaning "every frame you hold" (recovery)
 RECALL_TIMEOUT = 2.0
+ADMINS = frozenset({"orch", "vmm"})
 
 
 class MemctlNode(Node):
@@ -181,6 +191,119 @@ class MemctlNode(Node):
 
     async def on_mem_info(self, msg: Message) -> None:
         await self.party.reply(msg, "ok", {"data": self.stats()})
+
+    # -- administration (orchestrator / VMM) -------------------------------------------
+
+    def _admin(self, msg: Message) -> None:
+        if msg.src not in ADMINS:
+            self.counts["refused"] += 1
+            raise ProtocolError("forbidden", f"{msg.kind} is accepted only from {', '.join(sorted(ADMINS))}, "
+                                             f"not from {msg.src!r}", "src")
+
+    async def _answer(self, msg: Message, fn) -> None:
+        try:
+            data = await fn()
+        except MemctlError as exc:
+            await self.party.reply(msg, "error", self._error(exc, msg.kind))
+            return
+        await self.party.reply(msg, "ok", {"data": data if data is not None else {}})
+
+    def _pin_owner(self, msg: Message) -> str:
+        """Whose frames a pin names: an OS only its own; the orchestrator/VMM any owner's."""
+        frames = msg.body["frames"]
+        if msg.src in ADMINS:
+            owner = msg.body.get("owner")
+            if owner is None:
+                found = {self.mc.owner_of(f) for f in frames}
+                if len(found) > 1:
+                    raise ProtocolError("bad_field", f"frames {frames} have several owners {sorted(found)}: "
+                                                     "name the owner", "body.owner")
+                owner = found.pop() if found else msg.src
+            return owner
+        if msg.body.get("owner") not in (None, msg.src):
+            self.counts["refused"] += 1
+            raise ProtocolError("forbidden", f"{msg.src} may pin only its own frames, not {msg.body['owner']!r}'s",
+                                "body.owner")
+        return msg.src  # the controller checks that it owns them
+
+    @spawned
+    async def on_mem_transfer(self, msg: Message) -> None:
+        self._admin(msg)
+        b = msg.body
+
+        async def go():
+            await self.mc.transfer(b["frames"], b["from_owner"], b["to_owner"])
+            return {"frames": len(b["frames"]), "to_owner": b["to_owner"]}
+        await self._answer(msg, go)
+
+    @spawned
+    async def on_mem_pin(self, msg: Message) -> None:
+        owner = self._pin_owner(msg)
+
+        async def go():
+            self.mc.pin_frames(owner, msg.body["frames"])
+            return {"owner": owner, "pinned": len(self.mc.pinned(owner))}
+        await self._answer(msg, go)
+
+    @spawned
+    async def on_mem_unpin(self, msg: Message) -> None:
+        owner = self._pin_owner(msg)
+
+        async def go():
+            self.mc.unpin(owner, msg.body["frames"])
+            return {"owner": owner, "pinned": len(self.mc.pinned(owner))}
+        await self._answer(msg, go)
+
+    @spawned
+    async def on_mem_set_map(self, msg: Message) -> None:
+        self._admin(msg)
+        try:
+            mapping = {int(g): f for g, f in msg.body["map"].items()}
+        except ValueError:
+            raise ProtocolError("bad_field", "map keys must be guest page numbers (decimal strings)", "body.map") from None
+
+        async def go():
+            await self.mc.set_map(msg.body["space"], mapping)
+            return {"space": msg.body["space"], "pages": len(mapping)}
+        await self._answer(msg, go)
+
+    @spawned
+    async def on_mem_set_identity(self, msg: Message) -> None:
+        self._admin(msg)
+
+        async def go():
+            await self.mc.set_identity(msg.body["space"])
+            return {"space": msg.body["space"]}
+        await self._answer(msg, go)
+
+    @spawned
+    async def on_mem_create_space(self, msg: Message) -> None:
+        self._admin(msg)
+
+        async def go():
+            await self.mc.create_space(msg.body["space"], msg.body["frames"])
+            self.os_spaces.add(msg.body["space"])
+            return {"space": msg.body["space"], "frames": len(msg.body["frames"])}
+        await self._answer(msg, go)
+
+    @spawned
+    async def on_mem_destroy_space(self, msg: Message) -> None:
+        self._admin(msg)
+
+        async def go():
+            await self.mc.destroy_space(msg.body["space"])
+            return {"space": msg.body["space"]}
+        await self._answer(msg, go)
+
+    async def on_mem_owners(self, msg: Message) -> None:
+        self._admin(msg)
+        data: dict[str, Any] = dict(self.mc.owners())
+        try:
+            self.mc.check_invariants()
+            data["invariants"] = "ok"
+        except MemctlError as exc:
+            data["invariants"] = str(exc)
+        await self.party.reply(msg, "ok", {"data": data})
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()

@@ -5,7 +5,8 @@ Patent steps → steps here (borrow):
 
 - the kernel module of OS A allocates and pins N frames (``mod_alloc_pin``
   {n} on A, ``mem_pin``): a grant of fewer is reported, a refusal (A would go
-  below what it keeps) is an error that says so;
+  below what it keeps) is an error that says so; the module then hands
+  them over (``mod_give_back``);
 - the VMM takes them, zeroed (``mem_transfer`` A → vmm);
 - the VMM hands them to OS B, zeroed again (``mem_transfer`` vmm → B; if the
   VMM manages B's memory, B's map is extended to reach them);
@@ -22,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
-from orchestrator.choreographies.frames import add_frames, alloc_pin, remap_if_virtualized, transfer
+from orchestrator.choreographies.frames import add_frames, alloc_pin, give_up, remap_if_virtualized, transfer
 
 FIGURE = "p39_borrow"
 FIGURE_RETURN = "p39_return"
@@ -53,6 +54,7 @@ def build(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE, f"¶39 borrow {params.get('n')} frames of {params.get('from_os')} "
                                 f"for {params.get('to_os')}", [
         alloc_pin("from_os", "n", patent="module in OS A allocates and pins N frames"),
+        give_up("from_os", "frames", "module_lets_go", patent="module in OS A hands them over"),
         transfer("frames", "from_os", None, "to_vmm", to_owner=VMM, patent="the VMM takes them (zeroed)"),
         transfer("frames", None, "to_os", "to_os", from_owner=VMM, patent="the VMM hands them to OS B (zeroed)"),
         Step("map_to_os", _remap_to, _remap_to, "(B's map reaches them while the VMM manages its memory)"),

@@ -4,6 +4,8 @@ Patent steps, each one step here:
 
 - 402 the host OS's kernel module allocates and pins N frames
   (``mod_alloc_pin`` {n} on the host, ``mem_pin`` on the memory controller);
+- 402 (cont.) the module hands them over (``mod_give_back``: the host no
+  longer counts them as its own);
 - 404 the frames become the VMM's, zeroed (``mem_transfer`` host → ``vmm``);
 - 406 the VMM image is loaded there: the ``vmm`` node, a deferred node of the
   topology (``autostart = false``), is started;
@@ -19,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
-from orchestrator.choreographies.frames import alloc_pin, transfer
+from orchestrator.choreographies.frames import alloc_pin, give_up, transfer
 
 FIGURE = "fig4"
 
@@ -43,6 +45,7 @@ async def _init(run: Run, ctx: Ctx) -> dict[str, Any]:
 def build(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE, f"FIG. 4 load the VMM into {params.get('n')} frames of {params.get('host')}", [
         alloc_pin("host", "n", patent="402 kernel module allocates and pins frames"),
+        give_up("host", "frames", "module_lets_go", patent="402 the module hands the pinned frames over"),
         transfer("frames", "host", None, "to_vmm", to_owner=VMM, patent="404 frames become the VMM's (zeroed)"),
         Step("start_vmm", _start_vmm, _stop_vmm, "406 VMM image loaded into them"),
         Step("vmm_init", _init, None, "408 VMM initialised (resource discovery)"),

@@ -3,8 +3,8 @@ optionally unload, returning the VMM's own frames to its host.
 
 Each part is its own journaled choreography, in the figure's order:
 
-- 802 memory back: every outstanding loan returned (¶39 in reverse), then
-  direct addressability for an OS whose CPU stays virtualized;
+- 802 memory back: direct addressability for each OS (refused while
+  borrowed frames are out: they are returned explicitly, ¶39 in reverse);
 - 804 devices back: FIG. 6 for each virtualized device;
 - 806 CPU back: FIG. 7 (refused while two OS instances run under the VMM);
 - 808 unload (optional, this module's own figure ``fig8_unload``): the
@@ -20,9 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
-from orchestrator.choreographies.borrow import give_back
 from orchestrator.choreographies.fig5_devices import give_back_device
-from orchestrator.choreographies.fig7_devirtualize_cpu import devirtualize_cpu, devirtualize_memory
+from orchestrator.choreographies.fig7_devirtualize_cpu import devirtualize_cpu, devirtualize_memory, refuse_memory
 from orchestrator.choreographies.frames import add_frames, transfer
 
 FIGURE_UNLOAD = "fig8_unload"
@@ -67,37 +66,44 @@ async def unload(orch) -> dict[str, Any]:
     return await chor.run(orch)
 
 
-async def remove_vmm(orch, cpu: bool = True, io: list[str] | None = None, memory: bool = True,
-                     unload_vmm: bool = False) -> list[dict[str, Any]]:
+async def remove_vmm(orch, os_name: str | None = None, cpu: bool = True, io: list[str] | None = None,
+                     memory: bool = True, unload_vmm: bool = False) -> list[dict[str, Any]]:
     """Devirtualize in FIG. 8's order what is asked; returns one report per choreography run.
 
-    ``cpu`` implies memory and every device of the OS (devirtualizing the
-    CPU implies the rest). ``io`` lists devices ("uart") or ``["all"]``.
+    ``os_name`` limits it to one OS (default: every OS the VMM manages).
+    ``cpu`` implies memory and every device (devirtualizing the CPU implies
+    the rest). ``io`` lists devices ("uart") or ``["all"]``. Refused, before
+    anything is done, while two OS instances run under the VMM (``cpu``) or
+    while frames lent to or by an OS whose memory is to be devirtualized are
+    out (return them first: ``hwemu memory return``).
 
     Raises:
-        ChoreographyError: a refusal (its message says which and why); earlier parts stay done.
+        ChoreographyError: a refusal (its message says which and why).
         ChoreographyFailed: a part failed and was rolled back; earlier parts stay done.
     """
     st = orch.virt
     reports: list[dict[str, Any]] = []
     io = list(io or [])
+    managed = sorted(set(st.attached) | {d["os"] for d in st.devices.values()})
+    targets = [os_name] if os_name else managed
     if cpu and len(st.attached) > 1:
         raise ChoreographyError(f"cannot devirtualize the CPU while {len(st.attached)} OS instances run under the "
                                 f"VMM ({', '.join(sorted(st.attached))}): only one OS can own the CPU")
-    if cpu or memory:  # 802 memory back
-        for ln in list(st.loans):
-            if any(ln is x for x in st.loans):
-                reports += await give_back(orch, ln["from"], ln["to"], ln["id"])
-        if not cpu:
-            for os_name, att in sorted(st.attached.items()):
-                if att.get("memory") == VMM:
-                    reports.append(await devirtualize_memory(orch, os_name))
+    if cpu or memory:
+        for o in targets:
+            if st.attached.get(o, {}).get("memory") == VMM:
+                refuse_memory(orch, o)
+    if memory and not cpu:  # 802 memory back (with the CPU, FIG. 7 does it)
+        for o in targets:
+            if st.attached.get(o, {}).get("memory") == VMM:
+                reports.append(await devirtualize_memory(orch, o))
     for key, dev in sorted(st.devices.items()):  # 804 devices back
-        if cpu or "all" in io or dev["device"] in io:
+        if dev["os"] in targets and (cpu or "all" in io or dev["device"] in io):
             reports.append(await give_back_device(orch, dev["os"], dev["device"]))
     if cpu:  # 806 CPU back
-        for os_name in sorted(st.attached):
-            reports.append(await devirtualize_cpu(orch, os_name))
+        for o in targets:
+            if st.attached.get(o, {}).get("cpu") == VMM:
+                reports.append(await devirtualize_cpu(orch, o))
     if unload_vmm:  # 808
         reports.append(await unload(orch))
     return reports

@@ -46,6 +46,24 @@ def alloc_pin(os_key: str, n_key: str, out: str = "frames", patent: str = "") ->
     return Step(f"alloc_pin_{os_key}" if os_key != "host" else "alloc_pin", do, undo, patent)
 
 
+def give_up(os_key: str, frames_key: str, name: str, patent: str = "") -> Step:
+    """``mod_give_back`` {frames} on the OS: its module lets go of the pinned
+    frames before they change owner (the OS will not count them as its own);
+    undone by ``mod_add`` (back on its free list)."""
+
+    async def do(run: Run, ctx: Ctx) -> dict[str, Any]:
+        try:
+            data = await run.call(ctx[os_key], "mod_give_back", {"frames": ctx[frames_key]})
+        except RemoteError as exc:
+            raise ChoreographyError(f"{ctx[os_key]} cannot give up frames {ctx[frames_key]}: {exc.detail}") from None
+        return {f"{os_key}_free": data.get("free")}
+
+    async def undo(run: Run, ctx: Ctx) -> None:
+        await run.call(ctx[os_key], "mod_add", {"frames": ctx[frames_key]})
+
+    return Step(name, do, undo, patent)
+
+
 def transfer(frames_key: str, from_key: str | None, to_key: str | None, name: str, patent: str = "",
              from_owner: str | None = None, to_owner: str | None = None) -> Step:
     """``mem_transfer`` of ``ctx[frames_key]`` (zeroed on the way), undone by the reverse transfer."""

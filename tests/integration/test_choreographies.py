@@ -1,0 +1,265 @@
+"""The choreographies of DESIGN.md §5 on real clusters: FIG. 4 (load the VMM
+at runtime), ¶39 (borrow memory and give it back), refusals, a step failing
+mid-way and a pause over budget rolled back, recovery of a choreography cut
+short by a crash of the orchestrator.
+
+The VMM here is ``tests.fixtures.stubvmm`` (it answers the VMM's control
+kinds without virtualizing), so these tests are about what the choreographies
+do to frames, routes and the journal. After every step the memory
+controller's invariants hold and every frame still has exactly one owner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from orchestrator.choreographies import ChoreographyError, ChoreographyFailed
+from orchestrator.choreographies.fig5_devices import interpose_device
+from orchestrator.cluster import Orchestrator, running
+from orchestrator.journal import WHOLE
+from orchestrator.topology import parse
+
+pytestmark = pytest.mark.integration
+
+NFRAMES = 1024
+PAGE = 4096
+OS1 = (256, 128)
+OS2 = (512, 128)
+SECRET = b"os1's secret: the launch codes".ljust(64, b"!")
+
+
+def topology(fail_init: bool = False) -> dict:
+    def os_node(mem):
+        return {"kind": "os", "options": {"memory": list(mem), "cpu": "cpu0", "memctl": "memctl",
+                                          "uart": "uart0", "timer": "timer0", "tick_ms": 10}}
+    return {
+        "cluster": {"name": "chor"},
+        "nodes": {
+            "memctl": {"kind": "memctl", "options": {"frames": NFRAMES, "partitions": {"os1": list(OS1),
+                                                                                         "os2": list(OS2)}}},
+            "cpu0": {"kind": "cpu"},
+            "uart0": {"kind": "uart"},
+            "timer0": {"kind": "timer"},
+            "os1": os_node(OS1),
+            "os2": os_node(OS2),
+            "vmm": {"kind": "vmm", "module": "tests.fixtures.stubvmm", "autostart": False, "restart": "never",
+                    "options": {"fail_init": fail_init}},
+        },
+        "routes": {"trap:cpu0": "os1", "priv:os1": "cpu0", "mem:cpu0": "memctl", "mem:os1": "memctl",
+                   "io:os1.uart": "uart0", "io:os1.timer": "timer0", "irq:uart0": "os1", "irq:timer0": "os1",
+                   "priv:os2": "cpu0", "mem:os2": "memctl", "io:os2.uart": "uart0"},
+    }
+
+
+async def owners(orch: Orchestrator) -> dict:
+    reply = await orch.request("memctl", "mem_owners")
+    return reply.body["data"]
+
+
+async def check_conservation(orch: Orchestrator) -> dict:
+    data = await owners(orch)
+    assert data["invariants"] == "ok"
+    frames = sorted(f for o, fs in data.items() if o != "invariants" for f in fs)
+    assert frames == list(range(NFRAMES))  # each frame exactly one owner
+    return data
+
+
+def install_conservation_hook(orch: Orchestrator) -> list[str]:
+    seen: list[str] = []
+
+    async def hook(figure: str, step: str) -> None:
+        await check_conservation(orch)
+        seen.append(f"{figure}.{step}")
+
+    orch.step_hook = hook
+    return seen
+
+
+async def free_frames(orch: Orchestrator, os_name: str) -> int:
+    return (await orch.request(os_name, "os_ps")).body["data"]["free_frames"]
+
+
+async def write_secret_everywhere(orch: Orchestrator, space: str) -> None:
+    for f in (await owners(orch))[space]:
+        await orch.request("memctl", "mem_write", {"space": space, "addr": f * PAGE, "data": SECRET})
+
+
+async def read(orch: Orchestrator, space: str, frame: int) -> bytes:
+    reply = await orch.request("memctl", "mem_read", {"space": space, "addr": frame * PAGE, "length": len(SECRET)})
+    return reply.body["data"]
+
+
+def node_state(orch: Orchestrator, name: str) -> str:
+    return orch.supervisor.nodes[name].state
+
+
+async def test_load_vmm_starts_the_deferred_node_in_frames_taken_from_the_host_and_unload_returns_them_zeroed(
+        cluster):
+    orch = await cluster(topology())
+    assert node_state(orch, "vmm") == "stopped"  # autostart = false
+    seen = install_conservation_hook(orch)
+    await write_secret_everywhere(orch, "os1")
+    free_before = await free_frames(orch, "os1")
+
+    data = await orch.ctl_vmm_load(host="os1", frames=8)
+    report = data["reports"][0]
+    assert report["outcome"] == "committed"
+    assert [s["name"] for s in report["steps"]] == ["alloc_pin", "module_lets_go", "to_vmm", "start_vmm", "vmm_init"]
+    frames = report["steps"][0]["data"]["frames"]
+    assert len(frames) == 8 and all(OS1[0] <= f < OS1[0] + OS1[1] for f in frames)
+    assert seen == ["fig4.alloc_pin", "fig4.module_lets_go", "fig4.to_vmm", "fig4.start_vmm", "fig4.vmm_init"]
+    own = await check_conservation(orch)
+    assert own["vmm"] == sorted(frames)
+    assert not set(frames) & set(own["os1"])
+    assert node_state(orch, "vmm") == "running"
+    assert report["steps"][4]["data"]["discovered"] == {"frames": 8, "host": "os1"}
+    assert await free_frames(orch, "os1") == free_before - 8
+    for f in frames:  # os1 can no longer reach them
+        with pytest.raises(Exception, match="mem_fault"):
+            await read(orch, "os1", f)
+    status = await orch.ctl_status()
+    assert status["virt"]["vmm"] == {"loaded": True, "host": "os1", "frames": 8}
+
+    with pytest.raises(ChoreographyError, match="loaded already"):
+        await orch.ctl_vmm_load(host="os1", frames=8)
+
+    data = await orch.ctl_vmm_unload()
+    assert data["reports"][0]["outcome"] == "committed"
+    own = await check_conservation(orch)
+    assert "vmm" not in own and set(frames) <= set(own["os1"])
+    assert node_state(orch, "vmm") == "stopped"
+    assert await free_frames(orch, "os1") == free_before
+    for f in frames:  # the secret was there before the VMM had them: zeroed on the way
+        assert await read(orch, "os1", f) == bytes(len(SECRET))
+    journal = orch.journal.records()
+    assert [r["phase"] for r in journal if r["step"] == WHOLE] == ["begin", "committed", "begin", "committed"]
+
+
+async def test_borrowed_frames_reach_the_borrower_zeroed_and_come_back_on_return(cluster):
+    orch = await cluster(topology())
+    await orch.ctl_vmm_load(host="os1", frames=4)
+    seen = install_conservation_hook(orch)
+    await write_secret_everywhere(orch, "os1")
+    free1, free2 = await free_frames(orch, "os1"), await free_frames(orch, "os2")
+
+    report = (await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=16))["reports"][0]
+    assert report["outcome"] == "committed" and report["partial"] is None
+    lent = report["frames"]
+    assert len(lent) == 16
+    assert seen == ["p39_borrow.alloc_pin_from_os", "p39_borrow.module_lets_go", "p39_borrow.to_vmm", "p39_borrow.to_os",
+                    "p39_borrow.map_to_os", "p39_borrow.add_to_free_list"]
+    own = await check_conservation(orch)
+    assert set(lent) <= set(own["os2"]) and not set(lent) & set(own["os1"])
+    for f in lent:
+        assert await read(orch, "os2", f) == bytes(len(SECRET))  # not the secret: zeroed
+    assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (free1 - 16, free2 + 16)
+    assert (await orch.ctl_virt_status())["loans"] == [
+        {"id": report["id"], "from": "os1", "to": "os2", "frames": lent}]
+
+    # os2 writes into a lent frame; it must not follow the frame home
+    await orch.request("memctl", "mem_write", {"space": "os2", "addr": lent[0] * PAGE, "data": b"os2 was here"})
+    back = (await orch.ctl_memory_return(from_os="os1", to_os="os2"))["reports"]
+    assert [r["outcome"] for r in back] == ["committed"]
+    own = await check_conservation(orch)
+    assert set(lent) <= set(own["os1"]) and not set(lent) & set(own["os2"])
+    assert await read(orch, "os1", lent[0]) == bytes(len(SECRET))
+    assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (free1, free2)
+    assert (await orch.ctl_virt_status())["loans"] == []
+
+
+async def test_a_lender_that_cannot_give_the_frames_refuses_and_nothing_changes(cluster):
+    orch = await cluster(topology())
+    await orch.ctl_vmm_load(host="os1", frames=4)
+    before = await check_conservation(orch)
+    with pytest.raises(ChoreographyFailed, match=r"os1 refused to allocate and pin 100000 frames: .*out of memory"):
+        await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=100_000)
+    assert await check_conservation(orch) == before
+    cid = [r["id"] for r in orch.journal.records() if r["figure"] == "p39_borrow"][0]
+    assert orch.journal.outcome(cid) == "rolled_back"
+
+
+async def test_refusals_say_why(cluster):
+    orch = await cluster(topology())
+    with pytest.raises(ChoreographyError, match="borrowing goes through the VMM, which is not loaded"):
+        await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=1)
+    with pytest.raises(ChoreographyError, match="'os9' is not an OS instance of this cluster"):
+        await orch.ctl_vmm_load(host="os9", frames=4)
+    await orch.ctl_vmm_load(host="os1", frames=4)
+    with pytest.raises(ChoreographyError, match="no frames of os1 are lent to os2"):
+        await orch.ctl_memory_return(from_os="os1", to_os="os2")
+    # two OS instances under the VMM: the CPU cannot be given to one of them
+    for name in ("os1", "os2"):
+        orch.virt.attached[name] = {"asid_base": orch.virt.next_asid_base(), "cpu": "vmm", "memory": "vmm"}
+    with pytest.raises(ChoreographyError, match=r"cannot devirtualize the CPU while 2 OS instances run under "
+                                                r"the VMM \(os1, os2\)"):
+        await orch.ctl_devirtualize(cpu=True)
+    # memory cannot be devirtualized while borrowed frames are out
+    await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=2)
+    with pytest.raises(ChoreographyError, match="cannot devirtualize the memory of os2 while borrowed frames are out"):
+        await orch.ctl_devirtualize(os="os2", memory=True)
+    with pytest.raises(ChoreographyError, match="cannot unload the VMM while it manages"):
+        await orch.ctl_vmm_unload()
+    await check_conservation(orch)
+
+
+async def test_a_step_failing_mid_way_rolls_back_to_the_state_before(cluster):
+    orch = await cluster(topology(fail_init=True))
+    seen = install_conservation_hook(orch)
+    before = await check_conservation(orch)
+    free_before = await free_frames(orch, "os1")
+    with pytest.raises(ChoreographyFailed) as info:
+        await orch.ctl_vmm_load(host="os1", frames=8)
+    assert "step 'vmm_init' failed" in str(info.value) and "stub told to fail vmm_init" in str(info.value)
+    assert info.value.report["undone"] == ["start_vmm", "to_vmm", "module_lets_go", "alloc_pin"]
+    assert seen == ["fig4.alloc_pin", "fig4.module_lets_go", "fig4.to_vmm", "fig4.start_vmm"]
+    after = await check_conservation(orch)
+    assert after == before
+    assert await free_frames(orch, "os1") == free_before
+    assert node_state(orch, "vmm") == "stopped"
+    assert not orch.virt.vmm_loaded
+    cid = info.value.report["id"]
+    phases = [(r["step"], r["phase"]) for r in orch.journal.history(cid)]
+    assert phases[-5:] == [("start_vmm", "undo"), ("to_vmm", "undo"), ("module_lets_go", "undo"), ("alloc_pin", "undo"), (WHOLE, "rolled_back")]
+
+
+async def test_a_pause_over_budget_rolls_the_device_interposition_back(cluster):
+    orch = await cluster(topology())
+    await orch.ctl_vmm_load(host="os1", frames=4)
+    routes = dict(orch.routes.table.routes)
+    with pytest.raises(ChoreographyFailed, match=r"pause budget exceeded after step 'redirect'"):
+        await interpose_device(orch, "os1", "uart", budget_ms=0.0001)
+    now = orch.routes.table.routes
+    assert {f: now[f] for f in routes} == routes  # every old route as it was (new VMM flows may stay)
+    driver = (await orch.request("os1", "stats")).body["stats"]["uart"]
+    assert driver["mode"] == "native"
+    assert orch.virt.devices == {}
+
+
+async def test_an_orchestrator_restarted_after_a_crash_rolls_back_the_half_done_choreography(cluster, tmp_path):
+    run_dir = tmp_path / "crash"
+    async with running(parse(topology(), "crash"), run_dir) as orch:
+        # FIG. 4 cut short after its third step: the frames are the VMM's, the journal says so
+        frames = (await orch.request("os1", "mod_alloc_pin", {"n": 4})).body["data"]["frames"]
+        await orch.request("os1", "mod_give_back", {"frames": frames})
+        await orch.request("memctl", "mem_pin", {"frames": frames, "owner": "os1"})
+        await orch.request("memctl", "mem_transfer", {"frames": frames, "from_owner": "os1", "to_owner": "vmm"})
+        j = orch.journal
+        j.record("crashed", "fig4", WHOLE, "begin", {"host": "os1", "n": 4})
+        j.record("crashed", "fig4", "alloc_pin", "done", {"frames": frames})
+        j.record("crashed", "fig4", "module_lets_go", "done", {})
+        j.record("crashed", "fig4", "to_vmm", "done", {})
+        j.record("crashed", "fig4", "start_vmm", "begin")
+        assert (await owners(orch))["vmm"] == frames
+
+    again = await cluster(topology(), run_dir)
+    assert [r["id"] for r in again.recovered] == ["crashed"]
+    # memory came back (the controller keeps its state); the restarted OS already counts the
+    # frames as its own, so the module's undos are refused, and reported
+    assert again.recovered[0]["undone"] == ["to_vmm", "alloc_pin"]
+    assert [f.split(":")[0] for f in again.recovered[0]["undo_failures"]] == ["module_lets_go"]
+    assert again.journal.outcome("crashed") == "rolled_back"
+    own = await check_conservation(again)
+    assert "vmm" not in own and set(frames) <= set(own["os1"])
