@@ -130,7 +130,11 @@ class RouteAuthority:
                 calls = {("drain", r): (lambda r=r, u=u: self.party.request(
                     r, "route_drain", {"upto": u, "timeout": self.timeout}, timeout=self.timeout + 1))
                     for r, u in drains.items()}
-                installed = receivers - set(paused)
+                # every new receiver learns its next fseq now, a paused sender too (uart0
+                # receiving io:os1.uart while it pauses irq:uart0: the resume carries no
+                # `next`); the paused senders get the table now as well, so that a node
+                # waking on route_install (the uart's rx pump) sees its new route
+                installed = receivers | set(paused)
                 calls.update({("install", n): (lambda n=n: self._install_one(n, new, nxt)) for n in installed})
                 await self._each(calls)
             except (RemoteError, RequestTimeout) as exc:

@@ -104,7 +104,7 @@ class VmmNode(Node):
         self.resources: dict[str, Any] = {}
         self.counts = {"traps_in": 0, "traps_reflected": 0, "traps_kept": 0, "stray_traps": 0,
                        "priv_forwarded": 0, "priv_emulated": 0, "ticks_in": 0, "virtual_ticks": 0,
-                       "uart_rx": 0, "switches": 0, "slices": 0, "uart_bytes": 0, "cpu_halts": 0}
+                       "uart_rx": 0, "switches": 0, "slices": 0, "uart_bytes": 0, "cpu_halts": 0, "virqs_unrouted": 0}
 
     # -- helpers -----------------------------------------------------------------
 
@@ -129,6 +129,9 @@ class VmmNode(Node):
         if not vcpu.vif:
             vcpu.queued.append((kind, body))
             vcpu.counts["queued_irqs"] += 1
+            return
+        if self.routes.get(f"irq:vmm.{vcpu.name}") is None:
+            self.counts["virqs_unrouted"] += 1  # attached before its flows exist: nobody to tell
             return
         await self.emit(f"irq:vmm.{vcpu.name}", kind, body)
 
@@ -328,37 +331,48 @@ class VmmNode(Node):
 
     async def on_uart_rx(self, msg: Message) -> None:
         uart = msg.flow.split(":", 1)[1] if msg.flow else msg.src
-        owner = self.uart_owner.get(uart) or (self.devices.get(uart) or {}).get("os")
+        owner = (self.devices.get(uart) or {}).get("os") or self.uart_owner.get(uart)
         if owner is None and self.oses:
             owner = next(iter(self.oses))
-        vcpu = self.oses.get(owner) if owner else None
-        if vcpu is None:
+        if owner is None:
             log.warning("%s: uart_rx from %s and no OS owns it; dropped", self.name, uart)
             return
         self.counts["uart_rx"] += 1
+        vcpu = self.oses.get(owner)
+        if vcpu is None:  # device virtualized, CPU not: straight on
+            await self.emit(f"irq:vmm.{owner}", "uart_rx", dict(msg.body))
+            return
         vcpu.counts["uart_rx"] += 1
         await self._virq(vcpu, "uart_rx", dict(msg.body))
 
     # -- the VMM's native console driver (FIG. 5) ---------------------------------------------
 
-    def _uart_of(self, vcpu: VirtualCpu) -> str:
-        for uart, os_name in self.uart_owner.items():
-            if os_name == vcpu.name:
-                return uart
-        for uart, d in self.devices.items():
-            if d.get("os") == vcpu.name:
-                return uart
-        raise ProtocolError("no_device", f"{self.name} drives no UART for {vcpu.name}", "flow")
+    def _uart_flow(self, os_name: str) -> str:
+        """The flow of the VMM's native driver for ``os_name``'s console: ``io:vmm.<node>`` when
+        routed (one UART per OS), else ``io:vmm.uart`` (protocol/vmm.py)."""
+        nodes = [u for u, o in self.uart_owner.items() if o == os_name]
+        nodes += [u for u, d in self.devices.items() if d.get("os") == os_name and u not in nodes]
+        for node in nodes:
+            if self.routes.get(f"io:vmm.{node}") is not None:
+                return f"io:vmm.{node}"
+        if self.routes.get("io:vmm.uart") is not None:
+            return "io:vmm.uart"
+        raise ProtocolError("no_route", f"{self.name} has no route to a UART for {os_name} "
+                                        f"(io:vmm.uart or io:vmm.<uart node>)", "flow")
+
+    @staticmethod
+    def _io_os(msg: Message) -> str:
+        # io:<os>.uart: the device may be virtualized for an OS whose CPU is not (partial)
+        return msg.flow.split(":", 1)[1].split(".", 1)[0] if msg.flow else msg.src
 
     async def on_uart_write(self, msg: Message) -> None:
-        vcpu = self._os_of_flow(msg)
+        os_name = self._io_os(msg)
         self.counts["uart_bytes"] += len(msg.body["data"])
-        await self.emit(f"io:vmm.{self._uart_of(vcpu)}", "uart_write", {"data": msg.body["data"]})
+        await self.emit(self._uart_flow(os_name), "uart_write", {"data": msg.body["data"]})
 
     @spawned
     async def on_uart_sync(self, msg: Message) -> None:
-        vcpu = self._os_of_flow(msg)
-        reply = await self.emit_request(f"io:vmm.{self._uart_of(vcpu)}", "uart_sync", {}, timeout=10.0)
+        reply = await self.emit_request(self._uart_flow(self._io_os(msg)), "uart_sync", {}, timeout=10.0)
         await self.party.reply(msg, "ok", {"data": reply.body.get("data") or {}})
 
     # -- control (orchestrator) -----------------------------------------------------------------
@@ -476,7 +490,7 @@ class VmmNode(Node):
             raise ProtocolError("bad_field", f"mode must be virtual or native, got {b['mode']!r}", "body.mode")
         node = b["node"]
         device = b["device"]
-        os_name = device.split(".", 1)[0] if "." in device else self.uart_owner.get(node)
+        os_name = b.get("os") or (device.split(".", 1)[0] if "." in device else self.uart_owner.get(node))
         if b["mode"] == "virtual":
             self.devices[node] = {"device": device, "os": os_name, "mode": "virtual"}
             if os_name:
