@@ -431,6 +431,9 @@ def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, 
     assert bad.returncode == 1, show(bad)
     assert b"not an ELF file" in bad.stderr and bad.stderr.count(b"\n") == 1, show(bad)
 
+    nope = hwemu(rd, "run", "compose/native.toml", "--os", "os9", str(BUILD / "hello.elf"))
+    assert nope.returncode == 1 and b"no OS node 'os9'" in nope.stderr and nope.stderr.count(b"\n") == 1, show(nope)
+
     # the OS is still there and runs the next program; the cluster was not ours to stop
     again = hwemu(rd, "run", "compose/native.toml", str(BUILD / "hello.elf"), "--", *sample_args("hello"))
     assert (again.returncode, again.stdout) == (0, expected("hello")), show(again)
