@@ -52,7 +52,7 @@ from nodes.runtime import Node, spawned
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message
 
-from .directory import MemoryController
+from .directory import MemoryController, is_os
 from .errors import MemctlError
 
 RECALL_ALL = -1  # mem_recall frame meaning "every frame you hold" (recovery)
@@ -93,7 +93,7 @@ class MemctlNode(Node):
             for os_name, (first, count) in self.partitions.items():
                 if os_name not in known:
                     await self.mc.create_space(os_name, range(first, first + count))
-        self.os_spaces = set(self.partitions) | set(self.mc.stats()["spaces"])
+        self.os_spaces = set(self.partitions) | {s for s in self.mc.stats()["spaces"] if is_os(s)}
 
     async def work(self, nursery: trio.Nursery) -> None:
         if self.mc.recovering:
@@ -282,7 +282,8 @@ class MemctlNode(Node):
 
         async def go():
             await self.mc.create_space(msg.body["space"], msg.body["frames"])
-            self.os_spaces.add(msg.body["space"])
+            if is_os(msg.body["space"]):  # the VMM's own space does not restrict it to itself
+                self.os_spaces.add(msg.body["space"])
             return {"space": msg.body["space"], "frames": len(msg.body["frames"])}
         await self._answer(msg, go)
 

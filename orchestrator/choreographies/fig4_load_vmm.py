@@ -22,8 +22,21 @@ from typing import Any
 
 from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.frames import alloc_pin, give_up, transfer
+from protocol.errors import RemoteError
 
 FIGURE = "fig4"
+
+
+async def _vmm_space(run: Run, ctx: Ctx) -> dict[str, Any]:
+    """The VMM's own address space (identity over the frames it owns), so that it can
+    write its image into them; made once, kept across unloads (it owns nothing then)."""
+    try:
+        await run.call(run.memctl(ctx["host"]), "mem_create_space", {"space": VMM, "frames": []})
+    except RemoteError as exc:
+        if "exists already" not in exc.detail:
+            raise
+        return {"vmm_space": "existed"}
+    return {"vmm_space": "created"}
 
 
 async def _start_vmm(run: Run, ctx: Ctx) -> dict[str, Any]:
@@ -47,6 +60,7 @@ def build(params: dict[str, Any]) -> Choreography:
         alloc_pin("host", "n", patent="402 kernel module allocates and pins frames"),
         give_up("host", "frames", "module_lets_go", patent="402 the module hands the pinned frames over"),
         transfer("frames", "host", None, "to_vmm", to_owner=VMM, patent="404 frames become the VMM's (zeroed)"),
+        Step("vmm_space", _vmm_space, None, "404 the VMM's address space over its frames"),
         Step("start_vmm", _start_vmm, _stop_vmm, "406 VMM image loaded into them"),
         Step("vmm_init", _init, None, "408 VMM initialised (resource discovery)"),
     ], params=params)

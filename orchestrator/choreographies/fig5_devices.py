@@ -3,7 +3,7 @@ UART (the devices an OS drives through a dual-mode driver).
 
 FIG. 5, patent steps → steps here:
 
-- (new flows) ``io:vmm.<device>`` → the device node (the VMM's native
+- (new flows) ``io:vmm.<device node>`` → the device node (the VMM's native
   driver) and ``irq:vmm.<os>`` → os (virtual interrupts);
 - 502-504 disable interrupts, the dual-mode driver to virtual: ``os_driver_mode``
   {device, mode: virtual} on the OS (it drains its queue, exports its state);
@@ -33,7 +33,8 @@ def _node(run: Run, ctx: Ctx) -> str:
 
 
 async def _new_flows(run: Run, ctx: Ctx) -> dict[str, Any]:
-    out = await run.reroute({f"io:{VMM}.{ctx['device']}": _node(run, ctx), f"irq:{VMM}.{ctx['os']}": ctx["os"]})
+    # io:vmm.<device node> (one UART per OS: the VMM drives each on its own flow)
+    out = await run.reroute({f"io:{VMM}.{_node(run, ctx)}": _node(run, ctx), f"irq:{VMM}.{ctx['os']}": ctx["os"]})
     return {"new_flows": sorted(out["previous"])}
 
 

@@ -107,19 +107,21 @@ async def test_load_vmm_starts_the_deferred_node_in_frames_taken_from_the_host_a
     data = await orch.ctl_vmm_load(host="os1", frames=8)
     report = data["reports"][0]
     assert report["outcome"] == "committed"
-    assert [s["name"] for s in report["steps"]] == ["alloc_pin", "module_lets_go", "to_vmm", "start_vmm", "vmm_init"]
+    assert [s["name"] for s in report["steps"]] == ["alloc_pin", "module_lets_go", "to_vmm", "vmm_space", "start_vmm", "vmm_init"]
     frames = report["steps"][0]["data"]["frames"]
     assert len(frames) == 8 and all(OS1[0] <= f < OS1[0] + OS1[1] for f in frames)
-    assert seen == ["fig4.alloc_pin", "fig4.module_lets_go", "fig4.to_vmm", "fig4.start_vmm", "fig4.vmm_init"]
+    assert seen == ["fig4.alloc_pin", "fig4.module_lets_go", "fig4.to_vmm", "fig4.vmm_space",
+                    "fig4.start_vmm", "fig4.vmm_init"]
     own = await check_conservation(orch)
     assert own["vmm"] == sorted(frames)
     assert not set(frames) & set(own["os1"])
     assert node_state(orch, "vmm") == "running"
-    assert report["steps"][4]["data"]["discovered"] == {"frames": 8, "host": "os1"}
+    assert report["steps"][5]["data"]["discovered"] == {"frames": 8, "host": "os1"}
     assert await free_frames(orch, "os1") == free_before - 8
-    for f in frames:  # os1 can no longer reach them
+    for f in frames:  # os1 can no longer reach them; the VMM's space can, and they were zeroed
         with pytest.raises(Exception, match="mem_fault"):
             await read(orch, "os1", f)
+        assert await read(orch, "vmm", f) == bytes(len(SECRET))
     status = await orch.ctl_status()
     assert status["virt"]["vmm"] == {"loaded": True, "host": "os1", "frames": 8}
 
@@ -213,8 +215,8 @@ async def test_a_step_failing_mid_way_rolls_back_to_the_state_before(cluster):
     with pytest.raises(ChoreographyFailed) as info:
         await orch.ctl_vmm_load(host="os1", frames=8)
     assert "step 'vmm_init' failed" in str(info.value) and "stub told to fail vmm_init" in str(info.value)
-    assert info.value.report["undone"] == ["start_vmm", "to_vmm", "module_lets_go", "alloc_pin"]
-    assert seen == ["fig4.alloc_pin", "fig4.module_lets_go", "fig4.to_vmm", "fig4.start_vmm"]
+    assert info.value.report["undone"] == ["start_vmm", "vmm_space", "to_vmm", "module_lets_go", "alloc_pin"]
+    assert seen == ["fig4.alloc_pin", "fig4.module_lets_go", "fig4.to_vmm", "fig4.vmm_space", "fig4.start_vmm"]
     after = await check_conservation(orch)
     assert after == before
     assert await free_frames(orch, "os1") == free_before
@@ -222,7 +224,8 @@ async def test_a_step_failing_mid_way_rolls_back_to_the_state_before(cluster):
     assert not orch.virt.vmm_loaded
     cid = info.value.report["id"]
     phases = [(r["step"], r["phase"]) for r in orch.journal.history(cid)]
-    assert phases[-5:] == [("start_vmm", "undo"), ("to_vmm", "undo"), ("module_lets_go", "undo"), ("alloc_pin", "undo"), (WHOLE, "rolled_back")]
+    assert phases[-6:] == [("start_vmm", "undo"), ("vmm_space", "undo"), ("to_vmm", "undo"),
+                           ("module_lets_go", "undo"), ("alloc_pin", "undo"), (WHOLE, "rolled_back")]
 
 
 async def test_a_pause_over_budget_rolls_the_device_interposition_back(cluster):
@@ -263,3 +266,133 @@ async def test_an_orchestrator_restarted_after_a_crash_rolls_back_the_half_done_
     assert again.journal.outcome("crashed") == "rolled_back"
     own = await check_conservation(again)
     assert "vmm" not in own and set(frames) <= set(own["os1"])
+
+
+# ===================================================== with the real VMM (compose/vmm.toml)
+
+REPO = Path(__file__).resolve().parents[2]
+VMM_TOPOLOGY = REPO / "compose" / "vmm.toml"
+BUILD = REPO / "guest" / "build" / "samples"
+
+
+@pytest.fixture(scope="module")
+def guest_build() -> Path:
+    """The sample ELFs (``make -C guest`` unless up to date)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("riscv64-unknown-elf-gcc") is None:
+        pytest.fail("missing riscv64-unknown-elf-gcc: run ./scripts/setup.sh", pytrace=False)
+    if subprocess.run(["make", "-q", "-C", str(REPO / "guest")], capture_output=True).returncode != 0:
+        built = subprocess.run(["make", "-C", str(REPO / "guest")], capture_output=True, text=True)
+        if built.returncode != 0:
+            pytest.fail(f"`make -C guest` failed:\n{built.stderr[-3000:]}", pytrace=False)
+    return BUILD
+
+
+def timeshare_output(tag: str, lines: int) -> bytes:
+    """What ``timeshare TAG LINES`` prints (the sample's checksum, computed here)."""
+    x, out = 1, []
+    for i in range(1, lines + 1):
+        for _ in range(25000):
+            x = (x * 1664525 + 1013904223) & 0xFFFFFFFF
+            x ^= x >> 11
+        out.append(f"{tag}: line {i} of {lines}, work 0x{x:08x}\n")
+    return "".join(out).encode()
+
+
+class Client:
+    """A party outside the topology that starts programs on an OS and hears their proc_exit."""
+
+    def __init__(self, orch: Orchestrator, name: str = "chclient"):
+        from protocol.transport import Party
+
+        self.orch = orch
+        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True)
+        self.exits: dict[tuple[str, int], dict] = {}
+        self.changed = trio.Event()
+
+    async def handle(self, msg) -> None:
+        if msg.kind == "proc_exit":
+            self.exits[(msg.src, msg.body["pid"])] = msg.body
+            self.changed.set()
+            self.changed = trio.Event()
+
+    async def logged(self, uart: str) -> int:
+        return (await self.party.request(uart, "uart_sync")).body["data"]["logged"]
+
+    async def exec(self, os_name: str, elf: str, argv: list[str]) -> int:
+        body = {"elf": (BUILD / f"{elf}.elf").read_bytes(), "argv": argv, "notify": True}
+        return (await self.party.request(os_name, "os_exec", body, timeout=30)).body["data"]["pid"]
+
+    async def wait_exit(self, os_name: str, pid: int, timeout: float = 120) -> dict:
+        with trio.fail_after(timeout):
+            while (os_name, pid) not in self.exits:
+                await self.changed.wait()
+        return self.exits[(os_name, pid)]
+
+    async def console(self, uart: str, start: int) -> bytes:
+        end = await self.logged(uart)
+        return (self.orch.run_dir / f"{uart}.console.log").read_bytes()[start:end]
+
+
+async def vmm_stats(orch: Orchestrator) -> dict:
+    return (await orch.request("vmm", "stats")).body["stats"]["vmm"]
+
+
+async def wait_vmm(orch: Orchestrator, pred, timeout: float = 60) -> dict:
+    with trio.fail_after(timeout):
+        while True:
+            s = await vmm_stats(orch)
+            if pred(s):
+                return s
+            await trio.sleep(0.02)
+
+
+async def test_interposed_and_devirtualized_by_the_choreographies_under_a_running_program_output_is_exact(
+        guest_build, cluster):
+    orch = await cluster(VMM_TOPOLOGY)
+    install_conservation_hook(orch)
+    lines = 40
+    load = (await orch.ctl_vmm_load(host="os1", frames=8))["reports"][0]
+    vmm_frames = load["steps"][0]["data"]["frames"]
+    image = await orch.request("memctl", "mem_read", {"space": "vmm", "addr": vmm_frames[0] * PAGE, "length": 10})
+    assert image.body["data"] == b"HWEMU-VMM\0"  # FIG. 4: the VMM's image is in the frames os1 gave up
+
+    client = Client(orch)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client.handle)
+            start = await client.logged("uart0")
+            pid = await client.exec("os1", "timeshare", ["timeshare", "T", str(lines)])
+
+            interposed = (await orch.ctl_interpose(os="os1"))["reports"]  # everything: CPU and console
+            assert [r["figure"] for r in interposed] == ["fig3", "fig5"]
+            steps = {s["name"]: s for s in interposed[0]["steps"]}
+            assert steps["redirect_traps"]["pause_ms"] > 0 and steps["route_priv"]["pause_ms"] > 0
+            routes = orch.routes.table.routes
+            assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"], routes["io:os1.uart"],
+                    routes["irq:uart0"]) == ("vmm",) * 5
+            status = (await orch.ctl_status())["virt"]["resources"]
+            assert (status["os1.cpu"], status["os1.memory"], status["os1.uart (uart0)"]) == ("vmm",) * 3
+            s0 = await wait_vmm(orch, lambda s: s["traps_reflected"] > 0 and s["priv_forwarded"] > 0)
+
+            await wait_vmm(orch, lambda s: s["traps_reflected"] > s0["traps_reflected"])
+            back = (await orch.ctl_devirtualize(os="os1"))["reports"]
+            assert [r["figure"] for r in back] == ["fig6", "fig7"]
+            exit1 = await client.wait_exit("os1", pid)
+            assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("T", lines))
+            nursery.cancel_scope.cancel()
+    finally:
+        client.party.close()
+
+    routes = orch.routes.table.routes
+    assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"], routes["io:os1.uart"],
+            routes["irq:uart0"]) == ("os1", "os1", "cpu0", "uart0", "os1")
+    assert (await owners(orch))["vmm"] == vmm_frames
+    for name in orch.live_nodes():  # no interrupt or I/O lost or duplicated across the changes
+        stats = (await orch.request(name, "stats")).body["stats"]
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
+    unloaded = (await orch.ctl_devirtualize(unload=True))["reports"]
+    assert [r["figure"] for r in unloaded] == ["fig8_unload"]
+    assert "vmm" not in await check_conservation(orch)
