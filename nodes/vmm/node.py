@@ -430,6 +430,9 @@ class VmmNode(Node):
         if name in self.oses:
             raise ProtocolError("already_attached", f"{self.name} already manages {name}", "body.os")
         vcpu = VirtualCpu(name, b["asid_base"])
+        if not self.oses:  # managing afresh (e.g. FIG. 3 after FIG. 7)
+            self.own_preempt = False
+            self.slice_left = self.slice_ticks
         self.oses[name] = vcpu
         if b.get("current") and cpu_state != "halted":
             # on the CPU (running, or trapped to it); a halted CPU runs nobody: the
@@ -446,13 +449,10 @@ class VmmNode(Node):
         vcpu = self.oses.get(name)
         if vcpu is None:
             raise ProtocolError("not_attached", f"{self.name} does not manage {name}", "body.os")
-        if self.current == name and len(self.oses) > 1:
-            other = self._other_runnable()
-            if vcpu.runnable or vcpu.in_handler:
-                raise ProtocolError("os_is_current", f"{name} is on the CPU; shut it down (cpu_halt) first",
-                                    "body.os")
-            if other is not None:
-                await self._switch_in(other)
+        if len(self.oses) > 1 and (vcpu.runnable or vcpu.in_handler):
+            # another OS would get the CPU and this one's context would be lost
+            where = "is on the CPU" if self.current == name else "has a context saved in the VMM"
+            raise ProtocolError("os_busy", f"{name} {where} (it is not idle); shut it down first", "body.os")
         if self.current == name:
             self.current = None
         del self.oses[name]
@@ -469,17 +469,14 @@ class VmmNode(Node):
                                                   "detail": f"still attached besides {name}: {', '.join(others)}"})
             return
         held = 0
-        if self.current != name and vcpu.runnable:  # its context is saved here: put it back on the CPU
+        if self.current != name and vcpu.runnable:
+            # its context is saved here (switched out): put it back on the CPU, with its
+            # pending preemption if it asked for one meanwhile
             await self._switch_in(vcpu)
             held += 1
-        elif self.current == name and not vcpu.vif:
-            pass
-        if vcpu.preempt and self.current == name and held == 0:
-            await self._cpu("cpu_preempt", {})  # its own preemption, noted while it was off the CPU
-        vcpu.vif = True
+        # virtual interrupts held while it masked them: natively the CPU's mask holds
+        # back only preemption, so they are delivered now, in order
         held += await self._flush_virqs(vcpu)
-        if not vcpu.runnable and not vcpu.in_handler and self.current is None:
-            pass  # idle: the CPU stays halted until the OS resumes it directly
         self.released = True
         await self.party.reply(msg, "ok", {"data": {"held": held, "current": self.current,
                                                     "own_preempt_pending": self.own_preempt}})

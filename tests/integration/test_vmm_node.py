@@ -327,3 +327,42 @@ async def test_vmm_drives_both_consoles_of_time_sliced_oses_byte_for_byte(guest_
         await assert_nothing_lost(orch)
 
     await with_client(orch, body)
+
+
+async def test_vmm_from_two_oses_back_to_one_native_os_under_a_running_program(guest_build, cluster) -> None:
+    """The whole cycle: two time-sliced OSes, one finishes and is detached (a busy one is
+    refused), then FIG. 7 while the other's program runs; it finishes natively, exact."""
+    from protocol.errors import RemoteError
+
+    orch = await cluster(VMM_TOPOLOGY)
+
+    async def body(client: Client) -> None:
+        await vmm(orch, "vmm_attach_os", {"os": "os1", "asid_base": 0, "current": True})
+        await vmm(orch, "vmm_attach_os", {"os": "os2", "asid_base": 0x10000})
+        await interpose(orch, ["os1", "os2"])
+        starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
+        p1 = await client.exec("os1", "timeshare", ["timeshare", "A", "80"])
+        p2 = await client.exec("os2", "timeshare", ["timeshare", "B", "8"])
+        await wait_vmm(orch, lambda s: s["oses"]["os2"]["switched_in"] > 0, "os2 on the CPU")
+        with pytest.raises(RemoteError) as info:  # os1 still has work: not detachable
+            await vmm(orch, "vmm_detach_os", {"os": "os1"})
+        assert info.value.reason == "os_busy"
+        e2 = await client.wait_exit("os2", p2)
+        assert (e2["code"], await client.console("uart1", starts["uart1"])) == (0, timeshare_output("B", 8))
+        await wait_vmm(orch, lambda s: not s["oses"]["os2"]["runnable"], "os2 idle")
+        await vmm(orch, "vmm_detach_os", {"os": "os2"})
+        assert ("os1", p1) not in client.exits, "os1's program ended before FIG. 7 could run under it"
+
+        held, last_to_vmm = await devirtualize(orch, "os1")
+        with trio.fail_after(60):
+            while await trap_consumed(orch, "os1") <= last_to_vmm:
+                await trio.sleep(0.02)
+        e1 = await client.wait_exit("os1", p1)
+        assert (e1["code"], await client.console("uart0", starts["uart0"])) == (0, timeshare_output("A", 80))
+        s = await vmm_stats(orch)
+        assert s["slices"] > 0 and s["oses"] == {} and s["stray_traps"] == 0
+        code, out = await client.run("os1", "uart0", "primes", ["primes"])
+        assert (code, out) == (0, (SAMPLES / "primes.expected").read_bytes())
+        await assert_nothing_lost(orch)
+
+    await with_client(orch, body)
