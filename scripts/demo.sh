@@ -12,13 +12,15 @@ echo "== a RISC-V program compiled from C, on hwemu's CPU (standalone)"
 $hw cpu run guest/build/samples/primes.elf --stats "$HWEMU_RUN_DIR/cpu.json" | tail -3
 echo "   stats: $(cat "$HWEMU_RUN_DIR/cpu.json")"
 
-if [ -f compose/native.toml ] && [ -f nodes/guest_os/__init__.py ]; then
-  echo "== the same kind of program on a native cluster: memctl, cpu0, uart0, timer0, os1 as processes"
-  $hw run compose/native.toml guest/build/samples/hello.elf -- world
-fi
-
-echo "== a cluster of processes, its status and a lossless route change"
-$hw up compose/flip.toml --detach >/dev/null
+echo "== a native cluster: memctl, cpu0, uart0, timer0 and the OS os1 are processes"
+$hw up compose/native.toml --detach >/dev/null
+$hw run compose/native.toml guest/build/samples/hello.elf -- world
+$hw run compose/native.toml guest/build/samples/primes.elf | tail -2
 $hw status
+$hw down
+
+echo "== a lossless route change under a running cluster"
+$hw up compose/flip.toml --detach >/dev/null
+$hw route show
 $hw route set data:src sink_b
 $hw down
