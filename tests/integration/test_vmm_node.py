@@ -55,6 +55,115 @@ def test_timeshare_model_matches_the_expected_file() -> None:
     assert timeshare_output("T", 6) == (SAMPLES / "timeshare.expected").read_bytes()
 
 
+# ======================================================= the VMM node, in-process
+
+class Recorder:
+    """A VmmNode whose emissions and replies are recorded instead of sent."""
+
+    def __init__(self, tmp_path: Path, slice_ticks: int = 2):
+        from nodes.runtime import NodeConfig
+        from nodes.vmm.node import VmmNode
+        from protocol.messages import Message
+
+        self.Message = Message
+        routes = {"priv:vmm": "cpu0", "trap:vmm.os1": "os1", "trap:vmm.os2": "os2",
+                  "irq:vmm.os1": "os1", "irq:vmm.os2": "os2"}
+        cfg = NodeConfig(name="vmm", kind="vmm", endpoint=f"ipc://{tmp_path}/vmm.sock", directory={},
+                         routes={"epoch": 1, "routes": routes}, orchestrator=None,
+                         options={"slice_ticks": slice_ticks})
+        self.node = VmmNode(cfg)
+        self.out: list[tuple[str, str, dict]] = []
+        self.replies: list[tuple[str, dict]] = []
+        self.seq = 0
+
+        async def emit(flow, kind, body):
+            self.out.append((flow, kind, body))
+            return len(self.out)
+
+        async def reply(to, kind="ok", body=None):
+            self.replies.append((kind, body or {}))
+
+        async def request(dst, kind, body=None, **kw):
+            return Message("ok", dst, "vmm", 1, {"stats": {"cpu_state": "running"}})
+
+        self.node.emit = emit
+        self.node.party.reply = reply
+        self.node.party.request = request
+
+    async def send(self, kind: str, body: dict | None = None, flow: str | None = None, src: str = "orch") -> list:
+        self.seq += 1
+        msg = self.Message(kind, src, "vmm", self.seq, body or {}, flow=flow, fseq=self.seq if flow else None)
+        mark = len(self.out)
+        await getattr(self.node, f"on_{kind}")(msg)
+        return self.out[mark:]
+
+    def close(self) -> None:
+        self.node.party.close()
+
+
+def trap_body(cause: int, asid: int, pc: int = 0x1000) -> dict:
+    return {"cause": cause, "tval": 0, "pc": pc, "regs": [asid] * 32, "asid": asid, "instret": 1}
+
+
+async def test_vmm_reflects_forwards_emulates_and_switches_in_process(tmp_path) -> None:
+    r = Recorder(tmp_path, slice_ticks=2)
+    try:
+        await r.send("vmm_attach_os", {"os": "os1", "asid_base": 0, "current": True})
+        await r.send("vmm_attach_os", {"os": "os2", "asid_base": 0x10000})
+        # a trap of os1's process (asid 2): reflected to os1 as is
+        assert await r.send("trap", trap_body(8, 2), flow="trap:cpu0", src="cpu0") == [
+            ("trap:vmm.os1", "trap", trap_body(8, 2))]
+        out = await r.send("cpu_resume", {"regs": [0] * 32, "pc": 4, "asid": 2, "space": "os1"},
+                           flow="priv:os1", src="os1")
+        assert out == [("priv:vmm", "cpu_resume", {"regs": [0] * 32, "pc": 4, "asid": 2, "space": "os1"})]
+        # os2, off the CPU: its TLB entries go in under its asid base; its resume is only saved
+        assert await r.send("tlb_write", {"asid": 3, "vpn": 5, "ppn": 800, "perms": "rw"},
+                            flow="priv:os2", src="os2") == [
+            ("priv:vmm", "tlb_write", {"asid": 0x10003, "vpn": 5, "ppn": 800, "perms": "rw"})]
+        assert await r.send("cpu_resume", {"regs": [7] * 32, "pc": 0x100, "asid": 3, "space": "os2"},
+                            flow="priv:os2", src="os2") == []
+        assert await r.send("irq_mask", {"masked": True}, flow="priv:os2", src="os2") == []
+        # ticks: to os1 now, queued for os2 (masked); the second ends os1's slice
+        assert await r.send("tick", {"n": 1, "time_ns": 10}, flow="irq:timer0", src="timer0") == [
+            ("irq:vmm.os1", "tick", {"n": 1, "time_ns": 10})]
+        assert await r.send("tick", {"n": 2, "time_ns": 20}, flow="irq:timer0", src="timer0") == [
+            ("irq:vmm.os1", "tick", {"n": 2, "time_ns": 20}), ("priv:vmm", "cpu_preempt", {})]
+        # the interrupt trap the VMM caused is kept: os1's context saved, os2's resumed (masked)
+        assert await r.send("trap", trap_body(0x80000005, 2, pc=0x2000), flow="trap:cpu0", src="cpu0") == [
+            ("priv:vmm", "irq_mask", {"masked": True}),
+            ("priv:vmm", "cpu_resume", {"space": "os2", "regs": [7] * 32, "pc": 0x100, "asid": 0x10003})]
+        # os1 asks for a preemption while off the CPU: noted, not sent
+        assert await r.send("cpu_preempt", {}, flow="priv:os1", src="os1") == []
+        # os2 unmasks: forwarded, then its two held ticks in order
+        assert await r.send("irq_mask", {"masked": False}, flow="priv:os2", src="os2") == [
+            ("irq:vmm.os2", "tick", {"n": 1, "time_ns": 10}), ("irq:vmm.os2", "tick", {"n": 2, "time_ns": 20}),
+            ("priv:vmm", "irq_mask", {"masked": False})]
+        # os2's trap goes back to it with its own asid
+        assert await r.send("trap", trap_body(8, 0x10003), flow="trap:cpu0", src="cpu0") == [
+            ("trap:vmm.os2", "trap", {**trap_body(8, 0x10003), "asid": 3})]
+        # a flush of "all" by os2 flushes only os2's asids
+        assert await r.send("tlb_flush", {"asid": None}, flow="priv:os2", src="os2") == [
+            ("priv:vmm", "tlb_flush", {"asid": 0x10003, "vpn": None})]
+        # os2 goes idle in its handler: os1 gets the CPU back where it was, then its preemption
+        assert await r.send("cpu_halt", {}, flow="priv:os2", src="os2") == [
+            ("priv:vmm", "irq_mask", {"masked": False}),
+            ("priv:vmm", "cpu_resume", {"space": "os1", "regs": [2] * 32, "pc": 0x2000, "asid": 2}),
+            ("priv:vmm", "cpu_preempt", {})]
+        # that interrupt trap is os1's own: reflected
+        assert await r.send("trap", trap_body(0x80000005, 2, pc=0x2000), flow="trap:cpu0", src="cpu0") == [
+            ("trap:vmm.os1", "trap", trap_body(0x80000005, 2, pc=0x2000))]
+        await r.send("vmm_cpu_release", {"os": "os1"})
+        assert r.replies[-1][0] == "error" and r.replies[-1][1]["reason"] == "more_than_one_os"
+        await r.send("vmm_detach_os", {"os": "os2"})  # idle: fine
+        await r.send("vmm_cpu_release", {"os": "os1"})
+        assert r.replies[-1] == ("ok", {"data": {"held": 0, "current": "os1", "own_preempt_pending": False}})
+        status = r.node.stats()["vmm"]
+        assert (status["traps_kept"], status["slices"], status["traps_reflected"]) == (1, 1, 3)
+        assert status["oses"]["os1"]["switched_in"] == 1
+    finally:
+        r.close()
+
+
 class Client:
     """A party outside the topology that starts programs on an OS and hears their proc_exit."""
 
