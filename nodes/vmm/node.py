@@ -19,7 +19,17 @@ timer's interrupts (``irq:timer0``) and the OS's privileged operations
   default 5): it preempts the CPU itself, keeps the resulting interrupt trap
   (it is not the OS's), saves the context and resumes another OS's;
 - drives devices for the instances (``vmm_device``, FIG. 5): console bytes
-  of ``io:<os>.uart`` go out unchanged on ``io:vmm.<uart>``.
+  of ``io:<os>.uart`` go out unchanged on ``io:vmm.<uart node>`` if routed
+  (one UART per OS), else on ``io:vmm.uart``; ``uart_sync`` is relayed.
+
+Control (orchestrator → vmm, ``ok`` {data} or ``error``): ``vmm_init``
+(writes an image header into its frames in space ``vmm`` when memctl has
+it, else says why not; resource discovery), ``vmm_attach_os`` (with
+``current``, the CPU is asked whether it runs at all), ``vmm_detach_os``
+(``os_busy`` for an OS with work while another is attached),
+``vmm_cpu_release`` (``more_than_one_os``; a switched-out context goes back
+on the CPU, held virtual interrupts are delivered, then everything passes
+straight through), ``vmm_device`` (body ``os`` names the owner), ``vmm_status``.
 
 Options: ``cpu`` (default ``cpu0``), ``memctl`` (``memctl``), ``timer``
 (``timer0``), ``slice_ticks`` (5), ``uarts`` ({uart node: os}, which OS owns
@@ -249,10 +259,12 @@ class VmmNode(Node):
                 vcpu.pc = b["pc"]
             if "asid" in b:
                 vcpu.asid = b["asid"]
+            if b.get("flush_tlb") and self.current != vcpu.name:
+                for asid in sorted(vcpu.asids):  # its own entries only; the others' stay
+                    await self._cpu("tlb_flush", {"asid": asid, "vpn": None})
             if self.current is None:  # the CPU is idle: this OS gets it
                 self.counts["priv_emulated"] += 1
                 vcpu.counts["emulated"] += 1
-                b["space"] = b.get("space", vcpu.name)
                 await self._switch_in(vcpu)
                 return
         elif kind == "cpu_halt":
