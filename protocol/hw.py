@@ -82,6 +82,7 @@ register("nic_close", id="int", port="int")
 register("nic_rx_ack", port="int", count="int")  # the driver hands back receive slots
 register("nic_done", id="int", status="int", port=_opt("int"), reason=_opt("str"))
 register("nic_rx", port="int", src_host="str", src_port="int", data="bytes")
+register("nic_forward", guest_port="int", host_port="int")  # direct request: map a guest port to a host port (hostfwd)
 
 # -- OS instance -----------------------------------------------------------------
 register("os_exec", elf="bytes", argv=Field("list", items="str"), name=_opt("str"),

@@ -552,6 +552,7 @@ import math  # noqa: E402
 import trio  # noqa: E402
 
 from nodes.guest_os.drivers import TimerDriver, UartDriver  # noqa: E402
+from nodes.guest_os.io import Io  # noqa: E402  (disk + NIC drivers, file/socket syscalls)
 from nodes.guest_os.module import FrameError, KernelModule  # noqa: E402
 from nodes.runtime import Node, NodeConfig  # noqa: E402
 import protocol.hw  # noqa: E402,F401  (registers the message kinds)
@@ -602,6 +603,7 @@ class OsNode(Node):
         self.console = UartDriver(self, self.name)
         self.timer = TimerDriver(self, self.name)
         self.kernel = Kernel(self.name, self.frames, self)
+        self.io = Io(self)
         self._events_in, self._events = trio.open_memory_channel(math.inf)
         self.exited: deque[dict[str, Any]] = deque(maxlen=64)
         self.mem_ops = 0
@@ -636,6 +638,7 @@ class OsNode(Node):
         self.exited.append({"pid": proc.pid, "name": proc.name, "code": proc.code, "reason": proc.reason})
         if proc.notify and proc.owner:
             self.nursery.start_soon(self._notify_exit, proc)
+        self.nursery.start_soon(self.io.process_gone, proc.pid)
 
     async def _notify_exit(self, proc: Process) -> None:
         try:
@@ -691,6 +694,10 @@ class OsNode(Node):
             await k.tick()
         elif kind == "uart_rx":
             await k.uart_rx(payload.body["data"])
+        elif kind == "io_done":
+            await self.io.io_done(k, payload)
+        elif kind == "nic_rx":
+            await self.io.nic_rx(k, payload.body)
         elif kind == "os_exec":
             msg = payload
             try:
@@ -729,16 +736,17 @@ class OsNode(Node):
             await self.party.reply(msg, "ok", {"data": {"pid": msg.body["pid"]}})
         elif kind == "os_driver_mode":
             msg = payload
-            driver = {"uart": self.console, "timer": self.timer}.get(msg.body.get("device"))
+            driver = {"uart": self.console, "timer": self.timer, "disk": self.io.disk,
+                      "nic": self.io.nic}.get(msg.body.get("device"))
             if driver is None:
-                raise ProtocolError("bad_field", f"no driver {msg.body.get('device')!r} (uart, timer)", "body.device")
+                raise ProtocolError("bad_field", f"no driver {msg.body.get('device')!r} (uart, timer, disk, nic)", "body.device")
             state = await driver.set_mode(msg.body.get("mode"))
             await self.party.reply(msg, "ok", {"data": state})
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()
         s.update(kernel=self.kernel.stats(), uart=self.console.stats(), timer=self.timer.stats(),
-                 mem_ops=self.mem_ops, procs=self.kernel.ps())
+                 mem_ops=self.mem_ops, procs=self.kernel.ps(), io=self.io.stats())
         return s
 
     # -- handlers: everything goes through the one kernel task, in arrival order ------------
@@ -757,6 +765,15 @@ class OsNode(Node):
 
     async def on_uart_rx(self, msg: Message) -> None:
         self._queue("uart_rx", msg)
+
+    async def on_disk_done(self, msg: Message) -> None:
+        self.io.disk.complete(msg.body)
+
+    async def on_nic_done(self, msg: Message) -> None:
+        self.io.nic.complete(msg.body)
+
+    async def on_nic_rx(self, msg: Message) -> None:
+        self._queue("nic_rx", msg)
 
     async def on_os_exec(self, msg: Message) -> None:
         self._queue("os_exec", msg)

@@ -25,6 +25,8 @@ directly as requests:
   in 127.0.0.0/8; names are not resolved), other -errno from the host socket.
   Flow commands complete with ``nic_done`` emitted on ``irq:<name>``; direct
   requests get a ``nic_done`` reply.
+- ``nic_forward`` {guest_port, host_port} (direct request) — add or change a
+  ``forward`` entry (taking effect at the port's next bind); reply ``ok``.
 - interrupt ``nic_rx`` {port, src_host, src_port, data} on ``irq:<name>``:
   a datagram received for guest ``port``.
 
@@ -255,6 +257,20 @@ class Nic(Node):
             port.inflight = max(0, port.inflight - max(0, msg.body["count"]))
         if msg.flow is None:
             await self.party.reply(msg, "ok")
+
+    async def on_nic_forward(self, msg: Message) -> None:
+        """``nic_forward`` {guest_port, host_port} (direct request, e.g. from
+        ``hwemu run --forward``): the guest port's host socket is on
+        ``127.0.0.1:<host_port>`` from its next bind on; reply ``ok`` {data:
+        {forward}}, or ``error`` bad_field for a bad port number."""
+        try:
+            g = _port_number(msg.body["guest_port"], "guest_port")
+            h = _port_number(msg.body["host_port"], "host_port", zero=True)
+        except _Refused as exc:
+            await self.party.reply(msg, "error", {"reason": "bad_field", "detail": exc.reason, "ref": "nic_forward"})
+            return
+        self.forward[g] = h
+        await self.party.reply(msg, "ok", {"data": {"forward": {str(k): v for k, v in sorted(self.forward.items())}}})
 
     # -- receive: host socket -> ring -> nic_rx on irq:<name> --------------------------
 

@@ -184,6 +184,32 @@ def _kill(rd: Path, os_name: str, pid: int) -> None:
         pass  # it ended meanwhile, or the cluster is gone
 
 
+def _parse_forward(specs: list[str]) -> list[tuple[int, int]]:
+    """``HOSTPORT:GUESTPORT`` (as QEMU's hostfwd) -> [(host_port, guest_port)]."""
+    out = []
+    for spec in specs:
+        host, sep, guest = spec.partition(":")
+        try:
+            h, g = int(host), int(guest)
+        except ValueError:
+            h = g = -1
+        if not sep or not 0 <= h <= 65535 or not 1 <= g <= 65535:
+            fail(f"--forward {spec!r}: expected HOSTPORT:GUESTPORT (host 0..65535, guest 1..65535)")
+        out.append((h, g))
+    return out
+
+
+def _forward(rd: Path, status: dict, os_name: str, forwards: list[tuple[int, int]]) -> None:
+    """Ask the OS's NIC (the node on ``io:<os>.nic``) to map each guest port
+    to its host port (``nic_forward``) before the program starts."""
+    nic = status["routes"]["routes"].get(f"io:{os_name}.nic")
+    if nic is None:
+        fail(f"--forward: {os_name} has no network card (no route io:{os_name}.nic)")
+    for host, guest in forwards:
+        _call(rd, "ctl_request", {"node": nic, "kind": "nic_forward",
+                                  "body": {"guest_port": guest, "host_port": host}})
+
+
 def run(
     topology: Annotated[Path, typer.Argument(help="Topology file (compose/*.toml); started if no cluster runs.")],
     program: Annotated[Path, typer.Argument(help="The RV32 ELF program to run.")],
@@ -193,6 +219,9 @@ def run(
         "--stdin", help="Feed this file ('-': our stdin) to the program's fd 0, then EOF "
                         "[default: fd 0 reads the console].")] = None,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds (0: wait for the program).")] = 0.0,
+    forward: Annotated[Optional[list[str]], typer.Option(
+        "--forward", metavar="HOSTPORT:GUESTPORT",
+        help="Forward UDP 127.0.0.1:HOSTPORT to the guest's port GUESTPORT (repeatable; the OS's NIC).")] = None,
     run_dir: RunDir = None,
 ) -> None:
     """Run a program on the cluster's OS: its console output on stdout, its exit status as ours."""
@@ -201,6 +230,7 @@ def run(
         elf = program.read_bytes()
     except OSError as exc:
         fail(f"cannot read {program}: {exc.strerror or exc}")
+    forwards = _parse_forward(forward or [])
     feed = None
     if stdin is not None:
         try:
@@ -217,6 +247,8 @@ def run(
             started = True
         status = _call(rd, "ctl_status")
         os_node, uart = _pick(status, os_name)
+        if forwards:
+            _forward(rd, status, os_node["name"], forwards)
         info: dict[str, Any] = {}
         try:
             result = trio.run(run_program, rd, status, os_node, uart, elf, [str(program), *(args or [])],

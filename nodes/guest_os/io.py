@@ -1,0 +1,709 @@
+"""Disk and NIC for the OS: dual-mode drivers and the file/socket syscalls
+(DESIGN.md §4, issue #6 parts 3-4).
+
+Syscalls (Linux RV32 numbers, registered into :data:`syscalls.SYSCALLS`):
+``openat`` (56) of ``/dev/disk0`` only (any other path: -ENOENT), ``close``
+(57), ``pread64`` (67) / ``pwrite64`` (68) (the 64-bit offset in the a3/a4
+register pair, low word first, as the SDK passes it), ``fsync`` (82, also
+used for fdatasync: ``disk_flush``), ``socket`` (198, AF_INET/SOCK_DGRAM
+only), ``bind`` (200), ``sendto`` (206), ``recvfrom`` (207).
+
+Block device semantics are Linux's for a raw block device: byte offsets and
+lengths need not be block multiples (whole blocks are read-modify-written
+through a kernel bounce frame of the OS's own); a ``pread64`` at or past the
+end of the device returns 0 (EOF) and one that straddles it a short count; a
+``pwrite64`` at or past the end is ``-ENOSPC``, one straddling it a short
+count; a negative offset is ``-EINVAL``. Every user pointer is checked
+before anything happens (``-EFAULT``).
+
+Blocking: a call that needs the device blocks the *process* (state
+``blocked``); the device work runs in a task of the node and its result is
+handed back to the kernel task as an ``io_done`` event, so other processes
+run meanwhile. A process killed while blocked simply never gets its result.
+
+Drivers are dual-mode like :class:`~nodes.guest_os.drivers.UartDriver`:
+``native`` sends on ``io:<os>.disk`` / ``io:<os>.nic``, ``virtual`` on the
+VMM's flow; :meth:`set_mode` drains the commands in flight, exports the
+state, flips the bit and imports it.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import trio
+
+from nodes.guest_os import syscalls
+from nodes.guest_os.drivers import MODES, NATIVE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nodes.guest_os.kernel import Kernel, Process
+
+log = logging.getLogger("hwemu.os.io")
+
+SYS_OPENAT, SYS_CLOSE, SYS_PREAD64, SYS_PWRITE64, SYS_FSYNC, SYS_FDATASYNC = 56, 57, 67, 68, 82, 83
+SYS_SOCKET, SYS_BIND, SYS_SENDTO, SYS_RECVFROM = 198, 200, 206, 207
+AF_INET, SOCK_DGRAM, IPPROTO_UDP = 2, 2, 17
+SOCK_TYPE_MASK = 0xF
+DISK_PATH = "/dev/disk0"
+PAGE = 4096
+IO_MAX = 1 << 20  # bytes per pread64/pwrite64; more is a short count, as Linux may
+MAX_DATAGRAM = 65507
+PATH_MAX = 4096
+CMD_TIMEOUT = 3.0  # s before a command is re-issued (the device may have restarted)
+IO_DEADLINE = 120.0  # s before an I/O gives up with -EIO
+FIRST_FD = 3
+
+
+def _signed(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+class DeviceError(Exception):
+    def __init__(self, status: int, reason: str = ""):
+        super().__init__(reason)
+        self.status = status
+
+
+class _Driver:
+    """What the disk and NIC drivers share: the mode bit, ids, completions."""
+
+    device = ""
+    done_kind = ""
+
+    def __init__(self, node: Any, os_name: str, mode: str = NATIVE, virtual_flow: str | None = None):
+        if mode not in MODES:
+            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
+        self.node = node
+        self.mode = mode
+        self.native_flow = f"io:{os_name}.{self.device}"
+        self.virtual_flow = virtual_flow or self.native_flow
+        self.next_id = 1
+        self.waiting: dict[int, list] = {}  # id -> [event, body]
+        self.commands = 0
+        self.retries = 0
+        self.errors = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @property
+    def flow(self) -> str:
+        return self.native_flow if self.mode == NATIVE else self.virtual_flow
+
+    def complete(self, body: dict[str, Any]) -> None:
+        """A ``*_done`` arrived (interrupt or reply): wake its issuer."""
+        slot = self.waiting.get(body.get("id"))
+        if slot is not None:
+            slot[1] = body
+            slot[0].set()
+
+    async def command(self, kind: str, body: dict[str, Any], *, retry: bool = True) -> dict[str, Any]:
+        """Emit one command and wait for its completion; re-issued (new id)
+        after CMD_TIMEOUT while the device is away, up to IO_DEADLINE."""
+        deadline = trio.current_time() + IO_DEADLINE
+        while True:
+            cid = self.next_id
+            self.next_id += 1
+            slot = [trio.Event(), None]
+            self.waiting[cid] = slot
+            self._idle = trio.Event() if self._idle.is_set() else self._idle
+            self.commands += 1
+            try:
+                try:
+                    await self.node.emit(self.flow, kind, {"id": cid, **body})
+                except Exception as exc:  # noqa: BLE001 - the device is away: retry
+                    log.info("%s: %s not sent: %s", self.device, kind, exc)
+                else:
+                    with trio.move_on_after(CMD_TIMEOUT):
+                        await slot[0].wait()
+            finally:
+                self.waiting.pop(cid, None)
+                if not self.waiting:
+                    self._idle.set()
+            if slot[1] is not None:
+                if slot[1].get("status", 0) == -errno.EAGAIN and trio.current_time() < deadline:
+                    await trio.sleep(0.005)
+                    continue
+                if slot[1].get("status", 0) < 0:
+                    self.errors += 1
+                return slot[1]
+            if not retry or trio.current_time() >= deadline:
+                raise DeviceError(-errno.EIO, f"{self.device}: no completion for {kind}")
+            self.retries += 1
+            await trio.sleep(0.05)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        with trio.fail_after(timeout):
+            await self._idle.wait()
+
+    def export_state(self) -> dict[str, Any]:
+        return {"device": self.device, "mode": self.mode, "next_id": self.next_id, "commands": self.commands}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        self.next_id = int(state.get("next_id", self.next_id))
+        self.commands = int(state.get("commands", self.commands))
+
+    async def set_mode(self, mode: str) -> dict[str, Any]:
+        """Drain, export the state, flip the mode bit, import it; returns the state."""
+        if mode not in MODES:
+            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
+        if mode == self.mode:
+            return self.export_state()
+        await self.drain()
+        state = self.export_state()
+        self.mode = mode
+        self.import_state(state)
+        return self.export_state()
+
+    def stats(self) -> dict[str, Any]:
+        return {"mode": self.mode, "commands": self.commands, "retries": self.retries, "errors": self.errors,
+                "inflight": len(self.waiting)}
+
+
+class DiskDriver(_Driver):
+    """``disk_read``/``disk_write``/``disk_flush`` on ``io:<os>.disk``, DMA
+    into one bounce frame of the OS (allocated and pinned at first use)."""
+
+    device = "disk"
+    done_kind = "disk_done"
+
+    def __init__(self, node: Any, os_name: str, mode: str = NATIVE, virtual_flow: str | None = None):
+        super().__init__(node, os_name, mode, virtual_flow)
+        self.block_size: int | None = None
+        self.blocks: int | None = None
+        self.bounce: int | None = None  # gpn
+        self.lock = trio.Lock()  # one transfer at a time through the bounce frame
+        self.read_bytes = 0
+        self.written_bytes = 0
+        self.flushes = 0
+
+    def export_state(self) -> dict[str, Any]:
+        return {**super().export_state(), "block_size": self.block_size, "blocks": self.blocks}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        super().import_state(state)
+        self.block_size = state.get("block_size", self.block_size)
+        self.blocks = state.get("blocks", self.blocks)
+
+    async def geometry(self) -> tuple[int, int | None]:
+        """(block size, number of blocks or None if the device does not say)."""
+        if self.block_size is None:
+            dest = self.node.routes.get(self.native_flow) if self.mode == NATIVE else None
+            info: dict[str, Any] = {}
+            if dest is not None:
+                try:
+                    reply = await self.node.party.request(dest, "disk_info", {}, timeout=10.0)
+                    info = reply.body.get("data") or {}
+                except Exception as exc:  # noqa: BLE001 - fall back to 512 and -EIO at the end
+                    log.warning("disk_info from %s failed: %s", dest, exc)
+            self.block_size = int(info.get("block_size", 512))
+            part = info.get("partition")
+            self.blocks = int(part[1]) if part else (int(info["blocks"]) if "blocks" in info else None)
+        return self.block_size, self.blocks
+
+    def _bounce(self) -> int:
+        if self.bounce is None:
+            self.bounce = self.node.module.alloc_pin(1)[0]
+        return self.bounce
+
+    async def _move(self, kind: str, block: int, count: int) -> None:
+        done = await self.command(kind, {"block": block, "count": count, "space": self.node.name,
+                                         "addr": self._bounce() * PAGE})
+        if done.get("status", 0) < 0:
+            raise DeviceError(done["status"], done.get("reason", ""))
+
+    async def pread(self, offset: int, length: int) -> bytes:
+        bs, blocks = await self.geometry()
+        if blocks is not None:
+            length = max(0, min(length, blocks * bs - offset))
+        out = bytearray()
+        per = PAGE // bs
+        async with self.lock:
+            pos = offset
+            end = offset + length
+            while pos < end:
+                first = pos // bs
+                count = min(per, (end - 1) // bs - first + 1)
+                await self._move("disk_read", first, count)
+                data = await self.node.mem_read(self._bounce() * PAGE, count * bs)
+                lo = pos - first * bs
+                hi = min(end - first * bs, count * bs)
+                out += data[lo:hi]
+                pos = first * bs + hi
+        self.read_bytes += len(out)
+        return bytes(out)
+
+    async def pwrite(self, offset: int, data: bytes) -> int:
+        bs, blocks = await self.geometry()
+        if blocks is not None:
+            if offset >= blocks * bs:
+                raise DeviceError(-errno.ENOSPC, "at or past the end of the device")
+            data = data[:blocks * bs - offset]
+        per = PAGE // bs
+        async with self.lock:
+            pos, end = offset, offset + len(data)
+            while pos < end:
+                first = pos // bs
+                count = min(per, (end - 1) // bs - first + 1)
+                lo = pos - first * bs
+                hi = min(end - first * bs, count * bs)
+                chunk = data[pos - offset:pos - offset + hi - lo]
+                base = self._bounce() * PAGE
+                if lo % bs or hi % bs:  # a partial block at either end: read-modify-write
+                    await self._move("disk_read", first, count)
+                    await self.node.mem_write(base + lo, chunk)
+                else:
+                    await self.node.mem_write(base, chunk)
+                await self._move("disk_write", first, count)
+                pos = first * bs + hi
+        self.written_bytes += len(data)
+        return len(data)
+
+    async def flush(self) -> None:
+        done = await self.command("disk_flush", {})
+        if done.get("status", 0) < 0:
+            raise DeviceError(done["status"], done.get("reason", ""))
+        self.flushes += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "read_bytes": self.read_bytes, "written_bytes": self.written_bytes,
+                "flushes": self.flushes, "bounce": self.bounce}
+
+
+class _Port:
+    __slots__ = ("port", "queue", "readers", "pending_ack")
+
+    def __init__(self, port: int):
+        self.port = port
+        self.queue: deque[tuple[bytes, str, int]] = deque()
+        self.readers: deque = deque()  # (proc, wait) blocked in recvfrom
+
+
+class NicDriver(_Driver):
+    """``nic_bind``/``nic_send``/``nic_close`` on ``io:<os>.nic``; receives
+    ``nic_rx`` and hands slots back with ``nic_rx_ack`` once the guest took
+    the datagram."""
+
+    device = "nic"
+    done_kind = "nic_done"
+
+    def __init__(self, node: Any, os_name: str, mode: str = NATIVE, virtual_flow: str | None = None):
+        super().__init__(node, os_name, mode, virtual_flow)
+        self.ports: dict[int, _Port] = {}
+        self.rx = self.tx = self.dropped = 0
+
+    async def bind(self, port: int) -> int:
+        done = await self.command("nic_bind", {"port": port})
+        if done.get("status", 0) < 0:
+            raise DeviceError(done["status"], done.get("reason", ""))
+        got = int(done.get("port", port))
+        self.ports[got] = _Port(got)
+        return got
+
+    async def send(self, src_port: int, host: str, port: int, data: bytes) -> None:
+        cid = self.next_id
+        self.next_id += 1
+        self.commands += 1
+        await self.node.emit(self.flow, "nic_send", {"id": cid, "src_port": src_port, "dst_host": host,
+                                                     "dst_port": port, "data": bytes(data)})
+        self.tx += 1
+
+    async def close(self, port: int) -> None:
+        self.ports.pop(port, None)
+        cid = self.next_id
+        self.next_id += 1
+        try:
+            await self.node.emit(self.flow, "nic_close", {"id": cid, "port": port})
+        except Exception as exc:  # noqa: BLE001
+            log.info("nic_close %d not sent: %s", port, exc)
+
+    async def ack(self, port: int, count: int = 1) -> None:
+        try:
+            await self.node.emit(self.flow, "nic_rx_ack", {"port": port, "count": count})
+        except Exception as exc:  # noqa: BLE001
+            log.info("nic_rx_ack %d not sent: %s", port, exc)
+
+    def export_state(self) -> dict[str, Any]:
+        return {**super().export_state(), "ports": sorted(self.ports)}
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "rx": self.rx, "tx": self.tx, "dropped": self.dropped,
+                "ports": {str(p): len(v.queue) for p, v in self.ports.items()}}
+
+
+class Socket:
+    def __init__(self) -> None:
+        self.port: int | None = None
+
+
+class DiskFile:
+    def __init__(self, flags: int) -> None:
+        self.flags = flags
+
+
+class Io:
+    """Per-OS I/O state: the drivers and every process's descriptors."""
+
+    def __init__(self, node: Any):
+        self.node = node
+        self.disk = DiskDriver(node, node.name)
+        self.nic = NicDriver(node, node.name)
+        self.fds: dict[int, dict[int, Any]] = {}  # pid -> fd -> DiskFile | Socket
+
+    # ---- descriptors ----
+    def table(self, p: "Process") -> dict[int, Any]:
+        return self.fds.setdefault(p.pid, {})
+
+    def new_fd(self, p: "Process", obj: Any) -> int:
+        t = self.table(p)
+        fd = FIRST_FD
+        while fd in t:
+            fd += 1
+        t[fd] = obj
+        return fd
+
+    async def process_gone(self, pid: int) -> None:
+        for obj in (self.fds.pop(pid, None) or {}).values():
+            if isinstance(obj, Socket) and obj.port is not None:
+                await self._drop_port(obj.port)
+
+    async def _drop_port(self, port: int) -> None:
+        st = self.nic.ports.get(port)
+        if st is not None and st.queue:
+            await self.nic.ack(port, len(st.queue))
+        await self.nic.close(port)
+
+    # ---- blocking: the work runs in a task, the result comes back as an event ----
+    def start(self, k: "Kernel", p: "Process", work: Callable[[], Awaitable[Any]],
+              finish: Callable[[Any], Awaitable[int]] | None = None, what: str = "io") -> None:
+        wait = (what,)
+        k.block(p, wait)
+
+        async def run() -> None:
+            try:
+                result = await work()
+            except DeviceError as exc:
+                result = exc.status
+            except Exception as exc:  # noqa: BLE001 - an I/O failure is the process's -EIO
+                log.exception("%s: %s for pid %d failed", self.node.name, what, p.pid)
+                result = -errno.EIO if not isinstance(exc, trio.TooSlowError) else -errno.ETIMEDOUT
+            self.node._queue("io_done", (p, wait, result, finish))
+
+        self.node.nursery.start_soon(run)
+
+    async def io_done(self, k: "Kernel", payload: tuple) -> None:
+        p, wait, result, finish = payload
+        if p.wait is not wait or p.pid not in k.procs:
+            return  # killed meanwhile
+        if finish is not None and not isinstance(result, int):
+            result = await finish(result)
+        elif finish is not None and isinstance(result, int) and result >= 0:
+            result = await finish(result)
+        p.regs[10] = result & 0xFFFFFFFF
+        k.make_ready(p)
+        await k.dispatch()
+
+    # ---- the NIC's receive side (kernel task) ----
+    async def nic_rx(self, k: "Kernel", body: dict[str, Any]) -> None:
+        port = self.nic.ports.get(body["port"])
+        if port is None:  # closed meanwhile: hand the slot back
+            self.nic.dropped += 1
+            await self.nic.ack(body["port"], 1)
+            return
+        self.nic.rx += 1
+        port.queue.append((bytes(body["data"]), body["src_host"], body["src_port"]))
+        while port.readers and port.queue:
+            p, wait, args = port.readers.popleft()
+            if p.wait is not wait or p.pid not in k.procs:
+                continue
+            result = await self._deliver(k, p, port, *args)
+            p.regs[10] = result & 0xFFFFFFFF
+            k.make_ready(p)
+        await k.dispatch()
+
+    async def _deliver(self, k: "Kernel", p: "Process", port: _Port, buf: int, length: int,
+                       addr: int, addrlen_p: int) -> int:
+        data, host, sport = port.queue.popleft()
+        await self.nic.ack(port.port, 1)
+        n = min(length, len(data))
+        if n and not await k.copy_to_user(p, buf, data[:n]):
+            return -errno.EFAULT
+        if addr and addrlen_p:
+            raw = await k.copy_from_user(p, addrlen_p, 4)
+            if raw is None:
+                return -errno.EFAULT
+            room = int.from_bytes(raw, "little")
+            sa = _sockaddr(host, sport)
+            if room and not await k.copy_to_user(p, addr, sa[:min(room, 16)]):
+                return -errno.EFAULT
+            if not await k.copy_to_user(p, addrlen_p, (16).to_bytes(4, "little")):
+                return -errno.EFAULT
+        return n
+
+    def stats(self) -> dict[str, Any]:
+        return {"disk": self.disk.stats(), "nic": self.nic.stats(),
+                "fds": {str(pid): len(t) for pid, t in self.fds.items() if t}}
+
+
+def _sockaddr(host: str, port: int) -> bytes:
+    try:
+        ip = ipaddress.IPv4Address(host).packed
+    except ValueError:
+        ip = bytes(4)
+    return AF_INET.to_bytes(2, "little") + port.to_bytes(2, "big") + ip + bytes(8)
+
+
+def _io(k: "Kernel") -> Io | None:
+    return getattr(k.hw, "io", None)
+
+
+async def _user_string(k: "Kernel", p: "Process", addr: int, limit: int = PATH_MAX) -> bytes | None:
+    out = bytearray()
+    while len(out) < limit:
+        n = min(PAGE - (addr & (PAGE - 1)), limit - len(out))
+        chunk = await k.copy_from_user(p, addr, n)
+        if chunk is None:
+            return None
+        i = chunk.find(0)
+        if i >= 0:
+            return bytes(out + chunk[:i])
+        out += chunk
+        addr += n
+    return None  # too long
+
+
+# ---------------------------------------------------------------- syscalls
+
+async def sys_openat(k: "Kernel", p: "Process", dirfd: int, path: int, flags: int, mode: int, *_: int) -> int:
+    io = _io(k)
+    name = await _user_string(k, p, path)
+    if name is None:
+        return -errno.EFAULT
+    if io is None or name.decode("latin-1") != DISK_PATH:
+        return -errno.ENOENT
+    if io.node.routes.get(io.disk.flow) is None:
+        return -errno.ENODEV
+    return io.new_fd(p, DiskFile(flags))
+
+
+async def sys_close(k: "Kernel", p: "Process", fd: int, *_: int) -> int:
+    io = _io(k)
+    fd = _signed(fd)
+    obj = io.table(p).pop(fd, None) if io is not None else None
+    if obj is None:
+        return 0 if fd in (0, 1, 2) else -errno.EBADF
+    if isinstance(obj, Socket) and obj.port is not None:
+        await io._drop_port(obj.port)
+    return 0
+
+
+def _disk_fd(io: Io | None, p: "Process", fd: int) -> DiskFile | None:
+    obj = io.table(p).get(_signed(fd)) if io is not None else None
+    return obj if isinstance(obj, DiskFile) else None
+
+
+async def sys_pread64(k: "Kernel", p: "Process", fd: int, buf: int, count: int, lo: int, hi: int,
+                      *_: int) -> int | None:
+    io = _io(k)
+    if _disk_fd(io, p, fd) is None:
+        return -errno.EBADF
+    offset = _signed(hi) << 32 | lo
+    count = min(count, IO_MAX)
+    if offset < 0 or _signed(count) < 0:
+        return -errno.EINVAL
+    if k.user_pieces(p, buf, count, "w") is None:
+        return -errno.EFAULT
+    if count == 0:
+        return 0
+
+    async def finish(data: bytes) -> int:
+        if data and not await k.copy_to_user(p, buf, data):
+            return -errno.EFAULT
+        return len(data)
+
+    io.start(k, p, lambda: io.disk.pread(offset, count), finish, "pread64")
+    return None
+
+
+async def sys_pwrite64(k: "Kernel", p: "Process", fd: int, buf: int, count: int, lo: int, hi: int,
+                       *_: int) -> int | None:
+    io = _io(k)
+    if _disk_fd(io, p, fd) is None:
+        return -errno.EBADF
+    offset = _signed(hi) << 32 | lo
+    count = min(count, IO_MAX)
+    if offset < 0:
+        return -errno.EINVAL
+    data = await k.copy_from_user(p, buf, count)
+    if data is None:
+        return -errno.EFAULT
+    if count == 0:
+        return 0
+    io.start(k, p, lambda: io.disk.pwrite(offset, data), None, "pwrite64")
+    return None
+
+
+async def sys_fsync(k: "Kernel", p: "Process", fd: int, *_: int) -> int | None:
+    io = _io(k)
+    obj = io.table(p).get(_signed(fd)) if io is not None else None
+    if obj is None:
+        return -errno.EBADF
+    if isinstance(obj, Socket):
+        return -errno.EINVAL
+
+    async def work() -> int:
+        await io.disk.flush()
+        return 0
+
+    io.start(k, p, work, None, "fsync")
+    return None
+
+
+async def sys_socket(k: "Kernel", p: "Process", domain: int, type_: int, proto: int, *_: int) -> int:
+    io = _io(k)
+    if domain != AF_INET:
+        return -errno.EAFNOSUPPORT
+    if type_ & SOCK_TYPE_MASK != SOCK_DGRAM or proto not in (0, IPPROTO_UDP):
+        return -errno.EPROTONOSUPPORT
+    if io is None or io.node.routes.get(io.nic.flow) is None:
+        return -errno.EAFNOSUPPORT  # no network device
+    return io.new_fd(p, Socket())
+
+
+def _sock(io: Io | None, p: "Process", fd: int) -> Socket | int:
+    obj = io.table(p).get(_signed(fd)) if io is not None else None
+    if obj is None:
+        return -errno.EBADF
+    if not isinstance(obj, Socket):
+        return -errno.ENOTSOCK
+    return obj
+
+
+async def _read_sockaddr(k: "Kernel", p: "Process", addr: int, addrlen: int) -> tuple[str, int] | int:
+    if _signed(addrlen) < 0:
+        return -errno.EINVAL
+    if addrlen < 16:
+        return -errno.EINVAL
+    raw = await k.copy_from_user(p, addr, 16)
+    if raw is None:
+        return -errno.EFAULT
+    if int.from_bytes(raw[:2], "little") != AF_INET:
+        return -errno.EAFNOSUPPORT
+    return str(ipaddress.IPv4Address(raw[4:8])), int.from_bytes(raw[2:4], "big")
+
+
+async def sys_bind(k: "Kernel", p: "Process", fd: int, addr: int, addrlen: int, *_: int) -> int | None:
+    io = _io(k)
+    s = _sock(io, p, fd)
+    if isinstance(s, int):
+        return s
+    sa = await _read_sockaddr(k, p, addr, addrlen)
+    if isinstance(sa, int):
+        return sa
+    if s.port is not None:
+        return -errno.EINVAL
+    host, port = sa
+    if host not in ("0.0.0.0", "127.0.0.1"):
+        return -errno.EADDRNOTAVAIL
+
+    async def work() -> int:
+        s.port = await io.nic.bind(port)
+        return 0
+
+    io.start(k, p, work, None, "bind")
+    return None
+
+
+async def sys_sendto(k: "Kernel", p: "Process", fd: int, buf: int, length: int, flags: int, addr: int,
+                     addrlen: int) -> int | None:
+    io = _io(k)
+    s = _sock(io, p, fd)
+    if isinstance(s, int):
+        return s
+    if _signed(length) < 0:
+        return -errno.EINVAL
+    if length > MAX_DATAGRAM:
+        return -errno.EMSGSIZE
+    if not addr:
+        return -errno.EDESTADDRREQ
+    sa = await _read_sockaddr(k, p, addr, addrlen)
+    if isinstance(sa, int):
+        return sa
+    data = await k.copy_from_user(p, buf, length)
+    if data is None:
+        return -errno.EFAULT
+    host, port = sa
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    if not ipaddress.IPv4Address(host) in ipaddress.IPv4Network("127.0.0.0/8"):
+        return -errno.ENETUNREACH
+    if port == 0:
+        return -errno.EINVAL
+    if s.port is not None:
+        await io.nic.send(s.port, host, port, data)
+        return length
+
+    async def work() -> int:  # an unbound socket gets an ephemeral port first, as on Linux
+        if s.port is None:
+            s.port = await io.nic.bind(0)
+        await io.nic.send(s.port, host, port, data)
+        return length
+
+    io.start(k, p, work, None, "sendto")
+    return None
+
+
+async def sys_recvfrom(k: "Kernel", p: "Process", fd: int, buf: int, length: int, flags: int, addr: int,
+                       addrlen_p: int) -> int | None:
+    io = _io(k)
+    s = _sock(io, p, fd)
+    if isinstance(s, int):
+        return s
+    if _signed(length) < 0:
+        return -errno.EINVAL
+    if length and k.user_pieces(p, buf, length, "w") is None:
+        return -errno.EFAULT
+    if addr and addrlen_p:
+        raw = await k.copy_from_user(p, addrlen_p, 4)
+        if raw is None or k.user_pieces(p, addrlen_p, 4, "w") is None:
+            return -errno.EFAULT
+        if _signed(int.from_bytes(raw, "little")) < 0:
+            return -errno.EINVAL
+        room = min(int.from_bytes(raw, "little"), 16)
+        if room and k.user_pieces(p, addr, room, "w") is None:
+            return -errno.EFAULT
+    if s.port is None:
+        return -errno.EINVAL  # nothing can arrive on an unbound socket
+    port = io.nic.ports.get(s.port)
+    if port is None:
+        return -errno.EBADF
+    args = (buf, length, addr, addrlen_p)
+    if port.queue and not port.readers:
+        return await io._deliver(k, p, port, *args)
+    wait = ("recvfrom", s.port)
+    k.block(p, wait)
+    port.readers.append((p, wait, args))
+    return None
+
+
+SYSCALLS = {
+    SYS_OPENAT: sys_openat,
+    SYS_CLOSE: sys_close,
+    SYS_PREAD64: sys_pread64,
+    SYS_PWRITE64: sys_pwrite64,
+    SYS_FSYNC: sys_fsync,
+    SYS_FDATASYNC: sys_fsync,
+    SYS_SOCKET: sys_socket,
+    SYS_BIND: sys_bind,
+    SYS_SENDTO: sys_sendto,
+    SYS_RECVFROM: sys_recvfrom,
+}
+syscalls.SYSCALLS.update(SYSCALLS)
+
+__all__ = ["Io", "DiskDriver", "NicDriver", "SYSCALLS", "math"]
