@@ -118,6 +118,23 @@ def status(run_dir: RunDir = None, json_out: Json = False) -> None:
         return
     console.print(_status_table(data))
     console.print(_routes_table(data["routes"]))
+    if data.get("virt"):
+        console.print(_virt_table(data["virt"]))
+
+
+def _virt_table(virt: dict) -> Table:
+    """Who controls each resource: the OS itself (native) or the VMM."""
+    v = virt["vmm"]
+    table = Table(title="resources")
+    table.add_column("resource", no_wrap=True)
+    table.add_column("controlled by", no_wrap=True)
+    table.add_row("vmm", f"loaded in {v['frames']} frames of {v['host']}" if v["loaded"] else "not loaded")
+    table.add_row("policy", f"auto-devirtualize {'on' if virt['policy']['auto_devirtualize'] else 'off'}")
+    for res, who in sorted(virt["resources"].items()):
+        table.add_row(res, "[bold]vmm[/]" if who == "vmm" else who)
+    for ln in virt["loans"]:
+        table.add_row(f"{len(ln['frames'])} frames lent by {ln['from']}", f"{ln['to']} (loan {ln['id']})")
+    return table
 
 
 def _alive(pid: int) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import cluster, console, cpu, route, run
+from orchestrator.cli import cluster, console, cpu, memory, route, run, vmm
 
 app = typer.Typer(
     name="hwemu",
@@ -19,6 +19,10 @@ app.command("console")(console.console)
 app.command("run")(run.run)
 app.add_typer(route.app, name="route")
 app.add_typer(cpu.app, name="cpu", help="Run programs on the CPU core.")
+app.add_typer(vmm.app, name="vmm")
+app.add_typer(memory.app, name="memory")
+app.command("interpose")(vmm.interpose)
+app.command("devirtualize")(vmm.devirtualize)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -396,3 +396,90 @@ async def test_interposed_and_devirtualized_by_the_choreographies_under_a_runnin
     unloaded = (await orch.ctl_devirtualize(unload=True))["reports"]
     assert [r["figure"] for r in unloaded] == ["fig8_unload"]
     assert "vmm" not in await check_conservation(orch)
+
+
+# ===================================================== the CLI, run as a user runs it
+
+def hwemu(run_dir: Path, *args: str, timeout: float = 120):
+    import os
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).parent / "hwemu")
+    return subprocess.run([exe, *args], cwd=REPO, env={**os.environ, "HWEMU_RUN_DIR": str(run_dir)},
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def one_json(out: str) -> dict:
+    import json
+
+    data, end = json.JSONDecoder().raw_decode(out)
+    assert out[end:].strip() == ""
+    return data
+
+
+@pytest.fixture
+def cli_run_dir(tmp_path):
+    """A short run directory; `hwemu down` at the end, then SIGKILL by pid for anything of ours left."""
+    import json
+    import os
+    import signal
+
+    rd = tmp_path / "r"
+    try:
+        yield rd
+    finally:
+        try:
+            state = json.loads((rd / "cluster.json").read_text())
+            pids = {state["pid"], *state.get("nodes", {}).values()} - {None}
+        except (OSError, ValueError):
+            pids = set()
+        hwemu(rd, "down", timeout=60)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_cli_loads_interposes_lends_refuses_and_devirtualizes_with_steps_and_pauses(cli_run_dir):
+    rd = cli_run_dir
+    assert hwemu(rd, "up", "compose/vmm.toml", "--detach", "--json").returncode == 0
+
+    load = hwemu(rd, "vmm", "load", "--host", "os1", "--frames", "8", "--json")
+    assert load.returncode == 0, load.stderr
+    rep = one_json(load.stdout)["reports"][0]
+    assert (rep["figure"], rep["outcome"]) == ("fig4", "committed")
+    assert all({"name", "ms", "pause_ms"} <= s.keys() for s in rep["steps"])
+
+    inter = hwemu(rd, "interpose", "--cpu", "--json")
+    assert inter.returncode == 0, inter.stderr
+    rep = one_json(inter.stdout)["reports"][0]
+    assert rep["figure"] == "fig3" and rep["pause_ms"] > 0
+    assert {s["name"]: s["pause_ms"] > 0 for s in rep["steps"]}["redirect_traps"]
+
+    status = one_json(hwemu(rd, "status", "--json").stdout)["virt"]
+    assert (status["resources"]["os1.cpu"], status["resources"]["os1.memory"]) == ("vmm", "vmm")
+    assert status["resources"]["os1.uart (uart0)"] == "os1"
+    human = hwemu(rd, "status")
+    assert "controlled by" in human.stdout and "loaded in 8 frames of os1" in human.stdout
+
+    lend = hwemu(rd, "memory", "borrow", "--from", "os1", "--to", "os2", "--frames", "4", "--json")
+    assert lend.returncode == 0, lend.stderr
+    assert len(one_json(lend.stdout)["reports"][0]["frames"]) == 4
+
+    refused = hwemu(rd, "devirtualize", "--cpu")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "hwemu: cannot devirtualize the memory of os1 while borrowed frames are out (4 frames os1→os2): "
+        "`hwemu memory return` them first"]
+
+    assert hwemu(rd, "memory", "return", "--from", "os1", "--to", "os2").returncode == 0
+    out = hwemu(rd, "devirtualize", "--unload", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [r["figure"] for r in one_json(out.stdout)["reports"]] == ["fig7", "fig8_unload"]
+    status = one_json(hwemu(rd, "status", "--json").stdout)["virt"]
+    assert set(status["resources"].values()) == {"os1", "os2"} and not status["vmm"]["loaded"]
+
+    bad = hwemu(rd, "memory", "borrow", "--from", "os1", "--to", "os2", "--frames", "0")
+    assert bad.returncode == 2  # bad usage

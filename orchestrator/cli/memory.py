@@ -1,0 +1,45 @@
+"""`hwemu memory borrow|return`: lend frames of one running OS to another
+through the VMM and give them back (DESIGN.md §5, ¶39)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from orchestrator.cli.cluster import _call
+from orchestrator.cli.common import Json, RunDir, run_dir_of
+from orchestrator.cli.vmm import TIMEOUT, show_reports
+
+app = typer.Typer(no_args_is_help=True, help="Borrow memory from one OS for another (¶39).")
+
+From = Annotated[str, typer.Option("--from", help="The OS that lends its frames.")]
+To = Annotated[str, typer.Option("--to", help="The OS that borrows them.")]
+
+
+@app.command("borrow")
+def borrow(
+    from_os: From,
+    to_os: To,
+    frames: Annotated[int, typer.Option("--frames", min=1, help="How many frames.")],
+    run_dir: RunDir = None,
+    json_out: Json = False,
+) -> None:
+    """The lender's module pins N frames, the VMM takes them (zeroed), the borrower's module adds them."""
+    show_reports(_call(run_dir_of(run_dir), "ctl_memory_borrow",
+                       {"from_os": from_os, "to_os": to_os, "frames": frames}, TIMEOUT), json_out)
+
+
+@app.command("return")
+def return_(
+    from_os: From,
+    to_os: To,
+    loan: Annotated[Optional[str], typer.Option("--loan", help="Only this loan (its journal id).")] = None,
+    run_dir: RunDir = None,
+    json_out: Json = False,
+) -> None:
+    """Frames lent FROM an OS TO another go back (the borrower must not be using them)."""
+    body = {"from_os": from_os, "to_os": to_os}
+    if loan:
+        body["loan"] = loan
+    show_reports(_call(run_dir_of(run_dir), "ctl_memory_return", body, TIMEOUT), json_out)

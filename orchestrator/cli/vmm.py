@@ -1,0 +1,106 @@
+"""`hwemu vmm load|unload`, `hwemu interpose`, `hwemu devirtualize`: the
+choreographies of DESIGN.md §5 on a running cluster (FIG. 3-8).
+
+Each command is one control request (``ctl_*``); the orchestrator runs the
+journaled choreography and answers with every step and its pause (the time
+the senders of re-routed flows were held: "interrupts disabled"). A refusal
+or a step that failed (and was rolled back) is one line on stderr, exit 1.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from orchestrator.cli.cluster import _call
+from orchestrator.cli.common import Json, RunDir, console, emit_json, run_dir_of
+
+app = typer.Typer(no_args_is_help=True, help="Load and unload the VMM at runtime (FIG. 4, FIG. 8).")
+
+TIMEOUT = 120.0  # a choreography starts nodes and waits for programs' traps: seconds, not ms
+
+Os = Annotated[Optional[str], typer.Option("--os", help="The OS instance (default: the one on the CPU).")]
+
+
+def show_reports(data: dict[str, Any], json_out: bool) -> None:
+    """One table per choreography: its steps, each with its duration and pause."""
+    if json_out:
+        emit_json(data)
+        return
+    reports = data.get("reports") or []
+    if not reports:
+        console.print("nothing to do: nothing asked is virtualized")
+    for rep in reports:
+        table = Table(title=f"{rep['title']}  [{rep['outcome']}]  pause {rep['pause_ms']:.2f} ms "
+                            f"(budget {rep['budget_ms']:g} ms)  journal id {rep['id']}")
+        for col in ("step", "patent", "ms", "pause ms", "result"):
+            table.add_column(col, justify="right" if col in ("ms", "pause ms") else "left")
+        for s in rep["steps"]:
+            result = ", ".join(f"{k}={_short(v)}" for k, v in s["data"].items())
+            table.add_row(s["name"], s["patent"], f"{s['ms']:.2f}", f"{s['pause_ms']:.2f}" if s["pause_ms"] else "",
+                          result)
+        console.print(table)
+        if rep.get("partial"):
+            console.print(f"[yellow]partial grant:[/] {rep['partial']}")
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, list) and len(v) > 6:
+        return f"[{v[0]}..{v[-1]}] ({len(v)})"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_short(x)}" for k, x in list(v.items())[:4]) + (", ..." if len(v) > 4 else "") + "}"
+    return str(v)
+
+
+@app.command("load")
+def load(
+    host: Annotated[str, typer.Option("--host", help="The OS whose kernel module gives the VMM its frames.")] = "os1",
+    frames: Annotated[int, typer.Option("--frames", min=1, help="Frames the VMM is loaded into.")] = 64,
+    run_dir: RunDir = None,
+    json_out: Json = False,
+) -> None:
+    """FIG. 4: the host's kernel module pins frames, the VMM takes them (zeroed), starts, initialises."""
+    show_reports(_call(run_dir_of(run_dir), "ctl_vmm_load", {"host": host, "frames": frames}, TIMEOUT), json_out)
+
+
+@app.command("unload")
+def unload(run_dir: RunDir = None, json_out: Json = False) -> None:
+    """FIG. 8 (808): stop the VMM and return its frames to the host (refused while it manages anything)."""
+    show_reports(_call(run_dir_of(run_dir), "ctl_vmm_unload", {}, TIMEOUT), json_out)
+
+
+def _body(**fields: Any) -> dict[str, Any]:
+    """A control body without the options not given (the schema has no nulls)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _io(values: list[str] | None) -> list[str] | None:
+    return [v for part in values for v in part.split(",") if v] if values else None
+
+
+def interpose(
+    cpu: Annotated[bool, typer.Option("--cpu", help="Interpose on the CPU and memory (FIG. 3).")] = False,
+    io: Annotated[Optional[list[str]], typer.Option("--io", help="Interpose on a device (FIG. 5): uart, or all.")] = None,
+    os_name: Os = None,
+    run_dir: RunDir = None,
+    json_out: Json = False,
+) -> None:
+    """Put the loaded VMM under a running OS, while it runs; no option: CPU, memory and every device."""
+    body = _body(cpu=cpu, io=_io(io), os=os_name)
+    show_reports(_call(run_dir_of(run_dir), "ctl_interpose", body, TIMEOUT), json_out)
+
+
+def devirtualize(
+    cpu: Annotated[bool, typer.Option("--cpu", help="Give the CPU back (FIG. 7; implies memory and devices).")] = False,
+    io: Annotated[Optional[list[str]], typer.Option("--io", help="Give a device back (FIG. 6): uart, or all.")] = None,
+    memory: Annotated[bool, typer.Option("--memory", help="Give direct addressability back (CPU stays virtualized).")] = False,
+    unload_vmm: Annotated[bool, typer.Option("--unload", help="Then unload the VMM and return its frames (FIG. 8).")] = False,
+    os_name: Os = None,
+    run_dir: RunDir = None,
+    json_out: Json = False,
+) -> None:
+    """Take the VMM out again, in FIG. 8's order; no option: everything allowed."""
+    body = _body(cpu=cpu, io=_io(io), memory=memory, unload=unload_vmm, os=os_name)
+    show_reports(_call(run_dir_of(run_dir), "ctl_devirtualize", body, TIMEOUT), json_out)
