@@ -483,3 +483,53 @@ def test_cli_loads_interposes_lends_refuses_and_devirtualizes_with_steps_and_pau
 
     bad = hwemu(rd, "memory", "borrow", "--from", "os1", "--to", "os2", "--frames", "0")
     assert bad.returncode == 2  # bad usage
+
+
+async def test_two_oses_under_the_vmm_refuse_cpu_devirtualization_and_partial_devirtualization_stays_exact(
+        guest_build, cluster):
+    orch = await cluster(VMM_TOPOLOGY)
+    install_conservation_hook(orch)
+    lines = 20
+    await orch.ctl_vmm_load(host="os1", frames=8)
+    first = (await orch.ctl_interpose(os="os1"))["reports"]
+    second = (await orch.ctl_interpose(os="os2"))["reports"]
+    assert [r["figure"] for r in first + second] == ["fig3", "fig5", "fig3", "fig5"]
+    assert {s["name"]: s["data"] for s in second[0]["steps"]}["attach"] == {"current": False}
+    await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=4)  # os2's map grows to reach them
+
+    client = Client(orch)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client.handle)
+
+            async def both(tag1: str, tag2: str) -> None:
+                starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
+                p1 = await client.exec("os1", "timeshare", ["timeshare", tag1, str(lines)])
+                p2 = await client.exec("os2", "timeshare", ["timeshare", tag2, str(lines)])
+                e1, e2 = await client.wait_exit("os1", p1), await client.wait_exit("os2", p2)
+                assert (e1["code"], await client.console("uart0", starts["uart0"])) == (
+                    0, timeshare_output(tag1, lines))
+                assert (e2["code"], await client.console("uart1", starts["uart1"])) == (
+                    0, timeshare_output(tag2, lines))
+
+            await both("A", "B")
+            with pytest.raises(ChoreographyError, match=r"cannot devirtualize the CPU while 2 OS instances run "
+                                                        r"under the VMM \(os1, os2\)"):
+                await orch.ctl_devirtualize(cpu=True)
+            with pytest.raises(ChoreographyError, match="while borrowed frames are out"):
+                await orch.ctl_devirtualize()
+            await orch.ctl_memory_return(from_os="os1", to_os="os2")
+            # everything allowed: consoles and memory back, the CPU stays with the VMM
+            partial = (await orch.ctl_devirtualize())["reports"]
+            assert sorted(r["figure"] for r in partial) == ["fig6", "fig6", "fig7_memory", "fig7_memory"]
+            resources = (await orch.ctl_virt_status())["resources"]
+            assert (resources["os1.cpu"], resources["os2.cpu"]) == ("vmm", "vmm")
+            assert (resources["os1.memory"], resources["os2.memory"], resources["os1.uart (uart0)"]) == (
+                "os1", "os2", "os1")
+            await both("C", "D")
+            nursery.cancel_scope.cancel()
+    finally:
+        client.party.close()
+    for name in orch.live_nodes():
+        stats = (await orch.request(name, "stats")).body["stats"]
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
