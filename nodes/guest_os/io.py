@@ -300,6 +300,12 @@ class NicDriver(_Driver):
 
     async def bind(self, port: int) -> int:
         done = await self.command("nic_bind", {"port": port})
+        if done.get("status", 0) == -errno.EADDRINUSE and port and port not in self.ports:
+            # a port the NIC holds for this OS that this driver does not know of is a
+            # leftover of the OS's previous life (a restart): take it back, bind again
+            closed = await self.command("nic_close", {"port": port})
+            if closed.get("status", 0) == 0:
+                done = await self.command("nic_bind", {"port": port})
         if done.get("status", 0) < 0:
             raise DeviceError(done["status"], done.get("reason", ""))
         got = int(done.get("port", port))

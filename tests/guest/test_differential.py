@@ -38,7 +38,7 @@ TOOLS = ("make", "riscv64-unknown-elf-gcc", "qemu-riscv32")
 HANG_LIMIT_S = 240
 # Servers that need a network (and a disk), with no fixed stdout to compare:
 # tests/guest/test_network_samples.py drives them over UDP instead.
-NETWORK_SAMPLES = {"samples": {"udpecho", "kvstore"}}
+NETWORK_SAMPLES = {"samples": {"udpecho", "kvstore", "iobad"}}
 
 
 @dataclass(frozen=True)

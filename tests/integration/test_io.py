@@ -1,0 +1,299 @@
+"""Disk and network I/O of the OS on a real cluster (DESIGN.md §3-4, §6,
+issue #6 parts 3-4): ``compose/io.toml`` (the native machine plus disk0 over
+``<run dir>/disk0.img`` and nic0), programs started with
+``hwemu run compose/io.toml PROG --forward HOSTPORT:GUESTPORT -- ARGS`` in a
+subprocess, talked to by a plain Python UDP socket on loopback.
+
+- differential: ``udpecho.elf`` and ``kvstore.elf`` answer the same
+  conversations (tests/guest/test_network_samples.py, played there against
+  qemu-riscv32) with the same replies, and print the same lines;
+- durability: kvstore acknowledges SETs, then ``kill -9`` of the disk node
+  (the supervisor restarts it; the running kvstore goes on), of the OS node
+  (restarted; kvstore run again on the same image) and of every process of
+  the cluster (``hwemu down`` then ``hwemu up`` on the same run directory):
+  every acknowledged SET is there each time;
+- bad input: ``iobad.elf`` (out-of-range and unaligned pread64/pwrite64, wild
+  buffers, unsupported sockets, an oversized datagram) and a bounded flood of
+  datagrams to the echo server: drops are counted by the NIC, nothing crashes.
+
+Deadlines guard every wait (nothing is timed); every process is stopped by
+pid at the end (the ``run_dir`` fixture, plus the ``hwemu run`` children).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.guest.test_network_samples import (converse, echo_conversation, free_udp_port, kv_after_restart_conversation,
+                                              kv_fill_conversation, kv_restart_conversation)
+from tests.integration.test_native import (BUILD, HWEMU, REPO, _alive, guest_build, hwemu, read_line_within,  # noqa: F401
+                                           run_dir, show)
+
+pytestmark = pytest.mark.integration
+
+IO = "compose/io.toml"
+DISK_BYTES = 16 << 20  # compose/io.toml: size_mb = 16
+GUEST_PORT = 7000
+LINE_DEADLINE_S = 60.0
+EXIT_DEADLINE_S = 120.0
+RESTART_DEADLINE_S = 60.0
+
+
+class Program:
+    """``hwemu run compose/io.toml ELF --forward HOST:GUEST -- ARGS`` as a child."""
+
+    def __init__(self, rd: Path, pids: set[int], elf: str, args: list[str], host_port: int,
+                 guest_port: int = GUEST_PORT):
+        self.proc = subprocess.Popen(
+            [HWEMU, "run", IO, str(BUILD / elf), "--forward", f"{host_port}:{guest_port}", "--", *args],
+            cwd=REPO, env={**os.environ, "HWEMU_RUN_DIR": str(rd)}, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pids.add(self.proc.pid)
+        self.address = ("127.0.0.1", host_port)
+
+    def line(self) -> bytes:
+        return read_line_within(self.proc, LINE_DEADLINE_S)
+
+    def finish(self) -> tuple[int, bytes, bytes]:
+        out, err = self.proc.communicate(timeout=EXIT_DEADLINE_S)
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=EXIT_DEADLINE_S)
+
+
+def status(rd: Path) -> dict:
+    st = hwemu(rd, "status", "--json", timeout=60)
+    assert st.returncode == 0, show(st)
+    return json.loads(st.stdout)
+
+
+def node(rd: Path, name: str) -> dict:
+    return next(n for n in status(rd)["nodes"] if n["name"] == name)
+
+
+def kill9_and_wait_restart(rd: Path, name: str) -> dict:
+    """SIGKILL node ``name``; wait (deadline) until the supervisor runs a new one."""
+    old = node(rd, name)
+    os.kill(old["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + RESTART_DEADLINE_S
+    while True:
+        n = node(rd, name)
+        if n["pid"] != old["pid"] and n["alive"] and n["state"].startswith("running"):
+            return n
+        assert time.monotonic() < deadline, f"{name} not restarted within {RESTART_DEADLINE_S} s: {n}"
+        time.sleep(0.1)
+
+
+def up(rd: Path) -> None:
+    started = hwemu(rd, "up", IO, "--detach", "--json")
+    assert started.returncode == 0, show(started)
+
+
+def kv_session(rd: Path, pids: set[int], conversation, ready: bytes, stopped: bytes) -> None:
+    prog = Program(rd, pids, "kvstore.elf", ["/dev/disk0", str(GUEST_PORT)], free_udp_port())
+    try:
+        assert prog.line() == ready
+        converse(prog.address, conversation)
+        code, out, err = prog.finish()
+        assert (code, out) == (0, stopped), (code, out, err)
+    finally:
+        prog.kill()
+
+
+# ------------------------------------------------------------ differential
+
+def test_udpecho_on_the_cluster_echoes_like_under_qemu(guest_build, run_dir):
+    rd, pids = run_dir
+    up(rd)
+    prog = Program(rd, pids, "udpecho.elf", [str(GUEST_PORT)], free_udp_port())
+    try:
+        assert prog.line() == b"udpecho listening on 7000\n"
+        conversation = echo_conversation()
+        converse(prog.address, conversation)
+        code, out, err = prog.finish()
+        assert (code, out) == (0, b"udpecho served %d datagrams\n" % (len(conversation) - 1)), (code, out, err)
+    finally:
+        prog.kill()
+
+
+def test_kvstore_on_the_cluster_answers_like_under_qemu_across_restarts(guest_build, run_dir):
+    rd, pids = run_dir
+    up(rd)
+    kv_session(rd, pids, kv_fill_conversation(), b"kvstore ready: 0 keys\n", b"kvstore stopped: 6 keys\n")
+    # the drivers switch mode and back (drain, export, import) with nothing lost
+    for mode in ("virtual", "native"):
+        for device in ("disk", "nic"):
+            r = hwemu(rd, "status", "--json")  # the cluster still answers
+            assert r.returncode == 0, show(r)
+            _driver_mode(rd, device, mode)
+    kv_session(rd, pids, kv_restart_conversation(), b"kvstore ready: 6 keys\n", b"kvstore stopped: 6 keys\n")
+    kv_session(rd, pids, kv_after_restart_conversation(), b"kvstore ready: 6 keys\n", b"kvstore stopped: 6 keys\n")
+    assert (rd / "disk0.img").stat().st_size == DISK_BYTES
+
+
+def _driver_mode(rd: Path, device: str, mode: str) -> dict:
+    import trio
+
+    from orchestrator.client import call
+
+    reply = trio.run(call, rd, "ctl_request", {"node": "os1", "kind": "os_driver_mode",
+                                               "body": {"device": device, "mode": mode}}, 30.0)
+    assert reply["kind"] == "ok", reply
+    assert reply["body"]["data"]["mode"] == mode
+    return reply["body"]["data"]
+
+
+# -------------------------------------------------------------- durability
+
+def _sets(lo: int, hi: int) -> list[tuple[bytes, bytes]]:
+    return [(b"SET key%03d value-%03d" % (i, i), b"OK") for i in range(lo, hi)]
+
+
+def _gets(n: int) -> list[tuple[bytes, bytes]]:
+    return [(b"GET key%03d" % i, b"VALUE value-%03d" % i) for i in range(n)] + [(b"COUNT", b"COUNT %d" % n)]
+
+
+def test_kvstore_acknowledged_sets_survive_kill9_of_the_disk_the_os_and_the_whole_cluster(guest_build, run_dir):
+    rd, pids = run_dir
+    up(rd)
+    progs: list[Program] = []
+    try:
+        prog = Program(rd, pids, "kvstore.elf", ["/dev/disk0", str(GUEST_PORT)], free_udp_port())
+        progs.append(prog)
+        assert prog.line() == b"kvstore ready: 0 keys\n"
+        converse(prog.address, _sets(0, 20))
+
+        # kill -9 the disk: restarted under the running kvstore, which goes on
+        kill9_and_wait_restart(rd, "disk0")
+        converse(prog.address, _gets(20) + _sets(20, 30))
+
+        # kill -9 the OS: the program dies with it; kvstore again on the same image
+        kill9_and_wait_restart(rd, "os1")
+        code, out, err = prog.finish()
+        assert code != 0, (code, out, err)
+        prog = Program(rd, pids, "kvstore.elf", ["/dev/disk0", str(GUEST_PORT)], free_udp_port())
+        progs.append(prog)
+        assert prog.line() == b"kvstore ready: 30 keys\n"
+        converse(prog.address, _gets(30) + _sets(30, 40))
+
+        # kill -9 every process of the cluster, `hwemu down`, `hwemu up` on the same run dir
+        st = status(rd)
+        everything = {st["orchestrator"]["pid"], *(n["pid"] for n in st["nodes"])}
+        pids |= everything
+        for pid in everything:
+            os.kill(pid, signal.SIGKILL)
+        prog.kill()
+        down = hwemu(rd, "down", timeout=60)
+        assert down.returncode in (0, 1), show(down)
+        deadline = time.monotonic() + RESTART_DEADLINE_S
+        while any(_alive(p) for p in everything):
+            assert time.monotonic() < deadline, "killed processes still alive"
+            time.sleep(0.05)
+        up(rd)
+        prog = Program(rd, pids, "kvstore.elf", ["/dev/disk0", str(GUEST_PORT)], free_udp_port())
+        progs.append(prog)
+        assert prog.line() == b"kvstore ready: 40 keys\n"
+        converse(prog.address, _gets(40) + [(b"QUIT", b"BYE")])
+        code, out, err = prog.finish()
+        assert (code, out) == (0, b"kvstore stopped: 40 keys\n"), (code, out, err)
+    finally:
+        for p in progs:
+            p.kill()
+
+
+# --------------------------------------------------------------- bad input
+
+IOBAD_EXPECTED = b"""openat(nosuchfile) = -2
+openat(device) ok = 1
+pread64(end) = 0
+pread64(past end) = 0
+pread64(straddling end) = 100
+pwrite64(end) = -28
+pwrite64(straddling end) = 200
+pread64(negative offset) = -22
+pwrite64(wild buffer) = -14
+pread64(wild buffer) = -14
+pread64(bad fd) = -9
+pwrite64(unaligned) = 3001
+fsync = 0
+pread64(unaligned) = 3001
+round trip equal = 1
+close = 0
+close again = -9
+socket(AF_INET6) = -97
+socket(SOCK_STREAM) = -93
+socket+bind ok = 1
+recvfrom(wild buffer) = -14
+recvfrom(wild addrlen) = -14
+sendto(oversized) = -90
+sendto(wild buffer) = -14
+sendto(wild address) = -14
+bind(bound again) = -22
+close(socket) = 0
+iobad done
+"""
+
+
+def test_bad_io_input_fails_cleanly_and_a_flood_is_dropped_and_counted(guest_build, run_dir):
+    rd, pids = run_dir
+    up(rd)
+    bad = hwemu(rd, "run", IO, str(BUILD / "iobad.elf"), "--", "/dev/disk0", str(DISK_BYTES), "7001")
+    assert (bad.returncode, bad.stdout) == (0, IOBAD_EXPECTED), show(bad)
+    # the bytes written across the device's end and at an unaligned offset are in the image
+    with open(rd / "disk0.img", "rb") as f:
+        f.seek(1000)
+        assert f.read(3001) == bytes((i * 7 + 3) & 0xFF for i in range(3001))
+
+    # a flood of datagrams at the echo server: a bounded count, loopback only
+    prog = Program(rd, pids, "udpecho.elf", [str(GUEST_PORT)], free_udp_port())
+    flood = 2000
+    try:
+        assert prog.line() == b"udpecho listening on 7000\n"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            for i in range(flood):
+                sock.sendto(b"flood %04d" % i, prog.address)
+            # wait (deadline) until the NIC has handed over or dropped what it took in
+            deadline = time.monotonic() + EXIT_DEADLINE_S
+            while True:
+                port = node(rd, "nic0")["stats"]["ports"][str(GUEST_PORT)]
+                if port["queued"] == 0 and port["inflight"] == 0:
+                    break
+                assert time.monotonic() < deadline, f"the NIC still holds datagrams: {port}"
+                time.sleep(0.05)
+            assert port["drops"] > 0, port
+            assert port["rx"] + port["drops"] <= flood, port
+            # every datagram the guest got is echoed; then quit (resent until "bye": it may be dropped)
+            sock.settimeout(10.0)
+            echoed = 0
+            while True:
+                sock.sendto(b"quit", prog.address)
+                try:
+                    while True:
+                        reply, _ = sock.recvfrom(65536)
+                        if reply == b"bye":
+                            break
+                        assert reply.startswith(b"flood "), reply
+                        echoed += 1
+                    break
+                except TimeoutError:
+                    assert time.monotonic() < deadline, "no bye"
+        code, out, err = prog.finish()
+        assert code == 0, (code, out, err)
+        assert out == b"udpecho served %d datagrams\n" % echoed
+        assert echoed >= port["rx"] > 0
+    finally:
+        prog.kill()
+    # nothing crashed: every node is still its first incarnation
+    assert all(n["alive"] and n["restarts"] == 0 for n in status(rd)["nodes"]), status(rd)["nodes"]
