@@ -56,6 +56,7 @@ class Orchestrator:
         self.virt = VirtState()
         self.choreography_lock = trio.Lock()  # one choreography at a time
         self.recovered: list[dict[str, Any]] = []
+        self.policy_reports: list[dict[str, Any]] = []
         self.step_hook = None  # async (figure, step) -> None, awaited after each choreography step
 
     # -- life cycle -------------------------------------------------------------
@@ -247,20 +248,21 @@ class Orchestrator:
             before = len(self.virt.attached)
             result = await fn(self, *args, **kw)
         if before > 1:
-            await self._apply_policy()
+            self.policy_reports = await self._apply_policy()
         return result
 
-    async def _apply_policy(self) -> None:
+    async def _apply_policy(self) -> list[dict[str, Any]]:
         """Policy (off by default): devirtualize everything once one OS remains under the VMM
-        (called when the number of managed OS instances drops to one)."""
+        (called when the number of managed OS instances drops to one). Returns the reports."""
         if not self.virt.auto_devirtualize or len(self.virt.attached) != 1:
-            return
+            return []
         from orchestrator.choreographies.fig8_remove_vmm import remove_vmm
         async with self.choreography_lock:
             try:
-                await remove_vmm(self, cpu=True)
+                return await remove_vmm(self, cpu=True)
             except (chor.ChoreographyError, chor.ChoreographyFailed) as exc:
                 log.warning("automatic devirtualization did not happen: %s", exc)
+                return [{"figure": "policy", "outcome": "refused", "error": str(exc)}]
 
     async def ctl_vmm_load(self, host: str = "os1", frames: int = 64) -> dict[str, Any]:
         """FIG. 4: load the VMM into ``frames`` frames pinned by ``host``."""
@@ -309,6 +311,18 @@ class Orchestrator:
         """¶39 in reverse: every loan ``from_os`` → ``to_os`` (or the one named) comes back."""
         from orchestrator.choreographies.borrow import give_back
         return {"reports": await self._exclusive(give_back, from_os, to_os, loan)}
+
+    async def ctl_os_stop(self, os: str) -> dict[str, Any]:
+        """Stop an OS instance (devices back and detached from the VMM first); then the policy."""
+        from orchestrator.choreographies.os_lifecycle import stop_os
+        self.policy_reports = []
+        reports = await self._exclusive(stop_os, os)
+        return {"reports": reports, "policy": self.policy_reports}
+
+    async def ctl_os_start(self, os: str) -> dict[str, Any]:
+        """Launch a deferred (or stopped) OS instance."""
+        from orchestrator.choreographies.os_lifecycle import start_os
+        return await self._exclusive(start_os, os)
 
     async def ctl_virt_status(self) -> dict[str, Any]:
         return self.virt.view(self.topology)

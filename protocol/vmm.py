@@ -79,3 +79,5 @@ register("ctl_memory_borrow", from_os="str", to_os="str", frames="int")
 register("ctl_memory_return", from_os="str", to_os="str", loan=_opt("str"))
 register("ctl_virt_status")    # data: who controls each resource, the VMM, the loans, the policy
 register("ctl_policy", auto_devirtualize="bool")
+register("ctl_os_start", os="str")
+register("ctl_os_stop", os="str")

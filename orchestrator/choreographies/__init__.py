@@ -284,4 +284,5 @@ async def _recover_one(orch: "Orchestrator", inc: Incomplete) -> dict[str, Any]:
 
 def _load_figures() -> None:
     from orchestrator.choreographies import (  # noqa: F401  (registers builders)
-        borrow, fig3_interpose_cpu, fig4_load_vmm, fig5_devices, fig7_devirtualize_cpu, fig8_remove_vmm)
+        borrow, fig3_interpose_cpu, fig4_load_vmm, fig5_devices, fig7_devirtualize_cpu, fig8_remove_vmm,
+        os_lifecycle)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from orchestrator.cli import cluster, console, cpu, memory, route, run, vmm
+from orchestrator.cli import os as os_cli
 
 app = typer.Typer(
     name="hwemu",
@@ -21,6 +22,7 @@ app.add_typer(route.app, name="route")
 app.add_typer(cpu.app, name="cpu", help="Run programs on the CPU core.")
 app.add_typer(vmm.app, name="vmm")
 app.add_typer(memory.app, name="memory")
+app.add_typer(os_cli.app, name="os")
 app.command("interpose")(vmm.interpose)
 app.command("devirtualize")(vmm.devirtualize)
 

@@ -33,6 +33,9 @@ def show_reports(data: dict[str, Any], json_out: bool) -> None:
     if not reports:
         console.print("nothing to do: nothing asked is virtualized")
     for rep in reports:
+        if "steps" not in rep:  # a policy that did not act
+            console.print(f"[yellow]{rep.get('figure')}:[/] {rep.get('error') or rep.get('outcome')}")
+            continue
         table = Table(title=f"{rep['title']}  [{rep['outcome']}]  pause {rep['pause_ms']:.2f} ms "
                             f"(budget {rep['budget_ms']:g} ms)  journal id {rep['id']}")
         for col in ("step", "patent", "ms", "pause ms", "result"):
@@ -104,3 +107,18 @@ def devirtualize(
     """Take the VMM out again, in FIG. 8's order; no option: everything allowed."""
     body = _body(cpu=cpu, io=_io(io), memory=memory, unload=unload_vmm, os=os_name)
     show_reports(_call(run_dir_of(run_dir), "ctl_devirtualize", body, TIMEOUT), json_out)
+
+
+@app.command("policy")
+def policy(
+    auto: Annotated[bool, typer.Option("--auto-devirtualize/--no-auto-devirtualize",
+                                       help="Devirtualize everything as soon as one OS remains.")],
+    run_dir: RunDir = None,
+    json_out: Json = False,
+) -> None:
+    """Set the devirtualization policy (off by default)."""
+    data = _call(run_dir_of(run_dir), "ctl_policy", {"auto_devirtualize": auto})
+    if json_out:
+        emit_json(data)
+    else:
+        console.print(f"auto-devirtualize {'on' if data['auto_devirtualize'] else 'off'}")

@@ -484,6 +484,14 @@ def test_cli_loads_interposes_lends_refuses_and_devirtualizes_with_steps_and_pau
     bad = hwemu(rd, "memory", "borrow", "--from", "os1", "--to", "os2", "--frames", "0")
     assert bad.returncode == 2  # bad usage
 
+    policy = hwemu(rd, "vmm", "policy", "--auto-devirtualize", "--json")
+    assert (policy.returncode, one_json(policy.stdout)) == (0, {"auto_devirtualize": True})
+    stop = hwemu(rd, "os", "stop", "os2", "--json")
+    assert stop.returncode == 0, stop.stderr
+    assert [r["figure"] for r in one_json(stop.stdout)["reports"]] == ["os_stop"]
+    start = hwemu(rd, "os", "start", "os2", "--json")
+    assert (start.returncode, one_json(start.stdout)) == (0, {"os": "os2", "started": True})
+
 
 async def test_two_oses_under_the_vmm_refuse_cpu_devirtualization_and_partial_devirtualization_stays_exact(
         guest_build, cluster):
@@ -533,3 +541,32 @@ async def test_two_oses_under_the_vmm_refuse_cpu_devirtualization_and_partial_de
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
         assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
+
+
+async def test_with_the_policy_on_stopping_one_of_two_oses_devirtualizes_the_other_under_a_running_program(
+        guest_build, cluster):
+    orch = await cluster(VMM_TOPOLOGY)
+    install_conservation_hook(orch)
+    await orch.ctl_policy(auto_devirtualize=True)
+    await orch.ctl_vmm_load(host="os1", frames=8)
+    await orch.ctl_interpose(os="os1", cpu=True)
+    await orch.ctl_interpose(os="os2", cpu=True)
+    lines = 30
+    client = Client(orch)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client.handle)
+            start = await client.logged("uart0")
+            pid = await client.exec("os1", "timeshare", ["timeshare", "P", str(lines)])
+            stopped = await orch.ctl_os_stop(os="os2")  # os2 is idle; os1's program runs on
+            assert [r["figure"] for r in stopped["reports"]] == ["os_stop"]
+            assert [r["figure"] for r in stopped["policy"]] == ["fig7"]  # one OS left: CPU given back
+            assert node_state(orch, "os2") == "stopped"
+            routes = orch.routes.table.routes
+            assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"]) == ("os1", "os1", "cpu0")
+            exit1 = await client.wait_exit("os1", pid)
+            assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("P", lines))
+            nursery.cancel_scope.cancel()
+    finally:
+        client.party.close()
+    assert (await orch.ctl_virt_status())["resources"]["os1.cpu"] == "os1"
