@@ -1,0 +1,191 @@
+"""Disk and network I/O benchmark of the OS on compose/io.toml (issue #6), one run.
+
+- UDP echo round trip: ``udpecho.elf`` on the cluster (``hwemu run
+  --forward``) vs a raw Python UDP echo server on loopback, the same client
+  (one 64-byte datagram, wait for its echo, --rtt-n times); ratio of the
+  median round trips (cluster / raw);
+- synchronous 4 KiB write IOPS: ``bench/iowrite.c`` (a guest program, built
+  here against the SDK) doing pwrite64 of one 4 KiB block + fsync, --write-n
+  times, timed by the guest's own clock_gettime (so the program's start-up
+  is not counted), vs a raw Python ``os.pwrite`` + ``os.fdatasync`` loop on
+  a file in the same run directory (same file system); ratio cluster / raw.
+
+    .venv/bin/python bench/io.py [--json] [--rtt-n N] [--write-n N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HWEMU = ROOT / ".venv/bin/hwemu"
+GUEST = ROOT / "guest"
+SAMPLES = GUEST / "build/samples"
+PAYLOAD = b"x" * 64
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rtts(address: tuple[str, int], n: int) -> list[float]:
+    out = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        for _ in range(5):  # warm-up
+            sock.sendto(PAYLOAD, address)
+            sock.recvfrom(65536)
+        for _ in range(n):
+            t = time.perf_counter()
+            sock.sendto(PAYLOAD, address)
+            reply, _ = sock.recvfrom(65536)
+            out.append(time.perf_counter() - t)
+            assert reply == PAYLOAD
+    return out
+
+
+def raw_echo(n: int) -> list[float]:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                data, peer = srv.recvfrom(65536)
+            except TimeoutError:
+                continue
+            srv.sendto(data, peer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        return rtts(srv.getsockname(), n)
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+
+
+def raw_writes(path: Path, n: int) -> float:
+    block = bytearray(4096)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        t = time.perf_counter()
+        for i in range(n):
+            block[:] = bytes([i & 0xFF]) * 4096
+            os.pwrite(fd, block, i * 4096)
+            os.fdatasync(fd)
+        return time.perf_counter() - t
+    finally:
+        os.close(fd)
+
+
+def build_iowrite(out: Path) -> Path:
+    elf = out / "iowrite.elf"
+    cc = subprocess.run(
+        ["riscv64-unknown-elf-gcc", "-march=rv32im", "-mabi=ilp32", "-O2", "-ffreestanding",
+         f"-I{GUEST}/sdk", f"-I{GUEST}/sdk/include", "-static", "-nostartfiles", "-nostdlib",
+         "-T", f"{GUEST}/sdk/link.ld", "-Wl,--no-warn-rwx-segments", f"{GUEST}/build/crt0.o",
+         str(ROOT / "bench/iowrite.c"), f"{GUEST}/build/libhwemu.a", "-lgcc", "-o", str(elf)],
+        capture_output=True, text=True)
+    if cc.returncode != 0:
+        raise SystemExit(f"cannot build bench/iowrite.c:\n{cc.stderr}")
+    return elf
+
+
+def read_line(proc: subprocess.Popen, seconds: float = 60) -> bytes:
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    got = b""
+    deadline = time.monotonic() + seconds
+    while not got.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not sel.select(left):
+            raise SystemExit(f"no line from {proc.args} within {seconds} s (got {got!r})")
+        chunk = os.read(proc.stdout.fileno(), 1)
+        if not chunk:
+            raise SystemExit(f"{proc.args} ended: {got!r} {proc.stderr.read()!r}")
+        got += chunk
+    return got
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--rtt-n", type=int, default=300, help="echo round trips per side")
+    ap.add_argument("--write-n", type=int, default=200, help="4 KiB pwrite+fsync per side")
+    args = ap.parse_args()
+    subprocess.run(["make", "-C", str(GUEST), "-s"], check=True)
+
+    with tempfile.TemporaryDirectory(prefix="hwio") as tmp:
+        rd = Path(tmp) / "run"
+        env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
+        elf = build_iowrite(Path(tmp))
+        subprocess.run([str(HWEMU), "up", "compose/io.toml", "--detach"], env=env, check=True,
+                       stdout=subprocess.DEVNULL, cwd=ROOT)
+        try:
+            host = free_port()
+            echo = subprocess.Popen([str(HWEMU), "run", "compose/io.toml", str(SAMPLES / "udpecho.elf"),
+                                     "--forward", f"{host}:7000", "--", "7000"], env=env, cwd=ROOT,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                read_line(echo)
+                guest_rtt = rtts(("127.0.0.1", host), args.rtt_n)
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.settimeout(10)
+                    s.sendto(b"quit", ("127.0.0.1", host))
+                    s.recvfrom(16)
+                echo.communicate(timeout=60)
+            finally:
+                if echo.poll() is None:
+                    echo.kill()
+                    echo.communicate()
+            run = subprocess.run([str(HWEMU), "run", "compose/io.toml", str(elf), "--", "/dev/disk0",
+                                  str(args.write_n)], env=env, cwd=ROOT, capture_output=True, timeout=600)
+            words = run.stdout.split()
+            if run.returncode != 0 or len(words) != 3 or words[0] != b"iowrite":
+                raise SystemExit(f"iowrite failed: {run.stdout!r} {run.stderr!r}")
+            guest_write_s = int(words[2]) / 1e6
+        finally:
+            subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+        raw_rtt = raw_echo(args.rtt_n)
+        raw_write_s = raw_writes(rd / "raw-writes.bin", args.write_n)
+
+    g_rtt, r_rtt = statistics.median(guest_rtt), statistics.median(raw_rtt)
+    g_iops, r_iops = args.write_n / guest_write_s, args.write_n / raw_write_s
+    result = {
+        "udp_rtt_guest_us": round(g_rtt * 1e6, 1),
+        "udp_rtt_raw_us": round(r_rtt * 1e6, 1),
+        "udp_rtt_ratio": round(g_rtt / r_rtt, 2),
+        "write_iops_guest": round(g_iops, 1),
+        "write_iops_raw": round(r_iops, 1),
+        "write_iops_ratio": round(g_iops / r_iops, 4),
+        "write_method": "guest bench/iowrite.c: pwrite64 4 KiB block-aligned + fsync, timed by the guest",
+        "rtt_n": args.rtt_n,
+        "write_n": args.write_n,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"UDP echo round trip: guest {result['udp_rtt_guest_us']} µs, raw Python {result['udp_rtt_raw_us']} µs "
+          f"(median of {args.rtt_n}), ratio {result['udp_rtt_ratio']}")
+    print(f"4 KiB pwrite+fsync: guest {result['write_iops_guest']} IOPS, raw pwrite+fdatasync "
+          f"{result['write_iops_raw']} IOPS, ratio {result['write_iops_ratio']}")
+
+
+if __name__ == "__main__":
+    main()
