@@ -101,6 +101,9 @@ class Run:
         A memory controller still recovering after its own restart is waited
         for (up to ``timeout``): it answers every request once it is done.
         """
+        if node not in self.orch.live_nodes():
+            state = self.orch.supervisor.nodes[node].state if node in self.orch.supervisor.nodes else "unknown"
+            raise ChoreographyError(f"{node} is not running ({state}): cannot send it {kind}")
         with trio.move_on_after(timeout):
             while True:
                 try:
@@ -177,7 +180,7 @@ class Choreography:
             t0 = time.perf_counter()
             try:
                 out = await step.do(run, ctx) or {}
-            except FAILURES as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever broke, the machine goes back as it was
                 cause = _describe(exc)
                 return await self._fail(run, ctx, done, report, f"step {step.name!r} failed: {cause}")
             ms = (time.perf_counter() - t0) * 1e3
@@ -221,7 +224,7 @@ async def undo_steps(run: Run, ctx: Ctx, done: list[Step]) -> tuple[list[str], l
             try:
                 with trio.CancelScope(shield=True):
                     await step.undo(run, ctx)
-            except FAILURES as exc:
+            except Exception as exc:  # noqa: BLE001 - report it, undo the rest
                 problems.append(f"{step.name}: {_describe(exc)}")
                 log.warning("%s: undo of %s failed: %s", run.id, step.name, exc)
                 continue
@@ -235,6 +238,9 @@ def _describe(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, RequestTimeout):
         return f"no answer in time ({exc})"
+    if not isinstance(exc, FAILURES):  # a bug, not a refusal: say what it was
+        log.error("choreography step raised %r", exc, exc_info=exc)
+        return f"{type(exc).__name__}: {exc}"
     return str(exc) or type(exc).__name__
 
 

@@ -147,3 +147,15 @@ async def test_a_failing_undo_is_reported_and_the_others_still_run(tmp_path):
     assert info.value.report["undo_failures"] == ["two: node gone"]
     assert "could not undo: two: node gone" in str(info.value)
     assert orch.log[-1] == "undo one []"
+
+
+async def test_a_step_with_a_bug_is_rolled_back_too_and_named(tmp_path):
+    orch = FakeOrch(tmp_path / "journal.jsonl")
+
+    async def buggy(run, ctx):
+        return ctx["missing"] + 1
+
+    c = Choreography("figX", "test figure", [recording(orch, "one"), Step("buggy", buggy)])
+    with pytest.raises(ChoreographyFailed, match=r"step 'buggy' failed: KeyError: 'missing'"):
+        await c.run(orch)
+    assert orch.log == ["do one", "undo one []"]
