@@ -98,7 +98,51 @@ class Orchestrator:
         for rec in self.recovered:
             log.warning("rolled back incomplete choreography %s (%s): undid %s%s", rec["id"], rec["figure"],
                         rec["undone"], f", could not undo {rec['undo_failures']}" if rec["undo_failures"] else "")
+        self.reset_memory = await self._firmware_memory_map()
         self.state = "running"
+
+    async def _firmware_memory_map(self) -> dict[str, Any]:
+        """Give every OS its partition back, as the firmware's memory map says.
+
+        The memory controller keeps its ownership across restarts, but the
+        nodes start afresh: an OS boots with its whole partition, native. So
+        frames a previous run left with the VMM or lent to another OS go home
+        (zeroed), and every OS space is direct again. Returns what moved.
+        """
+        moved: dict[str, Any] = {}
+        homes: dict[str, dict[int, str]] = {}
+        for name, spec in self.topology.nodes.items():
+            mem = spec.options.get("memory") if spec.kind == "os" else None
+            if isinstance(mem, list) and len(mem) == 2 and all(isinstance(v, int) for v in mem):
+                memctl = spec.options.get("memctl", "memctl")
+                homes.setdefault(memctl, {}).update({f: name for f in range(mem[0], mem[0] + mem[1])})
+        run = chor.Run(self, "firmware", "firmware")
+        for memctl, home in homes.items():
+            if memctl not in self.live_nodes():
+                continue
+            try:
+                owners = await run.call(memctl, "mem_owners")
+                moves: dict[tuple[str, str], list[int]] = {}
+                for owner, frames in owners.items():
+                    if owner in ("invariants", "free", "firmware"):
+                        continue
+                    for f in frames:
+                        if f in home and home[f] != owner:
+                            moves.setdefault((owner, home[f]), []).append(f)
+                for (owner, dest), frames in sorted(moves.items()):
+                    if owner != "vmm":
+                        await run.call(memctl, "mem_pin", {"frames": frames, "owner": owner})
+                    await run.call(memctl, "mem_transfer", {"frames": frames, "from_owner": owner, "to_owner": dest})
+                    moved[f"{owner}->{dest}"] = len(frames)
+                for os_name in sorted(set(home.values())):
+                    if os_name in owners:
+                        await run.call(memctl, "mem_set_identity", {"space": os_name})
+            except (RemoteError, RequestTimeout, chor.ChoreographyError) as exc:
+                log.warning("memory map of %s not restored: %s", memctl, exc)
+                moved[memctl] = f"not restored: {exc}"
+        if moved:
+            log.warning("frames returned to their partitions at start: %s", moved)
+        return moved
 
     async def start_node(self, name: str) -> bool:
         """Launch a node that is not running (``autostart = false``); False if it was running."""
@@ -282,12 +326,16 @@ class Orchestrator:
         os_name = self._default_os(os)
         everything = not cpu and not io
         devices = list(DEVICES) if everything or "all" in (io or []) else list(io or [])
-        reports = []
-        if (cpu or everything) and self.virt.attached.get(os_name, {}).get("cpu") != "vmm":
-            reports.append(await self._exclusive(interpose_cpu, os_name))
-        for dev in devices:
-            if f"{os_name}.{dev}" not in self.virt.devices or not everything:
-                reports.append(await self._exclusive(interpose_device, os_name, dev))
+        skip_done = everything or "all" in (io or [])
+        reports: list[dict[str, Any]] = []
+        try:
+            if cpu or (everything and self.virt.attached.get(os_name, {}).get("cpu") != "vmm"):
+                reports.append(await self._exclusive(interpose_cpu, os_name))
+            for dev in devices:
+                if not skip_done or f"{os_name}.{dev}" not in self.virt.devices:
+                    reports.append(await self._exclusive(interpose_device, os_name, dev))
+        except (chor.ChoreographyError, chor.ChoreographyFailed) as exc:
+            _partial(exc, reports)
         return {"reports": reports}
 
     async def ctl_devirtualize(self, os: str | None = None, cpu: bool | None = None, io: list[str] | None = None,
@@ -333,6 +381,17 @@ class Orchestrator:
 
     async def request(self, node: str, kind: str, body: dict | None = None, timeout: float = 5.0) -> Message:
         return await self.party.request(node, kind, body or {}, timeout=timeout)
+
+
+def _partial(exc: Exception, done: list[dict[str, Any]]) -> None:
+    """Re-raise ``exc`` saying which choreographies of the request were committed before it."""
+    if not done:
+        raise exc
+    before = ", ".join(r["title"] for r in done)
+    msg = f"{exc} (committed before it, and kept: {before})"
+    if isinstance(exc, chor.ChoreographyFailed):
+        raise chor.ChoreographyFailed(msg, exc.report) from None
+    raise chor.ChoreographyError(msg) from None
 
 
 @asynccontextmanager

@@ -570,3 +570,19 @@ async def test_with_the_policy_on_stopping_one_of_two_oses_devirtualizes_the_oth
     finally:
         client.party.close()
     assert (await orch.ctl_virt_status())["resources"]["os1.cpu"] == "os1"
+
+
+async def test_a_cluster_restarted_on_the_same_run_dir_gives_every_os_its_partition_back(cluster, tmp_path):
+    run_dir = tmp_path / "again"
+    async with running(parse(topology(), "first"), run_dir) as orch:
+        await orch.ctl_vmm_load(host="os1", frames=4)
+        await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=3)
+        own = await owners(orch)
+        assert len(own["vmm"]) == 4 and len(own["os2"]) == OS2[1] + 3
+    # the memory controller kept that; the OSes boot afresh with their partitions
+    again = await cluster(topology(), run_dir)
+    assert again.reset_memory == {"vmm->os1": 4, "os2->os1": 3}
+    own = await check_conservation(again)
+    assert "vmm" not in own
+    assert own["os1"] == list(range(OS1[0], OS1[0] + OS1[1]))
+    assert own["os2"] == list(range(OS2[0], OS2[0] + OS2[1]))
