@@ -556,7 +556,8 @@ from nodes.guest_os.io import Io  # noqa: E402  (disk + NIC drivers, file/socket
 from nodes.guest_os.module import FrameError, KernelModule  # noqa: E402
 from nodes.runtime import Node, NodeConfig  # noqa: E402
 import protocol.hw  # noqa: E402,F401  (registers the message kinds)
-from protocol.errors import ProtocolError  # noqa: E402
+import protocol.vmm  # noqa: E402,F401  (mem_pin)
+from protocol.errors import ProtocolError, RemoteError, RequestTimeout  # noqa: E402
 from protocol.messages import Message  # noqa: E402
 
 
@@ -722,6 +723,16 @@ class OsNode(Node):
                 reason = "out_of_memory" if isinstance(exc, OutOfMemory) else "bad_frames"
                 await self.party.reply(msg, "error", {"reason": reason, "detail": str(exc), "ref": kind})
                 return
+            if kind == "mod_alloc_pin" and frames:
+                # the memory controller learns they are pinned: only pinned frames may change owner
+                try:
+                    await self._mem("mem_pin", {"frames": frames})
+                except (RemoteError, RequestTimeout, ProtocolError) as exc:
+                    self.module.give_back(frames)  # not pinned after all: back on the free list
+                    self.module.add_frames(frames)
+                    await self.party.reply(msg, "error", {"reason": "pin_failed", "ref": kind,
+                                                          "detail": f"the memory controller did not pin them: {exc}"})
+                    return
             await self.party.reply(msg, "ok", {"data": {"frames": frames, "free": self.frames.free_count}})
         elif kind == "os_kill":
             msg = payload
