@@ -346,8 +346,12 @@ class Orchestrator:
         if everything:
             cpu = len(self.virt.attached) <= 1
             io, memory = ["all"], True
-        reports = await self._exclusive(remove_vmm, os_name=os, cpu=bool(cpu), io=list(io or []), memory=bool(memory),
-                                        unload_vmm=bool(unload))
+        reports: list[dict[str, Any]] = []
+        try:
+            await self._exclusive(remove_vmm, os_name=os, cpu=bool(cpu), io=list(io or []), memory=bool(memory),
+                                  unload_vmm=bool(unload), reports=reports)
+        except (chor.ChoreographyError, chor.ChoreographyFailed) as exc:
+            _partial(exc, reports)
         return {"reports": reports}
 
     async def ctl_memory_borrow(self, from_os: str, to_os: str, frames: int) -> dict[str, Any]:

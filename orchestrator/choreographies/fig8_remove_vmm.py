@@ -67,7 +67,8 @@ async def unload(orch) -> dict[str, Any]:
 
 
 async def remove_vmm(orch, os_name: str | None = None, cpu: bool = True, io: list[str] | None = None,
-                     memory: bool = True, unload_vmm: bool = False) -> list[dict[str, Any]]:
+                     memory: bool = True, unload_vmm: bool = False,
+                     reports: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Devirtualize in FIG. 8's order what is asked; returns one report per choreography run.
 
     ``os_name`` limits it to one OS (default: every OS the VMM manages).
@@ -82,7 +83,7 @@ async def remove_vmm(orch, os_name: str | None = None, cpu: bool = True, io: lis
         ChoreographyFailed: a part failed and was rolled back; earlier parts stay done.
     """
     st = orch.virt
-    reports: list[dict[str, Any]] = []
+    reports = [] if reports is None else reports
     io = list(io or [])
     managed = sorted(set(st.attached) | {d["os"] for d in st.devices.values()})
     targets = [os_name] if os_name else managed
