@@ -36,8 +36,10 @@ def _names(run: Run, ctx: Ctx) -> tuple[str, str, str]:
 
 async def _new_flows(run: Run, ctx: Ctx) -> dict[str, Any]:
     os_name, cpu, _ = _names(run, ctx)
-    return await run.reroute({f"trap:{VMM}.{os_name}": os_name, f"irq:{VMM}.{os_name}": os_name,
-                              f"priv:{VMM}": cpu})
+    out = await run.reroute({f"trap:{VMM}.{os_name}": os_name, f"irq:{VMM}.{os_name}": os_name,
+                             f"priv:{VMM}": cpu})
+    # only the VMM was held (nothing of the OS): not the disabled window the budget is for
+    return {"vmm_held_ms": out["pause_ms"], "new_flows": sorted(out["previous"])}
 
 
 async def _attach(run: Run, ctx: Ctx) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def _node(run: Run, ctx: Ctx) -> str:
 async def _new_flows(run: Run, ctx: Ctx) -> dict[str, Any]:
     # io:vmm.<device node> (one UART per OS: the VMM drives each on its own flow)
     out = await run.reroute({f"io:{VMM}.{_node(run, ctx)}": _node(run, ctx), f"irq:{VMM}.{ctx['os']}": ctx["os"]})
-    return {"new_flows": sorted(out["previous"])}
+    return {"new_flows": sorted(out["previous"]), "vmm_held_ms": out["pause_ms"]}
 
 
 def _driver(mode: str):

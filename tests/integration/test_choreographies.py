@@ -586,3 +586,35 @@ async def test_a_cluster_restarted_on_the_same_run_dir_gives_every_os_its_partit
     assert "vmm" not in own
     assert own["os1"] == list(range(OS1[0], OS1[0] + OS1[1]))
     assert own["os2"] == list(range(OS2[0], OS2[0] + OS2[1]))
+
+
+async def test_an_interposition_over_its_pause_budget_is_rolled_back_under_a_running_program(guest_build, cluster):
+    from orchestrator.choreographies.fig3_interpose_cpu import interpose_cpu
+
+    orch = await cluster(VMM_TOPOLOGY)
+    install_conservation_hook(orch)
+    await orch.ctl_vmm_load(host="os1", frames=8)
+    before = dict(orch.routes.table.routes)
+    lines = 30
+    client = Client(orch)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client.handle)
+            start = await client.logged("uart0")
+            pid = await client.exec("os1", "timeshare", ["timeshare", "R", str(lines)])
+            with pytest.raises(ChoreographyFailed, match=r"pause budget exceeded after step 'redirect_traps'") as info:
+                await interpose_cpu(orch, "os1", budget_ms=0.001)
+            assert info.value.report["undone"] == ["redirect_traps", "attach", "new_flows"]
+            now = orch.routes.table.routes
+            assert {f: now[f] for f in before} == before  # traps, interrupts, privileged ops: the OS's again
+            assert (await orch.request("vmm", "vmm_status")).body["data"]["oses"] == {}
+            exit1 = await client.wait_exit("os1", pid)
+            assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("R", lines))
+            nursery.cancel_scope.cancel()
+    finally:
+        client.party.close()
+    assert orch.virt.attached == {}
+    assert orch.journal.outcome(info.value.report["id"]) == "rolled_back"
+    for name in orch.live_nodes():
+        stats = (await orch.request(name, "stats")).body["stats"]
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
