@@ -319,7 +319,7 @@ class Orchestrator:
         return {"reports": [await self._exclusive(unload)]}
 
     async def ctl_interpose(self, os: str | None = None, cpu: bool | None = None,
-                            io: list[str] | None = None) -> dict[str, Any]:
+                            io: list[str] | None = None, budget_ms: float | None = None) -> dict[str, Any]:
         """FIG. 3 on the CPU and FIG. 5 on each device asked; nothing asked: everything."""
         from orchestrator.choreographies.fig3_interpose_cpu import interpose_cpu
         from orchestrator.choreographies.fig5_devices import DEVICES, interpose_device
@@ -330,16 +330,17 @@ class Orchestrator:
         reports: list[dict[str, Any]] = []
         try:
             if cpu or (everything and self.virt.attached.get(os_name, {}).get("cpu") != "vmm"):
-                reports.append(await self._exclusive(interpose_cpu, os_name))
+                reports.append(await self._exclusive(interpose_cpu, os_name, budget_ms=budget_ms))
             for dev in devices:
                 if not skip_done or f"{os_name}.{dev}" not in self.virt.devices:
-                    reports.append(await self._exclusive(interpose_device, os_name, dev))
+                    reports.append(await self._exclusive(interpose_device, os_name, dev, budget_ms=budget_ms))
         except (chor.ChoreographyError, chor.ChoreographyFailed) as exc:
             _partial(exc, reports)
         return {"reports": reports}
 
     async def ctl_devirtualize(self, os: str | None = None, cpu: bool | None = None, io: list[str] | None = None,
-                               memory: bool | None = None, unload: bool | None = None) -> dict[str, Any]:
+                               memory: bool | None = None, unload: bool | None = None,
+                               budget_ms: float | None = None) -> dict[str, Any]:
         """FIG. 8 order: memory, devices, CPU, optionally unload; nothing asked: everything allowed."""
         from orchestrator.choreographies.fig8_remove_vmm import remove_vmm
         everything = not cpu and not io and not memory
@@ -349,7 +350,7 @@ class Orchestrator:
         reports: list[dict[str, Any]] = []
         try:
             await self._exclusive(remove_vmm, os_name=os, cpu=bool(cpu), io=list(io or []), memory=bool(memory),
-                                  unload_vmm=bool(unload), reports=reports)
+                                  unload_vmm=bool(unload), reports=reports, budget_ms=budget_ms)
         except (chor.ChoreographyError, chor.ChoreographyFailed) as exc:
             _partial(exc, reports)
         return {"reports": reports}

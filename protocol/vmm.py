@@ -72,9 +72,9 @@ register("mem_owners")   # data: {owner: [frames...]}, plus "invariants": "ok" o
 # each report lists the choreography's steps with their pause time (orchestrator/choreographies)
 register("ctl_vmm_load", host=_opt("str"), frames=_opt("int"))
 register("ctl_vmm_unload")
-register("ctl_interpose", os=_opt("str"), cpu=_opt("bool"), io=_opt("list", items="str"))
+register("ctl_interpose", os=_opt("str"), cpu=_opt("bool"), io=_opt("list", items="str"), budget_ms=_opt("float"))
 register("ctl_devirtualize", os=_opt("str"), cpu=_opt("bool"), io=_opt("list", items="str"),
-         memory=_opt("bool"), unload=_opt("bool"))
+         memory=_opt("bool"), unload=_opt("bool"), budget_ms=_opt("float"))
 register("ctl_memory_borrow", from_os="str", to_os="str", frames="int")
 register("ctl_memory_return", from_os="str", to_os="str", loan=_opt("str"))
 register("ctl_virt_status")    # data: who controls each resource, the VMM, the loans, the policy

@@ -68,7 +68,8 @@ async def unload(orch) -> dict[str, Any]:
 
 async def remove_vmm(orch, os_name: str | None = None, cpu: bool = True, io: list[str] | None = None,
                      memory: bool = True, unload_vmm: bool = False,
-                     reports: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                     reports: list[dict[str, Any]] | None = None,
+                     budget_ms: float | None = None) -> list[dict[str, Any]]:
     """Devirtualize in FIG. 8's order what is asked; returns one report per choreography run.
 
     ``os_name`` limits it to one OS (default: every OS the VMM manages).
@@ -100,11 +101,11 @@ async def remove_vmm(orch, os_name: str | None = None, cpu: bool = True, io: lis
                 reports.append(await devirtualize_memory(orch, o))
     for key, dev in sorted(st.devices.items()):  # 804 devices back
         if dev["os"] in targets and (cpu or "all" in io or dev["device"] in io):
-            reports.append(await give_back_device(orch, dev["os"], dev["device"]))
+            reports.append(await give_back_device(orch, dev["os"], dev["device"], budget_ms=budget_ms))
     if cpu:  # 806 CPU back
         for o in targets:
             if st.attached.get(o, {}).get("cpu") == VMM:
-                reports.append(await devirtualize_cpu(orch, o))
+                reports.append(await devirtualize_cpu(orch, o, budget_ms=budget_ms))
     if unload_vmm:  # 808
         reports.append(await unload(orch))
     return reports

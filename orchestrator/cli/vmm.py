@@ -21,6 +21,8 @@ app = typer.Typer(no_args_is_help=True, help="Load and unload the VMM at runtime
 
 TIMEOUT = 120.0  # a choreography starts nodes and waits for programs' traps: seconds, not ms
 
+Budget = Annotated[Optional[float], typer.Option(
+    "--budget-ms", min=0.0, help="Pause budget: abort and roll back if interrupts stay disabled longer (default 300).")]
 Os = Annotated[Optional[str], typer.Option("--os", help="The OS instance (default: the one on the CPU).")]
 
 
@@ -87,11 +89,12 @@ def interpose(
     cpu: Annotated[bool, typer.Option("--cpu", help="Interpose on the CPU and memory (FIG. 3).")] = False,
     io: Annotated[Optional[list[str]], typer.Option("--io", help="Interpose on a device (FIG. 5): uart, or all.")] = None,
     os_name: Os = None,
+    budget_ms: Budget = None,
     run_dir: RunDir = None,
     json_out: Json = False,
 ) -> None:
     """Put the loaded VMM under a running OS, while it runs; no option: CPU, memory and every device."""
-    body = _body(cpu=cpu, io=_io(io), os=os_name)
+    body = _body(cpu=cpu, io=_io(io), os=os_name, budget_ms=budget_ms)
     show_reports(_call(run_dir_of(run_dir), "ctl_interpose", body, TIMEOUT), json_out)
 
 
@@ -101,11 +104,12 @@ def devirtualize(
     memory: Annotated[bool, typer.Option("--memory", help="Give direct addressability back (CPU stays virtualized).")] = False,
     unload_vmm: Annotated[bool, typer.Option("--unload", help="Then unload the VMM and return its frames (FIG. 8).")] = False,
     os_name: Os = None,
+    budget_ms: Budget = None,
     run_dir: RunDir = None,
     json_out: Json = False,
 ) -> None:
     """Take the VMM out again, in FIG. 8's order; no option: everything allowed."""
-    body = _body(cpu=cpu, io=_io(io), memory=memory, unload=unload_vmm, os=os_name)
+    body = _body(cpu=cpu, io=_io(io), memory=memory, unload=unload_vmm, os=os_name, budget_ms=budget_ms)
     show_reports(_call(run_dir_of(run_dir), "ctl_devirtualize", body, TIMEOUT), json_out)
 
 

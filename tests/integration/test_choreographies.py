@@ -452,6 +452,9 @@ def test_cli_loads_interposes_lends_refuses_and_devirtualizes_with_steps_and_pau
     assert (rep["figure"], rep["outcome"]) == ("fig4", "committed")
     assert all({"name", "ms", "pause_ms"} <= s.keys() for s in rep["steps"])
 
+    over = hwemu(rd, "interpose", "--cpu", "--budget-ms", "0.001")
+    assert over.returncode == 1
+    assert "pause budget exceeded after step 'redirect_traps'" in over.stderr and "rolled back" in over.stderr
     inter = hwemu(rd, "interpose", "--cpu", "--json")
     assert inter.returncode == 0, inter.stderr
     rep = one_json(inter.stdout)["reports"][0]
