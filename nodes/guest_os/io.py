@@ -177,6 +177,7 @@ class DiskDriver(_Driver):
         super().__init__(node, os_name, mode, virtual_flow)
         self.block_size: int | None = None
         self.blocks: int | None = None
+        self.first_block = 0  # the start of this OS's partition (disk_info), if it has one
         self.bounce: int | None = None  # gpn
         self.lock = trio.Lock()  # one transfer at a time through the bounce frame
         self.read_bytes = 0
@@ -184,12 +185,14 @@ class DiskDriver(_Driver):
         self.flushes = 0
 
     def export_state(self) -> dict[str, Any]:
-        return {**super().export_state(), "block_size": self.block_size, "blocks": self.blocks}
+        return {**super().export_state(), "block_size": self.block_size, "blocks": self.blocks,
+                "first_block": self.first_block}
 
     def import_state(self, state: dict[str, Any]) -> None:
         super().import_state(state)
         self.block_size = state.get("block_size", self.block_size)
         self.blocks = state.get("blocks", self.blocks)
+        self.first_block = int(state.get("first_block", self.first_block))
 
     async def geometry(self) -> tuple[int, int | None]:
         """(block size, number of blocks or None if the device does not say)."""
@@ -205,6 +208,7 @@ class DiskDriver(_Driver):
             self.block_size = int(info.get("block_size", 512))
             part = info.get("partition")
             self.blocks = int(part[1]) if part else (int(info["blocks"]) if "blocks" in info else None)
+            self.first_block = int(part[0]) if part else 0
         return self.block_size, self.blocks
 
     def _bounce(self) -> int:
@@ -213,7 +217,7 @@ class DiskDriver(_Driver):
         return self.bounce
 
     async def _move(self, kind: str, block: int, count: int) -> None:
-        done = await self.command(kind, {"block": block, "count": count, "space": self.node.name,
+        done = await self.command(kind, {"block": self.first_block + block, "count": count, "space": self.node.name,
                                          "addr": self._bounce() * PAGE})
         if done.get("status", 0) < 0:
             raise DeviceError(done["status"], done.get("reason", ""))

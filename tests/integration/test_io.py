@@ -95,8 +95,8 @@ def kill9_and_wait_restart(rd: Path, name: str) -> dict:
         time.sleep(0.1)
 
 
-def up(rd: Path) -> None:
-    started = hwemu(rd, "up", IO, "--detach", "--json")
+def up(rd: Path, topology: str = IO) -> None:
+    started = hwemu(rd, "up", topology, "--detach", "--json")
     assert started.returncode == 0, show(started)
 
 
@@ -297,3 +297,24 @@ def test_bad_io_input_fails_cleanly_and_a_flood_is_dropped_and_counted(guest_bui
         prog.kill()
     # nothing crashed: every node is still its first incarnation
     assert all(n["alive"] and n["restarts"] == 0 for n in status(rd)["nodes"]), status(rd)["nodes"]
+
+
+def test_an_os_with_a_disk_partition_sees_only_its_partition(guest_build, run_dir, tmp_path):
+    """disk0 with ``partitions = {os1 = [FIRST, COUNT]}``: the OS's /dev/disk0
+    is its partition (offsets from its first block, its end at COUNT blocks)."""
+    rd, pids = run_dir
+    first, count = 1024, 4096
+    topo = tmp_path / "io-part.toml"
+    topo.write_text((REPO / IO).read_text().replace(
+        "options = { size_mb = 16, block_size = 512, memctl = \"memctl\" }",
+        f"options = {{ size_mb = 16, block_size = 512, memctl = \"memctl\", partitions = {{ os1 = [{first}, {count}] }} }}"))
+    assert "partitions" in topo.read_text()
+    up(rd, str(topo))
+    size = count * 512
+    bad = hwemu(rd, "run", str(topo), str(BUILD / "iobad.elf"), "--", "/dev/disk0", str(size), "7001")
+    assert (bad.returncode, bad.stdout) == (0, IOBAD_EXPECTED), show(bad)
+    with open(rd / "disk0.img", "rb") as f:
+        f.seek(first * 512 + 1000)
+        assert f.read(3001) == bytes((i * 7 + 3) & 0xFF for i in range(3001))
+        f.seek(1000)
+        assert f.read(3001) == bytes(3001), "the OS wrote outside its partition"
