@@ -579,8 +579,12 @@ class OsNode(Node):
     ``mod_add`` {frames}, ``mod_give_back`` {frames} -> ok {data: {frames,
     free}}; ``os_driver_mode`` {device, mode} -> ok {data: state}. Takes
     ``trap`` (trap:<cpu>), ``tick``/``alarm`` (irq:<timer>), ``uart_rx``
-    (irq:<uart>); sends privileged operations on ``priv:<name>``, console
-    output on ``io:<name>.uart``, ``timer_set`` on ``io:<name>.timer``.
+    (irq:<uart>), ``disk_done`` (irq:<disk>), ``nic_done``/``nic_rx``
+    (irq:<nic>); sends privileged operations on ``priv:<name>``, console
+    output on ``io:<name>.uart``, ``timer_set`` on ``io:<name>.timer``, disk
+    and NIC commands on ``io:<name>.disk`` / ``io:<name>.nic`` (drivers and
+    the file/socket syscalls: :mod:`nodes.guest_os.io`; ``os_driver_mode``
+    takes device uart, timer, disk or nic).
     """
 
     kind = "os"
