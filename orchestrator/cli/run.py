@@ -206,8 +206,8 @@ def _forward(rd: Path, status: dict, os_name: str, forwards: list[tuple[int, int
     if nic is None:
         fail(f"--forward: {os_name} has no network card (no route io:{os_name}.nic)")
     for host, guest in forwards:
-        _call(rd, "ctl_request", {"node": nic, "kind": "nic_forward",
-                                  "body": {"guest_port": guest, "host_port": host}})
+        _call(rd, "ctl_request", {"node": nic, "kind": "nic_forward", "timeout": 20.0,
+                                  "body": {"guest_port": guest, "host_port": host}}, timeout=30.0)
 
 
 def run(

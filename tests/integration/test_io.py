@@ -318,3 +318,13 @@ def test_an_os_with_a_disk_partition_sees_only_its_partition(guest_build, run_di
         assert f.read(3001) == bytes((i * 7 + 3) & 0xFF for i in range(3001))
         f.seek(1000)
         assert f.read(3001) == bytes(3001), "the OS wrote outside its partition"
+
+
+@pytest.mark.parametrize("spec", ["7000", "x:7000", "70000:7000", "7000:0", "7000:65536"])
+def test_hwemu_run_refuses_a_bad_forward_spec_before_starting_anything(guest_build, run_dir, spec):
+    rd, _ = run_dir
+    bad = hwemu(rd, "run", IO, str(BUILD / "hello.elf"), "--forward", spec, timeout=60)
+    assert bad.returncode == 1, show(bad)
+    assert bad.stderr.decode().strip().splitlines() == [
+        f"hwemu: --forward {spec!r}: expected HOSTPORT:GUESTPORT (host 0..65535, guest 1..65535)"], show(bad)
+    assert not (rd / "cluster.json").exists()
