@@ -621,3 +621,42 @@ async def test_an_interposition_over_its_pause_budget_is_rolled_back_under_a_run
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
         assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
+
+
+async def test_memctl_administration_is_refused_to_anyone_but_the_orchestrator_and_the_vmm(cluster):
+    from protocol.errors import RemoteError
+    from protocol.transport import Party
+
+    orch = await cluster(topology())
+    before = await check_conservation(orch)
+    intruder = Party("intruder", f"ipc://{orch.run_dir}/intruder.sock", dict(orch.directory), advertise=True)
+
+    async def ignore(msg):
+        return None
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(intruder.serve, ignore)
+            frames = before["os1"][:2]
+            for kind, body in (("mem_transfer", {"frames": frames, "from_owner": "os1", "to_owner": "intruder"}),
+                               ("mem_set_map", {"space": "os1", "map": {}}),
+                               ("mem_set_identity", {"space": "os1"}),
+                               ("mem_create_space", {"space": "evil", "frames": before["free"][:1]}),
+                               ("mem_destroy_space", {"space": "os2"}),
+                               ("mem_owners", {})):
+                with pytest.raises(RemoteError, match="accepted only from orch, vmm") as info:
+                    await intruder.request("memctl", kind, body, timeout=5)
+                assert info.value.reason == "forbidden"
+            with pytest.raises(RemoteError, match="may pin only its own frames"):
+                await intruder.request("memctl", "mem_pin", {"frames": frames, "owner": "os1"}, timeout=5)
+            with pytest.raises(RemoteError, match="cannot pin frames"):
+                await intruder.request("memctl", "mem_pin", {"frames": frames}, timeout=5)
+            nursery.cancel_scope.cancel()
+    finally:
+        intruder.close()
+    assert await check_conservation(orch) == before
+    # an OS pins its own frames (its kernel module does, in mod_alloc_pin); the orchestrator may then move them
+    pinned = (await orch.request("os1", "mod_alloc_pin", {"n": 2})).body["data"]["frames"]
+    await orch.request("os1", "mod_give_back", {"frames": pinned})
+    await orch.request("memctl", "mem_transfer", {"frames": pinned, "from_owner": "os1", "to_owner": "os2"})
+    assert set(pinned) <= set((await check_conservation(orch))["os2"])
