@@ -328,3 +328,61 @@ def test_hwemu_run_refuses_a_bad_forward_spec_before_starting_anything(guest_bui
     assert bad.stderr.decode().strip().splitlines() == [
         f"hwemu: --forward {spec!r}: expected HOSTPORT:GUESTPORT (host 0..65535, guest 1..65535)"], show(bad)
     assert not (rd / "cluster.json").exists()
+
+
+def _os_ps(rd: Path) -> dict:
+    import trio
+
+    from orchestrator.client import call
+
+    reply = trio.run(call, rd, "ctl_request", {"node": "os1", "kind": "os_ps", "body": {}}, 30.0)
+    return reply["body"]["data"]
+
+
+def _wait_blocked(rd: Path, name: str, wait: str) -> dict:
+    deadline = time.monotonic() + LINE_DEADLINE_S
+    while True:
+        procs = [p for p in _os_ps(rd)["procs"] if p["name"] == name]
+        if procs and procs[0]["state"] == "blocked" and procs[0]["wait"] == wait:
+            return procs[0]
+        assert time.monotonic() < deadline, f"{name} never blocked in {wait}: {procs}"
+        time.sleep(0.02)
+
+
+def test_a_process_blocked_on_the_network_or_the_disk_blocks_only_itself(guest_build, run_dir):
+    rd, pids = run_dir
+    up(rd)
+    hello = ["--", "hwemu"]
+    prog = Program(rd, pids, "kvstore.elf", ["/dev/disk0", str(GUEST_PORT)], free_udp_port())
+    disk = None
+    try:
+        assert prog.line() == b"kvstore ready: 0 keys\n"
+        # waiting for a datagram: blocked in recvfrom, and another program runs to its end
+        _wait_blocked(rd, "kvstore.elf", "recvfrom")
+        run = hwemu(rd, "run", IO, str(BUILD / "hello.elf"), *hello)
+        assert run.returncode == 0 and run.stdout.startswith(b"Hello from hwemu!\n"), show(run)
+        # waiting for the disk (stopped): blocked in pwrite64, and another program runs
+        disk = node(rd, "disk0")["pid"]
+        os.kill(disk, signal.SIGSTOP)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(EXIT_DEADLINE_S)
+            sock.sendto(b"SET k v", prog.address)
+            _wait_blocked(rd, "kvstore.elf", "pwrite64")
+            run = hwemu(rd, "run", IO, str(BUILD / "hello.elf"), *hello)
+            assert run.returncode == 0 and run.stdout.startswith(b"Hello from hwemu!\n"), show(run)
+            os.kill(disk, signal.SIGCONT)
+            disk = None
+            reply, _ = sock.recvfrom(100)
+            assert reply == b"OK"
+        converse(prog.address, [(b"GET k", b"VALUE v"), (b"QUIT", b"BYE")])
+        code, out, err = prog.finish()
+        # (one console: the other program's output is in it too, before kvstore's last line)
+        assert code == 0 and out.endswith(b"\nkvstore stopped: 1 keys\n"), (code, out, err)
+        assert out.count(b"Hello from hwemu!\n") == 2, out
+    finally:
+        if disk is not None:
+            try:
+                os.kill(disk, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        prog.kill()
