@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job until `hwemu demo` (issue #7) exists: launch a cluster, look at
-# it, change a route under it, run a real RISC-V program, stop everything.
+# The main job: launch a cluster, look at it, change a route under it, run a
+# real RISC-V program, stop everything; then `hwemu demo` (issue #7): a VMM
+# interposed under a running OS, memory lent between OSes, devirtualized again,
+# every step's pause and every check shown (exit 1 if a check failed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HWEMU_RUN_DIR="${HWEMU_RUN_DIR:-$PWD/.hwemu/demo}"
@@ -24,3 +26,7 @@ $hw up compose/flip.toml --detach >/dev/null
 $hw route show
 $hw route set data:src sink_b
 $hw down
+
+echo "== the main job: interpose a VMM under a running OS, lend memory, devirtualize (hwemu demo)"
+$hw demo --json "$HWEMU_RUN_DIR/demo.json"
+echo "   report: $HWEMU_RUN_DIR/demo.json"

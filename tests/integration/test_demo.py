@@ -50,7 +50,8 @@ def test_demo_runs_every_choreography_and_every_check_passes(guest_build, tmp_pa
     paused = {s["step"] for s in report["steps"] if s["pause_ms"] > 0}
     assert {"redirect_traps", "route_priv", "traps_to_os"} <= paused  # FIG. 3 and FIG. 7 disable "interrupts"
     names = {c["check"] for c in report["checks"]}
-    for want in ("os1 timeshare output exact", "os2 timeshare output exact", "os1 console byte-identical",
+    assert "os1 timeshare A1 output exact" in names and report["io"]["compute_rounds"] >= 1
+    for want in ("os2 timeshare output exact", "os1 console byte-identical",
                  "UDP echo: every datagram echoed exactly", "frame conservation (mem_owners)",
                  "no gap or duplicate in any flow of any node", "native again"):
         assert want in names
