@@ -42,6 +42,10 @@ class Lost(Exception):
     """The cluster stopped answering while the program ran."""
 
 
+class ForwardRefused(Exception):
+    """The NIC refused a ``--forward`` port map."""
+
+
 def _pick(status: dict, os_name: str | None) -> tuple[dict, dict]:
     """The OS node and the uart node its console goes to."""
     nodes = {n["name"]: n for n in status["nodes"]}
@@ -69,8 +73,12 @@ def _pick(status: dict, os_name: str | None) -> tuple[dict, dict]:
 
 async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, elf: bytes,
                       argv: list[str], out: BinaryIO, timeout: float | None = None,
-                      stdin: bytes | None = None, info: dict | None = None) -> dict[str, Any]:
+                      stdin: bytes | None = None, info: dict | None = None,
+                      forwards: list[tuple[str, int, int]] | None = None) -> dict[str, Any]:
     """Run one program on ``os_node`` and copy its console output to ``out``.
+
+    ``forwards``: (nic node, host port, guest port) maps sent to the NIC
+    (``nic_forward``) before the program starts.
 
     Returns the ``proc_exit`` body {pid, code, reason}.
 
@@ -113,9 +121,16 @@ async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, el
         async with trio.open_nursery() as nursery:
             await nursery.start(party.serve, handler)
             try:
+                for nic, host, guest in forwards or []:
+                    try:
+                        await party.request(nic, "nic_forward", {"guest_port": guest, "host_port": host}, timeout=20)
+                    except RemoteError as exc:
+                        raise ForwardRefused(f"{nic} refused {host}:{guest}: {exc.detail}") from None
+                    except RequestTimeout as exc:
+                        raise Lost(f"{nic} does not answer: {exc}") from None
                 pid = await _exec_and_copy(party, os_node, uart, elf, argv, log_path, exits, lambda: arrived,
                                            copy, timeout, stdin, info if info is not None else {})
-            except (RemoteError, Lost, trio.TooSlowError, ProtocolError) as exc:
+            except (RemoteError, Lost, trio.TooSlowError, ProtocolError, ForwardRefused) as exc:
                 failed = exc  # raised outside the nursery, so not wrapped in an ExceptionGroup
             nursery.cancel_scope.cancel()
     finally:
@@ -199,15 +214,13 @@ def _parse_forward(specs: list[str]) -> list[tuple[int, int]]:
     return out
 
 
-def _forward(rd: Path, status: dict, os_name: str, forwards: list[tuple[int, int]]) -> None:
-    """Ask the OS's NIC (the node on ``io:<os>.nic``) to map each guest port
-    to its host port (``nic_forward``) before the program starts."""
+def _forward(status: dict, os_name: str, forwards: list[tuple[int, int]]) -> list[tuple[str, int, int]]:
+    """The OS's NIC (the node on ``io:<os>.nic``) with each (host port, guest
+    port) map, for :func:`run_program` to send (``nic_forward``)."""
     nic = status["routes"]["routes"].get(f"io:{os_name}.nic")
     if nic is None:
         fail(f"--forward: {os_name} has no network card (no route io:{os_name}.nic)")
-    for host, guest in forwards:
-        _call(rd, "ctl_request", {"node": nic, "kind": "nic_forward", "timeout": 20.0,
-                                  "body": {"guest_port": guest, "host_port": host}}, timeout=30.0)
+    return [(nic, host, guest) for host, guest in forwards]
 
 
 def run(
@@ -247,12 +260,11 @@ def run(
             started = True
         status = _call(rd, "ctl_status")
         os_node, uart = _pick(status, os_name)
-        if forwards:
-            _forward(rd, status, os_node["name"], forwards)
+        nic_maps = _forward(status, os_node["name"], forwards) if forwards else None
         info: dict[str, Any] = {}
         try:
             result = trio.run(run_program, rd, status, os_node, uart, elf, [str(program), *(args or [])],
-                              sys.stdout.buffer, timeout or None, feed, info)
+                              sys.stdout.buffer, timeout or None, feed, info, nic_maps)
         except (KeyboardInterrupt, BaseExceptionGroup) as exc:
             if not _interrupted(exc):
                 raise
@@ -263,6 +275,8 @@ def run(
             fail(f"{os_node['name']} cannot run {program}: {exc.detail}")
         except Lost as exc:
             fail(f"the cluster in {rd} stopped answering: {exc}")
+        except ForwardRefused as exc:
+            fail(f"--forward: {exc}")
         except trio.TooSlowError:
             fail(f"{program} did not finish within {timeout:g} s")
         except ProtocolError as exc:

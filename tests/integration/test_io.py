@@ -60,7 +60,12 @@ class Program:
         self.address = ("127.0.0.1", host_port)
 
     def line(self) -> bytes:
-        return read_line_within(self.proc, LINE_DEADLINE_S)
+        try:
+            return read_line_within(self.proc, LINE_DEADLINE_S)
+        except AssertionError:
+            if self.proc.poll() is not None:  # it ended: say why
+                pytest.fail(f"hwemu run exited {self.proc.returncode}: {self.proc.stderr.read()!r}", pytrace=False)
+            raise
 
     def finish(self) -> tuple[int, bytes, bytes]:
         out, err = self.proc.communicate(timeout=EXIT_DEADLINE_S)
