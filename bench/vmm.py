@@ -1,0 +1,165 @@
+"""VMM benchmark (issue #7): the costs of interposing and devirtualizing at
+runtime, on one cluster of compose/vmm.toml launched once.
+
+- pause of interpose (FIG. 3 + FIG. 5) and devirtualize (FIG. 6 + FIG. 7):
+  the time the senders of re-routed flows were held ("interrupts disabled",
+  the sum over the request's choreographies), median and p99 over --cycles
+  interpose/devirtualize cycles while a program (``timeshare``) runs on os1;
+  target p99 <= 5 ms on loopback (reported, not asserted);
+- guest syscall round-trip cost: ``sysloop`` timed as the difference between
+  N=LONG and N=SHORT runs (bench/native.py's method, the fixed cost of a run
+  cancels out), never virtualized (before the VMM is loaded), virtualized
+  (CPU and console interposed) and devirtualized again: the ratios
+  virtualized / native and devirtualized / never-virtualized (target <= 1.05);
+- frames borrowed per second (¶39: pin, hand over, zero twice, map, free
+  list) as GiB/s of 4 KiB frames, the wall time of the borrow request.
+
+    .venv/bin/python bench/vmm.py [--json] [--repeat N] [--cycles N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.client import call  # noqa: E402
+
+HWEMU = ROOT / ".venv/bin/hwemu"
+SAMPLES = ROOT / "guest/build/samples"
+TOPOLOGY = "compose/vmm.toml"
+SHORT, LONG = 100, 1100
+PAGE = 4096
+VMM_FRAMES = 64
+BORROW_FRAMES = 256
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    t = time.perf_counter()
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600, cwd=ROOT)
+    elapsed = time.perf_counter() - t
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.decode(errors='replace')[-500:]}")
+    return elapsed
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
+
+
+def pause(data: dict) -> float:
+    reports = data.get("reports") or []
+    for r in reports:
+        if r.get("outcome") != "committed":
+            raise SystemExit(f"{r.get('title')}: {r.get('outcome')} {r.get('error', '')}")
+    return sum(r["pause_ms"] for r in reports)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per syscall figure and borrows (median)")
+    ap.add_argument("--cycles", type=int, default=30, help="interpose/devirtualize cycles for the pause figures")
+    args = ap.parse_args()
+    if not (SAMPLES / "sysloop.elf").exists():
+        subprocess.run(["make", "-C", str(ROOT / "guest"), "-s"], check=True)
+
+    with tempfile.TemporaryDirectory(prefix="hwv") as tmp:
+        rd = Path(tmp) / "run"
+        env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
+
+        def ctl(kind: str, body: dict | None = None):
+            return trio.run(call, rd, kind, body or {}, 120.0)
+
+        def syscall_s() -> float:
+            """Seconds per guest syscall round trip (difference of two sysloop runs)."""
+            run = lambda n: timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "sysloop.elf"), "--", str(n)], env)
+            short = statistics.median(run(SHORT) for _ in range(args.repeat))
+            long = statistics.median(run(LONG) for _ in range(args.repeat))
+            return max(long - short, 1e-9) / (LONG - SHORT)
+
+        subprocess.run([str(HWEMU), "up", TOPOLOGY, "--detach"], env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+        background = None
+        try:
+            timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "hello.elf")], env)  # warm up
+            native = syscall_s()
+            ctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
+            ctl("ctl_interpose", {"os": "os1"})
+            virtualized = syscall_s()
+            ctl("ctl_devirtualize", {"os": "os1"})
+            devirtualized = syscall_s()
+
+            borrow_s = []
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                ctl("ctl_memory_borrow", {"from_os": "os1", "to_os": "os2", "frames": BORROW_FRAMES})
+                borrow_s.append(time.perf_counter() - t)
+                ctl("ctl_memory_return", {"from_os": "os1", "to_os": "os2"})
+
+            # a program runs on os1 throughout the cycles (killed with the cluster)
+            background = subprocess.Popen([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "timeshare.elf"), "--",
+                                           "P", "100000"], env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, cwd=ROOT)
+            time.sleep(2.0)
+            inter, devirt = [], []
+            for _ in range(args.cycles):
+                inter.append(pause(ctl("ctl_interpose", {"os": "os1"})))
+                time.sleep(0.05)
+                devirt.append(pause(ctl("ctl_devirtualize", {"os": "os1"})))
+                time.sleep(0.05)
+            if background.poll() is not None:
+                raise SystemExit(f"the background program ended during the cycles ({background.returncode})")
+        finally:
+            if background is not None and background.poll() is None:
+                background.kill()
+                background.wait()
+            subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+
+    borrow = statistics.median(borrow_s)
+    result = {
+        "interpose_pause_p50_ms": round(statistics.median(inter), 3),
+        "interpose_pause_p99_ms": round(pct(inter, 99), 3),
+        "devirtualize_pause_p50_ms": round(statistics.median(devirt), 3),
+        "devirtualize_pause_p99_ms": round(pct(devirt, 99), 3),
+        "pause_target_p99_ms": 5.0,
+        "cycles": args.cycles,
+        "syscall_us_native": round(native * 1e6, 1),
+        "syscall_us_virtualized": round(virtualized * 1e6, 1),
+        "syscall_us_devirtualized": round(devirtualized * 1e6, 1),
+        "virtualized_ratio": round(virtualized / native, 3),
+        "devirtualized_ratio": round(devirtualized / native, 3),
+        "devirtualized_target_ratio": 1.05,
+        "borrow_frames": BORROW_FRAMES,
+        "borrow_ms": round(borrow * 1e3, 2),
+        "borrow_frames_per_s": round(BORROW_FRAMES / borrow, 1),
+        "borrow_gib_per_s": round(BORROW_FRAMES * PAGE / borrow / 2**30, 4),
+        "repeat": args.repeat,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"interpose pause     p50 {result['interpose_pause_p50_ms']:8.3f} ms  p99 {result['interpose_pause_p99_ms']:8.3f} ms"
+          f"  ({args.cycles} cycles under a running program; target p99 <= 5 ms)")
+    print(f"devirtualize pause  p50 {result['devirtualize_pause_p50_ms']:8.3f} ms  p99 {result['devirtualize_pause_p99_ms']:8.3f} ms")
+    print(f"syscall round trip  native {result['syscall_us_native']} us, virtualized {result['syscall_us_virtualized']} us "
+          f"(x{result['virtualized_ratio']}), devirtualized {result['syscall_us_devirtualized']} us "
+          f"(x{result['devirtualized_ratio']}; target <= 1.05)")
+    print(f"borrow              {BORROW_FRAMES} frames in {result['borrow_ms']} ms: "
+          f"{result['borrow_frames_per_s']:.0f} frames/s, {result['borrow_gib_per_s']} GiB/s (zeroing included)")
+
+
+if __name__ == "__main__":
+    main()
