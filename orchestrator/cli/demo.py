@@ -228,15 +228,16 @@ async def run_demo(d: Demo) -> None:
                     f"exit {res['code']}, {len(os2_out[1])} bytes" + (f": {os2_out[1][:300]!r}" if os2_out[1] != timeshare_output("B", OS2_LINES) else ""))
             await d.choreography("return os1 ← os2 (¶39)", "ctl_memory_return", {"from_os": "os1", "to_os": "os2"})
             d.phase = "shut down os2"
-            with trio.fail_after(60):
-                while True:
-                    try:
-                        await d.choreography("shut down os2", "ctl_os_stop", {"os": "os2"})
-                        break
-                    except RemoteError as exc:  # the VMM refuses while os2 still has a context on the CPU
-                        if "busy" not in str(exc):
-                            raise
-                        await trio.sleep(0.1)
+            deadline = trio.current_time() + 30
+            while True:
+                try:
+                    await d.choreography("shut down os2", "ctl_os_stop", {"os": "os2"})
+                    break
+                except RemoteError as exc:  # refused (rolled back) while os2 still has a context on the CPU
+                    if trio.current_time() > deadline:
+                        raise
+                    d.say(f"os2 not ready to stop yet ({exc}); again")
+                    await trio.sleep(0.2)
 
         # 4. the VMM goes away again under the running program
         await d.choreography("devirtualize os1 (FIG. 6, FIG. 7)", "ctl_devirtualize", {"os": "os1"})
