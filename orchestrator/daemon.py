@@ -66,6 +66,18 @@ def _write_state(run_dir: Path, orch: Orchestrator, state: str) -> None:
     os.replace(tmp, run_dir / STATE)
 
 
+async def _keep_state(run_dir: Path, orch: Orchestrator) -> None:
+    """Rewrite the state file when a node is restarted (new pid), so that
+    `hwemu down` can still find every process, even with the daemon gone."""
+    seen = {n: np.pid for n, np in orch.supervisor.nodes.items()}
+    while orch.state == "running":
+        await trio.sleep(0.2)
+        now = {n: np.pid for n, np in orch.supervisor.nodes.items()}
+        if now != seen and orch.state == "running":
+            _write_state(run_dir, orch, "running")
+            seen = now
+
+
 async def serve(topology_path: str, run_dir: Path) -> int:
     """Run a cluster until told to stop. Returns the process exit code."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +103,7 @@ async def serve(topology_path: str, run_dir: Path) -> int:
             try:
                 await orch.start(nursery)
                 _write_state(run_dir, orch, "running")
+                nursery.start_soon(_keep_state, run_dir, orch)
                 print(f"hwemu: cluster {topology.name} running", flush=True)
                 await orch.done.wait()
             finally:

@@ -156,6 +156,23 @@ def _ours(pid: int, run_dir: Path) -> bool:
     return str(run_dir).encode() in cmdline
 
 
+def _strays(run_dir: Path, known: set) -> list[int]:
+    """Live processes started for ``run_dir`` (``--config <run_dir>/conf/...``
+    or ``--run-dir <run_dir>``) that are not in ``known``."""
+    marks = (f"{run_dir}/conf/".encode(), f"--run-dir {run_dir}".encode())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in known or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if any(mark in cmdline for mark in marks):
+            found.append(int(entry.name))
+    return found
+
+
 def down(
     run_dir: RunDir = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a graceful stop before SIGKILL.")] = 5.0,
@@ -183,6 +200,11 @@ def down(
         if pid and _alive(pid) and _ours(pid, rd):
             os.kill(pid, signal.SIGKILL)
             killed.append(name)
+    # a node restarted after the state file was last written (or with the
+    # daemon killed) is still ours: its command line names this run directory
+    for pid in _strays(rd, set(pids.values())):
+        os.kill(pid, signal.SIGKILL)
+        killed.append(str(pid))
     for sock in rd.glob("*.sock"):
         sock.unlink(missing_ok=True)
     (rd / "cluster.json").unlink(missing_ok=True)
