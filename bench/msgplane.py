@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import os
 import statistics
 import subprocess
@@ -229,6 +230,8 @@ async def bench_ours(tmp: str, n_rtt: int, n_tp: int, flips: int) -> dict:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the clusters this script started are stopped
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import os
 import statistics
 import subprocess
@@ -42,6 +43,8 @@ def timed(cmd: list[str], env: dict) -> tuple[float, bytes]:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the clusters this script started are stopped
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
