@@ -22,7 +22,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -32,7 +34,7 @@ from rich.table import Table
 
 from orchestrator.cli import cluster
 from orchestrator.cli.common import RunDir, console, fail
-from orchestrator.cli.run import _pick, run_program
+from orchestrator.cli.run import _interrupted, _pick, run_program
 from orchestrator.client import call, default_run_dir
 from orchestrator.daemon import is_locked
 from orchestrator.topology import load
@@ -115,12 +117,12 @@ async def _hwemu_run(d: Demo, args: list[str], result: dict, task_status=trio.TA
     result.update(code=proc.returncode, out=proc.stdout, err=proc.stderr.decode(errors="replace"))
 
 
-def _udp_client(address: tuple[str, int], d: Demo, stop: trio.Event, token: trio.lowlevel.TrioToken) -> None:
+def _udp_client(address: tuple[str, int], d: Demo, stop: threading.Event) -> None:
     """A real UDP client: datagrams of growing sizes, each reply checked byte for byte."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(10.0)
         i = 0
-        while not trio.from_thread.run_sync(stop.is_set, trio_token=token):
+        while not stop.is_set():
             payload = (b"demo %d " % i) + bytes((i * 7 + k) & 0xFF for k in range((i * 97) % 2000))
             if payload.startswith(b"quit"):
                 payload = b"x" + payload
@@ -159,6 +161,15 @@ async def run_demo(d: Demo) -> None:
     os1, uart0 = _pick(status, "os1")
     console_start, uart0_log = await _uart_log(d, uart0["name"])
 
+    stop_udp = threading.Event()
+    try:
+        await _story(d, topo, status, uart0, uart0_log, stop_udp, console_start, nframes)
+    finally:
+        stop_udp.set()  # the client's thread ends on its own (a cancelled trio cannot stop a thread)
+
+
+async def _story(d: Demo, topo, status: dict, uart0: dict, uart0_log: Path, stop_udp: threading.Event,
+                 console_start: int, nframes: int) -> None:
     async with trio.open_nursery() as nursery:
         # 1. os1's workloads: the UDP echo server, then the compute program
         echo: dict[str, Any] = {}
@@ -171,9 +182,8 @@ async def run_demo(d: Demo) -> None:
                 nic = await _node_stats(d, "nic0")
         address = ("127.0.0.1", nic["ports"][str(GUEST_PORT)]["host_port"])
         d.say(f"os1: udpecho listening, reachable at udp://{address[0]}:{address[1]}")
-        stop_udp = trio.Event()
-        token = trio.lowlevel.current_trio_token()
-        nursery.start_soon(trio.to_thread.run_sync, _udp_client, address, d, stop_udp, token)
+        # abandoned on cancellation (Ctrl-C, an error): run_demo's finally then stops it
+        nursery.start_soon(partial(trio.to_thread.run_sync, _udp_client, address, d, stop_udp, abandon_on_cancel=True))
 
         rounds: list[dict[str, Any]] = []
         devirtualized = trio.Event()
@@ -367,11 +377,11 @@ def demo(
                     n.cancel_scope.cancel()
             trio.run(main)
     except KeyboardInterrupt:
-        error = "interrupted"
+        error = f"{d.phase}: interrupted (Ctrl-C)"
     except typer.Exit:
         error = "the cluster did not start"
     except BaseException as exc:  # noqa: BLE001 - reported as a failed check, the cluster still stopped
-        error = f"{d.phase}: {_describe(exc)}"
+        error = f"{d.phase}: " + ("interrupted (Ctrl-C)" if _interrupted(exc) else _describe(exc))
     finally:
         with contextlib.redirect_stdout(io.StringIO()):
             try:
