@@ -1,11 +1,13 @@
 """Talking to a running orchestrator from the CLI (the control plane).
 
-The CLI joins the message plane as ``cli-<pid>`` with its own inbox in the run
-directory and advertises it (``reply_to``), since it is not in the topology.
+The CLI joins the message plane as ``cli-<pid>-<n>`` (a fresh name per call:
+a peer's link to an earlier call's inbox at the same path could swallow the
+reply while it reconnects) with its own inbox in the run directory and advertises it (``reply_to``), since it is not in the topology.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,9 @@ import trio
 from orchestrator.daemon import read_state
 from protocol.errors import RemoteError, RequestTimeout
 from protocol.transport import Party
+
+
+_calls = itertools.count(1)
 
 
 class NotRunning(Exception):
@@ -37,7 +42,7 @@ async def call(run_dir: Path, kind: str, body: dict[str, Any] | None = None, tim
     state = read_state(run_dir)
     if state is None:
         raise NotRunning(f"no cluster is running in {run_dir} (start one with `hwemu up TOPOLOGY`)")
-    me = f"cli-{os.getpid()}"
+    me = f"cli-{os.getpid()}-{next(_calls)}"
     party = Party(me, f"ipc://{run_dir}/{me}.sock", {"orch": state["endpoint"]}, advertise=True)
     refused: Exception | None = None
     try:

@@ -34,6 +34,7 @@ log = logging.getLogger("hwemu.transport")
 Handler = Callable[[Message], Awaitable[None]]
 
 _COMPLAINTS_PER_S = 5
+_LEARNED_MAX = 64
 _YIELD_EVERY = 16
 SNDHWM = 20000
 RCVHWM = 20000
@@ -69,6 +70,7 @@ class Party:
         self.endpoint = endpoint
         self.directory: dict[str, str] = dict(directory or {})
         self._static = frozenset(self.directory)  # topology names; reply_to never overrides these
+        self._learned: dict[str, None] = {}  # parties known from reply_to, oldest first
         self.ctx = ctx or zmq.Context.instance()
         self.epoch = 0
         self._advertise = advertise  # put reply_to on every message (clients not in the topology)
@@ -164,10 +166,23 @@ class Party:
         return msg
 
     def learn(self, msg: Message) -> None:
-        """Remember the inbox of a party outside the topology (a CLI client)."""
-        if msg.reply_to and msg.src not in self._static and self.directory.get(msg.src) != msg.reply_to:
+        """Remember the inbox of a party outside the topology (a CLI client).
+
+        At most ``_LEARNED_MAX`` such parties are kept (least recently heard
+        from are dropped with their socket), so many short-lived clients do
+        not pile up sockets."""
+        if not msg.reply_to or msg.src in self._static:
+            return
+        if self.directory.get(msg.src) != msg.reply_to:
             self.forget(msg.src)
             self.directory[msg.src] = msg.reply_to
+        self._learned.pop(msg.src, None)
+        self._learned[msg.src] = None
+        while len(self._learned) > _LEARNED_MAX:
+            old = next(iter(self._learned))
+            del self._learned[old]
+            self.forget(old)
+            self.directory.pop(old, None)
 
     async def reply(self, to: Message, kind: str = "ok", body: dict[str, Any] | None = None) -> None:
         """Answer ``to`` (sets ``corr``)."""

@@ -175,3 +175,20 @@ def test_close_removes_the_ipc_socket_file(tmp_path):
     party.close()
     party.close()  # idempotent
     assert not (tmp_path / "alice.sock").exists()
+
+
+def test_parties_learned_from_reply_to_are_bounded_and_the_topology_is_never_overridden(tmp_path):
+    from protocol import transport
+    from protocol.messages import Message
+
+    party = transport.Party("orch", f"ipc://{tmp_path}/o", {"cpu0": f"ipc://{tmp_path}/cpu0"})
+    try:
+        for i in range(transport._LEARNED_MAX + 10):
+            party.learn(Message("ping", f"cli-{i}", "orch", 1, {}, reply_to=f"ipc://{tmp_path}/cli-{i}"))
+        party.learn(Message("ping", "cpu0", "orch", 1, {}, reply_to=f"ipc://{tmp_path}/evil"))
+        learned = [n for n in party.directory if n.startswith("cli-")]
+        assert len(learned) == transport._LEARNED_MAX
+        assert "cli-0" not in party.directory and f"cli-{transport._LEARNED_MAX + 9}" in party.directory
+        assert party.directory["cpu0"] == f"ipc://{tmp_path}/cpu0"
+    finally:
+        party.close()
