@@ -19,6 +19,9 @@ test: guest
 bench: guest
 	$(PY) bench/msgplane.py
 	$(PY) bench/cpu.py
+	$(PY) bench/native.py
+	$(PY) bench/io.py
+	$(PY) bench/vmm.py
 
 clean:
 	$(MAKE) -C guest clean
