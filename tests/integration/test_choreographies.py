@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from orchestrator.cli.demo import timeshare_output
+
 from orchestrator.choreographies import ChoreographyError, ChoreographyFailed
 from orchestrator.choreographies.fig5_devices import interpose_device
 from orchestrator.cluster import Orchestrator, running
@@ -273,32 +275,6 @@ async def test_an_orchestrator_restarted_after_a_crash_rolls_back_the_half_done_
 REPO = Path(__file__).resolve().parents[2]
 VMM_TOPOLOGY = REPO / "compose" / "vmm.toml"
 BUILD = REPO / "guest" / "build" / "samples"
-
-
-@pytest.fixture(scope="module")
-def guest_build() -> Path:
-    """The sample ELFs (``make -C guest`` unless up to date)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("riscv64-unknown-elf-gcc") is None:
-        pytest.fail("missing riscv64-unknown-elf-gcc: run ./scripts/setup.sh", pytrace=False)
-    if subprocess.run(["make", "-q", "-C", str(REPO / "guest")], capture_output=True).returncode != 0:
-        built = subprocess.run(["make", "-C", str(REPO / "guest")], capture_output=True, text=True)
-        if built.returncode != 0:
-            pytest.fail(f"`make -C guest` failed:\n{built.stderr[-3000:]}", pytrace=False)
-    return BUILD
-
-
-def timeshare_output(tag: str, lines: int) -> bytes:
-    """What ``timeshare TAG LINES`` prints (the sample's checksum, computed here)."""
-    x, out = 1, []
-    for i in range(1, lines + 1):
-        for _ in range(25000):
-            x = (x * 1664525 + 1013904223) & 0xFFFFFFFF
-            x ^= x >> 11
-        out.append(f"{tag}: line {i} of {lines}, work 0x{x:08x}\n")
-    return "".join(out).encode()
 
 
 class Client:

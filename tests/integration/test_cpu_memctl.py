@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ BUILD = ROOT / "guest" / "build" / "samples"
 SAMPLES = ROOT / "guest" / "samples"
 # primes' calloc'ed sieve below 2000: composite[i] = 1
 SIEVE = bytes(0 if i < 2 or all(i % d for d in range(2, int(i ** 0.5) + 1)) else 1 for i in range(2000))
-
-
-@pytest.fixture(scope="module")
-def guest_build() -> Path:
-    if not (BUILD / "hello.elf").exists() or not (BUILD / "primes.elf").exists():
-        subprocess.run(["make", "-C", str(ROOT / "guest")], check=True, capture_output=True)
-    return BUILD
 
 
 def topology(tmp_path: Path, quantum: int = 20000) -> dict:

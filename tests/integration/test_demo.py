@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,16 +17,6 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = REPO / "guest"
-
-
-@pytest.fixture(scope="module")
-def guest_build() -> None:
-    if shutil.which("riscv64-unknown-elf-gcc") is None:
-        pytest.fail("missing riscv64-unknown-elf-gcc: run ./scripts/setup.sh", pytrace=False)
-    if subprocess.run(["make", "-q", "-C", str(GUEST)], capture_output=True).returncode != 0:
-        built = subprocess.run(["make", "-C", str(GUEST)], capture_output=True, text=True)
-        if built.returncode != 0:
-            pytest.fail(f"`make -C guest` failed:\n{built.stderr[-3000:]}", pytrace=False)
 
 
 def test_demo_runs_every_choreography_and_every_check_passes(guest_build, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ import pytest
 
 from tests.guest.test_network_samples import (converse, echo_conversation, free_udp_port, kv_after_restart_conversation,
                                               kv_fill_conversation, kv_restart_conversation)
-from tests.integration.test_native import (BUILD, HWEMU, REPO, _alive, guest_build, hwemu, read_line_within,  # noqa: F401
+from tests.integration.test_native import (BUILD, HWEMU, REPO, _alive, hwemu, read_line_within,  # noqa: F401
                                            run_dir, show)
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -35,18 +34,6 @@ GUEST = REPO / "guest"
 SAMPLES = GUEST / "samples"
 BUILD = GUEST / "build" / "samples"
 NATIVE = REPO / "compose" / "native.toml"
-
-
-@pytest.fixture(scope="session")
-def guest_build() -> Path:
-    """The sample ELFs (``make -C guest`` unless up to date)."""
-    if shutil.which("riscv64-unknown-elf-gcc") is None:
-        pytest.fail("missing riscv64-unknown-elf-gcc: run ./scripts/setup.sh", pytrace=False)
-    if subprocess.run(["make", "-q", "-C", str(GUEST)], capture_output=True).returncode != 0:
-        built = subprocess.run(["make", "-C", str(GUEST)], capture_output=True, text=True)
-        if built.returncode != 0:
-            pytest.fail(f"`make -C guest` failed:\n{built.stderr[-3000:]}", pytrace=False)
-    return BUILD
 
 
 def sample_args(name: str) -> list[str]:

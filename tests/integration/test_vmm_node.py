@@ -12,12 +12,12 @@ duplicate across all the route changes.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import trio
+
+from orchestrator.cli.demo import timeshare_output
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = REPO / "guest"
@@ -26,29 +26,6 @@ BUILD = GUEST / "build" / "samples"
 VMM_TOPOLOGY = REPO / "compose" / "vmm.toml"
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def guest_build() -> Path:
-    """The sample ELFs (``make -C guest`` unless up to date)."""
-    if shutil.which("riscv64-unknown-elf-gcc") is None:
-        pytest.fail("missing riscv64-unknown-elf-gcc: run ./scripts/setup.sh", pytrace=False)
-    if subprocess.run(["make", "-q", "-C", str(GUEST)], capture_output=True).returncode != 0:
-        built = subprocess.run(["make", "-C", str(GUEST)], capture_output=True, text=True)
-        if built.returncode != 0:
-            pytest.fail(f"`make -C guest` failed:\n{built.stderr[-3000:]}", pytrace=False)
-    return BUILD
-
-
-def timeshare_output(tag: str, lines: int) -> bytes:
-    """What ``timeshare TAG LINES`` prints (its checksum, computed here)."""
-    x, out = 1, []
-    for i in range(1, lines + 1):
-        for _ in range(25000):
-            x = (x * 1664525 + 1013904223) & 0xFFFFFFFF
-            x ^= x >> 11
-        out.append(f"{tag}: line {i} of {lines}, work 0x{x:08x}\n")
-    return "".join(out).encode()
 
 
 def test_timeshare_model_matches_the_expected_file() -> None:
