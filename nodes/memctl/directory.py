@@ -637,9 +637,10 @@ class MemoryController:
             old = self._owner[f]
             if old == new_owner:
                 continue
-            await self._recall(f, INVALIDATE, list(self._holders.get(f, {})))
+            if f in self._holders:  # nobody caches most frames: skip the recall
+                await self._recall(f, INVALIDATE, list(self._holders[f]))
             sp = self._spaces.get(old)
-            if sp is not None and not sp.identity:
+            if sp is not None and not sp.identity and f in sp.map.values():
                 sp.map = {g: fr for g, fr in sp.map.items() if fr != f}
             self._pinned.get(old, set()).discard(f)
             # Zero before the owner changes: the new owner never sees the old one's bytes.

@@ -22,6 +22,7 @@ from typing import Any
 from .errors import StoreError
 
 FRAME_SIZE = 4096
+_ZERO_FRAME = bytes(FRAME_SIZE)  # shared, immutable: no allocation per zeroed frame
 
 
 class FrameStore:
@@ -111,7 +112,8 @@ class FrameStore:
 
     def zero_frame(self, frame: int) -> None:
         """Fill the frame with zeros."""
-        self.write(frame, 0, bytes(FRAME_SIZE))
+        pos = self._span(frame, 0, FRAME_SIZE)
+        self._mm[pos:pos + FRAME_SIZE] = _ZERO_FRAME
 
     def flush(self) -> None:
         """``msync`` the mapping: survive a crash of the host, not only of the process."""
