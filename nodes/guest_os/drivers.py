@@ -25,7 +25,56 @@ class Emitter(Protocol):
     async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Any: ...
 
 
-class UartDriver:
+class DualModeDriver:
+    """What every dual-mode driver shares: the mode bit, the flow it picks,
+    and the switch (drain, export the state, flip the bit, import the state).
+
+    A subclass names its ``device`` and may override :meth:`quiesce` (wait
+    until nothing is in flight), :meth:`after_switch` (re-program the device
+    from the other side), :meth:`export_state` and :meth:`import_state`.
+    """
+
+    device = "?"
+
+    def __init__(self, node: Emitter, os_name: str, mode: str = NATIVE, virtual_flow: str | None = None):
+        if mode not in MODES:
+            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
+        self.node = node
+        self.mode = mode
+        self.native_flow = f"io:{os_name}.{self.device}"
+        self.virtual_flow = virtual_flow or self.native_flow
+
+    @property
+    def flow(self) -> str:
+        return self.native_flow if self.mode == NATIVE else self.virtual_flow
+
+    async def quiesce(self) -> None:
+        """Wait until no request of this driver is in flight (override)."""
+
+    async def after_switch(self) -> None:
+        """Bring the device up to date through the new mode (override)."""
+
+    def export_state(self) -> dict[str, Any]:
+        return {"device": self.device, "mode": self.mode}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Take over the state exported before the switch (override)."""
+
+    async def set_mode(self, mode: str) -> dict[str, Any]:
+        """Drain, export the state, flip the mode bit, import it; returns the state."""
+        if mode not in MODES:
+            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
+        if mode == self.mode:
+            return self.export_state()
+        await self.quiesce()
+        state = self.export_state()
+        self.mode = mode
+        self.import_state(state)
+        await self.after_switch()
+        return self.export_state()
+
+
+class UartDriver(DualModeDriver):
     """The console driver: ``uart_write`` out, ``uart_sync`` to drain.
 
     Attributes:
@@ -37,20 +86,11 @@ class UartDriver:
     device = "uart"
 
     def __init__(self, node: Emitter, os_name: str, mode: str = NATIVE, virtual_flow: str | None = None):
-        if mode not in MODES:
-            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
-        self.node = node
-        self.mode = mode
-        self.native_flow = f"io:{os_name}.{self.device}"
-        self.virtual_flow = virtual_flow or self.native_flow
+        super().__init__(node, os_name, mode, virtual_flow)
         self.written = 0
         self.writes = 0
         self.pending = 0
         self.syncs = 0
-
-    @property
-    def flow(self) -> str:
-        return self.native_flow if self.mode == NATIVE else self.virtual_flow
 
     async def write(self, data: bytes) -> None:
         """Queue bytes for the console (ordered with every other write)."""
@@ -70,69 +110,43 @@ class UartDriver:
         data = reply.body.get("data") or {}
         return int(data.get("logged", 0))
 
+    async def quiesce(self) -> None:
+        await self.sync()
+
     def export_state(self) -> dict[str, Any]:
-        return {"device": self.device, "mode": self.mode, "written": self.written, "writes": self.writes}
+        return {**super().export_state(), "written": self.written, "writes": self.writes}
 
     def import_state(self, state: dict[str, Any]) -> None:
         self.written = int(state.get("written", self.written))
         self.writes = int(state.get("writes", self.writes))
 
-    async def set_mode(self, mode: str) -> dict[str, Any]:
-        """Drain, export the state, flip the mode bit, import it; returns the state."""
-        if mode not in MODES:
-            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
-        if mode == self.mode:
-            return self.export_state()
-        await self.sync()
-        state = self.export_state()
-        self.mode = mode
-        self.import_state(state)
-        return self.export_state()
-
     def stats(self) -> dict[str, Any]:
         return {"mode": self.mode, "written": self.written, "writes": self.writes, "syncs": self.syncs}
 
 
-class TimerDriver:
+class TimerDriver(DualModeDriver):
     """The interval timer: ``timer_set`` / ``timer_alarm`` on ``io:<os>.timer``."""
 
     device = "timer"
 
     def __init__(self, node: Emitter, os_name: str, mode: str = NATIVE, virtual_flow: str | None = None):
-        if mode not in MODES:
-            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
-        self.node = node
-        self.mode = mode
-        self.native_flow = f"io:{os_name}.{self.device}"
-        self.virtual_flow = virtual_flow or self.native_flow
+        super().__init__(node, os_name, mode, virtual_flow)
         self.period_ms = 0.0
-
-    @property
-    def flow(self) -> str:
-        return self.native_flow if self.mode == NATIVE else self.virtual_flow
 
     async def set_period(self, period_ms: float) -> None:
         await self.node.emit(self.flow, "timer_set", {"period_ms": float(period_ms)})
         self.period_ms = float(period_ms)
 
     def export_state(self) -> dict[str, Any]:
-        return {"device": self.device, "mode": self.mode, "period_ms": self.period_ms}
+        return {**super().export_state(), "period_ms": self.period_ms}
 
     def import_state(self, state: dict[str, Any]) -> None:
         self.period_ms = float(state.get("period_ms", self.period_ms))
 
-    async def set_mode(self, mode: str) -> dict[str, Any]:
-        """Flip the mode bit; the period is re-programmed on the other side."""
-        if mode not in MODES:
-            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
-        if mode == self.mode:
-            return self.export_state()
-        state = self.export_state()
-        self.mode = mode
-        self.import_state(state)
+    async def after_switch(self) -> None:
+        """The period is re-programmed on the other side."""
         if self.period_ms > 0:
             await self.set_period(self.period_ms)
-        return self.export_state()
 
     def stats(self) -> dict[str, Any]:
         return {"mode": self.mode, "period_ms": self.period_ms}

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import trio
 
 from nodes.guest_os import syscalls
-from nodes.guest_os.drivers import MODES, NATIVE
+from nodes.guest_os.drivers import NATIVE, DualModeDriver
 
 if TYPE_CHECKING:  # pragma: no cover
     from nodes.guest_os.kernel import Kernel, Process
@@ -71,19 +71,14 @@ class DeviceError(Exception):
         self.status = status
 
 
-class _Driver:
+class _Driver(DualModeDriver):
     """What the disk and NIC drivers share: the mode bit, ids, completions."""
 
     device = ""
     done_kind = ""
 
     def __init__(self, node: Any, os_name: str, mode: str = NATIVE, virtual_flow: str | None = None):
-        if mode not in MODES:
-            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
-        self.node = node
-        self.mode = mode
-        self.native_flow = f"io:{os_name}.{self.device}"
-        self.virtual_flow = virtual_flow or self.native_flow
+        super().__init__(node, os_name, mode, virtual_flow)
         self.next_id = 1
         self.waiting: dict[int, list] = {}  # id -> [event, body]
         self.commands = 0
@@ -91,10 +86,6 @@ class _Driver:
         self.errors = 0
         self._idle = trio.Event()
         self._idle.set()
-
-    @property
-    def flow(self) -> str:
-        return self.native_flow if self.mode == NATIVE else self.virtual_flow
 
     def complete(self, body: dict[str, Any]) -> None:
         """A ``*_done`` arrived (interrupt or reply): wake its issuer."""
@@ -142,24 +133,15 @@ class _Driver:
         with trio.fail_after(timeout):
             await self._idle.wait()
 
+    async def quiesce(self) -> None:
+        await self.drain()
+
     def export_state(self) -> dict[str, Any]:
-        return {"device": self.device, "mode": self.mode, "next_id": self.next_id, "commands": self.commands}
+        return {**super().export_state(), "next_id": self.next_id, "commands": self.commands}
 
     def import_state(self, state: dict[str, Any]) -> None:
         self.next_id = int(state.get("next_id", self.next_id))
         self.commands = int(state.get("commands", self.commands))
-
-    async def set_mode(self, mode: str) -> dict[str, Any]:
-        """Drain, export the state, flip the mode bit, import it; returns the state."""
-        if mode not in MODES:
-            raise ValueError(f"driver mode must be one of {MODES}, got {mode!r}")
-        if mode == self.mode:
-            return self.export_state()
-        await self.drain()
-        state = self.export_state()
-        self.mode = mode
-        self.import_state(state)
-        return self.export_state()
 
     def stats(self) -> dict[str, Any]:
         return {"mode": self.mode, "commands": self.commands, "retries": self.retries, "errors": self.errors,
