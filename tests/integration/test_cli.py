@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.procs import alive, recorded_pids
+
 ROOT = Path(__file__).resolve().parents[2]
 HWEMU = str(Path(sys.executable).parent / "hwemu")
 NODE_KEYS = {"kind", "pid", "endpoint", "alive", "uptime", "msgs_in", "msgs_out"}
@@ -35,24 +37,6 @@ def one_json_object(out: str) -> dict:
     assert out[end:].strip() == "", f"more than one JSON object on stdout: {out!r}"
     assert isinstance(data, dict)
     return data
-
-
-def alive(pid: int) -> bool:
-    """A zombie (exited, not yet reaped by a parent that is not ours) counts as dead."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def recorded_pids(run_dir: Path) -> set[int]:
-    """The daemon's and nodes' pids from the run directory's state file, if any."""
-    try:
-        state = json.loads((run_dir / "cluster.json").read_text())
-    except (OSError, ValueError):
-        return set()
-    return {state["pid"], *state.get("nodes", {}).values()} - {None}
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import trio
 
+from tests.integration.procs import alive as _alive, recorded_pids as _recorded_pids  # noqa: F401  (test_io)
+
 from protocol.errors import RemoteError
 
 from nodes.cpu.core import PAGE_MISS, QUANTUM, TRAP, Core
@@ -334,24 +336,6 @@ HWEMU = str(Path(sys.executable).parent / "hwemu")
 def hwemu(run_dir: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([HWEMU, *args], cwd=REPO, env={**os.environ, "HWEMU_RUN_DIR": str(run_dir)},
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _recorded_pids(run_dir: Path) -> set[int]:
-    import json
-
-    try:
-        state = json.loads((run_dir / "cluster.json").read_text())
-    except (OSError, ValueError):
-        return set()
-    return {state["pid"], *state.get("nodes", {}).values()} - {None}
 
 
 @pytest.fixture
