@@ -17,6 +17,14 @@ implements the route-change protocol generically:
 So no message of a flow is lost, duplicated or reordered across a change; a
 receiver that still sees a gap or a duplicate counts it (``stats``).
 
+Every receiver also records the *history* of what it accepted on each flow,
+as runs of consecutive ``fseq`` (``stats`` → ``flows_in[flow]["runs"]``; a
+node process writes its last history to ``<run_dir>/<name>.flows.json`` when
+it stops), so an audit can prove from the records of all receivers together
+that every message a sender numbered was delivered exactly once
+(``orchestrator/flowaudit.py``), even across route changes whose new
+receiver could not know which ``fseq`` to expect.
+
 A node kind subclasses :class:`Node`, adds ``on_<kind>`` handlers and
 ``async def work(nursery)`` for its own tasks, and its ``__main__`` calls
 :func:`main`. Handlers run inline in arrival order (so flows stay ordered) and
@@ -85,8 +93,11 @@ class _OutFlow:
         self.resumed = trio.Event()
 
 
+HISTORY_RUNS = 256  # runs of consecutive fseq a receiver records per flow (more means gaps: the audit fails anyway)
+
+
 class _InFlow:
-    __slots__ = ("expected", "consumed", "gaps", "dups", "waiter")
+    __slots__ = ("expected", "consumed", "gaps", "dups", "waiter", "runs", "runs_dropped")
 
     def __init__(self) -> None:
         self.expected: int | None = None  # next fseq; None until known
@@ -94,6 +105,17 @@ class _InFlow:
         self.gaps = 0
         self.dups = 0
         self.waiter: trio.Event | None = None  # set when `consumed` moves; only while a drain waits
+        self.runs: list[list[int]] = []  # accepted fseq as [first, last] runs, in arrival order
+        self.runs_dropped = 0
+
+    def record(self, fseq: int) -> None:
+        runs = self.runs
+        if runs and runs[-1][1] + 1 == fseq:
+            runs[-1][1] = fseq
+        elif len(runs) < HISTORY_RUNS:
+            runs.append([fseq, fseq])
+        else:
+            self.runs_dropped += 1
 
     async def wait_consumed(self, upto: int) -> None:
         while self.consumed < upto:
@@ -146,6 +168,26 @@ class Node:
             self.state = "stopped"
             await self.teardown()
             self.party.close()
+            self.write_history()
+
+    history_path: str | None = None  # set by main(): where a node process leaves its flow history
+
+    def flow_history(self) -> dict[str, Any]:
+        """What this node sent (last fseq per flow) and accepted (runs per flow), for an audit."""
+        return {"flows_out": {f: o.fseq for f, o in self.out_flows.items()},
+                "flows_in": {f: {"runs": i.runs, "runs_dropped": i.runs_dropped, "gaps": i.gaps, "dups": i.dups}
+                             for f, i in self.in_flows.items()}}
+
+    def write_history(self) -> None:
+        if self.history_path is None:
+            return
+        tmp = f"{self.history_path}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.flow_history(), f)
+            os.replace(tmp, self.history_path)
+        except OSError as exc:  # a full disk must not turn a clean stop into a crash
+            log.warning("%s: cannot write flow history %s: %s", self.name, self.history_path, exc)
 
     async def setup(self) -> None:
         """Kind-specific start-up before the node reports ready (override)."""
@@ -180,8 +222,8 @@ class Node:
         s["state"] = self.state
         s["epoch"] = self.routes.epoch
         s["flows_out"] = {f: o.fseq for f, o in self.out_flows.items()}
-        s["flows_in"] = {f: {"consumed": i.consumed, "gaps": i.gaps, "dups": i.dups}
-                         for f, i in self.in_flows.items()}
+        s["flows_in"] = {f: {"consumed": i.consumed, "gaps": i.gaps, "dups": i.dups, "runs": i.runs,
+                             "runs_dropped": i.runs_dropped} for f, i in self.in_flows.items()}
         return s
 
     # -- dispatch ---------------------------------------------------------------
@@ -229,6 +271,7 @@ class Node:
             inflow.gaps += 1
             log.error("%s: gap on %s: got #%d, expected %d", self.name, msg.flow, msg.fseq, expected)
         inflow.expected = msg.fseq + 1
+        inflow.record(msg.fseq)
         return True
 
     # -- emitting on flows --------------------------------------------------------
@@ -348,4 +391,5 @@ def main(node_cls: type[Node], argv: list[str] | None = None) -> None:
         print(f"{node_cls.kind}: cannot read config {args.config}: {exc}", file=sys.stderr)
         sys.exit(2)
     node = node_cls(cfg)
+    node.history_path = os.path.join(cfg.run_dir, f"{cfg.name}.flows.json")
     trio.run(node.run)

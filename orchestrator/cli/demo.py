@@ -41,6 +41,7 @@ import trio
 import typer
 from rich.table import Table
 
+from orchestrator import flowaudit
 from orchestrator.cli import cluster
 from orchestrator.cli.common import RunDir, console, fail
 from orchestrator.cli.run import _interrupted, _pick, run_program
@@ -385,6 +386,17 @@ async def _story(d: Demo, topo, uart0: dict, uart0_log: Path, stop_clients: thre
            for n in alive}
     bad = {n: v for n, v in bad.items() if v}
     d.check("no gap or duplicate in any flow of any node", not bad, str(bad) if bad else f"{len(alive)} nodes")
+
+    async def request(node: str, kind: str, body: dict) -> dict:
+        return (await d.ctl("ctl_request", {"node": node, "kind": kind, "body": body}))["body"]
+
+    histories, sent, notes = await flowaudit.collect(request, status, d.rd)
+    result = flowaudit.audit(histories, sent)
+    d.io["flows_audited"] = {f: {"sent": v["sent"], "receivers": v["receivers"]} for f, v in result["flows"].items()}
+    d.check("every message of every flow delivered exactly once (recorded history of all receivers)",
+            result["ok"] and not notes, "; ".join(result["problems"] + notes)[:600] or
+            f"{len(result['flows'])} flows, {sum(v['sent'] for v in result['flows'].values())} messages, "
+            f"{sum(len(v['receivers']) > 1 for v in result['flows'].values())} of them moved between receivers")
     stats = {n["name"]: n["stats"] for n in alive}
     d.io["disk0"] = {k: stats["disk0"][k] for k in _DISK_COUNTS if k in stats.get("disk0", {})}
     d.io["interrupts"] = {f: n for st in stats.values() for f, n in st.get("flows_out", {}).items()
