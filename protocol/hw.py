@@ -7,8 +7,9 @@ Flows (route table entries) and who sends on them:
 flow                 sender      kinds
 ===================  ==========  ===============================================
 ``trap:cpu0``        cpu0        ``trap`` (register file, cause; the CPU waits)
-``priv:os1``         os1         ``cpu_resume``, ``tlb_write``, ``tlb_flush``,
-                                 ``cpu_preempt``, ``cpu_halt``, ``irq_mask``
+``priv:os1``         os1         ``cpu_resume``, ``cpu_save``, ``tlb_write``,
+                                 ``tlb_flush``, ``cpu_preempt``, ``cpu_halt``,
+                                 ``irq_mask``
 ``irq:timer0``       timer0      ``tick``, ``alarm``
 ``irq:uart0``        uart0       ``uart_rx``
 ``io:os1.uart``      os1         ``uart_write``
@@ -33,13 +34,22 @@ _opt = lambda t, **kw: Field(t, required=False, **kw)  # noqa: E731
 # cause: RISC-V scause code; interrupt traps (preemption) use cause 0x80000005.
 register("trap", cause="int", tval="int", pc="int", regs=Field("list", items="int"), asid="int",
          instret="int", insn=_opt("int"))
+# Privileged operations (priv:<os>). Each is answered ``ok`` {data} when it
+# carries ``ack: true`` (after it took effect; an error reply says why not);
+# without it, none is sent: on the hot path (a trap's resume) the answer is the
+# CPU running again. ``cpu_save`` is always answered.
+# cpu_resume's ``tlb``: entries [asid, vpn, ppn, perms] installed (after
+# flush_tlb) before the CPU runs, saving a tlb_write round each on a switch.
 register("cpu_resume", regs=_opt("list", items="int"), pc=_opt("int"), asid=_opt("int"),
-         space=_opt("str"), flush_tlb=_opt("bool"))
+         space=_opt("str"), flush_tlb=_opt("bool"), tlb=_opt("list", items="list"))
+register("cpu_save")              # reply ok {data: {regs, pc, asid, space, cpu_state, instret}}; refused while running
 register("tlb_write", asid="int", vpn="int", ppn="int", perms="str")
 register("tlb_flush", asid=_opt("int", nullable=True), vpn=_opt("int", nullable=True))
 register("cpu_preempt")           # take an interrupt trap at the next instruction boundary
 register("cpu_halt")              # stop executing until the next cpu_resume
 register("irq_mask", masked="bool")
+for _priv in ("cpu_resume", "tlb_write", "tlb_flush", "cpu_preempt", "cpu_halt", "irq_mask"):
+    register(_priv, ack=_opt("bool"))
 register("cpu_run", elf=_opt("bytes"))  # standalone convenience; unused by the OS
 
 # -- memory controller ------------------------------------------------------------

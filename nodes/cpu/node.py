@@ -21,7 +21,14 @@ Options: ``quantum`` (instructions per ``core.run``, default 20000), ``tlb``
   ``frame`` -1 (memctl recovery after a restart) means "every frame": each
   cached page is released (with data if modified) and dropped, then the
   reply ``mem_recalled`` {frame: -1, data: None} follows on the same link.
-- Privileged operations on ``priv:<os>`` get no reply.
+- Privileged operations on ``priv:<os>`` (``cpu_resume`` = load context,
+  ``cpu_save``, ``tlb_write``/``tlb_flush``, ``irq_mask``, ``cpu_preempt``,
+  ``cpu_halt``) are answered ``ok`` {data} when they carry ``ack: true``,
+  after they took effect, and with an ``error`` naming the field when they are
+  malformed; ``cpu_save`` (the register file, pc, asid and space of a trapped
+  or halted CPU) is always answered. The trap vector is the route
+  ``trap:<name>`` (set by the route authority, FIG. 3 step 304), not a
+  register an OS writes.
 """
 
 from __future__ import annotations
@@ -234,42 +241,61 @@ class CpuNode(Node):
 
     # -- privileged operations -----------------------------------------------------------
 
+    async def _answer(self, msg: Message, data: dict[str, Any] | None = None) -> None:
+        if msg.body.get("ack"):
+            await self.party.reply(msg, "ok", {"data": data or {}})
+
     async def on_cpu_resume(self, msg: Message) -> None:
         b = msg.body
         if "regs" in b and len(b["regs"]) != 32:
             raise ProtocolError("bad_field", f"cpu_resume regs must be 32 ints, got {len(b['regs'])}", "body.regs")
+        entries = [_tlb_entry(e, f"body.tlb[{i}]") for i, e in enumerate(b.get("tlb") or [])]
         if "space" in b and b["space"] != self.space:
             if self.space is not None:
                 await self._drop_all()
             self.space = b["space"]
         if b.get("flush_tlb"):
             self.core.tlb_flush()
+        for entry in entries:
+            self.core.tlb_write(*entry)
         st = self.core.get_state()
         self.core.set_state({"x": b.get("regs", st["x"]), "pc": b.get("pc", st["pc"]),
                              "asid": b.get("asid", st["asid"])})
         self.core.halted = False
         if self.cpu_state != "waiting_mem":
             self._set_running()
+        await self._answer(msg, {"cpu_state": self.cpu_state, "tlb_written": len(entries)})
+
+    async def on_cpu_save(self, msg: Message) -> None:
+        if self.cpu_state == "running":
+            raise ProtocolError("cpu_running", f"{self.name} is running: cpu_save needs it trapped or halted "
+                                "(cpu_halt, or a trap), else the context changes under the copy", "kind")
+        st = self.core.get_state()
+        await self.party.reply(msg, "ok", {"data": {"regs": st["x"], "pc": st["pc"], "asid": st["asid"],
+                                                    "space": self.space, "cpu_state": self.cpu_state,
+                                                    "instret": st["instret"]}})
 
     async def on_tlb_write(self, msg: Message) -> None:
         b = msg.body
-        if not set(b["perms"]) <= set("rwx"):
-            raise ProtocolError("bad_field", f"tlb_write perms must be a subset of 'rwx', got {b['perms']!r}",
-                                "body.perms")
-        self.core.tlb_write(b["asid"], b["vpn"], b["ppn"], b["perms"])
+        self.core.tlb_write(*_tlb_entry([b["asid"], b["vpn"], b["ppn"], b["perms"]], "body"))
+        await self._answer(msg)
 
     async def on_tlb_flush(self, msg: Message) -> None:
         self.core.tlb_flush(msg.body.get("asid"), msg.body.get("vpn"))
+        await self._answer(msg)
 
     async def on_cpu_preempt(self, msg: Message) -> None:
         self.preempt_pending = True
+        await self._answer(msg)
 
     async def on_cpu_halt(self, msg: Message) -> None:
         # a pending preempt stays pending (taken after the next cpu_resume, unless masked)
         self.cpu_state = "halted"
+        await self._answer(msg, {"cpu_state": self.cpu_state})
 
     async def on_irq_mask(self, msg: Message) -> None:
         self.masked = msg.body["masked"]
+        await self._answer(msg, {"masked": self.masked})
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()
@@ -279,6 +305,19 @@ class CpuNode(Node):
                   "modified": len(self.modified), "preempt_pending": self.preempt_pending,
                   "masked": self.masked, "last_mem_error": self._last_mem_error})
         return s
+
+
+def _tlb_entry(entry: Any, where: str) -> tuple[int, int, int, str]:
+    """An [asid, vpn, ppn, perms] TLB entry, checked (ProtocolError naming ``where`` otherwise)."""
+    if (not isinstance(entry, list) or len(entry) != 4
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in entry[:3])
+            or not isinstance(entry[3], str)):
+        raise ProtocolError("bad_field", f"a TLB entry is [asid, vpn, ppn, perms] with non-negative ints, "
+                            f"got {entry!r}", where)
+    if not set(entry[3]) <= set("rwx"):
+        raise ProtocolError("bad_field", f"TLB perms must be a subset of 'rwx', got {entry[3]!r}",
+                            f"{where}.perms" if where == "body" else where)
+    return entry[0], entry[1], entry[2], entry[3]
 
 
 if __name__ == "__main__":
