@@ -201,6 +201,23 @@ async def test_kernel_runs_every_sample_like_qemu(guest_build, name: str) -> Non
     assert m.frames.free_count == 512, "the process's frames went back to the free list"
 
 
+async def test_kernel_exec_installs_the_loaded_pages_tlb_entries_before_the_first_resume(guest_build) -> None:
+    """exec hands the CPU the TLB entries of every page it loaded (segments,
+    initial stack), so only pages touched later cost a TLB-miss trap."""
+    m = Machine()
+    proc = await m.kernel.exec(elf_of("bench"), ["bench"], notify=True)
+    loaded = dict(proc.pages)
+    resume = next(i for i, (kind, _) in enumerate(m.priv_log) if kind == "cpu_resume")
+    prefilled = {b["vpn"]: (b["ppn"], b["perms"]) for kind, b in m.priv_log[:resume]
+                 if kind == "tlb_write" and b["asid"] == proc.asid}
+    assert prefilled == loaded
+    await m.run()
+    assert bytes(m.console.out) == expected("bench")
+    later = [b["vpn"] for kind, b in m.priv_log[resume:] if kind == "tlb_write"]
+    assert not set(later) & set(loaded), "a loaded page took a TLB-miss trap"
+    assert m.kernel.counters["tlb_misses"] == len(later)
+
+
 async def test_kernel_timeshares_and_kills_only_the_faulting_process(guest_build) -> None:
     m = Machine()
     a = await m.kernel.exec(elf_of("timeshare"), ["timeshare", "A", "4"])
