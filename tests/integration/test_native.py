@@ -389,6 +389,11 @@ def test_hwemu_run_starts_a_cluster_runs_hello_and_stops_it(guest_build, run_dir
     assert not list(rd.glob("*.sock")), "sockets left behind"
 
 
+# The exit status of each faulting sample (128 + the signal the OS kills it with).
+FAULT_EXIT = {"illegal": 128 + 4, "segv": 128 + 11}
+FAULT_WHAT = {"illegal": "illegal instruction instruction 0x00000000", "segv": "segmentation fault at 0x00000ff0"}
+
+
 @pytest.mark.integration
 def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, run_dir, tmp_path):
     rd, pids = run_dir
@@ -396,22 +401,29 @@ def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, 
     pids |= _recorded_pids(rd)
     assert up.returncode == 0, show(up)
 
-    for name in ("primes", "strsort", "badptr"):
-        run = hwemu(rd, "run", "compose/native.toml", str(BUILD / f"{name}.elf"), "--", *sample_args(name))
-        assert (run.returncode, run.stdout) == (0, expected(name)), f"{name}: {show(run)}"
-
-    # fd 0 from a file, then EOF, as under qemu-riscv32 < file
-    wc = hwemu(rd, "run", "compose/native.toml", str(BUILD / "wc.elf"), "--stdin", str(SAMPLES / "wc.stdin"))
-    assert (wc.returncode, wc.stdout) == (0, expected("wc")), show(wc)
-    sysabi = hwemu(rd, "run", "compose/native.toml", "--stdin", "/dev/null", str(BUILD / "sysabi.elf"))
-    assert (sysabi.returncode, sysabi.stdout) == (7, expected("sysabi")), show(sysabi)
-
-    segv = hwemu(rd, "run", "compose/native.toml", str(BUILD / "segv.elf"))
-    assert segv.returncode == 139, show(segv)
-    out = segv.stdout.decode()
-    assert out.startswith(expected("segv").decode()), show(segv)
-    assert re.search(r"\[os1\] pid \d+ \(segv.elf\) killed: segmentation fault at 0x00000ff0 pc=0x[0-9a-f]{8}", out), out
-    assert b"killed" in segv.stderr
+    # every SDK sample with a known output, against the same .expected file as
+    # qemu-riscv32 and `hwemu cpu run` (tests/guest/test_differential.py); fd 0
+    # from the .stdin file, else empty, then EOF, as under qemu-riscv32 < file
+    assert set(SAMPLE_NAMES) >= {"aluloop", "bench", "illegal", "sysloop", "timeshare", "wc", "sysabi", "segv"}
+    for name in SAMPLE_NAMES:
+        stdin = SAMPLES / f"{name}.stdin"
+        code = SAMPLES / f"{name}.exit"
+        fault = SAMPLES / f"{name}.fault"
+        run = hwemu(rd, "run", "compose/native.toml", "--stdin", str(stdin) if stdin.exists() else "/dev/null",
+                    str(BUILD / f"{name}.elf"), "--", *sample_args(name))
+        if not fault.exists():
+            want = int(code.read_text()) if code.exists() else 0
+            assert (run.returncode, run.stdout) == (want, expected(name)), f"{name}: {show(run)}"
+            continue
+        # dies at the .fault symbol: its output so far, then the OS's console line naming the pc
+        assert run.returncode == FAULT_EXIT[name], f"{name}: {show(run)}"
+        pc = symbol_address(BUILD / f"{name}.elf", fault.read_text().strip())
+        out = run.stdout.decode()
+        assert out.startswith(expected(name).decode()), f"{name}: {show(run)}"
+        assert re.fullmatch(rf"\[os1\] pid \d+ \({name}.elf\) killed: {FAULT_WHAT[name]} pc=0x{pc:08x}\n",
+                            out[len(expected(name)):]), f"{name}: {show(run)}"
+        assert re.fullmatch(rf"hwemu: pid \d+ killed: {FAULT_WHAT[name]} pc=0x{pc:08x}\n", run.stderr.decode()), \
+            f"{name}: {show(run)}"
 
     junk = tmp_path / "junk.elf"
     junk.write_bytes(b"this is not a program\n")
@@ -470,6 +482,50 @@ def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def wc_output(text: bytes) -> bytes:
+    """What guest/samples/wc.c prints for ``text`` (its counts, checksum, the text upper-cased)."""
+    lines, words, in_word, total = text.count(b"\n"), 0, False, 0
+    for c in text:
+        space = c in b" \n\t"
+        words += not space and not in_word
+        in_word = not space
+        total = ((total << 5 | total >> 27) & 0xFFFFFFFF) ^ c
+    return (f"{lines} lines, {words} words, {len(text)} bytes, checksum 0x{total:08x}\n".encode()
+            + text.upper())
+
+
+@pytest.mark.integration
+def test_bytes_typed_into_the_uart_tcp_port_reach_a_guest_read_on_the_native_cluster(guest_build, run_dir):
+    """wc.elf without --stdin reads the console: what a TCP client of uart0
+    types is what its read(0, ...) calls return, every byte once, in order."""
+    import json
+    import socket
+
+    rd, pids = run_dir
+    up = hwemu(rd, "up", "compose/native.toml", "--detach", "--json")
+    pids |= _recorded_pids(rd)
+    assert up.returncode == 0, show(up)
+    status = json.loads(hwemu(rd, "status", "--json").stdout)
+    port = next(n for n in status["nodes"] if n["name"] == "uart0")["stats"]["tcp_port"]
+    # wc stops reading once fewer than 37 bytes of its 8192-byte buffer are
+    # left: exactly 8156 bytes typed make it stop with all of them, no EOF needed
+    line = b"the quick brown fox\tjumps over 13 lazy dogs\n"
+    text = (line * 200)[:8155] + b"\n"
+    proc = subprocess.Popen([HWEMU, "run", "compose/native.toml", str(BUILD / "wc.elf")], cwd=REPO,
+                            env={**os.environ, "HWEMU_RUN_DIR": str(rd)}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as typist:
+            for i in range(0, len(text), 1000):  # typed in pieces, as a person (or nc) would
+                typist.sendall(text[i:i + 1000])
+            out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out) == (0, wc_output(text)), (proc.returncode, out[:300], err[-500:])
 
 
 def read_line_within(proc: subprocess.Popen, seconds: float) -> bytes:
