@@ -127,19 +127,22 @@ def main() -> None:
             subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
 
         borrow_s, return_s = [], []
-        subprocess.run([str(HWEMU), "up", BORROW_TOPOLOGY, "--detach"], env=env, check=True,
+        brd = Path(tmp) / "borrow"  # a run dir of its own: a memory file is sized for one topology
+        benv = {**os.environ, "HWEMU_RUN_DIR": str(brd)}
+        bctl = lambda kind, body: trio.run(call, brd, kind, body, 120.0)  # noqa: E731
+        subprocess.run([str(HWEMU), "up", BORROW_TOPOLOGY, "--detach"], env=benv, check=True,
                        stdout=subprocess.DEVNULL, cwd=ROOT)
         try:
-            ctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
+            bctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
             for _ in range(args.repeat):
                 t = time.perf_counter()
-                ctl("ctl_memory_borrow", {"from_os": "os1", "to_os": "os2", "frames": BORROW_FRAMES})
+                bctl("ctl_memory_borrow", {"from_os": "os1", "to_os": "os2", "frames": BORROW_FRAMES})
                 borrow_s.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                ctl("ctl_memory_return", {"from_os": "os1", "to_os": "os2"})
+                bctl("ctl_memory_return", {"from_os": "os1", "to_os": "os2"})
                 return_s.append(time.perf_counter() - t)
         finally:
-            subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+            subprocess.run([str(HWEMU), "down"], env=benv, stdout=subprocess.DEVNULL, cwd=ROOT)
 
     borrow = statistics.median(borrow_s)
     result = {
