@@ -12,6 +12,7 @@ Two levels:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -355,12 +356,11 @@ def hwemu(run_dir: Path, *args: str, timeout: float = 180) -> subprocess.Complet
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture
-def run_dir(tmp_path):
-    """A short run directory; at the end `hwemu down` and SIGKILL for anything of ours left."""
+@contextlib.contextmanager
+def _cluster_dir(rd: Path):
+    """Yield (rd, pids); at the end `hwemu down` and SIGKILL for anything of ours left."""
     import signal
 
-    rd = tmp_path / "r"
     pids: set[int] = set()
     try:
         yield rd, pids
@@ -373,6 +373,28 @@ def run_dir(tmp_path):
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A short run directory; at the end `hwemu down` and SIGKILL for anything of ours left."""
+    with _cluster_dir(tmp_path / "r") as dir_and_pids:
+        yield dir_and_pids
+
+
+@pytest.fixture
+def tiny_run_dir():
+    """Like ``run_dir``, directly under /tmp: the endpoints in ``hwemu status``'s
+    table (160 columns when piped) are short enough to leave every column whole."""
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="hw", dir="/tmp"))
+    try:
+        with _cluster_dir(top / "r") as dir_and_pids:
+            yield dir_and_pids
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def show(run: subprocess.CompletedProcess) -> str:
@@ -526,6 +548,67 @@ def test_bytes_typed_into_the_uart_tcp_port_reach_a_guest_read_on_the_native_clu
             proc.kill()
             proc.wait()
     assert (proc.returncode, out) == (0, wc_output(text)), (proc.returncode, out[:300], err[-500:])
+
+
+@pytest.mark.integration
+def test_hwemu_status_shows_the_cpu_halted_running_and_trapped(guest_build, tiny_run_dir):
+    """The CPU's state machine through the CLI: halted with nothing to run,
+    running a compute loop, trapped while its trap handler (os1, stopped
+    with SIGSTOP) has not answered a syscall; in --json and in the table."""
+    import json
+    import signal
+
+    rd, pids = tiny_run_dir
+    env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
+
+    def cpu_state() -> str:
+        status = json.loads(hwemu(rd, "status", "--json").stdout)
+        return next(n for n in status["nodes"] if n["name"] == "cpu0")["stats"]["cpu_state"]
+
+    def wait_for(state: str, table: bool = True) -> None:
+        deadline = time.monotonic() + 60
+        while (now := cpu_state()) != state and not (state == "not halted" and now != "halted"):
+            assert time.monotonic() < deadline, f"cpu0 still {now}, never {state}"
+            time.sleep(0.05)
+        if not table:
+            return
+        table = subprocess.run([HWEMU, "status"], cwd=REPO, env=env, capture_output=True, timeout=60).stdout.decode()
+        row = next(ln for ln in table.splitlines() if ln.startswith("│ cpu0 "))
+        assert f"running / {state} " in row, table
+
+    def start(*program: str) -> subprocess.Popen:
+        return subprocess.Popen([HWEMU, "run", "compose/native.toml", *program], cwd=REPO, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def interrupt(proc: subprocess.Popen) -> None:
+        proc.send_signal(signal.SIGINT)  # hwemu run kills its program (os_kill) and exits 130
+        assert proc.wait(timeout=60) == 130, proc.stderr.read()
+
+    up = hwemu(rd, "up", "compose/native.toml", "--detach", "--json")
+    pids |= _recorded_pids(rd)
+    assert up.returncode == 0, show(up)
+    os1 = json.loads((rd / "cluster.json").read_text())["nodes"]["os1"]
+    wait_for("halted")
+    procs = [start(str(BUILD / "bench.elf"), "--", "1000000")]  # seconds of compute, no trap
+    try:
+        wait_for("running")
+        interrupt(procs[0])
+        wait_for("halted")  # the OS has nothing left to run
+        procs.append(start(str(BUILD / "sysloop.elf"), "--", "1000000"))  # a write() trap after another
+        wait_for("not halted", table=False)  # it started
+        os.kill(os1, signal.SIGSTOP)
+        try:
+            wait_for("trapped")
+        finally:
+            os.kill(os1, signal.SIGCONT)
+        interrupt(procs[1])
+        wait_for("halted")
+    finally:
+        os.kill(os1, signal.SIGCONT)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def read_line_within(proc: subprocess.Popen, seconds: float) -> bytes:
