@@ -28,7 +28,7 @@
 
 Every figure is a median of --repeat runs against one cluster launched once.
 
-    .venv/bin/python bench/native.py [--json] [--repeat N]
+    .venv/bin/python bench/native.py [--json] [--repeat N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -113,6 +113,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
+    ap.add_argument("--rounds", type=int, default=64,
+                    help="bench.elf's ROUNDS argument for the MIPS figures (16: its default, 3.6 M instructions, "
+                         "a few tenths of a second: too short to stand out of a busy machine's noise)")
     args = ap.parse_args()
     if not (SAMPLES / "sysloop.elf").exists():
         subprocess.run(["make", "-C", str(ROOT / "guest"), "-s"], check=True)
@@ -132,18 +135,18 @@ def main() -> None:
             standalone, loads, runs, counted = [], [], [], set()
             elf = bench_elf.read_bytes()
             for _ in range(args.repeat):
-                timed([sys.executable, "-m", "nodes.cpu", "run", str(bench_elf), "--stats", str(stats_file)],
-                      dict(os.environ))
+                timed([sys.executable, "-m", "nodes.cpu", "run", str(bench_elf), "--stats", str(stats_file), "--",
+                       str(args.rounds)], dict(os.environ))
                 standalone.append(json.loads(stats_file.read_text()))
                 before = cpu_instret(rd)
-                load_s, run_s = trio.run(exec_timed, rd, elf, [str(bench_elf)])
+                load_s, run_s = trio.run(exec_timed, rd, elf, [str(bench_elf), str(args.rounds)])
                 counted.add(cpu_instret(rd) - before)
                 loads.append(load_s)
                 runs.append(run_s)
             short = statistics.median(run("sysloop.elf", str(SHORT)) for _ in range(args.repeat))
             long = statistics.median(run("sysloop.elf", str(LONG)) for _ in range(args.repeat))
             hello = statistics.median(run("hello.elf") for _ in range(args.repeat))
-            bench_e2e = statistics.median(run("bench.elf") for _ in range(args.repeat))
+            bench_e2e = statistics.median(run("bench.elf", str(args.rounds)) for _ in range(args.repeat))
         finally:
             subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
 
@@ -169,6 +172,7 @@ def main() -> None:
         "cluster_mips_end_to_end": round(e2e_mips, 2) if e2e_mips else None,
         "end_to_end_ratio": round(e2e_mips / standalone_mips, 3) if e2e_mips else None,
         "bench_instret": instret,
+        "bench_rounds": args.rounds,
     }
     if args.json:
         print(json.dumps(result))
