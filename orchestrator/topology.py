@@ -195,7 +195,43 @@ def parse(data: dict, source: str = "<topology>") -> Topology:
         if not isinstance(target, str) or target not in nodes:
             raise TopologyError(source, key, f"routes to {target!r}, which is not a node of this topology")
         routes[flow] = target
+    _check_partitions(nodes, source)
     return Topology(name, source, nodes, routes, float(ready_timeout), float(heartbeat))
+
+
+def _check_partitions(nodes: dict[str, NodeSpec], source: str) -> None:
+    """The firmware's memory map is given twice: memctl's ``partitions`` (what
+    each OS owns) and each OS's ``memory`` (the free list it boots with).
+    They must agree, or the OS would hand out frames it cannot reach.
+
+    An OS without either (an instance booted later on borrowed memory, ¶49)
+    is fine; an OS whose memory controller is not in the topology is not checked.
+    """
+    for os_name, spec in nodes.items():
+        if spec.kind != "os":
+            continue
+        mc_name = spec.options.get("memctl", "memctl")
+        mc = nodes.get(mc_name) if isinstance(mc_name, str) else None
+        if mc is None or mc.kind != "memctl":
+            continue
+        parts = mc.options.get("partitions") or {}
+        if not isinstance(parts, dict):
+            continue  # the memory controller refuses it at start, naming the option
+        memory, part = spec.options.get("memory"), parts.get(os_name)
+        as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+        where = f"nodes.{mc_name}.options.partitions.{os_name}"
+        if memory is None and part is not None:
+            raise TopologyError(source, f"nodes.{os_name}.options.memory",
+                                f"missing, but {where} = {as_list(part)} gives {os_name} that partition "
+                                f"(give the same [first_frame, count] to both)")
+        if memory is not None and part is None:
+            raise TopologyError(source, f"nodes.{os_name}.options.memory",
+                                f"{as_list(memory)}, but memctl {mc_name!r} has no partition for {os_name} "
+                                f"(add {where} = {as_list(memory)})")
+        if memory is not None and as_list(memory) != as_list(part):
+            raise TopologyError(source, f"nodes.{os_name}.options.memory",
+                                f"{as_list(memory)} does not match {where} = {as_list(part)} "
+                                f"(the OS would boot with frames its memory controller does not give it)")
 
 
 def load(path: str | Path) -> Topology:

@@ -15,7 +15,8 @@ time, so the kernel needs no locks.
 
 Processes: an asid each, a page table vpn -> (gpn, perms) filled with the
 ELF segments at load and lazily (zero pages) for the heap (brk) and the stack,
-the Linux initial stack for argv. TLB misses install the page table's entry
+the Linux initial stack for argv. exec installs the TLB entries of the pages it
+loaded (one trap round trip fewer per page); other TLB misses install the page table's entry
 with ``tlb_write``; a miss outside every mapped region, an access the page
 does not allow, an illegal instruction or an ebreak kills the process (exit
 status 128 + signal) and only it.
@@ -286,10 +287,24 @@ class Kernel:
                 self.frames.free(gpn)
             raise
         await self.hw.priv("tlb_flush", {"asid": asid})  # an asid used before may have stale entries
+        await self._prefill_tlb(proc)
         self.procs[pid] = proc
         self.runq.append(proc)
         await self.dispatch()
         return proc
+
+    async def _prefill_tlb(self, proc: Process) -> None:
+        """Install the TLB entries of the pages exec loaded (the ELF segments
+        and the initial stack) before the first resume.
+
+        The kernel knows them already: without this, each one costs a
+        TLB-miss trap round trip (CPU -> OS -> CPU) on first touch. Privileged
+        operations are one-way and ordered, so they all reach the CPU before
+        its ``cpu_resume``. Pages touched later (heap, deeper stack) still
+        fault in lazily.
+        """
+        for vpn, (gpn, perms) in sorted(proc.pages.items()):
+            await self.hw.priv("tlb_write", {"asid": proc.asid, "vpn": vpn, "ppn": gpn, "perms": perms})
 
     async def _write_run(self, run: list[tuple[int, bytearray]]) -> None:
         # bounded messages: at most 64 pages per write

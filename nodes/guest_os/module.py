@@ -57,6 +57,8 @@ class FrameAllocator:
     def take(self, frames: Iterable[int]) -> list[int]:
         """Remove specific free frames from the free list (all or nothing)."""
         frames = list(frames)
+        if not frames:
+            return frames  # nothing to take: keep the free list as it is (no rebuild)
         bad = [f for f in frames if f not in self._free_set]
         if bad or len(set(frames)) != len(frames):
             raise FrameError(f"frames {bad or frames} are not free frames of this OS")
@@ -88,15 +90,15 @@ class KernelModule:
         frames = list(frames)
         if any(not isinstance(f, int) or isinstance(f, bool) or f < 0 for f in frames):
             raise FrameError(f"frame numbers must be integers >= 0: {frames!r}")
-        dup = sorted(set(f for f in frames if f in self.frames.owned)) or (
+        dup = sorted(self.frames.owned.intersection(frames)) or (
             frames if len(set(frames)) != len(frames) else [])
         if dup:
             raise FrameError(f"frames {dup} are already owned by this OS (or listed twice)")
         fa = self.frames
-        for f in frames:
-            fa.owned.add(f)
-            fa._free.append(f)
-            fa._free_set.add(f)
+        # in bulk (set and deque operations): a loan is thousands of frames
+        fa.owned.update(frames)
+        fa._free.extend(frames)
+        fa._free_set.update(frames)
         return frames
 
     def give_back(self, frames: Iterable[int]) -> list[int]:
@@ -110,7 +112,6 @@ class KernelModule:
             raise FrameError(f"frames {bad} are neither pinned nor free in this OS (in use or not ours)")
         free_ones = [f for f in frames if fa.is_free(f)]
         fa.take(free_ones)
-        for f in frames:
-            fa.pinned.discard(f)
-            fa.owned.discard(f)
+        fa.pinned.difference_update(frames)
+        fa.owned.difference_update(frames)
         return frames

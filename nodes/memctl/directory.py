@@ -21,7 +21,7 @@ frame conservation). One :class:`MemoryController` holds:
 
 The message wrapper (``node.py``) turns requests into calls of the public
 coroutines here; each request may run in its own task: per-frame
-``trio.Lock`` s serialize what touches a frame, a controller-wide lock
+claims (``_claim``) serialize what touches a frame, a controller-wide lock
 serializes ownership and map changes. :meth:`MemoryController.release` is
 synchronous on purpose, so a write-back is applied atomically in the order it
 arrives, even while a recall of the same frame is in flight.
@@ -30,17 +30,19 @@ arrives, even while a recall of the same frame is in flight.
 from __future__ import annotations
 
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from .errors import DirectoryError, InvariantError, MemFault, OwnershipError, Recovering
-from .store import FRAME_SIZE, FrameStore, Snapshot
+from .store import FRAME_SIZE, FrameStore, Snapshot, frame_runs
 
 FREE = "free"
 VMM = "vmm"
@@ -53,7 +55,8 @@ MODIFIED = "M"
 INVALIDATE = "invalidate"
 DOWNGRADE = "downgrade"
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: pins as (first, count) runs; 1: pins as a list of frames
+READABLE_VERSIONS = (1, 2)
 
 Recall = Callable[[str, int, str], Awaitable["bytes | None"]]
 """``await recall(holder, frame, mode) -> bytes | None``.
@@ -118,7 +121,7 @@ class MemoryController:
         self._spaces: dict[str, Space] = {}
         self._pinned: dict[str, set[int]] = {}
         self._holders: dict[int, dict[str, str]] = {}  # frame -> {initiator: S|M}; no empty dicts
-        self._locks: dict[int, trio.Lock] = {}
+        self._busy: dict[int, trio.Event] = {}  # frame -> set when its holder lets go
         self._meta_lock = trio.Lock()
         self.known_initiators: set[str] = set()
         self.recovering = False
@@ -200,14 +203,14 @@ class MemoryController:
         frames = self._check_frames(frames)
         _check_name(to_owner)
         async with self._meta_changes(lambda: frames):
-            wrong = [f for f in frames if self._owner[f] != from_owner]
-            if wrong:
+            if self._owners_of(frames) - {from_owner}:
+                wrong = [f for f in frames if self._owner[f] != from_owner]
                 found = sorted({self._owner[f] for f in wrong})
                 raise OwnershipError(f"frames {wrong} are not owned by {from_owner!r} (owned by {found})")
-            if is_os(from_owner):
-                loose = [f for f in frames if f not in self._pinned.get(from_owner, ())]
-                if loose:
-                    raise OwnershipError(f"{from_owner!r} must pin frames {loose} before giving them away")
+            pins = self._pinned.get(from_owner, set())
+            if is_os(from_owner) and not pins.issuperset(frames):
+                loose = [f for f in frames if f not in pins]
+                raise OwnershipError(f"{from_owner!r} must pin frames {loose} before giving them away")
             await self._change_owner(frames, to_owner)
 
     async def create_space(self, name: str, frames: Iterable[int]) -> None:
@@ -261,8 +264,8 @@ class MemoryController:
         """
         self._check_serving()
         frames = self._check_frames(frames)
-        wrong = [f for f in frames if self._owner[f] != owner]
-        if wrong:
+        if self._owners_of(frames) - {owner}:
+            wrong = [f for f in frames if self._owner[f] != owner]
             raise OwnershipError(f"{owner!r} cannot pin frames {wrong}: it does not own them")
         self._pinned.setdefault(owner, set()).update(frames)
         self._save()
@@ -528,9 +531,18 @@ class MemoryController:
     def _check_frames(self, frames: Iterable[int]) -> list[int]:
         """Return the distinct frames, in order, each checked to be in range."""
         out = list(dict.fromkeys(frames))
+        if out and set(map(type, out)) == {int} and 0 <= min(out) and max(out) < self.store.nframes:
+            return out  # the common case, checked in bulk
         for f in out:
             self.store.check_frame(f)
         return out
+
+    def _owners_of(self, frames: list[int]) -> set[str]:
+        """The set of owners of ``frames`` (checked frame numbers), in one C-level pass."""
+        if not frames:
+            return set()
+        got = itemgetter(*frames)(self._owner)
+        return {got} if len(frames) == 1 else set(got)
 
     def _space(self, name: str) -> Space:
         sp = self._spaces.get(name)
@@ -543,11 +555,34 @@ class MemoryController:
         sp = self._space(space)
         return {f: f for f in self.frames_of(space)} if sp.identity else dict(sp.map)
 
-    def _lock(self, frame: int) -> trio.Lock:
-        lock = self._locks.get(frame)
-        if lock is None:
-            lock = self._locks[frame] = trio.Lock()
-        return lock
+    @asynccontextmanager
+    async def _claim(self, frames: list[int]) -> AsyncIterator[None]:
+        """Hold ``frames`` (distinct, increasing) exclusively, waiting for any
+        task that holds one of them.
+
+        A claim is one dict entry per frame and one event per claim, so a bulk
+        change of 16384 frames costs that many dict operations; a trio.Lock per
+        frame cost O(n²) (trio keeps a list of the locks each task holds).
+        Frames are claimed in increasing order and single-frame users hold one
+        at a time, so claims cannot deadlock.
+        """
+        done = trio.Event()
+        busy = self._busy
+        claimed = 0
+        try:
+            await trio.lowlevel.checkpoint()
+            if busy.keys().isdisjoint(frames):  # nobody holds any: claim them all at once
+                busy.update(dict.fromkeys(frames, done))
+                claimed = len(frames)
+            for f in frames[claimed:]:
+                while (other := busy.get(f)) is not None:
+                    await other.wait()
+                busy[f] = done
+                claimed += 1
+            yield
+        finally:
+            deque(map(busy.pop, frames[:claimed]), maxlen=0)
+            done.set()
 
     @asynccontextmanager
     async def _meta_changes(self, frames: Callable[[], Iterable[int]]) -> AsyncIterator[list[int]]:
@@ -563,21 +598,20 @@ class MemoryController:
         always tells the truth about what was done.
         """
         self._check_serving()
-        async with self._meta_lock, AsyncExitStack() as stack:
+        async with self._meta_lock:
             locked = sorted(set(frames()))
-            for f in locked:
-                await stack.enter_async_context(self._lock(f))
-            try:
-                yield locked
-            finally:
-                self._save()
+            async with self._claim(locked):
+                try:
+                    yield locked
+                finally:
+                    self._save()
 
     @asynccontextmanager
     async def _translated(self, space: str, gpn: int) -> AsyncIterator[int]:
         """Translate ``gpn`` and hold the frame's lock, retrying if the map moved while queued."""
         while True:
             frame = self.translate(space, gpn)
-            async with self._lock(frame):
+            async with self._claim([frame]):
                 if self.translate(space, gpn) == frame:
                     yield frame
                     return
@@ -632,21 +666,41 @@ class MemoryController:
             del self._holders[frame]
 
     async def _change_owner(self, frames: list[int], new_owner: str) -> None:
-        """Recall, unmap, unpin and zero each frame that changes owner (caller holds the locks)."""
-        for f in frames:
-            old = self._owner[f]
-            if old == new_owner:
-                continue
-            if f in self._holders:  # nobody caches most frames: skip the recall
-                await self._recall(f, INVALIDATE, list(self._holders[f]))
+        """Recall, unmap, unpin and zero each frame that changes owner (caller holds the locks).
+
+        In bulk: the recalls first (nobody caches most frames: those cost
+        nothing), then, with no await in between, each old owner's map and
+        pins lose the frames at once, the frames are zeroed run by run and
+        change owner, so a loan of many frames costs a few operations per
+        run, not several per frame.
+        """
+        owner = self._owner
+        olds = self._owners_of(frames)
+        if olds == {new_owner}:
+            return
+        if len(olds) == 1:
+            moving = sorted(frames)
+            by_old = {olds.pop(): set(moving)}
+        else:
+            moving = sorted(f for f in frames if owner[f] != new_owner)
+            by_old = {}
+            for f in moving:
+                by_old.setdefault(owner[f], set()).add(f)
+        for f in sorted(self._holders.keys() & set(moving)):
+            await self._recall(f, INVALIDATE, list(self._holders[f]))
+        for old, gone in by_old.items():
             sp = self._spaces.get(old)
-            if sp is not None and not sp.identity and f in sp.map.values():
-                sp.map = {g: fr for g, fr in sp.map.items() if fr != f}
-            self._pinned.get(old, set()).discard(f)
-            # Zero before the owner changes: the new owner never sees the old one's bytes.
-            self.store.zero_frame(f)
-            self._counts["zeroed"] += 1
-            self._owner[f] = new_owner
+            if sp is not None and not sp.identity and sp.map:
+                sp.map = {g: fr for g, fr in sp.map.items() if fr not in gone}
+            pins = self._pinned.get(old)
+            if pins:
+                pins.difference_update(gone)
+        # Zero before the owner changes: the new owner never sees the old one's bytes.
+        runs = frame_runs(moving)
+        self.store.zero_runs(runs)
+        self._counts["zeroed"] += len(moving)
+        for first, count in runs:
+            owner[first:first + count] = [new_owner] * count
 
     async def _replace_map(
         self, space: str, edit: Callable[[dict[int, int]], tuple[bool, dict[int, int]]]
@@ -682,23 +736,23 @@ class MemoryController:
         if self._snapshot is None:
             return
         runs: list[list[Any]] = []
-        for f, o in enumerate(self._owner):
-            if runs and runs[-1][2] == o:
-                runs[-1][1] += 1
-            else:
-                runs.append([f, 1, o])
+        first = 0
+        for o, same in groupby(self._owner):
+            n = len(list(same))
+            runs.append([first, n, o])
+            first += n
         self._snapshot.save({
             "version": SNAPSHOT_VERSION,
             "nframes": self.store.nframes,
             "owners": runs,
             "spaces": {name: {"identity": sp.identity, "map": sorted(sp.map.items())}
                        for name, sp in self._spaces.items()},
-            "pinned": {o: sorted(p) for o, p in self._pinned.items() if p},
+            "pinned": {o: frame_runs(sorted(p)) for o, p in self._pinned.items() if p},
             "initiators": sorted(self.known_initiators),
         })
 
     def _restore(self, doc: dict[str, Any]) -> None:
-        if doc.get("version") != SNAPSHOT_VERSION or doc.get("nframes") != self.store.nframes:
+        if doc.get("version") not in READABLE_VERSIONS or doc.get("nframes") != self.store.nframes:
             raise OwnershipError(
                 f"snapshot {self._snapshot.path if self._snapshot else ''} is version {doc.get('version')} "
                 f"for {doc.get('nframes')} frames; this memory has {self.store.nframes} frames "
@@ -707,9 +761,16 @@ class MemoryController:
             self._owner[start:start + count] = [owner] * count
         self._spaces = {name: Space(s["identity"], {g: f for g, f in s["map"]})
                         for name, s in doc["spaces"].items()}
-        self._pinned = {o: set(p) for o, p in doc["pinned"].items()}
+        self._pinned = {o: _pin_set(p, doc["version"]) for o, p in doc["pinned"].items()}
         self.known_initiators = set(doc["initiators"])
         self.recovering = bool(self.known_initiators)
+
+
+def _pin_set(saved: list, version: int) -> set[int]:
+    """The pinned frames of a snapshot: runs (version 2) or a list of frames (version 1)."""
+    if version == 1:
+        return set(saved)
+    return {f for first, count in saved for f in range(first, first + count)}
 
 
 def _check_name(owner: object) -> None:

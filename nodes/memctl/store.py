@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import mmap
+import operator
 import os
+from collections.abc import Iterable
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,20 @@ from .errors import StoreError
 
 FRAME_SIZE = 4096
 _ZERO_FRAME = bytes(FRAME_SIZE)  # shared, immutable: no allocation per zeroed frame
+_ZERO_RUN = bytes(256 * FRAME_SIZE)  # the fallback of zero_frames writes 1 MiB at a time
+
+
+def frame_runs(ordered: list[int]) -> list[tuple[int, int]]:
+    """(first, count) of each run of consecutive frames in an increasing list
+    of distinct frames."""
+    if not ordered:
+        return []
+    if ordered[-1] - ordered[0] + 1 == len(ordered):
+        return [(ordered[0], len(ordered))]  # one run: the common case
+    # where a run breaks, found by C-level iteration (a loan is thousands of frames)
+    gaps = map(operator.ne, ordered[1:], map((1).__add__, ordered[:-1]))
+    starts = [0, *compress(range(1, len(ordered)), gaps), len(ordered)]
+    return [(ordered[a], b - a) for a, b in zip(starts, starts[1:])]
 
 
 class FrameStore:
@@ -70,6 +87,8 @@ class FrameStore:
         finally:
             os.close(fd)  # the mapping keeps the file open
         self.nframes = nframes
+        self._can_punch = hasattr(mmap, "MADV_REMOVE") and mmap.PAGESIZE <= FRAME_SIZE \
+            and FRAME_SIZE % mmap.PAGESIZE == 0
 
     # -- bounds -------------------------------------------------------------
 
@@ -114,6 +133,40 @@ class FrameStore:
         """Fill the frame with zeros."""
         pos = self._span(frame, 0, FRAME_SIZE)
         self._mm[pos:pos + FRAME_SIZE] = _ZERO_FRAME
+
+    def zero_frames(self, frames: Iterable[int]) -> None:
+        """Fill ``frames`` with zeros (see :meth:`zero_runs`).
+
+        Raises:
+            StoreError: a frame number is out of range (nothing is zeroed).
+        """
+        self.zero_runs(frame_runs(sorted(set(frames))))
+
+    def zero_runs(self, runs: list[tuple[int, int]]) -> None:
+        """Fill each run (first frame, count) with zeros, one operation per run.
+
+        A run is punched out of the file (``madvise(MADV_REMOVE)`` on the
+        shared mapping: the file system frees the blocks, the range reads as
+        zeros and costs no write); where that is not supported, it is
+        overwritten from one shared zero buffer.
+
+        Raises:
+            StoreError: a frame number is out of range (nothing is zeroed).
+        """
+        for first, count in runs:
+            self._span(first, 0, FRAME_SIZE)
+            self._span(first + count - 1, 0, FRAME_SIZE)
+        for first, count in runs:
+            pos, n = first * FRAME_SIZE, count * FRAME_SIZE
+            if self._can_punch:
+                try:
+                    self._mm.madvise(mmap.MADV_REMOVE, pos, n)
+                    continue
+                except OSError:
+                    self._can_punch = False  # e.g. a file system without hole punching
+            for at in range(pos, pos + n, len(_ZERO_RUN)):
+                k = min(len(_ZERO_RUN), pos + n - at)
+                self._mm[at:at + k] = _ZERO_RUN[:k] if k < len(_ZERO_RUN) else _ZERO_RUN
 
     def flush(self) -> None:
         """``msync`` the mapping: survive a crash of the host, not only of the process."""

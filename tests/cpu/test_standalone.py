@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -139,6 +140,22 @@ def test_hwemu_cli_execs_the_runner(tmp_path, cpu_helpers):
         [sys.executable, "-m", "orchestrator.cli.main", "cpu", "run", str(elf), "--", "x"], capture_output=True, check=False
     )
     assert (done.returncode, done.stdout) == (42, f"{elf}x\n".encode())
+
+
+def test_hwemu_cpu_run_stats_writes_instret_seconds_mips_and_exits_with_the_guest_status(tmp_path, cpu_helpers):
+    elf = cpu_helpers.assemble(tmp_path, ECHO_ARGS)
+    hwemu = str(Path(sys.executable).parent / "hwemu")
+    stats = tmp_path / "cli-stats.json"
+    done = subprocess.run([hwemu, "cpu", "run", str(elf), "--stats", str(stats), "--", "a", "bc"],
+                          capture_output=True, check=False)
+    assert (done.returncode, done.stdout) == (43, f"{elf}abc\n".encode()), done.stderr
+    numbers = json.loads(stats.read_text())
+    assert {"instret", "seconds", "mips"} <= set(numbers)
+    # the same program and arguments under `python -m nodes.cpu run` retire exactly as many instructions
+    _run([str(elf), "--stats", str(tmp_path / "direct.json"), "--", "a", "bc"])
+    assert numbers["instret"] == json.loads((tmp_path / "direct.json").read_text())["instret"]
+    assert numbers["seconds"] > 0
+    assert numbers["mips"] == pytest.approx(numbers["instret"] / numbers["seconds"] / 1e6, rel=1e-9)
 
 
 def test_bad_file_is_one_line_and_status_1(tmp_path):

@@ -219,6 +219,11 @@ def test_hwemu_cpu_dies_on_fault_naming_the_pc(guest_build: Path, program: Guest
     assert_stdout(ours, program.expected_stdout, "hwemu cpu")
     stderr = ours.stderr.decode(errors="replace")
     assert ours.returncode != 0, f"hwemu exited 0 after the fault; stderr: {stderr!r}"
+    # qemu-riscv32 dies of the signal (SIGILL, SIGSEGV, SIGTRAP for ebreak ...);
+    # hwemu exits with 128 + that signal, as a shell reports it
+    reference = run_qemu(program)
+    assert reference.returncode < 0 and ours.returncode == 128 - reference.returncode, (
+        f"exit codes: hwemu {ours.returncode}, qemu {reference.returncode} (negative: killed by that signal)")
     assert re.search(r"\bpc\b", stderr, re.IGNORECASE), f"no 'pc' in stderr: {stderr!r}"
     assert re.search(rf"0x0*{pc:x}\b", stderr, re.IGNORECASE), (
         f"stderr does not name pc 0x{pc:08x} ({program.fault_symbol}): {stderr!r}"

@@ -12,6 +12,7 @@ Two levels:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -201,6 +202,23 @@ async def test_kernel_runs_every_sample_like_qemu(guest_build, name: str) -> Non
     assert m.frames.free_count == 512, "the process's frames went back to the free list"
 
 
+async def test_kernel_exec_installs_the_loaded_pages_tlb_entries_before_the_first_resume(guest_build) -> None:
+    """exec hands the CPU the TLB entries of every page it loaded (segments,
+    initial stack), so only pages touched later cost a TLB-miss trap."""
+    m = Machine()
+    proc = await m.kernel.exec(elf_of("bench"), ["bench"], notify=True)
+    loaded = dict(proc.pages)
+    resume = next(i for i, (kind, _) in enumerate(m.priv_log) if kind == "cpu_resume")
+    prefilled = {b["vpn"]: (b["ppn"], b["perms"]) for kind, b in m.priv_log[:resume]
+                 if kind == "tlb_write" and b["asid"] == proc.asid}
+    assert prefilled == loaded
+    await m.run()
+    assert bytes(m.console.out) == expected("bench")
+    later = [b["vpn"] for kind, b in m.priv_log[resume:] if kind == "tlb_write"]
+    assert not set(later) & set(loaded), "a loaded page took a TLB-miss trap"
+    assert m.kernel.counters["tlb_misses"] == len(later)
+
+
 async def test_kernel_timeshares_and_kills_only_the_faulting_process(guest_build) -> None:
     m = Machine()
     a = await m.kernel.exec(elf_of("timeshare"), ["timeshare", "A", "4"])
@@ -338,12 +356,11 @@ def hwemu(run_dir: Path, *args: str, timeout: float = 180) -> subprocess.Complet
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture
-def run_dir(tmp_path):
-    """A short run directory; at the end `hwemu down` and SIGKILL for anything of ours left."""
+@contextlib.contextmanager
+def _cluster_dir(rd: Path):
+    """Yield (rd, pids); at the end `hwemu down` and SIGKILL for anything of ours left."""
     import signal
 
-    rd = tmp_path / "r"
     pids: set[int] = set()
     try:
         yield rd, pids
@@ -356,6 +373,28 @@ def run_dir(tmp_path):
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A short run directory; at the end `hwemu down` and SIGKILL for anything of ours left."""
+    with _cluster_dir(tmp_path / "r") as dir_and_pids:
+        yield dir_and_pids
+
+
+@pytest.fixture
+def tiny_run_dir():
+    """Like ``run_dir``, directly under /tmp: the endpoints in ``hwemu status``'s
+    table (160 columns when piped) are short enough to leave every column whole."""
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="hw", dir="/tmp"))
+    try:
+        with _cluster_dir(top / "r") as dir_and_pids:
+            yield dir_and_pids
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def show(run: subprocess.CompletedProcess) -> str:
@@ -372,6 +411,11 @@ def test_hwemu_run_starts_a_cluster_runs_hello_and_stops_it(guest_build, run_dir
     assert not list(rd.glob("*.sock")), "sockets left behind"
 
 
+# The exit status of each faulting sample (128 + the signal the OS kills it with).
+FAULT_EXIT = {"illegal": 128 + 4, "segv": 128 + 11}
+FAULT_WHAT = {"illegal": "illegal instruction instruction 0x00000000", "segv": "segmentation fault at 0x00000ff0"}
+
+
 @pytest.mark.integration
 def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, run_dir, tmp_path):
     rd, pids = run_dir
@@ -379,22 +423,29 @@ def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, 
     pids |= _recorded_pids(rd)
     assert up.returncode == 0, show(up)
 
-    for name in ("primes", "strsort", "badptr"):
-        run = hwemu(rd, "run", "compose/native.toml", str(BUILD / f"{name}.elf"), "--", *sample_args(name))
-        assert (run.returncode, run.stdout) == (0, expected(name)), f"{name}: {show(run)}"
-
-    # fd 0 from a file, then EOF, as under qemu-riscv32 < file
-    wc = hwemu(rd, "run", "compose/native.toml", str(BUILD / "wc.elf"), "--stdin", str(SAMPLES / "wc.stdin"))
-    assert (wc.returncode, wc.stdout) == (0, expected("wc")), show(wc)
-    sysabi = hwemu(rd, "run", "compose/native.toml", "--stdin", "/dev/null", str(BUILD / "sysabi.elf"))
-    assert (sysabi.returncode, sysabi.stdout) == (7, expected("sysabi")), show(sysabi)
-
-    segv = hwemu(rd, "run", "compose/native.toml", str(BUILD / "segv.elf"))
-    assert segv.returncode == 139, show(segv)
-    out = segv.stdout.decode()
-    assert out.startswith(expected("segv").decode()), show(segv)
-    assert re.search(r"\[os1\] pid \d+ \(segv.elf\) killed: segmentation fault at 0x00000ff0 pc=0x[0-9a-f]{8}", out), out
-    assert b"killed" in segv.stderr
+    # every SDK sample with a known output, against the same .expected file as
+    # qemu-riscv32 and `hwemu cpu run` (tests/guest/test_differential.py); fd 0
+    # from the .stdin file, else empty, then EOF, as under qemu-riscv32 < file
+    assert set(SAMPLE_NAMES) >= {"aluloop", "bench", "illegal", "sysloop", "timeshare", "wc", "sysabi", "segv"}
+    for name in SAMPLE_NAMES:
+        stdin = SAMPLES / f"{name}.stdin"
+        code = SAMPLES / f"{name}.exit"
+        fault = SAMPLES / f"{name}.fault"
+        run = hwemu(rd, "run", "compose/native.toml", "--stdin", str(stdin) if stdin.exists() else "/dev/null",
+                    str(BUILD / f"{name}.elf"), "--", *sample_args(name))
+        if not fault.exists():
+            want = int(code.read_text()) if code.exists() else 0
+            assert (run.returncode, run.stdout) == (want, expected(name)), f"{name}: {show(run)}"
+            continue
+        # dies at the .fault symbol: its output so far, then the OS's console line naming the pc
+        assert run.returncode == FAULT_EXIT[name], f"{name}: {show(run)}"
+        pc = symbol_address(BUILD / f"{name}.elf", fault.read_text().strip())
+        out = run.stdout.decode()
+        assert out.startswith(expected(name).decode()), f"{name}: {show(run)}"
+        assert re.fullmatch(rf"\[os1\] pid \d+ \({name}.elf\) killed: {FAULT_WHAT[name]} pc=0x{pc:08x}\n",
+                            out[len(expected(name)):]), f"{name}: {show(run)}"
+        assert re.fullmatch(rf"hwemu: pid \d+ killed: {FAULT_WHAT[name]} pc=0x{pc:08x}\n", run.stderr.decode()), \
+            f"{name}: {show(run)}"
 
     junk = tmp_path / "junk.elf"
     junk.write_bytes(b"this is not a program\n")
@@ -453,6 +504,111 @@ def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def wc_output(text: bytes) -> bytes:
+    """What guest/samples/wc.c prints for ``text`` (its counts, checksum, the text upper-cased)."""
+    lines, words, in_word, total = text.count(b"\n"), 0, False, 0
+    for c in text:
+        space = c in b" \n\t"
+        words += not space and not in_word
+        in_word = not space
+        total = ((total << 5 | total >> 27) & 0xFFFFFFFF) ^ c
+    return (f"{lines} lines, {words} words, {len(text)} bytes, checksum 0x{total:08x}\n".encode()
+            + text.upper())
+
+
+@pytest.mark.integration
+def test_bytes_typed_into_the_uart_tcp_port_reach_a_guest_read_on_the_native_cluster(guest_build, run_dir):
+    """wc.elf without --stdin reads the console: what a TCP client of uart0
+    types is what its read(0, ...) calls return, every byte once, in order."""
+    import json
+    import socket
+
+    rd, pids = run_dir
+    up = hwemu(rd, "up", "compose/native.toml", "--detach", "--json")
+    pids |= _recorded_pids(rd)
+    assert up.returncode == 0, show(up)
+    status = json.loads(hwemu(rd, "status", "--json").stdout)
+    port = next(n for n in status["nodes"] if n["name"] == "uart0")["stats"]["tcp_port"]
+    # wc stops reading once fewer than 37 bytes of its 8192-byte buffer are
+    # left: exactly 8156 bytes typed make it stop with all of them, no EOF needed
+    line = b"the quick brown fox\tjumps over 13 lazy dogs\n"
+    text = (line * 200)[:8155] + b"\n"
+    proc = subprocess.Popen([HWEMU, "run", "compose/native.toml", str(BUILD / "wc.elf")], cwd=REPO,
+                            env={**os.environ, "HWEMU_RUN_DIR": str(rd)}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as typist:
+            for i in range(0, len(text), 1000):  # typed in pieces, as a person (or nc) would
+                typist.sendall(text[i:i + 1000])
+            out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out) == (0, wc_output(text)), (proc.returncode, out[:300], err[-500:])
+
+
+@pytest.mark.integration
+def test_hwemu_status_shows_the_cpu_halted_running_and_trapped(guest_build, tiny_run_dir):
+    """The CPU's state machine through the CLI: halted with nothing to run,
+    running a compute loop, trapped while its trap handler (os1, stopped
+    with SIGSTOP) has not answered a syscall; in --json and in the table."""
+    import json
+    import signal
+
+    rd, pids = tiny_run_dir
+    env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
+
+    def cpu_state() -> str:
+        status = json.loads(hwemu(rd, "status", "--json").stdout)
+        return next(n for n in status["nodes"] if n["name"] == "cpu0")["stats"]["cpu_state"]
+
+    def wait_for(state: str, table: bool = True) -> None:
+        deadline = time.monotonic() + 60
+        while (now := cpu_state()) != state and not (state == "not halted" and now != "halted"):
+            assert time.monotonic() < deadline, f"cpu0 still {now}, never {state}"
+            time.sleep(0.05)
+        if not table:
+            return
+        table = subprocess.run([HWEMU, "status"], cwd=REPO, env=env, capture_output=True, timeout=60).stdout.decode()
+        row = next(ln for ln in table.splitlines() if ln.startswith("│ cpu0 "))
+        assert f"running / {state} " in row, table
+
+    def start(*program: str) -> subprocess.Popen:
+        return subprocess.Popen([HWEMU, "run", "compose/native.toml", *program], cwd=REPO, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def interrupt(proc: subprocess.Popen) -> None:
+        proc.send_signal(signal.SIGINT)  # hwemu run kills its program (os_kill) and exits 130
+        assert proc.wait(timeout=60) == 130, proc.stderr.read()
+
+    up = hwemu(rd, "up", "compose/native.toml", "--detach", "--json")
+    pids |= _recorded_pids(rd)
+    assert up.returncode == 0, show(up)
+    os1 = json.loads((rd / "cluster.json").read_text())["nodes"]["os1"]
+    wait_for("halted")
+    procs = [start(str(BUILD / "bench.elf"), "--", "1000000")]  # seconds of compute, no trap
+    try:
+        wait_for("running")
+        interrupt(procs[0])
+        wait_for("halted")  # the OS has nothing left to run
+        procs.append(start(str(BUILD / "sysloop.elf"), "--", "1000000"))  # a write() trap after another
+        wait_for("not halted", table=False)  # it started
+        os.kill(os1, signal.SIGSTOP)
+        try:
+            wait_for("trapped")
+        finally:
+            os.kill(os1, signal.SIGCONT)
+        interrupt(procs[1])
+        wait_for("halted")
+    finally:
+        os.kill(os1, signal.SIGCONT)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def read_line_within(proc: subprocess.Popen, seconds: float) -> bytes:

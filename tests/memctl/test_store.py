@@ -43,6 +43,23 @@ def test_contents_survive_reopening_in_a_new_object(tmp_path):
         assert again.read_frame(2) == bytes(FRAME_SIZE)
 
 
+@pytest.mark.parametrize("punch", [True, False], ids=["hole-punch", "overwrite"])
+def test_zero_frames_zeroes_exactly_the_runs_given_and_survives_reopening(tmp_path, punch):
+    path = tmp_path / "mem.bin"
+    with FrameStore(path, 300) as store:
+        store._can_punch = punch  # both ways of zeroing: punched out of the file, or overwritten
+        for f in range(300):
+            store.write_frame(f, bytes([f % 251 + 1]) * FRAME_SIZE)
+        gone = [9, *range(3, 7), *range(20, 290)]  # runs of 1, 4 and 270 frames (over 1 MiB), unsorted
+        store.zero_frames(gone)
+        with pytest.raises(StoreError, match="frame 300 out of range"):
+            store.zero_frames([1, 300])
+    with FrameStore(path) as again:
+        for f in range(300):
+            want = bytes(FRAME_SIZE) if f in gone else bytes([f % 251 + 1]) * FRAME_SIZE
+            assert again.read_frame(f) == want, f"frame {f}"
+
+
 def test_writes_survive_kill_9_of_the_writer(tmp_path):
     path = tmp_path / "mem.bin"
     child = subprocess.Popen(

@@ -179,3 +179,34 @@ def test_parse_names_its_source_in_errors():
     with pytest.raises(TopologyError) as info:
         parse({"nodes": {}}, "<test topology>")
     assert str(info.value).startswith("<test topology>: nodes: ")
+
+
+MEMCTL = '[nodes.memctl]\nkind = "memctl"\noptions = {{ frames = 1024, partitions = {{ {parts} }} }}\n'
+OS = '[nodes.{name}]\nkind = "os"\noptions = {{ {memory}cpu = "cpu0" }}\n'
+
+
+@pytest.mark.parametrize("parts,memory,problem", [
+    ("os1 = [256, 512]", "memory = [256, 256], ",
+     "[256, 256] does not match nodes.memctl.options.partitions.os1 = [256, 512] "
+     "(the OS would boot with frames its memory controller does not give it)"),
+    ("os2 = [768, 256]", "memory = [256, 512], ",
+     "[256, 512], but memctl 'memctl' has no partition for os1 (add nodes.memctl.options.partitions.os1 = [256, 512])"),
+    ("os1 = [256, 512]", "",
+     "missing, but nodes.memctl.options.partitions.os1 = [256, 512] gives os1 that partition "
+     "(give the same [first_frame, count] to both)"),
+], ids=["different", "no-partition", "no-memory"])
+def test_an_os_memory_that_disagrees_with_the_memctl_partition_names_the_file_and_key(tmp_path, parts, memory, problem):
+    exc = error_of(tmp_path, MEMCTL.format(parts=parts) + OS.format(name="os1", memory=memory))
+    assert_key(exc, "nodes.os1.options.memory")
+    assert exc.problem == problem
+
+
+def test_partitions_that_agree_and_an_os_booted_later_without_memory_load(tmp_path):
+    text = (MEMCTL.format(parts="os1 = [256, 512]") + OS.format(name="os1", memory="memory = [256, 512], ")
+            + OS.format(name="os2", memory=""))
+    assert sorted(load(write(tmp_path, text)).nodes) == ["memctl", "os1", "os2"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "compose").glob("*.toml")))
+def test_every_shipped_topology_loads(name):
+    assert load(ROOT / "compose" / name).nodes
