@@ -4,9 +4,11 @@ give it back.
 Patent steps → steps here (borrow):
 
 - the kernel module of OS A allocates and pins N frames (``mod_alloc_pin``
-  {n} on A, ``mem_pin``): a grant of fewer is reported, a refusal (A would go
-  below what it keeps) is an error that says so; the module then hands
-  them over (``mod_give_back``);
+  {n, min: 1} on A, ``mem_pin``): A grants what it has above the lending
+  floor it declares (``lend_floor``); a grant of fewer is reported (asked,
+  granted, why: ``report["partial"]``), a refusal (nothing above the floor)
+  is an error carrying A's reason; the module then hands them over
+  (``mod_give_back``);
 - the VMM takes them, zeroed (``mem_transfer`` A → vmm);
 - the VMM hands them to OS B, zeroed again (``mem_transfer`` vmm → B; if the
   VMM manages B's memory, B's map is extended to reach them);
@@ -53,7 +55,8 @@ async def _readd_to(run: Run, ctx: Ctx) -> None:
 def build(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE, f"¶39 borrow {params.get('n')} frames of {params.get('from_os')} "
                                 f"for {params.get('to_os')}", [
-        alloc_pin("from_os", "n", patent="module in OS A allocates and pins N frames"),
+        alloc_pin("from_os", "n", patent="module in OS A allocates and pins N frames (up to its floor)",
+                  partial=True),
         give_up("from_os", "frames", "module_lets_go", patent="module in OS A hands them over"),
         transfer("frames", "from_os", None, "to_vmm", to_owner=VMM, patent="the VMM takes them (zeroed)"),
         transfer("frames", None, "to_os", "to_os", from_owner=VMM, patent="the VMM hands them to OS B (zeroed)"),

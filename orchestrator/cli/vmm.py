@@ -48,7 +48,9 @@ def show_reports(data: dict[str, Any], json_out: bool) -> None:
                           result)
         console.print(table)
         if rep.get("partial"):
-            console.print(f"[yellow]partial grant:[/] {rep['partial']}")
+            part = rep["partial"]
+            console.print(f"[yellow]partial grant:[/] asked {part['asked']} frames, got {part['granted']}: "
+                          f"{part['why']}")
 
 
 def _short(v: Any) -> str:

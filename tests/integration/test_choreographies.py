@@ -33,10 +33,11 @@ OS2 = (512, 128)
 SECRET = b"os1's secret: the launch codes".ljust(64, b"!")
 
 
-def topology(fail_init: bool = False) -> dict:
-    def os_node(mem):
-        return {"kind": "os", "options": {"memory": list(mem), "cpu": "cpu0", "memctl": "memctl",
-                                          "uart": "uart0", "timer": "timer0", "tick_ms": 10}}
+def topology(fail_init: bool = False, lend_floor: int = 0) -> dict:
+    def os_node(mem, floor=0):
+        opts = {"memory": list(mem), "cpu": "cpu0", "memctl": "memctl", "uart": "uart0", "timer": "timer0",
+                "tick_ms": 10}
+        return {"kind": "os", "options": {**opts, "lend_floor": floor} if floor else opts}
     return {
         "cluster": {"name": "chor"},
         "nodes": {
@@ -45,7 +46,7 @@ def topology(fail_init: bool = False) -> dict:
             "cpu0": {"kind": "cpu"},
             "uart0": {"kind": "uart"},
             "timer0": {"kind": "timer"},
-            "os1": os_node(OS1),
+            "os1": os_node(OS1, lend_floor),
             "os2": os_node(OS2),
             "vmm": {"kind": "vmm", "module": "tests.fixtures.stubvmm", "autostart": False, "restart": "never",
                     "options": {"fail_init": fail_init}},
@@ -174,15 +175,45 @@ async def test_borrowed_frames_reach_the_borrower_zeroed_and_come_back_on_return
     assert (await orch.ctl_virt_status())["loans"] == []
 
 
-async def test_a_lender_that_cannot_give_the_frames_refuses_and_nothing_changes(cluster):
-    orch = await cluster(topology())
-    await orch.ctl_vmm_load(host="os1", frames=4)
+async def test_a_lender_grants_in_full_then_in_part_down_to_its_floor_then_refuses_with_its_reason(cluster):
+    orch = await cluster(topology(lend_floor=100))
+    await orch.ctl_vmm_load(host="os1", frames=4)  # 124 free, 100 kept: 24 to lend
+    kernel = (await orch.request("os1", "stats")).body["stats"]["kernel"]
+    assert (kernel["lend_floor"], kernel["lendable"], kernel["free_frames"]) == (100, 24, 124)
+    install_conservation_hook(orch)
+    free2 = await free_frames(orch, "os2")
+
+    full = (await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=16))["reports"][0]
+    assert (full["outcome"], len(full["frames"]), full["partial"]) == ("committed", 16, None)
+    assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (108, free2 + 16)
+    await check_conservation(orch)
+
+    part = (await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=16))["reports"][0]
+    assert (part["outcome"], len(part["frames"])) == ("committed", 8)
+    assert part["partial"] == {"asked": 16, "granted": 8, "why": "os1 keeps 100 frames free (its lending floor)"}
+    assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (100, free2 + 24)
+    own = await check_conservation(orch)
+    assert set(full["frames"]) | set(part["frames"]) <= set(own["os2"])
+    assert [len(ln["frames"]) for ln in (await orch.ctl_virt_status())["loans"]] == [16, 8]
+
     before = await check_conservation(orch)
-    with pytest.raises(ChoreographyFailed, match=r"os1 refused to allocate and pin 100000 frames: .*out of memory"):
-        await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=100_000)
+    with pytest.raises(ChoreographyFailed) as info:
+        await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=5)
+    assert str(info.value).endswith(
+        "step 'alloc_pin_from_os' failed: os1 refused to allocate and pin 5 frames: it keeps 100 frames free "
+        "(its lending floor) and has 100 free: 0 to lend, at least 1 of 5 asked")
     assert await check_conservation(orch) == before
-    cid = [r["id"] for r in orch.journal.records() if r["figure"] == "p39_borrow"][0]
-    assert orch.journal.outcome(cid) == "rolled_back"
+    assert await free_frames(orch, "os1") == 100
+    assert orch.journal.outcome(info.value.report["id"]) == "rolled_back"
+    # all or nothing where a part is no use: the VMM is not loaded into fewer frames than it needs
+    await orch.ctl_memory_return(from_os="os1", to_os="os2")
+    assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (124, free2)
+    await orch.ctl_vmm_unload()
+    with pytest.raises(ChoreographyFailed, match=r"os1 refused to allocate and pin 29 frames: it keeps 100 frames "
+                                                 r"free \(its lending floor\) and has 128 free: 28 to lend, "
+                                                 r"at least 29 of 29 asked"):
+        await orch.ctl_vmm_load(host="os1", frames=29)
+    await check_conservation(orch)
 
 
 async def test_refusals_say_why(cluster):
@@ -636,3 +667,32 @@ async def test_memctl_administration_is_refused_to_anyone_but_the_orchestrator_a
     await orch.request("os1", "mod_give_back", {"frames": pinned})
     await orch.request("memctl", "mem_transfer", {"frames": pinned, "from_owner": "os1", "to_owner": "os2"})
     assert set(pinned) <= set((await check_conservation(orch))["os2"])
+
+
+def test_cli_reports_a_partial_grant_and_refuses_at_the_floor_in_one_line(cli_run_dir, tmp_path):
+    rd = cli_run_dir
+    topo = tmp_path / "floor.toml"
+    text = VMM_TOPOLOGY.read_text()
+    os1 = 'options = { memory = [256, 512], cpu = "cpu0"'
+    assert os1 in text
+    topo.write_text(text.replace(os1, 'options = { lend_floor = 496, memory = [256, 512], cpu = "cpu0"'))
+    assert hwemu(rd, "up", str(topo), "--detach").returncode == 0
+    assert hwemu(rd, "vmm", "load", "--host", "os1", "--frames", "8").returncode == 0  # 504 free: 8 to lend
+
+    lend = hwemu(rd, "memory", "borrow", "--from", "os1", "--to", "os2", "--frames", "20", "--json")
+    assert lend.returncode == 0, lend.stderr
+    rep = one_json(lend.stdout)["reports"][0]
+    assert (len(rep["frames"]), rep["partial"]) == (
+        8, {"asked": 20, "granted": 8, "why": "os1 keeps 496 frames free (its lending floor)"})
+    refused = hwemu(rd, "memory", "borrow", "--from", "os1", "--to", "os2", "--frames", "3")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        "hwemu: ¶39 borrow 3 frames of os1 for os2 failed and was rolled back: step 'alloc_pin_from_os' failed: "
+        "os1 refused to allocate and pin 3 frames: it keeps 496 frames free (its lending floor) and has 496 free: "
+        "0 to lend, at least 1 of 3 asked"]
+    assert hwemu(rd, "memory", "return", "--from", "os1", "--to", "os2").returncode == 0
+    human = hwemu(rd, "memory", "borrow", "--from", "os1", "--to", "os2", "--frames", "9")
+    assert human.returncode == 0, human.stderr
+    assert "partial grant: asked 9 frames, got 8: os1 keeps 496 frames free (its lending floor)" in human.stdout
+    status = one_json(hwemu(rd, "status", "--json").stdout)
+    assert [len(ln["frames"]) for ln in status["virt"]["loans"]] == [8]
