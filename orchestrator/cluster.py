@@ -58,14 +58,19 @@ class Orchestrator:
         self.recovered: list[dict[str, Any]] = []
         self.policy_reports: list[dict[str, Any]] = []
         self.step_hook = None  # async (figure, step) -> None, awaited after each choreography step
+        self.boot_maps: dict[str, list[int]] = {}
+        """os -> the frames of its boot memory map, for an instance booted on borrowed memory (¶49)."""
 
     # -- life cycle -------------------------------------------------------------
 
     def _node_config(self, spec) -> dict[str, Any]:
+        options = spec.options
+        if spec.name in self.boot_maps:  # the firmware's memory map: the frames it was given, not its partition
+            options = {**options, "boot_frames": list(self.boot_maps[spec.name])}
         return {
             "name": spec.name, "kind": spec.kind, "endpoint": self.directory[spec.name],
             "directory": self.directory, "routes": self.routes.table.to_wire(),
-            "orchestrator": ORCHESTRATOR, "options": spec.options,
+            "orchestrator": ORCHESTRATOR, "options": options,
             "heartbeat": self.topology.heartbeat, "run_dir": str(self.run_dir),
         }
 
@@ -365,17 +370,29 @@ class Orchestrator:
         from orchestrator.choreographies.borrow import give_back
         return {"reports": await self._exclusive(give_back, from_os, to_os, loan)}
 
-    async def ctl_os_stop(self, os: str) -> dict[str, Any]:
-        """Stop an OS instance (devices back and detached from the VMM first); then the policy."""
+    async def ctl_os_shutdown(self, os: str) -> dict[str, Any]:
+        """Shut an OS instance down (devices back and detached from the VMM first; memory it
+        was booted on returned to its host, ¶49); then the policy."""
         from orchestrator.choreographies.os_lifecycle import stop_os
         self.policy_reports = []
         reports = await self._exclusive(stop_os, os)
         return {"reports": reports, "policy": self.policy_reports}
 
+    async def ctl_os_boot(self, os: str, frames: int | None = None, host: str | None = None,
+                          budget_ms: float | None = None) -> dict[str, Any]:
+        """Boot a deferred (or stopped) OS instance: on ``frames`` frames borrowed from ``host``
+        through the VMM (¶49), else with its own partition."""
+        from orchestrator.choreographies.os_lifecycle import boot_os
+        return await self._exclusive(boot_os, os, frames, host, budget_ms=budget_ms)
+
+    async def ctl_os_stop(self, os: str) -> dict[str, Any]:
+        """The former name of :meth:`ctl_os_shutdown`."""
+        return await self.ctl_os_shutdown(os)
+
     async def ctl_os_start(self, os: str) -> dict[str, Any]:
-        """Launch a deferred (or stopped) OS instance."""
-        from orchestrator.choreographies.os_lifecycle import start_os
-        return await self._exclusive(start_os, os)
+        """The former name of :meth:`ctl_os_boot` without frames."""
+        data = await self.ctl_os_boot(os)
+        return {"os": data["os"], "started": data["started"]}
 
     async def ctl_virt_status(self) -> dict[str, Any]:
         return self.virt.view(self.topology)

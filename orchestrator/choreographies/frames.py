@@ -98,6 +98,14 @@ def transfer(frames_key: str, from_key: str | None, to_key: str | None, name: st
     return Step(name, do, undo, patent)
 
 
+def via_vmm(frames_key: str, src_key: str, dst_key: str, names: tuple[str, str],
+            patents: tuple[str, str] = ("the VMM takes them (zeroed)", "the VMM hands them on (zeroed)")) -> list[Step]:
+    """The two transfers of frames handed from one OS to another through the VMM
+    (zeroed at each change of owner): ``ctx[src_key]`` → vmm → ``ctx[dst_key]``."""
+    return [transfer(frames_key, src_key, None, names[0], to_owner="vmm", patent=patents[0]),
+            transfer(frames_key, None, dst_key, names[1], from_owner="vmm", patent=patents[1])]
+
+
 def add_frames(os_key: str, frames_key: str, name: str, patent: str = "") -> Step:
     """``mod_add`` {frames} on the OS: received frames join its free list; undone by ``mod_give_back``."""
 

@@ -696,3 +696,91 @@ def test_cli_reports_a_partial_grant_and_refuses_at_the_floor_in_one_line(cli_ru
     assert "partial grant: asked 9 frames, got 8: os1 keeps 496 frames free (its lending floor)" in human.stdout
     status = one_json(hwemu(rd, "status", "--json").stdout)
     assert [len(ln["frames"]) for ln in status["virt"]["loans"]] == [8]
+    assert hwemu(rd, "memory", "return", "--from", "os1", "--to", "os2").returncode == 0
+
+    running_already = hwemu(rd, "os", "boot", "os2", "--frames", "4")
+    assert (running_already.returncode, running_already.stderr.strip().splitlines()) == (
+        1, ["hwemu: os2 is running already: `hwemu os shutdown os2` first"])
+    down = hwemu(rd, "os", "shutdown", "os2", "--json")
+    assert down.returncode == 0, down.stderr
+    assert [r["figure"] for r in one_json(down.stdout)["reports"]] == ["os_stop"]
+    no_cpu = hwemu(rd, "os", "boot", "os2", "--frames", "4")
+    assert (no_cpu.returncode, no_cpu.stderr.strip().splitlines()) == (
+        1, ["hwemu: os2 would share cpu0 with os1, whose CPU is not virtualized: `hwemu interpose --cpu` first"])
+    up = hwemu(rd, "os", "boot", "os2", "--json")
+    assert (up.returncode, one_json(up.stdout)) == (0, {"os": "os2", "started": True, "reports": []})
+
+
+def boot_topology() -> dict:
+    """compose/vmm.toml with os2 deferred and without a partition: it has no memory until it is booted."""
+    import tomllib
+
+    data = tomllib.loads(VMM_TOPOLOGY.read_text())
+    del data["nodes"]["memctl"]["options"]["partitions"]["os2"]
+    del data["nodes"]["os2"]["options"]["memory"]
+    data["nodes"]["os2"]["autostart"] = False
+    return data
+
+
+async def test_os2_booted_on_frames_borrowed_from_os1_runs_exactly_and_its_shutdown_returns_them(
+        guest_build, cluster):
+    orch = await cluster(boot_topology())
+    seen = install_conservation_hook(orch)
+    assert node_state(orch, "os2") == "stopped"
+    await orch.ctl_vmm_load(host="os1", frames=8)
+    with pytest.raises(ChoreographyError, match=r"os2 would share cpu0 with os1, whose CPU is not virtualized: "
+                                                r"`hwemu interpose --cpu` first"):
+        await orch.ctl_os_boot(os="os2", frames=48)
+    free1 = await free_frames(orch, "os1")
+    lines = 60
+    client = Client(orch)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client.handle)
+            start1 = await client.logged("uart0")
+            pid1 = await client.exec("os1", "timeshare", ["timeshare", "H", str(lines)])
+            await orch.ctl_interpose(os="os1", cpu=True)
+
+            seen.clear()
+            booted = await orch.ctl_os_boot(os="os2", frames=48)
+            rep = booted["reports"][0]
+            assert (rep["figure"], rep["outcome"], booted["started"]) == ("p49_boot", "committed", True)
+            assert seen == [f"p49_boot.{s}" for s in ("alloc_pin", "module_lets_go", "to_vmm", "os_space", "to_os",
+                                                      "boot", "new_flows", "attach", "redirect_traps",
+                                                      "disable_direct_addressing", "route_priv", "resume_os")]
+            lent = booted["frames"]
+            assert len(lent) == 48 and all(256 <= f < 768 for f in lent)
+            own = await check_conservation(orch)
+            assert own["os2"] == sorted(lent) and not set(lent) & set(own["os1"])
+            assert len(own["os1"]) == 512 - 8 - 48
+            assert await free_frames(orch, "os2") == 48  # its boot memory map is exactly the borrowed frames
+            assert orch.routes.table.routes["priv:os2"] == "vmm"
+            resources = (await orch.ctl_virt_status())["resources"]
+            assert (resources["os2.cpu"], resources["os2.memory"]) == ("vmm", "vmm")
+            with pytest.raises(ChoreographyError, match=r"the frames of os1 in os2 are the memory os2 booted on: "
+                                                        r"`hwemu os shutdown os2` returns them"):
+                await orch.ctl_memory_return(from_os="os1", to_os="os2")
+
+            start2 = await client.logged("uart1")
+            pid2 = await client.exec("os2", "timeshare", ["timeshare", "G", "20"])
+            exit2 = await client.wait_exit("os2", pid2)
+            assert (exit2["code"], await client.console("uart1", start2)) == (0, timeshare_output("G", 20))
+
+            seen.clear()
+            down = await orch.ctl_os_shutdown(os="os2")
+            assert [(r["figure"], r["outcome"]) for r in down["reports"]] == [("p49_shutdown", "committed")]
+            assert seen == [f"p49_shutdown.{s}" for s in ("vmm_detach_os", "stop_node", "forget_boot_map", "to_vmm",
+                                                          "to_host", "add_to_free_list")]
+            assert node_state(orch, "os2") == "stopped"
+            own = await check_conservation(orch)
+            assert not own.get("os2") and set(lent) <= set(own["os1"]) and len(own["os1"]) == 512 - 8
+            assert (await orch.ctl_virt_status())["loans"] == []
+
+            exit1 = await client.wait_exit("os1", pid1)
+            assert (exit1["code"], await client.console("uart0", start1)) == (0, timeshare_output("H", lines))
+            assert await free_frames(orch, "os1") == free1  # the lent frames are on its free list again
+            nursery.cancel_scope.cancel()
+    finally:
+        client.party.close()
+    assert [r["figure"] for r in (await orch.ctl_devirtualize(unload=True))["reports"]] == ["fig7", "fig8_unload"]
+    assert "vmm" not in await check_conservation(orch)
