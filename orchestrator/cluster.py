@@ -323,19 +323,25 @@ class Orchestrator:
         from orchestrator.choreographies.fig8_remove_vmm import unload
         return {"reports": [await self._exclusive(unload)]}
 
-    async def ctl_interpose(self, os: str | None = None, cpu: bool | None = None,
+    async def ctl_interpose(self, os: str | None = None, cpu: bool | None = None, memory: bool | None = None,
                             io: list[str] | None = None, budget_ms: float | None = None) -> dict[str, Any]:
-        """FIG. 3 on the CPU and FIG. 5 on each device asked; nothing asked: everything."""
-        from orchestrator.choreographies.fig3_interpose_cpu import interpose_cpu
+        """FIG. 3 on the CPU (``cpu``: without step 308, direct addressability kept), step 308
+        (``memory``: implies the CPU if it is not virtualized yet) and FIG. 5 on each device
+        asked; nothing asked: everything not done yet."""
+        from orchestrator.choreographies.fig3_interpose_cpu import interpose_cpu, interpose_memory
         from orchestrator.choreographies.fig5_devices import DEVICES, interpose_device
         os_name = self._default_os(os)
-        everything = not cpu and not io
+        everything = not cpu and not memory and not io
         devices = list(DEVICES) if everything or "all" in (io or []) else list(io or [])
         skip_done = everything or "all" in (io or [])
+        att = self.virt.attached.get(os_name, {})
+        want_mem = bool(memory) or everything
         reports: list[dict[str, Any]] = []
         try:
-            if cpu or (everything and self.virt.attached.get(os_name, {}).get("cpu") != "vmm"):
-                reports.append(await self._exclusive(interpose_cpu, os_name, budget_ms=budget_ms))
+            if cpu or ((everything or memory) and att.get("cpu") != "vmm"):
+                reports.append(await self._exclusive(interpose_cpu, os_name, budget_ms=budget_ms, memory=want_mem))
+            elif memory or (everything and att.get("memory") != "vmm"):
+                reports.append(await self._exclusive(interpose_memory, os_name, budget_ms=budget_ms))
             for dev in devices:
                 if not skip_done or f"{os_name}.{dev}" not in self.virt.devices:
                     reports.append(await self._exclusive(interpose_device, os_name, dev, budget_ms=budget_ms))

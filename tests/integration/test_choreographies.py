@@ -462,7 +462,7 @@ def test_cli_loads_interposes_lends_refuses_and_devirtualizes_with_steps_and_pau
     over = hwemu(rd, "interpose", "--cpu", "--budget-ms", "0.001")
     assert over.returncode == 1
     assert "pause budget exceeded after step 'redirect_traps'" in over.stderr and "rolled back" in over.stderr
-    inter = hwemu(rd, "interpose", "--cpu", "--json")
+    inter = hwemu(rd, "interpose", "--cpu", "--memory", "--json")
     assert inter.returncode == 0, inter.stderr
     rep = one_json(inter.stdout)["reports"][0]
     assert rep["figure"] == "fig3" and rep["pause_ms"] > 0
@@ -784,3 +784,63 @@ async def test_os2_booted_on_frames_borrowed_from_os1_runs_exactly_and_its_shutd
         client.party.close()
     assert [r["figure"] for r in (await orch.ctl_devirtualize(unload=True))["reports"]] == ["fig7", "fig8_unload"]
     assert "vmm" not in await check_conservation(orch)
+
+
+async def memctl_space(orch: Orchestrator, space: str) -> str:
+    return (await orch.request("memctl", "stats")).body["stats"]["spaces"][space]
+
+
+async def test_interposing_the_cpu_keeps_direct_addressing_and_memory_is_virtualized_on_its_own_or_implies_the_cpu(
+        guest_build, cluster):
+    orch = await cluster(VMM_TOPOLOGY)
+    install_conservation_hook(orch)
+    await orch.ctl_vmm_load(host="os1", frames=8)
+    lines = 60
+    client = Client(orch)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client.handle)
+            start = await client.logged("uart0")
+            pid = await client.exec("os1", "timeshare", ["timeshare", "M", str(lines)])
+
+            cpu_only = (await orch.ctl_interpose(os="os1", cpu=True))["reports"]
+            assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in cpu_only] == [
+                ("fig3", ["new_flows", "attach", "redirect_traps", "route_priv", "resume_os"])]
+            resources = (await orch.ctl_virt_status())["resources"]
+            assert (resources["os1.cpu"], resources["os1.memory"]) == ("vmm", "os1")
+            assert await memctl_space(orch, "os1") == "identity"
+            assert orch.routes.table.routes["priv:os1"] == "vmm"
+
+            mem = (await orch.ctl_interpose(os="os1", memory=True))["reports"]
+            assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in mem] == [
+                ("fig3_memory", ["disable_direct_addressing"])]
+            assert (await orch.ctl_virt_status())["resources"]["os1.memory"] == "vmm"
+            assert await memctl_space(orch, "os1") == "504 pages mapped"
+            with pytest.raises(ChoreographyError, match="the memory of os1 is virtualized already"):
+                await orch.ctl_interpose(os="os1", memory=True)
+
+            await orch.ctl_devirtualize(os="os1", memory=True)
+            assert await memctl_space(orch, "os1") == "identity"
+            back = (await orch.ctl_devirtualize(os="os1"))["reports"]
+            assert [r["figure"] for r in back] == ["fig7"]
+            assert {s["name"]: s["data"] for s in back[0]["steps"]}["direct_addressing_on"] == {"identity": "already"}
+
+            # --memory with the CPU native: FIG. 3 whole (the CPU first, then 308)
+            implied = (await orch.ctl_interpose(os="os1", memory=True))["reports"]
+            assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in implied] == [
+                ("fig3", ["new_flows", "attach", "redirect_traps", "disable_direct_addressing", "route_priv",
+                          "resume_os"])]
+            resources = (await orch.ctl_virt_status())["resources"]
+            assert (resources["os1.cpu"], resources["os1.memory"], resources["os1.uart (uart0)"]) == (
+                "vmm", "vmm", "os1")
+            assert [r["figure"] for r in (await orch.ctl_devirtualize(os="os1"))["reports"]] == ["fig7"]
+            assert await memctl_space(orch, "os1") == "identity"
+
+            exit1 = await client.wait_exit("os1", pid)
+            assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("M", lines))
+            nursery.cancel_scope.cancel()
+    finally:
+        client.party.close()
+    for name in orch.live_nodes():
+        stats = (await orch.request(name, "stats")).body["stats"]
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
