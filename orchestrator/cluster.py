@@ -9,6 +9,7 @@ peer.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from orchestrator import choreographies as chor
+from orchestrator import state as saved_state
 from orchestrator.choreographies.state import VirtState
 from orchestrator.journal import Journal
 from orchestrator.routes import RouteAuthority, RouteChangeError
@@ -59,6 +61,8 @@ class Orchestrator:
         self.policy_reports: list[dict[str, Any]] = []
         self.step_hook = None  # async (figure, step) -> None, awaited after each choreography step
         self.boot_maps: dict[str, list[int]] = {}
+        self.adopted: dict[str, int] = {}
+        """nodes re-attached at start (a previous orchestrator started them): name -> pid."""
         """os -> the frames of its boot memory map, for an instance booted on borrowed memory (¶49)."""
 
     # -- life cycle -------------------------------------------------------------
@@ -84,27 +88,92 @@ class Orchestrator:
                     await self.routes.install(self.routes.table, flows)
                 except (RemoteError, RequestTimeout) as exc:
                     log.warning("re-install after restart of %s: %s", np.spec.name, exc)
+                self.save_state()
 
     def live_nodes(self) -> list[str]:
         return [n for n, np in self.supervisor.nodes.items() if np.state == "running"]
 
-    async def start(self, nursery: trio.Nursery) -> None:
+    async def start(self, nursery: trio.Nursery, recorded: dict[str, int | None] | None = None) -> None:
         """Serve the control inbox in ``nursery`` and launch every node.
+
+        Args:
+            recorded: the node pids a previous orchestrator of this run
+                directory recorded (``cluster.json``). If every node it ran
+                still runs and its saved state (:mod:`orchestrator.state`)
+                matches their route epoch, they are re-attached, not
+                restarted; otherwise the survivors are killed (by pid) and
+                the cluster boots afresh.
 
         Raises:
             RuntimeError: a node did not come up (its log tail is in the message).
         """
         self._nursery = nursery
         await nursery.start(self.party.serve, self._dispatch)
-        specs = list(self.topology.nodes.values())
+        self.adopted = await self._adopt(nursery, recorded or {})
+        specs = [s for s in self.topology.nodes.values() if s.name not in self.adopted]
         await self.supervisor.start_all(nursery, specs, self.directory, self.topology.ready_timeout)
         # a choreography cut short by a crash of the previous orchestrator is rolled back
         self.recovered = await chor.recover(self)
         for rec in self.recovered:
             log.warning("rolled back incomplete choreography %s (%s): undid %s%s", rec["id"], rec["figure"],
                         rec["undone"], f", could not undo {rec['undo_failures']}" if rec["undo_failures"] else "")
-        self.reset_memory = await self._firmware_memory_map()
+        # re-attached nodes kept their memory: the firmware's map is for a machine booting afresh
+        self.reset_memory = {} if self.adopted else await self._firmware_memory_map()
+        self.save_state()
         self.state = "running"
+
+    def save_state(self) -> None:
+        """Keep what a restarted orchestrator needs to re-attach (orchestrator/state.py)."""
+        saved_state.save(self.run_dir, self.routes.table.epoch, self.routes.table.routes, self.virt, self.boot_maps)
+
+    async def _adopt(self, nursery: trio.Nursery, recorded: dict[str, int | None]) -> dict[str, int]:
+        """Re-attach to the nodes a killed predecessor left running; ``{}`` if it cannot."""
+        alive = saved_state.survivors(self.run_dir, {n: p for n, p in recorded.items() if n in self.topology.nodes})
+        if not alive:
+            return {}
+        saved = saved_state.load(self.run_dir)
+        missing = [n for n, s in self.topology.nodes.items() if s.autostart and n not in alive]
+        why = ("no saved state" if saved is None else
+               f"{', '.join(missing)} did not survive" if missing else None)
+        if why is None:
+            procs = {n: saved_state.AdoptedProcess(pid) for n, pid in alive.items()}
+            for name, proc in procs.items():
+                np = self.supervisor.nodes[name] = NodeProc(self.topology.nodes[name], self.directory[name])
+                np.proc, np.pid, np.state, np.started_at = proc, proc.pid, "running", time.monotonic()
+                np.ready.set()
+                nursery.start_soon(self.supervisor._watch, np)
+            # replies to the dead orchestrator's requests may still arrive: never take one for ours
+            self.party._seq = itertools.count(time.time_ns() // 1000)
+            epochs = await self._epochs(list(procs))
+            if set(epochs.values()) == {saved["epoch"]}:
+                self.routes.table = RouteTable(saved["epoch"], saved["routes"])
+                self.virt, self.boot_maps = saved["virt"], dict(saved["boot_maps"])
+                log.warning("re-attached to %d running nodes at route epoch %d", len(procs), saved["epoch"])
+                return alive
+            why = f"route epochs {epochs} differ from the saved epoch {saved['epoch']}"
+            for name in procs:
+                del self.supervisor.nodes[name]
+        log.warning("not re-attaching to the running nodes (%s): they are stopped and the cluster boots afresh", why)
+        for pid in alive.values():
+            proc = saved_state.AdoptedProcess(pid)
+            proc.kill()
+            with trio.move_on_after(5):
+                await proc.wait()
+        return {}
+
+    async def _epochs(self, names: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+
+        async def one(name: str) -> None:
+            try:
+                out[name] = (await self.party.request(name, "stats", timeout=5.0)).body["stats"].get("epoch")
+            except (RemoteError, RequestTimeout) as exc:
+                out[name] = f"no answer ({exc})"
+
+        async with trio.open_nursery() as n:
+            for name in names:
+                n.start_soon(one, name)
+        return out
 
     async def _firmware_memory_map(self) -> dict[str, Any]:
         """Give every OS its partition back, as the firmware's memory map says.
@@ -261,6 +330,7 @@ class Orchestrator:
 
     async def ctl_route_set(self, changes: dict[str, str]) -> dict[str, Any]:
         report = await self.routes.change(changes)
+        self.save_state()
         return {"epoch": report.epoch, "pause_ms": report.pause_ms, "total_ms": report.total_ms,
                 "flows": {f: list(v) for f, v in report.flows.items()}, "last": report.last}
 
@@ -405,6 +475,7 @@ class Orchestrator:
 
     async def ctl_policy(self, auto_devirtualize: bool) -> dict[str, Any]:
         self.virt.auto_devirtualize = bool(auto_devirtualize)
+        self.save_state()
         return self.virt.view(self.topology)["policy"]
 
     async def request(self, node: str, kind: str, body: dict | None = None, timeout: float = 5.0) -> Message:
