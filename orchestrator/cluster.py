@@ -48,7 +48,11 @@ class Orchestrator:
         topology.check_run_dir(self.run_dir)
         self.directory = topology.directory(self.run_dir)
         self.party = Party(ORCHESTRATOR, self.directory[ORCHESTRATOR], self.directory)
-        self.routes = RouteAuthority(self.party, RouteTable(1, topology.routes), self.live_nodes)
+        routes = topology.routes
+        if topology.firmware.get("vmm_at_boot"):  # FIG. 2b: the machine comes up interposed
+            from orchestrator.choreographies.fig2b_boot import interposed_routes
+            routes = interposed_routes(topology)
+        self.routes = RouteAuthority(self.party, RouteTable(1, routes), self.live_nodes)
         self.supervisor = Supervisor(self.run_dir, self._node_config, self._restarted)
         self.state = "starting"
         self.started = time.monotonic()
@@ -61,6 +65,8 @@ class Orchestrator:
         self.policy_reports: list[dict[str, Any]] = []
         self.step_hook = None  # async (figure, step) -> None, awaited after each choreography step
         self.boot_maps: dict[str, list[int]] = {}
+        self.firmware: dict[str, Any] = {}
+        """What the FIG. 2b boot did (frames moved, map sizes, what the VMM discovered)."""
         self.adopted: dict[str, int] = {}
         """nodes re-attached at start (a previous orchestrator started them): name -> pid."""
         """os -> the frames of its boot memory map, for an instance booted on borrowed memory (¶49)."""
@@ -111,6 +117,13 @@ class Orchestrator:
         await nursery.start(self.party.serve, self._dispatch)
         self.adopted = await self._adopt(nursery, recorded or {})
         specs = [s for s in self.topology.nodes.values() if s.name not in self.adopted]
+        firmware = self.topology.firmware.get("vmm_at_boot") and not self.adopted
+        if firmware:  # FIG. 2b: the hardware and the VMM first, then the OS instances on their maps
+            from orchestrator.choreographies.fig2b_boot import firmware_boot
+            await self.supervisor.start_all(nursery, [s for s in specs if s.kind != "os"], self.directory,
+                                            self.topology.ready_timeout)
+            self.firmware = await firmware_boot(self)
+            specs = [s for s in specs if s.kind == "os"]
         await self.supervisor.start_all(nursery, specs, self.directory, self.topology.ready_timeout)
         # a choreography cut short by a crash of the previous orchestrator is rolled back
         self.recovered = await chor.recover(self)
@@ -118,7 +131,8 @@ class Orchestrator:
             log.warning("rolled back incomplete choreography %s (%s): undid %s%s", rec["id"], rec["figure"],
                         rec["undone"], f", could not undo {rec['undo_failures']}" if rec["undo_failures"] else "")
         # re-attached nodes kept their memory: the firmware's map is for a machine booting afresh
-        self.reset_memory = {} if self.adopted else await self._firmware_memory_map()
+        self.reset_memory = ({} if self.adopted else self.firmware["moved"] if firmware
+                             else await self._firmware_memory_map())
         self.save_state()
         self.state = "running"
 

@@ -11,6 +11,7 @@ controller's invariants hold and every frame still has exactly one owner.
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -341,6 +342,18 @@ class Client:
     async def console(self, uart: str, start: int) -> bytes:
         end = await self.logged(uart)
         return (self.orch.run_dir / f"{uart}.console.log").read_bytes()[start:end]
+
+
+@asynccontextmanager
+async def serving(client: "Client"):
+    """The client's inbox served for the body of the block; closed after, pass or fail."""
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client.handle)
+            yield client
+            nursery.cancel_scope.cancel()
+    finally:
+        client.party.close()
 
 
 async def vmm_stats(orch: Orchestrator) -> dict:
@@ -733,55 +746,49 @@ async def test_os2_booted_on_frames_borrowed_from_os1_runs_exactly_and_its_shutd
         await orch.ctl_os_boot(os="os2", frames=48)
     free1 = await free_frames(orch, "os1")
     lines = 60
-    client = Client(orch)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(client.party.serve, client.handle)
-            start1 = await client.logged("uart0")
-            pid1 = await client.exec("os1", "timeshare", ["timeshare", "H", str(lines)])
-            await orch.ctl_interpose(os="os1", cpu=True)
+    async with serving(Client(orch)) as client:
+        start1 = await client.logged("uart0")
+        pid1 = await client.exec("os1", "timeshare", ["timeshare", "H", str(lines)])
+        await orch.ctl_interpose(os="os1", cpu=True)
 
-            seen.clear()
-            booted = await orch.ctl_os_boot(os="os2", frames=48)
-            rep = booted["reports"][0]
-            assert (rep["figure"], rep["outcome"], booted["started"]) == ("p49_boot", "committed", True)
-            assert seen == [f"p49_boot.{s}" for s in ("alloc_pin", "module_lets_go", "to_vmm", "os_space", "to_os",
-                                                      "boot", "new_flows", "attach", "redirect_traps",
-                                                      "disable_direct_addressing", "route_priv", "resume_os")]
-            lent = booted["frames"]
-            assert len(lent) == 48 and all(256 <= f < 768 for f in lent)
-            own = await check_conservation(orch)
-            assert own["os2"] == sorted(lent) and not set(lent) & set(own["os1"])
-            assert len(own["os1"]) == 512 - 8 - 48
-            assert await free_frames(orch, "os2") == 48  # its boot memory map is exactly the borrowed frames
-            assert orch.routes.table.routes["priv:os2"] == "vmm"
-            resources = (await orch.ctl_virt_status())["resources"]
-            assert (resources["os2.cpu"], resources["os2.memory"]) == ("vmm", "vmm")
-            with pytest.raises(ChoreographyError, match=r"the frames of os1 in os2 are the memory os2 booted on: "
-                                                        r"`hwemu os shutdown os2` returns them"):
-                await orch.ctl_memory_return(from_os="os1", to_os="os2")
+        seen.clear()
+        booted = await orch.ctl_os_boot(os="os2", frames=48)
+        rep = booted["reports"][0]
+        assert (rep["figure"], rep["outcome"], booted["started"]) == ("p49_boot", "committed", True)
+        assert seen == [f"p49_boot.{s}" for s in ("alloc_pin", "module_lets_go", "to_vmm", "os_space", "to_os",
+                                                  "boot", "new_flows", "attach", "redirect_traps",
+                                                  "disable_direct_addressing", "route_priv", "resume_os")]
+        lent = booted["frames"]
+        assert len(lent) == 48 and all(256 <= f < 768 for f in lent)
+        own = await check_conservation(orch)
+        assert own["os2"] == sorted(lent) and not set(lent) & set(own["os1"])
+        assert len(own["os1"]) == 512 - 8 - 48
+        assert await free_frames(orch, "os2") == 48  # its boot memory map is exactly the borrowed frames
+        assert orch.routes.table.routes["priv:os2"] == "vmm"
+        resources = (await orch.ctl_virt_status())["resources"]
+        assert (resources["os2.cpu"], resources["os2.memory"]) == ("vmm", "vmm")
+        with pytest.raises(ChoreographyError, match=r"the frames of os1 in os2 are the memory os2 booted on: "
+                                                    r"`hwemu os shutdown os2` returns them"):
+            await orch.ctl_memory_return(from_os="os1", to_os="os2")
 
-            start2 = await client.logged("uart1")
-            pid2 = await client.exec("os2", "timeshare", ["timeshare", "G", "20"])
-            exit2 = await client.wait_exit("os2", pid2)
-            assert (exit2["code"], await client.console("uart1", start2)) == (0, timeshare_output("G", 20))
+        start2 = await client.logged("uart1")
+        pid2 = await client.exec("os2", "timeshare", ["timeshare", "G", "20"])
+        exit2 = await client.wait_exit("os2", pid2)
+        assert (exit2["code"], await client.console("uart1", start2)) == (0, timeshare_output("G", 20))
 
-            seen.clear()
-            down = await orch.ctl_os_shutdown(os="os2")
-            assert [(r["figure"], r["outcome"]) for r in down["reports"]] == [("p49_shutdown", "committed")]
-            assert seen == [f"p49_shutdown.{s}" for s in ("vmm_detach_os", "stop_node", "forget_boot_map", "to_vmm",
-                                                          "to_host", "add_to_free_list")]
-            assert node_state(orch, "os2") == "stopped"
-            own = await check_conservation(orch)
-            assert not own.get("os2") and set(lent) <= set(own["os1"]) and len(own["os1"]) == 512 - 8
-            assert (await orch.ctl_virt_status())["loans"] == []
+        seen.clear()
+        down = await orch.ctl_os_shutdown(os="os2")
+        assert [(r["figure"], r["outcome"]) for r in down["reports"]] == [("p49_shutdown", "committed")]
+        assert seen == [f"p49_shutdown.{s}" for s in ("vmm_detach_os", "stop_node", "forget_boot_map", "to_vmm",
+                                                      "to_host", "add_to_free_list")]
+        assert node_state(orch, "os2") == "stopped"
+        own = await check_conservation(orch)
+        assert not own.get("os2") and set(lent) <= set(own["os1"]) and len(own["os1"]) == 512 - 8
+        assert (await orch.ctl_virt_status())["loans"] == []
 
-            exit1 = await client.wait_exit("os1", pid1)
-            assert (exit1["code"], await client.console("uart0", start1)) == (0, timeshare_output("H", lines))
-            assert await free_frames(orch, "os1") == free1  # the lent frames are on its free list again
-            nursery.cancel_scope.cancel()
-    finally:
-        client.party.close()
+        exit1 = await client.wait_exit("os1", pid1)
+        assert (exit1["code"], await client.console("uart0", start1)) == (0, timeshare_output("H", lines))
+        assert await free_frames(orch, "os1") == free1  # the lent frames are on its free list again
     assert [r["figure"] for r in (await orch.ctl_devirtualize(unload=True))["reports"]] == ["fig7", "fig8_unload"]
     assert "vmm" not in await check_conservation(orch)
 
@@ -796,51 +803,96 @@ async def test_interposing_the_cpu_keeps_direct_addressing_and_memory_is_virtual
     install_conservation_hook(orch)
     await orch.ctl_vmm_load(host="os1", frames=8)
     lines = 60
-    client = Client(orch)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(client.party.serve, client.handle)
-            start = await client.logged("uart0")
-            pid = await client.exec("os1", "timeshare", ["timeshare", "M", str(lines)])
+    async with serving(Client(orch)) as client:
+        start = await client.logged("uart0")
+        pid = await client.exec("os1", "timeshare", ["timeshare", "M", str(lines)])
 
-            cpu_only = (await orch.ctl_interpose(os="os1", cpu=True))["reports"]
-            assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in cpu_only] == [
-                ("fig3", ["new_flows", "attach", "redirect_traps", "route_priv", "resume_os"])]
-            resources = (await orch.ctl_virt_status())["resources"]
-            assert (resources["os1.cpu"], resources["os1.memory"]) == ("vmm", "os1")
-            assert await memctl_space(orch, "os1") == "identity"
-            assert orch.routes.table.routes["priv:os1"] == "vmm"
+        cpu_only = (await orch.ctl_interpose(os="os1", cpu=True))["reports"]
+        assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in cpu_only] == [
+            ("fig3", ["new_flows", "attach", "redirect_traps", "route_priv", "resume_os"])]
+        resources = (await orch.ctl_virt_status())["resources"]
+        assert (resources["os1.cpu"], resources["os1.memory"]) == ("vmm", "os1")
+        assert await memctl_space(orch, "os1") == "identity"
+        assert orch.routes.table.routes["priv:os1"] == "vmm"
 
-            mem = (await orch.ctl_interpose(os="os1", memory=True))["reports"]
-            assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in mem] == [
-                ("fig3_memory", ["disable_direct_addressing"])]
-            assert (await orch.ctl_virt_status())["resources"]["os1.memory"] == "vmm"
-            assert await memctl_space(orch, "os1") == "504 pages mapped"
-            with pytest.raises(ChoreographyError, match="the memory of os1 is virtualized already"):
-                await orch.ctl_interpose(os="os1", memory=True)
+        mem = (await orch.ctl_interpose(os="os1", memory=True))["reports"]
+        assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in mem] == [
+            ("fig3_memory", ["disable_direct_addressing"])]
+        assert (await orch.ctl_virt_status())["resources"]["os1.memory"] == "vmm"
+        assert await memctl_space(orch, "os1") == "504 pages mapped"
+        with pytest.raises(ChoreographyError, match="the memory of os1 is virtualized already"):
+            await orch.ctl_interpose(os="os1", memory=True)
 
-            await orch.ctl_devirtualize(os="os1", memory=True)
-            assert await memctl_space(orch, "os1") == "identity"
-            back = (await orch.ctl_devirtualize(os="os1"))["reports"]
-            assert [r["figure"] for r in back] == ["fig7"]
-            assert {s["name"]: s["data"] for s in back[0]["steps"]}["direct_addressing_on"] == {"identity": "already"}
+        await orch.ctl_devirtualize(os="os1", memory=True)
+        assert await memctl_space(orch, "os1") == "identity"
+        back = (await orch.ctl_devirtualize(os="os1"))["reports"]
+        assert [r["figure"] for r in back] == ["fig7"]
+        assert {s["name"]: s["data"] for s in back[0]["steps"]}["direct_addressing_on"] == {"identity": "already"}
 
-            # --memory with the CPU native: FIG. 3 whole (the CPU first, then 308)
-            implied = (await orch.ctl_interpose(os="os1", memory=True))["reports"]
-            assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in implied] == [
-                ("fig3", ["new_flows", "attach", "redirect_traps", "disable_direct_addressing", "route_priv",
-                          "resume_os"])]
-            resources = (await orch.ctl_virt_status())["resources"]
-            assert (resources["os1.cpu"], resources["os1.memory"], resources["os1.uart (uart0)"]) == (
-                "vmm", "vmm", "os1")
-            assert [r["figure"] for r in (await orch.ctl_devirtualize(os="os1"))["reports"]] == ["fig7"]
-            assert await memctl_space(orch, "os1") == "identity"
+        # --memory with the CPU native: FIG. 3 whole (the CPU first, then 308)
+        implied = (await orch.ctl_interpose(os="os1", memory=True))["reports"]
+        assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in implied] == [
+            ("fig3", ["new_flows", "attach", "redirect_traps", "disable_direct_addressing", "route_priv",
+                      "resume_os"])]
+        resources = (await orch.ctl_virt_status())["resources"]
+        assert (resources["os1.cpu"], resources["os1.memory"], resources["os1.uart (uart0)"]) == (
+            "vmm", "vmm", "os1")
+        assert [r["figure"] for r in (await orch.ctl_devirtualize(os="os1"))["reports"]] == ["fig7"]
+        assert await memctl_space(orch, "os1") == "identity"
 
-            exit1 = await client.wait_exit("os1", pid)
-            assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("M", lines))
-            nursery.cancel_scope.cancel()
-    finally:
-        client.party.close()
+        exit1 = await client.wait_exit("os1", pid)
+        assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("M", lines))
+    for name in orch.live_nodes():
+        stats = (await orch.request(name, "stats")).body["stats"]
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
+
+
+async def test_fig2b_the_vmm_at_boot_hides_its_frames_and_os2s_partition_from_os1_and_is_devirtualized_later(
+        guest_build, cluster):
+    orch = await cluster(REPO / "compose" / "vmmboot.toml")
+    status = await orch.ctl_status()
+    virt = status["virt"]
+    assert virt["vmm"] == {"loaded": True, "host": "os1", "frames": 64}
+    assert {r: virt["resources"][r] for r in ("os1.cpu", "os1.memory", "os2.cpu", "os2.memory",
+                                               "os1.uart (uart0)")} == {
+        "os1.cpu": "vmm", "os1.memory": "vmm", "os2.cpu": "vmm", "os2.memory": "vmm", "os1.uart (uart0)": "os1"}
+    routes = status["routes"]["routes"]
+    assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"], routes["priv:os2"],
+            routes["trap:vmm.os1"], routes["priv:vmm"]) == ("vmm", "vmm", "vmm", "vmm", "os1", "cpu0")
+    own = await check_conservation(orch)
+    assert (own["vmm"], own["os1"], own["os2"]) == (list(range(64)), list(range(64, 768)), list(range(768, 1024)))
+    kernel = (await orch.request("os1", "stats")).body["stats"]["kernel"]
+    assert (kernel["owned_frames"], kernel["free_frames"]) == (704, 704)  # its map: neither the VMM nor os2
+    for frame in (0, 63, 768, 1023):
+        with pytest.raises(Exception, match="mem_fault"):
+            await read(orch, "os1", frame)
+    assert (await orch.request("vmm", "vmm_status")).body["data"]["oses"].keys() == {"os1", "os2"}
+    assert orch.journal.records() == []  # boot, not a runtime change
+
+    lines = 20
+    async with serving(Client(orch)) as client:
+        starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
+        p1 = await client.exec("os1", "timeshare", ["timeshare", "A", str(lines)])
+        p2 = await client.exec("os2", "timeshare", ["timeshare", "B", str(lines)])
+        e1, e2 = await client.wait_exit("os1", p1), await client.wait_exit("os2", p2)
+        assert (e1["code"], await client.console("uart0", starts["uart0"])) == (0, timeshare_output("A", lines))
+        assert (e2["code"], await client.console("uart1", starts["uart1"])) == (0, timeshare_output("B", lines))
+        assert (await vmm_stats(orch))["traps_reflected"] > 0
+
+        install_conservation_hook(orch)
+        with pytest.raises(ChoreographyError, match="cannot devirtualize the CPU while 2 OS instances"):
+            await orch.ctl_devirtualize(cpu=True)
+        assert [r["figure"] for r in (await orch.ctl_os_shutdown(os="os2"))["reports"]] == ["os_stop"]
+        back = (await orch.ctl_devirtualize(unload=True))["reports"]
+        assert [r["figure"] for r in back] == ["fig7", "fig8_unload"]
+        routes = orch.routes.table.routes
+        assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"]) == ("os1", "os1", "cpu0")
+        own = await check_conservation(orch)
+        assert "vmm" not in own and own["os1"] == list(range(768))  # the VMM's frames are os1's now
+        start = await client.logged("uart0")
+        pid = await client.exec("os1", "timeshare", ["timeshare", "N", str(lines)])
+        exit1 = await client.wait_exit("os1", pid)
+        assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("N", lines))
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
         assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
