@@ -589,7 +589,8 @@ class OsNode(Node):
     ``error`` bad_elf); ``proc_exit`` {pid, code, reason} to the requester if
     ``notify``; ``os_ps`` -> ok {data: {procs}}; ``mod_alloc_pin`` {n, min},
     ``mod_add`` {frames}, ``mod_give_back`` {frames} -> ok {data: {frames,
-    free, lend_floor}} (a refusal below the floor: ``error`` below_floor); ``os_driver_mode`` {device, mode} -> ok {data: state}. Takes
+    free}} (plus ``lend_floor`` for ``mod_alloc_pin``; a refusal below the
+    floor: ``error`` below_floor); ``os_driver_mode`` {device, mode} -> ok {data: state}. Takes
     ``trap`` (trap:<cpu>), ``tick``/``alarm`` (irq:<timer>), ``uart_rx``
     (irq:<uart>), ``disk_done`` (irq:<disk>), ``nic_done``/``nic_rx``
     (irq:<nic>); sends privileged operations on ``priv:<name>``, console
@@ -751,8 +752,10 @@ class OsNode(Node):
                     await self.party.reply(msg, "error", {"reason": "pin_failed", "ref": kind,
                                                           "detail": f"the memory controller did not pin them: {exc}"})
                     return
-            await self.party.reply(msg, "ok", {"data": {"frames": frames, "free": self.frames.free_count,
-                                                        "lend_floor": self.module.lend_floor}})
+            data = {"frames": frames, "free": self.frames.free_count}
+            if kind == "mod_alloc_pin":  # the caller can say why a grant was partial
+                data["lend_floor"] = self.module.lend_floor
+            await self.party.reply(msg, "ok", {"data": data})
         elif kind == "os_kill":
             msg = payload
             signal = msg.body.get("signal", SIGKILL)
