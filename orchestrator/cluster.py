@@ -65,6 +65,8 @@ class Orchestrator:
         self.policy_reports: list[dict[str, Any]] = []
         self.step_hook = None  # async (figure, step) -> None, awaited after each choreography step
         self.boot_maps: dict[str, list[int]] = {}
+        self.firmware_maps: dict[str, list[int]] = {}
+        """os -> its boot memory map as the FIG. 2b firmware computed it (restored after a borrowed boot)."""
         self.firmware: dict[str, Any] = {}
         """What the FIG. 2b boot did (frames moved, map sizes, what the VMM discovered)."""
         self.adopted: dict[str, int] = {}
@@ -162,6 +164,9 @@ class Orchestrator:
             if set(epochs.values()) == {saved["epoch"]}:
                 self.routes.table = RouteTable(saved["epoch"], saved["routes"])
                 self.virt, self.boot_maps = saved["virt"], dict(saved["boot_maps"])
+                if self.topology.firmware.get("vmm_at_boot"):
+                    from orchestrator.choreographies.fig2b_boot import boot_maps
+                    self.firmware_maps = boot_maps(self.topology)
                 log.warning("re-attached to %d running nodes at route epoch %d", len(procs), saved["epoch"])
                 return alive
             why = f"route epochs {epochs} differ from the saved epoch {saved['epoch']}"

@@ -118,5 +118,6 @@ async def firmware_boot(orch: "Orchestrator") -> dict[str, Any]:
         await run.call(memctl, "mem_set_map", {"space": name, "map": {str(f): f for f in maps[name]}})
         st.attached[name] = {"asid_base": asid, "cpu": VMM, "memory": VMM}
     orch.boot_maps.update(maps)
+    orch.firmware_maps = {n: list(f) for n, f in maps.items()}
     return {"moved": {k: v for k, v in moved.items() if v}, "maps": {n: len(f) for n, f in maps.items()},
             "vmm": discovered}

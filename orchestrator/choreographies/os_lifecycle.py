@@ -89,14 +89,22 @@ async def _boot(run: Run, ctx: Ctx) -> dict[str, Any]:
     return {"booted": await run.orch.start_node(ctx["os"])}
 
 
+def _firmware_map_back(run: Run, os_name: str) -> None:
+    """The borrowed map is void: the instance's next boot is on the firmware's own map (FIG. 2b), if any."""
+    run.orch.boot_maps.pop(os_name, None)
+    own = getattr(run.orch, "firmware_maps", {}).get(os_name)
+    if own is not None:
+        run.orch.boot_maps[os_name] = list(own)
+
+
 async def _halt(run: Run, ctx: Ctx) -> None:
     if ctx.get("booted"):
         await run.orch.stop_node(ctx["os"])
-    run.orch.boot_maps.pop(ctx["os"], None)
+    _firmware_map_back(run, ctx["os"])
 
 
 async def _forget_map(run: Run, ctx: Ctx) -> dict[str, Any]:
-    run.orch.boot_maps.pop(ctx["os"], None)
+    _firmware_map_back(run, ctx["os"])
     return {}
 
 
