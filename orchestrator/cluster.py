@@ -241,6 +241,11 @@ class Orchestrator:
         """Launch a node that is not running (``autostart = false``); False if it was running."""
         if name not in self.supervisor.nodes:
             raise KeyError(f"no node {name!r} in topology {self.topology.source}")
+        np = self.supervisor.nodes[name]
+        if np.pid is not None and np.state != "running":
+            # it will start its flows from fseq 1 again: its receivers must expect that before
+            # it sends anything (a timer_set at boot would otherwise count as a duplicate)
+            await self._restarted(np)
         return await self.supervisor.start_one(self._nursery, name, self.topology.ready_timeout)
 
     async def stop_node(self, name: str, timeout: float = 5.0) -> bool:

@@ -563,7 +563,7 @@ async def test_two_oses_under_the_vmm_refuse_cpu_devirtualization_and_partial_de
         client.party.close()
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
-        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, (name, stats["flows_in"])
 
 
 async def test_with_the_policy_on_stopping_one_of_two_oses_devirtualizes_the_other_under_a_running_program(
@@ -640,7 +640,7 @@ async def test_an_interposition_over_its_pause_budget_is_rolled_back_under_a_run
     assert orch.journal.outcome(info.value.report["id"]) == "rolled_back"
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
-        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, (name, stats["flows_in"])
 
 
 async def test_memctl_administration_is_refused_to_anyone_but_the_orchestrator_and_the_vmm(cluster):
@@ -844,7 +844,7 @@ async def test_interposing_the_cpu_keeps_direct_addressing_and_memory_is_virtual
         assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("M", lines))
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
-        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, (name, stats["flows_in"])
 
 
 async def test_fig2b_the_vmm_at_boot_hides_its_frames_and_os2s_partition_from_os1_and_is_devirtualized_later(
@@ -883,6 +883,13 @@ async def test_fig2b_the_vmm_at_boot_hides_its_frames_and_os2s_partition_from_os
         with pytest.raises(ChoreographyError, match="cannot devirtualize the CPU while 2 OS instances"):
             await orch.ctl_devirtualize(cpu=True)
         assert [r["figure"] for r in (await orch.ctl_os_shutdown(os="os2"))["reports"]] == ["os_stop"]
+        # booted again on 16 frames borrowed from os1, then on the firmware's own map once they are back
+        lent = (await orch.ctl_os_boot(os="os2", frames=16))["frames"]
+        assert await free_frames(orch, "os2") == 16
+        assert [r["figure"] for r in (await orch.ctl_os_shutdown(os="os2"))["reports"]] == ["p49_shutdown"]
+        assert set(lent) <= set((await check_conservation(orch))["os1"])
+        assert (await orch.ctl_os_boot(os="os2"))["started"] and await free_frames(orch, "os2") == 256
+        assert [r["figure"] for r in (await orch.ctl_os_shutdown(os="os2"))["reports"]] == ["os_stop"]
         back = (await orch.ctl_devirtualize(unload=True))["reports"]
         assert [r["figure"] for r in back] == ["fig7", "fig8_unload"]
         routes = orch.routes.table.routes
@@ -895,4 +902,4 @@ async def test_fig2b_the_vmm_at_boot_hides_its_frames_and_os2s_partition_from_os
         assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("N", lines))
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
-        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, (name, stats["flows_in"])

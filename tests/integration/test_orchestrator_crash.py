@@ -60,19 +60,46 @@ async def wait_for(pred, what: str, timeout: float = 60) -> None:
             await trio.sleep(0.01)  # polling a file or a pid: the event we wait for, not a settle time
 
 
-async def test_kill_9_mid_interposition_a_restarted_orchestrator_reattaches_and_rolls_it_back_output_exact(
-        guest_build, run_dir, tmp_path):
-    rd, pids = run_dir
-    hold = tmp_path / "held"
+async def up_with_a_hold(rd: Path, hold: Path, pids: set) -> dict:
+    """`hwemu up` with the daemon told to hold after FIG. 3's route change, the VMM loaded; the status."""
     env = {"HWEMU_HOLD_AFTER_STEP": "fig3.redirect_traps", "HWEMU_HOLD_FILE": str(hold)}
     up = await hwemu(rd, "up", str(TOPOLOGY), "--detach", env=env)
     pids |= recorded_pids(rd)
     assert up.returncode == 0, up.stderr
     assert (await hwemu(rd, "vmm", "load", "--host", "os1", "--frames", "8")).returncode == 0
     before = await status(rd)
+    pids |= {n["pid"] for n in before["nodes"] if n["alive"]}
+    return before
+
+
+async def kill_the_daemon_mid_fig3(rd: Path, hold: Path, daemon: int) -> str:
+    """Start `hwemu interpose`, wait until the daemon holds after redirect_traps, SIGKILL it; the journal id."""
+    interposing = await trio.lowlevel.open_process(
+        [HWEMU, "interpose", "--cpu", "--memory"], cwd=REPO, env={**os.environ, "HWEMU_RUN_DIR": str(rd)},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await wait_for(hold.exists, "the daemon to reach the held step")
+        fig3 = [r for r in journal(rd) if r["figure"] == "fig3"]
+        assert [r["step"] for r in fig3 if r["phase"] == "done"] == ["new_flows", "attach", "redirect_traps"]
+        os.kill(daemon, signal.SIGKILL)
+        await wait_for(lambda: not alive(daemon), "the daemon to die")
+    finally:
+        interposing.kill()  # its request died with the daemon
+        await interposing.wait()
+    return fig3[0]["id"]
+
+
+def journal(rd: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (rd / "journal.jsonl").read_text().splitlines()]
+
+
+async def test_kill_9_mid_interposition_a_restarted_orchestrator_reattaches_and_rolls_it_back_output_exact(
+        guest_build, run_dir, tmp_path):
+    rd, pids = run_dir
+    hold = tmp_path / "held"
+    before = await up_with_a_hold(rd, hold, pids)
     node_pids = {n["name"]: n["pid"] for n in before["nodes"] if n["alive"]}
     assert sorted(node_pids) == ["cpu0", "memctl", "os1", "os2", "timer0", "uart0", "uart1", "vmm"]
-    pids |= set(node_pids.values())
     daemon = before["orchestrator"]["pid"]
     routes_before = before["routes"]["routes"]
     own_before = await owners(rd)
@@ -95,20 +122,7 @@ async def test_kill_9_mid_interposition_a_restarted_orchestrator_reattaches_and_
                     "notify": True}
             pid = (await client.request("os1", "os_exec", body, timeout=30)).body["data"]["pid"]
 
-            interposing = await trio.lowlevel.open_process(
-                [HWEMU, "interpose", "--cpu", "--memory"], cwd=REPO, env={**os.environ, "HWEMU_RUN_DIR": str(rd)},
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                await wait_for(hold.exists, "the daemon to reach the held step")
-                journal = [json.loads(ln) for ln in (rd / "journal.jsonl").read_text().splitlines()]
-                fig3 = [r for r in journal if r["figure"] == "fig3"]
-                assert [(r["step"], r["phase"]) for r in fig3 if r["phase"] == "done"] == [
-                    ("new_flows", "done"), ("attach", "done"), ("redirect_traps", "done")]
-                os.kill(daemon, signal.SIGKILL)
-                await wait_for(lambda: not alive(daemon), "the daemon to die")
-            finally:
-                interposing.kill()
-                await interposing.wait()
+            cid = await kill_the_daemon_mid_fig3(rd, hold, daemon)
 
             # the cluster runs on without its orchestrator, on the routes it left: traps to the VMM
             assert all(alive(p) for p in node_pids.values())
@@ -118,9 +132,7 @@ async def test_kill_9_mid_interposition_a_restarted_orchestrator_reattaches_and_
             after = await status(rd)
             assert after["orchestrator"]["pid"] != daemon
             assert {n["name"]: n["pid"] for n in after["nodes"] if n["alive"]} == node_pids  # re-attached
-            cid = fig3[0]["id"]
-            journal = [json.loads(ln) for ln in (rd / "journal.jsonl").read_text().splitlines()]
-            assert [(r["step"], r["phase"]) for r in journal if r["id"] == cid][-4:] == [
+            assert [(r["step"], r["phase"]) for r in journal(rd) if r["id"] == cid][-4:] == [
                 ("redirect_traps", "undo"), ("attach", "undo"), ("new_flows", "undo"), ("*", "rolled_back")]
             routes = after["routes"]["routes"]
             assert {f: routes[f] for f in routes_before} == routes_before  # traps and interrupts to os1 again
@@ -148,3 +160,29 @@ async def test_kill_9_mid_interposition_a_restarted_orchestrator_reattaches_and_
             nursery.cancel_scope.cancel()
     finally:
         client.close()
+
+
+async def test_kill_9_mid_interposition_with_a_node_gone_too_the_restarted_orchestrator_boots_afresh_native(
+        run_dir, tmp_path):
+    rd, pids = run_dir
+    hold = tmp_path / "held"
+    before = await up_with_a_hold(rd, hold, pids)
+    old = {n["name"]: n["pid"] for n in before["nodes"] if n["alive"]}
+    cid = await kill_the_daemon_mid_fig3(rd, hold, before["orchestrator"]["pid"])
+    os.kill(old["uart1"], signal.SIGKILL)  # the cluster did not survive whole: no re-attaching
+    await wait_for(lambda: not alive(old["uart1"]), "uart1 to die")
+
+    again = await hwemu(rd, "up", str(TOPOLOGY), "--detach")
+    pids |= recorded_pids(rd)
+    assert again.returncode == 0, again.stderr
+    assert not [name for name, pid in old.items() if alive(pid)]  # the survivors were stopped, by pid
+    after = await status(rd)
+    new = {n["name"]: n["pid"] for n in after["nodes"] if n["alive"]}
+    assert sorted(new) == sorted(old) and not set(new.values()) & set(old.values())
+    assert journal(rd)[-1]["id"] == cid and journal(rd)[-1]["phase"] == "rolled_back"
+    routes = after["routes"]["routes"]
+    assert {f: routes[f] for f in before["routes"]["routes"]} == before["routes"]["routes"]
+    virt = after["virt"]
+    assert not virt["vmm"]["loaded"] and set(virt["resources"].values()) == {"os1", "os2"}
+    own = await owners(rd)  # the firmware's map: the VMM's frames went home to os1
+    assert "vmm" not in own and own["os1"] == list(range(256, 768))
