@@ -9,6 +9,7 @@ peer.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from orchestrator import choreographies as chor
+from orchestrator import state as saved_state
 from orchestrator.choreographies.state import VirtState
 from orchestrator.journal import Journal
 from orchestrator.routes import RouteAuthority, RouteChangeError
@@ -46,7 +48,11 @@ class Orchestrator:
         topology.check_run_dir(self.run_dir)
         self.directory = topology.directory(self.run_dir)
         self.party = Party(ORCHESTRATOR, self.directory[ORCHESTRATOR], self.directory)
-        self.routes = RouteAuthority(self.party, RouteTable(1, topology.routes), self.live_nodes)
+        routes = topology.routes
+        if topology.firmware.get("vmm_at_boot"):  # FIG. 2b: the machine comes up interposed
+            from orchestrator.choreographies.fig2b_boot import interposed_routes
+            routes = interposed_routes(topology)
+        self.routes = RouteAuthority(self.party, RouteTable(1, routes), self.live_nodes)
         self.supervisor = Supervisor(self.run_dir, self._node_config, self._restarted)
         self.state = "starting"
         self.started = time.monotonic()
@@ -58,14 +64,25 @@ class Orchestrator:
         self.recovered: list[dict[str, Any]] = []
         self.policy_reports: list[dict[str, Any]] = []
         self.step_hook = None  # async (figure, step) -> None, awaited after each choreography step
+        self.boot_maps: dict[str, list[int]] = {}
+        self.firmware_maps: dict[str, list[int]] = {}
+        """os -> its boot memory map as the FIG. 2b firmware computed it (restored after a borrowed boot)."""
+        self.firmware: dict[str, Any] = {}
+        """What the FIG. 2b boot did (frames moved, map sizes, what the VMM discovered)."""
+        self.adopted: dict[str, int] = {}
+        """nodes re-attached at start (a previous orchestrator started them): name -> pid."""
+        """os -> the frames of its boot memory map, for an instance booted on borrowed memory (¶49)."""
 
     # -- life cycle -------------------------------------------------------------
 
     def _node_config(self, spec) -> dict[str, Any]:
+        options = spec.options
+        if spec.name in self.boot_maps:  # the firmware's memory map: the frames it was given, not its partition
+            options = {**options, "boot_frames": list(self.boot_maps[spec.name])}
         return {
             "name": spec.name, "kind": spec.kind, "endpoint": self.directory[spec.name],
             "directory": self.directory, "routes": self.routes.table.to_wire(),
-            "orchestrator": ORCHESTRATOR, "options": spec.options,
+            "orchestrator": ORCHESTRATOR, "options": options,
             "heartbeat": self.topology.heartbeat, "run_dir": str(self.run_dir),
         }
 
@@ -79,27 +96,103 @@ class Orchestrator:
                     await self.routes.install(self.routes.table, flows)
                 except (RemoteError, RequestTimeout) as exc:
                     log.warning("re-install after restart of %s: %s", np.spec.name, exc)
+                self.save_state()
 
     def live_nodes(self) -> list[str]:
         return [n for n, np in self.supervisor.nodes.items() if np.state == "running"]
 
-    async def start(self, nursery: trio.Nursery) -> None:
+    async def start(self, nursery: trio.Nursery, recorded: dict[str, int | None] | None = None) -> None:
         """Serve the control inbox in ``nursery`` and launch every node.
+
+        Args:
+            recorded: the node pids a previous orchestrator of this run
+                directory recorded (``cluster.json``). If every node it ran
+                still runs and its saved state (:mod:`orchestrator.state`)
+                matches their route epoch, they are re-attached, not
+                restarted; otherwise the survivors are killed (by pid) and
+                the cluster boots afresh.
 
         Raises:
             RuntimeError: a node did not come up (its log tail is in the message).
         """
         self._nursery = nursery
         await nursery.start(self.party.serve, self._dispatch)
-        specs = list(self.topology.nodes.values())
+        self.adopted = await self._adopt(nursery, recorded or {})
+        specs = [s for s in self.topology.nodes.values() if s.name not in self.adopted]
+        firmware = self.topology.firmware.get("vmm_at_boot") and not self.adopted
+        if firmware:  # FIG. 2b: the hardware and the VMM first, then the OS instances on their maps
+            from orchestrator.choreographies.fig2b_boot import firmware_boot
+            await self.supervisor.start_all(nursery, [s for s in specs if s.kind != "os"], self.directory,
+                                            self.topology.ready_timeout)
+            self.firmware = await firmware_boot(self)
+            specs = [s for s in specs if s.kind == "os"]
         await self.supervisor.start_all(nursery, specs, self.directory, self.topology.ready_timeout)
         # a choreography cut short by a crash of the previous orchestrator is rolled back
         self.recovered = await chor.recover(self)
         for rec in self.recovered:
             log.warning("rolled back incomplete choreography %s (%s): undid %s%s", rec["id"], rec["figure"],
                         rec["undone"], f", could not undo {rec['undo_failures']}" if rec["undo_failures"] else "")
-        self.reset_memory = await self._firmware_memory_map()
+        # re-attached nodes kept their memory: the firmware's map is for a machine booting afresh
+        self.reset_memory = ({} if self.adopted else self.firmware["moved"] if firmware
+                             else await self._firmware_memory_map())
+        self.save_state()
         self.state = "running"
+
+    def save_state(self) -> None:
+        """Keep what a restarted orchestrator needs to re-attach (orchestrator/state.py)."""
+        saved_state.save(self.run_dir, self.routes.table.epoch, self.routes.table.routes, self.virt, self.boot_maps)
+
+    async def _adopt(self, nursery: trio.Nursery, recorded: dict[str, int | None]) -> dict[str, int]:
+        """Re-attach to the nodes a killed predecessor left running; ``{}`` if it cannot."""
+        alive = saved_state.survivors(self.run_dir, {n: p for n, p in recorded.items() if n in self.topology.nodes})
+        if not alive:
+            return {}
+        saved = saved_state.load(self.run_dir)
+        missing = [n for n, s in self.topology.nodes.items() if s.autostart and n not in alive]
+        why = ("no saved state" if saved is None else
+               f"{', '.join(missing)} did not survive" if missing else None)
+        if why is None:
+            procs = {n: saved_state.AdoptedProcess(pid) for n, pid in alive.items()}
+            for name, proc in procs.items():
+                np = self.supervisor.nodes[name] = NodeProc(self.topology.nodes[name], self.directory[name])
+                np.proc, np.pid, np.state, np.started_at = proc, proc.pid, "running", time.monotonic()
+                np.ready.set()
+                nursery.start_soon(self.supervisor._watch, np)
+            # replies to the dead orchestrator's requests may still arrive: never take one for ours
+            self.party._seq = itertools.count(time.time_ns() // 1000)
+            epochs = await self._epochs(list(procs))
+            if set(epochs.values()) == {saved["epoch"]}:
+                self.routes.table = RouteTable(saved["epoch"], saved["routes"])
+                self.virt, self.boot_maps = saved["virt"], dict(saved["boot_maps"])
+                if self.topology.firmware.get("vmm_at_boot"):
+                    from orchestrator.choreographies.fig2b_boot import boot_maps
+                    self.firmware_maps = boot_maps(self.topology)
+                log.warning("re-attached to %d running nodes at route epoch %d", len(procs), saved["epoch"])
+                return alive
+            why = f"route epochs {epochs} differ from the saved epoch {saved['epoch']}"
+            for name in procs:
+                del self.supervisor.nodes[name]
+        log.warning("not re-attaching to the running nodes (%s): they are stopped and the cluster boots afresh", why)
+        for pid in alive.values():
+            proc = saved_state.AdoptedProcess(pid)
+            proc.kill()
+            with trio.move_on_after(5):
+                await proc.wait()
+        return {}
+
+    async def _epochs(self, names: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+
+        async def one(name: str) -> None:
+            try:
+                out[name] = (await self.party.request(name, "stats", timeout=5.0)).body["stats"].get("epoch")
+            except (RemoteError, RequestTimeout) as exc:
+                out[name] = f"no answer ({exc})"
+
+        async with trio.open_nursery() as n:
+            for name in names:
+                n.start_soon(one, name)
+        return out
 
     async def _firmware_memory_map(self) -> dict[str, Any]:
         """Give every OS its partition back, as the firmware's memory map says.
@@ -148,6 +241,11 @@ class Orchestrator:
         """Launch a node that is not running (``autostart = false``); False if it was running."""
         if name not in self.supervisor.nodes:
             raise KeyError(f"no node {name!r} in topology {self.topology.source}")
+        np = self.supervisor.nodes[name]
+        if np.pid is not None and np.state != "running":
+            # it will start its flows from fseq 1 again: its receivers must expect that before
+            # it sends anything (a timer_set at boot would otherwise count as a duplicate)
+            await self._restarted(np)
         return await self.supervisor.start_one(self._nursery, name, self.topology.ready_timeout)
 
     async def stop_node(self, name: str, timeout: float = 5.0) -> bool:
@@ -256,6 +354,7 @@ class Orchestrator:
 
     async def ctl_route_set(self, changes: dict[str, str]) -> dict[str, Any]:
         report = await self.routes.change(changes)
+        self.save_state()
         return {"epoch": report.epoch, "pause_ms": report.pause_ms, "total_ms": report.total_ms,
                 "flows": {f: list(v) for f, v in report.flows.items()}, "last": report.last}
 
@@ -318,19 +417,25 @@ class Orchestrator:
         from orchestrator.choreographies.fig8_remove_vmm import unload
         return {"reports": [await self._exclusive(unload)]}
 
-    async def ctl_interpose(self, os: str | None = None, cpu: bool | None = None,
+    async def ctl_interpose(self, os: str | None = None, cpu: bool | None = None, memory: bool | None = None,
                             io: list[str] | None = None, budget_ms: float | None = None) -> dict[str, Any]:
-        """FIG. 3 on the CPU and FIG. 5 on each device asked; nothing asked: everything."""
-        from orchestrator.choreographies.fig3_interpose_cpu import interpose_cpu
+        """FIG. 3 on the CPU (``cpu``: without step 308, direct addressability kept), step 308
+        (``memory``: implies the CPU if it is not virtualized yet) and FIG. 5 on each device
+        asked; nothing asked: everything not done yet."""
+        from orchestrator.choreographies.fig3_interpose_cpu import interpose_cpu, interpose_memory
         from orchestrator.choreographies.fig5_devices import DEVICES, interpose_device
         os_name = self._default_os(os)
-        everything = not cpu and not io
+        everything = not cpu and not memory and not io
         devices = list(DEVICES) if everything or "all" in (io or []) else list(io or [])
         skip_done = everything or "all" in (io or [])
+        att = self.virt.attached.get(os_name, {})
+        want_mem = bool(memory) or everything
         reports: list[dict[str, Any]] = []
         try:
-            if cpu or (everything and self.virt.attached.get(os_name, {}).get("cpu") != "vmm"):
-                reports.append(await self._exclusive(interpose_cpu, os_name, budget_ms=budget_ms))
+            if cpu or ((everything or memory) and att.get("cpu") != "vmm"):
+                reports.append(await self._exclusive(interpose_cpu, os_name, budget_ms=budget_ms, memory=want_mem))
+            elif memory or (everything and att.get("memory") != "vmm"):
+                reports.append(await self._exclusive(interpose_memory, os_name, budget_ms=budget_ms))
             for dev in devices:
                 if not skip_done or f"{os_name}.{dev}" not in self.virt.devices:
                     reports.append(await self._exclusive(interpose_device, os_name, dev, budget_ms=budget_ms))
@@ -365,23 +470,36 @@ class Orchestrator:
         from orchestrator.choreographies.borrow import give_back
         return {"reports": await self._exclusive(give_back, from_os, to_os, loan)}
 
-    async def ctl_os_stop(self, os: str) -> dict[str, Any]:
-        """Stop an OS instance (devices back and detached from the VMM first); then the policy."""
+    async def ctl_os_shutdown(self, os: str) -> dict[str, Any]:
+        """Shut an OS instance down (devices back and detached from the VMM first; memory it
+        was booted on returned to its host, ¶49); then the policy."""
         from orchestrator.choreographies.os_lifecycle import stop_os
         self.policy_reports = []
         reports = await self._exclusive(stop_os, os)
         return {"reports": reports, "policy": self.policy_reports}
 
+    async def ctl_os_boot(self, os: str, frames: int | None = None, host: str | None = None,
+                          budget_ms: float | None = None) -> dict[str, Any]:
+        """Boot a deferred (or stopped) OS instance: on ``frames`` frames borrowed from ``host``
+        through the VMM (¶49), else with its own partition."""
+        from orchestrator.choreographies.os_lifecycle import boot_os
+        return await self._exclusive(boot_os, os, frames, host, budget_ms=budget_ms)
+
+    async def ctl_os_stop(self, os: str) -> dict[str, Any]:
+        """The former name of :meth:`ctl_os_shutdown`."""
+        return await self.ctl_os_shutdown(os)
+
     async def ctl_os_start(self, os: str) -> dict[str, Any]:
-        """Launch a deferred (or stopped) OS instance."""
-        from orchestrator.choreographies.os_lifecycle import start_os
-        return await self._exclusive(start_os, os)
+        """The former name of :meth:`ctl_os_boot` without frames."""
+        data = await self.ctl_os_boot(os)
+        return {"os": data["os"], "started": data["started"]}
 
     async def ctl_virt_status(self) -> dict[str, Any]:
         return self.virt.view(self.topology)
 
     async def ctl_policy(self, auto_devirtualize: bool) -> dict[str, Any]:
         self.virt.auto_devirtualize = bool(auto_devirtualize)
+        self.save_state()
         return self.virt.view(self.topology)["policy"]
 
     async def request(self, node: str, kind: str, body: dict | None = None, timeout: float = 5.0) -> Message:

@@ -5,6 +5,16 @@ exclusive lock on ``DIR/cluster.lock`` for its whole life (so a second
 ``hwemu up`` on the same run directory is refused), keeps ``DIR/cluster.json``
 current (its pid, the control endpoint, the node pids) and runs the cluster
 until ``hwemu down`` (a ``ctl_down`` request) or SIGTERM/SIGINT.
+
+Started on the run directory of a predecessor killed with ``kill -9`` (its
+``cluster.json`` is left behind, its lock released), it re-attaches to the
+nodes that kept running and rolls back the choreography the kill cut short
+(:meth:`Orchestrator.start`).
+
+For tests of exactly that, ``HWEMU_HOLD_AFTER_STEP=<figure>.<step>`` with
+``HWEMU_HOLD_FILE=<path>`` makes the choreography stop once that step is
+done and journaled: the daemon creates the file, then waits until it is
+removed. A test kills the daemon in that window, deterministically.
 """
 
 from __future__ import annotations
@@ -78,6 +88,23 @@ async def _keep_state(run_dir: Path, orch: Orchestrator) -> None:
             seen = now
 
 
+def _hold_hook(orch: Orchestrator) -> None:
+    """The test-only stop after one step (see the module docstring)."""
+    at, path = os.environ.get("HWEMU_HOLD_AFTER_STEP"), os.environ.get("HWEMU_HOLD_FILE")
+    if not at or not path:
+        return
+    hold = Path(path)
+
+    async def hook(figure: str, step: str) -> None:
+        if f"{figure}.{step}" != at:
+            return
+        hold.write_text(f"{figure}.{step}\n")
+        while hold.exists():  # released by removing the file (or the daemon is killed meanwhile)
+            await trio.sleep(0.01)
+
+    orch.step_hook = hook
+
+
 async def serve(topology_path: str, run_dir: Path) -> int:
     """Run a cluster until told to stop. Returns the process exit code."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +118,9 @@ async def serve(topology_path: str, run_dir: Path) -> int:
         return 3
     try:
         topology = load(topology_path)
+        previous = read_state(run_dir) or {}  # a predecessor killed with kill -9 left it
         orch = Orchestrator(topology, run_dir)
+        _hold_hook(orch)
         async with trio.open_nursery() as nursery:
             async def on_signal():
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
@@ -101,7 +130,7 @@ async def serve(topology_path: str, run_dir: Path) -> int:
 
             nursery.start_soon(on_signal)
             try:
-                await orch.start(nursery)
+                await orch.start(nursery, previous.get("nodes") or {})
                 _write_state(run_dir, orch, "running")
                 nursery.start_soon(_keep_state, run_dir, orch)
                 print(f"hwemu: cluster {topology.name} running", flush=True)

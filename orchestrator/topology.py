@@ -16,6 +16,13 @@ inboxes are, their options and the initial routes (DESIGN.md §1, §2).
 
 Endpoints default to ``ipc://<run dir>/<node>.sock``; a node may name its own
 (``endpoint = "tcp://127.0.0.1:7001"``). Errors name the file and the key.
+
+FIG. 2b, the VMM at boot (orchestrator/choreographies/fig2b_boot.py):
+
+    [firmware]
+    vmm_at_boot = true       # the cluster comes up with the VMM loaded and interposed
+    vmm_frames = [0, 64]     # its frames [first, count], hidden from every OS's memory map
+    vmm_host = "os1"         # the OS its frames go to if it is unloaded (FIG. 8)
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ class Topology:
     routes: dict[str, str]
     ready_timeout: float = 15.0
     heartbeat: float = 1.0
+    firmware: dict[str, Any] = field(default_factory=dict)
+    """The ``[firmware]`` table (FIG. 2b), validated; empty: the VMM is not there at boot."""
 
     def endpoint(self, node: str, run_dir: Path) -> str:
         spec = self.nodes[node]
@@ -122,9 +131,10 @@ def parse(data: dict, source: str = "<topology>") -> Topology:
         TopologyError: naming the key and what was expected.
     """
     _table(data, source, "(top level)")
-    unknown = set(data) - {"cluster", "nodes", "routes", "orchestrator"}
+    unknown = set(data) - {"cluster", "nodes", "routes", "orchestrator", "firmware"}
     if unknown:
-        raise TopologyError(source, sorted(unknown)[0], "unknown section (expected cluster, nodes, routes, orchestrator)")
+        raise TopologyError(source, sorted(unknown)[0],
+                            "unknown section (expected cluster, nodes, routes, orchestrator, firmware)")
     cluster = _table(data.get("cluster", {}), source, "cluster")
     name = cluster.get("name", Path(source).stem)
     if not isinstance(name, str) or not name:
@@ -195,8 +205,60 @@ def parse(data: dict, source: str = "<topology>") -> Topology:
         if not isinstance(target, str) or target not in nodes:
             raise TopologyError(source, key, f"routes to {target!r}, which is not a node of this topology")
         routes[flow] = target
-    _check_partitions(nodes, source)
-    return Topology(name, source, nodes, routes, float(ready_timeout), float(heartbeat))
+    firmware = _firmware(_table(data.get("firmware", {}), source, "firmware"), nodes, source)
+    if not firmware:  # with the VMM at boot the firmware makes every space from the OSes' memory (FIG. 2b)
+        _check_partitions(nodes, source)
+    return Topology(name, source, nodes, routes, float(ready_timeout), float(heartbeat), firmware)
+
+
+def _range(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value))
+
+
+def _firmware(fw: dict, nodes: dict[str, NodeSpec], source: str) -> dict[str, Any]:
+    """Validate ``[firmware]`` (FIG. 2b): the VMM node, its frames, its host, and OS memory
+    ranges that are disjoint or nested (a range inside another is hidden from the outer OS)."""
+    extra = set(fw) - {"vmm_at_boot", "vmm_frames", "vmm_host"}
+    if extra:
+        raise TopologyError(source, f"firmware.{sorted(extra)[0]}", "unknown key (expected vmm_at_boot, vmm_frames, vmm_host)")
+    if not fw:
+        return {}
+    at_boot = fw.get("vmm_at_boot", False)
+    if not isinstance(at_boot, bool):
+        raise TopologyError(source, "firmware.vmm_at_boot", f"expected true or false, got {at_boot!r}")
+    if not at_boot:
+        return {}
+    vmm = nodes.get("vmm")
+    if vmm is None or vmm.kind != "vmm" or not vmm.autostart:
+        raise TopologyError(source, "firmware.vmm_at_boot", "needs a node named 'vmm' of kind vmm, started at "
+                                                            "boot (not autostart = false)")
+    frames = fw.get("vmm_frames")
+    if not _range(frames) or frames[1] == 0:
+        raise TopologyError(source, "firmware.vmm_frames", f"expected [first_frame, count > 0], got {frames!r}")
+    oses = {n: s for n, s in nodes.items() if s.kind == "os"}
+    host = fw.get("vmm_host", next(iter(oses), None))
+    if host not in oses:
+        raise TopologyError(source, "firmware.vmm_host", f"expected an OS node ({', '.join(oses)}), got {host!r}")
+    ranges = {}
+    for name, spec in oses.items():
+        mem = spec.options.get("memory")
+        if not _range(mem):
+            raise TopologyError(source, f"nodes.{name}.options.memory",
+                                f"the firmware builds the memory map from it: expected [first_frame, count], got {mem!r}")
+        ranges[name] = (mem[0], mem[0] + mem[1])
+    names = sorted(ranges)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (a0, a1), (b0, b1) = ranges[a], ranges[b]
+            overlap = a0 < b1 and b0 < a1
+            nested = (a0 <= b0 and b1 <= a1) or (b0 <= a0 and a1 <= b1)
+            if overlap and not nested:
+                raise TopologyError(source, f"nodes.{b}.options.memory",
+                                    f"overlaps the memory of {a} without one containing the other")
+            if overlap and ranges[a] == ranges[b]:
+                raise TopologyError(source, f"nodes.{b}.options.memory", f"is the same range as the memory of {a}")
+    return {"vmm_at_boot": True, "vmm_frames": list(frames), "vmm_host": host}
 
 
 def _check_partitions(nodes: dict[str, NodeSpec], source: str) -> None:

@@ -105,6 +105,6 @@ register("os_driver_mode", device="str", mode="str")   # reply ok {data: the dri
 
 # -- OS kernel module (DESIGN.md §4, FIG. 4) ---------------------------------------
 # each answered ok {data: {"frames": [...], "free": free frames left}}
-register("mod_alloc_pin", n="int")               # allocate and pin n frames
+register("mod_alloc_pin", n="int", min=_opt("int"))  # allocate and pin n frames (at least min, default n)
 register("mod_add", frames=Field("list", items="int"))        # received frames join the free list
 register("mod_give_back", frames=Field("list", items="int"))  # pinned or free frames leave the OS

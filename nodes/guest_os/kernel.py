@@ -568,7 +568,7 @@ import trio  # noqa: E402
 
 from nodes.guest_os.drivers import TimerDriver, UartDriver  # noqa: E402
 from nodes.guest_os.io import Io  # noqa: E402  (disk + NIC drivers, file/socket syscalls)
-from nodes.guest_os.module import FrameError, KernelModule  # noqa: E402
+from nodes.guest_os.module import BelowFloor, FrameError, KernelModule  # noqa: E402
 from nodes.runtime import Node, NodeConfig  # noqa: E402
 import protocol.hw  # noqa: E402,F401  (registers the message kinds)
 import protocol.vmm  # noqa: E402,F401  (mem_pin)
@@ -583,16 +583,29 @@ def _memory_option(value: Any) -> tuple[int, int]:
     return value[0], value[1]
 
 
+def _boot_frames_option(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(set(value)) != len(value)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise ValueError(f"option 'boot_frames': expected a list of distinct frame numbers, got {value!r}")
+    return value
+
+
 class OsNode(Node):
     """An OS instance (``kind = "os"``). Options: ``memory`` = [first_frame,
-    count] (its partition), ``cpu``, ``memctl``, ``uart``, ``timer`` (device
+    count] (its partition), ``boot_frames`` (the firmware's boot memory map
+    as a frame list, replacing ``memory``: an instance booted on borrowed
+    frames, ¶49), ``lend_floor`` (frames its kernel module always keeps
+    free, ¶39; default 0), ``cpu``, ``memctl``, ``uart``, ``timer`` (device
     node names), ``tick_ms`` (default 10).
 
     Messages: ``os_exec`` {elf, argv, notify} -> ok {data: {pid}} (bad ELF:
     ``error`` bad_elf); ``proc_exit`` {pid, code, reason} to the requester if
-    ``notify``; ``os_ps`` -> ok {data: {procs}}; ``mod_alloc_pin`` {n},
+    ``notify``; ``os_ps`` -> ok {data: {procs}}; ``mod_alloc_pin`` {n, min},
     ``mod_add`` {frames}, ``mod_give_back`` {frames} -> ok {data: {frames,
-    free}}; ``os_driver_mode`` {device, mode} -> ok {data: state}. Takes
+    free}} (plus ``lend_floor`` for ``mod_alloc_pin``; a refusal below the
+    floor: ``error`` below_floor); ``os_driver_mode`` {device, mode} -> ok {data: state}. Takes
     ``trap`` (trap:<cpu>), ``tick``/``alarm`` (irq:<timer>), ``uart_rx``
     (irq:<uart>), ``disk_done`` (irq:<disk>), ``nic_done``/``nic_rx``
     (irq:<nic>); sends privileged operations on ``priv:<name>``, console
@@ -608,6 +621,7 @@ class OsNode(Node):
         super().__init__(cfg)
         opts = cfg.options
         first, count = _memory_option(opts.get("memory", [0, 0]))
+        boot_frames = _boot_frames_option(opts.get("boot_frames"))
         self.cpu_name = opts.get("cpu", "cpu0")
         self.memctl_name = opts.get("memctl", "memctl")
         self.uart_name = opts.get("uart", "uart0")
@@ -618,8 +632,8 @@ class OsNode(Node):
         self.tick_ms = float(tick)
         self.priv_flow = f"priv:{self.name}"
         self.mem_flow = f"mem:{self.name}"
-        self.frames = FrameAllocator(first, count)
-        self.module = KernelModule(self.frames)
+        self.frames = FrameAllocator(first, count, boot_frames)
+        self.module = KernelModule(self.frames, opts.get("lend_floor", 0))
         self.console = UartDriver(self, self.name)
         self.timer = TimerDriver(self, self.name)
         self.kernel = Kernel(self.name, self.frames, self)
@@ -732,14 +746,15 @@ class OsNode(Node):
             msg = payload
             try:
                 if kind == "mod_alloc_pin":
-                    frames = self.module.alloc_pin(msg.body["n"])
+                    frames = self.module.alloc_pin(msg.body["n"], msg.body.get("min"))
                 elif kind == "mod_add":
                     frames = self.module.add_frames(msg.body["frames"])
                     await k.dispatch()
                 else:
                     frames = self.module.give_back(msg.body["frames"])
             except (OutOfMemory, FrameError) as exc:
-                reason = "out_of_memory" if isinstance(exc, OutOfMemory) else "bad_frames"
+                reason = ("below_floor" if isinstance(exc, BelowFloor) else
+                          "out_of_memory" if isinstance(exc, OutOfMemory) else "bad_frames")
                 await self.party.reply(msg, "error", {"reason": reason, "detail": str(exc), "ref": kind})
                 return
             if kind == "mod_alloc_pin" and frames:
@@ -752,7 +767,10 @@ class OsNode(Node):
                     await self.party.reply(msg, "error", {"reason": "pin_failed", "ref": kind,
                                                           "detail": f"the memory controller did not pin them: {exc}"})
                     return
-            await self.party.reply(msg, "ok", {"data": {"frames": frames, "free": self.frames.free_count}})
+            data = {"frames": frames, "free": self.frames.free_count}
+            if kind == "mod_alloc_pin":  # the caller can say why a grant was partial
+                data["lend_floor"] = self.module.lend_floor
+            await self.party.reply(msg, "ok", {"data": data})
         elif kind == "os_kill":
             msg = payload
             signal = msg.body.get("signal", SIGKILL)
@@ -775,7 +793,7 @@ class OsNode(Node):
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()
-        s.update(kernel=self.kernel.stats(), uart=self.console.stats(), timer=self.timer.stats(),
+        s.update(kernel={**self.kernel.stats(), **self.module.stats()}, uart=self.console.stats(), timer=self.timer.stats(),
                  mem_ops=self.mem_ops, procs=self.kernel.ps(), io=self.io.stats())
         return s
 

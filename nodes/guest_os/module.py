@@ -4,8 +4,14 @@
 from the memory map the firmware hands it). :class:`KernelModule` is what
 the VMM loader and memory lending use: allocate-and-pin frames, add frames
 received from elsewhere, give frames back. The node exposes it as the
-messages ``mod_alloc_pin`` {n}, ``mod_add`` {frames}, ``mod_give_back``
+messages ``mod_alloc_pin`` {n, min}, ``mod_add`` {frames}, ``mod_give_back``
 {frames} (all answered ``ok`` {data: {frames, free}}).
+
+Lending floor (¶39, "OS A may refuse below a floor it declares"): the OS
+keeps ``lend_floor`` frames free whatever it is asked; ``alloc_pin`` grants
+between ``min`` and ``n`` frames from what lies above the floor (a partial
+grant the caller reports), and refuses with :class:`BelowFloor` when fewer
+than ``min`` are there.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ class OutOfMemory(Exception):
     """No free frame is left (or not enough for an all-or-nothing request)."""
 
 
+class BelowFloor(OutOfMemory):
+    """Granting ``min`` frames would take the OS below the floor it keeps free."""
+
+
 class FrameError(Exception):
     """A frame list that cannot be taken as asked (not ours, in use, duplicate)."""
 
@@ -25,11 +35,15 @@ class FrameError(Exception):
 class FrameAllocator:
     """Frames the OS owns: free (a FIFO list), in use, or pinned."""
 
-    def __init__(self, first: int = 0, count: int = 0):
+    def __init__(self, first: int = 0, count: int = 0, frames: Iterable[int] | None = None):
+        """The boot memory map: the range ``[first, first + count)``, or the
+        explicit ``frames`` (not contiguous: frames lent to an instance booted
+        on borrowed memory, ¶49)."""
         if first < 0 or count < 0:
             raise ValueError(f"bad memory map [{first}, +{count}]")
-        self.owned: set[int] = set(range(first, first + count))
-        self._free: deque[int] = deque(range(first, first + count))
+        boot = list(range(first, first + count)) if frames is None else list(frames)
+        self.owned: set[int] = set(boot)
+        self._free: deque[int] = deque(boot)
         self._free_set: set[int] = set(self._free)
         self.pinned: set[int] = set()
 
@@ -72,18 +86,38 @@ class KernelModule:
     """Allocate-and-pin, add and give back frames (plain methods; the node
     wraps them as messages)."""
 
-    def __init__(self, frames: FrameAllocator):
+    def __init__(self, frames: FrameAllocator, lend_floor: int = 0):
+        if not isinstance(lend_floor, int) or isinstance(lend_floor, bool) or lend_floor < 0:
+            raise ValueError(f"option 'lend_floor': expected a number of frames >= 0, got {lend_floor!r}")
         self.frames = frames
+        self.lend_floor = lend_floor
 
-    def alloc_pin(self, n: int) -> list[int]:
-        """``n`` free frames, pinned (never handed to a process); all or nothing."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise FrameError(f"expected a number of frames >= 0, got {n!r}")
-        if n > self.frames.free_count:
-            raise OutOfMemory(f"out of memory: {n} frames asked, {self.frames.free_count} free")
-        got = [self.frames.alloc() for _ in range(n)]
+    def alloc_pin(self, n: int, min_n: int | None = None) -> list[int]:
+        """Up to ``n`` free frames, at least ``min_n`` (default ``n``: all or
+        nothing), pinned (never handed to a process), never taking the free
+        list below the lending floor.
+
+        Raises:
+            BelowFloor: fewer than ``min_n`` frames lie above the floor.
+            OutOfMemory: fewer than ``min_n`` frames are free at all (no floor).
+        """
+        for key, v in (("n", n), ("min", min_n)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise FrameError(f"expected a number of frames >= 0 for {key}, got {v!r}")
+        want = n if min_n is None else min(min_n, n)
+        free = self.frames.free_count
+        above = max(0, free - self.lend_floor)
+        if want > above:
+            if self.lend_floor:
+                raise BelowFloor(f"it keeps {self.lend_floor} frames free (its lending floor) and has {free} "
+                                 f"free: {above} to lend, at least {want} of {n} asked")
+            raise OutOfMemory(f"out of memory: {n} frames asked, {free} free")
+        got = [self.frames.alloc() for _ in range(min(n, above))]
         self.frames.pinned.update(got)
         return got
+
+    def stats(self) -> dict[str, int]:
+        return {"lend_floor": self.lend_floor, "lendable": max(0, self.frames.free_count - self.lend_floor)}
 
     def add_frames(self, frames: Iterable[int]) -> list[int]:
         """Frames received from elsewhere (lent, or the VMM's): onto the free list."""

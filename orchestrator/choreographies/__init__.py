@@ -17,6 +17,9 @@ so that an orchestrator restarted after a crash can run the ``undo`` s of an
 incomplete choreography (:func:`recover`) with nothing else in hand.
 
 Recovery policy: every figure is **rolled back** on recovery, never resumed.
+An orchestrator restarted after a ``kill -9`` re-attaches to the nodes that
+kept running (orchestrator/state.py), so the undos reach the very nodes the
+half-done choreography changed; if it cannot, the cluster boots afresh.
 A half-done interposition resumed by a fresh orchestrator would have to
 re-learn the VMM's state; rolling back leaves the machine as it was before
 the request, which the user can repeat. The memory controller keeps its
@@ -187,6 +190,7 @@ class Choreography:
             ctx.update(out)
             done.append(step)
             journal.record(cid, self.figure, step.name, "done", out)
+            _save(orch)
             hook = getattr(orch, "step_hook", None)
             if hook is not None:  # tests and fault injection look at the machine between steps
                 await hook(self.figure, step.name)
@@ -202,6 +206,7 @@ class Choreography:
         if self.on_commit is not None:
             self.on_commit({**ctx, "choreography": cid})
         journal.record(cid, self.figure, WHOLE, "committed")
+        _save(orch)
         report["outcome"] = "committed"
         return report
 
@@ -229,8 +234,16 @@ async def undo_steps(run: Run, ctx: Ctx, done: list[Step]) -> tuple[list[str], l
                 log.warning("%s: undo of %s failed: %s", run.id, step.name, exc)
                 continue
         run.orch.journal.record(run.id, run.figure, step.name, "undo")
+        _save(run.orch)
         undone.append(step.name)
     return undone, problems
+
+
+def _save(orch: "Orchestrator") -> None:
+    """The routes and the virtualization state, for an orchestrator restarted after a crash."""
+    save = getattr(orch, "save_state", None)
+    if save is not None:
+        save()
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,9 +4,11 @@ give it back.
 Patent steps → steps here (borrow):
 
 - the kernel module of OS A allocates and pins N frames (``mod_alloc_pin``
-  {n} on A, ``mem_pin``): a grant of fewer is reported, a refusal (A would go
-  below what it keeps) is an error that says so; the module then hands
-  them over (``mod_give_back``);
+  {n, min: 1} on A, ``mem_pin``): A grants what it has above the lending
+  floor it declares (``lend_floor``); a grant of fewer is reported (asked,
+  granted, why: ``report["partial"]``), a refusal (nothing above the floor)
+  is an error carrying A's reason; the module then hands them over
+  (``mod_give_back``);
 - the VMM takes them, zeroed (``mem_transfer`` A → vmm);
 - the VMM hands them to OS B, zeroed again (``mem_transfer`` vmm → B; if the
   VMM manages B's memory, B's map is extended to reach them);
@@ -22,8 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
-from orchestrator.choreographies.frames import add_frames, alloc_pin, give_up, remap_if_virtualized, transfer
+from orchestrator.choreographies import Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.frames import add_frames, alloc_pin, give_up, remap_if_virtualized, via_vmm
 
 FIGURE = "p39_borrow"
 FIGURE_RETURN = "p39_return"
@@ -53,10 +55,11 @@ async def _readd_to(run: Run, ctx: Ctx) -> None:
 def build(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE, f"¶39 borrow {params.get('n')} frames of {params.get('from_os')} "
                                 f"for {params.get('to_os')}", [
-        alloc_pin("from_os", "n", patent="module in OS A allocates and pins N frames"),
+        alloc_pin("from_os", "n", patent="module in OS A allocates and pins N frames (up to its floor)",
+                  partial=True),
         give_up("from_os", "frames", "module_lets_go", patent="module in OS A hands them over"),
-        transfer("frames", "from_os", None, "to_vmm", to_owner=VMM, patent="the VMM takes them (zeroed)"),
-        transfer("frames", None, "to_os", "to_os", from_owner=VMM, patent="the VMM hands them to OS B (zeroed)"),
+        *via_vmm("frames", "from_os", "to_os", ("to_vmm", "to_os"),
+                 ("the VMM takes them (zeroed)", "the VMM hands them to OS B (zeroed)")),
         Step("map_to_os", _remap_to, _remap_to, "(B's map reaches them while the VMM manages its memory)"),
         add_frames("to_os", "frames", "add_to_free_list", patent="module in OS B adds them to its free list"),
     ], params=params)
@@ -67,8 +70,8 @@ def build_return(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE_RETURN, f"¶39 return {len(params.get('frames') or [])} frames of "
                                        f"{params.get('from_os')} from {params.get('to_os')}", [
         Step("give_back", _give_back_to, _readd_to, "module in OS B gives the frames back"),
-        transfer("frames", "to_os", None, "to_vmm", to_owner=VMM, patent="the VMM takes them (zeroed)"),
-        transfer("frames", None, "from_os", "to_lender", from_owner=VMM, patent="back to OS A (zeroed)"),
+        *via_vmm("frames", "to_os", "from_os", ("to_vmm", "to_lender"),
+                 ("the VMM takes them (zeroed)", "back to OS A (zeroed)")),
         Step("map_lender", _remap_from, _remap_from, "(A's map reaches them while the VMM manages its memory)"),
         add_frames("from_os", "frames", "add_to_free_list", patent="module in OS A adds them to its free list"),
     ], params=params)
@@ -115,6 +118,10 @@ async def give_back(orch, from_os: str, to_os: str, loan: str | None = None) -> 
     _check(orch, from_os, to_os)
     loans = [ln for ln in orch.virt.loans if ln["from"] == from_os and ln["to"] == to_os
              and (loan is None or ln["id"] == loan)]
+    if loans and all(ln.get("boot") for ln in loans):
+        raise ChoreographyError(f"the frames of {from_os} in {to_os} are the memory {to_os} booted on: "
+                                f"`hwemu os shutdown {to_os}` returns them")
+    loans = [ln for ln in loans if not ln.get("boot")]
     if not loans:
         raise ChoreographyError(f"no frames of {from_os} are lent to {to_os}"
                                 + (f" under loan {loan}" if loan else ""))

@@ -1,5 +1,14 @@
 """FIG. 3: interpose the VMM under a running OS, on the CPU and memory.
 
+The memory step (308) is its own option: ``hwemu interpose --cpu`` runs the
+figure without it (the OS keeps direct addressability: the VMM gets its
+traps, interrupts and privileged operations, and its TLB entries still name
+frames directly); ``--memory`` alone, once the CPU is virtualized, runs
+step 308 by itself (figure ``fig3_memory``), and before that implies the
+CPU: the patent disables direct addressability only after the CPU's traps
+and interrupts reach the VMM (302-306 come first), since the VMM must see
+the OS's TLB misses to manage a map for it.
+
 Patent steps → steps here:
 
 - (new flows) the VMM's own flows are routed first, so that nothing it sends
@@ -27,6 +36,7 @@ from typing import Any
 from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
 
 FIGURE = "fig3"
+FIGURE_MEMORY = "fig3_memory"
 
 
 def _names(run: Run, ctx: Ctx) -> tuple[str, str, str]:
@@ -90,19 +100,30 @@ async def _resume(run: Run, ctx: Ctx) -> dict[str, Any]:
 
 @figure(FIGURE)
 def build(params: dict[str, Any]) -> Choreography:
-    return Choreography(FIGURE, f"FIG. 3 interpose the VMM on the CPU of {params.get('os')}", [
+    memory = params.get("memory", True)
+    steps = [
         Step("new_flows", _new_flows, None, "(the VMM's flows to the OS and the CPU)"),
         Step("attach", _attach, _detach, "(the VMM manages the OS)"),
         Step("redirect_traps", _redirect, _redirect_back,
              "302-306 disable interrupts, traps and interrupts to the VMM, re-enable"),
-        Step("disable_direct_addressing", _map, _identity, "308 disable direct addressability"),
+        *([Step("disable_direct_addressing", _map, _identity, "308 disable direct addressability")] if memory else []),
         Step("route_priv", _priv, _priv_back, "310 privileged operations to the VMM"),
         Step("resume_os", _resume, None, "312 resume the OS"),
+    ]
+    what = "CPU and memory" if memory else "CPU (direct addressability kept)"
+    return Choreography(FIGURE, f"FIG. 3 interpose the VMM on the {what} of {params.get('os')}", steps,
+                        params=params)
+
+
+@figure(FIGURE_MEMORY)
+def build_memory(params: dict[str, Any]) -> Choreography:
+    return Choreography(FIGURE_MEMORY, f"virtualize the memory of {params.get('os')} (FIG. 3 step 308 alone)", [
+        Step("disable_direct_addressing", _map, _identity, "308 disable direct addressability"),
     ], params=params)
 
 
-async def interpose_cpu(orch, os_name: str, budget_ms: float | None = None) -> dict[str, Any]:
-    """Run FIG. 3 for ``os_name``.
+async def interpose_cpu(orch, os_name: str, budget_ms: float | None = None, memory: bool = True) -> dict[str, Any]:
+    """Run FIG. 3 for ``os_name`` (without step 308 if not ``memory``).
 
     Raises:
         ChoreographyError: the VMM is not loaded, or manages the OS already.
@@ -114,10 +135,33 @@ async def interpose_cpu(orch, os_name: str, budget_ms: float | None = None) -> d
     if st.attached.get(os_name, {}).get("cpu") == VMM:
         raise ChoreographyError(f"the CPU of {os_name} is virtualized already")
     Run(orch, "", FIGURE).os_option(os_name, "cpu", None)
-    chor = build({"os": os_name, "asid_base": st.next_asid_base()})
+    chor = build({"os": os_name, "asid_base": st.next_asid_base(), "memory": bool(memory)})
 
     def commit(ctx: Ctx) -> None:
-        st.attached[os_name] = {"asid_base": ctx["asid_base"], "cpu": VMM, "memory": VMM}
+        st.attached[os_name] = {"asid_base": ctx["asid_base"], "cpu": VMM, "memory": VMM if memory else os_name}
+
+    chor.on_commit = commit
+    if budget_ms is not None:
+        chor.budget_ms = budget_ms
+    return await chor.run(orch)
+
+
+async def interpose_memory(orch, os_name: str, budget_ms: float | None = None) -> dict[str, Any]:
+    """Step 308 alone: the VMM takes over the memory map of ``os_name``, whose CPU it manages already.
+
+    Raises:
+        ChoreographyError: the CPU is not virtualized (FIG. 3's order), or the memory is already.
+    """
+    att = orch.virt.attached.get(os_name)
+    if att is None or att.get("cpu") != VMM:
+        raise ChoreographyError(f"the CPU of {os_name} is not virtualized: memory is virtualized after the CPU "
+                                "(FIG. 3); `hwemu interpose --memory` does both")
+    if att.get("memory") == VMM:
+        raise ChoreographyError(f"the memory of {os_name} is virtualized already")
+    chor = build_memory({"os": os_name})
+
+    def commit(ctx: Ctx) -> None:
+        att["memory"] = VMM
 
     chor.on_commit = commit
     if budget_ms is not None:

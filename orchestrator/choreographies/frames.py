@@ -11,26 +11,33 @@ from orchestrator.choreographies import ChoreographyError, Ctx, Run, Step
 from protocol.errors import RemoteError
 
 
-def alloc_pin(os_key: str, n_key: str, out: str = "frames", patent: str = "") -> Step:
+def alloc_pin(os_key: str, n_key: str, out: str = "frames", patent: str = "", partial: bool = False) -> Step:
     """``mod_alloc_pin`` {n} on the OS named by ``ctx[os_key]``, then ``mem_pin`` so
     the memory controller knows the frames are off the OS's free list.
 
-    A grant of fewer frames than asked is reported (``partial``), not hidden;
-    a refusal (the OS would go below what it keeps) is an error saying so.
+    With ``partial`` the OS may grant fewer than asked (what it has above the
+    lending floor it declares, ¶39): the grant is reported as
+    ``<out>_partial`` {asked, granted, why}, never hidden. Without, it is all
+    or nothing. A refusal (nothing or too little above the floor) is an error
+    carrying the OS's own reason.
     """
 
     async def do(run: Run, ctx: Ctx) -> dict[str, Any]:
         os_name, n = ctx[os_key], ctx[n_key]
+        body = {"n": n, "min": 1} if partial else {"n": n}
         try:
-            data = await run.call(os_name, "mod_alloc_pin", {"n": n})
+            data = await run.call(os_name, "mod_alloc_pin", body)
         except RemoteError as exc:
             raise ChoreographyError(f"{os_name} refused to allocate and pin {n} frames: {exc.detail}") from None
         frames = list(data["frames"])
         result: dict[str, Any] = {out: frames, f"{out}_free_left": data.get("free")}
-        if len(frames) < n:
-            result[f"{out}_partial"] = f"{os_name} granted {len(frames)} of {n} frames"
         if not frames:
             raise ChoreographyError(f"{os_name} granted no frame of the {n} asked")
+        if len(frames) < n:
+            floor = data.get("lend_floor") or 0
+            why = (f"{os_name} keeps {floor} frames free (its lending floor)" if floor
+                   else f"{os_name} had only {len(frames)} frames free")
+            result[f"{out}_partial"] = {"asked": n, "granted": len(frames), "why": why}
         await run.call(run.memctl(os_name), "mem_pin", {"frames": frames, "owner": os_name})
         return result
 
@@ -89,6 +96,14 @@ def transfer(frames_key: str, from_key: str | None, to_key: str | None, name: st
         await move(run, ctx, dst, src)
 
     return Step(name, do, undo, patent)
+
+
+def via_vmm(frames_key: str, src_key: str, dst_key: str, names: tuple[str, str],
+            patents: tuple[str, str] = ("the VMM takes them (zeroed)", "the VMM hands them on (zeroed)")) -> list[Step]:
+    """The two transfers of frames handed from one OS to another through the VMM
+    (zeroed at each change of owner): ``ctx[src_key]`` → vmm → ``ctx[dst_key]``."""
+    return [transfer(frames_key, src_key, None, names[0], to_owner="vmm", patent=patents[0]),
+            transfer(frames_key, None, dst_key, names[1], from_owner="vmm", patent=patents[1])]
 
 
 def add_frames(os_key: str, frames_key: str, name: str, patent: str = "") -> Step:

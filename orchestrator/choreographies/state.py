@@ -2,9 +2,11 @@
 what the choreographies committed, shown by ``hwemu status`` and checked by
 their preconditions (refusals).
 
-It lives in the orchestrator's memory: a restarted orchestrator restarts the
-nodes too, so the machine comes back native (and the journal rolls back what
-was half done).
+It lives in the orchestrator's memory and in ``orchestrator-state.json``
+(orchestrator/state.py): an orchestrator restarted after a crash re-attaches
+to the running nodes with it (and the journal rolls back what was half
+done); when it cannot, it restarts the nodes, and the machine comes back
+native.
 """
 
 from __future__ import annotations

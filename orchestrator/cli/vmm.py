@@ -48,7 +48,9 @@ def show_reports(data: dict[str, Any], json_out: bool) -> None:
                           result)
         console.print(table)
         if rep.get("partial"):
-            console.print(f"[yellow]partial grant:[/] {rep['partial']}")
+            part = rep["partial"]
+            console.print(f"[yellow]partial grant:[/] asked {part['asked']} frames, got {part['granted']}: "
+                          f"{part['why']}")
 
 
 def _short(v: Any) -> str:
@@ -86,7 +88,13 @@ def _io(values: list[str] | None) -> list[str] | None:
 
 
 def interpose(
-    cpu: Annotated[bool, typer.Option("--cpu", help="Interpose on the CPU and memory (FIG. 3).")] = False,
+    cpu: Annotated[bool, typer.Option("--cpu", help=(
+        "Interpose on the CPU (FIG. 3 302-306, 310-312): traps, interrupts and privileged operations to the "
+        "VMM; the OS keeps direct addressability of its memory unless --memory is given too."))] = False,
+    memory: Annotated[bool, typer.Option("--memory", help=(
+        "Virtualize memory (FIG. 3 308: the OS loses direct addressability, the VMM manages its map). Implies "
+        "--cpu if the CPU is not virtualized yet: in FIG. 3 memory comes after the CPU's traps reach the VMM."))
+    ] = False,
     io: Annotated[Optional[list[str]], typer.Option("--io", help="Interpose on a device (FIG. 5): uart, or all.")] = None,
     os_name: Os = None,
     budget_ms: Budget = None,
@@ -94,14 +102,15 @@ def interpose(
     json_out: Json = False,
 ) -> None:
     """Put the loaded VMM under a running OS, while it runs; no option: CPU, memory and every device."""
-    body = _body(cpu=cpu, io=_io(io), os=os_name, budget_ms=budget_ms)
+    body = _body(cpu=cpu or None, memory=memory or None, io=_io(io), os=os_name, budget_ms=budget_ms)
     show_reports(_call(run_dir_of(run_dir), "ctl_interpose", body, TIMEOUT), json_out)
 
 
 def devirtualize(
     cpu: Annotated[bool, typer.Option("--cpu", help="Give the CPU back (FIG. 7; implies memory and devices).")] = False,
     io: Annotated[Optional[list[str]], typer.Option("--io", help="Give a device back (FIG. 6): uart, or all.")] = None,
-    memory: Annotated[bool, typer.Option("--memory", help="Give direct addressability back (CPU stays virtualized).")] = False,
+    memory: Annotated[bool, typer.Option("--memory", help=(
+        "Give direct addressability back (FIG. 7 712 alone; the CPU stays virtualized)."))] = False,
     unload_vmm: Annotated[bool, typer.Option("--unload", help="Then unload the VMM and return its frames (FIG. 8).")] = False,
     os_name: Os = None,
     budget_ms: Budget = None,

@@ -11,6 +11,7 @@ controller's invariants hold and every frame still has exactly one owner.
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,11 @@ OS2 = (512, 128)
 SECRET = b"os1's secret: the launch codes".ljust(64, b"!")
 
 
-def topology(fail_init: bool = False) -> dict:
-    def os_node(mem):
-        return {"kind": "os", "options": {"memory": list(mem), "cpu": "cpu0", "memctl": "memctl",
-                                          "uart": "uart0", "timer": "timer0", "tick_ms": 10}}
+def topology(fail_init: bool = False, lend_floor: int = 0) -> dict:
+    def os_node(mem, floor=0):
+        opts = {"memory": list(mem), "cpu": "cpu0", "memctl": "memctl", "uart": "uart0", "timer": "timer0",
+                "tick_ms": 10}
+        return {"kind": "os", "options": {**opts, "lend_floor": floor} if floor else opts}
     return {
         "cluster": {"name": "chor"},
         "nodes": {
@@ -45,7 +47,7 @@ def topology(fail_init: bool = False) -> dict:
             "cpu0": {"kind": "cpu"},
             "uart0": {"kind": "uart"},
             "timer0": {"kind": "timer"},
-            "os1": os_node(OS1),
+            "os1": os_node(OS1, lend_floor),
             "os2": os_node(OS2),
             "vmm": {"kind": "vmm", "module": "tests.fixtures.stubvmm", "autostart": False, "restart": "never",
                     "options": {"fail_init": fail_init}},
@@ -174,15 +176,45 @@ async def test_borrowed_frames_reach_the_borrower_zeroed_and_come_back_on_return
     assert (await orch.ctl_virt_status())["loans"] == []
 
 
-async def test_a_lender_that_cannot_give_the_frames_refuses_and_nothing_changes(cluster):
-    orch = await cluster(topology())
-    await orch.ctl_vmm_load(host="os1", frames=4)
+async def test_a_lender_grants_in_full_then_in_part_down_to_its_floor_then_refuses_with_its_reason(cluster):
+    orch = await cluster(topology(lend_floor=100))
+    await orch.ctl_vmm_load(host="os1", frames=4)  # 124 free, 100 kept: 24 to lend
+    kernel = (await orch.request("os1", "stats")).body["stats"]["kernel"]
+    assert (kernel["lend_floor"], kernel["lendable"], kernel["free_frames"]) == (100, 24, 124)
+    install_conservation_hook(orch)
+    free2 = await free_frames(orch, "os2")
+
+    full = (await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=16))["reports"][0]
+    assert (full["outcome"], len(full["frames"]), full["partial"]) == ("committed", 16, None)
+    assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (108, free2 + 16)
+    await check_conservation(orch)
+
+    part = (await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=16))["reports"][0]
+    assert (part["outcome"], len(part["frames"])) == ("committed", 8)
+    assert part["partial"] == {"asked": 16, "granted": 8, "why": "os1 keeps 100 frames free (its lending floor)"}
+    assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (100, free2 + 24)
+    own = await check_conservation(orch)
+    assert set(full["frames"]) | set(part["frames"]) <= set(own["os2"])
+    assert [len(ln["frames"]) for ln in (await orch.ctl_virt_status())["loans"]] == [16, 8]
+
     before = await check_conservation(orch)
-    with pytest.raises(ChoreographyFailed, match=r"os1 refused to allocate and pin 100000 frames: .*out of memory"):
-        await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=100_000)
+    with pytest.raises(ChoreographyFailed) as info:
+        await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=5)
+    assert str(info.value).endswith(
+        "step 'alloc_pin_from_os' failed: os1 refused to allocate and pin 5 frames: it keeps 100 frames free "
+        "(its lending floor) and has 100 free: 0 to lend, at least 1 of 5 asked")
     assert await check_conservation(orch) == before
-    cid = [r["id"] for r in orch.journal.records() if r["figure"] == "p39_borrow"][0]
-    assert orch.journal.outcome(cid) == "rolled_back"
+    assert await free_frames(orch, "os1") == 100
+    assert orch.journal.outcome(info.value.report["id"]) == "rolled_back"
+    # all or nothing where a part is no use: the VMM is not loaded into fewer frames than it needs
+    await orch.ctl_memory_return(from_os="os1", to_os="os2")
+    assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (124, free2)
+    await orch.ctl_vmm_unload()
+    with pytest.raises(ChoreographyFailed, match=r"os1 refused to allocate and pin 29 frames: it keeps 100 frames "
+                                                 r"free \(its lending floor\) and has 128 free: 28 to lend, "
+                                                 r"at least 29 of 29 asked"):
+        await orch.ctl_vmm_load(host="os1", frames=29)
+    await check_conservation(orch)
 
 
 async def test_refusals_say_why(cluster):
@@ -312,6 +344,18 @@ class Client:
         return (self.orch.run_dir / f"{uart}.console.log").read_bytes()[start:end]
 
 
+@asynccontextmanager
+async def serving(client: "Client"):
+    """The client's inbox served for the body of the block; closed after, pass or fail."""
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client.handle)
+            yield client
+            nursery.cancel_scope.cancel()
+    finally:
+        client.party.close()
+
+
 async def vmm_stats(orch: Orchestrator) -> dict:
     return (await orch.request("vmm", "stats")).body["stats"]["vmm"]
 
@@ -431,7 +475,7 @@ def test_cli_loads_interposes_lends_refuses_and_devirtualizes_with_steps_and_pau
     over = hwemu(rd, "interpose", "--cpu", "--budget-ms", "0.001")
     assert over.returncode == 1
     assert "pause budget exceeded after step 'redirect_traps'" in over.stderr and "rolled back" in over.stderr
-    inter = hwemu(rd, "interpose", "--cpu", "--json")
+    inter = hwemu(rd, "interpose", "--cpu", "--memory", "--json")
     assert inter.returncode == 0, inter.stderr
     rep = one_json(inter.stdout)["reports"][0]
     assert rep["figure"] == "fig3" and rep["pause_ms"] > 0
@@ -519,7 +563,7 @@ async def test_two_oses_under_the_vmm_refuse_cpu_devirtualization_and_partial_de
         client.party.close()
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
-        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, (name, stats["flows_in"])
 
 
 async def test_with_the_policy_on_stopping_one_of_two_oses_devirtualizes_the_other_under_a_running_program(
@@ -596,7 +640,7 @@ async def test_an_interposition_over_its_pause_budget_is_rolled_back_under_a_run
     assert orch.journal.outcome(info.value.report["id"]) == "rolled_back"
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
-        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, (name, stats["flows_in"])
 
 
 async def test_memctl_administration_is_refused_to_anyone_but_the_orchestrator_and_the_vmm(cluster):
@@ -636,3 +680,226 @@ async def test_memctl_administration_is_refused_to_anyone_but_the_orchestrator_a
     await orch.request("os1", "mod_give_back", {"frames": pinned})
     await orch.request("memctl", "mem_transfer", {"frames": pinned, "from_owner": "os1", "to_owner": "os2"})
     assert set(pinned) <= set((await check_conservation(orch))["os2"])
+
+
+def test_cli_reports_a_partial_grant_and_refuses_at_the_floor_in_one_line(cli_run_dir, tmp_path):
+    rd = cli_run_dir
+    topo = tmp_path / "floor.toml"
+    text = VMM_TOPOLOGY.read_text()
+    os1 = 'options = { memory = [256, 512], cpu = "cpu0"'
+    assert os1 in text
+    topo.write_text(text.replace(os1, 'options = { lend_floor = 496, memory = [256, 512], cpu = "cpu0"'))
+    assert hwemu(rd, "up", str(topo), "--detach").returncode == 0
+    assert hwemu(rd, "vmm", "load", "--host", "os1", "--frames", "8").returncode == 0  # 504 free: 8 to lend
+
+    lend = hwemu(rd, "memory", "borrow", "--from", "os1", "--to", "os2", "--frames", "20", "--json")
+    assert lend.returncode == 0, lend.stderr
+    rep = one_json(lend.stdout)["reports"][0]
+    assert (len(rep["frames"]), rep["partial"]) == (
+        8, {"asked": 20, "granted": 8, "why": "os1 keeps 496 frames free (its lending floor)"})
+    refused = hwemu(rd, "memory", "borrow", "--from", "os1", "--to", "os2", "--frames", "3")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        "hwemu: ¶39 borrow 3 frames of os1 for os2 failed and was rolled back: step 'alloc_pin_from_os' failed: "
+        "os1 refused to allocate and pin 3 frames: it keeps 496 frames free (its lending floor) and has 496 free: "
+        "0 to lend, at least 1 of 3 asked"]
+    assert hwemu(rd, "memory", "return", "--from", "os1", "--to", "os2").returncode == 0
+    human = hwemu(rd, "memory", "borrow", "--from", "os1", "--to", "os2", "--frames", "9")
+    assert human.returncode == 0, human.stderr
+    assert "partial grant: asked 9 frames, got 8: os1 keeps 496 frames free (its lending floor)" in human.stdout
+    status = one_json(hwemu(rd, "status", "--json").stdout)
+    assert [len(ln["frames"]) for ln in status["virt"]["loans"]] == [8]
+    assert hwemu(rd, "memory", "return", "--from", "os1", "--to", "os2").returncode == 0
+
+    running_already = hwemu(rd, "os", "boot", "os2", "--frames", "4")
+    assert (running_already.returncode, running_already.stderr.strip().splitlines()) == (
+        1, ["hwemu: os2 is running already: `hwemu os shutdown os2` first"])
+    down = hwemu(rd, "os", "shutdown", "os2", "--json")
+    assert down.returncode == 0, down.stderr
+    assert [r["figure"] for r in one_json(down.stdout)["reports"]] == ["os_stop"]
+    no_cpu = hwemu(rd, "os", "boot", "os2", "--frames", "4")
+    assert (no_cpu.returncode, no_cpu.stderr.strip().splitlines()) == (
+        1, ["hwemu: os2 would share cpu0 with os1, whose CPU is not virtualized: `hwemu interpose --cpu` first"])
+    up = hwemu(rd, "os", "boot", "os2", "--json")
+    assert (up.returncode, one_json(up.stdout)) == (0, {"os": "os2", "started": True, "reports": []})
+
+
+def boot_topology() -> dict:
+    """compose/vmm.toml with os2 deferred and without a partition: it has no memory until it is booted."""
+    import tomllib
+
+    data = tomllib.loads(VMM_TOPOLOGY.read_text())
+    del data["nodes"]["memctl"]["options"]["partitions"]["os2"]
+    del data["nodes"]["os2"]["options"]["memory"]
+    data["nodes"]["os2"]["autostart"] = False
+    return data
+
+
+async def test_os2_booted_on_frames_borrowed_from_os1_runs_exactly_and_its_shutdown_returns_them(
+        guest_build, cluster):
+    orch = await cluster(boot_topology())
+    seen = install_conservation_hook(orch)
+    assert node_state(orch, "os2") == "stopped"
+    await orch.ctl_vmm_load(host="os1", frames=8)
+    with pytest.raises(ChoreographyError, match=r"os2 would share cpu0 with os1, whose CPU is not virtualized: "
+                                                r"`hwemu interpose --cpu` first"):
+        await orch.ctl_os_boot(os="os2", frames=48)
+    free1 = await free_frames(orch, "os1")
+    lines = 60
+    async with serving(Client(orch)) as client:
+        start1 = await client.logged("uart0")
+        pid1 = await client.exec("os1", "timeshare", ["timeshare", "H", str(lines)])
+        await orch.ctl_interpose(os="os1", cpu=True)
+
+        seen.clear()
+        booted = await orch.ctl_os_boot(os="os2", frames=48)
+        rep = booted["reports"][0]
+        assert (rep["figure"], rep["outcome"], booted["started"]) == ("p49_boot", "committed", True)
+        assert seen == [f"p49_boot.{s}" for s in ("alloc_pin", "module_lets_go", "to_vmm", "os_space", "to_os",
+                                                  "boot", "new_flows", "attach", "redirect_traps",
+                                                  "disable_direct_addressing", "route_priv", "resume_os")]
+        lent = booted["frames"]
+        assert len(lent) == 48 and all(256 <= f < 768 for f in lent)
+        own = await check_conservation(orch)
+        assert own["os2"] == sorted(lent) and not set(lent) & set(own["os1"])
+        assert len(own["os1"]) == 512 - 8 - 48
+        assert await free_frames(orch, "os2") == 48  # its boot memory map is exactly the borrowed frames
+        assert orch.routes.table.routes["priv:os2"] == "vmm"
+        resources = (await orch.ctl_virt_status())["resources"]
+        assert (resources["os2.cpu"], resources["os2.memory"]) == ("vmm", "vmm")
+        with pytest.raises(ChoreographyError, match=r"the frames of os1 in os2 are the memory os2 booted on: "
+                                                    r"`hwemu os shutdown os2` returns them"):
+            await orch.ctl_memory_return(from_os="os1", to_os="os2")
+
+        start2 = await client.logged("uart1")
+        pid2 = await client.exec("os2", "timeshare", ["timeshare", "G", "20"])
+        exit2 = await client.wait_exit("os2", pid2)
+        assert (exit2["code"], await client.console("uart1", start2)) == (0, timeshare_output("G", 20))
+
+        seen.clear()
+        down = await orch.ctl_os_shutdown(os="os2")
+        assert [(r["figure"], r["outcome"]) for r in down["reports"]] == [("p49_shutdown", "committed")]
+        assert seen == [f"p49_shutdown.{s}" for s in ("vmm_detach_os", "stop_node", "forget_boot_map", "to_vmm",
+                                                      "to_host", "add_to_free_list")]
+        assert node_state(orch, "os2") == "stopped"
+        own = await check_conservation(orch)
+        assert not own.get("os2") and set(lent) <= set(own["os1"]) and len(own["os1"]) == 512 - 8
+        assert (await orch.ctl_virt_status())["loans"] == []
+
+        exit1 = await client.wait_exit("os1", pid1)
+        assert (exit1["code"], await client.console("uart0", start1)) == (0, timeshare_output("H", lines))
+        assert await free_frames(orch, "os1") == free1  # the lent frames are on its free list again
+    assert [r["figure"] for r in (await orch.ctl_devirtualize(unload=True))["reports"]] == ["fig7", "fig8_unload"]
+    assert "vmm" not in await check_conservation(orch)
+
+
+async def memctl_space(orch: Orchestrator, space: str) -> str:
+    return (await orch.request("memctl", "stats")).body["stats"]["spaces"][space]
+
+
+async def test_interposing_the_cpu_keeps_direct_addressing_and_memory_is_virtualized_on_its_own_or_implies_the_cpu(
+        guest_build, cluster):
+    orch = await cluster(VMM_TOPOLOGY)
+    install_conservation_hook(orch)
+    await orch.ctl_vmm_load(host="os1", frames=8)
+    lines = 60
+    async with serving(Client(orch)) as client:
+        start = await client.logged("uart0")
+        pid = await client.exec("os1", "timeshare", ["timeshare", "M", str(lines)])
+
+        cpu_only = (await orch.ctl_interpose(os="os1", cpu=True))["reports"]
+        assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in cpu_only] == [
+            ("fig3", ["new_flows", "attach", "redirect_traps", "route_priv", "resume_os"])]
+        resources = (await orch.ctl_virt_status())["resources"]
+        assert (resources["os1.cpu"], resources["os1.memory"]) == ("vmm", "os1")
+        assert await memctl_space(orch, "os1") == "identity"
+        assert orch.routes.table.routes["priv:os1"] == "vmm"
+
+        mem = (await orch.ctl_interpose(os="os1", memory=True))["reports"]
+        assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in mem] == [
+            ("fig3_memory", ["disable_direct_addressing"])]
+        assert (await orch.ctl_virt_status())["resources"]["os1.memory"] == "vmm"
+        assert await memctl_space(orch, "os1") == "504 pages mapped"
+        with pytest.raises(ChoreographyError, match="the memory of os1 is virtualized already"):
+            await orch.ctl_interpose(os="os1", memory=True)
+
+        await orch.ctl_devirtualize(os="os1", memory=True)
+        assert await memctl_space(orch, "os1") == "identity"
+        back = (await orch.ctl_devirtualize(os="os1"))["reports"]
+        assert [r["figure"] for r in back] == ["fig7"]
+        assert {s["name"]: s["data"] for s in back[0]["steps"]}["direct_addressing_on"] == {"identity": "already"}
+
+        # --memory with the CPU native: FIG. 3 whole (the CPU first, then 308)
+        implied = (await orch.ctl_interpose(os="os1", memory=True))["reports"]
+        assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in implied] == [
+            ("fig3", ["new_flows", "attach", "redirect_traps", "disable_direct_addressing", "route_priv",
+                      "resume_os"])]
+        resources = (await orch.ctl_virt_status())["resources"]
+        assert (resources["os1.cpu"], resources["os1.memory"], resources["os1.uart (uart0)"]) == (
+            "vmm", "vmm", "os1")
+        assert [r["figure"] for r in (await orch.ctl_devirtualize(os="os1"))["reports"]] == ["fig7"]
+        assert await memctl_space(orch, "os1") == "identity"
+
+        exit1 = await client.wait_exit("os1", pid)
+        assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("M", lines))
+    for name in orch.live_nodes():
+        stats = (await orch.request(name, "stats")).body["stats"]
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, (name, stats["flows_in"])
+
+
+async def test_fig2b_the_vmm_at_boot_hides_its_frames_and_os2s_partition_from_os1_and_is_devirtualized_later(
+        guest_build, cluster):
+    orch = await cluster(REPO / "compose" / "vmmboot.toml")
+    status = await orch.ctl_status()
+    virt = status["virt"]
+    assert virt["vmm"] == {"loaded": True, "host": "os1", "frames": 64}
+    assert {r: virt["resources"][r] for r in ("os1.cpu", "os1.memory", "os2.cpu", "os2.memory",
+                                               "os1.uart (uart0)")} == {
+        "os1.cpu": "vmm", "os1.memory": "vmm", "os2.cpu": "vmm", "os2.memory": "vmm", "os1.uart (uart0)": "os1"}
+    routes = status["routes"]["routes"]
+    assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"], routes["priv:os2"],
+            routes["trap:vmm.os1"], routes["priv:vmm"]) == ("vmm", "vmm", "vmm", "vmm", "os1", "cpu0")
+    own = await check_conservation(orch)
+    assert (own["vmm"], own["os1"], own["os2"]) == (list(range(64)), list(range(64, 768)), list(range(768, 1024)))
+    kernel = (await orch.request("os1", "stats")).body["stats"]["kernel"]
+    assert (kernel["owned_frames"], kernel["free_frames"]) == (704, 704)  # its map: neither the VMM nor os2
+    for frame in (0, 63, 768, 1023):
+        with pytest.raises(Exception, match="mem_fault"):
+            await read(orch, "os1", frame)
+    assert (await orch.request("vmm", "vmm_status")).body["data"]["oses"].keys() == {"os1", "os2"}
+    assert orch.journal.records() == []  # boot, not a runtime change
+
+    lines = 20
+    async with serving(Client(orch)) as client:
+        starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
+        p1 = await client.exec("os1", "timeshare", ["timeshare", "A", str(lines)])
+        p2 = await client.exec("os2", "timeshare", ["timeshare", "B", str(lines)])
+        e1, e2 = await client.wait_exit("os1", p1), await client.wait_exit("os2", p2)
+        assert (e1["code"], await client.console("uart0", starts["uart0"])) == (0, timeshare_output("A", lines))
+        assert (e2["code"], await client.console("uart1", starts["uart1"])) == (0, timeshare_output("B", lines))
+        assert (await vmm_stats(orch))["traps_reflected"] > 0
+
+        install_conservation_hook(orch)
+        with pytest.raises(ChoreographyError, match="cannot devirtualize the CPU while 2 OS instances"):
+            await orch.ctl_devirtualize(cpu=True)
+        assert [r["figure"] for r in (await orch.ctl_os_shutdown(os="os2"))["reports"]] == ["os_stop"]
+        # booted again on 16 frames borrowed from os1, then on the firmware's own map once they are back
+        lent = (await orch.ctl_os_boot(os="os2", frames=16))["frames"]
+        assert await free_frames(orch, "os2") == 16
+        assert [r["figure"] for r in (await orch.ctl_os_shutdown(os="os2"))["reports"]] == ["p49_shutdown"]
+        assert set(lent) <= set((await check_conservation(orch))["os1"])
+        assert (await orch.ctl_os_boot(os="os2"))["started"] and await free_frames(orch, "os2") == 256
+        assert [r["figure"] for r in (await orch.ctl_os_shutdown(os="os2"))["reports"]] == ["os_stop"]
+        back = (await orch.ctl_devirtualize(unload=True))["reports"]
+        assert [r["figure"] for r in back] == ["fig7", "fig8_unload"]
+        routes = orch.routes.table.routes
+        assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"]) == ("os1", "os1", "cpu0")
+        own = await check_conservation(orch)
+        assert "vmm" not in own and own["os1"] == list(range(768))  # the VMM's frames are os1's now
+        start = await client.logged("uart0")
+        pid = await client.exec("os1", "timeshare", ["timeshare", "N", str(lines)])
+        exit1 = await client.wait_exit("os1", pid)
+        assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("N", lines))
+    for name in orch.live_nodes():
+        stats = (await orch.request(name, "stats")).body["stats"]
+        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, (name, stats["flows_in"])
