@@ -159,7 +159,7 @@ class DiskDriver(_Driver):
         super().__init__(node, os_name, mode, virtual_flow)
         self.block_size: int | None = None
         self.blocks: int | None = None
-        self.first_block = 0  # the start of this OS's partition (disk_info), if it has one
+        self.partition: list[int] | None = None  # [first, count] on the device (disk_info), for status
         self.bounce: int | None = None  # gpn
         self.lock = trio.Lock()  # one transfer at a time through the bounce frame
         self.read_bytes = 0
@@ -168,18 +168,30 @@ class DiskDriver(_Driver):
 
     def export_state(self) -> dict[str, Any]:
         return {**super().export_state(), "block_size": self.block_size, "blocks": self.blocks,
-                "first_block": self.first_block}
+                "partition": self.partition, "inflight": len(self.waiting)}
 
     def import_state(self, state: dict[str, Any]) -> None:
         super().import_state(state)
         self.block_size = state.get("block_size", self.block_size)
         self.blocks = state.get("blocks", self.blocks)
-        self.first_block = int(state.get("first_block", self.first_block))
+        self.partition = state.get("partition", self.partition)
+
+    async def set_mode(self, mode: str) -> dict[str, Any]:
+        """The switch waits for the whole transfer in progress, not only for the
+        command in flight: a multi-block pread/pwrite holds the lock across its
+        chunks, so a switch can never land between two of them."""
+        async with self.lock:
+            return await super().set_mode(mode)
 
     async def geometry(self) -> tuple[int, int | None]:
-        """(block size, number of blocks or None if the device does not say)."""
+        """(block size, number of blocks or None if the device does not say).
+
+        Asked of whoever serves the driver's flow: the disk natively, the VMM in
+        virtual mode; both describe the OS's partition (or the whole device),
+        and block numbers count from its start either way, so the commands are
+        the same in both modes."""
         if self.block_size is None:
-            dest = self.node.routes.get(self.native_flow) if self.mode == NATIVE else None
+            dest = self.node.routes.get(self.flow)
             info: dict[str, Any] = {}
             if dest is not None:
                 try:
@@ -190,7 +202,7 @@ class DiskDriver(_Driver):
             self.block_size = int(info.get("block_size", 512))
             part = info.get("partition")
             self.blocks = int(part[1]) if part else (int(info["blocks"]) if "blocks" in info else None)
-            self.first_block = int(part[0]) if part else 0
+            self.partition = list(part) if part else None
         return self.block_size, self.blocks
 
     def _bounce(self) -> int:
@@ -199,7 +211,7 @@ class DiskDriver(_Driver):
         return self.bounce
 
     async def _move(self, kind: str, block: int, count: int) -> None:
-        done = await self.command(kind, {"block": self.first_block + block, "count": count, "space": self.node.name,
+        done = await self.command(kind, {"block": block, "count": count, "space": self.node.name,
                                          "addr": self._bounce() * PAGE})
         if done.get("status", 0) < 0:
             raise DeviceError(done["status"], done.get("reason", ""))

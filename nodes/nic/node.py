@@ -38,7 +38,11 @@ arrives with no free slot is dropped and counted (``drops``). A driver that
 never acks receives ``rx_queue`` datagrams per port and then only drops.
 
 The issuer of a command is ``<os>`` of its flow ``io:<os>.nic``, or the
-sender of a direct request; a port belongs to the issuer that bound it.
+sender of a direct request; a port belongs to the issuer that bound it. A
+command may name, in ``os``, the OS its sender acts for: honoured only when
+the route table sends ``io:<os>.nic`` to that sender (the VMM serving the
+OS's virtual-mode driver, FIG. 5), else refused ``-EPERM``. So a port keeps
+its owner, the OS, whichever way its driver reaches the NIC.
 
 Options: ``forward`` ({guest_port: host_port}; host_port 0 = any free port,
 ``stats`` shows the actual one once bound), ``rx_queue`` (default 64),
@@ -155,12 +159,19 @@ class Nic(Node):
 
     # -- commands -------------------------------------------------------------------
 
-    @staticmethod
-    def _issuer(msg: Message) -> str:
+    def _issuer(self, msg: Message) -> str:
         flow = msg.flow
         if flow is not None and flow.startswith("io:") and flow.endswith(".nic"):
-            return flow[3:-4]
-        return msg.src
+            sender = flow[3:-4]
+        else:
+            sender = msg.src
+        acting_for = msg.body.get("os")
+        if acting_for is None or acting_for == sender:
+            return sender
+        if self.routes.get(f"io:{acting_for}.nic") != sender:
+            raise _Refused(errno.EPERM, f"{sender} may not act for {acting_for}: io:{acting_for}.nic is not "
+                                        f"routed to it")
+        return acting_for
 
     async def _run(self, msg: Message, action) -> None:
         body: dict[str, Any]
@@ -184,17 +195,19 @@ class Nic(Node):
         return True
 
     def _owned(self, msg: Message, port: Any, what: str) -> _Port:
+        issuer = self._issuer(msg)
         p = self.ports.get(port)
         if p is None:
             raise _Refused(errno.EBADF, f"{what} {port!r} is not bound")
-        if p.owner != self._issuer(msg):
-            raise _Refused(errno.EBADF, f"{what} {port} is bound by {p.owner}, not {self._issuer(msg)}")
+        if p.owner != issuer:
+            raise _Refused(errno.EBADF, f"{what} {port} is bound by {p.owner}, not {issuer}")
         return p
 
     async def on_nic_bind(self, msg: Message) -> None:
         await self._run(msg, self._bind)
 
     async def _bind(self, msg: Message) -> dict[str, Any]:
+        owner = self._issuer(msg)
         guest = _port_number(msg.body["port"], "port", zero=True)
         if guest == 0:
             guest = next((p for p in EPHEMERAL if p not in self.ports), 0)
@@ -209,7 +222,7 @@ class Nic(Node):
             sock.close()
             raise _Refused(exc.errno or errno.EIO,
                            f"host port {self.forward.get(guest, 0)} for guest port {guest}: {exc.strerror}") from None
-        port = self.ports[guest] = _Port(guest, self._issuer(msg), sock, sock.getsockname()[1])
+        port = self.ports[guest] = _Port(guest, owner, sock, sock.getsockname()[1])
         self.nursery.start_soon(self._reader, port)
         return {"port": guest}
 
@@ -251,7 +264,11 @@ class Nic(Node):
 
     async def on_nic_rx_ack(self, msg: Message) -> None:
         port = self.ports.get(msg.body["port"])
-        if port is None or port.owner != self._issuer(msg):
+        try:
+            issuer = self._issuer(msg)
+        except _Refused:
+            issuer = None
+        if port is None or port.owner != issuer:
             self.counts["stale_acks"] += 1  # the port was closed meanwhile: nothing to hand back
         else:
             port.inflight = max(0, port.inflight - max(0, msg.body["count"]))
