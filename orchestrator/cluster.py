@@ -322,10 +322,10 @@ class Orchestrator:
                             io: list[str] | None = None, budget_ms: float | None = None) -> dict[str, Any]:
         """FIG. 3 on the CPU and FIG. 5 on each device asked; nothing asked: everything."""
         from orchestrator.choreographies.fig3_interpose_cpu import interpose_cpu
-        from orchestrator.choreographies.fig5_devices import DEVICES, interpose_device
+        from orchestrator.choreographies.fig5_devices import devices_of, interpose_device
         os_name = self._default_os(os)
         everything = not cpu and not io
-        devices = list(DEVICES) if everything or "all" in (io or []) else list(io or [])
+        devices = devices_of(self.topology, os_name) if everything or "all" in (io or []) else list(io or [])
         skip_done = everything or "all" in (io or [])
         reports: list[dict[str, Any]] = []
         try:
