@@ -384,3 +384,46 @@ async def test_two_oses_under_the_vmm_each_get_only_their_own_partition_and_port
     assert (orch.routes.table.routes["irq:disk0"], orch.routes.table.routes["irq:nic0"]) == ("os1", "os1")
     await no_gaps_or_dups(orch)
     await check_conservation(orch)
+
+
+# ============================================= the disk driver's switch and a whole transfer
+
+async def test_a_disk_driver_mode_switch_waits_for_the_whole_multi_block_transfer(cluster, tmp_path):
+    """The real OS node, run in this process on a cluster's endpoint so that the
+    test can start a pwrite64-sized transfer (64 disk commands of 8 blocks) and
+    ask for the mode switch while it is between two of them."""
+    from nodes.guest_os.kernel import OsNode
+    from nodes.runtime import NodeConfig
+
+    topo = driver_topology(tmp_path)
+    topo["nodes"]["os1"] = {"kind": "os", "autostart": False, "options": {"memory": [256, 256]}}
+    del topo["nodes"]["os2"]
+    orch = await cluster(topo)
+    cfg = NodeConfig(name="os1", kind="os", endpoint=orch.directory["os1"], directory=dict(orch.directory),
+                     routes=orch.routes.table.to_wire(), orchestrator=None, options={"memory": [256, 256]},
+                     run_dir=str(orch.run_dir))
+    node = OsNode(cfg)
+    data = os.urandom(64 * PAGE)
+    order: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.run)
+        with trio.fail_after(10):
+            while node.state != "running":
+                await trio.sleep(0.01)
+        disk = node.io.disk
+
+        async def transfer() -> None:
+            assert await disk.pwrite(0, data) == len(data)
+            order.append("transfer done")
+
+        nursery.start_soon(transfer)
+        with trio.fail_after(30):
+            while disk.commands < 3:  # a few chunks in: the next one is not issued yet
+                await trio.sleep(0)
+        state = await disk.set_mode("virtual")
+        order.append("switched")
+        written = (await stats(orch, "disk0"))["blocks_written"]
+        node.stop()
+    assert order == ["transfer done", "switched"]
+    assert (state["mode"], state["inflight"], written) == ("virtual", 0, 64 * PAGE // BS)
+    assert (tmp_path / "disk0.img").read_bytes()[:len(data)] == data
