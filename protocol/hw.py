@@ -16,7 +16,7 @@ flow                 sender      kinds
 ``io:os1.disk``      os1         ``disk_read``, ``disk_write``, ``disk_flush``
 ``irq:disk0``        disk0       ``disk_done``
 ``io:os1.nic``       os1         ``nic_bind``, ``nic_send``, ``nic_close``,
-                                 ``nic_rx_ack``
+                                 ``nic_rx_ack``, ``nic_rx_post``
 ``irq:nic0``         nic0        ``nic_done``, ``nic_rx``
 ===================  ==========  ===============================================
 
@@ -86,7 +86,11 @@ register("nic_send", id="int", src_port="int", dst_host="str", dst_port="int", d
 register("nic_close", id="int", port="int", os=_opt("str"))
 register("nic_rx_ack", port="int", count="int", os=_opt("str"))  # the driver hands back receive slots
 register("nic_done", id="int", status="int", port=_opt("int"), reason=_opt("str"))
-register("nic_rx", port="int", src_host="str", src_port="int", data="bytes")
+register("nic_rx_post", buffers=Field("list", items="int"), space="str", reset=_opt("bool"), os=_opt("str"))
+# the driver posts receive buffers: guest addresses of page frames it owns (pinned); reset: they
+# replace every buffer posted before (a restarted OS's old frames are not its buffers any more)
+register("nic_rx", port="int", src_host="str", src_port="int", length="int", buffers=Field("list", items="int"))
+# a datagram of `length` bytes DMA'd into `buffers` (in order, a page each), taken from the posted ones
 register("nic_forward", guest_port="int", host_port="int")  # direct request: map a guest port to a host port (hostfwd)
 
 # -- OS instance -----------------------------------------------------------------

@@ -53,6 +53,7 @@ SOCK_TYPE_MASK = 0xF
 DISK_PATH = "/dev/disk0"
 PAGE = 4096
 IO_MAX = 1 << 20  # bytes per pread64/pwrite64; more is a short count, as Linux may
+RX_BUFFERS = 32  # receive buffers (a frame each) the NIC driver posts: two largest datagrams
 MAX_DATAGRAM = 65507
 PATH_MAX = 4096
 CMD_TIMEOUT = 3.0  # s before a command is re-issued (the device may have restarted)
@@ -295,8 +296,51 @@ class NicDriver(_Driver):
         super().__init__(node, os_name, mode, virtual_flow)
         self.ports: dict[int, _Port] = {}
         self.rx = self.tx = self.dropped = 0
+        self.rx_frames: set[int] | None = None  # gpns of the receive buffers, posted at the first bind
+        self.bad_rx = 0
+
+    async def _post_buffers(self) -> None:
+        """Pin RX_BUFFERS frames and post them to the NIC, replacing whatever this
+        OS posted in an earlier life (a restart: those frames are not buffers now)."""
+        if self.rx_frames is not None:
+            return
+        try:
+            frames = self.node.module.alloc_pin(RX_BUFFERS)
+        except Exception as exc:  # noqa: BLE001 - no memory for buffers: no network
+            raise DeviceError(-errno.ENOMEM, f"no frames for {RX_BUFFERS} receive buffers: {exc}") from None
+        self.rx_frames = set(frames)
+        await self.node.emit(self.flow, "nic_rx_post", {"buffers": [f * PAGE for f in frames],
+                                                        "space": self.node.name, "reset": True})
+
+    async def repost(self, buffers: list[int]) -> None:
+        try:
+            await self.node.emit(self.flow, "nic_rx_post", {"buffers": list(buffers), "space": self.node.name})
+        except Exception as exc:  # noqa: BLE001
+            log.info("nic_rx_post not sent: %s", exc)
+
+    async def receive(self, body: dict[str, Any]) -> bytes | None:
+        """The datagram of a ``nic_rx``, read out of the buffers the NIC wrote it
+        into (which are then posted again); None if they are not this driver's."""
+        buffers, length = list(body["buffers"]), body["length"]
+        mine = self.rx_frames or set()
+        if any(a % PAGE or a // PAGE not in mine for a in buffers) or len(buffers) != -(-length // PAGE):
+            self.bad_rx += 1
+            log.warning("%s: nic_rx with buffers %s for %d bytes that are not its receive buffers",
+                        self.node.name, buffers[:4], length)
+            return None
+        out = bytearray()
+        i = 0
+        while i < len(buffers):  # one read per run of consecutive frames
+            n = 1
+            while i + n < len(buffers) and buffers[i + n] == buffers[i] + n * PAGE:
+                n += 1
+            out += await self.node.mem_read(buffers[i], min(n * PAGE, length - i * PAGE))
+            i += n
+        await self.repost(buffers)
+        return bytes(out)
 
     async def bind(self, port: int) -> int:
+        await self._post_buffers()
         done = await self.command("nic_bind", {"port": port})
         if done.get("status", 0) == -errno.EADDRINUSE and port and port not in self.ports:
             # a port the NIC holds for this OS that this driver does not know of is a
@@ -334,10 +378,11 @@ class NicDriver(_Driver):
             log.info("nic_rx_ack %d not sent: %s", port, exc)
 
     def export_state(self) -> dict[str, Any]:
-        return {**super().export_state(), "ports": sorted(self.ports)}
+        return {**super().export_state(), "ports": sorted(self.ports),
+                "rx_buffers": sorted(f * PAGE for f in self.rx_frames or ())}
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "rx": self.rx, "tx": self.tx, "dropped": self.dropped,
+        return {**super().stats(), "rx": self.rx, "tx": self.tx, "dropped": self.dropped, "bad_rx": self.bad_rx,
                 "ports": {str(p): len(v.queue) for p, v in self.ports.items()}}
 
 
@@ -415,13 +460,14 @@ class Io:
 
     # ---- the NIC's receive side (kernel task) ----
     async def nic_rx(self, k: "Kernel", body: dict[str, Any]) -> None:
+        data = await self.nic.receive(body)
         port = self.nic.ports.get(body["port"])
-        if port is None:  # closed meanwhile: hand the slot back
+        if port is None or data is None:  # closed meanwhile (or not ours): hand the slot back
             self.nic.dropped += 1
             await self.nic.ack(body["port"], 1)
             return
         self.nic.rx += 1
-        port.queue.append((bytes(body["data"]), body["src_host"], body["src_port"]))
+        port.queue.append((data, body["src_host"], body["src_port"]))
         while port.readers and port.queue:
             p, wait, args = port.readers.popleft()
             if p.wait is not wait or p.pid not in k.procs:

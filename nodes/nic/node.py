@@ -27,14 +27,25 @@ directly as requests:
   requests get a ``nic_done`` reply.
 - ``nic_forward`` {guest_port, host_port} (direct request) — add or change a
   ``forward`` entry (taking effect at the port's next bind); reply ``ok``.
-- interrupt ``nic_rx`` {port, src_host, src_port, data} on ``irq:<name>``:
-  a datagram received for guest ``port``.
+- ``nic_rx_post`` {buffers, space, reset?} — no completion: the driver posts
+  receive buffers, the guest physical addresses (page-aligned) of page frames
+  of its own address space ``space`` (an issuer may only post its own:
+  otherwise the NIC would be a deputy into another instance's memory); with
+  ``reset`` they replace every buffer the issuer posted before.
+- interrupt ``nic_rx`` {port, src_host, src_port, length, buffers} on
+  ``irq:<name>``: a datagram of ``length`` bytes received for guest ``port``,
+  written by DMA (``mem_write`` to ``memctl``) into ``buffers``, one page
+  each, in order, taken from the buffers the port's owner posted (0 bytes: no
+  buffer). The buffers are the driver's again: it reads the datagram out and
+  posts them anew.
 
 Receive ring: each bound port has ``rx_queue`` slots (default 64). A
 datagram takes a slot when it arrives from the host and keeps it until the
 driver returns it with ``nic_rx_ack``, so the ring bounds what the guest has
 not yet consumed, as a real NIC's descriptor ring does. A datagram that
-arrives with no free slot is dropped and counted (``drops``). A driver that
+arrives with no free slot is dropped and counted (``drops``), as is one for
+which its owner has not posted enough buffers (``no_buffers``) or whose DMA
+failed (``dma_errors``; those buffers are not reused). A driver that
 never acks receives ``rx_queue`` datagrams per port and then only drops.
 
 The issuer of a command is ``<os>`` of its flow ``io:<os>.nic``, or the
@@ -46,11 +57,13 @@ its owner, the OS, whichever way its driver reaches the NIC.
 
 Options: ``forward`` ({guest_port: host_port}; host_port 0 = any free port,
 ``stats`` shows the actual one once bound), ``rx_queue`` (default 64),
+``memctl`` (node name, default ``"memctl"``),
 ``mtu`` (largest datagram, default and at most 65507).
 
 ``stats`` adds ``ports`` {guest_port: {host_port, owner, rx, tx, drops,
-queued, inflight}} and totals (``refused`` non-loopback sends, ``oversize``,
-``unrouted`` interrupts, ``stale_acks``).
+queued, inflight}}, ``buffers`` {owner: posted and free}, and totals
+(``refused`` non-loopback sends, ``oversize``, ``unrouted`` interrupts,
+``stale_acks``, ``no_buffers``, ``dma_errors``, ``bad_posts``).
 """
 
 from __future__ import annotations
@@ -65,13 +78,15 @@ from typing import Any
 import trio
 
 from nodes.runtime import Node, NodeConfig
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 import protocol.hw  # noqa: F401  (registers the device message kinds)
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.nic")
 
 MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
+PAGE = 4096  # one receive buffer: a page frame of the driver's
+DMA_TIMEOUT = 10.0  # s for one memctl request
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 EPHEMERAL = range(49152, 65536)  # guest ports the NIC picks for bind(port 0)
 HOST = "127.0.0.1"
@@ -112,6 +127,17 @@ def _port_number(value: Any, what: str, *, zero: bool = False) -> int:
     return value
 
 
+def _runs(buffers: list[tuple[str, int]]) -> list[tuple[int, int]]:
+    """(first index, length) of each run of buffers on consecutive pages of one space."""
+    runs: list[tuple[int, int]] = []
+    for i, (space, addr) in enumerate(buffers):
+        if runs and buffers[i - 1] == (space, addr - PAGE):
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
+
+
 class Nic(Node):
     """The UDP network device. See the module docstring for its messages."""
 
@@ -134,9 +160,12 @@ class Nic(Node):
         self.mtu = opts.get("mtu", MAX_DATAGRAM)
         if not isinstance(self.mtu, int) or isinstance(self.mtu, bool) or not 1 <= self.mtu <= MAX_DATAGRAM:
             raise SystemExit(f"nic {cfg.name}: option 'mtu' must be 1..{MAX_DATAGRAM}, got {self.mtu!r}")
+        self.memctl = opts.get("memctl", "memctl")
         self.irq_flow = f"irq:{cfg.name}"
         self.ports: dict[int, _Port] = {}
-        self.counts = {"refused": 0, "oversize": 0, "unrouted": 0, "stale_acks": 0, "errors": 0}
+        self.buffers: dict[str, deque[tuple[str, int]]] = {}  # owner -> posted buffers (space, addr)
+        self.counts = {"refused": 0, "oversize": 0, "unrouted": 0, "stale_acks": 0, "errors": 0,
+                       "no_buffers": 0, "dma_errors": 0, "bad_posts": 0}
         self._wake = trio.Event()  # a datagram was queued
 
     # -- life cycle -------------------------------------------------------------
@@ -155,6 +184,7 @@ class Nic(Node):
         s.update(self.counts)
         s["ports"] = {str(g): p.view() for g, p in sorted(self.ports.items())}
         s["forward"] = {str(g): h for g, h in sorted(self.forward.items())}
+        s["buffers"] = {o: len(b) for o, b in sorted(self.buffers.items())}
         return s
 
     # -- commands -------------------------------------------------------------------
@@ -275,6 +305,30 @@ class Nic(Node):
         if msg.flow is None:
             await self.party.reply(msg, "ok")
 
+    async def on_nic_rx_post(self, msg: Message) -> None:
+        b = msg.body
+        try:
+            owner = self._issuer(msg)
+            if b["space"] != owner:
+                raise _Refused(errno.EFAULT, f"{owner} may only post buffers of its own address space, "
+                                             f"not {b['space']!r}")
+            bad = [a for a in b["buffers"] if not isinstance(a, int) or a < 0 or a % PAGE]
+            if bad:
+                raise _Refused(errno.EINVAL, f"buffers {bad[:4]} are not page-aligned guest addresses")
+        except _Refused as exc:
+            self.counts["bad_posts"] += 1
+            log.info("%s: nic_rx_post refused: %s", self.name, exc.reason)
+            if msg.flow is None:
+                await self.party.reply(msg, "error", {"reason": "bad_field", "detail": exc.reason,
+                                                      "ref": "nic_rx_post"})
+            return
+        pool = self.buffers.setdefault(owner, deque())
+        if b.get("reset"):
+            pool.clear()
+        pool.extend((b["space"], a) for a in b["buffers"])
+        if msg.flow is None:
+            await self.party.reply(msg, "ok", {"data": {"buffers": len(pool)}})
+
     async def on_nic_forward(self, msg: Message) -> None:
         """``nic_forward`` {guest_port, host_port} (direct request, e.g. from
         ``hwemu run --forward``): the guest port's host socket is on
@@ -319,10 +373,38 @@ class Nic(Node):
                 if not port.queue or self.ports.get(port.guest) is not port:
                     continue  # closed while an earlier emit waited
                 data, src_host, src_port = port.queue.popleft()
-                port.inflight += 1
+                port.inflight += 1  # keeps its slot while its DMA runs
+                buffers = await self._dma_in(port, data)
+                if buffers is None:
+                    port.inflight -= 1
+                    port.drops += 1
+                    continue
                 if await self._raise_irq("nic_rx", {"port": port.guest, "src_host": src_host,
-                                                    "src_port": src_port, "data": data}):
+                                                    "src_port": src_port, "length": len(data),
+                                                    "buffers": buffers}):
                     port.rx += 1
                 else:
                     port.inflight -= 1
                     port.drops += 1
+
+    async def _dma_in(self, port: _Port, data: bytes) -> list[int] | None:
+        """Write ``data`` into buffers its owner posted, a page each; their addresses, or None (dropped)."""
+        pool = self.buffers.get(port.owner) or deque()
+        need = -(-len(data) // PAGE)
+        if len(pool) < need:
+            self.counts["no_buffers"] += 1
+            return None
+        taken = [pool.popleft() for _ in range(need)]
+        for i, n in _runs(taken):  # one DMA burst per run of consecutive pages
+            space, addr = taken[i]
+            try:
+                await self.party.request(self.memctl, "mem_write", {
+                    "space": space, "addr": addr, "data": data[i * PAGE:(i + n) * PAGE]}, timeout=DMA_TIMEOUT)
+            except (RemoteError, RequestTimeout, ProtocolError) as exc:
+                self.counts["dma_errors"] += 1
+                log.warning("%s: DMA into %s %#x failed: %s", self.name, space, addr, exc)
+                refused = isinstance(exc, RemoteError) and exc.reason != "recovering"
+                # a buffer the memory controller refuses is not used again; the others are fine
+                pool.extend(taken[i + 1:] if refused else taken)
+                return None
+        return [addr for _space, addr in taken]

@@ -15,7 +15,10 @@ drivers (flows in :mod:`protocol.vmm`).
 - **NIC, multiplexed by port.** A port bound by an OS belongs to that OS: the
   VMM forwards the OS's commands on ``io:vmm.<nic>`` naming it (``os``), so the
   NIC keeps the OS as the owner (and enforces it); a received datagram
-  (``nic_rx`` on ``irq:<nic>``) goes to the OS that bound its port.
+  (``nic_rx`` on ``irq:<nic>``) goes to the OS that bound its port. The OS's
+  receive buffers (``nic_rx_post``) are forwarded the same way: the NIC writes
+  a datagram straight into the frames of the OS that owns the port, through
+  the memory controller's map of that OS's space.
 - **completions** (``disk_done`` / ``nic_done`` on ``irq:<device>``, routed to
   the VMM while virtualized) are reflected on ``irq:vmm.<os>`` as virtual
   interrupts. Commands keep the OS's own ids, so a completion that reaches the
@@ -302,6 +305,15 @@ class DeviceMux:
             dev.counts["stale_acks"] += 1  # closed meanwhile, or not its port
             return
         await self.emit(f"io:{self.name}.{dev.node}", "nic_rx_ack", {**msg.body, "os": os_name})
+
+    async def on_nic_rx_post(self, msg: Message) -> None:
+        """Receive buffers of the OS: the NIC keeps them as the OS's (it checks the space)."""
+        os_name = self._io_os(msg)
+        try:
+            dev = self._shared_for(os_name, "nic")
+        except _Refusal:
+            return  # counted as unserved: its datagrams cannot arrive either
+        await self.emit(f"io:{self.name}.{dev.node}", "nic_rx_post", {**msg.body, "os": os_name})
 
     async def on_nic_done(self, msg: Message) -> None:
         dev = self._irq_device(msg)

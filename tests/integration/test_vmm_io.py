@@ -58,7 +58,7 @@ def driver_topology(tmp_path: Path) -> dict:
                                                   "partitions": {"os1": [0, PART], "os2": [PART, PART]}}},
             "nic0": {"kind": "nic", "options": {"forward": {"7000": 0, "7001": 0}}},
             "os1": driver,
-            "os2": driver,
+            "os2": {**driver, "options": {"rx_base": 700 * PAGE}},   # its receive buffers in its memory
             "vmm": {"kind": "vmm"},
         },
         "routes": {"io:os1.disk": "disk0", "irq:disk0": "os1", "io:os1.nic": "nic0", "irq:nic0": "os1"},
@@ -195,6 +195,11 @@ async def test_through_the_vmm_a_port_belongs_to_the_os_that_bound_it_and_datagr
             ("irq:vmm.os1", 7000, b"to os1 #%d" % i) for i in range(3)]
         assert [(e["flow"], e["body"]["port"], e["body"]["data"]) for e in rx2] == [
             ("irq:vmm.os2", 7001, b"to os2 #%d" % i) for i in range(3)]
+        # the NIC wrote each datagram into a receive buffer of the OS that owns the port
+        assert {a // PAGE for e in rx1 for a in e["body"]["buffers"]} <= set(range(400, 432))
+        assert {a // PAGE for e in rx2 for a in e["body"]["buffers"]} <= set(range(700, 732))
+        # os2 cannot post os1's frames as its buffers, through the VMM or not
+        await issue(orch, "os2", "nic", "nic_rx_post", [{"buffers": [300 * PAGE], "space": "os1"}])
 
         # os2 may not send from os1's port, nor close it; from its own it goes out through the VMM
         send = {"src_port": 7000, "dst_host": "127.0.0.1", "dst_port": me, "data": b"x"}
@@ -218,6 +223,8 @@ async def test_through_the_vmm_a_port_belongs_to_the_os_that_bound_it_and_datagr
                 break
             await trio.sleep(0.01)
     assert (ports["7000"]["rx"], ports["7001"]["rx"], ports["7001"]["tx"]) == (3, 3, 1)
+    nic = await stats(orch, "nic0")
+    assert (nic["bad_posts"], nic["buffers"], nic["no_buffers"]) == (1, {"os1": 32, "os2": 32}, 0)
     for name in orch.live_nodes():
         s = await stats(orch, name)
         assert not {f: v for f, v in s["flows_in"].items() if v["gaps"] or v["dups"]}, name
