@@ -30,8 +30,8 @@ import protocol.hw  # noqa: F401  (disk_done / nic_done replies decode in this p
 import tests.fixtures.iodriver  # noqa: F401  (registers io_emit / io_events)
 from orchestrator.choreographies import ChoreographyError
 from tests.guest.test_network_samples import converse
-from tests.integration.test_choreographies import (Client, check_conservation, install_conservation_hook, vmm_stats,
-                                                   wait_vmm)
+from tests.integration.test_choreographies import (Client, check_conservation, cli_run_dir,  # noqa: F401
+                                                   install_conservation_hook, vmm_stats, wait_vmm)
 
 pytestmark = pytest.mark.integration
 
@@ -434,3 +434,31 @@ async def test_a_disk_driver_mode_switch_waits_for_the_whole_multi_block_transfe
     assert order == ["transfer done", "switched"]
     assert (state["mode"], state["inflight"], written) == ("virtual", 0, 64 * PAGE // BS)
     assert (tmp_path / "disk0.img").read_bytes()[:len(data)] == data
+
+
+# ============================================= the CLI, as a user runs it
+
+def test_cli_interposes_and_devirtualizes_the_disk_and_the_nic_and_refuses_an_unknown_device(cli_run_dir):
+    from tests.integration.test_choreographies import hwemu, one_json
+
+    rd = cli_run_dir
+    assert hwemu(rd, "up", "compose/vmmio.toml", "--detach", "--json").returncode == 0
+    assert hwemu(rd, "vmm", "load", "--host", "os1", "--frames", "8").returncode == 0
+    unknown = hwemu(rd, "interpose", "--io", "tape")
+    assert (unknown.returncode, unknown.stderr.strip().splitlines()) == (
+        1, ["hwemu: device 'tape' cannot be virtualized (devices: uart, disk, nic)"])
+    inter = hwemu(rd, "interpose", "--io", "disk", "--io", "nic", "--json")
+    assert inter.returncode == 0, inter.stderr
+    assert [(r["figure"], r["params"]["device"], r["outcome"]) for r in one_json(inter.stdout)["reports"]] == [
+        ("fig5", "disk", "committed"), ("fig5", "nic", "committed")]
+    virt = one_json(hwemu(rd, "status", "--json").stdout)["virt"]["resources"]
+    assert {k: v for k, v in virt.items() if "disk" in k or "nic" in k} == {
+        "os1.disk (disk0)": "vmm", "os1.nic (nic0)": "vmm", "os2.disk (disk0)": "os2", "os2.nic (nic0)": "os2"}
+    assert virt["os1.cpu"] == "os1"   # partial: the devices only
+    again = hwemu(rd, "interpose", "--io", "all", "--json")   # what is left: the console
+    assert [r["params"]["device"] for r in one_json(again.stdout)["reports"]] == ["uart"]
+    back = hwemu(rd, "devirtualize", "--io", "all", "--json")
+    assert back.returncode == 0, back.stderr
+    assert sorted(r["params"]["device"] for r in one_json(back.stdout)["reports"]) == ["disk", "nic", "uart"]
+    virt = one_json(hwemu(rd, "status", "--json").stdout)["virt"]["resources"]
+    assert set(virt.values()) == {"os1", "os2"}
