@@ -24,8 +24,9 @@ flow                  sender  receiver     kinds
 ``io:vmm.disk0``      vmm     disk0        the same, blocks translated to the OS's
                                            partition (the VMM is a whole-device issuer)
 ``irq:disk0``         disk0   vmm          ``disk_done`` (reflected on ``irq:vmm.<os>``)
-``io:<os>.nic``       <os>    vmm          ``nic_bind``/``nic_send``/``nic_close``/``nic_rx_ack``
-``io:vmm.nic0``       vmm     nic0         the same, with ``os`` (the port's owner)
+``io:<os>.nic``       <os>    vmm          ``nic_bind``/``nic_send``/``nic_close``/``nic_rx_ack``,
+                                           ``nic_rx_post`` (the OS's receive buffers)
+``io:vmm.nic0``       vmm     nic0         the same, with ``os`` (the port's / buffers' owner)
 ``irq:nic0``          nic0    vmm          ``nic_done``, ``nic_rx`` (to the port's owner)
 ====================  ======  ===========  ========================================
 

@@ -54,6 +54,7 @@ DISK_PATH = "/dev/disk0"
 PAGE = 4096
 IO_MAX = 1 << 20  # bytes per pread64/pwrite64; more is a short count, as Linux may
 RX_BUFFERS = 32  # receive buffers (a frame each) the NIC driver posts: two largest datagrams
+POST_TIMEOUT = 5.0  # s for the NIC (or the VMM) to take posted receive buffers
 MAX_DATAGRAM = 65507
 PATH_MAX = 4096
 CMD_TIMEOUT = 3.0  # s before a command is re-issued (the device may have restarted)
@@ -308,9 +309,24 @@ class NicDriver(_Driver):
             frames = self.node.module.alloc_pin(RX_BUFFERS)
         except Exception as exc:  # noqa: BLE001 - no memory for buffers: no network
             raise DeviceError(-errno.ENOMEM, f"no frames for {RX_BUFFERS} receive buffers: {exc}") from None
+        if not await self.post(self.node.name, [f * PAGE for f in frames], reset=True):
+            self.node.module.give_back(frames)  # not buffers after all: back on the free list
+            self.node.module.add_frames(frames)
+            raise DeviceError(-errno.EIO, "the NIC did not take the receive buffers")
         self.rx_frames = set(frames)
-        await self.node.emit(self.flow, "nic_rx_post", {"buffers": [f * PAGE for f in frames],
-                                                        "space": self.node.name, "reset": True})
+
+    async def post(self, space: str, buffers: list[int], *, reset: bool) -> bool:
+        """A direct request, not a flow message: right after a restart the flow's
+        receiver may not know yet that its sequence starts again (it would drop
+        the post as a duplicate), and the bind that follows must find the buffers."""
+        dest = self.node.routes.get(self.flow)
+        try:
+            await self.node.party.request(dest, "nic_rx_post", {"buffers": buffers, "space": space,
+                                                                 "reset": reset}, timeout=POST_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - the NIC is away
+            log.warning("%s: nic_rx_post to %s failed: %s", space, dest, exc)
+            return False
+        return True
 
     async def repost(self, buffers: list[int]) -> None:
         try:
@@ -330,12 +346,18 @@ class NicDriver(_Driver):
             return None
         out = bytearray()
         i = 0
-        while i < len(buffers):  # one read per run of consecutive frames
-            n = 1
-            while i + n < len(buffers) and buffers[i + n] == buffers[i] + n * PAGE:
-                n += 1
-            out += await self.node.mem_read(buffers[i], min(n * PAGE, length - i * PAGE))
-            i += n
+        try:
+            while i < len(buffers):  # one read per run of consecutive frames
+                n = 1
+                while i + n < len(buffers) and buffers[i + n] == buffers[i] + n * PAGE:
+                    n += 1
+                out += await self.node.mem_read(buffers[i], min(n * PAGE, length - i * PAGE))
+                i += n
+        except Exception as exc:  # noqa: BLE001 - memctl away: the datagram is lost, the buffers are not
+            log.warning("%s: reading a datagram out of its buffers failed: %s", self.node.name, exc)
+            self.bad_rx += 1
+            await self.repost(buffers)
+            return None
         await self.repost(buffers)
         return bytes(out)
 
@@ -404,6 +426,13 @@ class Io:
         self.disk = DiskDriver(node, node.name)
         self.nic = NicDriver(node, node.name)
         self.fds: dict[int, dict[int, Any]] = {}  # pid -> fd -> DiskFile | Socket
+
+    async def boot(self) -> None:
+        """At boot, before the kernel runs anything: whatever receive buffers this
+        OS posted in an earlier life are withdrawn (reset to none), so the NIC never
+        writes a datagram for an old port into a frame that now belongs to a process."""
+        if self.node.routes.get(self.nic.flow) is not None:
+            await self.nic.post(self.node.name, [], reset=True)
 
     # ---- descriptors ----
     def table(self, p: "Process") -> dict[int, Any]:

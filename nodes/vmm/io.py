@@ -311,9 +311,14 @@ class DeviceMux:
         os_name = self._io_os(msg)
         try:
             dev = self._shared_for(os_name, "nic")
-        except _Refusal:
-            return  # counted as unserved: its datagrams cannot arrive either
+        except _Refusal as exc:  # counted as unserved: its datagrams cannot arrive either
+            if msg.flow is None:
+                await self.party.reply(msg, "error", {"reason": "not_served", "detail": exc.reason,
+                                                      "ref": "nic_rx_post"})
+            return
         await self.emit(f"io:{self.name}.{dev.node}", "nic_rx_post", {**msg.body, "os": os_name})
+        if msg.flow is None:  # the driver's first post (a request): ordered before what it sends next
+            await self.party.reply(msg, "ok")
 
     async def on_nic_done(self, msg: Message) -> None:
         dev = self._irq_device(msg)

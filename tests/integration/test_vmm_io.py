@@ -436,6 +436,35 @@ async def test_a_disk_driver_mode_switch_waits_for_the_whole_multi_block_transfe
     assert (tmp_path / "disk0.img").read_bytes()[:len(data)] == data
 
 
+# ============================================= receive buffers across an OS restart
+
+async def test_an_os_killed_and_restarted_withdraws_its_old_receive_buffers_before_reusing_the_frames(
+        guest_build, cluster):
+    import signal
+
+    orch = await cluster(VMMIO)
+    client = Client(orch, "bufclient")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client.handle)
+            await client.exec("os1", "udpecho", ["udpecho", "7000"])
+            with trio.fail_after(READY_DEADLINE_S):
+                while (await stats(orch, "nic0"))["buffers"].get("os1") != 32:
+                    await trio.sleep(0.02)
+            old = orch.supervisor.nodes["os1"]
+            pid = old.pid
+            os.kill(pid, signal.SIGKILL)
+            with trio.fail_after(60):   # the supervisor restarts it; at boot it withdraws its buffers
+                while not (old.pid != pid and old.state == "running"
+                           and (await stats(orch, "nic0"))["buffers"].get("os1") == 0):
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    finally:
+        client.party.close()
+    nic = await stats(orch, "nic0")
+    assert (nic["buffers"], nic["ports"]["7000"]["owner"]) == ({"os1": 0}, "os1")  # the port waits for a rebind
+
+
 # ============================================= the CLI, as a user runs it
 
 def test_cli_interposes_and_devirtualizes_the_disk_and_the_nic_and_refuses_an_unknown_device(cli_run_dir):
