@@ -421,12 +421,12 @@ class Orchestrator:
                             io: list[str] | None = None, budget_ms: float | None = None) -> dict[str, Any]:
         """FIG. 3 on the CPU (``cpu``: without step 308, direct addressability kept), step 308
         (``memory``: implies the CPU if it is not virtualized yet) and FIG. 5 on each device
-        asked; nothing asked: everything not done yet."""
+        asked; nothing asked: everything not done yet (every device the topology gives the OS)."""
         from orchestrator.choreographies.fig3_interpose_cpu import interpose_cpu, interpose_memory
-        from orchestrator.choreographies.fig5_devices import DEVICES, interpose_device
+        from orchestrator.choreographies.fig5_devices import devices_of, interpose_device
         os_name = self._default_os(os)
         everything = not cpu and not memory and not io
-        devices = list(DEVICES) if everything or "all" in (io or []) else list(io or [])
+        devices = devices_of(self.topology, os_name) if everything or "all" in (io or []) else list(io or [])
         skip_done = everything or "all" in (io or [])
         att = self.virt.attached.get(os_name, {})
         want_mem = bool(memory) or everything

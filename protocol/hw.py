@@ -17,7 +17,7 @@ flow                 sender      kinds
 ``io:os1.disk``      os1         ``disk_read``, ``disk_write``, ``disk_flush``
 ``irq:disk0``        disk0       ``disk_done``
 ``io:os1.nic``       os1         ``nic_bind``, ``nic_send``, ``nic_close``,
-                                 ``nic_rx_ack``
+                                 ``nic_rx_ack``, ``nic_rx_post``
 ``irq:nic0``         nic0        ``nic_done``, ``nic_rx``
 ===================  ==========  ===============================================
 
@@ -79,19 +79,28 @@ register("timer_now")                # reply ok {data: {"time_ns": int}} (wall c
 # -- disk (nodes/disk/node.py has the full interface) ------------------------------
 # status: 0, or -errno (EINVAL malformed/misaligned, EIO out of range or outside
 # the issuer's partition, EFAULT bad DMA, EAGAIN queue full); reason says why.
+# block: from the start of the issuer's partition if it has one (each OS sees its
+# partition as the device, from block 0), else absolute.
 register("disk_read", id="int", block="int", count="int", space="str", addr="int")
 register("disk_write", id="int", block="int", count="int", space="str", addr="int")
 register("disk_flush", id="int")
 register("disk_done", id="int", status="int", count="int", reason=_opt("str"))
-register("disk_info")                # reply ok {data: {blocks, block_size, write_back, ...}}
+register("disk_info", os=_opt("str"))  # reply ok {data: {blocks, block_size, write_back, ...}};
+# os: the geometry as that OS sees it (the VMM asks, to serve the OS's partition)
 
 # -- NIC (nodes/nic/node.py has the full interface) -----------------------------------
-register("nic_bind", id="int", port="int")     # port 0: the NIC picks a free guest port
-register("nic_send", id="int", src_port="int", dst_host="str", dst_port="int", data="bytes")
-register("nic_close", id="int", port="int")
-register("nic_rx_ack", port="int", count="int")  # the driver hands back receive slots
+# os (optional): the OS the issuer acts for; honoured only from the node that
+# io:<os>.nic is routed to (the VMM serving that OS's virtual-mode driver)
+register("nic_bind", id="int", port="int", os=_opt("str"))     # port 0: the NIC picks a free guest port
+register("nic_send", id="int", src_port="int", dst_host="str", dst_port="int", data="bytes", os=_opt("str"))
+register("nic_close", id="int", port="int", os=_opt("str"))
+register("nic_rx_ack", port="int", count="int", os=_opt("str"))  # the driver hands back receive slots
 register("nic_done", id="int", status="int", port=_opt("int"), reason=_opt("str"))
-register("nic_rx", port="int", src_host="str", src_port="int", data="bytes")
+register("nic_rx_post", buffers=Field("list", items="int"), space="str", reset=_opt("bool"), os=_opt("str"))
+# the driver posts receive buffers: guest addresses of page frames it owns (pinned); reset: they
+# replace every buffer posted before (a restarted OS's old frames are not its buffers any more)
+register("nic_rx", port="int", src_host="str", src_port="int", length="int", buffers=Field("list", items="int"))
+# a datagram of `length` bytes DMA'd into `buffers` (in order, a page each), taken from the posted ones
 register("nic_forward", guest_port="int", host_port="int")  # direct request: map a guest port to a host port (hostfwd)
 
 # -- OS instance -----------------------------------------------------------------

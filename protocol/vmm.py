@@ -20,7 +20,19 @@ flow                  sender  receiver     kinds
 ``io:<os>.uart``      <os>    vmm          (device virtualized, FIG. 5) ``uart_write``
 ``io:vmm.uart``       vmm     uart0        the VMM's native UART driver
 ``irq:uart0``         uart0   vmm          ``uart_rx`` (reflected on ``irq:vmm.<os>``)
+``io:<os>.disk``      <os>    vmm          ``disk_read``/``disk_write``/``disk_flush``
+``io:vmm.disk0``      vmm     disk0        the same, blocks translated to the OS's
+                                           partition (the VMM is a whole-device issuer)
+``irq:disk0``         disk0   vmm          ``disk_done`` (reflected on ``irq:vmm.<os>``)
+``io:<os>.nic``       <os>    vmm          ``nic_bind``/``nic_send``/``nic_close``/``nic_rx_ack``,
+                                           ``nic_rx_post`` (the OS's receive buffers)
+``io:vmm.nic0``       vmm     nic0         the same, with ``os`` (the port's / buffers' owner)
+``irq:nic0``          nic0    vmm          ``nic_done``, ``nic_rx`` (to the port's owner)
 ====================  ======  ===========  ========================================
+
+Device commands keep the OS's own ids through the VMM, so a completion that
+reaches the OS directly because a route changed under it (FIG. 5 / FIG. 6) is
+still the OS's; one the VMM did not forward is the device's native owner's.
 
 The OS does not change: it keeps emitting on ``priv:<os>`` and ``io:<os>.*``
 and handles ``trap``/``tick``/``uart_rx`` from whoever sends them.
@@ -52,8 +64,9 @@ register("vmm_detach_os", os="str")
 register("vmm_cpu_release", os="str")
 # FIG. 7 "VMM shutdown routine": reflect whatever trap the VMM holds, stop time-slicing,
 # leave the CPU running (or trapped at) `os`'s context with its own asids. data: {"held": n}
-register("vmm_device", device="str", node="str", mode="str")
-# take (mode "virtual") or give back (mode "native") a device: the VMM's native driver for `node`
+register("vmm_device", device="str", node="str", mode="str", os=_opt("str"), state=_opt("dict"))
+# take (mode "virtual") or give back (mode "native") a device of `os`: the VMM's native driver
+# for `node` (state: what the OS's driver exported when it switched to virtual)
 register("vmm_status")
 # data: {"oses": {os: {"current", "vif", "asid_base", "traps", "ticks", ...}}, "resources": {...}}
 

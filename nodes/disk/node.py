@@ -5,7 +5,9 @@ memory controller and completion interrupts (DESIGN.md §3, Devices; flows in
 Message interface (for the OS driver):
 
 - ``disk_read`` {id, block, count, space, addr} — read ``count`` blocks from
-  block ``block`` (absolute on the device) into guest memory: ``mem_write`` of
+  block ``block`` into guest memory (``block`` counts from the start of the
+  issuer's partition if it has one: each OS sees its partition as the device,
+  from block 0, as an NVMe namespace does; else absolute): ``mem_write`` of
   ``count * block_size`` bytes to ``memctl`` at guest physical ``addr`` of
   address space ``space``.
 - ``disk_write`` {id, block, count, space, addr} — ``mem_read`` the bytes from
@@ -32,9 +34,10 @@ Message interface (for the OS driver):
   Commands on flow ``io:<os>.disk`` complete with ``disk_done`` emitted on
   ``irq:<name>``; commands sent directly as requests are answered with a
   ``disk_done`` reply instead. Completions come in command order (one worker).
-- ``disk_info`` (direct request) — reply ``ok`` {data: {blocks, block_size,
-  write_back, queue_depth, max_blocks, partition}}; ``partition`` is the
-  requester's ``[first_block, count]`` or null (the whole device).
+- ``disk_info`` {os?} (direct request) — reply ``ok`` {data: {blocks,
+  block_size, write_back, queue_depth, max_blocks, partition}}; ``partition``
+  is the requester's (or, with ``os``, that OS's) ``[first_block, count]`` or
+  null (the whole device). ``blocks`` is always the whole device's.
 
 The issuer of a command is ``<os>`` of its flow ``io:<os>.disk``, or the
 sender of a direct request. An issuer named in the ``partitions`` option may
@@ -192,7 +195,7 @@ class Disk(Node):
         await self._submit(msg)
 
     async def on_disk_info(self, msg: Message) -> None:
-        part = self.partitions.get(self._issuer(msg))
+        part = self.partitions.get(msg.body.get("os") or self._issuer(msg))
         await self.party.reply(msg, "ok", {"data": {
             "blocks": self.blocks, "block_size": self.block_size, "write_back": self.write_back,
             "queue_depth": self.queue_depth, "max_blocks": self.max_blocks,
@@ -253,18 +256,19 @@ class Disk(Node):
             raise _Refused(errno.EINVAL, f"block {block} is negative")
         if addr < 0 or addr % DMA_ALIGN:
             raise _Refused(errno.EINVAL, f"guest address {addr:#x} is not {DMA_ALIGN}-byte aligned")
-        if block + count > self.blocks:
-            raise _Refused(errno.EIO, f"blocks [{block}, {block + count}) beyond the end of the device "
-                                      f"({self.blocks} blocks)")
         issuer = self._issuer(msg)
         part = self.partitions.get(issuer)
         if part is not None:
             first, n = part
-            if block < first or block + count > first + n:
+            if block + count > n:
                 raise _Refused(errno.EIO, f"blocks [{block}, {block + count}) outside {issuer}'s partition "
-                                          f"[{first}, {first + n})")
+                                          f"of {n} blocks")
             if space != issuer:
                 raise _Refused(errno.EFAULT, f"{issuer} may only DMA into its own address space, not {space!r}")
+            block += first
+        if block + count > self.blocks:
+            raise _Refused(errno.EIO, f"blocks [{block}, {block + count}) beyond the end of the device "
+                                      f"({self.blocks} blocks)")
         offset = block * self.block_size
         length = count * self.block_size
         if msg.kind == "disk_read":

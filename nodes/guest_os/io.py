@@ -53,6 +53,8 @@ SOCK_TYPE_MASK = 0xF
 DISK_PATH = "/dev/disk0"
 PAGE = 4096
 IO_MAX = 1 << 20  # bytes per pread64/pwrite64; more is a short count, as Linux may
+RX_BUFFERS = 32  # receive buffers (a frame each) the NIC driver posts: two largest datagrams
+POST_TIMEOUT = 5.0  # s for the NIC (or the VMM) to take posted receive buffers
 MAX_DATAGRAM = 65507
 PATH_MAX = 4096
 CMD_TIMEOUT = 3.0  # s before a command is re-issued (the device may have restarted)
@@ -159,7 +161,7 @@ class DiskDriver(_Driver):
         super().__init__(node, os_name, mode, virtual_flow)
         self.block_size: int | None = None
         self.blocks: int | None = None
-        self.first_block = 0  # the start of this OS's partition (disk_info), if it has one
+        self.partition: list[int] | None = None  # [first, count] on the device (disk_info), for status
         self.bounce: int | None = None  # gpn
         self.lock = trio.Lock()  # one transfer at a time through the bounce frame
         self.read_bytes = 0
@@ -168,18 +170,30 @@ class DiskDriver(_Driver):
 
     def export_state(self) -> dict[str, Any]:
         return {**super().export_state(), "block_size": self.block_size, "blocks": self.blocks,
-                "first_block": self.first_block}
+                "partition": self.partition, "inflight": len(self.waiting)}
 
     def import_state(self, state: dict[str, Any]) -> None:
         super().import_state(state)
         self.block_size = state.get("block_size", self.block_size)
         self.blocks = state.get("blocks", self.blocks)
-        self.first_block = int(state.get("first_block", self.first_block))
+        self.partition = state.get("partition", self.partition)
+
+    async def set_mode(self, mode: str) -> dict[str, Any]:
+        """The switch waits for the whole transfer in progress, not only for the
+        command in flight: a multi-block pread/pwrite holds the lock across its
+        chunks, so a switch can never land between two of them."""
+        async with self.lock:
+            return await super().set_mode(mode)
 
     async def geometry(self) -> tuple[int, int | None]:
-        """(block size, number of blocks or None if the device does not say)."""
+        """(block size, number of blocks or None if the device does not say).
+
+        Asked of whoever serves the driver's flow: the disk natively, the VMM in
+        virtual mode; both describe the OS's partition (or the whole device),
+        and block numbers count from its start either way, so the commands are
+        the same in both modes."""
         if self.block_size is None:
-            dest = self.node.routes.get(self.native_flow) if self.mode == NATIVE else None
+            dest = self.node.routes.get(self.flow)
             info: dict[str, Any] = {}
             if dest is not None:
                 try:
@@ -190,7 +204,7 @@ class DiskDriver(_Driver):
             self.block_size = int(info.get("block_size", 512))
             part = info.get("partition")
             self.blocks = int(part[1]) if part else (int(info["blocks"]) if "blocks" in info else None)
-            self.first_block = int(part[0]) if part else 0
+            self.partition = list(part) if part else None
         return self.block_size, self.blocks
 
     def _bounce(self) -> int:
@@ -199,7 +213,7 @@ class DiskDriver(_Driver):
         return self.bounce
 
     async def _move(self, kind: str, block: int, count: int) -> None:
-        done = await self.command(kind, {"block": self.first_block + block, "count": count, "space": self.node.name,
+        done = await self.command(kind, {"block": block, "count": count, "space": self.node.name,
                                          "addr": self._bounce() * PAGE})
         if done.get("status", 0) < 0:
             raise DeviceError(done["status"], done.get("reason", ""))
@@ -283,8 +297,72 @@ class NicDriver(_Driver):
         super().__init__(node, os_name, mode, virtual_flow)
         self.ports: dict[int, _Port] = {}
         self.rx = self.tx = self.dropped = 0
+        self.rx_frames: set[int] | None = None  # gpns of the receive buffers, posted at the first bind
+        self.bad_rx = 0
+
+    async def _post_buffers(self) -> None:
+        """Pin RX_BUFFERS frames and post them to the NIC, replacing whatever this
+        OS posted in an earlier life (a restart: those frames are not buffers now)."""
+        if self.rx_frames is not None:
+            return
+        try:
+            frames = self.node.module.alloc_pin(RX_BUFFERS)
+        except Exception as exc:  # noqa: BLE001 - no memory for buffers: no network
+            raise DeviceError(-errno.ENOMEM, f"no frames for {RX_BUFFERS} receive buffers: {exc}") from None
+        if not await self.post(self.node.name, [f * PAGE for f in frames], reset=True):
+            self.node.module.give_back(frames)  # not buffers after all: back on the free list
+            self.node.module.add_frames(frames)
+            raise DeviceError(-errno.EIO, "the NIC did not take the receive buffers")
+        self.rx_frames = set(frames)
+
+    async def post(self, space: str, buffers: list[int], *, reset: bool) -> bool:
+        """A direct request, not a flow message: right after a restart the flow's
+        receiver may not know yet that its sequence starts again (it would drop
+        the post as a duplicate), and the bind that follows must find the buffers."""
+        dest = self.node.routes.get(self.flow)
+        try:
+            await self.node.party.request(dest, "nic_rx_post", {"buffers": buffers, "space": space,
+                                                                 "reset": reset}, timeout=POST_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - the NIC is away
+            log.warning("%s: nic_rx_post to %s failed: %s", space, dest, exc)
+            return False
+        return True
+
+    async def repost(self, buffers: list[int]) -> None:
+        try:
+            await self.node.emit(self.flow, "nic_rx_post", {"buffers": list(buffers), "space": self.node.name})
+        except Exception as exc:  # noqa: BLE001
+            log.info("nic_rx_post not sent: %s", exc)
+
+    async def receive(self, body: dict[str, Any]) -> bytes | None:
+        """The datagram of a ``nic_rx``, read out of the buffers the NIC wrote it
+        into (which are then posted again); None if they are not this driver's."""
+        buffers, length = list(body["buffers"]), body["length"]
+        mine = self.rx_frames or set()
+        if any(a % PAGE or a // PAGE not in mine for a in buffers) or len(buffers) != -(-length // PAGE):
+            self.bad_rx += 1
+            log.warning("%s: nic_rx with buffers %s for %d bytes that are not its receive buffers",
+                        self.node.name, buffers[:4], length)
+            return None
+        out = bytearray()
+        i = 0
+        try:
+            while i < len(buffers):  # one read per run of consecutive frames
+                n = 1
+                while i + n < len(buffers) and buffers[i + n] == buffers[i] + n * PAGE:
+                    n += 1
+                out += await self.node.mem_read(buffers[i], min(n * PAGE, length - i * PAGE))
+                i += n
+        except Exception as exc:  # noqa: BLE001 - memctl away: the datagram is lost, the buffers are not
+            log.warning("%s: reading a datagram out of its buffers failed: %s", self.node.name, exc)
+            self.bad_rx += 1
+            await self.repost(buffers)
+            return None
+        await self.repost(buffers)
+        return bytes(out)
 
     async def bind(self, port: int) -> int:
+        await self._post_buffers()
         done = await self.command("nic_bind", {"port": port})
         if done.get("status", 0) == -errno.EADDRINUSE and port and port not in self.ports:
             # a port the NIC holds for this OS that this driver does not know of is a
@@ -322,10 +400,11 @@ class NicDriver(_Driver):
             log.info("nic_rx_ack %d not sent: %s", port, exc)
 
     def export_state(self) -> dict[str, Any]:
-        return {**super().export_state(), "ports": sorted(self.ports)}
+        return {**super().export_state(), "ports": sorted(self.ports),
+                "rx_buffers": sorted(f * PAGE for f in self.rx_frames or ())}
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "rx": self.rx, "tx": self.tx, "dropped": self.dropped,
+        return {**super().stats(), "rx": self.rx, "tx": self.tx, "dropped": self.dropped, "bad_rx": self.bad_rx,
                 "ports": {str(p): len(v.queue) for p, v in self.ports.items()}}
 
 
@@ -347,6 +426,13 @@ class Io:
         self.disk = DiskDriver(node, node.name)
         self.nic = NicDriver(node, node.name)
         self.fds: dict[int, dict[int, Any]] = {}  # pid -> fd -> DiskFile | Socket
+
+    async def boot(self) -> None:
+        """At boot, before the kernel runs anything: whatever receive buffers this
+        OS posted in an earlier life are withdrawn (reset to none), so the NIC never
+        writes a datagram for an old port into a frame that now belongs to a process."""
+        if self.node.routes.get(self.nic.flow) is not None:
+            await self.nic.post(self.node.name, [], reset=True)
 
     # ---- descriptors ----
     def table(self, p: "Process") -> dict[int, Any]:
@@ -403,13 +489,14 @@ class Io:
 
     # ---- the NIC's receive side (kernel task) ----
     async def nic_rx(self, k: "Kernel", body: dict[str, Any]) -> None:
+        data = await self.nic.receive(body)
         port = self.nic.ports.get(body["port"])
-        if port is None:  # closed meanwhile: hand the slot back
+        if port is None or data is None:  # closed meanwhile (or not ours): hand the slot back
             self.nic.dropped += 1
             await self.nic.ack(body["port"], 1)
             return
         self.nic.rx += 1
-        port.queue.append((bytes(body["data"]), body["src_host"], body["src_port"]))
+        port.queue.append((data, body["src_host"], body["src_port"]))
         while port.readers and port.queue:
             p, wait, args = port.readers.popleft()
             if p.wait is not wait or p.pid not in k.procs:

@@ -688,6 +688,7 @@ class OsNode(Node):
     # -- life cycle --------------------------------------------------------------------
 
     async def work(self, nursery: trio.Nursery) -> None:
+        await self.io.boot()  # before the kernel hands out frames (nodes/guest_os/io.py)
         nursery.start_soon(self._kernel_loop)
         if self.routes.get(self.timer.flow) is not None:
             await self.timer.set_period(self.tick_ms)

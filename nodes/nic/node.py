@@ -27,26 +27,43 @@ directly as requests:
   requests get a ``nic_done`` reply.
 - ``nic_forward`` {guest_port, host_port} (direct request) — add or change a
   ``forward`` entry (taking effect at the port's next bind); reply ``ok``.
-- interrupt ``nic_rx`` {port, src_host, src_port, data} on ``irq:<name>``:
-  a datagram received for guest ``port``.
+- ``nic_rx_post`` {buffers, space, reset?} — no completion: the driver posts
+  receive buffers, the guest physical addresses (page-aligned) of page frames
+  of its own address space ``space`` (an issuer may only post its own:
+  otherwise the NIC would be a deputy into another instance's memory); with
+  ``reset`` they replace every buffer the issuer posted before.
+- interrupt ``nic_rx`` {port, src_host, src_port, length, buffers} on
+  ``irq:<name>``: a datagram of ``length`` bytes received for guest ``port``,
+  written by DMA (``mem_write`` to ``memctl``) into ``buffers``, one page
+  each, in order, taken from the buffers the port's owner posted (0 bytes: no
+  buffer). The buffers are the driver's again: it reads the datagram out and
+  posts them anew.
 
 Receive ring: each bound port has ``rx_queue`` slots (default 64). A
 datagram takes a slot when it arrives from the host and keeps it until the
 driver returns it with ``nic_rx_ack``, so the ring bounds what the guest has
 not yet consumed, as a real NIC's descriptor ring does. A datagram that
-arrives with no free slot is dropped and counted (``drops``). A driver that
+arrives with no free slot is dropped and counted (``drops``), as is one for
+which its owner has not posted enough buffers (``no_buffers``) or whose DMA
+failed (``dma_errors``; those buffers are not reused). A driver that
 never acks receives ``rx_queue`` datagrams per port and then only drops.
 
 The issuer of a command is ``<os>`` of its flow ``io:<os>.nic``, or the
-sender of a direct request; a port belongs to the issuer that bound it.
+sender of a direct request; a port belongs to the issuer that bound it. A
+command may name, in ``os``, the OS its sender acts for: honoured only when
+the route table sends ``io:<os>.nic`` to that sender (the VMM serving the
+OS's virtual-mode driver, FIG. 5), else refused ``-EPERM``. So a port keeps
+its owner, the OS, whichever way its driver reaches the NIC.
 
 Options: ``forward`` ({guest_port: host_port}; host_port 0 = any free port,
 ``stats`` shows the actual one once bound), ``rx_queue`` (default 64),
+``memctl`` (node name, default ``"memctl"``),
 ``mtu`` (largest datagram, default and at most 65507).
 
 ``stats`` adds ``ports`` {guest_port: {host_port, owner, rx, tx, drops,
-queued, inflight}} and totals (``refused`` non-loopback sends, ``oversize``,
-``unrouted`` interrupts, ``stale_acks``).
+queued, inflight}}, ``buffers`` {owner: posted and free}, and totals
+(``refused`` non-loopback sends, ``oversize``, ``unrouted`` interrupts,
+``stale_acks``, ``no_buffers``, ``dma_errors``, ``bad_posts``).
 """
 
 from __future__ import annotations
@@ -61,13 +78,15 @@ from typing import Any
 import trio
 
 from nodes.runtime import Node, NodeConfig
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 import protocol.hw  # noqa: F401  (registers the device message kinds)
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.nic")
 
 MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
+PAGE = 4096  # one receive buffer: a page frame of the driver's
+DMA_TIMEOUT = 10.0  # s for one memctl request
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 EPHEMERAL = range(49152, 65536)  # guest ports the NIC picks for bind(port 0)
 HOST = "127.0.0.1"
@@ -108,6 +127,17 @@ def _port_number(value: Any, what: str, *, zero: bool = False) -> int:
     return value
 
 
+def _runs(buffers: list[tuple[str, int]]) -> list[tuple[int, int]]:
+    """(first index, length) of each run of buffers on consecutive pages of one space."""
+    runs: list[tuple[int, int]] = []
+    for i, (space, addr) in enumerate(buffers):
+        if runs and buffers[i - 1] == (space, addr - PAGE):
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
+
+
 class Nic(Node):
     """The UDP network device. See the module docstring for its messages."""
 
@@ -130,9 +160,12 @@ class Nic(Node):
         self.mtu = opts.get("mtu", MAX_DATAGRAM)
         if not isinstance(self.mtu, int) or isinstance(self.mtu, bool) or not 1 <= self.mtu <= MAX_DATAGRAM:
             raise SystemExit(f"nic {cfg.name}: option 'mtu' must be 1..{MAX_DATAGRAM}, got {self.mtu!r}")
+        self.memctl = opts.get("memctl", "memctl")
         self.irq_flow = f"irq:{cfg.name}"
         self.ports: dict[int, _Port] = {}
-        self.counts = {"refused": 0, "oversize": 0, "unrouted": 0, "stale_acks": 0, "errors": 0}
+        self.buffers: dict[str, deque[tuple[str, int]]] = {}  # owner -> posted buffers (space, addr)
+        self.counts = {"refused": 0, "oversize": 0, "unrouted": 0, "stale_acks": 0, "errors": 0,
+                       "no_buffers": 0, "dma_errors": 0, "bad_posts": 0}
         self._wake = trio.Event()  # a datagram was queued
 
     # -- life cycle -------------------------------------------------------------
@@ -151,16 +184,24 @@ class Nic(Node):
         s.update(self.counts)
         s["ports"] = {str(g): p.view() for g, p in sorted(self.ports.items())}
         s["forward"] = {str(g): h for g, h in sorted(self.forward.items())}
+        s["buffers"] = {o: len(b) for o, b in sorted(self.buffers.items())}
         return s
 
     # -- commands -------------------------------------------------------------------
 
-    @staticmethod
-    def _issuer(msg: Message) -> str:
+    def _issuer(self, msg: Message) -> str:
         flow = msg.flow
         if flow is not None and flow.startswith("io:") and flow.endswith(".nic"):
-            return flow[3:-4]
-        return msg.src
+            sender = flow[3:-4]
+        else:
+            sender = msg.src
+        acting_for = msg.body.get("os")
+        if acting_for is None or acting_for == sender:
+            return sender
+        if self.routes.get(f"io:{acting_for}.nic") != sender:
+            raise _Refused(errno.EPERM, f"{sender} may not act for {acting_for}: io:{acting_for}.nic is not "
+                                        f"routed to it")
+        return acting_for
 
     async def _run(self, msg: Message, action) -> None:
         body: dict[str, Any]
@@ -184,17 +225,19 @@ class Nic(Node):
         return True
 
     def _owned(self, msg: Message, port: Any, what: str) -> _Port:
+        issuer = self._issuer(msg)
         p = self.ports.get(port)
         if p is None:
             raise _Refused(errno.EBADF, f"{what} {port!r} is not bound")
-        if p.owner != self._issuer(msg):
-            raise _Refused(errno.EBADF, f"{what} {port} is bound by {p.owner}, not {self._issuer(msg)}")
+        if p.owner != issuer:
+            raise _Refused(errno.EBADF, f"{what} {port} is bound by {p.owner}, not {issuer}")
         return p
 
     async def on_nic_bind(self, msg: Message) -> None:
         await self._run(msg, self._bind)
 
     async def _bind(self, msg: Message) -> dict[str, Any]:
+        owner = self._issuer(msg)
         guest = _port_number(msg.body["port"], "port", zero=True)
         if guest == 0:
             guest = next((p for p in EPHEMERAL if p not in self.ports), 0)
@@ -209,7 +252,7 @@ class Nic(Node):
             sock.close()
             raise _Refused(exc.errno or errno.EIO,
                            f"host port {self.forward.get(guest, 0)} for guest port {guest}: {exc.strerror}") from None
-        port = self.ports[guest] = _Port(guest, self._issuer(msg), sock, sock.getsockname()[1])
+        port = self.ports[guest] = _Port(guest, owner, sock, sock.getsockname()[1])
         self.nursery.start_soon(self._reader, port)
         return {"port": guest}
 
@@ -251,12 +294,40 @@ class Nic(Node):
 
     async def on_nic_rx_ack(self, msg: Message) -> None:
         port = self.ports.get(msg.body["port"])
-        if port is None or port.owner != self._issuer(msg):
+        try:
+            issuer = self._issuer(msg)
+        except _Refused:
+            issuer = None
+        if port is None or port.owner != issuer:
             self.counts["stale_acks"] += 1  # the port was closed meanwhile: nothing to hand back
         else:
             port.inflight = max(0, port.inflight - max(0, msg.body["count"]))
         if msg.flow is None:
             await self.party.reply(msg, "ok")
+
+    async def on_nic_rx_post(self, msg: Message) -> None:
+        b = msg.body
+        try:
+            owner = self._issuer(msg)
+            if b["space"] != owner:
+                raise _Refused(errno.EFAULT, f"{owner} may only post buffers of its own address space, "
+                                             f"not {b['space']!r}")
+            bad = [a for a in b["buffers"] if not isinstance(a, int) or a < 0 or a % PAGE]
+            if bad:
+                raise _Refused(errno.EINVAL, f"buffers {bad[:4]} are not page-aligned guest addresses")
+        except _Refused as exc:
+            self.counts["bad_posts"] += 1
+            log.info("%s: nic_rx_post refused: %s", self.name, exc.reason)
+            if msg.flow is None:
+                await self.party.reply(msg, "error", {"reason": "bad_field", "detail": exc.reason,
+                                                      "ref": "nic_rx_post"})
+            return
+        pool = self.buffers.setdefault(owner, deque())
+        if b.get("reset"):
+            pool.clear()
+        pool.extend((b["space"], a) for a in b["buffers"])
+        if msg.flow is None:
+            await self.party.reply(msg, "ok", {"data": {"buffers": len(pool)}})
 
     async def on_nic_forward(self, msg: Message) -> None:
         """``nic_forward`` {guest_port, host_port} (direct request, e.g. from
@@ -302,10 +373,38 @@ class Nic(Node):
                 if not port.queue or self.ports.get(port.guest) is not port:
                     continue  # closed while an earlier emit waited
                 data, src_host, src_port = port.queue.popleft()
-                port.inflight += 1
+                port.inflight += 1  # keeps its slot while its DMA runs
+                buffers = await self._dma_in(port, data)
+                if buffers is None:
+                    port.inflight -= 1
+                    port.drops += 1
+                    continue
                 if await self._raise_irq("nic_rx", {"port": port.guest, "src_host": src_host,
-                                                    "src_port": src_port, "data": data}):
+                                                    "src_port": src_port, "length": len(data),
+                                                    "buffers": buffers}):
                     port.rx += 1
                 else:
                     port.inflight -= 1
                     port.drops += 1
+
+    async def _dma_in(self, port: _Port, data: bytes) -> list[int] | None:
+        """Write ``data`` into buffers its owner posted, a page each; their addresses, or None (dropped)."""
+        pool = self.buffers.get(port.owner) or deque()
+        need = -(-len(data) // PAGE)
+        if len(pool) < need:
+            self.counts["no_buffers"] += 1
+            return None
+        taken = [pool.popleft() for _ in range(need)]
+        for i, n in _runs(taken):  # one DMA burst per run of consecutive pages
+            space, addr = taken[i]
+            try:
+                await self.party.request(self.memctl, "mem_write", {
+                    "space": space, "addr": addr, "data": data[i * PAGE:(i + n) * PAGE]}, timeout=DMA_TIMEOUT)
+            except (RemoteError, RequestTimeout, ProtocolError) as exc:
+                self.counts["dma_errors"] += 1
+                log.warning("%s: DMA into %s %#x failed: %s", self.name, space, addr, exc)
+                refused = isinstance(exc, RemoteError) and exc.reason != "recovering"
+                # a buffer the memory controller refuses is not used again; the others are fine
+                pool.extend(taken[i + 1:] if refused else taken)
+                return None
+        return [addr for _space, addr in taken]

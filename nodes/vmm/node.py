@@ -20,7 +20,8 @@ timer's interrupts (``irq:timer0``) and the OS's privileged operations
   (it is not the OS's), saves the context and resumes another OS's;
 - drives devices for the instances (``vmm_device``, FIG. 5): console bytes
   of ``io:<os>.uart`` go out unchanged on ``io:vmm.<uart node>`` if routed
-  (one UART per OS), else on ``io:vmm.uart``; ``uart_sync`` is relayed.
+  (one UART per OS), else on ``io:vmm.uart``; ``uart_sync`` is relayed; the
+  disk is shared by partition and the NIC by port (``nodes/vmm/io.py``).
 
 Control (orchestrator → vmm, ``ok`` {data} or ``error``): ``vmm_init``
 (writes an image header into its frames in space ``vmm`` when memctl has
@@ -54,6 +55,7 @@ import trio
 import protocol.hw  # noqa: F401  (registers the kinds)
 import protocol.vmm  # noqa: F401
 from nodes.runtime import Node, main, spawned
+from nodes.vmm.io import SHARED_DEVICES, DeviceMux, _Refusal
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message
 
@@ -89,7 +91,7 @@ class VirtualCpu:
                 **self.counts}
 
 
-class VmmNode(Node):
+class VmmNode(DeviceMux, Node):
     """The virtual machine monitor (``kind = "vmm"``). See the module docstring."""
 
     kind = "vmm"
@@ -111,6 +113,7 @@ class VmmNode(Node):
         self.released = False                 # vmm_cpu_release done: pass everything through
         self.slice_left = self.slice_ticks
         self.devices: dict[str, dict[str, Any]] = {}   # uart node -> {"os", "mode"}
+        self._init_devices()                           # the disks and NICs (nodes/vmm/io.py)
         self.resources: dict[str, Any] = {}
         self.counts = {"traps_in": 0, "traps_reflected": 0, "traps_kept": 0, "stray_traps": 0,
                        "priv_forwarded": 0, "priv_emulated": 0, "ticks_in": 0, "virtual_ticks": 0,
@@ -493,12 +496,28 @@ class VmmNode(Node):
         await self.party.reply(msg, "ok", {"data": {"held": held, "current": self.current,
                                                     "own_preempt_pending": self.own_preempt}})
 
+    @spawned
     async def on_vmm_device(self, msg: Message) -> None:
         b = msg.body
         if b["mode"] not in ("virtual", "native"):
             raise ProtocolError("bad_field", f"mode must be virtual or native, got {b['mode']!r}", "body.mode")
         node = b["node"]
         device = b["device"]
+        if device in SHARED_DEVICES:
+            os_name = b.get("os")
+            if not os_name:
+                raise ProtocolError("bad_field", f"vmm_device for a {device} must name the os it serves", "body.os")
+            try:
+                if b["mode"] == "virtual":
+                    data = await self.take_shared(device, node, os_name, b.get("state"))
+                else:
+                    data = self.give_back_shared(device, node, os_name)
+            except _Refusal as exc:
+                raise ProtocolError("bad_field", exc.reason, "body.node") from None
+            except (RemoteError, RequestTimeout) as exc:
+                raise ProtocolError("device_unavailable", f"{node} did not describe itself: {exc}", "body.node") from None
+            await self.party.reply(msg, "ok", {"data": {"node": node, "os": os_name, "mode": b["mode"], **data}})
+            return
         os_name = b.get("os") or (device.split(".", 1)[0] if "." in device else self.uart_owner.get(node))
         if b["mode"] == "virtual":
             self.devices[node] = {"device": device, "os": os_name, "mode": "virtual"}
@@ -515,6 +534,7 @@ class VmmNode(Node):
         return {"oses": {n: v.view(self.current == n) for n, v in self.oses.items()},
                 "current": self.current, "released": self.released, "own_preempt": self.own_preempt,
                 "slice_ticks": self.slice_ticks, "devices": self.devices, "resources": self.resources,
+                "io": self.devices_status(),
                 **self.counts}
 
     def stats(self) -> dict[str, Any]:

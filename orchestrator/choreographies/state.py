@@ -47,7 +47,9 @@ class VirtState:
         return base
 
     def view(self, topology: "Topology") -> dict[str, Any]:
-        """``{resource: controller}`` for every OS's CPU, memory and devices, plus the VMM and loans."""
+        """``{resource: controller}`` for every OS's CPU, memory and devices (its UART,
+        disk and NIC where the topology gives it one), plus the VMM and loans."""
+        from orchestrator.choreographies.fig5_devices import device_node, devices_of
         resources: dict[str, str] = {}
         for name, spec in topology.nodes.items():
             if spec.kind != "os":
@@ -55,8 +57,9 @@ class VirtState:
             att = self.attached.get(name, {})
             resources[f"{name}.cpu"] = VMM if att.get("cpu") == VMM else name
             resources[f"{name}.memory"] = VMM if att.get("memory") == VMM else name
-            dev = spec.options.get("uart", "uart0")
-            resources[f"{name}.uart ({dev})"] = VMM if f"{name}.uart" in self.devices else name
+            for device in devices_of(topology, name):
+                node = device_node(topology, name, device)
+                resources[f"{name}.{device} ({node})"] = VMM if f"{name}.{device}" in self.devices else name
         return {"vmm": {"loaded": self.vmm_loaded, "host": self.vmm_host, "frames": len(self.vmm_frames)},
                 "resources": resources, "loans": list(self.loans),
                 "policy": {"auto_devirtualize": self.auto_devirtualize}}
