@@ -95,7 +95,7 @@ def interpose(
         "Virtualize memory (FIG. 3 308: the OS loses direct addressability, the VMM manages its map). Implies "
         "--cpu if the CPU is not virtualized yet: in FIG. 3 memory comes after the CPU's traps reach the VMM."))
     ] = False,
-    io: Annotated[Optional[list[str]], typer.Option("--io", help="Interpose on a device (FIG. 5): uart, or all.")] = None,
+    io: Annotated[Optional[list[str]], typer.Option("--io", help="Interpose on a device (FIG. 5): uart, disk, nic, or all (repeatable).")] = None,
     os_name: Os = None,
     budget_ms: Budget = None,
     run_dir: RunDir = None,
@@ -108,7 +108,7 @@ def interpose(
 
 def devirtualize(
     cpu: Annotated[bool, typer.Option("--cpu", help="Give the CPU back (FIG. 7; implies memory and devices).")] = False,
-    io: Annotated[Optional[list[str]], typer.Option("--io", help="Give a device back (FIG. 6): uart, or all.")] = None,
+    io: Annotated[Optional[list[str]], typer.Option("--io", help="Give a device back (FIG. 6): uart, disk, nic, or all (repeatable).")] = None,
     memory: Annotated[bool, typer.Option("--memory", help=(
         "Give direct addressability back (FIG. 7 712 alone; the CPU stays virtualized)."))] = False,
     unload_vmm: Annotated[bool, typer.Option("--unload", help="Then unload the VMM and return its frames (FIG. 8).")] = False,
