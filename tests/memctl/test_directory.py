@@ -156,6 +156,67 @@ async def test_borrowing_moves_pinned_frames_zeroed_from_one_os_to_another(tmp_p
     mc.check_invariants()
 
 
+async def test_a_bulk_loan_recalls_its_cached_frames_zeroes_them_and_makes_a_waiting_access_fault(tmp_path):
+    """900 frames change owner in one transfer (per-run zeroing, bulk owner and
+    pin changes) while cpu0 holds one of them modified and cpu1 asks for
+    another: cpu1 waits for the transfer, then gets the fault the new owner
+    means; the snapshot (pins as runs) restores exactly."""
+    import trio.testing
+
+    caches = Caches()
+    recalling = trio.Event()
+
+    async def recall(holder: str, frame: int, mode: str) -> bytes | None:
+        if frame == 500:  # the transfer holds its frames now: let cpu1 come and block on one
+            recalling.set()
+            await trio.testing.wait_all_tasks_blocked()
+        return await caches.recall(holder, frame, mode)
+
+    mc = MemoryController.open(tmp_path, 1100, recall)
+    await mc.create_space("os1", range(0, 1024))
+    await mc.write("os1", "os1", 0, b"\x77" * (1024 * FRAME_SIZE))
+    line = caches.install("cpu0", await mc.acquire("cpu0", "os1", 500, write=True))
+    line[:6] = b"secret"
+    lent = list(range(100, 600)) + list(range(624, 1024))  # two runs
+    mc.pin_frames("os1", [*lent, 5])
+    outcome: list[object] = []
+
+    async def late_reader() -> None:
+        await recalling.wait()
+        try:
+            outcome.append(await mc.acquire("cpu1", "os1", 700, write=False))
+        except MemFault as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mc.transfer, lent, "os1", "vmm")
+        nursery.start_soon(late_reader)
+    assert len(outcome) == 1 and isinstance(outcome[0], MemFault), outcome
+    assert ("cpu0", 500, "invalidate") in caches.recalls and 500 not in caches.lines["cpu0"]
+    assert mc.frames_of("vmm") == sorted(lent) and mc.pinned("os1") == [5]
+    assert mc.stats()["zeroed"] == 1024 + len(lent)  # the partition's creation, then the loan
+    assert await mc.read("orch", "os1", 99 * FRAME_SIZE, FRAME_SIZE) == b"\x77" * FRAME_SIZE
+    await mc.create_space("vmm", [])
+    assert await mc.read("vmm", "vmm", 500 * FRAME_SIZE, FRAME_SIZE) == ZERO
+    mc.check_invariants()
+    before = (mc.owners(), mc.pinned("os1"))
+    again = MemoryController.open(tmp_path, None, recall)
+    assert (again.owners(), again.pinned("os1")) == before
+
+
+async def test_a_version_1_snapshot_with_pins_as_a_frame_list_is_still_read(tmp_path):
+    import json
+
+    mc, _ = await controller(tmp_path)
+    mc.pin_frames("os1", [0, 2])
+    doc = json.loads((tmp_path / "memctl.json").read_text())
+    assert doc["version"] == 2 and doc["pinned"] == {"os1": [[0, 1], [2, 1]]}
+    doc.update(version=1, pinned={"os1": [0, 2]})
+    (tmp_path / "memctl.json").write_text(json.dumps(doc))
+    again = MemoryController.open(tmp_path, None, Caches().recall)
+    assert again.pinned("os1") == [0, 2] and again.owners() == mc.owners()
+
+
 async def test_pins_and_partitions_are_refused_when_they_would_break_ownership(tmp_path):
     mc, _ = await controller(tmp_path)
     with pytest.raises(OwnershipError, match="fewer|has 3 unpinned"):
