@@ -12,6 +12,11 @@ timer's interrupts (``irq:timer0``) and the OS's privileged operations
   (saved context, pending preemption, halt, virtual interrupt flag). TLB
   operations always reach the real TLB: the asid bases keep the instances'
   entries apart, so the real TLB is every OS's virtual TLB at once;
+- **answers** an operation that carries ``ack`` itself, once done (the
+  CPU is never asked to answer on the OS's behalf: its reply would reach
+  the VMM), and ``cpu_save`` from the OS's virtual CPU: the real CPU's
+  context when the OS is on it, the saved one when it is switched out;
+  ``cpu_resume``'s TLB entries reach the real TLB with the asid base added;
 - **delivers virtual interrupts** (``tick``/``alarm`` to every OS,
   ``uart_rx`` to the UART's owner) on ``irq:vmm.<os>``, queued while the OS's
   virtual interrupt flag masks them;
@@ -234,11 +239,38 @@ class VmmNode(DeviceMux, Node):
 
     async def _priv(self, msg: Message) -> None:
         vcpu = self._os_of_flow(msg)
-        kind, b = msg.kind, dict(msg.body)
+        ack = bool(msg.body.get("ack"))
+        await self._priv_op(vcpu, msg.kind, msg.body)
+        if ack:
+            data: dict[str, Any] = {"virtual": True}
+            if msg.kind == "irq_mask":
+                data["masked"] = not vcpu.vif
+            elif msg.kind == "cpu_resume":
+                data.update(cpu_state="running" if self.current == vcpu.name else "runnable",
+                            tlb_written=len(msg.body.get("tlb") or []))
+            elif msg.kind == "cpu_halt":
+                data["cpu_state"] = "halted"
+            await self.party.reply(msg, "ok", {"data": data})
+
+    async def _priv_op(self, vcpu: VirtualCpu, kind: str, body: dict[str, Any]) -> None:
+        b = {k: v for k, v in body.items() if k != "ack"}
         base = vcpu.asid_base
         if kind in ("cpu_resume", "tlb_write", "tlb_flush") and b.get("asid") is not None:
             b["asid"] = b["asid"] + base
             vcpu.asids.add(b["asid"])
+        if kind == "cpu_resume" and b.get("tlb"):
+            entries = []
+            for e in b["tlb"]:
+                if not (isinstance(e, list) and len(e) == 4 and isinstance(e[0], int) and not isinstance(e[0], bool)):
+                    raise ProtocolError("bad_field", f"a TLB entry is [asid, vpn, ppn, perms], got {e!r}", "body.tlb")
+                entries.append([e[0] + base, *e[1:]])
+                vcpu.asids.add(e[0] + base)
+            b["tlb"] = entries
+            if self._managed() and self.current != vcpu.name:
+                # the real TLB holds every OS's entries apart by asid: they go in now, the context waits
+                for asid, vpn, ppn, perms in entries:
+                    await self._cpu("tlb_write", {"asid": asid, "vpn": vpn, "ppn": ppn, "perms": perms})
+                del b["tlb"]
         if kind in ("tlb_write", "tlb_flush"):
             # the real TLB is partitioned by asid: every OS's entries go straight in
             vcpu.counts["forwarded"] += 1
@@ -307,6 +339,25 @@ class VmmNode(DeviceMux, Node):
 
     async def on_cpu_resume(self, msg: Message) -> None:
         await self._priv(msg)
+
+    @spawned
+    async def on_cpu_save(self, msg: Message) -> None:
+        vcpu = self._os_of_flow(msg)
+        if not self._managed() or self.current == vcpu.name:
+            # its context is the real CPU's: ask it (refused, as natively, while it runs)
+            try:
+                reply = await self.emit_request("priv:vmm", "cpu_save", {})
+            except RemoteError as exc:
+                await self.party.reply(msg, "error", {"reason": exc.reason, "detail": exc.detail})
+                return
+            data = dict(reply.body["data"])
+            data["asid"] = data["asid"] - vcpu.asid_base
+        else:
+            data = {"regs": list(vcpu.regs or [0] * 32), "pc": vcpu.pc or 0,
+                    "asid": (vcpu.asid if vcpu.asid is not None else vcpu.asid_base) - vcpu.asid_base,
+                    "space": vcpu.name, "cpu_state": "switched_out" if vcpu.runnable else "halted",
+                    "instret": None}
+        await self.party.reply(msg, "ok", {"data": {**data, "virtual": True}})
 
     async def on_tlb_write(self, msg: Message) -> None:
         await self._priv(msg)

@@ -82,6 +82,43 @@ def trap_body(cause: int, asid: int, pc: int = 0x1000) -> dict:
     return {"cause": cause, "tval": 0, "pc": pc, "regs": [asid] * 32, "asid": asid, "instret": 1}
 
 
+async def test_vmm_answers_acked_operations_and_cpu_save_from_each_oss_virtual_cpu_in_process(tmp_path) -> None:
+    r = Recorder(tmp_path)
+    try:
+        await r.send("vmm_attach_os", {"os": "os1", "asid_base": 0, "current": True})
+        await r.send("vmm_attach_os", {"os": "os2", "asid_base": 0x10000})
+        # os2, off the CPU: its resume's TLB entries go to the real TLB under its asid base at once;
+        # the context is only saved, and the VMM (not the CPU) answers the ack
+        out = await r.send("cpu_resume", {"regs": [7] * 32, "pc": 0x100, "asid": 3, "space": "os2",
+                                          "tlb": [[3, 5, 800, "rx"]], "ack": True}, flow="priv:os2", src="os2")
+        assert out == [("priv:vmm", "tlb_write", {"asid": 0x10003, "vpn": 5, "ppn": 800, "perms": "rx"})]
+        assert r.replies[-1] == ("ok", {"data": {"virtual": True, "cpu_state": "runnable", "tlb_written": 1}})
+        # os1, on the CPU: forwarded with its entries and without the ack (the CPU's answer would reach the VMM)
+        out = await r.send("cpu_resume", {"pc": 4, "asid": 2, "tlb": [[2, 9, 300, "rw"]], "ack": True},
+                           flow="priv:os1", src="os1")
+        assert out == [("priv:vmm", "cpu_resume", {"pc": 4, "asid": 2, "tlb": [[2, 9, 300, "rw"]]})]
+        assert r.replies[-1] == ("ok", {"data": {"virtual": True, "cpu_state": "running", "tlb_written": 1}})
+        assert await r.send("irq_mask", {"masked": True, "ack": True}, flow="priv:os2", src="os2") == []
+        assert r.replies[-1] == ("ok", {"data": {"virtual": True, "masked": True}})
+        # cpu_save: os2's saved context (its own asid), os1's from the real CPU (asked on priv:vmm)
+        await r.send("cpu_save", {}, flow="priv:os2", src="os2")
+        assert r.replies[-1] == ("ok", {"data": {"regs": [7] * 32, "pc": 0x100, "asid": 3, "space": "os2",
+                                                 "cpu_state": "switched_out", "instret": None, "virtual": True}})
+        asked = []
+        real = {"regs": [1] * 32, "pc": 8, "asid": 2, "space": "os1", "cpu_state": "trapped", "instret": 99}
+
+        async def request(dst, kind, body=None, **kw):
+            asked.append((dst, kind, kw.get("flow")))
+            return r.Message("ok", dst, "vmm", 1, {"data": real})
+
+        r.node.party.request = request
+        await r.send("cpu_save", {}, flow="priv:os1", src="os1")
+        assert asked == [("cpu0", "cpu_save", "priv:vmm")]
+        assert r.replies[-1] == ("ok", {"data": {**real, "virtual": True}})
+    finally:
+        r.close()
+
+
 async def test_vmm_reflects_forwards_emulates_and_switches_in_process(tmp_path) -> None:
     r = Recorder(tmp_path, slice_ticks=2)
     try:
