@@ -345,6 +345,10 @@ class Node:
         self.routes = table
         self.party.epoch = table.epoch
         for flow, n in nxt.items():
+            if n == 1 and flow in self.in_flows:
+                # its sender (re)starts numbering it: what this node recorded was a previous life's
+                self.in_flows[flow].runs = []
+                self.in_flows[flow].runs_dropped = 0
             if table.get(flow) == self.name:
                 inflow = self.in_flows.setdefault(flow, _InFlow())
                 inflow.expected = n

@@ -220,11 +220,13 @@ class Supervisor:
             if self.stopping:
                 return
             np.restarts += 1
+            if self.on_restart is not None:
+                # before it runs: its receivers must expect its flows to start over from fseq 1
+                # before its first message arrives, or they would drop that as a duplicate
+                await self.on_restart(np)
             await self._spawn(np)
             with trio.move_on_after(15):
                 await np.ready.wait()
-            if self.on_restart is not None and np.ready.is_set():
-                await self.on_restart(np)
 
     async def stop_all(self, graceful: Callable[[NodeProc], Any] | None, timeout: float = 5.0) -> None:
         """Ask every node to shut down, then SIGTERM, then SIGKILL; by pid, only ours."""

@@ -159,6 +159,16 @@ def _driver_mode(rd: Path, device: str, mode: str) -> dict:
     return reply["body"]["data"]
 
 
+def _fresh_stats(rd: Path, name: str) -> dict:
+    """The node's stats now (``hwemu status`` shows those of its last heartbeat)."""
+    import trio
+
+    from orchestrator.client import call
+
+    reply = trio.run(call, rd, "ctl_request", {"node": name, "kind": "stats", "body": {}}, 30.0)
+    return reply["body"]["stats"]
+
+
 # -------------------------------------------------------------- durability
 
 def _sets(lo: int, hi: int) -> list[tuple[bytes, bytes]]:
@@ -182,11 +192,20 @@ def test_kvstore_acknowledged_sets_survive_kill9_of_the_disk_the_os_and_the_whol
         # kill -9 the disk: restarted under the running kvstore, which goes on
         kill9_and_wait_restart(rd, "disk0")
         converse(prog.address, _gets(20) + _sets(20, 30))
+        # the new disk numbers its completion interrupts from 1 again, and os1 was told so before
+        # the first one: none was taken for a duplicate (and dropped), none missing
+        os1, disk0 = _fresh_stats(rd, "os1"), _fresh_stats(rd, "disk0")
+        irq = os1["flows_in"]["irq:disk0"]
+        assert (irq["gaps"], irq["dups"], irq["consumed"]) == (0, 0, disk0["flows_out"]["irq:disk0"]), irq
+        assert irq["runs"] == [[1, irq["consumed"]]]  # its history starts over with the new disk
 
         # kill -9 the OS: the program dies with it; kvstore again on the same image
         kill9_and_wait_restart(rd, "os1")
         code, out, err = prog.finish()
         assert code != 0, (code, out, err)
+        # the new os1 sets its timer at boot, on io:os1.timer from fseq 1: the timer expected that
+        timer = _fresh_stats(rd, "timer0")["flows_in"]["io:os1.timer"]
+        assert (timer["gaps"], timer["dups"]) == (0, 0) and timer["runs"][0][0] == 1, timer
         prog = Program(rd, pids, "kvstore.elf", ["/dev/disk0", str(GUEST_PORT)], free_udp_port())
         progs.append(prog)
         assert prog.line() == b"kvstore ready: 30 keys\n"
