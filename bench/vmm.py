@@ -11,6 +11,10 @@ runtime, on one cluster of compose/vmm.toml launched once.
   cancels out), never virtualized (before the VMM is loaded), virtualized
   (CPU and console interposed) and devirtualized again: the ratios
   virtualized / native and devirtualized / never-virtualized (target <= 1.05);
+- UDP round trip through the guest (``udpecho`` on os1 of compose/demo.toml,
+  a Python client on loopback, median of --udp-n exchanges): native,
+  virtualized (CPU, memory, console, disk and NIC interposed: every datagram
+  goes NIC → VMM → os1 → VMM → NIC) and devirtualized; the same two ratios;
 - frames borrowed per second (¶39: pin, hand over, zero twice, map, free
   list) as GiB/s of 4 KiB frames, the wall time of the borrow request, for
   a realistic loan of BORROW_FRAMES = 16384 frames (64 MiB) on a cluster of
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -72,11 +77,66 @@ def pause(data: dict) -> float:
     return sum(r["pause_ms"] for r in reports)
 
 
+UDP_TOPOLOGY = "compose/demo.toml"
+UDP_PORT = 7000
+
+
+def udp_rtts(address: tuple[str, int], n: int) -> list[float]:
+    """n echo exchanges of 64 bytes, one after the other; seconds each."""
+    out = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10.0)
+        for i in range(n):
+            payload = b"%08d" % i + b"x" * 56
+            t = time.perf_counter()
+            sock.sendto(payload, address)
+            reply, _ = sock.recvfrom(2048)
+            out.append(time.perf_counter() - t)
+            if reply != payload:
+                raise SystemExit(f"udpecho answered {reply[:40]!r} to {payload[:40]!r}")
+    return out
+
+
+def udp_phase(tmp: str, n: int) -> dict[str, float]:
+    """Median UDP echo round trip native, virtualized and devirtualized, on one cluster."""
+    rd = Path(tmp) / "udp"
+    env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
+    ctl = lambda kind, body=None: trio.run(call, rd, kind, body or {}, 120.0)  # noqa: E731
+    subprocess.run([str(HWEMU), "up", UDP_TOPOLOGY, "--detach"], env=env, check=True, stdout=subprocess.DEVNULL,
+                   cwd=ROOT)
+    server = None
+    try:
+        server = subprocess.Popen([str(HWEMU), "run", UDP_TOPOLOGY, str(SAMPLES / "udpecho.elf"), "--",
+                                   str(UDP_PORT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  cwd=ROOT)
+        if not server.stdout.readline().startswith(b"udpecho listening"):
+            raise SystemExit("udpecho did not start")
+        ports = ctl("ctl_request", {"node": "nic0", "kind": "stats", "body": {}})["body"]["stats"]["ports"]
+        address = ("127.0.0.1", ports[str(UDP_PORT)]["host_port"])
+        udp_rtts(address, 50)  # warm up
+        res = {"native": statistics.median(udp_rtts(address, n))}
+        ctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
+        pause(ctl("ctl_interpose", {"os": "os1"}))
+        virt = ctl("ctl_status")["virt"]["resources"]
+        if virt.get("os1.nic (nic0)", virt.get("os1.nic")) != "vmm":
+            raise SystemExit(f"the NIC was not interposed: {virt}")
+        res["virtualized"] = statistics.median(udp_rtts(address, n))
+        pause(ctl("ctl_devirtualize", {"os": "os1"}))
+        res["devirtualized"] = statistics.median(udp_rtts(address, n))
+        return res
+    finally:
+        if server is not None and server.poll() is None:
+            server.kill()
+            server.wait()
+        subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--repeat", type=int, default=3, help="runs per syscall figure and borrows (median)")
     ap.add_argument("--cycles", type=int, default=30, help="interpose/devirtualize cycles for the pause figures")
+    ap.add_argument("--udp-n", type=int, default=300, help="UDP echo exchanges per UDP figure (median)")
     args = ap.parse_args()
     if not (SAMPLES / "sysloop.elf").exists():
         subprocess.run(["make", "-C", str(ROOT / "guest"), "-s"], check=True)
@@ -126,6 +186,8 @@ def main() -> None:
                 background.wait()
             subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
 
+        udp = udp_phase(tmp, args.udp_n)
+
         borrow_s, return_s = [], []
         brd = Path(tmp) / "borrow"  # a run dir of its own: a memory file is sized for one topology
         benv = {**os.environ, "HWEMU_RUN_DIR": str(brd)}
@@ -158,6 +220,11 @@ def main() -> None:
         "virtualized_ratio": round(virtualized / native, 3),
         "devirtualized_ratio": round(devirtualized / native, 3),
         "devirtualized_target_ratio": 1.05,
+        "udp_rtt_us_native": round(udp["native"] * 1e6, 1),
+        "udp_rtt_us_virtualized": round(udp["virtualized"] * 1e6, 1),
+        "udp_rtt_us_devirtualized": round(udp["devirtualized"] * 1e6, 1),
+        "udp_virtualized_ratio": round(udp["virtualized"] / udp["native"], 3),
+        "udp_devirtualized_ratio": round(udp["devirtualized"] / udp["native"], 3),
         "borrow_frames": BORROW_FRAMES,
         "borrow_ms": round(borrow * 1e3, 2),
         "borrow_frames_per_s": round(BORROW_FRAMES / borrow, 1),
@@ -174,6 +241,9 @@ def main() -> None:
     print(f"syscall round trip  native {result['syscall_us_native']} us, virtualized {result['syscall_us_virtualized']} us "
           f"(x{result['virtualized_ratio']}), devirtualized {result['syscall_us_devirtualized']} us "
           f"(x{result['devirtualized_ratio']}; target <= 1.05)")
+    print(f"UDP echo round trip native {result['udp_rtt_us_native']} us, virtualized {result['udp_rtt_us_virtualized']} us "
+          f"(x{result['udp_virtualized_ratio']}), devirtualized {result['udp_rtt_us_devirtualized']} us "
+          f"(x{result['udp_devirtualized_ratio']})")
     print(f"borrow              {BORROW_FRAMES} frames in {result['borrow_ms']} ms: "
           f"{result['borrow_frames_per_s']:.0f} frames/s, {result['borrow_gib_per_s']} GiB/s (zeroing included; "
           f"target >= 1); return {result['return_ms']} ms")
