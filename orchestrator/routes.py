@@ -96,6 +96,10 @@ class RouteAuthority:
         """
         results: dict = {}
         failures: list[Exception] = []
+        if len(calls) == 1:  # the usual single sender: no nursery to open and close
+            (key, fn), = calls.items()
+            results[key] = await fn()
+            return results
 
         async def one(key, fn):
             try:
@@ -169,9 +173,11 @@ class RouteAuthority:
                     for r, u in drains.items()}
                 # every new receiver learns its next fseq now, a paused sender too (uart0
                 # receiving io:os1.uart while it pauses irq:uart0: the resume carries no
-                # `next`); the paused senders get the table now as well, so that a node
-                # waking on route_install (the uart's rx pump) sees its new route
-                installing = receivers | set(by_sender)
+                # `next`). A sender that receives none of the changed flows gets the
+                # table with its resume and the install after it (a node waking on
+                # route_install, the uart's rx pump, then sees its new route): one
+                # request fewer inside the pause
+                installing = set(receivers)
                 calls.update({("install", n): (lambda n=n: self._install_one(n, new, nxt)) for n in installing})
                 await self._each(calls)
             except STEP_FAILURES as exc:
