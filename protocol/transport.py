@@ -27,7 +27,7 @@ import trio
 import zmq
 
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
-from protocol.messages import Message, decode, encode, error_body
+from protocol.messages import MAX_FRAME, Message, decode, encode, error_body
 
 log = logging.getLogger("hwemu.transport")
 
@@ -39,6 +39,11 @@ _YIELD_EVERY = 16
 _BURST = 64  # inbox messages handled in a row before other tasks get a turn
 SNDHWM = 20000
 RCVHWM = 20000
+# ZeroMQ drops the connection of a peer whose frame exceeds this, before
+# buffering it: a frame a little over MAX_FRAME still arrives and gets its
+# `too_large` error reply; a huge one costs no memory (the slack covers the
+# routing-id part and a reply's margin)
+INBOX_MAXMSGSIZE = MAX_FRAME + 64 * 1024
 # plain ints: pyzmq's enum members cost an Enum construction per `&`
 _EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
 _NOBLOCK, _RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)
@@ -85,6 +90,7 @@ class Party:
                          "handler_errors": 0}
         self._inbox = self.ctx.socket(zmq.ROUTER)
         self._inbox.setsockopt(zmq.RCVHWM, RCVHWM)
+        self._inbox.setsockopt(zmq.MAXMSGSIZE, INBOX_MAXMSGSIZE)
         self._inbox.setsockopt(zmq.LINGER, 0)
         self._inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer takes its name back
         path = ipc_path(endpoint)
