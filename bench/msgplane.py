@@ -128,6 +128,7 @@ class ThreadInboxParty(Party):
 
     async def serve(self, handler, *, task_status=trio.TASK_STATUS_IGNORED):
         send, self._chan = trio.open_memory_channel(10000)
+        self._stash = None
         token = trio.lowlevel.current_trio_token()
         stop = threading.Event()
         sock = self._inbox
@@ -151,8 +152,17 @@ class ThreadInboxParty(Party):
             stop.set()
             thread.join()
 
-    async def recv_frames(self):
-        return await self._chan.receive()
+    def _recv_now(self):
+        if self._stash is not None:
+            frames, self._stash = self._stash, None
+            return frames
+        try:
+            return self._chan.receive_nowait()
+        except trio.WouldBlock:
+            return None
+
+    async def _wait_inbox(self):
+        self._stash = await self._chan.receive()
 
 
 def echo_topology():
@@ -197,6 +207,9 @@ async def our_throughput(orch, n: int) -> float:
     return n / elapsed
 
 
+SLEEP = 0.005
+
+
 async def route_pauses(orch, flips: int, rate: int) -> list[float]:
     pauses = []
     target = "sink_b"
@@ -211,7 +224,7 @@ async def route_pauses(orch, flips: int, rate: int) -> list[float]:
             report = await orch.routes.change({"data:src": target})
             pauses.append(report.pause_ms)
             target = "sink_a" if target == "sink_b" else "sink_b"
-            await trio.sleep(0.005)
+            await trio.sleep(SLEEP)
         if rate:
             await orch.request("src", "stream_stop")
     done.set()

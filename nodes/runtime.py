@@ -146,6 +146,7 @@ class Node:
         for attr in dir(type(self)):
             if attr.startswith("on_"):
                 self._handlers[attr[3:]] = getattr(self, attr)
+        self._spawns: dict[str, bool] = {}  # kind -> its handler runs as its own task (looked up once)
 
     # -- life cycle -------------------------------------------------------------
 
@@ -230,19 +231,27 @@ class Node:
 
     async def _dispatch(self, msg: Message) -> None:
         handler = self._handlers.get(msg.kind)
-        if msg.flow is not None:
-            if not self._accept(msg):
-                return
+        flow = msg.flow
+        if flow is not None:
+            inflow = self.in_flows.get(flow)
+            if inflow is None or inflow.expected != msg.fseq:  # else in sequence: the common case
+                if not self._accept(msg):
+                    return
+                inflow = self.in_flows[flow]
+            else:
+                inflow.expected = msg.fseq + 1
         if handler is None:
             if msg.kind in ("ok", "error", "pong", "stats_reply"):
                 return  # an unsolicited reply: nothing to do, never answer it
             raise ProtocolError("unhandled_kind", f"node {self.name} ({self.kind}) does not handle {msg.kind!r}", "kind")
-        if getattr(handler, "spawned", False):
+        spawns = self._spawns.get(msg.kind)
+        if spawns is None:
+            spawns = self._spawns[msg.kind] = bool(getattr(handler, "spawned", False))
+        if spawns:
             self.nursery.start_soon(self._guarded, handler, msg)
         else:
             await handler(msg)
-        if msg.flow is not None:
-            inflow = self.in_flows[msg.flow]
+        if flow is not None:
             inflow.consumed = msg.fseq
             if inflow.waiter is not None:
                 inflow.waiter.set()

@@ -316,6 +316,12 @@ class Orchestrator:
                 body["reason"] = "rolled_back"
             await self.party.reply(msg, "error", body)
             return
+        except Exception as exc:  # a bug: answer in one line and keep the orchestrator (and cluster) up
+            log.exception("%s failed", msg.kind)
+            while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]  # trio's nursery wrapping says nothing to a person
+            await self.party.reply(msg, "error", error_body(exc, ref=msg.kind))
+            return
         await self.party.reply(msg, "ok", {"data": data})
         if msg.kind == "ctl_down":
             await self.shutdown()

@@ -21,6 +21,7 @@ validated on receipt by :func:`decode`, which raises only
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,40 @@ class Field:
 
 
 _SCHEMAS: dict[str, dict[str, Field]] = {}
+# kind -> ((field, exact types that pass without further checks), ...): the
+# hot path of validate_body. A value whose type is not in the set (a bool
+# where an int is due, a list whose items must be checked, a missing field)
+# goes to the full check, which either accepts it or says what is wrong.
+_FAST: dict[str, tuple[tuple[str, frozenset], ...]] = {}
+_MISSING = type("_Missing", (), {"__slots__": ()})()
+_EXACT = {"int": {int}, "str": {str}, "bytes": {bytes}, "bool": {bool}, "float": {float, int}, "dict": {dict},
+          "list": {list}}
+
+
+class _Present(frozenset):
+    """The "types" of a required field of type ``any``: every type but missing."""
+
+    def __contains__(self, t: object) -> bool:
+        return t is not type(_MISSING)
+
+
+_PRESENT = _Present()
+
+
+def _fast_fields(spec: dict[str, Field]) -> tuple[tuple[str, frozenset], ...]:
+    out = []
+    for name, f in spec.items():
+        if f.type == "any":
+            if f.required:  # an optional `any` needs no check at all
+                out.append((name, _PRESENT))
+            continue
+        types = set() if f.items is not None else set(_EXACT[f.type])
+        if f.nullable:
+            types.add(type(None))
+        if not f.required:
+            types.add(type(_MISSING))
+        out.append((name, frozenset(types)))
+    return tuple(out)
 
 
 def register(kind: str, /, **fields: Field | str) -> None:
@@ -75,6 +110,7 @@ def register(kind: str, /, **fields: Field | str) -> None:
             raise ValueError(f"{kind}.{name}: unknown type {f.type!r}/{f.items!r}")
         spec[name] = f
     _SCHEMAS.setdefault(kind, {}).update(spec)
+    _FAST[kind] = _fast_fields(_SCHEMAS[kind])
 
 
 def known_kinds() -> list[str]:
@@ -98,13 +134,23 @@ class Message:
     reply_to: str | None = None
 
 
+_unpackb = msgpack.unpackb
+
+# one Packer per thread (a Packer is not thread-safe; building one per call
+# costs as much as the packing itself)
+_packers = threading.local()
+
+
 def encode(msg: Message) -> bytes:
     """Serialise a message to one frame (msgpack map).
 
     Raises:
         ProtocolError: the frame would exceed ``MAX_FRAME``.
     """
-    frame = msgpack.packb(
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    frame = packer.pack(
         {
             "v": PROTOCOL_VERSION,
             "kind": msg.kind,
@@ -117,8 +163,7 @@ def encode(msg: Message) -> bytes:
             "fseq": msg.fseq,
             "reply_to": msg.reply_to,
             "body": msg.body,
-        },
-        use_bin_type=True,
+        }
     )
     if len(frame) > MAX_FRAME:
         raise ProtocolError("too_large", f"frame of {len(frame)} bytes exceeds the maximum {MAX_FRAME}")
@@ -151,6 +196,24 @@ def validate_body(kind: str, body: Any) -> None:
     Raises:
         ProtocolError: unknown kind, or a field missing or of the wrong type.
     """
+    if not _fast_ok(kind, body):
+        _validate_full(kind, body)
+
+
+def _fast_ok(kind: str, body: Any) -> bool:
+    """True if ``body`` surely fits ``kind`` by the exact types of its fields
+    alone; False means "ask :func:`_validate_full`", not "invalid"."""
+    fast = _FAST.get(kind)
+    if fast is None or type(body) is not dict:
+        return False
+    get = body.get
+    for name, types in fast:
+        if type(get(name, _MISSING)) not in types:
+            return False
+    return True
+
+
+def _validate_full(kind: str, body: Any) -> None:
     schema = _SCHEMAS.get(kind)
     if schema is None:
         raise ProtocolError("unknown_kind", f"no message kind {kind!r}", "kind")
@@ -188,23 +251,20 @@ def decode(frame: bytes) -> Message:
     if len(frame) > MAX_FRAME:
         raise ProtocolError("too_large", f"frame of {len(frame)} bytes exceeds the maximum {MAX_FRAME}")
     try:
-        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        raw = _unpackb(frame, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, UnicodeDecodeError ...)
         raise ProtocolError("bad_msgpack", f"not a msgpack message: {exc.__class__.__name__}: {exc}") from None
-    if type(raw) is dict:
-        # Fast path: one combined type check of a well-formed header; any
-        # doubt falls through to the field-by-field checks, which say what is wrong.
-        kind = raw.get("kind")
-        src = raw.get("src")
-        dst = raw.get("dst")
-        seq = raw.get("seq")
-        corr = raw.get("corr")
-        epoch = raw.get("epoch")
-        flow = raw.get("flow")
-        fseq = raw.get("fseq")
-        reply_to = raw.get("reply_to")
-        body = raw.get("body")
-        if (raw.get("v") == PROTOCOL_VERSION and type(raw["v"]) is int
+    if type(raw) is dict and len(raw) == 11:
+        # Fast path: the exact header encode() writes, checked in one
+        # expression; any doubt falls through to the field-by-field checks,
+        # which say what is wrong.
+        try:
+            v, kind, src, dst, seq = raw["v"], raw["kind"], raw["src"], raw["dst"], raw["seq"]
+            corr, epoch, flow, fseq = raw["corr"], raw["epoch"], raw["flow"], raw["fseq"]
+            reply_to, body = raw["reply_to"], raw["body"]
+        except KeyError:
+            return _decode_checked(raw)
+        if (v == PROTOCOL_VERSION and type(v) is int
                 and type(kind) is str and type(src) is str and type(dst) is str and 0 < len(kind) <= _NAME_MAX
                 and 0 < len(src) <= _NAME_MAX and 0 < len(dst) <= _NAME_MAX
                 and type(seq) is int and seq >= 0 and type(epoch) is int and epoch >= 0
@@ -213,7 +273,8 @@ def decode(frame: bytes) -> Message:
                      or (type(flow) is str and 0 < len(flow) <= 2 * _NAME_MAX and type(fseq) is int and fseq >= 0))
                 and (reply_to is None or (type(reply_to) is str and len(reply_to) <= 512))
                 and type(body) is dict):
-            validate_body(kind, body)
+            if not _fast_ok(kind, body):
+                _validate_full(kind, body)
             return Message(kind, src, dst, seq, body, corr, epoch, flow, fseq, reply_to)
     return _decode_checked(raw)
 

@@ -27,7 +27,7 @@ import trio
 import zmq
 
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
-from protocol.messages import Message, decode, encode, error_body
+from protocol.messages import MAX_FRAME, Message, decode, encode, error_body
 
 log = logging.getLogger("hwemu.transport")
 
@@ -36,8 +36,17 @@ Handler = Callable[[Message], Awaitable[None]]
 _COMPLAINTS_PER_S = 5
 _LEARNED_MAX = 64
 _YIELD_EVERY = 16
+_BURST = 64  # inbox messages handled in a row before other tasks get a turn
 SNDHWM = 20000
 RCVHWM = 20000
+# ZeroMQ drops the connection of a peer whose frame exceeds this, before
+# buffering it: a frame a little over MAX_FRAME still arrives and gets its
+# `too_large` error reply; a huge one costs no memory (the slack covers the
+# routing-id part and a reply's margin)
+INBOX_MAXMSGSIZE = MAX_FRAME + 64 * 1024
+# plain ints: pyzmq's enum members cost an Enum construction per `&`
+_EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
+_NOBLOCK, _RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)
 
 
 def ipc_path(endpoint: str) -> str | None:
@@ -81,6 +90,7 @@ class Party:
                          "handler_errors": 0}
         self._inbox = self.ctx.socket(zmq.ROUTER)
         self._inbox.setsockopt(zmq.RCVHWM, RCVHWM)
+        self._inbox.setsockopt(zmq.MAXMSGSIZE, INBOX_MAXMSGSIZE)
         self._inbox.setsockopt(zmq.LINGER, 0)
         self._inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer takes its name back
         path = ipc_path(endpoint)
@@ -131,13 +141,13 @@ class Party:
         try:
             if peer.lock.locked():  # others wait for room: queue behind them, keep order
                 raise zmq.Again
-            sock.send(frame, zmq.NOBLOCK)
+            sock.send(frame, _NOBLOCK)
         except zmq.Again:
             async with peer.lock:
                 while True:
-                    if sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+                    if sock.getsockopt(_EVENTS) & _POLLOUT:
                         try:
-                            sock.send(frame, zmq.NOBLOCK)
+                            sock.send(frame, _NOBLOCK)
                             break
                         except zmq.Again:
                             pass
@@ -154,7 +164,7 @@ class Party:
         """Send unless the peer's queue is full (then drop and return False).
         For messages that must never block the data plane, like heartbeats."""
         try:
-            self._peer(msg.dst).sock.send(encode(msg), zmq.NOBLOCK)
+            self._peer(msg.dst).sock.send(encode(msg), _NOBLOCK)
         except zmq.Again:
             return False
         self.counters["msgs_out"] += 1
@@ -215,16 +225,29 @@ class Party:
 
     # -- incoming ---------------------------------------------------------------
 
-    async def recv_frames(self) -> list[bytes]:
-        """The next [routing id, frame] from the inbox (the edge-triggered dance)."""
+    def _recv_now(self) -> list[bytes] | None:
+        """The next [routing id, frame...] delivery if one is queued; never waits."""
         sock = self._inbox
+        if not sock.getsockopt(_EVENTS) & _POLLIN:  # cheaper than a zmq.Again; resets the FD's edge
+            return None
+        frames = [sock.recv(_NOBLOCK)]
+        while sock.getsockopt(_RCVMORE):
+            frames.append(sock.recv(_NOBLOCK))
+        return frames
+
+    async def _wait_inbox(self) -> None:
+        """Wait until the inbox may have a message (the caller re-checks);
+        called right after :meth:`_recv_now` found ``EVENTS`` without POLLIN."""
+        await trio.lowlevel.wait_readable(self._inbox_fd)
+
+    async def recv_frames(self) -> list[bytes]:
+        """The next [routing id, frame] from the inbox (the edge-triggered dance:
+        ``EVENTS`` is checked before waiting on the FD)."""
         while True:
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                try:
-                    return sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:  # pragma: no cover - raced with nothing, but be safe
-                    pass
-            await trio.lowlevel.wait_readable(self._inbox_fd)
+            frames = self._recv_now()
+            if frames is not None:
+                return frames
+            await self._wait_inbox()
 
     def parse(self, frames: list[bytes]) -> Message:
         """Decode an inbox delivery and check its claimed source.
@@ -248,8 +271,19 @@ class Party:
         task_status.started()
         pending = self._pending
         counters = self.counters
+        burst = 0
         while True:
-            frames = await self.recv_frames()
+            # every message that is ready is handled in this wake-up; a
+            # checkpoint every _BURST of them lets the other tasks run
+            frames = self._recv_now()
+            if frames is None:
+                burst = 0
+                await self._wait_inbox()
+                continue
+            burst += 1
+            if burst >= _BURST:
+                burst = 0
+                await trio.lowlevel.checkpoint()
             counters["msgs_in"] += 1
             try:
                 msg = self.parse(frames)
@@ -265,7 +299,8 @@ class Party:
                 else:
                     counters["late_replies"] += 1
                 continue
-            self.learn(msg)
+            if msg.reply_to:
+                self.learn(msg)
             try:
                 await handler(msg)
             except ProtocolError as exc:

@@ -138,13 +138,35 @@ def _virt_table(virt: dict) -> Table:
 
 
 def _alive(pid: int) -> bool:
+    """A zombie (exited; its parent, maybe a hung orchestrator, has not reaped it) is not alive."""
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc: trust the signal
+
+
+TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL in `hwemu down`
+
+
+def _signal(pid: int, sig: int) -> bool:
+    """Send ``sig``; False if the process was already gone."""
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _wait_gone(pids, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(_alive(p) for p in pids if p):
+        time.sleep(0.05)
 
 
 def _ours(pid: int, run_dir: Path) -> bool:
@@ -192,23 +214,22 @@ def down(
     except (NotRunning, RemoteError, RequestTimeout):
         pass  # fall through to signals
     pids = {"orch": state["pid"], **state.get("nodes", {})}
-    deadline = time.monotonic() + timeout + 2
-    while time.monotonic() < deadline and any(_alive(p) for p in pids.values() if p):
-        time.sleep(0.05)
-    killed = []
-    for name, pid in pids.items():
-        if pid and _alive(pid) and _ours(pid, rd):
-            os.kill(pid, signal.SIGKILL)
-            killed.append(name)
-    # a node restarted after the state file was last written (or with the
-    # daemon killed) is still ours: its command line names this run directory
-    for pid in _strays(rd, set(pids.values())):
-        os.kill(pid, signal.SIGKILL)
-        killed.append(str(pid))
+    _wait_gone(pids.values(), timeout + 2)
+    # still there (a hung orchestrator, a node it could not stop): SIGTERM lets
+    # it clean up; whatever ignores that too gets SIGKILL. A node restarted
+    # after the state file was last written (or with the daemon killed) is
+    # still ours: its command line names this run directory
+    left = {name: pid for name, pid in pids.items() if pid and _alive(pid) and _ours(pid, rd)}
+    left.update({str(pid): pid for pid in _strays(rd, set(pids.values()))})
+    terminated = [name for name, pid in left.items() if _signal(pid, signal.SIGTERM)]
+    _wait_gone(left.values(), TERM_GRACE)
+    killed = [name for name, pid in left.items() if _alive(pid) and _signal(pid, signal.SIGKILL)]
     for sock in rd.glob("*.sock"):
         sock.unlink(missing_ok=True)
     (rd / "cluster.json").unlink(missing_ok=True)
     if json_out:
-        emit_json({"stopped": sorted(pids), "killed": killed})
+        emit_json({"stopped": sorted(pids), "terminated": terminated, "killed": killed})
     else:
-        console.print(f"stopped {len(pids)} processes" + (f" ({', '.join(killed)} needed SIGKILL)" if killed else ""))
+        notes = [f"{', '.join(names)} needed {sig}" for names, sig in ((terminated, "SIGTERM"), (killed, "SIGKILL"))
+                 if names]
+        console.print(f"stopped {len(pids)} processes" + (f" ({'; '.join(notes)})" if notes else ""))

@@ -17,6 +17,8 @@ from protocol.messages import (
     PROTOCOL_VERSION,
     Message,
     _SCHEMAS,
+    _fast_ok,
+    _validate_full,
     decode,
     encode,
     known_kinds,
@@ -269,6 +271,26 @@ def test_unknown_body_fields_are_accepted_and_kept():
 def test_a_protocol_error_names_reason_and_field_in_its_text():
     exc = rejects(pack(header(kind="pong", body={"name": 5})))
     assert str(exc).startswith("bad_field [body.name]: expected str, got int")
+
+
+# -- the fast path of validation agrees with the full check ------------------------------
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(known_kinds()), st.data())
+def test_the_fast_body_check_never_accepts_what_the_full_check_rejects(kind, data):
+    names = list(_SCHEMAS[kind]) + ["extra"]
+    values = msgpack_values | st.sampled_from([True, 0, 1.0, "s", b"b", [], {}, None, ["s"], {"k": 1}])
+    body = data.draw(st.dictionaries(st.sampled_from(names), values, max_size=len(names)))
+    if _fast_ok(kind, body):
+        _validate_full(kind, body)  # must not raise
+
+
+@pytest.mark.parametrize("kind", known_kinds())
+def test_a_well_formed_body_of_every_kind_takes_the_fast_path_or_passes_the_full_check(kind):
+    body = sample_body(kind, optional=True)
+    _validate_full(kind, body)
+    flat = all(f.items is None for f in _SCHEMAS[kind].values())
+    assert _fast_ok(kind, body) == flat  # fields with item types always get the full check
 
 
 # -- round trip of every registered kind --------------------------------------------------

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import trio
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message, decode, encode
-from protocol.transport import Party
+from protocol.transport import INBOX_MAXMSGSIZE, Party
 
 
 def ep(tmp_path: Path, name: str) -> str:
@@ -192,3 +193,25 @@ def test_parties_learned_from_reply_to_are_bounded_and_the_topology_is_never_ove
         assert party.directory["cpu0"] == f"ipc://{tmp_path}/cpu0"
     finally:
         party.close()
+
+
+async def test_a_frame_over_the_inbox_limit_drops_its_sender_unbuffered_and_the_party_keeps_serving(pair, tmp_path):
+    alice, bob = pair
+    inbox, out = mallory(tmp_path, bob)
+    monitor = out.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+    try:
+        before = dict(bob.counters)
+        out.send(b"\x00" * (INBOX_MAXMSGSIZE + 1))
+        with trio.fail_after(10):  # ZeroMQ closes mallory's connection: nothing reaches bob's handler
+            while True:
+                event = parse_monitor_message(await recv_raw(monitor))
+                if event["event"] == zmq.EVENT_DISCONNECTED:
+                    break
+        assert (await alice.request("bob", "ping")).body == {"name": "bob"}
+        assert bob.counters["bad_in"] == before["bad_in"]
+        assert bob.counters["msgs_in"] == before["msgs_in"] + 1  # alice's ping only
+    finally:
+        out.disable_monitor()
+        monitor.close(linger=0)
+        inbox.close(linger=0)
+        out.close(linger=0)
