@@ -12,12 +12,15 @@ runtime, on one cluster of compose/vmm.toml launched once.
   (CPU and console interposed) and devirtualized again: the ratios
   virtualized / native and devirtualized / never-virtualized (target <= 1.05);
 - frames borrowed per second (¶39: pin, hand over, zero twice, map, free
-  list) as GiB/s of 4 KiB frames, the wall time of the borrow request, for
-  a realistic loan of BORROW_FRAMES = 16384 frames (64 MiB) on a cluster of
-  its own, compose/vmm-bench.toml (vmm.toml with 128 MiB for os1), started
-  after the first one is down; each borrow is returned before the next.
+  list) as GiB/s of 4 KiB frames, the wall time of the borrow request
+  (median of --repeat), at each of BORROW_SIZES_MIB = 16, 64 and 256 MiB
+  (4096, 16384, 65536 frames: what a user lends a VM; every size is
+  printed, so the fixed cost per request shows), on a cluster of its own,
+  compose/vmm-bench.toml (vmm.toml with 384 MiB for os1), started after the
+  first one is down; each borrow is returned before the next.
+  ``borrow_gib_per_s`` is the figure of the largest size.
 
-    .venv/bin/python bench/vmm.py [--json] [--repeat N] [--cycles N]
+    .venv/bin/python bench/vmm.py [--json] [--repeat N] [--cycles N] [--only borrow|virt]
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ TOPOLOGY = "compose/vmm.toml"
 SHORT, LONG = 100, 1100
 PAGE = 4096
 VMM_FRAMES = 64
-BORROW_FRAMES = 16384  # 64 MiB
+BORROW_SIZES_MIB = (16, 64, 256)
 BORROW_TOPOLOGY = "compose/vmm-bench.toml"
 
 
@@ -77,75 +80,78 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--repeat", type=int, default=3, help="runs per syscall figure and borrows (median)")
     ap.add_argument("--cycles", type=int, default=30, help="interpose/devirtualize cycles for the pause figures")
+    ap.add_argument("--only", choices=("virt", "borrow"), help="only the pause and syscall figures (virt) "
+                    "or only the borrow figures (borrow)")
     args = ap.parse_args()
     if not (SAMPLES / "sysloop.elf").exists():
         subprocess.run(["make", "-C", str(ROOT / "guest"), "-s"], check=True)
 
+    result: dict = {"repeat": args.repeat}
     with tempfile.TemporaryDirectory(prefix="hwv") as tmp:
-        rd = Path(tmp) / "run"
-        env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
-
-        def ctl(kind: str, body: dict | None = None):
-            return trio.run(call, rd, kind, body or {}, 120.0)
-
-        def syscall_s() -> float:
-            """Seconds per guest syscall round trip (difference of two sysloop runs)."""
-            run = lambda n: timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "sysloop.elf"), "--", str(n)], env)
-            short = statistics.median(run(SHORT) for _ in range(args.repeat))
-            long = statistics.median(run(LONG) for _ in range(args.repeat))
-            return max(long - short, 1e-9) / (LONG - SHORT)
-
-        subprocess.run([str(HWEMU), "up", TOPOLOGY, "--detach"], env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-        background = None
-        try:
-            timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "hello.elf")], env)  # warm up
-            native = syscall_s()
-            ctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
-            ctl("ctl_interpose", {"os": "os1"})
-            virtualized = syscall_s()
-            ctl("ctl_devirtualize", {"os": "os1"})
-            devirtualized = syscall_s()
+        if args.only in (None, "virt"):
+            result.update(virt_figures(Path(tmp) / "run", args))
+        if args.only in (None, "borrow"):
+            result.update(borrow_figures(Path(tmp) / "borrow", args))
+    if args.json:
+        print(json.dumps(result))
+        return
+    if "cycles" in result:
+        print(f"interpose pause     p50 {result['interpose_pause_p50_ms']:8.3f} ms  p99 {result['interpose_pause_p99_ms']:8.3f} ms"
+              f"  ({args.cycles} cycles under a running program; target p99 <= 5 ms)")
+        print(f"devirtualize pause  p50 {result['devirtualize_pause_p50_ms']:8.3f} ms  p99 {result['devirtualize_pause_p99_ms']:8.3f} ms")
+        print(f"syscall round trip  native {result['syscall_us_native']} us, virtualized {result['syscall_us_virtualized']} us "
+              f"(x{result['virtualized_ratio']}), devirtualized {result['syscall_us_devirtualized']} us "
+              f"(x{result['devirtualized_ratio']}; target <= 1.05)")
+    for b in result.get("borrow_sizes", []):
+        print(f"borrow {b['mib']:4d} MiB      {b['frames']} frames in {b['borrow_ms']} ms: "
+              f"{b['frames_per_s']:.0f} frames/s, {b['gib_per_s']} GiB/s (zeroing included; "
+              f"target >= 1); return {b['return_ms']} ms")
 
 
-            # a program runs on os1 throughout the cycles (killed with the cluster)
-            background = subprocess.Popen([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "timeshare.elf"), "--",
-                                           "P", "100000"], env=env, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, cwd=ROOT)
-            time.sleep(2.0)
-            inter, devirt = [], []
-            for _ in range(args.cycles):
-                inter.append(pause(ctl("ctl_interpose", {"os": "os1"})))
-                time.sleep(0.05)
-                devirt.append(pause(ctl("ctl_devirtualize", {"os": "os1"})))
-                time.sleep(0.05)
-            if background.poll() is not None:
-                raise SystemExit(f"the background program ended during the cycles ({background.returncode})")
-        finally:
-            if background is not None and background.poll() is None:
-                background.kill()
-                background.wait()
-            subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+def virt_figures(rd: Path, args) -> dict:
+    """Pause of interpose / devirtualize and the syscall ratios, on compose/vmm.toml."""
+    env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
 
-        borrow_s, return_s = [], []
-        brd = Path(tmp) / "borrow"  # a run dir of its own: a memory file is sized for one topology
-        benv = {**os.environ, "HWEMU_RUN_DIR": str(brd)}
-        bctl = lambda kind, body: trio.run(call, brd, kind, body, 120.0)  # noqa: E731
-        subprocess.run([str(HWEMU), "up", BORROW_TOPOLOGY, "--detach"], env=benv, check=True,
-                       stdout=subprocess.DEVNULL, cwd=ROOT)
-        try:
-            bctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
-            for _ in range(args.repeat):
-                t = time.perf_counter()
-                bctl("ctl_memory_borrow", {"from_os": "os1", "to_os": "os2", "frames": BORROW_FRAMES})
-                borrow_s.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                bctl("ctl_memory_return", {"from_os": "os1", "to_os": "os2"})
-                return_s.append(time.perf_counter() - t)
-        finally:
-            subprocess.run([str(HWEMU), "down"], env=benv, stdout=subprocess.DEVNULL, cwd=ROOT)
+    def ctl(kind: str, body: dict | None = None):
+        return trio.run(call, rd, kind, body or {}, 120.0)
 
-    borrow = statistics.median(borrow_s)
-    result = {
+    def syscall_s() -> float:
+        """Seconds per guest syscall round trip (difference of two sysloop runs)."""
+        run = lambda n: timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "sysloop.elf"), "--", str(n)], env)
+        short = statistics.median(run(SHORT) for _ in range(args.repeat))
+        long = statistics.median(run(LONG) for _ in range(args.repeat))
+        return max(long - short, 1e-9) / (LONG - SHORT)
+
+    subprocess.run([str(HWEMU), "up", TOPOLOGY, "--detach"], env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    background = None
+    try:
+        timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "hello.elf")], env)  # warm up
+        native = syscall_s()
+        ctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
+        ctl("ctl_interpose", {"os": "os1"})
+        virtualized = syscall_s()
+        ctl("ctl_devirtualize", {"os": "os1"})
+        devirtualized = syscall_s()
+
+        # a program runs on os1 throughout the cycles (killed with the cluster)
+        background = subprocess.Popen([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "timeshare.elf"), "--",
+                                       "P", "100000"], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, cwd=ROOT)
+        time.sleep(2.0)
+        inter, devirt = [], []
+        for _ in range(args.cycles):
+            inter.append(pause(ctl("ctl_interpose", {"os": "os1"})))
+            time.sleep(0.05)
+            devirt.append(pause(ctl("ctl_devirtualize", {"os": "os1"})))
+            time.sleep(0.05)
+        if background.poll() is not None:
+            raise SystemExit(f"the background program ended during the cycles ({background.returncode})")
+    finally:
+        if background is not None and background.poll() is None:
+            background.kill()
+            background.wait()
+        subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+    return {
         "interpose_pause_p50_ms": round(statistics.median(inter), 3),
         "interpose_pause_p99_ms": round(pct(inter, 99), 3),
         "devirtualize_pause_p50_ms": round(statistics.median(devirt), 3),
@@ -158,25 +164,42 @@ def main() -> None:
         "virtualized_ratio": round(virtualized / native, 3),
         "devirtualized_ratio": round(devirtualized / native, 3),
         "devirtualized_target_ratio": 1.05,
-        "borrow_frames": BORROW_FRAMES,
-        "borrow_ms": round(borrow * 1e3, 2),
-        "borrow_frames_per_s": round(BORROW_FRAMES / borrow, 1),
-        "borrow_gib_per_s": round(BORROW_FRAMES * PAGE / borrow / 2**30, 4),
-        "return_ms": round(statistics.median(return_s) * 1e3, 2),
-        "repeat": args.repeat,
     }
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(f"interpose pause     p50 {result['interpose_pause_p50_ms']:8.3f} ms  p99 {result['interpose_pause_p99_ms']:8.3f} ms"
-          f"  ({args.cycles} cycles under a running program; target p99 <= 5 ms)")
-    print(f"devirtualize pause  p50 {result['devirtualize_pause_p50_ms']:8.3f} ms  p99 {result['devirtualize_pause_p99_ms']:8.3f} ms")
-    print(f"syscall round trip  native {result['syscall_us_native']} us, virtualized {result['syscall_us_virtualized']} us "
-          f"(x{result['virtualized_ratio']}), devirtualized {result['syscall_us_devirtualized']} us "
-          f"(x{result['devirtualized_ratio']}; target <= 1.05)")
-    print(f"borrow              {BORROW_FRAMES} frames in {result['borrow_ms']} ms: "
-          f"{result['borrow_frames_per_s']:.0f} frames/s, {result['borrow_gib_per_s']} GiB/s (zeroing included; "
-          f"target >= 1); return {result['return_ms']} ms")
+
+
+def borrow_figures(brd: Path, args) -> dict:
+    """Borrow (and return) each size of BORROW_SIZES_MIB --repeat times on compose/vmm-bench.toml."""
+    benv = {**os.environ, "HWEMU_RUN_DIR": str(brd)}  # a run dir of its own: a memory file is sized for one topology
+    bctl = lambda kind, body: trio.run(call, brd, kind, body, 120.0)  # noqa: E731
+    sizes = []
+    subprocess.run([str(HWEMU), "up", BORROW_TOPOLOGY, "--detach"], env=benv, check=True,
+                   stdout=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        bctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
+        for mib in BORROW_SIZES_MIB:
+            frames = mib * 2**20 // PAGE
+            borrow_s, return_s = [], []
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                report = bctl("ctl_memory_borrow", {"from_os": "os1", "to_os": "os2", "frames": frames})
+                borrow_s.append(time.perf_counter() - t)
+                if report.get("partial"):
+                    raise SystemExit(f"borrow of {frames} frames was partial: {report['partial']}")
+                t = time.perf_counter()
+                bctl("ctl_memory_return", {"from_os": "os1", "to_os": "os2"})
+                return_s.append(time.perf_counter() - t)
+            borrow = statistics.median(borrow_s)
+            sizes.append({"mib": mib, "frames": frames, "borrow_ms": round(borrow * 1e3, 2),
+                          "borrow_ms_all": [round(b * 1e3, 2) for b in borrow_s],
+                          "frames_per_s": round(frames / borrow, 1),
+                          "gib_per_s": round(frames * PAGE / borrow / 2**30, 4),
+                          "return_ms": round(statistics.median(return_s) * 1e3, 2)})
+    finally:
+        subprocess.run([str(HWEMU), "down"], env=benv, stdout=subprocess.DEVNULL, cwd=ROOT)
+    largest = sizes[-1]
+    return {"borrow_sizes": sizes, "borrow_frames": largest["frames"], "borrow_ms": largest["borrow_ms"],
+            "borrow_frames_per_s": largest["frames_per_s"], "borrow_gib_per_s": largest["gib_per_s"],
+            "borrow_target_gib_per_s": 1.0, "return_ms": largest["return_ms"]}
 
 
 if __name__ == "__main__":
