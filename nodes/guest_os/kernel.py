@@ -563,6 +563,7 @@ class Kernel:
 # ======================================================================= node
 
 import math  # noqa: E402
+from itertools import filterfalse  # noqa: E402
 
 import trio  # noqa: E402
 
@@ -786,7 +787,7 @@ class OsNode(Node):
                 asked = body_frames(msg.body)
                 was_pinned = self.frames.pinned.intersection(asked)
                 frames = self.module.give_back(asked)
-                pin = [f for f in frames if f not in was_pinned]
+                pin = list(filterfalse(was_pinned.__contains__, frames))
         except (OutOfMemory, FrameError, ProtocolError) as exc:
             reason = ("below_floor" if isinstance(exc, BelowFloor) else
                       "out_of_memory" if isinstance(exc, OutOfMemory) else

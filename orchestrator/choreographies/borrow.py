@@ -29,7 +29,8 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.choreographies import Choreography, ChoreographyError, Ctx, Run, Step, figure
-from orchestrator.choreographies.frames import add_frames, alloc_pin, ctx_runs, give_up, remap_if_virtualized, runs_of, via_vmm
+from orchestrator.choreographies.frames import (add_frames, alloc_pin, ctx_runs, give_up, remap_if_virtualized,
+                                                 runs_of, via_vmm)
 from protocol.frames import count, from_runs
 
 FIGURE = "p39_borrow"
@@ -105,9 +106,9 @@ async def borrow(orch, from_os: str, to_os: str, n: int, budget_ms: float | None
     chor = build({"from_os": from_os, "to_os": to_os, "n": n})
 
     def commit(ctx: Ctx) -> None:
-        # "frames" spelled out for whoever lists the loans (hwemu status); returned by its runs
+        # runs, not the frames spelled out: the state is saved after every step of every figure
         orch.virt.loans.append({"id": ctx["choreography"], "from": from_os, "to": to_os,
-                                "runs": ctx["runs"], "frames": from_runs(ctx_runs(ctx, "runs"))})
+                                "runs": ctx["runs"], "count": count(ctx["runs"])})
 
     chor.on_commit = commit
     if budget_ms is not None:

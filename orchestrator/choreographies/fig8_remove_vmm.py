@@ -22,7 +22,7 @@ from typing import Any
 from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.fig5_devices import give_back_device
 from orchestrator.choreographies.fig7_devirtualize_cpu import devirtualize_cpu, devirtualize_memory, refuse_memory
-from orchestrator.choreographies.frames import add_frames, ctx_runs, runs_of, transfer
+from orchestrator.choreographies.frames import add_frames, ctx_runs, transfer
 from protocol.frames import from_runs, to_runs
 
 FIGURE_UNLOAD = "fig8_unload"
@@ -54,7 +54,7 @@ async def unload(orch) -> dict[str, Any]:
     if not st.vmm_loaded:
         raise ChoreographyError("the VMM is not loaded")
     busy = ([f"the CPU of {o}" for o in sorted(st.attached)] + [f"the {d['device']} of {d['os']}"
-            for d in st.devices.values()] + [f"{len(ln['frames'])} frames {ln['from']}→{ln['to']}" for ln in st.loans])
+            for d in st.devices.values()] + [f"{ln['count']} frames {ln['from']}→{ln['to']}" for ln in st.loans])
     if busy:
         raise ChoreographyError(f"cannot unload the VMM while it manages {', '.join(busy)}: "
                                 "`hwemu devirtualize` first")

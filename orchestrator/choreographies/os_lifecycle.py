@@ -38,7 +38,8 @@ from typing import Any
 from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies import fig3_interpose_cpu as fig3
 from orchestrator.choreographies.fig5_devices import give_back_device
-from orchestrator.choreographies.frames import add_frames, alloc_pin, ctx_runs, give_up, runs_of, transfer, via_vmm
+from orchestrator.choreographies.frames import (add_frames, alloc_pin, ctx_runs, give_up, runs_of, transfer,
+                                                 via_vmm)
 from protocol.errors import RemoteError
 from protocol.frames import count, from_runs
 
@@ -214,7 +215,7 @@ async def boot_os(orch, os_name: str, frames: int | None = None, host: str | Non
     def commit(ctx: Ctx) -> None:
         st.attached[os_name] = {"asid_base": ctx["asid_base"], "cpu": VMM, "memory": VMM}
         st.loans.append({"id": ctx["choreography"], "from": host, "to": os_name, "runs": ctx["runs"],
-                         "frames": from_runs(ctx_runs(ctx, "runs")), "boot": True})
+                         "count": count(ctx["runs"]), "boot": True})
 
     chor.on_commit = commit
     if budget_ms is not None:

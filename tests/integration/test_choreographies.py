@@ -164,7 +164,7 @@ async def test_borrowed_frames_reach_the_borrower_zeroed_and_come_back_on_return
         assert await read(orch, "os2", f) == bytes(len(SECRET))  # not the secret: zeroed
     assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (free1 - 16, free2 + 16)
     assert (await orch.ctl_virt_status())["loans"] == [
-        {"id": report["id"], "from": "os1", "to": "os2", "runs": report["runs"], "frames": lent}]
+        {"id": report["id"], "from": "os1", "to": "os2", "runs": report["runs"], "count": len(lent)}]
     assert from_runs(report["runs"]) == lent
 
     # os2 writes into a lent frame; it must not follow the frame home
@@ -197,7 +197,7 @@ async def test_a_lender_grants_in_full_then_in_part_down_to_its_floor_then_refus
     assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (100, free2 + 24)
     own = await check_conservation(orch)
     assert set(full["frames"]) | set(part["frames"]) <= set(own["os2"])
-    assert [len(ln["frames"]) for ln in (await orch.ctl_virt_status())["loans"]] == [16, 8]
+    assert [ln["count"] for ln in (await orch.ctl_virt_status())["loans"]] == [16, 8]
 
     before = await check_conservation(orch)
     with pytest.raises(ChoreographyFailed) as info:
@@ -710,7 +710,7 @@ def test_cli_reports_a_partial_grant_and_refuses_at_the_floor_in_one_line(cli_ru
     assert human.returncode == 0, human.stderr
     assert "partial grant: asked 9 frames, got 8: os1 keeps 496 frames free (its lending floor)" in human.stdout
     status = one_json(hwemu(rd, "status", "--json").stdout)
-    assert [len(ln["frames"]) for ln in status["virt"]["loans"]] == [8]
+    assert [ln["count"] for ln in status["virt"]["loans"]] == [8]
     assert hwemu(rd, "memory", "return", "--from", "os1", "--to", "os2").returncode == 0
 
     running_already = hwemu(rd, "os", "boot", "os2", "--frames", "4")
