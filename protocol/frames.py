@@ -29,17 +29,43 @@ Runs = list[list[int]]
 
 def to_runs(frames: Iterable[int]) -> Runs:
     """``[[first, count], ...]`` of ``frames``, in their order: a run is a
-    stretch where each frame is its predecessor + 1.
+    maximal stretch where each frame is its predecessor + 1.
 
     >>> to_runs([4, 5, 6, 9, 2, 3])
     [[4, 3], [9, 1], [2, 2]]
     """
     seq = frames if isinstance(frames, list) else list(frames)
+    out: Runs = []
+    i, n = 0, len(seq)
+    while i < n:
+        if len(out) == _FEW_RUNS:
+            return _runs_by_scan(seq)  # many runs: one linear pass is cheaper
+        # A loan is a few long runs (a FIFO free list hands out its partition
+        # in order, wrapped around at most a few times): find where this run
+        # ends by bisection on "frame i+m-1 is first+m-1", then check the
+        # whole run at C speed; anything else falls back to the scan.
+        first = seq[i]
+        lo, hi = 1, n - i
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if seq[i + mid - 1] - first == mid - 1:
+                lo = mid
+            else:
+                hi = mid - 1
+        if (lo > 1 and seq[i:i + lo] != list(range(first, first + lo))) or (i + lo < n and seq[i + lo] == first + lo):
+            return _runs_by_scan(seq)
+        out.append([first, lo])
+        i += lo
+    return out
+
+
+_FEW_RUNS = 32
+
+
+def _runs_by_scan(seq: list[int]) -> Runs:
+    """:func:`to_runs` in one pass, finding where a run breaks by C-level iteration."""
     if not seq:
         return []
-    if seq[-1] - seq[0] + 1 == len(seq) and seq == list(range(seq[0], seq[-1] + 1)):
-        return [[seq[0], len(seq)]]  # one run: the common case, checked at C speed
-    # where a run breaks, found by C-level iteration (a loan is thousands of frames)
     breaks = map(ne, seq[1:], map((1).__add__, seq[:-1]))
     starts = [0, *compress(range(1, len(seq)), breaks), len(seq)]
     return [[seq[a], b - a] for a, b in zip(starts, starts[1:])]

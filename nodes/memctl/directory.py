@@ -98,6 +98,12 @@ class Space:
     map: dict[int, int] = field(default_factory=dict)
 
 
+class DistinctFrames(list):
+    """A frame list known to hold distinct non-negative integers (expanded from
+    validated runs, protocol/frames.py): :meth:`MemoryController._check_frames`
+    then only checks the range, not each frame (a loan is thousands)."""
+
+
 class MemoryController:
     """Ownership, address maps and the directory protocol over a :class:`FrameStore`.
 
@@ -530,6 +536,13 @@ class MemoryController:
 
     def _check_frames(self, frames: Iterable[int]) -> list[int]:
         """Return the distinct frames, in order, each checked to be in range."""
+        if type(frames) is DistinctFrames:
+            if frames and max(frames) < self.store.nframes:
+                return frames
+            out = list(frames)
+            for f in out:
+                self.store.check_frame(f)
+            return out
         out = list(dict.fromkeys(frames))
         if out and set(map(type, out)) == {int} and 0 <= min(out) and max(out) < self.store.nframes:
             return out  # the common case, checked in bulk

@@ -56,12 +56,18 @@ from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.frames import body_frames
 from protocol.messages import Message
 
-from .directory import MemoryController, is_os
+from .directory import DistinctFrames, MemoryController, is_os
 from .errors import MemctlError
 
 RECALL_ALL = -1  # mem_recall frame meaning "every frame you hold" (recovery)
 RECALL_TIMEOUT = 2.0
 ADMINS = frozenset({"orch", "vmm"})
+
+
+def _frames(body: dict[str, Any]) -> list[int]:
+    """The frames a request names (runs or a list); from runs, known distinct."""
+    frames = body_frames(body)
+    return DistinctFrames(frames) if "runs" in body else frames
 
 
 class MemctlNode(Node):
@@ -233,7 +239,7 @@ class MemctlNode(Node):
     async def on_mem_transfer(self, msg: Message) -> None:
         self._admin(msg)
         b = msg.body
-        frames = body_frames(b)
+        frames = _frames(b)
 
         async def go():
             await self.mc.transfer(frames, b["from_owner"], b["to_owner"])
@@ -242,7 +248,7 @@ class MemctlNode(Node):
 
     @spawned
     async def on_mem_pin(self, msg: Message) -> None:
-        frames = body_frames(msg.body)
+        frames = _frames(msg.body)
         owner = self._pin_owner(msg, frames)
 
         async def go():
@@ -252,7 +258,7 @@ class MemctlNode(Node):
 
     @spawned
     async def on_mem_unpin(self, msg: Message) -> None:
-        frames = body_frames(msg.body)
+        frames = _frames(msg.body)
         owner = self._pin_owner(msg, frames)
 
         async def go():

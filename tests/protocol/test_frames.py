@@ -85,3 +85,12 @@ def test_the_frame_carrying_kinds_take_runs_and_check_each_run_is_a_list(kind):
     with pytest.raises(ProtocolError) as info:
         validate_body(kind, {"runs": [[256, 1], 3], **extra})
     assert info.value.field == "body.runs[1]"
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**5), st.integers(1, 3000)), min_size=1, max_size=40),
+       st.randoms(use_true_random=False))
+def test_a_list_made_of_long_runs_in_any_order_gives_back_exactly_those_runs_merged(pairs, rnd):
+    frames = list(dict.fromkeys(f for a, n in pairs for f in range(a, a + n)))  # distinct, runs in their order
+    runs = to_runs(frames)
+    assert from_runs(runs) == frames
+    assert all(a[0] + a[1] != b[0] for a, b in zip(runs, runs[1:]))  # maximal
