@@ -27,9 +27,13 @@ from protocol.errors import ProtocolError
 Runs = list[list[int]]
 
 
-def to_runs(frames: Iterable[int]) -> Runs:
+def to_runs(frames: Iterable[int], increasing: bool = False) -> Runs:
     """``[[first, count], ...]`` of ``frames``, in their order: a run is a
     maximal stretch where each frame is its predecessor + 1.
+
+    ``increasing``: the caller knows ``frames`` is strictly increasing (a
+    sorted set), so a stretch whose ends are ``count - 1`` apart is a run
+    without looking at the frames between.
 
     >>> to_runs([4, 5, 6, 9, 2, 3])
     [[4, 3], [9, 1], [2, 2]]
@@ -52,7 +56,8 @@ def to_runs(frames: Iterable[int]) -> Runs:
                 lo = mid
             else:
                 hi = mid - 1
-        if (lo > 1 and seq[i:i + lo] != list(range(first, first + lo))) or (i + lo < n and seq[i + lo] == first + lo):
+        if not increasing and ((lo > 1 and seq[i:i + lo] != list(range(first, first + lo)))
+                               or (i + lo < n and seq[i + lo] == first + lo)):
             return _runs_by_scan(seq)
         out.append([first, lo])
         i += lo

@@ -485,7 +485,7 @@ class MemoryController:
             "uncached_reads", "uncached_writes", "stale_releases", "recall_anomalies")}
         return {
             "nframes": self.store.nframes,
-            "frames": dict(Counter(self._owner)),
+            "frames": self._frame_counts(),
             "pinned": {o: len(p) for o, p in self._pinned.items() if p},
             "spaces": {s: "identity" if sp.identity else f"{len(sp.map)} pages mapped"
                        for s, sp in self._spaces.items()},
@@ -494,6 +494,14 @@ class MemoryController:
             "recovering": self.recovering,
             **counts,
         }
+
+    def _frame_counts(self) -> dict[str, int]:
+        """Frames per owner, counted run by run (every heartbeat asks: a Counter
+        over every frame held the controller's loop for milliseconds)."""
+        counts: Counter[str] = Counter()
+        for owner, same in groupby(self._owner):
+            counts[owner] += len(list(same))
+        return dict(counts)
 
     def check_invariants(self) -> None:
         """Check DESIGN.md §6's memory guarantees on the controller's own state.

@@ -32,7 +32,7 @@ _ZERO_RUN = bytes(256 * FRAME_SIZE)  # the fallback of zero_frames writes 1 MiB 
 def frame_runs(ordered: list[int]) -> list[list[int]]:
     """[first, count] of each run of consecutive frames in an increasing list
     of distinct frames (the wire's runs, protocol/frames.py)."""
-    return to_runs(ordered)
+    return to_runs(ordered, increasing=True)
 
 
 class FrameStore:

@@ -94,3 +94,9 @@ def test_a_list_made_of_long_runs_in_any_order_gives_back_exactly_those_runs_mer
     runs = to_runs(frames)
     assert from_runs(runs) == frames
     assert all(a[0] + a[1] != b[0] for a, b in zip(runs, runs[1:]))  # maximal
+
+
+@given(st.lists(st.integers(min_value=0, max_value=3000), unique=True, max_size=400))
+def test_runs_of_a_sorted_set_taken_as_increasing_are_the_same_runs(frames):
+    frames.sort()
+    assert to_runs(frames, increasing=True) == to_runs(frames)
