@@ -10,9 +10,9 @@ Patent steps → steps here (borrow):
   a refusal (nothing above the floor) is an error carrying A's reason; the
   module then hands them over (``mod_give_back``);
 - the VMM takes them, zeroed (``mem_transfer`` A → vmm);
-- the VMM hands them to OS B, zeroed again (``mem_transfer`` vmm → B; if the
-  VMM manages B's memory, B's map is extended to reach them);
-- the kernel module of OS B adds them to its free list (``mod_add``).
+- the VMM hands them to OS B, zeroed again (``mem_transfer`` vmm → B);
+- the kernel module of OS B adds them to its free list (``mod_add``; first,
+  if the VMM manages B's memory, B's map is extended to reach them).
 
 Giving back is the reverse: B's module gives them back (they must be free in
 B: ``mod_give_back`` refuses frames in use; it pins them), B → vmm → A, A's
@@ -29,20 +29,11 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.choreographies import Choreography, ChoreographyError, Ctx, Run, Step, figure
-from orchestrator.choreographies.frames import (add_frames, alloc_pin, ctx_runs, give_up, remap_if_virtualized,
-                                                 runs_of, via_vmm)
+from orchestrator.choreographies.frames import add_frames, alloc_pin, ctx_runs, give_up, runs_of, via_vmm
 from protocol.frames import count, from_runs
 
 FIGURE = "p39_borrow"
 FIGURE_RETURN = "p39_return"
-
-
-async def _remap_to(run: Run, ctx: Ctx) -> dict[str, Any]:
-    return await remap_if_virtualized(run, ctx["to_os"])
-
-
-async def _remap_from(run: Run, ctx: Ctx) -> dict[str, Any]:
-    return await remap_if_virtualized(run, ctx["from_os"])
 
 
 async def _give_back_to(run: Run, ctx: Ctx) -> dict[str, Any]:
@@ -66,8 +57,9 @@ def build(params: dict[str, Any]) -> Choreography:
         give_up("from_os", "runs", "module_lets_go", patent="module in OS A hands them over"),
         *via_vmm("runs", "from_os", "to_os", ("to_vmm", "to_os"),
                  ("the VMM takes them (zeroed)", "the VMM hands them to OS B (zeroed)")),
-        Step("map_to_os", _remap_to, _remap_to, "(B's map reaches them while the VMM manages its memory)"),
-        add_frames("to_os", "runs", "add_to_free_list", patent="module in OS B adds them to its free list"),
+        add_frames("to_os", "runs", "add_to_free_list", remap=True,
+                   patent="module in OS B adds them to its free list (its map reaches them while the VMM "
+                          "manages its memory)"),
     ], params=params)
 
 
@@ -78,8 +70,9 @@ def build_return(params: dict[str, Any]) -> Choreography:
         Step("give_back", _give_back_to, _readd_to, "module in OS B gives the frames back"),
         *via_vmm("runs", "to_os", "from_os", ("to_vmm", "to_lender"),
                  ("the VMM takes them (zeroed)", "back to OS A (zeroed)")),
-        Step("map_lender", _remap_from, _remap_from, "(A's map reaches them while the VMM manages its memory)"),
-        add_frames("from_os", "runs", "add_to_free_list", patent="module in OS A adds them to its free list"),
+        add_frames("from_os", "runs", "add_to_free_list", remap=True,
+                   patent="module in OS A adds them to its free list (its map reaches them while the VMM "
+                          "manages its memory)"),
     ], params=params)
 
 

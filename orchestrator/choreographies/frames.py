@@ -144,15 +144,24 @@ def via_vmm(frames_key: str, src_key: str, dst_key: str, names: tuple[str, str],
             transfer(frames_key, None, dst_key, names[1], from_owner="vmm", patent=patents[1])]
 
 
-def add_frames(os_key: str, frames_key: str, name: str, patent: str = "") -> Step:
-    """``mod_add`` {runs} on the OS: received frames join its free list; undone by ``mod_give_back``."""
+def add_frames(os_key: str, frames_key: str, name: str, patent: str = "", remap: bool = False) -> Step:
+    """``mod_add`` {runs} on the OS: received frames join its free list; undone by ``mod_give_back``.
+
+    With ``remap``, first (and again after the undo) the OS's map follows
+    what it owns while the VMM manages its memory (:func:`remap_if_virtualized`):
+    one step, not two journaled ones, since the map only matters once the
+    module hands the frames out.
+    """
 
     async def do(run: Run, ctx: Ctx) -> dict[str, Any]:
+        out = await remap_if_virtualized(run, ctx[os_key]) if remap else {}
         data = await run.call(ctx[os_key], "mod_add", {"runs": ctx_runs(ctx, frames_key)})
-        return {f"{os_key}_free": data.get("free")}
+        return {**out, f"{os_key}_free": data.get("free")}
 
     async def undo(run: Run, ctx: Ctx) -> None:
         await run.call(ctx[os_key], "mod_give_back", {"runs": ctx_runs(ctx, frames_key)})
+        if remap:
+            await remap_if_virtualized(run, ctx[os_key])
 
     return Step(name, do, undo, patent)
 
