@@ -99,9 +99,10 @@ class Space:
 
 
 class DistinctFrames(list):
-    """A frame list known to hold distinct non-negative integers (expanded from
-    validated runs, protocol/frames.py): :meth:`MemoryController._check_frames`
-    then only checks the range, not each frame (a loan is thousands)."""
+    """A frame list known to hold distinct non-negative integers in increasing
+    order (expanded from validated runs, sorted, protocol/frames.py): the
+    controller then checks only its range, not each frame, and does not sort
+    it again (a loan is thousands of frames)."""
 
 
 class MemoryController:
@@ -620,7 +621,8 @@ class MemoryController:
         """
         self._check_serving()
         async with self._meta_lock:
-            locked = sorted(set(frames()))
+            fr = frames()
+            locked = fr if type(fr) is DistinctFrames else sorted(set(fr))
             async with self._claim(locked):
                 try:
                     yield locked
@@ -700,7 +702,7 @@ class MemoryController:
         if olds == {new_owner}:
             return
         if len(olds) == 1:
-            moving = sorted(frames)
+            moving = frames if type(frames) is DistinctFrames else sorted(frames)
             by_old = {olds.pop(): set(moving)}
         else:
             moving = sorted(f for f in frames if owner[f] != new_owner)

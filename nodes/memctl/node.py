@@ -53,7 +53,7 @@ import protocol.hw  # noqa: F401  (registers the mem_* kinds)
 import protocol.vmm  # noqa: F401  (registers the mem_* administration kinds)
 from nodes.runtime import Node, spawned
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
-from protocol.frames import body_frames
+from protocol.frames import body_frames, check_runs, from_runs
 from protocol.messages import Message
 
 from .directory import DistinctFrames, MemoryController, is_os
@@ -65,9 +65,10 @@ ADMINS = frozenset({"orch", "vmm"})
 
 
 def _frames(body: dict[str, Any]) -> list[int]:
-    """The frames a request names (runs or a list); from runs, known distinct."""
-    frames = body_frames(body)
-    return DistinctFrames(frames) if "runs" in body else frames
+    """The frames a request names (runs or a list); from runs, known distinct, in increasing order."""
+    if "runs" in body and "frames" not in body:
+        return DistinctFrames(from_runs(sorted(check_runs(body["runs"]))))
+    return body_frames(body)  # the former list (or the error naming both)
 
 
 class MemctlNode(Node):

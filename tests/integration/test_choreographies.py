@@ -682,6 +682,14 @@ async def test_memctl_administration_is_refused_to_anyone_but_the_orchestrator_a
     await orch.request("os1", "mod_give_back", {"runs": runs})
     await orch.request("memctl", "mem_transfer", {"runs": runs, "from_owner": "os1", "to_owner": "os2"})
     assert set(from_runs(runs)) <= set((await check_conservation(orch))["os2"])
+    # runs that overlap are refused naming the run, and nothing moves
+    before = await check_conservation(orch)
+    first = before["os2"][0]
+    with pytest.raises(RemoteError, match=r"bad_field \[body.runs\[1\]\]: runs .* overlap") as info:
+        await orch.request("memctl", "mem_transfer", {"runs": [[first, 2], [first + 1, 1]],
+                                                      "from_owner": "os2", "to_owner": "vmm"})
+    assert info.value.reason == "bad_field"
+    assert await check_conservation(orch) == before
 
 
 def test_cli_reports_a_partial_grant_and_refuses_at_the_floor_in_one_line(cli_run_dir, tmp_path):
