@@ -16,12 +16,18 @@ runtime, on one cluster of compose/vmm.toml launched once.
   virtualized (CPU, memory, console, disk and NIC interposed: every datagram
   goes NIC → VMM → os1 → VMM → NIC) and devirtualized; the same two ratios;
 - frames borrowed per second (¶39: pin, hand over, zero twice, map, free
-  list) as GiB/s of 4 KiB frames, the wall time of the borrow request, for
-  a realistic loan of BORROW_FRAMES = 16384 frames (64 MiB) on a cluster of
-  its own, compose/vmm-bench.toml (vmm.toml with 128 MiB for os1), started
-  after the first one is down; each borrow is returned before the next.
+  list) as GiB/s of 4 KiB frames, the wall time of the borrow request
+  (median of --repeat), at each of BORROW_SIZES_MIB = 16, 64 and 256 MiB
+  (4096, 16384, 65536 frames: what a user lends a VM; every size is
+  printed, so the fixed cost per request shows), on a cluster of its own,
+  compose/vmm-bench.toml (vmm.toml with 384 MiB for os1), started after the
+  first one is down; each borrow is returned before the next. The memory
+  of a fresh cluster was never written (a sparse file: zeroing it costs
+  nothing), so the largest size is measured again after every frame of os1
+  was written (``dirty``: what a lender that has run programs gives, whose
+  zeroing costs what it costs). ``borrow_gib_per_s`` is that figure.
 
-    .venv/bin/python bench/vmm.py [--json] [--repeat N] [--cycles N]
+    .venv/bin/python bench/vmm.py [--json] [--repeat N] [--cycles N] [--only borrow|virt]
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.client import call  # noqa: E402
+from protocol.frames import to_runs  # noqa: E402
 
 HWEMU = ROOT / ".venv/bin/hwemu"
 SAMPLES = ROOT / "guest/build/samples"
@@ -50,7 +57,8 @@ TOPOLOGY = "compose/vmm.toml"
 SHORT, LONG = 100, 1100
 PAGE = 4096
 VMM_FRAMES = 64
-BORROW_FRAMES = 16384  # 64 MiB
+BORROW_SIZES_MIB = (16, 64, 256)
+DIRTY_CHUNK = 256  # frames per mem_write (1 MiB) when the bench writes os1's memory
 BORROW_TOPOLOGY = "compose/vmm-bench.toml"
 
 
@@ -136,78 +144,91 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--repeat", type=int, default=3, help="runs per syscall figure and borrows (median)")
     ap.add_argument("--cycles", type=int, default=30, help="interpose/devirtualize cycles for the pause figures")
+    ap.add_argument("--only", choices=("virt", "udp", "borrow"), help="only the pause and syscall figures (virt), "
+                    "only the UDP round trips (udp) or only the borrow figures (borrow)")
     ap.add_argument("--udp-n", type=int, default=300, help="UDP echo exchanges per UDP figure (median)")
     args = ap.parse_args()
     if not (SAMPLES / "sysloop.elf").exists():
         subprocess.run(["make", "-C", str(ROOT / "guest"), "-s"], check=True)
 
+    result: dict = {"repeat": args.repeat}
     with tempfile.TemporaryDirectory(prefix="hwv") as tmp:
-        rd = Path(tmp) / "run"
-        env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
+        if args.only in (None, "virt"):
+            result.update(virt_figures(Path(tmp) / "run", args))
+        if args.only in (None, "udp"):
+            udp = udp_phase(tmp, args.udp_n)
+            result.update({
+                "udp_rtt_us_native": round(udp["native"] * 1e6, 1),
+                "udp_rtt_us_virtualized": round(udp["virtualized"] * 1e6, 1),
+                "udp_rtt_us_devirtualized": round(udp["devirtualized"] * 1e6, 1),
+                "udp_virtualized_ratio": round(udp["virtualized"] / udp["native"], 3),
+                "udp_devirtualized_ratio": round(udp["devirtualized"] / udp["native"], 3)})
+        if args.only in (None, "borrow"):
+            result.update(borrow_figures(Path(tmp) / "borrow", args))
+    if args.json:
+        print(json.dumps(result))
+        return
+    if "cycles" in result:
+        print(f"interpose pause     p50 {result['interpose_pause_p50_ms']:8.3f} ms  p99 {result['interpose_pause_p99_ms']:8.3f} ms"
+              f"  ({args.cycles} cycles under a running program; target p99 <= 5 ms)")
+        print(f"devirtualize pause  p50 {result['devirtualize_pause_p50_ms']:8.3f} ms  p99 {result['devirtualize_pause_p99_ms']:8.3f} ms")
+        print(f"syscall round trip  native {result['syscall_us_native']} us, virtualized {result['syscall_us_virtualized']} us "
+              f"(x{result['virtualized_ratio']}), devirtualized {result['syscall_us_devirtualized']} us "
+              f"(x{result['devirtualized_ratio']}; target <= 1.05)")
+    if "udp_rtt_us_native" in result:
+        print(f"UDP echo round trip native {result['udp_rtt_us_native']} us, virtualized {result['udp_rtt_us_virtualized']} us "
+              f"(x{result['udp_virtualized_ratio']}), devirtualized {result['udp_rtt_us_devirtualized']} us "
+              f"(x{result['udp_devirtualized_ratio']})")
+    for b in result.get("borrow_sizes", []):
+        print(f"borrow {b['mib']:4d} MiB {'dirty' if b['dirty'] else 'fresh'} {b['frames']} frames in {b['borrow_ms']} ms: "
+              f"{b['frames_per_s']:.0f} frames/s, {b['gib_per_s']} GiB/s (zeroing included; "
+              f"target >= 1); return {b['return_ms']} ms")
 
-        def ctl(kind: str, body: dict | None = None):
-            return trio.run(call, rd, kind, body or {}, 120.0)
 
-        def syscall_s() -> float:
-            """Seconds per guest syscall round trip (difference of two sysloop runs)."""
-            run = lambda n: timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "sysloop.elf"), "--", str(n)], env)
-            short = statistics.median(run(SHORT) for _ in range(args.repeat))
-            long = statistics.median(run(LONG) for _ in range(args.repeat))
-            return max(long - short, 1e-9) / (LONG - SHORT)
+def virt_figures(rd: Path, args) -> dict:
+    """Pause of interpose / devirtualize and the syscall ratios, on compose/vmm.toml."""
+    env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
 
-        subprocess.run([str(HWEMU), "up", TOPOLOGY, "--detach"], env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-        background = None
-        try:
-            timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "hello.elf")], env)  # warm up
-            native = syscall_s()
-            ctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
-            ctl("ctl_interpose", {"os": "os1"})
-            virtualized = syscall_s()
-            ctl("ctl_devirtualize", {"os": "os1"})
-            devirtualized = syscall_s()
+    def ctl(kind: str, body: dict | None = None):
+        return trio.run(call, rd, kind, body or {}, 120.0)
 
+    def syscall_s() -> float:
+        """Seconds per guest syscall round trip (difference of two sysloop runs)."""
+        run = lambda n: timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "sysloop.elf"), "--", str(n)], env)
+        short = statistics.median(run(SHORT) for _ in range(args.repeat))
+        long = statistics.median(run(LONG) for _ in range(args.repeat))
+        return max(long - short, 1e-9) / (LONG - SHORT)
 
-            # a program runs on os1 throughout the cycles (killed with the cluster)
-            background = subprocess.Popen([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "timeshare.elf"), "--",
-                                           "P", "100000"], env=env, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, cwd=ROOT)
-            time.sleep(2.0)
-            inter, devirt = [], []
-            for _ in range(args.cycles):
-                inter.append(pause(ctl("ctl_interpose", {"os": "os1"})))
-                time.sleep(0.05)
-                devirt.append(pause(ctl("ctl_devirtualize", {"os": "os1"})))
-                time.sleep(0.05)
-            if background.poll() is not None:
-                raise SystemExit(f"the background program ended during the cycles ({background.returncode})")
-        finally:
-            if background is not None and background.poll() is None:
-                background.kill()
-                background.wait()
-            subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+    subprocess.run([str(HWEMU), "up", TOPOLOGY, "--detach"], env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    background = None
+    try:
+        timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "hello.elf")], env)  # warm up
+        native = syscall_s()
+        ctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
+        ctl("ctl_interpose", {"os": "os1"})
+        virtualized = syscall_s()
+        ctl("ctl_devirtualize", {"os": "os1"})
+        devirtualized = syscall_s()
 
-        udp = udp_phase(tmp, args.udp_n)
-
-        borrow_s, return_s = [], []
-        brd = Path(tmp) / "borrow"  # a run dir of its own: a memory file is sized for one topology
-        benv = {**os.environ, "HWEMU_RUN_DIR": str(brd)}
-        bctl = lambda kind, body: trio.run(call, brd, kind, body, 120.0)  # noqa: E731
-        subprocess.run([str(HWEMU), "up", BORROW_TOPOLOGY, "--detach"], env=benv, check=True,
-                       stdout=subprocess.DEVNULL, cwd=ROOT)
-        try:
-            bctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
-            for _ in range(args.repeat):
-                t = time.perf_counter()
-                bctl("ctl_memory_borrow", {"from_os": "os1", "to_os": "os2", "frames": BORROW_FRAMES})
-                borrow_s.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                bctl("ctl_memory_return", {"from_os": "os1", "to_os": "os2"})
-                return_s.append(time.perf_counter() - t)
-        finally:
-            subprocess.run([str(HWEMU), "down"], env=benv, stdout=subprocess.DEVNULL, cwd=ROOT)
-
-    borrow = statistics.median(borrow_s)
-    result = {
+        # a program runs on os1 throughout the cycles (killed with the cluster)
+        background = subprocess.Popen([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "timeshare.elf"), "--",
+                                       "P", "100000"], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, cwd=ROOT)
+        time.sleep(2.0)
+        inter, devirt = [], []
+        for _ in range(args.cycles):
+            inter.append(pause(ctl("ctl_interpose", {"os": "os1"})))
+            time.sleep(0.05)
+            devirt.append(pause(ctl("ctl_devirtualize", {"os": "os1"})))
+            time.sleep(0.05)
+        if background.poll() is not None:
+            raise SystemExit(f"the background program ended during the cycles ({background.returncode})")
+    finally:
+        if background is not None and background.poll() is None:
+            background.kill()
+            background.wait()
+        subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+    return {
         "interpose_pause_p50_ms": round(statistics.median(inter), 3),
         "interpose_pause_p99_ms": round(pct(inter, 99), 3),
         "devirtualize_pause_p50_ms": round(statistics.median(devirt), 3),
@@ -220,33 +241,65 @@ def main() -> None:
         "virtualized_ratio": round(virtualized / native, 3),
         "devirtualized_ratio": round(devirtualized / native, 3),
         "devirtualized_target_ratio": 1.05,
-        "udp_rtt_us_native": round(udp["native"] * 1e6, 1),
-        "udp_rtt_us_virtualized": round(udp["virtualized"] * 1e6, 1),
-        "udp_rtt_us_devirtualized": round(udp["devirtualized"] * 1e6, 1),
-        "udp_virtualized_ratio": round(udp["virtualized"] / udp["native"], 3),
-        "udp_devirtualized_ratio": round(udp["devirtualized"] / udp["native"], 3),
-        "borrow_frames": BORROW_FRAMES,
-        "borrow_ms": round(borrow * 1e3, 2),
-        "borrow_frames_per_s": round(BORROW_FRAMES / borrow, 1),
-        "borrow_gib_per_s": round(BORROW_FRAMES * PAGE / borrow / 2**30, 4),
-        "return_ms": round(statistics.median(return_s) * 1e3, 2),
-        "repeat": args.repeat,
     }
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(f"interpose pause     p50 {result['interpose_pause_p50_ms']:8.3f} ms  p99 {result['interpose_pause_p99_ms']:8.3f} ms"
-          f"  ({args.cycles} cycles under a running program; target p99 <= 5 ms)")
-    print(f"devirtualize pause  p50 {result['devirtualize_pause_p50_ms']:8.3f} ms  p99 {result['devirtualize_pause_p99_ms']:8.3f} ms")
-    print(f"syscall round trip  native {result['syscall_us_native']} us, virtualized {result['syscall_us_virtualized']} us "
-          f"(x{result['virtualized_ratio']}), devirtualized {result['syscall_us_devirtualized']} us "
-          f"(x{result['devirtualized_ratio']}; target <= 1.05)")
-    print(f"UDP echo round trip native {result['udp_rtt_us_native']} us, virtualized {result['udp_rtt_us_virtualized']} us "
-          f"(x{result['udp_virtualized_ratio']}), devirtualized {result['udp_rtt_us_devirtualized']} us "
-          f"(x{result['udp_devirtualized_ratio']})")
-    print(f"borrow              {BORROW_FRAMES} frames in {result['borrow_ms']} ms: "
-          f"{result['borrow_frames_per_s']:.0f} frames/s, {result['borrow_gib_per_s']} GiB/s (zeroing included; "
-          f"target >= 1); return {result['return_ms']} ms")
+
+
+def borrow_figures(brd: Path, args) -> dict:
+    """Borrow (and return) each size of BORROW_SIZES_MIB --repeat times on compose/vmm-bench.toml."""
+    benv = {**os.environ, "HWEMU_RUN_DIR": str(brd)}  # a run dir of its own: a memory file is sized for one topology
+    bctl = lambda kind, body: trio.run(call, brd, kind, body, 120.0)  # noqa: E731
+    sizes = []
+    subprocess.run([str(HWEMU), "up", BORROW_TOPOLOGY, "--detach"], env=benv, check=True,
+                   stdout=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        bctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
+
+        def dirty_os1() -> None:
+            """Write a pattern into every frame os1 owns (whichever it lends next is then dirty)."""
+            owners = bctl("ctl_request", {"node": "memctl", "kind": "mem_owners", "body": {}})["body"]["data"]
+            for first, n in to_runs(owners["os1"]):
+                for at in range(first, first + n, DIRTY_CHUNK):
+                    k = min(DIRTY_CHUNK, first + n - at)
+                    bctl("ctl_request", {"node": "memctl", "kind": "mem_write", "timeout": 30.0,
+                                         "body": {"space": "os1", "addr": at * PAGE, "data": b"\x5a" * (k * PAGE)}})
+
+        def measure(mib: int, dirty: bool = False) -> dict:
+            frames = mib * 2**20 // PAGE
+            borrow_s, return_s = [], []
+            for _ in range(args.repeat):
+                if dirty:
+                    dirty_os1()
+                t = time.perf_counter()
+                report = bctl("ctl_memory_borrow", {"from_os": "os1", "to_os": "os2", "frames": frames})["reports"][0]
+                borrow_s.append(time.perf_counter() - t)
+                if report.get("partial"):
+                    raise SystemExit(f"borrow of {frames} frames was partial: {report['partial']}")
+                if dirty:  # the written frames reached os2 zeroed (checked outside the timing)
+                    for first, n in report["runs"]:
+                        for f in (first, first + n - 1):
+                            got = bctl("ctl_request", {"node": "memctl", "kind": "mem_read",
+                                                       "body": {"space": "os2", "addr": f * PAGE, "length": PAGE}})
+                            if got["body"].get("data") != bytes(PAGE):
+                                raise SystemExit(f"frame {f} lent to os2 is not zeroed: {got}")
+                t = time.perf_counter()
+                bctl("ctl_memory_return", {"from_os": "os1", "to_os": "os2"})
+                return_s.append(time.perf_counter() - t)
+            borrow = statistics.median(borrow_s)
+            return {"mib": mib, "frames": frames, "dirty": dirty, "borrow_ms": round(borrow * 1e3, 2),
+                    "borrow_ms_all": [round(b * 1e3, 2) for b in borrow_s],
+                    "frames_per_s": round(frames / borrow, 1),
+                    "gib_per_s": round(frames * PAGE / borrow / 2**30, 4),
+                    "return_ms": round(statistics.median(return_s) * 1e3, 2)}
+
+        for mib in BORROW_SIZES_MIB:
+            sizes.append(measure(mib))
+        sizes.append(measure(BORROW_SIZES_MIB[-1], dirty=True))
+    finally:
+        subprocess.run([str(HWEMU), "down"], env=benv, stdout=subprocess.DEVNULL, cwd=ROOT)
+    largest = sizes[-1]
+    return {"borrow_sizes": sizes, "borrow_frames": largest["frames"], "borrow_ms": largest["borrow_ms"],
+            "borrow_frames_per_s": largest["frames_per_s"], "borrow_gib_per_s": largest["gib_per_s"],
+            "borrow_target_gib_per_s": 1.0, "return_ms": largest["return_ms"]}
 
 
 if __name__ == "__main__":

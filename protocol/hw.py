@@ -113,7 +113,15 @@ register("os_kill", pid="int", signal=_opt("int"))   # reply ok {data: {"pid"}};
 register("os_driver_mode", device="str", mode="str")   # reply ok {data: the driver's state}
 
 # -- OS kernel module (DESIGN.md §4, FIG. 4) ---------------------------------------
-# each answered ok {data: {"frames": [...], "free": free frames left}}
+# Frames as runs [[first, count], ...] (protocol/frames.py) or, formerly, a list
+# "frames" [...]: a body names them one way (frames.body_frames checks which).
+# mod_alloc_pin is answered ok {data: {"runs": [...], "free": free frames left,
+# "lend_floor"}}: the module allocated them and pinned them with the memory
+# controller (DESIGN.md §5 ¶39: "allocates + pins"); mod_add / mod_give_back
+# are answered ok {data: {"frames": how many, "free"}}. mod_give_back pins,
+# with the memory controller, the frames that were free in the OS (those it
+# allocated with mod_alloc_pin are pinned already): only pinned frames change owner.
+_frames = dict(runs=_opt("list", items="list"), frames=_opt("list", items="int"))
 register("mod_alloc_pin", n="int", min=_opt("int"))  # allocate and pin n frames (at least min, default n)
-register("mod_add", frames=Field("list", items="int"))        # received frames join the free list
-register("mod_give_back", frames=Field("list", items="int"))  # pinned or free frames leave the OS
+register("mod_add", **_frames)        # received frames join the free list
+register("mod_give_back", **_frames)  # pinned or free frames leave the OS

@@ -71,10 +71,12 @@ register("vmm_status")
 # data: {"oses": {os: {"current", "vif", "asid_base", "traps", "ticks", ...}}, "resources": {...}}
 
 # -- memory controller administration (orchestrator / vmm only) ---------------------------
-register("mem_transfer", frames=Field("list", items="int"), from_owner="str", to_owner="str")
+# frames: "runs" [[first, count], ...] or, formerly, a list "frames" (protocol/frames.py)
+_frames = dict(runs=_opt("list", items="list"), frames=_opt("list", items="int"))
+register("mem_transfer", from_owner="str", to_owner="str", **_frames)
 # frames change owner, zeroed first (¶39); from an OS they must be pinned by it (mem_pin)
-register("mem_pin", frames=Field("list", items="int"), owner=_opt("str"))  # an OS pins its own frames;
-register("mem_unpin", frames=Field("list", items="int"), owner=_opt("str"))  # orch/vmm name the owner
+register("mem_pin", owner=_opt("str"), **_frames)    # an OS pins its own frames;
+register("mem_unpin", owner=_opt("str"), **_frames)  # orch/vmm name the owner
 register("mem_set_map", space="str", map=Field("dict", items="int"))   # {str(gpn): frame}
 register("mem_set_identity", space="str")
 register("mem_create_space", space="str", frames=Field("list", items="int"))

@@ -563,6 +563,7 @@ class Kernel:
 # ======================================================================= node
 
 import math  # noqa: E402
+from itertools import filterfalse  # noqa: E402
 
 import trio  # noqa: E402
 
@@ -573,6 +574,7 @@ from nodes.runtime import Node, NodeConfig  # noqa: E402
 import protocol.hw  # noqa: E402,F401  (registers the message kinds)
 import protocol.vmm  # noqa: E402,F401  (mem_pin)
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout  # noqa: E402
+from protocol.frames import body_frames, to_runs  # noqa: E402
 from protocol.messages import Message  # noqa: E402
 
 
@@ -603,8 +605,9 @@ class OsNode(Node):
     Messages: ``os_exec`` {elf, argv, notify} -> ok {data: {pid}} (bad ELF:
     ``error`` bad_elf); ``proc_exit`` {pid, code, reason} to the requester if
     ``notify``; ``os_ps`` -> ok {data: {procs}}; ``mod_alloc_pin`` {n, min},
-    ``mod_add`` {frames}, ``mod_give_back`` {frames} -> ok {data: {frames,
-    free}} (plus ``lend_floor`` for ``mod_alloc_pin``; a refusal below the
+    ``mod_add`` {runs}, ``mod_give_back`` {runs} -> ok {data: {runs,
+    free}} (frames as runs, protocol/frames.py, or a ``frames`` list;
+    plus ``lend_floor`` for ``mod_alloc_pin``; a refusal below the
     floor: ``error`` below_floor); ``os_driver_mode`` {device, mode} -> ok {data: state}. Takes
     ``trap`` (trap:<cpu>), ``tick``/``alarm`` (irq:<timer>), ``uart_rx``
     (irq:<uart>), ``disk_done`` (irq:<disk>), ``nic_done``/``nic_rx``
@@ -744,34 +747,7 @@ class OsNode(Node):
                 return
             await self.party.reply(msg, "ok", {"data": {"pid": proc.pid}})
         elif kind.startswith("mod_"):
-            msg = payload
-            try:
-                if kind == "mod_alloc_pin":
-                    frames = self.module.alloc_pin(msg.body["n"], msg.body.get("min"))
-                elif kind == "mod_add":
-                    frames = self.module.add_frames(msg.body["frames"])
-                    await k.dispatch()
-                else:
-                    frames = self.module.give_back(msg.body["frames"])
-            except (OutOfMemory, FrameError) as exc:
-                reason = ("below_floor" if isinstance(exc, BelowFloor) else
-                          "out_of_memory" if isinstance(exc, OutOfMemory) else "bad_frames")
-                await self.party.reply(msg, "error", {"reason": reason, "detail": str(exc), "ref": kind})
-                return
-            if kind == "mod_alloc_pin" and frames:
-                # the memory controller learns they are pinned: only pinned frames may change owner
-                try:
-                    await self._mem("mem_pin", {"frames": frames})
-                except (RemoteError, RequestTimeout, ProtocolError) as exc:
-                    self.module.give_back(frames)  # not pinned after all: back on the free list
-                    self.module.add_frames(frames)
-                    await self.party.reply(msg, "error", {"reason": "pin_failed", "ref": kind,
-                                                          "detail": f"the memory controller did not pin them: {exc}"})
-                    return
-            data = {"frames": frames, "free": self.frames.free_count}
-            if kind == "mod_alloc_pin":  # the caller can say why a grant was partial
-                data["lend_floor"] = self.module.lend_floor
-            await self.party.reply(msg, "ok", {"data": data})
+            await self._module_request(kind, payload)
         elif kind == "os_kill":
             msg = payload
             signal = msg.body.get("signal", SIGKILL)
@@ -791,6 +767,53 @@ class OsNode(Node):
                 raise ProtocolError("bad_field", f"no driver {msg.body.get('device')!r} (uart, timer, disk, nic)", "body.device")
             state = await driver.set_mode(msg.body.get("mode"))
             await self.party.reply(msg, "ok", {"data": state})
+
+    async def _module_request(self, kind: str, msg: Message) -> None:
+        """The kernel module's messages (DESIGN.md §4-5: FIG. 4, ¶39), frames as runs.
+
+        The module pins with the memory controller itself, once: what
+        ``mod_alloc_pin`` allocates, and what ``mod_give_back`` lets go of
+        that was free here (frames it allocated are pinned already). Only
+        pinned frames may change owner, so nobody else needs to pin them.
+        """
+        pin: list[int] = []
+        try:
+            if kind == "mod_alloc_pin":
+                frames = pin = self.module.alloc_pin(msg.body["n"], msg.body.get("min"))
+            elif kind == "mod_add":
+                frames = self.module.add_frames(body_frames(msg.body))
+                await self.kernel.dispatch()
+            else:
+                asked = body_frames(msg.body)
+                was_pinned = self.frames.pinned.intersection(asked)
+                frames = self.module.give_back(asked)
+                pin = list(filterfalse(was_pinned.__contains__, frames))
+        except (OutOfMemory, FrameError, ProtocolError) as exc:
+            reason = ("below_floor" if isinstance(exc, BelowFloor) else
+                      "out_of_memory" if isinstance(exc, OutOfMemory) else
+                      exc.reason if isinstance(exc, ProtocolError) else "bad_frames")
+            await self.party.reply(msg, "error", {"reason": reason, "detail": str(exc), "ref": kind})
+            return
+        if pin:
+            try:
+                await self._mem("mem_pin", {"runs": to_runs(pin)})
+            except (RemoteError, RequestTimeout, ProtocolError) as exc:
+                # not pinned after all: the frames stay the OS's, as they were
+                if kind == "mod_alloc_pin":  # back on the free list
+                    self.module.give_back(frames)
+                    self.module.add_frames(frames)
+                else:  # back in the OS, those the module had pinned pinned again
+                    self.module.add_frames(frames)
+                    kept = [f for f in frames if f in was_pinned]
+                    self.frames.take(kept)
+                    self.frames.pinned.update(kept)
+                await self.party.reply(msg, "error", {"reason": "pin_failed", "ref": kind,
+                                                      "detail": f"the memory controller did not pin them: {exc}"})
+                return
+        data = {"runs": to_runs(frames), "free": self.frames.free_count}
+        if kind == "mod_alloc_pin":  # the caller can say why a grant was partial
+            data["lend_floor"] = self.module.lend_floor
+        await self.party.reply(msg, "ok", {"data": data})
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()

@@ -24,7 +24,10 @@ Administration (``protocol/vmm.py``; DESIGN.md §5): ``mem_transfer``,
 (``orch``) and the VMM (``vmm``); ``mem_pin`` / ``mem_unpin`` also from an OS
 for its own frames (from ``orch``/``vmm`` for the frames' ``owner``, named in
 the body or else the frames' current owner). Each answers ``ok`` {data} or
-``error`` (``forbidden``, or the controller's reason).
+``error`` (``forbidden``, or the controller's reason). ``mem_transfer``,
+``mem_pin`` and ``mem_unpin`` name their frames as ``runs`` [[first, count], ...]
+(a loan is a few runs, not thousands of numbers) or as a ``frames`` list
+(protocol/frames.py).
 
 Recovery after a restart (the directory of cached copies is soft state and
 was lost): every known initiator is asked ``mem_recall`` {frame: -1, mode:
@@ -50,14 +53,22 @@ import protocol.hw  # noqa: F401  (registers the mem_* kinds)
 import protocol.vmm  # noqa: F401  (registers the mem_* administration kinds)
 from nodes.runtime import Node, spawned
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.frames import body_frames, check_runs, from_runs
 from protocol.messages import Message
 
-from .directory import MemoryController, is_os
+from .directory import DistinctFrames, MemoryController, is_os
 from .errors import MemctlError
 
 RECALL_ALL = -1  # mem_recall frame meaning "every frame you hold" (recovery)
 RECALL_TIMEOUT = 2.0
 ADMINS = frozenset({"orch", "vmm"})
+
+
+def _frames(body: dict[str, Any]) -> list[int]:
+    """The frames a request names (runs or a list); from runs, known distinct, in increasing order."""
+    if "runs" in body and "frames" not in body:
+        return DistinctFrames(from_runs(sorted(check_runs(body["runs"]))))
+    return body_frames(body)  # the former list (or the error naming both)
 
 
 class MemctlNode(Node):
@@ -208,9 +219,8 @@ class MemctlNode(Node):
             return
         await self.party.reply(msg, "ok", {"data": data if data is not None else {}})
 
-    def _pin_owner(self, msg: Message) -> str:
-        """Whose frames a pin names: an OS only its own; the orchestrator/VMM any owner's."""
-        frames = msg.body["frames"]
+    def _pin_owner(self, msg: Message, frames: list[int]) -> str:
+        """Whose ``frames`` a pin names: an OS only its own; the orchestrator/VMM any owner's."""
         if msg.src in ADMINS:
             owner = msg.body.get("owner")
             if owner is None:
@@ -230,27 +240,30 @@ class MemctlNode(Node):
     async def on_mem_transfer(self, msg: Message) -> None:
         self._admin(msg)
         b = msg.body
+        frames = _frames(b)
 
         async def go():
-            await self.mc.transfer(b["frames"], b["from_owner"], b["to_owner"])
-            return {"frames": len(b["frames"]), "to_owner": b["to_owner"]}
+            await self.mc.transfer(frames, b["from_owner"], b["to_owner"])
+            return {"frames": len(frames), "to_owner": b["to_owner"]}
         await self._answer(msg, go)
 
     @spawned
     async def on_mem_pin(self, msg: Message) -> None:
-        owner = self._pin_owner(msg)
+        frames = _frames(msg.body)
+        owner = self._pin_owner(msg, frames)
 
         async def go():
-            self.mc.pin_frames(owner, msg.body["frames"])
+            self.mc.pin_frames(owner, frames)
             return {"owner": owner, "pinned": len(self.mc.pinned(owner))}
         await self._answer(msg, go)
 
     @spawned
     async def on_mem_unpin(self, msg: Message) -> None:
-        owner = self._pin_owner(msg)
+        frames = _frames(msg.body)
+        owner = self._pin_owner(msg, frames)
 
         async def go():
-            self.mc.unpin(owner, msg.body["frames"])
+            self.mc.unpin(owner, frames)
             return {"owner": owner, "pinned": len(self.mc.pinned(owner))}
         await self._answer(msg, go)
 

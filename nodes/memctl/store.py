@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import mmap
-import operator
 import os
 from collections.abc import Iterable
-from itertools import compress
 from pathlib import Path
 from typing import Any
+
+from protocol.frames import to_runs
 
 from .errors import StoreError
 
@@ -29,17 +29,10 @@ _ZERO_FRAME = bytes(FRAME_SIZE)  # shared, immutable: no allocation per zeroed f
 _ZERO_RUN = bytes(256 * FRAME_SIZE)  # the fallback of zero_frames writes 1 MiB at a time
 
 
-def frame_runs(ordered: list[int]) -> list[tuple[int, int]]:
-    """(first, count) of each run of consecutive frames in an increasing list
-    of distinct frames."""
-    if not ordered:
-        return []
-    if ordered[-1] - ordered[0] + 1 == len(ordered):
-        return [(ordered[0], len(ordered))]  # one run: the common case
-    # where a run breaks, found by C-level iteration (a loan is thousands of frames)
-    gaps = map(operator.ne, ordered[1:], map((1).__add__, ordered[:-1]))
-    starts = [0, *compress(range(1, len(ordered)), gaps), len(ordered)]
-    return [(ordered[a], b - a) for a, b in zip(starts, starts[1:])]
+def frame_runs(ordered: list[int]) -> list[list[int]]:
+    """[first, count] of each run of consecutive frames in an increasing list
+    of distinct frames (the wire's runs, protocol/frames.py)."""
+    return to_runs(ordered, increasing=True)
 
 
 class FrameStore:

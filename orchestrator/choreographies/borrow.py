@@ -4,18 +4,22 @@ give it back.
 Patent steps → steps here (borrow):
 
 - the kernel module of OS A allocates and pins N frames (``mod_alloc_pin``
-  {n, min: 1} on A, ``mem_pin``): A grants what it has above the lending
-  floor it declares (``lend_floor``); a grant of fewer is reported (asked,
-  granted, why: ``report["partial"]``), a refusal (nothing above the floor)
-  is an error carrying A's reason; the module then hands them over
-  (``mod_give_back``);
+  {n, min: 1} on A; its module pins them with the memory controller): A
+  grants what it has above the lending floor it declares (``lend_floor``);
+  a grant of fewer is reported (asked, granted, why: ``report["partial"]``),
+  a refusal (nothing above the floor) is an error carrying A's reason; the
+  module then hands them over (``mod_give_back``);
 - the VMM takes them, zeroed (``mem_transfer`` A → vmm);
-- the VMM hands them to OS B, zeroed again (``mem_transfer`` vmm → B; if the
-  VMM manages B's memory, B's map is extended to reach them);
-- the kernel module of OS B adds them to its free list (``mod_add``).
+- the VMM hands them to OS B, zeroed again (``mem_transfer`` vmm → B);
+- the kernel module of OS B adds them to its free list (``mod_add``; first,
+  if the VMM manages B's memory, B's map is extended to reach them).
 
 Giving back is the reverse: B's module gives them back (they must be free in
-B: ``mod_give_back`` refuses frames in use), B → vmm → A, A's module adds them.
+B: ``mod_give_back`` refuses frames in use; it pins them), B → vmm → A, A's
+module adds them.
+
+Frames travel, and are journaled, as runs [[first, count], ...]
+(protocol/frames.py): a loan of 65536 frames is a pair or two per message.
 
 Recovery after an orchestrator crash: rolled back.
 """
@@ -25,30 +29,23 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.choreographies import Choreography, ChoreographyError, Ctx, Run, Step, figure
-from orchestrator.choreographies.frames import add_frames, alloc_pin, give_up, remap_if_virtualized, via_vmm
+from orchestrator.choreographies.frames import add_frames, alloc_pin, ctx_runs, give_up, runs_of, via_vmm
+from protocol.frames import count, from_runs
 
 FIGURE = "p39_borrow"
 FIGURE_RETURN = "p39_return"
 
 
-async def _remap_to(run: Run, ctx: Ctx) -> dict[str, Any]:
-    return await remap_if_virtualized(run, ctx["to_os"])
-
-
-async def _remap_from(run: Run, ctx: Ctx) -> dict[str, Any]:
-    return await remap_if_virtualized(run, ctx["from_os"])
-
-
 async def _give_back_to(run: Run, ctx: Ctx) -> dict[str, Any]:
     try:
-        data = await run.call(ctx["to_os"], "mod_give_back", {"frames": ctx["frames"]})
+        data = await run.call(ctx["to_os"], "mod_give_back", {"runs": ctx_runs(ctx, "runs")})
     except Exception as exc:
         raise ChoreographyError(f"{ctx['to_os']} cannot give the frames back: {getattr(exc, 'detail', exc)}") from None
     return {"to_os_free": data.get("free")}
 
 
 async def _readd_to(run: Run, ctx: Ctx) -> None:
-    await run.call(ctx["to_os"], "mod_add", {"frames": ctx["frames"]})
+    await run.call(ctx["to_os"], "mod_add", {"runs": ctx_runs(ctx, "runs")})
 
 
 @figure(FIGURE)
@@ -57,23 +54,25 @@ def build(params: dict[str, Any]) -> Choreography:
                                 f"for {params.get('to_os')}", [
         alloc_pin("from_os", "n", patent="module in OS A allocates and pins N frames (up to its floor)",
                   partial=True),
-        give_up("from_os", "frames", "module_lets_go", patent="module in OS A hands them over"),
-        *via_vmm("frames", "from_os", "to_os", ("to_vmm", "to_os"),
+        give_up("from_os", "runs", "module_lets_go", patent="module in OS A hands them over"),
+        *via_vmm("runs", "from_os", "to_os", ("to_vmm", "to_os"),
                  ("the VMM takes them (zeroed)", "the VMM hands them to OS B (zeroed)")),
-        Step("map_to_os", _remap_to, _remap_to, "(B's map reaches them while the VMM manages its memory)"),
-        add_frames("to_os", "frames", "add_to_free_list", patent="module in OS B adds them to its free list"),
+        add_frames("to_os", "runs", "add_to_free_list", remap=True,
+                   patent="module in OS B adds them to its free list (its map reaches them while the VMM "
+                          "manages its memory)"),
     ], params=params)
 
 
 @figure(FIGURE_RETURN)
 def build_return(params: dict[str, Any]) -> Choreography:
-    return Choreography(FIGURE_RETURN, f"¶39 return {len(params.get('frames') or [])} frames of "
+    return Choreography(FIGURE_RETURN, f"¶39 return {count(runs_of(params.get('runs')))} frames of "
                                        f"{params.get('from_os')} from {params.get('to_os')}", [
         Step("give_back", _give_back_to, _readd_to, "module in OS B gives the frames back"),
-        *via_vmm("frames", "to_os", "from_os", ("to_vmm", "to_lender"),
+        *via_vmm("runs", "to_os", "from_os", ("to_vmm", "to_lender"),
                  ("the VMM takes them (zeroed)", "back to OS A (zeroed)")),
-        Step("map_lender", _remap_from, _remap_from, "(A's map reaches them while the VMM manages its memory)"),
-        add_frames("from_os", "frames", "add_to_free_list", patent="module in OS A adds them to its free list"),
+        add_frames("from_os", "runs", "add_to_free_list", remap=True,
+                   patent="module in OS A adds them to its free list (its map reaches them while the VMM "
+                          "manages its memory)"),
     ], params=params)
 
 
@@ -100,16 +99,18 @@ async def borrow(orch, from_os: str, to_os: str, n: int, budget_ms: float | None
     chor = build({"from_os": from_os, "to_os": to_os, "n": n})
 
     def commit(ctx: Ctx) -> None:
+        # runs, not the frames spelled out: the state is saved after every step of every figure
         orch.virt.loans.append({"id": ctx["choreography"], "from": from_os, "to": to_os,
-                                "frames": list(ctx["frames"])})
+                                "runs": ctx["runs"], "count": count(ctx["runs"])})
 
     chor.on_commit = commit
     if budget_ms is not None:
         chor.budget_ms = budget_ms
     report = await chor.run(orch)
     first = report["steps"][0]["data"]
-    report["frames"] = first.get("frames") or []
-    report["partial"] = first.get("frames_partial")
+    report["runs"] = first["runs"]
+    report["frames"] = from_runs(first["runs"])
+    report["partial"] = first.get("partial")
     return report
 
 
@@ -127,7 +128,7 @@ async def give_back(orch, from_os: str, to_os: str, loan: str | None = None) -> 
                                 + (f" under loan {loan}" if loan else ""))
     reports = []
     for ln in loans:
-        chor = build_return({"from_os": from_os, "to_os": to_os, "frames": ln["frames"]})
+        chor = build_return({"from_os": from_os, "to_os": to_os, "runs": runs_of(ln.get("runs") or ln["frames"])})
         chor.on_commit = lambda ctx, ln=ln: orch.virt.loans.remove(ln)
         reports.append(await chor.run(orch))
     return reports

@@ -3,7 +3,7 @@
 Patent steps, each one step here:
 
 - 402 the host OS's kernel module allocates and pins N frames
-  (``mod_alloc_pin`` {n} on the host, ``mem_pin`` on the memory controller);
+  (``mod_alloc_pin`` {n} on the host: its module pins them with the memory controller);
 - 402 (cont.) the module hands them over (``mod_give_back``: the host no
   longer counts them as its own);
 - 404 the frames become the VMM's, zeroed (``mem_transfer`` host → ``vmm``);
@@ -21,8 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
-from orchestrator.choreographies.frames import alloc_pin, give_up, transfer
+from orchestrator.choreographies.frames import alloc_pin, ctx_runs, give_up, transfer
 from protocol.errors import RemoteError
+from protocol.frames import from_runs
 
 FIGURE = "fig4"
 
@@ -50,7 +51,7 @@ async def _stop_vmm(run: Run, ctx: Ctx) -> None:
 
 
 async def _init(run: Run, ctx: Ctx) -> dict[str, Any]:
-    data = await run.call(VMM, "vmm_init", {"frames": ctx["frames"], "host": ctx["host"]})
+    data = await run.call(VMM, "vmm_init", {"frames": from_runs(ctx_runs(ctx, "runs")), "host": ctx["host"]})
     return {"discovered": data}
 
 
@@ -58,8 +59,8 @@ async def _init(run: Run, ctx: Ctx) -> dict[str, Any]:
 def build(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE, f"FIG. 4 load the VMM into {params.get('n')} frames of {params.get('host')}", [
         alloc_pin("host", "n", patent="402 kernel module allocates and pins frames"),
-        give_up("host", "frames", "module_lets_go", patent="402 the module hands the pinned frames over"),
-        transfer("frames", "host", None, "to_vmm", to_owner=VMM, patent="404 frames become the VMM's (zeroed)"),
+        give_up("host", "runs", "module_lets_go", patent="402 the module hands the pinned frames over"),
+        transfer("runs", "host", None, "to_vmm", to_owner=VMM, patent="404 frames become the VMM's (zeroed)"),
         Step("vmm_space", _vmm_space, None, "404 the VMM's address space over its frames"),
         Step("start_vmm", _start_vmm, _stop_vmm, "406 VMM image loaded into them"),
         Step("vmm_init", _init, None, "408 VMM initialised (resource discovery)"),
@@ -85,7 +86,7 @@ async def load_vmm(orch, host: str = "os1", frames: int = 64, budget_ms: float |
     Run(orch, "", FIGURE).os_option(host, "memctl", None)  # host must be an OS: refuse clearly
 
     def commit(ctx: Ctx) -> None:
-        st.vmm_loaded, st.vmm_host, st.vmm_frames = True, host, list(ctx["frames"])
+        st.vmm_loaded, st.vmm_host, st.vmm_frames = True, host, from_runs(ctx_runs(ctx, "runs"))
 
     chor.on_commit = commit
     if budget_ms is not None:

@@ -111,7 +111,7 @@ def build_memory(params: dict[str, Any]) -> Choreography:
 def refuse_memory(orch, os_name: str) -> None:
     loans = orch.virt.loans_of(os_name)
     if loans:
-        desc = ", ".join(f"{len(ln['frames'])} frames {ln['from']}→{ln['to']}" for ln in loans)
+        desc = ", ".join(f"{ln['count']} frames {ln['from']}→{ln['to']}" for ln in loans)
         raise ChoreographyError(f"cannot devirtualize the memory of {os_name} while borrowed frames are out "
                                 f"({desc}): `hwemu memory return` them first")
 

@@ -22,7 +22,8 @@ from typing import Any
 from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.fig5_devices import give_back_device
 from orchestrator.choreographies.fig7_devirtualize_cpu import devirtualize_cpu, devirtualize_memory, refuse_memory
-from orchestrator.choreographies.frames import add_frames, transfer
+from orchestrator.choreographies.frames import add_frames, ctx_runs, transfer
+from protocol.frames import from_runs, to_runs
 
 FIGURE_UNLOAD = "fig8_unload"
 
@@ -35,15 +36,15 @@ async def _stop(run: Run, ctx: Ctx) -> dict[str, Any]:
 async def _restart(run: Run, ctx: Ctx) -> None:
     if ctx.get("vmm_stopped"):
         await run.orch.start_node(VMM)
-        await run.call(VMM, "vmm_init", {"frames": ctx["frames"], "host": ctx["host"]})
+        await run.call(VMM, "vmm_init", {"frames": from_runs(ctx_runs(ctx, "runs")), "host": ctx["host"]})
 
 
 @figure(FIGURE_UNLOAD)
 def build_unload(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE_UNLOAD, f"FIG. 8 unload the VMM, its frames back to {params.get('host')}", [
         Step("stop_vmm", _stop, _restart, "808 unload the VMM"),
-        transfer("frames", None, "host", "to_host", from_owner=VMM, patent="808 its frames back (zeroed)"),
-        add_frames("host", "frames", "add_to_free_list", patent="808 the host's module adds them to its free list"),
+        transfer("runs", None, "host", "to_host", from_owner=VMM, patent="808 its frames back (zeroed)"),
+        add_frames("host", "runs", "add_to_free_list", patent="808 the host's module adds them to its free list"),
     ], params=params)
 
 
@@ -53,11 +54,11 @@ async def unload(orch) -> dict[str, Any]:
     if not st.vmm_loaded:
         raise ChoreographyError("the VMM is not loaded")
     busy = ([f"the CPU of {o}" for o in sorted(st.attached)] + [f"the {d['device']} of {d['os']}"
-            for d in st.devices.values()] + [f"{len(ln['frames'])} frames {ln['from']}→{ln['to']}" for ln in st.loans])
+            for d in st.devices.values()] + [f"{ln['count']} frames {ln['from']}→{ln['to']}" for ln in st.loans])
     if busy:
         raise ChoreographyError(f"cannot unload the VMM while it manages {', '.join(busy)}: "
                                 "`hwemu devirtualize` first")
-    chor = build_unload({"host": st.vmm_host, "frames": list(st.vmm_frames)})
+    chor = build_unload({"host": st.vmm_host, "runs": to_runs(st.vmm_frames)})
 
     def commit(ctx: Ctx) -> None:
         st.vmm_loaded, st.vmm_host, st.vmm_frames = False, None, []

@@ -38,8 +38,10 @@ from typing import Any
 from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies import fig3_interpose_cpu as fig3
 from orchestrator.choreographies.fig5_devices import give_back_device
-from orchestrator.choreographies.frames import add_frames, alloc_pin, give_up, transfer, via_vmm
+from orchestrator.choreographies.frames import (add_frames, alloc_pin, ctx_runs, give_up, runs_of, transfer,
+                                                 via_vmm)
 from protocol.errors import RemoteError
+from protocol.frames import count, from_runs
 
 FIGURE_STOP = "os_stop"
 FIGURE_BOOT = "p49_boot"
@@ -64,8 +66,8 @@ async def _stop(run: Run, ctx: Ctx) -> dict[str, Any]:
 
 async def _start(run: Run, ctx: Ctx) -> None:
     if ctx.get("stopped"):
-        if ctx.get("frames"):
-            run.orch.boot_maps[ctx["os"]] = list(ctx["frames"])
+        if ctx.get("runs") or ctx.get("frames"):
+            run.orch.boot_maps[ctx["os"]] = from_runs(ctx_runs(ctx, "runs"))
         await run.orch.start_node(ctx["os"])
 
 
@@ -85,7 +87,7 @@ async def _drop_space(run: Run, ctx: Ctx) -> None:
 
 
 async def _boot(run: Run, ctx: Ctx) -> dict[str, Any]:
-    run.orch.boot_maps[ctx["os"]] = list(ctx["frames"])
+    run.orch.boot_maps[ctx["os"]] = from_runs(ctx_runs(ctx, "runs"))
     return {"booted": await run.orch.start_node(ctx["os"])}
 
 
@@ -122,10 +124,10 @@ def build_boot(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE_BOOT, f"¶49 boot {params.get('os')} on the VMM in {params.get('n')} frames "
                                      f"borrowed from {params.get('host')}", [
         alloc_pin("host", "n", patent="module in the host OS allocates and pins N frames"),
-        give_up("host", "frames", "module_lets_go", patent="the module hands them over"),
-        transfer("frames", "host", None, "to_vmm", to_owner=VMM, patent="the VMM takes them (zeroed)"),
+        give_up("host", "runs", "module_lets_go", patent="the module hands them over"),
+        transfer("runs", "host", None, "to_vmm", to_owner=VMM, patent="the VMM takes them (zeroed)"),
         Step("os_space", _space, _drop_space, "(the new instance's address space)"),
-        transfer("frames", None, "os", "to_os", from_owner=VMM, patent="they become the new instance's (zeroed)"),
+        transfer("runs", None, "os", "to_os", from_owner=VMM, patent="they become the new instance's (zeroed)"),
         Step("boot", _boot, _halt, "firmware memory map = the borrowed frames; the instance boots"),
         *inter,
     ], params=params)
@@ -134,13 +136,14 @@ def build_boot(params: dict[str, Any]) -> Choreography:
 @figure(FIGURE_SHUTDOWN)
 def build_shutdown(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE_SHUTDOWN, f"¶49 shut down {params.get('os')} and return its "
-                                         f"{len(params.get('frames') or [])} frames to {params.get('host')}", [
+                                         f"{count(runs_of(params.get('runs')))} frames to {params.get('host')}", [
         Step("vmm_detach_os", _detach, _attach, "(the VMM stops managing it)"),
         Step("stop_node", _stop, _start, "the instance shuts down"),
         Step("forget_boot_map", _forget_map, None, "(its boot memory map is void)"),
-        *via_vmm("frames", "os", "host", ("to_vmm", "to_host"),
-                 ("the VMM takes its memory back (zeroed)", "back to the host OS (zeroed)")),
-        add_frames("host", "frames", "add_to_free_list", patent="the host's module adds them to its free list"),
+        # the instance is shut down: no module of its own lets go of the frames, the step pins them
+        *via_vmm("runs", "os", "host", ("to_vmm", "to_host"),
+                 ("the VMM takes its memory back (zeroed)", "back to the host OS (zeroed)"), pin=True),
+        add_frames("host", "runs", "add_to_free_list", patent="the host's module adds them to its free list"),
     ], params=params)
 
 
@@ -166,7 +169,7 @@ async def stop_os(orch, os_name: str) -> list[dict[str, Any]]:
         chor = build_stop(params)
         chor.on_commit = lambda ctx: st.attached.pop(os_name, None)
     else:
-        chor = build_shutdown({**params, "host": boot["from"], "frames": list(boot["frames"])})
+        chor = build_shutdown({**params, "host": boot["from"], "runs": runs_of(boot.get("runs") or boot["frames"])})
 
         def commit(ctx: Ctx) -> None:
             st.attached.pop(os_name, None)
@@ -211,11 +214,12 @@ async def boot_os(orch, os_name: str, frames: int | None = None, host: str | Non
 
     def commit(ctx: Ctx) -> None:
         st.attached[os_name] = {"asid_base": ctx["asid_base"], "cpu": VMM, "memory": VMM}
-        st.loans.append({"id": ctx["choreography"], "from": host, "to": os_name, "frames": list(ctx["frames"]),
-                         "boot": True})
+        st.loans.append({"id": ctx["choreography"], "from": host, "to": os_name, "runs": ctx["runs"],
+                         "count": count(ctx["runs"]), "boot": True})
 
     chor.on_commit = commit
     if budget_ms is not None:
         chor.budget_ms = budget_ms
     report = await chor.run(orch)
-    return {"os": os_name, "started": True, "frames": report["steps"][0]["data"]["frames"], "reports": [report]}
+    return {"os": os_name, "started": True, "frames": from_runs(report["steps"][0]["data"]["runs"]),
+            "reports": [report]}

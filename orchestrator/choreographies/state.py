@@ -32,7 +32,7 @@ class VirtState:
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     """"<os>.<device>" -> {"os", "device", "node"} while the device is virtualized."""
     loans: list[dict[str, Any]] = field(default_factory=list)
-    """{"id", "from", "to", "frames"} of frames lent and not returned."""
+    """{"id", "from", "to", "runs", "count"} of frames lent and not returned (runs: protocol/frames.py)."""
     auto_devirtualize: bool = False
     """Policy (off by default): devirtualize everything once one OS remains."""
 

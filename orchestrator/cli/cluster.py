@@ -133,7 +133,7 @@ def _virt_table(virt: dict) -> Table:
     for res, who in sorted(virt["resources"].items()):
         table.add_row(res, "[bold]vmm[/]" if who == "vmm" else who)
     for ln in virt["loans"]:
-        table.add_row(f"{len(ln['frames'])} frames lent by {ln['from']}", f"{ln['to']} (loan {ln['id']})")
+        table.add_row(f"{ln['count']} frames lent by {ln['from']}", f"{ln['to']} (loan {ln['id']})")
     return table
 
 

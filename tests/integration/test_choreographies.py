@@ -24,6 +24,7 @@ from orchestrator.choreographies.fig5_devices import interpose_device
 from orchestrator.cluster import Orchestrator, running
 from orchestrator.journal import WHOLE
 from orchestrator.topology import parse
+from protocol.frames import from_runs
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +113,7 @@ async def test_load_vmm_starts_the_deferred_node_in_frames_taken_from_the_host_a
     report = data["reports"][0]
     assert report["outcome"] == "committed"
     assert [s["name"] for s in report["steps"]] == ["alloc_pin", "module_lets_go", "to_vmm", "vmm_space", "start_vmm", "vmm_init"]
-    frames = report["steps"][0]["data"]["frames"]
+    frames = from_runs(report["steps"][0]["data"]["runs"])
     assert len(frames) == 8 and all(OS1[0] <= f < OS1[0] + OS1[1] for f in frames)
     assert seen == ["fig4.alloc_pin", "fig4.module_lets_go", "fig4.to_vmm", "fig4.vmm_space",
                     "fig4.start_vmm", "fig4.vmm_init"]
@@ -156,14 +157,15 @@ async def test_borrowed_frames_reach_the_borrower_zeroed_and_come_back_on_return
     lent = report["frames"]
     assert len(lent) == 16
     assert seen == ["p39_borrow.alloc_pin_from_os", "p39_borrow.module_lets_go", "p39_borrow.to_vmm", "p39_borrow.to_os",
-                    "p39_borrow.map_to_os", "p39_borrow.add_to_free_list"]
+                    "p39_borrow.add_to_free_list"]
     own = await check_conservation(orch)
     assert set(lent) <= set(own["os2"]) and not set(lent) & set(own["os1"])
     for f in lent:
         assert await read(orch, "os2", f) == bytes(len(SECRET))  # not the secret: zeroed
     assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (free1 - 16, free2 + 16)
     assert (await orch.ctl_virt_status())["loans"] == [
-        {"id": report["id"], "from": "os1", "to": "os2", "frames": lent}]
+        {"id": report["id"], "from": "os1", "to": "os2", "runs": report["runs"], "count": len(lent)}]
+    assert from_runs(report["runs"]) == lent
 
     # os2 writes into a lent frame; it must not follow the frame home
     await orch.request("memctl", "mem_write", {"space": "os2", "addr": lent[0] * PAGE, "data": b"os2 was here"})
@@ -195,7 +197,7 @@ async def test_a_lender_grants_in_full_then_in_part_down_to_its_floor_then_refus
     assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (100, free2 + 24)
     own = await check_conservation(orch)
     assert set(full["frames"]) | set(part["frames"]) <= set(own["os2"])
-    assert [len(ln["frames"]) for ln in (await orch.ctl_virt_status())["loans"]] == [16, 8]
+    assert [ln["count"] for ln in (await orch.ctl_virt_status())["loans"]] == [16, 8]
 
     before = await check_conservation(orch)
     with pytest.raises(ChoreographyFailed) as info:
@@ -279,13 +281,13 @@ async def test_an_orchestrator_restarted_after_a_crash_rolls_back_the_half_done_
     run_dir = tmp_path / "crash"
     async with running(parse(topology(), "crash"), run_dir) as orch:
         # FIG. 4 cut short after its third step: the frames are the VMM's, the journal says so
-        frames = (await orch.request("os1", "mod_alloc_pin", {"n": 4})).body["data"]["frames"]
-        await orch.request("os1", "mod_give_back", {"frames": frames})
-        await orch.request("memctl", "mem_pin", {"frames": frames, "owner": "os1"})
-        await orch.request("memctl", "mem_transfer", {"frames": frames, "from_owner": "os1", "to_owner": "vmm"})
+        runs = (await orch.request("os1", "mod_alloc_pin", {"n": 4})).body["data"]["runs"]  # pinned by os1
+        frames = from_runs(runs)
+        await orch.request("os1", "mod_give_back", {"runs": runs})
+        await orch.request("memctl", "mem_transfer", {"runs": runs, "from_owner": "os1", "to_owner": "vmm"})
         j = orch.journal
         j.record("crashed", "fig4", WHOLE, "begin", {"host": "os1", "n": 4})
-        j.record("crashed", "fig4", "alloc_pin", "done", {"frames": frames})
+        j.record("crashed", "fig4", "alloc_pin", "done", {"runs": runs})
         j.record("crashed", "fig4", "module_lets_go", "done", {})
         j.record("crashed", "fig4", "to_vmm", "done", {})
         j.record("crashed", "fig4", "start_vmm", "begin")
@@ -375,7 +377,7 @@ async def test_interposed_and_devirtualized_by_the_choreographies_under_a_runnin
     install_conservation_hook(orch)
     lines = 40
     load = (await orch.ctl_vmm_load(host="os1", frames=8))["reports"][0]
-    vmm_frames = load["steps"][0]["data"]["frames"]
+    vmm_frames = from_runs(load["steps"][0]["data"]["runs"])
     image = await orch.request("memctl", "mem_read", {"space": "vmm", "addr": vmm_frames[0] * PAGE, "length": 10})
     assert image.body["data"] == b"HWEMU-VMM\0"  # FIG. 4: the VMM's image is in the frames os1 gave up
 
@@ -676,10 +678,18 @@ async def test_memctl_administration_is_refused_to_anyone_but_the_orchestrator_a
         intruder.close()
     assert await check_conservation(orch) == before
     # an OS pins its own frames (its kernel module does, in mod_alloc_pin); the orchestrator may then move them
-    pinned = (await orch.request("os1", "mod_alloc_pin", {"n": 2})).body["data"]["frames"]
-    await orch.request("os1", "mod_give_back", {"frames": pinned})
-    await orch.request("memctl", "mem_transfer", {"frames": pinned, "from_owner": "os1", "to_owner": "os2"})
-    assert set(pinned) <= set((await check_conservation(orch))["os2"])
+    runs = (await orch.request("os1", "mod_alloc_pin", {"n": 2})).body["data"]["runs"]
+    await orch.request("os1", "mod_give_back", {"runs": runs})
+    await orch.request("memctl", "mem_transfer", {"runs": runs, "from_owner": "os1", "to_owner": "os2"})
+    assert set(from_runs(runs)) <= set((await check_conservation(orch))["os2"])
+    # runs that overlap are refused naming the run, and nothing moves
+    before = await check_conservation(orch)
+    first = before["os2"][0]
+    with pytest.raises(RemoteError, match=r"bad_field \[body.runs\[1\]\]: runs .* overlap") as info:
+        await orch.request("memctl", "mem_transfer", {"runs": [[first, 2], [first + 1, 1]],
+                                                      "from_owner": "os2", "to_owner": "vmm"})
+    assert info.value.reason == "bad_field"
+    assert await check_conservation(orch) == before
 
 
 def test_cli_reports_a_partial_grant_and_refuses_at_the_floor_in_one_line(cli_run_dir, tmp_path):
@@ -708,7 +718,7 @@ def test_cli_reports_a_partial_grant_and_refuses_at_the_floor_in_one_line(cli_ru
     assert human.returncode == 0, human.stderr
     assert "partial grant: asked 9 frames, got 8: os1 keeps 496 frames free (its lending floor)" in human.stdout
     status = one_json(hwemu(rd, "status", "--json").stdout)
-    assert [len(ln["frames"]) for ln in status["virt"]["loans"]] == [8]
+    assert [ln["count"] for ln in status["virt"]["loans"]] == [8]
     assert hwemu(rd, "memory", "return", "--from", "os1", "--to", "os2").returncode == 0
 
     running_already = hwemu(rd, "os", "boot", "os2", "--frames", "4")

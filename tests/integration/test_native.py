@@ -27,6 +27,7 @@ import trio
 from tests.integration.procs import alive as _alive, recorded_pids as _recorded_pids  # noqa: F401  (test_io)
 
 from protocol.errors import RemoteError
+from protocol.frames import from_runs, to_runs
 
 from nodes.cpu.core import PAGE_MISS, QUANTUM, TRAP, Core
 from nodes.guest_os.kernel import CAUSE_TIMER_IRQ, Kernel, KernelError, initial_stack
@@ -705,14 +706,19 @@ async def _timeshare_and_segv(orch, client: Client, sleeper: bytes) -> None:
 async def _kernel_module_and_ps(orch, client: Client) -> None:
     req = client.party.request
     pinned = (await req("os1", "mod_alloc_pin", {"n": 3})).body["data"]
-    assert len(pinned["frames"]) == 3 and all(256 <= f < 768 for f in pinned["frames"]) and pinned["free"] == 509
+    frames = from_runs(pinned["runs"])  # frames travel as [first, count] runs
+    assert len(frames) == 3 and all(256 <= f < 768 for f in frames) and pinned["free"] == 509
+    assert pinned["runs"] == to_runs(frames) and len(pinned["runs"]) == 1  # a fresh OS hands out consecutive frames
     with pytest.raises(RemoteError, match="out of memory"):
         await req("os1", "mod_alloc_pin", {"n": 10_000})
-    back = (await req("os1", "mod_give_back", {"frames": pinned["frames"][:2]})).body["data"]
-    assert back == {"frames": pinned["frames"][:2], "free": 509}
+    back = (await req("os1", "mod_give_back", {"runs": to_runs(frames[:2])})).body["data"]
+    assert back == {"runs": to_runs(frames[:2]), "free": 509}
     with pytest.raises(RemoteError, match="already owned"):
-        await req("os1", "mod_add", {"frames": [pinned["frames"][2]]})
-    added = (await req("os1", "mod_add", {"frames": pinned["frames"][:2]})).body["data"]
+        await req("os1", "mod_add", {"frames": [frames[2]]})  # the former frame list is still understood
+    with pytest.raises(RemoteError, match=r"bad_field \[body.runs\[1\]\]: runs .* overlap") as info:
+        await req("os1", "mod_add", {"runs": [[frames[0], 2], [frames[1], 1]]})
+    assert info.value.reason == "bad_field"
+    added = (await req("os1", "mod_add", {"runs": to_runs(frames[:2])})).body["data"]
     assert added["free"] == 511
     # the OS still runs programs, with the pinned frame kept out of their way
     pid = await client.exec("hello", ["hello.elf", *sample_args("hello")])

@@ -156,6 +156,22 @@ async def test_borrowing_moves_pinned_frames_zeroed_from_one_os_to_another(tmp_p
     mc.check_invariants()
 
 
+async def test_frames_from_runs_skip_the_per_frame_checks_but_not_the_range_nor_the_owner(tmp_path):
+    from nodes.memctl.directory import DistinctFrames
+    from nodes.memctl.errors import StoreError
+
+    mc, _ = await controller(tmp_path)
+    mc.pin_frames("os1", DistinctFrames([1, 2]))
+    await mc.transfer(DistinctFrames([1, 2]), "os1", "vmm")
+    assert mc.frames_of("vmm") == [1, 2, 6] and mc.pinned("os1") == []
+    with pytest.raises(StoreError, match=r"frame 8 out of range: this memory has frames 0..7"):
+        await mc.transfer(DistinctFrames([7, 8]), "free", "vmm")
+    with pytest.raises(OwnershipError, match=r"frames \[3\] are not owned by 'vmm'"):
+        await mc.transfer(DistinctFrames([3, 6]), "vmm", "os2")
+    assert mc.stats()["frames"] == {"os1": 1, "os2": 3, "vmm": 3, "free": 1}
+    mc.check_invariants()
+
+
 async def test_a_bulk_loan_recalls_its_cached_frames_zeroes_them_and_makes_a_waiting_access_fault(tmp_path):
     """900 frames change owner in one transfer (per-run zeroing, bulk owner and
     pin changes) while cpu0 holds one of them modified and cpu1 asks for
