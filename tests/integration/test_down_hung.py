@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 from tests.integration.procs import alive
-from tests.integration.test_down_strays import hwemu, ours
+from tests.integration.test_down_strays import assert_nothing_left, hwemu, ours
 
 
 def test_down_with_a_hung_orchestrator_sends_sigterm_first_and_sigkill_only_to_what_ignores_it(tmp_path):
@@ -26,11 +25,7 @@ def test_down_with_a_hung_orchestrator_sends_sigterm_first_and_sigkill_only_to_w
         assert result.returncode == 0, result.stderr
         out = json.loads(result.stdout)
         assert out == {"stopped": sorted(["orch", *nodes]), "terminated": ["orch", *nodes], "killed": ["orch"]}
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in [daemon, *nodes.values()]) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert ours(run_dir) == []
-        assert list(run_dir.glob("*.sock")) == []
+        assert_nothing_left(run_dir, lambda: any(alive(p) for p in [daemon, *nodes.values()]))
     finally:
         for pid in ours(run_dir):
             os.kill(pid, signal.SIGKILL)

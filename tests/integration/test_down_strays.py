@@ -37,6 +37,17 @@ def ours(run_dir: Path) -> list[int]:
     return found
 
 
+def assert_nothing_left(run_dir: Path, running=None) -> None:
+    """Wait (10 s at most) until ``running()`` (default: our processes) is empty or false, then
+    assert no process of the run directory and no socket file is left."""
+    running = running or (lambda: ours(run_dir))
+    deadline = time.monotonic() + 10
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ours(run_dir) == []
+    assert list(run_dir.glob("*.sock")) == []
+
+
 def node_pid(run_dir: Path, node: str) -> int:
     status = json.loads(hwemu(run_dir, "status", "--json").stdout)
     return next(n["pid"] for n in status["nodes"] if n["name"] == node)
@@ -65,11 +76,7 @@ def test_down_after_a_node_restart_and_a_killed_daemon_leaves_no_process(tmp_pat
         assert second in ours(run_dir)  # the nodes outlive their orchestrator
         result = hwemu(run_dir, "down", "--timeout", "1")
         assert result.returncode == 0, result.stderr
-        deadline = time.monotonic() + 10
-        while ours(run_dir) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert ours(run_dir) == []
-        assert list(run_dir.glob("*.sock")) == []
+        assert_nothing_left(run_dir)
     finally:
         for pid in ours(run_dir):
             os.kill(pid, signal.SIGKILL)
