@@ -26,6 +26,9 @@ Memory traffic is request/reply with the memory controller (``mem_*``).
 
 from __future__ import annotations
 
+from typing import Any
+
+from protocol.errors import ProtocolError
 from protocol.messages import Field, register
 
 _opt = lambda t, **kw: Field(t, required=False, **kw)  # noqa: E731
@@ -50,6 +53,24 @@ register("cpu_halt")              # stop executing until the next cpu_resume
 register("irq_mask", masked="bool")
 for _priv in ("cpu_resume", "tlb_write", "tlb_flush", "cpu_preempt", "cpu_halt", "irq_mask"):
     register(_priv, ack=_opt("bool"))
+
+
+def tlb_entry(entry: Any, where: str) -> tuple[int, int, int, str]:
+    """An [asid, vpn, ppn, perms] TLB entry (cpu_resume's ``tlb``, a tlb_write), checked.
+
+    Raises:
+        ProtocolError: not four fields, a negative or non-int number, or perms not a subset of
+            "rwx"; the field named is ``where`` (``body.perms`` for a tlb_write's perms).
+    """
+    if (not isinstance(entry, list) or len(entry) != 4
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in entry[:3])
+            or not isinstance(entry[3], str)):
+        raise ProtocolError("bad_field", f"a TLB entry is [asid, vpn, ppn, perms] with non-negative ints, "
+                            f"got {entry!r}", where)
+    if not set(entry[3]) <= set("rwx"):
+        raise ProtocolError("bad_field", f"TLB perms must be a subset of 'rwx', got {entry[3]!r}",
+                            f"{where}.perms" if where == "body" else where)
+    return entry[0], entry[1], entry[2], entry[3]
 register("cpu_run", elf=_opt("bytes"))  # standalone convenience; unused by the OS
 
 # -- memory controller ------------------------------------------------------------

@@ -40,6 +40,7 @@ from typing import Any
 import trio
 
 import protocol.hw  # noqa: F401  (registers the kinds)
+from protocol.hw import tlb_entry
 from nodes.cpu import isa
 from nodes.cpu.core import HALT, PAGE_MISS, PAGE_SIZE, QUANTUM, TRAP, Core
 from nodes.runtime import Node, main
@@ -249,7 +250,7 @@ class CpuNode(Node):
         b = msg.body
         if "regs" in b and len(b["regs"]) != 32:
             raise ProtocolError("bad_field", f"cpu_resume regs must be 32 ints, got {len(b['regs'])}", "body.regs")
-        entries = [_tlb_entry(e, f"body.tlb[{i}]") for i, e in enumerate(b.get("tlb") or [])]
+        entries = [tlb_entry(e, f"body.tlb[{i}]") for i, e in enumerate(b.get("tlb") or [])]
         if "space" in b and b["space"] != self.space:
             if self.space is not None:
                 await self._drop_all()
@@ -277,7 +278,7 @@ class CpuNode(Node):
 
     async def on_tlb_write(self, msg: Message) -> None:
         b = msg.body
-        self.core.tlb_write(*_tlb_entry([b["asid"], b["vpn"], b["ppn"], b["perms"]], "body"))
+        self.core.tlb_write(*tlb_entry([b["asid"], b["vpn"], b["ppn"], b["perms"]], "body"))
         await self._answer(msg)
 
     async def on_tlb_flush(self, msg: Message) -> None:
@@ -305,19 +306,6 @@ class CpuNode(Node):
                   "modified": len(self.modified), "preempt_pending": self.preempt_pending,
                   "masked": self.masked, "last_mem_error": self._last_mem_error})
         return s
-
-
-def _tlb_entry(entry: Any, where: str) -> tuple[int, int, int, str]:
-    """An [asid, vpn, ppn, perms] TLB entry, checked (ProtocolError naming ``where`` otherwise)."""
-    if (not isinstance(entry, list) or len(entry) != 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in entry[:3])
-            or not isinstance(entry[3], str)):
-        raise ProtocolError("bad_field", f"a TLB entry is [asid, vpn, ppn, perms] with non-negative ints, "
-                            f"got {entry!r}", where)
-    if not set(entry[3]) <= set("rwx"):
-        raise ProtocolError("bad_field", f"TLB perms must be a subset of 'rwx', got {entry[3]!r}",
-                            f"{where}.perms" if where == "body" else where)
-    return entry[0], entry[1], entry[2], entry[3]
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ import trio
 
 import protocol.hw  # noqa: F401  (registers the kinds)
 import protocol.vmm  # noqa: F401
+from protocol.hw import tlb_entry
 from nodes.runtime import Node, main, spawned
 from nodes.vmm.io import SHARED_DEVICES, DeviceMux, _Refusal
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
@@ -260,11 +261,10 @@ class VmmNode(DeviceMux, Node):
             vcpu.asids.add(b["asid"])
         if kind == "cpu_resume" and b.get("tlb"):
             entries = []
-            for e in b["tlb"]:
-                if not (isinstance(e, list) and len(e) == 4 and isinstance(e[0], int) and not isinstance(e[0], bool)):
-                    raise ProtocolError("bad_field", f"a TLB entry is [asid, vpn, ppn, perms], got {e!r}", "body.tlb")
-                entries.append([e[0] + base, *e[1:]])
-                vcpu.asids.add(e[0] + base)
+            for i, e in enumerate(b["tlb"]):
+                asid, vpn, ppn, perms = tlb_entry(e, f"body.tlb[{i}]")
+                entries.append([asid + base, vpn, ppn, perms])
+                vcpu.asids.add(asid + base)
             b["tlb"] = entries
             if self._managed() and self.current != vcpu.name:
                 # the real TLB holds every OS's entries apart by asid: they go in now, the context waits

@@ -98,6 +98,11 @@ async def test_vmm_answers_acked_operations_and_cpu_save_from_each_oss_virtual_c
                            flow="priv:os1", src="os1")
         assert out == [("priv:vmm", "cpu_resume", {"pc": 4, "asid": 2, "tlb": [[2, 9, 300, "rw"]]})]
         assert r.replies[-1] == ("ok", {"data": {"virtual": True, "cpu_state": "running", "tlb_written": 1}})
+        # a malformed entry is refused (the CPU's own check, protocol.hw.tlb_entry) and nothing is sent
+        from protocol.errors import ProtocolError
+        with pytest.raises(ProtocolError, match=r"TLB perms must be a subset of 'rwx', got 'rwz'") as bad:
+            await r.send("cpu_resume", {"pc": 4, "tlb": [[2, 9, 300, "rwz"]]}, flow="priv:os2", src="os2")
+        assert bad.value.field == "body.tlb[0]"
         assert await r.send("irq_mask", {"masked": True, "ack": True}, flow="priv:os2", src="os2") == []
         assert r.replies[-1] == ("ok", {"data": {"virtual": True, "masked": True}})
         # cpu_save: os2's saved context (its own asid), os1's from the real CPU (asked on priv:vmm)
