@@ -127,6 +127,7 @@ class Orchestrator:
             self.firmware = await firmware_boot(self)
             specs = [s for s in specs if s.kind == "os"]
         await self.supervisor.start_all(nursery, specs, self.directory, self.topology.ready_timeout)
+        self.save_state()  # at once: a state file of an earlier run must never describe these nodes
         # a choreography cut short by a crash of the previous orchestrator is rolled back
         self.recovered = await chor.recover(self)
         for rec in self.recovered:
