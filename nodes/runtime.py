@@ -240,11 +240,7 @@ class Node:
                 inflow = self.in_flows[flow]
             else:
                 inflow.expected = msg.fseq + 1
-                runs = inflow.runs  # the history, inline: in sequence, the last run just grows
-                if runs and runs[-1][1] + 1 == msg.fseq:
-                    runs[-1][1] = msg.fseq
-                else:
-                    inflow.record(msg.fseq)
+                inflow.record(msg.fseq)
         if handler is None:
             if msg.kind in ("ok", "error", "pong", "stats_reply"):
                 return  # an unsolicited reply: nothing to do, never answer it
