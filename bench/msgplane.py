@@ -194,6 +194,12 @@ async def our_rtt(orch, tmp: str, n: int, cls=Party) -> list[float]:
     return out
 
 
+async def node_rtt(orch, n: int) -> list[float]:
+    """Round trips between two node processes: ``src`` pings ``echo``."""
+    reply = await orch.request("src", "ping_probe", {"peer": "echo", "count": n}, timeout=120)
+    return reply.body["data"]["rtt"]
+
+
 async def our_throughput(orch, n: int) -> float:
     """A real node emits n messages on a flow to a real node, which decodes,
     validates, sequence-checks and consumes each; timed until a route change
@@ -236,7 +242,8 @@ async def bench_ours(tmp: str, n_rtt: int, n_tp: int, flips: int) -> dict:
     async with running(echo_topology(), Path(tmp) / "cl") as orch:
         res["pause_idle"] = await route_pauses(orch, flips, 0)
         res["pause_load"] = await route_pauses(orch, flips, 20000)
-        res["rtt"] = await our_rtt(orch, tmp, n_rtt)
+        res["rtt"] = await node_rtt(orch, n_rtt)
+        res["rtt_client"] = await our_rtt(orch, tmp, n_rtt)
         res["rtt_thread"] = await our_rtt(orch, tmp, n_rtt, ThreadInboxParty)
         res["tp"] = await our_throughput(orch, n_tp)
     return res

@@ -12,6 +12,15 @@ inbox is read by exactly one task (:meth:`Party.serve`), and a send never
 awaits except to wait out a full queue (high-water mark), under a per-peer
 lock so two tasks never wait on one FD.
 
+An inbox that just saw traffic (a message in, or one out: a request
+awaiting its reply) is *polled* for a short while before its task sleeps in
+trio's epoll: a check of ``EVENTS`` per scheduler pass, other tasks running
+in between. Waking a sleeping process costs more than the round trip itself
+on a loaded host (``bench/msgplane.py`` prints both), and a conversation's
+next message usually comes within that window. The window is bounded
+(``HWEMU_SPIN_US``, default 200 µs, 0 turns it off), so an idle node costs
+nothing.
+
 ``bench/msgplane.py`` measures this adapter against raw pyzmq and against a
 poller thread feeding a trio channel; this one is faster (see README).
 """
@@ -21,6 +30,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from typing import Any, Awaitable, Callable, Mapping
 
 import trio
@@ -46,7 +56,21 @@ RCVHWM = 20000
 INBOX_MAXMSGSIZE = MAX_FRAME + 64 * 1024
 # plain ints: pyzmq's enum members cost an Enum construction per `&`
 _EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
-_NOBLOCK, _RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+_now = time.perf_counter
+
+
+def _spin_default() -> float:
+    """Seconds an idle inbox is polled before its task sleeps in epoll:
+    ``HWEMU_SPIN_US`` (microseconds, 0 turns polling off), default 200."""
+    raw = os.environ.get("HWEMU_SPIN_US", "200")
+    try:
+        us = float(raw)
+    except ValueError:
+        raise ValueError(f"HWEMU_SPIN_US must be a number of microseconds, got {raw!r}") from None
+    if not 0 <= us <= 100_000:
+        raise ValueError(f"HWEMU_SPIN_US must be between 0 and 100000, got {raw!r}")
+    return us / 1e6
 
 
 def ipc_path(endpoint: str) -> str | None:
@@ -71,10 +95,12 @@ class Party:
         endpoint: where to bind the inbox (``ipc://...`` or ``tcp://...``).
         directory: node name → endpoint of every peer it may address.
         ctx: a ZeroMQ context (a new one if omitted).
+        spin: seconds the inbox is polled after traffic before sleeping
+            (default from ``HWEMU_SPIN_US``; 0: sleep at once).
     """
 
     def __init__(self, name: str, endpoint: str, directory: Mapping[str, str] | None = None,
-                 ctx: zmq.Context | None = None, advertise: bool = False):
+                 ctx: zmq.Context | None = None, advertise: bool = False, spin: float | None = None):
         self.name = name
         self.endpoint = endpoint
         self.directory: dict[str, str] = dict(directory or {})
@@ -101,6 +127,8 @@ class Party:
         self._closed = False
         self._complaints: dict[str, tuple[float, int]] = {}
         self._unyielded = 0
+        self.spin = _spin_default() if spin is None else spin
+        self._active = 0.0  # perf_counter of the last traffic (the polling window starts there)
 
     # -- outgoing ---------------------------------------------------------------
 
@@ -153,6 +181,7 @@ class Party:
                             pass
                     await trio.lowlevel.wait_readable(peer.fd)
         self.counters["msgs_out"] += 1
+        self._active = _now()
         self._unyielded += 1
         if self._unyielded >= _YIELD_EVERY:
             # a producer that never blocks must still let the inbox be read
@@ -226,23 +255,48 @@ class Party:
     # -- incoming ---------------------------------------------------------------
 
     def _recv_now(self) -> list[bytes] | None:
-        """The next [routing id, frame...] delivery if one is queued; never waits."""
+        """The next [routing id, frame...] delivery if one is queued; never waits.
+
+        A failed ``recv`` (EAGAIN) processes the socket's pending commands
+        as a check of ``EVENTS`` does, so it resets the FD's edge: the caller
+        may sleep on the FD right after a None. The parts after the routing
+        id are read as frames, whose ``more`` flag costs nothing (a
+        ``RCVMORE`` query costs as much as a receive)."""
         sock = self._inbox
-        if not sock.getsockopt(_EVENTS) & _POLLIN:  # cheaper than a zmq.Again; resets the FD's edge
+        try:
+            ident = sock.recv(_NOBLOCK)
+        except zmq.Again:
             return None
-        frames = [sock.recv(_NOBLOCK)]
-        while sock.getsockopt(_RCVMORE):
-            frames.append(sock.recv(_NOBLOCK))
+        part = sock.recv(_NOBLOCK, copy=False)  # a message's parts arrive together
+        frames = [ident, part.bytes]
+        while part.more:
+            part = sock.recv(_NOBLOCK, copy=False)
+            frames.append(part.bytes)
         return frames
+
+    def _pending_in(self) -> bool:
+        """True if a message is queued (checks ``EVENTS``, which resets the FD's edge)."""
+        return bool(self._inbox.getsockopt(_EVENTS) & _POLLIN)
 
     async def _wait_inbox(self) -> None:
         """Wait until the inbox may have a message (the caller re-checks);
-        called right after :meth:`_recv_now` found ``EVENTS`` without POLLIN."""
+        called right after :meth:`_recv_now` or :meth:`_pending_in` found it empty.
+
+        Within ``spin`` of the last traffic the inbox is polled, one check per
+        scheduler pass (other tasks run in between); after that the task
+        sleeps on the FD."""
+        spin = self.spin
+        if spin:
+            until = self._active + spin
+            while _now() < until:
+                await trio.lowlevel.checkpoint()
+                if self._pending_in():
+                    return
         await trio.lowlevel.wait_readable(self._inbox_fd)
 
     async def recv_frames(self) -> list[bytes]:
         """The next [routing id, frame] from the inbox (the edge-triggered dance:
-        ``EVENTS`` is checked before waiting on the FD)."""
+        the queue is checked before waiting on the FD)."""
         while True:
             frames = self._recv_now()
             if frames is not None:
@@ -277,7 +331,9 @@ class Party:
             # checkpoint every _BURST of them lets the other tasks run
             frames = self._recv_now()
             if frames is None:
-                burst = 0
+                if burst:
+                    burst = 0
+                    self._active = _now()  # traffic just now: poll a while before sleeping
                 await self._wait_inbox()
                 continue
             burst += 1
