@@ -1,13 +1,19 @@
 """Message-plane benchmark (issue #3): our transport against raw pyzmq, side by side, in one run.
 
 Prints
-- round trip: raw pyzmq DEALER/ROUTER echo between two processes vs our
-  node-to-node request/reply (a real `Node` answering `ping`), and vs the
-  alternative adapter design (a poller thread feeding a trio channel);
-- one-way throughput: raw DEALER→ROUTER vs a real node emitting on a flow to
-  our receiving `Party` (which decodes and validates every message);
-- the pause of a route change (senders paused → resumed), idle and while a
-  flow streams at 20k msg/s.
+- round trip: a raw pyzmq DEALER process against a raw ROUTER echo process
+  vs our node-to-node request/reply (node ``src`` pings node ``echo``: two
+  real `Node` processes), and beside it a client party inside the bench's
+  own process and the alternative adapter design (a poller thread feeding a
+  trio channel);
+- one-way throughput: a raw DEALER process → a raw ROUTER process vs a real
+  node emitting on a flow to a real node (which decodes, validates and
+  sequence-checks every message);
+- the pause of a route change — the longest a sender was paused, on its own
+  clock — while the flow streams at 20k msg/s, and with the flow idle.
+
+Raw and ours alternate in ``rounds`` (3) so that a drift of the shared
+host's speed hits both sides alike; each ratio pools the rounds.
 
     .venv/bin/python bench/msgplane.py [--json] [--quick]
 """
@@ -17,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import os
 import statistics
 import subprocess
 import sys
@@ -46,6 +51,8 @@ def pct(values: list[float], p: float) -> float:
 
 
 # -- raw pyzmq ------------------------------------------------------------------
+# Every raw party is a process of its own, as every node of ours is: no side
+# shares an interpreter with the bench's cluster.
 
 RAW_ECHO = """
 import sys, zmq
@@ -56,6 +63,34 @@ while True:
     if frame == b"quit":
         break
     s.send_multipart([ident, frame])
+"""
+
+RAW_CLIENT = """
+import json, sys, time, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.DEALER); s.connect(sys.argv[1])
+n, frame, clock = int(sys.argv[2]), b"x" * 64, time.perf_counter
+for _ in range(200):  # warm up
+    s.send(frame); s.recv()
+out = []
+for _ in range(n):
+    t = clock(); s.send(frame); s.recv(); out.append(clock() - t)
+print(json.dumps(out))
+"""
+
+RAW_SINK = """
+import sys, zmq, time
+ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.setsockopt(zmq.RCVHWM, 20000); s.bind(sys.argv[1])
+n = int(sys.argv[2])
+print("ready", flush=True)
+s.recv_multipart()
+t = last = time.perf_counter(); count = 1
+while count < n and s.poll(5000):  # a silent sender for 5 s ends the count
+    ident, frame = s.recv_multipart()
+    if frame == b"end":
+        break
+    count += 1
+    last = time.perf_counter()
+print((count - 1) / (last - t), flush=True)
 """
 
 RAW_SENDER = """
@@ -70,54 +105,36 @@ s.close(linger=-1)
 """
 
 
-def raw_rtt(tmp: str, n: int) -> list[float]:
-    ep = f"ipc://{tmp}/raw-echo"
-    proc = subprocess.Popen([sys.executable, "-c", RAW_ECHO, ep], stdout=subprocess.PIPE, text=True)
-    try:
-        proc.stdout.readline()
-        ctx = zmq.Context.instance()
-        s = ctx.socket(zmq.DEALER)
-        s.connect(ep)
-        for _ in range(200):  # warm up
-            s.send(PAYLOAD)
-            s.recv()
-        out = []
-        for _ in range(n):
-            t = time.perf_counter()
-            s.send(PAYLOAD)
-            s.recv()
-            out.append(time.perf_counter() - t)
-        s.send(b"quit")
-        s.close(linger=100)
-        return out
-    finally:
-        proc.wait(timeout=5) if proc.poll() is None and not proc.kill() else None
+def _python(script: str, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", script, *args], text=True, **kw)
+
+
+def raw_rtt(ep: str, n: int) -> list[float]:
+    """n round trips of a raw DEALER client process to the raw echo process at ``ep``."""
+    out = subprocess.run([sys.executable, "-c", RAW_CLIENT, ep, str(n)], capture_output=True, text=True,
+                         timeout=300, check=True)
+    return json.loads(out.stdout)
 
 
 def raw_throughput(tmp: str, n: int) -> float:
+    """One-way msg/s from a raw DEALER process to a raw ROUTER process."""
     ep = f"ipc://{tmp}/raw-sink"
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.ROUTER)
-    s.setsockopt(zmq.RCVHWM, 20000)
-    s.bind(ep)
-    proc = subprocess.Popen([sys.executable, "-c", RAW_SENDER, ep, str(n)], stdin=subprocess.PIPE, text=True)
+    sink = _python(RAW_SINK, ep, str(n), stdout=subprocess.PIPE)
+    sender = None
     try:
+        sink.stdout.readline()
+        sender = _python(RAW_SENDER, ep, str(n), stdin=subprocess.PIPE)
         time.sleep(0.2)  # let the sender connect before the clock starts
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        ident, first = s.recv_multipart()
-        t = last = time.perf_counter()
-        count = 1
-        while count < n and s.poll(5000):  # a silent sender for 5 s ends the count
-            ident, frame = s.recv_multipart()
-            if frame == b"end":
-                break
-            count += 1
-            last = time.perf_counter()
-        return (count - 1) / (last - t)
+        sender.stdin.write("\n")
+        sender.stdin.flush()
+        rate = float(sink.stdout.readline())
+        sender.wait(timeout=30)
+        return rate
     finally:
-        proc.wait(timeout=10)
-        s.close(linger=0)
+        for proc in (sender, sink):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 # -- ours ---------------------------------------------------------------------------
@@ -237,15 +254,29 @@ async def route_pauses(orch, flips: int, rate: int) -> list[float]:
     return pauses
 
 
-async def bench_ours(tmp: str, n_rtt: int, n_tp: int, flips: int) -> dict:
-    res = {}
-    async with running(echo_topology(), Path(tmp) / "cl") as orch:
-        res["pause_idle"] = await route_pauses(orch, flips, 0)
-        res["pause_load"] = await route_pauses(orch, flips, 20000)
-        res["rtt"] = await node_rtt(orch, n_rtt)
-        res["rtt_client"] = await our_rtt(orch, tmp, n_rtt)
-        res["rtt_thread"] = await our_rtt(orch, tmp, n_rtt, ThreadInboxParty)
-        res["tp"] = await our_throughput(orch, n_tp)
+async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rounds: int) -> dict:
+    """Every figure on one cluster, raw and ours alternating round by round (a
+    drift of the shared host's speed hits both sides alike)."""
+    res = {k: [] for k in ("raw_rtt", "rtt", "rtt_client", "rtt_thread", "raw_tp", "tp")}
+    echo_ep = f"ipc://{tmp}/raw-echo"
+    echo = _python(RAW_ECHO, echo_ep, stdout=subprocess.PIPE)
+    try:
+        echo.stdout.readline()
+        async with running(echo_topology(), Path(tmp) / "cl") as orch:
+            for _ in range(rounds):
+                res["raw_rtt"] += await trio.to_thread.run_sync(raw_rtt, echo_ep, n_rtt // rounds)
+                res["rtt"] += await node_rtt(orch, n_rtt // rounds)
+                res["rtt_client"] += await our_rtt(orch, tmp, n_rtt // rounds)
+                res["rtt_thread"] += await our_rtt(orch, tmp, n_rtt // rounds, ThreadInboxParty)
+                res["raw_tp"].append(await trio.to_thread.run_sync(raw_throughput, tmp, n_tp // rounds))
+                res["tp"].append(await our_throughput(orch, n_tp // rounds))
+            # the flow has history now: each change drains its old receiver, idle or not
+            res["pause_load"] = await route_pauses(orch, flips, 20000)
+            res["pause_idle"] = await route_pauses(orch, flips, 0)
+    finally:
+        if echo.poll() is None:
+            echo.kill()
+            echo.wait()
     return res
 
 
@@ -256,21 +287,22 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = ap.parse_args()
-    n_rtt, n_tp, flips = (500, 20000, 50) if args.quick else (5000, 200000, 300)
+    n_rtt, n_tp, flips, rounds = (500, 20000, 50, 1) if args.quick else (6000, 300000, 300, 3)
     with tempfile.TemporaryDirectory(prefix="hwb") as tmp:
-        raw = raw_rtt(tmp, n_rtt)
-        raw_tp = raw_throughput(tmp, n_tp)
-        ours = trio.run(bench_ours, tmp, n_rtt, n_tp, flips)
+        ours = trio.run(bench, tmp, n_rtt, n_tp, flips, rounds)
+    raw = ours["raw_rtt"]
+    raw_tp, our_tp = statistics.median(ours["raw_tp"]), statistics.median(ours["tp"])
     us = lambda v: round(v * 1e6, 1)
     result = {
         "raw_rtt_p50_us": us(statistics.median(raw)), "raw_rtt_p99_us": us(pct(raw, 99)),
         "our_rtt_p50_us": us(statistics.median(ours["rtt"])), "our_rtt_p99_us": us(pct(ours["rtt"], 99)),
         "thread_rtt_p50_us": us(statistics.median(ours["rtt_thread"])),
         "thread_rtt_p99_us": us(pct(ours["rtt_thread"], 99)),
+        "client_rtt_p50_us": us(statistics.median(ours["rtt_client"])),
         "latency_ratio": round(statistics.median(ours["rtt"]) / statistics.median(raw), 3),
         "thread_latency_ratio": round(statistics.median(ours["rtt_thread"]) / statistics.median(raw), 3),
-        "raw_msgs_per_s": round(raw_tp), "our_msgs_per_s": round(ours["tp"]),
-        "throughput_ratio": round(ours["tp"] / raw_tp, 3),
+        "raw_msgs_per_s": round(raw_tp), "our_msgs_per_s": round(our_tp),
+        "throughput_ratio": round(our_tp / raw_tp, 3),
         "route_pause_p50_ms": round(statistics.median(ours["pause_load"]), 3),
         "route_pause_p99_ms": round(pct(ours["pause_load"], 99), 3),
         "route_pause_idle_p50_ms": round(statistics.median(ours["pause_idle"]), 3),
@@ -282,6 +314,8 @@ def main() -> None:
     rows = [
         ("round trip p50 (µs)", result["raw_rtt_p50_us"], result["our_rtt_p50_us"], result["latency_ratio"]),
         ("round trip p99 (µs)", result["raw_rtt_p99_us"], result["our_rtt_p99_us"], ""),
+        ("  a client in the bench p50 (µs)", result["raw_rtt_p50_us"], result["client_rtt_p50_us"],
+         round(result["client_rtt_p50_us"] / result["raw_rtt_p50_us"], 3)),
         ("  alt: poller thread p50 (µs)", result["raw_rtt_p50_us"], result["thread_rtt_p50_us"], result["thread_latency_ratio"]),
         ("one-way throughput (msg/s)", result["raw_msgs_per_s"], result["our_msgs_per_s"], result["throughput_ratio"]),
     ]
@@ -289,7 +323,7 @@ def main() -> None:
     for name, a, b, r in rows:
         print(f"{name:32}{a:>12}{b:>12}{r:>8}")
     print(f"route change pause, flow at 20k msg/s: p50 {result['route_pause_p50_ms']} ms, p99 {result['route_pause_p99_ms']} ms")
-    print(f"route change pause, idle flow:        p50 {result['route_pause_idle_p50_ms']} ms, p99 {result['route_pause_idle_p99_ms']} ms")
+    print(f"route change pause, flow idle:        p50 {result['route_pause_idle_p50_ms']} ms, p99 {result['route_pause_idle_p99_ms']} ms")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,13 @@ implements the route-change protocol generically:
 - ``route_install`` — everyone: the new table (epoch + 1); a new receiver
   learns which ``fseq`` comes next on the flows now routed to it;
 - ``route_resume`` — as the sender: flush the buffer to the new receiver
-  ("interrupts re-enabled"), in order, then emit directly again.
+  ("interrupts re-enabled"), in order, then emit directly again;
+- ``route_switch`` — as the sender: the four steps run by the sender itself
+  (the orchestrator's usual way): pause, ask the old receiver to drain
+  (the request travels on the flow's own link, behind its last message),
+  then switch and flush, the flush led by ``route_next`` (the next ``fseq``,
+  for the new receiver). The senders' pause is then one round trip to the
+  old receiver, not three to the orchestrator and back.
 
 So no message of a flow is lost, duplicated or reordered across a change; a
 receiver that still sees a gap or a duplicate counts it (``stats``).
@@ -35,6 +41,7 @@ with :func:`spawned` and runs as its own task in the node's nursery.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -50,7 +57,7 @@ import trio
 from protocol.errors import ProtocolError
 from protocol.messages import Message, error_body
 from protocol.routes import RouteTable
-from protocol.transport import Party
+from protocol.transport import REQUEST_FAILURES, Party, gather
 
 log = logging.getLogger("hwemu.node")
 
@@ -83,14 +90,20 @@ def spawned(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]
 
 
 class _OutFlow:
-    __slots__ = ("fseq", "paused", "buffer", "flushing", "resumed")
+    __slots__ = ("fseq", "paused", "paused_at", "buffer", "flushing", "resumed")
 
     def __init__(self) -> None:
         self.fseq = 0  # last fseq assigned
         self.paused = False
+        self.paused_at = 0.0  # perf_counter when the pause began
         self.flushing = False
         self.buffer: deque[Message] = deque()
         self.resumed = trio.Event()
+
+    def pause(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.paused_at = time.perf_counter()
 
 
 HISTORY_RUNS = 256  # runs of consecutive fseq a receiver records per flow (more means gaps: the audit fails anyway)
@@ -304,14 +317,23 @@ class Node:
         msg = self.party.make(dst, kind, body, flow=flow, fseq=out.fseq)
         if out.paused or out.flushing:
             out.buffer.append(msg)
+            # a producer that never blocks must let the change that paused it
+            # run (its drain, its resume): a paused flow yields on every message
+            await trio.lowlevel.checkpoint()
         else:
             await self.party.send_msg(msg)
         return out.fseq
 
     async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Message:
-        """A request on a flow (e.g. a privileged operation on ``priv:os1``)."""
-        dst = self.routes.lookup(flow)
+        """A request on a flow (e.g. a privileged operation on ``priv:os1``).
+
+        While the flow is paused the request waits for the resume (it cannot
+        be buffered: its caller waits for the reply) and then goes to the
+        new receiver, after what was buffered."""
         out = self.out_flows.setdefault(flow, _OutFlow())
+        while out.paused or out.flushing:
+            await out.resumed.wait()
+        dst = self.routes.lookup(flow)
         out.fseq += 1
         return await self.party.request(dst, kind, body, timeout=timeout, flow=flow, fseq=out.fseq)
 
@@ -332,12 +354,66 @@ class Node:
         last = {}
         for flow in msg.body["flows"]:
             out = self.out_flows.setdefault(flow, _OutFlow())
-            out.paused = True
+            out.pause()
             last[flow] = out.fseq
         await self.party.reply(msg, "ok", {"data": last})
 
-    @spawned
+    async def on_route_switch(self, msg: Message) -> None:
+        """The sender's side of a route change, run by the sender itself.
+
+        The flows pause at once (what the node emits from now on is
+        buffered) and their last ``fseq`` is noted; then each old receiver is
+        asked to confirm it consumed up to it (the request travels behind the
+        flow's last message, on the same link). With ``resume`` the node then
+        installs the new table and flushes its buffer to the new receivers,
+        each told first which ``fseq`` comes next (:meth:`_flush`); without,
+        it stays paused until ``route_resume`` (a change of several senders
+        resumes none before all are drained). If a drain fails the flows
+        resume on the routes in force and the error names the peer."""
+        flows = msg.body["flows"]
+        table = RouteTable(msg.body["epoch"], msg.body["routes"])  # a malformed one is refused before pausing
+        last = {}
+        for flow in flows:
+            out = self.out_flows.setdefault(flow, _OutFlow())
+            out.pause()
+            last[flow] = out.fseq
+        self.nursery.start_soon(self._guarded, functools.partial(self._switch, table=table, last=last), msg)
+
+    async def _switch(self, msg: Message, *, table: RouteTable, last: dict[str, int]) -> None:
+        body = msg.body
+        timeout = body.get("timeout", 5.0)
+        old = body.get("old", {})
+        drains: dict[str, dict[str, int]] = {}
+        for flow, upto in last.items():
+            before = old.get(flow)
+            if before is not None and before != table.get(flow) and upto > 0:
+                drains.setdefault(before, {})[flow] = upto
+        try:
+            if drains:
+                await gather({r: (lambda r=r, u=u: self.party.request(
+                    r, "route_drain", {"upto": u, "timeout": timeout}, timeout=timeout + 1))
+                    for r, u in drains.items()})
+        except REQUEST_FAILURES as exc:
+            await self._flush(list(last))  # resume on the routes in force
+            await self.party.reply(msg, "error", {"reason": "route_switch_failed", "detail": str(exc)})
+            return
+        if not body.get("resume", True):
+            await self.party.reply(msg, "ok", {"data": {"last": last}})
+            return
+        if table.epoch > self.routes.epoch:
+            self._install(table.epoch, table.routes, {})
+        flushed, paused_ms = await self._flush(list(last))
+        await self.party.reply(msg, "ok", {"data": {"last": last, "flushed": flushed, "paused_ms": paused_ms}})
+
     async def on_route_drain(self, msg: Message) -> None:
+        upto = msg.body["upto"]
+        if all(self.in_flows.setdefault(f, _InFlow()).consumed >= n for f, n in upto.items()):
+            # the usual case when the request came in-band, behind the flow's last message
+            await self.party.reply(msg, "ok", {"data": {f: self.in_flows[f].consumed for f in upto}})
+        else:
+            self.nursery.start_soon(self._guarded, self._drain, msg)
+
+    async def _drain(self, msg: Message) -> None:
         timeout = msg.body.get("timeout", 5.0)
         with trio.move_on_after(timeout):
             for flow, upto in msg.body["upto"].items():
@@ -368,28 +444,62 @@ class Node:
         self._install(msg.body["epoch"], msg.body["routes"], msg.body.get("next", {}))
         await self.party.reply(msg, "ok", {"data": {"epoch": self.routes.epoch}})
 
-    @spawned
-    async def on_route_resume(self, msg: Message) -> None:
-        if "epoch" in msg.body and "routes" in msg.body and msg.body["epoch"] > self.routes.epoch:
-            self._install(msg.body["epoch"], msg.body["routes"], {})
+    async def _flush(self, flows: list[str]) -> tuple[int, float]:
+        """Un-pause ``flows`` and send what they buffered, in order, to their
+        receivers in the table now in force. Returns the number of messages
+        flushed and the longest time one of the flows was paused (ms).
+
+        A flow that was paused first tells its receiver which ``fseq`` comes
+        next (``route_next``, on the link its messages take, so it arrives
+        before them): a new receiver learns where the flow stands, the old
+        one (a rolled-back change) hears what it already knows."""
         flushed = 0
-        for flow in msg.body["flows"]:
+        paused_ms = 0.0
+        party = self.party
+        for flow in flows:
             out = self.out_flows.setdefault(flow, _OutFlow())
-            out.paused = False
+            was_paused, out.paused = out.paused, False
             out.flushing = True
             try:
+                dst, epoch = self.routes.get(flow), self.routes.epoch
+                if dst is not None and was_paused:
+                    nxt = out.buffer[0].fseq if out.buffer else out.fseq + 1
+                    await party.send_msg(party.make(dst, "route_next", {"next": {flow: nxt}}))
                 while out.buffer:
                     buffered = out.buffer.popleft()
                     # re-address to the receiver of the new epoch
                     buffered.dst = self.routes.lookup(flow)
-                    buffered.epoch = self.routes.epoch
-                    await self.party.send_msg(buffered)
+                    buffered.epoch = epoch
+                    # in one go while the link takes them (nothing can emit in
+                    # between); wait only when its queue is full
+                    if not party.send_nowait(buffered):
+                        await party.send_msg(buffered)
                     flushed += 1
             finally:
                 out.flushing = False
                 out.resumed.set()
                 out.resumed = trio.Event()
-        await self.party.reply(msg, "ok", {"data": {"flushed": flushed}})
+            if was_paused:
+                paused_ms = max(paused_ms, (time.perf_counter() - out.paused_at) * 1e3)
+        return flushed, paused_ms
+
+    async def on_route_next(self, msg: Message) -> None:
+        """A sender says which ``fseq`` comes next on flows it now sends here
+        (ahead of the messages themselves). Not answered: it is part of the flow."""
+        for flow, n in msg.body["next"].items():
+            inflow = self.in_flows.setdefault(flow, _InFlow())
+            if n == 1:  # its sender (re)starts numbering it: what this node recorded was a previous life's
+                inflow.runs = []
+                inflow.runs_dropped = 0
+            inflow.expected = n
+            inflow.consumed = n - 1
+
+    @spawned
+    async def on_route_resume(self, msg: Message) -> None:
+        if "epoch" in msg.body and "routes" in msg.body and msg.body["epoch"] > self.routes.epoch:
+            self._install(msg.body["epoch"], msg.body["routes"], {})
+        flushed, paused_ms = await self._flush(msg.body["flows"])
+        await self.party.reply(msg, "ok", {"data": {"flushed": flushed, "paused_ms": paused_ms}})
 
 
 def main(node_cls: type[Node], argv: list[str] | None = None) -> None:

@@ -3,16 +3,23 @@ changes it without losing, duplicating or reordering a message.
 
 A change of some flows is the quiesce / drain / switch / resume sequence:
 
-1. *pause*   — each sender of a changed flow stops emitting on it and reports
+1. *pause*   — each sender of a changed flow stops emitting on it and notes
    the last ``fseq`` it sent ("interrupts disabled");
 2. *drain*   — each old receiver confirms it consumed up to that ``fseq``
    (meanwhile each new receiver is told which ``fseq`` comes next);
-3. *switch*  — the new table (epoch + 1) reaches the senders with
+3. *switch*  — the new table (epoch + 1) reaches the senders, and
 4. *resume*  — they flush what they buffered to the new receivers
    ("interrupts re-enabled"); then every other node gets the new table.
 
-Steps 3 and 4 share a message, and the installs that nobody waits for happen
-after the resume, so a change costs the senders three round trips of pause.
+The authority sends each sender one ``route_switch`` and the sender runs the
+steps itself (``nodes/runtime.py``): its drain request travels behind the
+flow's last message on the same link, so the pause lasts one round trip from
+the sender to the receivers instead of three from the authority. With one
+sender, the sender also switches and resumes on its own; with several, each
+stops after the drain and the authority resumes them all once every one is
+drained (no sender emits on a new route while another still may on an old one).
+``pause_ms`` is the longest pause a sender measured on its own clock.
+
 If a step fails before the switch (a pause refused, a drain or install
 refused or unanswered), the old routes are installed again at a newer epoch
 and every sender asked to pause is resumed on them: the change is rolled
@@ -25,13 +32,13 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import trio
 
-from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.errors import ProtocolError
 from protocol.routes import RouteTable, flow_sender
-from protocol.transport import Party
+from protocol.transport import REQUEST_FAILURES, Party, gather
 
 
 log = logging.getLogger("hwemu.routes")
@@ -39,7 +46,7 @@ log = logging.getLogger("hwemu.routes")
 
 # what a step of a route change can fail with: the peer refused, did not
 # answer, or could not be addressed
-STEP_FAILURES = (RemoteError, RequestTimeout, ProtocolError)
+STEP_FAILURES = REQUEST_FAILURES
 
 
 class RouteChangeError(Exception):
@@ -60,9 +67,10 @@ class RouteChangeError(Exception):
 class ChangeReport:
     epoch: int
     flows: dict[str, tuple[str | None, str]]  # flow -> (old receiver, new receiver)
-    pause_ms: float                          # senders paused → resumed
+    pause_ms: float                          # the longest a sender was paused (its own clock)
     total_ms: float
     last: dict[str, int]                     # flow -> last fseq before the switch
+    resumed_ms: float = 0.0                  # the authority's view: change started → senders resumed
 
 
 class RouteAuthority:
@@ -83,38 +91,9 @@ class RouteAuthority:
         self.lock = trio.Lock()  # one change at a time
         self.history: list[ChangeReport] = []
 
-    async def _each(self, calls: Mapping[str, Callable[[], Awaitable]]) -> dict:
-        """Run ``calls`` concurrently and return their results by key.
-
-        Each call catches its own failure, so every call runs to its end (a
-        pause that did arrive must be known, to be resumed) and the caller
-        gets a plain exception, never trio's ``ExceptionGroup``.
-
-        Raises:
-            RemoteError, RequestTimeout, ProtocolError: the first call that failed
-                (the others' failures are logged).
-        """
-        results: dict = {}
-        failures: list[Exception] = []
-        if len(calls) == 1:  # the usual single sender: no nursery to open and close
-            (key, fn), = calls.items()
-            results[key] = await fn()
-            return results
-
-        async def one(key, fn):
-            try:
-                results[key] = await fn()
-            except STEP_FAILURES as exc:
-                failures.append(exc)
-
-        async with trio.open_nursery() as n:
-            for key, fn in calls.items():
-                n.start_soon(one, key, fn)
-        if failures:
-            for exc in failures[1:]:
-                log.warning("also failed: %s", exc)
-            raise failures[0]
-        return results
+    async def _each(self, calls: Mapping[Any, Callable[[], Awaitable]]) -> dict:
+        """Run ``calls`` concurrently (:func:`protocol.transport.gather`)."""
+        return await gather(calls)
 
     async def install(self, table: RouteTable, nxt: Mapping[str, int] | None = None,
                       nodes: Iterable[str] | None = None) -> None:
@@ -149,64 +128,63 @@ class RouteAuthority:
                 sender = flow_sender(flow)
                 if sender in live:
                     by_sender[sender].append(flow)
+            # a flow whose sender is not running has nobody to number it: its new
+            # receiver expects #1, from the sender's next life (told by the authority)
+            orphans: dict[str, dict[str, int]] = defaultdict(dict)
+            for flow, node in changes.items():
+                if flow_sender(flow) not in live and old.get(flow) != node:
+                    orphans[node][flow] = 1
+            # the new receivers get the table first, before any sender pauses: one
+            # that refuses it is found while nothing is paused yet. Not a node that
+            # also sends a changed flow: it must not route by the new table before
+            # its own pause (it gets the table with its switch)
+            receivers = {n for f, n in changes.items() if old.get(f) != n and n not in by_sender} | set(orphans)
+            single = len(by_sender) == 1
+            wire = {"epoch": new.epoch, "routes": dict(new.routes), "timeout": self.timeout, "resume": single}
             last: dict[str, int] = {}
-            receivers = {n for n in changes.values()}
-            installing: set[str] = set()
+            step = "install"
             try:
-                # 1. pause
-                t_pause = time.perf_counter()
-                replies = await self._each({s: (lambda s=s, flows=flows: self.party.request(
-                    s, "route_pause", {"flows": flows}, timeout=self.timeout)) for s, flows in by_sender.items()})
-                for reply in replies.values():
-                    last.update(reply.body["data"])
-                nxt = {flow: last.get(flow, 0) + 1 for flow in changes}
-                # 2. drain the old receivers and, at the same time, tell the
-                #    new receivers which fseq comes next (nothing reaches them
-                #    before the resume, so this cannot race)
-                drains: dict[str, dict[str, int]] = defaultdict(dict)
-                for flow, upto in last.items():
-                    receiver = old.get(flow)
-                    if receiver is not None and receiver != changes[flow] and receiver in live and upto > 0:
-                        drains[receiver][flow] = upto
-                calls = {("drain", r): (lambda r=r, u=u: self.party.request(
-                    r, "route_drain", {"upto": u, "timeout": self.timeout}, timeout=self.timeout + 1))
-                    for r, u in drains.items()}
-                # every new receiver learns its next fseq now, a paused sender too (uart0
-                # receiving io:os1.uart while it pauses irq:uart0: the resume carries no
-                # `next`). A sender that receives none of the changed flows gets the
-                # table with its resume and the install after it (a node waking on
-                # route_install, the uart's rx pump, then sees its new route): one
-                # request fewer inside the pause
-                installing = set(receivers)
-                calls.update({("install", n): (lambda n=n: self._install_one(n, new, nxt)) for n in installing})
-                await self._each(calls)
+                await self._each({n: (lambda n=n: self._install_one(n, new, orphans.get(n, {}))) for n in receivers})
+                step = "switch"
+                replies = await self._each({s: (lambda s=s, flows=flows: self.party.request(s, "route_switch", {
+                    "flows": flows, "old": {f: old.get(f) for f in flows if old.get(f) in live}, **wire},
+                    timeout=2 * self.timeout + 2)) for s, flows in by_sender.items()})
             except STEP_FAILURES as exc:
-                await self._roll_back(old, new, by_sender, installing)
+                await self._roll_back(old, new, by_sender if step == "switch" else {}, live)
                 raise RouteChangeError(f"route change {_show(changes)} rolled back: {exc}") from None
-            # 3. switch + 4. resume: the senders get the new table with the
-            #    resume and flush their buffers to the new receivers
+            for reply in replies.values():
+                last.update(reply.body["data"]["last"])
+            # 3. switch + 4. resume (done by the single sender already)
             self.table = new
-            try:
-                await self._resume(by_sender, new)
-            except STEP_FAILURES as exc:
-                raise RouteChangeError(f"route change {_show(changes)} committed at epoch {new.epoch}, "
-                                       f"but a sender did not resume: {exc}", committed=True) from None
+            if single:
+                pause_ms = next(iter(replies.values())).body["data"]["paused_ms"]
+            elif by_sender:
+                try:
+                    resumed = await self._resume(by_sender, new)
+                except STEP_FAILURES as exc:
+                    raise RouteChangeError(f"route change {_show(changes)} committed at epoch {new.epoch}, "
+                                           f"but a sender did not resume: {exc}", committed=True) from None
+                pause_ms = max((r.body["data"].get("paused_ms", 0.0) for r in resumed.values()), default=0.0)
+            else:
+                pause_ms = 0.0
             t_resumed = time.perf_counter()
-            # everyone else learns the new epoch outside the pause
-            others = [n for n in live if n not in installing]
+            # everyone else learns the new epoch outside the pause (a sender too: a
+            # node may wake on route_install, as the uart's rx pump does)
+            restarted = {f: 1 for f in changes if last.get(f, 0) == 0}  # numbering starts over: old records go
             try:
-                await self.install(new, nxt, nodes=others)
+                await self._each({n: (lambda n=n: self._install_one(
+                    n, new, {f: 1 for f in restarted if new.get(f) != n})) for n in live - receivers})
             except STEP_FAILURES as exc:  # re-sent to a node when it restarts
                 log.warning("install of epoch %d incomplete: %s", new.epoch, exc)
             t_end = time.perf_counter()
             report = ChangeReport(new.epoch, {f: (old.get(f), n) for f, n in changes.items()},
-                                  (t_resumed - t_pause) * 1e3, (t_end - t0) * 1e3, last)
+                                  pause_ms, (t_end - t0) * 1e3, last, (t_resumed - t0) * 1e3)
             self.history.append(report)
             del self.history[:-1000]
             return report
 
     async def _roll_back(self, old: RouteTable, new: RouteTable, by_sender: Mapping[str, list[str]],
-                         installed: set[str]) -> None:
+                         live: set[str]) -> None:
         """Put the old routes back (at an epoch above ``new``, which some nodes
         may hold) and resume every sender asked to pause, even one whose answer
         was lost: a resume of a flow that is not paused does nothing. Best
@@ -215,7 +193,7 @@ class RouteAuthority:
         self.table = rollback
         body = {"epoch": rollback.epoch, "routes": dict(rollback.routes), "next": {}}
         calls = {("install", n): (lambda n=n: self.party.request(n, "route_install", body, timeout=self.timeout))
-                 for n in installed if n not in by_sender}  # the senders get the table with their resume
+                 for n in live if n not in by_sender}  # the senders get the table with their resume
         calls.update(self._resume_calls(by_sender, rollback))
         try:
             await self._each(calls)
@@ -231,9 +209,8 @@ class RouteAuthority:
         return {("resume", s): (lambda s=s, flows=flows: self.party.request(
             s, "route_resume", {"flows": flows, **body}, timeout=self.timeout)) for s, flows in by_sender.items()}
 
-    async def _resume(self, by_sender: Mapping[str, list[str]], table: RouteTable) -> None:
-        if by_sender:
-            await self._each(self._resume_calls(by_sender, table))
+    async def _resume(self, by_sender: Mapping[str, list[str]], table: RouteTable) -> dict:
+        return await self._each(self._resume_calls(by_sender, table)) if by_sender else {}
 
 
 def _show(changes: Mapping[str, str]) -> str:

@@ -18,8 +18,9 @@ trio's epoll: a check of ``EVENTS`` per scheduler pass, other tasks running
 in between. Waking a sleeping process costs more than the round trip itself
 on a loaded host (``bench/msgplane.py`` prints both), and a conversation's
 next message usually comes within that window. The window is bounded
-(``HWEMU_SPIN_US``, default 200 µs, 0 turns it off), so an idle node costs
-nothing.
+(``HWEMU_SPIN_US``, default 200 µs, 0 turns it off) and adapts to the
+traffic (:meth:`Party._wait_inbox`), so an idle node or a slowly paced flow
+costs no polling.
 
 ``bench/msgplane.py`` measures this adapter against raw pyzmq and against a
 poller thread feeding a trio channel; this one is faster (see README).
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from collections import deque
+from typing import Any, Awaitable, Callable, Hashable, Mapping
 
 import trio
 import zmq
@@ -58,9 +61,10 @@ INBOX_MAXMSGSIZE = MAX_FRAME + 64 * 1024
 _EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
 _NOBLOCK = int(zmq.NOBLOCK)
 _now = time.perf_counter
+_MIN_WINDOW = 20e-6  # a polling window narrower than this is not worth a scheduler pass
 
 
-def _spin_default() -> float:
+def spin_from_env() -> float:
     """Seconds an idle inbox is polled before its task sleeps in epoll:
     ``HWEMU_SPIN_US`` (microseconds, 0 turns polling off), default 200."""
     raw = os.environ.get("HWEMU_SPIN_US", "200")
@@ -71,6 +75,45 @@ def _spin_default() -> float:
     if not 0 <= us <= 100_000:
         raise ValueError(f"HWEMU_SPIN_US must be between 0 and 100000, got {raw!r}")
     return us / 1e6
+
+
+# what one request of a protocol step can fail with: the peer refused, did
+# not answer, or could not be addressed
+REQUEST_FAILURES = (RemoteError, RequestTimeout, ProtocolError)
+
+
+async def gather(calls: Mapping[Hashable, Callable[[], Awaitable[Any]]]) -> dict:
+    """Run ``calls`` concurrently and return their results by key.
+
+    Every call runs to its end even when another fails (a step that did take
+    effect must be known, to be undone), and the caller gets one plain
+    exception, never trio's ``ExceptionGroup``.
+
+    Raises:
+        RemoteError, RequestTimeout, ProtocolError: the first call that failed
+            (the others' failures are logged).
+    """
+    results: dict = {}
+    if len(calls) == 1:  # the usual single peer: no nursery to open and close
+        (key, fn), = calls.items()
+        results[key] = await fn()
+        return results
+    failures: list[Exception] = []
+
+    async def one(key, fn):
+        try:
+            results[key] = await fn()
+        except REQUEST_FAILURES as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as n:
+        for key, fn in calls.items():
+            n.start_soon(one, key, fn)
+    if failures:
+        for exc in failures[1:]:
+            log.warning("also failed: %s", exc)
+        raise failures[0]
+    return results
 
 
 def ipc_path(endpoint: str) -> str | None:
@@ -127,8 +170,13 @@ class Party:
         self._closed = False
         self._complaints: dict[str, tuple[float, int]] = {}
         self._unyielded = 0
-        self.spin = _spin_default() if spin is None else spin
+        self.spin = spin_from_env() if spin is None else spin
+        self._serving = False  # serve() runs: its timer task expires requests
+        self._deadlines: dict[float, deque[tuple[float, int]]] = {}  # timeout -> (deadline, seq), in order
+        self._expiry_next = math.inf
+        self._expiry_kick = trio.Event()
         self._active = 0.0  # perf_counter of the last traffic (the polling window starts there)
+        self._window = self.spin  # the polling window now (adapts between 0 and spin)
 
     # -- outgoing ---------------------------------------------------------------
 
@@ -238,19 +286,68 @@ class Party:
         """
         msg = self.make(dst, kind, body or {}, **hdr)
         slot = [trio.Event(), None]
-        self._pending[msg.seq] = slot
+        pending = self._pending
+        pending[msg.seq] = slot
         try:
-            await self.send_msg(msg)
-            with trio.move_on_after(timeout):
+            if self._serving:
+                # the deadline goes to the inbox's timer task: a cancel scope
+                # per request would cost as much as decoding the reply
+                self._expire_at(timeout, msg.seq)
+                await self.send_msg(msg)
                 await slot[0].wait()
+            else:
+                await self.send_msg(msg)
+                with trio.move_on_after(timeout):
+                    await slot[0].wait()
         finally:
-            self._pending.pop(msg.seq, None)
+            pending.pop(msg.seq, None)
         reply = slot[1]
         if reply is None:
             raise RequestTimeout(dst, kind, timeout)
         if reply.kind == "error":
             raise RemoteError(dst, reply.body.get("reason", "?"), reply.body.get("detail", ""))
         return reply
+
+    def _expire_at(self, timeout: float, seq: int) -> None:
+        """Have request ``seq`` woken without a reply ``timeout`` seconds from now.
+
+        Deadlines are queued per timeout value, so each queue is in deadline
+        order; answered requests at its front are dropped as new ones come,
+        which keeps it as short as the requests in flight."""
+        deadline = trio.current_time() + timeout
+        queue = self._deadlines.get(timeout)
+        if queue is None:
+            queue = self._deadlines[timeout] = deque()
+        pending = self._pending
+        while queue and queue[0][1] not in pending:
+            queue.popleft()
+        queue.append((deadline, seq))
+        if deadline < self._expiry_next:
+            self._expiry_kick.set()
+
+    async def _expire(self) -> None:
+        """The timer task of :meth:`request`: wakes each request whose deadline
+        passed without a reply (it then raises RequestTimeout)."""
+        pending = self._pending
+        while True:
+            now = trio.current_time()
+            nxt = math.inf
+            for timeout, queue in list(self._deadlines.items()):
+                while queue:
+                    deadline, seq = queue[0]
+                    slot = pending.get(seq)
+                    if slot is not None and deadline > now:
+                        nxt = min(nxt, deadline)
+                        break
+                    queue.popleft()
+                    if slot is not None:
+                        slot[0].set()  # no reply in time: slot[1] stays None
+                if not queue:
+                    del self._deadlines[timeout]
+            self._expiry_next = nxt
+            self._expiry_kick = trio.Event()
+            with trio.move_on_at(nxt):
+                await self._expiry_kick.wait()
 
     # -- incoming ---------------------------------------------------------------
 
@@ -282,17 +379,32 @@ class Party:
         """Wait until the inbox may have a message (the caller re-checks);
         called right after :meth:`_recv_now` or :meth:`_pending_in` found it empty.
 
-        Within ``spin`` of the last traffic the inbox is polled, one check per
-        scheduler pass (other tasks run in between); after that the task
-        sleeps on the FD."""
-        spin = self.spin
+        Within the polling window of the last traffic the inbox is polled,
+        one check per scheduler pass (other tasks run in between); after that
+        the task sleeps on the FD. The window adapts as a hypervisor's halt
+        polling does: a poll that runs out halves it (a flow paced slower
+        than ``spin`` stops costing CPU), a sleep shorter than ``spin`` widens
+        it to that gap (a conversation is caught by polling again)."""
+        spin = self._window
         if spin:
-            until = self._active + spin
-            while _now() < until:
+            while _now() < self._active + spin:
                 await trio.lowlevel.checkpoint()
                 if self._pending_in():
                     return
+            self._polled_out()
         await trio.lowlevel.wait_readable(self._inbox_fd)
+        if self.spin:
+            self._slept(_now() - self._active)
+
+    def _polled_out(self) -> None:
+        """The polling window ran out without a message: halve it."""
+        self._window = self._window / 2 if self._window > _MIN_WINDOW else 0.0
+
+    def _slept(self, gap: float) -> None:
+        """The inbox slept and woke ``gap`` seconds after the last traffic:
+        if polling that long would have caught it, widen the window to it."""
+        if gap < self.spin:
+            self._window = min(self.spin, max(2 * self._window, 1.25 * gap, _MIN_WINDOW))
 
     async def recv_frames(self) -> list[bytes]:
         """The next [routing id, frame] from the inbox (the edge-triggered dance:
@@ -322,6 +434,18 @@ class Party:
         """Read the inbox forever: replies wake their requester; everything
         else goes to ``handler`` in arrival order. A malformed message is
         counted and answered with ``error``; it never stops the loop."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire)
+            self._serving = True
+            try:
+                await self._serve(handler, task_status)
+            finally:
+                self._serving = False
+                for slot in self._pending.values():  # nobody reads their replies any more
+                    slot[0].set()
+                nursery.cancel_scope.cancel()
+
+    async def _serve(self, handler: Handler, task_status) -> None:
         task_status.started()
         pending = self._pending
         counters = self.counters

@@ -6,6 +6,8 @@ import typer
 
 from orchestrator.cli import cluster, console, cpu, demo, memory, route, run, vmm
 from orchestrator.cli import os as os_cli
+from orchestrator.cli.common import fail
+from protocol.transport import spin_from_env
 
 app = typer.Typer(
     name="hwemu",
@@ -13,6 +15,17 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _environment() -> None:
+    """A computer whose hardware is a cluster of processes."""
+    try:
+        spin_from_env()  # every party of this command (and of a cluster it starts) reads it
+    except ValueError as exc:
+        fail(str(exc), code=2)
+
+
 app.command("up")(cluster.up)
 app.command("status")(cluster.status)
 app.command("down")(cluster.down)

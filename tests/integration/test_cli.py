@@ -144,6 +144,17 @@ def test_a_command_with_no_cluster_exits_1_with_one_clear_line(run_dir, args):
         f"hwemu: no cluster is running in {rd} (start one with `hwemu up TOPOLOGY`)"]
 
 
+@pytest.mark.parametrize("args", [["status"], ["up", "compose/native.toml", "--detach"]])
+def test_a_bad_polling_window_in_the_environment_exits_2_naming_it_and_starts_nothing(run_dir, args):
+    rd, _ = run_dir
+    result = subprocess.run([HWEMU, *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "HWEMU_RUN_DIR": str(rd), "HWEMU_SPIN_US": "fast"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "hwemu: HWEMU_SPIN_US must be a number of microseconds, got 'fast'"]
+    assert not rd.exists() or not any(rd.iterdir())  # no cluster was started
+
+
 def test_down_with_no_cluster_is_a_no_op_that_succeeds(run_dir):
     rd, _ = run_dir
     result = hwemu(rd, "down", "--json")

@@ -1,5 +1,5 @@
 """A route change that fails is rolled back (DESIGN.md §2, orchestrator/routes.py):
-a pause refused by a sender, a drain that an old receiver never confirms, an
+a pause (``route_switch``) refused by a sender, a drain that an old receiver never confirms, an
 install refused by the new receiver. Each time the old routes are in force
 again, every sender asked to pause is resumed and keeps delivering to the old
 receiver, in order, nothing lost; the control request gets a one-line error.
@@ -82,7 +82,7 @@ async def assert_rolled_back(orch, before, flows: dict[str, str]) -> None:
 
 async def test_a_refused_pause_rolls_back_and_resumes_the_sender_that_did_pause(tmp_path):
     routes = {"data:src": "sink_a", "data:balky": "sink_c"}
-    async with running(topology(routes, balky={"refuse": ["route_pause"]}), tmp_path / "c") as orch:
+    async with running(topology(routes, balky={"refuse": ["route_switch"]}), tmp_path / "c") as orch:
         await stream(orch, "src", 5)
         await stream(orch, "balky", 5)
         before = orch.routes.table

@@ -12,6 +12,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message, decode, encode
+from protocol import transport
 from protocol.transport import INBOX_MAXMSGSIZE, Party
 
 
@@ -215,3 +216,113 @@ async def test_a_frame_over_the_inbox_limit_drops_its_sender_unbuffered_and_the_
         monitor.close(linger=0)
         inbox.close(linger=0)
         out.close(linger=0)
+
+
+async def test_a_short_timeout_behind_a_long_one_still_expires_on_its_own_deadline(pair):
+    alice, _ = pair
+    outcome = {}
+
+    async def long_wait():
+        try:
+            await alice.request("bob", "shutdown", timeout=30)  # never answered
+        except RequestTimeout:
+            outcome["long"] = "timeout"
+
+    async with trio.open_nursery() as n:
+        n.start_soon(long_wait)
+        await trio.sleep(0)
+        with trio.fail_after(10):  # far below the 30 s request ahead of it
+            with pytest.raises(RequestTimeout):
+                await alice.request("bob", "shutdown", timeout=0.2)
+        assert "long" not in outcome  # the long request is still waiting
+        answered = await alice.request("bob", "ping", timeout=0.2)  # a timeout shared with the expired one
+        assert answered.kind == "pong"
+        n.cancel_scope.cancel()
+    assert alice._pending == {}
+
+
+async def test_requests_still_waiting_when_the_inbox_stops_being_served_end_with_request_timeout(tmp_path):
+    directory = {"alice": ep(tmp_path, "alice"), "bob": ep(tmp_path, "bob")}
+    with Party("alice", directory["alice"], directory) as alice, Party("bob", directory["bob"], directory):
+        errors = []
+        async with trio.open_nursery() as outer:
+            serving = trio.CancelScope()
+
+            async def serve():
+                with serving:
+                    await alice.serve(lambda msg: echo(alice, msg))
+
+            async def ask():
+                try:
+                    await alice.request("bob", "ping", timeout=30)  # bob does not serve: no reply ever
+                except RequestTimeout as exc:
+                    errors.append(exc)
+
+            outer.start_soon(serve)
+            await trio.sleep(0.05)
+            outer.start_soon(ask)
+            await trio.sleep(0.05)
+            serving.cancel()
+        assert len(errors) == 1 and errors[0].kind == "ping"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("abc", "HWEMU_SPIN_US must be a number of microseconds, got 'abc'"),
+    ("-1", "HWEMU_SPIN_US must be between 0 and 100000, got '-1'"),
+    ("1e9", "HWEMU_SPIN_US must be between 0 and 100000, got '1e9'"),
+])
+def test_a_bad_polling_window_in_the_environment_is_refused_by_name(monkeypatch, value, message):
+    monkeypatch.setenv("HWEMU_SPIN_US", value)
+    with pytest.raises(ValueError) as info:
+        transport.spin_from_env()
+    assert str(info.value) == message
+
+
+def test_the_polling_window_comes_from_the_environment_in_microseconds(monkeypatch, tmp_path):
+    monkeypatch.setenv("HWEMU_SPIN_US", "50")
+    with Party("alice", ep(tmp_path, "alice"), {}) as alice:
+        assert alice.spin == pytest.approx(50e-6)
+    monkeypatch.setenv("HWEMU_SPIN_US", "0")
+    with Party("alice", ep(tmp_path, "alice2"), {}) as alice:
+        assert alice.spin == 0
+
+
+def test_the_polling_window_halves_when_it_runs_out_and_widens_to_a_short_gap(tmp_path):
+    """The adaptation rule of Party._wait_inbox (a hypervisor's halt polling)."""
+    with Party("alice", ep(tmp_path, "alice"), {}, spin=200e-6) as alice:
+        assert alice._window == pytest.approx(200e-6)  # a conversation is assumed at first
+        alice._polled_out()
+        assert alice._window == pytest.approx(100e-6)
+        alice._slept(1.0)  # a slow flow: polling would not have caught it
+        assert alice._window == pytest.approx(100e-6)
+        for _ in range(3):
+            alice._polled_out()
+        assert alice._window == pytest.approx(12.5e-6)
+        alice._polled_out()  # under the minimum worth a scheduler pass: off
+        assert alice._window == 0
+        alice._slept(120e-6)  # it would have: widened to the gap, with a margin
+        assert alice._window == pytest.approx(150e-6)
+        alice._slept(20e-6)  # never narrowed by a sleep, never past spin
+        assert alice._window == pytest.approx(200e-6)
+
+
+async def test_an_inbox_polled_out_after_traffic_sleeps_and_still_gets_the_next_message(tmp_path):
+    directory = {"alice": ep(tmp_path, "alice"), "bob": ep(tmp_path, "bob")}
+    with Party("alice", directory["alice"], directory, spin=1e-3) as alice, \
+            Party("bob", directory["bob"], directory) as bob:
+        got = []
+
+        async def keep(msg):
+            got.append(msg.body["n"])
+
+        async with trio.open_nursery() as n:
+            await n.start(alice.serve, keep)
+            for i in range(5):
+                bob.send_nowait(bob.make("alice", "ping", {"n": i}))
+                await trio.sleep(0.01)  # ten times the window: each poll runs out, alice sleeps
+            with trio.fail_after(10):
+                while len(got) < 5:
+                    await trio.sleep(0.01)
+            n.cancel_scope.cancel()
+        assert got == [0, 1, 2, 3, 4]
+        assert alice._window < 1e-3  # the runs-out narrowed it
