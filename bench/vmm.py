@@ -6,11 +6,16 @@ runtime, on one cluster of compose/vmm.toml launched once.
   the sum over the request's choreographies), median and p99 over --cycles
   interpose/devirtualize cycles while a program (``timeshare``) runs on os1;
   target p99 <= 5 ms on loopback (reported, not asserted);
-- guest syscall round-trip cost: ``sysloop`` timed as the difference between
-  N=LONG and N=SHORT runs (bench/native.py's method, the fixed cost of a run
-  cancels out), never virtualized (before the VMM is loaded), virtualized
-  (CPU and console interposed) and devirtualized again: the ratios
-  virtualized / native and devirtualized / never-virtualized (target <= 1.05);
+- guest syscall round-trip cost: ``syscost`` times N one-byte writes from
+  inside the guest (CLOCK_MONOTONIC around the loop, so loading the ELF and
+  starting the CLI stay out of it), on two clusters of compose/vmm.toml up
+  side by side: a *reference* that is never virtualized, and the *measured*
+  one, which goes native → virtualized (CPU and console interposed) →
+  devirtualized. Each phase alternates runs on the two (--repeat each), and
+  each ratio divides by the reference's figure of the same phase, so a drift
+  of the host's speed cancels: virtualized / never-virtualized and
+  devirtualized / never-virtualized (target <= 1.05); the native phase's
+  ratio (``control_ratio``) shows what two identical clusters differ by;
 - UDP round trip through the guest (``udpecho`` on os1 of compose/demo.toml,
   a Python client on loopback, median of --udp-n exchanges): native,
   virtualized (CPU, memory, console, disk and NIC interposed: every datagram
@@ -54,7 +59,7 @@ from protocol.frames import to_runs  # noqa: E402
 HWEMU = ROOT / ".venv/bin/hwemu"
 SAMPLES = ROOT / "guest/build/samples"
 TOPOLOGY = "compose/vmm.toml"
-SHORT, LONG = 100, 1100
+SYSCOST_N, SYSCOST_ROUNDS = 300, 3  # writes per round, rounds per run (the median round counts)
 PAGE = 4096
 VMM_FRAMES = 64
 BORROW_SIZES_MIB = (16, 64, 256)
@@ -148,7 +153,7 @@ def main() -> None:
                     "only the UDP round trips (udp) or only the borrow figures (borrow)")
     ap.add_argument("--udp-n", type=int, default=300, help="UDP echo exchanges per UDP figure (median)")
     args = ap.parse_args()
-    if not (SAMPLES / "sysloop.elf").exists():
+    if not (SAMPLES / "syscost.elf").exists():
         subprocess.run(["make", "-C", str(ROOT / "guest"), "-s"], check=True)
 
     result: dict = {"repeat": args.repeat}
@@ -174,7 +179,8 @@ def main() -> None:
         print(f"devirtualize pause  p50 {result['devirtualize_pause_p50_ms']:8.3f} ms  p99 {result['devirtualize_pause_p99_ms']:8.3f} ms")
         print(f"syscall round trip  native {result['syscall_us_native']} us, virtualized {result['syscall_us_virtualized']} us "
               f"(x{result['virtualized_ratio']}), devirtualized {result['syscall_us_devirtualized']} us "
-              f"(x{result['devirtualized_ratio']}; target <= 1.05)")
+              f"(x{result['devirtualized_ratio']}; target <= 1.05); each ÷ a never-virtualized cluster alongside "
+              f"({result['syscall_us_reference']} us), which the native phase matches x{result['control_ratio']}")
     if "udp_rtt_us_native" in result:
         print(f"UDP echo round trip native {result['udp_rtt_us_native']} us, virtualized {result['udp_rtt_us_virtualized']} us "
               f"(x{result['udp_virtualized_ratio']}), devirtualized {result['udp_rtt_us_devirtualized']} us "
@@ -185,30 +191,51 @@ def main() -> None:
               f"target >= 1); return {b['return_ms']} ms")
 
 
+def syscost_s(env: dict) -> float:
+    """Seconds per guest syscall round trip: the median round of one ``syscost`` run."""
+    out = subprocess.run([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "syscost.elf"), "--", str(SYSCOST_N),
+                          str(SYSCOST_ROUNDS)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         timeout=600, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"syscost failed ({out.returncode}): {out.stderr.decode(errors='replace')[-500:]}")
+    rounds = [int(line.split()[-2]) for line in out.stdout.decode().splitlines() if line.startswith("syscost: round")]
+    if len(rounds) != SYSCOST_ROUNDS:
+        raise SystemExit(f"syscost printed {len(rounds)} rounds, expected {SYSCOST_ROUNDS}: {out.stdout[-300:]!r}")
+    return statistics.median(rounds) / SYSCOST_N / 1e6
+
+
+def side_by_side(measured: dict, reference: dict, repeat: int) -> tuple[float, float]:
+    """Median syscall cost on the measured and the reference cluster, runs alternating."""
+    a, b = [], []
+    for _ in range(repeat):
+        a.append(syscost_s(measured))
+        b.append(syscost_s(reference))
+    return statistics.median(a), statistics.median(b)
+
+
 def virt_figures(rd: Path, args) -> dict:
     """Pause of interpose / devirtualize and the syscall ratios, on compose/vmm.toml."""
     env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
+    ref_rd = rd.parent / "reference"
+    ref_env = {**os.environ, "HWEMU_RUN_DIR": str(ref_rd)}
 
     def ctl(kind: str, body: dict | None = None):
         return trio.run(call, rd, kind, body or {}, 120.0)
 
-    def syscall_s() -> float:
-        """Seconds per guest syscall round trip (difference of two sysloop runs)."""
-        run = lambda n: timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "sysloop.elf"), "--", str(n)], env)
-        short = statistics.median(run(SHORT) for _ in range(args.repeat))
-        long = statistics.median(run(LONG) for _ in range(args.repeat))
-        return max(long - short, 1e-9) / (LONG - SHORT)
-
-    subprocess.run([str(HWEMU), "up", TOPOLOGY, "--detach"], env=env, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
     background = None
+    phases = {}
     try:
-        timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "hello.elf")], env)  # warm up
-        native = syscall_s()
+        for e in (env, ref_env):
+            subprocess.run([str(HWEMU), "up", TOPOLOGY, "--detach"], env=e, check=True, stdout=subprocess.DEVNULL,
+                           cwd=ROOT)
+            timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "hello.elf")], e)  # warm up
+        phases["native"] = side_by_side(env, ref_env, args.repeat)
         ctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
         ctl("ctl_interpose", {"os": "os1"})
-        virtualized = syscall_s()
+        phases["virtualized"] = side_by_side(env, ref_env, args.repeat)
         ctl("ctl_devirtualize", {"os": "os1"})
-        devirtualized = syscall_s()
+        phases["devirtualized"] = side_by_side(env, ref_env, args.repeat)
+        subprocess.run([str(HWEMU), "down"], env=ref_env, stdout=subprocess.DEVNULL, cwd=ROOT)
 
         # a program runs on os1 throughout the cycles (killed with the cluster)
         background = subprocess.Popen([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "timeshare.elf"), "--",
@@ -227,7 +254,11 @@ def virt_figures(rd: Path, args) -> dict:
         if background is not None and background.poll() is None:
             background.kill()
             background.wait()
-        subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+        for e in (env, ref_env):
+            subprocess.run([str(HWEMU), "down"], env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           cwd=ROOT)
+    us = lambda v: round(v * 1e6, 1)  # noqa: E731
+    ratio = lambda phase: round(phases[phase][0] / phases[phase][1], 3)  # noqa: E731
     return {
         "interpose_pause_p50_ms": round(statistics.median(inter), 3),
         "interpose_pause_p99_ms": round(pct(inter, 99), 3),
@@ -235,11 +266,13 @@ def virt_figures(rd: Path, args) -> dict:
         "devirtualize_pause_p99_ms": round(pct(devirt, 99), 3),
         "pause_target_p99_ms": 5.0,
         "cycles": args.cycles,
-        "syscall_us_native": round(native * 1e6, 1),
-        "syscall_us_virtualized": round(virtualized * 1e6, 1),
-        "syscall_us_devirtualized": round(devirtualized * 1e6, 1),
-        "virtualized_ratio": round(virtualized / native, 3),
-        "devirtualized_ratio": round(devirtualized / native, 3),
+        "syscall_us_native": us(phases["native"][0]),
+        "syscall_us_virtualized": us(phases["virtualized"][0]),
+        "syscall_us_devirtualized": us(phases["devirtualized"][0]),
+        "syscall_us_reference": [us(phases[p][1]) for p in ("native", "virtualized", "devirtualized")],
+        "control_ratio": ratio("native"),
+        "virtualized_ratio": ratio("virtualized"),
+        "devirtualized_ratio": ratio("devirtualized"),
         "devirtualized_target_ratio": 1.05,
     }
 

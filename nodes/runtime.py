@@ -160,6 +160,12 @@ class Node:
             if attr.startswith("on_"):
                 self._handlers[attr[3:]] = getattr(self, attr)
         self._spawns: dict[str, bool] = {}  # kind -> its handler runs as its own task (looked up once)
+        # perf_counter of the last route-protocol message: a node that runs long
+        # stretches without yielding (the CPU's quanta) yields more often for a
+        # while after one, so a route change is not held up a stretch per step
+        self.control_at = 0.0
+        self._ready: dict[int, dict[str, bool]] = {}  # epoch of a change -> peer sender -> drained (or gave up)
+        self._ready_changed = trio.Event()
 
     # -- life cycle -------------------------------------------------------------
 
@@ -351,6 +357,7 @@ class Node:
         self.stop()
 
     async def on_route_pause(self, msg: Message) -> None:
+        self.control_at = time.perf_counter()
         last = {}
         for flow in msg.body["flows"]:
             out = self.out_flows.setdefault(flow, _OutFlow())
@@ -364,12 +371,15 @@ class Node:
         The flows pause at once (what the node emits from now on is
         buffered) and their last ``fseq`` is noted; then each old receiver is
         asked to confirm it consumed up to it (the request travels behind the
-        flow's last message, on the same link). With ``resume`` the node then
-        installs the new table and flushes its buffer to the new receivers,
-        each told first which ``fseq`` comes next (:meth:`_flush`); without,
-        it stays paused until ``route_resume`` (a change of several senders
-        resumes none before all are drained). If a drain fails the flows
-        resume on the routes in force and the error names the peer."""
+        flow's last message, on the same link). A change of several senders
+        names the others (``peers``): each tells the others once it is
+        drained (``route_ready``) and resumes only when all have, so no
+        sender emits on a new route while another may still emit on an old
+        one. Then the node installs the new table and flushes its buffer to
+        the new receivers, each told first which ``fseq`` comes next
+        (:meth:`_flush`). If a drain fails, a peer gives up or the authority
+        aborts, the flows resume on the routes in force and the error says why."""
+        self.control_at = time.perf_counter()
         flows = msg.body["flows"]
         table = RouteTable(msg.body["epoch"], msg.body["routes"])  # a malformed one is refused before pausing
         last = {}
@@ -383,29 +393,75 @@ class Node:
         body = msg.body
         timeout = body.get("timeout", 5.0)
         old = body.get("old", {})
+        peers = [p for p in body.get("peers", []) if p != self.name]
+        for epoch in [e for e in self._ready if e < table.epoch]:  # what a past change left behind
+            del self._ready[epoch]
         drains: dict[str, dict[str, int]] = {}
         for flow, upto in last.items():
             before = old.get(flow)
             if before is not None and before != table.get(flow) and upto > 0:
                 drains.setdefault(before, {})[flow] = upto
+        clock = time.perf_counter
+        marks = [min(self.out_flows[f].paused_at for f in last) if last else clock(), clock()]
         try:
             if drains:
                 await gather({r: (lambda r=r, u=u: self.party.request(
                     r, "route_drain", {"upto": u, "timeout": timeout}, timeout=timeout + 1))
                     for r, u in drains.items()})
+            marks.append(clock())
+            # a peer may take as long for its own drain (the request's timeout + 1)
+            failure = await self._barrier(table.epoch, peers, timeout + 2, ok=True) if peers else None
         except REQUEST_FAILURES as exc:
+            if peers:
+                await self._barrier(table.epoch, peers, 0, ok=False)
+            failure = str(exc)
+        if failure is not None:
             await self._flush(list(last))  # resume on the routes in force
-            await self.party.reply(msg, "error", {"reason": "route_switch_failed", "detail": str(exc)})
+            await self.party.reply(msg, "error", {"reason": "route_switch_failed", "detail": failure})
             return
-        if not body.get("resume", True):
-            await self.party.reply(msg, "ok", {"data": {"last": last}})
-            return
+        marks.append(clock())
         if table.epoch > self.routes.epoch:
             self._install(table.epoch, table.routes, {})
         flushed, paused_ms = await self._flush(list(last))
-        await self.party.reply(msg, "ok", {"data": {"last": last, "flushed": flushed, "paused_ms": paused_ms}})
+        marks.append(clock())
+        # where the pause went: waiting to run, draining, waiting for the peers, flushing
+        spent = dict(zip(("start", "drain", "peers", "flush"),
+                         (round((b - a) * 1e3, 3) for a, b in zip(marks, marks[1:]))))
+        await self.party.reply(msg, "ok", {"data": {"last": last, "flushed": flushed, "paused_ms": paused_ms,
+                                                    "spent_ms": spent}})
+
+    async def _barrier(self, epoch: int, peers: list[str], timeout: float, *, ok: bool) -> str | None:
+        """Tell ``peers`` this sender is drained (``ok``) or gives up, then
+        (if ``ok``) wait until each is drained too. Returns None when all are,
+        else why not (a peer gave up, the authority aborted, time ran out)."""
+        for peer in peers:
+            await self.party.send_msg(self.party.make(peer, "route_ready", {"epoch": epoch, "ok": ok}))
+        if not ok:
+            return None
+        with trio.move_on_after(timeout):
+            while True:
+                heard = self._ready.get(epoch, {})
+                failed = sorted(n for n, good in heard.items() if not good)
+                if failed:
+                    self._ready.pop(epoch, None)
+                    return f"{', '.join(failed)} gave up the change to epoch {epoch}"
+                if all(p in heard for p in peers):
+                    self._ready.pop(epoch, None)
+                    return None
+                await self._ready_changed.wait()
+        missing = sorted(p for p in peers if p not in self._ready.pop(epoch, {}))
+        return f"{', '.join(missing)} did not report drained within {timeout:g} s"
+
+    async def on_route_ready(self, msg: Message) -> None:
+        """Another sender of the same change is drained (``ok``) or gives up
+        (so does the authority, aborting it). Not answered."""
+        self.control_at = time.perf_counter()
+        self._ready.setdefault(msg.body["epoch"], {})[msg.src] = msg.body["ok"]
+        self._ready_changed.set()
+        self._ready_changed = trio.Event()
 
     async def on_route_drain(self, msg: Message) -> None:
+        self.control_at = time.perf_counter()
         upto = msg.body["upto"]
         if all(self.in_flows.setdefault(f, _InFlow()).consumed >= n for f, n in upto.items()):
             # the usual case when the request came in-band, behind the flow's last message
@@ -441,6 +497,7 @@ class Node:
                 inflow.consumed = n - 1
 
     async def on_route_install(self, msg: Message) -> None:
+        self.control_at = time.perf_counter()
         self._install(msg.body["epoch"], msg.body["routes"], msg.body.get("next", {}))
         await self.party.reply(msg, "ok", {"data": {"epoch": self.routes.epoch}})
 
@@ -486,6 +543,7 @@ class Node:
     async def on_route_next(self, msg: Message) -> None:
         """A sender says which ``fseq`` comes next on flows it now sends here
         (ahead of the messages themselves). Not answered: it is part of the flow."""
+        self.control_at = time.perf_counter()
         for flow, n in msg.body["next"].items():
             inflow = self.in_flows.setdefault(flow, _InFlow())
             if n == 1:  # its sender (re)starts numbering it: what this node recorded was a previous life's
@@ -496,6 +554,7 @@ class Node:
 
     @spawned
     async def on_route_resume(self, msg: Message) -> None:
+        self.control_at = time.perf_counter()
         if "epoch" in msg.body and "routes" in msg.body and msg.body["epoch"] > self.routes.epoch:
             self._install(msg.body["epoch"], msg.body["routes"], {})
         flushed, paused_ms = await self._flush(msg.body["flows"])

@@ -14,10 +14,11 @@ A change of some flows is the quiesce / drain / switch / resume sequence:
 The authority sends each sender one ``route_switch`` and the sender runs the
 steps itself (``nodes/runtime.py``): its drain request travels behind the
 flow's last message on the same link, so the pause lasts one round trip from
-the sender to the receivers instead of three from the authority. With one
-sender, the sender also switches and resumes on its own; with several, each
-stops after the drain and the authority resumes them all once every one is
-drained (no sender emits on a new route while another still may on an old one).
+the sender to the old receiver instead of three from the authority. The
+senders of one change tell each other when they are drained and none
+resumes before all are (no sender emits on a new route while another still
+may on an old one). A new receiver gets the table before anything pauses,
+and the next ``fseq`` from its sender ahead of the flushed messages.
 ``pause_ms`` is the longest pause a sender measured on its own clock.
 
 If a step fails before the switch (a pause refused, a drain or install
@@ -31,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import trio
@@ -71,6 +72,7 @@ class ChangeReport:
     total_ms: float
     last: dict[str, int]                     # flow -> last fseq before the switch
     resumed_ms: float = 0.0                  # the authority's view: change started → senders resumed
+    spent: dict[str, dict[str, float]] = field(default_factory=dict)  # sender -> where its pause went (ms)
 
 
 class RouteAuthority:
@@ -139,34 +141,25 @@ class RouteAuthority:
             # also sends a changed flow: it must not route by the new table before
             # its own pause (it gets the table with its switch)
             receivers = {n for f, n in changes.items() if old.get(f) != n and n not in by_sender} | set(orphans)
-            single = len(by_sender) == 1
-            wire = {"epoch": new.epoch, "routes": dict(new.routes), "timeout": self.timeout, "resume": single}
+            wire = {"epoch": new.epoch, "routes": dict(new.routes), "timeout": self.timeout, "peers": sorted(by_sender)}
             last: dict[str, int] = {}
-            step = "install"
             try:
                 await self._each({n: (lambda n=n: self._install_one(n, new, orphans.get(n, {}))) for n in receivers})
-                step = "switch"
-                replies = await self._each({s: (lambda s=s, flows=flows: self.party.request(s, "route_switch", {
-                    "flows": flows, "old": {f: old.get(f) for f in flows if old.get(f) in live}, **wire},
-                    timeout=2 * self.timeout + 2)) for s, flows in by_sender.items()})
+                replies, failures = await self._switch(by_sender, old, live, wire)
+                if failures and not replies:
+                    raise failures[0]
             except STEP_FAILURES as exc:
-                await self._roll_back(old, new, by_sender if step == "switch" else {}, live)
+                await self._roll_back(old, new, by_sender, live)
                 raise RouteChangeError(f"route change {_show(changes)} rolled back: {exc}") from None
+            if failures:  # a sender switched (it heard every other drained) and yet another failed after
+                self.table = new
+                raise RouteChangeError(f"route change {_show(changes)} committed at epoch {new.epoch} by "
+                                       f"{', '.join(sorted(replies))}, but: {failures[0]}", committed=True)
             for reply in replies.values():
                 last.update(reply.body["data"]["last"])
-            # 3. switch + 4. resume (done by the single sender already)
-            self.table = new
-            if single:
-                pause_ms = next(iter(replies.values())).body["data"]["paused_ms"]
-            elif by_sender:
-                try:
-                    resumed = await self._resume(by_sender, new)
-                except STEP_FAILURES as exc:
-                    raise RouteChangeError(f"route change {_show(changes)} committed at epoch {new.epoch}, "
-                                           f"but a sender did not resume: {exc}", committed=True) from None
-                pause_ms = max((r.body["data"].get("paused_ms", 0.0) for r in resumed.values()), default=0.0)
-            else:
-                pause_ms = 0.0
+            self.table = new  # 3. switch + 4. resume: done by the senders
+            pause_ms = max((r.body["data"]["paused_ms"] for r in replies.values()), default=0.0)
+            spent = {sender: r.body["data"].get("spent_ms", {}) for sender, r in replies.items()}
             t_resumed = time.perf_counter()
             # everyone else learns the new epoch outside the pause (a sender too: a
             # node may wake on route_install, as the uart's rx pump does)
@@ -178,10 +171,43 @@ class RouteAuthority:
                 log.warning("install of epoch %d incomplete: %s", new.epoch, exc)
             t_end = time.perf_counter()
             report = ChangeReport(new.epoch, {f: (old.get(f), n) for f, n in changes.items()},
-                                  pause_ms, (t_end - t0) * 1e3, last, (t_resumed - t0) * 1e3)
+                                  pause_ms, (t_end - t0) * 1e3, last, (t_resumed - t0) * 1e3, spent)
             self.history.append(report)
             del self.history[:-1000]
             return report
+
+    async def _switch(self, by_sender: Mapping[str, list[str]], old: RouteTable, live: set[str],
+                      wire: dict) -> tuple[dict, list[Exception]]:
+        """One ``route_switch`` to each sender, concurrently: the replies of
+        those that switched, by sender, and the failures of the others.
+
+        The first sender to fail makes the authority abort the change for the
+        others (``route_ready`` not ok), so none waits out its timeout for a
+        peer that will never be drained. A sender switches only once every
+        other said it is drained, so either all switch or none does, except
+        when one fails after saying so (its reply lost, its flush refused).
+        """
+        replies: dict = {}
+        failures: list[Exception] = []
+
+        async def one(sender: str, flows: list[str]) -> None:
+            try:
+                replies[sender] = await self.party.request(sender, "route_switch", {
+                    "flows": flows, "old": {f: old.get(f) for f in flows if old.get(f) in live}, **wire},
+                    timeout=2 * self.timeout + 4)  # the sender's drain and its wait for the others
+            except STEP_FAILURES as exc:
+                failures.append(exc)
+                for other in by_sender:
+                    if other != sender:
+                        self.party.send_nowait(self.party.make(other, "route_ready",
+                                                               {"epoch": wire["epoch"], "ok": False}))
+
+        async with trio.open_nursery() as n:
+            for sender, flows in by_sender.items():
+                n.start_soon(one, sender, flows)
+        for exc in failures[1:]:
+            log.info("also failed: %s", exc)
+        return replies, failures
 
     async def _roll_back(self, old: RouteTable, new: RouteTable, by_sender: Mapping[str, list[str]],
                          live: set[str]) -> None:
@@ -208,9 +234,6 @@ class RouteAuthority:
         body = {"epoch": table.epoch, "routes": dict(table.routes)}
         return {("resume", s): (lambda s=s, flows=flows: self.party.request(
             s, "route_resume", {"flows": flows, **body}, timeout=self.timeout)) for s, flows in by_sender.items()}
-
-    async def _resume(self, by_sender: Mapping[str, list[str]], table: RouteTable) -> dict:
-        return await self._each(self._resume_calls(by_sender, table)) if by_sender else {}
 
 
 def _show(changes: Mapping[str, str]) -> str:

@@ -336,11 +336,12 @@ register(
 register("route_resume", flows=Field("list", items="str"), epoch=Field("int", required=False),
          routes=Field("dict", items="str", required=False))  # the new table may ride along: one round trip less
 # the sender runs its side of a change itself: pause, drain the old receivers,
-# then (``resume``) switch and flush; ``old`` names each flow's previous
-# receiver, if it still runs
+# wait for the other senders (``peers``) to be drained too, switch and flush;
+# ``old`` names each flow's previous receiver, if it still runs
 register("route_switch", flows=Field("list", items="str"), epoch="int", routes=Field("dict", items="str"),
          old=Field("dict", items="str", required=False), timeout=Field("float", required=False),
-         resume=Field("bool", required=False))
+         peers=Field("list", items="str", required=False))
+register("route_ready", epoch="int", ok="bool")  # sender -> the other senders of a change (or the authority: abort)
 register("route_next", next=Field("dict", items="int"))  # sender -> receiver, ahead of a resumed flow
 
 

@@ -1,7 +1,9 @@
 """The CPU node (DESIGN.md §3, "CPU"): a :class:`Core` driven by messages.
 
-Options: ``quantum`` (instructions per ``core.run``, default 20000), ``tlb``
-(TLB capacity, default 1024).
+Options: ``quantum`` (instructions per ``core.run``, default 20000),
+``control_quantum`` (the same within CONTROL_WINDOW of a route-protocol
+message, default 1000: a route change's steps then wait ~0.1 ms for the
+CPU instead of a whole quantum), ``tlb`` (TLB capacity, default 1024).
 
 - Starts halted. ``cpu_resume`` {regs, pc, asid, space, flush_tlb} loads the
   fields present and runs. ``space`` is the OS address space named in
@@ -50,6 +52,7 @@ from protocol.messages import Message
 log = logging.getLogger("hwemu.cpu")
 
 INTERRUPT_CAUSE = 0x80000005
+CONTROL_WINDOW = 0.1  # seconds after a route-protocol message during which quanta are short
 RECALL_ALL = -1
 ACQUIRE_TIMEOUT = 3.0
 RETRY_DELAY = 0.05
@@ -63,6 +66,10 @@ class CpuNode(Node):
         self.quantum = int(self.options.get("quantum", 20000))
         if self.quantum <= 0:
             raise SystemExit(f"cpu {self.name}: option 'quantum' must be positive, got {self.quantum}")
+        self.control_quantum = int(self.options.get("control_quantum", min(1000, self.quantum)))
+        if not 0 < self.control_quantum <= self.quantum:
+            raise SystemExit(f"cpu {self.name}: option 'control_quantum' must be 1..quantum ({self.quantum}), "
+                             f"got {self.control_quantum}")
         self.core = Core(tlb_capacity=int(self.options.get("tlb", 1024)))
         self.cpu_state = "halted"
         self.space: str | None = None
@@ -98,7 +105,10 @@ class CpuNode(Node):
                 self.counts["preempts"] += 1
                 await self._trap(INTERRUPT_CAUSE, 0)
                 continue
-            stop = core.run(self.quantum)
+            # a route change in progress (recent route-protocol traffic): short
+            # quanta, so each of its steps waits a fraction of a millisecond here
+            quantum = self.quantum if time.perf_counter() - self.control_at > CONTROL_WINDOW else self.control_quantum
+            stop = core.run(quantum)
             self._measure()
             if stop.kind == QUANTUM:
                 await trio.lowlevel.checkpoint()  # let the inbox run: recalls, privileged ops, preempt

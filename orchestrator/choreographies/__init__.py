@@ -124,7 +124,7 @@ class Run:
         if not changes:
             return {"pause_ms": 0.0, "previous": {}}
         report = await self.orch.routes.change(changes)
-        return {"pause_ms": round(report.pause_ms, 3), "epoch": report.epoch,
+        return {"pause_ms": round(report.pause_ms, 3), "epoch": report.epoch, "spent_ms": report.spent,
                 "previous": {f: old for f, (old, _new) in report.flows.items()}}
 
     @property

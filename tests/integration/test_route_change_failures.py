@@ -86,7 +86,8 @@ async def test_a_refused_pause_rolls_back_and_resumes_the_sender_that_did_pause(
         await stream(orch, "src", 5)
         await stream(orch, "balky", 5)
         before = orch.routes.table
-        with pytest.raises(RouteChangeError) as err:
+        orch.routes.timeout = 30  # src must not wait this out for balky: the authority aborts for it
+        with trio.fail_after(10), pytest.raises(RouteChangeError) as err:
             await orch.routes.change({"data:src": "sink_b", "data:balky": "sink_b"})
         assert not err.value.committed
         assert "rolled back" in str(err.value) and "balky: refused" in str(err.value)
@@ -108,6 +109,23 @@ async def test_a_drain_never_confirmed_rolls_back_within_the_timeout_and_resumes
         assert "rolled back" in str(err.value)
         assert "no reply from deaf to 'route_drain'" in str(err.value)
         await assert_rolled_back(orch, before, routes)
+
+
+async def test_a_drain_failed_at_one_of_two_senders_resumes_both_on_the_old_routes(tmp_path):
+    routes = {"data:src": "sink_a", "data:balky": "deaf"}
+    async with running(topology(routes, deaf={"ignore": ["route_drain"]}), tmp_path / "c") as orch:
+        orch.routes.timeout = 0.5
+        await stream(orch, "src", 5)
+        await stream(orch, "balky", 5)
+        before = orch.routes.table
+        with trio.fail_after(10), pytest.raises(RouteChangeError) as err:
+            await orch.routes.change({"data:src": "sink_b", "data:balky": "sink_b"})
+        assert not err.value.committed and "rolled back" in str(err.value)
+        # src was drained and waited for balky, which gave up: src says so, or balky's own reason leads
+        assert "no reply from deaf to 'route_drain'" in str(err.value) or "balky gave up" in str(err.value)
+        await assert_rolled_back(orch, before, {"data:src": "sink_a"})
+        balky = (await orch.request("balky", "stats")).body["stats"]
+        assert balky["epoch"] == before.epoch + 2 and balky["flows_out"] == {"data:balky": 5}
 
 
 async def test_an_install_refused_by_the_new_receiver_rolls_back_and_the_control_request_gets_one_error_line(
