@@ -12,8 +12,9 @@ Prints
 - the pause of a route change — the longest a sender was paused, on its own
   clock — while the flow streams at 20k msg/s, and with the flow idle.
 
-Raw and ours alternate in ``rounds`` (3) so that a drift of the shared
-host's speed hits both sides alike; each ratio pools the rounds.
+Raw and ours alternate in ``rounds`` (5), so that a drift of the shared
+host's speed hits both sides alike: each ratio is the median of the rounds'
+ratios (ours ÷ the raw run beside it); the figures in µs and msg/s pool them.
 
     .venv/bin/python bench/msgplane.py [--json] [--quick]
 """
@@ -257,19 +258,25 @@ async def route_pauses(orch, flips: int, rate: int) -> list[float]:
 async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rounds: int) -> dict:
     """Every figure on one cluster, raw and ours alternating round by round (a
     drift of the shared host's speed hits both sides alike)."""
-    res = {k: [] for k in ("raw_rtt", "rtt", "rtt_client", "rtt_thread", "raw_tp", "tp")}
+    res = {k: [] for k in ("raw_rtt", "rtt", "rtt_client", "rtt_thread", "raw_tp", "tp", "lat_ratio", "tp_ratio")}
     echo_ep = f"ipc://{tmp}/raw-echo"
     echo = _python(RAW_ECHO, echo_ep, stdout=subprocess.PIPE)
     try:
         echo.stdout.readline()
         async with running(echo_topology(), Path(tmp) / "cl") as orch:
             for _ in range(rounds):
-                res["raw_rtt"] += await trio.to_thread.run_sync(raw_rtt, echo_ep, n_rtt // rounds)
-                res["rtt"] += await node_rtt(orch, n_rtt // rounds)
+                raw = await trio.to_thread.run_sync(raw_rtt, echo_ep, n_rtt // rounds)
+                ours = await node_rtt(orch, n_rtt // rounds)
+                res["raw_rtt"] += raw
+                res["rtt"] += ours
+                res["lat_ratio"].append(statistics.median(ours) / statistics.median(raw))
                 res["rtt_client"] += await our_rtt(orch, tmp, n_rtt // rounds)
                 res["rtt_thread"] += await our_rtt(orch, tmp, n_rtt // rounds, ThreadInboxParty)
-                res["raw_tp"].append(await trio.to_thread.run_sync(raw_throughput, tmp, n_tp // rounds))
-                res["tp"].append(await our_throughput(orch, n_tp // rounds))
+                raw_tp = await trio.to_thread.run_sync(raw_throughput, tmp, n_tp // rounds)
+                tp = await our_throughput(orch, n_tp // rounds)
+                res["raw_tp"].append(raw_tp)
+                res["tp"].append(tp)
+                res["tp_ratio"].append(tp / raw_tp)
             # the flow has history now: each change drains its old receiver, idle or not
             res["pause_load"] = await route_pauses(orch, flips, 20000)
             res["pause_idle"] = await route_pauses(orch, flips, 0)
@@ -287,7 +294,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = ap.parse_args()
-    n_rtt, n_tp, flips, rounds = (500, 20000, 50, 1) if args.quick else (6000, 300000, 300, 3)
+    n_rtt, n_tp, flips, rounds = (500, 20000, 50, 1) if args.quick else (7500, 400000, 300, 5)
     with tempfile.TemporaryDirectory(prefix="hwb") as tmp:
         ours = trio.run(bench, tmp, n_rtt, n_tp, flips, rounds)
     raw = ours["raw_rtt"]
@@ -299,10 +306,12 @@ def main() -> None:
         "thread_rtt_p50_us": us(statistics.median(ours["rtt_thread"])),
         "thread_rtt_p99_us": us(pct(ours["rtt_thread"], 99)),
         "client_rtt_p50_us": us(statistics.median(ours["rtt_client"])),
-        "latency_ratio": round(statistics.median(ours["rtt"]) / statistics.median(raw), 3),
+        "latency_ratio": round(statistics.median(ours["lat_ratio"]), 3),
+        "latency_ratios": [round(r, 3) for r in ours["lat_ratio"]],
         "thread_latency_ratio": round(statistics.median(ours["rtt_thread"]) / statistics.median(raw), 3),
         "raw_msgs_per_s": round(raw_tp), "our_msgs_per_s": round(our_tp),
-        "throughput_ratio": round(our_tp / raw_tp, 3),
+        "throughput_ratio": round(statistics.median(ours["tp_ratio"]), 3),
+        "throughput_ratios": [round(r, 3) for r in ours["tp_ratio"]],
         "route_pause_p50_ms": round(statistics.median(ours["pause_load"]), 3),
         "route_pause_p99_ms": round(pct(ours["pause_load"], 99), 3),
         "route_pause_idle_p50_ms": round(statistics.median(ours["pause_idle"]), 3),
@@ -324,6 +333,7 @@ def main() -> None:
         print(f"{name:32}{a:>12}{b:>12}{r:>8}")
     print(f"route change pause, flow at 20k msg/s: p50 {result['route_pause_p50_ms']} ms, p99 {result['route_pause_p99_ms']} ms")
     print(f"route change pause, flow idle:        p50 {result['route_pause_idle_p50_ms']} ms, p99 {result['route_pause_idle_p99_ms']} ms")
+    print(f"ratio per round: round trip {result['latency_ratios']}, throughput {result['throughput_ratios']}")
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ def udp_phase(tmp: str, n: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per syscall figure and borrows (median)")
+    ap.add_argument("--repeat", type=int, default=4, help="runs per syscall figure and borrows (median)")
     ap.add_argument("--cycles", type=int, default=30, help="interpose/devirtualize cycles for the pause figures")
     ap.add_argument("--only", choices=("virt", "udp", "borrow"), help="only the pause and syscall figures (virt), "
                     "only the UDP round trips (udp) or only the borrow figures (borrow)")
@@ -205,11 +205,16 @@ def syscost_s(env: dict) -> float:
 
 
 def side_by_side(measured: dict, reference: dict, repeat: int) -> tuple[float, float]:
-    """Median syscall cost on the measured and the reference cluster, runs alternating."""
+    """Median syscall cost on the measured and the reference cluster, runs
+    alternating in ABBA order (neither side always goes first)."""
     a, b = [], []
-    for _ in range(repeat):
-        a.append(syscost_s(measured))
-        b.append(syscost_s(reference))
+    for i in range(repeat):
+        if i % 2:
+            b.append(syscost_s(reference))
+            a.append(syscost_s(measured))
+        else:
+            a.append(syscost_s(measured))
+            b.append(syscost_s(reference))
     return statistics.median(a), statistics.median(b)
 
 

@@ -380,34 +380,47 @@ class Node:
         (:meth:`_flush`). If a drain fails, a peer gives up or the authority
         aborts, the flows resume on the routes in force and the error says why."""
         self.control_at = time.perf_counter()
-        flows = msg.body["flows"]
-        table = RouteTable(msg.body["epoch"], msg.body["routes"])  # a malformed one is refused before pausing
+        body = msg.body
+        table = RouteTable(body["epoch"], body["routes"])  # a malformed one is refused before pausing
+        timeout = body.get("timeout", 5.0)
         last = {}
-        for flow in flows:
+        for flow in body["flows"]:
             out = self.out_flows.setdefault(flow, _OutFlow())
             out.pause()
             last[flow] = out.fseq
-        self.nursery.start_soon(self._guarded, functools.partial(self._switch, table=table, last=last), msg)
-
-    async def _switch(self, msg: Message, *, table: RouteTable, last: dict[str, int]) -> None:
-        body = msg.body
-        timeout = body.get("timeout", 5.0)
-        old = body.get("old", {})
-        peers = [p for p in body.get("peers", []) if p != self.name]
-        for epoch in [e for e in self._ready if e < table.epoch]:  # what a past change left behind
-            del self._ready[epoch]
         drains: dict[str, dict[str, int]] = {}
         for flow, upto in last.items():
-            before = old.get(flow)
+            before = body.get("old", {}).get(flow)
             if before is not None and before != table.get(flow) and upto > 0:
                 drains.setdefault(before, {})[flow] = upto
+        # the drain requests leave now, from this handler: nothing can be sent on
+        # the flows between their last message and the request (and no task has to
+        # be scheduled first); the task below waits for the answers
+        waits: dict[str, Callable[[], Awaitable[Message]]] = {}
+        failed = None
+        for receiver, upto in drains.items():
+            try:
+                waits[receiver] = self.party.start_request(receiver, "route_drain", {"upto": upto, "timeout": timeout},
+                                                           timeout=timeout + 1)
+            except ProtocolError as exc:  # unknown peer or a full queue: the change fails, the flows resume
+                failed = exc
+                break
+        self.nursery.start_soon(self._guarded, functools.partial(
+            self._switch, table=table, last=last, waits=waits, failed=failed), msg)
+
+    async def _switch(self, msg: Message, *, table: RouteTable, last: dict[str, int],
+                      waits: dict[str, Callable[[], Awaitable[Message]]], failed: Exception | None) -> None:
+        timeout = msg.body.get("timeout", 5.0)
+        peers = [p for p in msg.body.get("peers", []) if p != self.name]
+        for epoch in [e for e in self._ready if e < table.epoch]:  # what a past change left behind
+            del self._ready[epoch]
         clock = time.perf_counter
         marks = [min(self.out_flows[f].paused_at for f in last) if last else clock(), clock()]
         try:
-            if drains:
-                await gather({r: (lambda r=r, u=u: self.party.request(
-                    r, "route_drain", {"upto": u, "timeout": timeout}, timeout=timeout + 1))
-                    for r, u in drains.items()})
+            if waits:
+                await gather(waits)  # every answer is awaited, even after a failure: none is left pending
+            if failed is not None:
+                raise failed
             marks.append(clock())
             # a peer may take as long for its own drain (the request's timeout + 1)
             failure = await self._barrier(table.epoch, peers, timeout + 2, ok=True) if peers else None

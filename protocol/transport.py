@@ -116,6 +116,15 @@ async def gather(calls: Mapping[Hashable, Callable[[], Awaitable[Any]]]) -> dict
     return results
 
 
+def _outcome(reply: Message | None, dst: str, kind: str, timeout: float) -> Message:
+    """A request's reply, or the exception it amounts to."""
+    if reply is None:
+        raise RequestTimeout(dst, kind, timeout)
+    if reply.kind == "error":
+        raise RemoteError(dst, reply.body.get("reason", "?"), reply.body.get("detail", ""))
+    return reply
+
+
 def ipc_path(endpoint: str) -> str | None:
     """The file behind an ``ipc://`` endpoint, or None for other transports."""
     return endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
@@ -301,12 +310,38 @@ class Party:
                     await slot[0].wait()
         finally:
             pending.pop(msg.seq, None)
-        reply = slot[1]
-        if reply is None:
-            raise RequestTimeout(dst, kind, timeout)
-        if reply.kind == "error":
-            raise RemoteError(dst, reply.body.get("reason", "?"), reply.body.get("detail", ""))
-        return reply
+        return _outcome(slot[1], dst, kind, timeout)
+
+    def start_request(self, dst: str, kind: str, body: dict[str, Any] | None = None, *,
+                      timeout: float = 5.0) -> Callable[[], Awaitable[Message]]:
+        """Send a request now, from a handler that must not wait (its order
+        behind what was sent before matters, as a drain's does); returns the
+        coroutine function that waits for the reply (needs :meth:`serve`).
+
+        Raises:
+            ProtocolError: ``dst`` unknown, or its queue full (``busy``: nothing was sent).
+        """
+        msg = self.make(dst, kind, body or {})
+        slot = [trio.Event(), None]
+        self._pending[msg.seq] = slot
+        if not self.send_nowait(msg):
+            del self._pending[msg.seq]
+            raise ProtocolError("busy", f"the queue to {dst} is full: {kind} not sent")
+        if self._serving:
+            self._expire_at(timeout, msg.seq)
+
+        async def wait() -> Message:
+            try:
+                if self._serving:
+                    await slot[0].wait()
+                else:
+                    with trio.move_on_after(timeout):
+                        await slot[0].wait()
+            finally:
+                self._pending.pop(msg.seq, None)
+            return _outcome(slot[1], dst, kind, timeout)
+
+        return wait
 
     def _expire_at(self, timeout: float, seq: int) -> None:
         """Have request ``seq`` woken without a reply ``timeout`` seconds from now.
