@@ -203,6 +203,30 @@ async def test_kernel_runs_every_sample_like_qemu(guest_build, name: str) -> Non
     assert m.frames.free_count == 512, "the process's frames went back to the free list"
 
 
+def syscost_rounds(out: bytes, n: int, rounds: int) -> list[int]:
+    """The microseconds of each round syscost printed, after checking its output is whole."""
+    text = out.decode()
+    lines = re.findall(r"\nsyscost: round (\d+): (\d+) writes in (\d+) us\n", text)
+    assert [(int(r), int(w)) for r, w, _ in lines] == [(i, n) for i in range(1, rounds + 1)], text
+    assert text.count(".") == n * rounds
+    return [int(us) for _r, _w, us in lines]
+
+
+async def test_syscost_times_each_round_of_writes_on_the_guest_monotonic_clock(guest_build) -> None:
+    """The workload of bench/vmm.py's syscall figures (no .expected: it prints times)."""
+    m = Machine()
+    proc = await m.kernel.exec(elf_of("syscost"), ["syscost", "40", "3"], notify=True)
+    await m.run(limit=50_000_000)
+    assert [(p.pid, p.code) for p in m.exited] == [(proc.pid, 0)]
+    assert all(us > 0 for us in syscost_rounds(bytes(m.console.out), 40, 3))
+
+
+def test_syscost_prints_the_same_shape_under_qemu(guest_build) -> None:
+    run = subprocess.run(["qemu-riscv32", str(BUILD / "syscost.elf"), "25", "2"], capture_output=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert all(us >= 0 for us in syscost_rounds(run.stdout, 25, 2))
+
+
 async def test_kernel_exec_installs_the_loaded_pages_tlb_entries_before_the_first_resume(guest_build) -> None:
     """exec hands the CPU the TLB entries of every page it loaded (segments,
     initial stack), so only pages touched later cost a TLB-miss trap."""
