@@ -67,6 +67,9 @@ register("vmm_cpu_release", os="str")
 register("vmm_device", device="str", node="str", mode="str", os=_opt("str"), state=_opt("dict"))
 # take (mode "virtual") or give back (mode "native") a device of `os`: the VMM's native driver
 # for `node` (state: what the OS's driver exported when it switched to virtual)
+register("vmm_frames", runs=Field("list", items="list"), from_owner="str", to_owner="str", memctl=_opt("str"))
+# ¶39: the VMM takes frames (to_owner "vmm") or hands frames it holds on (from_owner "vmm"),
+# zeroed by the memory controller on each change of owner. data: {"frames": n, "held": n}
 register("vmm_status")
 # data: {"oses": {os: {"current", "vif", "asid_base", "traps", "ticks", ...}}, "resources": {...}}
 

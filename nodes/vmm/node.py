@@ -61,6 +61,7 @@ import protocol.hw  # noqa: F401  (registers the kinds)
 import protocol.vmm  # noqa: F401
 from protocol.hw import tlb_entry
 from nodes.runtime import Node, main, spawned
+from nodes.vmm.frames import FrameBroker
 from nodes.vmm.io import SHARED_DEVICES, DeviceMux, _Refusal
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message
@@ -97,7 +98,7 @@ class VirtualCpu:
                 **self.counts}
 
 
-class VmmNode(DeviceMux, Node):
+class VmmNode(FrameBroker, DeviceMux, Node):
     """The virtual machine monitor (``kind = "vmm"``). See the module docstring."""
 
     kind = "vmm"
@@ -124,6 +125,7 @@ class VmmNode(DeviceMux, Node):
         self.counts = {"traps_in": 0, "traps_reflected": 0, "traps_kept": 0, "stray_traps": 0,
                        "priv_forwarded": 0, "priv_emulated": 0, "ticks_in": 0, "virtual_ticks": 0,
                        "uart_rx": 0, "switches": 0, "slices": 0, "uart_bytes": 0, "cpu_halts": 0, "virqs_unrouted": 0}
+        self._init_frames()
 
     # -- helpers -----------------------------------------------------------------
 
@@ -585,7 +587,7 @@ class VmmNode(DeviceMux, Node):
         return {"oses": {n: v.view(self.current == n) for n, v in self.oses.items()},
                 "current": self.current, "released": self.released, "own_preempt": self.own_preempt,
                 "slice_ticks": self.slice_ticks, "devices": self.devices, "resources": self.resources,
-                "io": self.devices_status(),
+                "io": self.devices_status(), **self.frames_status(),
                 **self.counts}
 
     def stats(self) -> dict[str, Any]:

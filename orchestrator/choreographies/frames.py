@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.choreographies import ChoreographyError, Ctx, Run, Step
+from orchestrator.choreographies import VMM, ChoreographyError, Ctx, Run, Step
 from protocol.errors import RemoteError
 from protocol.frames import Runs, check_runs, count, to_runs
 
@@ -100,8 +100,14 @@ def give_up(os_key: str, frames_key: str, name: str, patent: str = "") -> Step:
 
 
 def transfer(frames_key: str, from_key: str | None, to_key: str | None, name: str, patent: str = "",
-             from_owner: str | None = None, to_owner: str | None = None, pin: bool = False) -> Step:
+             from_owner: str | None = None, to_owner: str | None = None, pin: bool = False,
+             through_vmm: bool = False) -> Step:
     """``mem_transfer`` of ``ctx[frames_key]`` (zeroed on the way), undone by the reverse transfer.
+
+    ``through_vmm``: frames lent from one OS to another (¶39, ¶49) are taken
+    and handed on by the VMM itself (``vmm_frames``), which asks the memory
+    controller; the VMM's own image frames (FIG. 4, FIG. 8) are placed by the
+    loader (the orchestrator) directly.
 
     Frames leaving an OS were pinned by its module (``mod_alloc_pin`` or
     ``mod_give_back``); with ``pin`` the source OS is shut down (it has no
@@ -116,20 +122,27 @@ def transfer(frames_key: str, from_key: str | None, to_key: str | None, name: st
     def memctl(run: Run, ctx: Ctx) -> str:
         return run.memctl(ctx.get("host") or ctx.get("from_os") or ctx.get("os"))
 
+    async def move(run: Run, ctx: Ctx, src: str, dst: str, runs: list) -> dict[str, Any]:
+        if through_vmm and VMM in (src, dst):  # the VMM takes them or hands them on itself
+            return await run.call(VMM, "vmm_frames", {"runs": runs, "from_owner": src, "to_owner": dst,
+                                                      "memctl": memctl(run, ctx)}, timeout=60.0)
+        await run.call(memctl(run, ctx), "mem_transfer", {"runs": runs, "from_owner": src, "to_owner": dst})
+        return {}
+
     async def do(run: Run, ctx: Ctx) -> dict[str, Any]:
         src, dst = owners(ctx)
         runs = ctx_runs(ctx, frames_key)
         if pin:
             await run.call(memctl(run, ctx), "mem_pin", {"runs": runs, "owner": src})
-        await run.call(memctl(run, ctx), "mem_transfer", {"runs": runs, "from_owner": src, "to_owner": dst})
-        return {}
+        out = await move(run, ctx, src, dst, runs)
+        return {"vmm_holds": out["held"]} if "held" in out else {}
 
     async def undo(run: Run, ctx: Ctx) -> None:
         src, dst = owners(ctx)
         runs = ctx_runs(ctx, frames_key)
-        if dst != "vmm" and dst != "free":
+        if dst != VMM and dst != "free":
             await run.call(memctl(run, ctx), "mem_pin", {"runs": runs, "owner": dst})
-        await run.call(memctl(run, ctx), "mem_transfer", {"runs": runs, "from_owner": dst, "to_owner": src})
+        await move(run, ctx, dst, src, runs)
 
     return Step(name, do, undo, patent)
 
@@ -140,8 +153,8 @@ def via_vmm(frames_key: str, src_key: str, dst_key: str, names: tuple[str, str],
     """The two transfers of frames handed from one OS to another through the VMM
     (zeroed at each change of owner): ``ctx[src_key]`` → vmm → ``ctx[dst_key]``
     (``pin``: see :func:`transfer`)."""
-    return [transfer(frames_key, src_key, None, names[0], to_owner="vmm", patent=patents[0], pin=pin),
-            transfer(frames_key, None, dst_key, names[1], from_owner="vmm", patent=patents[1])]
+    return [transfer(frames_key, src_key, None, names[0], to_owner=VMM, patent=patents[0], pin=pin, through_vmm=True),
+            transfer(frames_key, None, dst_key, names[1], from_owner=VMM, patent=patents[1], through_vmm=True)]
 
 
 def add_frames(os_key: str, frames_key: str, name: str, patent: str = "", remap: bool = False) -> Step:

@@ -125,9 +125,10 @@ def build_boot(params: dict[str, Any]) -> Choreography:
                                      f"borrowed from {params.get('host')}", [
         alloc_pin("host", "n", patent="module in the host OS allocates and pins N frames"),
         give_up("host", "runs", "module_lets_go", patent="the module hands them over"),
-        transfer("runs", "host", None, "to_vmm", to_owner=VMM, patent="the VMM takes them (zeroed)"),
+        transfer("runs", "host", None, "to_vmm", to_owner=VMM, patent="the VMM takes them (zeroed)", through_vmm=True),
         Step("os_space", _space, _drop_space, "(the new instance's address space)"),
-        transfer("runs", None, "os", "to_os", from_owner=VMM, patent="they become the new instance's (zeroed)"),
+        transfer("runs", None, "os", "to_os", from_owner=VMM, patent="they become the new instance's (zeroed)",
+                 through_vmm=True),
         Step("boot", _boot, _halt, "firmware memory map = the borrowed frames; the instance boots"),
         *inter,
     ], params=params)

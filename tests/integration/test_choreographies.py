@@ -24,6 +24,7 @@ from orchestrator.choreographies.fig5_devices import interpose_device
 from orchestrator.cluster import Orchestrator, running
 from orchestrator.journal import WHOLE
 from orchestrator.topology import parse
+from protocol.errors import RemoteError
 from protocol.frames import from_runs
 
 pytestmark = pytest.mark.integration
@@ -166,6 +167,11 @@ async def test_borrowed_frames_reach_the_borrower_zeroed_and_come_back_on_return
     assert (await orch.ctl_virt_status())["loans"] == [
         {"id": report["id"], "from": "os1", "to": "os2", "runs": report["runs"], "count": len(lent)}]
     assert from_runs(report["runs"]) == lent
+    # the VMM itself took them and handed them on (it holds none in between steps)
+    vmm = (await orch.request("vmm", "vmm_status")).body["data"]
+    assert (vmm["frames_taken"], vmm["frames_handed"], vmm["frames_held"]) == (16, 16, 0)
+    steps = {s["name"]: s["data"] for s in report["steps"]}
+    assert (steps["to_vmm"]["vmm_holds"], steps["to_os"]["vmm_holds"]) == (16, 0)
 
     # os2 writes into a lent frame; it must not follow the frame home
     await orch.request("memctl", "mem_write", {"space": "os2", "addr": lent[0] * PAGE, "data": b"os2 was here"})
@@ -176,6 +182,21 @@ async def test_borrowed_frames_reach_the_borrower_zeroed_and_come_back_on_return
     assert await read(orch, "os1", lent[0]) == bytes(len(SECRET))
     assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (free1, free2)
     assert (await orch.ctl_virt_status())["loans"] == []
+    vmm = (await orch.request("vmm", "vmm_status")).body["data"]
+    assert (vmm["frames_taken"], vmm["frames_handed"], vmm["frames_held"]) == (32, 32, 0)
+
+
+async def test_the_vmm_refuses_a_frames_request_it_is_neither_side_of_and_keeps_serving(cluster):
+    orch = await cluster(topology())
+    await orch.ctl_vmm_load(host="os1", frames=4)
+    with pytest.raises(RemoteError) as info:
+        await orch.request("vmm", "vmm_frames", {"runs": [[300, 2]], "from_owner": "os1", "to_owner": "os2"})
+    assert info.value.reason == "bad_field" and "exactly one of from_owner/to_owner must be 'vmm'" in info.value.detail
+    with pytest.raises(RemoteError) as info:  # frames os1 does not own: the memory controller refuses
+        await orch.request("vmm", "vmm_frames", {"runs": [[5, 1]], "from_owner": "vmm", "to_owner": "os1"})
+    assert "memctl" in str(info.value)
+    vmm = (await orch.request("vmm", "vmm_status")).body["data"]
+    assert (vmm["frames_taken"], vmm["frames_handed"]) == (0, 0)
 
 
 async def test_a_lender_grants_in_full_then_in_part_down_to_its_floor_then_refuses_with_its_reason(cluster):
