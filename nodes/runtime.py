@@ -356,14 +356,19 @@ class Node:
         self.state = "stopping"
         self.stop()
 
-    async def on_route_pause(self, msg: Message) -> None:
-        self.control_at = time.perf_counter()
+    def _pause(self, flows: list[str]) -> dict[str, int]:
+        """Pause ``flows`` (what the node emits on them is buffered from now on);
+        the last ``fseq`` each sent."""
         last = {}
-        for flow in msg.body["flows"]:
+        for flow in flows:
             out = self.out_flows.setdefault(flow, _OutFlow())
             out.pause()
             last[flow] = out.fseq
-        await self.party.reply(msg, "ok", {"data": last})
+        return last
+
+    async def on_route_pause(self, msg: Message) -> None:
+        self.control_at = time.perf_counter()
+        await self.party.reply(msg, "ok", {"data": self._pause(msg.body["flows"])})
 
     async def on_route_switch(self, msg: Message) -> None:
         """The sender's side of a route change, run by the sender itself.
@@ -383,11 +388,7 @@ class Node:
         body = msg.body
         table = RouteTable(body["epoch"], body["routes"])  # a malformed one is refused before pausing
         timeout = body.get("timeout", 5.0)
-        last = {}
-        for flow in body["flows"]:
-            out = self.out_flows.setdefault(flow, _OutFlow())
-            out.pause()
-            last[flow] = out.fseq
+        last = self._pause(body["flows"])
         drains: dict[str, dict[str, int]] = {}
         for flow, upto in last.items():
             before = body.get("old", {}).get(flow)
@@ -531,14 +532,16 @@ class Node:
             was_paused, out.paused = out.paused, False
             out.flushing = True
             try:
-                dst, epoch = self.routes.get(flow), self.routes.epoch
+                # a buffer with no route to flush it to is an error (lookup raises)
+                dst = self.routes.lookup(flow) if out.buffer else self.routes.get(flow)
+                epoch = self.routes.epoch
                 if dst is not None and was_paused:
                     nxt = out.buffer[0].fseq if out.buffer else out.fseq + 1
                     await party.send_msg(party.make(dst, "route_next", {"next": {flow: nxt}}))
                 while out.buffer:
                     buffered = out.buffer.popleft()
                     # re-address to the receiver of the new epoch
-                    buffered.dst = self.routes.lookup(flow)
+                    buffered.dst = dst
                     buffered.epoch = epoch
                     # in one go while the link takes them (nothing can emit in
                     # between); wait only when its queue is full

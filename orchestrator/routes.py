@@ -33,7 +33,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import trio
 
@@ -43,11 +43,6 @@ from protocol.transport import REQUEST_FAILURES, Party, gather
 
 
 log = logging.getLogger("hwemu.routes")
-
-
-# what a step of a route change can fail with: the peer refused, did not
-# answer, or could not be addressed
-STEP_FAILURES = REQUEST_FAILURES
 
 
 class RouteChangeError(Exception):
@@ -71,7 +66,6 @@ class ChangeReport:
     pause_ms: float                          # the longest a sender was paused (its own clock)
     total_ms: float
     last: dict[str, int]                     # flow -> last fseq before the switch
-    resumed_ms: float = 0.0                  # the authority's view: change started → senders resumed
     spent: dict[str, dict[str, float]] = field(default_factory=dict)  # sender -> where its pause went (ms)
 
 
@@ -93,17 +87,11 @@ class RouteAuthority:
         self.lock = trio.Lock()  # one change at a time
         self.history: list[ChangeReport] = []
 
-    async def _each(self, calls: Mapping[Any, Callable[[], Awaitable]]) -> dict:
-        """Run ``calls`` concurrently (:func:`protocol.transport.gather`)."""
-        return await gather(calls)
-
     async def install(self, table: RouteTable, nxt: Mapping[str, int] | None = None,
                       nodes: Iterable[str] | None = None) -> None:
         """Install ``table`` on every live node (or on ``nodes``)."""
-        body = {"epoch": table.epoch, "routes": dict(table.routes), "next": dict(nxt or {})}
         targets = list(nodes if nodes is not None else self.live_nodes())
-        await self._each({n: (lambda n=n: self.party.request(n, "route_install", body, timeout=self.timeout))
-                          for n in targets})
+        await gather({n: (lambda n=n: self._install_one(n, table, nxt or {})) for n in targets})
 
     async def change(self, changes: Mapping[str, str]) -> ChangeReport:
         """Re-route ``changes`` (flow → new receiver) with the four-step protocol.
@@ -144,11 +132,11 @@ class RouteAuthority:
             wire = {"epoch": new.epoch, "routes": dict(new.routes), "timeout": self.timeout, "peers": sorted(by_sender)}
             last: dict[str, int] = {}
             try:
-                await self._each({n: (lambda n=n: self._install_one(n, new, orphans.get(n, {}))) for n in receivers})
+                await gather({n: (lambda n=n: self._install_one(n, new, orphans.get(n, {}))) for n in receivers})
                 replies, failures = await self._switch(by_sender, old, live, wire)
                 if failures and not replies:
                     raise failures[0]
-            except STEP_FAILURES as exc:
+            except REQUEST_FAILURES as exc:
                 await self._roll_back(old, new, by_sender, live)
                 raise RouteChangeError(f"route change {_show(changes)} rolled back: {exc}") from None
             if failures:  # a sender switched (it heard every other drained) and yet another failed after
@@ -160,18 +148,17 @@ class RouteAuthority:
             self.table = new  # 3. switch + 4. resume: done by the senders
             pause_ms = max((r.body["data"]["paused_ms"] for r in replies.values()), default=0.0)
             spent = {sender: r.body["data"].get("spent_ms", {}) for sender, r in replies.items()}
-            t_resumed = time.perf_counter()
             # everyone else learns the new epoch outside the pause (a sender too: a
             # node may wake on route_install, as the uart's rx pump does)
             restarted = {f: 1 for f in changes if last.get(f, 0) == 0}  # numbering starts over: old records go
             try:
-                await self._each({n: (lambda n=n: self._install_one(
+                await gather({n: (lambda n=n: self._install_one(
                     n, new, {f: 1 for f in restarted if new.get(f) != n})) for n in live - receivers})
-            except STEP_FAILURES as exc:  # re-sent to a node when it restarts
+            except REQUEST_FAILURES as exc:  # re-sent to a node when it restarts
                 log.warning("install of epoch %d incomplete: %s", new.epoch, exc)
             t_end = time.perf_counter()
             report = ChangeReport(new.epoch, {f: (old.get(f), n) for f, n in changes.items()},
-                                  pause_ms, (t_end - t0) * 1e3, last, (t_resumed - t0) * 1e3, spent)
+                                  pause_ms, (t_end - t0) * 1e3, last, spent)
             self.history.append(report)
             del self.history[:-1000]
             return report
@@ -195,7 +182,7 @@ class RouteAuthority:
                 replies[sender] = await self.party.request(sender, "route_switch", {
                     "flows": flows, "old": {f: old.get(f) for f in flows if old.get(f) in live}, **wire},
                     timeout=2 * self.timeout + 4)  # the sender's drain and its wait for the others
-            except STEP_FAILURES as exc:
+            except REQUEST_FAILURES as exc:
                 failures.append(exc)
                 for other in by_sender:
                     if other != sender:
@@ -217,23 +204,19 @@ class RouteAuthority:
         effort, each request bounded by the timeout; what fails is logged."""
         rollback = RouteTable(new.epoch + 1, old.routes)
         self.table = rollback
-        body = {"epoch": rollback.epoch, "routes": dict(rollback.routes), "next": {}}
-        calls = {("install", n): (lambda n=n: self.party.request(n, "route_install", body, timeout=self.timeout))
+        calls = {("install", n): (lambda n=n: self._install_one(n, rollback, {}))
                  for n in live if n not in by_sender}  # the senders get the table with their resume
-        calls.update(self._resume_calls(by_sender, rollback))
+        resume = {"epoch": rollback.epoch, "routes": dict(rollback.routes)}
+        calls.update({("resume", s): (lambda s=s, flows=flows: self.party.request(
+            s, "route_resume", {"flows": flows, **resume}, timeout=self.timeout)) for s, flows in by_sender.items()})
         try:
-            await self._each(calls)
-        except STEP_FAILURES as exc:
+            await gather(calls)
+        except REQUEST_FAILURES as exc:
             log.warning("rollback to epoch %d incomplete: %s", rollback.epoch, exc)
 
     async def _install_one(self, node: str, table: RouteTable, nxt: Mapping[str, int]):
         return await self.party.request(node, "route_install", {
             "epoch": table.epoch, "routes": dict(table.routes), "next": dict(nxt)}, timeout=self.timeout)
-
-    def _resume_calls(self, by_sender: Mapping[str, list[str]], table: RouteTable) -> dict:
-        body = {"epoch": table.epoch, "routes": dict(table.routes)}
-        return {("resume", s): (lambda s=s, flows=flows: self.party.request(
-            s, "route_resume", {"flows": flows, **body}, timeout=self.timeout)) for s, flows in by_sender.items()}
 
 
 def _show(changes: Mapping[str, str]) -> str:

@@ -28,6 +28,7 @@ poller thread feeding a trio channel; this one is faster (see README).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -294,23 +295,13 @@ class Party:
             RequestTimeout: no reply within ``timeout`` seconds.
         """
         msg = self.make(dst, kind, body or {}, **hdr)
-        slot = [trio.Event(), None]
-        pending = self._pending
-        pending[msg.seq] = slot
+        slot = self._expect(msg, timeout)
         try:
-            if self._serving:
-                # the deadline goes to the inbox's timer task: a cancel scope
-                # per request would cost as much as decoding the reply
-                self._expire_at(timeout, msg.seq)
-                await self.send_msg(msg)
-                await slot[0].wait()
-            else:
-                await self.send_msg(msg)
-                with trio.move_on_after(timeout):
-                    await slot[0].wait()
-        finally:
-            pending.pop(msg.seq, None)
-        return _outcome(slot[1], dst, kind, timeout)
+            await self.send_msg(msg)
+        except BaseException:
+            self._pending.pop(msg.seq, None)
+            raise
+        return await self._reply_to(msg, slot, timeout)
 
     def start_request(self, dst: str, kind: str, body: dict[str, Any] | None = None, *,
                       timeout: float = 5.0) -> Callable[[], Awaitable[Message]]:
@@ -322,26 +313,36 @@ class Party:
             ProtocolError: ``dst`` unknown, or its queue full (``busy``: nothing was sent).
         """
         msg = self.make(dst, kind, body or {})
+        slot = self._expect(msg, timeout)
+        try:
+            if not self.send_nowait(msg):
+                raise ProtocolError("busy", f"the queue to {dst} is full: {kind} not sent")
+        except BaseException:
+            self._pending.pop(msg.seq, None)
+            raise
+        return functools.partial(self._reply_to, msg, slot, timeout)
+
+    def _expect(self, msg: Message, timeout: float) -> list:
+        """The slot the reply to ``msg`` will fill; while :meth:`serve` runs,
+        its timer task wakes the slot ``timeout`` seconds from now."""
         slot = [trio.Event(), None]
         self._pending[msg.seq] = slot
-        if not self.send_nowait(msg):
-            del self._pending[msg.seq]
-            raise ProtocolError("busy", f"the queue to {dst} is full: {kind} not sent")
         if self._serving:
+            # a cancel scope per request would cost as much as decoding the reply
             self._expire_at(timeout, msg.seq)
+        return slot
 
-        async def wait() -> Message:
-            try:
-                if self._serving:
+    async def _reply_to(self, msg: Message, slot: list, timeout: float) -> Message:
+        """Wait for the reply to ``msg`` (or its timeout)."""
+        try:
+            if self._serving:
+                await slot[0].wait()
+            else:
+                with trio.move_on_after(timeout):
                     await slot[0].wait()
-                else:
-                    with trio.move_on_after(timeout):
-                        await slot[0].wait()
-            finally:
-                self._pending.pop(msg.seq, None)
-            return _outcome(slot[1], dst, kind, timeout)
-
-        return wait
+        finally:
+            self._pending.pop(msg.seq, None)
+        return _outcome(slot[1], msg.dst, msg.kind, timeout)
 
     def _expire_at(self, timeout: float, seq: int) -> None:
         """Have request ``seq`` woken without a reply ``timeout`` seconds from now.
