@@ -68,13 +68,18 @@ DIRTY_CHUNK = 256  # frames per mem_write (1 MiB) when the bench writes os1's me
 BORROW_TOPOLOGY = "compose/vmm-bench.toml"
 
 
-def timed(cmd: list[str], env: dict) -> float:
-    t = time.perf_counter()
+def checked(cmd: list[str], env: dict) -> bytes:
+    """Run ``cmd``; its stdout, or exit naming it and its stderr's end if it failed."""
     out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600, cwd=ROOT)
-    elapsed = time.perf_counter() - t
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.decode(errors='replace')[-500:]}")
-    return elapsed
+    return out.stdout
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    t = time.perf_counter()
+    checked(cmd, env)
+    return time.perf_counter() - t
 
 
 def pct(values: list[float], q: float) -> float:
@@ -202,14 +207,11 @@ def main() -> None:
 
 def syscost_s(env: dict) -> float:
     """Seconds per guest syscall round trip: the median round of one ``syscost`` run."""
-    out = subprocess.run([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "syscost.elf"), "--", str(SYSCOST_N),
-                          str(SYSCOST_ROUNDS)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         timeout=600, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(f"syscost failed ({out.returncode}): {out.stderr.decode(errors='replace')[-500:]}")
-    rounds = [int(line.split()[-2]) for line in out.stdout.decode().splitlines() if line.startswith("syscost: round")]
+    out = checked([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "syscost.elf"), "--", str(SYSCOST_N),
+                   str(SYSCOST_ROUNDS)], env)
+    rounds = [int(line.split()[-2]) for line in out.decode().splitlines() if line.startswith("syscost: round")]
     if len(rounds) != SYSCOST_ROUNDS:
-        raise SystemExit(f"syscost printed {len(rounds)} rounds, expected {SYSCOST_ROUNDS}: {out.stdout[-300:]!r}")
+        raise SystemExit(f"syscost printed {len(rounds)} rounds, expected {SYSCOST_ROUNDS}: {out[-300:]!r}")
     return statistics.median(rounds) / SYSCOST_N / 1e6
 
 

@@ -122,10 +122,16 @@ class Run:
         """A lossless route change; returns the previous receivers and the pause."""
         changes = {f: n for f, n in changes.items() if self.orch.routes.table.get(f) != n}
         if not changes:
-            return {"pause_ms": 0.0, "previous": {}}
+            return {"pause_ms": 0.0, "spent_ms": {}, "previous": {}}
         report = await self.orch.routes.change(changes)
         return {"pause_ms": round(report.pause_ms, 3), "epoch": report.epoch, "spent_ms": report.spent,
                 "previous": {f: old for f, (old, _new) in report.flows.items()}}
+
+    @staticmethod
+    def window(out: dict[str, Any]) -> dict[str, Any]:
+        """The disabled window of a :meth:`reroute`, as a step reports it: its
+        pause and where each sender's pause went."""
+        return {"pause_ms": out["pause_ms"], "spent_ms": out["spent_ms"]}
 
     @property
     def state(self):

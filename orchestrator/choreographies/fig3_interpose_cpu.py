@@ -66,7 +66,7 @@ async def _detach(run: Run, ctx: Ctx) -> None:
 async def _redirect(run: Run, ctx: Ctx) -> dict[str, Any]:
     _, cpu, timer = _names(run, ctx)
     out = await run.reroute({f"trap:{cpu}": VMM, f"irq:{timer}": VMM})
-    return {"pause_ms": out["pause_ms"], "spent_ms": out.get("spent_ms", {}), "traps_previous": out["previous"]}
+    return {**run.window(out), "traps_previous": out["previous"]}
 
 
 async def _redirect_back(run: Run, ctx: Ctx) -> None:
@@ -87,7 +87,7 @@ async def _identity(run: Run, ctx: Ctx) -> None:
 
 async def _priv(run: Run, ctx: Ctx) -> dict[str, Any]:
     out = await run.reroute({f"priv:{ctx['os']}": VMM})
-    return {"pause_ms": out["pause_ms"], "spent_ms": out.get("spent_ms", {}), "priv_previous": out["previous"]}
+    return {**run.window(out), "priv_previous": out["previous"]}
 
 
 async def _priv_back(run: Run, ctx: Ctx) -> None:

@@ -110,7 +110,7 @@ def _routes(to_vmm: bool):
         else:
             changes = {io: node, irq: os_name}
         out = await run.reroute(changes)
-        return {"pause_ms": out["pause_ms"], "spent_ms": out.get("spent_ms", {}), "routes_previous": out["previous"]}
+        return {**run.window(out), "routes_previous": out["previous"]}
     return do
 
 

@@ -48,7 +48,7 @@ async def _reattach(run: Run, ctx: Ctx) -> None:
 async def _traps_back(run: Run, ctx: Ctx) -> dict[str, Any]:
     os_name, cpu, timer = _names(run, ctx)
     out = await run.reroute({f"trap:{cpu}": os_name, f"irq:{timer}": os_name})
-    return {"pause_ms": out["pause_ms"], "spent_ms": out.get("spent_ms", {}), "traps_previous": out["previous"]}
+    return {**run.window(out), "traps_previous": out["previous"]}
 
 
 async def _traps_undo(run: Run, ctx: Ctx) -> None:
@@ -74,7 +74,7 @@ async def _map_again(run: Run, ctx: Ctx) -> None:
 async def _priv_back(run: Run, ctx: Ctx) -> dict[str, Any]:
     os_name, cpu, _ = _names(run, ctx)
     out = await run.reroute({f"priv:{os_name}": cpu})
-    return {"pause_ms": out["pause_ms"], "spent_ms": out.get("spent_ms", {}), "priv_previous": out["previous"]}
+    return {**run.window(out), "priv_previous": out["previous"]}
 
 
 async def _priv_undo(run: Run, ctx: Ctx) -> None:
