@@ -54,6 +54,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
+from protocol import sched
 from protocol.errors import ProtocolError
 from protocol.messages import Message, error_body
 from protocol.routes import RouteTable
@@ -142,6 +143,7 @@ class Node:
 
     kind = "base"
     pause_buffer = 4096  # messages a paused flow buffers before its emitter waits
+    short_slice = True  # ask the kernel for a short time slice (protocol/sched.py); not a node that computes
 
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
@@ -160,10 +162,6 @@ class Node:
             if attr.startswith("on_"):
                 self._handlers[attr[3:]] = getattr(self, attr)
         self._spawns: dict[str, bool] = {}  # kind -> its handler runs as its own task (looked up once)
-        # perf_counter of the last route-protocol message: a node that runs long
-        # stretches without yielding (the CPU's quanta) yields more often for a
-        # while after one, so a route change is not held up a stretch per step
-        self.control_at = 0.0
         self._ready: dict[int, dict[str, bool]] = {}  # epoch of a change -> peer sender -> drained (or gave up)
         self._ready_changed = trio.Event()
 
@@ -367,7 +365,6 @@ class Node:
         return last
 
     async def on_route_pause(self, msg: Message) -> None:
-        self.control_at = time.perf_counter()
         await self.party.reply(msg, "ok", {"data": self._pause(msg.body["flows"])})
 
     async def on_route_switch(self, msg: Message) -> None:
@@ -384,7 +381,6 @@ class Node:
         the new receivers, each told first which ``fseq`` comes next
         (:meth:`_flush`). If a drain fails, a peer gives up or the authority
         aborts, the flows resume on the routes in force and the error says why."""
-        self.control_at = time.perf_counter()
         body = msg.body
         table = RouteTable(body["epoch"], body["routes"])  # a malformed one is refused before pausing
         timeout = body.get("timeout", 5.0)
@@ -469,13 +465,11 @@ class Node:
     async def on_route_ready(self, msg: Message) -> None:
         """Another sender of the same change is drained (``ok``) or gives up
         (so does the authority, aborting it). Not answered."""
-        self.control_at = time.perf_counter()
         self._ready.setdefault(msg.body["epoch"], {})[msg.src] = msg.body["ok"]
         self._ready_changed.set()
         self._ready_changed = trio.Event()
 
     async def on_route_drain(self, msg: Message) -> None:
-        self.control_at = time.perf_counter()
         upto = msg.body["upto"]
         if all(self.in_flows.setdefault(f, _InFlow()).consumed >= n for f, n in upto.items()):
             # the usual case when the request came in-band, behind the flow's last message
@@ -511,7 +505,6 @@ class Node:
                 inflow.consumed = n - 1
 
     async def on_route_install(self, msg: Message) -> None:
-        self.control_at = time.perf_counter()
         self._install(msg.body["epoch"], msg.body["routes"], msg.body.get("next", {}))
         await self.party.reply(msg, "ok", {"data": {"epoch": self.routes.epoch}})
 
@@ -559,7 +552,6 @@ class Node:
     async def on_route_next(self, msg: Message) -> None:
         """A sender says which ``fseq`` comes next on flows it now sends here
         (ahead of the messages themselves). Not answered: it is part of the flow."""
-        self.control_at = time.perf_counter()
         for flow, n in msg.body["next"].items():
             inflow = self.in_flows.setdefault(flow, _InFlow())
             if n == 1:  # its sender (re)starts numbering it: what this node recorded was a previous life's
@@ -570,7 +562,6 @@ class Node:
 
     @spawned
     async def on_route_resume(self, msg: Message) -> None:
-        self.control_at = time.perf_counter()
         if "epoch" in msg.body and "routes" in msg.body and msg.body["epoch"] > self.routes.epoch:
             self._install(msg.body["epoch"], msg.body["routes"], {})
         flushed, paused_ms = await self._flush(msg.body["flows"])
@@ -589,6 +580,7 @@ def main(node_cls: type[Node], argv: list[str] | None = None) -> None:
     except (OSError, ValueError, TypeError) as exc:
         print(f"{node_cls.kind}: cannot read config {args.config}: {exc}", file=sys.stderr)
         sys.exit(2)
+    sched.short_slice(f"{node_cls.kind} {cfg.name}", node_cls.short_slice)
     node = node_cls(cfg)
     node.history_path = os.path.join(cfg.run_dir, f"{cfg.name}.flows.json")
     trio.run(node.run)

@@ -33,6 +33,7 @@ import trio
 
 from orchestrator.cluster import Orchestrator
 from orchestrator.topology import TopologyError, load
+from protocol import sched
 
 LOCK = "cluster.lock"
 STATE = "cluster.json"
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("HWEMU_LOG", "WARNING"),
                         format="%(asctime)s orch %(levelname)s %(message)s")
+    sched.short_slice("orchestrator")  # the route authority is a link of every route change's chain
     sys.exit(trio.run(serve, args.topology, Path(args.run_dir).resolve()))
 
 

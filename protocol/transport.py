@@ -33,6 +33,7 @@ import itertools
 import logging
 import math
 import os
+import select
 import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Hashable, Mapping
@@ -177,6 +178,9 @@ class Party:
             os.unlink(path)  # stale socket file from a killed predecessor
         self._inbox.bind(endpoint)
         self._inbox_fd = self._inbox.getsockopt(zmq.FD)
+        self._busy = False  # the inbox task is handling what it read (not waiting for the next)
+        self._inbox_poll = select.poll()
+        self._inbox_poll.register(self._inbox_fd, select.POLLIN)
         self._closed = False
         self._complaints: dict[str, tuple[float, int]] = {}
         self._unyielded = 0
@@ -407,6 +411,19 @@ class Party:
             frames.append(part.bytes)
         return frames
 
+    def inbox_signalled(self) -> bool:
+        """True if the inbox has work for its task: something reached it since
+        it was last looked at (its FD is readable), or the task is between two
+        messages it read (it yielded with more in hand: a burst's checkpoint, a
+        handler that awaits). Unlike a check of ``EVENTS`` this changes nothing
+        (the FD stays readable, so the task that sleeps on it still wakes), so
+        a task that computes without yielding may ask between two pieces of
+        work whether to yield now (the CPU node between two slices). The
+        second case matters because trio runs a batch of tasks in turn: the
+        inbox task may be due after the asker in the same batch, where
+        nothing shows it but this flag."""
+        return self._busy or bool(self._inbox_poll.poll(0))
+
     def _pending_in(self) -> bool:
         """True if a message is queued (checks ``EVENTS``, which resets the FD's edge)."""
         return bool(self._inbox.getsockopt(_EVENTS) & _POLLIN)
@@ -491,11 +508,13 @@ class Party:
             # checkpoint every _BURST of them lets the other tasks run
             frames = self._recv_now()
             if frames is None:
+                self._busy = False
                 if burst:
                     burst = 0
                     self._active = _now()  # traffic just now: poll a while before sleeping
                 await self._wait_inbox()
                 continue
+            self._busy = True
             burst += 1
             if burst >= _BURST:
                 burst = 0

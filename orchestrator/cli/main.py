@@ -7,6 +7,7 @@ import typer
 from orchestrator.cli import cluster, console, cpu, demo, memory, route, run, vmm
 from orchestrator.cli import os as os_cli
 from orchestrator.cli.common import fail
+from protocol.sched import slice_from_env
 from protocol.transport import spin_from_env
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ def _environment() -> None:
     """A computer whose hardware is a cluster of processes."""
     try:
         spin_from_env()  # every party of this command (and of a cluster it starts) reads it
+        slice_from_env()  # every node but the CPU of a cluster it starts
     except ValueError as exc:
         fail(str(exc), code=2)
 

@@ -57,6 +57,14 @@ def run_dir(tmp_path):
                     pass
 
 
+def sched_slice_ns(pid: int) -> int:
+    """The EEVDF slice the kernel gives ``pid`` (``se.slice`` of /proc/PID/sched)."""
+    for line in Path(f"/proc/{pid}/sched").read_text().splitlines():
+        if line.startswith("se.slice"):
+            return int(line.split(":")[1])
+    raise AssertionError(f"/proc/{pid}/sched has no se.slice")
+
+
 def test_up_status_route_set_show_second_up_and_down_leave_nothing_behind(run_dir):
     rd, pids = run_dir
     up = hwemu(rd, "up", "compose/flip.toml", "--detach")
@@ -77,6 +85,8 @@ def test_up_status_route_set_show_second_up_and_down_leave_nothing_behind(run_di
         assert isinstance(node["msgs_in"], int) and isinstance(node["msgs_out"], int)
     cluster_pids = {data["orchestrator"]["pid"], *(n["pid"] for n in nodes.values())}
     pids |= cluster_pids
+    # every one of them (none is a CPU) asked the kernel for a 100 µs slice (protocol/sched.py)
+    assert {pid: sched_slice_ns(pid) for pid in cluster_pids} == {pid: 100_000 for pid in cluster_pids}
     epoch = data["routes"]["epoch"]
     assert data["routes"]["routes"] == {"data:src": "sink_a"}
 
@@ -145,13 +155,18 @@ def test_a_command_with_no_cluster_exits_1_with_one_clear_line(run_dir, args):
 
 
 @pytest.mark.parametrize("args", [["status"], ["up", "compose/native.toml", "--detach"]])
-def test_a_bad_polling_window_in_the_environment_exits_2_naming_it_and_starts_nothing(run_dir, args):
+@pytest.mark.parametrize("var, value, message", [
+    ("HWEMU_SPIN_US", "fast", "HWEMU_SPIN_US must be a number of microseconds, got 'fast'"),
+    ("HWEMU_SLICE_US", "short", "HWEMU_SLICE_US must be an integer number of microseconds, got 'short'"),
+    ("HWEMU_SLICE_US", "50", "HWEMU_SLICE_US must be 0 or 100..100000, got 50"),
+])
+def test_a_bad_polling_window_or_slice_in_the_environment_exits_2_naming_it_and_starts_nothing(
+        run_dir, args, var, value, message):
     rd, _ = run_dir
     result = subprocess.run([HWEMU, *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "HWEMU_RUN_DIR": str(rd), "HWEMU_SPIN_US": "fast"})
+                            env={**os.environ, "HWEMU_RUN_DIR": str(rd), var: value})
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "hwemu: HWEMU_SPIN_US must be a number of microseconds, got 'fast'"]
+    assert result.stderr.strip().splitlines() == [f"hwemu: {message}"]
     assert not rd.exists() or not any(rd.iterdir())  # no cluster was started
 
 

@@ -235,3 +235,30 @@ async def test_a_program_running_across_a_memctl_restart_completes_correctly(clu
     result = await run_until_exit(orch)
     assert (result["output"], result["exit_code"]) == (expected("primes"), 0)
     assert proc.restarts == 1
+
+
+async def test_a_computing_cpu_answers_between_slices_not_only_between_quanta(cluster, tmp_path, guest_build):
+    """With a quantum of 10^9 instructions (longer than the whole program) the
+    CPU still answers while its guest computes: between two slices it looks at
+    the inbox and yields when a message came. Each answer shows the guest
+    further on, and the program's result is unchanged."""
+    topo = topology(tmp_path, quantum=10**9)
+    topo["nodes"]["cpu0"]["options"]["slice"] = 1000
+    orch = await cluster(topo)
+    n = 2_000_000  # 24 million instructions in one loop without a trap
+    elf = (BUILD / "aluloop.elf").read_bytes()
+    await orch.request("os1", "testos_load", {"elf": elf, "argv": ["aluloop.elf", str(n)]}, timeout=20)
+    seen: list[int] = []
+    with trio.fail_after(120):
+        while True:
+            s = await orch.request("cpu0", "stats", timeout=5)  # a whole quantum would take minutes
+            s = s.body["stats"]
+            if s["cpu_state"] == "running":
+                seen.append(s["instret"])
+            result = (await orch.request("os1", "testos_result")).body["data"]
+            if result["exit_code"] is not None or result["fault"] is not None:
+                break
+    assert result["fault"] is None and result["exit_code"] == 0
+    assert result["output"].splitlines()[0] == (
+        f"aluloop: {n} iterations x 12 + 7 = {12 * n + 7} instructions in aluloop()").encode()
+    assert seen == sorted(seen) and len(set(seen)) >= 10, seen

@@ -3,6 +3,8 @@ replies, and a sender that lies about who it is (DESIGN.md §2)."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 
 import pytest
@@ -306,23 +308,50 @@ def test_the_polling_window_halves_when_it_runs_out_and_widens_to_a_short_gap(tm
         assert alice._window == pytest.approx(200e-6)
 
 
-async def test_an_inbox_polled_out_after_traffic_sleeps_and_still_gets_the_next_message(tmp_path):
+@contextlib.asynccontextmanager
+async def keeper(tmp_path: Path, spin: float):
+    """alice (polling window ``spin``) serving her inbox into a list of each
+    message's body ``n``, and bob to send to her: (alice, bob, that list)."""
     directory = {"alice": ep(tmp_path, "alice"), "bob": ep(tmp_path, "bob")}
-    with Party("alice", directory["alice"], directory, spin=1e-3) as alice, \
+    with Party("alice", directory["alice"], directory, spin=spin) as alice, \
             Party("bob", directory["bob"], directory) as bob:
-        got = []
+        got: list[int] = []
 
         async def keep(msg):
             got.append(msg.body["n"])
 
         async with trio.open_nursery() as n:
             await n.start(alice.serve, keep)
-            for i in range(5):
-                bob.send_nowait(bob.make("alice", "ping", {"n": i}))
-                await trio.sleep(0.01)  # ten times the window: each poll runs out, alice sleeps
-            with trio.fail_after(10):
-                while len(got) < 5:
-                    await trio.sleep(0.01)
+            yield alice, bob, got
             n.cancel_scope.cancel()
+
+
+async def test_an_inbox_polled_out_after_traffic_sleeps_and_still_gets_the_next_message(tmp_path):
+    async with keeper(tmp_path, spin=1e-3) as (alice, bob, got):
+        for i in range(5):
+            bob.send_nowait(bob.make("alice", "ping", {"n": i}))
+            await trio.sleep(0.01)  # ten times the window: each poll runs out, alice sleeps
+        with trio.fail_after(10):
+            while len(got) < 5:
+                await trio.sleep(0.01)
         assert got == [0, 1, 2, 3, 4]
         assert alice._window < 1e-3  # the runs-out narrowed it
+
+
+async def test_a_look_at_the_inbox_from_a_task_that_does_not_yield_leaves_the_wakeup_intact(tmp_path):
+    """``inbox_signalled`` (what the CPU node asks between two slices) sees a
+    message arrive while the serving task sleeps on the FD, and asking changes
+    nothing: the serving task still wakes and gets it (a check of EVENTS here
+    would reset the FD's edge and leave it asleep)."""
+    async with keeper(tmp_path, spin=0) as (alice, bob, got):
+        await trio.sleep(0.05)  # alice's inbox task sleeps on its FD
+        assert not alice.inbox_signalled()
+        bob.send_nowait(bob.make("alice", "ping", {"n": 7}))
+        deadline = time.monotonic() + 10
+        while not alice.inbox_signalled():  # no yield: as a computing task looks
+            assert time.monotonic() < deadline, "the message never showed"
+        assert alice.inbox_signalled() and got == []
+        with trio.fail_after(10):
+            while not got:
+                await trio.sleep(0.01)
+        assert got == [7] and not alice.inbox_signalled()
