@@ -162,8 +162,6 @@ class Node:
             if attr.startswith("on_"):
                 self._handlers[attr[3:]] = getattr(self, attr)
         self._spawns: dict[str, bool] = {}  # kind -> its handler runs as its own task (looked up once)
-        self._ready: dict[int, dict[str, bool]] = {}  # epoch of a change -> peer sender -> drained (or gave up)
-        self._ready_changed = trio.Event()
 
     # -- life cycle -------------------------------------------------------------
 
@@ -371,24 +369,27 @@ class Node:
         """The sender's side of a route change, run by the sender itself.
 
         The flows pause at once (what the node emits from now on is
-        buffered) and their last ``fseq`` is noted; then each old receiver is
-        asked to confirm it consumed up to it (the request travels behind the
-        flow's last message, on the same link). A change of several senders
-        names the others (``peers``): each tells the others once it is
-        drained (``route_ready``) and resumes only when all have, so no
-        sender emits on a new route while another may still emit on an old
-        one. Then the node installs the new table and flushes its buffer to
-        the new receivers, each told first which ``fseq`` comes next
-        (:meth:`_flush`). If a drain fails, a peer gives up or the authority
-        aborts, the flows resume on the routes in force and the error says why."""
+        buffered) and their last ``fseq`` is noted; then the receiver each
+        went to (in this node's table: where its messages really went) is
+        asked to confirm it consumed up to it, unless it keeps the flow or
+        the authority left it out of ``old`` (not running). The request
+        travels behind the flow's last message, on the same link. Then the
+        node installs the new table and flushes its buffer to the new
+        receivers, each told first which ``fseq`` comes next
+        (:meth:`_flush`). If a drain fails, the flows resume on the routes in
+        force and the error says why. Each sender of a change of several
+        switches on its own: no flow waits for another's drain (the plane
+        orders messages within a flow, never across flows); if one fails,
+        the authority switches the others back (orchestrator/routes.py)."""
         body = msg.body
         table = RouteTable(body["epoch"], body["routes"])  # a malformed one is refused before pausing
         timeout = body.get("timeout", 5.0)
         last = self._pause(body["flows"])
+        live = body.get("old", {})
         drains: dict[str, dict[str, int]] = {}
         for flow, upto in last.items():
-            before = body.get("old", {}).get(flow)
-            if before is not None and before != table.get(flow) and upto > 0:
+            before = self.routes.get(flow)
+            if flow in live and before is not None and before != table.get(flow) and upto > 0:
                 drains.setdefault(before, {})[flow] = upto
         # the drain requests leave now, from this handler: nothing can be sent on
         # the flows between their last message and the request (and no task has to
@@ -407,10 +408,6 @@ class Node:
 
     async def _switch(self, msg: Message, *, table: RouteTable, last: dict[str, int],
                       waits: dict[str, Callable[[], Awaitable[Message]]], failed: Exception | None) -> None:
-        timeout = msg.body.get("timeout", 5.0)
-        peers = [p for p in msg.body.get("peers", []) if p != self.name]
-        for epoch in [e for e in self._ready if e < table.epoch]:  # what a past change left behind
-            del self._ready[epoch]
         clock = time.perf_counter
         marks = [min(self.out_flows[f].paused_at for f in last) if last else clock(), clock()]
         try:
@@ -418,56 +415,20 @@ class Node:
                 await gather(waits)  # every answer is awaited, even after a failure: none is left pending
             if failed is not None:
                 raise failed
-            marks.append(clock())
-            # a peer may take as long for its own drain (the request's timeout + 1)
-            failure = await self._barrier(table.epoch, peers, timeout + 2, ok=True) if peers else None
         except REQUEST_FAILURES as exc:
-            if peers:
-                await self._barrier(table.epoch, peers, 0, ok=False)
-            failure = str(exc)
-        if failure is not None:
             await self._flush(list(last))  # resume on the routes in force
-            await self.party.reply(msg, "error", {"reason": "route_switch_failed", "detail": failure})
+            await self.party.reply(msg, "error", {"reason": "route_switch_failed", "detail": str(exc)})
             return
         marks.append(clock())
         if table.epoch > self.routes.epoch:
             self._install(table.epoch, table.routes, {})
         flushed, paused_ms = await self._flush(list(last))
         marks.append(clock())
-        # where the pause went: waiting to run, draining, waiting for the peers, flushing
-        spent = dict(zip(("start", "drain", "peers", "flush"),
+        # where the pause went: waiting to run, draining, flushing
+        spent = dict(zip(("start", "drain", "flush"),
                          (round((b - a) * 1e3, 3) for a, b in zip(marks, marks[1:]))))
         await self.party.reply(msg, "ok", {"data": {"last": last, "flushed": flushed, "paused_ms": paused_ms,
                                                     "spent_ms": spent}})
-
-    async def _barrier(self, epoch: int, peers: list[str], timeout: float, *, ok: bool) -> str | None:
-        """Tell ``peers`` this sender is drained (``ok``) or gives up, then
-        (if ``ok``) wait until each is drained too. Returns None when all are,
-        else why not (a peer gave up, the authority aborted, time ran out)."""
-        for peer in peers:
-            await self.party.send_msg(self.party.make(peer, "route_ready", {"epoch": epoch, "ok": ok}))
-        if not ok:
-            return None
-        with trio.move_on_after(timeout):
-            while True:
-                heard = self._ready.get(epoch, {})
-                failed = sorted(n for n, good in heard.items() if not good)
-                if failed:
-                    self._ready.pop(epoch, None)
-                    return f"{', '.join(failed)} gave up the change to epoch {epoch}"
-                if all(p in heard for p in peers):
-                    self._ready.pop(epoch, None)
-                    return None
-                await self._ready_changed.wait()
-        missing = sorted(p for p in peers if p not in self._ready.pop(epoch, {}))
-        return f"{', '.join(missing)} did not report drained within {timeout:g} s"
-
-    async def on_route_ready(self, msg: Message) -> None:
-        """Another sender of the same change is drained (``ok``) or gives up
-        (so does the authority, aborting it). Not answered."""
-        self._ready.setdefault(msg.body["epoch"], {})[msg.src] = msg.body["ok"]
-        self._ready_changed.set()
-        self._ready_changed = trio.Event()
 
     async def on_route_drain(self, msg: Message) -> None:
         upto = msg.body["upto"]

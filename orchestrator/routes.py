@@ -15,16 +15,18 @@ The authority sends each sender one ``route_switch`` and the sender runs the
 steps itself (``nodes/runtime.py``): its drain request travels behind the
 flow's last message on the same link, so the pause lasts one round trip from
 the sender to the old receiver instead of three from the authority. The
-senders of one change tell each other when they are drained and none
-resumes before all are (no sender emits on a new route while another still
-may on an old one). A new receiver gets the table before anything pauses,
-and the next ``fseq`` from its sender ahead of the flushed messages.
-``pause_ms`` is the longest pause a sender measured on its own clock.
+senders of a change of several switch each on its own, concurrently: the
+plane orders messages within a flow, never across flows (they come from
+different processes), so no flow waits for another's drain. A new receiver
+gets the table before anything pauses, and the next ``fseq`` from its
+sender ahead of the flushed messages. ``pause_ms`` is the longest pause a
+sender measured on its own clock.
 
-If a step fails before the switch (a pause refused, a drain or install
-refused or unanswered), the old routes are installed again at a newer epoch
-and every sender asked to pause is resumed on them: the change is rolled
-back and reported in one line, nothing is lost.
+If a step fails (a pause refused, a drain or install refused or
+unanswered), the change is rolled back: the old routes are installed again
+at a newer epoch, a sender that failed resumes on them, and a sender that
+had switched is switched back by the same protocol (its new receiver
+drained first), so nothing is lost or reordered; it is reported in one line.
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ class RouteChangeError(Exception):
     """A route change failed.
 
     Attributes:
-        committed: False (the usual case): rolled back before the switch, the
-            old routes are in force. True: the new table was in force when a
-            sender failed to confirm its resume.
+        committed: always False now: a failed change is rolled back, the old
+            routes are in force (the message says if a sender could not be
+            switched back).
     """
 
     def __init__(self, message: str, committed: bool = False):
@@ -129,20 +131,17 @@ class RouteAuthority:
             # also sends a changed flow: it must not route by the new table before
             # its own pause (it gets the table with its switch)
             receivers = {n for f, n in changes.items() if old.get(f) != n and n not in by_sender} | set(orphans)
-            wire = {"epoch": new.epoch, "routes": dict(new.routes), "timeout": self.timeout, "peers": sorted(by_sender)}
+            wire = {"epoch": new.epoch, "routes": dict(new.routes), "timeout": self.timeout}
             last: dict[str, int] = {}
             try:
                 await gather({n: (lambda n=n: self._install_one(n, new, orphans.get(n, {}))) for n in receivers})
-                replies, failures = await self._switch(by_sender, old, live, wire)
-                if failures and not replies:
-                    raise failures[0]
-            except REQUEST_FAILURES as exc:
-                await self._roll_back(old, new, by_sender, live)
+            except REQUEST_FAILURES as exc:  # nothing paused yet
+                await self._roll_back(old, new, by_sender, live, {})
                 raise RouteChangeError(f"route change {_show(changes)} rolled back: {exc}") from None
-            if failures:  # a sender switched (it heard every other drained) and yet another failed after
-                self.table = new
-                raise RouteChangeError(f"route change {_show(changes)} committed at epoch {new.epoch} by "
-                                       f"{', '.join(sorted(replies))}, but: {failures[0]}", committed=True)
+            replies, failures = await self._switch(by_sender, old, live, wire)
+            if failures:
+                incomplete = await self._roll_back(old, new, by_sender, live, replies)
+                raise RouteChangeError(f"route change {_show(changes)} rolled back: {failures[0]}{incomplete}")
             for reply in replies.values():
                 last.update(reply.body["data"]["last"])
             self.table = new  # 3. switch + 4. resume: done by the senders
@@ -166,14 +165,8 @@ class RouteAuthority:
     async def _switch(self, by_sender: Mapping[str, list[str]], old: RouteTable, live: set[str],
                       wire: dict) -> tuple[dict, list[Exception]]:
         """One ``route_switch`` to each sender, concurrently: the replies of
-        those that switched, by sender, and the failures of the others.
-
-        The first sender to fail makes the authority abort the change for the
-        others (``route_ready`` not ok), so none waits out its timeout for a
-        peer that will never be drained. A sender switches only once every
-        other said it is drained, so either all switch or none does, except
-        when one fails after saying so (its reply lost, its flush refused).
-        """
+        those that switched, by sender, and the failures of the others (each
+        of which resumed on the routes in force, or did not answer)."""
         replies: dict = {}
         failures: list[Exception] = []
 
@@ -181,13 +174,9 @@ class RouteAuthority:
             try:
                 replies[sender] = await self.party.request(sender, "route_switch", {
                     "flows": flows, "old": {f: old.get(f) for f in flows if old.get(f) in live}, **wire},
-                    timeout=2 * self.timeout + 4)  # the sender's drain and its wait for the others
+                    timeout=self.timeout + 3)  # the sender's drain (timeout + 1) and its flush
             except REQUEST_FAILURES as exc:
                 failures.append(exc)
-                for other in by_sender:
-                    if other != sender:
-                        self.party.send_nowait(self.party.make(other, "route_ready",
-                                                               {"epoch": wire["epoch"], "ok": False}))
 
         async with trio.open_nursery() as n:
             for sender, flows in by_sender.items():
@@ -197,22 +186,34 @@ class RouteAuthority:
         return replies, failures
 
     async def _roll_back(self, old: RouteTable, new: RouteTable, by_sender: Mapping[str, list[str]],
-                         live: set[str]) -> None:
-        """Put the old routes back (at an epoch above ``new``, which some nodes
-        may hold) and resume every sender asked to pause, even one whose answer
-        was lost: a resume of a flow that is not paused does nothing. Best
-        effort, each request bounded by the timeout; what fails is logged."""
+                         live: set[str], switched: Mapping[str, object]) -> str:
+        """Put the old routes back, at an epoch above ``new`` (which some
+        nodes may hold). A sender in ``switched`` is switched back by the
+        protocol (its new receivers drained first); every other sender asked
+        to pause is resumed on the old routes, even one whose answer was lost
+        (a resume of a flow that is not paused does nothing). Best effort,
+        each request bounded by the timeout; returns what failed, as a suffix
+        of the error line ("" if nothing did)."""
         rollback = RouteTable(new.epoch + 1, old.routes)
         self.table = rollback
+        back = {"epoch": rollback.epoch, "routes": dict(rollback.routes), "timeout": self.timeout}
         calls = {("install", n): (lambda n=n: self._install_one(n, rollback, {}))
                  for n in live if n not in by_sender}  # the senders get the table with their resume
-        resume = {"epoch": rollback.epoch, "routes": dict(rollback.routes)}
-        calls.update({("resume", s): (lambda s=s, flows=flows: self.party.request(
-            s, "route_resume", {"flows": flows, **resume}, timeout=self.timeout)) for s, flows in by_sender.items()})
+        for s, flows in by_sender.items():
+            if s in switched:
+                calls[("switch back", s)] = lambda s=s, flows=flows: self.party.request(s, "route_switch", {
+                    "flows": flows, "old": {f: new.get(f) for f in flows if new.get(f) in live}, **back},
+                    timeout=self.timeout + 3)
+            else:
+                calls[("resume", s)] = lambda s=s, flows=flows: self.party.request(
+                    s, "route_resume", {"flows": flows, "epoch": back["epoch"], "routes": back["routes"]},
+                    timeout=self.timeout)
         try:
             await gather(calls)
         except REQUEST_FAILURES as exc:
             log.warning("rollback to epoch %d incomplete: %s", rollback.epoch, exc)
+            return f"; the rollback is incomplete: {exc}"
+        return ""
 
     async def _install_one(self, node: str, table: RouteTable, nxt: Mapping[str, int]):
         return await self.party.request(node, "route_install", {

@@ -336,12 +336,10 @@ register(
 register("route_resume", flows=Field("list", items="str"), epoch=Field("int", required=False),
          routes=Field("dict", items="str", required=False))  # the new table may ride along: one round trip less
 # the sender runs its side of a change itself: pause, drain the old receivers,
-# wait for the other senders (``peers``) to be drained too, switch and flush;
-# ``old`` names each flow's previous receiver, if it still runs
+# switch and flush; ``old`` names each flow whose previous receiver still runs
+# (the sender drains the receiver its own table names)
 register("route_switch", flows=Field("list", items="str"), epoch="int", routes=Field("dict", items="str"),
-         old=Field("dict", items="str", required=False), timeout=Field("float", required=False),
-         peers=Field("list", items="str", required=False))
-register("route_ready", epoch="int", ok="bool")  # sender -> the other senders of a change (or the authority: abort)
+         old=Field("dict", items="str", required=False), timeout=Field("float", required=False))
 register("route_next", next=Field("dict", items="int"))  # sender -> receiver, ahead of a resumed flow
 
 
