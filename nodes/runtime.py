@@ -391,18 +391,23 @@ class Node:
             before = self.routes.get(flow)
             if flow in live and before is not None and before != table.get(flow) and upto > 0:
                 drains.setdefault(before, {})[flow] = upto
-        # the drain requests leave now, from this handler: nothing can be sent on
-        # the flows between their last message and the request (and no task has to
-        # be scheduled first); the task below waits for the answers
+        # the drain requests leave now, from this handler, so no task has to be
+        # scheduled first; the task below waits for the answers. (Nothing can be
+        # sent on the paused flows, so the request is behind their last message
+        # however late it goes: one whose link is full is sent by that task, as
+        # soon as there is room.)
         waits: dict[str, Callable[[], Awaitable[Message]]] = {}
         failed = None
         for receiver, upto in drains.items():
+            drain = {"upto": upto, "timeout": timeout}
             try:
-                waits[receiver] = self.party.start_request(receiver, "route_drain", {"upto": upto, "timeout": timeout},
-                                                           timeout=timeout + 1)
-            except ProtocolError as exc:  # unknown peer or a full queue: the change fails, the flows resume
-                failed = exc
-                break
+                waits[receiver] = self.party.start_request(receiver, "route_drain", drain, timeout=timeout + 1)
+            except ProtocolError as exc:
+                if exc.reason != "busy":  # an unknown peer: the change fails, the flows resume
+                    failed = exc
+                    break
+                waits[receiver] = functools.partial(self.party.request, receiver, "route_drain", drain,
+                                                    timeout=timeout + 1)
         self.nursery.start_soon(self._guarded, functools.partial(
             self._switch, table=table, last=last, waits=waits, failed=failed), msg)
 

@@ -24,11 +24,11 @@ FLIPS = 100
 FLOW = "data:src"
 
 
-def topology():
-    node = lambda role: {"kind": "testnode", "module": "tests.fixtures.streamer", "options": {"role": role}}
+def topology(**sink_a):
+    node = lambda role, **o: {"kind": "testnode", "module": "tests.fixtures.streamer", "options": {"role": role, **o}}
     return parse({
         "cluster": {"name": "flip"},
-        "nodes": {"src": node("streamer"), "sink_a": node("sink"), "sink_b": node("sink")},
+        "nodes": {"src": node("streamer"), "sink_a": node("sink", **sink_a), "sink_b": node("sink")},
         "routes": {FLOW: "sink_a"},
     }, "route-flip")
 
@@ -112,3 +112,33 @@ async def test_a_flow_of_requests_flipped_while_it_runs_delivers_each_request_on
     async with running(topology(), tmp_path) as orch:
         sent, receiver_at = await flip_while_streaming(orch, {"requests": True}, 40, 1000, 0.005)
         await assert_exactly_once_in_order(orch, sent, receiver_at)
+
+
+async def test_a_change_while_the_link_to_the_old_receiver_is_full_waits_for_room_and_loses_nothing(tmp_path):
+    """sink_a stops reading for 2 s at its first datum while src streams as
+    fast as it can: src's link to sink_a fills up (its queues hold ~40,000)
+    and src blocks. A change made then cannot queue its drain request at
+    once; it goes as soon as there is room, behind the last message, and the
+    change completes: sink_a got a prefix, sink_b the rest, nothing lost."""
+    count = 60_000
+    async with running(topology(stall_s=2.0), tmp_path) as orch:
+        orch.routes.timeout = 20  # the drain waits for sink_a's whole backlog
+        first = orch.routes.table.epoch
+        async with trio.open_nursery() as n:
+            done = trio.Event()
+
+            async def stream():
+                reply = await orch.request("src", "stream_start", {"flow": FLOW, "count": count}, timeout=120)
+                assert reply.body["data"]["sent"] == count
+                done.set()
+
+            n.start_soon(stream)
+            await trio.sleep(1.0)  # src is blocked on the full link by now
+            report = await orch.routes.change({FLOW: "sink_b"})
+            with trio.fail_after(60):
+                await done.wait()
+        final = await orch.routes.change({FLOW: "sink_a"})
+        assert final.last == {FLOW: count}
+        await assert_exactly_once_in_order(orch, count, {
+            first: ("sink_a", 0), report.epoch: ("sink_b", report.last[FLOW]), final.epoch: ("sink_a", count)})
+        assert 0 < report.last[FLOW] < count
