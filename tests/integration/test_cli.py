@@ -26,8 +26,8 @@ HWEMU = str(Path(sys.executable).parent / "hwemu")
 NODE_KEYS = {"kind", "pid", "endpoint", "alive", "uptime", "msgs_in", "msgs_out"}
 
 
-def hwemu(run_dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([HWEMU, *args], cwd=ROOT, env={**os.environ, "HWEMU_RUN_DIR": str(run_dir)},
+def hwemu(run_dir: Path, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([HWEMU, *args], cwd=ROOT, env={**os.environ, "HWEMU_RUN_DIR": str(run_dir), **env},
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -67,7 +67,7 @@ def sched_slice_ns(pid: int) -> int:
 
 def test_up_status_route_set_show_second_up_and_down_leave_nothing_behind(run_dir):
     rd, pids = run_dir
-    up = hwemu(rd, "up", "compose/flip.toml", "--detach")
+    up = hwemu(rd, "up", "compose/flip.toml", "--detach", HWEMU_SLICE_US="250")
     pids |= recorded_pids(rd)
     assert up.returncode == 0, up.stderr
 
@@ -85,8 +85,8 @@ def test_up_status_route_set_show_second_up_and_down_leave_nothing_behind(run_di
         assert isinstance(node["msgs_in"], int) and isinstance(node["msgs_out"], int)
     cluster_pids = {data["orchestrator"]["pid"], *(n["pid"] for n in nodes.values())}
     pids |= cluster_pids
-    # every one of them (none is a CPU) asked the kernel for a 100 µs slice (protocol/sched.py)
-    assert {pid: sched_slice_ns(pid) for pid in cluster_pids} == {pid: 100_000 for pid in cluster_pids}
+    # every one of them (none is a CPU) asked the kernel for the slice of HWEMU_SLICE_US (protocol/sched.py)
+    assert {pid: sched_slice_ns(pid) for pid in cluster_pids} == {pid: 250_000 for pid in cluster_pids}
     epoch = data["routes"]["epoch"]
     assert data["routes"]["routes"] == {"data:src": "sink_a"}
 

@@ -43,7 +43,7 @@ def test_a_bad_slice_in_the_environment_is_refused_by_name(monkeypatch, value, m
         sched.slice_from_env()
 
 
-@pytest.mark.parametrize("value, us", [(None, 100), ("", 100), ("0", 0), ("100", 100), (" 2000 ", 2000)])
+@pytest.mark.parametrize("value, us", [(None, 0), ("", 0), ("0", 0), ("100", 100), (" 2000 ", 2000)])
 def test_the_slice_comes_from_the_environment_in_microseconds(monkeypatch, value, us):
     if value is None:
         monkeypatch.delenv("HWEMU_SLICE_US", raising=False)
