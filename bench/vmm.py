@@ -16,11 +16,16 @@ runtime, on one cluster of compose/vmm.toml launched once.
   each ratio divides by the reference's figure of the same phase, so a drift
   of the host's speed cancels: virtualized / never-virtualized and
   devirtualized / never-virtualized (target <= 1.05); the native phase's
-  ratio (``control_ratio``) shows what two identical clusters differ by;
+  ratio (``control_ratio``) shows what two identical clusters differ by,
+  and ``devirtualized_vs_own_native`` divides that out (devirtualized ratio
+  / control ratio: the measured cluster after a virtualize/devirtualize
+  round against itself before it, the reference taking out the drift);
 - UDP round trip through the guest (``udpecho`` on os1 of compose/demo.toml,
   a Python client on loopback, median of --udp-n exchanges): native,
   virtualized (CPU, memory, console, disk and NIC interposed: every datagram
-  goes NIC → VMM → os1 → VMM → NIC) and devirtualized; the same two ratios;
+  goes NIC → VMM → os1 → VMM → NIC) and devirtualized, each phase in
+  batches alternating (ABBA) with a never-virtualized demo cluster up
+  alongside; the same ratios as for the syscall;
 - frames borrowed per second (¶39: pin, hand over, zero twice, map, free
   list) as GiB/s of 4 KiB frames, the wall time of the borrow request
   (median of --repeat), at each of BORROW_SIZES_MIB = 16, 64 and 256 MiB
@@ -120,45 +125,69 @@ def udp_rtts(address: tuple[str, int], n: int) -> list[float]:
     return out
 
 
-def udp_phase(tmp: str, n: int) -> dict[str, float]:
-    """Median UDP echo round trip native, virtualized and devirtualized, on one cluster."""
-    rd = Path(tmp) / "udp"
-    env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
-    ctl = lambda kind, body=None: trio.run(call, rd, kind, body or {}, 120.0)  # noqa: E731
-    subprocess.run([str(HWEMU), "up", UDP_TOPOLOGY, "--detach"], env=env, check=True, stdout=subprocess.DEVNULL,
-                   cwd=ROOT)
-    server = None
+UDP_BATCHES = 4  # batches per cluster and phase, alternating ABBA
+
+
+def udp_phase(tmp: str, n: int) -> dict[str, tuple[float, float]]:
+    """Median UDP echo round trip on a measured cluster (native, then
+    virtualized, then devirtualized) and on a never-virtualized reference
+    up alongside, each phase in UDP_BATCHES batches per cluster alternating
+    ABBA, so a drift of the host's speed hits both alike: phase -> (measured,
+    reference) seconds."""
+    clusters = {name: Path(tmp) / name for name in ("udp", "udp-reference")}
+    servers = []
     try:
-        server = subprocess.Popen([str(HWEMU), "run", UDP_TOPOLOGY, str(SAMPLES / "udpecho.elf"), "--",
-                                   str(UDP_PORT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  cwd=ROOT)
-        if not server.stdout.readline().startswith(b"udpecho listening"):
-            raise SystemExit("udpecho did not start")
-        ports = ctl("ctl_request", {"node": "nic0", "kind": "stats", "body": {}})["body"]["stats"]["ports"]
-        address = ("127.0.0.1", ports[str(UDP_PORT)]["host_port"])
-        udp_rtts(address, 50)  # warm up
-        res = {"native": statistics.median(udp_rtts(address, n))}
+        addresses = {}
+        for name, rd in clusters.items():
+            env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
+            subprocess.run([str(HWEMU), "up", UDP_TOPOLOGY, "--detach"], env=env, check=True,
+                           stdout=subprocess.DEVNULL, cwd=ROOT)
+            server = subprocess.Popen([str(HWEMU), "run", UDP_TOPOLOGY, str(SAMPLES / "udpecho.elf"), "--",
+                                       str(UDP_PORT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      cwd=ROOT)
+            servers.append(server)
+            if not server.stdout.readline().startswith(b"udpecho listening"):
+                raise SystemExit(f"udpecho did not start on {name}")
+            ports = trio.run(call, rd, "ctl_request", {"node": "nic0", "kind": "stats", "body": {}},
+                             120.0)["body"]["stats"]["ports"]
+            addresses[name] = ("127.0.0.1", ports[str(UDP_PORT)]["host_port"])
+            udp_rtts(addresses[name], 50)  # warm up
+
+        def side_by_side() -> tuple[float, float]:
+            got: dict[str, list[float]] = {name: [] for name in clusters}
+            for i in range(2 * UDP_BATCHES):
+                name = ("udp", "udp-reference")[(i + i // 2) % 2]  # A B B A A B B A
+                got[name] += udp_rtts(addresses[name], max(1, n // UDP_BATCHES))
+            return statistics.median(got["udp"]), statistics.median(got["udp-reference"])
+
+        rd = clusters["udp"]
+        ctl = lambda kind, body=None: trio.run(call, rd, kind, body or {}, 120.0)  # noqa: E731
+        res = {"native": side_by_side()}
         ctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
         pause(ctl("ctl_interpose", {"os": "os1"}))
         virt = ctl("ctl_status")["virt"]["resources"]
         if virt.get("os1.nic (nic0)", virt.get("os1.nic")) != "vmm":
             raise SystemExit(f"the NIC was not interposed: {virt}")
-        res["virtualized"] = statistics.median(udp_rtts(address, n))
+        res["virtualized"] = side_by_side()
         pause(ctl("ctl_devirtualize", {"os": "os1"}))
-        res["devirtualized"] = statistics.median(udp_rtts(address, n))
+        res["devirtualized"] = side_by_side()
         return res
     finally:
-        if server is not None and server.poll() is None:
-            server.kill()
-            server.wait()
-        subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+        for server in servers:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+        for rd in clusters.values():
+            subprocess.run([str(HWEMU), "down"], env={**os.environ, "HWEMU_RUN_DIR": str(rd)},
+                           stdout=subprocess.DEVNULL, cwd=ROOT)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--repeat", type=int, default=4, help="runs per syscall figure and borrows (median)")
-    ap.add_argument("--cycles", type=int, default=30, help="interpose/devirtualize cycles for the pause figures")
+    ap.add_argument("--cycles", type=int, default=100,
+                    help="interpose/devirtualize cycles for the pause figures (100: the p99 is not the worst one)")
     ap.add_argument("--only", choices=("virt", "udp", "borrow"), help="only the pause and syscall figures (virt), "
                     "only the UDP round trips (udp) or only the borrow figures (borrow)")
     ap.add_argument("--udp-n", type=int, default=300, help="UDP echo exchanges per UDP figure (median)")
@@ -172,12 +201,16 @@ def main() -> None:
             result.update(virt_figures(Path(tmp) / "run", args))
         if args.only in (None, "udp"):
             udp = udp_phase(tmp, args.udp_n)
+            ratio = {phase: m / r for phase, (m, r) in udp.items()}
             result.update({
-                "udp_rtt_us_native": round(udp["native"] * 1e6, 1),
-                "udp_rtt_us_virtualized": round(udp["virtualized"] * 1e6, 1),
-                "udp_rtt_us_devirtualized": round(udp["devirtualized"] * 1e6, 1),
-                "udp_virtualized_ratio": round(udp["virtualized"] / udp["native"], 3),
-                "udp_devirtualized_ratio": round(udp["devirtualized"] / udp["native"], 3)})
+                "udp_rtt_us_native": round(udp["native"][0] * 1e6, 1),
+                "udp_rtt_us_virtualized": round(udp["virtualized"][0] * 1e6, 1),
+                "udp_rtt_us_devirtualized": round(udp["devirtualized"][0] * 1e6, 1),
+                "udp_rtt_us_reference": [round(udp[p][1] * 1e6, 1) for p in ("native", "virtualized", "devirtualized")],
+                "udp_control_ratio": round(ratio["native"], 3),
+                "udp_virtualized_ratio": round(ratio["virtualized"], 3),
+                "udp_devirtualized_ratio": round(ratio["devirtualized"], 3),
+                "udp_devirtualized_vs_own_native": round(ratio["devirtualized"] / ratio["native"], 3)})
         if args.only in (None, "borrow"):
             result.update(borrow_figures(Path(tmp) / "borrow", args))
     if args.json:
@@ -194,11 +227,14 @@ def main() -> None:
         print(f"syscall round trip  native {result['syscall_us_native']} us, virtualized {result['syscall_us_virtualized']} us "
               f"(x{result['virtualized_ratio']}), devirtualized {result['syscall_us_devirtualized']} us "
               f"(x{result['devirtualized_ratio']}; target <= 1.05); each ÷ a never-virtualized cluster alongside "
-              f"({result['syscall_us_reference']} us), which the native phase matches x{result['control_ratio']}")
+              f"({result['syscall_us_reference']} us), which the native phase matches x{result['control_ratio']}; "
+              f"devirtualized against its own native phase x{result['devirtualized_vs_own_native']}")
     if "udp_rtt_us_native" in result:
         print(f"UDP echo round trip native {result['udp_rtt_us_native']} us, virtualized {result['udp_rtt_us_virtualized']} us "
               f"(x{result['udp_virtualized_ratio']}), devirtualized {result['udp_rtt_us_devirtualized']} us "
-              f"(x{result['udp_devirtualized_ratio']})")
+              f"(x{result['udp_devirtualized_ratio']}; target <= 1.05); each ÷ a never-virtualized cluster alongside "
+              f"({result['udp_rtt_us_reference']} us), which the native phase matches x{result['udp_control_ratio']}; "
+              f"devirtualized against its own native phase x{result['udp_devirtualized_vs_own_native']}")
     for b in result.get("borrow_sizes", []):
         print(f"borrow {b['mib']:4d} MiB {'dirty' if b['dirty'] else 'fresh'} {b['frames']} frames in {b['borrow_ms']} ms: "
               f"{b['frames_per_s']:.0f} frames/s, {b['gib_per_s']} GiB/s (zeroing included; "
@@ -293,6 +329,7 @@ def virt_figures(rd: Path, args) -> dict:
         "control_ratio": ratio("native"),
         "virtualized_ratio": ratio("virtualized"),
         "devirtualized_ratio": ratio("devirtualized"),
+        "devirtualized_vs_own_native": round(ratio("devirtualized") / ratio("native"), 3),
         "devirtualized_target_ratio": 1.05,
     }
 
