@@ -44,6 +44,7 @@ runtime, on one cluster of compose/vmm.toml launched once.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import socket
@@ -85,6 +86,48 @@ def timed(cmd: list[str], env: dict) -> float:
     t = time.perf_counter()
     checked(cmd, env)
     return time.perf_counter() - t
+
+
+def ctl(rd: Path, kind: str, body: dict | None = None):
+    """A control request to the cluster of run dir ``rd``; its reply body."""
+    return trio.run(call, rd, kind, body or {}, 120.0)
+
+
+def up(topology: str, env: dict) -> None:
+    subprocess.run([str(HWEMU), "up", topology, "--detach"], env=env, check=True, stdout=subprocess.DEVNULL,
+                   cwd=ROOT)
+
+
+def down(env: dict, **kw) -> None:
+    subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT, **kw)
+
+
+def abba(measure_a, measure_b, rounds: int) -> tuple[list, list]:
+    """Each measurement ``rounds`` times, in the order A B B A A B B A ...
+    (neither always goes first, so a drift of the host hits both alike);
+    what each returned, in order."""
+    a, b = [], []
+    for i in range(2 * rounds):
+        if (i + i // 2) % 2:
+            b.append(measure_b())
+        else:
+            a.append(measure_a())
+    return a, b
+
+
+def through_phases(rd: Path, measure, check_virtualized=None) -> dict:
+    """``measure()`` on the cluster of ``rd`` native, then with the VMM loaded
+    and interposed on os1 (``check_virtualized(status)`` may refuse what it
+    took), then devirtualized: phase -> what it returned."""
+    res = {"native": measure()}
+    ctl(rd, "ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
+    pause(ctl(rd, "ctl_interpose", {"os": "os1"}))
+    if check_virtualized is not None:
+        check_virtualized(ctl(rd, "ctl_status"))
+    res["virtualized"] = measure()
+    pause(ctl(rd, "ctl_devirtualize", {"os": "os1"}))
+    res["devirtualized"] = measure()
+    return res
 
 
 def pct(values: list[float], q: float) -> float:
@@ -140,46 +183,36 @@ def udp_phase(tmp: str, n: int) -> dict[str, tuple[float, float]]:
         addresses = {}
         for name, rd in clusters.items():
             env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
-            subprocess.run([str(HWEMU), "up", UDP_TOPOLOGY, "--detach"], env=env, check=True,
-                           stdout=subprocess.DEVNULL, cwd=ROOT)
+            up(UDP_TOPOLOGY, env)
             server = subprocess.Popen([str(HWEMU), "run", UDP_TOPOLOGY, str(SAMPLES / "udpecho.elf"), "--",
                                        str(UDP_PORT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                       cwd=ROOT)
             servers.append(server)
             if not server.stdout.readline().startswith(b"udpecho listening"):
                 raise SystemExit(f"udpecho did not start on {name}")
-            ports = trio.run(call, rd, "ctl_request", {"node": "nic0", "kind": "stats", "body": {}},
-                             120.0)["body"]["stats"]["ports"]
+            ports = ctl(rd, "ctl_request", {"node": "nic0", "kind": "stats", "body": {}})["body"]["stats"]["ports"]
             addresses[name] = ("127.0.0.1", ports[str(UDP_PORT)]["host_port"])
             udp_rtts(addresses[name], 50)  # warm up
+        batch = max(1, n // UDP_BATCHES)
 
         def side_by_side() -> tuple[float, float]:
-            got: dict[str, list[float]] = {name: [] for name in clusters}
-            for i in range(2 * UDP_BATCHES):
-                name = ("udp", "udp-reference")[(i + i // 2) % 2]  # A B B A A B B A
-                got[name] += udp_rtts(addresses[name], max(1, n // UDP_BATCHES))
-            return statistics.median(got["udp"]), statistics.median(got["udp-reference"])
+            a, b = abba(lambda: udp_rtts(addresses["udp"], batch), lambda: udp_rtts(addresses["udp-reference"], batch),
+                        UDP_BATCHES)
+            return statistics.median(sum(a, [])), statistics.median(sum(b, []))
 
-        rd = clusters["udp"]
-        ctl = lambda kind, body=None: trio.run(call, rd, kind, body or {}, 120.0)  # noqa: E731
-        res = {"native": side_by_side()}
-        ctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
-        pause(ctl("ctl_interpose", {"os": "os1"}))
-        virt = ctl("ctl_status")["virt"]["resources"]
-        if virt.get("os1.nic (nic0)", virt.get("os1.nic")) != "vmm":
-            raise SystemExit(f"the NIC was not interposed: {virt}")
-        res["virtualized"] = side_by_side()
-        pause(ctl("ctl_devirtualize", {"os": "os1"}))
-        res["devirtualized"] = side_by_side()
-        return res
+        def nic_interposed(status: dict) -> None:
+            virt = status["virt"]["resources"]
+            if virt.get("os1.nic (nic0)", virt.get("os1.nic")) != "vmm":
+                raise SystemExit(f"the NIC was not interposed: {virt}")
+
+        return through_phases(clusters["udp"], side_by_side, nic_interposed)
     finally:
         for server in servers:
             if server.poll() is None:
                 server.kill()
                 server.wait()
         for rd in clusters.values():
-            subprocess.run([str(HWEMU), "down"], env={**os.environ, "HWEMU_RUN_DIR": str(rd)},
-                           stdout=subprocess.DEVNULL, cwd=ROOT)
+            down({**os.environ, "HWEMU_RUN_DIR": str(rd)})
 
 
 def main() -> None:
@@ -254,14 +287,7 @@ def syscost_s(env: dict) -> float:
 def side_by_side(measured: dict, reference: dict, repeat: int) -> tuple[float, float]:
     """Median syscall cost on the measured and the reference cluster, runs
     alternating in ABBA order (neither side always goes first)."""
-    a, b = [], []
-    for i in range(repeat):
-        if i % 2:
-            b.append(syscost_s(reference))
-            a.append(syscost_s(measured))
-        else:
-            a.append(syscost_s(measured))
-            b.append(syscost_s(reference))
+    a, b = abba(lambda: syscost_s(measured), lambda: syscost_s(reference), repeat)
     return statistics.median(a), statistics.median(b)
 
 
@@ -271,23 +297,13 @@ def virt_figures(rd: Path, args) -> dict:
     ref_rd = rd.parent / "reference"
     ref_env = {**os.environ, "HWEMU_RUN_DIR": str(ref_rd)}
 
-    def ctl(kind: str, body: dict | None = None):
-        return trio.run(call, rd, kind, body or {}, 120.0)
-
     background = None
-    phases = {}
     try:
         for e in (env, ref_env):
-            subprocess.run([str(HWEMU), "up", TOPOLOGY, "--detach"], env=e, check=True, stdout=subprocess.DEVNULL,
-                           cwd=ROOT)
+            up(TOPOLOGY, e)
             timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "hello.elf")], e)  # warm up
-        phases["native"] = side_by_side(env, ref_env, args.repeat)
-        ctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
-        ctl("ctl_interpose", {"os": "os1"})
-        phases["virtualized"] = side_by_side(env, ref_env, args.repeat)
-        ctl("ctl_devirtualize", {"os": "os1"})
-        phases["devirtualized"] = side_by_side(env, ref_env, args.repeat)
-        subprocess.run([str(HWEMU), "down"], env=ref_env, stdout=subprocess.DEVNULL, cwd=ROOT)
+        phases = through_phases(rd, lambda: side_by_side(env, ref_env, args.repeat))
+        down(ref_env)
 
         # a program runs on os1 throughout the cycles (killed with the cluster)
         background = subprocess.Popen([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "timeshare.elf"), "--",
@@ -296,9 +312,9 @@ def virt_figures(rd: Path, args) -> dict:
         time.sleep(2.0)
         inter, devirt, inter_win, devirt_win = [], [], [], []
         for _ in range(args.cycles):
-            inter.append(pause(ctl("ctl_interpose", {"os": "os1"}), inter_win))
+            inter.append(pause(ctl(rd, "ctl_interpose", {"os": "os1"}), inter_win))
             time.sleep(0.05)
-            devirt.append(pause(ctl("ctl_devirtualize", {"os": "os1"}), devirt_win))
+            devirt.append(pause(ctl(rd, "ctl_devirtualize", {"os": "os1"}), devirt_win))
             time.sleep(0.05)
         if background.poll() is not None:
             raise SystemExit(f"the background program ended during the cycles ({background.returncode})")
@@ -307,8 +323,7 @@ def virt_figures(rd: Path, args) -> dict:
             background.kill()
             background.wait()
         for e in (env, ref_env):
-            subprocess.run([str(HWEMU), "down"], env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           cwd=ROOT)
+            down(e, stderr=subprocess.DEVNULL)
     us = lambda v: round(v * 1e6, 1)  # noqa: E731
     ratio = lambda phase: round(phases[phase][0] / phases[phase][1], 3)  # noqa: E731
     return {
@@ -337,10 +352,9 @@ def virt_figures(rd: Path, args) -> dict:
 def borrow_figures(brd: Path, args) -> dict:
     """Borrow (and return) each size of BORROW_SIZES_MIB --repeat times on compose/vmm-bench.toml."""
     benv = {**os.environ, "HWEMU_RUN_DIR": str(brd)}  # a run dir of its own: a memory file is sized for one topology
-    bctl = lambda kind, body: trio.run(call, brd, kind, body, 120.0)  # noqa: E731
+    bctl = functools.partial(ctl, brd)
     sizes = []
-    subprocess.run([str(HWEMU), "up", BORROW_TOPOLOGY, "--detach"], env=benv, check=True,
-                   stdout=subprocess.DEVNULL, cwd=ROOT)
+    up(BORROW_TOPOLOGY, benv)
     try:
         bctl("ctl_vmm_load", {"host": "os1", "frames": VMM_FRAMES})
 
@@ -385,7 +399,7 @@ def borrow_figures(brd: Path, args) -> dict:
             sizes.append(measure(mib))
         sizes.append(measure(BORROW_SIZES_MIB[-1], dirty=True))
     finally:
-        subprocess.run([str(HWEMU), "down"], env=benv, stdout=subprocess.DEVNULL, cwd=ROOT)
+        down(benv)
     largest = sizes[-1]
     return {"borrow_sizes": sizes, "borrow_frames": largest["frames"], "borrow_ms": largest["borrow_ms"],
             "borrow_frames_per_s": largest["frames_per_s"], "borrow_gib_per_s": largest["gib_per_s"],

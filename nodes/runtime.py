@@ -122,6 +122,18 @@ class _InFlow:
         self.runs: list[list[int]] = []  # accepted fseq as [first, last] runs, in arrival order
         self.runs_dropped = 0
 
+    def next_is(self, n: int) -> None:
+        """Its sender says ``fseq`` ``n`` comes next on this flow."""
+        if n == 1:
+            self.forget_runs()
+        self.expected = n
+        self.consumed = n - 1
+
+    def forget_runs(self) -> None:
+        """Its sender (re)starts numbering the flow: what was recorded was a previous life's."""
+        self.runs = []
+        self.runs_dropped = 0
+
     def record(self, fseq: int) -> None:
         runs = self.runs
         if runs and runs[-1][1] + 1 == fseq:
@@ -143,7 +155,7 @@ class Node:
 
     kind = "base"
     pause_buffer = 4096  # messages a paused flow buffers before its emitter waits
-    short_slice = True  # ask the kernel for a short time slice (protocol/sched.py); not a node that computes
+    short_slice = True  # takes the time slice of HWEMU_SLICE_US (protocol/sched.py); False: always the kernel's
 
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
@@ -461,14 +473,10 @@ class Node:
         self.routes = table
         self.party.epoch = table.epoch
         for flow, n in nxt.items():
-            if n == 1 and flow in self.in_flows:
-                # its sender (re)starts numbering it: what this node recorded was a previous life's
-                self.in_flows[flow].runs = []
-                self.in_flows[flow].runs_dropped = 0
             if table.get(flow) == self.name:
-                inflow = self.in_flows.setdefault(flow, _InFlow())
-                inflow.expected = n
-                inflow.consumed = n - 1
+                self.in_flows.setdefault(flow, _InFlow()).next_is(n)
+            elif n == 1 and flow in self.in_flows:
+                self.in_flows[flow].forget_runs()
 
     async def on_route_install(self, msg: Message) -> None:
         self._install(msg.body["epoch"], msg.body["routes"], msg.body.get("next", {}))
@@ -519,12 +527,7 @@ class Node:
         """A sender says which ``fseq`` comes next on flows it now sends here
         (ahead of the messages themselves). Not answered: it is part of the flow."""
         for flow, n in msg.body["next"].items():
-            inflow = self.in_flows.setdefault(flow, _InFlow())
-            if n == 1:  # its sender (re)starts numbering it: what this node recorded was a previous life's
-                inflow.runs = []
-                inflow.runs_dropped = 0
-            inflow.expected = n
-            inflow.consumed = n - 1
+            self.in_flows.setdefault(flow, _InFlow()).next_is(n)
 
     @spawned
     async def on_route_resume(self, msg: Message) -> None:

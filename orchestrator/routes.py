@@ -172,9 +172,7 @@ class RouteAuthority:
 
         async def one(sender: str, flows: list[str]) -> None:
             try:
-                replies[sender] = await self.party.request(sender, "route_switch", {
-                    "flows": flows, "old": {f: old.get(f) for f in flows if old.get(f) in live}, **wire},
-                    timeout=self.timeout + 3)  # the sender's drain (timeout + 1) and its flush
+                replies[sender] = await self._switch_one(sender, flows, old, live, wire)
             except REQUEST_FAILURES as exc:
                 failures.append(exc)
 
@@ -201,9 +199,7 @@ class RouteAuthority:
                  for n in live if n not in by_sender}  # the senders get the table with their resume
         for s, flows in by_sender.items():
             if s in switched:
-                calls[("switch back", s)] = lambda s=s, flows=flows: self.party.request(s, "route_switch", {
-                    "flows": flows, "old": {f: new.get(f) for f in flows if new.get(f) in live}, **back},
-                    timeout=self.timeout + 3)
+                calls[("switch back", s)] = lambda s=s, flows=flows: self._switch_one(s, flows, new, live, back)
             else:
                 calls[("resume", s)] = lambda s=s, flows=flows: self.party.request(
                     s, "route_resume", {"flows": flows, "epoch": back["epoch"], "routes": back["routes"]},
@@ -214,6 +210,13 @@ class RouteAuthority:
             log.warning("rollback to epoch %d incomplete: %s", rollback.epoch, exc)
             return f"; the rollback is incomplete: {exc}"
         return ""
+
+    async def _switch_one(self, sender: str, flows: list[str], current: RouteTable, live: set[str], wire: dict):
+        """``route_switch`` of ``flows`` to ``sender``, away from the receivers
+        of ``current`` (the running ones are drained) to ``wire``'s table."""
+        return await self.party.request(sender, "route_switch", {
+            "flows": flows, "old": {f: current.get(f) for f in flows if current.get(f) in live}, **wire},
+            timeout=self.timeout + 3)  # the sender's drain (timeout + 1) and its flush
 
     async def _install_one(self, node: str, table: RouteTable, nxt: Mapping[str, int]):
         return await self.party.request(node, "route_install", {

@@ -77,7 +77,7 @@ def _others_runnable():
 
 class CpuNode(Node):
     kind = "cpu"
-    short_slice = False  # it computes for as long as its guest does (protocol/sched.py)
+    short_slice = False  # the kernel's slice: it computes for as long as its guest does (protocol/sched.py)
 
     def __init__(self, cfg):
         # the options are checked before the inbox is bound: a bad one binds nothing
