@@ -4,6 +4,7 @@ replies, and a sender that lies about who it is (DESIGN.md §2)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from pathlib import Path
 
@@ -289,29 +290,30 @@ def test_the_polling_window_comes_from_the_environment_in_microseconds(monkeypat
         assert alice.spin == 0
 
 
-def test_the_polling_window_halves_when_it_runs_out_and_widens_to_a_short_gap(tmp_path):
-    """The adaptation rule of Party._wait_inbox (a hypervisor's halt polling)."""
-    with Party("alice", ep(tmp_path, "alice"), {}, spin=200e-6) as alice:
-        assert alice._window == pytest.approx(200e-6)  # a conversation is assumed at first
-        alice._polled_out()
-        assert alice._window == pytest.approx(100e-6)
-        alice._slept(1.0)  # a slow flow: polling would not have caught it
-        assert alice._window == pytest.approx(100e-6)
-        for _ in range(3):
-            alice._polled_out()
-        assert alice._window == pytest.approx(12.5e-6)
-        alice._polled_out()  # under the minimum worth a scheduler pass: off
-        assert alice._window == 0
-        alice._slept(120e-6)  # it would have: widened to the gap, with a margin
-        assert alice._window == pytest.approx(150e-6)
-        alice._slept(20e-6)  # never narrowed by a sleep, never past spin
-        assert alice._window == pytest.approx(200e-6)
+def test_the_polling_window_halves_when_it_runs_out_and_widens_to_a_short_gap():
+    """The adaptation rule of both polling windows (a hypervisor's halt polling)."""
+    window = transport._PollWindow(200e-6)
+    assert window.value == pytest.approx(200e-6)  # a conversation is assumed at first
+    window.ran_out()
+    assert window.value == pytest.approx(100e-6)
+    window.slept(1.0)  # a slow flow: polling would not have caught it
+    assert window.value == pytest.approx(100e-6)
+    for _ in range(3):
+        window.ran_out()
+    assert window.value == pytest.approx(12.5e-6)
+    window.ran_out()  # under the minimum worth a scheduler pass: off
+    assert window.value == 0
+    window.slept(120e-6)  # it would have: widened to the gap, with a margin
+    assert window.value == pytest.approx(150e-6)
+    window.slept(20e-6)  # never narrowed by a sleep, never past spin
+    assert window.value == pytest.approx(200e-6)
 
 
 @contextlib.asynccontextmanager
-async def keeper(tmp_path: Path, spin: float):
+async def keeper(tmp_path: Path, spin: float, answer=None):
     """alice (polling window ``spin``) serving her inbox into a list of each
-    message's body ``n``, and bob to send to her: (alice, bob, that list)."""
+    message's body ``n``, and bob to send to her (serving with
+    ``answer(bob, msg)`` if given): (alice, bob, that list)."""
     directory = {"alice": ep(tmp_path, "alice"), "bob": ep(tmp_path, "bob")}
     with Party("alice", directory["alice"], directory, spin=spin) as alice, \
             Party("bob", directory["bob"], directory) as bob:
@@ -322,6 +324,8 @@ async def keeper(tmp_path: Path, spin: float):
 
         async with trio.open_nursery() as n:
             await n.start(alice.serve, keep)
+            if answer is not None:
+                await n.start(bob.serve, functools.partial(answer, bob))
             yield alice, bob, got
             n.cancel_scope.cancel()
 
@@ -335,7 +339,65 @@ async def test_an_inbox_polled_out_after_traffic_sleeps_and_still_gets_the_next_
             while len(got) < 5:
                 await trio.sleep(0.01)
         assert got == [0, 1, 2, 3, 4]
-        assert alice._window < 1e-3  # the runs-out narrowed it
+        assert alice._inbox_window.value < 1e-3  # the runs-out narrowed it
+
+
+async def test_a_requester_that_reads_the_inbox_itself_leaves_every_other_message_to_the_handler_in_order(tmp_path):
+    """While alice awaits her reply she polls her inbox herself; bob answers
+    with 50 messages before the reply and 50 after it. Alice's handler gets
+    all 100, in order, and the request its reply."""
+    async def answer(bob, msg):
+        for i in range(50):
+            await bob.send("alice", "ping", {"n": i})
+        await bob.reply(msg, "pong", {"name": "bob", "kind": "test"})
+        for i in range(50, 100):
+            await bob.send("alice", "ping", {"n": i})
+
+    async with keeper(tmp_path, 0.05, answer) as (alice, _, got):
+        for _ in range(20):
+            got.clear()
+            reply = await alice.request("bob", "ping")
+            assert reply.kind == "pong"
+            with trio.fail_after(10):
+                while len(got) < 100:
+                    await trio.sleep(0.001)
+            assert got == list(range(100))
+    assert alice.counters["polled_in"] > 0  # the requester did read (the path this test is for)
+    assert alice.counters["msgs_in"] == 20 * 101 and alice.counters["late_replies"] == 0
+
+
+async def test_a_message_behind_a_reply_a_requester_read_still_reaches_the_handler(tmp_path):
+    """The requester's checks of EVENTS reset the FD the serving task sleeps
+    on: when it leaves with a message still queued, it wakes that task."""
+    async def answer(bob, msg):
+        await bob.reply(msg, "pong", {"name": "bob", "kind": "test"})
+        await bob.send("alice", "ping", {"n": msg.body["n"]})
+
+    async with keeper(tmp_path, 0.05, answer) as (alice, _, got):
+        for i in range(200):
+            await alice.request("bob", "ping", {"n": i})
+            with trio.fail_after(10):
+                while len(got) <= i:
+                    await trio.sleep(0)
+    assert got == list(range(200))
+
+
+async def test_a_requester_stops_polling_for_a_peer_slow_to_answer_and_polls_again_for_a_quick_one(tmp_path):
+    slow = [True]
+
+    async def answer(bob, msg):
+        if slow[0]:
+            await trio.sleep(0.02)  # twenty times the window
+        await bob.reply(msg, "pong", {"name": "bob", "kind": "test"})
+
+    async with keeper(tmp_path, 1e-3, answer) as (alice, _, got):
+        for _ in range(8):
+            await alice.request("bob", "ping")
+        assert alice._reply_window.value == 0  # each poll ran out: halved to nothing
+        slow[0] = False
+        for _ in range(20):
+            await alice.request("bob", "ping")
+        assert alice._reply_window.value > 0  # the quick replies widened it again
 
 
 async def test_a_look_at_the_inbox_from_a_task_that_does_not_yield_leaves_the_wakeup_intact(tmp_path):
