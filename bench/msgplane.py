@@ -12,9 +12,11 @@ Prints
 - the pause of a route change — the longest a sender was paused, on its own
   clock — while the flow streams at 20k msg/s, and with the flow idle.
 
-Raw and ours alternate in ``rounds`` (5), so that a drift of the shared
-host's speed hits both sides alike: each ratio is the median of the rounds'
-ratios (ours ÷ the raw run beside it); the figures in µs and msg/s pool them.
+Raw and ours take turns, so that a drift of the shared host's speed hits
+both sides alike: the round trips in 30 turns of 250 each (ABBA order, both
+client processes kept running between turns), the throughput in 5 rounds.
+Each ratio is the median of the turns' or rounds' ratios (ours ÷ the raw
+run beside it); the figures in µs and msg/s pool them.
 
     .venv/bin/python bench/msgplane.py [--json] [--quick]
 """
@@ -69,13 +71,15 @@ while True:
 RAW_CLIENT = """
 import json, sys, time, zmq
 ctx = zmq.Context(); s = ctx.socket(zmq.DEALER); s.connect(sys.argv[1])
-n, frame, clock = int(sys.argv[2]), b"x" * 64, time.perf_counter
-for _ in range(200):  # warm up
-    s.send(frame); s.recv()
-out = []
-for _ in range(n):
-    t = clock(); s.send(frame); s.recv(); out.append(clock() - t)
-print(json.dumps(out))
+frame, clock = b"x" * 64, time.perf_counter
+for line in sys.stdin:  # one batch of round trips a line: its count, then the warm-up
+    n, warmup = map(int, line.split())
+    for _ in range(warmup):
+        s.send(frame); s.recv()
+    out = []
+    for _ in range(n):
+        t = clock(); s.send(frame); s.recv(); out.append(clock() - t)
+    print(json.dumps(out), flush=True)
 """
 
 RAW_SINK = """
@@ -110,11 +114,26 @@ def _python(script: str, *args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", script, *args], text=True, **kw)
 
 
-def raw_rtt(ep: str, n: int) -> list[float]:
-    """n round trips of a raw DEALER client process to the raw echo process at ``ep``."""
-    out = subprocess.run([sys.executable, "-c", RAW_CLIENT, ep, str(n)], capture_output=True, text=True,
-                         timeout=300, check=True)
-    return json.loads(out.stdout)
+class RawClient:
+    """A raw DEALER client process that times batches of round trips to the
+    raw echo process at ``ep`` on request, so that raw and ours can take turns
+    batch by batch."""
+
+    def __init__(self, ep: str):
+        self.proc = _python(RAW_CLIENT, ep, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def rtt(self, n: int, warmup: int) -> list[float]:
+        self.proc.stdin.write(f"{n} {warmup}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the raw client exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
 def raw_throughput(tmp: str, n: int) -> float:
@@ -143,6 +162,9 @@ def raw_throughput(tmp: str, n: int) -> float:
 class ThreadInboxParty(Party):
     """The alternative adapter: a thread owns the inbox socket, blocks in recv
     and hands frames to trio through a memory channel."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, spin=0, **kw)  # the socket is the thread's: no task of trio's may poll it
 
     async def serve(self, handler, *, task_status=trio.TASK_STATUS_IGNORED):
         send, self._chan = trio.open_memory_channel(10000)
@@ -212,10 +234,30 @@ async def our_rtt(orch, tmp: str, n: int, cls=Party) -> list[float]:
     return out
 
 
-async def node_rtt(orch, n: int) -> list[float]:
+async def node_rtt(orch, n: int, warmup: int) -> list[float]:
     """Round trips between two node processes: ``src`` pings ``echo``."""
-    reply = await orch.request("src", "ping_probe", {"peer": "echo", "count": n}, timeout=120)
+    reply = await orch.request("src", "ping_probe", {"peer": "echo", "count": n, "warmup": warmup}, timeout=120)
     return reply.body["data"]["rtt"]
+
+
+async def latency_turns(orch, raw: RawClient, n: int, turns: int) -> tuple[list, list, list]:
+    """Raw and ours take ``turns`` turns of ``n // turns`` round trips each,
+    in ABBA order (neither side always goes first), each turn after a short
+    warm-up: the ratio of each pair of turns, 0.1-0.2 s apart, is that of one
+    state of the shared host. Returns raw's samples, ours and the ratios."""
+    raws, ours, ratios = [], [], []
+    batch = n // turns
+    for i in range(turns):
+        if i % 4 in (0, 3):
+            r = await trio.to_thread.run_sync(raw.rtt, batch, 20)
+            o = await node_rtt(orch, batch, 20)
+        else:
+            o = await node_rtt(orch, batch, 20)
+            r = await trio.to_thread.run_sync(raw.rtt, batch, 20)
+        raws += r
+        ours += o
+        ratios.append(statistics.median(o) / statistics.median(r))
+    return raws, ours, ratios
 
 
 async def our_throughput(orch, n: int) -> float:
@@ -255,21 +297,21 @@ async def route_pauses(orch, flips: int, rate: int) -> list[float]:
     return pauses
 
 
-async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rounds: int) -> dict:
-    """Every figure on one cluster, raw and ours alternating round by round (a
-    drift of the shared host's speed hits both sides alike)."""
+async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rounds: int, turns: int) -> dict:
+    """Every figure on one cluster, raw and ours taking turns (a drift of the
+    shared host's speed hits both sides alike)."""
     res = {k: [] for k in ("raw_rtt", "rtt", "rtt_client", "rtt_thread", "raw_tp", "tp", "lat_ratio", "tp_ratio")}
     echo_ep = f"ipc://{tmp}/raw-echo"
     echo = _python(RAW_ECHO, echo_ep, stdout=subprocess.PIPE)
+    raw = None
     try:
         echo.stdout.readline()
+        raw = RawClient(echo_ep)
         async with running(echo_topology(), Path(tmp) / "cl") as orch:
+            await node_rtt(orch, 10, 200)  # both sides warm before the first turn
+            await trio.to_thread.run_sync(raw.rtt, 10, 200)
+            res["raw_rtt"], res["rtt"], res["lat_ratio"] = await latency_turns(orch, raw, n_rtt, turns)
             for _ in range(rounds):
-                raw = await trio.to_thread.run_sync(raw_rtt, echo_ep, n_rtt // rounds)
-                ours = await node_rtt(orch, n_rtt // rounds)
-                res["raw_rtt"] += raw
-                res["rtt"] += ours
-                res["lat_ratio"].append(statistics.median(ours) / statistics.median(raw))
                 res["rtt_client"] += await our_rtt(orch, tmp, n_rtt // rounds)
                 res["rtt_thread"] += await our_rtt(orch, tmp, n_rtt // rounds, ThreadInboxParty)
                 raw_tp = await trio.to_thread.run_sync(raw_throughput, tmp, n_tp // rounds)
@@ -281,6 +323,8 @@ async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rounds: int) -> dic
             res["pause_load"] = await route_pauses(orch, flips, 20000)
             res["pause_idle"] = await route_pauses(orch, flips, 0)
     finally:
+        if raw is not None:
+            raw.close()
         if echo.poll() is None:
             echo.kill()
             echo.wait()
@@ -294,9 +338,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = ap.parse_args()
-    n_rtt, n_tp, flips, rounds = (500, 20000, 50, 1) if args.quick else (7500, 400000, 300, 5)
+    n_rtt, n_tp, flips, rounds, turns = (500, 20000, 50, 1, 2) if args.quick else (7500, 400000, 300, 5, 30)
     with tempfile.TemporaryDirectory(prefix="hwb") as tmp:
-        ours = trio.run(bench, tmp, n_rtt, n_tp, flips, rounds)
+        ours = trio.run(bench, tmp, n_rtt, n_tp, flips, rounds, turns)
     raw = ours["raw_rtt"]
     raw_tp, our_tp = statistics.median(ours["raw_tp"]), statistics.median(ours["tp"])
     us = lambda v: round(v * 1e6, 1)
