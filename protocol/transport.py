@@ -70,6 +70,10 @@ INBOX_MAXMSGSIZE = MAX_FRAME + 64 * 1024
 # plain ints: pyzmq's enum members cost an Enum construction per `&`
 _EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
 _NOBLOCK = int(zmq.NOBLOCK)
+# pyzmq's Socket.send is a Python layer (routing ids, groups, copy
+# thresholds: none of which we use) over the backend's send; calling the
+# backend's costs 0.7 µs a send where the layer costs 1.6
+_send = zmq.backend.Socket.send
 _now = time.perf_counter
 _MIN_WINDOW = 20e-6  # a polling window narrower than this is not worth a scheduler pass
 
@@ -269,13 +273,13 @@ class Party:
         try:
             if peer.lock.locked():  # others wait for room: queue behind them, keep order
                 raise zmq.Again
-            sock.send(frame, _NOBLOCK)
+            _send(sock, frame, _NOBLOCK)
         except zmq.Again:
             async with peer.lock:
                 while True:
                     if sock.getsockopt(_EVENTS) & _POLLOUT:
                         try:
-                            sock.send(frame, _NOBLOCK)
+                            _send(sock, frame, _NOBLOCK)
                             break
                         except zmq.Again:
                             pass
@@ -293,7 +297,7 @@ class Party:
         """Send unless the peer's queue is full (then drop and return False).
         For messages that must never block the data plane, like heartbeats."""
         try:
-            self._peer(msg.dst).sock.send(encode(msg), _NOBLOCK)
+            _send(self._peer(msg.dst).sock, encode(msg), _NOBLOCK)
         except zmq.Again:
             return False
         self.counters["msgs_out"] += 1
