@@ -13,10 +13,10 @@ Prints
   clock — while the flow streams at 20k msg/s, and with the flow idle.
 
 Raw and ours take turns, so that a drift of the shared host's speed hits
-both sides alike: the round trips in 30 turns of 250 each (ABBA order, both
-client processes kept running between turns), the throughput in 5 rounds.
-Each ratio is the median of the turns' or rounds' ratios (ours ÷ the raw
-run beside it); the figures in µs and msg/s pool them.
+both sides alike, in ABBA order: the round trips in 30 turns of 250 each
+(both client processes kept running between turns), the throughput in 10
+turns of 40,000 messages. Each ratio is the median of the turns' ratios
+(ours ÷ the raw turn beside it); the figures in µs and msg/s pool them.
 
     .venv/bin/python bench/msgplane.py [--json] [--quick]
 """
@@ -24,6 +24,7 @@ run beside it); the figures in µs and msg/s pool them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import signal
 import statistics
@@ -240,24 +241,20 @@ async def node_rtt(orch, n: int, warmup: int) -> list[float]:
     return reply.body["data"]["rtt"]
 
 
-async def latency_turns(orch, raw: RawClient, n: int, turns: int) -> tuple[list, list, list]:
-    """Raw and ours take ``turns`` turns of ``n // turns`` round trips each,
-    in ABBA order (neither side always goes first), each turn after a short
-    warm-up: the ratio of each pair of turns, 0.1-0.2 s apart, is that of one
-    state of the shared host. Returns raw's samples, ours and the ratios."""
-    raws, ours, ratios = [], [], []
-    batch = n // turns
-    for i in range(turns):
+async def turns(measure_raw, measure_ours, n: int) -> tuple[list, list]:
+    """Raw and ours measured ``n`` times each, taking turns in ABBA order
+    (neither side always goes first): each pair of turns, a fraction of a
+    second apart, sees one state of the shared host. What each returned, in
+    order."""
+    raws, ours = [], []
+    for i in range(n):
         if i % 4 in (0, 3):
-            r = await trio.to_thread.run_sync(raw.rtt, batch, 20)
-            o = await node_rtt(orch, batch, 20)
+            raws.append(await measure_raw())
+            ours.append(await measure_ours())
         else:
-            o = await node_rtt(orch, batch, 20)
-            r = await trio.to_thread.run_sync(raw.rtt, batch, 20)
-        raws += r
-        ours += o
-        ratios.append(statistics.median(o) / statistics.median(r))
-    return raws, ours, ratios
+            ours.append(await measure_ours())
+            raws.append(await measure_raw())
+    return raws, ours
 
 
 async def our_throughput(orch, n: int) -> float:
@@ -297,7 +294,7 @@ async def route_pauses(orch, flips: int, rate: int) -> list[float]:
     return pauses
 
 
-async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rounds: int, turns: int) -> dict:
+async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rtt_turns: int, tp_turns: int) -> dict:
     """Every figure on one cluster, raw and ours taking turns (a drift of the
     shared host's speed hits both sides alike)."""
     res = {k: [] for k in ("raw_rtt", "rtt", "rtt_client", "rtt_thread", "raw_tp", "tp", "lat_ratio", "tp_ratio")}
@@ -310,15 +307,19 @@ async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rounds: int, turns:
         async with running(echo_topology(), Path(tmp) / "cl") as orch:
             await node_rtt(orch, 10, 200)  # both sides warm before the first turn
             await trio.to_thread.run_sync(raw.rtt, 10, 200)
-            res["raw_rtt"], res["rtt"], res["lat_ratio"] = await latency_turns(orch, raw, n_rtt, turns)
-            for _ in range(rounds):
-                res["rtt_client"] += await our_rtt(orch, tmp, n_rtt // rounds)
-                res["rtt_thread"] += await our_rtt(orch, tmp, n_rtt // rounds, ThreadInboxParty)
-                raw_tp = await trio.to_thread.run_sync(raw_throughput, tmp, n_tp // rounds)
-                tp = await our_throughput(orch, n_tp // rounds)
-                res["raw_tp"].append(raw_tp)
-                res["tp"].append(tp)
-                res["tp_ratio"].append(tp / raw_tp)
+            # round trips: turns of n_rtt // rtt_turns, each after a short warm-up
+            batch = n_rtt // rtt_turns
+            raws, ours = await turns(functools.partial(trio.to_thread.run_sync, raw.rtt, batch, 20),
+                                     functools.partial(node_rtt, orch, batch, 20), rtt_turns)
+            res["raw_rtt"], res["rtt"] = sum(raws, []), sum(ours, [])
+            res["lat_ratio"] = [statistics.median(o) / statistics.median(r) for r, o in zip(raws, ours)]
+            for _ in range(5):
+                res["rtt_client"] += await our_rtt(orch, tmp, n_rtt // 5)
+                res["rtt_thread"] += await our_rtt(orch, tmp, n_rtt // 5, ThreadInboxParty)
+            batch = n_tp // tp_turns
+            raw_tp = functools.partial(trio.to_thread.run_sync, raw_throughput, tmp, batch)
+            res["raw_tp"], res["tp"] = await turns(raw_tp, functools.partial(our_throughput, orch, batch), tp_turns)
+            res["tp_ratio"] = [o / r for r, o in zip(res["raw_tp"], res["tp"])]
             # the flow has history now: each change drains its old receiver, idle or not
             res["pause_load"] = await route_pauses(orch, flips, 20000)
             res["pause_idle"] = await route_pauses(orch, flips, 0)
@@ -338,9 +339,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = ap.parse_args()
-    n_rtt, n_tp, flips, rounds, turns = (500, 20000, 50, 1, 2) if args.quick else (7500, 400000, 300, 5, 30)
+    n_rtt, n_tp, flips, rtt_turns, tp_turns = (500, 20000, 50, 2, 2) if args.quick else (7500, 400000, 300, 30, 10)
     with tempfile.TemporaryDirectory(prefix="hwb") as tmp:
-        ours = trio.run(bench, tmp, n_rtt, n_tp, flips, rounds, turns)
+        ours = trio.run(bench, tmp, n_rtt, n_tp, flips, rtt_turns, tp_turns)
     raw = ours["raw_rtt"]
     raw_tp, our_tp = statistics.median(ours["raw_tp"]), statistics.median(ours["tp"])
     us = lambda v: round(v * 1e6, 1)
@@ -377,7 +378,7 @@ def main() -> None:
         print(f"{name:32}{a:>12}{b:>12}{r:>8}")
     print(f"route change pause, flow at 20k msg/s: p50 {result['route_pause_p50_ms']} ms, p99 {result['route_pause_p99_ms']} ms")
     print(f"route change pause, flow idle:        p50 {result['route_pause_idle_p50_ms']} ms, p99 {result['route_pause_idle_p99_ms']} ms")
-    print(f"ratio per round: round trip {result['latency_ratios']}, throughput {result['throughput_ratios']}")
+    print(f"ratio per turn: round trip {result['latency_ratios']}, throughput {result['throughput_ratios']}")
 
 
 if __name__ == "__main__":
