@@ -150,7 +150,8 @@ class _PollWindow:
     ``spin``, or a peer slow to answer, stops costing CPU: on 2 vCPUs a
     process that polls in vain keeps the one that would answer from running),
     a sleep shorter than ``spin`` widens it to that gap with a margin (a
-    conversation is caught by polling again). Never past ``spin``; 0 is off."""
+    conversation is caught by polling again). Never past ``spin``; 0 is off
+    (and a spin of 0 keeps it off: no gap is shorter)."""
 
     __slots__ = ("spin", "value")
 
@@ -391,7 +392,7 @@ class Party:
                         window.ran_out()
                 if not slot[0].is_set():  # (waiting on a set Event would cost a scheduler pass)
                     await slot[0].wait()
-                    if self.spin and slot[1] is not None:
+                    if slot[1] is not None:  # a reply, not the timeout
                         window.slept(_now() - asked)
             else:
                 with trio.move_on_after(timeout):
@@ -509,8 +510,7 @@ class Party:
         with trio.CancelScope() as self._sleep:
             await trio.lowlevel.wait_readable(self._inbox_fd)
         self._sleep = None
-        if self.spin:
-            window.slept(_now() - self._active)
+        window.slept(_now() - self._active)
         return False
 
     async def _poll_for(self, slot: list, window: float) -> None:
@@ -542,15 +542,6 @@ class Party:
             self._active = _now()
             if self._sleep is not None and (self._deferred or (not self._closed and self._pending_in())):
                 self._sleep.cancel()
-
-    async def recv_frames(self) -> list[bytes]:
-        """The next [routing id, frame] from the inbox (the edge-triggered dance:
-        the queue is checked before waiting on the FD)."""
-        while True:
-            frames = self._recv_now()
-            if frames is not None:
-                return frames
-            await self._wait_inbox()
 
     def parse(self, frames: list[bytes]) -> Message:
         """Decode an inbox delivery and check its claimed source.
