@@ -4,13 +4,16 @@ Prints
 - round trip: a raw pyzmq DEALER process against a raw ROUTER echo process
   vs our node-to-node request/reply (node ``src`` pings node ``echo``: two
   real `Node` processes), and beside it a client party inside the bench's
-  own process and the alternative adapter design (a poller thread feeding a
-  trio channel);
+  own process, the alternative adapter design (a poller thread feeding a
+  trio channel), and the floor: a bare trio loop on the same sockets (no
+  framing, validation or dispatch), which no trio adapter can beat;
 - one-way throughput: a raw DEALER process → a raw ROUTER process vs a real
   node emitting on a flow to a real node (which decodes, validates and
   sequence-checks every message);
 - the pause of a route change — the longest a sender was paused, on its own
-  clock — while the flow streams at 20k msg/s, and with the flow idle.
+  clock — while the flow streams at 20k msg/s, and with the flow idle; beside
+  the changes, a raw pyzmq round trip between two processes every 5 ms (a
+  change's floor: its drain is such a round trip between nodes).
 
 Raw and ours take turns, so that a drift of the shared host's speed hits
 both sides alike, in ABBA order: the round trips in 30 turns of 250 each
@@ -43,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.cluster import running  # noqa: E402
 from orchestrator.topology import parse  # noqa: E402
-from protocol.transport import Party  # noqa: E402
+from protocol.transport import Party, spin_from_env  # noqa: E402
+from bench.rawzmq import RAW_ECHO, RawClient, RawProbe, abba_first, python_script  # noqa: E402
 import tests.fixtures.streamer  # noqa: E402,F401  (registers datum/stream_start)
 
 PAYLOAD = b"x" * 64
@@ -54,34 +58,7 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
-# -- raw pyzmq ------------------------------------------------------------------
-# Every raw party is a process of its own, as every node of ours is: no side
-# shares an interpreter with the bench's cluster.
-
-RAW_ECHO = """
-import sys, zmq
-ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.bind(sys.argv[1])
-print("ready", flush=True)
-while True:
-    ident, frame = s.recv_multipart()
-    if frame == b"quit":
-        break
-    s.send_multipart([ident, frame])
-"""
-
-RAW_CLIENT = """
-import json, sys, time, zmq
-ctx = zmq.Context(); s = ctx.socket(zmq.DEALER); s.connect(sys.argv[1])
-frame, clock = b"x" * 64, time.perf_counter
-for line in sys.stdin:  # one batch of round trips a line: its count, then the warm-up
-    n, warmup = map(int, line.split())
-    for _ in range(warmup):
-        s.send(frame); s.recv()
-    out = []
-    for _ in range(n):
-        t = clock(); s.send(frame); s.recv(); out.append(clock() - t)
-    print(json.dumps(out), flush=True)
-"""
+# -- raw pyzmq (see bench/rawzmq.py for the echo and the client) ----------------
 
 RAW_SINK = """
 import sys, zmq, time
@@ -111,40 +88,69 @@ s.close(linger=-1)
 """
 
 
-def _python(script: str, *args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", script, *args], text=True, **kw)
+# The floor of any trio adapter: the same DEALER/ROUTER pair driven from trio
+# as our transport drives it (a receive that finds nothing polls, yielding to
+# trio each time, for the polling window, then sleeps on the FD), with no
+# framing, validation or dispatch. What this loses to raw pyzmq is trio's and
+# the host's, not ours: no node of ours can be faster.
+TRIO_RECV = """
+import sys, time, trio, zmq
+def trio_recv(s, spin):
+    fd, clock, again = s.getsockopt(zmq.FD), time.perf_counter, zmq.Again
+    async def recv():
+        end = clock() + spin
+        while True:
+            try:
+                return s.recv(zmq.NOBLOCK)  # the first part (a message's parts arrive together)
+            except again:
+                pass
+            if clock() < end:
+                await trio.lowlevel.checkpoint()
+            elif not s.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                await trio.lowlevel.wait_readable(fd)
+    return recv
+"""
 
+TRIO_ECHO = TRIO_RECV + """
+ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.bind(sys.argv[1])
+recv = trio_recv(s, float(sys.argv[2]))
+async def serve():
+    while True:
+        ident = await recv()
+        frame = s.recv(zmq.NOBLOCK)
+        if frame == b"quit":
+            return
+        s.send(ident, zmq.SNDMORE)
+        s.send(frame)
+print("ready", flush=True)
+trio.run(serve)
+"""
 
-class RawClient:
-    """A raw DEALER client process that times batches of round trips to the
-    raw echo process at ``ep`` on request, so that raw and ours can take turns
-    batch by batch."""
-
-    def __init__(self, ep: str):
-        self.proc = _python(RAW_CLIENT, ep, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-    def rtt(self, n: int, warmup: int) -> list[float]:
-        self.proc.stdin.write(f"{n} {warmup}\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the raw client exited ({self.proc.wait()})")
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+TRIO_CLIENT = TRIO_RECV + """
+import json
+ctx = zmq.Context(); s = ctx.socket(zmq.DEALER); s.connect(sys.argv[1])
+recv = trio_recv(s, float(sys.argv[2]))
+frame, clock = b"x" * 64, time.perf_counter
+async def batch(n, warmup):
+    for _ in range(warmup):
+        s.send(frame); await recv()
+    out = []
+    for _ in range(n):
+        t = clock(); s.send(frame); await recv(); out.append(clock() - t)
+    return out
+for line in sys.stdin:  # as RAW_CLIENT: one batch a line, the socket kept between them
+    print(json.dumps(trio.run(batch, *map(int, line.split()))), flush=True)
+"""
 
 
 def raw_throughput(tmp: str, n: int) -> float:
     """One-way msg/s from a raw DEALER process to a raw ROUTER process."""
     ep = f"ipc://{tmp}/raw-sink"
-    sink = _python(RAW_SINK, ep, str(n), stdout=subprocess.PIPE)
+    sink = python_script(RAW_SINK, ep, str(n), stdout=subprocess.PIPE)
     sender = None
     try:
         sink.stdout.readline()
-        sender = _python(RAW_SENDER, ep, str(n), stdin=subprocess.PIPE)
+        sender = python_script(RAW_SENDER, ep, str(n), stdin=subprocess.PIPE)
         time.sleep(0.2)  # let the sender connect before the clock starts
         sender.stdin.write("\n")
         sender.stdin.flush()
@@ -243,12 +249,11 @@ async def node_rtt(orch, n: int, warmup: int) -> list[float]:
 
 async def turns(measure_raw, measure_ours, n: int) -> tuple[list, list]:
     """Raw and ours measured ``n`` times each, taking turns in ABBA order
-    (neither side always goes first): each pair of turns, a fraction of a
-    second apart, sees one state of the shared host. What each returned, in
-    order."""
+    (:func:`rawzmq.abba_first`): each pair of turns, a fraction of a second
+    apart, sees one state of the shared host. What each returned, in order."""
     raws, ours = [], []
     for i in range(n):
-        if i % 4 in (0, 3):
+        if abba_first(i):
             raws.append(await measure_raw())
             ours.append(await measure_ours())
         else:
@@ -273,46 +278,63 @@ async def our_throughput(orch, n: int) -> float:
 SLEEP = 0.005
 
 
-async def route_pauses(orch, flips: int, rate: int) -> list[float]:
+async def route_pauses(orch, flips: int, rate: int, probe_ep: str) -> tuple[list[float], list[float]]:
+    """The pauses of ``flips`` route changes of the flow while it streams at
+    ``rate`` msg/s (0: idle), and beside them, on the same host, raw pyzmq
+    round trips between two processes of their own, one every 5 ms: the
+    floor of a change's drain, which is such a round trip between nodes."""
     pauses = []
     target = "sink_b"
-    done = trio.Event()
-    async with trio.open_nursery() as nursery:
-        if rate:
-            async def stream():
-                await orch.request("src", "stream_start", {"count": 10**7, "flow": "data:src", "rate": rate}, timeout=600)
-            nursery.start_soon(stream)
-            await trio.sleep(0.2)
-        for _ in range(flips):
-            report = await orch.routes.change({"data:src": target})
-            pauses.append(report.pause_ms)
-            target = "sink_a" if target == "sink_b" else "sink_b"
-            await trio.sleep(SLEEP)
-        if rate:
-            await orch.request("src", "stream_stop")
-    done.set()
-    return pauses
+    probe = RawProbe(probe_ep)
+    try:
+        async with trio.open_nursery() as nursery:
+            if rate:
+                async def stream():
+                    await orch.request("src", "stream_start", {"count": 10**7, "flow": "data:src", "rate": rate},
+                                       timeout=600)
+                nursery.start_soon(stream)
+                await trio.sleep(0.2)
+            for _ in range(flips):
+                report = await orch.routes.change({"data:src": target})
+                pauses.append(report.pause_ms)
+                target = "sink_a" if target == "sink_b" else "sink_b"
+                await trio.sleep(SLEEP)
+            if rate:
+                await orch.request("src", "stream_stop")
+        return pauses, await trio.to_thread.run_sync(probe.stop)
+    finally:
+        probe.close()
 
 
 async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rtt_turns: int, tp_turns: int) -> dict:
     """Every figure on one cluster, raw and ours taking turns (a drift of the
     shared host's speed hits both sides alike)."""
-    res = {k: [] for k in ("raw_rtt", "rtt", "rtt_client", "rtt_thread", "raw_tp", "tp", "lat_ratio", "tp_ratio")}
-    echo_ep = f"ipc://{tmp}/raw-echo"
-    echo = _python(RAW_ECHO, echo_ep, stdout=subprocess.PIPE)
-    raw = None
+    res = {k: [] for k in ("raw_rtt", "rtt", "floor_rtt", "rtt_client", "rtt_thread", "raw_tp", "tp", "lat_ratio",
+                           "floor_ratio", "tp_ratio")}
+    echo_ep, floor_ep = f"ipc://{tmp}/raw-echo", f"ipc://{tmp}/trio-echo"
+    spin = str(spin_from_env())
+    echoes = [python_script(RAW_ECHO, echo_ep, stdout=subprocess.PIPE), python_script(TRIO_ECHO, floor_ep, spin, stdout=subprocess.PIPE)]
+    clients = []
     try:
-        echo.stdout.readline()
-        raw = RawClient(echo_ep)
+        for echo in echoes:
+            echo.stdout.readline()
+        raw, floor = RawClient(echo_ep), RawClient(floor_ep, TRIO_CLIENT, spin)
+        clients += [raw, floor]
         async with running(echo_topology(), Path(tmp) / "cl") as orch:
-            await node_rtt(orch, 10, 200)  # both sides warm before the first turn
-            await trio.to_thread.run_sync(raw.rtt, 10, 200)
-            # round trips: turns of n_rtt // rtt_turns, each after a short warm-up
+            await node_rtt(orch, 10, 200)  # every side warm before the first turn
+            for client in clients:
+                await trio.to_thread.run_sync(client.rtt, 10, 200)
+            # round trips: turns of n_rtt // rtt_turns, each after a short warm-up;
+            # the floor's batch follows raw's in each turn
             batch = n_rtt // rtt_turns
-            raws, ours = await turns(functools.partial(trio.to_thread.run_sync, raw.rtt, batch, 20),
-                                     functools.partial(node_rtt, orch, batch, 20), rtt_turns)
-            res["raw_rtt"], res["rtt"] = sum(raws, []), sum(ours, [])
-            res["lat_ratio"] = [statistics.median(o) / statistics.median(r) for r, o in zip(raws, ours)]
+
+            async def raw_and_floor():
+                return [await trio.to_thread.run_sync(c.rtt, batch, 20) for c in clients]
+
+            raws, ours = await turns(raw_and_floor, functools.partial(node_rtt, orch, batch, 20), rtt_turns)
+            res["raw_rtt"], res["floor_rtt"], res["rtt"] = sum((r for r, _ in raws), []), sum((f for _, f in raws), []), sum(ours, [])
+            res["lat_ratio"] = [statistics.median(o) / statistics.median(r) for (r, _), o in zip(raws, ours)]
+            res["floor_ratio"] = [statistics.median(f) / statistics.median(r) for r, f in raws]
             for _ in range(5):
                 res["rtt_client"] += await our_rtt(orch, tmp, n_rtt // 5)
                 res["rtt_thread"] += await our_rtt(orch, tmp, n_rtt // 5, ThreadInboxParty)
@@ -321,14 +343,15 @@ async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rtt_turns: int, tp_
             res["raw_tp"], res["tp"] = await turns(raw_tp, functools.partial(our_throughput, orch, batch), tp_turns)
             res["tp_ratio"] = [o / r for r, o in zip(res["raw_tp"], res["tp"])]
             # the flow has history now: each change drains its old receiver, idle or not
-            res["pause_load"] = await route_pauses(orch, flips, 20000)
-            res["pause_idle"] = await route_pauses(orch, flips, 0)
+            res["pause_load"], res["probe_load"] = await route_pauses(orch, flips, 20000, f"ipc://{tmp}/probe-load")
+            res["pause_idle"], res["probe_idle"] = await route_pauses(orch, flips, 0, f"ipc://{tmp}/probe-idle")
     finally:
-        if raw is not None:
-            raw.close()
-        if echo.poll() is None:
-            echo.kill()
-            echo.wait()
+        for client in clients:
+            client.close()
+        for echo in echoes:
+            if echo.poll() is None:
+                echo.kill()
+                echo.wait()
     return res
 
 
@@ -354,6 +377,9 @@ def main() -> None:
         "latency_ratio": round(statistics.median(ours["lat_ratio"]), 3),
         "latency_ratios": [round(r, 3) for r in ours["lat_ratio"]],
         "thread_latency_ratio": round(statistics.median(ours["rtt_thread"]) / statistics.median(raw), 3),
+        "floor_rtt_p50_us": us(statistics.median(ours["floor_rtt"])),
+        "floor_latency_ratio": round(statistics.median(ours["floor_ratio"]), 3),
+        "floor_latency_ratios": [round(r, 3) for r in ours["floor_ratio"]],
         "raw_msgs_per_s": round(raw_tp), "our_msgs_per_s": round(our_tp),
         "throughput_ratio": round(statistics.median(ours["tp_ratio"]), 3),
         "throughput_ratios": [round(r, 3) for r in ours["tp_ratio"]],
@@ -361,6 +387,10 @@ def main() -> None:
         "route_pause_p99_ms": round(pct(ours["pause_load"], 99), 3),
         "route_pause_idle_p50_ms": round(statistics.median(ours["pause_idle"]), 3),
         "route_pause_idle_p99_ms": round(pct(ours["pause_idle"], 99), 3),
+        "raw_rtt_beside_load_p50_ms": round(statistics.median(ours["probe_load"]) * 1e3, 3),
+        "raw_rtt_beside_load_p99_ms": round(pct(ours["probe_load"], 99) * 1e3, 3),
+        "raw_rtt_beside_idle_p50_ms": round(statistics.median(ours["probe_idle"]) * 1e3, 3),
+        "raw_rtt_beside_idle_p99_ms": round(pct(ours["probe_idle"], 99) * 1e3, 3),
     }
     if args.json:
         print(json.dumps(result))
@@ -371,6 +401,7 @@ def main() -> None:
         ("  a client in the bench p50 (µs)", result["raw_rtt_p50_us"], result["client_rtt_p50_us"],
          round(result["client_rtt_p50_us"] / result["raw_rtt_p50_us"], 3)),
         ("  alt: poller thread p50 (µs)", result["raw_rtt_p50_us"], result["thread_rtt_p50_us"], result["thread_latency_ratio"]),
+        ("  floor: bare trio loop p50 (µs)", result["raw_rtt_p50_us"], result["floor_rtt_p50_us"], result["floor_latency_ratio"]),
         ("one-way throughput (msg/s)", result["raw_msgs_per_s"], result["our_msgs_per_s"], result["throughput_ratio"]),
     ]
     print(f"{'':32}{'raw pyzmq':>12}{'hwemu':>12}{'ratio':>8}")
@@ -378,7 +409,11 @@ def main() -> None:
         print(f"{name:32}{a:>12}{b:>12}{r:>8}")
     print(f"route change pause, flow at 20k msg/s: p50 {result['route_pause_p50_ms']} ms, p99 {result['route_pause_p99_ms']} ms")
     print(f"route change pause, flow idle:        p50 {result['route_pause_idle_p50_ms']} ms, p99 {result['route_pause_idle_p99_ms']} ms")
+    print(f"  beside them, a raw pyzmq round trip between two processes every 5 ms: at 20k msg/s p50 "
+          f"{result['raw_rtt_beside_load_p50_ms']} / p99 {result['raw_rtt_beside_load_p99_ms']} ms, idle "
+          f"{result['raw_rtt_beside_idle_p50_ms']} / {result['raw_rtt_beside_idle_p99_ms']} ms")
     print(f"ratio per turn: round trip {result['latency_ratios']}, throughput {result['throughput_ratios']}")
+    print(f"floor ratio per turn: {result['floor_latency_ratios']}")
 
 
 if __name__ == "__main__":
