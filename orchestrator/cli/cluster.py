@@ -54,7 +54,7 @@ def _call(run_dir: Path, kind: str, body: dict | None = None, timeout: float = 1
     except RemoteError as exc:
         fail(f"{exc.detail}")
     except RequestTimeout:
-        fail(f"the orchestrator in {run_dir} does not answer (is it hung? `hwemu down` kills it)")
+        fail(f"the orchestrator in {run_dir} does not answer within {timeout:g} s (is it hung? `hwemu down` kills it)")
 
 
 def up(
@@ -109,10 +109,14 @@ def up(
         daemon.wait()
 
 
-def status(run_dir: RunDir = None, json_out: Json = False) -> None:
+def status(
+    run_dir: RunDir = None,
+    json_out: Json = False,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the orchestrator's answer.")] = 10.0,
+) -> None:
     """Every node: kind, pid, state, alive, uptime, messages in/out; and the routes."""
     rd = run_dir_of(run_dir)
-    data = _call(rd, "ctl_status")
+    data = _call(rd, "ctl_status", timeout=timeout)
     if json_out:
         emit_json(data)
         return

@@ -205,10 +205,13 @@ def test_a_hung_orchestrator_is_reported_and_down_still_stops_every_process(run_
     pids |= cluster_pids
     os.kill(orch_pid, signal.SIGSTOP)
     try:
-        status = hwemu(rd, "status", "--json")
+        status = hwemu(rd, "status", "--json", "--timeout", "1")
         assert (status.returncode, status.stdout) == (1, "")
         lines = status.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"hwemu: the orchestrator in {rd} does not answer"), status.stderr
+        assert len(lines) == 1 and lines[0].startswith(f"hwemu: the orchestrator in {rd} does not answer within 1 s"), \
+            status.stderr
+        bad = hwemu(rd, "status", "--timeout", "0")
+        assert bad.returncode == 2 and "--timeout" in bad.stderr and bad.stdout == "", bad.stderr
 
         down = hwemu(rd, "down", "--timeout", "1")
         assert down.returncode == 0, down.stderr
