@@ -313,13 +313,14 @@ async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rtt_turns: int, tp_
                            "floor_ratio", "tp_ratio")}
     echo_ep, floor_ep = f"ipc://{tmp}/raw-echo", f"ipc://{tmp}/trio-echo"
     spin = str(spin_from_env())
-    echoes = [python_script(RAW_ECHO, echo_ep, stdout=subprocess.PIPE), python_script(TRIO_ECHO, floor_ep, spin, stdout=subprocess.PIPE)]
-    clients = []
+    echoes, clients = [], []  # raw pyzmq's, then the floor's
     try:
+        echoes.append(python_script(RAW_ECHO, echo_ep, stdout=subprocess.PIPE))
+        echoes.append(python_script(TRIO_ECHO, floor_ep, spin, stdout=subprocess.PIPE))
         for echo in echoes:
             echo.stdout.readline()
-        raw, floor = RawClient(echo_ep), RawClient(floor_ep, TRIO_CLIENT, spin)
-        clients += [raw, floor]
+        clients.append(RawClient(echo_ep))
+        clients.append(RawClient(floor_ep, TRIO_CLIENT, spin))
         async with running(echo_topology(), Path(tmp) / "cl") as orch:
             await node_rtt(orch, 10, 200)  # every side warm before the first turn
             for client in clients:
@@ -332,7 +333,9 @@ async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rtt_turns: int, tp_
                 return [await trio.to_thread.run_sync(c.rtt, batch, 20) for c in clients]
 
             raws, ours = await turns(raw_and_floor, functools.partial(node_rtt, orch, batch, 20), rtt_turns)
-            res["raw_rtt"], res["floor_rtt"], res["rtt"] = sum((r for r, _ in raws), []), sum((f for _, f in raws), []), sum(ours, [])
+            res["raw_rtt"] = [t for r, _ in raws for t in r]
+            res["floor_rtt"] = [t for _, f in raws for t in f]
+            res["rtt"] = [t for o in ours for t in o]
             res["lat_ratio"] = [statistics.median(o) / statistics.median(r) for (r, _), o in zip(raws, ours)]
             res["floor_ratio"] = [statistics.median(f) / statistics.median(r) for r, f in raws]
             for _ in range(5):
