@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from orchestrator.cluster import running  # noqa: E402
 from orchestrator.topology import parse  # noqa: E402
 from protocol.transport import Party, spin_from_env  # noqa: E402
-from bench.rawzmq import RAW_ECHO, RawClient, RawProbe, abba_first, python_script  # noqa: E402
+from bench.rawzmq import RAW_ECHO, RawClient, RawProbe, abba_first, python_script, stop  # noqa: E402
 import tests.fixtures.streamer  # noqa: E402,F401  (registers datum/stream_start)
 
 PAYLOAD = b"x" * 64
@@ -158,10 +158,7 @@ def raw_throughput(tmp: str, n: int) -> float:
         sender.wait(timeout=30)
         return rate
     finally:
-        for proc in (sender, sink):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop(sender, sink)
 
 
 # -- ours ---------------------------------------------------------------------------
@@ -351,10 +348,7 @@ async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rtt_turns: int, tp_
     finally:
         for client in clients:
             client.close()
-        for echo in echoes:
-            if echo.poll() is None:
-                echo.kill()
-                echo.wait()
+        stop(*echoes)
     return res
 
 

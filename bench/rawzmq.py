@@ -57,6 +57,14 @@ def python_script(script: str, *args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", script, *args], text=True, **kw)
 
 
+def stop(*procs: subprocess.Popen | None) -> None:
+    """Kill each process that still runs (None: one that never started) and reap it."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 class RawClient:
     """A client process that times batches of round trips to the echo
     process at ``ep`` on request, so that raw and ours can take turns batch
@@ -74,9 +82,7 @@ class RawClient:
         return json.loads(line)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        stop(self.proc)
 
 
 class RawProbe:
@@ -100,10 +106,7 @@ class RawProbe:
         return json.loads(out)
 
     def close(self) -> None:
-        for proc in (self.client, self.echo):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop(self.client, self.echo)
 
 
 def abba_first(i: int) -> bool:

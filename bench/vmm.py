@@ -65,7 +65,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.client import call  # noqa: E402
 from protocol.frames import to_runs  # noqa: E402
-from bench.rawzmq import RawProbe, abba_first  # noqa: E402
+from bench.rawzmq import RawProbe, abba_first, stop  # noqa: E402
 
 HWEMU = ROOT / ".venv/bin/hwemu"
 SAMPLES = ROOT / "guest/build/samples"
@@ -212,10 +212,7 @@ def udp_phase(tmp: str, n: int) -> dict[str, tuple[float, float]]:
 
         return through_phases(clusters["udp"], side_by_side, nic_interposed)
     finally:
-        for server in servers:
-            if server.poll() is None:
-                server.kill()
-                server.wait()
+        stop(*servers)
         for rd in clusters.values():
             down({**os.environ, "HWEMU_RUN_DIR": str(rd)})
 
@@ -334,9 +331,7 @@ def virt_figures(rd: Path, args) -> dict:
     finally:
         if probe is not None:
             probe.close()
-        if background is not None and background.poll() is None:
-            background.kill()
-            background.wait()
+        stop(background)
         for e in (env, ref_env):
             down(e, stderr=subprocess.DEVNULL)
     us = lambda v: round(v * 1e6, 1)  # noqa: E731
