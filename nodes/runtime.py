@@ -54,6 +54,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
+from nodes.recorder import Recorder
 from protocol import sched
 from protocol.errors import ProtocolError
 from protocol.messages import Message, error_body
@@ -162,6 +163,7 @@ class Node:
         self.name = cfg.name
         self.options = cfg.options
         self.party = Party(cfg.name, cfg.endpoint, cfg.directory)
+        self.recorder = Recorder(cfg.name)  # trace ring and fault history, both off until asked for
         self.routes = RouteTable.from_wire(cfg.routes)
         self.party.epoch = self.routes.epoch
         self.out_flows: dict[str, _OutFlow] = {}
@@ -197,6 +199,7 @@ class Node:
             await self.teardown()
             self.party.close()
             self.write_history()
+            self.recorder.close_history()
 
     history_path: str | None = None  # set by main(): where a node process leaves its flow history
 

@@ -196,6 +196,9 @@ class Party:
         self._static = frozenset(self.directory)  # topology names; reply_to never overrides these
         self._learned: dict[str, None] = {}  # parties known from reply_to, oldest first
         self.ctx = ctx or zmq.Context.instance()
+        # this process's life: a restarted party has a larger one (wall-clock
+        # ns at start), so a peer can tell a restart from a replay or a delay
+        self.incarnation = time.time_ns()
         self.epoch = 0
         self._advertise = advertise  # put reply_to on every message (clients not in the topology)
         self._seq = itertools.count(1)
