@@ -184,6 +184,9 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
+                rec = self.recorder
+                if rec.on:  # a history's lives: what follows is this incarnation's
+                    rec("node", "start", kind=self.kind, pid=os.getpid(), inc=self.party.incarnation)
                 await nursery.start(self.party.serve, self._dispatch)
                 nursery.start_soon(self._signals)
                 await self.setup()
@@ -196,6 +199,8 @@ class Node:
                 await self.work(nursery)
         finally:
             self.state = "stopped"
+            if self.recorder.on:  # a life that ends without this line was killed
+                self.recorder("node", "stop", inc=self.party.incarnation)
             await self.teardown()
             self.party.close()
             self.write_history()
@@ -271,6 +276,8 @@ class Node:
             else:
                 inflow.expected = msg.fseq + 1
                 inflow.record(msg.fseq)
+            if self.recorder.on:
+                self.recorder("flow", "deliver", flow=flow, fseq=msg.fseq, src=msg.src)
         if handler is None:
             if msg.kind in ("ok", "error", "pong", "stats_reply"):
                 return  # an unsolicited reply: nothing to do, never answer it
@@ -331,6 +338,8 @@ class Node:
             await out.resumed.wait()  # a device whose queue is full stalls, like hardware
         dst = self.routes.lookup(flow)
         out.fseq += 1
+        if self.recorder.on:
+            self.recorder("flow", "sent", flow=flow, fseq=out.fseq, dst=dst, inc=self.party.incarnation)
         msg = self.party.make(dst, kind, body, flow=flow, fseq=out.fseq)
         if out.paused or out.flushing:
             out.buffer.append(msg)
@@ -352,6 +361,8 @@ class Node:
             await out.resumed.wait()
         dst = self.routes.lookup(flow)
         out.fseq += 1
+        if self.recorder.on:
+            self.recorder("flow", "sent", flow=flow, fseq=out.fseq, dst=dst, inc=self.party.incarnation)
         return await self.party.request(dst, kind, body, timeout=timeout, flow=flow, fseq=out.fseq)
 
     # -- built-in handlers ----------------------------------------------------------
@@ -473,6 +484,9 @@ class Node:
         table = RouteTable(epoch, routes)
         if table.epoch < self.routes.epoch:
             raise ProtocolError("stale_epoch", f"epoch {table.epoch} is older than {self.routes.epoch}", "body.epoch")
+        if self.recorder.on:
+            self.recorder("route", "install", epoch=epoch, next=nxt,
+                          moved={f: r for f, r in routes.items() if self.routes.get(f) != r})
         self.routes = table
         self.party.epoch = table.epoch
         for flow, n in nxt.items():
@@ -529,6 +543,8 @@ class Node:
     async def on_route_next(self, msg: Message) -> None:
         """A sender says which ``fseq`` comes next on flows it now sends here
         (ahead of the messages themselves). Not answered: it is part of the flow."""
+        if self.recorder.on:
+            self.recorder("route", "next", next=msg.body["next"], src=msg.src)
         for flow, n in msg.body["next"].items():
             self.in_flows.setdefault(flow, _InFlow()).next_is(n)
 
@@ -555,4 +571,30 @@ def main(node_cls: type[Node], argv: list[str] | None = None) -> None:
     sched.short_slice(f"{node_cls.kind} {cfg.name}", node_cls.short_slice)
     node = node_cls(cfg)
     node.history_path = os.path.join(cfg.run_dir, f"{cfg.name}.flows.json")
+    hdir = history_dir(cfg)
+    if hdir is not None:
+        try:
+            os.makedirs(hdir, exist_ok=True)
+            node.recorder.open_history(os.path.join(hdir, f"{cfg.name}.jsonl"), line_buffered=True)
+        except OSError as exc:
+            print(f"{node_cls.kind}: cannot open history in {hdir}: {exc}", file=sys.stderr)
+            sys.exit(2)
     trio.run(node.run)
+
+
+def history_dir(cfg: NodeConfig) -> str | None:
+    """Where this node appends its fault history (``<dir>/<name>.jsonl``), or None: not recorded.
+
+    ``HWEMU_HISTORY_DIR`` (how ``hwemu chaos`` records a whole cluster), else
+    the node option ``history`` (true: ``<run_dir>/history``; a string: that
+    directory).
+    """
+    env = os.environ.get("HWEMU_HISTORY_DIR")
+    if env:
+        return env
+    opt = cfg.options.get("history")
+    if opt is True:
+        return os.path.join(cfg.run_dir, "history")
+    if isinstance(opt, str) and opt:
+        return opt
+    return None

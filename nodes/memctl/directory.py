@@ -139,6 +139,8 @@ class MemoryController:
         Until then every request but ``release`` and the views raises
         :class:`Recovering`."""
         self._counts: Counter[str] = Counter()
+        self.on_owner: Callable[[list[int], str, str], None] | None = None
+        """Told ``(frames, old_owner, new_owner)`` after every owner change (the node's fault history)."""
         doc = snapshot.load() if snapshot is not None else None
         if doc is not None:
             self._restore(doc)
@@ -724,6 +726,9 @@ class MemoryController:
         self._counts["zeroed"] += len(moving)
         for first, count in runs:
             owner[first:first + count] = [new_owner] * count
+        if self.on_owner is not None:
+            for old, gone in by_old.items():
+                self.on_owner(sorted(gone), old, new_owner)
 
     async def _replace_map(
         self, space: str, edit: Callable[[dict[int, int]], tuple[bool, dict[int, int]]]

@@ -99,6 +99,10 @@ class MemctlNode(Node):
     async def setup(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.mc = MemoryController.open(self.path, self.nframes, self._recall)
+        rec = self.recorder
+        if rec.on:  # the history's owner model starts from what this life found, then follows every change
+            rec("frame", "owners", owners=self.mc.owners(), nframes=self.mc.store.nframes)
+            self.mc.on_owner = lambda frames, old, new: rec("frame", "owner", frames=frames, old=old, new=new)
         if not self.mc.recovering:
             known = set(self.mc.stats()["spaces"])
             for os_name, (first, count) in self.partitions.items():
@@ -169,6 +173,8 @@ class MemctlNode(Node):
         except MemctlError as exc:
             await self.party.reply(msg, "error", self._error(exc, msg.kind))
             return
+        if self.recorder.on:  # who may read which frame: a checker compares it with the frame's owner
+            self.recorder("frame", "grant", space=space, frame=grant.frame, initiator=msg.src, write=b["write"])
         await self.party.reply(msg, "mem_grant", {"frame": grant.frame, "gpn": b["gpn"],
                                                   "data": grant.data if grant.data is not None else b"",
                                                   "writable": grant.writable})
