@@ -42,6 +42,10 @@ request, and the history file and line of the event that shows it:
   ``COUNT`` is checked against the range of counts the per-key states allow,
   which can miss a violation that only a joint state would show, never
   report a false one.
+- **UDP echo** — every reply is the bytes of a request the client sent
+  (by CRC-32 and size), and no request is echoed twice (UDP may lose).
+- **the run** — a scenario step that failed (``scenario check``), a killed
+  node that was not running again in time (``fault not_recovered``).
 - **guest outputs** — every program (``guest exit``) exited 0 with exactly
   the fault-free run's bytes, or was killed by the schedule and ended with
   the documented status (``killed_status``) and a prefix of those bytes.
@@ -546,9 +550,47 @@ def check_outputs(events: list[dict[str, Any]], report: Report) -> None:
     report.checked["guest_programs"] = n
 
 
+# -- the UDP echo client, the run itself ----------------------------------------------------
+
+
+def check_echo(events: list[dict[str, Any]], report: Report) -> None:
+    """UDP may lose a datagram, never corrupt or duplicate one: each reply is a request's bytes, once."""
+    sent: dict[Any, dict] = {}
+    got: dict[Any, dict] = {}
+    for ev in events:
+        if ev["cat"] != "client" or ev.get("client") != "echo":
+            continue
+        if ev["ev"] == "request":
+            sent[ev["id"]] = ev
+        elif ev["ev"] == "reply":
+            rid = ev.get("id")
+            req = sent.get(rid)
+            if req is None or (req["crc32"], req["size"]) != (ev["crc32"], ev["size"]):
+                report.add("echo", "corrupted", f"a reply of {ev['size']} bytes that no request sent "
+                           f"(as request {rid})", ev, request=rid)
+            elif rid in got:
+                report.add("echo", "duplicate", f"request {rid} echoed twice (first at {_where(got[rid])})", ev,
+                           request=rid)
+            else:
+                got[rid] = ev
+    report.checked["echo_requests"] = len(sent)
+    report.checked["echo_replies"] = len(got)
+
+
+def check_run(events: list[dict[str, Any]], report: Report) -> None:
+    """What the chaos run checked as it went: a scenario step that failed, a killed node never back."""
+    for ev in events:
+        kind = (ev["cat"], ev["ev"])
+        if kind == ("scenario", "check") and not ev.get("ok"):
+            report.add("scenario", "failed", f"{ev.get('name')}: {ev.get('detail', '')}", ev)
+        elif kind == ("fault", "not_recovered"):
+            report.add("recovery", "not_recovered", f"{ev.get('target')} ({ev.get('node_kind')}) not running "
+                       f"again {ev.get('after_s')} s after a {ev.get('kind')}", ev, node=ev.get("target"))
+
+
 # -- all ------------------------------------------------------------------------------------
 
-CHECKS = (check_flows, check_disk, check_frames, check_kv, check_outputs)
+CHECKS = (check_flows, check_disk, check_frames, check_kv, check_outputs, check_echo, check_run)
 
 
 def check(path: str | Path | Iterable[str | Path]) -> Report:

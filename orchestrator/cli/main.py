@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import check, cluster, console, cpu, demo, memory, route, run, vmm
+from orchestrator.cli import chaos, check, cluster, console, cpu, demo, memory, route, run, vmm
 from orchestrator.cli import os as os_cli
 from orchestrator.cli.common import fail
 from protocol.sched import slice_from_env
@@ -35,6 +35,7 @@ app.command("console")(console.console)
 app.command("run")(run.run)
 app.command("demo")(demo.demo)
 app.command("check")(check.check)
+app.command("chaos")(chaos.chaos)
 app.add_typer(route.app, name="route")
 app.add_typer(cpu.app, name="cpu", help="Run programs on the CPU core.")
 app.add_typer(vmm.app, name="vmm")
