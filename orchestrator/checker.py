@@ -280,8 +280,10 @@ def _in_flight_at_death(sev: dict, life: _Life | None, lives: dict[tuple[str, in
         return True
     if life.end - sev["t"] <= TAIL_S * 1e9:
         return True
+    # the receiver's life that was current when it was sent (or already dead, not yet restarted) was killed
     dst = sev.get("dst")
-    return any(lf.node == dst and lf.killed and lf.end >= sev["t"] for lf in lives.values())
+    current = [lf for lf in lives.values() if lf.node == dst and lf.start <= sev["t"]]
+    return bool(current) and max(current, key=lambda lf: lf.start).killed
 
 
 # -- disk ----------------------------------------------------------------------------------

@@ -200,6 +200,7 @@ class Run:
         self.d = Demo(rd, show=False, control=scenario != "demo")
         self.injected: dict[str, int] = {}
         self.unsupported: list[str] = []
+        self.skipped: list[str] = []  # faults whose target was not there to take them
         self.recovery_ms: list[dict[str, Any]] = []
         self.kills: list[tuple[float, float, str]] = []  # (from, to, node kind): what a program may have died of
         self.counts = {"kv_requests": 0, "kv_replies": 0, "kv_timeouts": 0, "udp_sent": 0, "udp_replies": 0}
@@ -316,6 +317,10 @@ async def inject(r: Run, f: dict[str, Any]) -> None:
         r.log("fault", "failed", kind=kind, target=target, detail=str(exc)[:200])
         r.errors.append(f"fault {describe(f)} could not be injected: {exc}")
         return
+    except (ProcessLookupError, RuntimeError) as exc:  # its target died meanwhile (`recovered` says if it came back)
+        r.skipped.append(f"{kind} {target}: {exc}")
+        r.log("fault", "skipped", kind=kind, target=target, detail=str(exc)[:200])
+        return
     r.injected[kind] = r.injected.get(kind, 0) + 1
     r.log("fault", "end", kind=kind, target=target)
 
@@ -323,7 +328,7 @@ async def inject(r: Run, f: dict[str, Any]) -> None:
 async def _signal_fault(r: Run, f: dict[str, Any]) -> None:
     kind, target = f["kind"], f["target"]
     spec = {"type": kind, "node": target, **({"for": f["for_s"]} if kind == "pause" else {})}
-    before = (await _status(r))[target]
+    before = await _running(r, target)  # a node still restarting from the last kill is waited for
     fid = await _fault_manager(r, spec)
     t_kill = time.monotonic()
     if fid is None:  # this build's orchestrator has no fault manager: by pid, as it would
@@ -335,7 +340,8 @@ async def _signal_fault(r: Run, f: dict[str, Any]) -> None:
             try:
                 await trio.sleep(f["for_s"])
             finally:
-                os.kill(pid, signal.SIGCONT)
+                with contextlib.suppress(ProcessLookupError):  # killed meanwhile by another fault
+                    os.kill(pid, signal.SIGCONT)
     elif kind == "pause":
         await trio.sleep(f["for_s"])
     if kind != "kill":
@@ -353,6 +359,17 @@ async def _signal_fault(r: Run, f: dict[str, Any]) -> None:
             await trio.sleep(0.05)
     r.kills.append((t_kill, time.monotonic(), before["kind"]))
     r.log("fault", "not_recovered", kind=kind, target=target, node_kind=before["kind"], after_s=RECOVERY_TIMEOUT)
+
+
+async def _running(r: Run, node: str) -> dict[str, Any]:
+    """``node``'s status once it runs (a node restarting after a kill is waited for)."""
+    with trio.move_on_after(RECOVERY_TIMEOUT):
+        while True:
+            st = (await _status(r)).get(node, {})
+            if st.get("alive") and st.get("state") == "running" and st.get("pid"):
+                return st
+            await trio.sleep(0.05)
+    raise RuntimeError(f"{node} is not running (it did not come back from an earlier fault)")
 
 
 async def _message_fault(r: Run, f: dict[str, Any]) -> None:
@@ -653,6 +670,7 @@ def execute(seed: int, duration: float, faults: list[str], scenario: str, rd: Pa
     rep = checker.check(hist)
     return {"seed": seed, "scenario": scenario, "duration": duration, "faults": faults, "held_back": held,
             "schedule": schedule, "faults_injected": r.injected, "faults_unsupported": r.unsupported,
+            "faults_skipped": r.skipped,
             "recovery_ms": r.recovery_ms, "violations": len(rep.violations),
             "violation_details": [v.to_json() for v in rep.violations], "checked": rep.checked,
             "notes": rep.notes, "errors": r.errors, "history": str(hist), "workload": r.counts,

@@ -1,0 +1,42 @@
+"""`hwemu chaos` draws its fault schedule from the seed alone (FoundationDB's way: one seed, one run)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator.cli import chaos
+
+HWEMU = str(Path(sys.executable).parent / "hwemu")
+
+
+def test_the_same_seed_draws_the_same_schedule_and_another_seed_another():
+    a = chaos.draw_schedule(5, 30, list(chaos.FAULT_KINDS), "io")
+    assert a == chaos.draw_schedule(5, 30, list(chaos.FAULT_KINDS), "io")
+    assert a != chaos.draw_schedule(6, 30, list(chaos.FAULT_KINDS), "io")
+    assert [f["at"] for f in a] == sorted(f["at"] for f in a)
+    assert all(chaos.WARMUP_S <= f["at"] <= 30 - chaos.SETTLE_S for f in a)
+
+
+def test_every_kind_is_drawn_on_targets_of_the_scenario_and_nothing_held_back_is():
+    kinds = {f["kind"] for s in range(40) for f in chaos.draw_schedule(s, 60, list(chaos.FAULT_KINDS), "io")}
+    assert kinds == set(chaos.FAULT_KINDS)
+    tg = chaos.targets("io")
+    held = ["pause", "kill:cpu", "kill:os"]
+    for s in range(40):
+        for f in chaos.draw_schedule(s, 60, ["kill", "pause"], "io", held):
+            assert f["kind"] == "kill" and f["target"] in tg["kill"]
+            assert tg["_kinds"][f["target"]] not in ("cpu", "os")
+
+
+def test_flow_faults_hit_flows_of_the_topology_and_the_sender_is_who_injects_them():
+    tg = chaos.targets("io")
+    assert "irq:timer0" in tg["drop"] and chaos._sender("irq:timer0") == "timer0"
+    assert chaos._sender("io:os1.disk") == "os1"
+
+
+def test_a_bad_fault_kind_or_scenario_is_refused_in_one_line():
+    for args in (["--faults", "kill,meteor"], ["--scenario", "moon"]):
+        done = subprocess.run([HWEMU, "chaos", "--seed", "1", *args], capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr
+        assert "meteor" in done.stderr or "moon" in done.stderr
+        assert "Traceback" not in done.stderr
