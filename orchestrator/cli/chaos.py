@@ -67,6 +67,7 @@ from protocol.errors import RemoteError, RequestTimeout
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = {"native": "native.toml", "io": "demo.toml", "demo": "demo.toml"}
+IDLE = {"io": {"vmm", "uart1"}}  # nodes of a scenario's topology that its workloads leave idle: no fault target
 FAULT_KINDS = ("kill", "pause", "partition", "drop", "dup", "delay", "reorder", "corrupt", "disk", "clock")
 FLOW_FAULTS = ("drop", "dup", "delay", "reorder", "corrupt")
 
@@ -83,7 +84,7 @@ HELD_BACK = [
 ]
 
 KILL_STATUS = [137, 135]  # a guest process killed with its CPU: what `hwemu run` exits with (128 + SIGKILL/SIGBUS)
-COMPUTE_LINES = 12  # timeshare lines per compute round (rounds follow each other while the run lasts)
+COMPUTE_LINES = 8  # timeshare lines per compute round (rounds follow each other while the run lasts)
 WARMUP_S = 1.0  # workloads run this long before the first fault
 SETTLE_S = 3.0  # no fault starts in the last seconds: every fault is over before the workloads wind down
 CLIENT_TIMEOUT = 4.0  # a key-value or echo request without a reply after this long is indeterminate
@@ -97,7 +98,7 @@ GIVE_UP = 3  # requests in a row without a reply after which the wind-down stops
 def targets(scenario: str) -> dict[str, list[str]]:
     """The nodes (or flows) each fault kind may hit in ``scenario``, from its topology (static)."""
     topo = load(REPO / "compose" / SCENARIOS[scenario])
-    nodes = {n: s.kind for n, s in topo.nodes.items() if s.autostart}
+    nodes = {n: s.kind for n, s in topo.nodes.items() if s.autostart and n not in IDLE.get(scenario, ())}
     routes = sorted(f for f, r in topo.routes.items() if r in nodes and _sender(f) in nodes)
     return {
         "kill": sorted(nodes), "pause": sorted(nodes),
@@ -458,10 +459,15 @@ async def scenario_run(r: Run) -> None:
     uart_log = r.rd / "uart0.console.log"
     async with trio.open_nursery() as nursery:
         r.phase = "starting the workloads"
-        echo, echo_at = await _server(r.d, nursery, uart_log, "udpecho.elf", [str(GUEST_PORT)], GUEST_PORT,
-                                      b"udpecho listening")
-        kv, kv_at = await _server(r.d, nursery, uart_log, "kvstore.elf", ["/dev/disk0", str(KV_PORT)], KV_PORT,
-                                  b"kvstore ready")
+        servers: dict[str, tuple] = {}
+
+        async def start(name: str, elf: str, args: list[str], port: int, ready: bytes) -> None:
+            servers[name] = await _server(r.d, nursery, uart_log, elf, args, port, ready)
+
+        async with trio.open_nursery() as both:  # side by side: each waits for its own line and port
+            both.start_soon(start, "echo", "udpecho.elf", [str(GUEST_PORT)], GUEST_PORT, b"udpecho listening")
+            both.start_soon(start, "kv", "kvstore.elf", ["/dev/disk0", str(KV_PORT)], KV_PORT, b"kvstore ready")
+        (echo, echo_at), (kv, kv_at) = servers["echo"], servers["kv"]
         for prog, name in ((echo, "udpecho"), (kv, "kvstore")):
             prog.update(t0=time.monotonic(), name=name)
         script = kv_script(r.seed)
