@@ -454,36 +454,13 @@ async def _compute(r: Run, nursery: trio.Nursery, done: trio.Event, finished: tr
 
 async def scenario_run(r: Run) -> None:
     """The workloads, the schedule, the wind-down; everything recorded in the history."""
-    nursery_done = trio.Event()
+    compute_done = trio.Event()
     compute_finished = trio.Event()
-    uart_log = r.rd / "uart0.console.log"
     async with trio.open_nursery() as nursery:
         r.phase = "starting the workloads"
-        servers: dict[str, tuple] = {}
-
-        async def start(name: str, elf: str, args: list[str], port: int, ready: bytes) -> None:
-            servers[name] = await _server(r.d, nursery, uart_log, elf, args, port, ready)
-
-        async with trio.open_nursery() as both:  # side by side: each waits for its own line and port
-            both.start_soon(start, "echo", "udpecho.elf", [str(GUEST_PORT)], GUEST_PORT, b"udpecho listening")
-            both.start_soon(start, "kv", "kvstore.elf", ["/dev/disk0", str(KV_PORT)], KV_PORT, b"kvstore ready")
-        (echo, echo_at), (kv, kv_at) = servers["echo"], servers["kv"]
-        for prog, name in ((echo, "udpecho"), (kv, "kvstore")):
-            prog.update(t0=time.monotonic(), name=name)
-        script = kv_script(r.seed)
-        clients = trio.Event()
-
-        async def run_clients() -> None:
-            async with trio.open_nursery() as c:
-                c.start_soon(partial(trio.to_thread.run_sync, _kv_client, r, kv_at, script, r.stop_clients,
-                                     abandon_on_cancel=True))
-                c.start_soon(partial(trio.to_thread.run_sync, _echo_client, r, echo_at, r.stop_clients,
-                                     abandon_on_cancel=True))
-            clients.set()
-
-        nursery.start_soon(run_clients)
-        await nursery.start(_compute, r, nursery, nursery_done, compute_finished)
-        r.say("workloads running: timeshare rounds, kvstore + client, udpecho + client")
+        servers = None if r.scenario == "native" else await _start_servers(r, nursery)
+        await nursery.start(_compute, r, nursery, compute_done, compute_finished)
+        r.say("workloads running: timeshare rounds" + (", kvstore + client, udpecho + client" if servers else ""))
 
         r.phase = "faults"
         start = trio.current_time()
@@ -507,45 +484,77 @@ async def scenario_run(r: Run) -> None:
             n.start_soon(cycle)
             await trio.sleep(r.duration)
         r.phase = "winding down"
-        nursery_done.set()
+        compute_done.set()
         r.stop_clients.set()
-        with trio.fail_after(CLIENT_TIMEOUT + 30):
-            await clients.wait()  # their last requests answered or timed out
+        if servers is not None:
+            with trio.fail_after(CLIENT_TIMEOUT + 30):
+                await servers["clients"].wait()  # their last requests answered or timed out
         r.phase = "last compute round"
         with trio.fail_after(120):  # the servers' last lines must not land in a compute round's output
             await compute_finished.wait()
-        # the store: every key read back, then a second run reads it back from the disk
-        keys = [b"key%02d" % i for i in range(24)]
-        readback = [b"COUNT", *[b"GET " + k for k in keys]]
-        got = await trio.to_thread.run_sync(_kv_client, r, kv_at, readback, None)
-        count = got[0]
-        await trio.to_thread.run_sync(_kv_client, r, kv_at, [b"QUIT"], None)
-        await _wait_exit(kv, 60)
-        kv["t1"] = time.monotonic()
-        n_keys = int(count.split()[1]) if count and count.startswith("COUNT ") else -1
-        _guest_exit(r, kv, b"kvstore stopped: %d keys\n" % n_keys, suffix=True)
-        r.phase = "reading the store back"
-        again, again_at = await _server(r.d, nursery, uart_log, "kvstore.elf", ["/dev/disk0", str(KV_PORT)],
-                                        KV_PORT, b"kvstore ready")
-        again.update(t0=time.monotonic(), name="kvstore (second run, reads the disk back)")
-        await trio.to_thread.run_sync(_kv_client, r, again_at, [*readback, b"QUIT"], None)
-        await _wait_exit(again, 60)
-        again["t1"] = time.monotonic()
-        _guest_exit(r, again, b"kvstore ready: %d keys\n" % n_keys + b"kvstore stopped: %d keys\n" % n_keys)
-        r.log("scenario", "check", name="the store holds the same keys after a restart", ok=n_keys >= 0,
-              detail=f"COUNT before the restart: {count!r}")
-        r.phase = "udpecho stopping"
-        bye = await trio.to_thread.run_sync(_converse_quit, echo_at)
-        await _wait_exit(echo, 60)
-        echo["t1"] = time.monotonic()
-        served = _served(echo.get("out", b""))
-        # UDP may lose datagrams, never invent them: the server served at most what was sent (+ quit)
-        plausible = served is not None and r.counts["udp_replies"] <= served <= r.counts["udp_sent"]
-        want = b"udpecho served %d datagrams\n" % (served if plausible else r.counts["udp_sent"])
-        _guest_exit(r, echo, want, suffix=True)
-        r.log("scenario", "check", name="udpecho said bye", ok=bye == b"bye", detail=repr(bye))
+        if servers is not None:
+            await _stop_servers(r, nursery, servers)
     for c in r.d.checks:  # the demo cycle's own checks (each choreography committed, os2's output exact)
         r.log("scenario", "check", name=c["check"], ok=c["ok"], detail=c["detail"][:300])
+
+
+async def _start_servers(r: Run, nursery: trio.Nursery) -> dict[str, Any]:
+    """udpecho and kvstore on os1, side by side, each with its client running."""
+    servers: dict[str, Any] = {"clients": trio.Event()}
+
+    async def start(name: str, elf: str, args: list[str], port: int, ready: bytes) -> None:
+        res, at = await _server(r.d, nursery, r.rd / "uart0.console.log", elf, args, port, ready)
+        res.update(t0=time.monotonic(), name=name)
+        servers[name] = (res, at)
+
+    async with trio.open_nursery() as both:  # each waits for its own line and port
+        both.start_soon(start, "udpecho", "udpecho.elf", [str(GUEST_PORT)], GUEST_PORT, b"udpecho listening")
+        both.start_soon(start, "kvstore", "kvstore.elf", ["/dev/disk0", str(KV_PORT)], KV_PORT, b"kvstore ready")
+
+    async def run_clients() -> None:
+        async with trio.open_nursery() as c:
+            c.start_soon(partial(trio.to_thread.run_sync, _kv_client, r, servers["kvstore"][1], kv_script(r.seed),
+                                 r.stop_clients, abandon_on_cancel=True))
+            c.start_soon(partial(trio.to_thread.run_sync, _echo_client, r, servers["udpecho"][1], r.stop_clients,
+                                 abandon_on_cancel=True))
+        servers["clients"].set()
+
+    nursery.start_soon(run_clients)
+    return servers
+
+
+async def _stop_servers(r: Run, nursery: trio.Nursery, servers: dict[str, Any]) -> None:
+    """Every key read back, the store quits and a second run reads it back from the disk; udpecho quits."""
+    (kv, kv_at), (echo, echo_at) = servers["kvstore"], servers["udpecho"]
+    keys = [b"key%02d" % i for i in range(24)]
+    readback = [b"COUNT", *[b"GET " + k for k in keys]]
+    got = await trio.to_thread.run_sync(_kv_client, r, kv_at, readback, None)
+    count = got[0] if got else None
+    await trio.to_thread.run_sync(_kv_client, r, kv_at, [b"QUIT"], None)
+    await _wait_exit(kv, 60)
+    kv["t1"] = time.monotonic()
+    n_keys = int(count.split()[1]) if count and count.startswith("COUNT ") else -1
+    _guest_exit(r, kv, b"kvstore stopped: %d keys\n" % n_keys, suffix=True)
+    r.phase = "reading the store back"
+    again, again_at = await _server(r.d, nursery, r.rd / "uart0.console.log", "kvstore.elf",
+                                    ["/dev/disk0", str(KV_PORT)], KV_PORT, b"kvstore ready")
+    again.update(t0=time.monotonic(), name="kvstore (second run, reads the disk back)")
+    await trio.to_thread.run_sync(_kv_client, r, again_at, [*readback, b"QUIT"], None)
+    await _wait_exit(again, 60)
+    again["t1"] = time.monotonic()
+    _guest_exit(r, again, b"kvstore ready: %d keys\n" % n_keys + b"kvstore stopped: %d keys\n" % n_keys)
+    r.log("scenario", "check", name="the store holds the same keys after a restart", ok=n_keys >= 0,
+          detail=f"COUNT before the restart: {count!r}")
+    r.phase = "udpecho stopping"
+    bye = await trio.to_thread.run_sync(_converse_quit, echo_at)
+    await _wait_exit(echo, 60)
+    echo["t1"] = time.monotonic()
+    served = _served(echo.get("out", b""))
+    # UDP may lose datagrams, never invent them: the server served at most what was sent
+    plausible = served is not None and r.counts["udp_replies"] <= served <= r.counts["udp_sent"]
+    want = b"udpecho served %d datagrams\n" % (served if plausible else r.counts["udp_sent"])
+    _guest_exit(r, echo, want, suffix=True)
+    r.log("scenario", "check", name="udpecho said bye", ok=bye == b"bye", detail=repr(bye))
 
 
 def _served(out: bytes) -> int | None:
