@@ -333,7 +333,7 @@ async def inject(r: Run, f: dict[str, Any]) -> None:
 
 async def _signal_fault(r: Run, f: dict[str, Any]) -> None:
     kind, target = f["kind"], f["target"]
-    spec = {"type": kind, "node": target, **({"for": f["for_s"]} if kind == "pause" else {})}
+    spec = {"type": kind, "node": target, **({"for_s": f["for_s"]} if kind == "pause" else {})}
     before = await _running(r, target)  # a node still restarting from the last kill is waited for
     fid = await _fault_manager(r, spec)
     t_kill = time.monotonic()
@@ -378,37 +378,48 @@ async def _running(r: Run, node: str) -> dict[str, Any]:
     raise RuntimeError(f"{node} is not running (it did not come back from an earlier fault)")
 
 
-async def _message_fault(r: Run, f: dict[str, Any]) -> None:
+def manager_spec(f: dict[str, Any]) -> dict[str, Any]:
+    """The fault manager's spec of a scheduled fault (orchestrator/faults.py, ``ctl_fault_add``)."""
     kind, target = f["kind"], f["target"]
     if kind in FLOW_FAULTS:
         spec = {"type": "flow", "flows": [target], **f["params"]}
-        node = _sender(target)
     elif kind == "partition":
-        spec = {"type": "partition", "peers": [f["params"]["from"]], "node": target,
+        spec = {"type": "partition", "nodes": [target], "from": [f["params"]["from"]],
                 "oneway": f["params"]["oneway"]}
-        node = target
     else:
-        spec = {"type": kind, **f["params"]}
-        node = target
-    spec["seed"] = f["seed"]
-    fid = await _fault_manager(r, {**spec, "node": node, "for": f["for_s"]})
-    if fid is not None:
-        await trio.sleep(f["for_s"])
+        spec = {"type": kind, "node": target, **f["params"]}
+    return {**spec, "seed": f["seed"], "for_s": f["for_s"]}
+
+
+def node_specs(f: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The ``fault_set`` bodies of a scheduled fault, per node (CONTRACTS.md: the sender injects)."""
+    kind, target, fid = f["kind"], f["target"], f"chaos-{f['seed']}"
+    base = {"id": fid, "seed": f["seed"]}
+    if kind in FLOW_FAULTS:
+        return [(_sender(target), {**base, "type": "flow", "flows": [target], **f["params"]})]
+    if kind == "partition":
+        other = f["params"]["from"]
+        sides = [(target, {**base, "type": "partition", "peers": [other]})]
+        if not f["params"]["oneway"]:
+            sides.append((other, {**base, "type": "partition", "peers": [target]}))
+        return sides
+    return [(target, {**base, "type": kind, **f["params"]})]
+
+
+async def _message_fault(r: Run, f: dict[str, Any]) -> None:
+    if await _fault_manager(r, manager_spec(f)) is not None:
+        await trio.sleep(f["for_s"])  # the manager clears it when its for_s ends
         return
-    # no fault manager: the node-side fault types (CONTRACTS.md), set and cleared here
-    fid = f"chaos-{f['seed']}"
-    sides = [(node, spec)]
-    if kind == "partition" and not spec["oneway"]:
-        sides.append((spec["peers"][0], {**spec, "peers": [node]}))
-    for n, s in sides:
-        body = {k: v for k, v in s.items() if k not in ("node", "oneway")}
-        await r.ctl("ctl_request", {"node": n, "kind": "fault_set", "body": {"id": fid, **body}})
+    # no fault manager in this build: the node-side fault types, set and cleared here
+    sides = node_specs(f)
     try:
+        for node, body in sides:
+            await r.ctl("ctl_request", {"node": node, "kind": "fault_set", "body": body})
         await trio.sleep(f["for_s"])
     finally:
-        for n, _ in sides:
+        for node, body in sides:
             with contextlib.suppress(RemoteError, RequestTimeout):
-                await r.ctl("ctl_request", {"node": n, "kind": "fault_clear", "body": {"id": fid}})
+                await r.ctl("ctl_request", {"node": node, "kind": "fault_clear", "body": {"id": body["id"]}})
 
 
 async def _program(r: Run, nursery: trio.Nursery, name: str, args: list[str]) -> dict[str, Any]:

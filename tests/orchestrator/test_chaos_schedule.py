@@ -40,3 +40,15 @@ def test_a_bad_fault_kind_or_scenario_is_refused_in_one_line():
         assert done.returncode == 2, done.stderr
         assert "meteor" in done.stderr or "moon" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_scheduled_fault_becomes_the_fault_managers_spec_or_the_nodes_fault_set():
+    flow = {"kind": "drop", "target": "irq:timer0", "for_s": 1.5, "params": {"drop": 0.2}, "seed": 9}
+    assert chaos.manager_spec(flow) == {"type": "flow", "flows": ["irq:timer0"], "drop": 0.2, "seed": 9,
+                                        "for_s": 1.5}
+    assert chaos.node_specs(flow) == [("timer0", {"id": "chaos-9", "seed": 9, "type": "flow",
+                                                  "flows": ["irq:timer0"], "drop": 0.2})]
+    part = {"kind": "partition", "target": "os1", "for_s": 1.0, "params": {"from": "disk0", "oneway": False},
+            "seed": 3}
+    assert chaos.manager_spec(part)["nodes"] == ["os1"] and chaos.manager_spec(part)["from"] == ["disk0"]
+    assert [(n, b["peers"]) for n, b in chaos.node_specs(part)] == [("os1", ["disk0"]), ("disk0", ["os1"])]
