@@ -79,6 +79,10 @@ def main() -> None:
                 print(f"[{n}/{len(plan)}] {scenario} seed {seed}: {rep.get('violations')} violations, faults "
                       f"{rep.get('faults_injected')}, {rep['wall_s']:.0f} s"
                       + ("" if rep.get("ok") else f"  FAILED: {rep.get('reproduce')}"), flush=True)
+                for v in rep.get("violation_details", [])[:3]:
+                    print(f"    {v['check']}: {v['what']}: {v['detail'][:200]} ({v['where']})", flush=True)
+                for e in rep.get("errors", [])[:3]:
+                    print(f"    {e[:200]}", flush=True)
     injected: dict[str, int] = {}
     recovery: dict[str, list[float]] = {}
     for rep in runs:

@@ -747,8 +747,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def repro(seed: int, duration: float, faults: list[str], scenario: str) -> str:
-    return f"hwemu chaos --seed {seed} --duration {duration:g} --faults {','.join(faults)} --scenario {scenario}"
+def repro(seed: int, duration: float, faults: list[str], scenario: str, held: list[str]) -> str:
+    """The command that draws the same schedule (with the default kinds: on a build with the same HELD_BACK)."""
+    kinds = "" if held else f" --faults {','.join(faults)}"
+    return f"hwemu chaos --seed {seed} --duration {duration:g}{kinds} --scenario {scenario}"
 
 
 def parse_faults(text: str | None) -> tuple[list[str], list[str]]:
@@ -799,7 +801,7 @@ def chaos(
         _merge(hist, history)
         rep["history"] = str(history)
     report: checker.Report = rep.pop("_report")
-    command = repro(seed, duration, kinds, scenario)
+    command = repro(seed, duration, kinds, scenario, held)
     rep["reproduce"] = command
     if json_out:
         emit_json(rep)
