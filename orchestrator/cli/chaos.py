@@ -498,15 +498,22 @@ async def scenario_run(r: Run) -> None:
         compute_done.set()
         r.stop_clients.set()
         if servers is not None:
-            with trio.fail_after(CLIENT_TIMEOUT + 30):
-                await servers["clients"].wait()  # their last requests answered or timed out
+            await _within(servers["clients"], CLIENT_TIMEOUT + 30, "the UDP clients' last requests")
         r.phase = "last compute round"
-        with trio.fail_after(120):  # the servers' last lines must not land in a compute round's output
-            await compute_finished.wait()
+        # the servers' last lines must not land in a compute round's output
+        await _within(compute_finished, 120, "the last compute round (timeshare on os1)")
         if servers is not None:
             await _stop_servers(r, nursery, servers)
     for c in r.d.checks:  # the demo cycle's own checks (each choreography committed, os2's output exact)
         r.log("scenario", "check", name=c["check"], ok=c["ok"], detail=c["detail"][:300])
+
+
+async def _within(event: trio.Event, seconds: float, what: str) -> None:
+    """Wait for ``event``; a guest that stopped making progress is an error that says what hung."""
+    with trio.move_on_after(seconds):
+        await event.wait()
+        return
+    raise RuntimeError(f"{what} did not end within {seconds:g} s: the guest stopped making progress")
 
 
 async def _start_servers(r: Run, nursery: trio.Nursery) -> dict[str, Any]:
