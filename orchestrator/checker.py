@@ -53,6 +53,7 @@ request, and the history file and line of the event that shows it:
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,8 +226,20 @@ def check_flows(events: list[dict[str, Any]], report: Report) -> None:
             return cands[-1]["_life"]
         return (f"{src}?", 0)  # a sender with no history (or before it recorded)
 
+    # per (flow, sender life): the ack times and the highest upto acknowledged by each, for bisection
+    ack_index: dict[tuple, tuple[list[int], list[int]]] = {}
+    for key, acks in acked.items():
+        times, best, top = [], [], 0
+        for at, upto in acks:  # in time order (the events are)
+            top = max(top, upto)
+            times.append(at)
+            best.append(top)
+        ack_index[key] = (times, best)
+
     def acked_upto(key: tuple, t: int) -> int:
-        return max((u for at, u in acked.get(key, ()) if at <= t), default=0)
+        times, best = ack_index.get(key, ((), ()))
+        i = bisect.bisect_right(times, t)
+        return best[i - 1] if i else 0
 
     per: dict[tuple, list[dict]] = {}
     for ev in deliveries:
