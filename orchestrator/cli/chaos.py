@@ -488,7 +488,10 @@ async def scenario_run(r: Run) -> None:
             if r.scenario == "demo":
                 topo = load(REPO / "compose" / SCENARIOS["demo"])
                 r.d.nframes = topo.nodes["memctl"].options["frames"]  # what the cycle's conservation checks count
-                await _virtualization(r.d, topo)
+                try:
+                    await _virtualization(r.d, topo)
+                except (trio.TooSlowError, RemoteError, RequestTimeout, RuntimeError) as exc:
+                    raise RuntimeError(f"demo cycle, {r.d.phase}: {type(exc).__name__} {exc}".strip()) from None
                 r.say("demo cycle done: VMM loaded, interposed, os2 booted and ran on borrowed memory, "
                       "everything given back and devirtualized")
 
