@@ -8,7 +8,8 @@ kind, the violations (target 0) with the command that reproduces each failed
 run, and the recovery time after each kill per node kind (median, p99: from
 the SIGKILL to the restarted node reporting ready again).
 
-    .venv/bin/python bench/chaos.py [--io N] [--demo N] [--duration S] [--faults K,K] [--first-seed S] [--json]
+    .venv/bin/python bench/chaos.py [--io N] [--demo N] [--duration S] [--faults K,K] [--held-back K,K]
+                                    [--first-seed S] [--json]
 
 ``--json`` prints one object: ``runs``, ``violations``, ``failed_runs``,
 ``faults_injected``, ``recovery_ms_median`` / ``recovery_ms_p99`` (per node
@@ -36,11 +37,13 @@ def p99(values: list[float]) -> float:
     return s[min(len(s) - 1, int(round(0.99 * (len(s) - 1))))]
 
 
-def one(seed: int, scenario: str, duration: float, faults: str | None, work: Path) -> dict:
+def one(seed: int, scenario: str, duration: float, faults: str | None, held: str | None, work: Path) -> dict:
     cmd = [str(HWEMU), "chaos", "--seed", str(seed), "--duration", str(duration), "--scenario", scenario,
            "--json", "--run-dir", str(work / f"{scenario}-{seed}")]
     if faults:
         cmd += ["--faults", faults]
+    if held is not None:
+        cmd += ["--held-back", held]
     t = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=ROOT,
                           env={k: v for k, v in os.environ.items() if k != "HWEMU_HISTORY_DIR"})
@@ -61,6 +64,7 @@ def main() -> None:
     ap.add_argument("--demo", type=int, default=20, help="seeds of the demo scenario (default 20)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of faults per run (default 10)")
     ap.add_argument("--faults", default=None, help="fault kinds (default: hwemu chaos's, HELD_BACK left out)")
+    ap.add_argument("--held-back", default=None, help="passed to hwemu chaos (KIND or KIND:NODEKIND, or none)")
     ap.add_argument("--first-seed", type=int, default=1000, help="seeds are first-seed, first-seed+1, ...")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
@@ -73,7 +77,7 @@ def main() -> None:
         plan = [("io", args.first_seed + i) for i in range(args.io)] + \
                [("demo", args.first_seed + args.io + i) for i in range(args.demo)]
         for n, (scenario, seed) in enumerate(plan, 1):
-            rep = one(seed, scenario, args.duration, args.faults, Path(tmp))
+            rep = one(seed, scenario, args.duration, args.faults, args.held_back, Path(tmp))
             runs.append(rep)
             if not args.json:
                 print(f"[{n}/{len(plan)}] {scenario} seed {seed}: {rep.get('violations')} violations, faults "

@@ -770,20 +770,29 @@ def _describe(exc: BaseException) -> str:
 
 
 def repro(seed: int, duration: float, faults: list[str], scenario: str, held: list[str]) -> str:
-    """The command that draws the same schedule (with the default kinds: on a build with the same HELD_BACK)."""
-    kinds = "" if held else f" --faults {','.join(faults)}"
-    return f"hwemu chaos --seed {seed} --duration {duration:g}{kinds} --scenario {scenario}"
+    """The command that draws the same schedule."""
+    default = list(faults) == list(FAULT_KINDS) and held == HELD_BACK
+    opts = "" if default else f" --faults {','.join(faults)} --held-back {','.join(held) or 'none'}"
+    return f"hwemu chaos --seed {seed} --duration {duration:g}{opts} --scenario {scenario}"
 
 
-def parse_faults(text: str | None) -> tuple[list[str], list[str]]:
-    """The fault kinds asked for, and the held-back list that applies (none when they were named)."""
+def parse_faults(text: str | None, held_text: str | None = None) -> tuple[list[str], list[str]]:
+    """The fault kinds asked for, and the held-back list that applies: HELD_BACK for the default kinds,
+    none for kinds named, or what ``--held-back`` says ("none": nothing)."""
     if text is None:
-        return list(FAULT_KINDS), list(HELD_BACK)
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in FAULT_KINDS]
-    if bad or not kinds:
-        raise ValueError(f"--faults: unknown fault kind {bad[0]!r}" if bad else "--faults: no fault kind given")
-    return kinds, []
+        kinds, held = list(FAULT_KINDS), list(HELD_BACK)
+    else:
+        kinds = [k.strip() for k in text.split(",") if k.strip()]
+        bad = [k for k in kinds if k not in FAULT_KINDS]
+        if bad or not kinds:
+            raise ValueError(f"--faults: unknown fault kind {bad[0]!r}" if bad else "--faults: no fault kind given")
+        held = []
+    if held_text is not None:
+        held = [] if held_text.strip() == "none" else [h.strip() for h in held_text.split(",") if h.strip()]
+        bad = [h for h in held if h.split(":", 1)[0] not in FAULT_KINDS]
+        if bad:
+            raise ValueError(f"--held-back: {bad[0]!r} is not KIND or KIND:NODEKIND with a fault kind")
+    return kinds, held
 
 
 def chaos(
@@ -793,6 +802,9 @@ def chaos(
     faults: Annotated[Optional[str], typer.Option(
         "--faults", help=f"Fault kinds to draw from, comma-separated: {','.join(FAULT_KINDS)} [default: all that "
                          "this build recovers from; see HELD_BACK in orchestrator/cli/chaos.py].")] = None,
+    held_back: Annotated[Optional[str], typer.Option(
+        "--held-back", help="Fault kinds (KIND or KIND:NODEKIND, comma-separated, or 'none') not to draw "
+                            "[default: HELD_BACK with the default kinds, none with --faults].")] = None,
     scenario: Annotated[str, typer.Option("--scenario", help="native | io | demo")] = "io",
     history: Annotated[Optional[Path], typer.Option(
         "--history", help="Keep the history here: a directory (one file per node), or a FILE.jsonl "
@@ -804,7 +816,7 @@ def chaos(
     if scenario not in SCENARIOS:
         fail(f"--scenario: expected one of {', '.join(SCENARIOS)}, got {scenario!r}", code=2)
     try:
-        kinds, held = parse_faults(faults)
+        kinds, held = parse_faults(faults, held_back)
     except ValueError as exc:
         fail(str(exc), code=2)
     for elf in ("timeshare.elf", "udpecho.elf", "kvstore.elf"):

@@ -52,3 +52,13 @@ def test_a_scheduled_fault_becomes_the_fault_managers_spec_or_the_nodes_fault_se
             "seed": 3}
     assert chaos.manager_spec(part)["nodes"] == ["os1"] and chaos.manager_spec(part)["from"] == ["disk0"]
     assert [(n, b["peers"]) for n, b in chaos.node_specs(part)] == [("os1", ["disk0"]), ("disk0", ["os1"])]
+
+
+def test_the_held_back_list_applies_to_the_default_kinds_and_can_be_overridden():
+    assert chaos.parse_faults(None) == (list(chaos.FAULT_KINDS), chaos.HELD_BACK)
+    assert chaos.parse_faults("kill,pause") == (["kill", "pause"], [])
+    assert chaos.parse_faults("kill", "kill:cpu,kill:nic") == (["kill"], ["kill:cpu", "kill:nic"])
+    assert chaos.parse_faults(None, "none") == (list(chaos.FAULT_KINDS), [])
+    # the reproduce command draws the same schedule: it names what differs from the default
+    assert "--faults" not in chaos.repro(3, 8, list(chaos.FAULT_KINDS), "io", list(chaos.HELD_BACK))
+    assert chaos.repro(3, 8, ["kill"], "io", []).endswith("--faults kill --held-back none --scenario io")
