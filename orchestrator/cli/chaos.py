@@ -317,7 +317,7 @@ async def inject(r: Run, f: dict[str, Any]) -> None:
             await _message_fault(r, f)
     except (RemoteError, RequestTimeout) as exc:
         reason = getattr(exc, "reason", "")
-        if reason in ("unknown_fault", "unhandled_kind") or "unhandled" in str(exc) or "unknown" in str(exc):
+        if reason in ("unknown_fault", "unhandled_kind", "fault_refused") or "unhandled" in str(exc):
             r.unsupported.append(f"{kind} {target}")
             r.log("fault", "unsupported", kind=kind, target=target, detail=str(exc)[:200])
             r.say(f"[yellow]{kind} on {target}: not supported by this build ({str(exc)[:100]})[/]")
