@@ -51,6 +51,7 @@ import zmq
 
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import MAX_FRAME, Message, decode, encode, error_body
+from protocol.recorder import Recorder
 
 log = logging.getLogger("hwemu.transport")
 
@@ -205,6 +206,9 @@ class Party:
         self._peers: dict[str, _Peer] = {}
         self._pending: dict[int, list] = {}  # seq -> [trio.Event, reply]
         # polled_in: deliveries a requester read itself while it awaited its reply
+        # what this party sends and receives, when a trace or a history is on
+        # (``("msg", "send"|"recv", ...)``; one attribute test when off)
+        self.recorder = Recorder(name)
         self.counters = {"msgs_in": 0, "msgs_out": 0, "bad_in": 0, "late_replies": 0, "spoofed": 0,
                          "handler_errors": 0, "polled_in": 0}
         self._inbox = self.ctx.socket(zmq.ROUTER)
@@ -289,6 +293,8 @@ class Party:
                             pass
                     await trio.lowlevel.wait_readable(peer.fd)
         self.counters["msgs_out"] += 1
+        if self.recorder.on:
+            self._record_send(msg, frame)
         self._active = _now()
         self._unyielded += 1
         if self._unyielded >= _YIELD_EVERY:
@@ -300,12 +306,19 @@ class Party:
     def send_nowait(self, msg: Message) -> bool:
         """Send unless the peer's queue is full (then drop and return False).
         For messages that must never block the data plane, like heartbeats."""
+        frame = encode(msg)
         try:
-            _send(self._peer(msg.dst).sock, encode(msg), _NOBLOCK)
+            _send(self._peer(msg.dst).sock, frame, _NOBLOCK)
         except zmq.Again:
             return False
         self.counters["msgs_out"] += 1
+        if self.recorder.on:
+            self._record_send(msg, frame)
         return True
+
+    def _record_send(self, msg: Message, frame: bytes) -> None:
+        self.recorder("msg", "send", kind=msg.kind, dst=msg.dst, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
+                      epoch=msg.epoch, size=len(frame))
 
     async def send(self, dst: str, kind: str, body: dict[str, Any] | None = None, **hdr: Any) -> Message:
         msg = self.make(dst, kind, body or {}, **hdr)
@@ -587,6 +600,9 @@ class Party:
         except ProtocolError as exc:
             counters["bad_in"] += 1
             return frames, exc
+        if self.recorder.on:
+            self.recorder("msg", "recv", kind=msg.kind, src=msg.src, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
+                          size=len(frames[1]))
         if msg.corr is None:
             return frames, msg
         slot = self._pending.get(msg.corr)

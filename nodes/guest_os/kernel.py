@@ -388,7 +388,11 @@ class Kernel:
             self.counters["syscalls"] += 1
             proc.syscalls += 1
             proc.pc = (proc.pc + 4) & M32
+            if self.recorder.on:
+                self.recorder("syscall", "enter", nr=proc.regs[17] & M32, pid=proc.pid)
             result = await syscalls.syscall(self, proc)
+            if self.recorder.on:
+                self.recorder("syscall", "exit", nr=proc.regs[17] & M32, pid=proc.pid, result=result)
             if result is not None:
                 proc.regs[10] = result & M32
         elif cause & INTERRUPT:
