@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from nodes.elf import ElfError, Program, load_elf
 from nodes.guest_os import syscalls
 from nodes.guest_os.module import FrameAllocator, OutOfMemory
+from nodes.recorder import Recorder
 
 log = logging.getLogger("hwemu.os")
 
@@ -223,6 +224,7 @@ class Kernel:
         self.ticks = 0
         self.counters = {"traps": 0, "syscalls": 0, "tlb_misses": 0, "preempts": 0, "switches": 0,
                          "exits": 0, "kills": 0, "stray_traps": 0}
+        self.recorder = Recorder(name)  # the node's own, once the node is built (syscalls, when tracing)
 
     # ---------------------------------------------------------------- helpers
 
@@ -644,6 +646,7 @@ class OsNode(Node):
         self.console = UartDriver(self, self.name)
         self.timer = TimerDriver(self, self.name)
         self.kernel = Kernel(self.name, self.frames, self)
+        self.kernel.recorder = self.recorder
         self.io = Io(self)
         self._events_in, self._events = trio.open_memory_channel(math.inf)
         self.exited: deque[dict[str, Any]] = deque(maxlen=64)
