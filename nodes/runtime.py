@@ -207,8 +207,30 @@ class Node:
             self.party.close()
             self.write_history()
             self.recorder.close_history()
+            self.leave_trace()
 
     history_path: str | None = None  # set by main(): where a node process leaves its flow history
+
+    def leave_trace(self) -> None:
+        """A node that stops while a trace runs (or before it was read out)
+        leaves its ring in ``<run_dir>/trace/<name>.<pid>.msgpack``: the
+        orchestrator's ``trace save`` merges it with the rings of the nodes
+        still running (a VMM unloaded before the save is on the trace too).
+        A SIGKILLed node leaves nothing."""
+        events = self.recorder.snapshot() if self.recorder.tracing else self._trace_dump
+        if not events or self.history_path is None:
+            return
+        folder = os.path.join(self.cfg.run_dir, "trace")
+        path = os.path.join(folder, f"{self.name}.{os.getpid()}.msgpack")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(path + ".tmp", "wb") as f:
+                f.write(msgpack.packb({"node": self.name, "kind": self.kind, "pid": os.getpid(),
+                                       "incarnation": self.party.incarnation, "dropped": self.recorder.dropped,
+                                       "events": [list(e) for e in events]}, default=repr))
+            os.replace(path + ".tmp", path)
+        except OSError as exc:  # a full disk must not turn a clean stop into a crash
+            log.warning("%s: cannot leave its trace in %s: %s", self.name, path, exc)
 
     def flow_history(self) -> dict[str, Any]:
         """What this node sent (last fseq per flow) and accepted (runs per flow), for an audit."""

@@ -29,14 +29,18 @@ takes one per node (``offsets``) and adds it to the node's stamps.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import msgpack
 import trio
 
 from orchestrator import perfetto_proto
 from protocol.errors import RemoteError, RequestTimeout
+
+log = logging.getLogger("hwemu.tracing")
 
 ORCH = "orch"
 TIDS = {"messages": 1, "route": 2, "events": 3, "choreography": 4, "route authority": 5}
@@ -244,6 +248,8 @@ async def start(orch, size: int = DEFAULT_RING) -> dict[str, Any]:
         raise ValueError(f"trace ring size must be 1..{MAX_RING}, got {size}")
     orch.recorder.start_trace(size)
     orch.trace_events = None
+    for left in (orch.run_dir / LEFT).glob("*.msgpack"):  # rings of an earlier trace's stopped nodes
+        left.unlink(missing_ok=True)
     ok, missing = await _each(orch, "trace_start", {"size": size})
     return {"size": size, "nodes": ok, "missing": missing}
 
@@ -273,12 +279,31 @@ async def save(orch, path: str) -> dict[str, Any]:
         return (await orch.party.request(node, kind, body, timeout=10.0)).body["data"]
 
     dumps, notes = await collect(request, orch.live_nodes())
+    for name, left in (await trio.to_thread.run_sync(left_behind, orch.run_dir)).items():
+        dumps.setdefault(name, left)  # a node restarted since: the running one's ring is on the trace
     dumps[ORCH] = {"kind": "orchestrator", "pid": os.getpid(), "events": [list(e) for e in mine],
                    "dropped": orch.recorder.dropped}
     trace = chrome_trace(dumps, notes=notes)
     await trio.to_thread.run_sync(write, Path(path), trace)
     return {"path": path, "events": len(trace["traceEvents"]), "nodes": sorted(dumps), "notes": notes,
             "dropped": {n: d.get("dropped", 0) for n, d in dumps.items() if d.get("dropped")}}
+
+
+LEFT = "trace"  # <run_dir>/trace: the rings nodes left when they stopped (nodes/runtime.py)
+
+
+def left_behind(run_dir: Path) -> dict[str, dict]:
+    """The rings that stopped nodes left in ``<run_dir>/trace``, by node name
+    (of a node that stopped twice, its last life's)."""
+    out: dict[str, dict] = {}
+    for path in sorted((Path(run_dir) / LEFT).glob("*.msgpack"), key=lambda p: p.stat().st_mtime):
+        try:
+            data = msgpack.unpackb(path.read_bytes(), strict_map_key=False)
+        except (OSError, ValueError) as exc:
+            log.warning("trace left by a stopped node unreadable: %s: %s", path, exc)
+            continue
+        out[data["node"]] = data
+    return out
 
 
 async def _each(orch, kind: str, body: dict) -> tuple[list[str], list[str]]:

@@ -530,12 +530,12 @@ def demo(
 ) -> None:
     """The main job: a VMM interposed under a running OS, memory lent, everything devirtualized; all checked."""
     rd = run_dir.resolve() if run_dir is not None else default_run_dir() / "demo"
-    trace_cli.check_file(trace)
     if report_dir is not None:
         try:
             report_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             fail(f"--report {report_dir}: {exc.strerror or exc}", code=2)
+    trace_cli.check_file(trace)
     for elf in ("timeshare.elf", "udpecho.elf", "kvstore.elf"):
         if not (SAMPLES / elf).exists():
             fail(f"missing {SAMPLES / elf}: run `make guest` first")
