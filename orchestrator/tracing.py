@@ -102,7 +102,9 @@ def chrome_trace(dumps: dict[str, dict], offsets: dict[str, int] | None = None,
         off = offsets.get(node, 0)
         events.extend((node, t + off, cat, name, fields) for t, cat, name, fields in dumps[node]["events"])
     events.sort(key=lambda e: e[1])
-    t0 = events[0][1] if events else 0
+    # the trace starts at its first event, or at the start of a step recorded at its end
+    t0 = min([events[0][1]] + [e[4]["start_ns"] + offsets.get(e[0], 0) for e in events
+                               if e[2] == "chor" and e[4].get("start_ns") is not None]) if events else 0
     out: list[dict[str, Any]] = []
     for node in names:
         pid = pids[node]

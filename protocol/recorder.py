@@ -98,7 +98,10 @@ class Recorder:
     # -- recording ----------------------------------------------------------------
 
     def __call__(self, cat: str, name: str, **fields: Any) -> None:
-        t = _now_ns()
+        self.at(_now_ns(), cat, name, **fields)
+
+    def at(self, t: int, cat: str, name: str, **fields: Any) -> None:
+        """Record an event that happened at ``t`` (``time.monotonic_ns``), not now."""
         if self.ring is not None:
             if len(self.ring) == self.ring.maxlen:
                 self.dropped += 1

@@ -278,6 +278,8 @@ class Party:
         peer = self._peer(msg.dst)
         frame = encode(msg)
         sock = peer.sock
+        if self.recorder.on:  # before it leaves: its receiver may record it before we run again
+            self._record_send(msg, frame, time.monotonic_ns())
         try:
             if peer.lock.locked():  # others wait for room: queue behind them, keep order
                 raise zmq.Again
@@ -293,8 +295,6 @@ class Party:
                             pass
                     await trio.lowlevel.wait_readable(peer.fd)
         self.counters["msgs_out"] += 1
-        if self.recorder.on:
-            self._record_send(msg, frame)
         self._active = _now()
         self._unyielded += 1
         if self._unyielded >= _YIELD_EVERY:
@@ -307,18 +307,19 @@ class Party:
         """Send unless the peer's queue is full (then drop and return False).
         For messages that must never block the data plane, like heartbeats."""
         frame = encode(msg)
+        t = time.monotonic_ns() if self.recorder.on else 0
         try:
             _send(self._peer(msg.dst).sock, frame, _NOBLOCK)
         except zmq.Again:
             return False
         self.counters["msgs_out"] += 1
-        if self.recorder.on:
-            self._record_send(msg, frame)
+        if t:
+            self._record_send(msg, frame, t)
         return True
 
-    def _record_send(self, msg: Message, frame: bytes) -> None:
-        self.recorder("msg", "send", kind=msg.kind, dst=msg.dst, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
-                      epoch=msg.epoch, size=len(frame))
+    def _record_send(self, msg: Message, frame: bytes, t: int) -> None:
+        self.recorder.at(t, "msg", "send", kind=msg.kind, dst=msg.dst, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
+                         epoch=msg.epoch, size=len(frame))
 
     async def send(self, dst: str, kind: str, body: dict[str, Any] | None = None, **hdr: Any) -> Message:
         msg = self.make(dst, kind, body or {}, **hdr)
