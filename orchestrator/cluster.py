@@ -375,9 +375,9 @@ class Orchestrator:
     async def ctl_trace_stop(self) -> dict[str, Any]:
         return await tracing.stop(self)
 
-    async def ctl_trace_save(self, path: str) -> dict[str, Any]:
-        """The merged Chrome JSON trace of every ring, written to ``path``."""
-        return await tracing.save(self, path)
+    async def ctl_trace_save(self, path: str, also: list[str] | None = None) -> dict[str, Any]:
+        """The merged trace of every ring, written to ``path`` (and to each of ``also``)."""
+        return await tracing.save(self, path, also)
 
     async def ctl_down(self, timeout: float = 5.0) -> dict[str, Any]:
         return {"stopping": [np.spec.name for np in self.supervisor.nodes.values()]}

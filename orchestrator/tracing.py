@@ -264,12 +264,15 @@ async def stop(orch) -> dict[str, Any]:
     return {"nodes": ok, "missing": missing, "orch_events": len(orch.trace_events), "orch_dropped": dropped}
 
 
-async def save(orch, path: str) -> dict[str, Any]:
+async def save(orch, path: str, also: list[str] | None = None) -> dict[str, Any]:
     """Merge every ring (of the trace stopped last, or of the one still on, as it
-    is now) into one Chrome JSON trace at ``path`` (absolute: the orchestrator's
-    working directory is not the caller's)."""
-    if not os.path.isabs(path):
-        raise ValueError(f"trace path must be absolute, got {path!r}")
+    is now) into one trace at ``path`` and at each of ``also`` (each absolute: the
+    orchestrator's working directory is not the caller's; Chrome JSON, or
+    Perfetto's protobuf format for a ``.pftrace`` name: :func:`write`)."""
+    paths = [path, *(also or [])]
+    for p in paths:
+        if not os.path.isabs(p):
+            raise ValueError(f"trace path must be absolute, got {p!r}")
     if orch.recorder.tracing:
         mine = orch.recorder.snapshot()
     elif orch.trace_events is not None:
@@ -278,7 +281,7 @@ async def save(orch, path: str) -> dict[str, Any]:
         raise ValueError("no trace recorded: `hwemu trace start` first")
 
     async def request(node: str, kind: str, body: dict) -> Any:
-        return (await orch.party.request(node, kind, body, timeout=10.0)).body["data"]
+        return (await orch.party.request(node, kind, body, timeout=60.0)).body["data"]
 
     dumps, notes = await collect(request, orch.live_nodes())
     for name, left in (await trio.to_thread.run_sync(left_behind, orch.run_dir)).items():
@@ -286,8 +289,10 @@ async def save(orch, path: str) -> dict[str, Any]:
     dumps[ORCH] = {"kind": "orchestrator", "pid": os.getpid(), "events": [list(e) for e in mine],
                    "dropped": orch.recorder.dropped}
     trace = chrome_trace(dumps, notes=notes)
-    await trio.to_thread.run_sync(write, Path(path), trace)
-    return {"path": path, "events": len(trace["traceEvents"]), "nodes": sorted(dumps), "notes": notes,
+    for p in paths:
+        await trio.to_thread.run_sync(write, Path(p), trace)
+    return {"path": path, "also": paths[1:], "events": len(trace["traceEvents"]), "nodes": sorted(dumps),
+            "notes": notes,
             "dropped": {n: d.get("dropped", 0) for n, d in dumps.items() if d.get("dropped")}}
 
 

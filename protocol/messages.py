@@ -368,4 +368,4 @@ register("trace_stop")
 register("trace_dump", offset=Field("int", required=False))
 register("ctl_trace_start", size=Field("int", required=False))
 register("ctl_trace_stop")
-register("ctl_trace_save", path="str")
+register("ctl_trace_save", path="str", also=Field("list", items="str", required=False))  # more copies

@@ -20,6 +20,8 @@ from orchestrator.cli.cluster import _call
 from orchestrator.cli.common import Json, RunDir, console, emit_json, err_console, fail, run_dir_of
 from orchestrator.client import call
 
+SAVE_TIMEOUT = 900.0  # seconds: merging a whole demo's rings is seconds of CPU, minutes on a crowded host
+
 app = typer.Typer(no_args_is_help=True, help="Record a Perfetto (Chrome JSON) trace of the running cluster.")
 
 TraceFile = Annotated[Optional[Path], typer.Option(
@@ -37,11 +39,12 @@ async def begin(run_dir: Path, size: int = tracing.DEFAULT_RING) -> dict[str, An
 async def end(run_dir: Path, path: Path) -> dict[str, Any]:
     """Stop tracing and write the merged trace to ``path``; what was written."""
     await call(run_dir, "ctl_trace_stop", {}, 30.0)
-    return await call(run_dir, "ctl_trace_save", {"path": str(Path(path).resolve())}, 120.0)
+    return await call(run_dir, "ctl_trace_save", {"path": str(Path(path).resolve())}, SAVE_TIMEOUT)
 
 
 def _saved(data: dict[str, Any]) -> str:
-    line = f"trace of {len(data['nodes'])} parties, {data['events']} events: {data['path']}"
+    where = ", ".join([data["path"], *data.get("also", [])])
+    line = f"trace of {len(data['nodes'])} parties, {data['events']} events: {where}"
     if data.get("dropped"):
         line += f" (rings overflowed, oldest events lost: {data['dropped']})"
     return line
@@ -83,7 +86,7 @@ def save(
     json_out: Json = False,
 ) -> None:
     """Merge every ring into one trace at FILE (of the trace stopped last, or of the one running, as it is)."""
-    data = _call(run_dir_of(run_dir), "ctl_trace_save", {"path": str(file.resolve())}, timeout=120.0)
+    data = _call(run_dir_of(run_dir), "ctl_trace_save", {"path": str(file.resolve())}, timeout=SAVE_TIMEOUT)
     if json_out:
         emit_json(data)
         return
@@ -112,12 +115,12 @@ def finish(run_dir: Path, *paths: Path | None) -> None:
     if not paths:
         return
 
-    async def stop_and_save() -> list[dict[str, Any]]:
+    async def stop_and_save() -> dict[str, Any]:
         await call(run_dir, "ctl_trace_stop", {}, 30.0)
-        return [await call(run_dir, "ctl_trace_save", {"path": str(Path(p).resolve())}, 120.0) for p in paths]
+        where = [str(Path(p).resolve()) for p in paths]
+        return await call(run_dir, "ctl_trace_save", {"path": where[0], "also": where[1:]}, SAVE_TIMEOUT)
 
     try:
-        for data in trio.run(stop_and_save):
-            said(data)
+        said(trio.run(stop_and_save))
     except Exception as exc:  # noqa: BLE001 - the trace is a by-product of the run
         err_console.print(f"[yellow]hwemu: trace not written: {exc}[/]", highlight=False)
