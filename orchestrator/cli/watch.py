@@ -82,12 +82,14 @@ def render(data: dict[str, Any], prev: dict[str, Any] | None, dt: float) -> Grou
     parts: list[Any] = [nodes]
     faults = data.get("faults") or []
     ft = Table(title="active faults")
-    for col in ("id", "type", "target", "detail"):
+    for col in ("id", "type", "targets", "ends in s", "detail"):
         ft.add_column(col)
-    for f in faults:
-        target = f.get("node") or f.get("nodes") or f.get("flows") or f.get("peers") or ""
-        rest = {k: v for k, v in f.items() if k not in ("id", "type", "node", "nodes", "flows", "peers")}
-        ft.add_row(str(f.get("id", "")), str(f.get("type", "")), str(target),
+    now = time.time()
+    for f in faults:  # as the orchestrator's fault manager lists them (ctl_fault_list)
+        targets = f.get("targets") or []
+        ends = f"{max(0.0, f['ends'] - now):.1f}" if isinstance(f.get("ends"), (int, float)) else "at clear"
+        rest = {k: v for k, v in f.items() if k not in ("id", "type", "targets", "ends")}
+        ft.add_row(str(f.get("id", "")), str(f.get("type", "")), ", ".join(map(str, targets)), ends,
                    ", ".join(f"{k}={v}" for k, v in rest.items()))
     parts.append(ft if faults else Text("active faults: none reported"))
     virt = data.get("virt")
