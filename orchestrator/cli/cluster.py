@@ -114,8 +114,9 @@ def status(
     run_dir: RunDir = None,
     json_out: Json = False,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the orchestrator's answer.")] = 10.0,
-    watch_: Annotated[bool, typer.Option("--watch", "-w", help="A live view refreshed every --interval seconds: "
-                                         "rates, MIPS, device I/O, faults, who controls what (Ctrl-C ends it).")] = False,
+    watch_: Annotated[bool, typer.Option(
+        "--watch", "-w", help="A live view refreshed every --interval seconds: rates, MIPS, device I/O, faults, "
+                              "who controls what (Ctrl-C ends it).")] = False,
     interval: Annotated[float, typer.Option(min=0.2, help="Seconds between two refreshes of --watch.")] = 1.0,
     count: Annotated[int, typer.Option(min=0, help="With --watch: stop after this many refreshes (0: never).")] = 0,
 ) -> None:
