@@ -65,7 +65,7 @@ def test_the_trace_has_every_step_and_every_route_change_with_its_pause(demo):
     assert Counter(p.track_event.track_uuid for p in begins) == ends  # every slice closed on its own track
 
     def args(p) -> dict:
-        return {a.name: a.double_value or a.int_value or a.string_value for a in p.track_event.debug_annotations}
+        return {a.name: getattr(a, a.WhichOneof("value")) for a in p.track_event.debug_annotations}
 
     steps = [p for p in begins if "chor.step" in p.track_event.categories]
     assert {tracks[p.track_event.track_uuid] for p in steps} == {"choreography"}
