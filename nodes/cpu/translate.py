@@ -45,21 +45,26 @@ from nodes.cpu.core import Fault
 MAX_BLOCK = 64  # instructions per basic block; bounds budget granularity
 MAX_REGION_BLOCKS = 32  # basic blocks per region; bounds compile time and dispatch
 
-_LOAD = {
-    1: "(_mp[_ma & 4095] if (_mp := R1.get((_ma := {a}) >> 12)) is not None else LOAD(_ma, 1))",
-    2: "(_mp[(_ma & 4095) >> 1] if not ((_ma := {a}) & 1) and (_mp := R2.get(_ma >> 12)) is not None"
-    " else LOAD(_ma, 2))",
-    4: "(_mp[(_ma & 4095) >> 2] if not ((_ma := {a}) & 3) and (_mp := R4.get(_ma >> 12)) is not None"
-    " else LOAD(_ma, 4))",
-}
-_STORE = {
-    1: "_ma = {a}\n_mp = W1.get(_ma >> 12)\nif _mp is not None:\n    _mp[_ma & 4095] = {v}\n"
-    "else:\n    STORE(_ma, 1, {v})",
-    2: "_ma = {a}\n_mp = W2.get(_ma >> 12)\nif _mp is not None and not (_ma & 1):\n"
-    "    _mp[(_ma & 4095) >> 1] = {v}\nelse:\n    STORE(_ma, 2, {v})",
-    4: "_ma = {a}\n_mp = W4.get(_ma >> 12)\nif _mp is not None and not (_ma & 3):\n"
-    "    _mp[(_ma & 4095) >> 2] = {v}\nelse:\n    STORE(_ma, 4, {v})",
-}
+# Memory access inline: one dict subscript finds the page, one view subscript
+# the value. The maps are keyed by page base address; masking the address
+# with the page bits plus the access's alignment bits makes a misaligned
+# address a key no map holds, so alignment, TLB and presence are all checked
+# by that one subscript, and a miss is a KeyError (see `_compile`).
+_PAGE_KEY = {1: 0xFFFFF000, 2: 0xFFFFF001, 4: 0xFFFFF003}
+_OFFSET = {1: "{m} & 4095", 2: "({m} & 4095) >> 1", 4: "({m} & 4095) >> 2"}
+
+
+_MAY_STOP = re.compile(r"TRAP\(|\b[RW][124]\[")
+_STOP_TAG = re.compile(r"  # k=(\d+)$")
+
+
+def _access(size: int, addr: str, kind: str) -> str:
+    """Source of the page-view subscript for a `size`-byte access at `addr`."""
+    if addr.isidentifier():
+        first, again = addr, addr  # a bare register: no temporary needed
+    else:
+        first, again = f"(_ma := {addr})", "_ma"
+    return f"{kind}{size}[{first} & {_PAGE_KEY[size]}][{_OFFSET[size].format(m=again)}]"
 
 
 def _is_attr(node: ast.AST, obj: str, attr: str | None = None) -> bool:
@@ -259,7 +264,7 @@ class _ExpandLoads(ast.NodeTransformer):
     def visit_Call(self, node):
         self.generic_visit(node)
         if isinstance(node.func, ast.Name) and node.func.id.startswith("__load"):
-            self.loads.append(_LOAD[int(node.func.id[6])].format(a=ast.unparse(node.args[0])))
+            self.loads.append(_access(int(node.func.id[6]), ast.unparse(node.args[0]), "R"))
             return ast.Name(f"__mem{len(self.loads) - 1}__", ast.Load())
         return node
 
@@ -269,7 +274,7 @@ def _emit(statement: ast.stmt) -> str:
     value = statement.value if isinstance(statement, ast.Expr) else None
     if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id.startswith("__store"):
         addr, stored = value.args
-        return _STORE[int(value.func.id[7])].format(a=ast.unparse(addr), v=ast.unparse(stored))
+        return f"{_access(int(value.func.id[7]), ast.unparse(addr), 'W')} = {ast.unparse(stored)}"
     expand = _ExpandLoads()
     text = ast.unparse(expand.visit(statement))
     for index, load in enumerate(expand.loads):
@@ -361,14 +366,15 @@ class Translator:
         self._templates: dict[str, _Template] = {}
         self._specialised: dict[tuple[int, int | None], tuple] = {}
         self._shapes: dict[tuple, tuple] = {}
+        # pc -> a region that can continue to pc but does not hold it (see
+        # `Core._translate_at`).
+        self.exit_owner: dict[int, object] = {}
         # Translated code sees the isa module's names (M, trap causes) plus
         # the core's page maps and slow paths, all fixed for the core's life.
         self.namespace = dict(vars(isa))
         self.namespace.update(
             Fault=Fault,
             TRAP=core.trap,
-            LOAD=core.load_slow,
-            STORE=core.store_slow,
             INTERP=type(core).interpret,
             R1=core.R1, R2=core.R2, R4=core.R4,
             W1=core.W1, W2=core.W2, W4=core.W4,
@@ -487,7 +493,7 @@ class Translator:
         statements = [s for s in _fold(statements) if not isinstance(s, ast.Pass)]
         texts = [_emit(s) for s in statements]
         # Decided after folding: an alignment check on a constant target is gone.
-        may_stop = any(marker in text for text in texts for marker in ("TRAP(", "LOAD(", "STORE("))
+        may_stop = any(_MAY_STOP.search(text) for text in texts)
         sets_npc = any(_assigns_npc(s) for s in statements)  # unconditionally, at top level
         return texts, _Touched(spec.read, spec.written, may_stop, sets_npc)
 
@@ -495,7 +501,9 @@ class Translator:
         """Source lines of one basic block inside a region's dispatch loop."""
         length = len(insns)
         fallthrough = (start + 4 * length) & isa.M
-        body = [f"if n + {length} > budget:", "    break"]
+        # `lim` is budget - MAX_BLOCK: below it every block fits, so the
+        # exact test runs only near the end of the budget.
+        body = [f"if n > lim and n + {length} > budget:", "    break"]
         read: set[int] = set()
         written: set[int] = set()
         for index, insn in enumerate(insns):
@@ -503,12 +511,11 @@ class Translator:
             read |= spec.read
             written |= spec.written
             if spec.may_stop:
-                body.append(f"k = {index}")
+                # Tag its lines: a stop's traceback line number says which
+                # instruction stopped, so the hot path stores no index.
+                texts = [f"{line}  # k={index}" for text in texts for line in text.split("\n")]
             if index == length - 1 and insn.mnemonic in isa.CONTROL:
-                if not spec.sets_npc:
-                    body.append(f"npc = {fallthrough}")  # a branch not taken
-                body.extend(texts)
-                body.append("pc = npc")
+                body.extend(_exit(texts, spec, fallthrough))
             else:
                 body.extend(texts)
         if insns[-1].mnemonic not in isa.CONTROL:
@@ -531,13 +538,22 @@ class Translator:
         store = [f"X[{r}] = x{r}" for r in sorted(written)]
         name = f"region_{entry:08x}"
         lines = [f"def {name}(s, budget):"]
-        lines += _indent(1, ["X = s.x", *load, "pc = s.pc", "n = 0", "k = 0", "try:", "    while True:"])
+        entry_lines = ["X = s.x", *load, "pc = s.pc", "n = 0", f"lim = budget - {MAX_BLOCK}"]
+        lines += _indent(1, [*entry_lines, "try:", "    while True:"])
         lines += _indent(3, dispatch)
         lines += _indent(1, [
-            "except Fault:",
+            "except Fault as stopped:",
+            "    k = K[stopped.__traceback__.tb_lineno]",
             *_indent(1, store),
             "    s.pc = pc + 4 * k",
             "    return n + k",
+            "except KeyError as missed:",
+            "    # Not on the fast path (TLB miss, page absent or read-only,",
+            "    # misaligned): the interpreter's slow path runs it exactly.",
+            "    k = K[missed.__traceback__.tb_lineno]",
+            *_indent(1, store),
+            "    s.pc = pc + 4 * k",
+            "    return n + k + INTERP(s, 1)",
             *store,
             "s.pc = pc",
             "if n:",
@@ -545,16 +561,39 @@ class Translator:
             "return INTERP(s, budget)  # the budget is smaller than the first block",
         ])
         source = "\n".join(lines) + "\n"
-        namespace = self.namespace
+        stops = {number: int(tag.group(1)) for number, line in enumerate(lines, 1) if (tag := _STOP_TAG.search(line))}
+        namespace = dict(self.namespace, K=stops)
         # The source is generated from isa.py only, never from guest data.
         exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)  # noqa: S102
         region = namespace.pop(name)
         region.source = source  # for debugging and tests
+        region.entry = entry
         region.starts = [start for start, _ in blocks]
+        for start, insns in blocks:
+            for successor in _successors(start, insns):
+                if successor not in region.starts:
+                    self.exit_owner[successor] = region
         region.vpns = frozenset(
             (start + 4 * i) >> 12 for start, insns in blocks for i in (0, len(insns) - 1)
         )
         return region
+
+
+_BRANCH = re.compile(r"if (.+):\n    npc = (\d+)")
+_JUMP = re.compile(r"npc = (\d+)")
+
+
+def _exit(texts: list[str], spec: _Touched, fallthrough: int) -> list[str]:
+    """A block's final control transfer, setting `pc` to the next block start."""
+    if not spec.may_stop:
+        # The usual shapes after folding, said in fewer steps:
+        # a conditional branch, and a jump to a constant target.
+        if not spec.sets_npc and len(texts) == 1 and (match := _BRANCH.fullmatch(texts[0])):
+            return [f"pc = {match.group(2)} if {match.group(1)} else {fallthrough}"]
+        if spec.sets_npc and (match := _JUMP.fullmatch(texts[-1])):
+            return [*texts[:-1], f"pc = {match.group(1)}"]
+    head = [] if spec.sets_npc else [f"npc = {fallthrough}"]  # a branch not taken
+    return [*head, *texts, "pc = npc"]
 
 
 def _interpret_one(core, budget):
