@@ -34,10 +34,10 @@ stop is precise.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import operator
 import re
-import textwrap
 
 from nodes.cpu import isa
 from nodes.cpu.core import Fault
@@ -76,12 +76,23 @@ def _is_attr(node: ast.AST, obj: str, attr: str | None = None) -> bool:
     )
 
 
+@functools.cache
+def _isa_functions() -> dict[str, ast.FunctionDef]:
+    """Every top-level function of isa.py as an AST, from one parse of its source.
+
+    One parse of the module costs less than `inspect.getsource` per function,
+    which re-scans the file each time, and start-up translates many templates.
+    """
+    tree = ast.parse(inspect.getsource(isa))
+    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
 class _Template:
     """The source of one `execute_<mnemonic>`, its local names, whether it reads pc."""
 
     def __init__(self, mnemonic: str):
-        self.source = textwrap.dedent(inspect.getsource(getattr(isa, "execute_" + mnemonic)))
-        func = ast.parse(self.source).body[0]
+        func = _isa_functions()["execute_" + mnemonic]
+        self.source = ast.unparse(func)
         self.body = func.body
         self.uses_pc = any(_is_attr(n, "s", "pc") for n in ast.walk(func))
         self.locals = {
