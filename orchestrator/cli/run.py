@@ -284,7 +284,7 @@ def run(
         code = result["code"]
         reason = result.get("reason") or "exit"
         if reason != "exit":
-            err_console.print(f"hwemu: pid {result['pid']} {reason}", highlight=False, markup=False)
+            err_console.print(f"hwemu: pid {result['pid']} {reason}", highlight=False, markup=False, soft_wrap=True)
     finally:
         if started:
             with contextlib.redirect_stdout(io.StringIO()):
