@@ -44,6 +44,10 @@ from nodes.cpu.core import Fault
 
 MAX_BLOCK = 64  # instructions per basic block; bounds budget granularity
 MAX_REGION_BLOCKS = 32  # basic blocks per region; bounds compile time and dispatch
+# Blocks up to this many instructions are copied into their predecessors (see
+# `_BlockCode`): for them the dispatch is a large share of the cost, and the
+# copies stay small to compile.
+INLINE_MAX = 12
 
 # Memory access inline: one dict subscript finds the page, one view subscript
 # the value. The maps are keyed by page base address; masking the address
@@ -421,10 +425,10 @@ class Translator:
             # Blocks that ran only once or twice are likely start-up or error
             # paths: compiling them costs more than leaving the region.
             cold = heat.get(start, 0) < (self.core.hot_threshold + 1) // 2
-            # A block another region already holds is left to it: compiling
-            # it again costs more than the hop through the run loop.
-            taken = start in self.core._blocks
-            if start in region or cold or taken or (start >> 12) not in self.core.X1:
+            # A block another region already holds is compiled here again:
+            # leaving a region and entering another through the run loop
+            # costs more, every time, than compiling it once more.
+            if start in region or cold or (start >> 12) not in self.core.X1:
                 continue
             insns = self._scan(start)
             if insns is None:
@@ -508,8 +512,8 @@ class Translator:
         sets_npc = any(_assigns_npc(s) for s in statements)  # unconditionally, at top level
         return texts, _Touched(spec.read, spec.written, may_stop, sets_npc)
 
-    def _block(self, start: int, insns: list[isa.Insn]) -> tuple[list[str], set[int], set[int]]:
-        """Source lines of one basic block inside a region's dispatch loop."""
+    def _block(self, start: int, insns: list[isa.Insn]) -> tuple["_BlockCode", set[int], set[int]]:
+        """The code of one basic block inside a region's dispatch loop."""
         length = len(insns)
         fallthrough = (start + 4 * length) & isa.M
         # `lim` is budget - MAX_BLOCK: below it every block fits, so the
@@ -526,22 +530,24 @@ class Translator:
                 # instruction stopped, so the hot path stores no index.
                 texts = [f"{line}  # k={index}" for text in texts for line in text.split("\n")]
             if index == length - 1 and insn.mnemonic in isa.CONTROL:
-                body.extend(_exit(texts, spec, fallthrough))
+                lines, exit_ = _exit(texts, spec, fallthrough)
+                body.extend(lines)
             else:
                 body.extend(texts)
         if insns[-1].mnemonic not in isa.CONTROL:
-            body.append(f"pc = {fallthrough}")
+            exit_ = ("jump", fallthrough)
         body.append(f"n += {length}")
-        return body, read, written
+        return _BlockCode(body, exit_, length), read, written
 
     def _compile(self, entry: int, blocks: list[tuple[int, list[isa.Insn]]]):
         read: set[int] = set()
         written: set[int] = set()
-        bodies: dict[int, list[str]] = {}
+        codes: dict[int, _BlockCode] = {}
         for start, insns in blocks:
-            bodies[start], block_read, block_written = self._block(start, insns)
+            codes[start], block_read, block_written = self._block(start, insns)
             read |= block_read
             written |= block_written
+        bodies = {start: code.lines(codes) for start, code in codes.items()}
         dispatch = _dispatch(sorted(bodies), bodies)
         load = [f"x{r} = X[{r}]" for r in sorted(read | written)]
         store = [f"X[{r}] = x{r}" for r in sorted(written)]
@@ -616,17 +622,55 @@ _BRANCH = re.compile(r"if (.+):\n    npc = (\d+)")
 _JUMP = re.compile(r"npc = (\d+)")
 
 
-def _exit(texts: list[str], spec: _Touched, fallthrough: int) -> list[str]:
-    """A block's final control transfer, setting `pc` to the next block start."""
+def _exit(texts: list[str], spec: _Touched, fallthrough: int) -> tuple[list[str], tuple | None]:
+    """A block's final control transfer: its lines, and where it goes if that is static.
+
+    Returns:
+        (lines, None) if the lines set `pc` themselves (a computed target, or
+        an exit that may stop); else (lines before the transfer, ("jump",
+        target)) or ([], ("branch", condition, taken, fallthrough)), which
+        `_BlockCode` turns into code that sets `pc`.
+    """
     if not spec.may_stop:
-        # The usual shapes after folding, said in fewer steps:
-        # a conditional branch, and a jump to a constant target.
+        # The usual shapes after folding: a conditional branch, and a jump
+        # to a constant target.
         if not spec.sets_npc and len(texts) == 1 and (match := _BRANCH.fullmatch(texts[0])):
-            return [f"pc = {match.group(2)} if {match.group(1)} else {fallthrough}"]
+            return [], ("branch", match.group(1), int(match.group(2)), fallthrough)
         if spec.sets_npc and (match := _JUMP.fullmatch(texts[-1])):
-            return [*texts[:-1], f"pc = {match.group(1)}"]
+            return texts[:-1], ("jump", int(match.group(1)))
     head = [] if spec.sets_npc else [f"npc = {fallthrough}"]  # a branch not taken
-    return [*head, *texts, "pc = npc"]
+    return [*head, *texts, "pc = npc"], None
+
+
+class _BlockCode:
+    """One basic block's code: its body (up to `n += length`) and its static exit, if any.
+
+    A static exit to another block of the region carries a copy of that
+    block's code (a superblock of two), so the more common half of the
+    block-to-block steps needs no trip through the dispatch. The copy begins
+    with `pc = <its start>`, so a stop inside it is reported exactly as in
+    the original.
+    """
+
+    def __init__(self, body: list[str], exit_: tuple | None, length: int):
+        self.body, self.exit, self.length = body, exit_, length
+
+    def lines(self, region: dict[int, "_BlockCode"] | None = None) -> list[str]:
+        """Source lines; with `region`, successors in it are copied in (one level deep)."""
+        exit_ = self.exit
+        if exit_ is None:
+            return self.body
+
+        def go(target: int) -> list[str]:
+            follow = region is not None and target in region and region[target].length <= INLINE_MAX
+            return [f"pc = {target}", *(region[target].lines() if follow else [])]
+
+        if exit_[0] == "jump":
+            return [*self.body, *go(exit_[1])]
+        _, condition, taken, fallthrough = exit_
+        if region is None or (taken not in region and fallthrough not in region):
+            return [*self.body, f"pc = {taken} if {condition} else {fallthrough}"]
+        return [*self.body, f"if {condition}:", *_indent(1, go(taken)), "else:", *_indent(1, go(fallthrough))]
 
 
 def _interpret_one(core, budget):
