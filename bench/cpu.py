@@ -133,7 +133,7 @@ def measure(repeat: int, before: Path | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per program; the best counts")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per program; the best counts")
     parser.add_argument("--before", default=BEFORE_COMMIT, metavar="COMMIT",
                         help=f"the core to compare with, from git history (default {BEFORE_COMMIT})")
     parser.add_argument("--no-before", action="store_true", help="measure our core only")

@@ -23,7 +23,7 @@ anything happens.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Protocol
 
 from protocol import riscv
@@ -188,6 +188,40 @@ def user_pieces(
         pieces.append((vpn, off, n))
         pos += n
     return pieces
+
+
+def user_string(addr: int, limit: int = PATH_MAX) -> Generator[tuple[int, int], bytes | None, bytes | None]:
+    """Read a NUL-terminated user string, page by page, without doing the reads.
+
+    A generator (sans I/O): it yields (address, length) reads, is sent back
+    each read's bytes (None for -EFAULT) and returns the string without its
+    NUL, or None if a read failed or no NUL came within ``limit`` bytes. It
+    never reads past the page that holds the NUL, so a string that ends just
+    before an unmapped page is fine. Drive it with `drive`, or by hand with
+    an ``await`` between the steps.
+    """
+    out = bytearray()
+    while len(out) < limit:
+        n = min(PAGE_SIZE - (addr & (PAGE_SIZE - 1)), limit - len(out))
+        chunk = yield addr, n
+        if chunk is None:
+            return None
+        end = chunk.find(0)
+        if end >= 0:
+            return bytes(out + chunk[:end])
+        out += chunk
+        addr += n
+    return None
+
+
+def drive(steps: Generator, read: Callable):
+    """Run a sans-I/O reader such as `user_string` with a synchronous ``read(addr, n)``."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(read(*request))
+    except StopIteration as done:
+        return done.value
 
 
 # -- argument checks, in the order Linux makes them ---------------------------------------

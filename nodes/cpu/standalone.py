@@ -259,23 +259,8 @@ class Machine:
         return 0
 
     def _sys_openat(self, dirfd: int, path: int, *_: int) -> int:
-        name = self._user_string(path)
+        name = abi.drive(abi.user_string(path), self.copy_from_user)
         return -abi.EFAULT if name is None else -abi.ENOENT  # no disk: no file exists
-
-    def _user_string(self, addr: int) -> bytes | None:
-        """A NUL-terminated user string of at most PATH_MAX bytes, or None (-EFAULT)."""
-        out = bytearray()
-        while len(out) < abi.PATH_MAX:
-            n = min(abi.PAGE_SIZE - (addr & (abi.PAGE_SIZE - 1)), abi.PATH_MAX - len(out))
-            chunk = self.copy_from_user(addr, n)
-            if chunk is None:
-                return None
-            end = chunk.find(0)
-            if end >= 0:
-                return bytes(out + chunk[:end])
-            out += chunk
-            addr += n
-        return None
 
 def run_file(path: str, args: list[str], stats: str | None = None) -> int:
     """Load and run an ELF; print a one-line error for a bad file.

@@ -530,19 +530,14 @@ def _io(k: "Kernel") -> Io | None:
     return getattr(k.hw, "io", None)
 
 
-async def _user_string(k: "Kernel", p: "Process", addr: int, limit: int = abi.PATH_MAX) -> bytes | None:
-    out = bytearray()
-    while len(out) < limit:
-        n = min(PAGE - (addr & (PAGE - 1)), limit - len(out))
-        chunk = await k.copy_from_user(p, addr, n)
-        if chunk is None:
-            return None
-        i = chunk.find(0)
-        if i >= 0:
-            return bytes(out + chunk[:i])
-        out += chunk
-        addr += n
-    return None  # too long
+async def _user_string(k: "Kernel", p: "Process", addr: int) -> bytes | None:
+    steps = abi.user_string(addr)  # the ABI's reader, its reads done here through the memory controller
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(await k.copy_from_user(p, *request))
+    except StopIteration as done:
+        return done.value
 
 
 # ---------------------------------------------------------------- syscalls
