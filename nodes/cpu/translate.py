@@ -11,24 +11,36 @@ the decoded fields (AST rewrite), and gluing the results together:
   targets, alignment checks), and a few identities that hold for values in
   [0, 2**32) shorten the rest (`signed(a) < signed(b)` compares biased
   values, `x + 0 & M` is `x`).
-- `s.load` / `s.store` become an inline dict lookup on the current address
-  space's page maps (see core.py) with the core's slow path as fallback.
-- `return t` (a control transfer) becomes `npc = t`, the block's exit.
+- `s.load` / `s.store` become two subscripts: the page map of the current
+  address space (see core.py, keyed by page base) indexed by the address
+  masked with the page and alignment bits, then the page's byte, halfword or
+  word view. A TLB miss, an absent or read-only page and a misaligned
+  address are all a missing key: the KeyError hands that one instruction to
+  the interpreter, whose slow path does it exactly (or stops).
+- `return t` (a control transfer) becomes `npc = t`, the block's exit; the
+  usual folded shapes (branch on a condition, jump to a constant) become
+  `pc = a if cond else b` / `pc = a`.
 
 A basic block ends at a control transfer, at the end of its page, or before
 an instruction that must see exact core state (`isa.SERIALIZING`). A region
 is the entry block plus the blocks reachable from it by static successors
-(branch targets, fall-through, jal targets) that have already run: a
-`while True` loop dispatches on `pc` between them, so a loop with branches
-inside never leaves Python locals.
+(branch targets, fall-through, jal targets) that have already run, whether
+or not another region holds them too: a `while True` loop dispatches on `pc`
+between them (a binary search), so a loop with branches inside never leaves
+Python locals. A static exit to a short block of the region carries a copy
+of it (a superblock of two), skipping the dispatch. A block left out because
+it was still cold makes its region be rebuilt around it once it is hot
+(`Core._translate_at`).
 
 Generated signature: `region(core, budget) -> retired`; it starts at
 `core.pc` (any of its block starts) and sets `core.pc`. A block runs only if
 it fits in what is left of the budget, so quanta are exact. If an
 instruction stops (trap, page miss), the slow path raises `Fault`, the
-region writes back its registers, points pc at that instruction (`k` is its
-index in the current block) and returns how many retired before it: the
-stop is precise.
+region writes back its registers, points pc at that instruction and returns
+how many retired before it: the stop is precise. Which instruction it was
+(`k`, its index in the current block) is read from the traceback's line
+number (every line of an instruction that may stop is tagged `# k=<index>`),
+so the hot path stores nothing for it.
 """
 
 from __future__ import annotations
