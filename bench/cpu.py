@@ -165,7 +165,7 @@ def main() -> None:
             f"{report[f'{kind}_qemu_wall']:.3f}",
             f"{report[f'qemu_ratio_{kind}']:.1f}×",
         )
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)  # the columns need ~110
 
 
 if __name__ == "__main__":
