@@ -545,7 +545,8 @@ class Translator:
                 lines, exit_ = _exit(texts, spec, fallthrough)
                 body.extend(lines)
             else:
-                body.extend(texts)
+                for text in texts:
+                    _append_narrowed(body, text)
         if insns[-1].mnemonic not in isa.CONTROL:
             exit_ = ("jump", fallthrough)
         body.append(f"n += {length}")
@@ -604,6 +605,52 @@ class Translator:
             (start + 4 * i) >> 12 for start, insns in blocks for i in (0, len(insns) - 1)
         )
         return region
+
+
+_MASK_AGAIN = re.compile(r"(x\d+) = \1 & (\d+)")
+_SHIFT_MASKED = re.compile(r"(x\d+) = \1 << (\d+) & 4294967295")
+_MASKED = re.compile(r"(x\d+) = (.+) & (\d+)")
+
+
+def _append_narrowed(body: list[str], text: str) -> None:
+    """Append one line of a block, merging it with the line before when that is the same register's.
+
+    Two shapes that compilers emit all the time for byte and array indexes
+    (`add` then `zext.b`/`andi`, `andi` then `slli`) cost a mask each that
+    the first already decides: `x = e & M; x = x & c` is `x = e & c`, and
+    after `x = e & c` with c small, `x << s` needs no mask. Only lines that
+    cannot stop are merged (the intermediate value is never seen).
+    """
+    before = body[-1] if body else ""
+    if "\n" not in text and "\n" not in before and "#" not in before and "#" not in text:
+        again = _MASK_AGAIN.fullmatch(text)
+        if again and (mask := int(again.group(2))) < isa.M:
+            first = _masked(before, again.group(1))
+            if first is not None and first[1] == isa.M:
+                body[-1] = f"{again.group(1)} = {_and(first[0], mask)}"
+                return
+        shift = _SHIFT_MASKED.fullmatch(text)
+        if shift:
+            first = _masked(before, shift.group(1))
+            if first is not None and first[1] << int(shift.group(2)) <= isa.M:
+                body.append(f"{shift.group(1)} = {shift.group(1)} << {shift.group(2)}")
+                return
+    body.append(text)
+
+
+def _masked(line: str, register: str) -> tuple[ast.expr, int] | None:
+    """(e, c) if `line` is `register = e & c` with `&` its outermost operation."""
+    match = _MASKED.fullmatch(line)
+    if match is None or match.group(1) != register:
+        return None
+    value = ast.parse(line).body[0].value
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.BitAnd) and isinstance(value.right, ast.Constant):
+        return value.left, value.right.value
+    return None
+
+
+def _and(expr: ast.expr, mask: int) -> str:
+    return ast.unparse(ast.BinOp(expr, ast.BitAnd(), ast.Constant(mask)))
 
 
 DISPATCH_LINEAR = 3  # up to this many block starts are tested one by one
