@@ -60,6 +60,7 @@ MAX_REGION_BLOCKS = 32  # basic blocks per region; bounds compile time and dispa
 # `_BlockCode`): for them the dispatch is a large share of the cost, and the
 # copies stay small to compile.
 INLINE_MAX = 12
+INLINE_DEPTH = 2  # a copy may carry copies of its own successors: deeper costs more to compile than it saves
 
 # Memory access inline: one dict subscript finds the page, one view subscript
 # the value. The maps are keyed by page base address; masking the address
@@ -560,7 +561,7 @@ class Translator:
             codes[start], block_read, block_written = self._block(start, insns)
             read |= block_read
             written |= block_written
-        bodies = {start: code.lines(codes) for start, code in codes.items()}
+        bodies = {start: code.lines(codes, INLINE_DEPTH) for start, code in codes.items()}
         dispatch = _dispatch(sorted(bodies), bodies)
         load = [f"x{r} = X[{r}]" for r in sorted(read | written)]
         store = [f"X[{r}] = x{r}" for r in sorted(written)]
@@ -714,15 +715,16 @@ class _BlockCode:
     def __init__(self, body: list[str], exit_: tuple | None, length: int):
         self.body, self.exit, self.length = body, exit_, length
 
-    def lines(self, region: dict[int, "_BlockCode"] | None = None) -> list[str]:
-        """Source lines; with `region`, successors in it are copied in (one level deep)."""
+    def lines(self, region: dict[int, "_BlockCode"] | None = None, depth: int = 1) -> list[str]:
+        """Source lines; with `region`, successors in it are copied in (`depth` levels deep)."""
         exit_ = self.exit
         if exit_ is None:
             return self.body
 
         def go(target: int) -> list[str]:
             follow = region is not None and target in region and region[target].length <= INLINE_MAX
-            return [f"pc = {target}", *(region[target].lines() if follow else [])]
+            copy = region[target].lines(region if depth > 1 else None, depth - 1) if follow else []
+            return [f"pc = {target}", *copy]
 
         if exit_[0] == "jump":
             return [*self.body, *go(exit_[1])]
