@@ -75,6 +75,21 @@ _MAY_STOP = re.compile(r"TRAP\(|\b[RW][124]\[")
 _STOP_TAG = re.compile(r"  # k=(\d+)$")
 
 
+def _address(node: ast.expr) -> str:
+    """Source of an access's address; `e & M` is just `e`.
+
+    The page key and the offset mask the address with constants below 2**32
+    anyway, so wrapping it to 32 bits first changes nothing (the address is
+    `register + unsigned immediate`, never negative).
+    """
+    if (
+        isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd)
+        and isinstance(node.right, ast.Constant) and node.right.value == isa.M
+    ):
+        node = node.left
+    return ast.unparse(node)
+
+
 def _access(size: int, addr: str, kind: str) -> str:
     """Source of the page-view subscript for a `size`-byte access at `addr`."""
     if addr.isidentifier():
@@ -292,7 +307,7 @@ class _ExpandLoads(ast.NodeTransformer):
     def visit_Call(self, node):
         self.generic_visit(node)
         if isinstance(node.func, ast.Name) and node.func.id.startswith("__load"):
-            self.loads.append(_access(int(node.func.id[6]), ast.unparse(node.args[0]), "R"))
+            self.loads.append(_access(int(node.func.id[6]), _address(node.args[0]), "R"))
             return ast.Name(f"__mem{len(self.loads) - 1}__", ast.Load())
         return node
 
@@ -302,7 +317,7 @@ def _emit(statement: ast.stmt) -> str:
     value = statement.value if isinstance(statement, ast.Expr) else None
     if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id.startswith("__store"):
         addr, stored = value.args
-        return f"{_access(int(value.func.id[7]), ast.unparse(addr), 'W')} = {ast.unparse(stored)}"
+        return f"{_access(int(value.func.id[7]), _address(addr), 'W')} = {ast.unparse(stored)}"
     expand = _ExpandLoads()
     text = ast.unparse(expand.visit(statement))
     for index, load in enumerate(expand.loads):
