@@ -51,10 +51,11 @@ from nodes.cpu.core import HALT, PAGE_MISS, PAGE_SIZE, QUANTUM, TRAP, Core
 from nodes.runtime import Node, main
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message
+from protocol.riscv import TIMER_INTERRUPT
 
 log = logging.getLogger("hwemu.cpu")
 
-INTERRUPT_CAUSE = 0x80000005
+INTERRUPT_CAUSE = TIMER_INTERRUPT
 RECALL_ALL = -1
 ACQUIRE_TIMEOUT = 3.0
 RETRY_DELAY = 0.05

@@ -289,7 +289,7 @@ def run(
         code = result["code"]
         reason = result.get("reason") or "exit"
         if reason != "exit":
-            err_console.print(f"hwemu: pid {result['pid']} {reason}", highlight=False, markup=False)
+            err_console.print(f"hwemu: pid {result['pid']} {reason}", highlight=False, markup=False, soft_wrap=True)
     finally:
         if trace is not None and is_locked(rd):
             trace_cli.finish(rd, trace)
