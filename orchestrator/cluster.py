@@ -21,6 +21,7 @@ import trio
 
 from orchestrator import choreographies as chor
 from orchestrator import state as saved_state
+from orchestrator import tracing
 from orchestrator.choreographies.state import VirtState
 from orchestrator.journal import Journal
 from orchestrator.routes import RouteAuthority, RouteChangeError
@@ -48,6 +49,8 @@ class Orchestrator:
         topology.check_run_dir(self.run_dir)
         self.directory = topology.directory(self.run_dir)
         self.party = Party(ORCHESTRATOR, self.directory[ORCHESTRATOR], self.directory)
+        self.recorder = self.party.recorder  # choreography steps and route changes, when tracing
+        self.trace_events: list | None = None  # the orchestrator's events of the trace stopped last
         routes = topology.routes
         if topology.firmware.get("vmm_at_boot"):  # FIG. 2b: the machine comes up interposed
             from orchestrator.choreographies.fig2b_boot import interposed_routes
@@ -308,8 +311,8 @@ class Orchestrator:
     async def _control(self, msg: Message) -> None:
         try:
             data = await getattr(self, msg.kind)(**msg.body)
-        except (ProtocolError, RouteChangeError, RemoteError, RequestTimeout, KeyError, RuntimeError,
-                chor.ChoreographyError, chor.ChoreographyFailed) as exc:
+        except (ProtocolError, RouteChangeError, RemoteError, RequestTimeout, KeyError, RuntimeError, ValueError,
+                OSError, chor.ChoreographyError, chor.ChoreographyFailed) as exc:
             body = error_body(exc, ref=msg.kind)
             if isinstance(exc, chor.ChoreographyError):
                 body["reason"] = "refused"
@@ -364,6 +367,17 @@ class Orchestrator:
         self.save_state()
         return {"epoch": report.epoch, "pause_ms": report.pause_ms, "total_ms": report.total_ms,
                 "flows": {f: list(v) for f, v in report.flows.items()}, "last": report.last}
+
+    async def ctl_trace_start(self, size: int = tracing.DEFAULT_RING) -> dict[str, Any]:
+        """Every node's trace ring and the orchestrator's on (orchestrator/tracing.py)."""
+        return await tracing.start(self, size)
+
+    async def ctl_trace_stop(self) -> dict[str, Any]:
+        return await tracing.stop(self)
+
+    async def ctl_trace_save(self, path: str, also: list[str] | None = None) -> dict[str, Any]:
+        """The merged trace of every ring, written to ``path`` (and to each of ``also``)."""
+        return await tracing.save(self, path, also)
 
     async def ctl_down(self, timeout: float = 5.0) -> dict[str, Any]:
         return {"stopping": [np.spec.name for np in self.supervisor.nodes.values()]}

@@ -51,6 +51,7 @@ import zmq
 
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import MAX_FRAME, Message, decode, encode, error_body
+from protocol.recorder import Recorder
 
 log = logging.getLogger("hwemu.transport")
 
@@ -205,6 +206,9 @@ class Party:
         self._peers: dict[str, _Peer] = {}
         self._pending: dict[int, list] = {}  # seq -> [trio.Event, reply]
         # polled_in: deliveries a requester read itself while it awaited its reply
+        # what this party sends and receives, when a trace or a history is on
+        # (``("msg", "send"|"recv", ...)``; one attribute test when off)
+        self.recorder = Recorder(name)
         self.counters = {"msgs_in": 0, "msgs_out": 0, "bad_in": 0, "late_replies": 0, "spoofed": 0,
                          "handler_errors": 0, "polled_in": 0}
         self._inbox = self.ctx.socket(zmq.ROUTER)
@@ -274,6 +278,8 @@ class Party:
         peer = self._peer(msg.dst)
         frame = encode(msg)
         sock = peer.sock
+        if self.recorder.on:  # before it leaves: its receiver may record it before we run again
+            self._record_send(msg, frame, time.monotonic_ns())
         try:
             if peer.lock.locked():  # others wait for room: queue behind them, keep order
                 raise zmq.Again
@@ -300,12 +306,20 @@ class Party:
     def send_nowait(self, msg: Message) -> bool:
         """Send unless the peer's queue is full (then drop and return False).
         For messages that must never block the data plane, like heartbeats."""
+        frame = encode(msg)
+        t = time.monotonic_ns() if self.recorder.on else 0
         try:
-            _send(self._peer(msg.dst).sock, encode(msg), _NOBLOCK)
+            _send(self._peer(msg.dst).sock, frame, _NOBLOCK)
         except zmq.Again:
             return False
         self.counters["msgs_out"] += 1
+        if t:
+            self._record_send(msg, frame, t)
         return True
+
+    def _record_send(self, msg: Message, frame: bytes, t: int) -> None:
+        self.recorder.at(t, "msg", "send", kind=msg.kind, dst=msg.dst, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
+                         epoch=msg.epoch, size=len(frame))
 
     async def send(self, dst: str, kind: str, body: dict[str, Any] | None = None, **hdr: Any) -> Message:
         msg = self.make(dst, kind, body or {}, **hdr)
@@ -587,6 +601,9 @@ class Party:
         except ProtocolError as exc:
             counters["bad_in"] += 1
             return frames, exc
+        if self.recorder.on:
+            self.recorder("msg", "recv", kind=msg.kind, src=msg.src, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
+                          size=len(frames[1]))
         if msg.corr is None:
             return frames, msg
         slot = self._pending.get(msg.corr)

@@ -131,6 +131,7 @@ class MemoryController:
         self._busy: dict[int, trio.Event] = {}  # frame -> set when its holder lets go
         self._meta_lock = trio.Lock()
         self.known_initiators: set[str] = set()
+        self.recorder = None  # the node's (protocol/recorder.py): frame owner changes, when tracing
         self.recovering = False
         """True after a restart while initiators may still hold copies from
         before it: the directory is soft state and was lost. The wrapper must
@@ -139,8 +140,6 @@ class MemoryController:
         Until then every request but ``release`` and the views raises
         :class:`Recovering`."""
         self._counts: Counter[str] = Counter()
-        self.on_owner: Callable[[list[int], str, str], None] | None = None
-        """Told ``(frames, old_owner, new_owner)`` after every owner change (the node's fault history)."""
         doc = snapshot.load() if snapshot is not None else None
         if doc is not None:
             self._restore(doc)
@@ -726,9 +725,10 @@ class MemoryController:
         self._counts["zeroed"] += len(moving)
         for first, count in runs:
             owner[first:first + count] = [new_owner] * count
-        if self.on_owner is not None:
+        rec = self.recorder
+        if rec is not None and rec.on:
             for old, gone in by_old.items():
-                self.on_owner(sorted(gone), old, new_owner)
+                rec("frame", "owner", frames=sorted(gone), old=old, new=new_owner)
 
     async def _replace_map(
         self, space: str, edit: Callable[[dict[int, int]], tuple[bool, dict[int, int]]]

@@ -99,10 +99,9 @@ class MemctlNode(Node):
     async def setup(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.mc = MemoryController.open(self.path, self.nframes, self._recall)
-        rec = self.recorder
-        if rec.on:  # the history's owner model starts from what this life found, then follows every change
-            rec("frame", "owners", owners=self.mc.owners(), nframes=self.mc.store.nframes)
-            self.mc.on_owner = lambda frames, old, new: rec("frame", "owner", frames=frames, old=old, new=new)
+        self.mc.recorder = self.recorder
+        if self.recorder.on:  # a history's owner model starts from what this life found, then follows each change
+            self.recorder("frame", "owners", owners=self.mc.owners(), nframes=self.mc.store.nframes)
         if not self.mc.recovering:
             known = set(self.mc.stats()["spaces"])
             for os_name, (first, count) in self.partitions.items():

@@ -14,6 +14,7 @@ import trio
 import typer
 from rich.table import Table
 
+from orchestrator.cli import watch
 from orchestrator.cli.common import Json, RunDir, console, emit_json, fail, run_dir_of
 from orchestrator.client import NotRunning, call
 from orchestrator.daemon import is_locked, read_state
@@ -113,9 +114,24 @@ def status(
     run_dir: RunDir = None,
     json_out: Json = False,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the orchestrator's answer.")] = 10.0,
+    watch_: Annotated[bool, typer.Option(
+        "--watch", "-w", help="A live view refreshed every --interval seconds: rates, MIPS, device I/O, faults, "
+                              "who controls what (Ctrl-C ends it).")] = False,
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between two refreshes of --watch.")] = 1.0,
+    count: Annotated[int, typer.Option(min=0, help="With --watch: stop after this many refreshes (0: never).")] = 0,
 ) -> None:
     """Every node: kind, pid, state, alive, uptime, messages in/out; and the routes."""
     rd = run_dir_of(run_dir)
+    if watch_:
+        if json_out:
+            fail("--watch and --json do not go together: `hwemu status --json` in a loop", code=2)
+        try:
+            watch.watch(rd, console, interval, count, timeout)
+        except watch.Gone as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            pass
+        return
     data = _call(rd, "ctl_status", timeout=timeout)
     if json_out:
         emit_json(data)

@@ -26,6 +26,7 @@ import trio
 import typer
 
 from orchestrator.cli import cluster
+from orchestrator.cli import trace as trace_cli
 from orchestrator.cli.cluster import _call
 from orchestrator.cli.common import RunDir, err_console, fail, run_dir_of
 from orchestrator.client import NotRunning, call
@@ -236,9 +237,11 @@ def run(
         "--forward", metavar="HOSTPORT:GUESTPORT",
         help="Forward UDP 127.0.0.1:HOSTPORT to the guest's port GUESTPORT (repeatable; the OS's NIC).")] = None,
     run_dir: RunDir = None,
+    trace: trace_cli.TraceFile = None,
 ) -> None:
     """Run a program on the cluster's OS: its console output on stdout, its exit status as ours."""
     rd = run_dir_of(run_dir)
+    trace_cli.check_file(trace)
     try:
         elf = program.read_bytes()
     except OSError as exc:
@@ -259,6 +262,8 @@ def run(
                 cluster.up(topology, detach=True, run_dir=rd, json_out=True)
             started = True
         status = _call(rd, "ctl_status")
+        if trace is not None:
+            trace_cli.start_for(rd)
         os_node, uart = _pick(status, os_name)
         nic_maps = _forward(status, os_node["name"], forwards) if forwards else None
         info: dict[str, Any] = {}
@@ -284,8 +289,10 @@ def run(
         code = result["code"]
         reason = result.get("reason") or "exit"
         if reason != "exit":
-            err_console.print(f"hwemu: pid {result['pid']} {reason}", highlight=False, markup=False)
+            err_console.print(f"hwemu: pid {result['pid']} {reason}", highlight=False, markup=False, soft_wrap=True)
     finally:
+        if trace is not None and is_locked(rd):
+            trace_cli.finish(rd, trace)
         if started:
             with contextlib.redirect_stdout(io.StringIO()):
                 try:
