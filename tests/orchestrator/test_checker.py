@@ -75,6 +75,14 @@ def clean(h: History) -> History:
     return h
 
 
+def pair(tmp_path) -> History:
+    """A history of two nodes, os1 (life 1) sending to memctl (life 2)."""
+    h = History(tmp_path / "h")
+    h.start("os1", 1)
+    h.start("memctl", 2)
+    return h
+
+
 def verdict(root):
     rep = checker.check(root)
     return rep, [(v.check, v.what) for v in rep.violations]
@@ -127,9 +135,7 @@ def test_an_acknowledged_message_that_never_arrived_is_lost_even_at_the_tail(tmp
 
 
 def test_an_unacknowledged_tail_of_a_killed_sender_may_be_missing(tmp_path):
-    h = History(tmp_path / "h")
-    h.start("os1", 1)
-    h.start("memctl", 2)
+    h = pair(tmp_path)
     h.flow("os1", "memctl", "mem:os1", [1, 2, 3], deliver=[1])
     h.start("os1", 3)  # no "stop" before: killed, its unacknowledged #2, #3 died with it
     h.flow("os1", "memctl", "mem:os1", [1], deliver=[1])
@@ -138,9 +144,7 @@ def test_an_unacknowledged_tail_of_a_killed_sender_may_be_missing(tmp_path):
 
 
 def test_a_message_lost_with_a_receiver_that_lived_on_is_reported(tmp_path):
-    h = History(tmp_path / "h")
-    h.start("os1", 1)
-    h.start("memctl", 2)
+    h = pair(tmp_path)
     h.flow("os1", "memctl", "mem:os1", [1, 2], deliver=[1])
     h.t += 5_000_000_000  # both live on for 5 s: #2 was not in flight at the end
     h.stop("os1", 1)
@@ -150,9 +154,7 @@ def test_a_message_lost_with_a_receiver_that_lived_on_is_reported(tmp_path):
 
 
 def test_a_redelivery_to_a_restarted_receiver_of_what_it_never_acknowledged_is_fine(tmp_path):
-    h = History(tmp_path / "h")
-    h.start("os1", 1)
-    h.start("memctl", 2)
+    h = pair(tmp_path)
     h.flow("os1", "memctl", "mem:os1", [1, 2], deliver=[1, 2])
     h.start("memctl", 3)  # killed and restarted: the sender resends what was not acknowledged
     h("memctl", "flow", "deliver", flow="mem:os1", fseq=2, src="os1")
