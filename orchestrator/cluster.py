@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from orchestrator import choreographies as chor
+from orchestrator import faults
 from orchestrator import state as saved_state
 from orchestrator.choreographies.state import VirtState
 from orchestrator.journal import Journal
@@ -71,6 +72,7 @@ class Orchestrator:
         """What the FIG. 2b boot did (frames moved, map sizes, what the VMM discovered)."""
         self.adopted: dict[str, int] = {}
         """nodes re-attached at start (a previous orchestrator started them): name -> pid."""
+        self.faults = faults.register(self)  # the nemeses and their ctl_fault_* requests
         """os -> the frames of its boot memory map, for an instance booted on borrowed memory (¶49)."""
 
     # -- life cycle -------------------------------------------------------------
@@ -275,6 +277,7 @@ class Orchestrator:
                 pass
 
         with trio.CancelScope(shield=True):
+            self.faults.release()  # a SIGSTOPped node could not even take its SIGTERM
             await self.supervisor.stop_all(graceful, timeout)
             self.state = "stopped"
             if self._nursery is not None:
@@ -293,6 +296,8 @@ class Orchestrator:
     async def _dispatch(self, msg: Message) -> None:
         if msg.kind == "ready":
             self.supervisor.mark_ready(msg.src, msg.body["pid"])
+            if self.faults.active:
+                self._nursery.start_soon(self.faults.node_ready, msg.src)
         elif msg.kind == "heartbeat":
             np = self.supervisor.nodes.get(msg.src)
             if np is not None and np.pid == msg.body["pid"]:
@@ -337,10 +342,16 @@ class Orchestrator:
             "orchestrator": {"pid": os.getpid(), "state": self.state,
                              "uptime": round(time.monotonic() - self.started, 3),
                              "endpoint": self.directory[ORCHESTRATOR]},
-            "nodes": [np.view() for np in self.supervisor.nodes.values()],
+            "nodes": [np.view(stale_after=self.stale_after) for np in self.supervisor.nodes.values()],
             "routes": self.routes.table.to_wire(),
             "virt": self.virt.view(self.topology),
+            "faults": self.faults.listing(),
         }
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds of silence after which a running node is ``unresponsive``: three missed heartbeats."""
+        return max(3 * self.topology.heartbeat, 2.0)
 
     async def refresh_stats(self) -> None:
         """Ask every running node for fresh counters (heartbeats may be a second old)."""
@@ -348,6 +359,8 @@ class Orchestrator:
             try:
                 reply = await self.party.request(np.spec.name, "stats", timeout=1.0)
                 np.last_stats = reply.body["stats"]
+                if reply.body["stats"].get("pid", np.pid) == np.pid:
+                    np.last_heartbeat = time.monotonic()  # it answered: as good as a heartbeat
             except (RemoteError, RequestTimeout):
                 pass
 

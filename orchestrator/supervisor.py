@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,15 +46,29 @@ class NodeProc:
     ready: trio.Event = field(default_factory=trio.Event)
     exited: trio.Event = field(default_factory=trio.Event)
 
-    def view(self) -> dict[str, Any]:
+    def view(self, stale_after: float | None = None) -> dict[str, Any]:
+        """What ``hwemu status`` shows of it.
+
+        Args:
+            stale_after: seconds without a heartbeat (or a stats reply) after
+                which a running node is shown ``unresponsive`` (SIGSTOPped,
+                hung): its process lives, but nothing says it works.
+        """
         alive = self.proc is not None and self.proc.returncode is None
+        state, silent = self.state, None
+        last = self.last_heartbeat or self.started_at
+        if stale_after is not None and alive and state == "running" and last is not None:
+            silent = time.monotonic() - last
+            if silent > stale_after:
+                state = "unresponsive"
         return {
             "name": self.spec.name,
             "kind": self.spec.kind,
             "pid": self.pid,
             "endpoint": self.endpoint,
-            "state": self.state,
+            "state": state,
             "alive": alive,
+            "silent_s": round(silent, 3) if silent is not None else None,
             "uptime": round(time.monotonic() - self.started_at, 3) if alive and self.started_at else 0.0,
             "restarts": self.restarts,
             "exit_code": self.exit_code,

@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from orchestrator.cli.common import Json, RunDir, console, emit_json, fail, run_dir_of
+from orchestrator.cli.fault import faults_table
 from orchestrator.client import NotRunning, call
 from orchestrator.daemon import is_locked, read_state
 from orchestrator.topology import TopologyError, load
@@ -30,7 +31,9 @@ def _status_table(data: dict) -> Table:
     table.add_row("orch", "orchestrator", str(o["pid"]), o["state"], "yes", f"{o['uptime']:.1f}", "", "", "", o["endpoint"])
     for n in data["nodes"]:
         state = n["state"]
-        if n["kind"] == "cpu" and isinstance(n["stats"].get("cpu_state"), str):
+        if state == "unresponsive":  # SIGSTOPped or hung: its last counters are stale
+            state = f"[bold yellow]unresponsive[/] (no heartbeat {n['silent_s']:.1f} s)"
+        elif n["kind"] == "cpu" and isinstance(n["stats"].get("cpu_state"), str):
             state += f" / {n['stats']['cpu_state']}"
         table.add_row(n["name"], n["kind"], str(n["pid"]), state, "yes" if n["alive"] else "[red]no[/]",
                       f"{n['uptime']:.1f}", str(n["msgs_in"]), str(n["msgs_out"]), str(n["restarts"]), n["endpoint"])
@@ -122,6 +125,8 @@ def status(
         return
     console.print(_status_table(data))
     console.print(_routes_table(data["routes"]))
+    if data.get("faults"):
+        console.print(faults_table(data["faults"]))
     if data.get("virt"):
         console.print(_virt_table(data["virt"]))
 
