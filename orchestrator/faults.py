@@ -39,7 +39,8 @@ The control requests (the API ``hwemu fault`` and ``hwemu chaos`` use; replies
     range, nothing to inject) is refused with reason ``bad_fault`` and one
     sentence; a node that refuses it (reason ``unknown_fault`` from a node
     kind that does not implement that type) makes the whole fault fail: the
-    nodes that took it are cleared again.
+    nodes that took it are cleared again, and the request fails with reason
+    ``fault_refused`` (or ``bad_fault`` if the node found a param bad).
 
 ``ctl_fault_list`` {} → {"faults": [FAULT, ...]}
     The active faults, oldest first. FAULT = {"id", "type", "seed", "spec",
@@ -311,9 +312,11 @@ class FaultManager:
                     await self._request(node, "fault_clear", {"id": fault["id"]})
                 except (RemoteError, RequestTimeout):
                     pass
-            if isinstance(exc, RemoteError):
-                raise FaultError(f"{exc.node} refused the {fault['type']} fault: {exc.detail}") from None
-            raise FaultError(f"{exc.node} did not answer fault_set: is it running? (`hwemu status`)") from None
+            if isinstance(exc, RemoteError):  # its params (bad_fault: the user's) or its kind (the cluster's)
+                raise ProtocolError(exc.reason if exc.reason == "bad_fault" else "fault_refused",
+                                    f"{exc.node} refused the {fault['type']} fault: {exc.detail}") from None
+            raise ProtocolError("fault_refused", f"{exc.node} did not answer fault_set: is it running? "
+                                                 "(`hwemu status`)") from None
 
     def _signal(self, name: str, sig: int, fault: dict[str, Any], quiet: bool = False) -> None:
         np = self.orch.supervisor.nodes[name]

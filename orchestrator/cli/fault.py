@@ -9,6 +9,7 @@ wrong kind) exits 2 with one line; a fault a node could not apply exits 1.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -39,7 +40,8 @@ def _call(run_dir: Path, kind: str, body: dict[str, Any] | None = None, timeout:
     except NotRunning as exc:
         fail(str(exc))
     except RemoteError as exc:
-        detail = exc.detail.removeprefix(f"{exc.reason}: ")  # error_body puts the reason in front
+        # error_body puts "reason [field]: " in front: the sentence alone is the line a person reads
+        detail = re.sub(rf"^{re.escape(exc.reason)}( \[[^\]]*\])?: ", "", exc.detail)
         fail(detail, code=2 if exc.reason in BAD_INPUT else 1)
     except RequestTimeout:
         fail(f"the orchestrator in {run_dir} does not answer within {timeout:g} s")
