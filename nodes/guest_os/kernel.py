@@ -40,6 +40,7 @@ PAGE = 4096
 STACK_TOP = 0x80000000
 STACK_PAGES = 2048  # 8 MiB of stack, allocated on first touch
 BRK_LIMIT = 0x40000000
+CLOCK_STEP_NS = 128_000_000  # ntpd's step threshold: a smaller difference is tick latency, not the clock
 M32 = 0xFFFFFFFF
 AT_NULL, AT_PAGESZ = 0, 6
 
@@ -221,6 +222,7 @@ class Kernel:
         self.next_pid = 1
         self.next_asid = 1
         self.ticks = 0
+        self.wall_offset_ns = 0  # CLOCK_REALTIME minus the host's: the timer's clock, stepped as NTP steps
         self.counters = {"traps": 0, "syscalls": 0, "tlb_misses": 0, "preempts": 0, "switches": 0,
                          "exits": 0, "kills": 0, "stray_traps": 0}
 
@@ -348,9 +350,16 @@ class Kernel:
         elif wait[0] == "sleep":
             self.sleepers.append(proc)
 
-    async def tick(self, n: int = 0) -> None:
-        """A timer interrupt: wake sleepers, preempt if someone else is waiting."""
+    async def tick(self, n: int = 0, time_ns: int | None = None) -> None:
+        """A timer interrupt: follow the timer's wall clock, wake sleepers, preempt if
+        someone else is waiting."""
         self.ticks += 1
+        if isinstance(time_ns, int):
+            # the interrupt's own latency (sub-ms to a few ms) is no clock error: like ntpd,
+            # follow the device's clock only when it is off by more than the step threshold
+            offset = time_ns - time.time_ns()
+            if abs(offset - self.wall_offset_ns) > CLOCK_STEP_NS:
+                self.wall_offset_ns = offset
         if self.sleepers:
             now = time.monotonic_ns()
             due = [p for p in self.sleepers if p.wait and p.wait[1] <= now]
@@ -729,7 +738,7 @@ class OsNode(Node):
         if kind == "trap":
             await k.trap(payload.body)
         elif kind == "tick":
-            await k.tick()
+            await k.tick(time_ns=payload.body.get("time_ns"))
         elif kind == "uart_rx":
             await k.uart_rx(payload.body["data"])
         elif kind == "io_done":

@@ -111,14 +111,15 @@ async def sys_brk(k: "Kernel", p: "Process", addr: int, *_: int) -> int:
     return addr
 
 
-def _now_ns(clock: int) -> int:
-    return time.time_ns() if clock == CLOCK_REALTIME else time.monotonic_ns()
+def _now_ns(k: "Kernel", clock: int) -> int:
+    """CLOCK_REALTIME is the timer device's wall clock (followed on its ticks), the rest monotonic."""
+    return time.time_ns() + k.wall_offset_ns if clock == CLOCK_REALTIME else time.monotonic_ns()
 
 
 async def sys_clock_gettime64(k: "Kernel", p: "Process", clock: int, ts: int, *_: int) -> int:
     if clock > 16:
         return -EINVAL
-    now = _now_ns(clock)
+    now = _now_ns(k, clock)
     data = (now // 1_000_000_000).to_bytes(8, "little", signed=True) + (now % 1_000_000_000).to_bytes(8, "little")
     return 0 if await k.copy_to_user(p, ts, data) else -EFAULT
 
@@ -134,7 +135,7 @@ async def sys_clock_nanosleep64(k: "Kernel", p: "Process", clock: int, flags: in
         return -EINVAL
     want = sec * 1_000_000_000 + nsec
     if flags & TIMER_ABSTIME:
-        delay = want - _now_ns(clock)
+        delay = want - _now_ns(k, clock)
     else:
         delay = want
     if delay <= 0:
