@@ -578,6 +578,10 @@ def main(node_cls: type[Node], argv: list[str] | None = None) -> None:
         print(f"{node_cls.kind}: cannot read config {args.config}: {exc}", file=sys.stderr)
         sys.exit(2)
     sched.short_slice(f"{node_cls.kind} {cfg.name}", node_cls.short_slice)
-    node = node_cls(cfg)
+    try:
+        node = node_cls(cfg)
+    except (ProtocolError, ValueError) as exc:  # its endpoint, a bad option: one line for `hwemu up`
+        print(f"{node_cls.kind} {cfg.name}: {getattr(exc, 'detail', exc)}", file=sys.stderr)
+        sys.exit(2)
     node.history_path = os.path.join(cfg.run_dir, f"{cfg.name}.flows.json")
     trio.run(node.run)
