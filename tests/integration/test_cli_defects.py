@@ -26,9 +26,9 @@ import sys
 import pytest
 
 from tests.guest.test_network_samples import free_udp_port
+from tests.integration.procs import alive
 from tests.integration.test_io import GUEST_PORT, IO, Program, status, up
 from tests.integration.test_native import BUILD, HWEMU, REPO, _cluster_dir, hwemu, show
-from tests.integration.procs import alive
 
 pytestmark = pytest.mark.integration
 

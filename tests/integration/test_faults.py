@@ -5,7 +5,7 @@ to, through the ``hwemu fault`` command line, on ``compose/io.toml``:
 - ``kill``: every node kind is restarted with a new pid, and ``hwemu status``
   counts the restart;
 - ``pause``: every node kind shows ``unresponsive`` while SIGSTOPped, and
-  ``running`` again (same pid) once ``--for`` has run out;
+  ``running`` again (same pid) once cleared or its ``--for`` has run out;
 - ``disk``: the guest program (``faultprobe.elf``) sees ``-EIO`` (-5) from
   ``pwrite64``/``pread64``/``fsync`` as each fault kind says, and the real
   values again once the fault is cleared;
@@ -124,33 +124,44 @@ def test_kill_of_every_node_kind_restarts_it_with_a_new_pid_and_status_counts_it
         assert [cell.strip() for cell in row.split("│")][9] == "1", row
 
 
+def proc_state(pid: int) -> str:
+    """The kernel's one-letter state of ``pid`` (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
 def test_pause_of_every_node_kind_shows_it_unresponsive_then_running_again_with_the_same_pid(guest_build, cluster_dir):
     rd, pids = cluster_dir
     up(rd)
     before = nodes(rd)
-    ids = [ok(rd, "fault", "pause", name, "--for", "20")["id"] for name in KINDS]
+    ids = [ok(rd, "fault", "pause", name)["id"] for name in KINDS]
     listed = ok(rd, "fault", "list")["faults"]
     assert [(f["id"], f["type"], f["targets"]) for f in listed] == [(i, "pause", [n]) for i, n in zip(ids, KINDS)]
-    for name in KINDS:  # the kernel says stopped: SIGSTOP reached exactly the pid the supervisor launched
-        stat = Path(f"/proc/{before[name]['pid']}/stat").read_text()
-        assert stat.rpartition(")")[2].split()[0] == "T", (name, stat)
+    for name in KINDS:  # SIGSTOP reached exactly the pid the supervisor launched
+        assert proc_state(before[name]["pid"]) == "T", name
     paused = wait_until("every paused node unresponsive",
                         lambda: (lambda ns: ns if all(ns[n]["state"] == "unresponsive" for n in KINDS) else None)(
                             nodes(rd)))
     assert all(paused[n]["alive"] and paused[n]["pid"] == before[n]["pid"] for n in KINDS), paused
-    st = status(rd)
-    assert sorted(f["id"] for f in st["faults"]) == sorted(ids)
+    assert sorted(f["id"] for f in status(rd)["faults"]) == sorted(ids)
     table = hwemu(rd, "status")
     assert table.returncode == 0 and b"unresponsive (no heartbeat" in table.stdout, show(table)
     assert b"active faults" in table.stdout and b"pause cpu0" in table.stdout, show(table)
-    # --for ran out: SIGCONT, heartbeats again, nothing restarted
-    back = wait_until("every node running again after --for",
+    assert ok(rd, "fault", "clear", "--all") == {"cleared": ids}
+    # SIGCONT: heartbeats again, nothing restarted
+    back = wait_until("every node running again after clear",
                       lambda: (lambda ns: ns if all(ns[n]["state"].startswith("running") for n in KINDS) else None)(
                           nodes(rd)))
     assert {n: (back[n]["pid"], back[n]["restarts"]) for n in KINDS} == {n: (before[n]["pid"], 0) for n in KINDS}
+
+    # --for: continued by the manager itself when it runs out
+    timed = ok(rd, "fault", "pause", "os1", "--for", "2")
+    assert timed["fault"]["ends"] is not None
+    wait_until("os1 continued after --for", lambda: proc_state(before["os1"]["pid"]) != "T")
     assert ok(rd, "fault", "list")["faults"] == []
-    events = [json.loads(line)["event"] for line in (rd / "faults.jsonl").read_text().splitlines()]
-    assert events == ["add"] * len(KINDS) + ["clear"] * len(KINDS)
+    events = [(j["event"], j["id"]) for j in map(json.loads, (rd / "faults.jsonl").read_text().splitlines())]
+    assert events == ([("add", i) for i in ids] + [("clear", i) for i in ids]
+                      + [("add", timed["id"]), ("clear", timed["id"])])
+    wait_until("os1 running", lambda: nodes(rd)["os1"]["state"].startswith("running"))
 
 
 def test_sigstop_by_hand_shows_the_node_unresponsive_not_running(guest_build, cluster_dir):
