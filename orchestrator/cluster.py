@@ -119,6 +119,7 @@ class Orchestrator:
         """
         self._nursery = nursery
         await nursery.start(self.party.serve, self._dispatch)
+        self.faults.continue_paused()  # a predecessor's SIGSTOPped nodes could not answer _adopt
         self.adopted = await self._adopt(nursery, recorded or {})
         specs = [s for s in self.topology.nodes.values() if s.name not in self.adopted]
         firmware = self.topology.firmware.get("vmm_at_boot") and not self.adopted
@@ -139,6 +140,7 @@ class Orchestrator:
         self.reset_memory = ({} if self.adopted else self.firmware["moved"] if firmware
                              else await self._firmware_memory_map())
         self.save_state()
+        await self.faults.clear_leftovers()
         self.state = "running"
 
     def save_state(self) -> None:

@@ -55,7 +55,10 @@ Every add and clear is appended to ``<run_dir>/faults.jsonl`` (one JSON object
 per line: ``{"event": "add"|"clear"|"kill", "time": unix s, ...FAULT}``), so a
 run's fault schedule can be read back. A node restarted while a fault of its
 own is active gets it again once it reports ``ready`` (the fault is on the
-node, not on one process of it).
+node, not on one process of it). An orchestrator restarted on the run
+directory (after ``kill -9``) continues the nodes its predecessor paused and
+clears the faults it left on the nodes it re-attaches to (journaled ``clear``
+with a ``why``): a fault outlives neither its manager nor its duration.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from orchestrator.supervisor import launched
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.routes import flow_sender
 
@@ -184,6 +188,49 @@ class FaultManager:
                 await self._request(name, "fault_set", self._node_body(fault, name))
             except (RemoteError, RequestTimeout) as exc:
                 log.warning("fault %s not re-applied to restarted %s: %s", fault["id"], name, exc)
+
+    def continue_paused(self) -> None:
+        """At start: SIGCONT what a predecessor of this run dir paused and never continued (it was
+        killed meanwhile), before the nodes are asked anything (a stopped node cannot answer)."""
+        ours = launched(self.orch.run_dir)
+        for fault in self._leftovers():
+            if fault["type"] == "pause" and fault.get("pid") in ours:
+                try:
+                    os.kill(fault["pid"], signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+
+    async def clear_leftovers(self) -> None:
+        """At start, once the nodes run: the faults a predecessor left active are cleared (on the
+        nodes it re-attached to; restarted ones never had them) and journaled so."""
+        for fault in self._leftovers():
+            for node in fault["targets"]:
+                if fault["type"] != "pause" and node in self.orch.adopted:
+                    try:
+                        await self._request(node, "fault_clear", {"id": fault["id"]})
+                    except (RemoteError, RequestTimeout) as exc:
+                        log.warning("fault_clear %s on %s after a restart: %s", fault["id"], node, exc)
+            fault["state"] = "cleared"
+            self._journal("clear", {**fault, "why": "the orchestrator was restarted"})
+
+    def _leftovers(self) -> list[dict[str, Any]]:
+        """The faults the journal shows added and never cleared."""
+        left: dict[str, dict[str, Any]] = {}
+        try:
+            lines = self.journal_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+                event, fid = rec["event"], rec["id"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if event == "add":
+                left[fid] = rec
+            elif event == "clear":
+                left.pop(fid, None)
+        return [r for r in left.values() if r["id"] not in self.active]
 
     def release(self) -> None:
         """SIGCONT every paused node (before the cluster stops: a stopped process cannot shut down)."""
