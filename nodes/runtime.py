@@ -389,8 +389,10 @@ class Node:
         self.clear_fault(msg.body.get("id"))
         await self.party.reply(msg, "ok")
 
-    def clear_fault(self, fault_id: str | None) -> None:
-        """Forget fault ``fault_id`` (None: all). Node kinds with faults extend it."""
+    def clear_fault(self, fault_id: str | None) -> int:
+        """Forget fault ``fault_id`` (None: all); how many were cleared. Node kinds with
+        faults of their own extend it (``super().clear_fault(id)`` + theirs)."""
+        return 0
 
     def _pause(self, flows: list[str]) -> dict[str, int]:
         """Pause ``flows`` (what the node emits on them is buffered from now on);

@@ -216,11 +216,12 @@ class Disk(Node):
             probs[key] = float(p)
         self.faults[spec["id"]] = (random.Random(spec["seed"]), probs)
 
-    def clear_fault(self, fault_id: str | None) -> None:
-        if fault_id is None:
-            self.faults.clear()
-        else:
-            self.faults.pop(fault_id, None)
+    def clear_fault(self, fault_id: str | None) -> int:
+        n = super().clear_fault(fault_id)  # the transport's flow / partition faults
+        ids = list(self.faults) if fault_id is None else [fault_id] if fault_id in self.faults else []
+        for fid in ids:
+            del self.faults[fid]
+        return n + len(ids)
 
     def _injects(self, kind: str) -> str | None:
         """Whether an active fault makes ``kind`` happen now: the fault's id, else None.

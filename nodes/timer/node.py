@@ -85,11 +85,12 @@ class Timer(Node):
             raise ProtocolError("bad_fault", f"skew_ms must be a finite number, got {skew!r}", "body.skew_ms")
         self.skews[spec["id"]] = round(skew * 1_000_000)
 
-    def clear_fault(self, fault_id: str | None) -> None:
-        if fault_id is None:
-            self.skews.clear()
-        else:
-            self.skews.pop(fault_id, None)
+    def clear_fault(self, fault_id: str | None) -> int:
+        n = super().clear_fault(fault_id)  # the transport's flow / partition faults
+        ids = list(self.skews) if fault_id is None else [fault_id] if fault_id in self.skews else []
+        for fid in ids:
+            del self.skews[fid]
+        return n + len(ids)
 
     async def work(self, nursery: trio.Nursery) -> None:
         if self.boot_period_ms > 0:
