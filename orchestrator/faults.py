@@ -227,7 +227,7 @@ class FaultManager:
             except (ValueError, KeyError, TypeError):
                 continue
             if event == "add":
-                left[fid] = rec
+                left[fid] = {k: v for k, v in rec.items() if k not in ("event", "time")}
             elif event == "clear":
                 left.pop(fid, None)
         return [r for r in left.values() if r["id"] not in self.active]
@@ -411,7 +411,7 @@ class FaultManager:
     # -- the journal ---------------------------------------------------------------------
 
     def _journal(self, event: str, fault: dict[str, Any]) -> None:
-        line = json.dumps({"event": event, "time": round(time.time(), 3), **fault}, sort_keys=True)
+        line = json.dumps({**fault, "event": event, "time": round(time.time(), 3)}, sort_keys=True)
         with open(self.journal_path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
