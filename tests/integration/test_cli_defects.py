@@ -74,7 +74,7 @@ def test_sigterm_to_hwemu_run_stops_its_program_and_frees_its_port(guest_build, 
         finally:
             prog.kill()
         os1 = next(n for n in status(rd)["nodes"] if n["name"] == "os1")
-        assert os1["stats"]["kernel"]["procs"] == [], os1["stats"]["kernel"]
+        assert os1["stats"]["procs"] == [] and os1["stats"]["kernel"]["procs"] == 0, os1["stats"]["procs"]
 
 
 def bad_elves(tmp_path) -> dict[str, str]:
