@@ -70,6 +70,7 @@ import trio
 from nodes.recorder import Recorder
 from protocol import sched
 from protocol.errors import ProtocolError, RemoteError
+from protocol.faults import Injector
 from protocol.messages import Message, error_body
 from protocol.routes import RouteTable
 from protocol.transport import REQUEST_FAILURES, Party, gather
@@ -109,11 +110,13 @@ RTO = 0.2  # s without an acknowledgement before a sender sends its unacknowledg
 RTO_MAX = 1.0  # the retransmission timeout doubles up to this while nothing is acknowledged
 RESYNC_MIN = 0.02  # s between two retransmissions of a flow prompted by gaps (a reordering reports many)
 RETRANSMIT_MAX = 1024  # messages one retransmission sends at most (the rest on the next one)
+HOLD = 1024  # messages past a gap a receiver holds per flow (further ones are dropped: they come again)
+HOLES_MAX = 256  # missing fseq an acknowledgement names per flow
 
 
 class _OutFlow:
     __slots__ = ("fseq", "paused", "paused_at", "buffer", "flushing", "resumed",
-                 "acked", "unacked", "rto", "progress", "resynced", "room", "probed")
+                 "acked", "unacked", "rto", "progress", "resynced", "room", "probed", "resent")
 
     def __init__(self) -> None:
         self.fseq = 0  # last fseq assigned
@@ -129,6 +132,7 @@ class _OutFlow:
         self.resynced = 0.0  # trio time of the last retransmission
         self.room: trio.Event | None = None  # set when acknowledgements free the window; only while one waits
         self.probed = 0  # the last fseq sent when the receiver was last probed
+        self.resent: dict[int, float] = {}  # fseq -> trio time it was last sent again (until acknowledged)
 
     def pause(self) -> None:
         if not self.paused:
@@ -141,13 +145,13 @@ HISTORY_RUNS = 256  # runs of consecutive fseq a receiver records per flow (more
 
 class _InFlow:
     __slots__ = ("expected", "consumed", "gaps", "dups", "waiter", "runs", "runs_dropped", "src_inc",
-                 "reply", "gap_seen", "probed")
+                 "reply", "held", "probed")
 
     def __init__(self) -> None:
         self.expected: int | None = None  # next fseq; None until known (then 1 unless the sender says)
         self.src_inc: int | None = None  # the incarnation of the sender whose numbering is followed
         self.reply: tuple[int, Message] | None = None  # (fseq, reply) of the last request answered
-        self.gap_seen = False  # a gap since the last acknowledgement (the sender is told at once)
+        self.held: dict[int, Message] = {}  # arrived after a gap, consumed once the gap is filled
         self.probed = False  # the sender asked where the flow stands (it is told at once)
         self.consumed = 0
         self.gaps = 0
@@ -162,6 +166,18 @@ class _InFlow:
             self.forget_runs()
         self.expected = n
         self.consumed = n - 1
+        self.held.clear()
+
+    def holes(self) -> tuple[list[int], int]:
+        """What is missing below the highest fseq held (at most ``HOLES_MAX``), and that fseq."""
+        top = max(self.held)
+        missing = []
+        for n in range(self.expected, top):
+            if n not in self.held:
+                missing.append(n)
+                if len(missing) >= HOLES_MAX:
+                    break
+        return missing, top
 
     def forget_runs(self) -> None:
         """Its sender (re)starts numbering the flow: what was recorded was a previous life's."""
@@ -217,6 +233,8 @@ class Node:
         self._unacked: set[str] = set()
         self._retx_kick = trio.Event()
         self._peer_inc: dict[str, int] = {}
+        # requests on flows awaiting their reply: seq -> [request, trio time last sent, timeout]
+        self._open_requests: dict[int, list] = {}
         self._dispatching = False  # the inbox task runs a handler: it must never wait for acknowledgements
         self.party.on_flow_reply = self._keep_reply
         self.fault_injector = None  # a protocol.faults.Injector while a transport fault is set
@@ -302,9 +320,10 @@ class Node:
         s["flows_out"] = {f: o.fseq for f, o in self.out_flows.items()}
         s["flows_in"] = {f: {"consumed": i.consumed, "gaps": i.gaps, "dups": i.dups, "runs": i.runs,
                              "runs_dropped": i.runs_dropped} for f, i in self.in_flows.items()}
+        s["flows_acked"] = {f: o.acked for f, o in self.out_flows.items()}
         s["flows_unacked"] = {f: len(o.unacked) for f, o in self.out_flows.items() if o.unacked}
         s.update(self.flow_counters)
-        if self.fault_injector is not None:
+        if self.fault_injector is not None and self.fault_injector.faults:
             s["faults"] = self.fault_injector.describe()
         return s
 
@@ -346,6 +365,10 @@ class Node:
                 inflow.waiter = None
             if flow not in self._acks_due:
                 self._ack_soon(flow, msg.src)
+            if inflow.held:
+                nxt = inflow.held.pop(inflow.expected, None)
+                if nxt is not None:  # the gap before it is filled
+                    await self._dispatch(nxt)
 
     async def _guarded(self, handler: Callable[[Message], Awaitable[None]], msg: Message) -> None:
         try:
@@ -391,9 +414,14 @@ class Node:
                     rec("flow", "dup", flow=flow, fseq=msg.fseq)
                 if inflow.reply is not None and inflow.reply[0] == msg.fseq:
                     self.party.send_nowait(inflow.reply[1])  # its requester missed the reply: again
+            elif msg.fseq in inflow.held:
+                inflow.dups += 1
+                if rec.on:
+                    rec("flow", "dup", flow=flow, fseq=msg.fseq)
             else:
                 inflow.gaps += 1
-                inflow.gap_seen = True
+                if msg.fseq < expected + HOLD:
+                    inflow.held[msg.fseq] = msg  # consumed once what is missing before it comes
                 if rec.on:
                     rec("flow", "gap", flow=flow, fseq=msg.fseq, expected=expected)
             self._ack_soon(flow, msg.src)
@@ -422,7 +450,8 @@ class Node:
         while True:
             await self._ack_kick.wait()
             self._ack_kick = trio.Event()
-            if not any(self.in_flows[f].gap_seen or self.in_flows[f].probed for f in self._acks_due):
+            # (a gap waits too: what a reordering held back comes meanwhile, and is not sent again)
+            if not any(self.in_flows[f].probed for f in self._acks_due):
                 await trio.sleep(ACK_DELAY)
             due, self._acks_due = self._acks_due, {}
             per_src: dict[str, dict[str, Any]] = {}
@@ -430,9 +459,11 @@ class Node:
                 inflow = self.in_flows[flow]
                 body = per_src.setdefault(src, {"acks": {}, "inc": party.incarnation})
                 body["acks"][flow] = inflow.consumed
-                if inflow.gap_seen:
-                    inflow.gap_seen = False
+                if inflow.held:
+                    missing, top = inflow.holes()
                     body.setdefault("gap", []).append(flow)
+                    body.setdefault("holes", {})[flow] = missing
+                    body.setdefault("top", {})[flow] = top
                 if inflow.probed:
                     inflow.probed = False
                     body.setdefault("probe", []).append(flow)
@@ -456,7 +487,8 @@ class Node:
             self._peer_inc[src] = inc
         elif inc < known:
             return  # from a previous life of the receiver
-        gaps = msg.body.get("gap", ())
+        holes = msg.body.get("holes", {})
+        tops = msg.body.get("top", {})
         probed = msg.body.get("probe", ())
         now = trio.current_time()
         for flow, upto in msg.body["acks"].items():
@@ -467,13 +499,16 @@ class Node:
                 self._resync(out, flow, now, reset=True)
                 continue
             self._acked(out, flow, upto, src)
-            if restarted or (flow in gaps and now - out.resynced >= RESYNC_MIN):
-                # the receiver lost its state, or misses messages: tell it where the flow stands, send again
+            if restarted:  # the receiver lost its state: tell it where the flow stands, send it all again
                 self._resync(out, flow, now)
-            elif flow in probed and out.unacked and out.unacked[0].fseq <= out.probed:
+                continue
+            missing = list(holes.get(flow, ()))
+            if flow in probed and out.unacked:
                 # the answer to a probe, which came behind everything sent before it: what the
-                # receiver did not consume of that is lost
-                self._resync(out, flow, now, upto=out.probed)
+                # receiver neither consumed nor holds of that is lost
+                missing.extend(range(max(upto, tops.get(flow, 0)) + 1, out.probed + 1))
+            if missing and out.unacked:
+                self._resend(out, flow, missing, now)
 
     def _acked(self, out: _OutFlow, flow: str, upto: int, peer: str) -> None:
         """Every message of ``flow`` up to ``upto`` was consumed: forget it."""
@@ -483,6 +518,8 @@ class Node:
         unacked = out.unacked
         while unacked and unacked[0].fseq <= upto:
             unacked.popleft()
+        if out.resent:
+            out.resent = {n: t for n, t in out.resent.items() if n > upto}
         out.rto = RTO
         out.progress = trio.current_time()
         if not unacked:
@@ -527,6 +564,34 @@ class Node:
             if rec.on:
                 rec("flow", "retransmit", flow=flow, fseq=m.fseq, dst=m.dst, inc=m.inc)
 
+    def _resend(self, out: _OutFlow, flow: str, missing: list[int], now: float) -> None:
+        """Send again the messages of ``flow`` its receiver reports missing
+        (each at most once per ``RESYNC_MIN``: reports overlap)."""
+        unacked = out.unacked
+        base = unacked[0].fseq
+        party = self.party
+        rec = self.recorder
+        resent = out.resent
+        sent = 0
+        for n in missing:
+            i = n - base
+            if not 0 <= i < len(unacked) or now - resent.get(n, -1.0) < RESYNC_MIN:
+                continue
+            m = unacked[i]
+            if m.fseq != n or sent >= RETRANSMIT_MAX:
+                break
+            try:
+                if not party.send_nowait(m):
+                    break
+            except ProtocolError:
+                break
+            resent[n] = now
+            sent += 1
+            if rec.on:
+                rec("flow", "retransmit", flow=flow, fseq=n, dst=m.dst, inc=m.inc)
+        self.flow_counters["retransmits"] += sent
+        out.progress = now
+
     def _probe(self, out: _OutFlow, flow: str, now: float) -> None:
         """Ask the receivers of ``flow``'s unacknowledged messages where the
         flow stands: a ``route_next`` with ``probe``, on the link behind those
@@ -548,11 +613,19 @@ class Node:
         """The sender's timer: a flow whose oldest unacknowledged message waited
         ``rto`` is probed (:meth:`_probe`), and its ``rto`` doubles (up to ``RTO_MAX``)."""
         while True:
-            if not self._unacked:
+            if not self._unacked and not self._open_requests:
                 await self._retx_kick.wait()
                 self._retx_kick = trio.Event()
             await trio.sleep(RTO / 4)
             now = trio.current_time()
+            for req in list(self._open_requests.values()):
+                if now - req[1] >= req[2]:
+                    req[1], req[2] = now, min(req[2] * 2, RTO_MAX)
+                    try:
+                        if self.party.send_nowait(req[0]):
+                            self.flow_counters["retransmits"] += 1
+                    except ProtocolError:
+                        pass
             for flow in list(self._unacked):
                 out = self.out_flows[flow]
                 if not out.unacked:
@@ -626,13 +699,67 @@ class Node:
         out.fseq += 1
         msg = self.party.make(dst, kind, body, flow=flow, fseq=out.fseq)
         self._sent(out, flow, msg)  # sent again, same seq, if lost: its reply still finds this request
+        # until its reply comes, the request goes again every RTO (doubling): a receiver that
+        # consumed it already answers a copy with the reply it kept (the reply may be what was lost)
+        self._open_requests[msg.seq] = [msg, trio.current_time(), RTO]
+        self._retx_kick.set()
         try:
             reply = await self.party.request_msg(msg, timeout=timeout)
         except RemoteError:
             self._acked(out, flow, msg.fseq, dst)  # consumed (and refused): answered all the same
             raise
+        finally:
+            del self._open_requests[msg.seq]
         self._acked(out, flow, msg.fseq, dst)  # answered in order: consumed with all before it
         return reply
+
+    # -- fault injection (CONTRACTS: fault_set / fault_clear) ----------------------------
+
+    async def on_fault_set(self, msg: Message) -> None:
+        """Set a fault: ``type`` picks the method ``fault_<type>(spec)`` (the
+        base has ``flow`` and ``partition``; node kinds add theirs)."""
+        spec = msg.body
+        method = getattr(self, f"fault_{spec['type']}", None) if spec["type"].isidentifier() else None
+        if method is None:
+            raise ProtocolError("unknown_fault", f"{self.name} ({self.kind}) has no fault of type {spec['type']!r}",
+                                "body.type")
+        method(dict(spec))
+        if self.recorder.on:
+            self.recorder("fault", "set", **{k: v for k, v in spec.items() if isinstance(v, (str, int, float, list))})
+        await self.party.reply(msg, "ok", {"data": {"id": spec["id"]}})
+
+    async def on_fault_clear(self, msg: Message) -> None:
+        fault_id = msg.body["id"]
+        n = self.clear_fault(fault_id)
+        if self.recorder.on:
+            self.recorder("fault", "clear", id=fault_id, cleared=n)
+        await self.party.reply(msg, "ok", {"data": {"cleared": n}})
+
+    def _injector(self) -> Injector:
+        if self.fault_injector is None:
+            self.fault_injector = Injector(self.party.send_frame_nowait, self.nursery)
+        return self.fault_injector
+
+    def fault_flow(self, spec: dict[str, Any]) -> None:
+        """Drop, duplicate, delay, reorder or corrupt what this node sends on flows (protocol/faults.py)."""
+        self._injector().add(spec)
+        self.party.faults = self.fault_injector
+
+    def fault_partition(self, spec: dict[str, Any]) -> None:
+        """Drop everything this node sends to ``peers``."""
+        self._injector().add(spec)
+        self.party.faults = self.fault_injector
+
+    def clear_fault(self, fault_id: str | None) -> int:
+        """Clear a fault by id (None: all); how many were cleared. Node kinds
+        with faults of their own extend it (``super().clear_fault(id)`` + theirs)."""
+        inj = self.fault_injector
+        if inj is None:
+            return 0
+        n = inj.clear(fault_id)
+        if not inj.faults:
+            self.party.faults = None  # back to the plain send path; held-back frames still go out
+        return n
 
     # -- built-in handlers ----------------------------------------------------------
 

@@ -355,9 +355,11 @@ register("route_next", next=Field("dict", items="int"), inc=Field("int", require
          reset=Field("bool", required=False), probe=Field("bool", required=False))
 # receiver -> sender of flows: cumulative acknowledgements, batched (docs/reliability.md): ``acks`` is the
 # last fseq consumed per flow, ``inc`` the receiver's incarnation, ``gap`` the flows where it saw one
-# (``probe``: the flows it answers a probe for)
+# (``probe``: the flows it answers a probe for; ``holes``: per flow, fseq missing below ``top``, the highest
+# one it holds)
 register("flow_ack", acks=Field("dict", items="int"), inc="int", gap=Field("list", items="str", required=False),
-         probe=Field("list", items="str", required=False))
+         probe=Field("list", items="str", required=False), holes=Field("dict", items="list", required=False),
+         top=Field("dict", items="int", required=False))
 # fault injection in a node's transport (protocol/faults.py); orchestrator -> node
 register("fault_set", id="str", type="str", seed="int")
 register("fault_clear", id=Field("str", nullable=True))
