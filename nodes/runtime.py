@@ -72,7 +72,7 @@ from protocol import sched
 from protocol.errors import ProtocolError, RemoteError
 from protocol.faults import Injector
 from protocol.messages import Message, error_body
-from protocol.routes import RouteTable
+from protocol.routes import RouteTable, flow_sender
 from protocol.transport import REQUEST_FAILURES, Party, gather
 
 log = logging.getLogger("hwemu.node")
@@ -105,7 +105,7 @@ def spawned(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]
     return fn
 
 
-ACK_DELAY = 0.005  # s a receiver gathers acknowledgements before it sends them (one message per sender)
+ACK_DELAY = 0.02  # s a receiver gathers acknowledgements before it sends them (one message per sender)
 RTO = 0.2  # s without an acknowledgement before a sender sends its unacknowledged messages again
 RTO_MAX = 1.0  # the retransmission timeout doubles up to this while nothing is acknowledged
 RESYNC_MIN = 0.02  # s between two retransmissions of a flow prompted by gaps (a reordering reports many)
@@ -116,7 +116,7 @@ HOLES_MAX = 256  # missing fseq an acknowledgement names per flow
 
 class _OutFlow:
     __slots__ = ("fseq", "paused", "paused_at", "buffer", "flushing", "resumed",
-                 "acked", "unacked", "rto", "progress", "resynced", "room", "probed", "resent")
+                 "acked", "unacked", "rto", "progress", "resynced", "room", "resent")
 
     def __init__(self) -> None:
         self.fseq = 0  # last fseq assigned
@@ -131,7 +131,6 @@ class _OutFlow:
         self.progress = 0.0  # trio time of the last acknowledgement (or first send after none was due)
         self.resynced = 0.0  # trio time of the last retransmission
         self.room: trio.Event | None = None  # set when acknowledgements free the window; only while one waits
-        self.probed = 0  # the last fseq sent when the receiver was last probed
         self.resent: dict[int, float] = {}  # fseq -> trio time it was last sent again (until acknowledged)
 
     def pause(self) -> None:
@@ -152,7 +151,7 @@ class _InFlow:
         self.src_inc: int | None = None  # the incarnation of the sender whose numbering is followed
         self.reply: tuple[int, Message] | None = None  # (fseq, reply) of the last request answered
         self.held: dict[int, Message] = {}  # arrived after a gap, consumed once the gap is filled
-        self.probed = False  # the sender asked where the flow stands (it is told at once)
+        self.probed = 0  # the sender asked where the flow stands, having sent up to this fseq (0: it did not)
         self.consumed = 0
         self.gaps = 0
         self.dups = 0
@@ -390,6 +389,8 @@ class Node:
         also tells a receiver that does not know where the flow stands, e.g.
         after a restart)."""
         flow = msg.flow
+        if msg.src != flow_sender(flow):  # only a flow's own sender may number it (a stray or a forgery)
+            raise ProtocolError("foreign_flow", f"{msg.src} is not the sender of flow {flow}", "flow")
         inflow = self.in_flows.get(flow)
         if inflow is None:
             inflow = self.in_flows[flow] = _InFlow()
@@ -465,8 +466,8 @@ class Node:
                     body.setdefault("holes", {})[flow] = missing
                     body.setdefault("top", {})[flow] = top
                 if inflow.probed:
-                    inflow.probed = False
-                    body.setdefault("probe", []).append(flow)
+                    body.setdefault("probe", {})[flow] = inflow.probed
+                    inflow.probed = 0
             for src, body in per_src.items():
                 if src not in party.directory:
                     continue
@@ -489,12 +490,12 @@ class Node:
             return  # from a previous life of the receiver
         holes = msg.body.get("holes", {})
         tops = msg.body.get("top", {})
-        probed = msg.body.get("probe", ())
+        probed = msg.body.get("probe", {})
         now = trio.current_time()
         for flow, upto in msg.body["acks"].items():
             out = self.out_flows.get(flow)
-            if out is None:
-                continue
+            if out is None or src != (out.unacked[0].dst if out.unacked else self.routes.get(flow)):
+                continue  # not this flow's receiver (a stray, a late one, or a forgery): it cannot say
             if upto > out.fseq:  # it follows another numbering (this sender's previous life's)
                 self._resync(out, flow, now, reset=True)
                 continue
@@ -504,9 +505,9 @@ class Node:
                 continue
             missing = list(holes.get(flow, ()))
             if flow in probed and out.unacked:
-                # the answer to a probe, which came behind everything sent before it: what the
-                # receiver neither consumed nor holds of that is lost
-                missing.extend(range(max(upto, tops.get(flow, 0)) + 1, out.probed + 1))
+                # the answer to a probe, which came behind everything sent before it (up to the
+                # fseq it names): what the receiver neither consumed nor holds of that is lost
+                missing.extend(range(max(upto, tops.get(flow, 0)) + 1, probed[flow] + 1))
             if missing and out.unacked:
                 self._resend(out, flow, missing, now)
 
@@ -600,12 +601,12 @@ class Node:
         not sent again blindly: a receiver that is merely slow (descheduled,
         behind a burst) would get it twice."""
         out.progress = now
-        out.probed = out.fseq
+        mark = out.unacked[-1].fseq  # the last one sent (out.fseq may be buffered by a pause)
         party = self.party
         for dst in {m.dst for m in out.unacked}:
             try:
                 party.send_nowait(party.make(dst, "route_next", {"next": {flow: out.acked + 1},
-                                                                  "inc": party.incarnation, "probe": True}))
+                                                                  "inc": party.incarnation, "probe": mark}))
             except ProtocolError:
                 pass
 
@@ -944,6 +945,8 @@ class Node:
         (ahead of the messages themselves). Not answered: it is part of the flow."""
         inc = msg.body.get("inc", msg.inc)
         for flow, n in msg.body["next"].items():
+            if msg.src != flow_sender(flow):
+                raise ProtocolError("foreign_flow", f"{msg.src} is not the sender of flow {flow}", "body.next")
             inflow = self.in_flows.setdefault(flow, _InFlow())
             if inc is None or inflow.src_inc is None or inc > inflow.src_inc or msg.body.get("reset"):
                 inflow.src_inc = inc  # a sender heard for the first time, or restarted: where it stands
@@ -952,7 +955,7 @@ class Node:
                 inflow.next_is(n)  # the flow comes back here from another receiver: it moved on
             # else a retransmission's lead (this receiver knows better where the flow stands), or stale
             if msg.body.get("probe"):
-                inflow.probed = True
+                inflow.probed = msg.body["probe"]
                 self._ack_soon(flow, msg.src)
 
     @spawned

@@ -350,15 +350,16 @@ register("route_switch", flows=Field("list", items="str"), epoch="int", routes=F
 # sender -> receiver, ahead of a resumed flow, or of a retransmission (``inc``: the sender's incarnation)
 # (``reset``: the receiver takes ``next`` even if it thinks it is further: it follows a numbering the sender
 # never reached, its previous life's)
-# (``probe``: the receiver acknowledges the flow at once: the sender's timeout asks where it stands)
+# (``probe``: the receiver acknowledges the flow at once, naming this fseq, the last one sent before: the
+# sender's timeout asks where it stands)
 register("route_next", next=Field("dict", items="int"), inc=Field("int", required=False),
-         reset=Field("bool", required=False), probe=Field("bool", required=False))
+         reset=Field("bool", required=False), probe=Field("int", required=False))
 # receiver -> sender of flows: cumulative acknowledgements, batched (docs/reliability.md): ``acks`` is the
 # last fseq consumed per flow, ``inc`` the receiver's incarnation, ``gap`` the flows where it saw one
-# (``probe``: the flows it answers a probe for; ``holes``: per flow, fseq missing below ``top``, the highest
+# (``probe``: the flows it answers a probe for, with the fseq the probe named; ``holes``: per flow, fseq missing below ``top``, the highest
 # one it holds)
 register("flow_ack", acks=Field("dict", items="int"), inc="int", gap=Field("list", items="str", required=False),
-         probe=Field("list", items="str", required=False), holes=Field("dict", items="list", required=False),
+         probe=Field("dict", items="int", required=False), holes=Field("dict", items="list", required=False),
          top=Field("dict", items="int", required=False))
 # fault injection in a node's transport (protocol/faults.py); orchestrator -> node
 register("fault_set", id="str", type="str", seed="int")
