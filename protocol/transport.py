@@ -256,7 +256,12 @@ class Party:
             sock.setsockopt(zmq.ROUTING_ID, self.name.encode())
             sock.setsockopt(zmq.SNDHWM, SNDHWM)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(endpoint)
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:  # a learned reply_to that is no endpoint (a fuzzer's, a bug's)
+                sock.close(linger=0)
+                raise ProtocolError("bad_endpoint", f"cannot connect to {dst} at {endpoint!r:.80}: {exc}",
+                                    "reply_to") from None
             peer = self._peers[dst] = _Peer(sock)
         return peer
 
@@ -350,6 +355,12 @@ class Party:
         if self.directory.get(msg.src) != msg.reply_to:
             self.forget(msg.src)
             self.directory[msg.src] = msg.reply_to
+            try:
+                self._peer(msg.src)  # an endpoint it cannot connect to is not learned: nobody to answer
+            except ProtocolError:
+                del self.directory[msg.src]
+                self._learned.pop(msg.src, None)
+                return
         self._learned.pop(msg.src, None)
         self._learned[msg.src] = None
         while len(self._learned) > _LEARNED_MAX:
