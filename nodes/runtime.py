@@ -25,16 +25,18 @@ receiver that still sees a gap or a duplicate counts it (``stats``).
 
 Flows are also *reliable* (docs/reliability.md): a receiver consumes a flow's
 messages strictly in ``fseq`` order (a duplicate is dropped, one after a gap
-too) and acknowledges what it consumed, cumulatively and batched
-(``flow_ack``, at most one per sender every ``ACK_DELAY``); a sender keeps
-what is not acknowledged yet (at most ``WINDOW`` messages a flow, then its
-emitter waits) and sends it again, led by a ``route_next`` saying where the
-flow stands, when no acknowledgement came for ``RTO`` (doubling up to
-``RTO_MAX``), when the receiver reports a gap, and when the receiver shows a
-new incarnation (it restarted). Every message carries its sender's
-incarnation (``inc``), so a receiver tells a restarted sender's new numbering
-from a late retransmission. Requests on flows are retransmitted alike; the
-receiver keeps its last reply per flow and sends it again for a duplicate.
+is held until the gap is filled) and acknowledges what it consumed,
+cumulatively and batched (``flow_ack``, at most one per sender every
+``ACK_DELAY``, naming what is missing after a gap); a sender keeps what is
+not acknowledged yet (at most ``window`` messages a flow, then its emitter
+waits) and sends again what the receiver names missing, what the answer to
+a probe shows lost (a probe goes when nothing was acknowledged for ``RTO``,
+doubling up to ``RTO_MAX``), and everything, led by a ``route_next`` saying
+where the flow stands, when the receiver shows a new incarnation (it
+restarted). Every message carries its sender's incarnation (``inc``), so a
+receiver tells a restarted sender's new numbering from a late copy. A
+request on a flow goes again every ``RTO`` until answered; the receiver
+keeps its last reply per flow and sends it again for a copy.
 
 Every receiver also records the *history* of what it accepted on each flow,
 as runs of consecutive ``fseq`` (``stats`` → ``flows_in[flow]["runs"]``; a
@@ -235,6 +237,7 @@ class Node:
         # requests on flows awaiting their reply: seq -> [request, trio time last sent, timeout]
         self._open_requests: dict[int, list] = {}
         self._dispatching = False  # the inbox task runs a handler: it must never wait for acknowledgements
+        self._releasing = False  # the inbox task consumes held messages of a flow whose gap was filled
         self.party.on_flow_reply = self._keep_reply
         self.fault_injector = None  # a protocol.faults.Injector while a transport fault is set
         self.flow_counters = {"retransmits": 0, "resyncs": 0, "acks_out": 0, "acks_in": 0, "window_full": 0}
@@ -364,10 +367,13 @@ class Node:
                 inflow.waiter = None
             if flow not in self._acks_due:
                 self._ack_soon(flow, msg.src)
-            if inflow.held:
-                nxt = inflow.held.pop(inflow.expected, None)
-                if nxt is not None:  # the gap before it is filled
-                    await self._dispatch(nxt)
+            if inflow.held and not self._releasing:  # the gap before what is held may be filled now
+                self._releasing = True  # (a loop here, not a recursion as deep as what is held)
+                try:
+                    while (nxt := inflow.held.pop(inflow.expected, None)) is not None:
+                        await self._dispatch(nxt)
+                finally:
+                    self._releasing = False
 
     async def _guarded(self, handler: Callable[[Message], Awaitable[None]], msg: Message) -> None:
         try:
@@ -384,10 +390,8 @@ class Node:
         one's messages are late copies), then the order: only the expected
         ``fseq`` is consumed. A duplicate is dropped (and acknowledged again:
         the sender did not hear the first acknowledgement); a message after a
-        gap is dropped too, and the sender is told at once, so it sends the
-        missing ones and what follows again (its ``route_next`` ahead of them
-        also tells a receiver that does not know where the flow stands, e.g.
-        after a restart)."""
+        gap is held (up to ``HOLD`` past it) and the acknowledgement names
+        what is missing, which the sender sends again."""
         flow = msg.flow
         if msg.src != flow_sender(flow):  # only a flow's own sender may number it (a stray or a forgery)
             raise ProtocolError("foreign_flow", f"{msg.src} is not the sender of flow {flow}", "flow")
@@ -509,7 +513,12 @@ class Node:
                 # fseq it names): what the receiver neither consumed nor holds of that is lost
                 missing.extend(range(max(upto, tops.get(flow, 0)) + 1, probed[flow] + 1))
             if missing and out.unacked:
-                self._resend(out, flow, missing, now)
+                if missing[0] < out.unacked[0].fseq:
+                    # it misses what another receiver consumed: it does not know where the flow stands
+                    if now - out.resynced >= RESYNC_MIN:
+                        self._resync(out, flow, now)
+                else:
+                    self._resend(out, flow, missing, now)
 
     def _acked(self, out: _OutFlow, flow: str, upto: int, peer: str) -> None:
         """Every message of ``flow`` up to ``upto`` was consumed: forget it."""

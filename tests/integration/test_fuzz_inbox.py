@@ -104,7 +104,9 @@ async def test_a_hundred_thousand_fuzzed_messages_crash_nothing_and_a_guest_fini
         async with trio.open_nursery() as nursery:
             await nursery.start(client.party.serve, client._handle)
             await nursery.start(fuzz.serve, handle)
-            guest = await client.exec(elf_of("primes"), ["primes"])
+            reply = await client.party.request("os1", "os_exec", {"elf": elf_of("primes"), "argv": ["primes"],
+                                                                  "notify": True}, timeout=120)
+            guest = reply.body["data"]["pid"]
             requests, fz = await _fuzz(orch, fuzz, nodes, TOTAL, seed=6)
             with trio.fail_after(120):
                 for _, slot in requests:
