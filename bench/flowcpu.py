@@ -26,9 +26,9 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import tests.fixtures.streamer  # noqa: E402,F401  (registers datum/stream_start)
 from orchestrator.cluster import running  # noqa: E402
 from orchestrator.topology import parse  # noqa: E402
-import tests.fixtures.streamer  # noqa: E402,F401  (registers datum/stream_start)
 
 FLOW = "data:src"
 _TICK = os.sysconf("SC_CLK_TCK")
