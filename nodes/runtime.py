@@ -784,33 +784,6 @@ class Node:
         self.state = "stopping"
         self.stop()
 
-    # -- faults (CONTRACTS.md; the orchestrator's fault manager sends these) -------------
-
-    async def on_fault_set(self, msg: Message) -> None:
-        """``fault_set`` {id, type, seed, ...}: call ``fault_<type>(spec)``; a type this kind
-        lacks is refused ``unknown_fault``, bad params (a ProtocolError it raises) ``bad_fault``."""
-        apply = getattr(self, f"fault_{msg.body['type']}", None)
-        if apply is None:
-            await self.party.reply(msg, "error", {"reason": "unknown_fault", "detail":
-                                   f"a {self.kind} node has no {msg.body['type']!r} fault"})
-            return
-        try:
-            apply(msg.body)
-        except ProtocolError as exc:
-            await self.party.reply(msg, "error", {"reason": "bad_fault", "detail": exc.detail})
-            return
-        await self.party.reply(msg, "ok")
-
-    async def on_fault_clear(self, msg: Message) -> None:
-        """``fault_clear`` {id}: ``clear_fault(id)`` (None: every fault)."""
-        self.clear_fault(msg.body.get("id"))
-        await self.party.reply(msg, "ok")
-
-    def clear_fault(self, fault_id: str | None) -> int:
-        """Forget fault ``fault_id`` (None: all); how many were cleared. Node kinds with
-        faults of their own extend it (``super().clear_fault(id)`` + theirs)."""
-        return 0
-
     def _pause(self, flows: list[str]) -> dict[str, int]:
         """Pause ``flows`` (what the node emits on them is buffered from now on);
         the last ``fseq`` each sent."""

@@ -383,9 +383,7 @@ register("ctl_route_set", changes=Field("dict", items="str"))
 register("ctl_down", timeout=Field("float", required=False))
 register("ctl_request", node="str", kind="str", body="dict", timeout=Field("float", required=False))
 
-# Faults (CONTRACTS.md): orchestrator → node, and the control requests of the fault manager.
-register("fault_set", id="str", type="str", seed="int")  # + the type's params
-register("fault_clear", id=Field("str", required=False, nullable=True))
+# The fault manager's control requests (orchestrator/faults.py); fault_set / fault_clear are above.
 register("ctl_fault_add", spec="dict")
 register("ctl_fault_list")
 register("ctl_fault_clear", id=Field("str", required=False, nullable=True))
