@@ -300,3 +300,20 @@ def test_a_node_fault_outlives_a_restart_of_its_node_and_not_one_of_the_orchestr
     assert all(j["why"] == "the orchestrator was restarted" for j in cleared)
     # ids go on after the predecessor's
     assert ok(rd, "fault", "clock", "timer0", "--skew", "5")["id"] == "f4"
+
+
+def test_flow_and_partition_faults_go_to_the_senders_and_the_guest_sees_nothing_of_them(guest_build, cluster_dir):
+    """The plane's own recovery (reliable flows) hides what the senders' transports drop,
+    duplicate, reorder and delay, and a partition that heals: the program's I/O is exact."""
+    rd, pids = cluster_dir
+    up(rd)
+    clean = [{"write": 512, "fsync": 0, "read": 512, "same": 1}] * 3
+    flow = ok(rd, "fault", "flow", "io:os1.disk,irq:disk0", "--drop", "0.3", "--dup", "0.2", "--reorder", "0.2",
+              "--delay", "1:1", "--seed", "11")
+    assert flow["fault"]["targets"] == ["os1", "disk0"]  # each flow's sender
+    assert disk_rounds(probe(rd, "disk", "/dev/disk0", "3")) == clean
+    ok(rd, "fault", "clear", flow["id"])
+    cut = ok(rd, "fault", "partition", "os1", "--from", "disk0", "--for", "2")
+    assert cut["fault"]["targets"] == ["os1", "disk0"] and cut["fault"]["spec"]["oneway"] is False
+    assert disk_rounds(probe(rd, "disk", "/dev/disk0", "3")) == clean
+    wait_until("the partition healed", lambda: ok(rd, "fault", "list")["faults"] == [])
