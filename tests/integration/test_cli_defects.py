@@ -26,18 +26,15 @@ import sys
 import pytest
 
 from tests.guest.test_network_samples import free_udp_port
+from tests.integration import test_native
 from tests.integration.procs import alive
 from tests.integration.test_io import GUEST_PORT, IO, Program, status, up
-from tests.integration.test_native import BUILD, HWEMU, REPO, _cluster_dir, hwemu, show
+from tests.integration.test_native import BUILD, HWEMU, REPO, hwemu, show
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def cluster_dir(tmp_path):
-    """A run directory; at the end `hwemu down` and SIGKILL for anything of ours left."""
-    with _cluster_dir(tmp_path / "r") as dir_and_pids:
-        yield dir_and_pids
+cluster_dir = test_native.run_dir  # `hwemu down` and SIGKILL for anything of ours left at the end
 
 
 def one_line(run: subprocess.CompletedProcess, code: int) -> str:

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.integration import test_native
 from tests.integration.test_io import IO, status, up
-from tests.integration.test_native import BUILD, _cluster_dir, hwemu, show
+from tests.integration.test_native import BUILD, hwemu, show
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +38,9 @@ KINDS = ("memctl", "cpu0", "uart0", "timer0", "disk0", "nic0", "os1")  # one nod
 EIO = -5
 
 
-@pytest.fixture
-def cluster_dir():
-    """A run directory right under /tmp (so `hwemu status`'s table, 160 columns when piped, keeps
-    every column whole); at the end `hwemu down` and SIGKILL for anything of ours left."""
-    top = Path(tempfile.mkdtemp(prefix="hf", dir="/tmp"))
-    try:
-        with _cluster_dir(top / "r") as dir_and_pids:
-            yield dir_and_pids
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
+# a run directory right under /tmp, so `hwemu status`'s table (160 columns when piped) keeps every
+# column whole; at the end `hwemu down` and SIGKILL for anything of ours left
+cluster_dir = test_native.tiny_run_dir
 
 
 def ok(rd: Path, *args: str) -> dict:
