@@ -263,33 +263,36 @@ TIMESPEC64_SIZE = 16  # struct __kernel_timespec: s64 tv_sec, s64 tv_nsec
 NS = 1_000_000_000
 
 
-def now_ns(clock: int) -> int:
-    """The host clock a guest clock id reads: CLOCK_REALTIME wall time, any other monotonic."""
-    return time.time_ns() if clock == CLOCK_REALTIME else time.monotonic_ns()
+def now_ns(clock: int, realtime_offset: int = 0) -> int:
+    """The host clock a guest clock id reads: CLOCK_REALTIME wall time (plus
+    ``realtime_offset``: an OS node follows its timer device's wall clock),
+    any other monotonic."""
+    return time.time_ns() + realtime_offset if clock == CLOCK_REALTIME else time.monotonic_ns()
 
 
-def clock_gettime(clock: int) -> bytes | int:
+def clock_gettime(clock: int, realtime_offset: int = 0) -> bytes | int:
     """clock_gettime64(clock): the timespec64 to store at the user's pointer, or -EINVAL."""
     if clock > MAX_CLOCK:
         return -EINVAL
-    now = now_ns(clock)
+    now = now_ns(clock, realtime_offset)
     return (now // NS).to_bytes(8, "little", signed=True) + (now % NS).to_bytes(8, "little")
 
 
-def nanosleep_delay(clock: int, flags: int, request: bytes) -> int:
+def nanosleep_delay(clock: int, flags: int, request: bytes, realtime_offset: int = 0) -> int:
     """clock_nanosleep64(clock, flags, request): ns to sleep (0: return at once), or -EINVAL.
 
     Args:
         clock: the clock id.
         flags: TIMER_ABSTIME makes the request an absolute time on ``clock``.
         request: the TIMESPEC64_SIZE bytes of the user's timespec64.
+        realtime_offset: added to the host's CLOCK_REALTIME (see :func:`now_ns`).
     """
     sec = int.from_bytes(request[:8], "little", signed=True)
     nsec = int.from_bytes(request[8:16], "little", signed=True)
     if sec < 0 or not 0 <= nsec < NS or clock > MAX_CLOCK:
         return -EINVAL
     want = sec * NS + nsec
-    return max(0, want - now_ns(clock) if flags & TIMER_ABSTIME else want)
+    return max(0, want - now_ns(clock, realtime_offset) if flags & TIMER_ABSTIME else want)
 
 
 # -- sockets (UDP over IPv4 only) ----------------------------------------------------------

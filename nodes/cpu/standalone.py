@@ -277,9 +277,12 @@ def run_file(path: str, args: list[str], stats: str | None = None) -> int:
 
     try:
         program = load_elf(path)
-    except (ElfError, OSError) as exc:
+    except ElfError as exc:
         sys.stderr.write(f"hwemu-cpu: {exc}\n")
-        return 1
+        return 2  # bad input, as the README's exit codes say
+    except OSError as exc:
+        sys.stderr.write(f"hwemu-cpu: {path}: {exc.strerror or exc}\n")
+        return 2
     if stats:
         # refuse an unwritable --stats path before running, not after
         try:

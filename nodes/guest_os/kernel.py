@@ -43,6 +43,7 @@ PAGE = abi.PAGE_SIZE
 STACK_TOP = abi.STACK_TOP
 STACK_PAGES = abi.STACK_SIZE // PAGE  # allocated on first touch
 SIGKILL = abi.SIGKILL
+CLOCK_STEP_NS = 128_000_000  # ntpd\'s step threshold: a smaller difference is tick latency, not the clock
 
 READY, RUNNING, BLOCKED, EXITED = "ready", "running", "blocked", "exited"
 
@@ -137,6 +138,7 @@ class Kernel:
         self.next_pid = 1
         self.next_asid = 1
         self.ticks = 0
+        self.wall_offset_ns = 0  # CLOCK_REALTIME minus the host's: the timer's clock, stepped as NTP steps
         self.counters = {"traps": 0, "syscalls": 0, "tlb_misses": 0, "preempts": 0, "switches": 0,
                          "exits": 0, "kills": 0, "stray_traps": 0}
         self.recorder = Recorder(name)  # the node's own, once the node is built (syscalls, when tracing)
@@ -265,9 +267,16 @@ class Kernel:
         elif wait[0] == "sleep":
             self.sleepers.append(proc)
 
-    async def tick(self, n: int = 0) -> None:
-        """A timer interrupt: wake sleepers, preempt if someone else is waiting."""
+    async def tick(self, n: int = 0, time_ns: int | None = None) -> None:
+        """A timer interrupt: follow the timer's wall clock, wake sleepers, preempt if
+        someone else is waiting."""
         self.ticks += 1
+        if isinstance(time_ns, int):
+            # the interrupt's own latency (sub-ms to a few ms) is no clock error: like ntpd,
+            # follow the device's clock only when it is off by more than the step threshold
+            offset = time_ns - time.time_ns()
+            if abs(offset - self.wall_offset_ns) > CLOCK_STEP_NS:
+                self.wall_offset_ns = offset
         if self.sleepers:
             now = time.monotonic_ns()
             due = [p for p in self.sleepers if p.wait and p.wait[1] <= now]
@@ -472,12 +481,12 @@ from itertools import filterfalse  # noqa: E402
 
 import trio  # noqa: E402
 
+import protocol.hw  # noqa: E402,F401  (registers the message kinds)
+import protocol.vmm  # noqa: E402,F401  (mem_pin)
 from nodes.guest_os.drivers import TimerDriver, UartDriver  # noqa: E402
 from nodes.guest_os.io import Io  # noqa: E402  (disk + NIC drivers, file/socket syscalls)
 from nodes.guest_os.module import BelowFloor, FrameError, KernelModule  # noqa: E402
 from nodes.runtime import Node, NodeConfig  # noqa: E402
-import protocol.hw  # noqa: E402,F401  (registers the message kinds)
-import protocol.vmm  # noqa: E402,F401  (mem_pin)
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout  # noqa: E402
 from protocol.frames import body_frames, to_runs  # noqa: E402
 from protocol.messages import Message  # noqa: E402
@@ -635,7 +644,7 @@ class OsNode(Node):
         if kind == "trap":
             await k.trap(payload.body)
         elif kind == "tick":
-            await k.tick()
+            await k.tick(time_ns=payload.body.get("time_ns"))
         elif kind == "uart_rx":
             await k.uart_rx(payload.body["data"])
         elif kind == "io_done":

@@ -99,7 +99,8 @@ async def sys_brk(k: "Kernel", p: "Process", addr: int, *_: int) -> int:
 
 
 async def sys_clock_gettime64(k: "Kernel", p: "Process", clock: int, ts: int, *_: int) -> int:
-    value = abi.clock_gettime(clock)
+    # CLOCK_REALTIME is the timer device's wall clock, followed on its ticks
+    value = abi.clock_gettime(clock, k.wall_offset_ns)
     if isinstance(value, int):
         return value
     return 0 if await k.copy_to_user(p, ts, value) else -abi.EFAULT
@@ -110,7 +111,7 @@ async def sys_clock_nanosleep64(k: "Kernel", p: "Process", clock: int, flags: in
     raw = await k.copy_from_user(p, req, abi.TIMESPEC64_SIZE)
     if raw is None:
         return -abi.EFAULT
-    delay = abi.nanosleep_delay(clock, flags, raw)
+    delay = abi.nanosleep_delay(clock, flags, raw, k.wall_offset_ns)
     if delay <= 0:
         return delay  # 0: the time has come; or -EINVAL
     k.block(p, ("sleep", time.monotonic_ns() + delay))

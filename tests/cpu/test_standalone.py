@@ -162,11 +162,11 @@ def test_hwemu_cpu_run_stats_writes_instret_seconds_mips_and_exits_with_the_gues
     assert numbers["mips"] == pytest.approx(numbers["instret"] / numbers["seconds"] / 1e6, rel=1e-9)
 
 
-def test_bad_file_is_one_line_and_status_1(tmp_path):
+def test_bad_file_is_one_line_and_status_2(tmp_path):
     bad = tmp_path / "bad.elf"
     bad.write_bytes(b"#!/bin/sh\n")
     done = _run([str(bad)])
-    assert done.returncode == 1 and b"not an ELF" in done.stderr and b"Traceback" not in done.stderr
+    assert done.returncode == 2 and b"not an ELF" in done.stderr and b"Traceback" not in done.stderr
 
 
 # ---------------------------------------------------------------- ELF errors

@@ -479,7 +479,7 @@ def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, 
     junk = tmp_path / "junk.elf"
     junk.write_bytes(b"this is not a program\n")
     bad = hwemu(rd, "run", "compose/native.toml", str(junk))
-    assert bad.returncode == 1, show(bad)
+    assert bad.returncode == 2, show(bad)  # bad input (issue 14 part 7)
     assert b"not an ELF file" in bad.stderr and bad.stderr.count(b"\n") == 1, show(bad)
 
     nope = hwemu(rd, "run", "compose/native.toml", "--os", "os9", str(BUILD / "hello.elf"))
