@@ -191,7 +191,8 @@ class Node:
                 if self.cfg.orchestrator and self.cfg.orchestrator in self.party.directory:
                     self.party.send_nowait(self.party.make(
                         self.cfg.orchestrator, "ready",
-                        {"kind": self.kind, "pid": os.getpid(), "endpoint": self.cfg.endpoint}))
+                        {"kind": self.kind, "pid": os.getpid(), "endpoint": self.cfg.endpoint,
+                         "incarnation": self.party.incarnation}))
                     nursery.start_soon(self._heartbeats)
                 await self.work(nursery)
         finally:

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from orchestrator import choreographies as chor
+from orchestrator import recovery
 from orchestrator import state as saved_state
 from orchestrator.choreographies.state import VirtState
 from orchestrator.journal import Journal
@@ -53,7 +54,10 @@ class Orchestrator:
             from orchestrator.choreographies.fig2b_boot import interposed_routes
             routes = interposed_routes(topology)
         self.routes = RouteAuthority(self.party, RouteTable(1, routes), self.live_nodes)
-        self.supervisor = Supervisor(self.run_dir, self._node_config, self._restarted)
+        self.supervisor = Supervisor(self.run_dir, self._node_config, self._restarted,
+                                     lambda np: recovery.back(self, np))
+        self.incarnations: dict[str, int] = {}  # node -> the Party.incarnation its last ready named
+        self.recovery_log: list[dict[str, Any]] = []  # what recovery did after each crash (docs/recovery.md)
         self.state = "starting"
         self.started = time.monotonic()
         self.done = trio.Event()
@@ -87,7 +91,10 @@ class Orchestrator:
         }
 
     async def _restarted(self, np: NodeProc) -> None:
-        """A restarted node starts its flows from fseq 1: tell their receivers."""
+        """A restarted node starts its flows from fseq 1: tell their receivers
+        (and first, what a crash of its kind needs: orchestrator/recovery.py)."""
+        if self.supervisor.nodes[np.spec.name].exit_code is not None:
+            await recovery.before_respawn(self, np)
         flows = {f: 1 for f in self.routes.table.routes if flow_sender(f) == np.spec.name}
         if flows:
             async with self.routes.lock:
@@ -293,6 +300,8 @@ class Orchestrator:
     async def _dispatch(self, msg: Message) -> None:
         if msg.kind == "ready":
             self.supervisor.mark_ready(msg.src, msg.body["pid"])
+            if isinstance(msg.body.get("incarnation"), int):
+                self.incarnations[msg.src] = msg.body["incarnation"]
         elif msg.kind == "heartbeat":
             np = self.supervisor.nodes.get(msg.src)
             if np is not None and np.pid == msg.body["pid"]:

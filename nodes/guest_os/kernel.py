@@ -222,7 +222,7 @@ class Kernel:
         self.next_asid = 1
         self.ticks = 0
         self.counters = {"traps": 0, "syscalls": 0, "tlb_misses": 0, "preempts": 0, "switches": 0,
-                         "exits": 0, "kills": 0, "stray_traps": 0}
+                         "exits": 0, "kills": 0, "stray_traps": 0, "machine_checks": 0}
 
     # ---------------------------------------------------------------- helpers
 
@@ -480,6 +480,32 @@ class Kernel:
         self.procs.pop(proc.pid, None)
         self.hw.process_exited(proc)
 
+    async def machine_check(self, cpu: str, lost: set[int]) -> list[int]:
+        """The CPU died (its process was killed and restarted): what only it held is gone.
+
+        The process that was on it lost its registers; every process with a page
+        in ``lost`` (guest pages whose newest bytes were in the dead CPU's cache)
+        lost memory. Each dies with 128 + SIGBUS, as Linux kills a process on an
+        uncorrectable memory error, rather than run on state that went back in
+        time. The others go on, on the new CPU. Returns the pids killed.
+        """
+        victims = []
+        for proc in sorted(self.procs.values(), key=lambda p: p.pid):
+            pages = sum(1 for gpn, _ in proc.pages.values() if gpn in lost)
+            if proc is self.current:
+                why = f"its registers{f' and {pages} modified page(s)' if pages else ''} were in the CPU"
+            elif pages:
+                why = f"{pages} modified page(s) of it were in the CPU's cache"
+            else:
+                continue
+            victims.append((proc, why))
+        for proc, why in victims:
+            self.counters["machine_checks"] += 1
+            await self.kill(proc, 128 + SIGBUS, f"machine check: {cpu} failed and was restarted; {why}")
+        self.current = None  # nothing runs on the new CPU until the kernel resumes something
+        await self.dispatch()
+        return [p.pid for p, _ in victims]
+
     # --------------------------------------------------------------- devices
 
     async def uart_rx(self, data: bytes) -> None:
@@ -572,6 +598,7 @@ from nodes.guest_os.io import Io  # noqa: E402  (disk + NIC drivers, file/socket
 from nodes.guest_os.module import BelowFloor, FrameError, KernelModule  # noqa: E402
 from nodes.runtime import Node, NodeConfig  # noqa: E402
 import protocol.hw  # noqa: E402,F401  (registers the message kinds)
+import protocol.recovery  # noqa: E402,F401  (peer_restarted)
 import protocol.vmm  # noqa: E402,F401  (mem_pin)
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout  # noqa: E402
 from protocol.frames import body_frames, to_runs  # noqa: E402
@@ -644,6 +671,8 @@ class OsNode(Node):
         self._events_in, self._events = trio.open_memory_channel(math.inf)
         self.exited: deque[dict[str, Any]] = deque(maxlen=64)
         self.mem_ops = 0
+        self.peer_incarnations: dict[str, int] = {}  # node -> the incarnation whose restart was handled
+        self.resets: dict[str, int] = {}  # node -> restarts of it this OS reset its driver for
 
     async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Message:
         """A request on a flow, but never past messages a route change holds
@@ -746,6 +775,8 @@ class OsNode(Node):
                 await self.party.reply(msg, "error", {"reason": exc.reason, "detail": exc.detail, "ref": "os_exec"})
                 return
             await self.party.reply(msg, "ok", {"data": {"pid": proc.pid}})
+        elif kind == "peer_restarted":
+            await self._peer_restarted(payload)
         elif kind.startswith("mod_"):
             await self._module_request(kind, payload)
         elif kind == "os_kill":
@@ -767,6 +798,39 @@ class OsNode(Node):
                 raise ProtocolError("bad_field", f"no driver {msg.body.get('device')!r} (uart, timer, disk, nic)", "body.device")
             state = await driver.set_mode(msg.body.get("mode"))
             await self.party.reply(msg, "ok", {"data": state})
+
+    async def _peer_restarted(self, msg: Message) -> None:
+        """A node came back as a new incarnation (docs/recovery.md); in the kernel
+        task, so it is ordered with the traps and interrupts around it.
+
+        Our CPU: the machine check (before the new CPU runs anything). A device
+        of ours: its driver resets it, as an OS resets a device after a reset:
+        the timer gets its period again, the NIC our receive buffers and bound
+        ports, the disk our commands in flight (re-issued at once)."""
+        b = msg.body
+        node, inc = b["node"], b.get("incarnation")
+        if inc is not None and inc <= self.peer_incarnations.get(node, 0):
+            await self.party.reply(msg, "ok", {"data": {"node": node, "done": "already"}})
+            return  # an old or repeated notice: that incarnation was reset already
+        if inc is not None:
+            self.peer_incarnations[node] = inc
+        done: dict[str, Any] = {"node": node}
+        if node == self.cpu_name and b["kind"] == "cpu":
+            if "lost" not in b:  # the new CPU is up: the machine check was done before it started
+                await self.party.reply(msg, "ok", {"data": done})
+                return
+            lost = set((b.get("lost") or {}).get(self.name, ()))
+            done["killed"] = await self.kernel.machine_check(node, lost)
+        elif node == self.timer_name and self.routes.get(self.timer.native_flow) == node:
+            await self.timer.after_switch()
+            done["period_ms"] = self.timer.period_ms
+        elif self.routes.get(self.io.nic.native_flow) == node:
+            done["nic"] = await self.io.nic.reset()
+        elif self.routes.get(self.io.disk.native_flow) == node:
+            done["reissued"] = self.io.disk.reissue()
+        self.resets[node] = self.resets.get(node, 0) + 1
+        log.warning("%s: %s (%s) restarted: %s", self.name, node, b["kind"], done)
+        await self.party.reply(msg, "ok", {"data": done})
 
     async def _module_request(self, kind: str, msg: Message) -> None:
         """The kernel module's messages (DESIGN.md §4-5: FIG. 4, ¶39), frames as runs.
@@ -818,7 +882,7 @@ class OsNode(Node):
     def stats(self) -> dict[str, Any]:
         s = super().stats()
         s.update(kernel={**self.kernel.stats(), **self.module.stats()}, uart=self.console.stats(), timer=self.timer.stats(),
-                 mem_ops=self.mem_ops, procs=self.kernel.ps(), io=self.io.stats())
+                 mem_ops=self.mem_ops, procs=self.kernel.ps(), io=self.io.stats(), resets=self.resets)
         return s
 
     # -- handlers: everything goes through the one kernel task, in arrival order ------------
@@ -864,6 +928,9 @@ class OsNode(Node):
 
     async def on_os_driver_mode(self, msg: Message) -> None:
         self._queue("os_driver_mode", msg)
+
+    async def on_peer_restarted(self, msg: Message) -> None:
+        self._queue("peer_restarted", msg)
 
     async def on_os_ps(self, msg: Message) -> None:
         await self.party.reply(msg, "ok", {"data": {"procs": self.kernel.ps(), "exited": list(self.exited),

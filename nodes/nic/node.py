@@ -70,9 +70,13 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import logging
+import os
 import socket
+import sys
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -88,6 +92,8 @@ MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
 PAGE = 4096  # one receive buffer: a page frame of the driver's
 DMA_TIMEOUT = 10.0  # s for one memctl request
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)  # Linux: each datagram carries the socket's drop count
+OVFL_SPACE = socket.CMSG_SPACE(4)
 EPHEMERAL = range(49152, 65536)  # guest ports the NIC picks for bind(port 0)
 HOST = "127.0.0.1"
 
@@ -102,7 +108,8 @@ class _Refused(Exception):
 class _Port:
     """One bound guest port: its host socket, receive ring and counters."""
 
-    __slots__ = ("guest", "owner", "sock", "host_port", "queue", "inflight", "rx", "tx", "drops", "scope")
+    __slots__ = ("guest", "owner", "sock", "host_port", "queue", "inflight", "rx", "tx", "drops", "host_drops",
+                 "scope")
 
     def __init__(self, guest: int, owner: str, sock: trio.socket.SocketType, host_port: int):
         self.guest = guest
@@ -113,12 +120,14 @@ class _Port:
         self.inflight = 0  # emitted, not yet acked by the driver
         self.rx = 0  # datagrams delivered to the guest (emitted)
         self.tx = 0
-        self.drops = 0
+        self.drops = 0  # dropped here: ring full, no buffers, DMA failed, nobody took the interrupt
+        self.host_drops = 0  # dropped by the host kernel: the socket's receive queue was full (SO_RXQ_OVFL)
         self.scope = trio.CancelScope()
 
     def view(self) -> dict[str, Any]:
         return {"host_port": self.host_port, "owner": self.owner, "rx": self.rx, "tx": self.tx,
-                "drops": self.drops, "queued": len(self.queue), "inflight": self.inflight}
+                "drops": self.drops, "host_drops": self.host_drops, "queued": len(self.queue),
+                "inflight": self.inflight}
 
 
 def _port_number(value: Any, what: str, *, zero: bool = False) -> int:
@@ -147,7 +156,10 @@ class Nic(Node):
         super().__init__(cfg)
         opts = cfg.options
         self.forward: dict[int, int] = {}
-        for guest, host in (opts.get("forward") or {}).items():
+        # the forwards added at runtime (nic_forward) outlive a crash of this process, as a
+        # host's NAT table outlives a reset of its card: kept here, removed at a clean stop
+        self.forward_file = Path(cfg.run_dir) / f"{cfg.name}.forward.json"
+        for guest, host in {**(opts.get("forward") or {}), **self._saved_forwards()}.items():
             try:
                 g = _port_number(int(guest), "guest port")
                 h = _port_number(host, "host port", zero=True)
@@ -165,10 +177,31 @@ class Nic(Node):
         self.ports: dict[int, _Port] = {}
         self.buffers: dict[str, deque[tuple[str, int]]] = {}  # owner -> posted buffers (space, addr)
         self.counts = {"refused": 0, "oversize": 0, "unrouted": 0, "stale_acks": 0, "errors": 0,
-                       "no_buffers": 0, "dma_errors": 0, "bad_posts": 0}
+                       "no_buffers": 0, "dma_errors": 0, "bad_posts": 0,
+                       "closed_drops": 0, "closed_host_drops": 0}  # drops of ports closed since
         self._wake = trio.Event()  # a datagram was queued
 
     # -- life cycle -------------------------------------------------------------
+
+    def _saved_forwards(self) -> dict[str, int]:
+        try:
+            saved = json.loads(self.forward_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("%s: ignoring %s: %s", self.name, self.forward_file, exc)
+            return {}
+        if saved:
+            log.warning("%s: restarted: forwards added at runtime restored: %s", self.name, saved)
+        return saved if isinstance(saved, dict) else {}
+
+    def _save_forwards(self) -> None:
+        tmp = self.forward_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({str(g): h for g, h in sorted(self.forward.items())}))
+            os.replace(tmp, self.forward_file)
+        except OSError as exc:  # a full disk costs the forwards a restart, not the request
+            log.warning("%s: cannot keep the forwards in %s: %s", self.name, self.forward_file, exc)
 
     async def work(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._rx_pump)
@@ -178,10 +211,18 @@ class Nic(Node):
             port.scope.cancel()
             port.sock.close()
         self.ports.clear()
+        self.forward_file.unlink(missing_ok=True)  # stopped, not killed: the next start is a fresh card
+
+    def dropped(self) -> dict[str, int]:
+        """Received datagrams that never reached the guest, by where they were dropped."""
+        ring = sum(p.drops for p in self.ports.values()) + self.counts["closed_drops"]
+        host = sum(p.host_drops for p in self.ports.values()) + self.counts["closed_host_drops"]
+        return {"total": ring + host, "ring": ring, "host": host}
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()
         s.update(self.counts)
+        s["rx_dropped"] = self.dropped()
         s["ports"] = {str(g): p.view() for g, p in sorted(self.ports.items())}
         s["forward"] = {str(g): h for g, h in sorted(self.forward.items())}
         s["buffers"] = {o: len(b) for o, b in sorted(self.buffers.items())}
@@ -247,6 +288,10 @@ class Nic(Node):
             raise _Refused(errno.EADDRINUSE, f"guest port {guest} is already bound")
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        except OSError:  # not Linux: the host's own drops go uncounted
+            pass
+        try:
             await sock.bind((HOST, self.forward.get(guest, 0)))
         except OSError as exc:
             sock.close()
@@ -262,6 +307,8 @@ class Nic(Node):
     async def _close(self, msg: Message) -> dict[str, Any]:
         port = self._owned(msg, msg.body["port"], "port")
         del self.ports[port.guest]
+        self.counts["closed_drops"] += port.drops
+        self.counts["closed_host_drops"] += port.host_drops
         port.scope.cancel()
         port.sock.close()
         return {"port": port.guest}
@@ -341,6 +388,7 @@ class Nic(Node):
             await self.party.reply(msg, "error", {"reason": "bad_field", "detail": exc.reason, "ref": "nic_forward"})
             return
         self.forward[g] = h
+        self._save_forwards()
         await self.party.reply(msg, "ok", {"data": {"forward": {str(k): v for k, v in sorted(self.forward.items())}}})
 
     # -- receive: host socket -> ring -> nic_rx on irq:<name> --------------------------
@@ -349,12 +397,15 @@ class Nic(Node):
         with port.scope:
             while True:
                 try:
-                    data, (src_host, src_port) = await port.sock.recvfrom(MAX_DATAGRAM + 1)
+                    data, anc, _flags, (src_host, src_port) = await port.sock.recvmsg(MAX_DATAGRAM + 1, OVFL_SPACE)
                 except trio.ClosedResourceError:
                     return
                 except OSError as exc:  # e.g. an ICMP error reported on the socket: keep reading
                     log.info("%s: port %d: %s", self.name, port.guest, exc)
                     continue
+                for level, kind, raw in anc:
+                    if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(raw) >= 4:
+                        port.host_drops = int.from_bytes(raw[:4], sys.byteorder)  # the socket's total so far
                 if len(port.queue) + port.inflight >= self.rx_queue:
                     port.drops += 1
                     continue
