@@ -74,7 +74,6 @@ import json
 import logging
 import os
 import socket
-import sys
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -92,8 +91,7 @@ MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
 PAGE = 4096  # one receive buffer: a page frame of the driver's
 DMA_TIMEOUT = 10.0  # s for one memctl request
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
-SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)  # Linux: each datagram carries the socket's drop count
-OVFL_SPACE = socket.CMSG_SPACE(4)
+PROC_UDP = Path("/proc/net/udp")  # Linux: per socket, the datagrams its full receive queue dropped
 EPHEMERAL = range(49152, 65536)  # guest ports the NIC picks for bind(port 0)
 HOST = "127.0.0.1"
 
@@ -121,7 +119,7 @@ class _Port:
         self.rx = 0  # datagrams delivered to the guest (emitted)
         self.tx = 0
         self.drops = 0  # dropped here: ring full, no buffers, DMA failed, nobody took the interrupt
-        self.host_drops = 0  # dropped by the host kernel: the socket's receive queue was full (SO_RXQ_OVFL)
+        self.host_drops = 0  # dropped by the host kernel: the socket's receive queue was full (/proc/net/udp)
         self.scope = trio.CancelScope()
 
     def view(self) -> dict[str, Any]:
@@ -213,8 +211,30 @@ class Nic(Node):
         self.ports.clear()
         self.forward_file.unlink(missing_ok=True)  # stopped, not killed: the next start is a fresh card
 
+    def _count_host_drops(self) -> None:
+        """Read each host socket's drop count (its receive queue was full) from the
+        host kernel; on a host without /proc/net/udp they stay uncounted (0)."""
+        if not self.ports:
+            return
+        try:
+            table = PROC_UDP.read_text().splitlines()[1:]
+        except OSError:
+            return
+        drops = {}  # socket inode -> drops (the last two columns: ... inode ref pointer drops)
+        for line in table:
+            cols = line.split()
+            if len(cols) >= 13:
+                drops[cols[9]] = int(cols[-1])
+        for port in self.ports.values():
+            try:
+                inode = str(os.fstat(port.sock.fileno()).st_ino)
+            except OSError:
+                continue
+            port.host_drops = drops.get(inode, port.host_drops)
+
     def dropped(self) -> dict[str, int]:
         """Received datagrams that never reached the guest, by where they were dropped."""
+        self._count_host_drops()
         ring = sum(p.drops for p in self.ports.values()) + self.counts["closed_drops"]
         host = sum(p.host_drops for p in self.ports.values()) + self.counts["closed_host_drops"]
         return {"total": ring + host, "ring": ring, "host": host}
@@ -222,7 +242,7 @@ class Nic(Node):
     def stats(self) -> dict[str, Any]:
         s = super().stats()
         s.update(self.counts)
-        s["rx_dropped"] = self.dropped()
+        s["rx_dropped"] = self.dropped()  # first: it reads the host's counts the ports show
         s["ports"] = {str(g): p.view() for g, p in sorted(self.ports.items())}
         s["forward"] = {str(g): h for g, h in sorted(self.forward.items())}
         s["buffers"] = {o: len(b) for o, b in sorted(self.buffers.items())}
@@ -288,10 +308,6 @@ class Nic(Node):
             raise _Refused(errno.EADDRINUSE, f"guest port {guest} is already bound")
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-        except OSError:  # not Linux: the host's own drops go uncounted
-            pass
-        try:
             await sock.bind((HOST, self.forward.get(guest, 0)))
         except OSError as exc:
             sock.close()
@@ -306,6 +322,7 @@ class Nic(Node):
 
     async def _close(self, msg: Message) -> dict[str, Any]:
         port = self._owned(msg, msg.body["port"], "port")
+        self._count_host_drops()
         del self.ports[port.guest]
         self.counts["closed_drops"] += port.drops
         self.counts["closed_host_drops"] += port.host_drops
@@ -397,15 +414,12 @@ class Nic(Node):
         with port.scope:
             while True:
                 try:
-                    data, anc, _flags, (src_host, src_port) = await port.sock.recvmsg(MAX_DATAGRAM + 1, OVFL_SPACE)
+                    data, (src_host, src_port) = await port.sock.recvfrom(MAX_DATAGRAM + 1)
                 except trio.ClosedResourceError:
                     return
                 except OSError as exc:  # e.g. an ICMP error reported on the socket: keep reading
                     log.info("%s: port %d: %s", self.name, port.guest, exc)
                     continue
-                for level, kind, raw in anc:
-                    if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(raw) >= 4:
-                        port.host_drops = int.from_bytes(raw[:4], sys.byteorder)  # the socket's total so far
                 if len(port.queue) + port.inflight >= self.rx_queue:
                     port.drops += 1
                     continue

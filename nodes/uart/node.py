@@ -17,7 +17,12 @@ Options: ``log`` (path, default ``<run_dir>/<name>.console.log``), ``port``
 (TCP port on 127.0.0.1, 0 picks one; ``stats`` shows it as ``tcp_port``),
 ``client_buffer`` (bytes queued per client before it is dropped, default
 256 KiB), ``rx_buffer`` (typed bytes held while ``irq:<name>`` has no route,
-default 64 KiB; the excess is dropped and counted).
+default 64 KiB; the excess is dropped and counted), ``log_max`` (bytes, default
+64 MiB: once the log reaches it, it is renamed ``<log>.1``, replacing the
+previous one, and a new log begins, so the console never takes more than
+twice that on disk; ``stats``: ``rotations``; ``logged`` counts the bytes of
+the current log, and a reader that kept the old file open finishes it, then
+opens the new one, as after a logrotate).
 
 Neither a slow nor a dead client can stall the node: each client has its own
 writer task and bounded queue, and a client whose queue overflows is
@@ -114,6 +119,8 @@ class Uart(Node):
         self.port = port
         self.client_buffer = _size_option(opts, "client_buffer", 256 * 1024)
         self.rx_buffer = _size_option(opts, "rx_buffer", 64 * 1024)
+        self.log_max = _size_option(opts, "log_max", 64 << 20)
+        self.rotations = 0
         self.rx_flow = f"irq:{cfg.name}"
         self.tcp_port = 0
         self.logged = 0
@@ -152,7 +159,7 @@ class Uart(Node):
         s = super().stats()
         s.update(tcp_port=self.tcp_port, log=str(self.log_path), logged=self.logged,
                  bytes_out=self.bytes_out, bytes_in=self.bytes_in, clients=len(self.clients),
-                 drops=self.drops, rx_dropped=self.rx_dropped)
+                 drops=self.drops, rx_dropped=self.rx_dropped, log_max=self.log_max, rotations=self.rotations)
         return s
 
     # -- output: uart_write -> log file -> TCP clients ------------------------------
@@ -165,6 +172,8 @@ class Uart(Node):
         self._log.flush()
         self.logged += len(data)
         self.bytes_out += len(data)
+        if self.logged >= self.log_max:
+            self._rotate()
         queued = False
         for client in list(self.clients):
             if client.out.pending + len(data) > self.client_buffer:
@@ -179,6 +188,14 @@ class Uart(Node):
             await trio.lowlevel.checkpoint()
         if msg.flow is None:
             await self.party.reply(msg, "ok", {"data": {"logged": self.logged}})
+
+    def _rotate(self) -> None:
+        """The log is full: it becomes ``<log>.1`` (the previous one goes) and a new one begins."""
+        self._log.close()
+        os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+        self._log = open(self.log_path, "ab")
+        self.logged = 0
+        self.rotations += 1
 
     async def on_uart_sync(self, msg: Message) -> None:
         await self.party.reply(msg, "ok", {"data": {"logged": self.logged}})
