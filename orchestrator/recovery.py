@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import protocol.recovery  # noqa: F401  (registers mem_drop_initiator / peer_restarted)
 from orchestrator.supervisor import NodeProc
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.frames import to_runs
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchestrator.cluster import Orchestrator
@@ -42,6 +43,108 @@ async def before_respawn(orch: "Orchestrator", np: NodeProc) -> None:
     """A crashed node is about to be started again (nothing of it runs now)."""
     if np.spec.kind == "cpu":
         await cpu_lost(orch, np.spec.name)
+    elif np.spec.kind == "vmm" and (orch.virt.attached or orch.virt.devices or orch.virt.vmm_loaded):
+        await vmm_lost(orch)
+
+
+async def _call(orch: "Orchestrator", node: str, kind: str, body: dict[str, Any] | None = None,
+                timeout: float = NOTICE_TIMEOUT) -> Any:
+    reply = await orch.party.request(node, kind, body or {}, timeout=timeout)
+    return reply.body.get("data")
+
+
+async def vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
+    """Emergency devirtualization: the VMM died while it managed OS instances.
+
+    Its state (the virtual CPUs, what it held of each device) died with it;
+    what the OS instances, the CPU, the devices and the memory controller
+    hold did not. The OS on the CPU (the attached OS whose asid base the
+    CPU's asid carries) gets everything back natively: its memory direct
+    again, every flow routed as the topology routes it, its drivers native,
+    and the CPU's context settled with it (its lost resume sent again, or the
+    trap the VMM took with it raised again, never both: the trap's
+    instruction count says whether the OS had handled it). Another OS under
+    the VMM had its context in the VMM: it is stopped (its processes die, as
+    on any OS crash), the frames lent to it go back to their lender, zeroed.
+    The VMM's own frames go back to its host, zeroed; it comes back unloaded.
+    """
+    async with orch.choreography_lock:  # a choreography that was talking to it has failed by now
+        return await _vmm_lost(orch)
+
+
+async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
+    st = orch.virt
+    report: dict[str, Any] = {"node": "vmm", "kind": "vmm", "stopped": [], "native": None}
+    spec_of = orch.topology.nodes
+    attached = dict(st.attached)
+    survivor = None
+    if attached:
+        cpu = spec_of[next(iter(attached))].options.get("cpu", "cpu0")
+        try:
+            saved = await _call(orch, cpu, "cpu_save")
+        except FAILURES:  # running: the VMM had resumed a context; its asid still names it
+            saved = None
+        base = (saved["asid"] & ~0xFFFF) if saved else 0
+        survivor = next((o for o, a in attached.items() if a["asid_base"] == base), sorted(attached)[0])
+        for os_name in sorted(attached):
+            if os_name != survivor:
+                await _stop_lost_os(orch, os_name, report)
+    # the memory of the survivor direct again (its loans were to the stopped OS: returned above)
+    for os_name, att in st.attached.items():
+        if att.get("memory") == "vmm":
+            memctl = spec_of[os_name].options.get("memctl", "memctl")
+            await _call(orch, memctl, "mem_set_identity", {"space": os_name})
+    # every flow the VMM received goes where the topology routes it natively
+    native = {f: n for f, n in orch.topology.routes.items()
+              if orch.routes.table.get(f) == "vmm" and n in orch.live_nodes()}
+    if native:
+        await orch.routes.change(native)
+    report["routes"] = native
+    for key, dev in sorted(st.devices.items()):
+        if dev["os"] in orch.live_nodes():
+            await _call(orch, dev["os"], "os_driver_mode", {"device": dev["device"], "mode": "native"}, timeout=60.0)
+    st.devices.clear()
+    if survivor is not None:
+        report["native"] = survivor
+        cpu = spec_of[survivor].options.get("cpu", "cpu0")
+        try:
+            saved = await _call(orch, cpu, "cpu_save")
+        except FAILURES:
+            saved = {"cpu_state": "running"}
+        done = await _call(orch, survivor, "peer_restarted", {"node": "vmm", "kind": "vmm", "cpu": saved})
+        report["cpu"] = done.get("cpu")
+        if done.get("cpu") == "retrap":
+            report["retrap"] = await _call(orch, cpu, "cpu_retrap")
+    st.attached.clear()
+    if st.vmm_loaded and st.vmm_frames:
+        host = st.vmm_host
+        runs = to_runs(st.vmm_frames)
+        memctl = spec_of[host].options.get("memctl", "memctl") if host in spec_of else "memctl"
+        await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": "vmm", "to_owner": host})
+        await _call(orch, host, "mod_add", {"runs": runs})
+        report["frames_to_host"] = len(st.vmm_frames)
+    st.vmm_loaded, st.vmm_host, st.vmm_frames = False, None, []
+    orch.save_state()
+    log.warning("the VMM died: emergency devirtualization: %s", report)
+    orch.recovery_log.append(report)
+    return report
+
+
+async def _stop_lost_os(orch: "Orchestrator", os_name: str, report: dict[str, Any]) -> None:
+    """An OS whose CPU context died with the VMM: stop it; frames lent to it go home (zeroed)."""
+    st = orch.virt
+    await orch.stop_node(os_name)
+    report["stopped"].append(os_name)
+    memctl = orch.topology.nodes[os_name].options.get("memctl", "memctl")
+    for loan in [ln for ln in st.loans if ln["to"] == os_name]:
+        runs = loan["runs"]
+        await _call(orch, memctl, "mem_pin", {"runs": runs, "owner": os_name})
+        await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": os_name, "to_owner": loan["from"]})
+        await _call(orch, loan["from"], "mod_add", {"runs": runs})
+        st.loans.remove(loan)
+    st.attached.pop(os_name, None)
+    for key in [k for k, d in st.devices.items() if d["os"] == os_name]:
+        del st.devices[key]
 
 
 async def cpu_lost(orch: "Orchestrator", cpu: str) -> dict[str, Any]:

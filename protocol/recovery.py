@@ -10,7 +10,15 @@
   OS and the VMM): ``node`` came back as a new incarnation (its
   ``Party.incarnation``); a driver of it resets the device. For a CPU it is
   sent before the new CPU runs, with ``lost`` (the ``pages`` above), and
-  answered ``ok`` once the OS has acted on it (the machine check).
+  answered ``ok`` once the OS has acted on it (the machine check). For the
+  VMM (emergency devirtualization), sent to the OS that gets the CPU back,
+  with ``cpu`` (the CPU's ``cpu_save``): the OS answers ``ok`` {data: {cpu:
+  "resumed" | "retrap" | ...}}: it re-sent the resume the VMM lost, or it
+  never saw the trap the CPU waits in (then the orchestrator sends
+  ``cpu_retrap``).
+- ``cpu_retrap`` {} (orchestrator → CPU): a trapped CPU emits its pending
+  trap again on ``trap:<cpu>`` (its receiver died with it). Reply ``ok``
+  {data: {retrapped, cpu_state}}.
 """
 
 from __future__ import annotations
@@ -20,4 +28,5 @@ from protocol.messages import Field, register
 _opt = lambda t, **kw: Field(t, required=False, **kw)  # noqa: E731
 
 register("mem_drop_initiator", initiator="str")
-register("peer_restarted", node="str", kind="str", incarnation=_opt("int"), lost=_opt("dict"))
+register("peer_restarted", node="str", kind="str", incarnation=_opt("int"), lost=_opt("dict"), cpu=_opt("dict"))
+register("cpu_retrap")

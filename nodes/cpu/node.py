@@ -45,6 +45,7 @@ from typing import Any
 import trio
 
 import protocol.hw  # noqa: F401  (registers the kinds)
+import protocol.recovery  # noqa: F401  (cpu_retrap)
 from protocol.hw import tlb_entry
 from nodes.cpu import isa
 from nodes.cpu.core import HALT, PAGE_MISS, PAGE_SIZE, QUANTUM, TRAP, Core
@@ -100,6 +101,7 @@ class CpuNode(Node):
         self._go = trio.Event()
         self._acquiring = False
         self._early: dict[int, str] = {}      # recalls that overtook our own grant
+        self._last_trap: dict[str, Any] | None = None  # the trap we wait in (cpu_retrap raises it again)
         self.counts = {"traps": 0, "page_misses": 0, "recalls": 0, "preempts": 0, "mem_retries": 0,
                        "releases": 0}
         self._mips = 0.0
@@ -163,6 +165,7 @@ class CpuNode(Node):
                 "asid": st["asid"], "instret": st["instret"]}
         if insn is not None:
             body["insn"] = insn
+        self._last_trap = body
         try:
             await self.emit(f"trap:{self.name}", "trap", body)
         except ProtocolError as exc:  # no trap handler routed: nobody can resume us
@@ -303,6 +306,16 @@ class CpuNode(Node):
         if self.cpu_state != "waiting_mem":
             self._set_running()
         await self._answer(msg, {"cpu_state": self.cpu_state, "tlb_written": len(entries)})
+
+    async def on_cpu_retrap(self, msg: Message) -> None:
+        """The orchestrator says the receiver of our last trap died with it (the VMM):
+        raise it again, to whoever ``trap:<name>`` names now. Only while trapped."""
+        if msg.src != self.cfg.orchestrator:
+            raise ProtocolError("forbidden", f"cpu_retrap is for the orchestrator, not {msg.src}", "src")
+        again = self.cpu_state == "trapped" and self._last_trap is not None
+        if again:
+            await self.emit(f"trap:{self.name}", "trap", self._last_trap)
+        await self.party.reply(msg, "ok", {"data": {"retrapped": again, "cpu_state": self.cpu_state}})
 
     async def on_cpu_save(self, msg: Message) -> None:
         if self.cpu_state == "running":

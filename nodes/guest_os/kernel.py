@@ -506,6 +506,30 @@ class Kernel:
         await self.dispatch()
         return [p.pid for p, _ in victims]
 
+    async def cpu_returned(self, cpu: dict[str, Any]) -> str:
+        """The VMM died holding the CPU for this OS (emergency devirtualization);
+        ``cpu`` is the CPU's context now (``cpu_save``). Settle it without running
+        an instruction twice or a system call twice:
+
+        - a trapped CPU whose trap this kernel handled (same asid, same
+          instruction count as the last trap of the current process): the
+          resume was lost with the VMM; send it again (``"resumed"``);
+        - a trapped CPU whose trap this kernel never saw: ``"retrap"`` (the
+          orchestrator has the CPU raise it again);
+        - a halted CPU while a process is current: its resume was lost
+          (``"resumed"``); with none current, the next ready one runs.
+        """
+        proc, state = self.current, cpu.get("cpu_state")
+        if proc is not None and proc.state == RUNNING:
+            handled = cpu.get("asid") == proc.asid and cpu.get("instret") == proc.instret
+            if state == "halted" or (state == "trapped" and handled):
+                await self.resume(proc)
+                return "resumed"
+        if state == "trapped":
+            return "retrap"
+        await self.dispatch()
+        return "dispatched" if self.current is not None else state or "unknown"
+
     # --------------------------------------------------------------- devices
 
     async def uart_rx(self, data: bytes) -> None:
@@ -821,6 +845,8 @@ class OsNode(Node):
                 return
             lost = set((b.get("lost") or {}).get(self.name, ()))
             done["killed"] = await self.kernel.machine_check(node, lost)
+        elif b["kind"] == "vmm" and "cpu" in b:  # the VMM died: the CPU is ours again, natively
+            done["cpu"] = await self.kernel.cpu_returned(b["cpu"])
         elif node == self.timer_name and self.routes.get(self.timer.native_flow) == node:
             await self.timer.after_switch()
             done["period_ms"] = self.timer.period_ms

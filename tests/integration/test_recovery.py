@@ -22,14 +22,18 @@ at the end (the ``run_dir`` fixture, plus the ``hwemu run`` children).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import trio
 
+from orchestrator.cli.demo import timeshare_output
 from tests.guest.test_network_samples import converse, free_udp_port
+from tests.integration.test_choreographies import VMM_TOPOLOGY, Client, serving, wait_vmm
 from tests.integration.test_io import (
     GUEST_PORT,
     IO,
@@ -198,3 +202,41 @@ def test_the_console_log_is_capped_and_rotated_and_hwemu_run_follows_the_rotatio
         assert (run.returncode, run.stdout) == (0, expected), show(run)
         log, old = rd / "uart0.console.log", rd / "uart0.console.log.1"
         assert log.stat().st_size < 512 and 512 <= old.stat().st_size < 512 + 128, (log.stat(), old.stat())
+
+
+# ------------------------------------------------------------------------ vmm
+
+async def test_kill9_of_the_interposed_vmm_rolls_the_sole_os_back_to_native_under_a_running_program(
+        guest_build, cluster):
+    orch = await cluster(VMM_TOPOLOGY)
+    lines = 40
+    await orch.ctl_vmm_load(host="os1", frames=8)
+    async with serving(Client(orch)) as client:
+        start = await client.logged("uart0")
+        pid = await client.exec("os1", "timeshare", ["timeshare", "T", str(lines)])
+        await orch.ctl_interpose(os="os1", memory=True)  # CPU, memory and console under the VMM
+        assert orch.routes.table.routes["trap:cpu0"] == "vmm"
+        await wait_vmm(orch, lambda s: s["traps_reflected"] > 0 and s["priv_forwarded"] > 0)
+        vmm = orch.supervisor.nodes["vmm"]
+        os.kill(vmm.pid, signal.SIGKILL)
+
+        # the program finishes, byte for byte, on the OS alone: nothing ran twice, nothing was lost
+        exit1 = await client.wait_exit("os1", pid)
+        assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("T", lines))
+    report = next(r for r in orch.recovery_log if r["kind"] == "vmm")
+    assert (report["native"], report["stopped"], report["frames_to_host"]) == ("os1", [], 8), report
+    routes = orch.routes.table.routes
+    assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"], routes["io:os1.uart"],
+            routes["irq:uart0"]) == ("os1", "os1", "cpu0", "uart0", "os1")
+    resources = (await orch.ctl_status())["virt"]["resources"]
+    assert (resources["os1.cpu"], resources["os1.memory"], resources["os1.uart (uart0)"]) == ("os1",) * 3
+    owners = (await orch.request("memctl", "mem_owners")).body["data"]
+    assert owners["invariants"] == "ok" and "vmm" not in owners  # its frames went home (zeroed)
+    with trio.fail_after(60):  # the VMM comes back, unloaded: it can be loaded and interposed again
+        while vmm.state != "running":
+            await trio.sleep(0.05)
+    assert vmm.restarts == 1
+    await orch.ctl_vmm_load(host="os1", frames=8)
+    await orch.ctl_interpose(os="os1")
+    back = (await orch.ctl_devirtualize(os="os1"))["reports"]
+    assert [r["figure"] for r in back] == ["fig6", "fig7"]
