@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import protocol.recovery  # noqa: F401  (registers mem_drop_initiator / peer_restarted)
 from orchestrator.supervisor import NodeProc
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
-from protocol.frames import to_runs
+from protocol.frames import from_runs, to_runs
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchestrator.cluster import Orchestrator
@@ -45,6 +45,51 @@ async def before_respawn(orch: "Orchestrator", np: NodeProc) -> None:
         await cpu_lost(orch, np.spec.name)
     elif np.spec.kind == "vmm" and (orch.virt.attached or orch.virt.devices or orch.virt.vmm_loaded):
         await vmm_lost(orch)
+    elif np.spec.kind == "os":
+        await os_lost(orch, np.spec.name)
+
+
+async def os_lost(orch: "Orchestrator", os_name: str) -> dict[str, Any]:
+    """An OS died: its processes died with it. Before it boots again, every frame it
+    owned is reclaimed, zeroed: frames it had borrowed go back to their lender (and
+    onto the lender's free list), its own partition is zeroed (the memory
+    controller zeroes a frame whenever its owner changes: it goes to ``free`` and
+    back), so nothing of a dead process is readable by the next life, and no frame
+    is left owned by nobody's allocator. Other OS instances are not touched.
+    """
+    st = orch.virt
+    memctl = orch.topology.nodes[os_name].options.get("memctl", "memctl")
+    report: dict[str, Any] = {"node": os_name, "kind": "os", "returned": {}, "zeroed": 0}
+    if memctl not in orch.live_nodes():
+        return report
+    try:
+        owned = set((await _call(orch, memctl, "mem_owners")).get(os_name, []))
+        # (an OS booted on borrowed frames, ¶49, boots on them again: they stay its own)
+        for loan in [ln for ln in st.loans if ln["to"] == os_name and os_name not in orch.boot_maps]:
+            frames = sorted(owned.intersection(from_runs(loan["runs"])))
+            if frames:
+                runs = to_runs(frames)
+                await _call(orch, memctl, "mem_pin", {"runs": runs, "owner": os_name})
+                await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": os_name,
+                                                           "to_owner": loan["from"]})
+                await _call(orch, loan["from"], "mod_add", {"runs": runs})
+                report["returned"][loan["from"]] = report["returned"].get(loan["from"], 0) + len(frames)
+                owned.difference_update(frames)
+            st.loans.remove(loan)
+        if owned and os_name not in st.attached:  # under the VMM its map is the VMM's: left to it
+            runs = to_runs(sorted(owned))
+            await _call(orch, memctl, "mem_pin", {"runs": runs, "owner": os_name})
+            await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": os_name, "to_owner": "free"})
+            await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": "free", "to_owner": os_name})
+            await _call(orch, memctl, "mem_set_identity", {"space": os_name})
+            report["zeroed"] = len(owned)
+    except FAILURES as exc:
+        log.error("the frames of the dead %s were not all reclaimed: %s", os_name, exc)
+        report["error"] = str(exc)
+    orch.save_state()
+    log.warning("%s died: %s", os_name, report)
+    orch.recovery_log.append(report)
+    return report
 
 
 async def _call(orch: "Orchestrator", node: str, kind: str, body: dict[str, Any] | None = None,

@@ -240,3 +240,34 @@ async def test_kill9_of_the_interposed_vmm_rolls_the_sole_os_back_to_native_unde
     await orch.ctl_interpose(os="os1")
     back = (await orch.ctl_devirtualize(os="os1"))["reports"]
     assert [r["figure"] for r in back] == ["fig6", "fig7"]
+
+
+# ------------------------------------------------------------------------- os
+
+async def test_kill9_of_an_os_zeroes_every_frame_it_owned_and_leaves_the_other_os_untouched(guest_build, cluster):
+    orch = await cluster(VMM_TOPOLOGY)  # os1 (frames 256..767) and os2 (768..1023) on one machine
+    secret = b"a process's secret".ljust(64, b"!")
+    for space, frame in (("os1", 300), ("os1", 700), ("os2", 800)):
+        await orch.request("memctl", "mem_write", {"space": space, "addr": frame * 4096, "data": secret})
+    os1, os2 = orch.supervisor.nodes["os1"], orch.supervisor.nodes["os2"]
+    os2_pid = os2.pid
+    async with serving(Client(orch)) as client:
+        await client.exec("os1", "timeshare", ["timeshare", "T", "400"])  # killed with its OS
+        os.kill(os1.pid, signal.SIGKILL)
+        with trio.fail_after(60):
+            while os1.state != "running" or os1.restarts != 1:
+                await trio.sleep(0.05)
+        report = next(r for r in orch.recovery_log if r["kind"] == "os")
+        assert (report["node"], report["zeroed"], report["returned"]) == ("os1", 512, {}), report
+        for frame in (300, 700):  # nothing of the dead life is readable by the next
+            data = (await orch.request("memctl", "mem_read", {"space": "os1", "addr": frame * 4096,
+                                                              "length": 64})).body["data"]
+            assert data == bytes(64), frame
+        kept = await orch.request("memctl", "mem_read", {"space": "os2", "addr": 800 * 4096, "length": 64})
+        assert kept.body["data"] == secret and os2.pid == os2_pid and os2.restarts == 0
+        owners = (await orch.request("memctl", "mem_owners")).body["data"]
+        assert owners["invariants"] == "ok" and owners["os1"] == list(range(256, 768))
+        start = await client.logged("uart0")
+        pid = await client.exec("os1", "timeshare", ["timeshare", "T", "3"])  # the new life runs programs
+        assert (await client.wait_exit("os1", pid))["code"] == 0
+        assert await client.console("uart0", start) == timeshare_output("T", 3)
