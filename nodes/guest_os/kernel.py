@@ -629,6 +629,10 @@ from protocol.frames import body_frames, to_runs  # noqa: E402
 from protocol.messages import Message  # noqa: E402
 
 
+MEM_TRY_S = 3.0  # s for one memory request before it is asked again
+MEM_DEADLINE_S = 60.0  # s before a memory request fails (the process that needed it dies)
+
+
 def _memory_option(value: Any) -> tuple[int, int]:
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
@@ -695,6 +699,7 @@ class OsNode(Node):
         self._events_in, self._events = trio.open_memory_channel(math.inf)
         self.exited: deque[dict[str, Any]] = deque(maxlen=64)
         self.mem_ops = 0
+        self.mem_retries = 0
         self.peer_incarnations: dict[str, int] = {}  # node -> the incarnation whose restart was handled
         self.resets: dict[str, int] = {}  # node -> restarts of it this OS reset its driver for
 
@@ -709,10 +714,27 @@ class OsNode(Node):
     # -- Hardware interface for the kernel ------------------------------------------
 
     async def _mem(self, kind: str, body: dict[str, Any]) -> Message:
+        """One memory request, asked again while the memory controller is away
+        (a request lost with a controller that died, or refused ``recovering``
+        while a restarted one rebuilds its directory): a guest sees a delay,
+        not a killed process. Safe to repeat: a read reads again, a write
+        writes the same bytes again, a pin pins what is pinned; the kernel
+        task issues one at a time, so a repeat never overtakes a later one."""
         self.mem_ops += 1
-        if self.routes.get(self.mem_flow) is not None:
-            return await self.emit_request(self.mem_flow, kind, body, timeout=10.0)
-        return await self.party.request(self.memctl_name, kind, body, timeout=10.0)
+        deadline = trio.current_time() + MEM_DEADLINE_S
+        while True:
+            try:
+                if self.routes.get(self.mem_flow) is not None:
+                    return await self.emit_request(self.mem_flow, kind, body, timeout=MEM_TRY_S)
+                return await self.party.request(self.memctl_name, kind, body, timeout=MEM_TRY_S)
+            except RequestTimeout:
+                if trio.current_time() >= deadline:
+                    raise
+            except RemoteError as exc:
+                if exc.reason != "recovering" or trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(0.05)
+            self.mem_retries += 1
 
     async def mem_read(self, addr: int, length: int) -> bytes:
         reply = await self._mem("mem_read", {"space": self.name, "addr": addr, "length": length})
@@ -908,7 +930,7 @@ class OsNode(Node):
     def stats(self) -> dict[str, Any]:
         s = super().stats()
         s.update(kernel={**self.kernel.stats(), **self.module.stats()}, uart=self.console.stats(), timer=self.timer.stats(),
-                 mem_ops=self.mem_ops, procs=self.kernel.ps(), io=self.io.stats(), resets=self.resets)
+                 mem_ops=self.mem_ops, mem_retries=self.mem_retries, procs=self.kernel.ps(), io=self.io.stats(), resets=self.resets)
         return s
 
     # -- handlers: everything goes through the one kernel task, in arrival order ------------

@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -271,3 +272,48 @@ async def test_kill9_of_an_os_zeroes_every_frame_it_owned_and_leaves_the_other_o
         pid = await client.exec("os1", "timeshare", ["timeshare", "T", "3"])  # the new life runs programs
         assert (await client.wait_exit("os1", pid))["code"] == 0
         assert await client.console("uart0", start) == timeshare_output("T", 3)
+
+
+# ----------------------------------------------------------------------- disk
+
+def test_kill9_of_the_disk_under_writes_reissues_them_and_no_acknowledged_key_is_lost_or_doubled(
+        guest_build, run_dir):
+    rd, pids = run_dir
+    up(rd)
+    prog = kv(rd, pids, free_udp_port())
+    try:
+        assert prog.line() == b"kvstore ready: 0 keys\n"
+        killer = threading.Timer(0.5, lambda: kill9_and_wait_restart(rd, "disk0"))
+        killer.start()  # while the SETs below are written and fsync'ed
+        try:
+            for i in range(60):  # a retried SET sets the same value again: the store cannot tell
+                assert request(prog.address, b"SET key%03d value-%03d" % (i, i)) == b"OK"
+        finally:
+            killer.join()
+        assert node(rd, "disk0")["restarts"] == 1
+        converse(prog.address, _gets(60) + [(b"QUIT", b"BYE")])
+        code, out, err = prog.finish()
+        assert (code, out) == (0, b"kvstore stopped: 60 keys\n"), (code, out, err)
+        assert _fresh_stats(rd, "os1")["resets"] == {"disk0": 1}
+    finally:
+        prog.kill()
+
+
+# --------------------------------------------------------------------- memctl
+
+async def test_kill9_of_memctl_under_a_running_program_output_is_exact(guest_build, cluster):
+    orch = await cluster(VMM_TOPOLOGY)
+    async with serving(Client(orch)) as client:
+        start = await client.logged("uart0")
+        pid = await client.exec("os1", "timeshare", ["timeshare", "T", "30"])
+        memctl = orch.supervisor.nodes["memctl"]
+        with trio.fail_after(60):  # it runs (its pages are in the CPU's cache, some modified)
+            while (await orch.request("cpu0", "stats")).body["stats"]["page_misses"] < 20:
+                await trio.sleep(0.02)
+        os.kill(memctl.pid, signal.SIGKILL)
+        exit1 = await client.wait_exit("os1", pid)
+        assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("T", 30))
+        assert memctl.restarts == 1
+        stats = (await orch.request("memctl", "stats")).body["stats"]
+        assert (stats["recoveries"], stats["lost_frames"]) == (1, 0), stats
+        assert (await orch.request("memctl", "mem_owners")).body["data"]["invariants"] == "ok"
