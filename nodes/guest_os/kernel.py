@@ -692,7 +692,7 @@ class OsNode(Node):
         self.mem_flow = f"mem:{self.name}"
         self.frames = FrameAllocator(first, count, boot_frames)
         self.module = KernelModule(self.frames, opts.get("lend_floor", 0))
-        self.console = UartDriver(self, self.name)
+        self.console = UartDriver(self, self.name, writer=f"{self.name}:{self.party.incarnation}")
         self.timer = TimerDriver(self, self.name)
         self.kernel = Kernel(self.name, self.frames, self)
         self.io = Io(self)
@@ -869,6 +869,8 @@ class OsNode(Node):
             done["killed"] = await self.kernel.machine_check(node, lost)
         elif b["kind"] == "vmm" and "cpu" in b:  # the VMM died: the CPU is ours again, natively
             done["cpu"] = await self.kernel.cpu_returned(b["cpu"])
+        elif node == self.uart_name and self.routes.get(self.console.native_flow) == node:
+            done["console"] = await self.console.reset()
         elif node == self.timer_name and self.routes.get(self.timer.native_flow) == node:
             await self.timer.after_switch()
             done["period_ms"] = self.timer.period_ms

@@ -7,9 +7,14 @@ Message interface:
   are appended to the log and flushed before the node handles anything else,
   then queued to every connected TCP client. A direct (non-flow) write is
   answered ``ok`` {data: {"logged": n}}; a flow write is not answered.
-- ``uart_sync`` — reply ``ok`` {data: {"logged": bytes in the log file}}.
-  Since handlers run in arrival order, once it answers, every write sent
-  before it is in the file.
+- ``uart_sync`` {writer?} — reply ``ok`` {data: {"logged": bytes in the log
+  file, "have": where ``writer``'s stream ends in the log}}. Since handlers
+  run in arrival order, once it answers, every write sent before it is in
+  the file.
+- A write may carry ``writer`` and ``at`` (its offset in that writer's
+  stream; ``resync`` to start over there): it is logged exactly once across
+  a crash of this node (``<log>.writers`` keeps where each stream ends; see
+  ``_in_stream`` and docs/recovery.md).
 - emits ``uart_rx`` {data} on ``irq:<name>``: bytes typed by TCP clients, in
   arrival order, coalesced up to ``RX_CHUNK`` bytes per message.
 
@@ -31,9 +36,11 @@ disconnected (``drops``).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,8 @@ from protocol.messages import Message
 
 log = logging.getLogger("hwemu.uart")
 
+RESYNC_WAIT_S = 2.0  # after a restart, how long a known writer's writes wait for its re-sync
+WRITERS_KEPT = 64  # writer streams remembered (one per OS life)
 RX_CHUNK = 4096  # bytes per uart_rx: a burst of typing or a pasted line
 _SNDBUF = 64 * 1024  # a fixed kernel send buffer keeps "bounded" bounded (no autotuning to MBs)
 
@@ -120,6 +129,11 @@ class Uart(Node):
         self.client_buffer = _size_option(opts, "client_buffer", 256 * 1024)
         self.rx_buffer = _size_option(opts, "rx_buffer", 64 * 1024)
         self.log_max = _size_option(opts, "log_max", 64 << 20)
+        self.writers: dict[str, int] = {}  # writer -> where its stream ends in the log
+        self._held: set[str] = set()  # writers held back until they re-sync (after a restart)
+        self._writers_file = None
+        self._writers_len = 0
+        self.held_writes = self.dup_bytes = self.gap_bytes = 0
         self.rotations = 0
         self.rx_flow = f"irq:{cfg.name}"
         self.tcp_port = 0
@@ -138,6 +152,15 @@ class Uart(Node):
 
     async def setup(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        writers_path = self.log_path.with_name(self.log_path.name + ".writers")
+        try:  # left by a life of this node that was killed: its writers must re-sync
+            self.writers = {w: int(n) for w, n in json.loads(writers_path.read_bytes() or b"{}").items()}
+        except (OSError, ValueError, AttributeError):
+            self.writers = {}
+        self._held = set(self.writers)
+        self._writers_file = open(writers_path, "wb")
+        if self.writers:
+            self._save_writers()
         self._log = open(self.log_path, "ab")
         self.logged = os.fstat(self._log.fileno()).st_size
         # loopback only: the console is as private as the machine's run directory
@@ -149,6 +172,9 @@ class Uart(Node):
         nursery.start_soon(trio.serve_listeners, self._serve_client, self._listeners)
 
     async def teardown(self) -> None:
+        if self._writers_file is not None:  # stopped, not killed: the next start is a fresh device
+            self._writers_file.close()
+            self.log_path.with_name(self.log_path.name + ".writers").unlink(missing_ok=True)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -159,19 +185,66 @@ class Uart(Node):
         s = super().stats()
         s.update(tcp_port=self.tcp_port, log=str(self.log_path), logged=self.logged,
                  bytes_out=self.bytes_out, bytes_in=self.bytes_in, clients=len(self.clients),
-                 drops=self.drops, rx_dropped=self.rx_dropped, log_max=self.log_max, rotations=self.rotations)
+                 drops=self.drops, rx_dropped=self.rx_dropped, log_max=self.log_max, rotations=self.rotations,
+                 held_writes=self.held_writes, dup_bytes=self.dup_bytes, gap_bytes=self.gap_bytes)
         return s
 
     # -- output: uart_write -> log file -> TCP clients ------------------------------
 
+    def _in_stream(self, body: dict[str, Any]) -> bytes | None:
+        """What of a write goes into the log, by its place in its writer's stream.
+
+        A write that names its ``writer`` (an OS driver: ``<os>:<its
+        incarnation>``) and its byte offset ``at`` in that writer's stream is
+        logged once: bytes the log has already are skipped (``dup_bytes``).
+        After a restart of this node, each writer it knew is held back
+        (its writes dropped, ``held_writes``) until the writer re-sends from
+        where the log ends (``resync``, see ``uart_sync`` {writer}): writes
+        queued while the node was down must not land before the bytes it lost.
+        A writer that does not re-sync within RESYNC_WAIT_S is taken as it comes.
+        """
+        data, writer, at = body["data"], body.get("writer"), body.get("at")
+        if not isinstance(writer, str) or not isinstance(at, int):
+            return data
+        if writer in self._held:
+            if not body.get("resync") and time.monotonic() - self.started < RESYNC_WAIT_S:
+                self.held_writes += 1
+                return None
+            self._held.discard(writer)
+        expected = self.writers.get(writer)
+        if expected is None or body.get("resync"):
+            expected = at
+        if at < expected:
+            skip = min(len(data), expected - at)
+            self.dup_bytes += skip
+            data = data[skip:]
+        elif at > expected:
+            self.gap_bytes += at - expected  # lost before they reached any life of this node
+        self.writers[writer] = max(expected, at + len(body["data"]))
+        return data
+
+    def _save_writers(self) -> None:
+        """Where each writer's stream ends in the log (page cache: survives a kill -9 of this process)."""
+        doc = json.dumps(dict(list(self.writers.items())[-WRITERS_KEPT:])).encode()
+        self._writers_file.seek(0)
+        self._writers_file.write(doc.ljust(max(len(doc), self._writers_len)))
+        self._writers_file.flush()
+        self._writers_len = len(doc)
+
     async def on_uart_write(self, msg: Message) -> None:
-        data = msg.body["data"]
+        data = self._in_stream(msg.body)
+        if data is None:
+            if msg.flow is None:
+                await self.party.reply(msg, "ok", {"data": {"logged": self.logged, "held": True}})
+            return
         # the log is the durable record: written and flushed before anything
         # after this message is handled (uart_sync relies on that ordering)
         self._log.write(data)
         self._log.flush()
         self.logged += len(data)
         self.bytes_out += len(data)
+        if "writer" in msg.body:
+            self._save_writers()
         if self.logged >= self.log_max:
             self._rotate()
         queued = False
@@ -198,7 +271,11 @@ class Uart(Node):
         self.rotations += 1
 
     async def on_uart_sync(self, msg: Message) -> None:
-        await self.party.reply(msg, "ok", {"data": {"logged": self.logged}})
+        data = {"logged": self.logged}
+        writer = msg.body.get("writer")
+        if isinstance(writer, str):  # where that writer's stream ends in the log (None: nothing of it)
+            data["have"] = self.writers.get(writer)
+        await self.party.reply(msg, "ok", {"data": data})
 
     def _drop(self, client: _Client) -> None:
         log.warning("%s: client %s does not keep up (%d bytes queued): disconnected",

@@ -317,3 +317,32 @@ async def test_kill9_of_memctl_under_a_running_program_output_is_exact(guest_bui
         stats = (await orch.request("memctl", "stats")).body["stats"]
         assert (stats["recoveries"], stats["lost_frames"]) == (1, 0), stats
         assert (await orch.request("memctl", "mem_owners")).body["data"]["invariants"] == "ok"
+
+
+# ----------------------------------------------------------------------- uart
+
+def test_kill9_of_the_uart_while_a_program_prints_loses_and_doubles_no_byte(guest_build, run_dir):
+    rd, pids = run_dir
+    up(rd, "compose/native.toml")
+    lines = 120
+    expected = subprocess.run(["qemu-riscv32", str(BUILD / "timeshare.elf"), "T", str(lines)],
+                              capture_output=True, check=True).stdout
+    prog = subprocess.Popen([HWEMU, "run", "compose/native.toml", str(BUILD / "timeshare.elf"), "--", "T",
+                             str(lines)], cwd=REPO, env={**os.environ, "HWEMU_RUN_DIR": str(rd)},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pids.add(prog.pid)
+    try:
+        log = rd / "uart0.console.log"
+        deadline = time.monotonic() + RECOVERY_DEADLINE_S
+        while not log.exists() or log.read_bytes().count(b"\n") < 10:  # printing
+            assert time.monotonic() < deadline, "timeshare never printed"
+            time.sleep(0.02)
+        kill9_and_wait_restart(rd, "uart0")
+        out, err = prog.communicate(timeout=RECOVERY_DEADLINE_S * 2)
+        assert (prog.returncode, out) == (0, expected), (prog.returncode, out, err)
+        assert log.read_bytes().count(b"T: line 11 of") == 1  # the log too: each line once
+        assert _fresh_stats(rd, "os1")["uart"]["resets"] == 1
+    finally:
+        if prog.poll() is None:
+            prog.kill()
+            prog.communicate(timeout=30)
