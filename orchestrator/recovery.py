@@ -142,6 +142,11 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
     # every flow the VMM received goes where the topology routes it natively
     native = {f: n for f, n in orch.topology.routes.items()
               if orch.routes.table.get(f) == "vmm" and n in orch.live_nodes()}
+    if survivor is not None:  # the CPU and its timer are the survivor's, whichever OS the topology booted on them
+        opts = spec_of[survivor].options
+        cpu, timer = opts.get("cpu", "cpu0"), opts.get("timer", "timer0")
+        native.update({f"trap:{cpu}": survivor, f"irq:{timer}": survivor, f"priv:{survivor}": cpu})
+        native = {f: n for f, n in native.items() if orch.routes.table.get(f) != n}
     if native:
         await orch.routes.change(native)
     report["routes"] = native
@@ -156,17 +161,22 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
             saved = await _call(orch, cpu, "cpu_save")
         except FAILURES:
             saved = {"cpu_state": "running"}
+        # the VMM tagged this OS's asids with its asid base (0 for the first OS): natively they are its own
+        base = attached[survivor]["asid_base"]
+        if isinstance(saved.get("asid"), int) and saved["asid"] >= base:
+            saved["asid"] -= base
         done = await _call(orch, survivor, "peer_restarted", {"node": "vmm", "kind": "vmm", "cpu": saved})
         report["cpu"] = done.get("cpu")
         if done.get("cpu") == "retrap":
-            report["retrap"] = await _call(orch, cpu, "cpu_retrap")
+            report["retrap"] = await _call(orch, cpu, "cpu_retrap", {"asid_base": base})
     st.attached.clear()
     if st.vmm_loaded and st.vmm_frames:
         host = st.vmm_host
         runs = to_runs(st.vmm_frames)
         memctl = spec_of[host].options.get("memctl", "memctl") if host in spec_of else "memctl"
         await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": "vmm", "to_owner": host})
-        await _call(orch, host, "mod_add", {"runs": runs})
+        if host in orch.live_nodes():  # else its next boot has them: they are in its partition again
+            await _call(orch, host, "mod_add", {"runs": runs})
         report["frames_to_host"] = len(st.vmm_frames)
     st.vmm_loaded, st.vmm_host, st.vmm_frames = False, None, []
     orch.save_state()
@@ -185,7 +195,8 @@ async def _stop_lost_os(orch: "Orchestrator", os_name: str, report: dict[str, An
         runs = loan["runs"]
         await _call(orch, memctl, "mem_pin", {"runs": runs, "owner": os_name})
         await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": os_name, "to_owner": loan["from"]})
-        await _call(orch, loan["from"], "mod_add", {"runs": runs})
+        if loan["from"] in orch.live_nodes():
+            await _call(orch, loan["from"], "mod_add", {"runs": runs})
         st.loans.remove(loan)
     st.attached.pop(os_name, None)
     for key in [k for k, d in st.devices.items() if d["os"] == os_name]:

@@ -16,8 +16,9 @@
   "resumed" | "retrap" | ...}}: it re-sent the resume the VMM lost, or it
   never saw the trap the CPU waits in (then the orchestrator sends
   ``cpu_retrap``).
-- ``cpu_retrap`` {} (orchestrator → CPU): a trapped CPU emits its pending
-  trap again on ``trap:<cpu>`` (its receiver died with it). Reply ``ok``
+- ``cpu_retrap`` {asid_base?} (orchestrator → CPU): a trapped CPU emits its
+  pending trap again on ``trap:<cpu>`` (its receiver died with it), its asid
+  without the base the dead VMM had added. Reply ``ok``
   {data: {retrapped, cpu_state}}.
 """
 
@@ -29,4 +30,4 @@ _opt = lambda t, **kw: Field(t, required=False, **kw)  # noqa: E731
 
 register("mem_drop_initiator", initiator="str")
 register("peer_restarted", node="str", kind="str", incarnation=_opt("int"), lost=_opt("dict"), cpu=_opt("dict"))
-register("cpu_retrap")
+register("cpu_retrap", asid_base=_opt("int"))

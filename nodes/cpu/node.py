@@ -314,7 +314,10 @@ class CpuNode(Node):
             raise ProtocolError("forbidden", f"cpu_retrap is for the orchestrator, not {msg.src}", "src")
         again = self.cpu_state == "trapped" and self._last_trap is not None
         if again:
-            await self.emit(f"trap:{self.name}", "trap", self._last_trap)
+            trap = dict(self._last_trap)
+            # the VMM that died had tagged the OS's asids with a base: its OS knows them untagged
+            trap["asid"] = trap["asid"] - min(trap["asid"], int(msg.body.get("asid_base") or 0))
+            await self.emit(f"trap:{self.name}", "trap", trap)
         await self.party.reply(msg, "ok", {"data": {"retrapped": again, "cpu_state": self.cpu_state}})
 
     async def on_cpu_save(self, msg: Message) -> None:

@@ -100,17 +100,14 @@ class UartDriver(DualModeDriver):
         self.writer = writer
         self.unconfirmed = bytearray()  # written since ``confirmed``
         self.confirmed = 0  # stream offset the device's log is known to hold
-        self._resync = False
 
     async def write(self, data: bytes) -> None:
         """Queue bytes for the console (ordered with every other write)."""
         if not data:
             return
         body: dict[str, Any] = {"data": bytes(data)}
-        if self.writer is not None and self.mode == NATIVE:
+        if self.writer is not None:
             body.update(writer=self.writer, at=self.written)
-            if self._resync:
-                body["resync"], self._resync = True, False
             self.unconfirmed += data
         await self.node.emit(self.flow, "uart_write", body)
         self.written += len(data)
@@ -122,12 +119,12 @@ class UartDriver(DualModeDriver):
     async def sync(self, timeout: float = 10.0) -> int:
         """Wait until every write sent so far is in the device's log; returns
         the device's ``logged`` count."""
-        body = {"writer": self.writer} if self.writer is not None and self.mode == NATIVE else {}
+        body = {"writer": self.writer} if self.writer is not None else {}
         reply = await self.node.emit_request(self.flow, "uart_sync", body, timeout=timeout)
         self.pending = 0
         self.syncs += 1
         data = reply.body.get("data") or {}
-        self._confirm(data.get("have") if body else self.written)
+        self._confirm(data.get("have"))
         return int(data.get("logged", 0))
 
     def _confirm(self, have: Any) -> None:
@@ -136,36 +133,25 @@ class UartDriver(DualModeDriver):
             self.confirmed = have
 
     async def reset(self) -> dict[str, Any]:
-        """The UART restarted: what it had received but not logged died with it.
-        Ask where its log ends in this OS's stream and send the rest again from
-        there (it drops, until then, what reached it out of order)."""
+        """The UART restarted: what it had received but not logged died with it."""
         self.resets += 1
-        if self.writer is None or self.mode != NATIVE:
+        return await self.resend()
+
+    async def resend(self) -> dict[str, Any]:
+        """Ask where the log ends in this OS's stream and send the rest again from
+        there (the UART holds back, meanwhile, what reached it past the gap)."""
+        if self.writer is None:
             return {"resent": 0}
         reply = await self.node.emit_request(self.flow, "uart_sync", {"writer": self.writer}, timeout=10.0)
-        have = (reply.body.get("data") or {}).get("have")
-        self._confirm(have)
-        at = self.confirmed
-        rest = bytes(self.unconfirmed[max(0, at - self.confirmed):])
-        await self.node.emit(self.flow, "uart_write", {"data": rest, "writer": self.writer, "at": at,
+        self._confirm((reply.body.get("data") or {}).get("have"))
+        rest = bytes(self.unconfirmed)
+        await self.node.emit(self.flow, "uart_write", {"data": rest, "writer": self.writer, "at": self.confirmed,
                                                        "resync": True})
-        return {"resent": len(rest), "from": at}
+        return {"resent": len(rest), "from": self.confirmed}
 
     async def after_switch(self) -> None:
-        """Back to native after the VMM wrote for us: our stream continues where we are."""
-        self.unconfirmed.clear()
-        self.confirmed = self.written
-        self._resync = True
-
-    async def quiesce(self) -> None:
-        await self.sync()
-
-    def export_state(self) -> dict[str, Any]:
-        return {**super().export_state(), "written": self.written, "writes": self.writes}
-
-    def import_state(self, state: dict[str, Any]) -> None:
-        self.written = int(state.get("written", self.written))
-        self.writes = int(state.get("writes", self.writes))
+        """The other way may have lost bytes in flight (a VMM that died): re-send them."""
+        await self.resend()
 
     def stats(self) -> dict[str, Any]:
         return {"mode": self.mode, "written": self.written, "writes": self.writes, "syncs": self.syncs,

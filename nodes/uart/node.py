@@ -12,8 +12,9 @@ Message interface:
   run in arrival order, once it answers, every write sent before it is in
   the file.
 - A write may carry ``writer`` and ``at`` (its offset in that writer's
-  stream; ``resync`` to start over there): it is logged exactly once across
-  a crash of this node (``<log>.writers`` keeps where each stream ends; see
+  stream; ``resync``: the writer re-sends from there): it is logged exactly
+  once, in stream order, across a crash of this node or of a VMM it went
+  through (``<log>.writers`` keeps where each stream ends; see
   ``_in_stream`` and docs/recovery.md).
 - emits ``uart_rx`` {data} on ``irq:<name>``: bytes typed by TCP clients, in
   arrival order, coalesced up to ``RX_CHUNK`` bytes per message.
@@ -54,7 +55,7 @@ from protocol.messages import Message
 
 log = logging.getLogger("hwemu.uart")
 
-RESYNC_WAIT_S = 2.0  # after a restart, how long a known writer's writes wait for its re-sync
+RESYNC_WAIT_S = 2.0  # how long writes past a gap in their stream wait for the writer to fill it
 WRITERS_KEPT = 64  # writer streams remembered (one per OS life)
 RX_CHUNK = 4096  # bytes per uart_rx: a burst of typing or a pasted line
 _SNDBUF = 64 * 1024  # a fixed kernel send buffer keeps "bounded" bounded (no autotuning to MBs)
@@ -130,7 +131,7 @@ class Uart(Node):
         self.rx_buffer = _size_option(opts, "rx_buffer", 64 * 1024)
         self.log_max = _size_option(opts, "log_max", 64 << 20)
         self.writers: dict[str, int] = {}  # writer -> where its stream ends in the log
-        self._held: set[str] = set()  # writers held back until they re-sync (after a restart)
+        self._gaps: dict[str, float] = {}  # writer -> since when its writes wait for a gap to be filled
         self._writers_file = None
         self._writers_len = 0
         self.held_writes = self.dup_bytes = self.gap_bytes = 0
@@ -157,7 +158,6 @@ class Uart(Node):
             self.writers = {w: int(n) for w, n in json.loads(writers_path.read_bytes() or b"{}").items()}
         except (OSError, ValueError, AttributeError):
             self.writers = {}
-        self._held = set(self.writers)
         self._writers_file = open(writers_path, "wb")
         if self.writers:
             self._save_writers()
@@ -194,32 +194,34 @@ class Uart(Node):
     def _in_stream(self, body: dict[str, Any]) -> bytes | None:
         """What of a write goes into the log, by its place in its writer's stream.
 
-        A write that names its ``writer`` (an OS driver: ``<os>:<its
-        incarnation>``) and its byte offset ``at`` in that writer's stream is
-        logged once: bytes the log has already are skipped (``dup_bytes``).
-        After a restart of this node, each writer it knew is held back
-        (its writes dropped, ``held_writes``) until the writer re-sends from
-        where the log ends (``resync``, see ``uart_sync`` {writer}): writes
-        queued while the node was down must not land before the bytes it lost.
-        A writer that does not re-sync within RESYNC_WAIT_S is taken as it comes.
+        A write that names its ``writer`` (an OS's console driver: ``<os>:<its
+        incarnation>``) and its byte offset ``at`` in that stream is logged
+        exactly once: bytes the log has already are skipped (``dup_bytes``); a
+        write past a gap (bytes lost in a process that died: this node's
+        previous life, a VMM) is held back (dropped, ``held_writes``) for up to
+        RESYNC_WAIT_S, while the driver re-sends from where the log ends
+        (``resync``, after ``uart_sync`` {writer}); after that it is taken as
+        it comes and the gap counted (``gap_bytes``). ``<log>.writers`` keeps
+        where each stream ends, so this holds across a crash of this node.
         """
         data, writer, at = body["data"], body.get("writer"), body.get("at")
         if not isinstance(writer, str) or not isinstance(at, int):
             return data
-        if writer in self._held:
-            if not body.get("resync") and time.monotonic() - self.started < RESYNC_WAIT_S:
-                self.held_writes += 1
-                return None
-            self._held.discard(writer)
         expected = self.writers.get(writer)
         if expected is None or body.get("resync"):
             expected = at
+        if at > expected:
+            since = self._gaps.setdefault(writer, time.monotonic())
+            if time.monotonic() - since < RESYNC_WAIT_S:
+                self.held_writes += 1
+                return None
+            self.gap_bytes += at - expected
+            expected = at
+        self._gaps.pop(writer, None)
         if at < expected:
             skip = min(len(data), expected - at)
             self.dup_bytes += skip
             data = data[skip:]
-        elif at > expected:
-            self.gap_bytes += at - expected  # lost before they reached any life of this node
         self.writers[writer] = max(expected, at + len(body["data"]))
         return data
 

@@ -346,3 +346,35 @@ def test_kill9_of_the_uart_while_a_program_prints_loses_and_doubles_no_byte(gues
         if prog.poll() is None:
             prog.kill()
             prog.communicate(timeout=30)
+
+
+async def test_kill9_of_the_vmm_under_two_oses_keeps_the_one_on_the_cpu_and_stops_the_one_whose_state_died(
+        guest_build, cluster):
+    orch = await cluster(VMM_TOPOLOGY)
+    lines = 60
+    await orch.ctl_vmm_load(host="os1", frames=8)
+    await orch.ctl_interpose(os="os1")
+    await orch.ctl_interpose(os="os2")
+    async with serving(Client(orch)) as client:
+        starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
+        pids = {"os1": await client.exec("os1", "timeshare", ["timeshare", "A", str(lines)]),
+                "os2": await client.exec("os2", "timeshare", ["timeshare", "B", str(lines)])}
+        await wait_vmm(orch, lambda s: s["traps_reflected"] > 5)
+        os.kill(orch.supervisor.nodes["vmm"].pid, signal.SIGKILL)
+        with trio.fail_after(60):
+            while not any(r["kind"] == "vmm" for r in orch.recovery_log):
+                await trio.sleep(0.05)
+        report = next(r for r in orch.recovery_log if r["kind"] == "vmm")
+        survivor = report["native"]
+        lost = ({"os1", "os2"} - {survivor}).pop()
+        assert report["stopped"] == [lost], report
+        assert orch.supervisor.nodes[lost].state == "stopped"  # never silently corrupted: stopped, said so
+        uart, tag = {"os1": ("uart0", "A"), "os2": ("uart1", "B")}[survivor]
+        done = await client.wait_exit(survivor, pids[survivor])
+        assert (done["code"], await client.console(uart, starts[uart])) == (0, timeshare_output(tag, lines))
+    routes = orch.routes.table.routes
+    assert (routes["trap:cpu0"], routes["priv:" + survivor]) == (survivor, "cpu0")
+    resources = (await orch.ctl_status())["virt"]["resources"]
+    assert (resources[f"{survivor}.cpu"], resources[f"{survivor}.memory"]) == (survivor, survivor)
+    owners = (await orch.request("memctl", "mem_owners")).body["data"]
+    assert owners["invariants"] == "ok" and "vmm" not in owners
