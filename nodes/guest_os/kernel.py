@@ -629,6 +629,8 @@ from protocol.frames import body_frames, to_runs  # noqa: E402
 from protocol.messages import Message  # noqa: E402
 
 
+TICK_SILENCE = 100  # periods without a tick before the timer driver programs the timer again
+TICK_SILENCE_MIN_S = 2.0
 MEM_TRY_S = 3.0  # s for one memory request before it is asked again
 MEM_DEADLINE_S = 60.0  # s before a memory request fails (the process that needed it dies)
 
@@ -702,6 +704,8 @@ class OsNode(Node):
         self.mem_retries = 0
         self.peer_incarnations: dict[str, int] = {}  # node -> the incarnation whose restart was handled
         self.resets: dict[str, int] = {}  # node -> restarts of it this OS reset its driver for
+        self.last_tick = time.monotonic()
+        self.timer_rearms = 0
 
     async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Message:
         """A request on a flow, but never past messages a route change holds
@@ -770,6 +774,21 @@ class OsNode(Node):
         nursery.start_soon(self._kernel_loop)
         if self.routes.get(self.timer.flow) is not None:
             await self.timer.set_period(self.tick_ms)
+            nursery.start_soon(self._tick_watchdog)
+
+    async def _tick_watchdog(self) -> None:
+        """The driver's own way to notice a timer that came back from a reset
+        without its period (if no restart notice reached it): no tick for
+        TICK_SILENCE periods (and at least TICK_SILENCE_MIN_S), and the period
+        is programmed again. Harmless if the ticks were only late."""
+        while True:
+            silence = max(TICK_SILENCE_MIN_S, TICK_SILENCE * self.timer.period_ms / 1000)
+            await trio.sleep(silence / 2)
+            if self.timer.period_ms > 0 and time.monotonic() - self.last_tick > silence:
+                self.timer_rearms += 1
+                log.warning("%s: no tick for %.1f s: programming the timer again", self.name, silence)
+                await self.timer.after_switch()
+                self.last_tick = time.monotonic()
 
     async def _kernel_loop(self) -> None:
         async for event in self._events:
@@ -932,7 +951,8 @@ class OsNode(Node):
     def stats(self) -> dict[str, Any]:
         s = super().stats()
         s.update(kernel={**self.kernel.stats(), **self.module.stats()}, uart=self.console.stats(), timer=self.timer.stats(),
-                 mem_ops=self.mem_ops, mem_retries=self.mem_retries, procs=self.kernel.ps(), io=self.io.stats(), resets=self.resets)
+                 mem_ops=self.mem_ops, mem_retries=self.mem_retries, procs=self.kernel.ps(), io=self.io.stats(), resets=self.resets,
+                 timer_rearms=self.timer_rearms)
         return s
 
     # -- handlers: everything goes through the one kernel task, in arrival order ------------
@@ -944,6 +964,7 @@ class OsNode(Node):
         self._queue("trap", msg)
 
     async def on_tick(self, msg: Message) -> None:
+        self.last_tick = time.monotonic()
         self._queue("tick", msg)
 
     async def on_alarm(self, msg: Message) -> None:

@@ -40,6 +40,14 @@ dropped. Then :meth:`MemoryController.finish_recovery`. Until then requests
 other than ``mem_release`` get ``error`` ``recovering``; a CPU retries.
 Plain ``drop_initiator`` was not enough: a CPU keeps its cache across a
 memctl restart, and its modified pages would silently diverge from memory.
+
+A CPU that dies (docs/recovery.md): ``mem_drop_initiator`` {initiator} (from
+the orchestrator, before the new CPU starts) forgets its copies and answers
+``ok`` {data: {frames, pages}}: every frame whose newest bytes died with it
+(held modified; also those dropped earlier because a recall to it timed out,
+which are remembered until then), and the same as guest pages per space, so
+the OS can stop the processes whose memory went back in time (a machine
+check) instead of letting them run on it.
 """
 
 from __future__ import annotations

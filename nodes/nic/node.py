@@ -27,6 +27,9 @@ directly as requests:
   requests get a ``nic_done`` reply.
 - ``nic_forward`` {guest_port, host_port} (direct request) — add or change a
   ``forward`` entry (taking effect at the port's next bind); reply ``ok``.
+  The table outlives a crash of this process (``<run_dir>/<name>.forward.json``,
+  removed when it stops cleanly), so a NIC restarted by the supervisor binds
+  the guest's ports again on the same host ports (docs/recovery.md).
 - ``nic_rx_post`` {buffers, space, reset?} — no completion: the driver posts
   receive buffers, the guest physical addresses (page-aligned) of page frames
   of its own address space ``space`` (an issuer may only post its own:
@@ -61,7 +64,11 @@ Options: ``forward`` ({guest_port: host_port}; host_port 0 = any free port,
 ``mtu`` (largest datagram, default and at most 65507).
 
 ``stats`` adds ``ports`` {guest_port: {host_port, owner, rx, tx, drops,
-queued, inflight}}, ``buffers`` {owner: posted and free}, and totals
+host_drops, queued, inflight}} (``host_drops``: datagrams the host kernel
+dropped because the port's socket queue was full under a flood, read from
+/proc/net/udp), ``rx_dropped`` {total, ring, host} (every received datagram
+that never reached the guest is counted in one of them; ``hwemu status``
+shows the total), ``buffers`` {owner: posted and free}, and totals
 (``refused`` non-loopback sends, ``oversize``, ``unrouted`` interrupts,
 ``stale_acks``, ``no_buffers``, ``dma_errors``, ``bad_posts``).
 """
