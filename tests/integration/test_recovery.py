@@ -12,7 +12,21 @@ in a subprocess, a plain UDP socket on loopback as the client, and
 - timer: the OS's driver re-programs the restarted timer; a sleeping guest
   wakes and prints its exact output;
 - nic under a flood: every datagram sent is either delivered or counted as
-  dropped (stats and ``hwemu status``).
+  dropped (stats and ``hwemu status``);
+- uart: the console log is capped (``log_max``, rotated) and ``hwemu run``
+  follows the rotation; a UART killed while a program prints: the output is
+  exact, in the log each line once;
+- disk: killed under SETs: its commands in flight are re-issued, every
+  acknowledged key is there once;
+- memctl: killed under a running program: a delay, the output is exact;
+- os: killed: every frame it owned is zeroed before its next life, the other
+  OS is untouched;
+- vmm, killed while interposed: emergency devirtualization of a sole OS (its
+  program's output exact, the VMM's frames home, the VMM loadable again);
+  under two OSes, the one on the CPU goes on natively, the other is stopped.
+
+Some tests use the ``cluster`` fixture and ``compose/vmm.toml`` (two OSes),
+with a client party that starts programs and hears their exit.
 
 Deadlines guard every wait (nothing is timed); every process is stopped by pid
 at the end (the ``run_dir`` fixture, plus the ``hwemu run`` children).
@@ -189,8 +203,7 @@ def test_a_flood_is_delivered_or_counted_as_dropped_never_silently_lost(guest_bu
         prog.kill()
 
 
-
-# ----------------------------------------------------------------------- uart
+# -------------------------------------------------------- uart: the log's cap
 
 def test_the_console_log_is_capped_and_rotated_and_hwemu_run_follows_the_rotation(guest_build, run_dir):
     rd, pids = run_dir
