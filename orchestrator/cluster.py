@@ -93,7 +93,7 @@ class Orchestrator:
     async def _restarted(self, np: NodeProc) -> None:
         """A restarted node starts its flows from fseq 1: tell their receivers
         (and first, what a crash of its kind needs: orchestrator/recovery.py)."""
-        if self.supervisor.nodes[np.spec.name].exit_code is not None:
+        if np.state == "crashed":  # the supervisor restarts it (not a start of a node that was stopped)
             await recovery.before_respawn(self, np)
         flows = {f: 1 for f in self.routes.table.routes if flow_sender(f) == np.spec.name}
         if flows:

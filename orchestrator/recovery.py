@@ -76,12 +76,13 @@ async def os_lost(orch: "Orchestrator", os_name: str) -> dict[str, Any]:
                 report["returned"][loan["from"]] = report["returned"].get(loan["from"], 0) + len(frames)
                 owned.difference_update(frames)
             st.loans.remove(loan)
-        if owned and os_name not in st.attached:  # under the VMM its map is the VMM's: left to it
+        # an identity space reaches its owner's frames whoever held them in between; a mapped one
+        # (memory under the VMM, a boot on borrowed frames) would lose its map: left as it is
+        if owned and os_name not in st.attached and os_name not in orch.boot_maps:
             runs = to_runs(sorted(owned))
             await _call(orch, memctl, "mem_pin", {"runs": runs, "owner": os_name})
             await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": os_name, "to_owner": "free"})
             await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": "free", "to_owner": os_name})
-            await _call(orch, memctl, "mem_set_identity", {"space": os_name})
             report["zeroed"] = len(owned)
     except FAILURES as exc:
         log.error("the frames of the dead %s were not all reclaimed: %s", os_name, exc)
