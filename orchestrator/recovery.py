@@ -50,16 +50,24 @@ async def before_respawn(orch: "Orchestrator", np: NodeProc) -> None:
 
 
 async def os_lost(orch: "Orchestrator", os_name: str) -> dict[str, Any]:
-    """An OS died: its processes died with it. Before it boots again, every frame it
-    owned is reclaimed, zeroed: frames it had borrowed go back to their lender (and
-    onto the lender's free list), its own partition is zeroed (the memory
-    controller zeroes a frame whenever its owner changes: it goes to ``free`` and
-    back), so nothing of a dead process is readable by the next life, and no frame
-    is left owned by nobody's allocator. Other OS instances are not touched.
+    """An OS died: its processes died with it, and its CPU stops running them
+    (``cpu_reset``). Before it boots again, every frame it owned is reclaimed,
+    zeroed: frames it had borrowed go back to their lender (and onto the
+    lender's free list), its own partition is zeroed (the memory controller
+    zeroes a frame whenever its owner changes: it goes to ``free`` and back),
+    so nothing of a dead process is readable by the next life, and no frame
+    is left outside every allocator. Other OS instances are not touched.
     """
     st = orch.virt
-    memctl = orch.topology.nodes[os_name].options.get("memctl", "memctl")
+    opts = orch.topology.nodes[os_name].options
+    memctl = opts.get("memctl", "memctl")
     report: dict[str, Any] = {"node": os_name, "kind": "os", "returned": {}, "zeroed": 0}
+    cpu = opts.get("cpu", "cpu0")
+    if orch.routes.table.get(f"trap:{cpu}") == os_name and cpu in orch.live_nodes():
+        try:  # its process stops running, and no trap of it reaches the next life
+            report["cpu"] = await _call(orch, cpu, "cpu_reset")
+        except FAILURES as exc:
+            log.error("%s was not reset after %s died: %s", cpu, os_name, exc)
     if memctl not in orch.live_nodes():
         return report
     try:

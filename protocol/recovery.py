@@ -31,3 +31,4 @@ _opt = lambda t, **kw: Field(t, required=False, **kw)  # noqa: E731
 register("mem_drop_initiator", initiator="str")
 register("peer_restarted", node="str", kind="str", incarnation=_opt("int"), lost=_opt("dict"), cpu=_opt("dict"))
 register("cpu_retrap", asid_base=_opt("int"))
+register("cpu_reset")

@@ -45,7 +45,7 @@ from typing import Any
 import trio
 
 import protocol.hw  # noqa: F401  (registers the kinds)
-import protocol.recovery  # noqa: F401  (cpu_retrap)
+import protocol.recovery  # noqa: F401  (cpu_retrap, cpu_reset)
 from protocol.hw import tlb_entry
 from nodes.cpu import isa
 from nodes.cpu.core import HALT, PAGE_MISS, PAGE_SIZE, QUANTUM, TRAP, Core
@@ -319,6 +319,23 @@ class CpuNode(Node):
             trap["asid"] = trap["asid"] - min(trap["asid"], int(msg.body.get("asid_base") or 0))
             await self.emit(f"trap:{self.name}", "trap", trap)
         await self.party.reply(msg, "ok", {"data": {"retrapped": again, "cpu_state": self.cpu_state}})
+
+    async def on_cpu_reset(self, msg: Message) -> None:
+        """The OS this CPU traps to died (the orchestrator, before the OS's next
+        life starts): stop running its process (halted), forget its translations
+        and its pending trap, and drop the link to it, so that a trap queued for
+        the dead OS never reaches the next one, which numbers its processes
+        (and asids) from 1 again and would take it for its own."""
+        if msg.src != self.cfg.orchestrator:
+            raise ProtocolError("forbidden", f"cpu_reset is for the orchestrator, not {msg.src}", "src")
+        self.cpu_state = "halted"
+        self.preempt_pending = False
+        self._last_trap = None
+        self.core.tlb_flush()
+        gone = self.routes.get(f"trap:{self.name}")
+        if gone is not None:
+            self.party.forget(gone)
+        await self.party.reply(msg, "ok", {"data": {"cpu_state": self.cpu_state, "forgot": gone}})
 
     async def on_cpu_save(self, msg: Message) -> None:
         if self.cpu_state == "running":

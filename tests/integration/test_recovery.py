@@ -273,6 +273,7 @@ async def test_kill9_of_an_os_zeroes_every_frame_it_owned_and_leaves_the_other_o
                 await trio.sleep(0.05)
         report = next(r for r in orch.recovery_log if r["kind"] == "os")
         assert (report["node"], report["zeroed"], report["returned"]) == ("os1", 512, {}), report
+        assert report["cpu"] == {"cpu_state": "halted", "forgot": "os1"}  # no trap of the dead life reaches the next
         for frame in (300, 700):  # nothing of the dead life is readable by the next
             data = (await orch.request("memctl", "mem_read", {"space": "os1", "addr": frame * 4096,
                                                               "length": 64})).body["data"]
