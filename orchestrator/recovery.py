@@ -170,8 +170,10 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
             saved = await _call(orch, cpu, "cpu_save")
         except FAILURES:
             saved = {"cpu_state": "running"}
-        # the VMM tagged this OS's asids with its asid base (0 for the first OS): natively they are its own
+        # the VMM tagged this OS's asids with its asid base (0 for the first OS): natively they are its own,
+        # and the stopped OS's translations carry the same untagged numbers: none may be hit again
         base = attached[survivor]["asid_base"]
+        await _call(orch, cpu, "tlb_flush", {"ack": True})
         if isinstance(saved.get("asid"), int) and saved["asid"] >= base:
             saved["asid"] -= base
         done = await _call(orch, survivor, "peer_restarted", {"node": "vmm", "kind": "vmm", "cpu": saved})
