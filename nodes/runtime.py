@@ -702,6 +702,18 @@ class Node:
 
     # -- emitting on flows --------------------------------------------------------
 
+    def abandon(self, flow: str) -> int:
+        """Give up what ``flow`` sent and has not had acknowledged: its receiver
+        died and what it held is void (docs/recovery.md: a CPU's trap for an OS
+        that died must not reach that OS's next life). Nothing of it is sent
+        again. Returns how many messages were given up."""
+        out = self.out_flows.get(flow)
+        if out is None:
+            return 0
+        n = len(out.unacked)
+        self._acked(out, flow, out.fseq, "abandoned")
+        return n
+
     async def emit(self, flow: str, kind: str, body: dict[str, Any]) -> int:
         """Send ``kind`` on a logical flow to whoever the route table names.
 

@@ -351,6 +351,7 @@ class CpuNode(Node):
         self._last_trap = None
         self.core.tlb_flush()
         gone = self.routes.get(f"trap:{self.name}")
+        self.abandon(f"trap:{self.name}")  # not sent again to the next life either
         if gone is not None:
             self.party.forget(gone)
         await self.party.reply(msg, "ok", {"data": {"cpu_state": self.cpu_state, "forgot": gone}})

@@ -427,7 +427,7 @@ class Kernel:
             victims.append((proc, why))
         for proc, why in victims:
             self.counters["machine_checks"] += 1
-            await self.kill(proc, 128 + SIGBUS, f"machine check: {cpu} failed and was restarted; {why}")
+            await self.kill(proc, 128 + abi.SIGBUS, f"machine check: {cpu} failed and was restarted; {why}")
         self.current = None  # nothing runs on the new CPU until the kernel resumes something
         await self.dispatch()
         return [p.pid for p, _ in victims]
