@@ -67,9 +67,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+import msgpack
 import trio
 
-from nodes.recorder import Recorder
 from protocol import sched
 from protocol.errors import ProtocolError, RemoteError
 from protocol.faults import Injector
@@ -145,6 +145,10 @@ class _OutFlow:
             self.paused_at = time.perf_counter()
 
 
+TRACE_RING = 65536  # events a node's trace ring keeps by default
+TRACE_RING_MAX = 1 << 22
+TRACE_PAGE_BYTES = 1 << 20  # a trace_dump page: a quarter of MAX_FRAME, however big its events
+
 HISTORY_RUNS = 256  # runs of consecutive fseq a receiver records per flow (more means gaps: the audit fails anyway)
 
 
@@ -219,7 +223,10 @@ class Node:
         self.name = cfg.name
         self.options = cfg.options
         self.party = Party(cfg.name, cfg.endpoint, cfg.directory)
-        self.recorder = Recorder(cfg.name)  # trace ring and fault history, both off until asked for
+        # trace ring and fault history, both off until asked for; the
+        # transport's: it records every message in and out
+        self.recorder = self.party.recorder
+        self._trace_dump: list[list[Any]] | None = None  # the events of the trace stopped last, for trace_dump
         self.routes = RouteTable.from_wire(cfg.routes)
         self.party.epoch = self.routes.epoch
         self.out_flows: dict[str, _OutFlow] = {}
@@ -274,8 +281,30 @@ class Node:
             self.party.close()
             self.write_history()
             self.recorder.close_history()
+            self.leave_trace()
 
     history_path: str | None = None  # set by main(): where a node process leaves its flow history
+
+    def leave_trace(self) -> None:
+        """A node that stops while a trace runs (or before it was read out)
+        leaves its ring in ``<run_dir>/trace/<name>.<pid>.msgpack``: the
+        orchestrator's ``trace save`` merges it with the rings of the nodes
+        still running (a VMM unloaded before the save is on the trace too).
+        A SIGKILLed node leaves nothing."""
+        events = self.recorder.snapshot() if self.recorder.tracing else self._trace_dump
+        if not events or self.history_path is None:
+            return
+        folder = os.path.join(self.cfg.run_dir, "trace")
+        path = os.path.join(folder, f"{self.name}.{os.getpid()}.msgpack")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(path + ".tmp", "wb") as f:
+                f.write(msgpack.packb({"node": self.name, "kind": self.kind, "pid": os.getpid(),
+                                       "incarnation": self.party.incarnation, "dropped": self.recorder.dropped,
+                                       "events": [list(e) for e in events]}, default=repr))
+            os.replace(path + ".tmp", path)
+        except OSError as exc:  # a full disk must not turn a clean stop into a crash
+            log.warning("%s: cannot leave its trace in %s: %s", self.name, path, exc)
 
     def flow_history(self) -> dict[str, Any]:
         """What this node sent (last fseq per flow) and accepted (runs per flow), for an audit."""
@@ -351,7 +380,7 @@ class Node:
                 inflow.expected = msg.fseq + 1
                 inflow.record(msg.fseq)
             if self.recorder.on:
-                self.recorder("flow", "deliver", flow=flow, fseq=msg.fseq, src=msg.src, inc=msg.inc)
+                self._record_deliver(msg)
         if handler is None:
             if msg.kind in ("ok", "error", "pong", "stats_reply"):
                 return  # an unsolicited reply: nothing to do, never answer it
@@ -385,6 +414,12 @@ class Node:
                         await self._dispatch(nxt)
                 finally:
                     self._releasing = False
+
+    def _record_deliver(self, msg: Message) -> None:
+        rec = self.recorder
+        rec("flow", "deliver", flow=msg.flow, fseq=msg.fseq, src=msg.src, inc=msg.inc)
+        if msg.flow.startswith("irq:"):
+            rec("irq", "deliver", flow=msg.flow)
 
     async def _guarded(self, handler: Callable[[Message], Awaitable[None]], msg: Message) -> None:
         try:
@@ -700,6 +735,8 @@ class Node:
         dst = self.routes.lookup(flow)
         out.fseq += 1
         msg = self.party.make(dst, kind, body, flow=flow, fseq=out.fseq)
+        if self.recorder.on and flow.startswith("irq:"):
+            self.recorder("irq", "raise", flow=flow, fseq=out.fseq)
         if out.paused or out.flushing:
             out.buffer.append(msg)
             # a producer that never blocks must let the change that paused it
@@ -799,6 +836,44 @@ class Node:
         self.state = "stopping"
         self.stop()
 
+    # -- tracing (protocol/recorder.py; merged by orchestrator/tracing.py) -------------
+
+    async def on_trace_start(self, msg: Message) -> None:
+        size = msg.body.get("size", TRACE_RING)
+        if not 1 <= size <= TRACE_RING_MAX:
+            raise ProtocolError("bad_field", f"trace ring size must be 1..{TRACE_RING_MAX}, got {size}", "body.size")
+        self.recorder.start_trace(size)
+        self._trace_dump = None
+        await self.party.reply(msg, "ok", {"data": {"size": size}})
+
+    async def on_trace_stop(self, msg: Message) -> None:
+        dropped = self.recorder.dropped
+        self._trace_dump = [list(e) for e in self.recorder.stop_trace()]
+        await self.party.reply(msg, "ok", {"data": {"events": len(self._trace_dump), "dropped": dropped}})
+
+    async def on_trace_dump(self, msg: Message) -> None:
+        """One page of the events: of the trace stopped last, else (still on)
+        of the ring as it is at the first page (``offset`` 0). A page stays
+        well under MAX_FRAME; ``next`` is the offset of the following one,
+        None after the last."""
+        offset = msg.body.get("offset", 0)
+        if offset == 0 and self.recorder.tracing:
+            self._trace_dump = [list(e) for e in self.recorder.snapshot()]
+        events = self._trace_dump or []
+        if not 0 <= offset <= len(events):
+            raise ProtocolError("bad_field", f"offset {offset} is past the {len(events)} events", "body.offset")
+        page, size, end = [], 0, offset
+        while end < len(events) and size < TRACE_PAGE_BYTES:
+            size += len(msgpack.packb(events[end], default=repr))
+            page.append(events[end])
+            end += 1
+        await self.party.reply(msg, "ok", {"data": {
+            "node": self.name, "kind": self.kind, "pid": os.getpid(), "incarnation": self.party.incarnation,
+            "events": page, "total": len(events), "next": end if end < len(events) else None,
+            "dropped": self.recorder.dropped,
+            # the two clocks read together: a trace of several hosts is aligned on them (docs/observability.md)
+            "clock": {"monotonic_ns": time.monotonic_ns(), "wall_ns": time.time_ns()}}})
+
     def _pause(self, flows: list[str]) -> dict[str, int]:
         """Pause ``flows`` (what the node emits on them is buffered from now on);
         the last ``fseq`` each sent."""
@@ -807,6 +882,8 @@ class Node:
             out = self.out_flows.setdefault(flow, _OutFlow())
             out.pause()
             last[flow] = out.fseq
+        if self.recorder.on:
+            self.recorder("route", "pause", flows=list(flows), epoch=self.routes.epoch, paused_ms=0.0)
         return last
 
     async def on_route_pause(self, msg: Message) -> None:
@@ -878,6 +955,9 @@ class Node:
                 self._acked(self.out_flows[flow], flow, upto, receiver)
         if table.epoch > self.routes.epoch:
             self._install(table.epoch, table.routes, {})
+        if self.recorder.on:
+            self.recorder("route", "switch", flows=list(last), epoch=self.routes.epoch,
+                          paused_ms=round((clock() - marks[0]) * 1e3, 3))
         flushed, paused_ms = await self._flush(list(last))
         marks.append(clock())
         # where the pause went: waiting to run, draining, flushing
@@ -888,6 +968,8 @@ class Node:
 
     async def on_route_drain(self, msg: Message) -> None:
         upto = msg.body["upto"]
+        if self.recorder.on:
+            self.recorder("route", "drain", flows=list(upto), epoch=self.routes.epoch, paused_ms=0.0)
         if all(self.in_flows.setdefault(f, _InFlow()).consumed >= n for f, n in upto.items()):
             # the usual case when the request came in-band, behind the flow's last message
             await self.party.reply(msg, "ok", {"data": {f: self.in_flows[f].consumed for f in upto}})
@@ -962,6 +1044,9 @@ class Node:
                 out.resumed = trio.Event()
             if was_paused:
                 paused_ms = max(paused_ms, (time.perf_counter() - out.paused_at) * 1e3)
+        if self.recorder.on:
+            self.recorder("route", "resume", flows=list(flows), epoch=self.routes.epoch,
+                          paused_ms=round(paused_ms, 3), flushed=flushed)
         return flushed, paused_ms
 
     async def on_route_next(self, msg: Message) -> None:
@@ -1003,6 +1088,10 @@ def main(node_cls: type[Node], argv: list[str] | None = None) -> None:
         print(f"{node_cls.kind}: cannot read config {args.config}: {exc}", file=sys.stderr)
         sys.exit(2)
     sched.short_slice(f"{node_cls.kind} {cfg.name}", node_cls.short_slice)
-    node = node_cls(cfg)
+    try:
+        node = node_cls(cfg)
+    except (ProtocolError, ValueError) as exc:  # its endpoint, a bad option: one line for `hwemu up`
+        print(f"{node_cls.kind} {cfg.name}: {getattr(exc, 'detail', exc)}", file=sys.stderr)
+        sys.exit(2)
     node.history_path = os.path.join(cfg.run_dir, f"{cfg.name}.flows.json")
     trio.run(node.run)

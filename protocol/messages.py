@@ -382,3 +382,18 @@ register("ctl_route_show")
 register("ctl_route_set", changes=Field("dict", items="str"))
 register("ctl_down", timeout=Field("float", required=False))
 register("ctl_request", node="str", kind="str", body="dict", timeout=Field("float", required=False))
+
+# Tracing (nodes/runtime.py, orchestrator/tracing.py): a node's recorder keeps
+# its last ``size`` events in a ring; ``trace_dump`` reads them out a page at
+# a time (``offset`` into the events; the reply says where the next page starts)
+register("trace_start", size=Field("int", required=False))
+register("trace_stop")
+register("trace_dump", offset=Field("int", required=False))
+register("ctl_trace_start", size=Field("int", required=False))
+register("ctl_trace_stop")
+register("ctl_trace_save", path="str", also=Field("list", items="str", required=False))  # more copies
+
+# The fault manager's control requests (orchestrator/faults.py); fault_set / fault_clear are above.
+register("ctl_fault_add", spec="dict")
+register("ctl_fault_list")
+register("ctl_fault_clear", id=Field("str", required=False, nullable=True))

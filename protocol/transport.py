@@ -51,6 +51,7 @@ import zmq
 
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import MAX_FRAME, Message, decode, encode, error_body
+from protocol.recorder import Recorder
 
 log = logging.getLogger("hwemu.transport")
 
@@ -205,6 +206,9 @@ class Party:
         self._peers: dict[str, _Peer] = {}
         self._pending: dict[int, list] = {}  # seq -> [trio.Event, reply]
         # polled_in: deliveries a requester read itself while it awaited its reply
+        # what this party sends and receives, when a trace or a history is on
+        # (``("msg", "send"|"recv", ...)``; one attribute test when off)
+        self.recorder = Recorder(name)
         self.counters = {"msgs_in": 0, "msgs_out": 0, "bad_in": 0, "late_replies": 0, "spoofed": 0,
                          "handler_errors": 0, "polled_in": 0}
         self._inbox = self.ctx.socket(zmq.ROUTER)
@@ -215,7 +219,11 @@ class Party:
         path = ipc_path(endpoint)
         if path is not None and os.path.exists(path):
             os.unlink(path)  # stale socket file from a killed predecessor
-        self._inbox.bind(endpoint)
+        try:
+            self._inbox.bind(endpoint)
+        except zmq.ZMQError as exc:  # in use, no such directory, ...: one line, not a zmq traceback
+            self._inbox.close()
+            raise ProtocolError("bind_failed", f"cannot bind {endpoint}: {os.strerror(exc.errno)}", "endpoint") from None
         self._inbox_fd = self._inbox.getsockopt(zmq.FD)
         self._busy = False  # the inbox task is handling what it read (not waiting for the next)
         # deliveries a polling requester read that are not replies, for the
@@ -295,6 +303,8 @@ class Party:
                 self.counters["msgs_out"] += 1
                 return
         sock = peer.sock
+        if self.recorder.on:  # before it leaves: its receiver may record it before we run again
+            self._record_send(msg, frame, time.monotonic_ns())
         try:
             if peer.lock.locked():  # others wait for room: queue behind them, keep order
                 raise zmq.Again
@@ -329,12 +339,19 @@ class Party:
             if frame is None:
                 self.counters["msgs_out"] += 1
                 return True
+        t = time.monotonic_ns() if self.recorder.on else 0
         try:
             _send(sock, frame, _NOBLOCK)
         except zmq.Again:
             return False
         self.counters["msgs_out"] += 1
+        if t:
+            self._record_send(msg, frame, t)
         return True
+
+    def _record_send(self, msg: Message, frame: bytes, t: int) -> None:
+        self.recorder.at(t, "msg", "send", kind=msg.kind, dst=msg.dst, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
+                         epoch=msg.epoch, size=len(frame))
 
     def send_frame_nowait(self, dst: str, frame: bytes) -> bool:
         """Send an encoded frame unless the link is full (the fault injector's
@@ -636,6 +653,9 @@ class Party:
         except ProtocolError as exc:
             counters["bad_in"] += 1
             return frames, exc
+        if self.recorder.on:
+            self.recorder("msg", "recv", kind=msg.kind, src=msg.src, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
+                          size=len(frames[1]))
         if msg.corr is None:
             return frames, msg
         slot = self._pending.get(msg.corr)
