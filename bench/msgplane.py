@@ -48,7 +48,7 @@ from orchestrator.cluster import running  # noqa: E402
 from orchestrator.topology import parse  # noqa: E402
 from protocol.transport import Party, spin_from_env  # noqa: E402
 from bench.rawzmq import RAW_ECHO, RawClient, RawProbe, abba_first, python_script, stop  # noqa: E402
-import tests.fixtures.streamer  # noqa: E402,F401  (registers datum/stream_start)
+import nodes.streamer.node  # noqa: E402,F401  (registers datum/stream_start)
 
 PAYLOAD = b"x" * 64
 
@@ -210,7 +210,7 @@ class ThreadInboxParty(Party):
 
 
 def echo_topology():
-    node = lambda role: {"kind": "testnode", "module": "tests.fixtures.streamer", "options": {"role": role}}
+    node = lambda role: {"kind": "streamer", "options": {"role": role}}
     return parse({"nodes": {"echo": node("sink"), "src": node("streamer"), "sink_a": node("sink"), "sink_b": node("sink")},
                   "routes": {"data:src": "sink_a"}}, "bench")
 

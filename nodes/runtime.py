@@ -55,7 +55,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from nodes.recorder import Recorder
-from protocol import sched
+from protocol import logs, sched
 from protocol.errors import ProtocolError
 from protocol.messages import Message, error_body
 from protocol.routes import RouteTable
@@ -188,6 +188,7 @@ class Node:
                 nursery.start_soon(self._signals)
                 await self.setup()
                 self.state = "running"
+                log.info("%s (%s) running, pid %d, inbox %s", self.name, self.kind, os.getpid(), self.cfg.endpoint)
                 if self.cfg.orchestrator and self.cfg.orchestrator in self.party.directory:
                     self.party.send_nowait(self.party.make(
                         self.cfg.orchestrator, "ready",
@@ -196,6 +197,7 @@ class Node:
                 await self.work(nursery)
         finally:
             self.state = "stopped"
+            log.info("%s stopping", self.name)
             await self.teardown()
             self.party.close()
             self.write_history()
@@ -545,8 +547,7 @@ def main(node_cls: type[Node], argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m nodes.{node_cls.kind}")
     parser.add_argument("--config", required=True, help="node configuration JSON written by the launcher")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("HWEMU_LOG", "WARNING"),
-                        format=f"%(asctime)s {node_cls.kind} %(levelname)s %(message)s", stream=sys.stderr)
+    logs.configure(node_cls.kind)
     try:
         cfg = NodeConfig.load(args.config)
     except (OSError, ValueError, TypeError) as exc:

@@ -359,7 +359,11 @@ class Orchestrator:
     async def ctl_route_show(self) -> dict[str, Any]:
         return self.routes.table.to_wire()
 
-    async def ctl_route_set(self, changes: dict[str, str]) -> dict[str, Any]:
+    async def ctl_route_set(self, changes: dict[str, str], create: bool = False) -> dict[str, Any]:
+        unknown = sorted(f for f in changes if flow_sender(f) and f not in self.routes.table.routes)
+        if unknown and not create:  # a misspelt flow must not become a new route silently
+            raise ProtocolError("unknown_flow", f"no route for flow {unknown[0]!r} in the table (epoch "
+                                f"{self.routes.table.epoch}; see `hwemu route show`): add it with --create", "changes")
         report = await self.routes.change(changes)
         self.save_state()
         return {"epoch": report.epoch, "pause_ms": report.pause_ms, "total_ms": report.total_ms,

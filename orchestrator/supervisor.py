@@ -90,6 +90,7 @@ class Supervisor:
         finally:
             logf.close()
         np.pid = np.proc.pid
+        log.info("started %s (%s), pid %d", np.spec.name, np.spec.kind, np.pid)
         np.state = "starting"
         np.started_at = time.monotonic()
         np.exit_code = None

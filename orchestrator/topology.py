@@ -48,6 +48,7 @@ KINDS: dict[str, str] = {
     "nic": "nodes.nic",
     "os": "nodes.guest_os",
     "vmm": "nodes.vmm",
+    "streamer": "nodes.streamer",
 }
 RESTART_POLICIES = ("never", "on-failure", "always")
 ORCHESTRATOR = "orch"

@@ -214,6 +214,7 @@ class Choreography:
         journal.record(cid, self.figure, WHOLE, "committed")
         _save(orch)
         report["outcome"] = "committed"
+        log.info("%s (%s) committed: pause %.2f ms", self.title, cid, report["pause_ms"])
         return report
 
     async def _fail(self, run: Run, ctx: Ctx, done: list[Step], report: dict[str, Any], why: str) -> dict:
@@ -221,6 +222,7 @@ class Choreography:
         run.orch.journal.record(run.id, self.figure, WHOLE, "rolled_back", {"error": why, "undo_failures": problems})
         report.update(outcome="rolled_back", error=why, undone=undone, undo_failures=problems)
         msg = f"{self.title} failed and was rolled back: {why}"
+        log.warning("%s (%s): %s", self.title, run.id, msg)
         if problems:
             msg += f" (could not undo: {'; '.join(problems)})"
         raise ChoreographyFailed(msg, report)

@@ -13,12 +13,24 @@ from typing import Annotated
 import trio
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.cli.common import Json, RunDir, console, emit_json, fail, run_dir_of
 from orchestrator.client import NotRunning, call
 from orchestrator.daemon import is_locked, read_state
 from orchestrator.topology import TopologyError, load
 from protocol.errors import RemoteError, RequestTimeout
+
+UP_EXAMPLES = ["hwemu up compose/native.toml --detach", "hwemu up compose/flip.toml --detach --run-dir /tmp/flip",
+               "hwemu up compose/io.toml    # in the foreground: Ctrl-C stops it"]
+STATUS_EXAMPLES = ["hwemu status", "hwemu status --json", "hwemu status --run-dir /tmp/flip --timeout 2"]
+DOWN_EXAMPLES = ["hwemu down", "hwemu down --timeout 1 --json"]
+
+
+def _endpoint(node: dict) -> str:
+    """The node's inbox, and for a UART its console's TCP port (``hwemu console``, ``nc``)."""
+    port = node.get("stats", {}).get("tcp_port")
+    return node["endpoint"] + (f"  console tcp 127.0.0.1:{port}" if node["kind"] == "uart" and port else "")
 
 
 def _status_table(data: dict) -> Table:
@@ -32,8 +44,8 @@ def _status_table(data: dict) -> Table:
         state = n["state"]
         if n["kind"] == "cpu" and isinstance(n["stats"].get("cpu_state"), str):
             state += f" / {n['stats']['cpu_state']}"
-        table.add_row(n["name"], n["kind"], str(n["pid"]), state, "yes" if n["alive"] else "[red]no[/]",
-                      f"{n['uptime']:.1f}", str(n["msgs_in"]), str(n["msgs_out"]), str(n["restarts"]), n["endpoint"])
+        table.add_row(n["name"], n["kind"], str(n["pid"]), state, "yes" if n["alive"] else Text("no", style="red"),
+                      f"{n['uptime']:.1f}", str(n["msgs_in"]), str(n["msgs_out"]), str(n["restarts"]), _endpoint(n))
     return table
 
 
@@ -101,7 +113,7 @@ def up(
     if detach:
         return
     if not json_out:
-        console.print("[dim]running; Ctrl-C stops the cluster[/]")
+        console.print(Text("running; Ctrl-C stops the cluster", style="dim"))
     try:
         daemon.wait()
     except KeyboardInterrupt:
@@ -135,7 +147,7 @@ def _virt_table(virt: dict) -> Table:
     table.add_row("vmm", f"loaded in {v['frames']} frames of {v['host']}" if v["loaded"] else "not loaded")
     table.add_row("policy", f"auto-devirtualize {'on' if virt['policy']['auto_devirtualize'] else 'off'}")
     for res, who in sorted(virt["resources"].items()):
-        table.add_row(res, "[bold]vmm[/]" if who == "vmm" else who)
+        table.add_row(res, Text("vmm", style="bold") if who == "vmm" else who)
     for ln in virt["loans"]:
         table.add_row(f"{ln['count']} frames lent by {ln['from']}", f"{ln['to']} (loan {ln['id']})")
     return table

@@ -78,7 +78,7 @@ def test_up_status_route_set_show_second_up_and_down_leave_nothing_behind(run_di
     assert sorted(nodes) == ["sink_a", "sink_b", "src"]
     for name, node in nodes.items():
         assert NODE_KEYS <= set(node), (name, node)
-        assert (node["kind"], node["alive"], node["state"]) == ("testnode", True, "running"), (name, node)
+        assert (node["kind"], node["alive"], node["state"]) == ("streamer", True, "running"), (name, node)
         assert isinstance(node["pid"], int) and alive(node["pid"])
         assert node["endpoint"] == f"ipc://{rd}/{name}.sock"
         assert isinstance(node["uptime"], float) and node["uptime"] >= 0
@@ -99,11 +99,14 @@ def test_up_status_route_set_show_second_up_and_down_leave_nothing_behind(run_di
     assert one_json_object(show.stdout) == {"epoch": epoch + 1, "routes": {"data:src": "sink_b"}}
 
     for args, expected in ((["notaflow", "sink_b"], "hwemu: bad_flow [flow]: flow 'notaflow' is not of the form"),
-                           (["data:src", "ghost"], "hwemu: unknown_node [node]: cannot route data:src to 'ghost'")):
+                           (["data:src", "ghost"], "hwemu: unknown_node [node]: cannot route data:src to 'ghost'"),
+                           (["dta:src", "sink_b"], "hwemu: unknown_flow [changes]: no route for flow 'dta:src'")):
         refused = hwemu(rd, "route", "set", *args, "--json")
-        assert (refused.returncode, refused.stdout) == (1, ""), refused.stderr
+        assert refused.returncode == 1, refused.stderr
         lines = refused.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(expected), refused.stderr
+        error = one_json_object(refused.stdout)  # with --json the error is one JSON object on stdout too
+        assert (error["ok"], error["exit"], f"hwemu: {error['error']}") == (False, 1, lines[0])
     assert one_json_object(hwemu(rd, "route", "show", "--json").stdout)["epoch"] == epoch + 1  # nothing changed
 
     again = hwemu(rd, "up", "compose/flip.toml", "--detach")
