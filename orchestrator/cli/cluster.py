@@ -27,25 +27,28 @@ STATUS_EXAMPLES = ["hwemu status", "hwemu status --json", "hwemu status --run-di
 DOWN_EXAMPLES = ["hwemu down", "hwemu down --timeout 1 --json"]
 
 
-def _endpoint(node: dict) -> str:
-    """The node's inbox, and for a UART its console's TCP port (``hwemu console``, ``nc``)."""
+def _console(node: dict) -> str:
+    """A UART's console: its TCP port on loopback (``hwemu console``, ``nc 127.0.0.1 PORT``)."""
     port = node.get("stats", {}).get("tcp_port")
-    return node["endpoint"] + (f"  console tcp 127.0.0.1:{port}" if node["kind"] == "uart" and port else "")
+    return f"tcp 127.0.0.1:{port}" if node["kind"] == "uart" and port else ""
 
 
 def _status_table(data: dict) -> Table:
     table = Table(title=f"cluster {data['cluster']}  ({data['topology']}, routes epoch {data['routes']['epoch']})")
-    for col in ("node", "kind", "pid", "state", "alive", "uptime s", "msgs in", "msgs out", "restarts", "endpoint"):
+    for col in ("node", "kind", "pid", "state", "alive", "uptime s", "msgs in", "msgs out", "restarts", "console",
+                "endpoint"):
         table.add_column(col, no_wrap=True,
                          justify="right" if col in ("pid", "uptime s", "msgs in", "msgs out", "restarts") else "left")
     o = data["orchestrator"]
-    table.add_row("orch", "orchestrator", str(o["pid"]), o["state"], "yes", f"{o['uptime']:.1f}", "", "", "", o["endpoint"])
+    table.add_row("orch", "orchestrator", str(o["pid"]), o["state"], "yes", f"{o['uptime']:.1f}", "", "", "", "",
+                  o["endpoint"])
     for n in data["nodes"]:
         state = n["state"]
         if n["kind"] == "cpu" and isinstance(n["stats"].get("cpu_state"), str):
             state += f" / {n['stats']['cpu_state']}"
         table.add_row(n["name"], n["kind"], str(n["pid"]), state, "yes" if n["alive"] else Text("no", style="red"),
-                      f"{n['uptime']:.1f}", str(n["msgs_in"]), str(n["msgs_out"]), str(n["restarts"]), _endpoint(n))
+                      f"{n['uptime']:.1f}", str(n["msgs_in"]), str(n["msgs_out"]), str(n["restarts"]), _console(n),
+                      n["endpoint"])
     return table
 
 

@@ -18,8 +18,8 @@ from orchestrator.client import default_run_dir
 # markup off: our output is data (flows such as "irq:[...]", bytes such as
 # "[b'bye']", paths), which rich markup would read as tags and swallow
 console = Console(markup=False, highlight=False)
-if not console.is_terminal:  # piped or logged: don't squeeze tables into 80 columns
-    console = Console(width=160, markup=False, highlight=False)
+if not console.is_terminal:  # piped or logged: don't squeeze (and cut) tables into 80 columns
+    console = Console(width=400, markup=False, highlight=False)
 err_console = Console(stderr=True, markup=False, highlight=False)
 
 _type_of = typer.core.TyperOption.display_type_rich

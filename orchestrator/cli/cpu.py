@@ -17,7 +17,7 @@ import typer
 
 from orchestrator.cli.common import command, new_app
 
-app = new_app("Run programs on the CPU core.")
+app = new_app("Run programs on the CPU core.", ["hwemu cpu run guest/build/samples/hello.elf -- a b"])
 
 
 @command(

@@ -11,7 +11,8 @@ from orchestrator.cli.cluster import _call
 from orchestrator.cli.common import Json, RunDir, command, new_app, run_dir_of
 from orchestrator.cli.vmm import TIMEOUT, show_reports
 
-app = new_app("Borrow memory from one OS for another (¶39).")
+app = new_app("Borrow memory from one OS for another (¶39).",
+              ["hwemu memory borrow --from os1 --to os2 --frames 16", "hwemu memory return --from os1 --to os2"])
 
 From = Annotated[str, typer.Option("--from", help="The OS that lends its frames.")]
 To = Annotated[str, typer.Option("--to", help="The OS that borrows them.")]

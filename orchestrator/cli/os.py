@@ -17,7 +17,7 @@ from orchestrator.cli.cluster import _call
 from orchestrator.cli.common import Json, RunDir, command, console, emit_json, new_app, run_dir_of
 from orchestrator.cli.vmm import TIMEOUT, Budget, show_reports
 
-app = new_app("Boot and shut down OS instances (¶49).")
+app = new_app("Boot and shut down OS instances (¶49).", ["hwemu os boot os2 --frames 64", "hwemu os shutdown os2"])
 
 Name = Annotated[str, typer.Argument(help="The OS instance (a node of kind os).")]
 

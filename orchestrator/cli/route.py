@@ -9,7 +9,7 @@ import typer
 from orchestrator.cli.cluster import _call, _routes_table
 from orchestrator.cli.common import Json, RunDir, command, console, emit_json, new_app, run_dir_of
 
-app = new_app("Show and change message routes.")
+app = new_app("Show and change message routes.", ["hwemu route show", "hwemu route set data:src sink_b"])
 
 
 @command(app, "show", ["hwemu route show", "hwemu route show --json"])

@@ -18,7 +18,8 @@ from rich.text import Text
 from orchestrator.cli.cluster import _call
 from orchestrator.cli.common import Json, RunDir, command, console, emit_json, new_app, run_dir_of
 
-app = new_app("Load and unload the VMM at runtime (patent figures 4 and 8).")
+app = new_app("Load and unload the VMM at runtime (patent figures 4 and 8).",
+              ["hwemu vmm load --host os1 --frames 64", "hwemu vmm unload", "hwemu vmm policy --auto-devirtualize"])
 
 INTERPOSE_EXAMPLES = ["hwemu interpose                 # CPU, memory and every device of the OS on the CPU",
                       "hwemu interpose --cpu --io uart", "hwemu interpose --io disk --io nic --json"]

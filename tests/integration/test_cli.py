@@ -152,9 +152,12 @@ def test_a_command_with_no_cluster_exits_1_with_one_clear_line(run_dir, args):
     rd, _ = run_dir
     result = hwemu(rd, *args)
     assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr.strip().splitlines() == [
-        f"hwemu: no cluster is running in {rd} (start one with `hwemu up TOPOLOGY`)"]
+    message = f"no cluster is running in {rd} (start one with `hwemu up TOPOLOGY`)"
+    assert result.stderr.strip().splitlines() == [f"hwemu: {message}"]
+    if "--json" in args:  # the error as one JSON object on stdout too
+        assert one_json_object(result.stdout) == {"ok": False, "error": message, "exit": 1}
+    else:
+        assert result.stdout == ""
 
 
 @pytest.mark.parametrize("args", [["status"], ["up", "compose/native.toml", "--detach"]])
@@ -209,7 +212,8 @@ def test_a_hung_orchestrator_is_reported_and_down_still_stops_every_process(run_
     os.kill(orch_pid, signal.SIGSTOP)
     try:
         status = hwemu(rd, "status", "--json", "--timeout", "1")
-        assert (status.returncode, status.stdout) == (1, "")
+        assert status.returncode == 1
+        assert one_json_object(status.stdout)["error"].startswith(f"the orchestrator in {rd} does not answer")
         lines = status.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"hwemu: the orchestrator in {rd} does not answer within 1 s"), \
             status.stderr
