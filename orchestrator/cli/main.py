@@ -16,7 +16,10 @@ from protocol.transport import spin_from_env
 
 app = typer.Typer(
     name="hwemu",
-    help="A computer whose hardware is a cluster of processes.",
+    help="A computer whose hardware is a cluster of processes.\n\n"
+         "Environment: HWEMU_RUN_DIR (the run directory, default ./.hwemu), HWEMU_LOG (log level of every "
+         "process: DEBUG, INFO, WARNING or ERROR; default INFO; logs in <run dir>/logs/), HWEMU_SPIN_US, "
+         "HWEMU_SLICE_US (docs/topologies.md). Exit status: 0 success, 1 the operation failed, 2 bad usage.",
     epilog=examples_text([
         "hwemu run compose/native.toml guest/build/samples/hello.elf -- world",
         "hwemu up compose/native.toml --detach && hwemu status && hwemu down",
@@ -46,12 +49,7 @@ def _environment(
     _version_flag: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
                                                 help="Print hwemu's version and exit.")] = False,
 ) -> None:
-    """A computer whose hardware is a cluster of processes.
-
-    Environment: HWEMU_RUN_DIR (the run directory, default ./.hwemu),
-    HWEMU_LOG (log level of every process: DEBUG, INFO, WARNING, ERROR;
-    default INFO), HWEMU_SPIN_US, HWEMU_SLICE_US (see docs/topologies.md).
-    """
+    """Check the environment every process of this command reads (see the app's help)."""
     try:
         level_from_env()  # every process of a cluster it starts logs at this level
         spin_from_env()  # every party of this command (and of a cluster it starts) reads it
