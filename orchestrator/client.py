@@ -18,7 +18,6 @@ from orchestrator.daemon import read_state
 from protocol.errors import RemoteError, RequestTimeout
 from protocol.transport import Party
 
-
 _calls = itertools.count(1)
 
 

@@ -43,7 +43,6 @@ from protocol.errors import ProtocolError
 from protocol.routes import RouteTable, flow_sender
 from protocol.transport import REQUEST_FAILURES, Party, gather
 
-
 log = logging.getLogger("hwemu.routes")
 
 

@@ -57,7 +57,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nodes.cpu import isa
+from nodes.cpu.fault import Fault
 from nodes.cpu.isa import M
+from nodes.cpu.translate import Translator
 from nodes.cpu.tlb import TLB
 
 PAGE_SIZE = 4096
@@ -100,10 +102,6 @@ class Stop:
     write: bool = False
 
 
-class Fault(Exception):
-    """Internal: unwinds an instruction that stopped; `Core.stop` says why."""
-
-
 class Core:
     """One RV32IM hart with a software TLB and a local page cache."""
 
@@ -142,9 +140,8 @@ class Core:
         self._blocks = self._blocks_by_asid.setdefault(0, {})
         self._heat: dict[int, int] = {}  # block start -> times interpreted
         self._inflight = 0  # instructions the interpreter retired but run() has not counted
-        from nodes.cpu import translate  # late: translate imports this module
 
-        self._translator = translate.Translator(self)
+        self._translator = Translator(self)
 
     # ---------------------------------------------------------------- state
 

@@ -40,7 +40,7 @@ import re
 import textwrap
 
 from nodes.cpu import isa
-from nodes.cpu.core import Fault
+from nodes.cpu.fault import Fault
 
 MAX_BLOCK = 64  # instructions per basic block; bounds budget granularity
 MAX_REGION_BLOCKS = 32  # basic blocks per region; bounds compile time and dispatch

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import choreographies as chor
+from orchestrator.choreographies import base as chor
 from orchestrator.choreographies import Choreography, ChoreographyFailed, Step
 from orchestrator.choreographies.state import VirtState
 from orchestrator.journal import WHOLE, Journal
