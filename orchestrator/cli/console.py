@@ -27,7 +27,7 @@ EXAMPLES = ["hwemu console uart0                       # Ctrl-C leaves",
 
 
 def console(
-    name: Annotated[str, typer.Argument(help="The uart node to attach to (e.g. uart0).")],
+    name: Annotated[str, typer.Argument(metavar="UART", help="The uart node to attach to (e.g. uart0).")],
     timeout: Annotated[float, typer.Option(
         "--timeout", min=0.0, help="Leave after this many seconds; the end of stdin then does not end "
                                    "the session (0: stay until EOF or Ctrl-C).")] = 0.0,

@@ -29,7 +29,7 @@ app = new_app("Run programs on the CPU core.", ["hwemu cpu run guest/build/sampl
 )
 def run(
     ctx: typer.Context,
-    program: Annotated[Path, typer.Argument(help="Static RV32IM ELF program to run.")],
+    program: Annotated[Path, typer.Argument(metavar="PROGRAM", help="Static RV32IM ELF program to run.")],
     stats: Annotated[
         Optional[Path],
         typer.Option("--stats", help="Write instret, seconds and MIPS as JSON to this file."),

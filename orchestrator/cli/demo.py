@@ -524,6 +524,7 @@ EXAMPLES = ["hwemu demo", "hwemu demo --json > report.json   # the report on std
 
 def demo(
     json_file: Annotated[Optional[Path], typer.Argument(
+        metavar="FILE",
         help="With --json: write the report to this file instead of stdout (then the progress goes to stdout).",
         show_default=False)] = None,
     json_out: Json = False,

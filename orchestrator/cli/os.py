@@ -19,7 +19,7 @@ from orchestrator.cli.vmm import TIMEOUT, Budget, show_reports
 
 app = new_app("Boot and shut down OS instances (¶49).", ["hwemu os boot os2 --frames 64", "hwemu os shutdown os2"])
 
-Name = Annotated[str, typer.Argument(help="The OS instance (a node of kind os).")]
+Name = Annotated[str, typer.Argument(metavar="OS", help="The OS instance (a node of kind os).")]
 
 
 @command(app, "boot", ["hwemu os boot os2 --frames 64      # on compose/demo.toml, after hwemu interpose",

@@ -25,8 +25,8 @@ def show(run_dir: RunDir = None, json_out: Json = False) -> None:
 @command(app, "set", ["hwemu route set data:src sink_b", "hwemu route set irq:timer0 os2 --json",
                       "hwemu route set data:new sink_a --create"])
 def set_(
-    flow: Annotated[str, typer.Argument(help="Flow name, e.g. irq:nic0 (see `hwemu route show`).")],
-    node: Annotated[str, typer.Argument(help="Node that receives the flow from now on.")],
+    flow: Annotated[str, typer.Argument(metavar="FLOW", help="Flow name, e.g. irq:nic0 (see `hwemu route show`).")],
+    node: Annotated[str, typer.Argument(metavar="NODE", help="Node that receives the flow from now on.")],
     create: Annotated[bool, typer.Option("--create", help="Add the flow if the table has no route for it "
                                                           "(without: a flow not in the table is refused).")] = False,
     run_dir: RunDir = None,
