@@ -19,9 +19,9 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from orchestrator import choreographies as chor
 from orchestrator import control as ctl
 from orchestrator import state as saved_state
+from orchestrator.choreographies import base as chor
 from orchestrator.choreographies.fig2b_boot import boot_maps, firmware_boot, interposed_routes
 from orchestrator.choreographies.fig8_remove_vmm import remove_vmm
 from orchestrator.choreographies.state import VirtState

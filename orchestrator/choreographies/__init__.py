@@ -13,16 +13,5 @@ nothing else keeps a list of them.
 import importlib
 import pkgutil
 
-from orchestrator.choreographies.base import (  # noqa: F401  (the package's API)
-    Choreography,
-    ChoreographyError,
-    ChoreographyFailed,
-    Ctx,
-    Run,
-    Step,
-    figure,
-    recover,
-)
-
 for _module in pkgutil.iter_modules(__path__):  # every choreography registers itself on import
     importlib.import_module(f"{__name__}.{_module.name}")

@@ -33,16 +33,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.choreographies.base import (
-    Choreography,
-    ChoreographyError,
-    ChoreographyFailed,
-    Ctx,
-    Run,
-    Step,
-    committed_before,
-    figure,
-)
+from orchestrator.choreographies import base
+from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.fig5_devices import interpose_device
 from orchestrator.choreographies.state import VMM, devices_of
 from orchestrator.control import control, optional
@@ -203,6 +195,6 @@ async def ctl_interpose(orch, os: str | None = None, cpu: bool | None = None, me
         for dev in devices:
             if not skip_done or f"{os_name}.{dev}" not in orch.virt.devices:
                 reports.append(await orch.exclusive(interpose_device, os_name, dev, budget_ms=budget_ms))
-    except (ChoreographyError, ChoreographyFailed) as exc:
-        committed_before(exc, reports)
+    except (ChoreographyError, base.ChoreographyFailed) as exc:
+        base.committed_before(exc, reports)
     return {"reports": reports}

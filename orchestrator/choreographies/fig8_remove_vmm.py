@@ -19,16 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.choreographies.base import (
-    Choreography,
-    ChoreographyError,
-    ChoreographyFailed,
-    Ctx,
-    Run,
-    Step,
-    committed_before,
-    figure,
-)
+from orchestrator.choreographies import base
+from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.fig5_devices import give_back_device
 from orchestrator.choreographies.fig7_devirtualize_cpu import devirtualize_cpu, devirtualize_memory, refuse_memory
 from orchestrator.choreographies.frames import add_frames, ctx_runs, transfer
@@ -143,6 +135,6 @@ async def ctl_devirtualize(orch, os: str | None = None, cpu: bool | None = None,
     try:
         await orch.exclusive(remove_vmm, os_name=os, cpu=bool(cpu), io=list(io or []), memory=bool(memory),
                              unload_vmm=bool(unload), reports=reports, budget_ms=budget_ms)
-    except (ChoreographyError, ChoreographyFailed) as exc:
-        committed_before(exc, reports)
+    except (ChoreographyError, base.ChoreographyFailed) as exc:
+        base.committed_before(exc, reports)
     return {"reports": reports}

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from orchestrator.cli.demo import timeshare_output
-
-from orchestrator.choreographies import ChoreographyError, ChoreographyFailed
+from orchestrator.choreographies.base import ChoreographyError, ChoreographyFailed
 from orchestrator.choreographies.fig5_devices import interpose_device
+from orchestrator.cli.demo import timeshare_output
 from orchestrator.cluster import Orchestrator, running
 from orchestrator.journal import WHOLE
 from orchestrator.topology import parse

@@ -28,10 +28,16 @@ import trio
 
 import protocol.hw  # noqa: F401  (disk_done / nic_done replies decode in this process)
 import tests.fixtures.iodriver  # noqa: F401  (registers io_emit / io_events)
-from orchestrator.choreographies import ChoreographyError
+from orchestrator.choreographies.base import ChoreographyError
 from tests.guest.test_network_samples import converse
-from tests.integration.test_choreographies import (Client, check_conservation, cli_run_dir,  # noqa: F401
-                                                   install_conservation_hook, vmm_stats, wait_vmm)
+from tests.integration.test_choreographies import (  # noqa: F401
+    Client,
+    check_conservation,
+    cli_run_dir,
+    install_conservation_hook,
+    vmm_stats,
+    wait_vmm,
+)
 
 pytestmark = pytest.mark.integration
 

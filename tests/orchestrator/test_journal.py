@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.choreographies import base as chor
-from orchestrator.choreographies import Choreography, ChoreographyFailed, Step
+from orchestrator.choreographies.base import Choreography, ChoreographyFailed, Step
 from orchestrator.choreographies.state import VirtState
 from orchestrator.journal import WHOLE, Journal
 
