@@ -76,7 +76,8 @@ def test_demo_report_file_needs_json(run_dir):
 def test_logs_status_table_route_create_and_piped_stdin(guest_build, run_dir):
     """One native cluster: its logs speak at the default level, its UART's
     port is in the table, `hwemu run` feeds piped stdin and reports in JSON;
-    then the flip cluster: `route set` adds a flow only with --create."""
+    then the flip cluster, started from outside the checkout: `route set`
+    adds a flow only with --create."""
     rd, pids = run_dir
     env = {k: v for k, v in os.environ.items() if k != "HWEMU_LOG"}
     up = subprocess.run([HWEMU, "up", "compose/native.toml", "--detach", "--json"], cwd=ROOT, timeout=120,
@@ -110,7 +111,10 @@ def test_logs_status_table_route_create_and_piped_stdin(guest_build, run_dir):
     assert (report["code"], report["reason"], report["output"]) == (0, "exit", wc_output(text).decode())
 
     assert hwemu(rd, "down").returncode == 0
-    up = hwemu(rd, "up", "compose/flip.toml", "--detach", "--json")
+    elsewhere = rd.parent / "elsewhere"  # not the checkout: its streamer nodes are a shipped kind, not test code
+    elsewhere.mkdir()
+    up = subprocess.run([HWEMU, "up", str(ROOT / "compose" / "flip.toml"), "--detach", "--json"], cwd=elsewhere,
+                        env={**os.environ, "HWEMU_RUN_DIR": str(rd)}, capture_output=True, text=True, timeout=120)
     assert up.returncode == 0, up.stderr
     pids |= {n["pid"] for n in one_json_object(up.stdout)["nodes"]}
     refused = hwemu(rd, "route", "set", "data:sink_a", "sink_b")
