@@ -305,7 +305,7 @@ class Orchestrator:
         else:
             raise ProtocolError("unhandled_kind", f"the orchestrator does not handle {msg.kind!r}", "kind")
 
-    async def control(self, kind: str, **body: Any) -> Any:
+    async def control(self, kind: str, /, **body: Any) -> Any:
         """Run control request ``kind`` with its registered handler
         (orchestrator/control.py) and return the reply's ``data``; the inbox
         and tests call it alike.
