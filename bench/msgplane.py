@@ -44,11 +44,11 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import nodes.streamer.node  # noqa: E402,F401  (registers datum/stream_start)
+from bench.rawzmq import RAW_ECHO, RawClient, RawProbe, abba_first, python_script, stop  # noqa: E402
 from orchestrator.cluster import running  # noqa: E402
 from orchestrator.topology import parse  # noqa: E402
 from protocol.transport import Party, spin_from_env  # noqa: E402
-from bench.rawzmq import RAW_ECHO, RawClient, RawProbe, abba_first, python_script, stop  # noqa: E402
-import nodes.streamer.node  # noqa: E402,F401  (registers datum/stream_start)
 
 PAYLOAD = b"x" * 64
 
@@ -210,7 +210,8 @@ class ThreadInboxParty(Party):
 
 
 def echo_topology():
-    node = lambda role: {"kind": "streamer", "options": {"role": role}}
+    def node(role):
+        return {"kind": "streamer", "options": {"role": role}}
     return parse({"nodes": {"echo": node("sink"), "src": node("streamer"), "sink_a": node("sink"), "sink_b": node("sink")},
                   "routes": {"data:src": "sink_a"}}, "bench")
 
@@ -364,7 +365,8 @@ def main() -> None:
         ours = trio.run(bench, tmp, n_rtt, n_tp, flips, rtt_turns, tp_turns)
     raw = ours["raw_rtt"]
     raw_tp, our_tp = statistics.median(ours["raw_tp"]), statistics.median(ours["tp"])
-    us = lambda v: round(v * 1e6, 1)
+    def us(v):
+        return round(v * 1e6, 1)
     result = {
         "raw_rtt_p50_us": us(statistics.median(raw)), "raw_rtt_p99_us": us(pct(raw, 99)),
         "our_rtt_p50_us": us(statistics.median(ours["rtt"])), "our_rtt_p99_us": us(pct(ours["rtt"], 99)),

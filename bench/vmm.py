@@ -63,9 +63,9 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.rawzmq import RawProbe, abba_first, stop  # noqa: E402
 from orchestrator.client import call  # noqa: E402
 from protocol.frames import to_runs  # noqa: E402
-from bench.rawzmq import RawProbe, abba_first, stop  # noqa: E402
 
 HWEMU = ROOT / ".venv/bin/hwemu"
 SAMPLES = ROOT / "guest/build/samples"

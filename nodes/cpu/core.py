@@ -59,8 +59,8 @@ from dataclasses import dataclass
 from nodes.cpu import isa
 from nodes.cpu.fault import Fault
 from nodes.cpu.isa import M
-from nodes.cpu.translate import Translator
 from nodes.cpu.tlb import TLB
+from nodes.cpu.translate import Translator
 
 PAGE_SIZE = 4096
 TIMEBASE_HZ = 10_000_000  # rdtime ticks per second

@@ -45,11 +45,11 @@ from typing import Any
 import trio
 
 import protocol.hw  # noqa: F401  (registers the kinds)
-from protocol.hw import tlb_entry
 from nodes.cpu import isa
 from nodes.cpu.core import HALT, PAGE_MISS, PAGE_SIZE, QUANTUM, TRAP, Core
 from nodes.runtime import Node, main
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.hw import tlb_entry
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.cpu")

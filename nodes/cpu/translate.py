@@ -547,7 +547,7 @@ class Translator:
         source = "\n".join(lines) + "\n"
         namespace = self.namespace
         # The source is generated from isa.py only, never from guest data.
-        exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)  # noqa: S102
+        exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)
         region = namespace.pop(name)
         region.source = source  # for debugging and tests
         region.starts = [start for start, _ in blocks]

@@ -567,12 +567,12 @@ from itertools import filterfalse  # noqa: E402
 
 import trio  # noqa: E402
 
+import protocol.hw  # noqa: E402  (registers the message kinds)
+import protocol.vmm  # noqa: E402,F401  (mem_pin)
 from nodes.guest_os.drivers import TimerDriver, UartDriver  # noqa: E402
 from nodes.guest_os.io import Io  # noqa: E402  (disk + NIC drivers, file/socket syscalls)
 from nodes.guest_os.module import BelowFloor, FrameError, KernelModule  # noqa: E402
 from nodes.runtime import Node, NodeConfig  # noqa: E402
-import protocol.hw  # noqa: E402,F401  (registers the message kinds)
-import protocol.vmm  # noqa: E402,F401  (mem_pin)
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout  # noqa: E402
 from protocol.frames import body_frames, to_runs  # noqa: E402
 from protocol.messages import Message  # noqa: E402
@@ -680,7 +680,7 @@ class OsNode(Node):
     async def _notify_exit(self, proc: Process) -> None:
         try:
             await self.console.sync()  # its output is in the console log before anyone hears of the exit
-        except Exception as exc:  # noqa: BLE001 - still tell the owner
+        except Exception as exc:  # still tell the owner
             log.warning("%s: console sync before proc_exit failed: %s", self.name, exc)
         try:
             await self.party.send(proc.owner, "proc_exit",
@@ -701,7 +701,7 @@ class OsNode(Node):
             kind, payload = event
             try:
                 await self._handle(kind, payload)
-            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the kernel
+            except Exception as exc:  # one bad event must not stop the kernel
                 log.exception("%s: kernel failed on %s", self.name, kind)
                 if kind == "trap":
                     await self._abandon_current(exc)
@@ -719,7 +719,7 @@ class OsNode(Node):
         try:
             await k.kill(proc, 128 + SIGKILL, f"kernel could not serve its trap ({exc}) pc={proc.pc & M32:#010x}")
             await k.dispatch()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("%s: could not even kill pid %d", self.name, proc.pid)
             if k.current is proc:
                 k.current = None

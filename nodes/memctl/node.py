@@ -49,7 +49,7 @@ from typing import Any
 
 import trio
 
-import protocol.hw  # noqa: F401  (registers the mem_* kinds)
+import protocol.hw  # registers the mem_* kinds
 import protocol.vmm  # noqa: F401  (registers the mem_* administration kinds)
 from nodes.runtime import Node, spawned
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout

@@ -28,7 +28,7 @@ import time
 
 import trio
 
-from nodes.runtime import Node, main, spawned
+from nodes.runtime import Node, spawned
 from protocol.errors import ProtocolError
 from protocol.messages import Field, Message, register
 

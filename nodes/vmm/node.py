@@ -55,15 +55,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import trio
-
-import protocol.hw  # noqa: F401  (registers the kinds)
+import protocol.hw  # registers the kinds
 import protocol.vmm  # noqa: F401
-from protocol.hw import tlb_entry
 from nodes.runtime import Node, main, spawned
 from nodes.vmm.frames import FrameBroker
 from nodes.vmm.io import SHARED_DEVICES, DeviceMux, _Refusal
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.hw import tlb_entry
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.vmm")

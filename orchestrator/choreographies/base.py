@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 
-import protocol.hw  # noqa: F401  (registers mod_*, os_driver_mode)
+import protocol.hw  # registers mod_*, os_driver_mode
 import protocol.vmm  # noqa: F401  (registers vmm_*, mem_* administration)
 from orchestrator.journal import WHOLE, Incomplete, Journal
 from orchestrator.routes import RouteChangeError
@@ -190,7 +190,7 @@ class Choreography:
             t0 = time.perf_counter()
             try:
                 out = await step.do(run, ctx) or {}
-            except Exception as exc:  # noqa: BLE001 - whatever broke, the machine goes back as it was
+            except Exception as exc:  # whatever broke, the machine goes back as it was
                 cause = _describe(exc)
                 return await self._fail(run, ctx, done, report, f"step {step.name!r} failed: {cause}")
             ms = (time.perf_counter() - t0) * 1e3
@@ -238,7 +238,7 @@ async def undo_steps(run: Run, ctx: Ctx, done: list[Step]) -> tuple[list[str], l
             try:
                 with trio.CancelScope(shield=True):
                     await step.undo(run, ctx)
-            except Exception as exc:  # noqa: BLE001 - report it, undo the rest
+            except Exception as exc:  # report it, undo the rest
                 problems.append(f"{step.name}: {_describe(exc)}")
                 log.warning("%s: undo of %s failed: %s", run.id, step.name, exc)
                 continue

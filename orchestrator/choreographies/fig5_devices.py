@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
-from orchestrator.choreographies.state import DEVICES, VMM, device_node, devices_of  # noqa: F401  (part of this figure's API)
+from orchestrator.choreographies.state import DEVICES, VMM, device_node, devices_of
 
 FIGURE_IN = "fig5"
 FIGURE_OUT = "fig6"

@@ -568,7 +568,7 @@ def demo(
         error = f"{d.phase}: interrupted (Ctrl-C)"
     except typer.Exit:
         error = "the cluster did not start"
-    except BaseException as exc:  # noqa: BLE001 - reported as a failed check, the cluster still stopped
+    except BaseException as exc:  # reported as a failed check, the cluster still stopped
         error = f"{d.phase}: " + ("interrupted (Ctrl-C)" if _interrupted(exc) else _describe(exc))
     finally:
         with contextlib.redirect_stdout(io.StringIO()):

@@ -20,10 +20,12 @@ import typer.main
 from typer.testing import CliRunner
 
 from orchestrator.cli.main import app
-from tests.integration.test_cli import HWEMU, ROOT, hwemu, one_json_object, run_dir  # noqa: F401 (fixture)
+from tests.integration import test_cli
+from tests.integration.test_cli import HWEMU, ROOT, hwemu, one_json_object
 from tests.integration.test_native import wc_output
 
 BUILD = ROOT / "guest" / "build" / "samples"
+run_dir = test_cli.run_dir  # a fixture: the tests take it as a parameter
 
 
 def command_paths() -> list[list[str]]:

@@ -32,12 +32,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.test_network_samples import (converse, echo_conversation, free_udp_port, kv_after_restart_conversation,
-                                              kv_fill_conversation, kv_restart_conversation)
-from tests.integration.test_native import (BUILD, HWEMU, REPO, _alive, hwemu, read_line_within,  # noqa: F401
-                                           run_dir, show)
+from tests.guest.test_network_samples import (
+    converse,
+    echo_conversation,
+    free_udp_port,
+    kv_after_restart_conversation,
+    kv_fill_conversation,
+    kv_restart_conversation,
+)
+from tests.integration import test_native
+from tests.integration.test_native import BUILD, HWEMU, REPO, _alive, hwemu, read_line_within, show
 
 pytestmark = pytest.mark.integration
+run_dir = test_native.run_dir  # a fixture: the tests take it as a parameter
 
 IO = "compose/io.toml"
 DISK_BYTES = 16 << 20  # compose/io.toml: size_mb = 16

@@ -30,16 +30,17 @@ import protocol.hw  # noqa: F401  (disk_done / nic_done replies decode in this p
 import tests.fixtures.iodriver  # noqa: F401  (registers io_emit / io_events)
 from orchestrator.choreographies.base import ChoreographyError
 from tests.guest.test_network_samples import converse
-from tests.integration.test_choreographies import (  # noqa: F401
+from tests.integration import test_choreographies
+from tests.integration.test_choreographies import (
     Client,
     check_conservation,
-    cli_run_dir,
     install_conservation_hook,
     vmm_stats,
     wait_vmm,
 )
 
 pytestmark = pytest.mark.integration
+cli_run_dir = test_choreographies.cli_run_dir  # a fixture: the CLI test takes it as a parameter
 
 REPO = Path(__file__).resolve().parents[2]
 VMMIO = REPO / "compose" / "vmmio.toml"

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 import protocol.hw  # noqa: F401  (registers the hardware kinds, so the round trip covers them)
 from protocol.errors import ProtocolError
 from protocol.messages import (
+    _SCHEMAS,
     MAX_FRAME,
     PROTOCOL_VERSION,
     Message,
-    _SCHEMAS,
     _fast_ok,
     _validate_full,
     decode,
