@@ -276,7 +276,8 @@ class Node:
         if handler is None:
             if msg.kind in ("ok", "error", "pong", "stats_reply"):
                 return  # an unsolicited reply: nothing to do, never answer it
-            raise ProtocolError("unhandled_kind", f"node {self.name} ({self.kind}) does not handle {msg.kind!r}", "kind")
+            raise ProtocolError("unhandled_kind", f"node {self.name} ({self.kind}) does not handle {msg.kind!r}",
+                                "kind")
         spawns = self._spawns.get(msg.kind)
         if spawns is None:
             spawns = self._spawns[msg.kind] = bool(getattr(handler, "spawned", False))

@@ -34,7 +34,8 @@ lists, msgpack-able.
 Speed: code is interpreted (`interpret`, calling `isa.execute_*`) until a
 block start has been reached `hot_threshold` times; then it runs as a
 translated region (`translate.py`) that keeps registers in Python locals and
-reaches memory through per-page dicts for the current address space (`R1/R2/R4` readable pages as bytes / halfwords / words,
+reaches memory through per-page dicts for the current address space
+(`R1/R2/R4` readable pages as bytes / halfwords / words,
 `W1/W2/W4` writable ones, `X1` executable ones). Those dicts hold only pages
 that are both mapped by the TLB and present locally (writable ones: held
 writable), so a hit needs no further check; anything else takes the slow path

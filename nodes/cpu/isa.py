@@ -158,7 +158,8 @@ def _fields(fmt: str, w: int) -> dict[str, int]:
     if fmt == "U":
         return {"rd": rd, "simm": _sext(w & 0xFFFFF000, 32)}
     if fmt == "J":
-        imm = (((w >> 31) & 1) << 20) | (((w >> 12) & 0xFF) << 12) | (((w >> 20) & 1) << 11) | (((w >> 21) & 0x3FF) << 1)
+        imm = ((((w >> 31) & 1) << 20) | (((w >> 12) & 0xFF) << 12) | (((w >> 20) & 1) << 11)
+               | (((w >> 21) & 0x3FF) << 1))
         return {"rd": rd, "simm": _sext(imm, 21)}
     if fmt == "CSR":
         return {"rd": rd, "rs1": rs1, "csr": w >> 20}

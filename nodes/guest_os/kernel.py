@@ -764,7 +764,8 @@ class OsNode(Node):
             driver = {"uart": self.console, "timer": self.timer, "disk": self.io.disk,
                       "nic": self.io.nic}.get(msg.body.get("device"))
             if driver is None:
-                raise ProtocolError("bad_field", f"no driver {msg.body.get('device')!r} (uart, timer, disk, nic)", "body.device")
+                raise ProtocolError("bad_field", f"no driver {msg.body.get('device')!r} (uart, timer, disk, nic)",
+                                    "body.device")
             state = await driver.set_mode(msg.body.get("mode"))
             await self.party.reply(msg, "ok", {"data": state})
 
@@ -817,7 +818,8 @@ class OsNode(Node):
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()
-        s.update(kernel={**self.kernel.stats(), **self.module.stats()}, uart=self.console.stats(), timer=self.timer.stats(),
+        s.update(kernel={**self.kernel.stats(), **self.module.stats()}, uart=self.console.stats(),
+                 timer=self.timer.stats(),
                  mem_ops=self.mem_ops, procs=self.kernel.ps(), io=self.io.stats())
         return s
 

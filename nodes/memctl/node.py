@@ -273,7 +273,8 @@ class MemctlNode(Node):
         try:
             mapping = {int(g): f for g, f in msg.body["map"].items()}
         except ValueError:
-            raise ProtocolError("bad_field", "map keys must be guest page numbers (decimal strings)", "body.map") from None
+            raise ProtocolError("bad_field", "map keys must be guest page numbers (decimal strings)",
+                                "body.map") from None
 
         async def go():
             await self.mc.set_map(msg.body["space"], mapping)

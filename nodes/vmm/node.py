@@ -566,7 +566,8 @@ class VmmNode(FrameBroker, DeviceMux, Node):
             except _Refusal as exc:
                 raise ProtocolError("bad_field", exc.reason, "body.node") from None
             except (RemoteError, RequestTimeout) as exc:
-                raise ProtocolError("device_unavailable", f"{node} did not describe itself: {exc}", "body.node") from None
+                raise ProtocolError("device_unavailable", f"{node} did not describe itself: {exc}",
+                                    "body.node") from None
             await self.party.reply(msg, "ok", {"data": {"node": node, "os": os_name, "mode": b["mode"], **data}})
             return
         os_name = b.get("os") or (device.split(".", 1)[0] if "." in device else self.uart_owner.get(node))

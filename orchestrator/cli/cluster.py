@@ -74,7 +74,8 @@ def _call(run_dir: Path, kind: str, body: dict | None = None, timeout: float = 1
 
 def up(
     topology: Annotated[Path, typer.Argument(metavar="TOPOLOGY", help="Topology file (compose/*.toml).")],
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the cluster runs; stop it with `hwemu down`.")] = False,
+    detach: Annotated[bool, typer.Option("--detach", "-d",
+                                         help="Return once the cluster runs; stop it with `hwemu down`.")] = False,
     run_dir: RunDir = None,
     json_out: Json = False,
 ) -> None:

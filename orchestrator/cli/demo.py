@@ -494,7 +494,8 @@ def _tables(rep: dict[str, Any], console: Console) -> None:
     checks.add_column("result")
     checks.add_column("detail")
     for c in rep["checks"]:
-        checks.add_row(c["check"], Text("ok", style="green") if c["ok"] else Text("FAILED", style="bold red"), c["detail"])
+        checks.add_row(c["check"], Text("ok", style="green") if c["ok"] else Text("FAILED", style="bold red"),
+                       c["detail"])
     console.print(checks)
     io_ = rep["io"]
     counts = Table(title="I/O")

@@ -250,10 +250,13 @@ def _piped_stdin() -> bytes | None:
 
 
 def run(
-    topology: Annotated[Path, typer.Argument(metavar="TOPOLOGY", help="Topology file (compose/*.toml); started if no cluster runs.")],
+    topology: Annotated[Path, typer.Argument(metavar="TOPOLOGY",
+                                             help="Topology file (compose/*.toml); started if no cluster runs.")],
     program: Annotated[Path, typer.Argument(metavar="PROGRAM", help="The RV32 ELF program to run.")],
-    args: Annotated[Optional[list[str]], typer.Argument(metavar="ARGS", help="The program's arguments (after --).")] = None,
-    os_name: Annotated[Optional[str], typer.Option("--os", help="The OS node to run it on [default: the first].")] = None,
+    args: Annotated[Optional[list[str]], typer.Argument(metavar="ARGS",
+                                                        help="The program's arguments (after --).")] = None,
+    os_name: Annotated[Optional[str], typer.Option("--os",
+                                                   help="The OS node to run it on [default: the first].")] = None,
     stdin: Annotated[Optional[Path], typer.Option(
         "--stdin", help="Feed this file ('-': our stdin) to the program's fd 0, then EOF "
                         "[default: our stdin if it is a pipe or a file, else fd 0 reads the console].")] = None,

@@ -43,7 +43,8 @@ def show_reports(data: dict[str, Any], json_out: bool) -> None:
         console.print("nothing to do: nothing asked is virtualized")
     for rep in reports:
         if "steps" not in rep:  # a policy that did not act
-            console.print(Text.assemble((f"{rep.get('figure')}:", "yellow"), f" {rep.get('error') or rep.get('outcome')}"))
+            console.print(Text.assemble((f"{rep.get('figure')}:", "yellow"),
+                                        f" {rep.get('error') or rep.get('outcome')}"))
             continue
         table = Table(title=f"{rep['title']}  [{rep['outcome']}]  pause {rep['pause_ms']:.2f} ms "
                             f"(budget {rep['budget_ms']:g} ms)  journal id {rep['id']}")
@@ -64,7 +65,8 @@ def _short(v: Any) -> str:
     if isinstance(v, list) and len(v) > 6:
         return f"[{v[0]}..{v[-1]}] ({len(v)})"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_short(x)}" for k, x in list(v.items())[:4]) + (", ..." if len(v) > 4 else "") + "}"
+        shown = ", ".join(f"{k}: {_short(x)}" for k, x in list(v.items())[:4])
+        return "{" + shown + (", ..." if len(v) > 4 else "") + "}"
     return str(v)
 
 
@@ -102,7 +104,8 @@ def interpose(
         "Virtualize memory (FIG. 3 308: the OS loses direct addressability, the VMM manages its map). Implies "
         "--cpu if the CPU is not virtualized yet: in FIG. 3 memory comes after the CPU's traps reach the VMM."))
     ] = False,
-    io: Annotated[Optional[list[str]], typer.Option("--io", help="Interpose on a device (FIG. 5): uart, disk, nic, or all (repeatable).")] = None,
+    io: Annotated[Optional[list[str]], typer.Option(
+        "--io", help="Interpose on a device (FIG. 5): uart, disk, nic, or all (repeatable).")] = None,
     os_name: Os = None,
     budget_ms: Budget = None,
     run_dir: RunDir = None,
@@ -115,10 +118,12 @@ def interpose(
 
 def devirtualize(
     cpu: Annotated[bool, typer.Option("--cpu", help="Give the CPU back (FIG. 7; implies memory and devices).")] = False,
-    io: Annotated[Optional[list[str]], typer.Option("--io", help="Give a device back (FIG. 6): uart, disk, nic, or all (repeatable).")] = None,
+    io: Annotated[Optional[list[str]], typer.Option(
+        "--io", help="Give a device back (FIG. 6): uart, disk, nic, or all (repeatable).")] = None,
     memory: Annotated[bool, typer.Option("--memory", help=(
         "Give direct addressability back (FIG. 7 712 alone; the CPU stays virtualized)."))] = False,
-    unload_vmm: Annotated[bool, typer.Option("--unload", help="Then unload the VMM and return its frames (FIG. 8).")] = False,
+    unload_vmm: Annotated[bool, typer.Option("--unload",
+                                             help="Then unload the VMM and return its frames (FIG. 8).")] = False,
     os_name: Os = None,
     budget_ms: Budget = None,
     run_dir: RunDir = None,

@@ -112,7 +112,8 @@ async def test_load_vmm_starts_the_deferred_node_in_frames_taken_from_the_host_a
     data = await orch.control("ctl_vmm_load", host="os1", frames=8)
     report = data["reports"][0]
     assert report["outcome"] == "committed"
-    assert [s["name"] for s in report["steps"]] == ["alloc_pin", "module_lets_go", "to_vmm", "vmm_space", "start_vmm", "vmm_init"]
+    assert [s["name"] for s in report["steps"]] == ["alloc_pin", "module_lets_go", "to_vmm", "vmm_space", "start_vmm",
+                                                    "vmm_init"]
     frames = from_runs(report["steps"][0]["data"]["runs"])
     assert len(frames) == 8 and all(OS1[0] <= f < OS1[0] + OS1[1] for f in frames)
     assert seen == ["fig4.alloc_pin", "fig4.module_lets_go", "fig4.to_vmm", "fig4.vmm_space",
@@ -156,7 +157,8 @@ async def test_borrowed_frames_reach_the_borrower_zeroed_and_come_back_on_return
     assert report["outcome"] == "committed" and report["partial"] is None
     lent = report["frames"]
     assert len(lent) == 16
-    assert seen == ["p39_borrow.alloc_pin_from_os", "p39_borrow.module_lets_go", "p39_borrow.to_vmm", "p39_borrow.to_os",
+    assert seen == ["p39_borrow.alloc_pin_from_os", "p39_borrow.module_lets_go", "p39_borrow.to_vmm",
+                    "p39_borrow.to_os",
                     "p39_borrow.add_to_free_list"]
     own = await check_conservation(orch)
     assert set(lent) <= set(own["os2"]) and not set(lent) & set(own["os1"])
@@ -819,7 +821,8 @@ async def test_os2_booted_on_frames_borrowed_from_os1_runs_exactly_and_its_shutd
         exit1 = await client.wait_exit("os1", pid1)
         assert (exit1["code"], await client.console("uart0", start1)) == (0, timeshare_output("H", lines))
         assert await free_frames(orch, "os1") == free1  # the lent frames are on its free list again
-    assert [r["figure"] for r in (await orch.control("ctl_devirtualize", unload=True))["reports"]] == ["fig7", "fig8_unload"]
+    assert [r["figure"] for r in (await orch.control("ctl_devirtualize", unload=True))["reports"]] == ["fig7",
+                                                                                                       "fig8_unload"]
     assert "vmm" not in await check_conservation(orch)
 
 

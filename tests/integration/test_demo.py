@@ -83,7 +83,8 @@ def test_demo_runs_every_choreography_and_every_check_passes(guest_build, tmp_pa
     assert io["interrupts"]["irq:disk0"] > 0 and io["interrupts"]["irq:nic0"] > 0
 
 
-def test_guest_outputs_and_client_replies_are_byte_identical_to_a_run_without_a_vmm(guest_build, tmp_path: Path) -> None:
+def test_guest_outputs_and_client_replies_are_byte_identical_to_a_run_without_a_vmm(guest_build,
+                                                                                    tmp_path: Path) -> None:
     control = run_demo(tmp_path / "control", "--control", to_stdout=True)
     virtualized = run_demo(tmp_path / "virtualized")
     assert control["control"] and not virtualized["control"] and control["steps"] == []

@@ -338,7 +338,8 @@ def test_an_os_with_a_disk_partition_sees_only_its_partition(guest_build, run_di
     topo = tmp_path / "io-part.toml"
     topo.write_text((REPO / IO).read_text().replace(
         "options = { size_mb = 16, block_size = 512, memctl = \"memctl\" }",
-        f"options = {{ size_mb = 16, block_size = 512, memctl = \"memctl\", partitions = {{ os1 = [{first}, {count}] }} }}"))
+        f"options = {{ size_mb = 16, block_size = 512, memctl = \"memctl\", "
+        f"partitions = {{ os1 = [{first}, {count}] }} }}"))
     assert "partitions" in topo.read_text()
     up(rd, str(topo))
     size = count * 512

@@ -110,7 +110,8 @@ def test_decode_of_a_valid_frame_truncated_or_corrupted_raises_only_protocol_err
 
 # -- each kind of bad input, with its exact reason and field ----------------------------
 
-@pytest.mark.parametrize("frame", [b"\xc1", b"\x92\x01", b"", b"\x81\xa1v"], ids=["reserved-byte", "truncated-array", "empty", "truncated-map"])
+@pytest.mark.parametrize("frame", [b"\xc1", b"\x92\x01", b"", b"\x81\xa1v"], ids=["reserved-byte", "truncated-array",
+                                                                                  "empty", "truncated-map"])
 def test_malformed_msgpack_is_bad_msgpack(frame):
     exc = rejects(frame)
     assert (exc.reason, exc.field) == ("bad_msgpack", None)
