@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import stat
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ import typer
 
 import protocol.hw  # noqa: F401  (registers os_exec / proc_exit / uart_sync)
 from orchestrator.cli import cluster
+from orchestrator.cli import trace as trace_cli
 from orchestrator.cli.cluster import _call
 from orchestrator.cli.common import Json, RunDir, emit_json, err_console, fail, run_dir_of
 from orchestrator.client import NotRunning, call
@@ -198,6 +200,29 @@ def _interrupted(exc: BaseException) -> bool:
     return isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
 
 
+def _stop_on_terminate() -> list[int]:
+    """SIGTERM or SIGHUP (a supervisor, a closed terminal) stop the run as Ctrl-C does: the
+    program is killed and a cluster we started goes down, so no guest keeps its ports.
+    Python's default for them ends the process on the spot, leaving both behind.
+
+    Returns:
+        A list that receives the signal's number once one came (for the exit status).
+    """
+    came: list[int] = []
+
+    def handler(signum, frame) -> None:
+        if not came:
+            came.append(signum)
+            # trio turns a SIGINT into KeyboardInterrupt at a safe point (outside trio: Python does)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+    # a shell starts a background job with SIGINT ignored, which would swallow ours
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return came
+
+
 def _kill(rd: Path, os_name: str, pid: int) -> None:
     """Ctrl-C: stop our program on a cluster we leave running (``os_kill``, SIGINT)."""
     try:
@@ -265,16 +290,18 @@ def run(
         "--forward", metavar="HOSTPORT:GUESTPORT",
         help="Forward UDP 127.0.0.1:HOSTPORT to the guest's port GUESTPORT (repeatable; the OS's NIC).")] = None,
     run_dir: RunDir = None,
+    trace: trace_cli.TraceFile = None,
     json_out: Json = False,
 ) -> None:
     """Run a program on the cluster's OS: its console output on stdout, its exit status as ours.
 
     With --json: one JSON object {pid, code, reason, output} on stdout once it exits."""
     rd = run_dir_of(run_dir)
+    trace_cli.check_file(trace)
     try:
         elf = program.read_bytes()
     except OSError as exc:
-        fail(f"cannot read {program}: {exc.strerror or exc}")
+        fail(f"cannot read {program}: {exc.strerror or exc}", code=2)
     forwards = _parse_forward(forward or [])
     feed = None
     if stdin is not None:
@@ -287,6 +314,7 @@ def run(
     out = io.BytesIO() if json_out else sys.stdout.buffer
     started = False
     code = 1
+    terminated = _stop_on_terminate()
     try:
         if not is_locked(rd):
             # exactly what `hwemu up --detach` does; its status report is not our output
@@ -294,6 +322,8 @@ def run(
                 cluster.up(topology, detach=True, run_dir=rd, json_out=True)
             started = True
         status = _call(rd, "ctl_status")
+        if trace is not None:
+            trace_cli.start_for(rd)
         os_node, uart = _pick(status, os_name)
         nic_maps = _forward(status, os_node["name"], forwards) if forwards else None
         info: dict[str, Any] = {}
@@ -305,9 +335,9 @@ def run(
                 raise
             if not started and "pid" in info:  # the cluster stays: the program must not
                 _kill(rd, os_node["name"], info["pid"])
-            raise typer.Exit(130) from None
-        except RemoteError as exc:
-            fail(f"{os_node['name']} cannot run {program}: {exc.detail}")
+            raise typer.Exit(128 + terminated[0] if terminated else 130) from None
+        except RemoteError as exc:  # a bad ELF is bad input (2); anything else a failed run (1)
+            fail(f"{os_node['name']} cannot run {program}: {exc.detail}", code=2 if exc.reason == "bad_elf" else 1)
         except Lost as exc:
             fail(f"the cluster in {rd} stopped answering: {exc}")
         except ForwardRefused as exc:
@@ -322,8 +352,10 @@ def run(
             emit_json({"pid": result["pid"], "code": code, "reason": reason,
                        "output": out.getvalue().decode("utf-8", errors="replace")})
         elif reason != "exit":
-            err_console.print(f"hwemu: pid {result['pid']} {reason}", highlight=False, markup=False)
+            err_console.print(f"hwemu: pid {result['pid']} {reason}", soft_wrap=True)
     finally:
+        if trace is not None and is_locked(rd):
+            trace_cli.finish(rd, trace)
         if started:
             with contextlib.redirect_stdout(io.StringIO()):
                 try:
