@@ -49,11 +49,11 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import nodes.streamer.node  # noqa: E402,F401  (registers datum/stream_start)
+from bench.rawzmq import RAW_ECHO, RawClient, RawProbe, abba_first, python_script, stop  # noqa: E402
 from orchestrator.cluster import running  # noqa: E402
 from orchestrator.topology import parse  # noqa: E402
 from protocol.transport import Party, spin_from_env  # noqa: E402
-from bench.rawzmq import RAW_ECHO, RawClient, RawProbe, abba_first, python_script, stop  # noqa: E402
-import tests.fixtures.streamer  # noqa: E402,F401  (registers datum/stream_start)
 
 PAYLOAD = b"x" * 64
 
@@ -215,8 +215,10 @@ class ThreadInboxParty(Party):
 
 
 def echo_topology():
-    node = lambda role: {"kind": "testnode", "module": "tests.fixtures.streamer", "options": {"role": role}}
-    return parse({"nodes": {"echo": node("sink"), "src": node("streamer"), "sink_a": node("sink"), "sink_b": node("sink")},
+    def node(role):
+        return {"kind": "streamer", "options": {"role": role}}
+    return parse({"nodes": {"echo": node("sink"), "src": node("streamer"), "sink_a": node("sink"),
+                            "sink_b": node("sink")},
                   "routes": {"data:src": "sink_a"}}, "bench")
 
 
@@ -405,7 +407,8 @@ def main() -> None:
         ours = trio.run(bench, tmp, n_rtt, n_tp, flips, rtt_turns, tp_turns, args.trace)
     raw = ours["raw_rtt"]
     raw_tp, our_tp = statistics.median(ours["raw_tp"]), statistics.median(ours["tp"])
-    us = lambda v: round(v * 1e6, 1)
+    def us(v):
+        return round(v * 1e6, 1)
     result = {
         "raw_rtt_p50_us": us(statistics.median(raw)), "raw_rtt_p99_us": us(pct(raw, 99)),
         "our_rtt_p50_us": us(statistics.median(ours["rtt"])), "our_rtt_p99_us": us(pct(ours["rtt"], 99)),
@@ -447,15 +450,19 @@ def main() -> None:
         ("round trip p99 (µs)", result["raw_rtt_p99_us"], result["our_rtt_p99_us"], ""),
         ("  a client in the bench p50 (µs)", result["raw_rtt_p50_us"], result["client_rtt_p50_us"],
          round(result["client_rtt_p50_us"] / result["raw_rtt_p50_us"], 3)),
-        ("  alt: poller thread p50 (µs)", result["raw_rtt_p50_us"], result["thread_rtt_p50_us"], result["thread_latency_ratio"]),
-        ("  floor: bare trio loop p50 (µs)", result["raw_rtt_p50_us"], result["floor_rtt_p50_us"], result["floor_latency_ratio"]),
+        ("  alt: poller thread p50 (µs)", result["raw_rtt_p50_us"], result["thread_rtt_p50_us"],
+         result["thread_latency_ratio"]),
+        ("  floor: bare trio loop p50 (µs)", result["raw_rtt_p50_us"], result["floor_rtt_p50_us"],
+         result["floor_latency_ratio"]),
         ("one-way throughput (msg/s)", result["raw_msgs_per_s"], result["our_msgs_per_s"], result["throughput_ratio"]),
     ]
     print(f"{'':32}{'raw pyzmq':>12}{'hwemu':>12}{'ratio':>8}")
     for name, a, b, r in rows:
         print(f"{name:32}{a:>12}{b:>12}{r:>8}")
-    print(f"route change pause, flow at 20k msg/s: p50 {result['route_pause_p50_ms']} ms, p99 {result['route_pause_p99_ms']} ms")
-    print(f"route change pause, flow idle:        p50 {result['route_pause_idle_p50_ms']} ms, p99 {result['route_pause_idle_p99_ms']} ms")
+    print(f"route change pause, flow at 20k msg/s: p50 {result['route_pause_p50_ms']} ms, "
+          f"p99 {result['route_pause_p99_ms']} ms")
+    print(f"route change pause, flow idle:        p50 {result['route_pause_idle_p50_ms']} ms, "
+          f"p99 {result['route_pause_idle_p99_ms']} ms")
     print(f"  beside them, a raw pyzmq round trip between two processes every 5 ms: at 20k msg/s p50 "
           f"{result['raw_rtt_beside_load_p50_ms']} / p99 {result['raw_rtt_beside_load_p99_ms']} ms, idle "
           f"{result['raw_rtt_beside_idle_p50_ms']} / {result['raw_rtt_beside_idle_p99_ms']} ms")

@@ -70,7 +70,7 @@ from typing import Any, Awaitable, Callable
 import msgpack
 import trio
 
-from protocol import sched
+from protocol import logs, sched
 from protocol.errors import ProtocolError, RemoteError
 from protocol.faults import Injector
 from protocol.messages import Message, decode, encode, error_body
@@ -272,6 +272,7 @@ class Node:
                 nursery.start_soon(self._retransmitter)
                 await self.setup()
                 self.state = "running"
+                log.info("%s (%s) running, pid %d, inbox %s", self.name, self.kind, os.getpid(), self.cfg.endpoint)
                 if self.cfg.orchestrator and self.cfg.orchestrator in self.party.directory:
                     self.party.send_nowait(self.party.make(
                         self.cfg.orchestrator, "ready",
@@ -281,6 +282,7 @@ class Node:
                 await self.work(nursery)
         finally:
             self.state = "stopped"
+            log.info("%s stopping", self.name)
             if self.recorder.on:  # a life that ends without this line was killed
                 self.recorder("node", "stop", inc=self.party.incarnation)
             await self.teardown()
@@ -390,7 +392,8 @@ class Node:
         if handler is None:
             if msg.kind in ("ok", "error", "pong", "stats_reply"):
                 return  # an unsolicited reply: nothing to do, never answer it
-            raise ProtocolError("unhandled_kind", f"node {self.name} ({self.kind}) does not handle {msg.kind!r}", "kind")
+            raise ProtocolError("unhandled_kind", f"node {self.name} ({self.kind}) does not handle {msg.kind!r}",
+                                "kind")
         spawns = self._spawns.get(msg.kind)
         if spawns is None:
             spawns = self._spawns[msg.kind] = bool(getattr(handler, "spawned", False))
@@ -1103,8 +1106,7 @@ def main(node_cls: type[Node], argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m nodes.{node_cls.kind}")
     parser.add_argument("--config", required=True, help="node configuration JSON written by the launcher")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("HWEMU_LOG", "WARNING"),
-                        format=f"%(asctime)s {node_cls.kind} %(levelname)s %(message)s", stream=sys.stderr)
+    logs.configure(node_cls.kind)
     try:
         cfg = NodeConfig.load(args.config)
     except (OSError, ValueError, TypeError) as exc:

@@ -2,7 +2,8 @@
 
 The CLI joins the message plane as ``cli-<pid>-<n>`` (a fresh name per call:
 a peer's link to an earlier call's inbox at the same path could swallow the
-reply while it reconnects) with its own inbox in the run directory and advertises it (``reply_to``), since it is not in the topology.
+reply while it reconnects) with its own inbox in the run directory and
+advertises it (``reply_to``), since it is not in the topology.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import trio
 from orchestrator.daemon import read_state
 from protocol.errors import RemoteError, RequestTimeout
 from protocol.transport import Party
-
 
 _calls = itertools.count(1)
 

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import signal
 import sys
@@ -34,7 +33,7 @@ import trio
 
 from orchestrator.cluster import Orchestrator
 from orchestrator.topology import TopologyError, load
-from protocol import sched
+from protocol import logs, sched
 
 LOCK = "cluster.lock"
 STATE = "cluster.json"
@@ -183,8 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topology", required=True)
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("HWEMU_LOG", "WARNING"),
-                        format="%(asctime)s orch %(levelname)s %(message)s")
+    logs.configure("orch")
     sched.short_slice("orchestrator")  # the route authority is a link of every route change's chain
     sys.exit(trio.run(serve, args.topology, Path(args.run_dir).resolve()))
 

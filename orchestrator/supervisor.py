@@ -154,6 +154,7 @@ class Supervisor:
             logf.close()
         np.pid = np.proc.pid
         record_launch(self.run_dir, np.spec.name, np.pid)
+        log.info("started %s (%s), pid %d", np.spec.name, np.spec.kind, np.pid)
         np.state = "starting"
         np.started_at = time.monotonic()
         np.exit_code = None

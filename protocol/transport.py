@@ -223,7 +223,8 @@ class Party:
             self._inbox.bind(endpoint)
         except zmq.ZMQError as exc:  # in use, no such directory, ...: one line, not a zmq traceback
             self._inbox.close()
-            raise ProtocolError("bind_failed", f"cannot bind {endpoint}: {os.strerror(exc.errno)}", "endpoint") from None
+            raise ProtocolError("bind_failed", f"cannot bind {endpoint}: {os.strerror(exc.errno)}",
+                                "endpoint") from None
         self._inbox_fd = self._inbox.getsockopt(zmq.FD)
         self._busy = False  # the inbox task is handling what it read (not waiting for the next)
         # deliveries a polling requester read that are not replies, for the

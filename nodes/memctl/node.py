@@ -58,8 +58,8 @@ from typing import Any
 
 import trio
 
-import protocol.hw  # noqa: F401  (registers the mem_* kinds)
-import protocol.recovery  # noqa: F401  (mem_drop_initiator)
+import protocol.hw  # registers the mem_* kinds
+import protocol.recovery  # registers mem_drop_initiator
 import protocol.vmm  # noqa: F401  (registers the mem_* administration kinds)
 from nodes.runtime import Node, spawned
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
@@ -313,7 +313,8 @@ class MemctlNode(Node):
         try:
             mapping = {int(g): f for g, f in msg.body["map"].items()}
         except ValueError:
-            raise ProtocolError("bad_field", "map keys must be guest page numbers (decimal strings)", "body.map") from None
+            raise ProtocolError("bad_field", "map keys must be guest page numbers (decimal strings)",
+                                "body.map") from None
 
         async def go():
             await self.mc.set_map(msg.body["space"], mapping)

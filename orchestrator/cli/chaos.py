@@ -795,6 +795,13 @@ def parse_faults(text: str | None, held_text: str | None = None) -> tuple[list[s
     return kinds, held
 
 
+EXAMPLES = [
+    "hwemu chaos --seed 7 --duration 20 --scenario io",
+    "hwemu chaos --seed 7 --duration 30 --scenario demo --json",
+    "hwemu chaos --seed 3 --duration 20 --faults kill,pause --history /tmp/h7",
+]
+
+
 def chaos(
     seed: Annotated[int, typer.Option("--seed", help="Draws the fault schedule (the same seed, the same schedule).")],
     duration: Annotated[float, typer.Option("--duration", min=3.0, help="Seconds of faults under the workloads.")]

@@ -33,6 +33,12 @@ def show(rep: checker.Report) -> None:
         console.print(f"... and {len(rep.violations) - SHOWN} more (--json lists them all)")
 
 
+EXAMPLES = [
+    "hwemu check .hwemu/history",
+    "hwemu check .hwemu/history --json",
+]
+
+
 def check(
     history: Annotated[Path, typer.Argument(help="A history file (.jsonl) or a directory of them "
                                                  "(<run dir>/history, or what `hwemu chaos --history` kept).")],

@@ -119,7 +119,7 @@ def test_a_tcp_endpoint_in_use_is_one_line(cluster_dir, tmp_path):
         line = one_line(hwemu(rd, "up", str(tmp_path / "tcp.toml"), "--detach"), 1)
     finally:
         holder.close()
-    assert line.startswith("hwemu: cluster failed to start: node sink_b (testnode) exited during start-up"), line
+    assert line.startswith("hwemu: cluster failed to start: node sink_b (streamer) exited during start-up"), line
     assert line.endswith(f"cannot bind tcp://127.0.0.1:{port}: Address already in use"), line
 
 

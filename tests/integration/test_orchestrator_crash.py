@@ -24,10 +24,11 @@ from orchestrator.cli.demo import timeshare_output
 from orchestrator.client import call
 from orchestrator.topology import load
 from protocol.transport import Party
+from tests.integration import test_cli
 from tests.integration.procs import alive, recorded_pids
-from tests.integration.test_cli import run_dir  # noqa: F401  (the fixture: `hwemu down`, then SIGKILL by pid)
 
 pytestmark = pytest.mark.integration
+run_dir = test_cli.run_dir  # the fixture (`hwemu down`, then SIGKILL by pid): the tests take it as a parameter
 
 REPO = Path(__file__).resolve().parents[2]
 HWEMU = str(Path(sys.executable).parent / "hwemu")

@@ -187,9 +187,9 @@ class Client:
     """A party outside the topology that starts programs on an OS and hears their proc_exit."""
 
     def __init__(self, orch, name: str = "vclient"):
-        from protocol.transport import Party
-        import protocol.hw  # noqa: F401
+        import protocol.hw
         import protocol.vmm  # noqa: F401
+        from protocol.transport import Party
 
         self.orch = orch
         self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True)

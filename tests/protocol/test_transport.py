@@ -13,9 +13,9 @@ import trio
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from protocol import transport
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message, decode, encode
-from protocol import transport
 from protocol.transport import INBOX_MAXMSGSIZE, Party
 
 
