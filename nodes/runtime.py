@@ -56,6 +56,7 @@ import trio
 
 from nodes.recorder import Recorder
 from protocol import sched
+from protocol.auth import keyring_from_config
 from protocol.errors import ProtocolError
 from protocol.messages import Message, error_body
 from protocol.routes import RouteTable
@@ -77,6 +78,7 @@ class NodeConfig:
     options: dict[str, Any] = field(default_factory=dict)
     heartbeat: float = 1.0
     run_dir: str = "."
+    auth: dict[str, Any] | None = None  # keys (protocol/auth.py node_auth) and node kinds; None: no MAC
 
     @classmethod
     def load(cls, path: str) -> "NodeConfig":
@@ -162,7 +164,8 @@ class Node:
         self.cfg = cfg
         self.name = cfg.name
         self.options = cfg.options
-        self.party = Party(cfg.name, cfg.endpoint, cfg.directory)
+        self.party = Party(cfg.name, cfg.endpoint, cfg.directory,
+                           auth=keyring_from_config(cfg.name, cfg.auth) if cfg.auth else None)
         self.recorder = Recorder(cfg.name)  # trace ring and fault history, both off until asked for
         self.routes = RouteTable.from_wire(cfg.routes)
         self.party.epoch = self.routes.epoch

@@ -26,6 +26,7 @@ from orchestrator.journal import Journal
 from orchestrator.routes import RouteAuthority, RouteChangeError
 from orchestrator.supervisor import NodeProc, Supervisor
 from orchestrator.topology import ORCHESTRATOR, Topology
+from protocol import auth
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message, error_body
 from protocol.routes import RouteTable, flow_sender
@@ -44,10 +45,15 @@ class Orchestrator:
     def __init__(self, topology: Topology, run_dir: Path):
         self.topology = topology
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # private (0700, ours): its sockets, configs and keys are the cluster's
+        # capabilities; one open to other accounts is refused (PermissionError)
+        auth.make_private_dir(self.run_dir)
         topology.check_run_dir(self.run_dir)
         self.directory = topology.directory(self.run_dir)
-        self.party = Party(ORCHESTRATOR, self.directory[ORCHESTRATOR], self.directory)
+        self._master = auth.master_secret(self.run_dir)
+        auth.write_client_file(self.run_dir, self._master, self.directory)
+        self.party = Party(ORCHESTRATOR, self.directory[ORCHESTRATOR], self.directory,
+                           auth=auth.orchestrator_keyring(self._master, ORCHESTRATOR, self.directory))
         routes = topology.routes
         if topology.firmware.get("vmm_at_boot"):  # FIG. 2b: the machine comes up interposed
             from orchestrator.choreographies.fig2b_boot import interposed_routes
@@ -84,6 +90,8 @@ class Orchestrator:
             "directory": self.directory, "routes": self.routes.table.to_wire(),
             "orchestrator": ORCHESTRATOR, "options": options,
             "heartbeat": self.topology.heartbeat, "run_dir": str(self.run_dir),
+            "auth": {**auth.node_auth(self._master, spec.name, self.directory),
+                     "kinds": {n: s.kind for n, s in self.topology.nodes.items()}},
         }
 
     async def _restarted(self, np: NodeProc) -> None:

@@ -18,6 +18,7 @@ from orchestrator.cli.common import Json, RunDir, console, emit_json, fail, run_
 from orchestrator.client import NotRunning, call
 from orchestrator.daemon import is_locked, read_state
 from orchestrator.topology import TopologyError, load
+from protocol.auth import make_private_dir
 from protocol.errors import RemoteError, RequestTimeout
 
 
@@ -74,7 +75,10 @@ def up(
         state = read_state(rd) or {}
         fail(f"a cluster is already running in {rd} (pid {state.get('pid', '?')}, topology "
              f"{state.get('topology', '?')}): run `hwemu down` first, or use another --run-dir")
-    rd.mkdir(parents=True, exist_ok=True)
+    try:
+        make_private_dir(rd)  # 0700: its sockets, configs and keys give control of the cluster
+    except OSError as exc:
+        fail(str(exc), code=2)
     log_path = rd / "orchestrator.log"
     with open(log_path, "ab") as log:
         daemon = subprocess.Popen(

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from orchestrator.cli.demo import timeshare_output
-
 from orchestrator.choreographies import ChoreographyError, ChoreographyFailed
 from orchestrator.choreographies.fig5_devices import interpose_device
+from orchestrator.cli.demo import timeshare_output
 from orchestrator.cluster import Orchestrator, running
 from orchestrator.journal import WHOLE
 from orchestrator.topology import parse
+from protocol.auth import client_keyring
 from protocol.errors import RemoteError
 from protocol.frames import from_runs
 
@@ -339,7 +339,8 @@ class Client:
         from protocol.transport import Party
 
         self.orch = orch
-        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True)
+        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True,
+                           auth=client_keyring(orch.run_dir, name))
         self.exits: dict[tuple[str, int], dict] = {}
         self.changed = trio.Event()
 
@@ -672,7 +673,8 @@ async def test_memctl_administration_is_refused_to_anyone_but_the_orchestrator_a
 
     orch = await cluster(topology())
     before = await check_conservation(orch)
-    intruder = Party("intruder", f"ipc://{orch.run_dir}/intruder.sock", dict(orch.directory), advertise=True)
+    intruder = Party("intruder", f"ipc://{orch.run_dir}/intruder.sock", dict(orch.directory), advertise=True,
+                     auth=client_keyring(orch.run_dir, "intruder"))  # the user's own client: authenticated
 
     async def ignore(msg):
         return None

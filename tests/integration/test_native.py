@@ -24,14 +24,14 @@ from typing import Any
 import pytest
 import trio
 
-from tests.integration.procs import alive as _alive, recorded_pids as _recorded_pids  # noqa: F401  (test_io)
-
-from protocol.errors import RemoteError
-from protocol.frames import from_runs, to_runs
-
 from nodes.cpu.core import PAGE_MISS, QUANTUM, TRAP, Core
 from nodes.guest_os.kernel import CAUSE_TIMER_IRQ, Kernel, KernelError, initial_stack
 from nodes.guest_os.module import FrameAllocator, FrameError, KernelModule, OutOfMemory
+from protocol.auth import client_keyring
+from protocol.errors import RemoteError
+from protocol.frames import from_runs, to_runs
+from tests.integration.procs import alive as _alive  # noqa: F401  (test_io)
+from tests.integration.procs import recorded_pids as _recorded_pids
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = REPO / "guest"
@@ -488,6 +488,7 @@ def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, 
 
     # Ctrl-C: hwemu run exits 130 and its program goes too; the cluster stays
     import signal
+
     from orchestrator.client import call
 
     proc = subprocess.Popen([HWEMU, "run", "compose/native.toml", str(BUILD / "timeshare.elf"), "--", "Z", "100000"],
@@ -660,10 +661,11 @@ class Client:
     and hears their proc_exit."""
 
     def __init__(self, orch, name: str = "tclient"):
-        from protocol.transport import Party
         import protocol.hw  # noqa: F401
+        from protocol.transport import Party
 
-        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True)
+        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True,
+                           auth=client_keyring(orch.run_dir, name))
         self.exits: dict[int, dict] = {}
         self.changed = trio.Event()
 
