@@ -42,7 +42,9 @@ class Orchestrator:
     through ``python -m orchestrator.daemon`` (``hwemu up``).
     """
 
-    def __init__(self, topology: Topology, run_dir: Path):
+    def __init__(self, topology: Topology, run_dir: Path, *, sign: bool = True):
+        """``sign=False`` runs the plane without MACs: only for ``bench/msgplane.py --mac``,
+        which measures what they cost; nothing a user runs can ask for it."""
         self.topology = topology
         self.run_dir = Path(run_dir)
         # private (0700, ours): its sockets, configs and keys are the cluster's
@@ -50,10 +52,11 @@ class Orchestrator:
         auth.make_private_dir(self.run_dir)
         topology.check_run_dir(self.run_dir)
         self.directory = topology.directory(self.run_dir)
-        self._master = auth.master_secret(self.run_dir)
-        auth.write_client_file(self.run_dir, self._master, self.directory)
+        self._master = auth.master_secret(self.run_dir) if sign else None
+        if self._master is not None:
+            auth.write_client_file(self.run_dir, self._master, self.directory)
         self.party = Party(ORCHESTRATOR, self.directory[ORCHESTRATOR], self.directory,
-                           auth=auth.orchestrator_keyring(self._master, ORCHESTRATOR, self.directory))
+                           auth=self._master and auth.orchestrator_keyring(self._master, ORCHESTRATOR, self.directory))
         routes = topology.routes
         if topology.firmware.get("vmm_at_boot"):  # FIG. 2b: the machine comes up interposed
             from orchestrator.choreographies.fig2b_boot import interposed_routes
@@ -90,8 +93,8 @@ class Orchestrator:
             "directory": self.directory, "routes": self.routes.table.to_wire(),
             "orchestrator": ORCHESTRATOR, "options": options,
             "heartbeat": self.topology.heartbeat, "run_dir": str(self.run_dir),
-            "auth": {**auth.node_auth(self._master, spec.name, self.directory),
-                     "kinds": {n: s.kind for n, s in self.topology.nodes.items()}},
+            "auth": self._master and {**auth.node_auth(self._master, spec.name, self.directory),
+                                      "kinds": {n: s.kind for n, s in self.topology.nodes.items()}},
         }
 
     async def _restarted(self, np: NodeProc) -> None:
@@ -533,9 +536,9 @@ def _partial(exc: Exception, done: list[dict[str, Any]]) -> None:
 
 
 @asynccontextmanager
-async def running(topology: Topology, run_dir: Path) -> AsyncIterator[Orchestrator]:
+async def running(topology: Topology, run_dir: Path, *, sign: bool = True) -> AsyncIterator[Orchestrator]:
     """A started cluster that is stopped (every process, by pid) on exit, even on error."""
-    orch = Orchestrator(topology, run_dir)
+    orch = Orchestrator(topology, run_dir, sign=sign)
     async with trio.open_nursery() as nursery:
         try:
             await orch.start(nursery)
