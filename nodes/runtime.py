@@ -55,7 +55,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from nodes.recorder import Recorder
-from protocol import sched
+from protocol import authz, sched
 from protocol.auth import keyring_from_config
 from protocol.errors import ProtocolError
 from protocol.messages import Message, error_body
@@ -169,6 +169,9 @@ class Node:
         self.recorder = Recorder(cfg.name)  # trace ring and fault history, both off until asked for
         self.routes = RouteTable.from_wire(cfg.routes)
         self.party.epoch = self.routes.epoch
+        # who may ask what (protocol/authz.py), judged before any handler runs; None without keys
+        self._authz = authz.context_from_config(cfg.name, self.routes, cfg.auth, cfg.orchestrator)
+        self.forbidden_by: dict[str, int] = {}  # rule -> requests it refused
         self.out_flows: dict[str, _OutFlow] = {}
         self.in_flows: dict[str, _InFlow] = {}
         self.state = "starting"
@@ -253,6 +256,9 @@ class Node:
     def stats(self) -> dict[str, Any]:
         """Counters for ``status`` (override and extend with ``super().stats()``)."""
         s: dict[str, Any] = dict(self.party.counters)
+        s["forbidden"] = sum(self.forbidden_by.values())
+        s["forbidden_by"] = dict(self.forbidden_by)
+        s["auth_failures"] = dict(self.party.auth_failures)
         s["state"] = self.state
         s["epoch"] = self.routes.epoch
         s["flows_out"] = {f: o.fseq for f, o in self.out_flows.items()}
@@ -263,6 +269,8 @@ class Node:
     # -- dispatch ---------------------------------------------------------------
 
     async def _dispatch(self, msg: Message) -> None:
+        if self._authz is not None and not authz.rule_for(msg.kind).allows(msg, self._authz):
+            self._refuse(msg)
         handler = self._handlers.get(msg.kind)
         flow = msg.flow
         if flow is not None:
@@ -290,6 +298,19 @@ class Node:
             if inflow.waiter is not None:
                 inflow.waiter.set()
                 inflow.waiter = None
+
+    def _refuse(self, msg: Message) -> None:
+        """Count a request its sender may not make and refuse it (before its flow's
+        accounting: a refused message is no part of the flow).
+
+        Raises:
+            ProtocolError: ``forbidden``, naming the rule (the serve loop answers it).
+        """
+        rule = authz.rule_for(msg.kind)
+        self.forbidden_by[rule.name] = self.forbidden_by.get(rule.name, 0) + 1
+        if self.recorder.on:
+            self.recorder("authz", "forbidden", kind=msg.kind, src=msg.src, rule=rule.name)
+        raise ProtocolError("forbidden", authz.refusal(msg, self._authz), "src")
 
     async def _guarded(self, handler: Callable[[Message], Awaitable[None]], msg: Message) -> None:
         try:
@@ -478,6 +499,8 @@ class Node:
             raise ProtocolError("stale_epoch", f"epoch {table.epoch} is older than {self.routes.epoch}", "body.epoch")
         self.routes = table
         self.party.epoch = table.epoch
+        if self._authz is not None:
+            self._authz.routes = table
         for flow, n in nxt.items():
             if table.get(flow) == self.name:
                 self.in_flows.setdefault(flow, _InFlow()).next_is(n)

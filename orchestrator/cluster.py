@@ -26,7 +26,7 @@ from orchestrator.journal import Journal
 from orchestrator.routes import RouteAuthority, RouteChangeError
 from orchestrator.supervisor import NodeProc, Supervisor
 from orchestrator.topology import ORCHESTRATOR, Topology
-from protocol import auth
+from protocol import auth, authz
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message, error_body
 from protocol.routes import RouteTable, flow_sender
@@ -78,6 +78,7 @@ class Orchestrator:
         """os -> its boot memory map as the FIG. 2b firmware computed it (restored after a borrowed boot)."""
         self.firmware: dict[str, Any] = {}
         """What the FIG. 2b boot did (frames moved, map sizes, what the VMM discovered)."""
+        self.forbidden_by: dict[str, int] = {}  # rule -> control requests it refused (protocol/authz.py)
         self.adopted: dict[str, int] = {}
         """nodes re-attached at start (a previous orchestrator started them): name -> pid."""
         """os -> the frames of its boot memory map, for an instance booted on borrowed memory (¶49)."""
@@ -302,6 +303,13 @@ class Orchestrator:
     # -- the orchestrator's inbox -------------------------------------------------
 
     async def _dispatch(self, msg: Message) -> None:
+        if self._master is not None:  # who may ask what (protocol/authz.py): no node may steer the cluster
+            ctx = authz.Context(ORCHESTRATOR, self.routes.table,
+                                {n: s.kind for n, s in self.topology.nodes.items()}, ORCHESTRATOR)
+            if not authz.allowed(msg, ctx):
+                rule = authz.rule_for(msg.kind).name
+                self.forbidden_by[rule] = self.forbidden_by.get(rule, 0) + 1
+                raise ProtocolError("forbidden", authz.refusal(msg, ctx), "src")
         if msg.kind == "ready":
             self.supervisor.mark_ready(msg.src, msg.body["pid"])
         elif msg.kind == "heartbeat":
@@ -347,7 +355,9 @@ class Orchestrator:
             "cluster": self.topology.name, "topology": self.topology.source,
             "orchestrator": {"pid": os.getpid(), "state": self.state,
                              "uptime": round(time.monotonic() - self.started, 3),
-                             "endpoint": self.directory[ORCHESTRATOR]},
+                             "endpoint": self.directory[ORCHESTRATOR],
+                             "auth_failed": self.party.counters["auth_failed"],
+                             "forbidden": sum(self.forbidden_by.values()), "forbidden_by": dict(self.forbidden_by)},
             "nodes": [np.view() for np in self.supervisor.nodes.values()],
             "routes": self.routes.table.to_wire(),
             "virt": self.virt.view(self.topology),
