@@ -98,6 +98,16 @@ def _memory(msg: Message, ctx: Context) -> bool:
     return False
 
 
+def _priv(msg: Message, ctx: Context) -> bool:
+    """Whoever ``priv:`` routes here, on that flow; and the space a
+    ``cpu_resume`` runs the CPU in is the sender's own (the CPU reads and
+    writes whatever space it runs), unless the sender is the VMM, which runs
+    each OS it manages in that OS's space."""
+    space = msg.body.get("space")
+    return (_on_my_flow(msg, ctx, "priv")
+            and (space is None or space == msg.src or ctx.kind_of(msg.src) == "vmm"))
+
+
 def _own_frames(msg: Message, ctx: Context) -> bool:
     """An OS pins or unpins its own frames (the controller checks it owns
     them); the VMM names any owner."""
@@ -133,8 +143,8 @@ MEMCTL = Rule("memctl", "the memory controller", lambda msg, ctx: ctx.kind_of(ms
 MEMORY = Rule("memory", "the space's own OS, the VMM, the CPU, or a device an io: flow of that OS "
                         "(or of the VMM) is routed to", _memory)
 OWN_FRAMES = Rule("own_frames", "an OS for its own frames, or the VMM", _own_frames)
-PRIV = Rule("priv_route", "the sender of a priv: flow the receiver's route table routes here, on that flow",
-            lambda msg, ctx: _on_my_flow(msg, ctx, "priv"))
+PRIV = Rule("priv_route", "the sender of a priv: flow the receiver's route table routes here, on that flow "
+                         "(an OS naming no memory space but its own)", _priv)
 IO = Rule("io_route", "the sender of an io: flow the receiver's route table routes here",
           _sends_io_here)
 FLOW = Rule("flow_route", "the sender of the flow it travels on, routed here by the receiver's table",

@@ -99,7 +99,8 @@ async def test_an_os_may_only_name_its_own_space_but_other_initiators_name_any(c
         await orch.request("memctl", "mem_read", {"space": "nope", "addr": 0, "length": 1})
     assert err.value.reason == "mem_fault"
     info = (await orch.request("memctl", "mem_info")).body["data"]
-    assert info["refused"] == 1 and info["nframes"] == 1024
+    assert info["refused"] == 0 and info["nframes"] == 1024  # the table refused it before the controller saw it
+    assert (await stats(orch, "memctl"))["forbidden_by"] == {"memory": 1}
 
 
 async def test_memctl_killed_with_sigkill_is_restarted_with_memory_intact(cluster, tmp_path, guest_build):

@@ -730,7 +730,7 @@ async def _timeshare_and_segv(orch, client: Client, sleeper: bytes) -> None:
 
 
 async def _kernel_module_and_ps(orch, client: Client) -> None:
-    req = client.party.request
+    req = orch.party.request  # the kernel module and the drivers' modes are the orchestrator's (protocol/authz.py)
     pinned = (await req("os1", "mod_alloc_pin", {"n": 3})).body["data"]
     frames = from_runs(pinned["runs"])  # frames travel as [first, count] runs
     assert len(frames) == 3 and all(256 <= f < 768 for f in frames) and pinned["free"] == 509

@@ -160,6 +160,15 @@ def test_an_interrupt_or_trap_comes_only_from_its_flows_sender_to_its_routed_rec
     assert all(got[t] == {"orch"} for t in got if t not in (receiver, "orch"))
 
 
+def test_an_os_cannot_make_the_cpu_run_in_another_os_space():
+    at = ctx("cpu0", NATIVE)
+    resume = lambda src, space: Message("cpu_resume", src, "cpu0", 1, {"space": space}, flow=f"priv:{src}", fseq=1)  # noqa: E731
+    assert authz.allowed(resume("os1", "os1"), at)
+    assert not authz.allowed(resume("os1", "os2"), at)
+    at = ctx("cpu0", INTERPOSED)
+    assert authz.allowed(resume("vmm", "os2"), at)  # the VMM runs each OS it manages in its space
+
+
 def test_route_drain_and_route_next_come_from_the_sender_of_every_flow_they_name():
     at = ctx("sink", NATIVE)
     assert authz.allowed(Message("route_drain", "os1", "uart0", 1, {"upto": {"io:os1.uart": 3}}), at)
