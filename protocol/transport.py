@@ -619,8 +619,9 @@ class Party:
 
     def _take(self, frames: list[bytes]) -> tuple[list[bytes], Message | ProtocolError] | None:
         """Count and parse one inbox delivery. A reply is given to its
-        requester here (None returned); anything else is returned for the
-        handler, with the frames (a malformed one: with its error)."""
+        requester here (None returned), a frame that fails authentication is
+        dropped and counted (None returned); anything else is returned for
+        the handler, with the frames (a malformed one: with its error)."""
         counters = self.counters
         counters["msgs_in"] += 1
         try:
