@@ -307,10 +307,13 @@ class Node:
             ProtocolError: ``forbidden``, naming the rule (the serve loop answers it).
         """
         rule = authz.rule_for(msg.kind)
-        self.forbidden_by[rule.name] = self.forbidden_by.get(rule.name, 0) + 1
+        n = self.forbidden_by[rule.name] = self.forbidden_by.get(rule.name, 0) + 1
+        detail = authz.refusal(msg, self._authz)
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th ... of a rule: a flood logs little
+            log.warning("%s: %s (flow %s, %d so far by this rule)", self.name, detail, msg.flow, n)
         if self.recorder.on:
             self.recorder("authz", "forbidden", kind=msg.kind, src=msg.src, rule=rule.name)
-        raise ProtocolError("forbidden", authz.refusal(msg, self._authz), "src")
+        raise ProtocolError("forbidden", detail, "src")
 
     async def _guarded(self, handler: Callable[[Message], Awaitable[None]], msg: Message) -> None:
         try:
