@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
+import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -441,3 +445,52 @@ async def test_os2_reaches_no_byte_of_os1_before_during_and_after_a_loan(cluster
     got = await probe(orch, "os1", "memctl", "mem_read", {"space": "os1", "addr": still[0] * PAGE,
                                                          "length": len(SECRET)})
     assert got["body"]["data"] == SECRET
+
+
+# ============================================================ the run directory and another account
+
+HWEMU = str(Path(sys.executable).parent / "hwemu")
+NOBODY = 65534  # another local account
+
+
+def test_hwemu_up_refuses_a_run_directory_open_to_other_accounts(tmp_path):
+    rd = tmp_path / "open"
+    rd.mkdir()
+    rd.chmod(0o755)
+    up = subprocess.run([HWEMU, "up", str(REPO / "compose" / "flip.toml"), "--detach", "--run-dir", str(rd)],
+                        cwd=REPO, capture_output=True, timeout=60)
+    assert up.returncode == 2
+    err = up.stderr.decode()
+    assert len(err.strip().splitlines()) == 1 and "is open to other accounts (mode 755)" in err and "chmod 700" in err
+    assert sorted(p.name for p in rd.iterdir()) == []  # nothing started, nothing written
+
+
+async def test_another_account_can_neither_control_nor_reach_the_cluster(cluster):
+    parent = Path(tempfile.mkdtemp(prefix="hws"))
+    try:
+        parent.chmod(0o755)  # others may walk up to the run directory: only its own mode keeps them out
+        orch = await cluster(REPO / "compose" / "flip.toml", run_dir=parent / "r")
+        rd = orch.run_dir
+        modes = {p.relative_to(rd).as_posix(): stat.S_IMODE(p.stat().st_mode)
+                 for p in [rd, rd / "keys", *(rd / "keys").iterdir(), *(rd / "conf").glob("*.json")]}
+        assert modes["."] == modes["keys"] == 0o700
+        assert {m for p, m in modes.items() if p not in (".", "keys")} == {0o600}
+        assert set(modes) >= {"keys/master.key", "keys/client.json", "conf/src.json"}
+        if os.getuid() != 0:
+            return  # another account is not ours to become: the modes above are what keeps it out
+        # another account (nobody): it cannot list the run directory, read the client key the CLI
+        # signs with, or reach a socket (connecting needs to enter the directory)
+        before = orch.party.counters["auth_failed"]
+        checks = {"ls": f"ls {rd}", "key": f"cat {rd}/keys/client.json", "config": f"cat {rd}/conf/src.json",
+                  "socket": f"test -e {orch.directory['orch'][len('ipc://'):]}"}
+        for what, cmd in checks.items():
+            other = await trio.to_thread.run_sync(lambda cmd=cmd: subprocess.run(
+                ["/bin/sh", "-c", cmd], user=NOBODY, group=NOBODY, extra_groups=[], cwd="/", capture_output=True,
+                timeout=60))
+            assert other.returncode != 0 and other.stdout == b"", (what, other)
+            if what != "socket":
+                assert b"Permission denied" in other.stderr, (what, other)
+        assert orch.party.counters["auth_failed"] == before and orch.state == "running"
+        assert (await orch.request("sink_a", "ping")).kind == "pong"
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
