@@ -4,7 +4,7 @@ A frame on the wire is the msgpack message (:mod:`protocol.messages`)
 followed by a 32-byte trailer::
 
     frame = message || person || tag
-    person = <QQ: the sender's incarnation, the sender's send counter>
+    person = <QQ: the sender's incarnation, the link's counter>
     tag = blake2b(person || message, key=k(src→dst), digest_size=16)
 
 **Keys.** The orchestrator holds the cluster's *master secret* ``M``
@@ -27,8 +27,9 @@ cannot act as a client towards another node.
 **Replays.** The MAC binds the link (its key is per direction and per pair),
 the sender's incarnation (:attr:`protocol.transport.Party.incarnation`,
 larger after a restart) and a counter the sender increments for every frame
-it sends. A receiver keeps, per sender, the newest incarnation it verified
-and a window of the counters seen (:data:`WINDOW` below the highest): a
+it sends on that link. A receiver keeps, per sender, the newest incarnation it
+verified, the highest counter, and which of the counters below it did not
+come yet (:data:`WINDOW` below the highest): a
 frame of an older incarnation, a counter below the window or one seen
 already is refused. A frame is checked before it is parsed; one that fails
 is dropped and counted (``auth_failed``), never answered.
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import json
 import os
 import secrets
@@ -96,14 +96,6 @@ def keyed(key: bytes) -> Any:
     return _blake2b(key=key, digest_size=TAG)
 
 
-def tag(state: Any, person: bytes, data: bytes) -> bytes:
-    """The MAC of ``data`` with the (incarnation, counter) pair ``person`` under a keyed state."""
-    h = state.copy()
-    h.update(person)
-    h.update(data)
-    return h.digest()
-
-
 class Keyring:
     """One party's keys and its replay windows.
 
@@ -122,10 +114,10 @@ class Keyring:
         self._send = {p: keyed(k) for p, k in send.items()}
         self._recv = {p: keyed(k) for p, k in recv.items()}
         self._derive = derive
-        self._counter = itertools.count(1)
+        self._counters: dict[str, int] = {}  # peer -> the last counter sent on the link to it
         self.incarnation = 0  # set by the Party that uses it
-        # sender -> [incarnation, highest counter, bitmap of the WINDOW counters below it]
-        self._seen: dict[str, list[int]] = {}
+        # sender -> [incarnation, highest counter, the counters below it not seen yet (within WINDOW)]
+        self._seen: dict[str, list] = {}
 
     def _keys(self, peer: str) -> tuple[Any, Any]:
         pair = self._derive(peer) if self._derive is not None else None
@@ -153,8 +145,12 @@ class Keyring:
         state = self._send.get(dst) or self._send_state(dst)
         if state is None:
             raise AuthError("no_key", f"{self.name} has no key for a link to {dst!r}")
-        person = _PERSON.pack(self.incarnation, next(self._counter))
-        return b"".join((frame, person, tag(state, person, frame)))
+        ctr = self._counters[dst] = self._counters.get(dst, 0) + 1
+        person = _PERSON.pack(self.incarnation, ctr)
+        h = state.copy()  # a copy of the link's keyed state: the key's compression is done once
+        h.update(person)
+        h.update(frame)
+        return b"".join((frame, person, h.digest()))
 
     def open(self, src: str, frame: bytes) -> bytes:
         """The message of a sealed ``frame`` from ``src``, once its MAC and freshness are checked.
@@ -172,28 +168,40 @@ class Keyring:
             raise AuthError("bad_mac", f"a frame of {len(frame)} bytes has no room for a MAC")
         body = frame[:-TRAILER]
         person = frame[-TRAILER:-TAG]
-        if not _compare(tag(state, person, body), frame[-TAG:]):
+        h = state.copy()
+        h.update(person)
+        h.update(body)
+        if not _compare(h.digest(), frame[-TAG:]):
             raise AuthError("bad_mac", f"the MAC of a frame claimed from {src!r} does not verify")
         inc, ctr = _PERSON.unpack(person)
         seen = self._seen.get(src)
+        if seen is not None and inc == seen[0] and ctr == seen[1] + 1:
+            seen[1] = ctr  # the next on the link, in order: the usual case
+            return body
+        return self._fresh(src, seen, inc, ctr, body)
+
+    def _fresh(self, src: str, seen: list | None, inc: int, ctr: int, body: bytes) -> bytes:
+        """The replay check of a frame that is not the link's next in order (a
+        sender's first, a restarted sender's, one that overtook others, a replay)."""
         if seen is None or inc > seen[0]:  # first frame of this sender's life (a restart has a larger one)
-            self._seen[src] = [inc, ctr, 1]
+            self._seen[src] = [inc, ctr, set(range(max(1, ctr - WINDOW + 1), ctr))]
             return body
         if inc < seen[0]:
             raise AuthError("old_incarnation", f"a frame of {src}'s incarnation {inc}, older than {seen[0]}")
-        ahead = ctr - seen[1]
-        if ahead > 0:
+        top, missing = seen[1], seen[2]
+        if ctr > top:  # ahead: the ones skipped may still come (overtaken), within the window
+            if ctr - top > WINDOW:
+                missing.clear()
+            else:
+                missing.update(range(top + 1, ctr))
             seen[1] = ctr
-            seen[2] = ((seen[2] << ahead) | 1) & _MASK if ahead < WINDOW else 1
+            if len(missing) > WINDOW:
+                seen[2] = {c for c in missing if c > ctr - WINDOW}
             return body
-        back = -ahead
-        if back >= WINDOW or (seen[2] >> back) & 1:
-            raise AuthError("replay", f"{src}'s counter {ctr} was seen already (highest {seen[1]})")
-        seen[2] |= 1 << back
+        if ctr <= top - WINDOW or ctr not in missing:
+            raise AuthError("replay", f"{src}'s counter {ctr} was seen already or is too old (highest {top})")
+        missing.discard(ctr)
         return body
-
-
-_MASK = (1 << WINDOW) - 1
 
 
 # -- keys on disk ------------------------------------------------------------------------
