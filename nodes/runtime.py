@@ -269,8 +269,10 @@ class Node:
     # -- dispatch ---------------------------------------------------------------
 
     async def _dispatch(self, msg: Message) -> None:
-        if self._authz is not None and not authz.rule_for(msg.kind).allows(msg, self._authz):
-            self._refuse(msg)
+        if self._authz is not None:
+            rule = authz.CHECKED.get(msg.kind)
+            if rule is not None and not rule.allows(msg, self._authz):
+                self._refuse(msg)
         handler = self._handlers.get(msg.kind)
         flow = msg.flow
         if flow is not None:

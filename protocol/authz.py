@@ -194,6 +194,11 @@ RULES: dict[str, Rule] = {
 test fixture's own) is open to any authenticated party (:data:`ANY`)."""
 
 
+CHECKED: dict[str, Rule] = {k: r for k, r in RULES.items() if r is not ANY}
+"""The kinds whose rule is more than "authenticated": what a receiver's hot
+path looks up (a data-plane message of a kind open to all costs one miss)."""
+
+
 def rule_for(kind: str) -> Rule:
     return RULES.get(kind, ANY)
 
