@@ -212,8 +212,10 @@ async def test_a_new_address_space_writes_back_and_drops_every_cached_page_first
     assert (result["output"], result["exit_code"]) == (expected("primes"), 0)
     assert (await stats(orch, "cpu0"))["modified"] > 0
     # another space, a flushed TLB and pc 0: the CPU releases everything, then
-    # traps at once on the instruction fetch (nothing is mapped), and the test OS halts it
-    await emit(orch, "cpu_resume", {"space": "os2", "pc": 0, "asid": 2, "flush_tlb": True})
+    # traps at once on the instruction fetch (nothing is mapped), and the test OS halts it.
+    # The switch comes from the orchestrator, as a VMM's would: an OS may not run the
+    # CPU in another OS's space (protocol/authz.py, rule priv_route)
+    await orch.request("cpu0", "cpu_resume", {"space": "os2", "pc": 0, "asid": 2, "flush_tlb": True, "ack": True})
     with trio.fail_after(10):
         while (result := (await orch.request("os1", "testos_result")).body["data"])["fault"] is None:
             await trio.sleep(0.02)
