@@ -21,13 +21,18 @@ both sides alike, in ABBA order: the round trips in 30 turns of 250 each
 turns of 40,000 messages. Each ratio is the median of the turns' ratios
 (ours ÷ the raw turn beside it); the figures in µs and msg/s pool them.
 
+With ``--trace`` it then measures the cost of tracing (every node's event
+ring on: each message sent and received, each flow delivery recorded): node
+round trips and throughput with the rings on and off, taking turns in the
+same ABBA order, and prints the ratios (on ÷ off).
+
 With ``--mac`` it measures instead what the MAC of every frame costs
 (protocol/auth.py): the same node-to-node round trips and throughput on two
 clusters side by side, one signing and checking every frame and one
 without, taking turns in ABBA order; and the cost of sealing and opening one
 frame in this process.
 
-    .venv/bin/python bench/msgplane.py [--json] [--quick] [--mac]
+    .venv/bin/python bench/msgplane.py [--json] [--quick] [--trace | --mac]
 """
 
 from __future__ import annotations
@@ -311,7 +316,40 @@ async def route_pauses(orch, flips: int, rate: int, probe_ep: str) -> tuple[list
         probe.close()
 
 
-async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rtt_turns: int, tp_turns: int) -> dict:
+BENCH_NODES = ("echo", "src", "sink_a", "sink_b")
+
+
+async def tracing(orch, on: bool) -> None:
+    """Every node's trace ring on (a fresh one) or off."""
+    for node in BENCH_NODES:
+        await orch.request(node, "trace_start" if on else "trace_stop", {"size": 1 << 16} if on else {})
+
+
+async def trace_cost(orch, n_rtt: int, n_tp: int, rtt_turns: int, tp_turns: int) -> dict:
+    """Round trips and throughput with tracing off and on, taking turns:
+    the per-turn ratios on ÷ off."""
+    async def measured(fn, on: bool):
+        await tracing(orch, on)
+        try:
+            return await fn()
+        finally:
+            if on:
+                await tracing(orch, False)
+
+    batch = n_rtt // rtt_turns
+    rtt = functools.partial(node_rtt, orch, batch, 20)
+    offs, ons = await turns(functools.partial(measured, rtt, False), functools.partial(measured, rtt, True),
+                            rtt_turns)
+    out = {"trace_rtt_ratio": [statistics.median(b) / statistics.median(a) for a, b in zip(offs, ons)],
+           "trace_rtt_on": [t for b in ons for t in b], "trace_rtt_off": [t for a in offs for t in a]}
+    tp = functools.partial(our_throughput, orch, n_tp // tp_turns)
+    offs, ons = await turns(functools.partial(measured, tp, False), functools.partial(measured, tp, True), tp_turns)
+    out["trace_tp_ratio"] = [b / a for a, b in zip(offs, ons)]
+    return out
+
+
+async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rtt_turns: int, tp_turns: int,
+                trace: bool = False) -> dict:
     """Every figure on one cluster, raw and ours taking turns (a drift of the
     shared host's speed hits both sides alike)."""
     res = {k: [] for k in ("raw_rtt", "rtt", "floor_rtt", "rtt_client", "rtt_thread", "raw_tp", "tp", "lat_ratio",
@@ -353,6 +391,8 @@ async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rtt_turns: int, tp_
             # the flow has history now: each change drains its old receiver, idle or not
             res["pause_load"], res["probe_load"] = await route_pauses(orch, flips, 20000, f"ipc://{tmp}/probe-load")
             res["pause_idle"], res["probe_idle"] = await route_pauses(orch, flips, 0, f"ipc://{tmp}/probe-idle")
+            if trace:
+                res.update(await trace_cost(orch, n_rtt, n_tp, rtt_turns, tp_turns))
     finally:
         for client in clients:
             client.close()
@@ -432,6 +472,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    ap.add_argument("--trace", action="store_true", help="also measure the cost of tracing (rings on ÷ off)")
     ap.add_argument("--mac", action="store_true", help="measure the cost of the MACs instead (signed vs unsigned)")
     args = ap.parse_args()
     if args.mac:
@@ -439,7 +480,7 @@ def main() -> None:
         return
     n_rtt, n_tp, flips, rtt_turns, tp_turns = (500, 20000, 50, 2, 2) if args.quick else (7500, 400000, 300, 30, 10)
     with tempfile.TemporaryDirectory(prefix="hwb") as tmp:
-        ours = trio.run(bench, tmp, n_rtt, n_tp, flips, rtt_turns, tp_turns)
+        ours = trio.run(bench, tmp, n_rtt, n_tp, flips, rtt_turns, tp_turns, args.trace)
     raw = ours["raw_rtt"]
     raw_tp, our_tp = statistics.median(ours["raw_tp"]), statistics.median(ours["tp"])
     us = lambda v: round(v * 1e6, 1)
@@ -467,6 +508,15 @@ def main() -> None:
         "raw_rtt_beside_idle_p50_ms": round(statistics.median(ours["probe_idle"]) * 1e3, 3),
         "raw_rtt_beside_idle_p99_ms": round(pct(ours["probe_idle"], 99) * 1e3, 3),
     }
+    if args.trace:
+        result.update({
+            "trace_off_rtt_p50_us": us(statistics.median(ours["trace_rtt_off"])),
+            "trace_on_rtt_p50_us": us(statistics.median(ours["trace_rtt_on"])),
+            "trace_latency_ratio": round(statistics.median(ours["trace_rtt_ratio"]), 3),
+            "trace_latency_ratios": [round(r, 3) for r in ours["trace_rtt_ratio"]],
+            "trace_throughput_ratio": round(statistics.median(ours["trace_tp_ratio"]), 3),
+            "trace_throughput_ratios": [round(r, 3) for r in ours["trace_tp_ratio"]],
+        })
     if args.json:
         print(json.dumps(result))
         return
@@ -489,6 +539,10 @@ def main() -> None:
           f"{result['raw_rtt_beside_idle_p50_ms']} / {result['raw_rtt_beside_idle_p99_ms']} ms")
     print(f"ratio per turn: round trip {result['latency_ratios']}, throughput {result['throughput_ratios']}")
     print(f"floor ratio per turn: {result['floor_latency_ratios']}")
+    if args.trace:
+        print(f"tracing on ÷ off: round trip p50 {result['trace_on_rtt_p50_us']} / {result['trace_off_rtt_p50_us']} µs "
+              f"= {result['trace_latency_ratio']} (per turn {result['trace_latency_ratios']}), throughput "
+              f"{result['trace_throughput_ratio']} (per turn {result['trace_throughput_ratios']})")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,21 @@ implements the route-change protocol generically:
 So no message of a flow is lost, duplicated or reordered across a change; a
 receiver that still sees a gap or a duplicate counts it (``stats``).
 
+Flows are also *reliable* (docs/reliability.md): a receiver consumes a flow's
+messages strictly in ``fseq`` order (a duplicate is dropped, one after a gap
+is held until the gap is filled) and acknowledges what it consumed,
+cumulatively and batched (``flow_ack``, at most one per sender every
+``ACK_DELAY``, naming what is missing after a gap); a sender keeps what is
+not acknowledged yet (at most ``window`` messages a flow, then its emitter
+waits) and sends again what the receiver names missing, what the answer to
+a probe shows lost (a probe goes when nothing was acknowledged for ``RTO``,
+doubling up to ``RTO_MAX``), and everything, led by a ``route_next`` saying
+where the flow stands, when the receiver shows a new incarnation (it
+restarted). Every message carries its sender's incarnation (``inc``), so a
+receiver tells a restarted sender's new numbering from a late copy. A
+request on a flow goes again every ``RTO`` until answered; the receiver
+keeps its last reply per flow and sends it again for a copy.
+
 Every receiver also records the *history* of what it accepted on each flow,
 as runs of consecutive ``fseq`` (``stats`` → ``flows_in[flow]["runs"]``; a
 node process writes its last history to ``<run_dir>/<name>.flows.json`` when
@@ -52,14 +67,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+import msgpack
 import trio
 
-from nodes.recorder import Recorder
 from protocol import authz, sched
 from protocol.auth import keyring_from_config
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, RemoteError
+from protocol.faults import Injector
 from protocol.messages import Message, error_body
-from protocol.routes import RouteTable
+from protocol.routes import RouteTable, flow_sender
 from protocol.transport import REQUEST_FAILURES, Party, gather
 
 log = logging.getLogger("hwemu.node")
@@ -93,8 +109,18 @@ def spawned(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]
     return fn
 
 
+ACK_DELAY = 0.02  # s a receiver gathers acknowledgements before it sends them (one message per sender)
+RTO = 0.2  # s without an acknowledgement before a sender sends its unacknowledged messages again
+RTO_MAX = 1.0  # the retransmission timeout doubles up to this while nothing is acknowledged
+RESYNC_MIN = 0.02  # s between two retransmissions of a flow prompted by gaps (a reordering reports many)
+RETRANSMIT_MAX = 1024  # messages one retransmission sends at most (the rest on the next one)
+HOLD = 1024  # messages past a gap a receiver holds per flow (further ones are dropped: they come again)
+HOLES_MAX = 256  # missing fseq an acknowledgement names per flow
+
+
 class _OutFlow:
-    __slots__ = ("fseq", "paused", "paused_at", "buffer", "flushing", "resumed")
+    __slots__ = ("fseq", "paused", "paused_at", "buffer", "flushing", "resumed",
+                 "acked", "unacked", "rto", "progress", "resynced", "room", "resent")
 
     def __init__(self) -> None:
         self.fseq = 0  # last fseq assigned
@@ -103,6 +129,13 @@ class _OutFlow:
         self.flushing = False
         self.buffer: deque[Message] = deque()
         self.resumed = trio.Event()
+        self.acked = 0  # every fseq up to this one was consumed by a receiver
+        self.unacked: deque[Message] = deque()  # sent, not acknowledged yet, in fseq order
+        self.rto = RTO
+        self.progress = 0.0  # trio time of the last acknowledgement (or first send after none was due)
+        self.resynced = 0.0  # trio time of the last retransmission
+        self.room: trio.Event | None = None  # set when acknowledgements free the window; only while one waits
+        self.resent: dict[int, float] = {}  # fseq -> trio time it was last sent again (until acknowledged)
 
     def pause(self) -> None:
         if not self.paused:
@@ -110,14 +143,23 @@ class _OutFlow:
             self.paused_at = time.perf_counter()
 
 
+TRACE_RING = 65536  # events a node's trace ring keeps by default
+TRACE_RING_MAX = 1 << 22
+TRACE_PAGE_BYTES = 1 << 20  # a trace_dump page: a quarter of MAX_FRAME, however big its events
+
 HISTORY_RUNS = 256  # runs of consecutive fseq a receiver records per flow (more means gaps: the audit fails anyway)
 
 
 class _InFlow:
-    __slots__ = ("expected", "consumed", "gaps", "dups", "waiter", "runs", "runs_dropped")
+    __slots__ = ("expected", "consumed", "gaps", "dups", "waiter", "runs", "runs_dropped", "src_inc",
+                 "reply", "held", "probed")
 
     def __init__(self) -> None:
-        self.expected: int | None = None  # next fseq; None until known
+        self.expected: int | None = None  # next fseq; None until known (then 1 unless the sender says)
+        self.src_inc: int | None = None  # the incarnation of the sender whose numbering is followed
+        self.reply: tuple[int, Message] | None = None  # (fseq, reply) of the last request answered
+        self.held: dict[int, Message] = {}  # arrived after a gap, consumed once the gap is filled
+        self.probed = 0  # the sender asked where the flow stands, having sent up to this fseq (0: it did not)
         self.consumed = 0
         self.gaps = 0
         self.dups = 0
@@ -131,6 +173,18 @@ class _InFlow:
             self.forget_runs()
         self.expected = n
         self.consumed = n - 1
+        self.held.clear()
+
+    def holes(self) -> tuple[list[int], int]:
+        """What is missing below the highest fseq held (at most ``HOLES_MAX``), and that fseq."""
+        top = max(self.held)
+        missing = []
+        for n in range(self.expected, top):
+            if n not in self.held:
+                missing.append(n)
+                if len(missing) >= HOLES_MAX:
+                    break
+        return missing, top
 
     def forget_runs(self) -> None:
         """Its sender (re)starts numbering the flow: what was recorded was a previous life's."""
@@ -158,6 +212,7 @@ class Node:
 
     kind = "base"
     pause_buffer = 4096  # messages a paused flow buffers before its emitter waits
+    window = 4096  # messages a flow keeps for retransmission before its emitter waits for acknowledgements
     short_slice = True  # takes the time slice of HWEMU_SLICE_US (protocol/sched.py); False: always the kernel's
 
     def __init__(self, cfg: NodeConfig):
@@ -166,7 +221,10 @@ class Node:
         self.options = cfg.options
         self.party = Party(cfg.name, cfg.endpoint, cfg.directory,
                            auth=keyring_from_config(cfg.name, cfg.auth) if cfg.auth else None)
-        self.recorder = Recorder(cfg.name)  # trace ring and fault history, both off until asked for
+        # trace ring and fault history, both off until asked for; the
+        # transport's: it records every message in and out
+        self.recorder = self.party.recorder
+        self._trace_dump: list[list[Any]] | None = None  # the events of the trace stopped last, for trace_dump
         self.routes = RouteTable.from_wire(cfg.routes)
         self.party.epoch = self.routes.epoch
         # who may ask what (protocol/authz.py), judged before any handler runs; None without keys
@@ -182,6 +240,20 @@ class Node:
             if attr.startswith("on_"):
                 self._handlers[attr[3:]] = getattr(self, attr)
         self._spawns: dict[str, bool] = {}  # kind -> its handler runs as its own task (looked up once)
+        # reliable flows: acknowledgements due (flow -> sender), the flows with
+        # unacknowledged messages, the incarnation each receiver last showed
+        self._acks_due: dict[str, str] = {}
+        self._ack_kick = trio.Event()
+        self._unacked: set[str] = set()
+        self._retx_kick = trio.Event()
+        self._peer_inc: dict[str, int] = {}
+        # requests on flows awaiting their reply: seq -> [request, trio time last sent, timeout]
+        self._open_requests: dict[int, list] = {}
+        self._dispatching = False  # the inbox task runs a handler: it must never wait for acknowledgements
+        self._releasing = False  # the inbox task consumes held messages of a flow whose gap was filled
+        self.party.on_flow_reply = self._keep_reply
+        self.fault_injector = None  # a protocol.faults.Injector while a transport fault is set
+        self.flow_counters = {"retransmits": 0, "resyncs": 0, "acks_out": 0, "acks_in": 0, "window_full": 0}
 
     # -- life cycle -------------------------------------------------------------
 
@@ -192,6 +264,8 @@ class Node:
                 self.nursery = nursery
                 await nursery.start(self.party.serve, self._dispatch)
                 nursery.start_soon(self._signals)
+                nursery.start_soon(self._acknowledger)
+                nursery.start_soon(self._retransmitter)
                 await self.setup()
                 self.state = "running"
                 if self.cfg.orchestrator and self.cfg.orchestrator in self.party.directory:
@@ -206,8 +280,30 @@ class Node:
             self.party.close()
             self.write_history()
             self.recorder.close_history()
+            self.leave_trace()
 
     history_path: str | None = None  # set by main(): where a node process leaves its flow history
+
+    def leave_trace(self) -> None:
+        """A node that stops while a trace runs (or before it was read out)
+        leaves its ring in ``<run_dir>/trace/<name>.<pid>.msgpack``: the
+        orchestrator's ``trace save`` merges it with the rings of the nodes
+        still running (a VMM unloaded before the save is on the trace too).
+        A SIGKILLed node leaves nothing."""
+        events = self.recorder.snapshot() if self.recorder.tracing else self._trace_dump
+        if not events or self.history_path is None:
+            return
+        folder = os.path.join(self.cfg.run_dir, "trace")
+        path = os.path.join(folder, f"{self.name}.{os.getpid()}.msgpack")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(path + ".tmp", "wb") as f:
+                f.write(msgpack.packb({"node": self.name, "kind": self.kind, "pid": os.getpid(),
+                                       "incarnation": self.party.incarnation, "dropped": self.recorder.dropped,
+                                       "events": [list(e) for e in events]}, default=repr))
+            os.replace(path + ".tmp", path)
+        except OSError as exc:  # a full disk must not turn a clean stop into a crash
+            log.warning("%s: cannot leave its trace in %s: %s", self.name, path, exc)
 
     def flow_history(self) -> dict[str, Any]:
         """What this node sent (last fseq per flow) and accepted (runs per flow), for an audit."""
@@ -264,6 +360,11 @@ class Node:
         s["flows_out"] = {f: o.fseq for f, o in self.out_flows.items()}
         s["flows_in"] = {f: {"consumed": i.consumed, "gaps": i.gaps, "dups": i.dups, "runs": i.runs,
                              "runs_dropped": i.runs_dropped} for f, i in self.in_flows.items()}
+        s["flows_acked"] = {f: o.acked for f, o in self.out_flows.items()}
+        s["flows_unacked"] = {f: len(o.unacked) for f, o in self.out_flows.items() if o.unacked}
+        s.update(self.flow_counters)
+        if self.fault_injector is not None and self.fault_injector.faults:
+            s["faults"] = self.fault_injector.describe()
         return s
 
     # -- dispatch ---------------------------------------------------------------
@@ -277,13 +378,15 @@ class Node:
         flow = msg.flow
         if flow is not None:
             inflow = self.in_flows.get(flow)
-            if inflow is None or inflow.expected != msg.fseq:  # else in sequence: the common case
-                if not self._accept(msg):
+            if inflow is None or inflow.expected != msg.fseq or inflow.src_inc != msg.inc:
+                if not self._accept(msg):  # else in sequence from the sender followed: the common case
                     return
                 inflow = self.in_flows[flow]
             else:
                 inflow.expected = msg.fseq + 1
                 inflow.record(msg.fseq)
+            if self.recorder.on:
+                self._record_deliver(msg)
         if handler is None:
             if msg.kind in ("ok", "error", "pong", "stats_reply"):
                 return  # an unsolicited reply: nothing to do, never answer it
@@ -294,12 +397,31 @@ class Node:
         if spawns:
             self.nursery.start_soon(self._guarded, handler, msg)
         else:
-            await handler(msg)
+            self._dispatching = True
+            try:
+                await handler(msg)
+            finally:
+                self._dispatching = False
         if flow is not None:
             inflow.consumed = msg.fseq
             if inflow.waiter is not None:
                 inflow.waiter.set()
                 inflow.waiter = None
+            if flow not in self._acks_due:
+                self._ack_soon(flow, msg.src)
+            if inflow.held and not self._releasing:  # the gap before what is held may be filled now
+                self._releasing = True  # (a loop here, not a recursion as deep as what is held)
+                try:
+                    while (nxt := inflow.held.pop(inflow.expected, None)) is not None:
+                        await self._dispatch(nxt)
+                finally:
+                    self._releasing = False
+
+    def _record_deliver(self, msg: Message) -> None:
+        rec = self.recorder
+        rec("flow", "deliver", flow=msg.flow, fseq=msg.fseq, src=msg.src, inc=msg.inc)
+        if msg.flow.startswith("irq:"):
+            rec("irq", "deliver", flow=msg.flow)
 
     def _refuse(self, msg: Message) -> None:
         """Count a request its sender may not make and refuse it (before its flow's
@@ -327,21 +449,284 @@ class Node:
                 await self.party.reply(msg, "error", error_body(exc, ref=msg.kind))
 
     def _accept(self, msg: Message) -> bool:
-        """Per-flow sequence check: drop duplicates, count gaps."""
-        inflow = self.in_flows.get(msg.flow)
+        """Per-flow sequence check, off the common path: the sender's
+        incarnation first (a new one numbers the flow from 1 again; an older
+        one's messages are late copies), then the order: only the expected
+        ``fseq`` is consumed. A duplicate is dropped (and acknowledged again:
+        the sender did not hear the first acknowledgement); a message after a
+        gap is held (up to ``HOLD`` past it) and the acknowledgement names
+        what is missing, which the sender sends again."""
+        flow = msg.flow
+        if msg.src != flow_sender(flow):  # only a flow's own sender may number it (a stray or a forgery)
+            raise ProtocolError("foreign_flow", f"{msg.src} is not the sender of flow {flow}", "flow")
+        inflow = self.in_flows.get(flow)
         if inflow is None:
-            inflow = self.in_flows[msg.flow] = _InFlow()
+            inflow = self.in_flows[flow] = _InFlow()
+        inc = msg.inc
+        if inc != inflow.src_inc and inc is not None:
+            if inflow.src_inc is None:
+                inflow.src_inc = inc  # the first sender heard on this flow (it may have said where it stands)
+            elif inc > inflow.src_inc:  # the sender restarted: its numbering starts again
+                inflow.src_inc = inc
+                inflow.next_is(1)
+            else:
+                inflow.dups += 1
+                return False  # a late copy from a previous life of the sender
         expected = inflow.expected
-        if expected is not None and msg.fseq != expected:
+        if expected is None:
+            expected = inflow.expected = 1
+        if msg.fseq != expected:
+            rec = self.recorder
             if msg.fseq < expected:
                 inflow.dups += 1
-                log.warning("%s: duplicate %s #%d (expected %d)", self.name, msg.flow, msg.fseq, expected)
-                return False
-            inflow.gaps += 1
-            log.error("%s: gap on %s: got #%d, expected %d", self.name, msg.flow, msg.fseq, expected)
+                if rec.on:
+                    rec("flow", "dup", flow=flow, fseq=msg.fseq)
+                if inflow.reply is not None and inflow.reply[0] == msg.fseq:
+                    self.party.send_nowait(inflow.reply[1])  # its requester missed the reply: again
+            elif msg.fseq in inflow.held:
+                inflow.dups += 1
+                if rec.on:
+                    rec("flow", "dup", flow=flow, fseq=msg.fseq)
+            else:
+                inflow.gaps += 1
+                if msg.fseq < expected + HOLD:
+                    inflow.held[msg.fseq] = msg  # consumed once what is missing before it comes
+                if rec.on:
+                    rec("flow", "gap", flow=flow, fseq=msg.fseq, expected=expected)
+            self._ack_soon(flow, msg.src)
+            return False
         inflow.expected = msg.fseq + 1
         inflow.record(msg.fseq)
         return True
+
+    # -- reliable flows: acknowledgements and retransmission ----------------------
+
+    def _keep_reply(self, request: Message, reply: Message) -> None:
+        """Keep the reply to a request on a flow, for a retransmitted copy of it."""
+        inflow = self.in_flows.get(request.flow)
+        if inflow is not None:
+            inflow.reply = (request.fseq, reply)
+
+    def _ack_soon(self, flow: str, src: str) -> None:
+        """Have ``flow`` acknowledged to ``src`` within ``ACK_DELAY``."""
+        self._acks_due[flow] = src
+        self._ack_kick.set()
+
+    async def _acknowledger(self) -> None:
+        """Send the acknowledgements due, one ``flow_ack`` per sender, every
+        ``ACK_DELAY`` at most while there are any (a gap: at once)."""
+        party = self.party
+        while True:
+            await self._ack_kick.wait()
+            self._ack_kick = trio.Event()
+            # (a gap waits too: what a reordering held back comes meanwhile, and is not sent again)
+            if not any(self.in_flows[f].probed for f in self._acks_due):
+                await trio.sleep(ACK_DELAY)
+            due, self._acks_due = self._acks_due, {}
+            per_src: dict[str, dict[str, Any]] = {}
+            for flow, src in due.items():
+                inflow = self.in_flows[flow]
+                body = per_src.setdefault(src, {"acks": {}, "inc": party.incarnation})
+                body["acks"][flow] = inflow.consumed
+                if inflow.held:
+                    missing, top = inflow.holes()
+                    body.setdefault("gap", []).append(flow)
+                    body.setdefault("holes", {})[flow] = missing
+                    body.setdefault("top", {})[flow] = top
+                if inflow.probed:
+                    body.setdefault("probe", {})[flow] = inflow.probed
+                    inflow.probed = 0
+            for src, body in per_src.items():
+                if src not in party.directory:
+                    continue
+                try:
+                    if party.send_nowait(party.make(src, "flow_ack", body)):
+                        self.flow_counters["acks_out"] += 1
+                except ProtocolError:
+                    pass
+
+    async def on_flow_ack(self, msg: Message) -> None:
+        """A receiver acknowledges flows (cumulatively). Not answered."""
+        self.flow_counters["acks_in"] += 1
+        src = msg.src
+        inc = msg.body["inc"]
+        known = self._peer_inc.get(src)
+        restarted = known is not None and inc > known
+        if known is None or inc > known:
+            self._peer_inc[src] = inc
+        elif inc < known:
+            return  # from a previous life of the receiver
+        holes = msg.body.get("holes", {})
+        tops = msg.body.get("top", {})
+        probed = msg.body.get("probe", {})
+        now = trio.current_time()
+        for flow, upto in msg.body["acks"].items():
+            out = self.out_flows.get(flow)
+            if out is None or src != (out.unacked[0].dst if out.unacked else self.routes.get(flow)):
+                continue  # not this flow's receiver (a stray, a late one, or a forgery): it cannot say
+            if upto > out.fseq:  # it follows another numbering (this sender's previous life's)
+                self._resync(out, flow, now, reset=True)
+                continue
+            self._acked(out, flow, upto, src)
+            if restarted:  # the receiver lost its state: tell it where the flow stands, send it all again
+                self._resync(out, flow, now)
+                continue
+            missing = list(holes.get(flow, ()))
+            if flow in probed and out.unacked:
+                # the answer to a probe, which came behind everything sent before it (up to the
+                # fseq it names): what the receiver neither consumed nor holds of that is lost
+                missing.extend(range(max(upto, tops.get(flow, 0)) + 1, probed[flow] + 1))
+            if missing and out.unacked:
+                if missing[0] < out.unacked[0].fseq:
+                    # it misses what another receiver consumed: it does not know where the flow stands
+                    if now - out.resynced >= RESYNC_MIN:
+                        self._resync(out, flow, now)
+                else:
+                    self._resend(out, flow, missing, now)
+
+    def _acked(self, out: _OutFlow, flow: str, upto: int, peer: str) -> None:
+        """Every message of ``flow`` up to ``upto`` was consumed: forget it."""
+        if upto <= out.acked:
+            return
+        out.acked = upto
+        unacked = out.unacked
+        while unacked and unacked[0].fseq <= upto:
+            unacked.popleft()
+        if out.resent:
+            out.resent = {n: t for n, t in out.resent.items() if n > upto}
+        out.rto = RTO
+        out.progress = trio.current_time()
+        if not unacked:
+            self._unacked.discard(flow)
+        if out.room is not None:
+            out.room.set()
+            out.room = None
+        if self.recorder.on:
+            self.recorder("flow", "acked", flow=flow, upto=upto, peer=peer)
+
+    def _resync(self, out: _OutFlow, flow: str, now: float, reset: bool = False, upto: int | None = None) -> None:
+        """Send ``flow``'s unacknowledged messages again, each to the receiver
+        it went to, led by a ``route_next`` naming the first of them (a
+        receiver that lost its state, or never heard where the flow stands,
+        learns it; one that knows ignores it, unless ``reset``: it follows a
+        numbering this sender never reached); up to fseq ``upto`` if given.
+        Never waits: what a full link does not take goes at the next timeout."""
+        out.resynced = now
+        out.progress = now
+        if not out.unacked:
+            return
+        self.flow_counters["resyncs"] += 1
+        party = self.party
+        rec = self.recorder
+        led: set[str] = set()
+        for i, m in enumerate(out.unacked):
+            if i >= RETRANSMIT_MAX or (upto is not None and m.fseq > upto):
+                break
+            try:
+                if m.dst not in led:
+                    led.add(m.dst)
+                    lead = {"next": {flow: m.fseq}, "inc": party.incarnation}
+                    if reset:
+                        lead["reset"] = True
+                    if not party.send_nowait(party.make(m.dst, "route_next", lead)):
+                        break
+                if not party.send_nowait(m):
+                    break
+            except ProtocolError:
+                break
+            self.flow_counters["retransmits"] += 1
+            if rec.on:
+                rec("flow", "retransmit", flow=flow, fseq=m.fseq, dst=m.dst, inc=m.inc)
+
+    def _resend(self, out: _OutFlow, flow: str, missing: list[int], now: float) -> None:
+        """Send again the messages of ``flow`` its receiver reports missing
+        (each at most once per ``RESYNC_MIN``: reports overlap)."""
+        unacked = out.unacked
+        base = unacked[0].fseq
+        party = self.party
+        rec = self.recorder
+        resent = out.resent
+        sent = 0
+        for n in missing:
+            i = n - base
+            if not 0 <= i < len(unacked) or now - resent.get(n, -1.0) < RESYNC_MIN:
+                continue
+            m = unacked[i]
+            if m.fseq != n or sent >= RETRANSMIT_MAX:
+                break
+            try:
+                if not party.send_nowait(m):
+                    break
+            except ProtocolError:
+                break
+            resent[n] = now
+            sent += 1
+            if rec.on:
+                rec("flow", "retransmit", flow=flow, fseq=n, dst=m.dst, inc=m.inc)
+        self.flow_counters["retransmits"] += sent
+        out.progress = now
+
+    def _probe(self, out: _OutFlow, flow: str, now: float) -> None:
+        """Ask the receivers of ``flow``'s unacknowledged messages where the
+        flow stands: a ``route_next`` with ``probe``, on the link behind those
+        messages, which the receiver answers at once (so its answer covers
+        all of them: what it did not consume is lost and goes again). Data is
+        not sent again blindly: a receiver that is merely slow (descheduled,
+        behind a burst) would get it twice."""
+        out.progress = now
+        mark = out.unacked[-1].fseq  # the last one sent (out.fseq may be buffered by a pause)
+        party = self.party
+        for dst in {m.dst for m in out.unacked}:
+            try:
+                party.send_nowait(party.make(dst, "route_next", {"next": {flow: out.acked + 1},
+                                                                  "inc": party.incarnation, "probe": mark}))
+            except ProtocolError:
+                pass
+
+    async def _retransmitter(self) -> None:
+        """The sender's timer: a flow whose oldest unacknowledged message waited
+        ``rto`` is probed (:meth:`_probe`), and its ``rto`` doubles (up to ``RTO_MAX``)."""
+        while True:
+            if not self._unacked and not self._open_requests:
+                await self._retx_kick.wait()
+                self._retx_kick = trio.Event()
+            await trio.sleep(RTO / 4)
+            now = trio.current_time()
+            for req in list(self._open_requests.values()):
+                if now - req[1] >= req[2]:
+                    req[1], req[2] = now, min(req[2] * 2, RTO_MAX)
+                    try:
+                        if self.party.send_nowait(req[0]):
+                            self.flow_counters["retransmits"] += 1
+                    except ProtocolError:
+                        pass
+            for flow in list(self._unacked):
+                out = self.out_flows[flow]
+                if not out.unacked:
+                    self._unacked.discard(flow)
+                elif now - out.progress >= out.rto:  # paused too: a drain may wait for a lost message
+                    out.rto = min(out.rto * 2, RTO_MAX)
+                    self._probe(out, flow, now)
+
+    def _sent(self, out: _OutFlow, flow: str, msg: Message) -> None:
+        """Keep ``msg`` (just sent on ``flow``) until it is acknowledged."""
+        if not out.unacked:
+            out.progress = trio.current_time()
+            if flow not in self._unacked:
+                self._unacked.add(flow)
+                self._retx_kick.set()
+        out.unacked.append(msg)
+        if self.recorder.on:
+            self.recorder("flow", "sent", flow=flow, fseq=msg.fseq, dst=msg.dst, inc=msg.inc)
+
+    async def _room(self, out: _OutFlow) -> None:
+        """Wait while ``out``'s window is full (never in the inbox task, which
+        reads the acknowledgements that free it)."""
+        while len(out.unacked) >= self.window and not self._dispatching:
+            self.flow_counters["window_full"] += 1
+            if out.room is None:
+                out.room = trio.Event()
+            await out.room.wait()
 
     # -- emitting on flows --------------------------------------------------------
 
@@ -358,17 +743,22 @@ class Node:
             out = self.out_flows[flow] = _OutFlow()
         while (out.paused or out.flushing) and len(out.buffer) >= self.pause_buffer:
             await out.resumed.wait()  # a device whose queue is full stalls, like hardware
+        if len(out.unacked) >= self.window:
+            await self._room(out)  # its receiver is behind, or gone: stall, as a full device queue does
         dst = self.routes.lookup(flow)
         out.fseq += 1
         msg = self.party.make(dst, kind, body, flow=flow, fseq=out.fseq)
+        if self.recorder.on and flow.startswith("irq:"):
+            self.recorder("irq", "raise", flow=flow, fseq=out.fseq)
         if out.paused or out.flushing:
             out.buffer.append(msg)
             # a producer that never blocks must let the change that paused it
             # run (its drain, its resume): a paused flow yields on every message
             await trio.lowlevel.checkpoint()
         else:
+            self._sent(out, flow, msg)
             await self.party.send_msg(msg)
-        return out.fseq
+        return msg.fseq
 
     async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Message:
         """A request on a flow (e.g. a privileged operation on ``priv:os1``).
@@ -379,9 +769,73 @@ class Node:
         out = self.out_flows.setdefault(flow, _OutFlow())
         while out.paused or out.flushing:
             await out.resumed.wait()
+        if len(out.unacked) >= self.window:
+            await self._room(out)
         dst = self.routes.lookup(flow)
         out.fseq += 1
-        return await self.party.request(dst, kind, body, timeout=timeout, flow=flow, fseq=out.fseq)
+        msg = self.party.make(dst, kind, body, flow=flow, fseq=out.fseq)
+        self._sent(out, flow, msg)  # sent again, same seq, if lost: its reply still finds this request
+        # until its reply comes, the request goes again every RTO (doubling): a receiver that
+        # consumed it already answers a copy with the reply it kept (the reply may be what was lost)
+        self._open_requests[msg.seq] = [msg, trio.current_time(), RTO]
+        self._retx_kick.set()
+        try:
+            reply = await self.party.request_msg(msg, timeout=timeout)
+        except RemoteError:
+            self._acked(out, flow, msg.fseq, dst)  # consumed (and refused): answered all the same
+            raise
+        finally:
+            del self._open_requests[msg.seq]
+        self._acked(out, flow, msg.fseq, dst)  # answered in order: consumed with all before it
+        return reply
+
+    # -- fault injection (CONTRACTS: fault_set / fault_clear) ----------------------------
+
+    async def on_fault_set(self, msg: Message) -> None:
+        """Set a fault: ``type`` picks the method ``fault_<type>(spec)`` (the
+        base has ``flow`` and ``partition``; node kinds add theirs)."""
+        spec = msg.body
+        method = getattr(self, f"fault_{spec['type']}", None) if spec["type"].isidentifier() else None
+        if method is None:
+            raise ProtocolError("unknown_fault", f"{self.name} ({self.kind}) has no fault of type {spec['type']!r}",
+                                "body.type")
+        method(dict(spec))
+        if self.recorder.on:
+            self.recorder("fault", "set", **{k: v for k, v in spec.items() if isinstance(v, (str, int, float, list))})
+        await self.party.reply(msg, "ok", {"data": {"id": spec["id"]}})
+
+    async def on_fault_clear(self, msg: Message) -> None:
+        fault_id = msg.body["id"]
+        n = self.clear_fault(fault_id)
+        if self.recorder.on:
+            self.recorder("fault", "clear", id=fault_id, cleared=n)
+        await self.party.reply(msg, "ok", {"data": {"cleared": n}})
+
+    def _injector(self) -> Injector:
+        if self.fault_injector is None:
+            self.fault_injector = Injector(self.party.send_frame_nowait, self.nursery)
+        return self.fault_injector
+
+    def fault_flow(self, spec: dict[str, Any]) -> None:
+        """Drop, duplicate, delay, reorder or corrupt what this node sends on flows (protocol/faults.py)."""
+        self._injector().add(spec)
+        self.party.faults = self.fault_injector
+
+    def fault_partition(self, spec: dict[str, Any]) -> None:
+        """Drop everything this node sends to ``peers``."""
+        self._injector().add(spec)
+        self.party.faults = self.fault_injector
+
+    def clear_fault(self, fault_id: str | None) -> int:
+        """Clear a fault by id (None: all); how many were cleared. Node kinds
+        with faults of their own extend it (``super().clear_fault(id)`` + theirs)."""
+        inj = self.fault_injector
+        if inj is None:
+            return 0
+        n = inj.clear(fault_id)
+        if not inj.faults:
+            self.party.faults = None  # back to the plain send path; held-back frames still go out
+        return n
 
     # -- built-in handlers ----------------------------------------------------------
 
@@ -396,6 +850,44 @@ class Node:
         self.state = "stopping"
         self.stop()
 
+    # -- tracing (protocol/recorder.py; merged by orchestrator/tracing.py) -------------
+
+    async def on_trace_start(self, msg: Message) -> None:
+        size = msg.body.get("size", TRACE_RING)
+        if not 1 <= size <= TRACE_RING_MAX:
+            raise ProtocolError("bad_field", f"trace ring size must be 1..{TRACE_RING_MAX}, got {size}", "body.size")
+        self.recorder.start_trace(size)
+        self._trace_dump = None
+        await self.party.reply(msg, "ok", {"data": {"size": size}})
+
+    async def on_trace_stop(self, msg: Message) -> None:
+        dropped = self.recorder.dropped
+        self._trace_dump = [list(e) for e in self.recorder.stop_trace()]
+        await self.party.reply(msg, "ok", {"data": {"events": len(self._trace_dump), "dropped": dropped}})
+
+    async def on_trace_dump(self, msg: Message) -> None:
+        """One page of the events: of the trace stopped last, else (still on)
+        of the ring as it is at the first page (``offset`` 0). A page stays
+        well under MAX_FRAME; ``next`` is the offset of the following one,
+        None after the last."""
+        offset = msg.body.get("offset", 0)
+        if offset == 0 and self.recorder.tracing:
+            self._trace_dump = [list(e) for e in self.recorder.snapshot()]
+        events = self._trace_dump or []
+        if not 0 <= offset <= len(events):
+            raise ProtocolError("bad_field", f"offset {offset} is past the {len(events)} events", "body.offset")
+        page, size, end = [], 0, offset
+        while end < len(events) and size < TRACE_PAGE_BYTES:
+            size += len(msgpack.packb(events[end], default=repr))
+            page.append(events[end])
+            end += 1
+        await self.party.reply(msg, "ok", {"data": {
+            "node": self.name, "kind": self.kind, "pid": os.getpid(), "incarnation": self.party.incarnation,
+            "events": page, "total": len(events), "next": end if end < len(events) else None,
+            "dropped": self.recorder.dropped,
+            # the two clocks read together: a trace of several hosts is aligned on them (docs/observability.md)
+            "clock": {"monotonic_ns": time.monotonic_ns(), "wall_ns": time.time_ns()}}})
+
     def _pause(self, flows: list[str]) -> dict[str, int]:
         """Pause ``flows`` (what the node emits on them is buffered from now on);
         the last ``fseq`` each sent."""
@@ -404,6 +896,8 @@ class Node:
             out = self.out_flows.setdefault(flow, _OutFlow())
             out.pause()
             last[flow] = out.fseq
+        if self.recorder.on:
+            self.recorder("route", "pause", flows=list(flows), epoch=self.routes.epoch, paused_ms=0.0)
         return last
 
     async def on_route_pause(self, msg: Message) -> None:
@@ -430,7 +924,7 @@ class Node:
         timeout = body.get("timeout", 5.0)
         last = self._pause(body["flows"])
         live = body.get("old", {})
-        drains: dict[str, dict[str, int]] = {}
+        drains: dict[str, dict[str, int]] = {}  # old receiver -> {flow: last fseq it must consume}
         for flow, upto in last.items():
             before = self.routes.get(flow)
             if flow in live and before is not None and before != table.get(flow) and upto > 0:
@@ -453,10 +947,11 @@ class Node:
                 waits[receiver] = functools.partial(self.party.request, receiver, "route_drain", drain,
                                                     timeout=timeout + 1)
         self.nursery.start_soon(self._guarded, functools.partial(
-            self._switch, table=table, last=last, waits=waits, failed=failed), msg)
+            self._switch, table=table, last=last, waits=waits, failed=failed, drains=drains), msg)
 
     async def _switch(self, msg: Message, *, table: RouteTable, last: dict[str, int],
-                      waits: dict[str, Callable[[], Awaitable[Message]]], failed: Exception | None) -> None:
+                      waits: dict[str, Callable[[], Awaitable[Message]]], failed: Exception | None,
+                      drains: dict[str, dict[str, int]]) -> None:
         clock = time.perf_counter
         marks = [min(self.out_flows[f].paused_at for f in last) if last else clock(), clock()]
         try:
@@ -469,8 +964,14 @@ class Node:
             await self.party.reply(msg, "error", {"reason": "route_switch_failed", "detail": str(exc)})
             return
         marks.append(clock())
+        for receiver, flows in drains.items():  # each drained receiver consumed its flows up to there
+            for flow, upto in flows.items():
+                self._acked(self.out_flows[flow], flow, upto, receiver)
         if table.epoch > self.routes.epoch:
             self._install(table.epoch, table.routes, {})
+        if self.recorder.on:
+            self.recorder("route", "switch", flows=list(last), epoch=self.routes.epoch,
+                          paused_ms=round((clock() - marks[0]) * 1e3, 3))
         flushed, paused_ms = await self._flush(list(last))
         marks.append(clock())
         # where the pause went: waiting to run, draining, flushing
@@ -481,6 +982,8 @@ class Node:
 
     async def on_route_drain(self, msg: Message) -> None:
         upto = msg.body["upto"]
+        if self.recorder.on:
+            self.recorder("route", "drain", flows=list(upto), epoch=self.routes.epoch, paused_ms=0.0)
         if all(self.in_flows.setdefault(f, _InFlow()).consumed >= n for f, n in upto.items()):
             # the usual case when the request came in-band, behind the flow's last message
             await self.party.reply(msg, "ok", {"data": {f: self.in_flows[f].consumed for f in upto}})
@@ -538,12 +1041,14 @@ class Node:
                 epoch = self.routes.epoch
                 if dst is not None and was_paused:
                     nxt = out.buffer[0].fseq if out.buffer else out.fseq + 1
-                    await party.send_msg(party.make(dst, "route_next", {"next": {flow: nxt}}))
+                    await party.send_msg(party.make(dst, "route_next", {"next": {flow: nxt},
+                                                                        "inc": party.incarnation}))
                 while out.buffer:
                     buffered = out.buffer.popleft()
                     # re-address to the receiver of the new epoch
                     buffered.dst = dst
                     buffered.epoch = epoch
+                    self._sent(out, flow, buffered)
                     # in one go while the link takes them (nothing can emit in
                     # between); wait only when its queue is full
                     if not party.send_nowait(buffered):
@@ -555,13 +1060,28 @@ class Node:
                 out.resumed = trio.Event()
             if was_paused:
                 paused_ms = max(paused_ms, (time.perf_counter() - out.paused_at) * 1e3)
+        if self.recorder.on:
+            self.recorder("route", "resume", flows=list(flows), epoch=self.routes.epoch,
+                          paused_ms=round(paused_ms, 3), flushed=flushed)
         return flushed, paused_ms
 
     async def on_route_next(self, msg: Message) -> None:
         """A sender says which ``fseq`` comes next on flows it now sends here
         (ahead of the messages themselves). Not answered: it is part of the flow."""
+        inc = msg.body.get("inc", msg.inc)
         for flow, n in msg.body["next"].items():
-            self.in_flows.setdefault(flow, _InFlow()).next_is(n)
+            if msg.src != flow_sender(flow):
+                raise ProtocolError("foreign_flow", f"{msg.src} is not the sender of flow {flow}", "body.next")
+            inflow = self.in_flows.setdefault(flow, _InFlow())
+            if inc is None or inflow.src_inc is None or inc > inflow.src_inc or msg.body.get("reset"):
+                inflow.src_inc = inc  # a sender heard for the first time, or restarted: where it stands
+                inflow.next_is(n)
+            elif inc == inflow.src_inc and (inflow.expected is None or n > inflow.expected):
+                inflow.next_is(n)  # the flow comes back here from another receiver: it moved on
+            # else a retransmission's lead (this receiver knows better where the flow stands), or stale
+            if msg.body.get("probe"):
+                inflow.probed = msg.body["probe"]
+                self._ack_soon(flow, msg.src)
 
     @spawned
     async def on_route_resume(self, msg: Message) -> None:
@@ -584,6 +1104,10 @@ def main(node_cls: type[Node], argv: list[str] | None = None) -> None:
         print(f"{node_cls.kind}: cannot read config {args.config}: {exc}", file=sys.stderr)
         sys.exit(2)
     sched.short_slice(f"{node_cls.kind} {cfg.name}", node_cls.short_slice)
-    node = node_cls(cfg)
+    try:
+        node = node_cls(cfg)
+    except (ProtocolError, ValueError) as exc:  # its endpoint, a bad option: one line for `hwemu up`
+        print(f"{node_cls.kind} {cfg.name}: {getattr(exc, 'detail', exc)}", file=sys.stderr)
+        sys.exit(2)
     node.history_path = os.path.join(cfg.run_dir, f"{cfg.name}.flows.json")
     trio.run(node.run)

@@ -20,7 +20,9 @@ from typing import Any, AsyncIterator
 import trio
 
 from orchestrator import choreographies as chor
+from orchestrator import faults
 from orchestrator import state as saved_state
+from orchestrator import tracing
 from orchestrator.choreographies.state import VirtState
 from orchestrator.journal import Journal
 from orchestrator.routes import RouteAuthority, RouteChangeError
@@ -57,6 +59,8 @@ class Orchestrator:
             auth.write_client_file(self.run_dir, self._master, self.directory)
         self.party = Party(ORCHESTRATOR, self.directory[ORCHESTRATOR], self.directory,
                            auth=self._master and auth.orchestrator_keyring(self._master, ORCHESTRATOR, self.directory))
+        self.recorder = self.party.recorder  # choreography steps and route changes, when tracing
+        self.trace_events: list | None = None  # the orchestrator's events of the trace stopped last
         routes = topology.routes
         if topology.firmware.get("vmm_at_boot"):  # FIG. 2b: the machine comes up interposed
             from orchestrator.choreographies.fig2b_boot import interposed_routes
@@ -81,6 +85,7 @@ class Orchestrator:
         self.forbidden_by: dict[str, int] = {}  # rule -> control requests it refused (protocol/authz.py)
         self.adopted: dict[str, int] = {}
         """nodes re-attached at start (a previous orchestrator started them): name -> pid."""
+        self.faults = faults.register(self)  # the nemeses and their ctl_fault_* requests
         """os -> the frames of its boot memory map, for an instance booted on borrowed memory (¶49)."""
 
     # -- life cycle -------------------------------------------------------------
@@ -129,6 +134,7 @@ class Orchestrator:
         """
         self._nursery = nursery
         await nursery.start(self.party.serve, self._dispatch)
+        self.faults.continue_paused()  # a predecessor's SIGSTOPped nodes could not answer _adopt
         self.adopted = await self._adopt(nursery, recorded or {})
         specs = [s for s in self.topology.nodes.values() if s.name not in self.adopted]
         firmware = self.topology.firmware.get("vmm_at_boot") and not self.adopted
@@ -149,6 +155,7 @@ class Orchestrator:
         self.reset_memory = ({} if self.adopted else self.firmware["moved"] if firmware
                              else await self._firmware_memory_map())
         self.save_state()
+        await self.faults.clear_leftovers()
         self.state = "running"
 
     def save_state(self) -> None:
@@ -287,6 +294,7 @@ class Orchestrator:
                 pass
 
         with trio.CancelScope(shield=True):
+            self.faults.release()  # a SIGSTOPped node could not even take its SIGTERM
             await self.supervisor.stop_all(graceful, timeout)
             self.state = "stopped"
             if self._nursery is not None:
@@ -312,6 +320,8 @@ class Orchestrator:
                 raise ProtocolError("forbidden", authz.refusal(msg, ctx), "src")
         if msg.kind == "ready":
             self.supervisor.mark_ready(msg.src, msg.body["pid"])
+            if self.faults.active:
+                self._nursery.start_soon(self.faults.node_ready, msg.src)
         elif msg.kind == "heartbeat":
             np = self.supervisor.nodes.get(msg.src)
             if np is not None and np.pid == msg.body["pid"]:
@@ -327,8 +337,8 @@ class Orchestrator:
     async def _control(self, msg: Message) -> None:
         try:
             data = await getattr(self, msg.kind)(**msg.body)
-        except (ProtocolError, RouteChangeError, RemoteError, RequestTimeout, KeyError, RuntimeError,
-                chor.ChoreographyError, chor.ChoreographyFailed) as exc:
+        except (ProtocolError, RouteChangeError, RemoteError, RequestTimeout, KeyError, RuntimeError, ValueError,
+                OSError, chor.ChoreographyError, chor.ChoreographyFailed) as exc:
             body = error_body(exc, ref=msg.kind)
             if isinstance(exc, chor.ChoreographyError):
                 body["reason"] = "refused"
@@ -358,10 +368,16 @@ class Orchestrator:
                              "endpoint": self.directory[ORCHESTRATOR],
                              "auth_failed": self.party.counters["auth_failed"],
                              "forbidden": sum(self.forbidden_by.values()), "forbidden_by": dict(self.forbidden_by)},
-            "nodes": [np.view() for np in self.supervisor.nodes.values()],
+            "nodes": [np.view(stale_after=self.stale_after) for np in self.supervisor.nodes.values()],
             "routes": self.routes.table.to_wire(),
             "virt": self.virt.view(self.topology),
+            "faults": self.faults.listing(),
         }
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds of silence after which a running node is ``unresponsive``: three missed heartbeats."""
+        return max(3 * self.topology.heartbeat, 2.0)
 
     async def refresh_stats(self) -> None:
         """Ask every running node for fresh counters (heartbeats may be a second old)."""
@@ -369,6 +385,8 @@ class Orchestrator:
             try:
                 reply = await self.party.request(np.spec.name, "stats", timeout=1.0)
                 np.last_stats = reply.body["stats"]
+                if reply.body["stats"].get("pid", np.pid) == np.pid:
+                    np.last_heartbeat = time.monotonic()  # it answered: as good as a heartbeat
             except (RemoteError, RequestTimeout):
                 pass
 
@@ -385,6 +403,17 @@ class Orchestrator:
         self.save_state()
         return {"epoch": report.epoch, "pause_ms": report.pause_ms, "total_ms": report.total_ms,
                 "flows": {f: list(v) for f, v in report.flows.items()}, "last": report.last}
+
+    async def ctl_trace_start(self, size: int = tracing.DEFAULT_RING) -> dict[str, Any]:
+        """Every node's trace ring and the orchestrator's on (orchestrator/tracing.py)."""
+        return await tracing.start(self, size)
+
+    async def ctl_trace_stop(self) -> dict[str, Any]:
+        return await tracing.stop(self)
+
+    async def ctl_trace_save(self, path: str, also: list[str] | None = None) -> dict[str, Any]:
+        """The merged trace of every ring, written to ``path`` (and to each of ``also``)."""
+        return await tracing.save(self, path, also)
 
     async def ctl_down(self, timeout: float = 5.0) -> dict[str, Any]:
         return {"stopping": [np.spec.name for np in self.supervisor.nodes.values()]}

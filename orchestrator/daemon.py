@@ -20,6 +20,7 @@ removed. A test kills the daemon in that window, deterministically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import logging
@@ -127,7 +128,7 @@ async def serve(topology_path: str, run_dir: Path) -> int:
         previous = read_state(run_dir) or {}  # a predecessor killed with kill -9 left it
         orch = Orchestrator(topology, run_dir)
         _hold_hook(orch)
-        async with trio.open_nursery() as nursery:
+        async with _unwrapped(), trio.open_nursery() as nursery:
             async def on_signal():
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
                     async for _ in sigs:
@@ -150,7 +151,13 @@ async def serve(topology_path: str, run_dir: Path) -> int:
         print(f"hwemu: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        print(f"hwemu: cluster failed to start: {exc}", file=sys.stderr)
+        print(str(exc), file=sys.stderr)  # the log's tail, for the orchestrator log
+        # the line `hwemu up` shows: one line naming the cause
+        print(f"hwemu: cluster failed to start: {getattr(exc, 'summary', str(exc).splitlines()[0])}",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:  # the run directory or a file in it
+        print(f"hwemu: cluster failed to start: {exc.filename or run_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
         try:
@@ -159,6 +166,21 @@ async def serve(topology_path: str, run_dir: Path) -> int:
             pass
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+@contextlib.asynccontextmanager
+async def _unwrapped():
+    """A nursery's group of one error is that error: the daemon's handlers (and its
+    one-line message) see the RuntimeError of a failed start, not an ExceptionGroup."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        exc: BaseException = group
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        if isinstance(exc, (RuntimeError, TopologyError, OSError)):
+            raise exc from None
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -160,6 +160,10 @@ class RouteAuthority:
                                   pause_ms, (t_end - t0) * 1e3, last, spent)
             self.history.append(report)
             del self.history[:-1000]
+            if self.party.recorder.on:
+                self.party.recorder("route", "change", flows=sorted(changes), epoch=new.epoch,
+                                    moves={f: list(v) for f, v in report.flows.items()},
+                                    pause_ms=round(pause_ms, 3), total_ms=round(report.total_ms, 3))
             return report
 
     async def _switch(self, by_sender: Mapping[str, list[str]], old: RouteTable, live: set[str],

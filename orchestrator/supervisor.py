@@ -30,6 +30,53 @@ log = logging.getLogger("hwemu.supervisor")
 STATES = ("starting", "running", "stopping", "stopped", "crashed")
 
 
+class StartError(RuntimeError):
+    """A node did not come up. ``str()`` has its log's tail; ``summary`` is one line
+    with the cause (the last line it logged: its one-line error, or a traceback's last)."""
+
+    def __init__(self, summary: str, tail: str):
+        super().__init__(f"{summary}\n{tail}" if tail else summary)
+        self.summary = summary
+
+
+LAUNCHED = "launched.jsonl"  # in the run dir: every process started for the cluster, one JSON line each
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22), None if it is gone.
+    With the pid it names one process for good: a reused pid has another start time."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def record_launch(run_dir: Path, name: str, pid: int) -> None:
+    """Note a process we started (``hwemu down`` ends exactly these, by pid)."""
+    line = json.dumps({"name": name, "pid": pid, "start": start_time(pid)})
+    with open(Path(run_dir) / LAUNCHED, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def launched(run_dir: Path) -> dict[int, str]:
+    """The processes started for the cluster of ``run_dir`` that still run: pid -> name.
+    A pid the kernel gave to another process since (another start time) is not ours."""
+    try:
+        text = (Path(run_dir) / LAUNCHED).read_text(errors="replace")
+    except OSError:
+        return {}
+    out: dict[int, str] = {}
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+            pid, name, start = int(rec["pid"]), str(rec["name"]), rec["start"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if start is not None and start_time(pid) == start:
+            out[pid] = name
+    return out
+
+
 @dataclass
 class NodeProc:
     """The orchestrator's view of one node process."""
@@ -47,15 +94,29 @@ class NodeProc:
     ready: trio.Event = field(default_factory=trio.Event)
     exited: trio.Event = field(default_factory=trio.Event)
 
-    def view(self) -> dict[str, Any]:
+    def view(self, stale_after: float | None = None) -> dict[str, Any]:
+        """What ``hwemu status`` shows of it.
+
+        Args:
+            stale_after: seconds without a heartbeat (or a stats reply) after
+                which a running node is shown ``unresponsive`` (SIGSTOPped,
+                hung): its process lives, but nothing says it works.
+        """
         alive = self.proc is not None and self.proc.returncode is None
+        state, silent = self.state, None
+        last = self.last_heartbeat or self.started_at
+        if stale_after is not None and alive and state == "running" and last is not None:
+            silent = time.monotonic() - last
+            if silent > stale_after:
+                state = "unresponsive"
         return {
             "name": self.spec.name,
             "kind": self.spec.kind,
             "pid": self.pid,
             "endpoint": self.endpoint,
-            "state": self.state,
+            "state": state,
             "alive": alive,
+            "silent_s": round(silent, 3) if silent is not None else None,
             "uptime": round(time.monotonic() - self.started_at, 3) if alive and self.started_at else 0.0,
             "restarts": self.restarts,
             "exit_code": self.exit_code,
@@ -91,6 +152,7 @@ class Supervisor:
         finally:
             logf.close()
         np.pid = np.proc.pid
+        record_launch(self.run_dir, np.spec.name, np.pid)
         np.state = "starting"
         np.started_at = time.monotonic()
         np.exit_code = None
@@ -124,12 +186,12 @@ class Supervisor:
                     wait.start_soon(ready)
                     wait.start_soon(died)
                 if not np.ready.is_set():
-                    raise RuntimeError(f"node {np.spec.name} ({np.spec.kind}) exited during start-up "
-                                       f"with code {np.exit_code}:\n{self.log_tail(np.spec.name)}")
+                    raise StartError(f"node {np.spec.name} ({np.spec.kind}) exited during start-up with code "
+                                     f"{np.exit_code}: {self.cause(np.spec.name)}", self.log_tail(np.spec.name))
         if scope.cancelled_caught:
             late = [np.spec.name for np in started if not np.ready.is_set()]
-            raise RuntimeError(f"nodes not ready after {timeout:g} s: {', '.join(late)}\n"
-                               + "\n".join(self.log_tail(n) for n in late))
+            raise StartError(f"nodes not ready after {timeout:g} s: {', '.join(late)}",
+                             "\n".join(self.log_tail(n) for n in late))
 
     async def start_one(self, nursery: trio.Nursery, name: str, timeout: float) -> bool:
         """Launch a node that is not running (a deferred one) and wait for its ``ready``.
@@ -159,8 +221,8 @@ class Supervisor:
         if not np.ready.is_set():
             if np.proc.returncode is None:
                 await self.stop_one(name, None, 1.0)
-            raise RuntimeError(f"node {name} ({np.spec.kind}) did not become ready "
-                               f"(exit code {np.exit_code}):\n{self.log_tail(name)}")
+            raise StartError(f"node {name} ({np.spec.kind}) did not become ready (exit code {np.exit_code}): "
+                             f"{self.cause(name)}", self.log_tail(name))
         return True
 
     async def stop_one(self, name: str, graceful: Callable[[NodeProc], Any] | None, timeout: float = 5.0) -> bool:
@@ -195,6 +257,12 @@ class Supervisor:
         except OSError:
             return ""
         return "\n".join(f"  {name}| {line}" for line in text.splitlines()[-lines:])
+
+    def cause(self, name: str) -> str:
+        """The last line a node logged: its one-line error, or the last line of a traceback."""
+        lines = [ln.strip() for ln in self.log_tail(name, 40).splitlines()]
+        lines = [ln.partition("| ")[2] for ln in lines if ln.partition("| ")[2].strip(" +-|")]
+        return lines[-1] if lines else "nothing in its log"
 
     def mark_ready(self, name: str, pid: int) -> None:
         np = self.nodes.get(name)

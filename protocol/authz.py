@@ -161,12 +161,14 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(("ctl_status", "ctl_route_show", "ctl_route_set", "ctl_down", "ctl_request", "ctl_vmm_load",
                      "ctl_vmm_unload", "ctl_interpose", "ctl_devirtualize", "ctl_memory_borrow", "ctl_memory_return",
                      "ctl_virt_status", "ctl_policy", "ctl_os_boot", "ctl_os_shutdown", "ctl_os_start", "ctl_os_stop",
-                     "ctl_fault_add", "ctl_fault_list", "ctl_fault_clear"), USER),
+                     "ctl_fault_add", "ctl_fault_list", "ctl_fault_clear", "ctl_trace_start", "ctl_trace_stop",
+                     "ctl_trace_save"), USER),
     # life cycle, routes, faults: the orchestrator's
     **dict.fromkeys(("shutdown", "route_pause", "route_install", "route_resume", "route_switch", "fault_set",
-                     "fault_clear", "cpu_run"), ORCH_ONLY),
+                     "fault_clear", "cpu_run", "trace_start", "trace_stop", "trace_dump"), ORCH_ONLY),
     "route_drain": DRAIN,  # a flow's sender asks its old receiver, in-band
     "route_next": NEXT,
+    "flow_ack": NODE,  # a flow's receiver acknowledges it (the sender checks it is that flow's receiver)
     # memory
     **dict.fromkeys(("mem_read", "mem_write", "mem_acquire"), MEMORY),
     **dict.fromkeys(("mem_release", "mem_recalled"), NODE),  # the controller checks the frame's holder

@@ -13,6 +13,9 @@ A message on the wire is one ZeroMQ frame holding a msgpack map:
 - ``epoch`` is the route-table epoch the sender routed with.
 - ``reply_to`` (optional) is the sender's inbox endpoint, for parties that are
   not in the topology's directory (a CLI client): the receiver learns it.
+- ``inc`` is the sender's incarnation (``Party.incarnation``: larger after a
+  restart), so a receiver tells a restarted sender's new numbering of a flow
+  from a retransmission (docs/reliability.md). Optional on the wire.
 
 Every kind has a body schema, registered with :func:`register`; bodies are
 validated on receipt by :func:`decode`, which raises only
@@ -132,6 +135,7 @@ class Message:
     flow: str | None = None
     fseq: int | None = None
     reply_to: str | None = None
+    inc: int | None = None
 
 
 _unpackb = msgpack.unpackb
@@ -162,6 +166,7 @@ def encode(msg: Message) -> bytes:
             "flow": msg.flow,
             "fseq": msg.fseq,
             "reply_to": msg.reply_to,
+            "inc": msg.inc,
             "body": msg.body,
         }
     )
@@ -254,14 +259,14 @@ def decode(frame: bytes) -> Message:
         raw = _unpackb(frame, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, UnicodeDecodeError ...)
         raise ProtocolError("bad_msgpack", f"not a msgpack message: {exc.__class__.__name__}: {exc}") from None
-    if type(raw) is dict and len(raw) == 11:
+    if type(raw) is dict and len(raw) == 12:
         # Fast path: the exact header encode() writes, checked in one
         # expression; any doubt falls through to the field-by-field checks,
         # which say what is wrong.
         try:
             v, kind, src, dst, seq = raw["v"], raw["kind"], raw["src"], raw["dst"], raw["seq"]
             corr, epoch, flow, fseq = raw["corr"], raw["epoch"], raw["flow"], raw["fseq"]
-            reply_to, body = raw["reply_to"], raw["body"]
+            reply_to, inc, body = raw["reply_to"], raw["inc"], raw["body"]
         except KeyError:
             return _decode_checked(raw)
         if (v == PROTOCOL_VERSION and type(v) is int
@@ -272,10 +277,11 @@ def decode(frame: bytes) -> Message:
                 and ((flow is None and fseq is None)
                      or (type(flow) is str and 0 < len(flow) <= 2 * _NAME_MAX and type(fseq) is int and fseq >= 0))
                 and (reply_to is None or (type(reply_to) is str and len(reply_to) <= 512))
+                and (inc is None or (type(inc) is int and inc >= 0))
                 and type(body) is dict):
             if not _fast_ok(kind, body):
                 _validate_full(kind, body)
-            return Message(kind, src, dst, seq, body, corr, epoch, flow, fseq, reply_to)
+            return Message(kind, src, dst, seq, body, corr, epoch, flow, fseq, reply_to, inc)
     return _decode_checked(raw)
 
 
@@ -308,6 +314,7 @@ def _decode_checked(raw: Any) -> Message:
         flow=flow,
         fseq=fseq,
         reply_to=reply_to,
+        inc=_header_int(raw, "inc", nullable=True),
         body=body,
     )
 
@@ -340,7 +347,23 @@ register("route_resume", flows=Field("list", items="str"), epoch=Field("int", re
 # (the sender drains the receiver its own table names)
 register("route_switch", flows=Field("list", items="str"), epoch="int", routes=Field("dict", items="str"),
          old=Field("dict", items="str", required=False), timeout=Field("float", required=False))
-register("route_next", next=Field("dict", items="int"))  # sender -> receiver, ahead of a resumed flow
+# sender -> receiver, ahead of a resumed flow, or of a retransmission (``inc``: the sender's incarnation)
+# (``reset``: the receiver takes ``next`` even if it thinks it is further: it follows a numbering the sender
+# never reached, its previous life's)
+# (``probe``: the receiver acknowledges the flow at once, naming this fseq, the last one sent before: the
+# sender's timeout asks where it stands)
+register("route_next", next=Field("dict", items="int"), inc=Field("int", required=False),
+         reset=Field("bool", required=False), probe=Field("int", required=False))
+# receiver -> sender of flows: cumulative acknowledgements, batched (docs/reliability.md): ``acks`` is the
+# last fseq consumed per flow, ``inc`` the receiver's incarnation, ``gap`` the flows where it saw one
+# (``probe``: the flows it answers a probe for, with the fseq the probe named; ``holes``: per flow, fseq missing below ``top``, the highest
+# one it holds)
+register("flow_ack", acks=Field("dict", items="int"), inc="int", gap=Field("list", items="str", required=False),
+         probe=Field("dict", items="int", required=False), holes=Field("dict", items="list", required=False),
+         top=Field("dict", items="int", required=False))
+# fault injection in a node's transport (protocol/faults.py); orchestrator -> node
+register("fault_set", id="str", type="str", seed="int")
+register("fault_clear", id=Field("str", nullable=True))
 
 
 def error_body(exc: ProtocolError | Exception, ref: str | None = None) -> dict[str, Any]:
@@ -359,3 +382,18 @@ register("ctl_route_show")
 register("ctl_route_set", changes=Field("dict", items="str"))
 register("ctl_down", timeout=Field("float", required=False))
 register("ctl_request", node="str", kind="str", body="dict", timeout=Field("float", required=False))
+
+# Tracing (nodes/runtime.py, orchestrator/tracing.py): a node's recorder keeps
+# its last ``size`` events in a ring; ``trace_dump`` reads them out a page at
+# a time (``offset`` into the events; the reply says where the next page starts)
+register("trace_start", size=Field("int", required=False))
+register("trace_stop")
+register("trace_dump", offset=Field("int", required=False))
+register("ctl_trace_start", size=Field("int", required=False))
+register("ctl_trace_stop")
+register("ctl_trace_save", path="str", also=Field("list", items="str", required=False))  # more copies
+
+# The fault manager's control requests (orchestrator/faults.py); fault_set / fault_clear are above.
+register("ctl_fault_add", spec="dict")
+register("ctl_fault_list")
+register("ctl_fault_clear", id=Field("str", required=False, nullable=True))

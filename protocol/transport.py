@@ -52,6 +52,7 @@ import zmq
 from protocol.auth import AuthError, Keyring
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import MAX_FRAME, Message, decode, encode, error_body
+from protocol.recorder import Recorder
 
 log = logging.getLogger("hwemu.transport")
 
@@ -219,6 +220,9 @@ class Party:
         self._peers: dict[str, _Peer] = {}
         self._pending: dict[int, list] = {}  # seq -> [trio.Event, reply]
         # polled_in: deliveries a requester read itself while it awaited its reply
+        # what this party sends and receives, when a trace or a history is on
+        # (``("msg", "send"|"recv", ...)``; one attribute test when off)
+        self.recorder = Recorder(name)
         # auth_failed: frames dropped because their MAC did not verify or they were replays
         self.counters = {"msgs_in": 0, "msgs_out": 0, "bad_in": 0, "late_replies": 0, "spoofed": 0,
                          "handler_errors": 0, "polled_in": 0, "auth_failed": 0}
@@ -231,7 +235,11 @@ class Party:
         path = ipc_path(endpoint)
         if path is not None and os.path.exists(path):
             os.unlink(path)  # stale socket file from a killed predecessor
-        self._inbox.bind(endpoint)
+        try:
+            self._inbox.bind(endpoint)
+        except zmq.ZMQError as exc:  # in use, no such directory, ...: one line, not a zmq traceback
+            self._inbox.close()
+            raise ProtocolError("bind_failed", f"cannot bind {endpoint}: {os.strerror(exc.errno)}", "endpoint") from None
         self._inbox_fd = self._inbox.getsockopt(zmq.FD)
         self._busy = False  # the inbox task is handling what it read (not waiting for the next)
         # deliveries a polling requester read that are not replies, for the
@@ -253,6 +261,12 @@ class Party:
         self._active = 0.0  # perf_counter of the last traffic (the polling window starts there)
         self._inbox_window = _PollWindow(self.spin)  # how long the serve task polls after traffic
         self._reply_window = _PollWindow(self.spin)  # how long a requester polls for its reply
+        # the fault injector (protocol/faults.py) every frame passes on its way
+        # out, or None: then sending costs one attribute test more
+        self.faults: Any = None
+        # called with (request, reply) when a message of a flow is answered:
+        # the node keeps the reply for a retransmitted request (nodes/runtime.py)
+        self.on_flow_reply: Callable[[Message, Message], None] | None = None
 
     # -- outgoing ---------------------------------------------------------------
 
@@ -266,7 +280,12 @@ class Party:
             sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
             sock.setsockopt(zmq.SNDHWM, SNDHWM)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(endpoint)
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:  # a learned reply_to that is no endpoint (a fuzzer's, a bug's)
+                sock.close(linger=0)
+                raise ProtocolError("bad_endpoint", f"cannot connect to {dst} at {endpoint!r:.80}: {exc}",
+                                    "reply_to") from None
             peer = self._peers[dst] = _Peer(sock)
         return peer
 
@@ -283,7 +302,7 @@ class Party:
              flow: str | None = None, fseq: int | None = None) -> Message:
         return Message(kind=kind, src=self.name, dst=dst, seq=next(self._seq), body=body, corr=corr,
                        epoch=self.epoch, flow=flow, fseq=fseq,
-                       reply_to=self.endpoint if self._advertise else None)
+                       reply_to=self.endpoint if self._advertise else None, inc=self.incarnation)
 
     def _frame(self, msg: Message) -> bytes:
         """The wire frame of ``msg``: encoded, and sealed with its MAC if this party signs."""
@@ -299,7 +318,14 @@ class Party:
         """Send a built message; waits only while the peer's queue is full."""
         peer = self._peer(msg.dst)
         frame = self._frame(msg) if self._auth is not None else encode(msg)
+        if self.faults is not None:  # after signing: a corrupted frame is a lost one to its receiver
+            frame = self.faults.outgoing(msg, frame)
+            if frame is None:  # dropped, or held back to go out later: it is gone as far as we know
+                self.counters["msgs_out"] += 1
+                return
         sock = peer.sock
+        if self.recorder.on:  # before it leaves: its receiver may record it before we run again
+            self._record_send(msg, frame, time.monotonic_ns())
         try:
             if peer.lock.locked():  # others wait for room: queue behind them, keep order
                 raise zmq.Again
@@ -326,11 +352,34 @@ class Party:
     def send_nowait(self, msg: Message) -> bool:
         """Send unless the peer's queue is full (then drop and return False).
         For messages that must never block the data plane, like heartbeats."""
+        sock = self._peer(msg.dst).sock
+        frame = self._frame(msg)
+        if self.faults is not None:
+            frame = self.faults.outgoing(msg, frame)
+            if frame is None:
+                self.counters["msgs_out"] += 1
+                return True
+        t = time.monotonic_ns() if self.recorder.on else 0
         try:
-            _send(self._peer(msg.dst).sock, self._frame(msg), _NOBLOCK)
+            _send(sock, frame, _NOBLOCK)
         except zmq.Again:
             return False
         self.counters["msgs_out"] += 1
+        if t:
+            self._record_send(msg, frame, t)
+        return True
+
+    def _record_send(self, msg: Message, frame: bytes, t: int) -> None:
+        self.recorder.at(t, "msg", "send", kind=msg.kind, dst=msg.dst, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
+                         epoch=msg.epoch, size=len(frame))
+
+    def send_frame_nowait(self, dst: str, frame: bytes) -> bool:
+        """Send an encoded frame unless the link is full (the fault injector's
+        late, duplicated and reordered frames; they bypass it)."""
+        try:
+            _send(self._peer(dst).sock, frame, _NOBLOCK)
+        except (zmq.Again, ProtocolError, zmq.ZMQError):
+            return False
         return True
 
     async def send(self, dst: str, kind: str, body: dict[str, Any] | None = None, **hdr: Any) -> Message:
@@ -349,6 +398,12 @@ class Party:
         if self.directory.get(msg.src) != msg.reply_to:
             self.forget(msg.src)
             self.directory[msg.src] = msg.reply_to
+            try:
+                self._peer(msg.src)  # an endpoint it cannot connect to is not learned: nobody to answer
+            except ProtocolError:
+                del self.directory[msg.src]
+                self._learned.pop(msg.src, None)
+                return
         self._learned.pop(msg.src, None)
         self._learned[msg.src] = None
         while len(self._learned) > _LEARNED_MAX:
@@ -360,7 +415,10 @@ class Party:
     async def reply(self, to: Message, kind: str = "ok", body: dict[str, Any] | None = None) -> None:
         """Answer ``to`` (sets ``corr``)."""
         self.learn(to)
-        await self.send_msg(self.make(to.src, kind, body or {}, corr=to.seq))
+        msg = self.make(to.src, kind, body or {}, corr=to.seq)
+        if to.flow is not None and self.on_flow_reply is not None:
+            self.on_flow_reply(to, msg)
+        await self.send_msg(msg)
 
     async def request(self, dst: str, kind: str, body: dict[str, Any] | None = None, *,
                       timeout: float = 5.0, **hdr: Any) -> Message:
@@ -370,7 +428,10 @@ class Party:
             RemoteError: the peer answered with ``error``.
             RequestTimeout: no reply within ``timeout`` seconds.
         """
-        msg = self.make(dst, kind, body or {}, **hdr)
+        return await self.request_msg(self.make(dst, kind, body or {}, **hdr), timeout=timeout)
+
+    async def request_msg(self, msg: Message, *, timeout: float = 5.0) -> Message:
+        """:meth:`request` for a message already built (a flow's, kept for retransmission)."""
         slot = self._expect(msg, timeout)
         try:
             await self.send_msg(msg)
@@ -636,7 +697,12 @@ class Party:
             if counters["auth_failed"] & (counters["auth_failed"] - 1) == 0:  # 1, 2, 4, 8 ...: a flood logs little
                 log.warning("%s: dropped a frame from %r (%s): %s (%d so far)", self.name, frames[0][:80],
                             exc.reason, exc, counters["auth_failed"])
+            if self.recorder.on:
+                self.recorder("auth", "drop", src=self._sender(frames[0]), reason=exc.reason)
             return None
+        if self.recorder.on:
+            self.recorder("msg", "recv", kind=msg.kind, src=msg.src, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
+                          size=len(frames[1]))
         if msg.corr is None:
             return frames, msg
         slot = self._pending.get(msg.corr)

@@ -9,6 +9,8 @@ need_pkgs=()
 command -v riscv64-unknown-elf-gcc >/dev/null || need_pkgs+=(gcc-riscv64-unknown-elf)
 [ -d /usr/lib/picolibc/riscv64-unknown-elf ] || need_pkgs+=(picolibc-riscv64-unknown-elf)
 command -v qemu-riscv32 >/dev/null || need_pkgs+=(qemu-user)
+# headless Chromium renders the demo's HTML report in its test (tests/integration/test_demo_report.py)
+command -v chromium >/dev/null || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"

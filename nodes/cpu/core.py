@@ -34,11 +34,12 @@ lists, msgpack-able.
 Speed: code is interpreted (`interpret`, calling `isa.execute_*`) until a
 block start has been reached `hot_threshold` times; then it runs as a
 translated region (`translate.py`) that keeps registers in Python locals and
-reaches memory through per-page dicts for the current address space (`R1/R2/R4` readable pages as bytes / halfwords / words,
-`W1/W2/W4` writable ones, `X1` executable ones). Those dicts hold only pages
-that are both mapped by the TLB and present locally (writable ones: held
-writable), so a hit needs no further check; anything else takes the slow path
-in this module, which raises the stop. Translations are dropped when the TLB
+reaches memory through per-page dicts for the current address space
+(`R1/R2/R4` readable pages as byte / halfword / word views, `W1/W2/W4`
+writable ones, keyed by page base address; `X1` executable pages by vpn).
+Those dicts hold only pages that are both mapped by the TLB and present
+locally (writable ones: held writable), so a hit needs no further check;
+anything else takes the slow path in this module, which raises the stop. Translations are dropped when the TLB
 entry or the local page they came from goes (`tlb_write`/`tlb_flush`
 replacing it, `evict_page`) and on `fence.i`; a store into code without
 `fence.i` may leave the old code running, as the RISC-V spec allows.
@@ -251,7 +252,6 @@ class Core:
             self._rebuild_maps()
         self.stop = None
         blocks = self._blocks
-        translate = self._translator.translate
         done = 0
         heat = self._heat
         while done < max_instructions:
@@ -265,12 +265,9 @@ class Core:
                 count = self.interpret(max_instructions - done, to_control=True)
             else:
                 try:
-                    block = blocks[self.pc] = translate(self.pc)
+                    block = self._translate_at(self.pc)
                 except Fault:
                     break
-                # A region can be entered at any of its blocks.
-                for start in getattr(block, "starts", ()):
-                    blocks.setdefault(start, block)
                 count = block(self, max_instructions - done)
             done += count
             self.instret += count
@@ -282,6 +279,34 @@ class Core:
             return Stop(QUANTUM, pc=self.pc)
         stop.pc = self.pc
         return stop
+
+    def _translate_at(self, pc: int) -> Callable:
+        """Translate the hot code at `pc` and install it; return what runs there.
+
+        If a region already leads to `pc` (it left `pc` out because `pc` was
+        cold when it was built), that region is rebuilt around it instead:
+        a loop whose blocks warmed up at different times ends up in one
+        region, so its iterations never go back through `run`.
+        """
+        translator = self._translator
+        blocks = self._blocks
+        owner = translator.exit_owner.pop(pc, None)
+        if owner is not None and blocks.get(owner.entry) is owner:
+            for start in owner.starts:
+                if blocks.get(start) is owner:
+                    del blocks[start]
+            self._install(translator.translate(owner.entry))
+            block = blocks.get(pc)
+            if block is not None:
+                return block
+        block = blocks[pc] = translator.translate(pc)
+        self._install(block)
+        return block
+
+    def _install(self, block: Callable) -> None:
+        # A region can be entered at any of its blocks.
+        for start in getattr(block, "starts", ()):
+            self._blocks.setdefault(start, block)
 
     def interpret(self, budget: int, to_control: bool = False) -> int:
         """Execute up to `budget` instructions one at a time, without translation.
@@ -332,7 +357,7 @@ class Core:
     def load(self, addr: int, size: int) -> int:
         """Read `size` bytes at virtual `addr`, zero-extended, little-endian."""
         off = addr & 4095
-        page = self.R1.get(addr >> 12)
+        page = self.R1.get(addr & 0xFFFFF000)
         if page is not None and off + size <= PAGE_SIZE:
             return int.from_bytes(page[off : off + size], "little")
         return self.load_slow(addr, size)
@@ -340,7 +365,7 @@ class Core:
     def store(self, addr: int, size: int, value: int) -> None:
         """Write the low `size` bytes of `value` at virtual `addr`."""
         off = addr & 4095
-        page = self.W1.get(addr >> 12)
+        page = self.W1.get(addr & 0xFFFFF000)
         if page is not None and off + size <= PAGE_SIZE:
             page[off : off + size] = value.to_bytes(size, "little")
         else:
@@ -420,10 +445,11 @@ class Core:
             views = self._views.get(ppn)
             if views is None:
                 continue
+            base = vpn << 12  # the data maps are keyed by page base (see translate.py)
             if "r" in perms:
-                self.R1[vpn], self.R2[vpn], self.R4[vpn] = views
+                self.R1[base], self.R2[base], self.R4[base] = views
             if "w" in perms and ppn in self._writable:
-                self.W1[vpn], self.W2[vpn], self.W4[vpn] = views
+                self.W1[base], self.W2[base], self.W4[base] = views
             if "x" in perms:
                 self.X1[vpn] = views[0]
         self._maps_dirty = False

@@ -25,28 +25,24 @@ them):
 
 from __future__ import annotations
 
-M = 0xFFFFFFFF  # every register value is kept in [0, 2**32)
-
-# RISC-V scause codes (privileged spec, table 3.6) used by the core.
-INSTR_MISALIGNED = 0
-INSTR_ACCESS_FAULT = 1
-ILLEGAL_INSTRUCTION = 2
-BREAKPOINT = 3
-LOAD_ACCESS_FAULT = 5
-STORE_ACCESS_FAULT = 7
-ECALL_U = 8
-INSTR_PAGE_FAULT = 12
-LOAD_PAGE_FAULT = 13
-STORE_PAGE_FAULT = 15
+from protocol.riscv import (  # noqa: F401  (the causes are part of this table's vocabulary)
+    BREAKPOINT,
+    ECALL_U,
+    ILLEGAL_INSTRUCTION,
+    INSTR_ACCESS_FAULT,
+    INSTR_MISALIGNED,
+    INSTR_PAGE_FAULT,
+    LOAD_ACCESS_FAULT,
+    LOAD_PAGE_FAULT,
+    STORE_ACCESS_FAULT,
+    STORE_PAGE_FAULT,
+    signed,
+)
+from protocol.riscv import M32 as M  # every register value is kept in [0, 2**32)
 
 # Zicntr counters, readable with csrrs rd, csr, x0.
 CSR_CYCLE, CSR_TIME, CSR_INSTRET = 0xC00, 0xC01, 0xC02
 CSR_CYCLEH, CSR_TIMEH, CSR_INSTRETH = 0xC80, 0xC81, 0xC82
-
-
-def signed(v: int) -> int:
-    """Reinterpret an unsigned 32-bit value as two's complement."""
-    return (v ^ 0x80000000) - 0x80000000
 
 
 # --------------------------------------------------------------------------
@@ -158,7 +154,8 @@ def _fields(fmt: str, w: int) -> dict[str, int]:
     if fmt == "U":
         return {"rd": rd, "simm": _sext(w & 0xFFFFF000, 32)}
     if fmt == "J":
-        imm = (((w >> 31) & 1) << 20) | (((w >> 12) & 0xFF) << 12) | (((w >> 20) & 1) << 11) | (((w >> 21) & 0x3FF) << 1)
+        imm = (((w >> 31) & 1) << 20) | (((w >> 12) & 0xFF) << 12)
+        imm |= (((w >> 20) & 1) << 11) | (((w >> 21) & 0x3FF) << 1)
         return {"rd": rd, "simm": _sext(imm, 21)}
     if fmt == "CSR":
         return {"rd": rd, "rs1": rs1, "csr": w >> 20}

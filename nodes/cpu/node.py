@@ -51,13 +51,15 @@ from nodes.cpu.core import HALT, PAGE_MISS, PAGE_SIZE, QUANTUM, TRAP, Core
 from nodes.runtime import Node, main
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message
+from protocol.riscv import TIMER_INTERRUPT
 
 log = logging.getLogger("hwemu.cpu")
 
-INTERRUPT_CAUSE = 0x80000005
+INTERRUPT_CAUSE = TIMER_INTERRUPT
 RECALL_ALL = -1
 ACQUIRE_TIMEOUT = 3.0
 RETRY_DELAY = 0.05
+PROGRESS_EVERY_NS = 5_000_000
 
 
 def _others_runnable():
@@ -105,6 +107,7 @@ class CpuNode(Node):
         self._mips = 0.0
         self._last_mem_error: str | None = None
         self._window = (time.monotonic(), 0)
+        self._progress_at = 0  # monotonic ns of the last ("cpu", "progress") event
 
     # -- the run loop --------------------------------------------------------------
 
@@ -137,6 +140,8 @@ class CpuNode(Node):
                 if stop.kind != QUANTUM or left <= 0 or waiting() or signalled():
                     break
             self._measure()
+            if self.recorder.on:
+                self._progress()
             if stop.kind == QUANTUM:
                 await trio.lowlevel.checkpoint()  # let the inbox run: recalls, privileged ops, preempt
             elif stop.kind == TRAP:
@@ -154,11 +159,22 @@ class CpuNode(Node):
             self._mips = (self.core.instret - i0) / (now - t0) / 1e6
             self._window = (now, self.core.instret)
 
+    def _progress(self) -> None:
+        """The guest's instructions retired, for the trace's counter track: at
+        most one event per PROGRESS_EVERY_NS (a slice is ~1 ms; one event
+        each would fill the ring with progress alone)."""
+        now = time.monotonic_ns()
+        if now - self._progress_at >= PROGRESS_EVERY_NS:
+            self._progress_at = now
+            self.recorder("cpu", "progress", instret=self.core.instret)
+
     async def _trap(self, cause: int, tval: int, insn: int | None = None) -> None:
         # trapped before emitting: the resume may be handled while the send awaits
         self.cpu_state = "trapped"
         self.counts["traps"] += 1
         st = self.core.get_state()
+        if self.recorder.on:
+            self.recorder("trap", "raise", cause=cause, pc=st["pc"], instret=st["instret"])
         body = {"cause": cause, "tval": tval & 0xFFFFFFFF, "pc": st["pc"], "regs": st["x"],
                 "asid": st["asid"], "instret": st["instret"]}
         if insn is not None:
@@ -300,6 +316,8 @@ class CpuNode(Node):
         self.core.set_state({"x": b.get("regs", st["x"]), "pc": b.get("pc", st["pc"]),
                              "asid": b.get("asid", st["asid"])})
         self.core.halted = False
+        if self.recorder.on:
+            self.recorder("trap", "resume", pc=b.get("pc", st["pc"]), space=self.space)
         if self.cpu_state != "waiting_mem":
             self._set_running()
         await self._answer(msg, {"cpu_state": self.cpu_state, "tlb_written": len(entries)})

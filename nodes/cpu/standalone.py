@@ -4,12 +4,17 @@
 like `qemu-riscv32 PROG.elf ARGS...` for the programs of the guest SDK:
 same stdout, same exit code. It drives the very `Core` the CPU node drives;
 the only difference is who handles its stops. Here a built-in handler plays
-the OS:
+the OS, speaking the guest Linux ABI of `protocol.linux_abi` as the OS node
+does (docs/guest-abi.md):
 
 - TLB miss inside a mapped region: install the page (identity ppn = vpn,
   one address space) and the region's permissions, then resume.
-- `ecall`: Linux RV32 syscalls `read`(63, stdin), `write`(64), `exit`(93),
-  `exit_group`(94), `brk`(214); anything else returns -ENOSYS, a bad user
+- `ecall`: every syscall the OS node serves. Those that need no device work
+  as there: `read` (stdin), `write` (stdout, stderr), `exit`, `exit_group`,
+  `getpid`, `brk`, `clock_gettime64`, `clock_nanosleep64`. Those of the disk
+  and the NIC answer what the OS node answers with no disk and no NIC:
+  `openat` -ENOENT, `socket` -EAFNOSUPPORT, the calls on file descriptors
+  -EBADF (`close` of 0, 1, 2 succeeds). Anything else is -ENOSYS, a bad user
   pointer -EFAULT.
 - anything else is a guest fault: one line on stderr with the cause, the
   address and the pc, and exit status 128 + the signal Linux would send.
@@ -18,36 +23,18 @@ the OS:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from nodes.cpu import isa
-from nodes.cpu.core import PAGE_MISS, PAGE_SIZE, QUANTUM, TRAP, Core
+from nodes.cpu.core import PAGE_MISS, QUANTUM, TRAP, Core
 from nodes.elf import Program, load_elf
+from protocol import linux_abi as abi
+from protocol.riscv import ECALL_U, M32, PAGE_FAULT_ACCESS
 
-STACK_TOP = 0x80000000
-STACK_SIZE = 8 << 20
-BRK_LIMIT = 0x40000000  # the heap may grow up to here
 QUANTUM_SIZE = 50_000_000
-
-SYS_READ, SYS_WRITE, SYS_EXIT, SYS_EXIT_GROUP, SYS_BRK = 63, 64, 93, 94, 214
-EBADF, EFAULT, ENOSYS = 9, 14, 38
-AT_NULL, AT_PAGESZ = 0, 6
-
-SIGILL, SIGTRAP, SIGBUS, SIGSEGV = 4, 5, 7, 11
-_FAULTS = {
-    isa.INSTR_MISALIGNED: ("instruction address misaligned", SIGBUS),
-    isa.INSTR_ACCESS_FAULT: ("instruction access fault", SIGSEGV),
-    isa.ILLEGAL_INSTRUCTION: ("illegal instruction", SIGILL),
-    isa.BREAKPOINT: ("breakpoint", SIGTRAP),
-    isa.LOAD_ACCESS_FAULT: ("load access fault", SIGSEGV),
-    isa.STORE_ACCESS_FAULT: ("store access fault", SIGSEGV),
-    isa.INSTR_PAGE_FAULT: ("instruction fetch from unmapped address", SIGSEGV),
-    isa.LOAD_PAGE_FAULT: ("load from unmapped address", SIGSEGV),
-    isa.STORE_PAGE_FAULT: ("store to unmapped address", SIGSEGV),
-}
-_ACCESS = {isa.INSTR_PAGE_FAULT: "x", isa.LOAD_PAGE_FAULT: "r", isa.STORE_PAGE_FAULT: "w"}
 
 
 class GuestExit(Exception):
@@ -69,7 +56,7 @@ class Region:
 
 
 class Machine:
-    """One process: a core, its address space and a tiny Linux personality."""
+    """One process: a core, its address space and the guest Linux ABI."""
 
     def __init__(self, program: Program, argv: list[str], stdin=None, stdout=None):
         """Load `program` and build the initial stack for `argv`.
@@ -84,27 +71,40 @@ class Machine:
         self.stdin = stdin if stdin is not None else sys.stdin.buffer
         self.stdout = stdout if stdout is not None else sys.stdout.buffer
         self.out = bytearray()  # buffered guest stdout, flushed at exit and before reads
-        self.segment_pages: dict[int, str] = {}  # vpn -> perms of ELF segments
+        self.segment_pages, images, self.brk_start, sp = abi.layout(program.segments, argv)
         self.pages: dict[int, bytearray] = {}
-        end = 0
-        for seg in program.segments:
-            first, last = seg.vaddr >> 12, (seg.vaddr + seg.memsz + PAGE_SIZE - 1) >> 12
-            self._map(first, last, seg.perms)
-            self._copy_in(seg.vaddr, seg.data)
-            end = max(end, seg.vaddr + seg.memsz)
-        self.brk_start = self.brk = (end + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        for vpn, image in images.items():
+            self._page(vpn)[:] = image
+        self.brk = self.brk_start
         self.heap = Region(self.brk_start >> 12, self.brk_start >> 12, "rw")
-        self.stack = Region((STACK_TOP - STACK_SIZE) >> 12, STACK_TOP >> 12, "rw")
+        self.stack = Region((abi.STACK_TOP - abi.STACK_SIZE) >> 12, abi.STACK_TOP >> 12, "rw")
         self.core.pc = program.entry
-        self.core.x[2] = self._initial_stack(argv)
+        self.core.x[2] = sp
+        self.syscalls: dict[int, Callable[..., int]] = {
+            abi.SYS_READ: self._sys_read,
+            abi.SYS_WRITE: self._sys_write,
+            abi.SYS_EXIT: self._sys_exit,
+            abi.SYS_EXIT_GROUP: self._sys_exit,
+            abi.SYS_GETPID: lambda *_: os.getpid(),  # a process id of the host, as under qemu
+            abi.SYS_BRK: self._sys_brk,
+            abi.SYS_CLOCK_GETTIME64: self._sys_clock_gettime64,
+            abi.SYS_CLOCK_NANOSLEEP64: self._sys_clock_nanosleep64,
+            abi.SYS_OPENAT: self._sys_openat,
+            abi.SYS_CLOSE: lambda fd, *_: abi.check_close(fd, is_open=False),
+            # No file or socket can be open here (no disk, no NIC): what the
+            # OS node answers for a descriptor it does not know.
+            abi.SYS_PREAD64: lambda *_: -abi.EBADF,
+            abi.SYS_PWRITE64: lambda *_: -abi.EBADF,
+            abi.SYS_FSYNC: lambda *_: -abi.EBADF,
+            abi.SYS_FDATASYNC: lambda *_: -abi.EBADF,
+            abi.SYS_BIND: lambda *_: -abi.EBADF,
+            abi.SYS_SENDTO: lambda *_: -abi.EBADF,
+            abi.SYS_RECVFROM: lambda *_: -abi.EBADF,
+            abi.SYS_SOCKET: lambda domain, type_, proto, *_: abi.check_socket(domain, type_, proto)
+            or -abi.EAFNOSUPPORT,  # a valid request, but there is no network device
+        }
 
     # ------------------------------------------------------------ memory
-
-    def _map(self, first: int, last: int, perms: str) -> None:
-        for vpn in range(first, last):
-            # Segments sharing a page: the page gets the union of their rights.
-            old = self.segment_pages.get(vpn, "")
-            self.segment_pages[vpn] = "".join(p for p in "rwx" if p in old + perms)
 
     def _perms(self, vpn: int) -> str | None:
         """Permissions of virtual page `vpn`, or None if it is not mapped."""
@@ -119,47 +119,30 @@ class Machine:
     def _page(self, vpn: int) -> bytearray:
         page = self.pages.get(vpn)
         if page is None:
-            page = self.pages[vpn] = bytearray(PAGE_SIZE)
+            page = self.pages[vpn] = bytearray(abi.PAGE_SIZE)
             self.core.install_page(vpn, page, writable=True)
         return page
 
-    def _copy_in(self, addr: int, data: bytes) -> None:
-        pos = 0
-        while pos < len(data):
-            off = (addr + pos) & 4095
-            n = min(len(data) - pos, PAGE_SIZE - off)
-            self._page((addr + pos) >> 12)[off : off + n] = data[pos : pos + n]
-            pos += n
-
-    def _user_range(self, addr: int, size: int, perm: str) -> list[tuple[bytearray, int, int]] | None:
+    def _user(self, addr: int, size: int, perm: str) -> list[tuple[bytearray, int, int]] | None:
         """The pages behind a user buffer, or None if any part is not mapped with `perm`."""
-        if size < 0 or addr + size > 1 << 32:
-            return None
-        pieces, pos = [], 0
-        while pos < size:
-            a = addr + pos
-            perms = self._perms(a >> 12)
-            if perms is None or perm not in perms:
-                return None
-            n = min(size - pos, PAGE_SIZE - (a & 4095))
-            pieces.append((self._page(a >> 12), a & 4095, n))
-            pos += n
-        return pieces
+        pieces = abi.user_pieces(addr, size, perm, self._perms)
+        return None if pieces is None else [(self._page(vpn), off, n) for vpn, off, n in pieces]
 
-    def _initial_stack(self, argv: list[str]) -> int:
-        # Linux layout (what qemu-riscv32 gives a static binary): strings at
-        # the top, then auxv, envp, argv pointers and argc at sp.
-        strings, pointers = bytearray(), []
-        top = STACK_TOP - 16
-        for arg in argv:
-            pointers.append(top - len(strings) - len(arg.encode()) - 1)
-            strings[:0] = arg.encode() + b"\0"
-        str_base = top - len(strings)
-        words = [len(argv), *pointers, 0, 0, AT_PAGESZ, PAGE_SIZE, AT_NULL, 0]
-        sp = (str_base - 4 * len(words)) & ~15
-        self._copy_in(str_base, bytes(strings))
-        self._copy_in(sp, b"".join(w.to_bytes(4, "little") for w in words))
-        return sp
+    def copy_from_user(self, addr: int, size: int) -> bytes | None:
+        """The bytes of a user buffer, or None (-EFAULT)."""
+        pieces = self._user(addr, size, "r")
+        return None if pieces is None else b"".join(page[off : off + n] for page, off, n in pieces)
+
+    def copy_to_user(self, addr: int, data: bytes) -> bool:
+        """Store `data` at a user address; False (-EFAULT) if any byte is not writable."""
+        pieces = self._user(addr, len(data), "w")
+        if pieces is None:
+            return False
+        pos = 0
+        for page, off, n in pieces:
+            page[off : off + n] = data[pos : pos + n]
+            pos += n
+        return True
 
     # ---------------------------------------------------------- running
 
@@ -173,7 +156,7 @@ class Machine:
                 elif stop.kind == PAGE_MISS:
                     self._page(stop.ppn)  # identity-mapped: the frame is the page
                 elif stop.kind != QUANTUM:
-                    raise GuestExit(128 + SIGSEGV, f"core stopped: {stop.kind}")
+                    raise GuestExit(128 + abi.SIGSEGV, f"core stopped: {stop.kind}")
         except GuestExit as done:
             self.flush()
             if done.message:
@@ -190,45 +173,34 @@ class Machine:
 
     def _trap(self, stop) -> None:
         core = self.core
-        if stop.cause == isa.ECALL_U:
-            core.x[10] = self._syscall(core.x[17], core.x[10:16]) & isa.M
-            core.pc = (stop.pc + 4) & isa.M
+        if stop.cause == ECALL_U:
+            handler = self.syscalls.get(core.x[17])
+            result = -abi.ENOSYS if handler is None else handler(*core.x[10:16])
+            core.x[10] = result & M32
+            core.pc = (stop.pc + 4) & M32
             return
-        if stop.cause in _ACCESS:
+        if stop.cause in PAGE_FAULT_ACCESS:
             vpn = stop.tval >> 12
             perms = self._perms(vpn)
             if perms is not None:
+                # Mapped: the entry goes in with the page's rights, so an
+                # access they forbid comes back as an access fault.
                 self._page(vpn)
                 core.tlb_write(0, vpn, vpn, perms)
                 return
-        what, signal = _FAULTS.get(stop.cause, (f"trap cause {stop.cause}", SIGSEGV))
-        if stop.cause == isa.ILLEGAL_INSTRUCTION:
-            where = f"instruction {stop.tval:#010x}"
-        else:
-            where = f"address {stop.tval:#010x}"
-        raise GuestExit(128 + signal, f"{what}: {where} at pc {stop.pc:#010x}")
+        report, signal = abi.fault_report(stop.cause, stop.tval, stop.pc)
+        raise GuestExit(128 + signal, report)
 
     # ---------------------------------------------------------- syscalls
 
-    def _syscall(self, number: int, args: list[int]) -> int:
-        if number == SYS_WRITE:
-            return self._sys_write(*args[:3])
-        if number == SYS_READ:
-            return self._sys_read(*args[:3])
-        if number in (SYS_EXIT, SYS_EXIT_GROUP):
-            raise GuestExit(args[0] & 0xFF)
-        if number == SYS_BRK:
-            return self._sys_brk(args[0])
-        return -ENOSYS
-
-    def _sys_write(self, fd: int, buf: int, count: int) -> int:
-        if fd not in (1, 2):
-            return -EBADF
-        pieces = self._user_range(buf, count, "r")
-        if pieces is None:
-            return -EFAULT
-        data = b"".join(page[off : off + n] for page, off, n in pieces)
-        if fd == 1:
+    def _sys_write(self, fd: int, buf: int, count: int, *_: int) -> int:
+        error, count = abi.check_write(fd, count)
+        if error:
+            return error
+        data = self.copy_from_user(buf, count)
+        if data is None:
+            return -abi.EFAULT
+        if fd == abi.STDOUT:
             self.out += data
             if len(self.out) >= 1 << 16:  # bound the buffer for chatty programs
                 self.flush()
@@ -238,25 +210,27 @@ class Machine:
             sys.stderr.buffer.flush()
         return count
 
-    def _sys_read(self, fd: int, buf: int, count: int) -> int:
-        if fd != 0:
-            return -EBADF
-        pieces = self._user_range(buf, count, "w")
-        if pieces is None:
-            return -EFAULT
+    def _sys_read(self, fd: int, buf: int, count: int, *_: int) -> int:
+        error, count = abi.check_read(fd, count)
+        if error:
+            return error
+        if self._user(buf, count, "w") is None:
+            return -abi.EFAULT
+        if count == 0:
+            return 0
         self.flush()  # an interactive prompt must be visible before we block
         data = self.stdin.read1(count) if hasattr(self.stdin, "read1") else self.stdin.read(count)
-        pos = 0
-        for page, off, n in pieces:
-            chunk = data[pos : pos + n]
-            page[off : off + len(chunk)] = chunk
-            pos += len(chunk)
+        self.copy_to_user(buf, data)
         return len(data)
 
-    def _sys_brk(self, addr: int) -> int:
-        if addr < self.brk_start or addr > BRK_LIMIT:
-            return self.brk
-        new_end = (addr + PAGE_SIZE - 1) >> 12
+    def _sys_exit(self, status: int, *_: int) -> int:
+        raise GuestExit(status & 0xFF)
+
+    def _sys_brk(self, addr: int, *_: int) -> int:
+        new = abi.brk(addr, self.brk_start, self.brk)
+        if new == self.brk:
+            return new
+        new_end = (new + abi.PAGE_SIZE - 1) >> 12
         if new_end < self.heap.end:
             # Shrinking: forget the pages so that growing again yields zeros.
             for vpn in range(new_end, self.heap.end):
@@ -264,9 +238,29 @@ class Machine:
                 if self.pages.pop(vpn, None) is not None:
                     self.core.evict_page(vpn)
         self.heap.end = new_end
-        self.brk = addr
-        return addr
+        self.brk = new
+        return new
 
+    def _sys_clock_gettime64(self, clock: int, ts: int, *_: int) -> int:
+        value = abi.clock_gettime(clock)
+        if isinstance(value, int):
+            return value
+        return 0 if self.copy_to_user(ts, value) else -abi.EFAULT
+
+    def _sys_clock_nanosleep64(self, clock: int, flags: int, req: int, rem: int, *_: int) -> int:
+        raw = self.copy_from_user(req, abi.TIMESPEC64_SIZE)
+        if raw is None:
+            return -abi.EFAULT
+        delay = abi.nanosleep_delay(clock, flags, raw)
+        if delay < 0:
+            return delay  # -EINVAL
+        self.flush()  # what the guest printed before it sleeps is seen before
+        time.sleep(delay / abi.NS)
+        return 0
+
+    def _sys_openat(self, dirfd: int, path: int, *_: int) -> int:
+        name = abi.drive(abi.user_string(path), self.copy_from_user)
+        return -abi.EFAULT if name is None else -abi.ENOENT  # no disk: no file exists
 
 def run_file(path: str, args: list[str], stats: str | None = None) -> int:
     """Load and run an ELF; print a one-line error for a bad file.
@@ -283,9 +277,12 @@ def run_file(path: str, args: list[str], stats: str | None = None) -> int:
 
     try:
         program = load_elf(path)
-    except (ElfError, OSError) as exc:
+    except ElfError as exc:
         sys.stderr.write(f"hwemu-cpu: {exc}\n")
-        return 1
+        return 2  # bad input, as the README's exit codes say
+    except OSError as exc:
+        sys.stderr.write(f"hwemu-cpu: {path}: {exc.strerror or exc}\n")
+        return 2
     if stats:
         # refuse an unwritable --stats path before running, not after
         try:

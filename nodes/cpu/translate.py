@@ -11,55 +11,92 @@ the decoded fields (AST rewrite), and gluing the results together:
   targets, alignment checks), and a few identities that hold for values in
   [0, 2**32) shorten the rest (`signed(a) < signed(b)` compares biased
   values, `x + 0 & M` is `x`).
-- `s.load` / `s.store` become an inline dict lookup on the current address
-  space's page maps (see core.py) with the core's slow path as fallback.
-- `return t` (a control transfer) becomes `npc = t`, the block's exit.
+- `s.load` / `s.store` become two subscripts: the page map of the current
+  address space (see core.py, keyed by page base) indexed by the address
+  masked with the page and alignment bits, then the page's byte, halfword or
+  word view. A TLB miss, an absent or read-only page and a misaligned
+  address are all a missing key: the KeyError hands that one instruction to
+  the interpreter, whose slow path does it exactly (or stops).
+- `return t` (a control transfer) becomes `npc = t`, the block's exit; the
+  usual folded shapes (branch on a condition, jump to a constant) become
+  `pc = a if cond else b` / `pc = a`.
 
 A basic block ends at a control transfer, at the end of its page, or before
 an instruction that must see exact core state (`isa.SERIALIZING`). A region
 is the entry block plus the blocks reachable from it by static successors
-(branch targets, fall-through, jal targets) that have already run: a
-`while True` loop dispatches on `pc` between them, so a loop with branches
-inside never leaves Python locals.
+(branch targets, fall-through, jal targets) that have already run, whether
+or not another region holds them too: a `while True` loop dispatches on `pc`
+between them (a binary search), so a loop with branches inside never leaves
+Python locals. A static exit to a short block of the region carries a copy
+of it (a superblock of two), skipping the dispatch. A block left out because
+it was still cold makes its region be rebuilt around it once it is hot
+(`Core._translate_at`).
 
 Generated signature: `region(core, budget) -> retired`; it starts at
 `core.pc` (any of its block starts) and sets `core.pc`. A block runs only if
 it fits in what is left of the budget, so quanta are exact. If an
 instruction stops (trap, page miss), the slow path raises `Fault`, the
-region writes back its registers, points pc at that instruction (`k` is its
-index in the current block) and returns how many retired before it: the
-stop is precise.
+region writes back its registers, points pc at that instruction and returns
+how many retired before it: the stop is precise. Which instruction it was
+(`k`, its index in the current block) is read from the traceback's line
+number (every line of an instruction that may stop is tagged `# k=<index>`),
+so the hot path stores nothing for it.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import operator
 import re
-import textwrap
 
 from nodes.cpu import isa
 from nodes.cpu.core import Fault
 
 MAX_BLOCK = 64  # instructions per basic block; bounds budget granularity
 MAX_REGION_BLOCKS = 32  # basic blocks per region; bounds compile time and dispatch
+# Blocks up to this many instructions are copied into their predecessors (see
+# `_BlockCode`): for them the dispatch is a large share of the cost, and the
+# copies stay small to compile.
+INLINE_MAX = 12
+INLINE_DEPTH = 2  # a copy may carry copies of its own successors: deeper costs more to compile than it saves
 
-_LOAD = {
-    1: "(_mp[_ma & 4095] if (_mp := R1.get((_ma := {a}) >> 12)) is not None else LOAD(_ma, 1))",
-    2: "(_mp[(_ma & 4095) >> 1] if not ((_ma := {a}) & 1) and (_mp := R2.get(_ma >> 12)) is not None"
-    " else LOAD(_ma, 2))",
-    4: "(_mp[(_ma & 4095) >> 2] if not ((_ma := {a}) & 3) and (_mp := R4.get(_ma >> 12)) is not None"
-    " else LOAD(_ma, 4))",
-}
-_STORE = {
-    1: "_ma = {a}\n_mp = W1.get(_ma >> 12)\nif _mp is not None:\n    _mp[_ma & 4095] = {v}\n"
-    "else:\n    STORE(_ma, 1, {v})",
-    2: "_ma = {a}\n_mp = W2.get(_ma >> 12)\nif _mp is not None and not (_ma & 1):\n"
-    "    _mp[(_ma & 4095) >> 1] = {v}\nelse:\n    STORE(_ma, 2, {v})",
-    4: "_ma = {a}\n_mp = W4.get(_ma >> 12)\nif _mp is not None and not (_ma & 3):\n"
-    "    _mp[(_ma & 4095) >> 2] = {v}\nelse:\n    STORE(_ma, 4, {v})",
-}
+# Memory access inline: one dict subscript finds the page, one view subscript
+# the value. The maps are keyed by page base address; masking the address
+# with the page bits plus the access's alignment bits makes a misaligned
+# address a key no map holds, so alignment, TLB and presence are all checked
+# by that one subscript, and a miss is a KeyError (see `_compile`).
+_PAGE_KEY = {1: 0xFFFFF000, 2: 0xFFFFF001, 4: 0xFFFFF003}
+_OFFSET = {1: "{m} & 4095", 2: "({m} & 4095) >> 1", 4: "({m} & 4095) >> 2"}
+
+
+_MAY_STOP = re.compile(r"TRAP\(|\b[RW][124]\[")
+_STOP_TAG = re.compile(r"  # k=(\d+)$")
+
+
+def _address(node: ast.expr) -> str:
+    """Source of an access's address; `e & M` is just `e`.
+
+    The page key and the offset mask the address with constants below 2**32
+    anyway, so wrapping it to 32 bits first changes nothing (the address is
+    `register + unsigned immediate`, never negative).
+    """
+    if (
+        isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd)
+        and isinstance(node.right, ast.Constant) and node.right.value == isa.M
+    ):
+        node = node.left
+    return ast.unparse(node)
+
+
+def _access(size: int, addr: str, kind: str) -> str:
+    """Source of the page-view subscript for a `size`-byte access at `addr`."""
+    if addr.isidentifier():
+        first, again = addr, addr  # a bare register: no temporary needed
+    else:
+        first, again = f"(_ma := {addr})", "_ma"
+    return f"{kind}{size}[{first} & {_PAGE_KEY[size]}][{_OFFSET[size].format(m=again)}]"
 
 
 def _is_attr(node: ast.AST, obj: str, attr: str | None = None) -> bool:
@@ -71,12 +108,23 @@ def _is_attr(node: ast.AST, obj: str, attr: str | None = None) -> bool:
     )
 
 
+@functools.cache
+def _isa_functions() -> dict[str, ast.FunctionDef]:
+    """Every top-level function of isa.py as an AST, from one parse of its source.
+
+    One parse of the module costs less than `inspect.getsource` per function,
+    which re-scans the file each time, and start-up translates many templates.
+    """
+    tree = ast.parse(inspect.getsource(isa))
+    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
 class _Template:
     """The source of one `execute_<mnemonic>`, its local names, whether it reads pc."""
 
     def __init__(self, mnemonic: str):
-        self.source = textwrap.dedent(inspect.getsource(getattr(isa, "execute_" + mnemonic)))
-        func = ast.parse(self.source).body[0]
+        func = _isa_functions()["execute_" + mnemonic]
+        self.source = ast.unparse(func)
         self.body = func.body
         self.uses_pc = any(_is_attr(n, "s", "pc") for n in ast.walk(func))
         self.locals = {
@@ -259,7 +307,7 @@ class _ExpandLoads(ast.NodeTransformer):
     def visit_Call(self, node):
         self.generic_visit(node)
         if isinstance(node.func, ast.Name) and node.func.id.startswith("__load"):
-            self.loads.append(_LOAD[int(node.func.id[6])].format(a=ast.unparse(node.args[0])))
+            self.loads.append(_access(int(node.func.id[6]), _address(node.args[0]), "R"))
             return ast.Name(f"__mem{len(self.loads) - 1}__", ast.Load())
         return node
 
@@ -269,7 +317,7 @@ def _emit(statement: ast.stmt) -> str:
     value = statement.value if isinstance(statement, ast.Expr) else None
     if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id.startswith("__store"):
         addr, stored = value.args
-        return _STORE[int(value.func.id[7])].format(a=ast.unparse(addr), v=ast.unparse(stored))
+        return f"{_access(int(value.func.id[7]), _address(addr), 'W')} = {ast.unparse(stored)}"
     expand = _ExpandLoads()
     text = ast.unparse(expand.visit(statement))
     for index, load in enumerate(expand.loads):
@@ -361,14 +409,15 @@ class Translator:
         self._templates: dict[str, _Template] = {}
         self._specialised: dict[tuple[int, int | None], tuple] = {}
         self._shapes: dict[tuple, tuple] = {}
+        # pc -> a region that can continue to pc but does not hold it (see
+        # `Core._translate_at`).
+        self.exit_owner: dict[int, object] = {}
         # Translated code sees the isa module's names (M, trap causes) plus
         # the core's page maps and slow paths, all fixed for the core's life.
         self.namespace = dict(vars(isa))
         self.namespace.update(
             Fault=Fault,
             TRAP=core.trap,
-            LOAD=core.load_slow,
-            STORE=core.store_slow,
             INTERP=type(core).interpret,
             R1=core.R1, R2=core.R2, R4=core.R4,
             W1=core.W1, W2=core.W2, W4=core.W4,
@@ -404,10 +453,10 @@ class Translator:
             # Blocks that ran only once or twice are likely start-up or error
             # paths: compiling them costs more than leaving the region.
             cold = heat.get(start, 0) < (self.core.hot_threshold + 1) // 2
-            # A block another region already holds is left to it: compiling
-            # it again costs more than the hop through the run loop.
-            taken = start in self.core._blocks
-            if start in region or cold or taken or (start >> 12) not in self.core.X1:
+            # A block another region already holds is compiled here again:
+            # leaving a region and entering another through the run loop
+            # costs more, every time, than compiling it once more.
+            if start in region or cold or (start >> 12) not in self.core.X1:
                 continue
             insns = self._scan(start)
             if insns is None:
@@ -487,15 +536,17 @@ class Translator:
         statements = [s for s in _fold(statements) if not isinstance(s, ast.Pass)]
         texts = [_emit(s) for s in statements]
         # Decided after folding: an alignment check on a constant target is gone.
-        may_stop = any(marker in text for text in texts for marker in ("TRAP(", "LOAD(", "STORE("))
+        may_stop = any(_MAY_STOP.search(text) for text in texts)
         sets_npc = any(_assigns_npc(s) for s in statements)  # unconditionally, at top level
         return texts, _Touched(spec.read, spec.written, may_stop, sets_npc)
 
-    def _block(self, start: int, insns: list[isa.Insn]) -> tuple[list[str], set[int], set[int]]:
-        """Source lines of one basic block inside a region's dispatch loop."""
+    def _block(self, start: int, insns: list[isa.Insn]) -> tuple["_BlockCode", set[int], set[int]]:
+        """The code of one basic block inside a region's dispatch loop."""
         length = len(insns)
         fallthrough = (start + 4 * length) & isa.M
-        body = [f"if n + {length} > budget:", "    break"]
+        # `lim` is budget - MAX_BLOCK: below it every block fits, so the
+        # exact test runs only near the end of the budget.
+        body = [f"if n > lim and n + {length} > budget:", "    break"]
         read: set[int] = set()
         written: set[int] = set()
         for index, insn in enumerate(insns):
@@ -503,41 +554,50 @@ class Translator:
             read |= spec.read
             written |= spec.written
             if spec.may_stop:
-                body.append(f"k = {index}")
+                # Tag its lines: a stop's traceback line number says which
+                # instruction stopped, so the hot path stores no index.
+                texts = [f"{line}  # k={index}" for text in texts for line in text.split("\n")]
             if index == length - 1 and insn.mnemonic in isa.CONTROL:
-                if not spec.sets_npc:
-                    body.append(f"npc = {fallthrough}")  # a branch not taken
-                body.extend(texts)
-                body.append("pc = npc")
+                lines, exit_ = _exit(texts, spec, fallthrough)
+                body.extend(lines)
             else:
-                body.extend(texts)
+                for text in texts:
+                    _append_narrowed(body, text)
         if insns[-1].mnemonic not in isa.CONTROL:
-            body.append(f"pc = {fallthrough}")
+            exit_ = ("jump", fallthrough)
         body.append(f"n += {length}")
-        return body, read, written
+        return _BlockCode(body, exit_, length), read, written
 
     def _compile(self, entry: int, blocks: list[tuple[int, list[isa.Insn]]]):
         read: set[int] = set()
         written: set[int] = set()
-        dispatch: list[str] = []
-        for number, (start, insns) in enumerate(blocks):
-            body, block_read, block_written = self._block(start, insns)
+        codes: dict[int, _BlockCode] = {}
+        for start, insns in blocks:
+            codes[start], block_read, block_written = self._block(start, insns)
             read |= block_read
             written |= block_written
-            dispatch.append(f"{'if' if number == 0 else 'elif'} pc == {start}:")
-            dispatch.extend(_indent(1, body))
-        dispatch += ["else:", "    break"]
+        bodies = {start: code.lines(codes, INLINE_DEPTH) for start, code in codes.items()}
+        dispatch = _dispatch(sorted(bodies), bodies)
         load = [f"x{r} = X[{r}]" for r in sorted(read | written)]
         store = [f"X[{r}] = x{r}" for r in sorted(written)]
         name = f"region_{entry:08x}"
         lines = [f"def {name}(s, budget):"]
-        lines += _indent(1, ["X = s.x", *load, "pc = s.pc", "n = 0", "k = 0", "try:", "    while True:"])
+        entry_lines = ["X = s.x", *load, "pc = s.pc", "n = 0", f"lim = budget - {MAX_BLOCK}"]
+        lines += _indent(1, [*entry_lines, "try:", "    while True:"])
         lines += _indent(3, dispatch)
         lines += _indent(1, [
-            "except Fault:",
+            "except Fault as stopped:",
+            "    k = K[stopped.__traceback__.tb_lineno]",
             *_indent(1, store),
             "    s.pc = pc + 4 * k",
             "    return n + k",
+            "except KeyError as missed:",
+            "    # Not on the fast path (TLB miss, page absent or read-only,",
+            "    # misaligned): the interpreter's slow path runs it exactly.",
+            "    k = K[missed.__traceback__.tb_lineno]",
+            *_indent(1, store),
+            "    s.pc = pc + 4 * k",
+            "    return n + k + INTERP(s, 1)",
             *store,
             "s.pc = pc",
             "if n:",
@@ -545,16 +605,148 @@ class Translator:
             "return INTERP(s, budget)  # the budget is smaller than the first block",
         ])
         source = "\n".join(lines) + "\n"
-        namespace = self.namespace
+        stops = {number: int(tag.group(1)) for number, line in enumerate(lines, 1) if (tag := _STOP_TAG.search(line))}
+        namespace = dict(self.namespace, K=stops)
         # The source is generated from isa.py only, never from guest data.
         exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)  # noqa: S102
         region = namespace.pop(name)
         region.source = source  # for debugging and tests
+        region.entry = entry
         region.starts = [start for start, _ in blocks]
+        for start, insns in blocks:
+            for successor in _successors(start, insns):
+                if successor not in region.starts:
+                    self.exit_owner[successor] = region
         region.vpns = frozenset(
             (start + 4 * i) >> 12 for start, insns in blocks for i in (0, len(insns) - 1)
         )
         return region
+
+
+_MASK_AGAIN = re.compile(r"(x\d+) = \1 & (\d+)")
+_SHIFT_MASKED = re.compile(r"(x\d+) = \1 << (\d+) & 4294967295")
+_MASKED = re.compile(r"(x\d+) = (.+) & (\d+)")
+
+
+def _append_narrowed(body: list[str], text: str) -> None:
+    """Append one line of a block, merging it with the line before when that is the same register's.
+
+    Two shapes that compilers emit all the time for byte and array indexes
+    (`add` then `zext.b`/`andi`, `andi` then `slli`) cost a mask each that
+    the first already decides: `x = e & M; x = x & c` is `x = e & c`, and
+    after `x = e & c` with c small, `x << s` needs no mask. Only lines that
+    cannot stop are merged (the intermediate value is never seen).
+    """
+    before = body[-1] if body else ""
+    if "\n" not in text and "\n" not in before and "#" not in before and "#" not in text:
+        again = _MASK_AGAIN.fullmatch(text)
+        if again and (mask := int(again.group(2))) < isa.M:
+            first = _masked(before, again.group(1))
+            if first is not None and first[1] == isa.M:
+                body[-1] = f"{again.group(1)} = {_and(first[0], mask)}"
+                return
+        shift = _SHIFT_MASKED.fullmatch(text)
+        if shift:
+            first = _masked(before, shift.group(1))
+            if first is not None and first[1] << int(shift.group(2)) <= isa.M:
+                body.append(f"{shift.group(1)} = {shift.group(1)} << {shift.group(2)}")
+                return
+    body.append(text)
+
+
+def _masked(line: str, register: str) -> tuple[ast.expr, int] | None:
+    """(e, c) if `line` is `register = e & c` with `&` its outermost operation."""
+    match = _MASKED.fullmatch(line)
+    if match is None or match.group(1) != register:
+        return None
+    value = ast.parse(line).body[0].value
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.BitAnd) and isinstance(value.right, ast.Constant):
+        return value.left, value.right.value
+    return None
+
+
+def _and(expr: ast.expr, mask: int) -> str:
+    return ast.unparse(ast.BinOp(expr, ast.BitAnd(), ast.Constant(mask)))
+
+
+DISPATCH_LINEAR = 3  # up to this many block starts are tested one by one
+
+
+def _dispatch(starts: list[int], bodies: dict[int, list[str]]) -> list[str]:
+    """Code that runs the block starting at `pc`: a binary search on `pc`.
+
+    A region of n blocks finds one in about log2(n) comparisons instead of
+    n/2; a pc no block starts at leaves the loop (`break`).
+    """
+    if len(starts) <= DISPATCH_LINEAR:
+        lines: list[str] = []
+        for number, start in enumerate(starts):
+            lines.append(f"{'if' if number == 0 else 'elif'} pc == {start}:")
+            lines.extend(_indent(1, bodies[start]))
+        return [*lines, "else:", "    break"]
+    middle = len(starts) // 2
+    return [
+        f"if pc < {starts[middle]}:",
+        *_indent(1, _dispatch(starts[:middle], bodies)),
+        "else:",
+        *_indent(1, _dispatch(starts[middle:], bodies)),
+    ]
+
+
+_BRANCH = re.compile(r"if (.+):\n    npc = (\d+)")
+_JUMP = re.compile(r"npc = (\d+)")
+
+
+def _exit(texts: list[str], spec: _Touched, fallthrough: int) -> tuple[list[str], tuple | None]:
+    """A block's final control transfer: its lines, and where it goes if that is static.
+
+    Returns:
+        (lines, None) if the lines set `pc` themselves (a computed target, or
+        an exit that may stop); else (lines before the transfer, ("jump",
+        target)) or ([], ("branch", condition, taken, fallthrough)), which
+        `_BlockCode` turns into code that sets `pc`.
+    """
+    if not spec.may_stop:
+        # The usual shapes after folding: a conditional branch, and a jump
+        # to a constant target.
+        if not spec.sets_npc and len(texts) == 1 and (match := _BRANCH.fullmatch(texts[0])):
+            return [], ("branch", match.group(1), int(match.group(2)), fallthrough)
+        if spec.sets_npc and (match := _JUMP.fullmatch(texts[-1])):
+            return texts[:-1], ("jump", int(match.group(1)))
+    head = [] if spec.sets_npc else [f"npc = {fallthrough}"]  # a branch not taken
+    return [*head, *texts, "pc = npc"], None
+
+
+class _BlockCode:
+    """One basic block's code: its body (up to `n += length`) and its static exit, if any.
+
+    A static exit to another block of the region carries a copy of that
+    block's code (a superblock of two), so the more common half of the
+    block-to-block steps needs no trip through the dispatch. The copy begins
+    with `pc = <its start>`, so a stop inside it is reported exactly as in
+    the original.
+    """
+
+    def __init__(self, body: list[str], exit_: tuple | None, length: int):
+        self.body, self.exit, self.length = body, exit_, length
+
+    def lines(self, region: dict[int, "_BlockCode"] | None = None, depth: int = 1) -> list[str]:
+        """Source lines; with `region`, successors in it are copied in (`depth` levels deep)."""
+        exit_ = self.exit
+        if exit_ is None:
+            return self.body
+
+        def go(target: int) -> list[str]:
+            follow = region is not None and target in region and region[target].length <= INLINE_MAX
+            copy = region[target].lines(region if depth > 1 else None, depth - 1) if follow else []
+            return [f"pc = {target}", *copy]
+
+        if exit_[0] == "jump":
+            return [*self.body, *go(exit_[1])]
+        _, condition, taken, fallthrough = exit_
+        if region is None or (taken not in region and fallthrough not in region):
+            return [*self.body, f"pc = {taken} if {condition} else {fallthrough}"]
+        return [*self.body, f"if {condition}:", *_indent(1, go(taken)), "else:", *_indent(1, go(fallthrough))]
 
 
 def _interpret_one(core, budget):

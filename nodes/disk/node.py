@@ -63,6 +63,21 @@ on that same inbox, so blocking it would deadlock.
 Crash safety: a completion is emitted only after ``fdatasync`` returned, so a
 ``kill -9`` of this process (or a host crash) never loses an acknowledged
 write; the supervisor restarts the node over the same image.
+
+Faults (``fault_set`` type ``disk``, CONTRACTS.md; ``hwemu fault disk``), each
+a probability per command drawn from ``random.Random(seed)``, several faults
+at once each with its own stream:
+
+- ``eio``: a read or write (after its checks above) completes with ``-EIO``
+  and touches neither the image nor guest memory, as a media error;
+- ``torn_write``: a write puts only its first k of n 512-byte sectors on the
+  image (k drawn in [0, n): sectors are what a disk writes atomically), makes
+  them durable, and completes with ``-EIO``; the rest keeps its old bytes;
+- ``fsync_fail``: an ``fdatasync`` (of a write, or a ``disk_flush``) fails:
+  the command completes with ``-EIO``, never as a success; what it wrote may
+  or may not be on the image, as after a real failed fsync.
+
+Counted in ``stats`` (``faults_injected`` per kind); ``fault_clear`` ends them.
 """
 
 from __future__ import annotations
@@ -70,14 +85,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any
 
 import trio
 
+import protocol.hw  # noqa: F401  (registers the device message kinds)
 from nodes.runtime import Node, NodeConfig
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
-import protocol.hw  # noqa: F401  (registers the device message kinds)
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.disk")
@@ -87,6 +103,8 @@ DMA_ALIGN = 4  # guest buffer alignment, as most DMA engines' descriptors requir
 MAX_TRANSFER = 1024 * 1024  # bytes per command: well inside one message frame
 DMA_TIMEOUT = 10.0  # s for one memctl request
 DMA_DEADLINE = 30.0  # s of retrying while memctl recovers from a restart
+SECTOR = 512  # what a disk writes atomically: a torn write tears between sectors
+FAULT_KINDS = ("eio", "torn_write", "fsync_fail")
 
 
 class _Refused(Exception):
@@ -137,6 +155,8 @@ class Disk(Node):
         self.queued = 0
         self.counts = {"reads": 0, "writes": 0, "flushes": 0, "blocks_read": 0, "blocks_written": 0,
                        "syncs": 0, "errors": 0, "busy": 0, "unrouted": 0}
+        self.faults: dict[str, tuple[random.Random, dict[str, float]]] = {}  # id -> (its stream, probabilities)
+        self.injected = dict.fromkeys(FAULT_KINDS, 0)
         self._open_image()
 
     # -- life cycle -------------------------------------------------------------
@@ -180,8 +200,41 @@ class Disk(Node):
         s = super().stats()
         s.update(self.counts)
         s.update(image=str(self.image), blocks=self.blocks, block_size=self.block_size,
-                 write_back=self.write_back, queued=self.queued, queue_depth=self.queue_depth)
+                 write_back=self.write_back, queued=self.queued, queue_depth=self.queue_depth,
+                 faults=sorted(self.faults), faults_injected=dict(self.injected))
         return s
+
+    # -- faults -----------------------------------------------------------------------
+
+    def fault_disk(self, spec: dict[str, Any]) -> None:
+        """``fault_set`` type ``disk``: probabilities ``eio``, ``torn_write``, ``fsync_fail``."""
+        probs = {}
+        for key in FAULT_KINDS:
+            p = spec.get(key, 0.0)
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+                raise ProtocolError("bad_fault", f"{key} must be a probability in [0, 1], got {p!r}", f"body.{key}")
+            probs[key] = float(p)
+        self.faults[spec["id"]] = (random.Random(spec["seed"]), probs)
+
+    def clear_fault(self, fault_id: str | None) -> int:
+        n = super().clear_fault(fault_id)  # the transport's flow / partition faults
+        ids = list(self.faults) if fault_id is None else [fault_id] if fault_id in self.faults else []
+        for fid in ids:
+            del self.faults[fid]
+        return n + len(ids)
+
+    def _injects(self, kind: str) -> str | None:
+        """Whether an active fault makes ``kind`` happen now: the fault's id, else None.
+        Every fault with a non-zero probability of ``kind`` draws once, so one seed gives one schedule."""
+        hit = None
+        for fid, (rng, probs) in self.faults.items():
+            if probs[kind] and rng.random() < probs[kind] and hit is None:
+                hit = fid
+        if hit is not None:
+            self.injected[kind] += 1
+            if self.recorder.on:
+                self.recorder("fault", "inject", id=hit, type="disk", what=kind)
+        return hit
 
     # -- commands -------------------------------------------------------------------
 
@@ -271,6 +324,9 @@ class Disk(Node):
                                       f"({self.blocks} blocks)")
         offset = block * self.block_size
         length = count * self.block_size
+        fid = self._injects("eio")
+        if fid is not None:
+            raise _Refused(errno.EIO, f"media error at blocks [{block}, {block + count}) (fault {fid})")
         if msg.kind == "disk_read":
             data = await self._io(os.pread, self.fd, length, offset)
             if len(data) != length:
@@ -283,6 +339,9 @@ class Disk(Node):
             data = reply.body["data"]
             if len(data) != length:
                 raise _Refused(errno.EFAULT, f"memctl returned {len(data)} of {length} bytes")
+            fid = self._injects("torn_write")
+            if fid is not None:
+                await self._tear(fid, data, offset)
             written = await self._io(os.pwrite, self.fd, data, offset)
             if written != length:
                 raise _Refused(errno.EIO, f"short write to the image: {written} of {length} bytes")
@@ -299,7 +358,19 @@ class Disk(Node):
         except OSError as exc:
             raise _Refused(exc.errno or errno.EIO, f"image {self.image}: {exc.strerror or exc}") from None
 
+    async def _tear(self, fid: str, data: bytes, offset: int) -> None:
+        """A torn write: the first k sectors reach the image (durably), then the command fails."""
+        sectors = len(data) // SECTOR
+        k = self.faults[fid][0].randrange(sectors)
+        if k:
+            await self._io(os.pwrite, self.fd, data[:k * SECTOR], offset)
+            await self._io(os.fdatasync, self.fd)
+        raise _Refused(errno.EIO, f"torn write: {k} of {sectors} sectors written (fault {fid})")
+
     async def _sync(self) -> None:
+        fid = self._injects("fsync_fail")
+        if fid is not None:
+            raise _Refused(errno.EIO, f"fdatasync failed (fault {fid})")
         await self._io(os.fdatasync, self.fd)
         self.counts["syncs"] += 1
 

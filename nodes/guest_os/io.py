@@ -29,7 +29,6 @@ state, flips the bit and imports it.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
 import math
@@ -40,31 +39,20 @@ import trio
 
 from nodes.guest_os import syscalls
 from nodes.guest_os.drivers import NATIVE, DualModeDriver
+from protocol import linux_abi as abi
 
 if TYPE_CHECKING:  # pragma: no cover
     from nodes.guest_os.kernel import Kernel, Process
 
 log = logging.getLogger("hwemu.os.io")
 
-SYS_OPENAT, SYS_CLOSE, SYS_PREAD64, SYS_PWRITE64, SYS_FSYNC, SYS_FDATASYNC = 56, 57, 67, 68, 82, 83
-SYS_SOCKET, SYS_BIND, SYS_SENDTO, SYS_RECVFROM = 198, 200, 206, 207
-AF_INET, SOCK_DGRAM, IPPROTO_UDP = 2, 2, 17
-SOCK_TYPE_MASK = 0xF
 DISK_PATH = "/dev/disk0"
 PAGE = 4096
-IO_MAX = 1 << 20  # bytes per pread64/pwrite64; more is a short count, as Linux may
 RX_BUFFERS = 32  # receive buffers (a frame each) the NIC driver posts: two largest datagrams
 POST_TIMEOUT = 5.0  # s for the NIC (or the VMM) to take posted receive buffers
-MAX_DATAGRAM = 65507
-PATH_MAX = 4096
 CMD_TIMEOUT = 3.0  # s before a command is re-issued (the device may have restarted)
 IO_DEADLINE = 120.0  # s before an I/O gives up with -EIO
 FIRST_FD = 3
-
-
-def _signed(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v & 0x80000000 else v
 
 
 class DeviceError(Exception):
@@ -120,14 +108,14 @@ class _Driver(DualModeDriver):
                 if not self.waiting:
                     self._idle.set()
             if slot[1] is not None:
-                if slot[1].get("status", 0) == -errno.EAGAIN and trio.current_time() < deadline:
+                if slot[1].get("status", 0) == -abi.EAGAIN and trio.current_time() < deadline:
                     await trio.sleep(0.005)
                     continue
                 if slot[1].get("status", 0) < 0:
                     self.errors += 1
                 return slot[1]
             if not retry or trio.current_time() >= deadline:
-                raise DeviceError(-errno.EIO, f"{self.device}: no completion for {kind}")
+                raise DeviceError(-abi.EIO, f"{self.device}: no completion for {kind}")
             self.retries += 1
             await trio.sleep(0.05)
 
@@ -243,7 +231,7 @@ class DiskDriver(_Driver):
         bs, blocks = await self.geometry()
         if blocks is not None:
             if offset >= blocks * bs:
-                raise DeviceError(-errno.ENOSPC, "at or past the end of the device")
+                raise DeviceError(-abi.ENOSPC, "at or past the end of the device")
             data = data[:blocks * bs - offset]
         per = PAGE // bs
         async with self.lock:
@@ -308,11 +296,11 @@ class NicDriver(_Driver):
         try:
             frames = self.node.module.alloc_pin(RX_BUFFERS)
         except Exception as exc:  # noqa: BLE001 - no memory for buffers: no network
-            raise DeviceError(-errno.ENOMEM, f"no frames for {RX_BUFFERS} receive buffers: {exc}") from None
+            raise DeviceError(-abi.ENOMEM, f"no frames for {RX_BUFFERS} receive buffers: {exc}") from None
         if not await self.post(self.node.name, [f * PAGE for f in frames], reset=True):
             self.node.module.give_back(frames)  # not buffers after all: back on the free list
             self.node.module.add_frames(frames)
-            raise DeviceError(-errno.EIO, "the NIC did not take the receive buffers")
+            raise DeviceError(-abi.EIO, "the NIC did not take the receive buffers")
         self.rx_frames = set(frames)
 
     async def post(self, space: str, buffers: list[int], *, reset: bool) -> bool:
@@ -364,7 +352,7 @@ class NicDriver(_Driver):
     async def bind(self, port: int) -> int:
         await self._post_buffers()
         done = await self.command("nic_bind", {"port": port})
-        if done.get("status", 0) == -errno.EADDRINUSE and port and port not in self.ports:
+        if done.get("status", 0) == -abi.EADDRINUSE and port and port not in self.ports:
             # a port the NIC holds for this OS that this driver does not know of is a
             # leftover of the OS's previous life (a restart): take it back, bind again
             closed = await self.command("nic_close", {"port": port})
@@ -470,7 +458,7 @@ class Io:
                 result = exc.status
             except Exception as exc:  # noqa: BLE001 - an I/O failure is the process's -EIO
                 log.exception("%s: %s for pid %d failed", self.node.name, what, p.pid)
-                result = -errno.EIO if not isinstance(exc, trio.TooSlowError) else -errno.ETIMEDOUT
+                result = -abi.EIO if not isinstance(exc, trio.TooSlowError) else -abi.ETIMEDOUT
             self.node._queue("io_done", (p, wait, result, finish))
 
         self.node.nursery.start_soon(run)
@@ -512,17 +500,17 @@ class Io:
         await self.nic.ack(port.port, 1)
         n = min(length, len(data))
         if n and not await k.copy_to_user(p, buf, data[:n]):
-            return -errno.EFAULT
+            return -abi.EFAULT
         if addr and addrlen_p:
             raw = await k.copy_from_user(p, addrlen_p, 4)
             if raw is None:
-                return -errno.EFAULT
+                return -abi.EFAULT
             room = int.from_bytes(raw, "little")
             sa = _sockaddr(host, sport)
             if room and not await k.copy_to_user(p, addr, sa[:min(room, 16)]):
-                return -errno.EFAULT
+                return -abi.EFAULT
             if not await k.copy_to_user(p, addrlen_p, (16).to_bytes(4, "little")):
-                return -errno.EFAULT
+                return -abi.EFAULT
         return n
 
     def stats(self) -> dict[str, Any]:
@@ -535,26 +523,21 @@ def _sockaddr(host: str, port: int) -> bytes:
         ip = ipaddress.IPv4Address(host).packed
     except ValueError:
         ip = bytes(4)
-    return AF_INET.to_bytes(2, "little") + port.to_bytes(2, "big") + ip + bytes(8)
+    return abi.sockaddr_in(ip, port)
 
 
 def _io(k: "Kernel") -> Io | None:
     return getattr(k.hw, "io", None)
 
 
-async def _user_string(k: "Kernel", p: "Process", addr: int, limit: int = PATH_MAX) -> bytes | None:
-    out = bytearray()
-    while len(out) < limit:
-        n = min(PAGE - (addr & (PAGE - 1)), limit - len(out))
-        chunk = await k.copy_from_user(p, addr, n)
-        if chunk is None:
-            return None
-        i = chunk.find(0)
-        if i >= 0:
-            return bytes(out + chunk[:i])
-        out += chunk
-        addr += n
-    return None  # too long
+async def _user_string(k: "Kernel", p: "Process", addr: int) -> bytes | None:
+    steps = abi.user_string(addr)  # the ABI's reader, its reads done here through the memory controller
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(await k.copy_from_user(p, *request))
+    except StopIteration as done:
+        return done.value
 
 
 # ---------------------------------------------------------------- syscalls
@@ -563,27 +546,27 @@ async def sys_openat(k: "Kernel", p: "Process", dirfd: int, path: int, flags: in
     io = _io(k)
     name = await _user_string(k, p, path)
     if name is None:
-        return -errno.EFAULT
+        return -abi.EFAULT
     if io is None or name.decode("latin-1") != DISK_PATH:
-        return -errno.ENOENT
+        return -abi.ENOENT
     if io.node.routes.get(io.disk.flow) is None:
-        return -errno.ENODEV
+        return -abi.ENODEV
     return io.new_fd(p, DiskFile(flags))
 
 
 async def sys_close(k: "Kernel", p: "Process", fd: int, *_: int) -> int:
     io = _io(k)
-    fd = _signed(fd)
+    fd = abi.signed(fd)
     obj = io.table(p).pop(fd, None) if io is not None else None
     if obj is None:
-        return 0 if fd in (0, 1, 2) else -errno.EBADF
+        return abi.check_close(fd, is_open=False)
     if isinstance(obj, Socket) and obj.port is not None:
         await io._drop_port(obj.port)
     return 0
 
 
 def _disk_fd(io: Io | None, p: "Process", fd: int) -> DiskFile | None:
-    obj = io.table(p).get(_signed(fd)) if io is not None else None
+    obj = io.table(p).get(abi.signed(fd)) if io is not None else None
     return obj if isinstance(obj, DiskFile) else None
 
 
@@ -591,19 +574,19 @@ async def sys_pread64(k: "Kernel", p: "Process", fd: int, buf: int, count: int, 
                       *_: int) -> int | None:
     io = _io(k)
     if _disk_fd(io, p, fd) is None:
-        return -errno.EBADF
-    offset = _signed(hi) << 32 | lo
-    count = min(count, IO_MAX)
-    if offset < 0 or _signed(count) < 0:
-        return -errno.EINVAL
+        return -abi.EBADF
+    offset = abi.signed(hi) << 32 | lo
+    count = min(count, abi.RW_MAX)
+    if offset < 0 or abi.signed(count) < 0:
+        return -abi.EINVAL
     if k.user_pieces(p, buf, count, "w") is None:
-        return -errno.EFAULT
+        return -abi.EFAULT
     if count == 0:
         return 0
 
     async def finish(data: bytes) -> int:
         if data and not await k.copy_to_user(p, buf, data):
-            return -errno.EFAULT
+            return -abi.EFAULT
         return len(data)
 
     io.start(k, p, lambda: io.disk.pread(offset, count), finish, "pread64")
@@ -614,14 +597,14 @@ async def sys_pwrite64(k: "Kernel", p: "Process", fd: int, buf: int, count: int,
                        *_: int) -> int | None:
     io = _io(k)
     if _disk_fd(io, p, fd) is None:
-        return -errno.EBADF
-    offset = _signed(hi) << 32 | lo
-    count = min(count, IO_MAX)
+        return -abi.EBADF
+    offset = abi.signed(hi) << 32 | lo
+    count = min(count, abi.RW_MAX)
     if offset < 0:
-        return -errno.EINVAL
+        return -abi.EINVAL
     data = await k.copy_from_user(p, buf, count)
     if data is None:
-        return -errno.EFAULT
+        return -abi.EFAULT
     if count == 0:
         return 0
     io.start(k, p, lambda: io.disk.pwrite(offset, data), None, "pwrite64")
@@ -630,11 +613,11 @@ async def sys_pwrite64(k: "Kernel", p: "Process", fd: int, buf: int, count: int,
 
 async def sys_fsync(k: "Kernel", p: "Process", fd: int, *_: int) -> int | None:
     io = _io(k)
-    obj = io.table(p).get(_signed(fd)) if io is not None else None
+    obj = io.table(p).get(abi.signed(fd)) if io is not None else None
     if obj is None:
-        return -errno.EBADF
+        return -abi.EBADF
     if isinstance(obj, Socket):
-        return -errno.EINVAL
+        return -abi.EINVAL
 
     async def work() -> int:
         await io.disk.flush()
@@ -646,35 +629,36 @@ async def sys_fsync(k: "Kernel", p: "Process", fd: int, *_: int) -> int | None:
 
 async def sys_socket(k: "Kernel", p: "Process", domain: int, type_: int, proto: int, *_: int) -> int:
     io = _io(k)
-    if domain != AF_INET:
-        return -errno.EAFNOSUPPORT
-    if type_ & SOCK_TYPE_MASK != SOCK_DGRAM or proto not in (0, IPPROTO_UDP):
-        return -errno.EPROTONOSUPPORT
+    error = abi.check_socket(domain, type_, proto)
+    if error:
+        return error
     if io is None or io.node.routes.get(io.nic.flow) is None:
-        return -errno.EAFNOSUPPORT  # no network device
+        return -abi.EAFNOSUPPORT  # no network device
     return io.new_fd(p, Socket())
 
 
 def _sock(io: Io | None, p: "Process", fd: int) -> Socket | int:
-    obj = io.table(p).get(_signed(fd)) if io is not None else None
+    obj = io.table(p).get(abi.signed(fd)) if io is not None else None
     if obj is None:
-        return -errno.EBADF
+        return -abi.EBADF
     if not isinstance(obj, Socket):
-        return -errno.ENOTSOCK
+        return -abi.ENOTSOCK
     return obj
 
 
 async def _read_sockaddr(k: "Kernel", p: "Process", addr: int, addrlen: int) -> tuple[str, int] | int:
-    if _signed(addrlen) < 0:
-        return -errno.EINVAL
+    if abi.signed(addrlen) < 0:
+        return -abi.EINVAL
     if addrlen < 16:
-        return -errno.EINVAL
-    raw = await k.copy_from_user(p, addr, 16)
+        return -abi.EINVAL
+    raw = await k.copy_from_user(p, addr, abi.SOCKADDR_IN_SIZE)
     if raw is None:
-        return -errno.EFAULT
-    if int.from_bytes(raw[:2], "little") != AF_INET:
-        return -errno.EAFNOSUPPORT
-    return str(ipaddress.IPv4Address(raw[4:8])), int.from_bytes(raw[2:4], "big")
+        return -abi.EFAULT
+    parsed = abi.parse_sockaddr_in(raw)
+    if isinstance(parsed, int):
+        return parsed
+    ip, port = parsed
+    return str(ipaddress.IPv4Address(ip)), port
 
 
 async def sys_bind(k: "Kernel", p: "Process", fd: int, addr: int, addrlen: int, *_: int) -> int | None:
@@ -686,10 +670,10 @@ async def sys_bind(k: "Kernel", p: "Process", fd: int, addr: int, addrlen: int, 
     if isinstance(sa, int):
         return sa
     if s.port is not None:
-        return -errno.EINVAL
+        return -abi.EINVAL
     host, port = sa
     if host not in ("0.0.0.0", "127.0.0.1"):
-        return -errno.EADDRNOTAVAIL
+        return -abi.EADDRNOTAVAIL
 
     async def work() -> int:
         s.port = await io.nic.bind(port)
@@ -705,25 +689,25 @@ async def sys_sendto(k: "Kernel", p: "Process", fd: int, buf: int, length: int, 
     s = _sock(io, p, fd)
     if isinstance(s, int):
         return s
-    if _signed(length) < 0:
-        return -errno.EINVAL
-    if length > MAX_DATAGRAM:
-        return -errno.EMSGSIZE
+    if abi.signed(length) < 0:
+        return -abi.EINVAL
+    if length > abi.MAX_DATAGRAM:
+        return -abi.EMSGSIZE
     if not addr:
-        return -errno.EDESTADDRREQ
+        return -abi.EDESTADDRREQ
     sa = await _read_sockaddr(k, p, addr, addrlen)
     if isinstance(sa, int):
         return sa
     data = await k.copy_from_user(p, buf, length)
     if data is None:
-        return -errno.EFAULT
+        return -abi.EFAULT
     host, port = sa
     if host == "0.0.0.0":
         host = "127.0.0.1"
-    if not ipaddress.IPv4Address(host) in ipaddress.IPv4Network("127.0.0.0/8"):
-        return -errno.ENETUNREACH
+    if ipaddress.IPv4Address(host) not in ipaddress.IPv4Network("127.0.0.0/8"):
+        return -abi.ENETUNREACH
     if port == 0:
-        return -errno.EINVAL
+        return -abi.EINVAL
     if s.port is not None:
         await io.nic.send(s.port, host, port, data)
         return length
@@ -744,24 +728,24 @@ async def sys_recvfrom(k: "Kernel", p: "Process", fd: int, buf: int, length: int
     s = _sock(io, p, fd)
     if isinstance(s, int):
         return s
-    if _signed(length) < 0:
-        return -errno.EINVAL
+    if abi.signed(length) < 0:
+        return -abi.EINVAL
     if length and k.user_pieces(p, buf, length, "w") is None:
-        return -errno.EFAULT
+        return -abi.EFAULT
     if addr and addrlen_p:
         raw = await k.copy_from_user(p, addrlen_p, 4)
         if raw is None or k.user_pieces(p, addrlen_p, 4, "w") is None:
-            return -errno.EFAULT
-        if _signed(int.from_bytes(raw, "little")) < 0:
-            return -errno.EINVAL
+            return -abi.EFAULT
+        if abi.signed(int.from_bytes(raw, "little")) < 0:
+            return -abi.EINVAL
         room = min(int.from_bytes(raw, "little"), 16)
         if room and k.user_pieces(p, addr, room, "w") is None:
-            return -errno.EFAULT
+            return -abi.EFAULT
     if s.port is None:
-        return -errno.EINVAL  # nothing can arrive on an unbound socket
+        return -abi.EINVAL  # nothing can arrive on an unbound socket
     port = io.nic.ports.get(s.port)
     if port is None:
-        return -errno.EBADF
+        return -abi.EBADF
     args = (buf, length, addr, addrlen_p)
     if port.queue and not port.readers:
         return await io._deliver(k, p, port, *args)
@@ -772,16 +756,16 @@ async def sys_recvfrom(k: "Kernel", p: "Process", fd: int, buf: int, length: int
 
 
 SYSCALLS = {
-    SYS_OPENAT: sys_openat,
-    SYS_CLOSE: sys_close,
-    SYS_PREAD64: sys_pread64,
-    SYS_PWRITE64: sys_pwrite64,
-    SYS_FSYNC: sys_fsync,
-    SYS_FDATASYNC: sys_fsync,
-    SYS_SOCKET: sys_socket,
-    SYS_BIND: sys_bind,
-    SYS_SENDTO: sys_sendto,
-    SYS_RECVFROM: sys_recvfrom,
+    abi.SYS_OPENAT: sys_openat,
+    abi.SYS_CLOSE: sys_close,
+    abi.SYS_PREAD64: sys_pread64,
+    abi.SYS_PWRITE64: sys_pwrite64,
+    abi.SYS_FSYNC: sys_fsync,
+    abi.SYS_FDATASYNC: sys_fsync,
+    abi.SYS_SOCKET: sys_socket,
+    abi.SYS_BIND: sys_bind,
+    abi.SYS_SENDTO: sys_sendto,
+    abi.SYS_RECVFROM: sys_recvfrom,
 }
 syscalls.SYSCALLS.update(SYSCALLS)
 

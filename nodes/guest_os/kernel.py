@@ -30,46 +30,20 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nodes.elf import ElfError, Program, load_elf
+from nodes.elf import ElfError, load_elf
 from nodes.guest_os import syscalls
 from nodes.guest_os.module import FrameAllocator, OutOfMemory
+from nodes.recorder import Recorder
+from protocol import linux_abi as abi
+from protocol.riscv import ECALL_U, INTERRUPT, M32, PAGE_FAULT_ACCESS
 
 log = logging.getLogger("hwemu.os")
 
-PAGE = 4096
-STACK_TOP = 0x80000000
-STACK_PAGES = 2048  # 8 MiB of stack, allocated on first touch
-BRK_LIMIT = 0x40000000
-M32 = 0xFFFFFFFF
-AT_NULL, AT_PAGESZ = 0, 6
-
-# scause codes
-CAUSE_MISALIGNED_FETCH = 0
-CAUSE_FETCH_ACCESS = 1
-CAUSE_ILLEGAL = 2
-CAUSE_BREAKPOINT = 3
-CAUSE_LOAD_ACCESS = 5
-CAUSE_STORE_ACCESS = 7
-CAUSE_ECALL = 8
-CAUSE_FETCH_PAGE = 12
-CAUSE_LOAD_PAGE = 13
-CAUSE_STORE_PAGE = 15
-INTERRUPT = 0x80000000
-CAUSE_TIMER_IRQ = 0x80000005
-
-SIGILL, SIGTRAP, SIGBUS, SIGKILL, SIGSEGV = 4, 5, 7, 9, 11
-PAGE_FAULT_ACCESS = {CAUSE_FETCH_PAGE: "x", CAUSE_LOAD_PAGE: "r", CAUSE_STORE_PAGE: "w"}
-FAULTS = {
-    CAUSE_MISALIGNED_FETCH: ("misaligned jump target", SIGBUS),
-    CAUSE_FETCH_ACCESS: ("segmentation fault (fetch from a non-executable page)", SIGSEGV),
-    CAUSE_ILLEGAL: ("illegal instruction", SIGILL),
-    CAUSE_BREAKPOINT: ("breakpoint", SIGTRAP),
-    CAUSE_LOAD_ACCESS: ("segmentation fault (load from a non-readable page)", SIGSEGV),
-    CAUSE_STORE_ACCESS: ("segmentation fault (store to a read-only page)", SIGSEGV),
-    CAUSE_FETCH_PAGE: ("segmentation fault", SIGSEGV),
-    CAUSE_LOAD_PAGE: ("segmentation fault", SIGSEGV),
-    CAUSE_STORE_PAGE: ("segmentation fault", SIGSEGV),
-}
+PAGE = abi.PAGE_SIZE
+STACK_TOP = abi.STACK_TOP
+STACK_PAGES = abi.STACK_SIZE // PAGE  # allocated on first touch
+SIGKILL = abi.SIGKILL
+CLOCK_STEP_NS = 128_000_000  # ntpd\'s step threshold: a smaller difference is tick latency, not the clock
 
 READY, RUNNING, BLOCKED, EXITED = "ready", "running", "blocked", "exited"
 
@@ -147,63 +121,6 @@ class KernelError(Exception):
         self.detail = detail
 
 
-def _perms_union(a: str, b: str) -> str:
-    return "".join(c for c in "rwx" if c in a or c in b)
-
-
-def initial_stack(argv: list[str], top: int = STACK_TOP) -> tuple[int, bytes]:
-    """The Linux initial stack for a static binary (what qemu-riscv32 and the
-    standalone runner build): strings at the top, then argc, argv pointers,
-    NULL, envp NULL, auxv (AT_PAGESZ, AT_NULL) at sp.
-
-    Returns (sp, the bytes from sp up to ``top``).
-    """
-    strings, pointers = bytearray(), []
-    end = top - 16
-    for arg in argv:
-        raw = arg.encode()
-        pointers.append(end - len(strings) - len(raw) - 1)
-        strings[:0] = raw + b"\0"
-    str_base = end - len(strings)
-    words = [len(argv), *pointers, 0, 0, AT_PAGESZ, PAGE, AT_NULL, 0]
-    sp = (str_base - 4 * len(words)) & ~15
-    image = bytearray(top - sp)
-    image[0:4 * len(words)] = b"".join((w & M32).to_bytes(4, "little") for w in words)
-    image[str_base - sp:str_base - sp + len(strings)] = strings
-    return sp, bytes(image)
-
-
-def layout(program: Program, argv: list[str]) -> tuple[dict[int, str], dict[int, bytearray], int, int]:
-    """Where a program's pages go: (segment perms per vpn, initial page images
-    per vpn (segments and initial stack), brk start, sp)."""
-    perms: dict[int, str] = {}
-    images: dict[int, bytearray] = {}
-    end = 0
-    for seg in program.segments:
-        first, last = seg.vaddr >> 12, (seg.vaddr + seg.memsz + PAGE - 1) >> 12
-        for vpn in range(first, last):
-            perms[vpn] = _perms_union(perms.get(vpn, ""), seg.perms)
-            images.setdefault(vpn, bytearray(PAGE))
-        pos = 0
-        while pos < len(seg.data):
-            a = seg.vaddr + pos
-            off = a & (PAGE - 1)
-            n = min(len(seg.data) - pos, PAGE - off)
-            images[a >> 12][off:off + n] = seg.data[pos:pos + n]
-            pos += n
-        end = max(end, seg.vaddr + seg.memsz)
-    brk_start = (end + PAGE - 1) & ~(PAGE - 1)
-    sp, stack = initial_stack(argv)
-    a = sp
-    while a < STACK_TOP:
-        vpn, off = a >> 12, a & (PAGE - 1)
-        n = min(STACK_TOP - a, PAGE - off)
-        page = images.setdefault(vpn, bytearray(PAGE))
-        page[off:off + n] = stack[a - sp:a - sp + n]
-        a += n
-    return perms, images, brk_start, sp
-
-
 class Kernel:
     """Process table, scheduler, trap handling. See the module docstring."""
 
@@ -221,8 +138,10 @@ class Kernel:
         self.next_pid = 1
         self.next_asid = 1
         self.ticks = 0
+        self.wall_offset_ns = 0  # CLOCK_REALTIME minus the host's: the timer's clock, stepped as NTP steps
         self.counters = {"traps": 0, "syscalls": 0, "tlb_misses": 0, "preempts": 0, "switches": 0,
                          "exits": 0, "kills": 0, "stray_traps": 0}
+        self.recorder = Recorder(name)  # the node's own, once the node is built (syscalls, when tracing)
 
     # ---------------------------------------------------------------- helpers
 
@@ -254,7 +173,7 @@ class Kernel:
             what = name or (argv[0] if argv else "program")
             raise KernelError("bad_elf", str(exc).replace("<bytes>", what, 1)) from None
         argv = list(argv) or [name or "a.out"]
-        perms, images, brk_start, sp = layout(program, argv)
+        perms, images, brk_start, sp = abi.layout(program.segments, argv)
         if len(images) > self.frames.free_count:
             raise KernelError("out_of_memory", f"{len(images)} frames needed, {self.frames.free_count} free")
         pid = self.next_pid
@@ -348,9 +267,16 @@ class Kernel:
         elif wait[0] == "sleep":
             self.sleepers.append(proc)
 
-    async def tick(self, n: int = 0) -> None:
-        """A timer interrupt: wake sleepers, preempt if someone else is waiting."""
+    async def tick(self, n: int = 0, time_ns: int | None = None) -> None:
+        """A timer interrupt: follow the timer's wall clock, wake sleepers, preempt if
+        someone else is waiting."""
         self.ticks += 1
+        if isinstance(time_ns, int):
+            # the interrupt's own latency (sub-ms to a few ms) is no clock error: like ntpd,
+            # follow the device's clock only when it is off by more than the step threshold
+            offset = time_ns - time.time_ns()
+            if abs(offset - self.wall_offset_ns) > CLOCK_STEP_NS:
+                self.wall_offset_ns = offset
         if self.sleepers:
             now = time.monotonic_ns()
             due = [p for p in self.sleepers if p.wait and p.wait[1] <= now]
@@ -384,11 +310,15 @@ class Kernel:
         cause = body["cause"]
         if proc.kill_pending is not None:
             await self.kill(proc, *proc.kill_pending)
-        elif cause == CAUSE_ECALL:
+        elif cause == ECALL_U:
             self.counters["syscalls"] += 1
             proc.syscalls += 1
             proc.pc = (proc.pc + 4) & M32
+            if self.recorder.on:
+                self.recorder("syscall", "enter", nr=proc.regs[17] & M32, pid=proc.pid)
             result = await syscalls.syscall(self, proc)
+            if self.recorder.on:
+                self.recorder("syscall", "exit", nr=proc.regs[17] & M32, pid=proc.pid, result=result)
             if result is not None:
                 proc.regs[10] = result & M32
         elif cause & INTERRUPT:
@@ -430,12 +360,8 @@ class Kernel:
         await self.hw.priv("tlb_write", {"asid": proc.asid, "vpn": vpn, "ppn": entry[0], "perms": entry[1]})
 
     async def fault(self, proc: Process, cause: int, tval: int) -> None:
-        what, sig = FAULTS.get(cause, (f"trap cause {cause:#x}", SIGSEGV))
-        if cause == CAUSE_ILLEGAL:
-            where = f"instruction {tval & M32:#010x}"
-        else:
-            where = f"at {tval & M32:#010x}"
-        await self.kill(proc, 128 + sig, f"{what} {where} pc={proc.pc & M32:#010x}")
+        report, signal = abi.fault_report(cause, tval, proc.pc)
+        await self.kill(proc, 128 + signal, report)
 
     async def kill_request(self, pid: int, signal: int = SIGKILL, by: str | None = None) -> None:
         """Kill a process from outside (``os_kill``): at once if it is off the
@@ -494,19 +420,7 @@ class Kernel:
     def user_pieces(self, proc: Process, addr: int, size: int, perm: str) -> list[tuple[int, int, int]] | None:
         """(vpn, offset, n) pieces of a user buffer, or None if any byte is
         outside the process or lacks ``perm``."""
-        if size < 0 or addr < 0 or addr + size > 1 << 32:
-            return None
-        pieces, pos = [], 0
-        while pos < size:
-            a = addr + pos
-            vpn, off = a >> 12, a & (PAGE - 1)
-            perms = proc.region_perms(vpn)
-            if perms is None or perm not in perms:
-                return None
-            n = min(size - pos, PAGE - off)
-            pieces.append((vpn, off, n))
-            pos += n
-        return pieces
+        return abi.user_pieces(addr, size, perm, proc.region_perms)
 
     async def copy_from_user(self, proc: Process, addr: int, size: int) -> bytes | None:
         pieces = self.user_pieces(proc, addr, size, "r")
@@ -567,12 +481,12 @@ from itertools import filterfalse  # noqa: E402
 
 import trio  # noqa: E402
 
+import protocol.hw  # noqa: E402,F401  (registers the message kinds)
+import protocol.vmm  # noqa: E402,F401  (mem_pin)
 from nodes.guest_os.drivers import TimerDriver, UartDriver  # noqa: E402
 from nodes.guest_os.io import Io  # noqa: E402  (disk + NIC drivers, file/socket syscalls)
 from nodes.guest_os.module import BelowFloor, FrameError, KernelModule  # noqa: E402
 from nodes.runtime import Node, NodeConfig  # noqa: E402
-import protocol.hw  # noqa: E402,F401  (registers the message kinds)
-import protocol.vmm  # noqa: E402,F401  (mem_pin)
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout  # noqa: E402
 from protocol.frames import body_frames, to_runs  # noqa: E402
 from protocol.messages import Message  # noqa: E402
@@ -640,6 +554,7 @@ class OsNode(Node):
         self.console = UartDriver(self, self.name)
         self.timer = TimerDriver(self, self.name)
         self.kernel = Kernel(self.name, self.frames, self)
+        self.kernel.recorder = self.recorder
         self.io = Io(self)
         self._events_in, self._events = trio.open_memory_channel(math.inf)
         self.exited: deque[dict[str, Any]] = deque(maxlen=64)
@@ -729,7 +644,7 @@ class OsNode(Node):
         if kind == "trap":
             await k.trap(payload.body)
         elif kind == "tick":
-            await k.tick()
+            await k.tick(time_ns=payload.body.get("time_ns"))
         elif kind == "uart_rx":
             await k.uart_rx(payload.body["data"])
         elif kind == "io_done":

@@ -131,6 +131,7 @@ class MemoryController:
         self._busy: dict[int, trio.Event] = {}  # frame -> set when its holder lets go
         self._meta_lock = trio.Lock()
         self.known_initiators: set[str] = set()
+        self.recorder = None  # the node's (protocol/recorder.py): frame owner changes, when tracing
         self.recovering = False
         """True after a restart while initiators may still hold copies from
         before it: the directory is soft state and was lost. The wrapper must
@@ -724,6 +725,10 @@ class MemoryController:
         self._counts["zeroed"] += len(moving)
         for first, count in runs:
             owner[first:first + count] = [new_owner] * count
+        rec = self.recorder
+        if rec is not None and rec.on:
+            for old, gone in by_old.items():
+                rec("frame", "owner", frames=sorted(gone), old=old, new=new_owner)
 
     async def _replace_map(
         self, space: str, edit: Callable[[dict[int, int]], tuple[bool, dict[int, int]]]

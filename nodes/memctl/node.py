@@ -100,6 +100,7 @@ class MemctlNode(Node):
     async def setup(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.mc = MemoryController.open(self.path, self.nframes, self._recall)
+        self.mc.recorder = self.recorder
         if not self.mc.recovering:
             known = set(self.mc.stats()["spaces"])
             for os_name, (first, count) in self.partitions.items():

@@ -22,6 +22,12 @@ emit back-pressures; deadlines that passed meanwhile are skipped, not fired
 in a burst (``stats``: ``ticks_missed``), as a real timer's overrun.
 
 Option: ``period_ms`` (default 0 = off) starts ticking at boot.
+
+Fault (``fault_set`` type ``clock``, CONTRACTS.md; ``hwemu fault clock``):
+``skew_ms`` is added to every wall-clock time this node reports (``time_ns``
+of ticks, alarms and ``timer_now``), as a battery-backed clock that is off;
+several clock faults add up; ``fault_clear`` puts it right. Deadlines stay on
+the monotonic clock: a skew moves what the clock says, not when ticks come.
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ from typing import Any
 
 import trio
 
+import protocol.hw  # noqa: F401  (registers the device message kinds)
 from nodes.runtime import Node, NodeConfig
 from protocol.errors import ProtocolError
-import protocol.hw  # noqa: F401  (registers the device message kinds)
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.timer")
@@ -66,6 +72,25 @@ class Timer(Node):
         self.alarms_fired = 0
         self._ticker: trio.CancelScope | None = None
         self._alarms: dict[int, trio.CancelScope] = {}
+        self.skews: dict[str, int] = {}  # clock fault id -> its skew in ns
+
+    def wall_ns(self) -> int:
+        """The wall clock this timer reports: the host's, plus any clock fault's skew."""
+        return time.time_ns() + sum(self.skews.values())
+
+    def fault_clock(self, spec: dict[str, Any]) -> None:
+        """``fault_set`` type ``clock``: ``skew_ms`` added to the wall clock it reports."""
+        skew = spec.get("skew_ms")
+        if isinstance(skew, bool) or not isinstance(skew, (int, float)) or not math.isfinite(skew):
+            raise ProtocolError("bad_fault", f"skew_ms must be a finite number, got {skew!r}", "body.skew_ms")
+        self.skews[spec["id"]] = round(skew * 1_000_000)
+
+    def clear_fault(self, fault_id: str | None) -> int:
+        n = super().clear_fault(fault_id)  # the transport's flow / partition faults
+        ids = list(self.skews) if fault_id is None else [fault_id] if fault_id in self.skews else []
+        for fid in ids:
+            del self.skews[fid]
+        return n + len(ids)
 
     async def work(self, nursery: trio.Nursery) -> None:
         if self.boot_period_ms > 0:
@@ -74,7 +99,8 @@ class Timer(Node):
     def stats(self) -> dict[str, Any]:
         s = super().stats()
         s.update(period_ms=self.period_ms, ticks=self.ticks, ticks_missed=self.ticks_missed,
-                 alarms_pending=len(self._alarms), alarms_fired=self.alarms_fired, unrouted=self.unrouted)
+                 alarms_pending=len(self._alarms), alarms_fired=self.alarms_fired, unrouted=self.unrouted,
+                 skew_ms=sum(self.skews.values()) / 1e6)
         return s
 
     async def _raise_irq(self, kind: str, body: dict[str, Any]) -> bool:
@@ -108,7 +134,7 @@ class Timer(Node):
             k = 1
             while True:
                 await trio.sleep_until(start + k * period)
-                if await self._raise_irq("tick", {"n": self.ticks + 1, "time_ns": time.time_ns()}):
+                if await self._raise_irq("tick", {"n": self.ticks + 1, "time_ns": self.wall_ns()}):
                     self.ticks += 1
                 # skip deadlines that passed while the emit waited: no burst of stale ticks
                 due = int((trio.current_time() - start) / period) + 1
@@ -135,10 +161,10 @@ class Timer(Node):
             # fired: a re-arm from now on is a new alarm, not a cancellation of this one
             if self._alarms.get(alarm_id) is scope:
                 del self._alarms[alarm_id]
-            if await self._raise_irq("alarm", {"id": alarm_id, "time_ns": time.time_ns()}):
+            if await self._raise_irq("alarm", {"id": alarm_id, "time_ns": self.wall_ns()}):
                 self.alarms_fired += 1
 
     # -- clock ----------------------------------------------------------------------
 
     async def on_timer_now(self, msg: Message) -> None:
-        await self.party.reply(msg, "ok", {"data": {"time_ns": time.time_ns()}})
+        await self.party.reply(msg, "ok", {"data": {"time_ns": self.wall_ns()}})

@@ -65,10 +65,11 @@ from nodes.vmm.frames import FrameBroker
 from nodes.vmm.io import SHARED_DEVICES, DeviceMux, _Refusal
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message
+from protocol.riscv import TIMER_INTERRUPT
 
 log = logging.getLogger("hwemu.vmm")
 
-INTERRUPT_CAUSE = 0x80000005
+INTERRUPT_CAUSE = TIMER_INTERRUPT
 PRIV_KINDS = ("cpu_resume", "tlb_write", "tlb_flush", "cpu_preempt", "cpu_halt", "irq_mask")
 IMAGE_MAGIC = b"HWEMU-VMM\0"
 

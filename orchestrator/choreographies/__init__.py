@@ -184,8 +184,11 @@ class Choreography:
                                   "steps": [], "pause_ms": 0.0, "budget_ms": self.budget_ms}
         journal.record(cid, self.figure, WHOLE, "begin", self.params)
         done: list[Step] = []
+        rec = getattr(orch, "recorder", None)  # the orchestrator's: each step a slice of the trace
+        began_ns = time.monotonic_ns()
         for step in self.steps:
             journal.record(cid, self.figure, step.name, "begin")
+            t0_ns = time.monotonic_ns()
             t0 = time.perf_counter()
             try:
                 out = await step.do(run, ctx) or {}
@@ -201,6 +204,9 @@ class Choreography:
             if hook is not None:  # tests and fault injection look at the machine between steps
                 await hook(self.figure, step.name)
             pause = float(out.get("pause_ms", 0.0) or 0.0)
+            if rec is not None and rec.on:
+                rec("chor", "step", id=cid, figure=self.figure, title=self.title, step=step.name,
+                    patent=step.patent, start_ns=t0_ns, ms=round(ms, 3), pause_ms=round(pause, 3))
             report["pause_ms"] = round(report["pause_ms"] + pause, 3)
             report["steps"].append({"name": step.name, "patent": step.patent, "ms": round(ms, 3),
                                     "pause_ms": round(pause, 3),
@@ -214,12 +220,19 @@ class Choreography:
         journal.record(cid, self.figure, WHOLE, "committed")
         _save(orch)
         report["outcome"] = "committed"
+        if rec is not None and rec.on:
+            rec("chor", "end", id=cid, figure=self.figure, title=self.title, start_ns=began_ns,
+                outcome="committed", pause_ms=report["pause_ms"])
         return report
 
     async def _fail(self, run: Run, ctx: Ctx, done: list[Step], report: dict[str, Any], why: str) -> dict:
         undone, problems = await undo_steps(run, ctx, done)
         run.orch.journal.record(run.id, self.figure, WHOLE, "rolled_back", {"error": why, "undo_failures": problems})
         report.update(outcome="rolled_back", error=why, undone=undone, undo_failures=problems)
+        rec = getattr(run.orch, "recorder", None)
+        if rec is not None and rec.on:
+            rec("chor", "end", id=run.id, figure=self.figure, title=self.title, start_ns=None,
+                outcome="rolled_back", pause_ms=report["pause_ms"], error=why)
         msg = f"{self.title} failed and was rolled back: {why}"
         if problems:
             msg += f" (could not undo: {'; '.join(problems)})"

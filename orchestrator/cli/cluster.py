@@ -14,11 +14,14 @@ import trio
 import typer
 from rich.table import Table
 
+from orchestrator.cli import watch
 from orchestrator.cli.common import Json, RunDir, console, emit_json, fail, run_dir_of
+from orchestrator.cli.fault import faults_table
 from orchestrator.client import NotRunning, call
 from orchestrator.daemon import is_locked, read_state
+from orchestrator.supervisor import LAUNCHED, launched, record_launch
 from orchestrator.topology import TopologyError, load
-from protocol.auth import make_private_dir
+from protocol.auth import check_private
 from protocol.errors import RemoteError, RequestTimeout
 
 
@@ -31,7 +34,9 @@ def _status_table(data: dict) -> Table:
     table.add_row("orch", "orchestrator", str(o["pid"]), o["state"], "yes", f"{o['uptime']:.1f}", "", "", "", o["endpoint"])
     for n in data["nodes"]:
         state = n["state"]
-        if n["kind"] == "cpu" and isinstance(n["stats"].get("cpu_state"), str):
+        if state == "unresponsive":  # SIGSTOPped or hung: its last counters are stale
+            state = f"[bold yellow]unresponsive[/] (no heartbeat {n['silent_s']:.1f} s)"
+        elif n["kind"] == "cpu" and isinstance(n["stats"].get("cpu_state"), str):
             state += f" / {n['stats']['cpu_state']}"
         table.add_row(n["name"], n["kind"], str(n["pid"]), state, "yes" if n["alive"] else "[red]no[/]",
                       f"{n['uptime']:.1f}", str(n["msgs_in"]), str(n["msgs_out"]), str(n["restarts"]), n["endpoint"])
@@ -75,15 +80,23 @@ def up(
         state = read_state(rd) or {}
         fail(f"a cluster is already running in {rd} (pid {state.get('pid', '?')}, topology "
              f"{state.get('topology', '?')}): run `hwemu down` first, or use another --run-dir")
-    try:
-        make_private_dir(rd)  # 0700: its sockets, configs and keys give control of the cluster
-    except OSError as exc:
-        fail(str(exc), code=2)
+    if rd.exists():  # its sockets, configs and keys give control of the cluster: private (0700, yours)
+        try:
+            check_private(rd)
+        except OSError as exc:
+            fail(str(exc), code=2)
     log_path = rd / "orchestrator.log"
-    with open(log_path, "ab") as log:
+    try:
+        rd.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log = open(log_path, "ab")
+    except OSError as exc:
+        fail(f"cannot create the run directory {rd}: {exc.strerror or exc}")
+    before = log.tell()  # this start's part of the log: a failed start is explained by its own lines
+    with log:
         daemon = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.daemon", "--topology", str(topology.resolve()), "--run-dir", str(rd)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    record_launch(rd, "orch", daemon.pid)
     deadline = time.monotonic() + topo.ready_timeout + 10
     while True:
         state = read_state(rd)
@@ -94,8 +107,7 @@ def up(
             if code is None:
                 daemon.kill()
                 daemon.wait()
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-20:]
-            fail("cluster failed to start:\n" + "\n".join(tail))
+            fail(_start_failure(log_path, before))
         time.sleep(0.05)
     data = _call(rd, "ctl_status")
     if json_out:
@@ -113,19 +125,47 @@ def up(
         daemon.wait()
 
 
+def _start_failure(log_path: Path, offset: int) -> str:
+    """The one line the daemon wrote about its failed start (``hwemu: ...``), else its log's last lines."""
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode(errors="replace").strip().splitlines()
+    said = [ln.removeprefix("hwemu: ") for ln in lines if ln.startswith("hwemu: ")]
+    if said:
+        return said[-1]
+    return "cluster failed to start:\n" + "\n".join(lines[-20:])
+
+
 def status(
     run_dir: RunDir = None,
     json_out: Json = False,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the orchestrator's answer.")] = 10.0,
+    watch_: Annotated[bool, typer.Option(
+        "--watch", "-w", help="A live view refreshed every --interval seconds: rates, MIPS, device I/O, faults, "
+                              "who controls what (Ctrl-C ends it).")] = False,
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between two refreshes of --watch.")] = 1.0,
+    count: Annotated[int, typer.Option(min=0, help="With --watch: stop after this many refreshes (0: never).")] = 0,
 ) -> None:
     """Every node: kind, pid, state, alive, uptime, messages in/out; and the routes."""
     rd = run_dir_of(run_dir)
+    if watch_:
+        if json_out:
+            fail("--watch and --json do not go together: `hwemu status --json` in a loop", code=2)
+        try:
+            watch.watch(rd, console, interval, count, timeout)
+        except watch.Gone as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            pass
+        return
     data = _call(rd, "ctl_status", timeout=timeout)
     if json_out:
         emit_json(data)
         return
     console.print(_status_table(data))
     console.print(_routes_table(data["routes"]))
+    if data.get("faults"):
+        console.print(faults_table(data["faults"]))
     if data.get("virt"):
         console.print(_virt_table(data["virt"]))
 
@@ -178,7 +218,8 @@ def _wait_gone(pids, seconds: float) -> None:
 
 
 def _ours(pid: int, run_dir: Path) -> bool:
-    """Only kill a pid whose command line names our run directory (pids get reused)."""
+    """A pid of the state file written by an orchestrator that kept no launch record:
+    ours only if its command line names our run directory (pids get reused)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
@@ -186,20 +227,15 @@ def _ours(pid: int, run_dir: Path) -> bool:
     return str(run_dir).encode() in cmdline
 
 
-def _strays(run_dir: Path, known: set) -> list[int]:
-    """Live processes started for ``run_dir`` (``--config <run_dir>/conf/...``
-    or ``--run-dir <run_dir>``) that are not in ``known``."""
-    marks = (f"{run_dir}/conf/".encode(), f"--run-dir {run_dir}".encode())
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in known or int(entry.name) == os.getpid():
-            continue
+def _ancestors() -> set[int]:
+    """This process and its ancestors: never ours to stop (a shell running `hwemu down; ...`)."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if any(mark in cmdline for mark in marks):
-            found.append(int(entry.name))
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
     return found
 
 
@@ -222,19 +258,25 @@ def down(
     except (NotRunning, RemoteError, RequestTimeout):
         pass  # fall through to signals
     pids = {"orch": state["pid"], **state.get("nodes", {})}
-    _wait_gone(pids.values(), timeout + 2)
+    _wait_gone(set(pids.values()) | set(launched(rd)), timeout + 2)
     # still there (a hung orchestrator, a node it could not stop): SIGTERM lets
-    # it clean up; whatever ignores that too gets SIGKILL. A node restarted
-    # after the state file was last written (or with the daemon killed) is
-    # still ours: its command line names this run directory
-    left = {name: pid for name, pid in pids.items() if pid and _alive(pid) and _ours(pid, rd)}
-    left.update({str(pid): pid for pid in _strays(rd, set(pids.values()))})
+    # it clean up; whatever ignores that too gets SIGKILL. The launch record names
+    # every process started for this cluster (a node restarted after the state file
+    # was last written, or with the daemon killed, too): end those, by pid, and
+    # nothing else (never a process that merely names the run directory)
+    record = launched(rd)
+    left = {name: pid for pid, name in record.items() if _alive(pid)}
+    if not record:  # a cluster started before launches were recorded
+        left = {name: pid for name, pid in pids.items() if pid and _alive(pid) and _ours(pid, rd)}
+    spared = _ancestors()
+    left = {name: pid for name, pid in left.items() if pid not in spared}
     terminated = [name for name, pid in left.items() if _signal(pid, signal.SIGTERM)]
     _wait_gone(left.values(), TERM_GRACE)
     killed = [name for name, pid in left.items() if _alive(pid) and _signal(pid, signal.SIGKILL)]
     for sock in rd.glob("*.sock"):
         sock.unlink(missing_ok=True)
     (rd / "cluster.json").unlink(missing_ok=True)
+    (rd / LAUNCHED).unlink(missing_ok=True)
     if json_out:
         emit_json({"stopped": sorted(pids), "terminated": terminated, "killed": killed})
     else:

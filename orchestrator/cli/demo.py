@@ -43,6 +43,8 @@ from rich.table import Table
 
 from orchestrator import flowaudit
 from orchestrator.cli import cluster
+from orchestrator import report
+from orchestrator.cli import trace as trace_cli
 from orchestrator.cli.common import RunDir, console, fail
 from orchestrator.cli.run import _interrupted, _pick, run_program
 from orchestrator.client import call, default_run_dir
@@ -61,6 +63,7 @@ OS1_LINES = 60    # timeshare on os1, one round; rounds follow each other until 
 OS2_LINES = 6     # timeshare on os2, under the VMM, time-sliced with os1
 BORROW = 64       # frames os1 lends os2
 VMM_FRAMES = 64
+DEMO_TRACE_RING = 1 << 18  # events per node: the whole demo, on the busiest node too
 
 
 def timeshare_output(tag: str, lines: int) -> bytes:
@@ -520,9 +523,19 @@ def demo(
     control: Annotated[bool, typer.Option("--control", help="The same workloads and clients with no VMM at all "
                                           "(the run the virtualized one must be indistinguishable from).")] = False,
     run_dir: RunDir = None,
+    trace: trace_cli.TraceFile = None,
+    report_dir: Annotated[Optional[Path], typer.Option(
+        "--report", metavar="DIR", help="Write an HTML report to DIR (index.html: the steps, a timeline "
+                                        "picture, the checks, the I/O counts, and the trace beside it).")] = None,
 ) -> None:
     """The main job: a VMM interposed under a running OS, memory lent, everything devirtualized; all checked."""
     rd = run_dir.resolve() if run_dir is not None else default_run_dir() / "demo"
+    if report_dir is not None:
+        try:
+            report_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fail(f"--report {report_dir}: {exc.strerror or exc}", code=2)
+    trace_cli.check_file(trace)
     for elf in ("timeshare.elf", "udpecho.elf", "kvstore.elf"):
         if not (SAMPLES / elf).exists():
             fail(f"missing {SAMPLES / elf}: run `make guest` first")
@@ -537,6 +550,8 @@ def demo(
         with contextlib.redirect_stdout(io.StringIO()):
             cluster.up(TOPOLOGY, detach=True, run_dir=rd, json_out=True)
         d.say("cluster up")
+        if trace is not None or report_dir is not None:
+            trace_cli.start_for(rd, DEMO_TRACE_RING)
         with console.status("demo running") as spinner:
             async def main() -> None:
                 async with trio.open_nursery() as n:
@@ -556,6 +571,8 @@ def demo(
     except BaseException as exc:  # noqa: BLE001 - reported as a failed check, the cluster still stopped
         error = f"{d.phase}: " + ("interrupted (Ctrl-C)" if _interrupted(exc) else _describe(exc))
     finally:
+        if is_locked(rd):  # the report's timeline is drawn from its own JSON copy of the trace
+            trace_cli.finish(rd, trace, report_dir and report_dir / report.TRACE)
         with contextlib.redirect_stdout(io.StringIO()):
             try:
                 cluster.down(run_dir=rd, timeout=5.0, json_out=True)
@@ -565,7 +582,10 @@ def demo(
     if error is not None:
         d.check("demo ran to its end", False, error)
     rep = _report(d)
+    rep["trace"] = str(trace.resolve()) if trace is not None and trace.exists() else None
     _tables(rep)
+    if report_dir is not None:
+        console.print(f"report: {report.write(report_dir, rep, trace)}", highlight=False)
     if json_file is not None:
         json_file.write_text(json.dumps(rep, indent=2, default=str) + "\n")
     if not rep["ok"]:

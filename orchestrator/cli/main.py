@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import cluster, console, cpu, demo, memory, route, run, vmm
+from orchestrator.cli import cluster, console, cpu, demo, fault, memory, route, run, trace, vmm
 from orchestrator.cli import os as os_cli
 from orchestrator.cli.common import fail
 from protocol.sched import slice_from_env
@@ -39,6 +39,8 @@ app.add_typer(cpu.app, name="cpu", help="Run programs on the CPU core.")
 app.add_typer(vmm.app, name="vmm")
 app.add_typer(memory.app, name="memory")
 app.add_typer(os_cli.app, name="os")
+app.add_typer(trace.app, name="trace")
+app.add_typer(fault.app, name="fault")
 app.command("interpose")(vmm.interpose)
 app.command("devirtualize")(vmm.devirtualize)
 

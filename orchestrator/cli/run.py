@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Optional
@@ -25,12 +26,13 @@ from typing import Annotated, Any, BinaryIO, Optional
 import trio
 import typer
 
+import protocol.hw  # noqa: F401  (registers os_exec / proc_exit / uart_sync)
 from orchestrator.cli import cluster
+from orchestrator.cli import trace as trace_cli
 from orchestrator.cli.cluster import _call
 from orchestrator.cli.common import RunDir, err_console, fail, run_dir_of
 from orchestrator.client import NotRunning, call, client_auth
 from orchestrator.daemon import is_locked
-import protocol.hw  # noqa: F401  (registers os_exec / proc_exit / uart_sync)
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.transport import Party
 
@@ -191,6 +193,29 @@ def _interrupted(exc: BaseException) -> bool:
     return isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
 
 
+def _stop_on_terminate() -> list[int]:
+    """SIGTERM or SIGHUP (a supervisor, a closed terminal) stop the run as Ctrl-C does: the
+    program is killed and a cluster we started goes down, so no guest keeps its ports.
+    Python's default for them ends the process on the spot, leaving both behind.
+
+    Returns:
+        A list that receives the signal's number once one came (for the exit status).
+    """
+    came: list[int] = []
+
+    def handler(signum, frame) -> None:
+        if not came:
+            came.append(signum)
+            # trio turns a SIGINT into KeyboardInterrupt at a safe point (outside trio: Python does)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+    # a shell starts a background job with SIGINT ignored, which would swallow ours
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return came
+
+
 def _kill(rd: Path, os_name: str, pid: int) -> None:
     """Ctrl-C: stop our program on a cluster we leave running (``os_kill``, SIGINT)."""
     try:
@@ -236,13 +261,15 @@ def run(
         "--forward", metavar="HOSTPORT:GUESTPORT",
         help="Forward UDP 127.0.0.1:HOSTPORT to the guest's port GUESTPORT (repeatable; the OS's NIC).")] = None,
     run_dir: RunDir = None,
+    trace: trace_cli.TraceFile = None,
 ) -> None:
     """Run a program on the cluster's OS: its console output on stdout, its exit status as ours."""
     rd = run_dir_of(run_dir)
+    trace_cli.check_file(trace)
     try:
         elf = program.read_bytes()
     except OSError as exc:
-        fail(f"cannot read {program}: {exc.strerror or exc}")
+        fail(f"cannot read {program}: {exc.strerror or exc}", code=2)
     forwards = _parse_forward(forward or [])
     feed = None
     if stdin is not None:
@@ -252,6 +279,7 @@ def run(
             fail(f"cannot read {stdin}: {exc.strerror or exc}")
     started = False
     code = 1
+    terminated = _stop_on_terminate()
     try:
         if not is_locked(rd):
             # exactly what `hwemu up --detach` does; its status report is not our output
@@ -259,6 +287,8 @@ def run(
                 cluster.up(topology, detach=True, run_dir=rd, json_out=True)
             started = True
         status = _call(rd, "ctl_status")
+        if trace is not None:
+            trace_cli.start_for(rd)
         os_node, uart = _pick(status, os_name)
         nic_maps = _forward(status, os_node["name"], forwards) if forwards else None
         info: dict[str, Any] = {}
@@ -270,9 +300,9 @@ def run(
                 raise
             if not started and "pid" in info:  # the cluster stays: the program must not
                 _kill(rd, os_node["name"], info["pid"])
-            raise typer.Exit(130) from None
-        except RemoteError as exc:
-            fail(f"{os_node['name']} cannot run {program}: {exc.detail}")
+            raise typer.Exit(128 + terminated[0] if terminated else 130) from None
+        except RemoteError as exc:  # a bad ELF is bad input (2); anything else a failed run (1)
+            fail(f"{os_node['name']} cannot run {program}: {exc.detail}", code=2 if exc.reason == "bad_elf" else 1)
         except Lost as exc:
             fail(f"the cluster in {rd} stopped answering: {exc}")
         except ForwardRefused as exc:
@@ -284,8 +314,10 @@ def run(
         code = result["code"]
         reason = result.get("reason") or "exit"
         if reason != "exit":
-            err_console.print(f"hwemu: pid {result['pid']} {reason}", highlight=False, markup=False)
+            err_console.print(f"hwemu: pid {result['pid']} {reason}", highlight=False, markup=False, soft_wrap=True)
     finally:
+        if trace is not None and is_locked(rd):
+            trace_cli.finish(rd, trace)
         if started:
             with contextlib.redirect_stdout(io.StringIO()):
                 try:
