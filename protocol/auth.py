@@ -164,7 +164,7 @@ class Keyring:
         state = self._recv.get(src) or self._recv_state(src)
         if state is None:
             raise AuthError("unknown_sender", f"{self.name} has no key for {src!r}")
-        if len(frame) <= TRAILER:
+        if len(frame) < TRAILER:
             raise AuthError("bad_mac", f"a frame of {len(frame)} bytes has no room for a MAC")
         body = frame[:-TRAILER]
         person = frame[-TRAILER:-TAG]
