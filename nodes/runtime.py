@@ -74,7 +74,7 @@ from protocol import authz, sched
 from protocol.auth import keyring_from_config
 from protocol.errors import ProtocolError, RemoteError
 from protocol.faults import Injector
-from protocol.messages import Message, error_body
+from protocol.messages import Message, decode, encode, error_body
 from protocol.routes import RouteTable, flow_sender
 from protocol.transport import REQUEST_FAILURES, Party, gather
 
@@ -114,6 +114,7 @@ RTO = 0.2  # s without an acknowledgement before a sender sends its unacknowledg
 RTO_MAX = 1.0  # the retransmission timeout doubles up to this while nothing is acknowledged
 RESYNC_MIN = 0.02  # s between two retransmissions of a flow prompted by gaps (a reordering reports many)
 RETRANSMIT_MAX = 1024  # messages one retransmission sends at most (the rest on the next one)
+ACK_EVERY = 256  # messages consumed on a flow that are acknowledged without waiting for ACK_DELAY
 HOLD = 1024  # messages past a gap a receiver holds per flow (further ones are dropped: they come again)
 HOLES_MAX = 256  # missing fseq an acknowledgement names per flow
 
@@ -130,7 +131,10 @@ class _OutFlow:
         self.buffer: deque[Message] = deque()
         self.resumed = trio.Event()
         self.acked = 0  # every fseq up to this one was consumed by a receiver
-        self.unacked: deque[Message] = deque()  # sent, not acknowledged yet, in fseq order
+        # sent, not acknowledged yet, in fseq order: (fseq, receiver, encoded frame). Frames, not
+        # Messages: thousands of live Messages (each with its body dict) cost the garbage collector
+        # more than the rest of a send; bytes are not even looked at
+        self.unacked: deque[tuple[int, str, bytes]] = deque()
         self.rto = RTO
         self.progress = 0.0  # trio time of the last acknowledgement (or first send after none was due)
         self.resynced = 0.0  # trio time of the last retransmission
@@ -152,7 +156,7 @@ HISTORY_RUNS = 256  # runs of consecutive fseq a receiver records per flow (more
 
 class _InFlow:
     __slots__ = ("expected", "consumed", "gaps", "dups", "waiter", "runs", "runs_dropped", "src_inc",
-                 "reply", "held", "probed")
+                 "reply", "held", "probed", "ack_upto")
 
     def __init__(self) -> None:
         self.expected: int | None = None  # next fseq; None until known (then 1 unless the sender says)
@@ -160,6 +164,7 @@ class _InFlow:
         self.reply: tuple[int, Message] | None = None  # (fseq, reply) of the last request answered
         self.held: dict[int, Message] = {}  # arrived after a gap, consumed once the gap is filled
         self.probed = 0  # the sender asked where the flow stands, having sent up to this fseq (0: it did not)
+        self.ack_upto = 0  # what the last acknowledgement said was consumed
         self.consumed = 0
         self.gaps = 0
         self.dups = 0
@@ -212,7 +217,7 @@ class Node:
 
     kind = "base"
     pause_buffer = 4096  # messages a paused flow buffers before its emitter waits
-    window = 4096  # messages a flow keeps for retransmission before its emitter waits for acknowledgements
+    window = 8192  # messages a flow keeps for retransmission before its emitter waits for acknowledgements
     short_slice = True  # takes the time slice of HWEMU_SLICE_US (protocol/sched.py); False: always the kernel's
 
     def __init__(self, cfg: NodeConfig):
@@ -244,6 +249,8 @@ class Node:
         # unacknowledged messages, the incarnation each receiver last showed
         self._acks_due: dict[str, str] = {}
         self._ack_kick = trio.Event()
+        self._ack_urgent = False
+        self._ack_now = trio.Event()
         self._unacked: set[str] = set()
         self._retx_kick = trio.Event()
         self._peer_inc: dict[str, int] = {}
@@ -271,7 +278,8 @@ class Node:
                 if self.cfg.orchestrator and self.cfg.orchestrator in self.party.directory:
                     self.party.send_nowait(self.party.make(
                         self.cfg.orchestrator, "ready",
-                        {"kind": self.kind, "pid": os.getpid(), "endpoint": self.cfg.endpoint}))
+                        {"kind": self.kind, "pid": os.getpid(), "endpoint": self.cfg.endpoint,
+                         "incarnation": self.party.incarnation}))
                     nursery.start_soon(self._heartbeats)
                 await self.work(nursery)
         finally:
@@ -409,6 +417,10 @@ class Node:
                 inflow.waiter = None
             if flow not in self._acks_due:
                 self._ack_soon(flow, msg.src)
+            elif msg.fseq - inflow.ack_upto >= ACK_EVERY and not self._ack_urgent:
+                self._ack_urgent = True  # a fast flow: acknowledged now, so its sender keeps little
+                self._ack_now.set()
+                self._ack_kick.set()
             if inflow.held and not self._releasing:  # the gap before what is held may be filled now
                 self._releasing = True  # (a loop here, not a recursion as deep as what is held)
                 try:
@@ -520,14 +532,17 @@ class Node:
             await self._ack_kick.wait()
             self._ack_kick = trio.Event()
             # (a gap waits too: what a reordering held back comes meanwhile, and is not sent again)
-            if not any(self.in_flows[f].probed for f in self._acks_due):
-                await trio.sleep(ACK_DELAY)
+            if not self._ack_urgent and not any(self.in_flows[f].probed for f in self._acks_due):
+                with trio.move_on_after(ACK_DELAY):  # a fast flow's ACK_EVERY cuts the wait short
+                    await self._ack_now.wait()
+                self._ack_now = trio.Event()
+            self._ack_urgent = False
             due, self._acks_due = self._acks_due, {}
             per_src: dict[str, dict[str, Any]] = {}
             for flow, src in due.items():
                 inflow = self.in_flows[flow]
                 body = per_src.setdefault(src, {"acks": {}, "inc": party.incarnation})
-                body["acks"][flow] = inflow.consumed
+                body["acks"][flow] = inflow.ack_upto = inflow.consumed
                 if inflow.held:
                     missing, top = inflow.holes()
                     body.setdefault("gap", []).append(flow)
@@ -562,7 +577,7 @@ class Node:
         now = trio.current_time()
         for flow, upto in msg.body["acks"].items():
             out = self.out_flows.get(flow)
-            if out is None or src != (out.unacked[0].dst if out.unacked else self.routes.get(flow)):
+            if out is None or src != (out.unacked[0][1] if out.unacked else self.routes.get(flow)):
                 continue  # not this flow's receiver (a stray, a late one, or a forgery): it cannot say
             if upto > out.fseq:  # it follows another numbering (this sender's previous life's)
                 self._resync(out, flow, now, reset=True)
@@ -577,7 +592,7 @@ class Node:
                 # fseq it names): what the receiver neither consumed nor holds of that is lost
                 missing.extend(range(max(upto, tops.get(flow, 0)) + 1, probed[flow] + 1))
             if missing and out.unacked:
-                if missing[0] < out.unacked[0].fseq:
+                if missing[0] < out.unacked[0][0]:
                     # it misses what another receiver consumed: it does not know where the flow stands
                     if now - out.resynced >= RESYNC_MIN:
                         self._resync(out, flow, now)
@@ -590,7 +605,7 @@ class Node:
             return
         out.acked = upto
         unacked = out.unacked
-        while unacked and unacked[0].fseq <= upto:
+        while unacked and unacked[0][0] <= upto:
             unacked.popleft()
         if out.resent:
             out.resent = {n: t for n, t in out.resent.items() if n > upto}
@@ -619,30 +634,30 @@ class Node:
         party = self.party
         rec = self.recorder
         led: set[str] = set()
-        for i, m in enumerate(out.unacked):
-            if i >= RETRANSMIT_MAX or (upto is not None and m.fseq > upto):
+        for i, (fseq, dst, frame) in enumerate(out.unacked):
+            if i >= RETRANSMIT_MAX or (upto is not None and fseq > upto):
                 break
             try:
-                if m.dst not in led:
-                    led.add(m.dst)
-                    lead = {"next": {flow: m.fseq}, "inc": party.incarnation}
+                if dst not in led:
+                    led.add(dst)
+                    lead = {"next": {flow: fseq}, "inc": party.incarnation}
                     if reset:
                         lead["reset"] = True
-                    if not party.send_nowait(party.make(m.dst, "route_next", lead)):
+                    if not party.send_nowait(party.make(dst, "route_next", lead)):
                         break
-                if not party.send_nowait(m):
+                if not party.send_nowait(decode(frame), frame):
                     break
             except ProtocolError:
                 break
             self.flow_counters["retransmits"] += 1
             if rec.on:
-                rec("flow", "retransmit", flow=flow, fseq=m.fseq, dst=m.dst, inc=m.inc)
+                rec("flow", "retransmit", flow=flow, fseq=fseq, dst=dst, inc=party.incarnation)
 
     def _resend(self, out: _OutFlow, flow: str, missing: list[int], now: float) -> None:
         """Send again the messages of ``flow`` its receiver reports missing
         (each at most once per ``RESYNC_MIN``: reports overlap)."""
         unacked = out.unacked
-        base = unacked[0].fseq
+        base = unacked[0][0]
         party = self.party
         rec = self.recorder
         resent = out.resent
@@ -651,18 +666,18 @@ class Node:
             i = n - base
             if not 0 <= i < len(unacked) or now - resent.get(n, -1.0) < RESYNC_MIN:
                 continue
-            m = unacked[i]
-            if m.fseq != n or sent >= RETRANSMIT_MAX:
+            fseq, dst, frame = unacked[i]
+            if fseq != n or sent >= RETRANSMIT_MAX:
                 break
             try:
-                if not party.send_nowait(m):
+                if not party.send_nowait(decode(frame), frame):
                     break
             except ProtocolError:
                 break
             resent[n] = now
             sent += 1
             if rec.on:
-                rec("flow", "retransmit", flow=flow, fseq=n, dst=m.dst, inc=m.inc)
+                rec("flow", "retransmit", flow=flow, fseq=n, dst=dst, inc=party.incarnation)
         self.flow_counters["retransmits"] += sent
         out.progress = now
 
@@ -674,9 +689,9 @@ class Node:
         not sent again blindly: a receiver that is merely slow (descheduled,
         behind a burst) would get it twice."""
         out.progress = now
-        mark = out.unacked[-1].fseq  # the last one sent (out.fseq may be buffered by a pause)
+        mark = out.unacked[-1][0]  # the last one sent (out.fseq may be buffered by a pause)
         party = self.party
-        for dst in {m.dst for m in out.unacked}:
+        for dst in {d for _, d, _ in out.unacked}:
             try:
                 party.send_nowait(party.make(dst, "route_next", {"next": {flow: out.acked + 1},
                                                                   "inc": party.incarnation, "probe": mark}))
@@ -708,16 +723,18 @@ class Node:
                     out.rto = min(out.rto * 2, RTO_MAX)
                     self._probe(out, flow, now)
 
-    def _sent(self, out: _OutFlow, flow: str, msg: Message) -> None:
-        """Keep ``msg`` (just sent on ``flow``) until it is acknowledged."""
+    def _sent(self, out: _OutFlow, flow: str, msg: Message) -> bytes:
+        """Keep ``msg`` (about to be sent on ``flow``) until it is acknowledged; its frame."""
         if not out.unacked:
             out.progress = trio.current_time()
             if flow not in self._unacked:
                 self._unacked.add(flow)
                 self._retx_kick.set()
-        out.unacked.append(msg)
+        frame = encode(msg)
+        out.unacked.append((msg.fseq, msg.dst, frame))
         if self.recorder.on:
             self.recorder("flow", "sent", flow=flow, fseq=msg.fseq, dst=msg.dst, inc=msg.inc)
+        return frame
 
     async def _room(self, out: _OutFlow) -> None:
         """Wait while ``out``'s window is full (never in the inbox task, which
@@ -729,6 +746,18 @@ class Node:
             await out.room.wait()
 
     # -- emitting on flows --------------------------------------------------------
+
+    def abandon(self, flow: str) -> int:
+        """Give up what ``flow`` sent and has not had acknowledged: its receiver
+        died and what it held is void (docs/recovery.md: a CPU's trap for an OS
+        that died must not reach that OS's next life). Nothing of it is sent
+        again. Returns how many messages were given up."""
+        out = self.out_flows.get(flow)
+        if out is None:
+            return 0
+        n = len(out.unacked)
+        self._acked(out, flow, out.fseq, "abandoned")
+        return n
 
     async def emit(self, flow: str, kind: str, body: dict[str, Any]) -> int:
         """Send ``kind`` on a logical flow to whoever the route table names.
@@ -756,8 +785,7 @@ class Node:
             # run (its drain, its resume): a paused flow yields on every message
             await trio.lowlevel.checkpoint()
         else:
-            self._sent(out, flow, msg)
-            await self.party.send_msg(msg)
+            await self.party.send_msg(msg, self._sent(out, flow, msg))
         return msg.fseq
 
     async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Message:
@@ -774,13 +802,13 @@ class Node:
         dst = self.routes.lookup(flow)
         out.fseq += 1
         msg = self.party.make(dst, kind, body, flow=flow, fseq=out.fseq)
-        self._sent(out, flow, msg)  # sent again, same seq, if lost: its reply still finds this request
+        frame = self._sent(out, flow, msg)  # sent again, same seq, if lost: its reply still finds this request
         # until its reply comes, the request goes again every RTO (doubling): a receiver that
         # consumed it already answers a copy with the reply it kept (the reply may be what was lost)
         self._open_requests[msg.seq] = [msg, trio.current_time(), RTO]
         self._retx_kick.set()
         try:
-            reply = await self.party.request_msg(msg, timeout=timeout)
+            reply = await self.party.request_msg(msg, timeout=timeout, frame=frame)
         except RemoteError:
             self._acked(out, flow, msg.fseq, dst)  # consumed (and refused): answered all the same
             raise
@@ -1048,11 +1076,11 @@ class Node:
                     # re-address to the receiver of the new epoch
                     buffered.dst = dst
                     buffered.epoch = epoch
-                    self._sent(out, flow, buffered)
+                    frame = self._sent(out, flow, buffered)
                     # in one go while the link takes them (nothing can emit in
                     # between); wait only when its queue is full
-                    if not party.send_nowait(buffered):
-                        await party.send_msg(buffered)
+                    if not party.send_nowait(buffered, frame):
+                        await party.send_msg(buffered, frame)
                     flushed += 1
             finally:
                 out.flushing = False

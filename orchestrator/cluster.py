@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from orchestrator import choreographies as chor
-from orchestrator import faults
+from orchestrator import faults, recovery
 from orchestrator import state as saved_state
 from orchestrator import tracing
 from orchestrator.choreographies.state import VirtState
@@ -66,7 +66,10 @@ class Orchestrator:
             from orchestrator.choreographies.fig2b_boot import interposed_routes
             routes = interposed_routes(topology)
         self.routes = RouteAuthority(self.party, RouteTable(1, routes), self.live_nodes)
-        self.supervisor = Supervisor(self.run_dir, self._node_config, self._restarted)
+        self.supervisor = Supervisor(self.run_dir, self._node_config, self._restarted,
+                                     lambda np: recovery.back(self, np))
+        self.incarnations: dict[str, int] = {}  # node -> the Party.incarnation its last ready named
+        self.recovery_log: list[dict[str, Any]] = []  # what recovery did after each crash (docs/recovery.md)
         self.state = "starting"
         self.started = time.monotonic()
         self.done = trio.Event()
@@ -104,7 +107,10 @@ class Orchestrator:
         }
 
     async def _restarted(self, np: NodeProc) -> None:
-        """A restarted node starts its flows from fseq 1: tell their receivers."""
+        """A restarted node starts its flows from fseq 1: tell their receivers
+        (and first, what a crash of its kind needs: orchestrator/recovery.py)."""
+        if np.state == "crashed":  # the supervisor restarts it (not a start of a node that was stopped)
+            await recovery.before_respawn(self, np)
         flows = {f: 1 for f in self.routes.table.routes if flow_sender(f) == np.spec.name}
         if flows:
             async with self.routes.lock:
@@ -320,6 +326,8 @@ class Orchestrator:
                 raise ProtocolError("forbidden", authz.refusal(msg, ctx), "src")
         if msg.kind == "ready":
             self.supervisor.mark_ready(msg.src, msg.body["pid"])
+            if isinstance(msg.body.get("incarnation"), int):
+                self.incarnations[msg.src] = msg.body["incarnation"]
             if self.faults.active:
                 self._nursery.start_soon(self.faults.node_ready, msg.src)
         elif msg.kind == "heartbeat":

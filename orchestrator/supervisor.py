@@ -130,10 +130,12 @@ class Supervisor:
     """Starts, watches, restarts and stops the node processes of a cluster."""
 
     def __init__(self, run_dir: Path, config_for: Callable[[NodeSpec], dict[str, Any]],
-                 on_restart: Callable[[NodeProc], Any] | None = None):
+                 on_restart: Callable[[NodeProc], Any] | None = None,
+                 on_back: Callable[[NodeProc], Any] | None = None):
         self.run_dir = run_dir
         self.config_for = config_for
         self.on_restart = on_restart
+        self.on_back = on_back  # awaited once a restarted node is ready again (its drivers reset it)
         self.nodes: dict[str, NodeProc] = {}
         self.stopping = False
         (run_dir / "conf").mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -296,6 +298,8 @@ class Supervisor:
             await self._spawn(np)
             with trio.move_on_after(15):
                 await np.ready.wait()
+            if np.ready.is_set() and self.on_back is not None:
+                await self.on_back(np)
 
     async def stop_all(self, graceful: Callable[[NodeProc], Any] | None, timeout: float = 5.0) -> None:
         """Ask every node to shut down, then SIGTERM, then SIGKILL; by pid, only ours."""

@@ -356,8 +356,8 @@ register("route_next", next=Field("dict", items="int"), inc=Field("int", require
          reset=Field("bool", required=False), probe=Field("int", required=False))
 # receiver -> sender of flows: cumulative acknowledgements, batched (docs/reliability.md): ``acks`` is the
 # last fseq consumed per flow, ``inc`` the receiver's incarnation, ``gap`` the flows where it saw one
-# (``probe``: the flows it answers a probe for, with the fseq the probe named; ``holes``: per flow, fseq missing below ``top``, the highest
-# one it holds)
+# (``probe``: the flows it answers a probe for, with the fseq the probe named; ``holes``: per flow, fseq
+# missing below ``top``, the highest one it holds)
 register("flow_ack", acks=Field("dict", items="int"), inc="int", gap=Field("list", items="str", required=False),
          probe=Field("dict", items="int", required=False), holes=Field("dict", items="list", required=False),
          top=Field("dict", items="int", required=False))

@@ -276,18 +276,21 @@ class Party:
             endpoint = self.directory.get(dst)
             if endpoint is None:
                 raise ProtocolError("unknown_node", f"{self.name} has no endpoint for node {dst!r}", "dst")
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
-            sock.setsockopt(zmq.SNDHWM, SNDHWM)
-            sock.setsockopt(zmq.LINGER, 0)
-            try:
-                sock.connect(endpoint)
-            except zmq.ZMQError as exc:  # a learned reply_to that is no endpoint (a fuzzer's, a bug's)
-                sock.close(linger=0)
-                raise ProtocolError("bad_endpoint", f"cannot connect to {dst} at {endpoint!r:.80}: {exc}",
-                                    "reply_to") from None
-            peer = self._peers[dst] = _Peer(sock)
+            peer = self._peers[dst] = _Peer(self._connect(dst, endpoint))
         return peer
+
+    def _connect(self, dst: str, endpoint: str) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
+        sock.setsockopt(zmq.SNDHWM, SNDHWM)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:  # a reply_to that is no endpoint (a fuzzer's, a bug's)
+            sock.close(linger=0)
+            raise ProtocolError("bad_endpoint", f"cannot connect to {dst} at {endpoint!r:.80}: {exc}",
+                                "reply_to") from None
+        return sock
 
     def forget(self, dst: str) -> None:
         """Drop the link to ``dst`` (it moved or is gone); the next send reconnects."""
@@ -304,20 +307,22 @@ class Party:
                        epoch=self.epoch, flow=flow, fseq=fseq,
                        reply_to=self.endpoint if self._advertise else None, inc=self.incarnation)
 
-    def _frame(self, msg: Message) -> bytes:
-        """The wire frame of ``msg``: encoded, and sealed with its MAC if this party signs."""
-        frame = encode(msg)
-        if self._auth is None:
-            return frame
+    def _seal(self, msg: Message, frame: bytes) -> bytes:
+        """``frame`` (``msg`` encoded) sealed with its MAC for ``msg.dst``: at each
+        send, so a frame sent again (a retransmission) is a new one, not a replay."""
         try:
             return self._auth.seal(msg.dst, frame)
         except AuthError as exc:
             raise ProtocolError("no_key", str(exc), "dst") from None
 
-    async def send_msg(self, msg: Message) -> None:
-        """Send a built message; waits only while the peer's queue is full."""
+    async def send_msg(self, msg: Message, frame: bytes | None = None) -> None:
+        """Send a built message (``frame``: its encoding, if the caller has it);
+        waits only while the peer's queue is full."""
         peer = self._peer(msg.dst)
-        frame = self._frame(msg) if self._auth is not None else encode(msg)
+        if frame is None:
+            frame = encode(msg)
+        if self._auth is not None:
+            frame = self._seal(msg, frame)
         if self.faults is not None:  # after signing: a corrupted frame is a lost one to its receiver
             frame = self.faults.outgoing(msg, frame)
             if frame is None:  # dropped, or held back to go out later: it is gone as far as we know
@@ -349,11 +354,14 @@ class Party:
             self._unyielded = 0
             await trio.lowlevel.checkpoint()
 
-    def send_nowait(self, msg: Message) -> bool:
+    def send_nowait(self, msg: Message, frame: bytes | None = None) -> bool:
         """Send unless the peer's queue is full (then drop and return False).
         For messages that must never block the data plane, like heartbeats."""
         sock = self._peer(msg.dst).sock
-        frame = self._frame(msg)
+        if frame is None:
+            frame = encode(msg)
+        if self._auth is not None:
+            frame = self._seal(msg, frame)
         if self.faults is not None:
             frame = self.faults.outgoing(msg, frame)
             if frame is None:
@@ -396,14 +404,13 @@ class Party:
         if not msg.reply_to or msg.src in self._static:
             return
         if self.directory.get(msg.src) != msg.reply_to:
+            try:  # connected first: an endpoint it cannot connect to changes nothing
+                sock = self._connect(msg.src, msg.reply_to)
+            except ProtocolError:
+                return
             self.forget(msg.src)
             self.directory[msg.src] = msg.reply_to
-            try:
-                self._peer(msg.src)  # an endpoint it cannot connect to is not learned: nobody to answer
-            except ProtocolError:
-                del self.directory[msg.src]
-                self._learned.pop(msg.src, None)
-                return
+            self._peers[msg.src] = _Peer(sock)
         self._learned.pop(msg.src, None)
         self._learned[msg.src] = None
         while len(self._learned) > _LEARNED_MAX:
@@ -430,11 +437,11 @@ class Party:
         """
         return await self.request_msg(self.make(dst, kind, body or {}, **hdr), timeout=timeout)
 
-    async def request_msg(self, msg: Message, *, timeout: float = 5.0) -> Message:
+    async def request_msg(self, msg: Message, *, timeout: float = 5.0, frame: bytes | None = None) -> Message:
         """:meth:`request` for a message already built (a flow's, kept for retransmission)."""
         slot = self._expect(msg, timeout)
         try:
-            await self.send_msg(msg)
+            await self.send_msg(msg, frame)
         except BaseException:
             self._pending.pop(msg.seq, None)
             raise

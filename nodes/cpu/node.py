@@ -45,6 +45,7 @@ from typing import Any
 import trio
 
 import protocol.hw  # noqa: F401  (registers the kinds)
+import protocol.recovery  # noqa: F401  (cpu_retrap, cpu_reset)
 from protocol.hw import tlb_entry
 from nodes.cpu import isa
 from nodes.cpu.core import HALT, PAGE_MISS, PAGE_SIZE, QUANTUM, TRAP, Core
@@ -102,6 +103,7 @@ class CpuNode(Node):
         self._go = trio.Event()
         self._acquiring = False
         self._early: dict[int, str] = {}      # recalls that overtook our own grant
+        self._last_trap: dict[str, Any] | None = None  # the trap we wait in (cpu_retrap raises it again)
         self.counts = {"traps": 0, "page_misses": 0, "recalls": 0, "preempts": 0, "mem_retries": 0,
                        "releases": 0}
         self._mips = 0.0
@@ -179,6 +181,7 @@ class CpuNode(Node):
                 "asid": st["asid"], "instret": st["instret"]}
         if insn is not None:
             body["insn"] = insn
+        self._last_trap = body
         try:
             await self.emit(f"trap:{self.name}", "trap", body)
         except ProtocolError as exc:  # no trap handler routed: nobody can resume us
@@ -321,6 +324,37 @@ class CpuNode(Node):
         if self.cpu_state != "waiting_mem":
             self._set_running()
         await self._answer(msg, {"cpu_state": self.cpu_state, "tlb_written": len(entries)})
+
+    async def on_cpu_retrap(self, msg: Message) -> None:
+        """The orchestrator says the receiver of our last trap died with it (the VMM):
+        raise it again, to whoever ``trap:<name>`` names now. Only while trapped."""
+        if msg.src != self.cfg.orchestrator:
+            raise ProtocolError("forbidden", f"cpu_retrap is for the orchestrator, not {msg.src}", "src")
+        again = self.cpu_state == "trapped" and self._last_trap is not None
+        if again:
+            trap = dict(self._last_trap)
+            # the VMM that died had tagged the OS's asids with a base: its OS knows them untagged
+            trap["asid"] = trap["asid"] - min(trap["asid"], int(msg.body.get("asid_base") or 0))
+            await self.emit(f"trap:{self.name}", "trap", trap)
+        await self.party.reply(msg, "ok", {"data": {"retrapped": again, "cpu_state": self.cpu_state}})
+
+    async def on_cpu_reset(self, msg: Message) -> None:
+        """The OS this CPU traps to died (the orchestrator, before the OS's next
+        life starts): stop running its process (halted), forget its translations
+        and its pending trap, and drop the link to it, so that a trap queued for
+        the dead OS never reaches the next one, which numbers its processes
+        (and asids) from 1 again and would take it for its own."""
+        if msg.src != self.cfg.orchestrator:
+            raise ProtocolError("forbidden", f"cpu_reset is for the orchestrator, not {msg.src}", "src")
+        self.cpu_state = "halted"
+        self.preempt_pending = False
+        self._last_trap = None
+        self.core.tlb_flush()
+        gone = self.routes.get(f"trap:{self.name}")
+        self.abandon(f"trap:{self.name}")  # not sent again to the next life either
+        if gone is not None:
+            self.party.forget(gone)
+        await self.party.reply(msg, "ok", {"data": {"cpu_state": self.cpu_state, "forgot": gone}})
 
     async def on_cpu_save(self, msg: Message) -> None:
         if self.cpu_state == "running":

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 NATIVE, VIRTUAL = "native", "virtual"
+UNCONFIRMED_MAX = 64 * 1024  # console bytes kept for a re-send before the driver asks the UART what it has
 MODES = (NATIVE, VIRTUAL)
 
 
@@ -85,43 +86,76 @@ class UartDriver(DualModeDriver):
 
     device = "uart"
 
-    def __init__(self, node: Emitter, os_name: str, mode: str = NATIVE, virtual_flow: str | None = None):
+    def __init__(self, node: Emitter, os_name: str, mode: str = NATIVE, virtual_flow: str | None = None,
+                 writer: str | None = None):
         super().__init__(node, os_name, mode, virtual_flow)
         self.written = 0
         self.writes = 0
         self.pending = 0
         self.syncs = 0
+        self.resets = 0
+        # the console is one byte stream per OS life (``writer``): each write says where it
+        # starts in it, and what the device has not confirmed is kept to be sent again if the
+        # device restarts (nodes/uart: a stream is logged exactly once)
+        self.writer = writer
+        self.unconfirmed = bytearray()  # written since ``confirmed``
+        self.confirmed = 0  # stream offset the device's log is known to hold
 
     async def write(self, data: bytes) -> None:
         """Queue bytes for the console (ordered with every other write)."""
         if not data:
             return
-        await self.node.emit(self.flow, "uart_write", {"data": bytes(data)})
+        body: dict[str, Any] = {"data": bytes(data)}
+        if self.writer is not None:
+            body.update(writer=self.writer, at=self.written)
+            self.unconfirmed += data
+        await self.node.emit(self.flow, "uart_write", body)
         self.written += len(data)
         self.writes += 1
         self.pending += 1
+        if len(self.unconfirmed) > UNCONFIRMED_MAX:
+            await self.sync()  # what the log holds need not be kept
 
     async def sync(self, timeout: float = 10.0) -> int:
         """Wait until every write sent so far is in the device's log; returns
         the device's ``logged`` count."""
-        reply = await self.node.emit_request(self.flow, "uart_sync", {}, timeout=timeout)
+        body = {"writer": self.writer} if self.writer is not None else {}
+        reply = await self.node.emit_request(self.flow, "uart_sync", body, timeout=timeout)
         self.pending = 0
         self.syncs += 1
         data = reply.body.get("data") or {}
+        self._confirm(data.get("have"))
         return int(data.get("logged", 0))
 
-    async def quiesce(self) -> None:
-        await self.sync()
+    def _confirm(self, have: Any) -> None:
+        if isinstance(have, int) and have > self.confirmed:
+            del self.unconfirmed[:have - self.confirmed]
+            self.confirmed = have
 
-    def export_state(self) -> dict[str, Any]:
-        return {**super().export_state(), "written": self.written, "writes": self.writes}
+    async def reset(self) -> dict[str, Any]:
+        """The UART restarted: what it had received but not logged died with it."""
+        self.resets += 1
+        return await self.resend()
 
-    def import_state(self, state: dict[str, Any]) -> None:
-        self.written = int(state.get("written", self.written))
-        self.writes = int(state.get("writes", self.writes))
+    async def resend(self) -> dict[str, Any]:
+        """Ask where the log ends in this OS's stream and send the rest again from
+        there (the UART holds back, meanwhile, what reached it past the gap)."""
+        if self.writer is None:
+            return {"resent": 0}
+        reply = await self.node.emit_request(self.flow, "uart_sync", {"writer": self.writer}, timeout=10.0)
+        self._confirm((reply.body.get("data") or {}).get("have"))
+        rest = bytes(self.unconfirmed)
+        await self.node.emit(self.flow, "uart_write", {"data": rest, "writer": self.writer, "at": self.confirmed,
+                                                       "resync": True})
+        return {"resent": len(rest), "from": self.confirmed}
+
+    async def after_switch(self) -> None:
+        """The other way may have lost bytes in flight (a VMM that died): re-send them."""
+        await self.resend()
 
     def stats(self) -> dict[str, Any]:
-        return {"mode": self.mode, "written": self.written, "writes": self.writes, "syncs": self.syncs}
+        return {"mode": self.mode, "written": self.written, "writes": self.writes, "syncs": self.syncs,
+                "resets": self.resets, "unconfirmed": len(self.unconfirmed)}
 
 
 class TimerDriver(DualModeDriver):

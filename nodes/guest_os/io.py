@@ -74,6 +74,7 @@ class _Driver(DualModeDriver):
         self.commands = 0
         self.retries = 0
         self.errors = 0
+        self.resets = 0  # restarts of the device this driver reset it after
         self._idle = trio.Event()
         self._idle.set()
 
@@ -91,7 +92,7 @@ class _Driver(DualModeDriver):
         while True:
             cid = self.next_id
             self.next_id += 1
-            slot = [trio.Event(), None]
+            slot = [trio.Event(), None]  # [completed or to re-issue, the completion]
             self.waiting[cid] = slot
             self._idle = trio.Event() if self._idle.is_set() else self._idle
             self.commands += 1
@@ -119,6 +120,18 @@ class _Driver(DualModeDriver):
             self.retries += 1
             await trio.sleep(0.05)
 
+    def reissue(self) -> int:
+        """The device restarted: what is in flight died with it. Each command
+        waiting for a completion is re-issued now (a new id), not after
+        CMD_TIMEOUT. Safe because every command is idempotent: a read reads
+        again, a write writes the same bytes to the same blocks (the driver
+        holds one transfer at a time), a flush flushes again. Returns how many."""
+        waiting = [slot for slot in self.waiting.values() if slot[1] is None]
+        for slot in waiting:
+            slot[0].set()
+        self.resets += 1
+        return len(waiting)
+
     async def drain(self, timeout: float = 30.0) -> None:
         with trio.fail_after(timeout):
             await self._idle.wait()
@@ -135,7 +148,7 @@ class _Driver(DualModeDriver):
 
     def stats(self) -> dict[str, Any]:
         return {"mode": self.mode, "commands": self.commands, "retries": self.retries, "errors": self.errors,
-                "inflight": len(self.waiting)}
+                "inflight": len(self.waiting), "resets": self.resets}
 
 
 class DiskDriver(_Driver):
@@ -315,6 +328,27 @@ class NicDriver(_Driver):
             log.warning("%s: nic_rx_post to %s failed: %s", space, dest, exc)
             return False
         return True
+
+    async def reset(self) -> dict[str, Any]:
+        """The NIC restarted: it forgot this OS's receive buffers and bound ports.
+        Post every buffer again (replacing any) and bind every port again; the
+        NIC's host sockets come back on the same host ports (its forward table
+        outlives its process: nodes/nic). Datagrams it held are lost, as UDP may
+        lose them; none is duplicated or corrupted (a buffer is the NIC's again
+        only once posted anew). Returns what was restored."""
+        self.resets += 1
+        posted = self.rx_frames is not None and await self.post(
+            self.node.name, sorted(f * PAGE for f in self.rx_frames), reset=True)
+        bound, failed = [], {}
+        for port in sorted(self.ports):
+            done = await self.command("nic_bind", {"port": port})
+            if done.get("status", 0) == 0:
+                bound.append(port)
+            else:
+                failed[str(port)] = done.get("reason", done.get("status"))
+                log.error("%s: port %d not bound again after the NIC restarted: %s", self.node.name, port,
+                          failed[str(port)])
+        return {"posted": bool(posted), "bound": bound, "failed": failed}
 
     async def repost(self, buffers: list[int]) -> None:
         try:

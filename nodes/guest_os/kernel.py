@@ -140,7 +140,7 @@ class Kernel:
         self.ticks = 0
         self.wall_offset_ns = 0  # CLOCK_REALTIME minus the host's: the timer's clock, stepped as NTP steps
         self.counters = {"traps": 0, "syscalls": 0, "tlb_misses": 0, "preempts": 0, "switches": 0,
-                         "exits": 0, "kills": 0, "stray_traps": 0}
+                         "exits": 0, "kills": 0, "stray_traps": 0, "machine_checks": 0}
         self.recorder = Recorder(name)  # the node's own, once the node is built (syscalls, when tracing)
 
     # ---------------------------------------------------------------- helpers
@@ -406,6 +406,56 @@ class Kernel:
         self.procs.pop(proc.pid, None)
         self.hw.process_exited(proc)
 
+    async def machine_check(self, cpu: str, lost: set[int]) -> list[int]:
+        """The CPU died (its process was killed and restarted): what only it held is gone.
+
+        The process that was on it lost its registers; every process with a page
+        in ``lost`` (guest pages whose newest bytes were in the dead CPU's cache)
+        lost memory. Each dies with 128 + SIGBUS, as Linux kills a process on an
+        uncorrectable memory error, rather than run on state that went back in
+        time. The others go on, on the new CPU. Returns the pids killed.
+        """
+        victims = []
+        for proc in sorted(self.procs.values(), key=lambda p: p.pid):
+            pages = sum(1 for gpn, _ in proc.pages.values() if gpn in lost)
+            if proc is self.current:
+                why = f"its registers{f' and {pages} modified page(s)' if pages else ''} were in the CPU"
+            elif pages:
+                why = f"{pages} modified page(s) of it were in the CPU's cache"
+            else:
+                continue
+            victims.append((proc, why))
+        for proc, why in victims:
+            self.counters["machine_checks"] += 1
+            await self.kill(proc, 128 + abi.SIGBUS, f"machine check: {cpu} failed and was restarted; {why}")
+        self.current = None  # nothing runs on the new CPU until the kernel resumes something
+        await self.dispatch()
+        return [p.pid for p, _ in victims]
+
+    async def cpu_returned(self, cpu: dict[str, Any]) -> str:
+        """The VMM died holding the CPU for this OS (emergency devirtualization);
+        ``cpu`` is the CPU's context now (``cpu_save``). Settle it without running
+        an instruction twice or a system call twice:
+
+        - a trapped CPU whose trap this kernel handled (same asid, same
+          instruction count as the last trap of the current process): the
+          resume was lost with the VMM; send it again (``"resumed"``);
+        - a trapped CPU whose trap this kernel never saw: ``"retrap"`` (the
+          orchestrator has the CPU raise it again);
+        - a halted CPU while a process is current: its resume was lost
+          (``"resumed"``); with none current, the next ready one runs.
+        """
+        proc, state = self.current, cpu.get("cpu_state")
+        if proc is not None and proc.state == RUNNING:
+            handled = cpu.get("asid") == proc.asid and cpu.get("instret") == proc.instret
+            if state == "halted" or (state == "trapped" and handled):
+                await self.resume(proc)
+                return "resumed"
+        if state == "trapped":
+            return "retrap"
+        await self.dispatch()
+        return "dispatched" if self.current is not None else state or "unknown"
+
     # --------------------------------------------------------------- devices
 
     async def uart_rx(self, data: bytes) -> None:
@@ -482,6 +532,7 @@ from itertools import filterfalse  # noqa: E402
 import trio  # noqa: E402
 
 import protocol.hw  # noqa: E402,F401  (registers the message kinds)
+import protocol.recovery  # noqa: E402,F401  (peer_restarted)
 import protocol.vmm  # noqa: E402,F401  (mem_pin)
 from nodes.guest_os.drivers import TimerDriver, UartDriver  # noqa: E402
 from nodes.guest_os.io import Io  # noqa: E402  (disk + NIC drivers, file/socket syscalls)
@@ -490,6 +541,12 @@ from nodes.runtime import Node, NodeConfig  # noqa: E402
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout  # noqa: E402
 from protocol.frames import body_frames, to_runs  # noqa: E402
 from protocol.messages import Message  # noqa: E402
+
+
+TICK_SILENCE = 100  # periods without a tick before the timer driver programs the timer again
+TICK_SILENCE_MIN_S = 2.0
+MEM_TRY_S = 3.0  # s for one memory request before it is asked again
+MEM_DEADLINE_S = 60.0  # s before a memory request fails (the process that needed it dies)
 
 
 def _memory_option(value: Any) -> tuple[int, int]:
@@ -551,7 +608,7 @@ class OsNode(Node):
         self.mem_flow = f"mem:{self.name}"
         self.frames = FrameAllocator(first, count, boot_frames)
         self.module = KernelModule(self.frames, opts.get("lend_floor", 0))
-        self.console = UartDriver(self, self.name)
+        self.console = UartDriver(self, self.name, writer=f"{self.name}:{self.party.incarnation}")
         self.timer = TimerDriver(self, self.name)
         self.kernel = Kernel(self.name, self.frames, self)
         self.kernel.recorder = self.recorder
@@ -559,6 +616,11 @@ class OsNode(Node):
         self._events_in, self._events = trio.open_memory_channel(math.inf)
         self.exited: deque[dict[str, Any]] = deque(maxlen=64)
         self.mem_ops = 0
+        self.mem_retries = 0
+        self.peer_incarnations: dict[str, int] = {}  # node -> the incarnation whose restart was handled
+        self.resets: dict[str, int] = {}  # node -> restarts of it this OS reset its driver for
+        self.last_tick = time.monotonic()
+        self.timer_rearms = 0
 
     async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Message:
         """A request on a flow, but never past messages a route change holds
@@ -571,10 +633,27 @@ class OsNode(Node):
     # -- Hardware interface for the kernel ------------------------------------------
 
     async def _mem(self, kind: str, body: dict[str, Any]) -> Message:
+        """One memory request, asked again while the memory controller is away
+        (a request lost with a controller that died, or refused ``recovering``
+        while a restarted one rebuilds its directory): a guest sees a delay,
+        not a killed process. Safe to repeat: a read reads again, a write
+        writes the same bytes again, a pin pins what is pinned; the kernel
+        task issues one at a time, so a repeat never overtakes a later one."""
         self.mem_ops += 1
-        if self.routes.get(self.mem_flow) is not None:
-            return await self.emit_request(self.mem_flow, kind, body, timeout=10.0)
-        return await self.party.request(self.memctl_name, kind, body, timeout=10.0)
+        deadline = trio.current_time() + MEM_DEADLINE_S
+        while True:
+            try:
+                if self.routes.get(self.mem_flow) is not None:
+                    return await self.emit_request(self.mem_flow, kind, body, timeout=MEM_TRY_S)
+                return await self.party.request(self.memctl_name, kind, body, timeout=MEM_TRY_S)
+            except RequestTimeout:
+                if trio.current_time() >= deadline:
+                    raise
+            except RemoteError as exc:
+                if exc.reason != "recovering" or trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(0.05)
+            self.mem_retries += 1
 
     async def mem_read(self, addr: int, length: int) -> bytes:
         reply = await self._mem("mem_read", {"space": self.name, "addr": addr, "length": length})
@@ -610,6 +689,21 @@ class OsNode(Node):
         nursery.start_soon(self._kernel_loop)
         if self.routes.get(self.timer.flow) is not None:
             await self.timer.set_period(self.tick_ms)
+            nursery.start_soon(self._tick_watchdog)
+
+    async def _tick_watchdog(self) -> None:
+        """The driver's own way to notice a timer that came back from a reset
+        without its period (if no restart notice reached it): no tick for
+        TICK_SILENCE periods (and at least TICK_SILENCE_MIN_S), and the period
+        is programmed again. Harmless if the ticks were only late."""
+        while True:
+            silence = max(TICK_SILENCE_MIN_S, TICK_SILENCE * self.timer.period_ms / 1000)
+            await trio.sleep(silence / 2)
+            if self.timer.period_ms > 0 and time.monotonic() - self.last_tick > silence:
+                self.timer_rearms += 1
+                log.warning("%s: no tick for %.1f s: programming the timer again", self.name, silence)
+                await self.timer.after_switch()
+                self.last_tick = time.monotonic()
 
     async def _kernel_loop(self) -> None:
         async for event in self._events:
@@ -661,6 +755,8 @@ class OsNode(Node):
                 await self.party.reply(msg, "error", {"reason": exc.reason, "detail": exc.detail, "ref": "os_exec"})
                 return
             await self.party.reply(msg, "ok", {"data": {"pid": proc.pid}})
+        elif kind == "peer_restarted":
+            await self._peer_restarted(payload)
         elif kind.startswith("mod_"):
             await self._module_request(kind, payload)
         elif kind == "os_kill":
@@ -682,6 +778,43 @@ class OsNode(Node):
                 raise ProtocolError("bad_field", f"no driver {msg.body.get('device')!r} (uart, timer, disk, nic)", "body.device")
             state = await driver.set_mode(msg.body.get("mode"))
             await self.party.reply(msg, "ok", {"data": state})
+
+    async def _peer_restarted(self, msg: Message) -> None:
+        """A node came back as a new incarnation (docs/recovery.md); in the kernel
+        task, so it is ordered with the traps and interrupts around it.
+
+        Our CPU: the machine check (before the new CPU runs anything). A device
+        of ours: its driver resets it, as an OS resets a device after a reset:
+        the timer gets its period again, the NIC our receive buffers and bound
+        ports, the disk our commands in flight (re-issued at once)."""
+        b = msg.body
+        node, inc = b["node"], b.get("incarnation")
+        if inc is not None and inc <= self.peer_incarnations.get(node, 0):
+            await self.party.reply(msg, "ok", {"data": {"node": node, "done": "already"}})
+            return  # an old or repeated notice: that incarnation was reset already
+        if inc is not None:
+            self.peer_incarnations[node] = inc
+        done: dict[str, Any] = {"node": node}
+        if node == self.cpu_name and b["kind"] == "cpu":
+            if "lost" not in b:  # the new CPU is up: the machine check was done before it started
+                await self.party.reply(msg, "ok", {"data": done})
+                return
+            lost = set((b.get("lost") or {}).get(self.name, ()))
+            done["killed"] = await self.kernel.machine_check(node, lost)
+        elif b["kind"] == "vmm" and "cpu" in b:  # the VMM died: the CPU is ours again, natively
+            done["cpu"] = await self.kernel.cpu_returned(b["cpu"])
+        elif node == self.uart_name and self.routes.get(self.console.native_flow) == node:
+            done["console"] = await self.console.reset()
+        elif node == self.timer_name and self.routes.get(self.timer.native_flow) == node:
+            await self.timer.after_switch()
+            done["period_ms"] = self.timer.period_ms
+        elif self.routes.get(self.io.nic.native_flow) == node:
+            done["nic"] = await self.io.nic.reset()
+        elif self.routes.get(self.io.disk.native_flow) == node:
+            done["reissued"] = self.io.disk.reissue()
+        self.resets[node] = self.resets.get(node, 0) + 1
+        log.warning("%s: %s (%s) restarted: %s", self.name, node, b["kind"], done)
+        await self.party.reply(msg, "ok", {"data": done})
 
     async def _module_request(self, kind: str, msg: Message) -> None:
         """The kernel module's messages (DESIGN.md §4-5: FIG. 4, ¶39), frames as runs.
@@ -733,7 +866,8 @@ class OsNode(Node):
     def stats(self) -> dict[str, Any]:
         s = super().stats()
         s.update(kernel={**self.kernel.stats(), **self.module.stats()}, uart=self.console.stats(), timer=self.timer.stats(),
-                 mem_ops=self.mem_ops, procs=self.kernel.ps(), io=self.io.stats())
+                 mem_ops=self.mem_ops, mem_retries=self.mem_retries, procs=self.kernel.ps(), io=self.io.stats(), resets=self.resets,
+                 timer_rearms=self.timer_rearms)
         return s
 
     # -- handlers: everything goes through the one kernel task, in arrival order ------------
@@ -745,6 +879,7 @@ class OsNode(Node):
         self._queue("trap", msg)
 
     async def on_tick(self, msg: Message) -> None:
+        self.last_tick = time.monotonic()
         self._queue("tick", msg)
 
     async def on_alarm(self, msg: Message) -> None:
@@ -779,6 +914,9 @@ class OsNode(Node):
 
     async def on_os_driver_mode(self, msg: Message) -> None:
         self._queue("os_driver_mode", msg)
+
+    async def on_peer_restarted(self, msg: Message) -> None:
+        self._queue("peer_restarted", msg)
 
     async def on_os_ps(self, msg: Message) -> None:
         await self.party.reply(msg, "ok", {"data": {"procs": self.kernel.ps(), "exited": list(self.exited),

@@ -463,6 +463,20 @@ class MemoryController:
             self._drop_holder(frame, initiator)
         return sorted(lost)
 
+    def guest_pages(self, frames: Iterable[int]) -> dict[str, list[int]]:
+        """Where ``frames`` appear as guest pages: {space: [gpn, ...]} (identity
+        spaces reach their owner's frames as themselves, mapped ones through their map)."""
+        wanted = set(frames)
+        out: dict[str, list[int]] = {}
+        for name, sp in self._spaces.items():
+            if sp.identity:
+                gpns = [f for f in wanted if f < len(self._owner) and self._owner[f] == name]
+            else:
+                gpns = [g for g, f in sp.map.items() if f in wanted]
+            if gpns:
+                out[name] = sorted(gpns)
+        return out
+
     def finish_recovery(self) -> None:
         """End recovery: every initiator has written back and dropped its copies."""
         self.recovering = False

@@ -40,25 +40,37 @@ dropped. Then :meth:`MemoryController.finish_recovery`. Until then requests
 other than ``mem_release`` get ``error`` ``recovering``; a CPU retries.
 Plain ``drop_initiator`` was not enough: a CPU keeps its cache across a
 memctl restart, and its modified pages would silently diverge from memory.
+
+A CPU that dies (docs/recovery.md): ``mem_drop_initiator`` {initiator} (from
+the orchestrator, before the new CPU starts) forgets its copies and answers
+``ok`` {data: {frames, pages}}: every frame whose newest bytes died with it
+(held modified; also those dropped earlier because a recall to it timed out,
+which are remembered until then), and the same as guest pages per space, so
+the OS can stop the processes whose memory went back in time (a machine
+check) instead of letting them run on it.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import trio
 
 import protocol.hw  # noqa: F401  (registers the mem_* kinds)
+import protocol.recovery  # noqa: F401  (mem_drop_initiator)
 import protocol.vmm  # noqa: F401  (registers the mem_* administration kinds)
 from nodes.runtime import Node, spawned
 from protocol import authz
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
-from protocol.frames import body_frames, check_runs, from_runs
+from protocol.frames import body_frames, check_runs, from_runs, to_runs
 from protocol.messages import Message
 
 from .directory import DistinctFrames, MemoryController, is_os
 from .errors import MemctlError
+
+log = logging.getLogger("hwemu.memctl")
 
 RECALL_ALL = -1  # mem_recall frame meaning "every frame you hold" (recovery)
 RECALL_TIMEOUT = 2.0
@@ -94,6 +106,8 @@ class MemctlNode(Node):
         self.os_spaces: set[str] = set(self.partitions)
         self.counts = {"recall_timeouts": 0, "dropped_initiators": 0, "lost_frames": 0,
                        "recoveries": 0, "refused": 0}
+        self.lost: dict[str, set[int]] = {}
+        """initiator -> frames whose newest bytes died with it, until ``mem_drop_initiator`` reports them"""
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -124,7 +138,7 @@ class MemctlNode(Node):
                                          timeout=RECALL_TIMEOUT)
             except (RequestTimeout, RemoteError, ProtocolError, KeyError):
                 self.counts["dropped_initiators"] += 1
-                self.mc.drop_initiator(initiator)
+                self._drop(initiator)
 
         async with trio.open_nursery() as n:
             for initiator in sorted(self.mc.known_initiators):
@@ -143,9 +157,30 @@ class MemctlNode(Node):
             # A holder that cannot answer loses its copies (its newest bytes too).
             self.counts["recall_timeouts"] += isinstance(exc, RequestTimeout)
             self.counts["dropped_initiators"] += 1
-            self.counts["lost_frames"] += len(self.mc.drop_initiator(holder))
+            self._drop(holder)
             return None
         return reply.body.get("data")
+
+    def _drop(self, initiator: str) -> list[int]:
+        """Forget ``initiator``'s copies; the modified ones are remembered as lost
+        until the orchestrator asks (``mem_drop_initiator``), so no loss goes unreported."""
+        lost = self.mc.drop_initiator(initiator)
+        self.counts["lost_frames"] += len(lost)
+        if lost:
+            self.lost.setdefault(initiator, set()).update(lost)
+            log.warning("%s: modified copies of %d frames died with %s: %s", self.name, len(lost), initiator,
+                        to_runs(lost))
+        return lost
+
+    async def on_mem_drop_initiator(self, msg: Message) -> None:
+        """A CPU died (the orchestrator saw its process exit): its cached copies are
+        gone. Reply with every frame whose newest bytes went with it, as guest
+        pages per space, so the OS can stop the processes that used them."""
+        self._admin(msg)
+        initiator = msg.body["initiator"]
+        self._drop(initiator)
+        frames = sorted(self.lost.pop(initiator, ()))
+        await self.party.reply(msg, "ok", {"data": {"frames": frames, "pages": self.mc.guest_pages(frames)}})
 
     # -- requests ---------------------------------------------------------------------
 

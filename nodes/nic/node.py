@@ -27,6 +27,9 @@ directly as requests:
   requests get a ``nic_done`` reply.
 - ``nic_forward`` {guest_port, host_port} (direct request) — add or change a
   ``forward`` entry (taking effect at the port's next bind); reply ``ok``.
+  The table outlives a crash of this process (``<run_dir>/<name>.forward.json``,
+  removed when it stops cleanly), so a NIC restarted by the supervisor binds
+  the guest's ports again on the same host ports (docs/recovery.md).
 - ``nic_rx_post`` {buffers, space, reset?} — no completion: the driver posts
   receive buffers, the guest physical addresses (page-aligned) of page frames
   of its own address space ``space`` (an issuer may only post its own:
@@ -61,7 +64,11 @@ Options: ``forward`` ({guest_port: host_port}; host_port 0 = any free port,
 ``mtu`` (largest datagram, default and at most 65507).
 
 ``stats`` adds ``ports`` {guest_port: {host_port, owner, rx, tx, drops,
-queued, inflight}}, ``buffers`` {owner: posted and free}, and totals
+host_drops, queued, inflight}} (``host_drops``: datagrams the host kernel
+dropped because the port's socket queue was full under a flood, read from
+/proc/net/udp), ``rx_dropped`` {total, ring, host} (every received datagram
+that never reached the guest is counted in one of them; ``hwemu status``
+shows the total), ``buffers`` {owner: posted and free}, and totals
 (``refused`` non-loopback sends, ``oversize``, ``unrouted`` interrupts,
 ``stale_acks``, ``no_buffers``, ``dma_errors``, ``bad_posts``).
 """
@@ -70,9 +77,12 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import logging
+import os
 import socket
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -88,6 +98,7 @@ MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
 PAGE = 4096  # one receive buffer: a page frame of the driver's
 DMA_TIMEOUT = 10.0  # s for one memctl request
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+PROC_UDP = Path("/proc/net/udp")  # Linux: per socket, the datagrams its full receive queue dropped
 EPHEMERAL = range(49152, 65536)  # guest ports the NIC picks for bind(port 0)
 HOST = "127.0.0.1"
 
@@ -102,7 +113,8 @@ class _Refused(Exception):
 class _Port:
     """One bound guest port: its host socket, receive ring and counters."""
 
-    __slots__ = ("guest", "owner", "sock", "host_port", "queue", "inflight", "rx", "tx", "drops", "scope")
+    __slots__ = ("guest", "owner", "sock", "host_port", "queue", "inflight", "rx", "tx", "drops", "host_drops",
+                 "scope")
 
     def __init__(self, guest: int, owner: str, sock: trio.socket.SocketType, host_port: int):
         self.guest = guest
@@ -113,12 +125,14 @@ class _Port:
         self.inflight = 0  # emitted, not yet acked by the driver
         self.rx = 0  # datagrams delivered to the guest (emitted)
         self.tx = 0
-        self.drops = 0
+        self.drops = 0  # dropped here: ring full, no buffers, DMA failed, nobody took the interrupt
+        self.host_drops = 0  # dropped by the host kernel: the socket's receive queue was full (/proc/net/udp)
         self.scope = trio.CancelScope()
 
     def view(self) -> dict[str, Any]:
         return {"host_port": self.host_port, "owner": self.owner, "rx": self.rx, "tx": self.tx,
-                "drops": self.drops, "queued": len(self.queue), "inflight": self.inflight}
+                "drops": self.drops, "host_drops": self.host_drops, "queued": len(self.queue),
+                "inflight": self.inflight}
 
 
 def _port_number(value: Any, what: str, *, zero: bool = False) -> int:
@@ -147,7 +161,10 @@ class Nic(Node):
         super().__init__(cfg)
         opts = cfg.options
         self.forward: dict[int, int] = {}
-        for guest, host in (opts.get("forward") or {}).items():
+        # the forwards added at runtime (nic_forward) outlive a crash of this process, as a
+        # host's NAT table outlives a reset of its card: kept here, removed at a clean stop
+        self.forward_file = Path(cfg.run_dir) / f"{cfg.name}.forward.json"
+        for guest, host in {**(opts.get("forward") or {}), **self._saved_forwards()}.items():
             try:
                 g = _port_number(int(guest), "guest port")
                 h = _port_number(host, "host port", zero=True)
@@ -165,10 +182,31 @@ class Nic(Node):
         self.ports: dict[int, _Port] = {}
         self.buffers: dict[str, deque[tuple[str, int]]] = {}  # owner -> posted buffers (space, addr)
         self.counts = {"refused": 0, "oversize": 0, "unrouted": 0, "stale_acks": 0, "errors": 0,
-                       "no_buffers": 0, "dma_errors": 0, "bad_posts": 0}
+                       "no_buffers": 0, "dma_errors": 0, "bad_posts": 0,
+                       "closed_drops": 0, "closed_host_drops": 0}  # drops of ports closed since
         self._wake = trio.Event()  # a datagram was queued
 
     # -- life cycle -------------------------------------------------------------
+
+    def _saved_forwards(self) -> dict[str, int]:
+        try:
+            saved = json.loads(self.forward_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("%s: ignoring %s: %s", self.name, self.forward_file, exc)
+            return {}
+        if saved:
+            log.warning("%s: restarted: forwards added at runtime restored: %s", self.name, saved)
+        return saved if isinstance(saved, dict) else {}
+
+    def _save_forwards(self) -> None:
+        tmp = self.forward_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({str(g): h for g, h in sorted(self.forward.items())}))
+            os.replace(tmp, self.forward_file)
+        except OSError as exc:  # a full disk costs the forwards a restart, not the request
+            log.warning("%s: cannot keep the forwards in %s: %s", self.name, self.forward_file, exc)
 
     async def work(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._rx_pump)
@@ -178,10 +216,40 @@ class Nic(Node):
             port.scope.cancel()
             port.sock.close()
         self.ports.clear()
+        self.forward_file.unlink(missing_ok=True)  # stopped, not killed: the next start is a fresh card
+
+    def _count_host_drops(self) -> None:
+        """Read each host socket's drop count (its receive queue was full) from the
+        host kernel; on a host without /proc/net/udp they stay uncounted (0)."""
+        if not self.ports:
+            return
+        try:
+            table = PROC_UDP.read_text().splitlines()[1:]
+        except OSError:
+            return
+        drops = {}  # socket inode -> drops (the last two columns: ... inode ref pointer drops)
+        for line in table:
+            cols = line.split()
+            if len(cols) >= 13:
+                drops[cols[9]] = int(cols[-1])
+        for port in self.ports.values():
+            try:
+                inode = str(os.fstat(port.sock.fileno()).st_ino)
+            except OSError:
+                continue
+            port.host_drops = drops.get(inode, port.host_drops)
+
+    def dropped(self) -> dict[str, int]:
+        """Received datagrams that never reached the guest, by where they were dropped."""
+        self._count_host_drops()
+        ring = sum(p.drops for p in self.ports.values()) + self.counts["closed_drops"]
+        host = sum(p.host_drops for p in self.ports.values()) + self.counts["closed_host_drops"]
+        return {"total": ring + host, "ring": ring, "host": host}
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()
         s.update(self.counts)
+        s["rx_dropped"] = self.dropped()  # first: it reads the host's counts the ports show
         s["ports"] = {str(g): p.view() for g, p in sorted(self.ports.items())}
         s["forward"] = {str(g): h for g, h in sorted(self.forward.items())}
         s["buffers"] = {o: len(b) for o, b in sorted(self.buffers.items())}
@@ -261,7 +329,10 @@ class Nic(Node):
 
     async def _close(self, msg: Message) -> dict[str, Any]:
         port = self._owned(msg, msg.body["port"], "port")
+        self._count_host_drops()
         del self.ports[port.guest]
+        self.counts["closed_drops"] += port.drops
+        self.counts["closed_host_drops"] += port.host_drops
         port.scope.cancel()
         port.sock.close()
         return {"port": port.guest}
@@ -341,6 +412,7 @@ class Nic(Node):
             await self.party.reply(msg, "error", {"reason": "bad_field", "detail": exc.reason, "ref": "nic_forward"})
             return
         self.forward[g] = h
+        self._save_forwards()
         await self.party.reply(msg, "ok", {"data": {"forward": {str(k): v for k, v in sorted(self.forward.items())}}})
 
     # -- receive: host socket -> ring -> nic_rx on irq:<name> --------------------------

@@ -7,9 +7,15 @@ Message interface:
   are appended to the log and flushed before the node handles anything else,
   then queued to every connected TCP client. A direct (non-flow) write is
   answered ``ok`` {data: {"logged": n}}; a flow write is not answered.
-- ``uart_sync`` — reply ``ok`` {data: {"logged": bytes in the log file}}.
-  Since handlers run in arrival order, once it answers, every write sent
-  before it is in the file.
+- ``uart_sync`` {writer?} — reply ``ok`` {data: {"logged": bytes in the log
+  file, "have": where ``writer``'s stream ends in the log}}. Since handlers
+  run in arrival order, once it answers, every write sent before it is in
+  the file.
+- A write may carry ``writer`` and ``at`` (its offset in that writer's
+  stream; ``resync``: the writer re-sends from there): it is logged exactly
+  once, in stream order, across a crash of this node or of a VMM it went
+  through (``<log>.writers`` keeps where each stream ends; see
+  ``_in_stream`` and docs/recovery.md).
 - emits ``uart_rx`` {data} on ``irq:<name>``: bytes typed by TCP clients, in
   arrival order, coalesced up to ``RX_CHUNK`` bytes per message.
 
@@ -17,7 +23,12 @@ Options: ``log`` (path, default ``<run_dir>/<name>.console.log``), ``port``
 (TCP port on 127.0.0.1, 0 picks one; ``stats`` shows it as ``tcp_port``),
 ``client_buffer`` (bytes queued per client before it is dropped, default
 256 KiB), ``rx_buffer`` (typed bytes held while ``irq:<name>`` has no route,
-default 64 KiB; the excess is dropped and counted).
+default 64 KiB; the excess is dropped and counted), ``log_max`` (bytes, default
+64 MiB: once the log reaches it, it is renamed ``<log>.1``, replacing the
+previous one, and a new log begins, so the console never takes more than
+twice that on disk; ``stats``: ``rotations``; ``logged`` counts the bytes of
+the current log, and a reader that kept the old file open finishes it, then
+opens the new one, as after a logrotate).
 
 Neither a slow nor a dead client can stall the node: each client has its own
 writer task and bounded queue, and a client whose queue overflows is
@@ -26,9 +37,11 @@ disconnected (``drops``).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -42,6 +55,8 @@ from protocol.messages import Message
 
 log = logging.getLogger("hwemu.uart")
 
+RESYNC_WAIT_S = 2.0  # how long writes past a gap in their stream wait for the writer to fill it
+WRITERS_KEPT = 64  # writer streams remembered (one per OS life)
 RX_CHUNK = 4096  # bytes per uart_rx: a burst of typing or a pasted line
 _SNDBUF = 64 * 1024  # a fixed kernel send buffer keeps "bounded" bounded (no autotuning to MBs)
 
@@ -114,6 +129,13 @@ class Uart(Node):
         self.port = port
         self.client_buffer = _size_option(opts, "client_buffer", 256 * 1024)
         self.rx_buffer = _size_option(opts, "rx_buffer", 64 * 1024)
+        self.log_max = _size_option(opts, "log_max", 64 << 20)
+        self.writers: dict[str, int] = {}  # writer -> where its stream ends in the log
+        self._gaps: dict[str, float] = {}  # writer -> since when its writes wait for a gap to be filled
+        self._writers_file = None
+        self._writers_len = 0
+        self.held_writes = self.dup_bytes = self.gap_bytes = 0
+        self.rotations = 0
         self.rx_flow = f"irq:{cfg.name}"
         self.tcp_port = 0
         self.logged = 0
@@ -131,6 +153,14 @@ class Uart(Node):
 
     async def setup(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        writers_path = self.log_path.with_name(self.log_path.name + ".writers")
+        try:  # left by a life of this node that was killed: its writers must re-sync
+            self.writers = {w: int(n) for w, n in json.loads(writers_path.read_bytes() or b"{}").items()}
+        except (OSError, ValueError, AttributeError):
+            self.writers = {}
+        self._writers_file = open(writers_path, "wb")
+        if self.writers:
+            self._save_writers()
         self._log = open(self.log_path, "ab")
         self.logged = os.fstat(self._log.fileno()).st_size
         # loopback only: the console is as private as the machine's run directory
@@ -142,6 +172,9 @@ class Uart(Node):
         nursery.start_soon(trio.serve_listeners, self._serve_client, self._listeners)
 
     async def teardown(self) -> None:
+        if self._writers_file is not None:  # stopped, not killed: the next start is a fresh device
+            self._writers_file.close()
+            self.log_path.with_name(self.log_path.name + ".writers").unlink(missing_ok=True)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -152,19 +185,70 @@ class Uart(Node):
         s = super().stats()
         s.update(tcp_port=self.tcp_port, log=str(self.log_path), logged=self.logged,
                  bytes_out=self.bytes_out, bytes_in=self.bytes_in, clients=len(self.clients),
-                 drops=self.drops, rx_dropped=self.rx_dropped)
+                 drops=self.drops, rx_dropped=self.rx_dropped, log_max=self.log_max, rotations=self.rotations,
+                 held_writes=self.held_writes, dup_bytes=self.dup_bytes, gap_bytes=self.gap_bytes)
         return s
 
     # -- output: uart_write -> log file -> TCP clients ------------------------------
 
+    def _in_stream(self, body: dict[str, Any]) -> bytes | None:
+        """What of a write goes into the log, by its place in its writer's stream.
+
+        A write that names its ``writer`` (an OS's console driver: ``<os>:<its
+        incarnation>``) and its byte offset ``at`` in that stream is logged
+        exactly once: bytes the log has already are skipped (``dup_bytes``); a
+        write past a gap (bytes lost in a process that died: this node's
+        previous life, a VMM) is held back (dropped, ``held_writes``) for up to
+        RESYNC_WAIT_S, while the driver re-sends from where the log ends
+        (``resync``, after ``uart_sync`` {writer}); after that it is taken as
+        it comes and the gap counted (``gap_bytes``). ``<log>.writers`` keeps
+        where each stream ends, so this holds across a crash of this node.
+        """
+        data, writer, at = body["data"], body.get("writer"), body.get("at")
+        if not isinstance(writer, str) or not isinstance(at, int):
+            return data
+        expected = self.writers.get(writer)
+        if expected is None or body.get("resync"):
+            expected = at
+        if at > expected:
+            since = self._gaps.setdefault(writer, time.monotonic())
+            if time.monotonic() - since < RESYNC_WAIT_S:
+                self.held_writes += 1
+                return None
+            self.gap_bytes += at - expected
+            expected = at
+        self._gaps.pop(writer, None)
+        if at < expected:
+            skip = min(len(data), expected - at)
+            self.dup_bytes += skip
+            data = data[skip:]
+        self.writers[writer] = max(expected, at + len(body["data"]))
+        return data
+
+    def _save_writers(self) -> None:
+        """Where each writer's stream ends in the log (page cache: survives a kill -9 of this process)."""
+        doc = json.dumps(dict(list(self.writers.items())[-WRITERS_KEPT:])).encode()
+        self._writers_file.seek(0)
+        self._writers_file.write(doc.ljust(max(len(doc), self._writers_len)))
+        self._writers_file.flush()
+        self._writers_len = len(doc)
+
     async def on_uart_write(self, msg: Message) -> None:
-        data = msg.body["data"]
+        data = self._in_stream(msg.body)
+        if data is None:
+            if msg.flow is None:
+                await self.party.reply(msg, "ok", {"data": {"logged": self.logged, "held": True}})
+            return
         # the log is the durable record: written and flushed before anything
         # after this message is handled (uart_sync relies on that ordering)
         self._log.write(data)
         self._log.flush()
         self.logged += len(data)
         self.bytes_out += len(data)
+        if "writer" in msg.body:
+            self._save_writers()
+        if self.logged >= self.log_max:
+            self._rotate()
         queued = False
         for client in list(self.clients):
             if client.out.pending + len(data) > self.client_buffer:
@@ -180,8 +264,20 @@ class Uart(Node):
         if msg.flow is None:
             await self.party.reply(msg, "ok", {"data": {"logged": self.logged}})
 
+    def _rotate(self) -> None:
+        """The log is full: it becomes ``<log>.1`` (the previous one goes) and a new one begins."""
+        self._log.close()
+        os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+        self._log = open(self.log_path, "ab")
+        self.logged = 0
+        self.rotations += 1
+
     async def on_uart_sync(self, msg: Message) -> None:
-        await self.party.reply(msg, "ok", {"data": {"logged": self.logged}})
+        data = {"logged": self.logged}
+        writer = msg.body.get("writer")
+        if isinstance(writer, str):  # where that writer's stream ends in the log (None: nothing of it)
+            data["have"] = self.writers.get(writer)
+        await self.party.reply(msg, "ok", {"data": data})
 
     def _drop(self, client: _Client) -> None:
         log.warning("%s: client %s does not keep up (%d bytes queued): disconnected",

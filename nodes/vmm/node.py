@@ -437,11 +437,14 @@ class VmmNode(FrameBroker, DeviceMux, Node):
     async def on_uart_write(self, msg: Message) -> None:
         os_name = self._io_os(msg)
         self.counts["uart_bytes"] += len(msg.body["data"])
-        await self.emit(self._uart_flow(os_name), "uart_write", {"data": msg.body["data"]})
+        # the console driver's stream position travels on: the UART logs each stream once (nodes/uart)
+        await self.emit(self._uart_flow(os_name), "uart_write",
+                        {k: v for k, v in msg.body.items() if k in ("data", "writer", "at", "resync")})
 
     @spawned
     async def on_uart_sync(self, msg: Message) -> None:
-        reply = await self.emit_request(self._uart_flow(self._io_os(msg)), "uart_sync", {}, timeout=10.0)
+        reply = await self.emit_request(self._uart_flow(self._io_os(msg)), "uart_sync",
+                                        {k: v for k, v in msg.body.items() if k == "writer"}, timeout=10.0)
         await self.party.reply(msg, "ok", {"data": reply.body.get("data") or {}})
 
     # -- control (orchestrator) -----------------------------------------------------------------

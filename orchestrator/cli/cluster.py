@@ -38,6 +38,9 @@ def _status_table(data: dict) -> Table:
             state = f"[bold yellow]unresponsive[/] (no heartbeat {n['silent_s']:.1f} s)"
         elif n["kind"] == "cpu" and isinstance(n["stats"].get("cpu_state"), str):
             state += f" / {n['stats']['cpu_state']}"
+        dropped = (n["stats"].get("rx_dropped") or {}).get("total") if n["kind"] == "nic" else None
+        if dropped:
+            state += f" / {dropped} dropped"  # received datagrams that never reached the guest
         table.add_row(n["name"], n["kind"], str(n["pid"]), state, "yes" if n["alive"] else "[red]no[/]",
                       f"{n['uptime']:.1f}", str(n["msgs_in"]), str(n["msgs_out"]), str(n["restarts"]), n["endpoint"])
     return table

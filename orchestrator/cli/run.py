@@ -166,13 +166,29 @@ async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, ar
     pid = reply.body["data"]["pid"]
     if info is not None:
         info["pid"] = pid
-    with open(log_path, "rb") as f:
+    with contextlib.ExitStack() as files:
+        f = files.enter_context(open(log_path, "rb"))
         f.seek(start)
         pos = start
+
+        def follow(f: BinaryIO, pos: int) -> tuple[BinaryIO, int]:
+            """Copy what is new; if the UART began a new log (its ``log_max``), finish the
+            old one and go on at the start of the new one."""
+            pos += copy(f, None)
+            try:
+                rotated = os.stat(log_path).st_ino != os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                rotated = False
+            if rotated:
+                copy(f, None)
+                f = files.enter_context(open(log_path, "rb"))
+                pos = copy(f, None)
+            return f, pos
+
         with trio.fail_after(timeout) if timeout else contextlib.nullcontext():
             next_check = trio.current_time() + CHECK_S
             while pid not in exits:
-                pos += copy(f, None)
+                f, pos = follow(f, pos)
                 with trio.move_on_after(POLL_S):
                     await arrived().wait()
                 if pid not in exits and trio.current_time() >= next_check:
@@ -182,6 +198,7 @@ async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, ar
             logged = (await party.request(uart["name"], "uart_sync", timeout=10)).body["data"]["logged"]
         except RequestTimeout as exc:
             raise Lost(str(exc)) from None
+        f, pos = follow(f, pos)
         copy(f, max(0, logged - pos))
     return pid
 

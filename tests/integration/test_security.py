@@ -143,10 +143,10 @@ async def test_a_foreign_process_a_stolen_name_and_a_replay_are_refused_by_every
     # what the orchestrator really sends and receives, to replay it
     sent: dict[str, list[bytes]] = {}
     received: list[list[bytes]] = []
-    real_frame, real_recv = orch.party._frame, orch.party._recv_now
+    real_seal, real_recv = orch.party._seal, orch.party._recv_now
 
-    def frame(msg: Message) -> bytes:
-        out = real_frame(msg)
+    def seal(msg: Message, frame: bytes) -> bytes:
+        out = real_seal(msg, frame)
         sent.setdefault(msg.dst, []).append(out)
         return out
 
@@ -156,7 +156,7 @@ async def test_a_foreign_process_a_stolen_name_and_a_replay_are_refused_by_every
             received.append(got)
         return got
 
-    orch.party._frame, orch.party._recv_now = frame, recv
+    orch.party._seal, orch.party._recv_now = seal, recv
     for name in targets[:-1]:
         await orch.request(name, "stats")  # delivered, so each is a frame seen already
     owners_before = (await orch.request("memctl", "mem_owners")).body["data"]

@@ -186,7 +186,8 @@ async def test_parties_with_keys_talk_and_a_keyless_or_replayed_frame_is_dropped
             await n.start(alice.serve, lambda m: trio.lowlevel.checkpoint())
             await n.start(bob.serve, pong)
             assert (await alice.request("bob", "ping")).kind == "pong"
-            captured.append(alice._frame(alice.make("bob", "ping", {})))
+            ping = alice.make("bob", "ping", {})
+            captured.append(alice._seal(ping, encode(ping)))
             out = zmq.Context.instance().socket(zmq.DEALER)
             out.setsockopt(zmq.LINGER, 0)
             out.setsockopt(zmq.ROUTING_ID, b"alice")  # alice's name, not her key
