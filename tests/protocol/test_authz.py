@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import protocol.hw  # noqa: F401  (registers the hardware kinds)
+import protocol.recovery  # noqa: F401
 import protocol.vmm  # noqa: F401
 from orchestrator.topology import load
 from protocol import authz
