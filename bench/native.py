@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import protocol.hw  # noqa: E402,F401  (registers os_exec / proc_exit)
-from orchestrator.client import call  # noqa: E402
+from orchestrator.client import call, client_auth  # noqa: E402
 from protocol.transport import Party  # noqa: E402
 
 HWEMU = ROOT / ".venv/bin/hwemu"
@@ -81,7 +81,7 @@ async def exec_timed(rd: Path, elf: bytes, argv: list[str]) -> tuple[float, floa
     status = await call(rd, "ctl_status", {}, 30.0)
     directory = {n["name"]: n["endpoint"] for n in status["nodes"]}
     me = f"bench-native-{os.getpid()}"
-    party = Party(me, f"ipc://{rd}/{me}.sock", directory, advertise=True)
+    party = Party(me, f"ipc://{rd}/{me}.sock", directory, advertise=True, auth=client_auth(rd, me))
     exited = trio.Event()
     exit_body: dict = {}
 

@@ -70,7 +70,8 @@ from typing import Any, Awaitable, Callable
 import msgpack
 import trio
 
-from protocol import logs, sched
+from protocol import authz, logs, sched
+from protocol.auth import keyring_from_config
 from protocol.errors import ProtocolError, RemoteError
 from protocol.faults import Injector
 from protocol.messages import Message, decode, encode, error_body
@@ -93,6 +94,7 @@ class NodeConfig:
     options: dict[str, Any] = field(default_factory=dict)
     heartbeat: float = 1.0
     run_dir: str = "."
+    auth: dict[str, Any] | None = None  # keys (protocol/auth.py node_auth) and node kinds; None: no MAC
 
     @classmethod
     def load(cls, path: str) -> "NodeConfig":
@@ -222,13 +224,17 @@ class Node:
         self.cfg = cfg
         self.name = cfg.name
         self.options = cfg.options
-        self.party = Party(cfg.name, cfg.endpoint, cfg.directory)
+        self.party = Party(cfg.name, cfg.endpoint, cfg.directory,
+                           auth=keyring_from_config(cfg.name, cfg.auth) if cfg.auth else None)
         # trace ring and fault history, both off until asked for; the
         # transport's: it records every message in and out
         self.recorder = self.party.recorder
         self._trace_dump: list[list[Any]] | None = None  # the events of the trace stopped last, for trace_dump
         self.routes = RouteTable.from_wire(cfg.routes)
         self.party.epoch = self.routes.epoch
+        # who may ask what (protocol/authz.py), judged before any handler runs; None without keys
+        self._authz = authz.context_from_config(cfg.name, self.routes, cfg.auth, cfg.orchestrator)
+        self.forbidden_by: dict[str, int] = {}  # rule -> requests it refused
         self.out_flows: dict[str, _OutFlow] = {}
         self.in_flows: dict[str, _InFlow] = {}
         self.state = "starting"
@@ -361,6 +367,9 @@ class Node:
     def stats(self) -> dict[str, Any]:
         """Counters for ``status`` (override and extend with ``super().stats()``)."""
         s: dict[str, Any] = dict(self.party.counters)
+        s["forbidden"] = sum(self.forbidden_by.values())
+        s["forbidden_by"] = dict(self.forbidden_by)
+        s["auth_failures"] = dict(self.party.auth_failures)
         s["state"] = self.state
         s["epoch"] = self.routes.epoch
         s["flows_out"] = {f: o.fseq for f, o in self.out_flows.items()}
@@ -376,6 +385,10 @@ class Node:
     # -- dispatch ---------------------------------------------------------------
 
     async def _dispatch(self, msg: Message) -> None:
+        if self._authz is not None:
+            rule = authz.CHECKED.get(msg.kind)
+            if rule is not None and not rule.allows(msg, self._authz):
+                self._refuse(msg)
         handler = self._handlers.get(msg.kind)
         flow = msg.flow
         if flow is not None:
@@ -429,6 +442,22 @@ class Node:
         rec("flow", "deliver", flow=msg.flow, fseq=msg.fseq, src=msg.src, inc=msg.inc)
         if msg.flow.startswith("irq:"):
             rec("irq", "deliver", flow=msg.flow)
+
+    def _refuse(self, msg: Message) -> None:
+        """Count a request its sender may not make and refuse it (before its flow's
+        accounting: a refused message is no part of the flow).
+
+        Raises:
+            ProtocolError: ``forbidden``, naming the rule (the serve loop answers it).
+        """
+        rule = authz.rule_for(msg.kind)
+        n = self.forbidden_by[rule.name] = self.forbidden_by.get(rule.name, 0) + 1
+        detail = authz.refusal(msg, self._authz)
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th ... of a rule: a flood logs little
+            log.warning("%s: %s (flow %s, %d so far by this rule)", self.name, detail, msg.flow, n)
+        if self.recorder.on:
+            self.recorder("authz", "forbidden", kind=msg.kind, src=msg.src, rule=rule.name)
+        raise ProtocolError("forbidden", detail, "src")
 
     async def _guarded(self, handler: Callable[[Message], Awaitable[None]], msg: Message) -> None:
         try:
@@ -1017,6 +1046,8 @@ class Node:
                           moved={f: r for f, r in routes.items() if self.routes.get(f) != r})
         self.routes = table
         self.party.epoch = table.epoch
+        if self._authz is not None:
+            self._authz.routes = table
         for flow, n in nxt.items():
             if table.get(flow) == self.name:
                 self.in_flows.setdefault(flow, _InFlow()).next_is(n)

@@ -30,6 +30,7 @@ from orchestrator.journal import Journal
 from orchestrator.routes import RouteAuthority, RouteChangeError
 from orchestrator.supervisor import NodeProc, Supervisor
 from orchestrator.topology import ORCHESTRATOR, Topology
+from protocol import auth, authz
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message, error_body
 from protocol.routes import RouteTable, flow_sender
@@ -45,13 +46,21 @@ class Orchestrator:
     through ``python -m orchestrator.daemon`` (``hwemu up``).
     """
 
-    def __init__(self, topology: Topology, run_dir: Path):
+    def __init__(self, topology: Topology, run_dir: Path, *, sign: bool = True):
+        """``sign=False`` runs the plane without MACs: only for ``bench/msgplane.py --mac``,
+        which measures what they cost; nothing a user runs can ask for it."""
         self.topology = topology
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # private (0700, ours): its sockets, configs and keys are the cluster's
+        # capabilities; one open to other accounts is refused (PermissionError)
+        auth.make_private_dir(self.run_dir)
         topology.check_run_dir(self.run_dir)
         self.directory = topology.directory(self.run_dir)
-        self.party = Party(ORCHESTRATOR, self.directory[ORCHESTRATOR], self.directory)
+        self._master = auth.master_secret(self.run_dir) if sign else None
+        if self._master is not None:
+            auth.write_client_file(self.run_dir, self._master, self.directory)
+        self.party = Party(ORCHESTRATOR, self.directory[ORCHESTRATOR], self.directory,
+                           auth=self._master and auth.orchestrator_keyring(self._master, ORCHESTRATOR, self.directory))
         self.recorder = self.party.recorder  # choreography steps and route changes, when tracing
         self.trace_events: list | None = None  # the orchestrator's events of the trace stopped last
         routes = topology.routes
@@ -77,6 +86,7 @@ class Orchestrator:
         """os -> its boot memory map as the FIG. 2b firmware computed it (restored after a borrowed boot)."""
         self.firmware: dict[str, Any] = {}
         """What the FIG. 2b boot did (frames moved, map sizes, what the VMM discovered)."""
+        self.forbidden_by: dict[str, int] = {}  # rule -> control requests it refused (protocol/authz.py)
         self.adopted: dict[str, int] = {}
         """nodes re-attached at start (a previous orchestrator started them): name -> pid."""
         self.faults = faults.register(self)  # the nemeses and their ctl_fault_* requests
@@ -93,6 +103,8 @@ class Orchestrator:
             "directory": self.directory, "routes": self.routes.table.to_wire(),
             "orchestrator": ORCHESTRATOR, "options": options,
             "heartbeat": self.topology.heartbeat, "run_dir": str(self.run_dir),
+            "auth": self._master and {**auth.node_auth(self._master, spec.name, self.directory),
+                                      "kinds": {n: s.kind for n, s in self.topology.nodes.items()}},
         }
 
     async def _restarted(self, np: NodeProc) -> None:
@@ -304,6 +316,13 @@ class Orchestrator:
     # -- the orchestrator's inbox -------------------------------------------------
 
     async def _dispatch(self, msg: Message) -> None:
+        if self._master is not None:  # who may ask what (protocol/authz.py): no node may steer the cluster
+            ctx = authz.Context(ORCHESTRATOR, self.routes.table,
+                                {n: s.kind for n, s in self.topology.nodes.items()}, ORCHESTRATOR)
+            if not authz.allowed(msg, ctx):
+                rule = authz.rule_for(msg.kind).name
+                self.forbidden_by[rule] = self.forbidden_by.get(rule, 0) + 1
+                raise ProtocolError("forbidden", authz.refusal(msg, ctx), "src")
         if msg.kind == "ready":
             self.supervisor.mark_ready(msg.src, msg.body["pid"])
             if isinstance(msg.body.get("incarnation"), int):
@@ -367,7 +386,9 @@ class Orchestrator:
             "cluster": self.topology.name, "topology": self.topology.source,
             "orchestrator": {"pid": os.getpid(), "state": self.state,
                              "uptime": round(time.monotonic() - self.started, 3),
-                             "endpoint": self.directory[ORCHESTRATOR]},
+                             "endpoint": self.directory[ORCHESTRATOR],
+                             "auth_failed": self.party.counters["auth_failed"],
+                             "forbidden": sum(self.forbidden_by.values()), "forbidden_by": dict(self.forbidden_by)},
             "nodes": [np.view(stale_after=self.stale_after) for np in self.supervisor.nodes.values()],
             "routes": self.routes.table.to_wire(),
             "virt": self.virt.view(self.topology),
@@ -485,9 +506,9 @@ ctl.register("ctl_trace_save", Orchestrator.ctl_trace_save)
 
 
 @asynccontextmanager
-async def running(topology: Topology, run_dir: Path) -> AsyncIterator[Orchestrator]:
+async def running(topology: Topology, run_dir: Path, *, sign: bool = True) -> AsyncIterator[Orchestrator]:
     """A started cluster that is stopped (every process, by pid) on exit, even on error."""
-    orch = Orchestrator(topology, run_dir)
+    orch = Orchestrator(topology, run_dir, sign=sign)
     async with trio.open_nursery() as nursery:
         try:
             await orch.start(nursery)

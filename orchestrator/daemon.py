@@ -34,6 +34,7 @@ import trio
 from orchestrator.cluster import Orchestrator
 from orchestrator.topology import TopologyError, load
 from protocol import logs, sched
+from protocol.auth import make_private_dir
 
 LOCK = "cluster.lock"
 STATE = "cluster.json"
@@ -108,7 +109,11 @@ def _hold_hook(orch: Orchestrator) -> None:
 
 async def serve(topology_path: str, run_dir: Path) -> int:
     """Run a cluster until told to stop. Returns the process exit code."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        make_private_dir(run_dir)
+    except OSError as exc:
+        print(f"hwemu: {exc}", file=sys.stderr)
+        return 2
     lock = open(run_dir / LOCK, "a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

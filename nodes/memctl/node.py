@@ -62,6 +62,7 @@ import protocol.hw  # registers the mem_* kinds
 import protocol.recovery  # registers mem_drop_initiator
 import protocol.vmm  # noqa: F401  (registers the mem_* administration kinds)
 from nodes.runtime import Node, spawned
+from protocol import authz
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.frames import body_frames, check_runs, from_runs, to_runs
 from protocol.messages import Message
@@ -73,7 +74,7 @@ log = logging.getLogger("hwemu.memctl")
 
 RECALL_ALL = -1  # mem_recall frame meaning "every frame you hold" (recovery)
 RECALL_TIMEOUT = 2.0
-ADMINS = frozenset({"orch", "vmm"})
+ADMINS = frozenset({"orch", "vmm"})  # by name, when the node runs without keys (else: protocol/authz.py)
 
 
 def _frames(body: dict[str, Any]) -> list[int]:
@@ -245,8 +246,12 @@ class MemctlNode(Node):
 
     # -- administration (orchestrator / VMM) -------------------------------------------
 
+    def _by_admin(self, msg: Message) -> bool:
+        """The orchestrator or the VMM: the rules table's ``admin`` (by node kind), or by name without keys."""
+        return authz.ADMIN.allows(msg, self._authz) if self._authz is not None else msg.src in ADMINS
+
     def _admin(self, msg: Message) -> None:
-        if msg.src not in ADMINS:
+        if not self._by_admin(msg):
             self.counts["refused"] += 1
             raise ProtocolError("forbidden", f"{msg.kind} is accepted only from {', '.join(sorted(ADMINS))}, "
                                              f"not from {msg.src!r}", "src")
@@ -261,7 +266,7 @@ class MemctlNode(Node):
 
     def _pin_owner(self, msg: Message, frames: list[int]) -> str:
         """Whose ``frames`` a pin names: an OS only its own; the orchestrator/VMM any owner's."""
-        if msg.src in ADMINS:
+        if self._by_admin(msg):
             owner = msg.body.get("owner")
             if owner is None:
                 found = {self.mc.owner_of(f) for f in frames}

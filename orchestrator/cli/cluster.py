@@ -22,6 +22,7 @@ from orchestrator.client import NotRunning, call
 from orchestrator.daemon import is_locked, read_state
 from orchestrator.supervisor import LAUNCHED, launched, record_launch
 from orchestrator.topology import TopologyError, load
+from protocol.auth import check_private
 from protocol.errors import RemoteError, RequestTimeout
 
 UP_EXAMPLES = ["hwemu up compose/native.toml --detach", "hwemu up compose/flip.toml --detach --run-dir /tmp/flip",
@@ -98,9 +99,14 @@ def up(
         state = read_state(rd) or {}
         fail(f"a cluster is already running in {rd} (pid {state.get('pid', '?')}, topology "
              f"{state.get('topology', '?')}): run `hwemu down` first, or use another --run-dir")
+    if rd.exists():  # its sockets, configs and keys give control of the cluster: private (0700, yours)
+        try:
+            check_private(rd)
+        except OSError as exc:
+            fail(str(exc), code=2)
     log_path = rd / "orchestrator.log"
     try:
-        rd.mkdir(parents=True, exist_ok=True)
+        rd.mkdir(mode=0o700, parents=True, exist_ok=True)
         log = open(log_path, "ab")
     except OSError as exc:
         fail(f"cannot create the run directory {rd}: {exc.strerror or exc}")

@@ -38,7 +38,7 @@ from orchestrator.cli import cluster
 from orchestrator.cli import trace as trace_cli
 from orchestrator.cli.cluster import _call
 from orchestrator.cli.common import Json, RunDir, emit_json, err_console, fail, run_dir_of
-from orchestrator.client import NotRunning, call
+from orchestrator.client import NotRunning, call, client_auth
 from orchestrator.daemon import is_locked
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.transport import Party
@@ -99,7 +99,7 @@ async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, el
     me = f"run-{os.getpid()}"
     directory = {n["name"]: n["endpoint"] for n in status["nodes"]}
     directory["orch"] = status["orchestrator"]["endpoint"]
-    party = Party(me, f"ipc://{run_dir}/{me}.sock", directory, advertise=True)
+    party = Party(me, f"ipc://{run_dir}/{me}.sock", directory, advertise=True, auth=client_auth(run_dir, me))
     exits: dict[int, dict] = {}
     arrived = trio.Event()
     log_path = Path(uart["stats"]["log"])

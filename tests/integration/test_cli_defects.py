@@ -125,7 +125,7 @@ def test_a_tcp_endpoint_in_use_is_one_line(cluster_dir, tmp_path):
 
 def test_a_disk_image_of_a_bad_size_is_one_line(cluster_dir):
     rd, pids = cluster_dir
-    rd.mkdir(parents=True)
+    rd.mkdir(mode=0o700, parents=True)  # a run directory must be private (protocol/auth.py)
     (rd / "disk0.img").write_bytes(bytes(1000))
     line = one_line(hwemu(rd, "up", IO, "--detach"), 1)
     assert line == (f"hwemu: cluster failed to start: node disk0 (disk) exited during start-up with code 1: "

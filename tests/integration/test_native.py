@@ -27,6 +27,7 @@ import trio
 from nodes.cpu.core import PAGE_MISS, QUANTUM, TRAP, Core
 from nodes.guest_os.kernel import Kernel, KernelError
 from nodes.guest_os.module import FrameAllocator, FrameError, KernelModule, OutOfMemory
+from protocol.auth import client_keyring
 from protocol.errors import RemoteError
 from protocol.frames import from_runs, to_runs
 from protocol.linux_abi import initial_stack
@@ -667,7 +668,8 @@ class Client:
         import protocol.hw  # noqa: F401
         from protocol.transport import Party
 
-        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True)
+        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True,
+                           auth=client_keyring(orch.run_dir, name))
         self.exits: dict[int, dict] = {}
         self.changed = trio.Event()
 
@@ -733,7 +735,7 @@ async def _timeshare_and_segv(orch, client: Client, sleeper: bytes) -> None:
 
 
 async def _kernel_module_and_ps(orch, client: Client) -> None:
-    req = client.party.request
+    req = orch.party.request  # the kernel module and the drivers' modes are the orchestrator's (protocol/authz.py)
     pinned = (await req("os1", "mod_alloc_pin", {"n": 3})).body["data"]
     frames = from_runs(pinned["runs"])  # frames travel as [first, count] runs
     assert len(frames) == 3 and all(256 <= f < 768 for f in frames) and pinned["free"] == 509

@@ -415,7 +415,7 @@ async def test_a_disk_driver_mode_switch_waits_for_the_whole_multi_block_transfe
     orch = await cluster(topo)
     cfg = NodeConfig(name="os1", kind="os", endpoint=orch.directory["os1"], directory=dict(orch.directory),
                      routes=orch.routes.table.to_wire(), orchestrator=None, options={"memory": [256, 256]},
-                     run_dir=str(orch.run_dir))
+                     run_dir=str(orch.run_dir), auth=orch._node_config(orch.topology.nodes["os1"])["auth"])
     node = OsNode(cfg)
     data = os.urandom(64 * PAGE)
     order: list[str] = []

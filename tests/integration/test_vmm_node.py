@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from orchestrator.cli.demo import timeshare_output
+from protocol.auth import client_keyring
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = REPO / "guest"
@@ -192,7 +193,8 @@ class Client:
         from protocol.transport import Party
 
         self.orch = orch
-        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True)
+        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True,
+                           auth=client_keyring(orch.run_dir, name))
         self.exits: dict[tuple[str, int], dict] = {}
         self.changed = trio.Event()
 
