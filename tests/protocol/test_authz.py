@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import nodes.streamer.node  # noqa: F401  (registers the streamer's kinds)
 import protocol.hw  # noqa: F401  (registers the hardware kinds)
 import protocol.recovery  # noqa: F401
 import protocol.vmm  # noqa: F401
