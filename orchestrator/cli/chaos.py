@@ -63,6 +63,7 @@ from orchestrator.cli.demo import (
 from orchestrator.client import call, default_run_dir
 from orchestrator.daemon import is_locked
 from orchestrator.topology import TopologyError, load
+from protocol.auth import make_private_dir
 from protocol.errors import RemoteError, RequestTimeout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -215,7 +216,7 @@ class Run:
 
     def say(self, text: str) -> None:
         if self.show:
-            console.print(f"[dim]{time.monotonic() - self.t0:6.1f}s[/] {text}", highlight=False)
+            console.print(f"{time.monotonic() - self.t0:6.1f}s {text}", highlight=False)
 
     async def ctl(self, kind: str, body: dict | None = None, timeout: float = 30.0) -> Any:
         return await call(self.rd, kind, body or {}, timeout)
@@ -309,7 +310,7 @@ async def inject(r: Run, f: dict[str, Any]) -> None:
     """Inject one fault of the schedule and keep it for its duration; record what happened."""
     kind, target = f["kind"], f["target"]
     r.log("fault", "start", **f)
-    r.say(f"[bold yellow]fault[/] {describe(f)}")
+    r.say(f"fault {describe(f)}")
     try:
         if kind in ("kill", "pause"):
             await _signal_fault(r, f)
@@ -320,7 +321,7 @@ async def inject(r: Run, f: dict[str, Any]) -> None:
         if reason in ("unknown_fault", "unhandled_kind", "fault_refused") or "unhandled" in str(exc):
             r.unsupported.append(f"{kind} {target}")
             r.log("fault", "unsupported", kind=kind, target=target, detail=str(exc)[:200])
-            r.say(f"[yellow]{kind} on {target}: not supported by this build ({str(exc)[:100]})[/]")
+            r.say(f"{kind} on {target}: not supported by this build ({str(exc)[:100]})")
             return
         r.log("fault", "failed", kind=kind, target=target, detail=str(exc)[:200])
         r.errors.append(f"fault {describe(f)} could not be injected: {exc}")
@@ -681,11 +682,12 @@ def execute(seed: int, duration: float, faults: list[str], scenario: str, rd: Pa
     """One whole run (cluster up, workloads, faults, down, check); its JSON report."""
     schedule = draw_schedule(seed, duration, faults, scenario, held)
     if show:
-        console.print(f"[bold]chaos seed {seed}[/], scenario {scenario}, {duration:g} s, faults "
+        console.print(f"chaos seed {seed}, scenario {scenario}, {duration:g} s, faults "
                       f"{','.join(faults)}" + (f" (held back: {','.join(held)})" if held else ""), highlight=False)
         console.print(f"schedule ({len(schedule)} faults):", highlight=False)
         for f in schedule:
             console.print(f"  {describe(f)}", highlight=False, markup=False)
+    make_private_dir(rd)  # the run directory holds the cluster's keys: private, as `hwemu up` wants it
     shutil.rmtree(hist, ignore_errors=True)
     hist.mkdir(parents=True)
     for stale in ("disk0.img", "memctl.mem"):  # a fresh store and memory: the models start empty
@@ -732,7 +734,7 @@ def execute(seed: int, duration: float, faults: list[str], scenario: str, rd: Pa
 
 def _drive(r: Run) -> str | None:
     """Run the scenario under a progress display; an error that stopped it, or None."""
-    progress = Progress(TextColumn("[bold]{task.fields[phase]}"), BarColumn(), TimeElapsedColumn(),
+    progress = Progress(TextColumn("{task.fields[phase]}"), BarColumn(), TimeElapsedColumn(),
                         TextColumn("{task.fields[counts]}"), console=console, transient=True,
                         disable=not r.show)
 
@@ -857,15 +859,15 @@ def chaos(
                       f"udp echo {w['udp_replies']}/{w['udp_sent']}", highlight=False)
         show(report)
         for e in rep["errors"]:
-            err_console.print(f"[red]{e}[/]", highlight=False)
+            err_console.print(f"{e}", highlight=False)
         console.print(f"history: {rep['history']}", highlight=False)
     if not rep["ok"]:
         what = (report.violations[0].text() if report.violations else rep["errors"][0])
-        err_console.print(f"[bold red]hwemu chaos:[/] seed {seed} failed: {what}\nreproduce: {command}",
+        err_console.print(f"hwemu chaos: seed {seed} failed: {what}\nreproduce: {command}",
                           highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if not json_out:
-        console.print(f"[bold green]chaos seed {seed}: every check held[/] ({rep['seconds']:.0f} s)")
+        console.print(f"chaos seed {seed}: every check held ({rep['seconds']:.0f} s)")
 
 
 def _merge(src: Path, dst: Path) -> None:

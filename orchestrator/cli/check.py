@@ -19,9 +19,9 @@ def show(rep: checker.Report) -> None:
     console.print("checked: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rep.checked.items()),
                   highlight=False)
     for note in rep.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False)
     if rep.ok:
-        console.print("[bold green]history checked: no violation[/]")
+        console.print("history checked: no violation")
         return
     table = Table(title=f"{len(rep.violations)} violations")
     for col in ("check", "what", "detail", "history line"):
