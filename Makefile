@@ -1,8 +1,8 @@
 # The two commands: `make demo` (set up, run the main job) and `make test`
-# (set up, build the guest programs, run the whole suite).
+# (set up, build the guest programs, check style with ruff, run the whole suite).
 PY := .venv/bin/python
 
-.PHONY: setup guest demo test bench clean
+.PHONY: setup guest demo test lint bench clean
 
 setup:
 	./scripts/setup.sh
@@ -13,8 +13,11 @@ guest: setup
 demo: guest
 	./scripts/demo.sh
 
-test: guest
+test: guest lint
 	$(PY) -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check .
 
 bench: guest
 	$(PY) bench/msgplane.py

@@ -26,7 +26,13 @@ ring on: each message sent and received, each flow delivery recorded): node
 round trips and throughput with the rings on and off, taking turns in the
 same ABBA order, and prints the ratios (on ÷ off).
 
-    .venv/bin/python bench/msgplane.py [--json] [--quick] [--trace]
+With ``--mac`` it measures instead what the MAC of every frame costs
+(protocol/auth.py): the same node-to-node round trips and throughput on two
+clusters side by side, one signing and checking every frame and one
+without, taking turns in ABBA order; and the cost of sealing and opening one
+frame in this process.
+
+    .venv/bin/python bench/msgplane.py [--json] [--quick] [--trace | --mac]
 """
 
 from __future__ import annotations
@@ -49,11 +55,12 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import nodes.streamer.node  # noqa: E402,F401  (registers datum/stream_start)
+from bench.rawzmq import RAW_ECHO, RawClient, RawProbe, abba_first, python_script, stop  # noqa: E402
 from orchestrator.cluster import running  # noqa: E402
 from orchestrator.topology import parse  # noqa: E402
+from protocol import auth  # noqa: E402
 from protocol.transport import Party, spin_from_env  # noqa: E402
-from bench.rawzmq import RAW_ECHO, RawClient, RawProbe, abba_first, python_script, stop  # noqa: E402
-import tests.fixtures.streamer  # noqa: E402,F401  (registers datum/stream_start)
 
 PAYLOAD = b"x" * 64
 
@@ -215,14 +222,17 @@ class ThreadInboxParty(Party):
 
 
 def echo_topology():
-    node = lambda role: {"kind": "testnode", "module": "tests.fixtures.streamer", "options": {"role": role}}
-    return parse({"nodes": {"echo": node("sink"), "src": node("streamer"), "sink_a": node("sink"), "sink_b": node("sink")},
+    def node(role):
+        return {"kind": "streamer", "options": {"role": role}}
+    return parse({"nodes": {"echo": node("sink"), "src": node("streamer"), "sink_a": node("sink"),
+                            "sink_b": node("sink")},
                   "routes": {"data:src": "sink_a"}}, "bench")
 
 
 async def our_rtt(orch, tmp: str, n: int, cls=Party) -> list[float]:
     directory = dict(orch.directory)
-    me = cls("bench", f"ipc://{tmp}/bench-{cls.__name__}", directory)
+    me = cls("bench", f"ipc://{tmp}/bench-{cls.__name__}", directory,
+             auth=auth.client_keyring(orch.run_dir, "bench"))
     # the node learns our endpoint from reply_to
     me._advertise = True
     out = []
@@ -392,6 +402,72 @@ async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rtt_turns: int, tp_
     return res
 
 
+async def mac_turns(tmp: str, n_rtt: int, n_tp: int, rtt_turns: int, tp_turns: int) -> dict:
+    """Round trips and throughput on a cluster that signs every frame and on one that does not,
+    up side by side, taking turns in ABBA order."""
+    res: dict = {}
+    async with running(echo_topology(), Path(tmp) / "plain", sign=False) as plain, \
+            running(echo_topology(), Path(tmp) / "signed") as signed:
+        for orch in (plain, signed):
+            await node_rtt(orch, 10, 200)
+        batch = n_rtt // rtt_turns
+        res["rtt_plain"], res["rtt_mac"] = await turns(functools.partial(node_rtt, plain, batch, 20),
+                                                       functools.partial(node_rtt, signed, batch, 20), rtt_turns)
+        batch = n_tp // tp_turns
+        res["tp_plain"], res["tp_mac"] = await turns(functools.partial(our_throughput, plain, batch),
+                                                     functools.partial(our_throughput, signed, batch), tp_turns)
+        stats = (await signed.request("sink_a", "stats")).body["stats"]
+        res["auth_failed"] = stats["auth_failed"]
+    return res
+
+
+def seal_open_us(size: int, n: int = 20000) -> tuple[float, float]:
+    """µs to seal and to open one frame of ``size`` bytes (protocol/auth.py), in this process."""
+    key = b"k" * 32
+    a = auth.Keyring("a", {"b": key}, {})
+    b = auth.Keyring("b", {}, {"a": key})
+    frame = b"x" * size
+    sealed = [a.seal("b", frame) for _ in range(n)]
+    t = time.perf_counter()
+    for _ in range(n):
+        a.seal("b", frame)
+    t_seal = (time.perf_counter() - t) / n
+    t = time.perf_counter()
+    for f in sealed:
+        b.open("a", f)
+    return round(t_seal * 1e6, 2), round((time.perf_counter() - t) / n * 1e6, 2)
+
+
+def mac_main(args) -> None:
+    n_rtt, n_tp, rtt_turns, tp_turns = (400, 20000, 4, 2) if args.quick else (6000, 200000, 30, 10)
+    with tempfile.TemporaryDirectory(prefix="hwb") as tmp:
+        r = trio.run(mac_turns, tmp, n_rtt, n_tp, rtt_turns, tp_turns)
+    lat = [statistics.median(m) / statistics.median(p) for p, m in zip(r["rtt_plain"], r["rtt_mac"])]
+    tp = [m / p for p, m in zip(r["tp_plain"], r["tp_mac"])]
+    pooled = lambda turns: [t for turn in turns for t in turn]  # noqa: E731
+    (seal64, open64), (seal4k, open4k) = seal_open_us(100), seal_open_us(4096 + 100)
+    result = {
+        "rtt_p50_us_plain": round(statistics.median(pooled(r["rtt_plain"])) * 1e6, 1),
+        "rtt_p50_us_mac": round(statistics.median(pooled(r["rtt_mac"])) * 1e6, 1),
+        "rtt_ratio": round(statistics.median(lat), 3), "rtt_ratios": [round(x, 3) for x in lat],
+        "msgs_per_s_plain": round(statistics.median(r["tp_plain"])),
+        "msgs_per_s_mac": round(statistics.median(r["tp_mac"])),
+        "throughput_ratio": round(statistics.median(tp), 3), "throughput_ratios": [round(x, 3) for x in tp],
+        "seal_us_100B": seal64, "open_us_100B": open64, "seal_us_4KiB": seal4k, "open_us_4KiB": open4k,
+        "auth_failed": r["auth_failed"],
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{'':34}{'no MAC':>12}{'MAC':>12}{'ratio':>8}   (target)")
+    print(f"{'round trip p50, node to node (µs)':34}{result['rtt_p50_us_plain']:>12}{result['rtt_p50_us_mac']:>12}"
+          f"{result['rtt_ratio']:>8}   (≤ 1.10)")
+    print(f"{'one-way throughput (msg/s)':34}{result['msgs_per_s_plain']:>12}{result['msgs_per_s_mac']:>12}"
+          f"{result['throughput_ratio']:>8}   (≥ 0.90)")
+    print(f"one frame: seal {seal64} µs / open {open64} µs (100 B), seal {seal4k} / open {open4k} µs (4 KiB page)")
+    print(f"ratio per turn: round trip {result['rtt_ratios']}, throughput {result['throughput_ratios']}")
+
+
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so the clusters this script started are stopped
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -399,13 +475,18 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     ap.add_argument("--trace", action="store_true", help="also measure the cost of tracing (rings on ÷ off)")
+    ap.add_argument("--mac", action="store_true", help="measure the cost of the MACs instead (signed vs unsigned)")
     args = ap.parse_args()
+    if args.mac:
+        mac_main(args)
+        return
     n_rtt, n_tp, flips, rtt_turns, tp_turns = (500, 20000, 50, 2, 2) if args.quick else (7500, 400000, 300, 30, 10)
     with tempfile.TemporaryDirectory(prefix="hwb") as tmp:
         ours = trio.run(bench, tmp, n_rtt, n_tp, flips, rtt_turns, tp_turns, args.trace)
     raw = ours["raw_rtt"]
     raw_tp, our_tp = statistics.median(ours["raw_tp"]), statistics.median(ours["tp"])
-    us = lambda v: round(v * 1e6, 1)
+    def us(v):
+        return round(v * 1e6, 1)
     result = {
         "raw_rtt_p50_us": us(statistics.median(raw)), "raw_rtt_p99_us": us(pct(raw, 99)),
         "our_rtt_p50_us": us(statistics.median(ours["rtt"])), "our_rtt_p99_us": us(pct(ours["rtt"], 99)),
@@ -447,15 +528,19 @@ def main() -> None:
         ("round trip p99 (µs)", result["raw_rtt_p99_us"], result["our_rtt_p99_us"], ""),
         ("  a client in the bench p50 (µs)", result["raw_rtt_p50_us"], result["client_rtt_p50_us"],
          round(result["client_rtt_p50_us"] / result["raw_rtt_p50_us"], 3)),
-        ("  alt: poller thread p50 (µs)", result["raw_rtt_p50_us"], result["thread_rtt_p50_us"], result["thread_latency_ratio"]),
-        ("  floor: bare trio loop p50 (µs)", result["raw_rtt_p50_us"], result["floor_rtt_p50_us"], result["floor_latency_ratio"]),
+        ("  alt: poller thread p50 (µs)", result["raw_rtt_p50_us"], result["thread_rtt_p50_us"],
+         result["thread_latency_ratio"]),
+        ("  floor: bare trio loop p50 (µs)", result["raw_rtt_p50_us"], result["floor_rtt_p50_us"],
+         result["floor_latency_ratio"]),
         ("one-way throughput (msg/s)", result["raw_msgs_per_s"], result["our_msgs_per_s"], result["throughput_ratio"]),
     ]
     print(f"{'':32}{'raw pyzmq':>12}{'hwemu':>12}{'ratio':>8}")
     for name, a, b, r in rows:
         print(f"{name:32}{a:>12}{b:>12}{r:>8}")
-    print(f"route change pause, flow at 20k msg/s: p50 {result['route_pause_p50_ms']} ms, p99 {result['route_pause_p99_ms']} ms")
-    print(f"route change pause, flow idle:        p50 {result['route_pause_idle_p50_ms']} ms, p99 {result['route_pause_idle_p99_ms']} ms")
+    print(f"route change pause, flow at 20k msg/s: p50 {result['route_pause_p50_ms']} ms, "
+          f"p99 {result['route_pause_p99_ms']} ms")
+    print(f"route change pause, flow idle:        p50 {result['route_pause_idle_p50_ms']} ms, "
+          f"p99 {result['route_pause_idle_p99_ms']} ms")
     print(f"  beside them, a raw pyzmq round trip between two processes every 5 ms: at 20k msg/s p50 "
           f"{result['raw_rtt_beside_load_p50_ms']} / p99 {result['raw_rtt_beside_load_p99_ms']} ms, idle "
           f"{result['raw_rtt_beside_idle_p50_ms']} / {result['raw_rtt_beside_idle_p99_ms']} ms")

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,8 +49,8 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.client import call  # noqa: E402
 import protocol.hw  # noqa: E402,F401  (registers os_exec / proc_exit)
+from orchestrator.client import call, client_auth  # noqa: E402
 from protocol.transport import Party  # noqa: E402
 
 HWEMU = ROOT / ".venv/bin/hwemu"
@@ -81,7 +81,7 @@ async def exec_timed(rd: Path, elf: bytes, argv: list[str]) -> tuple[float, floa
     status = await call(rd, "ctl_status", {}, 30.0)
     directory = {n["name"]: n["endpoint"] for n in status["nodes"]}
     me = f"bench-native-{os.getpid()}"
-    party = Party(me, f"ipc://{rd}/{me}.sock", directory, advertise=True)
+    party = Party(me, f"ipc://{rd}/{me}.sock", directory, advertise=True, auth=client_auth(rd, me))
     exited = trio.Event()
     exit_body: dict = {}
 
@@ -128,7 +128,8 @@ def main() -> None:
         subprocess.run([str(HWEMU), "up", TOPOLOGY, "--detach"], env=env, check=True,
                        stdout=subprocess.DEVNULL, cwd=ROOT)
         try:
-            run = lambda prog, *a: timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / prog), "--", *a], env)[0]
+            def run(prog, *a):
+                return timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / prog), "--", *a], env)[0]
             run("hello.elf")  # warm the cluster (first page faults, imports)
             # standalone and cluster runs alternate, so that a change of the
             # machine's load during the bench weighs on both sides alike

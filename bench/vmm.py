@@ -63,9 +63,9 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.rawzmq import RawProbe, abba_first, stop  # noqa: E402
 from orchestrator.client import call  # noqa: E402
 from protocol.frames import to_runs  # noqa: E402
-from bench.rawzmq import RawProbe, abba_first, stop  # noqa: E402
 
 HWEMU = ROOT / ".venv/bin/hwemu"
 SAMPLES = ROOT / "guest/build/samples"
@@ -252,9 +252,11 @@ def main() -> None:
         print(json.dumps(result))
         return
     if "cycles" in result:
-        print(f"interpose pause     p50 {result['interpose_pause_p50_ms']:8.3f} ms  p99 {result['interpose_pause_p99_ms']:8.3f} ms"
+        print(f"interpose pause     p50 {result['interpose_pause_p50_ms']:8.3f} ms  "
+              f"p99 {result['interpose_pause_p99_ms']:8.3f} ms"
               f"  ({args.cycles} cycles under a running program; target p99 <= 5 ms)")
-        print(f"devirtualize pause  p50 {result['devirtualize_pause_p50_ms']:8.3f} ms  p99 {result['devirtualize_pause_p99_ms']:8.3f} ms")
+        print(f"devirtualize pause  p50 {result['devirtualize_pause_p50_ms']:8.3f} ms  "
+              f"p99 {result['devirtualize_pause_p99_ms']:8.3f} ms")
         print(f"  (each is the sum of the request's disabled windows; the longest single window: interpose p50 "
               f"{result['interpose_longest_window_p50_ms']} / p99 {result['interpose_longest_window_p99_ms']} ms, "
               f"devirtualize {result['devirtualize_longest_window_p50_ms']} / "
@@ -262,19 +264,22 @@ def main() -> None:
         print(f"  beside them, a raw pyzmq round trip between two processes every 5 ms: p50 "
               f"{result['raw_rtt_under_load_p50_ms']} ms, p99 {result['raw_rtt_under_load_p99_ms']} ms "
               f"({result['raw_rtt_under_load_n']} round trips)")
-        print(f"syscall round trip  native {result['syscall_us_native']} us, virtualized {result['syscall_us_virtualized']} us "
+        print(f"syscall round trip  native {result['syscall_us_native']} us, "
+              f"virtualized {result['syscall_us_virtualized']} us "
               f"(x{result['virtualized_ratio']}), devirtualized {result['syscall_us_devirtualized']} us "
               f"(x{result['devirtualized_ratio']}; target <= 1.05); each ÷ a never-virtualized cluster alongside "
               f"({result['syscall_us_reference']} us), which the native phase matches x{result['control_ratio']}; "
               f"devirtualized against its own native phase x{result['devirtualized_vs_own_native']}")
     if "udp_rtt_us_native" in result:
-        print(f"UDP echo round trip native {result['udp_rtt_us_native']} us, virtualized {result['udp_rtt_us_virtualized']} us "
+        print(f"UDP echo round trip native {result['udp_rtt_us_native']} us, "
+              f"virtualized {result['udp_rtt_us_virtualized']} us "
               f"(x{result['udp_virtualized_ratio']}), devirtualized {result['udp_rtt_us_devirtualized']} us "
               f"(x{result['udp_devirtualized_ratio']}; target <= 1.05); each ÷ a never-virtualized cluster alongside "
               f"({result['udp_rtt_us_reference']} us), which the native phase matches x{result['udp_control_ratio']}; "
               f"devirtualized against its own native phase x{result['udp_devirtualized_vs_own_native']}")
     for b in result.get("borrow_sizes", []):
-        print(f"borrow {b['mib']:4d} MiB {'dirty' if b['dirty'] else 'fresh'} {b['frames']} frames in {b['borrow_ms']} ms: "
+        print(f"borrow {b['mib']:4d} MiB {'dirty' if b['dirty'] else 'fresh'} {b['frames']} frames "
+              f"in {b['borrow_ms']} ms: "
               f"{b['frames_per_s']:.0f} frames/s, {b['gib_per_s']} GiB/s (zeroing included; "
               f"target >= 1); return {b['return_ms']} ms")
 

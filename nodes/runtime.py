@@ -70,7 +70,8 @@ from typing import Any, Awaitable, Callable
 import msgpack
 import trio
 
-from protocol import sched
+from protocol import authz, logs, sched
+from protocol.auth import keyring_from_config
 from protocol.errors import ProtocolError, RemoteError
 from protocol.faults import Injector
 from protocol.messages import Message, decode, encode, error_body
@@ -93,6 +94,7 @@ class NodeConfig:
     options: dict[str, Any] = field(default_factory=dict)
     heartbeat: float = 1.0
     run_dir: str = "."
+    auth: dict[str, Any] | None = None  # keys (protocol/auth.py node_auth) and node kinds; None: no MAC
 
     @classmethod
     def load(cls, path: str) -> "NodeConfig":
@@ -222,13 +224,17 @@ class Node:
         self.cfg = cfg
         self.name = cfg.name
         self.options = cfg.options
-        self.party = Party(cfg.name, cfg.endpoint, cfg.directory)
+        self.party = Party(cfg.name, cfg.endpoint, cfg.directory,
+                           auth=keyring_from_config(cfg.name, cfg.auth) if cfg.auth else None)
         # trace ring and fault history, both off until asked for; the
         # transport's: it records every message in and out
         self.recorder = self.party.recorder
         self._trace_dump: list[list[Any]] | None = None  # the events of the trace stopped last, for trace_dump
         self.routes = RouteTable.from_wire(cfg.routes)
         self.party.epoch = self.routes.epoch
+        # who may ask what (protocol/authz.py), judged before any handler runs; None without keys
+        self._authz = authz.context_from_config(cfg.name, self.routes, cfg.auth, cfg.orchestrator)
+        self.forbidden_by: dict[str, int] = {}  # rule -> requests it refused
         self.out_flows: dict[str, _OutFlow] = {}
         self.in_flows: dict[str, _InFlow] = {}
         self.state = "starting"
@@ -263,12 +269,16 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
+                rec = self.recorder
+                if rec.on:  # a history's lives: what follows is this incarnation's
+                    rec("node", "start", kind=self.kind, pid=os.getpid(), inc=self.party.incarnation)
                 await nursery.start(self.party.serve, self._dispatch)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self._acknowledger)
                 nursery.start_soon(self._retransmitter)
                 await self.setup()
                 self.state = "running"
+                log.info("%s (%s) running, pid %d, inbox %s", self.name, self.kind, os.getpid(), self.cfg.endpoint)
                 if self.cfg.orchestrator and self.cfg.orchestrator in self.party.directory:
                     self.party.send_nowait(self.party.make(
                         self.cfg.orchestrator, "ready",
@@ -278,6 +288,9 @@ class Node:
                 await self.work(nursery)
         finally:
             self.state = "stopped"
+            log.info("%s stopping", self.name)
+            if self.recorder.on:  # a life that ends without this line was killed
+                self.recorder("node", "stop", inc=self.party.incarnation)
             await self.teardown()
             self.party.close()
             self.write_history()
@@ -354,6 +367,9 @@ class Node:
     def stats(self) -> dict[str, Any]:
         """Counters for ``status`` (override and extend with ``super().stats()``)."""
         s: dict[str, Any] = dict(self.party.counters)
+        s["forbidden"] = sum(self.forbidden_by.values())
+        s["forbidden_by"] = dict(self.forbidden_by)
+        s["auth_failures"] = dict(self.party.auth_failures)
         s["state"] = self.state
         s["epoch"] = self.routes.epoch
         s["flows_out"] = {f: o.fseq for f, o in self.out_flows.items()}
@@ -369,6 +385,10 @@ class Node:
     # -- dispatch ---------------------------------------------------------------
 
     async def _dispatch(self, msg: Message) -> None:
+        if self._authz is not None:
+            rule = authz.CHECKED.get(msg.kind)
+            if rule is not None and not rule.allows(msg, self._authz):
+                self._refuse(msg)
         handler = self._handlers.get(msg.kind)
         flow = msg.flow
         if flow is not None:
@@ -385,7 +405,8 @@ class Node:
         if handler is None:
             if msg.kind in ("ok", "error", "pong", "stats_reply"):
                 return  # an unsolicited reply: nothing to do, never answer it
-            raise ProtocolError("unhandled_kind", f"node {self.name} ({self.kind}) does not handle {msg.kind!r}", "kind")
+            raise ProtocolError("unhandled_kind", f"node {self.name} ({self.kind}) does not handle {msg.kind!r}",
+                                "kind")
         spawns = self._spawns.get(msg.kind)
         if spawns is None:
             spawns = self._spawns[msg.kind] = bool(getattr(handler, "spawned", False))
@@ -421,6 +442,22 @@ class Node:
         rec("flow", "deliver", flow=msg.flow, fseq=msg.fseq, src=msg.src, inc=msg.inc)
         if msg.flow.startswith("irq:"):
             rec("irq", "deliver", flow=msg.flow)
+
+    def _refuse(self, msg: Message) -> None:
+        """Count a request its sender may not make and refuse it (before its flow's
+        accounting: a refused message is no part of the flow).
+
+        Raises:
+            ProtocolError: ``forbidden``, naming the rule (the serve loop answers it).
+        """
+        rule = authz.rule_for(msg.kind)
+        n = self.forbidden_by[rule.name] = self.forbidden_by.get(rule.name, 0) + 1
+        detail = authz.refusal(msg, self._authz)
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th ... of a rule: a flood logs little
+            log.warning("%s: %s (flow %s, %d so far by this rule)", self.name, detail, msg.flow, n)
+        if self.recorder.on:
+            self.recorder("authz", "forbidden", kind=msg.kind, src=msg.src, rule=rule.name)
+        raise ProtocolError("forbidden", detail, "src")
 
     async def _guarded(self, handler: Callable[[Message], Awaitable[None]], msg: Message) -> None:
         try:
@@ -1004,8 +1041,13 @@ class Node:
         table = RouteTable(epoch, routes)
         if table.epoch < self.routes.epoch:
             raise ProtocolError("stale_epoch", f"epoch {table.epoch} is older than {self.routes.epoch}", "body.epoch")
+        if self.recorder.on:
+            self.recorder("route", "install", epoch=epoch, next=nxt,
+                          moved={f: r for f, r in routes.items() if self.routes.get(f) != r})
         self.routes = table
         self.party.epoch = table.epoch
+        if self._authz is not None:
+            self._authz.routes = table
         for flow, n in nxt.items():
             if table.get(flow) == self.name:
                 self.in_flows.setdefault(flow, _InFlow()).next_is(n)
@@ -1065,6 +1107,8 @@ class Node:
     async def on_route_next(self, msg: Message) -> None:
         """A sender says which ``fseq`` comes next on flows it now sends here
         (ahead of the messages themselves). Not answered: it is part of the flow."""
+        if self.recorder.on:
+            self.recorder("route", "next", next=msg.body["next"], src=msg.src)
         inc = msg.body.get("inc", msg.inc)
         for flow, n in msg.body["next"].items():
             if msg.src != flow_sender(flow):
@@ -1093,8 +1137,7 @@ def main(node_cls: type[Node], argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m nodes.{node_cls.kind}")
     parser.add_argument("--config", required=True, help="node configuration JSON written by the launcher")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("HWEMU_LOG", "WARNING"),
-                        format=f"%(asctime)s {node_cls.kind} %(levelname)s %(message)s", stream=sys.stderr)
+    logs.configure(node_cls.kind)
     try:
         cfg = NodeConfig.load(args.config)
     except (OSError, ValueError, TypeError) as exc:
@@ -1107,4 +1150,30 @@ def main(node_cls: type[Node], argv: list[str] | None = None) -> None:
         print(f"{node_cls.kind} {cfg.name}: {getattr(exc, 'detail', exc)}", file=sys.stderr)
         sys.exit(2)
     node.history_path = os.path.join(cfg.run_dir, f"{cfg.name}.flows.json")
+    hdir = history_dir(cfg)
+    if hdir is not None:
+        try:
+            os.makedirs(hdir, exist_ok=True)
+            node.recorder.open_history(os.path.join(hdir, f"{cfg.name}.jsonl"), line_buffered=True)
+        except OSError as exc:
+            print(f"{node_cls.kind}: cannot open history in {hdir}: {exc}", file=sys.stderr)
+            sys.exit(2)
     trio.run(node.run)
+
+
+def history_dir(cfg: NodeConfig) -> str | None:
+    """Where this node appends its fault history (``<dir>/<name>.jsonl``), or None: not recorded.
+
+    ``HWEMU_HISTORY_DIR`` (how ``hwemu chaos`` records a whole cluster), else
+    the node option ``history`` (true: ``<run_dir>/history``; a string: that
+    directory).
+    """
+    env = os.environ.get("HWEMU_HISTORY_DIR")
+    if env:
+        return env
+    opt = cfg.options.get("history")
+    if opt is True:
+        return os.path.join(cfg.run_dir, "history")
+    if isinstance(opt, str) and opt:
+        return opt
+    return None

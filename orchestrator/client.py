@@ -2,7 +2,11 @@
 
 The CLI joins the message plane as ``cli-<pid>-<n>`` (a fresh name per call:
 a peer's link to an earlier call's inbox at the same path could swallow the
-reply while it reconnects) with its own inbox in the run directory and advertises it (``reply_to``), since it is not in the topology.
+reply while it reconnects) with its own inbox in the run directory and
+advertises it (``reply_to``), since it is not in the topology.
+It signs as a *client* with the keys of ``<run dir>/keys/client.json``
+(0600, protocol/auth.py): only the account that started the cluster can
+read them, so only it can control the cluster.
 """
 
 from __future__ import annotations
@@ -15,15 +19,31 @@ from typing import Any
 import trio
 
 from orchestrator.daemon import read_state
+from protocol.auth import Keyring, client_keyring
 from protocol.errors import RemoteError, RequestTimeout
 from protocol.transport import Party
-
 
 _calls = itertools.count(1)
 
 
 class NotRunning(Exception):
     """No cluster runs in the run directory."""
+
+
+class NotAllowed(NotRunning):
+    """This account cannot read the cluster's client keys (it did not start it)."""
+
+
+def client_auth(run_dir: Path, me: str) -> Keyring:
+    """The keys of client ``me`` of the cluster in ``run_dir``.
+
+    Raises:
+        NotAllowed: the key file cannot be read, or is open to other accounts.
+    """
+    try:
+        return client_keyring(run_dir, me)
+    except (OSError, ValueError) as exc:
+        raise NotAllowed(f"cannot control the cluster in {run_dir}: its client key: {exc}") from None
 
 
 def default_run_dir() -> Path:
@@ -43,7 +63,8 @@ async def call(run_dir: Path, kind: str, body: dict[str, Any] | None = None, tim
     if state is None:
         raise NotRunning(f"no cluster is running in {run_dir} (start one with `hwemu up TOPOLOGY`)")
     me = f"cli-{os.getpid()}-{next(_calls)}"
-    party = Party(me, f"ipc://{run_dir}/{me}.sock", {"orch": state["endpoint"]}, advertise=True)
+    party = Party(me, f"ipc://{run_dir}/{me}.sock", {"orch": state["endpoint"]}, advertise=True,
+                  auth=client_auth(run_dir, me))
     refused: Exception | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -64,4 +85,4 @@ async def call(run_dir: Path, kind: str, body: dict[str, Any] | None = None, tim
         party.close()
 
 
-__all__ = ["call", "default_run_dir", "NotRunning", "RemoteError", "RequestTimeout"]
+__all__ = ["call", "client_auth", "default_run_dir", "NotAllowed", "NotRunning", "RemoteError", "RequestTimeout"]

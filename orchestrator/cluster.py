@@ -19,15 +19,18 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from orchestrator import choreographies as chor
-from orchestrator import faults, recovery
+from orchestrator import control as ctl
+from orchestrator import faults, recovery, tracing
 from orchestrator import state as saved_state
-from orchestrator import tracing
+from orchestrator.choreographies import base as chor
+from orchestrator.choreographies.fig2b_boot import boot_maps, firmware_boot, interposed_routes
+from orchestrator.choreographies.fig8_remove_vmm import remove_vmm
 from orchestrator.choreographies.state import VirtState
 from orchestrator.journal import Journal
 from orchestrator.routes import RouteAuthority, RouteChangeError
 from orchestrator.supervisor import NodeProc, Supervisor
 from orchestrator.topology import ORCHESTRATOR, Topology
+from protocol import auth, authz
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message, error_body
 from protocol.routes import RouteTable, flow_sender
@@ -43,18 +46,25 @@ class Orchestrator:
     through ``python -m orchestrator.daemon`` (``hwemu up``).
     """
 
-    def __init__(self, topology: Topology, run_dir: Path):
+    def __init__(self, topology: Topology, run_dir: Path, *, sign: bool = True):
+        """``sign=False`` runs the plane without MACs: only for ``bench/msgplane.py --mac``,
+        which measures what they cost; nothing a user runs can ask for it."""
         self.topology = topology
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # private (0700, ours): its sockets, configs and keys are the cluster's
+        # capabilities; one open to other accounts is refused (PermissionError)
+        auth.make_private_dir(self.run_dir)
         topology.check_run_dir(self.run_dir)
         self.directory = topology.directory(self.run_dir)
-        self.party = Party(ORCHESTRATOR, self.directory[ORCHESTRATOR], self.directory)
+        self._master = auth.master_secret(self.run_dir) if sign else None
+        if self._master is not None:
+            auth.write_client_file(self.run_dir, self._master, self.directory)
+        self.party = Party(ORCHESTRATOR, self.directory[ORCHESTRATOR], self.directory,
+                           auth=self._master and auth.orchestrator_keyring(self._master, ORCHESTRATOR, self.directory))
         self.recorder = self.party.recorder  # choreography steps and route changes, when tracing
         self.trace_events: list | None = None  # the orchestrator's events of the trace stopped last
         routes = topology.routes
         if topology.firmware.get("vmm_at_boot"):  # FIG. 2b: the machine comes up interposed
-            from orchestrator.choreographies.fig2b_boot import interposed_routes
             routes = interposed_routes(topology)
         self.routes = RouteAuthority(self.party, RouteTable(1, routes), self.live_nodes)
         self.supervisor = Supervisor(self.run_dir, self._node_config, self._restarted,
@@ -76,6 +86,7 @@ class Orchestrator:
         """os -> its boot memory map as the FIG. 2b firmware computed it (restored after a borrowed boot)."""
         self.firmware: dict[str, Any] = {}
         """What the FIG. 2b boot did (frames moved, map sizes, what the VMM discovered)."""
+        self.forbidden_by: dict[str, int] = {}  # rule -> control requests it refused (protocol/authz.py)
         self.adopted: dict[str, int] = {}
         """nodes re-attached at start (a previous orchestrator started them): name -> pid."""
         self.faults = faults.register(self)  # the nemeses and their ctl_fault_* requests
@@ -92,6 +103,8 @@ class Orchestrator:
             "directory": self.directory, "routes": self.routes.table.to_wire(),
             "orchestrator": ORCHESTRATOR, "options": options,
             "heartbeat": self.topology.heartbeat, "run_dir": str(self.run_dir),
+            "auth": self._master and {**auth.node_auth(self._master, spec.name, self.directory),
+                                      "kinds": {n: s.kind for n, s in self.topology.nodes.items()}},
         }
 
     async def _restarted(self, np: NodeProc) -> None:
@@ -133,7 +146,6 @@ class Orchestrator:
         specs = [s for s in self.topology.nodes.values() if s.name not in self.adopted]
         firmware = self.topology.firmware.get("vmm_at_boot") and not self.adopted
         if firmware:  # FIG. 2b: the hardware and the VMM first, then the OS instances on their maps
-            from orchestrator.choreographies.fig2b_boot import firmware_boot
             await self.supervisor.start_all(nursery, [s for s in specs if s.kind != "os"], self.directory,
                                             self.topology.ready_timeout)
             self.firmware = await firmware_boot(self)
@@ -179,7 +191,6 @@ class Orchestrator:
                 self.routes.table = RouteTable(saved["epoch"], saved["routes"])
                 self.virt, self.boot_maps = saved["virt"], dict(saved["boot_maps"])
                 if self.topology.firmware.get("vmm_at_boot"):
-                    from orchestrator.choreographies.fig2b_boot import boot_maps
                     self.firmware_maps = boot_maps(self.topology)
                 log.warning("re-attached to %d running nodes at route epoch %d", len(procs), saved["epoch"])
                 return alive
@@ -305,6 +316,13 @@ class Orchestrator:
     # -- the orchestrator's inbox -------------------------------------------------
 
     async def _dispatch(self, msg: Message) -> None:
+        if self._master is not None:  # who may ask what (protocol/authz.py): no node may steer the cluster
+            ctx = authz.Context(ORCHESTRATOR, self.routes.table,
+                                {n: s.kind for n, s in self.topology.nodes.items()}, ORCHESTRATOR)
+            if not authz.allowed(msg, ctx):
+                rule = authz.rule_for(msg.kind).name
+                self.forbidden_by[rule] = self.forbidden_by.get(rule, 0) + 1
+                raise ProtocolError("forbidden", authz.refusal(msg, ctx), "src")
         if msg.kind == "ready":
             self.supervisor.mark_ready(msg.src, msg.body["pid"])
             if isinstance(msg.body.get("incarnation"), int):
@@ -323,9 +341,23 @@ class Orchestrator:
         else:
             raise ProtocolError("unhandled_kind", f"the orchestrator does not handle {msg.kind!r}", "kind")
 
+    async def control(self, kind: str, /, **body: Any) -> Any:
+        """Run control request ``kind`` with its registered handler
+        (orchestrator/control.py) and return the reply's ``data``; the inbox
+        and tests call it alike.
+
+        Raises:
+            ProtocolError: ``unknown_kind``: no handler registered for ``kind``.
+        """
+        request = ctl.lookup(kind)
+        if request is None:
+            raise ProtocolError("unknown_kind", f"no control request {kind!r} (known: {', '.join(ctl.kinds())})",
+                                "kind")
+        return await request.handler(self, **body)
+
     async def _control(self, msg: Message) -> None:
         try:
-            data = await getattr(self, msg.kind)(**msg.body)
+            data = await self.control(msg.kind, **msg.body)
         except (ProtocolError, RouteChangeError, RemoteError, RequestTimeout, KeyError, RuntimeError, ValueError,
                 OSError, chor.ChoreographyError, chor.ChoreographyFailed) as exc:
             body = error_body(exc, ref=msg.kind)
@@ -354,7 +386,9 @@ class Orchestrator:
             "cluster": self.topology.name, "topology": self.topology.source,
             "orchestrator": {"pid": os.getpid(), "state": self.state,
                              "uptime": round(time.monotonic() - self.started, 3),
-                             "endpoint": self.directory[ORCHESTRATOR]},
+                             "endpoint": self.directory[ORCHESTRATOR],
+                             "auth_failed": self.party.counters["auth_failed"],
+                             "forbidden": sum(self.forbidden_by.values()), "forbidden_by": dict(self.forbidden_by)},
             "nodes": [np.view(stale_after=self.stale_after) for np in self.supervisor.nodes.values()],
             "routes": self.routes.table.to_wire(),
             "virt": self.virt.view(self.topology),
@@ -385,7 +419,11 @@ class Orchestrator:
     async def ctl_route_show(self) -> dict[str, Any]:
         return self.routes.table.to_wire()
 
-    async def ctl_route_set(self, changes: dict[str, str]) -> dict[str, Any]:
+    async def ctl_route_set(self, changes: dict[str, str], create: bool = False) -> dict[str, Any]:
+        unknown = sorted(f for f in changes if flow_sender(f) and f not in self.routes.table.routes)
+        if unknown and not create:  # a misspelt flow must not become a new route silently
+            raise ProtocolError("unknown_flow", f"no route for flow {unknown[0]!r} in the table (epoch "
+                                f"{self.routes.table.epoch}; see `hwemu route show`): add it with --create", "changes")
         report = await self.routes.change(changes)
         self.save_state()
         return {"epoch": report.epoch, "pause_ms": report.pause_ms, "total_ms": report.total_ms,
@@ -415,7 +453,7 @@ class Orchestrator:
     def _os_names(self) -> list[str]:
         return [n for n, s in self.topology.nodes.items() if s.kind == "os"]
 
-    def _default_os(self, os_name: str | None) -> str:
+    def default_os(self, os_name: str | None) -> str:
         """The OS named, else the one the CPU traps to, else the first OS of the topology."""
         if os_name:
             return os_name
@@ -430,7 +468,7 @@ class Orchestrator:
             raise chor.ChoreographyError(f"topology {self.topology.source} has no OS instance")
         return oses[0]
 
-    async def _exclusive(self, fn, *args, **kw) -> Any:
+    async def exclusive(self, fn, *args, **kw) -> Any:
         async with self.choreography_lock:
             before = len(self.virt.attached)
             result = await fn(self, *args, **kw)
@@ -443,7 +481,6 @@ class Orchestrator:
         (called when the number of managed OS instances drops to one). Returns the reports."""
         if not self.virt.auto_devirtualize or len(self.virt.attached) != 1:
             return []
-        from orchestrator.choreographies.fig8_remove_vmm import remove_vmm
         async with self.choreography_lock:
             try:
                 return await remove_vmm(self, cpu=True)
@@ -451,120 +488,27 @@ class Orchestrator:
                 log.warning("automatic devirtualization did not happen: %s", exc)
                 return [{"figure": "policy", "outcome": "refused", "error": str(exc)}]
 
-    async def ctl_vmm_load(self, host: str = "os1", frames: int = 64) -> dict[str, Any]:
-        """FIG. 4: load the VMM into ``frames`` frames pinned by ``host``."""
-        from orchestrator.choreographies.fig4_load_vmm import load_vmm
-        return {"reports": [await self._exclusive(load_vmm, host, frames)]}
-
-    async def ctl_vmm_unload(self) -> dict[str, Any]:
-        """FIG. 8 808: stop the VMM and return its frames (refused while it manages anything)."""
-        from orchestrator.choreographies.fig8_remove_vmm import unload
-        return {"reports": [await self._exclusive(unload)]}
-
-    async def ctl_interpose(self, os: str | None = None, cpu: bool | None = None, memory: bool | None = None,
-                            io: list[str] | None = None, budget_ms: float | None = None) -> dict[str, Any]:
-        """FIG. 3 on the CPU (``cpu``: without step 308, direct addressability kept), step 308
-        (``memory``: implies the CPU if it is not virtualized yet) and FIG. 5 on each device
-        asked; nothing asked: everything not done yet (every device the topology gives the OS)."""
-        from orchestrator.choreographies.fig3_interpose_cpu import interpose_cpu, interpose_memory
-        from orchestrator.choreographies.fig5_devices import devices_of, interpose_device
-        os_name = self._default_os(os)
-        everything = not cpu and not memory and not io
-        devices = devices_of(self.topology, os_name) if everything or "all" in (io or []) else list(io or [])
-        skip_done = everything or "all" in (io or [])
-        att = self.virt.attached.get(os_name, {})
-        want_mem = bool(memory) or everything
-        reports: list[dict[str, Any]] = []
-        try:
-            if cpu or ((everything or memory) and att.get("cpu") != "vmm"):
-                reports.append(await self._exclusive(interpose_cpu, os_name, budget_ms=budget_ms, memory=want_mem))
-            elif memory or (everything and att.get("memory") != "vmm"):
-                reports.append(await self._exclusive(interpose_memory, os_name, budget_ms=budget_ms))
-            for dev in devices:
-                if not skip_done or f"{os_name}.{dev}" not in self.virt.devices:
-                    reports.append(await self._exclusive(interpose_device, os_name, dev, budget_ms=budget_ms))
-        except (chor.ChoreographyError, chor.ChoreographyFailed) as exc:
-            _partial(exc, reports)
-        return {"reports": reports}
-
-    async def ctl_devirtualize(self, os: str | None = None, cpu: bool | None = None, io: list[str] | None = None,
-                               memory: bool | None = None, unload: bool | None = None,
-                               budget_ms: float | None = None) -> dict[str, Any]:
-        """FIG. 8 order: memory, devices, CPU, optionally unload; nothing asked: everything allowed."""
-        from orchestrator.choreographies.fig8_remove_vmm import remove_vmm
-        everything = not cpu and not io and not memory
-        if everything:
-            cpu = len(self.virt.attached) <= 1
-            io, memory = ["all"], True
-        reports: list[dict[str, Any]] = []
-        try:
-            await self._exclusive(remove_vmm, os_name=os, cpu=bool(cpu), io=list(io or []), memory=bool(memory),
-                                  unload_vmm=bool(unload), reports=reports, budget_ms=budget_ms)
-        except (chor.ChoreographyError, chor.ChoreographyFailed) as exc:
-            _partial(exc, reports)
-        return {"reports": reports}
-
-    async def ctl_memory_borrow(self, from_os: str, to_os: str, frames: int) -> dict[str, Any]:
-        """¶39: lend ``frames`` frames of ``from_os`` to ``to_os`` through the VMM."""
-        from orchestrator.choreographies.borrow import borrow
-        return {"reports": [await self._exclusive(borrow, from_os, to_os, frames)]}
-
-    async def ctl_memory_return(self, from_os: str, to_os: str, loan: str | None = None) -> dict[str, Any]:
-        """¶39 in reverse: every loan ``from_os`` → ``to_os`` (or the one named) comes back."""
-        from orchestrator.choreographies.borrow import give_back
-        return {"reports": await self._exclusive(give_back, from_os, to_os, loan)}
-
-    async def ctl_os_shutdown(self, os: str) -> dict[str, Any]:
-        """Shut an OS instance down (devices back and detached from the VMM first; memory it
-        was booted on returned to its host, ¶49); then the policy."""
-        from orchestrator.choreographies.os_lifecycle import stop_os
-        self.policy_reports = []
-        reports = await self._exclusive(stop_os, os)
-        return {"reports": reports, "policy": self.policy_reports}
-
-    async def ctl_os_boot(self, os: str, frames: int | None = None, host: str | None = None,
-                          budget_ms: float | None = None) -> dict[str, Any]:
-        """Boot a deferred (or stopped) OS instance: on ``frames`` frames borrowed from ``host``
-        through the VMM (¶49), else with its own partition."""
-        from orchestrator.choreographies.os_lifecycle import boot_os
-        return await self._exclusive(boot_os, os, frames, host, budget_ms=budget_ms)
-
-    async def ctl_os_stop(self, os: str) -> dict[str, Any]:
-        """The former name of :meth:`ctl_os_shutdown`."""
-        return await self.ctl_os_shutdown(os)
-
-    async def ctl_os_start(self, os: str) -> dict[str, Any]:
-        """The former name of :meth:`ctl_os_boot` without frames."""
-        data = await self.ctl_os_boot(os)
-        return {"os": data["os"], "started": data["started"]}
-
-    async def ctl_virt_status(self) -> dict[str, Any]:
-        return self.virt.view(self.topology)
-
-    async def ctl_policy(self, auto_devirtualize: bool) -> dict[str, Any]:
-        self.virt.auto_devirtualize = bool(auto_devirtualize)
-        self.save_state()
-        return self.virt.view(self.topology)["policy"]
-
     async def request(self, node: str, kind: str, body: dict | None = None, timeout: float = 5.0) -> Message:
         return await self.party.request(node, kind, body or {}, timeout=timeout)
 
 
-def _partial(exc: Exception, done: list[dict[str, Any]]) -> None:
-    """Re-raise ``exc`` saying which choreographies of the request were committed before it."""
-    if not done:
-        raise exc
-    before = ", ".join(r["title"] for r in done)
-    msg = f"{exc} (committed before it, and kept: {before})"
-    if isinstance(exc, chor.ChoreographyFailed):
-        raise chor.ChoreographyFailed(msg, exc.report) from None
-    raise chor.ChoreographyError(msg) from None
+
+# The cluster's own control requests (their schemas are in protocol/messages.py);
+# the choreographies register theirs in their modules (orchestrator/choreographies).
+ctl.register("ctl_status", Orchestrator.ctl_status)
+ctl.register("ctl_route_show", Orchestrator.ctl_route_show)
+ctl.register("ctl_route_set", Orchestrator.ctl_route_set)
+ctl.register("ctl_down", Orchestrator.ctl_down)
+ctl.register("ctl_request", Orchestrator.ctl_request)
+ctl.register("ctl_trace_start", Orchestrator.ctl_trace_start)
+ctl.register("ctl_trace_stop", Orchestrator.ctl_trace_stop)
+ctl.register("ctl_trace_save", Orchestrator.ctl_trace_save)
 
 
 @asynccontextmanager
-async def running(topology: Topology, run_dir: Path) -> AsyncIterator[Orchestrator]:
+async def running(topology: Topology, run_dir: Path, *, sign: bool = True) -> AsyncIterator[Orchestrator]:
     """A started cluster that is stopped (every process, by pid) on exit, even on error."""
-    orch = Orchestrator(topology, run_dir)
+    orch = Orchestrator(topology, run_dir, sign=sign)
     async with trio.open_nursery() as nursery:
         try:
             await orch.start(nursery)

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import signal
 import sys
@@ -34,7 +33,8 @@ import trio
 
 from orchestrator.cluster import Orchestrator
 from orchestrator.topology import TopologyError, load
-from protocol import sched
+from protocol import logs, sched
+from protocol.auth import make_private_dir
 
 LOCK = "cluster.lock"
 STATE = "cluster.json"
@@ -109,7 +109,11 @@ def _hold_hook(orch: Orchestrator) -> None:
 
 async def serve(topology_path: str, run_dir: Path) -> int:
     """Run a cluster until told to stop. Returns the process exit code."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        make_private_dir(run_dir)
+    except OSError as exc:
+        print(f"hwemu: {exc}", file=sys.stderr)
+        return 2
     lock = open(run_dir / LOCK, "a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -183,8 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topology", required=True)
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("HWEMU_LOG", "WARNING"),
-                        format="%(asctime)s orch %(levelname)s %(message)s")
+    logs.configure("orch")
     sched.short_slice("orchestrator")  # the route authority is a link of every route change's chain
     sys.exit(trio.run(serve, args.topology, Path(args.run_dir).resolve()))
 

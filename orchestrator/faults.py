@@ -76,6 +76,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from orchestrator.control import control
 from orchestrator.supervisor import launched
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.routes import flow_sender
@@ -163,7 +164,7 @@ class FaultManager:
     async def ctl_fault_list(self) -> dict[str, Any]:
         return {"faults": self.listing()}
 
-    async def ctl_fault_clear(self, id: str | None = None) -> dict[str, Any]:  # noqa: A002 - the wire name
+    async def ctl_fault_clear(self, id: str | None = None) -> dict[str, Any]:  # the wire name
         async with self._lock:
             if id is not None and id not in self.active:
                 known = ", ".join(self.active) or "none"
@@ -426,8 +427,21 @@ class FaultManager:
 
 
 def register(orch: "Orchestrator") -> FaultManager:
-    """Give ``orch`` a fault manager and its ``ctl_fault_*`` control requests."""
-    manager = FaultManager(orch)
-    for kind in ("ctl_fault_add", "ctl_fault_list", "ctl_fault_clear"):
-        setattr(orch, kind, getattr(manager, kind))
-    return manager
+    """Give ``orch`` a fault manager (``orch.faults``), which serves the ``ctl_fault_*`` requests below."""
+    return FaultManager(orch)
+
+
+# The control requests (orchestrator/control.py; their schemas are in protocol/messages.py)
+@control("ctl_fault_add")
+async def ctl_fault_add(orch: "Orchestrator", spec: dict[str, Any]) -> dict[str, Any]:
+    return await orch.faults.ctl_fault_add(spec)
+
+
+@control("ctl_fault_list")
+async def ctl_fault_list(orch: "Orchestrator") -> dict[str, Any]:
+    return await orch.faults.ctl_fault_list()
+
+
+@control("ctl_fault_clear")
+async def ctl_fault_clear(orch: "Orchestrator", id: str | None = None) -> dict[str, Any]:  # the wire name
+    return await orch.faults.ctl_fault_clear(id)

@@ -43,7 +43,6 @@ from protocol.errors import ProtocolError
 from protocol.routes import RouteTable, flow_sender
 from protocol.transport import REQUEST_FAILURES, Party, gather
 
-
 log = logging.getLogger("hwemu.routes")
 
 
@@ -156,6 +155,7 @@ class RouteAuthority:
             except REQUEST_FAILURES as exc:  # re-sent to a node when it restarts
                 log.warning("install of epoch %d incomplete: %s", new.epoch, exc)
             t_end = time.perf_counter()
+            log.info("route change %s: epoch %d, senders paused %.2f ms", _show(changes), new.epoch, pause_ms)
             report = ChangeReport(new.epoch, {f: (old.get(f), n) for f, n in changes.items()},
                                   pause_ms, (t_end - t0) * 1e3, last, spent)
             self.history.append(report)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import trio
 
 from orchestrator.topology import NodeSpec
+from protocol.auth import write_private
 
 log = logging.getLogger("hwemu.supervisor")
 
@@ -137,12 +138,12 @@ class Supervisor:
         self.on_back = on_back  # awaited once a restarted node is ready again (its drivers reset it)
         self.nodes: dict[str, NodeProc] = {}
         self.stopping = False
-        (run_dir / "conf").mkdir(parents=True, exist_ok=True)
+        (run_dir / "conf").mkdir(mode=0o700, parents=True, exist_ok=True)
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     async def _spawn(self, np: NodeProc) -> None:
         conf = self.run_dir / "conf" / f"{np.spec.name}.json"
-        conf.write_text(json.dumps(self.config_for(np.spec)))
+        write_private(conf, json.dumps(self.config_for(np.spec)).encode())  # 0600: it holds the node's keys
         logf = open(self.run_dir / "logs" / f"{np.spec.name}.log", "ab")
         try:
             np.proc = await trio.lowlevel.open_process(
@@ -154,6 +155,7 @@ class Supervisor:
             logf.close()
         np.pid = np.proc.pid
         record_launch(self.run_dir, np.spec.name, np.pid)
+        log.info("started %s (%s), pid %d", np.spec.name, np.spec.kind, np.pid)
         np.state = "starting"
         np.started_at = time.monotonic()
         np.exit_code = None

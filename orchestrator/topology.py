@@ -48,6 +48,7 @@ KINDS: dict[str, str] = {
     "nic": "nodes.nic",
     "os": "nodes.guest_os",
     "vmm": "nodes.vmm",
+    "streamer": "nodes.streamer",
 }
 RESTART_POLICIES = ("never", "on-failure", "always")
 ORCHESTRATOR = "orch"
@@ -99,8 +100,8 @@ class Topology:
         """ipc paths must fit in a Unix socket address."""
         for name, ep in self.directory(run_dir).items():
             if ep.startswith("ipc://") and len(ep) - 6 > _IPC_PATH_MAX:
-                raise TopologyError(self.source, f"nodes.{name}.endpoint",
-                                    f"ipc path {ep[6:]!r} is longer than {_IPC_PATH_MAX} bytes; use a shorter run directory")
+                raise TopologyError(self.source, f"nodes.{name}.endpoint", f"ipc path {ep[6:]!r} is longer than "
+                                    f"{_IPC_PATH_MAX} bytes; use a shorter run directory")
 
 
 def _table(data: Any, source: str, key: str) -> dict:
@@ -147,7 +148,8 @@ def parse(data: dict, source: str = "<topology>") -> Topology:
             raise TopologyError(source, f"orchestrator.{key}", f"expected a positive number of seconds, got {val!r}")
     default_restart = orch.get("restart", "on-failure")
     if default_restart not in RESTART_POLICIES:
-        raise TopologyError(source, "orchestrator.restart", f"expected one of {', '.join(RESTART_POLICIES)}, got {default_restart!r}")
+        raise TopologyError(source, "orchestrator.restart",
+                            f"expected one of {', '.join(RESTART_POLICIES)}, got {default_restart!r}")
 
     nodes_raw = _table(data.get("nodes"), source, "nodes") if "nodes" in data else None
     if not nodes_raw:
@@ -165,26 +167,31 @@ def parse(data: dict, source: str = "<topology>") -> Topology:
         raw = _table(raw, source, key)
         extra = set(raw) - {"kind", "module", "endpoint", "restart", "max_restarts", "options", "autostart"}
         if extra:
-            raise TopologyError(source, f"{key}.{sorted(extra)[0]}", "unknown key (expected kind, module, endpoint, restart, max_restarts, options, autostart)")
+            raise TopologyError(source, f"{key}.{sorted(extra)[0]}", "unknown key (expected kind, module, endpoint, "
+                                "restart, max_restarts, options, autostart)")
         kind = raw.get("kind")
         if not isinstance(kind, str):
-            raise TopologyError(source, f"{key}.kind", f"missing or not a string; known kinds: {', '.join(sorted(KINDS))}")
+            raise TopologyError(source, f"{key}.kind",
+                                f"missing or not a string; known kinds: {', '.join(sorted(KINDS))}")
         module = raw.get("module", KINDS.get(kind))
         if module is None:
-            raise TopologyError(source, f"{key}.kind", f"unknown node kind {kind!r}; known kinds: {', '.join(sorted(KINDS))} (or give module = \"pkg.mod\")")
+            raise TopologyError(source, f"{key}.kind", f"unknown node kind {kind!r}; known kinds: "
+                                f"{', '.join(sorted(KINDS))} (or give module = \"pkg.mod\")")
         if not isinstance(module, str) or not _module_exists(module):
             raise TopologyError(source, f"{key}.module" if "module" in raw else f"{key}.kind",
                                 f"node kind {kind!r}: module {module!r} is not importable")
         endpoint = raw.get("endpoint")
         if endpoint is not None:
             if not isinstance(endpoint, str) or not endpoint.startswith(("ipc://", "tcp://")):
-                raise TopologyError(source, f"{key}.endpoint", f"expected ipc://PATH or tcp://HOST:PORT, got {endpoint!r}")
+                raise TopologyError(source, f"{key}.endpoint",
+                                    f"expected ipc://PATH or tcp://HOST:PORT, got {endpoint!r}")
             if endpoint in endpoints:
                 raise TopologyError(source, f"{key}.endpoint", f"same endpoint as node {endpoints[endpoint]!r}")
             endpoints[endpoint] = node_name
         restart = raw.get("restart", default_restart)
         if restart not in RESTART_POLICIES:
-            raise TopologyError(source, f"{key}.restart", f"expected one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
+            raise TopologyError(source, f"{key}.restart",
+                                f"expected one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
         max_restarts = raw.get("max_restarts", 3)
         if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
             raise TopologyError(source, f"{key}.max_restarts", f"expected a non-negative integer, got {max_restarts!r}")
@@ -221,7 +228,8 @@ def _firmware(fw: dict, nodes: dict[str, NodeSpec], source: str) -> dict[str, An
     ranges that are disjoint or nested (a range inside another is hidden from the outer OS)."""
     extra = set(fw) - {"vmm_at_boot", "vmm_frames", "vmm_host"}
     if extra:
-        raise TopologyError(source, f"firmware.{sorted(extra)[0]}", "unknown key (expected vmm_at_boot, vmm_frames, vmm_host)")
+        raise TopologyError(source, f"firmware.{sorted(extra)[0]}",
+                            "unknown key (expected vmm_at_boot, vmm_frames, vmm_host)")
     if not fw:
         return {}
     at_boot = fw.get("vmm_at_boot", False)
@@ -244,8 +252,8 @@ def _firmware(fw: dict, nodes: dict[str, NodeSpec], source: str) -> dict[str, An
     for name, spec in oses.items():
         mem = spec.options.get("memory")
         if not _range(mem):
-            raise TopologyError(source, f"nodes.{name}.options.memory",
-                                f"the firmware builds the memory map from it: expected [first_frame, count], got {mem!r}")
+            raise TopologyError(source, f"nodes.{name}.options.memory", "the firmware builds the memory map from "
+                                f"it: expected [first_frame, count], got {mem!r}")
         ranges[name] = (mem[0], mem[0] + mem[1])
     names = sorted(ranges)
     for i, a in enumerate(names):

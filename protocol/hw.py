@@ -125,8 +125,9 @@ register("nic_rx", port="int", src_host="str", src_port="int", length="int", buf
 register("nic_forward", guest_port="int", host_port="int")  # direct request: map a guest port to a host port (hostfwd)
 
 # -- OS instance -----------------------------------------------------------------
+# reply ok {data: {"pid": int}}; proc_exit sent to the requester if notify
 register("os_exec", elf="bytes", argv=Field("list", items="str"), name=_opt("str"),
-         notify=_opt("bool"), stdin=_opt("bytes", nullable=True))       # reply ok {data: {"pid": int}}; proc_exit sent to the requester if notify
+         notify=_opt("bool"), stdin=_opt("bytes", nullable=True))
 # stdin: the process's fd 0 reads these bytes, then EOF (default: the console)
 register("proc_exit", pid="int", code="int", reason=_opt("str"))
 register("os_ps")

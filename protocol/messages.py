@@ -379,7 +379,7 @@ def error_body(exc: ProtocolError | Exception, ref: str | None = None) -> dict[s
 # The control plane: CLI / tests ↔ orchestrator. Replies are ``ok`` {data} or ``error``.
 register("ctl_status")
 register("ctl_route_show")
-register("ctl_route_set", changes=Field("dict", items="str"))
+register("ctl_route_set", changes=Field("dict", items="str"), create=Field("bool", required=False))
 register("ctl_down", timeout=Field("float", required=False))
 register("ctl_request", node="str", kind="str", body="dict", timeout=Field("float", required=False))
 

@@ -49,6 +49,7 @@ from typing import Any, Awaitable, Callable, Hashable, Mapping
 import trio
 import zmq
 
+from protocol.auth import AuthError, Keyring
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import MAX_FRAME, Message, decode, encode, error_body
 from protocol.recorder import Recorder
@@ -187,10 +188,15 @@ class Party:
         ctx: a ZeroMQ context (a new one if omitted).
         spin: seconds the inbox is polled after traffic before sleeping
             (default from ``HWEMU_SPIN_US``; 0: sleep at once).
+        auth: this party's keys (:mod:`protocol.auth`): every frame it sends
+            is sealed with a MAC and every frame it receives must verify
+            (else it is dropped and counted as ``auth_failed``). None: no
+            MAC either way (unit tests, the bench's baseline).
     """
 
     def __init__(self, name: str, endpoint: str, directory: Mapping[str, str] | None = None,
-                 ctx: zmq.Context | None = None, advertise: bool = False, spin: float | None = None):
+                 ctx: zmq.Context | None = None, advertise: bool = False, spin: float | None = None,
+                 auth: Keyring | None = None):
         self.name = name
         self.endpoint = endpoint
         self.directory: dict[str, str] = dict(directory or {})
@@ -200,6 +206,14 @@ class Party:
         # this process's life: a restarted party has a larger one (wall-clock
         # ns at start), so a peer can tell a restart from a replay or a delay
         self.incarnation = time.time_ns()
+        self._auth = auth
+        if auth is not None:
+            auth.incarnation = self.incarnation
+        # the ZeroMQ routing id this party sends with: its name and its life, so
+        # another process that connects with the bare name (or a restarted
+        # self) never takes over this one's connections (ROUTER_HANDOVER)
+        self._routing_id = f"{name}#{self.incarnation:x}".encode()
+        self._senders: dict[bytes, str] = {}  # routing id -> the name it claims, for parse
         self.epoch = 0
         self._advertise = advertise  # put reply_to on every message (clients not in the topology)
         self._seq = itertools.count(1)
@@ -209,8 +223,10 @@ class Party:
         # what this party sends and receives, when a trace or a history is on
         # (``("msg", "send"|"recv", ...)``; one attribute test when off)
         self.recorder = Recorder(name)
+        # auth_failed: frames dropped because their MAC did not verify or they were replays
         self.counters = {"msgs_in": 0, "msgs_out": 0, "bad_in": 0, "late_replies": 0, "spoofed": 0,
-                         "handler_errors": 0, "polled_in": 0}
+                         "handler_errors": 0, "polled_in": 0, "auth_failed": 0}
+        self.auth_failures: dict[str, int] = {}  # reason -> count (protocol.auth.AuthError reasons)
         self._inbox = self.ctx.socket(zmq.ROUTER)
         self._inbox.setsockopt(zmq.RCVHWM, RCVHWM)
         self._inbox.setsockopt(zmq.MAXMSGSIZE, INBOX_MAXMSGSIZE)
@@ -223,7 +239,8 @@ class Party:
             self._inbox.bind(endpoint)
         except zmq.ZMQError as exc:  # in use, no such directory, ...: one line, not a zmq traceback
             self._inbox.close()
-            raise ProtocolError("bind_failed", f"cannot bind {endpoint}: {os.strerror(exc.errno)}", "endpoint") from None
+            raise ProtocolError("bind_failed", f"cannot bind {endpoint}: {os.strerror(exc.errno)}",
+                                "endpoint") from None
         self._inbox_fd = self._inbox.getsockopt(zmq.FD)
         self._busy = False  # the inbox task is handling what it read (not waiting for the next)
         # deliveries a polling requester read that are not replies, for the
@@ -265,7 +282,7 @@ class Party:
 
     def _connect(self, dst: str, endpoint: str) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, self.name.encode())
+        sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
         sock.setsockopt(zmq.SNDHWM, SNDHWM)
         sock.setsockopt(zmq.LINGER, 0)
         try:
@@ -291,13 +308,23 @@ class Party:
                        epoch=self.epoch, flow=flow, fseq=fseq,
                        reply_to=self.endpoint if self._advertise else None, inc=self.incarnation)
 
+    def _seal(self, msg: Message, frame: bytes) -> bytes:
+        """``frame`` (``msg`` encoded) sealed with its MAC for ``msg.dst``: at each
+        send, so a frame sent again (a retransmission) is a new one, not a replay."""
+        try:
+            return self._auth.seal(msg.dst, frame)
+        except AuthError as exc:
+            raise ProtocolError("no_key", str(exc), "dst") from None
+
     async def send_msg(self, msg: Message, frame: bytes | None = None) -> None:
         """Send a built message (``frame``: its encoding, if the caller has it);
         waits only while the peer's queue is full."""
         peer = self._peer(msg.dst)
         if frame is None:
             frame = encode(msg)
-        if self.faults is not None:
+        if self._auth is not None:
+            frame = self._seal(msg, frame)
+        if self.faults is not None:  # after signing: a corrupted frame is a lost one to its receiver
             frame = self.faults.outgoing(msg, frame)
             if frame is None:  # dropped, or held back to go out later: it is gone as far as we know
                 self.counters["msgs_out"] += 1
@@ -334,6 +361,8 @@ class Party:
         sock = self._peer(msg.dst).sock
         if frame is None:
             frame = encode(msg)
+        if self._auth is not None:
+            frame = self._seal(msg, frame)
         if self.faults is not None:
             frame = self.faults.outgoing(msg, frame)
             if frame is None:
@@ -612,17 +641,32 @@ class Party:
             if self._sleep is not None and (self._deferred or (not self._closed and self._pending_in())):
                 self._sleep.cancel()
 
+    def _sender(self, ident: bytes) -> str:
+        """The name a routing id (``name#incarnation``) claims."""
+        name = self._senders.get(ident)
+        if name is None:
+            name = ident.split(b"#", 1)[0].decode("utf-8", "replace")
+            if len(self._senders) >= 4 * _LEARNED_MAX:
+                self._senders.clear()
+            self._senders[ident] = name
+        return name
+
     def parse(self, frames: list[bytes]) -> Message:
-        """Decode an inbox delivery and check its claimed source.
+        """Check an inbox delivery's MAC (if this party has keys), decode it and
+        check its claimed source.
 
         Raises:
+            AuthError: its MAC does not verify as its claimed sender's, or it is a replay.
             ProtocolError: malformed, or ``src`` differs from the sending socket's id.
         """
         if len(frames) != 2:
             raise ProtocolError("bad_message", f"expected one frame per message, got {len(frames) - 1}")
         ident, frame = frames
+        sender = self._sender(ident)
+        if self._auth is not None:
+            frame = self._auth.open(sender, frame)  # before parsing anything of it
         msg = decode(frame)
-        if ident != msg.src.encode():
+        if sender != msg.src:
             self.counters["spoofed"] += 1
             raise ProtocolError("bad_source", f"message claims src {msg.src!r} but came from {ident[:64]!r}", "src")
         return msg
@@ -644,8 +688,9 @@ class Party:
 
     def _take(self, frames: list[bytes]) -> tuple[list[bytes], Message | ProtocolError] | None:
         """Count and parse one inbox delivery. A reply is given to its
-        requester here (None returned); anything else is returned for the
-        handler, with the frames (a malformed one: with its error)."""
+        requester here (None returned), a frame that fails authentication is
+        dropped and counted (None returned); anything else is returned for
+        the handler, with the frames (a malformed one: with its error)."""
         counters = self.counters
         counters["msgs_in"] += 1
         try:
@@ -653,6 +698,16 @@ class Party:
         except ProtocolError as exc:
             counters["bad_in"] += 1
             return frames, exc
+        except AuthError as exc:
+            # dropped unanswered: an unauthenticated party learns nothing, not even an error
+            counters["auth_failed"] += 1
+            self.auth_failures[exc.reason] = self.auth_failures.get(exc.reason, 0) + 1
+            if counters["auth_failed"] & (counters["auth_failed"] - 1) == 0:  # 1, 2, 4, 8 ...: a flood logs little
+                log.warning("%s: dropped a frame from %r (%s): %s (%d so far)", self.name, frames[0][:80],
+                            exc.reason, exc, counters["auth_failed"])
+            if self.recorder.on:
+                self.recorder("auth", "drop", src=self._sender(frames[0]), reason=exc.reason)
+            return None
         if self.recorder.on:
             self.recorder("msg", "recv", kind=msg.kind, src=msg.src, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
                           size=len(frames[1]))
@@ -725,7 +780,7 @@ class Party:
         if not frames:
             return
         try:
-            sender = frames[0].decode()
+            sender = frames[0].split(b"#", 1)[0].decode()
         except UnicodeDecodeError:
             return
         now = trio.current_time()

@@ -85,20 +85,3 @@ register("mem_set_identity", space="str")
 register("mem_create_space", space="str", frames=Field("list", items="int"))
 register("mem_destroy_space", space="str")
 register("mem_owners")   # data: {owner: [frames...]}, plus "invariants": "ok" or the violation
-
-# -- control requests (CLI → orchestrator; replies ok {data: report} or error) -----------
-# each report lists the choreography's steps with their pause time (orchestrator/choreographies)
-register("ctl_vmm_load", host=_opt("str"), frames=_opt("int"))
-register("ctl_vmm_unload")
-register("ctl_interpose", os=_opt("str"), cpu=_opt("bool"), memory=_opt("bool"), io=_opt("list", items="str"),
-         budget_ms=_opt("float"))
-register("ctl_devirtualize", os=_opt("str"), cpu=_opt("bool"), io=_opt("list", items="str"),
-         memory=_opt("bool"), unload=_opt("bool"), budget_ms=_opt("float"))
-register("ctl_memory_borrow", from_os="str", to_os="str", frames="int")
-register("ctl_memory_return", from_os="str", to_os="str", loan=_opt("str"))
-register("ctl_virt_status")    # data: who controls each resource, the VMM, the loans, the policy
-register("ctl_policy", auto_devirtualize="bool")
-register("ctl_os_boot", os="str", frames=_opt("int"), host=_opt("str"), budget_ms=_opt("float"))  # ¶49
-register("ctl_os_shutdown", os="str")
-register("ctl_os_start", os="str")   # former names of ctl_os_boot (no frames) / ctl_os_shutdown
-register("ctl_os_stop", os="str")

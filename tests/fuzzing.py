@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 from hypothesis import strategies as st
 
-import protocol.hw  # noqa: F401  (registers the hardware kinds)
+import protocol.hw  # registers the hardware kinds
 import protocol.vmm  # noqa: F401  (registers the VMM's kinds)
 from protocol.errors import ProtocolError
 from protocol.messages import _SCHEMAS, PROTOCOL_VERSION, Field, Message, _check, decode, encode, known_kinds

@@ -162,3 +162,74 @@ def test_the_checker_flags_protocol_and_orchestrator_reaching_out(fake):
         "protocol/messages.py:2: protocol.messages imports nodes.runtime"]
     assert violations("orchestrator", lambda me, name: not under(name, "nodes")) == [
         "orchestrator/__init__.py:2: orchestrator imports nodes.cpu"]
+
+
+# -- no import cycles, inside a package or across ---------------------------------------
+
+LAYERS = ("protocol", "nodes", "orchestrator", "hwemu")
+
+
+def runtime_imports(path: Path) -> list[str]:
+    """The modules of ours ``path`` imports when it runs: :func:`imports` without
+    the ``if TYPE_CHECKING:`` blocks (annotations only, never executed)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {n.lineno for stmt in node.body for n in ast.walk(stmt) if hasattr(n, "lineno")}
+    return sorted({name for line, name in imports(path) if line not in skip and ours(name) and is_module(name)})
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {module_name(p): set(runtime_imports(p)) - {module_name(p)} for top in LAYERS for p in sources(top)}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def test_no_import_cycles():
+    """Function-level imports count (one that dodges a cycle is still one); a
+    package's ``__init__`` running before its modules is not a cycle."""
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_checker_finds_a_cycle_through_a_function_level_import(fake):
+    (fake / "orchestrator" / "a.py").write_text("from orchestrator import b\n")
+    (fake / "orchestrator" / "b.py").write_text("def f():\n    from orchestrator.a import x\n")
+    (fake / "orchestrator" / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                                "    from orchestrator import a\n")
+    graph = import_graph()
+    assert cycles(graph) == [["orchestrator.a", "orchestrator.b"]]
+    assert graph["orchestrator.c"] == set()

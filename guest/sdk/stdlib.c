@@ -1,28 +1,66 @@
-/* hwemu guest SDK: stdlib.h — a bump allocator over brk, qsort, atoi. */
+/* hwemu guest SDK: stdlib.h — malloc/free over brk, qsort, atoi. */
 #include <hwemu.h>
 
-/* malloc never reuses memory: free is a no-op. Each block carries its size
- * (for realloc) and is 8-byte aligned. Fresh brk memory is zero. */
+/* malloc: first fit over a free list, fresh memory from brk. Each block
+ * has an 8-byte header holding its capacity (the payload bytes it can hold,
+ * a multiple of 8; 8-byte aligned); a free block keeps the next free block
+ * in its payload. free() puts a block on the list; malloc takes the first
+ * that fits and splits off what is left if that can hold a block of its
+ * own. Neighbouring free blocks are not merged. */
+struct block {
+    size_t cap;
+    size_t pad;                 /* keeps the payload 8-byte aligned */
+};
+#define HDR sizeof(struct block)
 static uintptr_t heap_cur, heap_end;
+static struct block *free_list;
+
+static void **next_of(struct block *b) { return (void **)(b + 1); }
 
 void *malloc(size_t n)
 {
+    size_t cap = (n + 7) & ~(size_t)7;
+    if (cap < n)
+        return NULL;
+    if (cap < sizeof(void *))
+        cap = sizeof(void *);
+    for (struct block **at = &free_list; *at; at = (struct block **)next_of(*at)) {
+        struct block *b = *at;
+        if (b->cap < cap)
+            continue;
+        *at = *next_of(b);
+        if (b->cap >= cap + HDR + 16) {    /* the rest becomes a free block */
+            struct block *rest = (struct block *)((char *)(b + 1) + cap);
+            rest->cap = b->cap - cap - HDR;
+            *next_of(rest) = free_list;
+            free_list = rest;
+            b->cap = cap;
+        }
+        return b + 1;
+    }
     if (!heap_cur)
-        heap_cur = heap_end = (uintptr_t)sys_brk(0);
-    size_t need = (n + 8 + 7) & ~(size_t)7;
-    if (need < n || heap_end - heap_cur < need) {
+        heap_cur = heap_end = ((uintptr_t)sys_brk(0) + 7) & ~(uintptr_t)7;
+    size_t need = cap + HDR;
+    if (need < cap || heap_end - heap_cur < need) {
         uintptr_t want = (heap_cur + need + 0xfff) & ~(uintptr_t)0xfff;
         if (want < heap_cur || (uintptr_t)sys_brk((void *)want) != want)
             return NULL;
         heap_end = want;
     }
-    size_t *block = (size_t *)heap_cur;
-    block[0] = n;
+    struct block *b = (struct block *)heap_cur;
+    b->cap = cap;
     heap_cur += need;
-    return block + 2;
+    return b + 1;
 }
 
-void free(void *p) { (void)p; }
+void free(void *p)
+{
+    if (!p)
+        return;
+    struct block *b = (struct block *)p - 1;
+    *next_of(b) = free_list;
+    free_list = b;
+}
 
 void *calloc(size_t count, size_t size)
 {
@@ -35,10 +73,13 @@ void *calloc(size_t count, size_t size)
 
 void *realloc(void *p, size_t n)
 {
+    if (p && ((struct block *)p - 1)->cap >= n)
+        return p;
     void *q = malloc(n);
     if (p && q) {
-        size_t old = ((size_t *)p)[-2];
+        size_t old = ((struct block *)p - 1)->cap;
         memcpy(q, p, old < n ? old : n);
+        free(p);
     }
     return q;
 }

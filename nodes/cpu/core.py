@@ -39,7 +39,8 @@ reaches memory through per-page dicts for the current address space
 writable ones, keyed by page base address; `X1` executable pages by vpn).
 Those dicts hold only pages that are both mapped by the TLB and present
 locally (writable ones: held writable), so a hit needs no further check;
-anything else takes the slow path in this module, which raises the stop. Translations are dropped when the TLB
+anything else takes the slow path in this module, which raises the stop.
+Translations are dropped when the TLB
 entry or the local page they came from goes (`tlb_write`/`tlb_flush`
 replacing it, `evict_page`) and on `fence.i`; a store into code without
 `fence.i` may leave the old code running, as the RISC-V spec allows.
@@ -58,8 +59,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nodes.cpu import isa
+from nodes.cpu.fault import Fault
 from nodes.cpu.isa import M
 from nodes.cpu.tlb import TLB
+from nodes.cpu.translate import Translator
 
 PAGE_SIZE = 4096
 TIMEBASE_HZ = 10_000_000  # rdtime ticks per second
@@ -101,10 +104,6 @@ class Stop:
     write: bool = False
 
 
-class Fault(Exception):
-    """Internal: unwinds an instruction that stopped; `Core.stop` says why."""
-
-
 class Core:
     """One RV32IM hart with a software TLB and a local page cache."""
 
@@ -143,9 +142,8 @@ class Core:
         self._blocks = self._blocks_by_asid.setdefault(0, {})
         self._heat: dict[int, int] = {}  # block start -> times interpreted
         self._inflight = 0  # instructions the interpreter retired but run() has not counted
-        from nodes.cpu import translate  # late: translate imports this module
 
-        self._translator = translate.Translator(self)
+        self._translator = Translator(self)
 
     # ---------------------------------------------------------------- state
 

@@ -45,12 +45,12 @@ from typing import Any
 import trio
 
 import protocol.hw  # noqa: F401  (registers the kinds)
-import protocol.recovery  # noqa: F401  (cpu_retrap, cpu_reset)
-from protocol.hw import tlb_entry
+import protocol.recovery  # noqa: F401  (registers cpu_retrap, cpu_reset)
 from nodes.cpu import isa
 from nodes.cpu.core import HALT, PAGE_MISS, PAGE_SIZE, QUANTUM, TRAP, Core
 from nodes.runtime import Node, main
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.hw import tlb_entry
 from protocol.messages import Message
 from protocol.riscv import TIMER_INTERRUPT
 

@@ -52,7 +52,7 @@ import operator
 import re
 
 from nodes.cpu import isa
-from nodes.cpu.core import Fault
+from nodes.cpu.fault import Fault
 
 MAX_BLOCK = 64  # instructions per basic block; bounds budget granularity
 MAX_REGION_BLOCKS = 32  # basic blocks per region; bounds compile time and dispatch
@@ -608,7 +608,7 @@ class Translator:
         stops = {number: int(tag.group(1)) for number, line in enumerate(lines, 1) if (tag := _STOP_TAG.search(line))}
         namespace = dict(self.namespace, K=stops)
         # The source is generated from isa.py only, never from guest data.
-        exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)  # noqa: S102
+        exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)
         region = namespace.pop(name)
         region.source = source  # for debugging and tests
         region.entry = entry

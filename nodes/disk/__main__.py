@@ -1,6 +1,6 @@
 """`python -m nodes.disk --config FILE` (started by the launcher)."""
 
-from nodes.runtime import main
 from nodes.disk.node import Disk
+from nodes.runtime import main
 
 main(Disk)

@@ -86,6 +86,7 @@ import errno
 import logging
 import os
 import random
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,11 @@ DMA_TIMEOUT = 10.0  # s for one memctl request
 DMA_DEADLINE = 30.0  # s of retrying while memctl recovers from a restart
 SECTOR = 512  # what a disk writes atomically: a torn write tears between sectors
 FAULT_KINDS = ("eio", "torn_write", "fsync_fail")
+
+
+def _block_crcs(data: bytes, block_size: int) -> list[int]:
+    """The CRC-32 of each block of ``data``."""
+    return [zlib.crc32(data[i:i + block_size]) for i in range(0, len(data), block_size)]
 
 
 class _Refused(Exception):
@@ -339,6 +345,9 @@ class Disk(Node):
             data = reply.body["data"]
             if len(data) != length:
                 raise _Refused(errno.EFAULT, f"memctl returned {len(data)} of {length} bytes")
+            rec = self.recorder
+            if rec.on:  # what the image may hold from now on, acknowledged or not (a checker's candidates)
+                rec("disk", "write", req=b["id"], block=block, count=count, crcs=_block_crcs(data, self.block_size))
             fid = self._injects("torn_write")
             if fid is not None:
                 await self._tear(fid, data, offset)
@@ -347,6 +356,9 @@ class Disk(Node):
                 raise _Refused(errno.EIO, f"short write to the image: {written} of {length} bytes")
             if not self.write_back:
                 await self._sync()  # durable before the completion: that is the contract
+                if rec.on:
+                    rec("disk", "write_acked", req=b["id"], block=block, count=count, crc32=zlib.crc32(data),
+                        image=str(self.image), block_size=self.block_size)
             self.counts["writes"] += 1
             self.counts["blocks_written"] += count
         return count

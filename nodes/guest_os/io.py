@@ -99,7 +99,7 @@ class _Driver(DualModeDriver):
             try:
                 try:
                     await self.node.emit(self.flow, kind, {"id": cid, **body})
-                except Exception as exc:  # noqa: BLE001 - the device is away: retry
+                except Exception as exc:  # the device is away: retry
                     log.info("%s: %s not sent: %s", self.device, kind, exc)
                 else:
                     with trio.move_on_after(CMD_TIMEOUT):
@@ -200,7 +200,7 @@ class DiskDriver(_Driver):
                 try:
                     reply = await self.node.party.request(dest, "disk_info", {}, timeout=10.0)
                     info = reply.body.get("data") or {}
-                except Exception as exc:  # noqa: BLE001 - fall back to 512 and -EIO at the end
+                except Exception as exc:  # fall back to 512 and -EIO at the end
                     log.warning("disk_info from %s failed: %s", dest, exc)
             self.block_size = int(info.get("block_size", 512))
             part = info.get("partition")
@@ -308,7 +308,7 @@ class NicDriver(_Driver):
             return
         try:
             frames = self.node.module.alloc_pin(RX_BUFFERS)
-        except Exception as exc:  # noqa: BLE001 - no memory for buffers: no network
+        except Exception as exc:  # no memory for buffers: no network
             raise DeviceError(-abi.ENOMEM, f"no frames for {RX_BUFFERS} receive buffers: {exc}") from None
         if not await self.post(self.node.name, [f * PAGE for f in frames], reset=True):
             self.node.module.give_back(frames)  # not buffers after all: back on the free list
@@ -324,7 +324,7 @@ class NicDriver(_Driver):
         try:
             await self.node.party.request(dest, "nic_rx_post", {"buffers": buffers, "space": space,
                                                                  "reset": reset}, timeout=POST_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - the NIC is away
+        except Exception as exc:  # the NIC is away
             log.warning("%s: nic_rx_post to %s failed: %s", space, dest, exc)
             return False
         return True
@@ -353,7 +353,7 @@ class NicDriver(_Driver):
     async def repost(self, buffers: list[int]) -> None:
         try:
             await self.node.emit(self.flow, "nic_rx_post", {"buffers": list(buffers), "space": self.node.name})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.info("nic_rx_post not sent: %s", exc)
 
     async def receive(self, body: dict[str, Any]) -> bytes | None:
@@ -375,7 +375,7 @@ class NicDriver(_Driver):
                     n += 1
                 out += await self.node.mem_read(buffers[i], min(n * PAGE, length - i * PAGE))
                 i += n
-        except Exception as exc:  # noqa: BLE001 - memctl away: the datagram is lost, the buffers are not
+        except Exception as exc:  # memctl away: the datagram is lost, the buffers are not
             log.warning("%s: reading a datagram out of its buffers failed: %s", self.node.name, exc)
             self.bad_rx += 1
             await self.repost(buffers)
@@ -412,13 +412,13 @@ class NicDriver(_Driver):
         self.next_id += 1
         try:
             await self.node.emit(self.flow, "nic_close", {"id": cid, "port": port})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.info("nic_close %d not sent: %s", port, exc)
 
     async def ack(self, port: int, count: int = 1) -> None:
         try:
             await self.node.emit(self.flow, "nic_rx_ack", {"port": port, "count": count})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.info("nic_rx_ack %d not sent: %s", port, exc)
 
     def export_state(self) -> dict[str, Any]:
@@ -490,7 +490,7 @@ class Io:
                 result = await work()
             except DeviceError as exc:
                 result = exc.status
-            except Exception as exc:  # noqa: BLE001 - an I/O failure is the process's -EIO
+            except Exception as exc:  # an I/O failure is the process's -EIO
                 log.exception("%s: %s for pid %d failed", self.node.name, what, p.pid)
                 result = -abi.EIO if not isinstance(exc, trio.TooSlowError) else -abi.ETIMEDOUT
             self.node._queue("io_done", (p, wait, result, finish))

@@ -531,8 +531,8 @@ from itertools import filterfalse  # noqa: E402
 
 import trio  # noqa: E402
 
-import protocol.hw  # noqa: E402,F401  (registers the message kinds)
-import protocol.recovery  # noqa: E402,F401  (peer_restarted)
+import protocol.hw  # noqa: E402  (registers the message kinds)
+import protocol.recovery  # noqa: E402  (registers peer_restarted)
 import protocol.vmm  # noqa: E402,F401  (mem_pin)
 from nodes.guest_os.drivers import TimerDriver, UartDriver  # noqa: E402
 from nodes.guest_os.io import Io  # noqa: E402  (disk + NIC drivers, file/socket syscalls)
@@ -541,7 +541,6 @@ from nodes.runtime import Node, NodeConfig  # noqa: E402
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout  # noqa: E402
 from protocol.frames import body_frames, to_runs  # noqa: E402
 from protocol.messages import Message  # noqa: E402
-
 
 TICK_SILENCE = 100  # periods without a tick before the timer driver programs the timer again
 TICK_SILENCE_MIN_S = 2.0
@@ -674,7 +673,7 @@ class OsNode(Node):
     async def _notify_exit(self, proc: Process) -> None:
         try:
             await self.console.sync()  # its output is in the console log before anyone hears of the exit
-        except Exception as exc:  # noqa: BLE001 - still tell the owner
+        except Exception as exc:  # still tell the owner
             log.warning("%s: console sync before proc_exit failed: %s", self.name, exc)
         try:
             await self.party.send(proc.owner, "proc_exit",
@@ -710,7 +709,7 @@ class OsNode(Node):
             kind, payload = event
             try:
                 await self._handle(kind, payload)
-            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the kernel
+            except Exception as exc:  # one bad event must not stop the kernel
                 log.exception("%s: kernel failed on %s", self.name, kind)
                 if kind == "trap":
                     await self._abandon_current(exc)
@@ -728,7 +727,7 @@ class OsNode(Node):
         try:
             await k.kill(proc, 128 + SIGKILL, f"kernel could not serve its trap ({exc}) pc={proc.pc & M32:#010x}")
             await k.dispatch()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("%s: could not even kill pid %d", self.name, proc.pid)
             if k.current is proc:
                 k.current = None
@@ -775,7 +774,8 @@ class OsNode(Node):
             driver = {"uart": self.console, "timer": self.timer, "disk": self.io.disk,
                       "nic": self.io.nic}.get(msg.body.get("device"))
             if driver is None:
-                raise ProtocolError("bad_field", f"no driver {msg.body.get('device')!r} (uart, timer, disk, nic)", "body.device")
+                raise ProtocolError("bad_field", f"no driver {msg.body.get('device')!r} (uart, timer, disk, nic)",
+                                    "body.device")
             state = await driver.set_mode(msg.body.get("mode"))
             await self.party.reply(msg, "ok", {"data": state})
 
@@ -865,9 +865,9 @@ class OsNode(Node):
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()
-        s.update(kernel={**self.kernel.stats(), **self.module.stats()}, uart=self.console.stats(), timer=self.timer.stats(),
-                 mem_ops=self.mem_ops, mem_retries=self.mem_retries, procs=self.kernel.ps(), io=self.io.stats(), resets=self.resets,
-                 timer_rearms=self.timer_rearms)
+        s.update(kernel={**self.kernel.stats(), **self.module.stats()}, uart=self.console.stats(),
+                 timer=self.timer.stats(), mem_ops=self.mem_ops, mem_retries=self.mem_retries,
+                 procs=self.kernel.ps(), io=self.io.stats(), resets=self.resets, timer_rearms=self.timer_rearms)
         return s
 
     # -- handlers: everything goes through the one kernel task, in arrival order ------------

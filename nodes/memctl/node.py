@@ -58,10 +58,11 @@ from typing import Any
 
 import trio
 
-import protocol.hw  # noqa: F401  (registers the mem_* kinds)
-import protocol.recovery  # noqa: F401  (mem_drop_initiator)
+import protocol.hw  # registers the mem_* kinds
+import protocol.recovery  # registers mem_drop_initiator
 import protocol.vmm  # noqa: F401  (registers the mem_* administration kinds)
 from nodes.runtime import Node, spawned
+from protocol import authz
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.frames import body_frames, check_runs, from_runs, to_runs
 from protocol.messages import Message
@@ -73,7 +74,7 @@ log = logging.getLogger("hwemu.memctl")
 
 RECALL_ALL = -1  # mem_recall frame meaning "every frame you hold" (recovery)
 RECALL_TIMEOUT = 2.0
-ADMINS = frozenset({"orch", "vmm"})
+ADMINS = frozenset({"orch", "vmm"})  # by name, when the node runs without keys (else: protocol/authz.py)
 
 
 def _frames(body: dict[str, Any]) -> list[int]:
@@ -114,6 +115,8 @@ class MemctlNode(Node):
         self.path.mkdir(parents=True, exist_ok=True)
         self.mc = MemoryController.open(self.path, self.nframes, self._recall)
         self.mc.recorder = self.recorder
+        if self.recorder.on:  # a history's owner model starts from what this life found, then follows each change
+            self.recorder("frame", "owners", owners=self.mc.owners(), nframes=self.mc.store.nframes)
         if not self.mc.recovering:
             known = set(self.mc.stats()["spaces"])
             for os_name, (first, count) in self.partitions.items():
@@ -205,6 +208,8 @@ class MemctlNode(Node):
         except MemctlError as exc:
             await self.party.reply(msg, "error", self._error(exc, msg.kind))
             return
+        if self.recorder.on:  # who may read which frame: a checker compares it with the frame's owner
+            self.recorder("frame", "grant", space=space, frame=grant.frame, initiator=msg.src, write=b["write"])
         await self.party.reply(msg, "mem_grant", {"frame": grant.frame, "gpn": b["gpn"],
                                                   "data": grant.data if grant.data is not None else b"",
                                                   "writable": grant.writable})
@@ -241,8 +246,12 @@ class MemctlNode(Node):
 
     # -- administration (orchestrator / VMM) -------------------------------------------
 
+    def _by_admin(self, msg: Message) -> bool:
+        """The orchestrator or the VMM: the rules table's ``admin`` (by node kind), or by name without keys."""
+        return authz.ADMIN.allows(msg, self._authz) if self._authz is not None else msg.src in ADMINS
+
     def _admin(self, msg: Message) -> None:
-        if msg.src not in ADMINS:
+        if not self._by_admin(msg):
             self.counts["refused"] += 1
             raise ProtocolError("forbidden", f"{msg.kind} is accepted only from {', '.join(sorted(ADMINS))}, "
                                              f"not from {msg.src!r}", "src")
@@ -257,7 +266,7 @@ class MemctlNode(Node):
 
     def _pin_owner(self, msg: Message, frames: list[int]) -> str:
         """Whose ``frames`` a pin names: an OS only its own; the orchestrator/VMM any owner's."""
-        if msg.src in ADMINS:
+        if self._by_admin(msg):
             owner = msg.body.get("owner")
             if owner is None:
                 found = {self.mc.owner_of(f) for f in frames}
@@ -309,7 +318,8 @@ class MemctlNode(Node):
         try:
             mapping = {int(g): f for g, f in msg.body["map"].items()}
         except ValueError:
-            raise ProtocolError("bad_field", "map keys must be guest page numbers (decimal strings)", "body.map") from None
+            raise ProtocolError("bad_field", "map keys must be guest page numbers (decimal strings)",
+                                "body.map") from None
 
         async def go():
             await self.mc.set_map(msg.body["space"], mapping)

@@ -87,9 +87,9 @@ from typing import Any
 
 import trio
 
+import protocol.hw  # noqa: F401  (registers the device message kinds)
 from nodes.runtime import Node, NodeConfig
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
-import protocol.hw  # noqa: F401  (registers the device message kinds)
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.nic")

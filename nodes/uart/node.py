@@ -48,9 +48,9 @@ from typing import Any
 
 import trio
 
+import protocol.hw  # noqa: F401  (registers the device message kinds)
 from nodes.runtime import Node, NodeConfig
 from protocol.errors import ProtocolError
-import protocol.hw  # noqa: F401  (registers the device message kinds)
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.uart")

@@ -55,15 +55,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import trio
-
-import protocol.hw  # noqa: F401  (registers the kinds)
+import protocol.hw  # registers the kinds
 import protocol.vmm  # noqa: F401
-from protocol.hw import tlb_entry
 from nodes.runtime import Node, main, spawned
 from nodes.vmm.frames import FrameBroker
 from nodes.vmm.io import SHARED_DEVICES, DeviceMux, _Refusal
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.hw import tlb_entry
 from protocol.messages import Message
 from protocol.riscv import TIMER_INTERRUPT
 
@@ -572,7 +570,8 @@ class VmmNode(FrameBroker, DeviceMux, Node):
             except _Refusal as exc:
                 raise ProtocolError("bad_field", exc.reason, "body.node") from None
             except (RemoteError, RequestTimeout) as exc:
-                raise ProtocolError("device_unavailable", f"{node} did not describe itself: {exc}", "body.node") from None
+                raise ProtocolError("device_unavailable", f"{node} did not describe itself: {exc}",
+                                    "body.node") from None
             await self.party.reply(msg, "ok", {"data": {"node": node, "os": os_name, "mode": b["mode"], **data}})
             return
         os_name = b.get("os") or (device.split(".", 1)[0] if "." in device else self.uart_owner.get(node))

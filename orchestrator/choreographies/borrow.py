@@ -28,8 +28,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.choreographies import Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.frames import add_frames, alloc_pin, ctx_runs, give_up, runs_of, via_vmm
+from orchestrator.control import control, optional
 from protocol.frames import count, from_runs
 
 FIGURE = "p39_borrow"
@@ -132,3 +133,15 @@ async def give_back(orch, from_os: str, to_os: str, loan: str | None = None) -> 
         chor.on_commit = lambda ctx, ln=ln: orch.virt.loans.remove(ln)
         reports.append(await chor.run(orch))
     return reports
+
+
+@control("ctl_memory_borrow", from_os="str", to_os="str", frames="int")
+async def ctl_memory_borrow(orch, from_os: str, to_os: str, frames: int) -> dict[str, Any]:
+    """¶39: lend ``frames`` frames of ``from_os`` to ``to_os`` through the VMM."""
+    return {"reports": [await orch.exclusive(borrow, from_os, to_os, frames)]}
+
+
+@control("ctl_memory_return", from_os="str", to_os="str", loan=optional("str"))
+async def ctl_memory_return(orch, from_os: str, to_os: str, loan: str | None = None) -> dict[str, Any]:
+    """¶39 in reverse: every loan ``from_os`` → ``to_os`` (or the one named) comes back."""
+    return {"reports": await orch.exclusive(give_back, from_os, to_os, loan)}

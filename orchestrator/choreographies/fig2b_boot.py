@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.choreographies import VMM, Run
+from orchestrator.choreographies.base import Run
+from orchestrator.choreographies.state import VMM
 from protocol.errors import RemoteError
 
 if TYPE_CHECKING:  # pragma: no cover

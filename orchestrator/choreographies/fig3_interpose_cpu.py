@@ -33,7 +33,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies import base
+from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.fig5_devices import interpose_device
+from orchestrator.choreographies.state import VMM, devices_of
+from orchestrator.control import control, optional
 
 FIGURE = "fig3"
 FIGURE_MEMORY = "fig3_memory"
@@ -167,3 +171,30 @@ async def interpose_memory(orch, os_name: str, budget_ms: float | None = None) -
     if budget_ms is not None:
         chor.budget_ms = budget_ms
     return await chor.run(orch)
+
+
+@control("ctl_interpose", os=optional("str"), cpu=optional("bool"), memory=optional("bool"),
+         io=optional("list", items="str"), budget_ms=optional("float"))
+async def ctl_interpose(orch, os: str | None = None, cpu: bool | None = None, memory: bool | None = None,
+                        io: list[str] | None = None, budget_ms: float | None = None) -> dict[str, Any]:
+    """FIG. 3 on the CPU (``cpu``: without step 308, direct addressability kept), step 308
+    (``memory``: implies the CPU if it is not virtualized yet) and FIG. 5 on each device
+    asked; nothing asked: everything not done yet (every device the topology gives the OS)."""
+    os_name = orch.default_os(os)
+    everything = not cpu and not memory and not io
+    devices = devices_of(orch.topology, os_name) if everything or "all" in (io or []) else list(io or [])
+    skip_done = everything or "all" in (io or [])
+    att = orch.virt.attached.get(os_name, {})
+    want_mem = bool(memory) or everything
+    reports: list[dict[str, Any]] = []
+    try:
+        if cpu or ((everything or memory) and att.get("cpu") != "vmm"):
+            reports.append(await orch.exclusive(interpose_cpu, os_name, budget_ms=budget_ms, memory=want_mem))
+        elif memory or (everything and att.get("memory") != "vmm"):
+            reports.append(await orch.exclusive(interpose_memory, os_name, budget_ms=budget_ms))
+        for dev in devices:
+            if not skip_done or f"{os_name}.{dev}" not in orch.virt.devices:
+                reports.append(await orch.exclusive(interpose_device, os_name, dev, budget_ms=budget_ms))
+    except (ChoreographyError, base.ChoreographyFailed) as exc:
+        base.committed_before(exc, reports)
+    return {"reports": reports}

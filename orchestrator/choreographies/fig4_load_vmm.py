@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.frames import alloc_pin, ctx_runs, give_up, transfer
+from orchestrator.choreographies.state import VMM
+from orchestrator.control import control, optional
 from protocol.errors import RemoteError
 from protocol.frames import from_runs
 
@@ -92,3 +94,9 @@ async def load_vmm(orch, host: str = "os1", frames: int = 64, budget_ms: float |
     if budget_ms is not None:
         chor.budget_ms = budget_ms
     return await chor.run(orch)
+
+
+@control("ctl_vmm_load", host=optional("str"), frames=optional("int"))
+async def ctl_vmm_load(orch, host: str = "os1", frames: int = 64) -> dict[str, Any]:
+    """FIG. 4: load the VMM into ``frames`` frames pinned by ``host``."""
+    return {"reports": [await orch.exclusive(load_vmm, host, frames)]}

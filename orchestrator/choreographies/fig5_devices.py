@@ -33,34 +33,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.state import DEVICES, VMM, device_node, devices_of
 
 FIGURE_IN = "fig5"
 FIGURE_OUT = "fig6"
-DEVICES = ("uart", "disk", "nic")
 SHARED = ("disk", "nic")
-
-
-def device_node(topology, os_name: str, device: str) -> str | None:
-    """The device node that ``os_name``'s ``device`` driver reaches (None: it has none).
-
-    The OS's option (``uart``, ``disk``, ``nic``) names it; else the topology's
-    native route ``io:<os>.<device>``; for the UART the default ``uart0``. An
-    OS with neither has no disk or NIC (it is not handed another's).
-    """
-    spec = topology.nodes.get(os_name)
-    named = spec.options.get(device) if spec is not None else None
-    if named:
-        return named
-    native = topology.routes.get(f"io:{os_name}.{device}")
-    if native and native in topology.nodes and topology.nodes[native].kind == device:
-        return native
-    return "uart0" if device == "uart" else None
-
-
-def devices_of(topology, os_name: str) -> list[str]:
-    """The virtualizable devices ``os_name`` has in this topology (``--io all``)."""
-    return [d for d in DEVICES if device_node(topology, os_name, d) is not None]
 
 
 def native_owner(topology, node: str) -> str | None:

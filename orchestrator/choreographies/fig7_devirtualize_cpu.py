@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.state import VMM
 
 FIGURE = "fig7"
 FIGURE_MEMORY = "fig7_memory"

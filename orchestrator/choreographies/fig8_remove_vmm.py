@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies import base
+from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.fig5_devices import give_back_device
 from orchestrator.choreographies.fig7_devirtualize_cpu import devirtualize_cpu, devirtualize_memory, refuse_memory
 from orchestrator.choreographies.frames import add_frames, ctx_runs, transfer
+from orchestrator.choreographies.state import VMM
+from orchestrator.control import control, optional
 from protocol.frames import from_runs, to_runs
 
 FIGURE_UNLOAD = "fig8_unload"
@@ -110,3 +113,28 @@ async def remove_vmm(orch, os_name: str | None = None, cpu: bool = True, io: lis
     if unload_vmm:  # 808
         reports.append(await unload(orch))
     return reports
+
+
+@control("ctl_vmm_unload")
+async def ctl_vmm_unload(orch) -> dict[str, Any]:
+    """FIG. 8 808: stop the VMM and return its frames (refused while it manages anything)."""
+    return {"reports": [await orch.exclusive(unload)]}
+
+
+@control("ctl_devirtualize", os=optional("str"), cpu=optional("bool"), io=optional("list", items="str"),
+         memory=optional("bool"), unload=optional("bool"), budget_ms=optional("float"))
+async def ctl_devirtualize(orch, os: str | None = None, cpu: bool | None = None, io: list[str] | None = None,
+                           memory: bool | None = None, unload: bool | None = None,
+                           budget_ms: float | None = None) -> dict[str, Any]:
+    """FIG. 8 order: memory, devices, CPU, optionally unload; nothing asked: everything allowed."""
+    everything = not cpu and not io and not memory
+    if everything:
+        cpu = len(orch.virt.attached) <= 1
+        io, memory = ["all"], True
+    reports: list[dict[str, Any]] = []
+    try:
+        await orch.exclusive(remove_vmm, os_name=os, cpu=bool(cpu), io=list(io or []), memory=bool(memory),
+                             unload_vmm=bool(unload), reports=reports, budget_ms=budget_ms)
+    except (ChoreographyError, base.ChoreographyFailed) as exc:
+        base.committed_before(exc, reports)
+    return {"reports": reports}

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.choreographies import VMM, ChoreographyError, Ctx, Run, Step
+from orchestrator.choreographies.base import ChoreographyError, Ctx, Run, Step
+from orchestrator.choreographies.state import VMM
 from protocol.errors import RemoteError
 from protocol.frames import Runs, check_runs, count, to_runs
 

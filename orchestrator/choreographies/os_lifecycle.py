@@ -35,11 +35,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.choreographies import VMM, Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies import fig3_interpose_cpu as fig3
+from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.fig5_devices import give_back_device
-from orchestrator.choreographies.frames import (add_frames, alloc_pin, ctx_runs, give_up, runs_of, transfer,
-                                                 via_vmm)
+from orchestrator.choreographies.frames import add_frames, alloc_pin, ctx_runs, give_up, runs_of, transfer, via_vmm
+from orchestrator.choreographies.state import VMM
+from orchestrator.control import control, optional
 from protocol.errors import RemoteError
 from protocol.frames import count, from_runs
 
@@ -224,3 +225,33 @@ async def boot_os(orch, os_name: str, frames: int | None = None, host: str | Non
     report = await chor.run(orch)
     return {"os": os_name, "started": True, "frames": from_runs(report["steps"][0]["data"]["runs"]),
             "reports": [report]}
+
+
+@control("ctl_os_shutdown", os="str")
+async def ctl_os_shutdown(orch, os: str) -> dict[str, Any]:
+    """Shut an OS instance down (devices back and detached from the VMM first; memory it
+    was booted on returned to its host, ¶49); then the policy."""
+    orch.policy_reports = []
+    reports = await orch.exclusive(stop_os, os)
+    return {"reports": reports, "policy": orch.policy_reports}
+
+
+@control("ctl_os_boot", os="str", frames=optional("int"), host=optional("str"), budget_ms=optional("float"))
+async def ctl_os_boot(orch, os: str, frames: int | None = None, host: str | None = None,
+                      budget_ms: float | None = None) -> dict[str, Any]:
+    """Boot a deferred (or stopped) OS instance: on ``frames`` frames borrowed from ``host``
+    through the VMM (¶49), else with its own partition."""
+    return await orch.exclusive(boot_os, os, frames, host, budget_ms=budget_ms)
+
+
+@control("ctl_os_stop", os="str")
+async def ctl_os_stop(orch, os: str) -> dict[str, Any]:
+    """The former name of ``ctl_os_shutdown``."""
+    return await ctl_os_shutdown(orch, os)
+
+
+@control("ctl_os_start", os="str")
+async def ctl_os_start(orch, os: str) -> dict[str, Any]:
+    """The former name of ``ctl_os_boot`` without frames."""
+    data = await ctl_os_boot(orch, os)
+    return {"os": data["os"], "started": data["started"]}

@@ -14,10 +14,35 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.control import control
+
 if TYPE_CHECKING:  # pragma: no cover
     from orchestrator.topology import Topology
 
 VMM = "vmm"
+DEVICES = ("uart", "disk", "nic")  # the devices a VMM can interpose on (FIG. 5)
+
+
+def device_node(topology, os_name: str, device: str) -> str | None:
+    """The device node that ``os_name``'s ``device`` driver reaches (None: it has none).
+
+    The OS's option (``uart``, ``disk``, ``nic``) names it; else the topology's
+    native route ``io:<os>.<device>``; for the UART the default ``uart0``. An
+    OS with neither has no disk or NIC (it is not handed another's).
+    """
+    spec = topology.nodes.get(os_name)
+    named = spec.options.get(device) if spec is not None else None
+    if named:
+        return named
+    native = topology.routes.get(f"io:{os_name}.{device}")
+    if native and native in topology.nodes and topology.nodes[native].kind == device:
+        return native
+    return "uart0" if device == "uart" else None
+
+
+def devices_of(topology, os_name: str) -> list[str]:
+    """The virtualizable devices ``os_name`` has in this topology (``--io all``)."""
+    return [d for d in DEVICES if device_node(topology, os_name, d) is not None]
 
 
 @dataclass
@@ -49,7 +74,6 @@ class VirtState:
     def view(self, topology: "Topology") -> dict[str, Any]:
         """``{resource: controller}`` for every OS's CPU, memory and devices (its UART,
         disk and NIC where the topology gives it one), plus the VMM and loans."""
-        from orchestrator.choreographies.fig5_devices import device_node, devices_of
         resources: dict[str, str] = {}
         for name, spec in topology.nodes.items():
             if spec.kind != "os":
@@ -63,3 +87,17 @@ class VirtState:
         return {"vmm": {"loaded": self.vmm_loaded, "host": self.vmm_host, "frames": len(self.vmm_frames)},
                 "resources": resources, "loans": list(self.loans),
                 "policy": {"auto_devirtualize": self.auto_devirtualize}}
+
+
+@control("ctl_virt_status")
+async def ctl_virt_status(orch) -> dict[str, Any]:
+    """Who controls each resource, the VMM, the loans, the policy."""
+    return orch.virt.view(orch.topology)
+
+
+@control("ctl_policy", auto_devirtualize="bool")
+async def ctl_policy(orch, auto_devirtualize: bool) -> dict[str, Any]:
+    """Set the devirtualization policy: devirtualize everything once one OS remains (off by default)."""
+    orch.virt.auto_devirtualize = bool(auto_devirtualize)
+    orch.save_state()
+    return orch.virt.view(orch.topology)["policy"]

@@ -13,6 +13,7 @@ from typing import Annotated
 import trio
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.cli import watch
 from orchestrator.cli.common import Json, RunDir, console, emit_json, fail, run_dir_of
@@ -21,27 +22,42 @@ from orchestrator.client import NotRunning, call
 from orchestrator.daemon import is_locked, read_state
 from orchestrator.supervisor import LAUNCHED, launched, record_launch
 from orchestrator.topology import TopologyError, load
+from protocol.auth import check_private
 from protocol.errors import RemoteError, RequestTimeout
+
+UP_EXAMPLES = ["hwemu up compose/native.toml --detach", "hwemu up compose/flip.toml --detach --run-dir /tmp/flip",
+               "hwemu up compose/io.toml    # in the foreground: Ctrl-C stops it"]
+STATUS_EXAMPLES = ["hwemu status", "hwemu status --json", "hwemu status --run-dir /tmp/flip --timeout 2"]
+DOWN_EXAMPLES = ["hwemu down", "hwemu down --timeout 1 --json"]
+
+
+def _console(node: dict) -> str:
+    """A UART's console: its TCP port on loopback (``hwemu console``, ``nc 127.0.0.1 PORT``)."""
+    port = node.get("stats", {}).get("tcp_port")
+    return f"tcp 127.0.0.1:{port}" if node["kind"] == "uart" and port else ""
 
 
 def _status_table(data: dict) -> Table:
     table = Table(title=f"cluster {data['cluster']}  ({data['topology']}, routes epoch {data['routes']['epoch']})")
-    for col in ("node", "kind", "pid", "state", "alive", "uptime s", "msgs in", "msgs out", "restarts", "endpoint"):
+    for col in ("node", "kind", "pid", "state", "alive", "uptime s", "msgs in", "msgs out", "restarts", "console",
+                "endpoint"):
         table.add_column(col, no_wrap=True,
                          justify="right" if col in ("pid", "uptime s", "msgs in", "msgs out", "restarts") else "left")
     o = data["orchestrator"]
-    table.add_row("orch", "orchestrator", str(o["pid"]), o["state"], "yes", f"{o['uptime']:.1f}", "", "", "", o["endpoint"])
+    table.add_row("orch", "orchestrator", str(o["pid"]), o["state"], "yes", f"{o['uptime']:.1f}", "", "", "", "",
+                  o["endpoint"])
     for n in data["nodes"]:
         state = n["state"]
         if state == "unresponsive":  # SIGSTOPped or hung: its last counters are stale
-            state = f"[bold yellow]unresponsive[/] (no heartbeat {n['silent_s']:.1f} s)"
+            state = Text.assemble(("unresponsive", "bold yellow"), f" (no heartbeat {n['silent_s']:.1f} s)")
         elif n["kind"] == "cpu" and isinstance(n["stats"].get("cpu_state"), str):
             state += f" / {n['stats']['cpu_state']}"
         dropped = (n["stats"].get("rx_dropped") or {}).get("total") if n["kind"] == "nic" else None
         if dropped:
             state += f" / {dropped} dropped"  # received datagrams that never reached the guest
-        table.add_row(n["name"], n["kind"], str(n["pid"]), state, "yes" if n["alive"] else "[red]no[/]",
-                      f"{n['uptime']:.1f}", str(n["msgs_in"]), str(n["msgs_out"]), str(n["restarts"]), n["endpoint"])
+        table.add_row(n["name"], n["kind"], str(n["pid"]), state, "yes" if n["alive"] else Text("no", style="red"),
+                      f"{n['uptime']:.1f}", str(n["msgs_in"]), str(n["msgs_out"]), str(n["restarts"]), _console(n),
+                      n["endpoint"])
     return table
 
 
@@ -66,8 +82,9 @@ def _call(run_dir: Path, kind: str, body: dict | None = None, timeout: float = 1
 
 
 def up(
-    topology: Annotated[Path, typer.Argument(help="Topology file (compose/*.toml).")],
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the cluster runs; stop it with `hwemu down`.")] = False,
+    topology: Annotated[Path, typer.Argument(metavar="TOPOLOGY", help="Topology file (compose/*.toml).")],
+    detach: Annotated[bool, typer.Option("--detach", "-d",
+                                         help="Return once the cluster runs; stop it with `hwemu down`.")] = False,
     run_dir: RunDir = None,
     json_out: Json = False,
 ) -> None:
@@ -82,9 +99,14 @@ def up(
         state = read_state(rd) or {}
         fail(f"a cluster is already running in {rd} (pid {state.get('pid', '?')}, topology "
              f"{state.get('topology', '?')}): run `hwemu down` first, or use another --run-dir")
+    if rd.exists():  # its sockets, configs and keys give control of the cluster: private (0700, yours)
+        try:
+            check_private(rd)
+        except OSError as exc:
+            fail(str(exc), code=2)
     log_path = rd / "orchestrator.log"
     try:
-        rd.mkdir(parents=True, exist_ok=True)
+        rd.mkdir(mode=0o700, parents=True, exist_ok=True)
         log = open(log_path, "ab")
     except OSError as exc:
         fail(f"cannot create the run directory {rd}: {exc.strerror or exc}")
@@ -114,7 +136,7 @@ def up(
     if detach:
         return
     if not json_out:
-        console.print("[dim]running; Ctrl-C stops the cluster[/]")
+        console.print(Text("running; Ctrl-C stops the cluster", style="dim"))
     try:
         daemon.wait()
     except KeyboardInterrupt:
@@ -176,7 +198,7 @@ def _virt_table(virt: dict) -> Table:
     table.add_row("vmm", f"loaded in {v['frames']} frames of {v['host']}" if v["loaded"] else "not loaded")
     table.add_row("policy", f"auto-devirtualize {'on' if virt['policy']['auto_devirtualize'] else 'off'}")
     for res, who in sorted(virt["resources"].items()):
-        table.add_row(res, "[bold]vmm[/]" if who == "vmm" else who)
+        table.add_row(res, Text("vmm", style="bold") if who == "vmm" else who)
     for ln in virt["loans"]:
         table.add_row(f"{ln['count']} frames lent by {ln['from']}", f"{ln['to']} (loan {ln['id']})")
     return table

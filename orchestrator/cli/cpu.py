@@ -15,15 +15,21 @@ from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from orchestrator.cli.common import command, new_app
+
+app = new_app("Run programs on the CPU core.", ["hwemu cpu run guest/build/samples/hello.elf -- a b"])
 
 
-@app.command(
+@command(
+    app, "run",
+    ["hwemu cpu run guest/build/samples/hello.elf -- a b",
+     "printf 'one two\\n' | hwemu cpu run guest/build/samples/wc.elf",
+     "hwemu cpu run guest/build/samples/bench.elf --stats stats.json -- 64"],
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 def run(
     ctx: typer.Context,
-    program: Annotated[Path, typer.Argument(help="Static RV32IM ELF program to run.")],
+    program: Annotated[Path, typer.Argument(metavar="PROGRAM", help="Static RV32IM ELF program to run.")],
     stats: Annotated[
         Optional[Path],
         typer.Option("--stats", help="Write instret, seconds and MIPS as JSON to this file."),

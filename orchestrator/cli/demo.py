@@ -22,11 +22,10 @@ compute round): the run that the transparency test compares against.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import itertools
-import hashlib
 import json
-import os
 import random
 import socket
 import subprocess
@@ -39,13 +38,14 @@ from typing import Annotated, Any, Iterator, Optional
 
 import trio
 import typer
+from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from orchestrator import flowaudit
+from orchestrator import flowaudit, report
 from orchestrator.cli import cluster
-from orchestrator import report
 from orchestrator.cli import trace as trace_cli
-from orchestrator.cli.common import RunDir, console, fail
+from orchestrator.cli.common import Json, RunDir, console, emit_json, err_console, fail
 from orchestrator.cli.run import _interrupted, _pick, run_program
 from orchestrator.client import call, default_run_dir
 from orchestrator.daemon import is_locked
@@ -80,7 +80,8 @@ def timeshare_output(tag: str, lines: int) -> bytes:
 class Demo:
     """The demo's state: the steps done, the checks made, the I/O counts."""
 
-    def __init__(self, rd: Path, show: bool = True, control: bool = False):
+    def __init__(self, rd: Path, show: bool = True, control: bool = False, out: Console = console):
+        self.out = out  # where the progress and tables go (stderr when the JSON report goes to stdout)
         self.rd = rd
         self.show = show
         self.control = control
@@ -96,11 +97,11 @@ class Demo:
 
     def say(self, text: str) -> None:
         if self.show:
-            console.print(f"[dim]{time.monotonic() - self.t0:6.1f}s[/] {text}", highlight=False)
+            self.out.print(Text.assemble((f"{time.monotonic() - self.t0:6.1f}s", "dim"), " ", text))
 
     def check(self, name: str, ok: bool, detail: str = "") -> bool:
         self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
-        self.say(f"{'[green]✓[/]' if ok else '[bold red]✗[/]'} check {name}" + (f": {detail}" if detail else ""))
+        self.say(f"{'✓' if ok else '✗'} check {name}" + (f": {detail}" if detail else ""))
         return ok
 
     async def ctl(self, kind: str, body: dict | None = None) -> Any:
@@ -482,7 +483,7 @@ def _report(d: Demo) -> dict[str, Any]:
                          "total": round(sum(s["pause_ms"] for s in d.steps), 3)}}
 
 
-def _tables(rep: dict[str, Any]) -> None:
+def _tables(rep: dict[str, Any], console: Console) -> None:
     steps = Table(title="every step of every choreography")
     for col in ("phase", "figure", "step", "patent", "ms", "pause ms"):
         steps.add_column(col, justify="right" if "ms" in col else "left")
@@ -495,7 +496,8 @@ def _tables(rep: dict[str, Any]) -> None:
     checks.add_column("result")
     checks.add_column("detail")
     for c in rep["checks"]:
-        checks.add_row(c["check"], "[green]ok[/]" if c["ok"] else "[bold red]FAILED[/]", c["detail"])
+        checks.add_row(c["check"], Text("ok", style="green") if c["ok"] else Text("FAILED", style="bold red"),
+                       c["detail"])
     console.print(checks)
     io_ = rep["io"]
     counts = Table(title="I/O")
@@ -518,8 +520,17 @@ def _tables(rep: dict[str, Any]) -> None:
                       f"devirtualization: {'yes' if rep['io'].get('compute_running_at_devirtualize') else 'no'}")
 
 
+EXAMPLES = ["hwemu demo", "hwemu demo --json > report.json   # the report on stdout, the progress on stderr",
+            "hwemu demo --json report.json     # the report in a file, the progress on stdout",
+            "hwemu demo --control"]
+
+
 def demo(
-    json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
+    json_file: Annotated[Optional[Path], typer.Argument(
+        metavar="FILE",
+        help="With --json: write the report to this file instead of stdout (then the progress goes to stdout).",
+        show_default=False)] = None,
+    json_out: Json = False,
     control: Annotated[bool, typer.Option("--control", help="The same workloads and clients with no VMM at all "
                                           "(the run the virtualized one must be indistinguishable from).")] = False,
     run_dir: RunDir = None,
@@ -529,6 +540,10 @@ def demo(
                                         "picture, the checks, the I/O counts, and the trace beside it).")] = None,
 ) -> None:
     """The main job: a VMM interposed under a running OS, memory lent, everything devirtualized; all checked."""
+    if json_file is not None and not json_out:
+        fail(f"unexpected argument {json_file}: a report file goes after --json (hwemu demo --json FILE)", code=2)
+    to_stdout = json_out and json_file is None
+    out = err_console if to_stdout else console
     rd = run_dir.resolve() if run_dir is not None else default_run_dir() / "demo"
     if report_dir is not None:
         try:
@@ -541,7 +556,7 @@ def demo(
             fail(f"missing {SAMPLES / elf}: run `make guest` first")
     if is_locked(rd):
         fail(f"a cluster is already running in {rd}: `hwemu down --run-dir {rd}` first, or use another --run-dir")
-    d = Demo(rd, control=control)
+    d = Demo(rd, control=control, out=out)
     error: str | None = None
     try:
         d.say(f"starting {TOPOLOGY.relative_to(REPO)} in {rd}" + (" (control run: no VMM)" if control else ""))
@@ -552,12 +567,12 @@ def demo(
         d.say("cluster up")
         if trace is not None or report_dir is not None:
             trace_cli.start_for(rd, DEMO_TRACE_RING)
-        with console.status("demo running") as spinner:
+        with out.status("demo running") as spinner:
             async def main() -> None:
                 async with trio.open_nursery() as n:
                     async def ticker() -> None:
                         while True:
-                            spinner.update(f"[bold]{d.phase}[/]  UDP {d.io['udp_replies']}/{d.io['udp_sent']} "
+                            spinner.update(f"{d.phase}  UDP {d.io['udp_replies']}/{d.io['udp_sent']} "
                                            f"echoed  {time.monotonic() - d.t0:.0f}s")
                             await trio.sleep(0.2)
                     n.start_soon(ticker)
@@ -568,7 +583,7 @@ def demo(
         error = f"{d.phase}: interrupted (Ctrl-C)"
     except typer.Exit:
         error = "the cluster did not start"
-    except BaseException as exc:  # noqa: BLE001 - reported as a failed check, the cluster still stopped
+    except BaseException as exc:  # reported as a failed check, the cluster still stopped
         error = f"{d.phase}: " + ("interrupted (Ctrl-C)" if _interrupted(exc) else _describe(exc))
     finally:
         if is_locked(rd):  # the report's timeline is drawn from its own JSON copy of the trace
@@ -583,14 +598,22 @@ def demo(
         d.check("demo ran to its end", False, error)
     rep = _report(d)
     rep["trace"] = str(trace.resolve()) if trace is not None and trace.exists() else None
-    _tables(rep)
+    _tables(rep, out)
     if report_dir is not None:
-        console.print(f"report: {report.write(report_dir, rep, trace)}", highlight=False)
+        out.print(f"report: {report.write(report_dir, rep, trace)}")
     if json_file is not None:
         json_file.write_text(json.dumps(rep, indent=2, default=str) + "\n")
     if not rep["ok"]:
-        fail(f"demo failed: {rep['failed'][0]}" + (f" ({len(rep['failed'])} checks failed)" if len(rep['failed']) > 1 else ""))
-    console.print("[bold green]demo passed: every check held[/]")
+        failed = rep["failed"]
+        why = f"demo failed: {failed[0]}" + (f" ({len(failed)} checks failed)" if len(failed) > 1 else "")
+        if to_stdout:  # the report is the one JSON object (its "ok" is false); the line goes to stderr
+            emit_json(rep)
+            err_console.print(f"hwemu: {why}", soft_wrap=True)
+            raise typer.Exit(1)
+        fail(why)
+    if to_stdout:
+        emit_json(rep)
+    out.print(Text("demo passed: every check held", style="bold green"))
 
 
 def _describe(exc: BaseException) -> str:

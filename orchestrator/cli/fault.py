@@ -18,12 +18,12 @@ import trio
 import typer
 from rich.table import Table
 
-from orchestrator.cli.common import Json, RunDir, console, emit_json, fail, run_dir_of
+from orchestrator.cli.common import Json, RunDir, command, console, emit_json, fail, new_app, run_dir_of
 from orchestrator.client import NotRunning, call
 from protocol.errors import RemoteError, RequestTimeout
 
-app = typer.Typer(help="Inject faults (nemeses) into a running cluster; list and clear them.",
-                  no_args_is_help=True)
+app = new_app("Inject faults (nemeses) into a running cluster; list and clear them.",
+              ["hwemu fault kill disk0", "hwemu fault flow io:os1.disk --drop 0.1 --for 5", "hwemu fault list"])
 
 For = Annotated[Optional[float], typer.Option("--for", help="Clear the fault by itself after S seconds.",
                                               metavar="S")]
@@ -99,21 +99,21 @@ def _list_of(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-@app.command("kill")
+@command(app, "kill", ["hwemu fault kill disk0"])
 def kill(node: Annotated[str, typer.Argument(help="The node to SIGKILL (its supervisor restarts it per policy).")],
          run_dir: RunDir = None, json_out: Json = False) -> None:
     """SIGKILL a node's process; the supervisor restarts it per its `restart` policy."""
     _add(run_dir, json_out, {"type": "kill", "node": node})
 
 
-@app.command("pause")
+@command(app, "pause", ["hwemu fault pause cpu0 --for 5"])
 def pause(node: Annotated[str, typer.Argument(help="The node to SIGSTOP.")],
           for_s: For = None, run_dir: RunDir = None, json_out: Json = False) -> None:
     """SIGSTOP a node; SIGCONT after --for, or at `hwemu fault clear`."""
     _add(run_dir, json_out, {"type": "pause", "node": node, "for_s": for_s})
 
 
-@app.command("partition")
+@command(app, "partition", ["hwemu fault partition os1,cpu0 --from memctl --for 3"])
 def partition(
     nodes: Annotated[str, typer.Argument(help="One side: comma-separated node names (A,B).")],
     from_: Annotated[str, typer.Option("--from", help="The other side: comma-separated node names (C,D).")],
@@ -135,7 +135,7 @@ def _delay(value: str | None) -> tuple[float | None, float | None]:
         fail(f"--delay must be MS or MS:JITTER (milliseconds), got {value!r}", code=2)
 
 
-@app.command("flow")
+@command(app, "flow", ["hwemu fault flow io:os1.disk --drop 0.1 --dup 0.05 --delay 2:1 --for 10 --seed 7"])
 def flow(
     flows: Annotated[str, typer.Argument(help="The flow(s), comma-separated (see `hwemu route show`).")],
     drop: Prob = 0.0, dup: Prob = 0.0, reorder: Prob = 0.0, corrupt: Prob = 0.0,
@@ -150,7 +150,7 @@ def flow(
                              "for_s": for_s, "seed": seed})
 
 
-@app.command("disk")
+@command(app, "disk", ["hwemu fault disk disk0 --eio 0.2 --torn-write 0.1"])
 def disk(
     node: Annotated[str, typer.Argument(help="A disk node.")],
     eio: Prob = 0.0,
@@ -165,7 +165,7 @@ def disk(
                              "fsync_fail": fsync_fail, "for_s": for_s, "seed": seed})
 
 
-@app.command("clock")
+@command(app, "clock", ["hwemu fault clock timer0 --skew 60000"])
 def clock(
     node: Annotated[str, typer.Argument(help="A timer node.")],
     skew: Annotated[float, typer.Option("--skew", metavar="MS", help="Milliseconds added to the wall clock "
@@ -176,7 +176,7 @@ def clock(
     _add(run_dir, json_out, {"type": "clock", "node": node, "skew_ms": skew, "for_s": for_s})
 
 
-@app.command("list")
+@command(app, "list", ["hwemu fault list", "hwemu fault list --json"])
 def list_(run_dir: RunDir = None, json_out: Json = False) -> None:
     """The active faults: id, what, seed, targets, time left."""
     data = _call(run_dir_of(run_dir), "ctl_fault_list")
@@ -188,7 +188,7 @@ def list_(run_dir: RunDir = None, json_out: Json = False) -> None:
         console.print(faults_table(data["faults"]))
 
 
-@app.command("clear")
+@command(app, "clear", ["hwemu fault clear f3", "hwemu fault clear --all"])
 def clear(
     fault_id: Annotated[Optional[str], typer.Argument(metavar="[ID]", help="The fault to clear (`hwemu fault list`).")]
     = None,

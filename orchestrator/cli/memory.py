@@ -8,16 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from orchestrator.cli.cluster import _call
-from orchestrator.cli.common import Json, RunDir, run_dir_of
+from orchestrator.cli.common import Json, RunDir, command, new_app, run_dir_of
 from orchestrator.cli.vmm import TIMEOUT, show_reports
 
-app = typer.Typer(no_args_is_help=True, help="Borrow memory from one OS for another (¶39).")
+app = new_app("Borrow memory from one OS for another (¶39).",
+              ["hwemu memory borrow --from os1 --to os2 --frames 16", "hwemu memory return --from os1 --to os2"])
 
 From = Annotated[str, typer.Option("--from", help="The OS that lends its frames.")]
 To = Annotated[str, typer.Option("--to", help="The OS that borrows them.")]
 
 
-@app.command("borrow")
+@command(app, "borrow", ["hwemu memory borrow --from os1 --to os2 --frames 16",
+                          "hwemu memory borrow --from os1 --to os2 --frames 16 --json"])
 def borrow(
     from_os: From,
     to_os: To,
@@ -30,7 +32,8 @@ def borrow(
                        {"from_os": from_os, "to_os": to_os, "frames": frames}, TIMEOUT), json_out)
 
 
-@app.command("return")
+@command(app, "return", ["hwemu memory return --from os1 --to os2",
+                          "hwemu memory return --from os1 --to os2 --loan borrow-20261206T120000-abcdef"])
 def return_(
     from_os: From,
     to_os: To,

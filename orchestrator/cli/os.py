@@ -14,15 +14,17 @@ from typing import Annotated, Optional
 import typer
 
 from orchestrator.cli.cluster import _call
-from orchestrator.cli.common import Json, RunDir, console, emit_json, run_dir_of
+from orchestrator.cli.common import Json, RunDir, command, console, emit_json, new_app, run_dir_of
 from orchestrator.cli.vmm import TIMEOUT, Budget, show_reports
 
-app = typer.Typer(no_args_is_help=True, help="Boot and shut down OS instances (¶49).")
+app = new_app("Boot and shut down OS instances (¶49).", ["hwemu os boot os2 --frames 64", "hwemu os shutdown os2"])
 
-Name = Annotated[str, typer.Argument(help="The OS instance (a node of kind os).")]
+Name = Annotated[str, typer.Argument(metavar="OS", help="The OS instance (a node of kind os).")]
 
 
-@app.command("boot")
+@command(app, "boot", ["hwemu os boot os2 --frames 64      # on compose/demo.toml, after hwemu interpose",
+                        "hwemu os boot os2                  # a deferred node, on its own partition",
+                        "hwemu os boot os2 --frames 64 --from os1 --json"])
 def boot(
     os_name: Name,
     frames: Annotated[Optional[int], typer.Option(
@@ -51,7 +53,7 @@ def boot(
         console.print(f"{os_name}: {'booted' if data['started'] else 'running already'}")
 
 
-@app.command("shutdown")
+@command(app, "shutdown", ["hwemu os shutdown os2", "hwemu os shutdown os2 --json"])
 def shutdown(os_name: Name, run_dir: RunDir = None, json_out: Json = False) -> None:
     """Shut an OS instance down: devices back, detached from the VMM, stopped, borrowed memory returned."""
     data = _call(run_dir_of(run_dir), "ctl_os_shutdown", {"os": os_name}, TIMEOUT)

@@ -7,12 +7,12 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli.cluster import _call, _routes_table
-from orchestrator.cli.common import Json, RunDir, console, emit_json, run_dir_of
+from orchestrator.cli.common import Json, RunDir, command, console, emit_json, new_app, run_dir_of
 
-app = typer.Typer(no_args_is_help=True, help="Show and change message routes.")
+app = new_app("Show and change message routes.", ["hwemu route show", "hwemu route set data:src sink_b"])
 
 
-@app.command("show")
+@command(app, "show", ["hwemu route show", "hwemu route show --json"])
 def show(run_dir: RunDir = None, json_out: Json = False) -> None:
     """The current route table and its epoch."""
     data = _call(run_dir_of(run_dir), "ctl_route_show")
@@ -22,15 +22,19 @@ def show(run_dir: RunDir = None, json_out: Json = False) -> None:
         console.print(_routes_table(data))
 
 
-@app.command("set")
+@command(app, "set", ["hwemu route set data:src sink_b", "hwemu route set irq:timer0 os2 --json",
+                      "hwemu route set data:new sink_a --create"])
 def set_(
-    flow: Annotated[str, typer.Argument(help="Flow name, e.g. irq:nic0.")],
-    node: Annotated[str, typer.Argument(help="Node that receives the flow from now on.")],
+    flow: Annotated[str, typer.Argument(metavar="FLOW", help="Flow name, e.g. irq:nic0 (see `hwemu route show`).")],
+    node: Annotated[str, typer.Argument(metavar="NODE", help="Node that receives the flow from now on.")],
+    create: Annotated[bool, typer.Option("--create", help="Add the flow if the table has no route for it "
+                                                          "(without: a flow not in the table is refused).")] = False,
     run_dir: RunDir = None,
     json_out: Json = False,
 ) -> None:
     """Re-route a flow with pause / drain / switch / resume (nothing lost)."""
-    data = _call(run_dir_of(run_dir), "ctl_route_set", {"changes": {flow: node}})
+    body = {"changes": {flow: node}, **({"create": True} if create else {})}
+    data = _call(run_dir_of(run_dir), "ctl_route_set", body)
     if json_out:
         emit_json(data)
     else:

@@ -11,6 +11,12 @@ while the program runs, and after the OS's ``proc_exit`` asks the UART how
 much is logged (``uart_sync``) and copies the rest. Its exit status is the
 program's (128 + signal for a guest fault); a program the OS refuses (a bad
 ELF) exits 1 with the OS's reason.
+
+Standard input: piped or redirected from a file (``echo hi | hwemu run ...``,
+``hwemu run ... < file``), it is the program's fd 0, then EOF, as under
+``qemu-riscv32`` and ``hwemu cpu run``; from a terminal (or ``/dev/null``)
+fd 0 reads the console (what ``hwemu console`` types). ``--stdin FILE``
+names the input explicitly.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import io
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Optional
@@ -30,8 +37,8 @@ import protocol.hw  # noqa: F401  (registers os_exec / proc_exit / uart_sync)
 from orchestrator.cli import cluster
 from orchestrator.cli import trace as trace_cli
 from orchestrator.cli.cluster import _call
-from orchestrator.cli.common import RunDir, err_console, fail, run_dir_of
-from orchestrator.client import NotRunning, call
+from orchestrator.cli.common import Json, RunDir, emit_json, err_console, fail, run_dir_of
+from orchestrator.client import NotRunning, call, client_auth
 from orchestrator.daemon import is_locked
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.transport import Party
@@ -92,7 +99,7 @@ async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, el
     me = f"run-{os.getpid()}"
     directory = {n["name"]: n["endpoint"] for n in status["nodes"]}
     directory["orch"] = status["orchestrator"]["endpoint"]
-    party = Party(me, f"ipc://{run_dir}/{me}.sock", directory, advertise=True)
+    party = Party(me, f"ipc://{run_dir}/{me}.sock", directory, advertise=True, auth=client_auth(run_dir, me))
     exits: dict[int, dict] = {}
     arrived = trio.Event()
     log_path = Path(uart["stats"]["log"])
@@ -265,22 +272,47 @@ def _forward(status: dict, os_name: str, forwards: list[tuple[int, int]]) -> lis
     return [(nic, host, guest) for host, guest in forwards]
 
 
+EXAMPLES = [
+    "hwemu run compose/native.toml guest/build/samples/hello.elf -- world",
+    "printf 'one two\\nthree\\n' | hwemu run compose/native.toml guest/build/samples/wc.elf",
+    "hwemu run compose/native.toml guest/build/samples/primes.elf --json",
+    "hwemu run compose/io.toml guest/build/samples/kvstore.elf --forward 17000:7000 -- /dev/disk0 7000",
+]
+
+
+def _piped_stdin() -> bytes | None:
+    """Our stdin if it is a pipe or a file (the program's input), else None (fd 0 reads the console)."""
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode):
+        return sys.stdin.buffer.read()
+    return None
+
+
 def run(
-    topology: Annotated[Path, typer.Argument(help="Topology file (compose/*.toml); started if no cluster runs.")],
-    program: Annotated[Path, typer.Argument(help="The RV32 ELF program to run.")],
-    args: Annotated[Optional[list[str]], typer.Argument(help="The program's arguments (after --).")] = None,
-    os_name: Annotated[Optional[str], typer.Option("--os", help="The OS node to run it on [default: the first].")] = None,
+    topology: Annotated[Path, typer.Argument(metavar="TOPOLOGY",
+                                             help="Topology file (compose/*.toml); started if no cluster runs.")],
+    program: Annotated[Path, typer.Argument(metavar="PROGRAM", help="The RV32 ELF program to run.")],
+    args: Annotated[Optional[list[str]], typer.Argument(metavar="ARGS",
+                                                        help="The program's arguments (after --).")] = None,
+    os_name: Annotated[Optional[str], typer.Option("--os",
+                                                   help="The OS node to run it on [default: the first].")] = None,
     stdin: Annotated[Optional[Path], typer.Option(
         "--stdin", help="Feed this file ('-': our stdin) to the program's fd 0, then EOF "
-                        "[default: fd 0 reads the console].")] = None,
+                        "[default: our stdin if it is a pipe or a file, else fd 0 reads the console].")] = None,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds (0: wait for the program).")] = 0.0,
     forward: Annotated[Optional[list[str]], typer.Option(
         "--forward", metavar="HOSTPORT:GUESTPORT",
         help="Forward UDP 127.0.0.1:HOSTPORT to the guest's port GUESTPORT (repeatable; the OS's NIC).")] = None,
     run_dir: RunDir = None,
     trace: trace_cli.TraceFile = None,
+    json_out: Json = False,
 ) -> None:
-    """Run a program on the cluster's OS: its console output on stdout, its exit status as ours."""
+    """Run a program on the cluster's OS: its console output on stdout, its exit status as ours.
+
+    With --json: one JSON object {pid, code, reason, output} on stdout once it exits."""
     rd = run_dir_of(run_dir)
     trace_cli.check_file(trace)
     try:
@@ -294,6 +326,9 @@ def run(
             feed = sys.stdin.buffer.read() if str(stdin) == "-" else stdin.read_bytes()
         except OSError as exc:
             fail(f"cannot read {stdin}: {exc.strerror or exc}")
+    else:
+        feed = _piped_stdin()
+    out = io.BytesIO() if json_out else sys.stdout.buffer
     started = False
     code = 1
     terminated = _stop_on_terminate()
@@ -311,7 +346,7 @@ def run(
         info: dict[str, Any] = {}
         try:
             result = trio.run(run_program, rd, status, os_node, uart, elf, [str(program), *(args or [])],
-                              sys.stdout.buffer, timeout or None, feed, info, nic_maps)
+                              out, timeout or None, feed, info, nic_maps)
         except (KeyboardInterrupt, BaseExceptionGroup) as exc:
             if not _interrupted(exc):
                 raise
@@ -330,8 +365,11 @@ def run(
             fail(f"cannot reach the cluster in {rd}: {exc.detail}")
         code = result["code"]
         reason = result.get("reason") or "exit"
-        if reason != "exit":
-            err_console.print(f"hwemu: pid {result['pid']} {reason}", highlight=False, markup=False, soft_wrap=True)
+        if json_out:
+            emit_json({"pid": result["pid"], "code": code, "reason": reason,
+                       "output": out.getvalue().decode("utf-8", errors="replace")})
+        elif reason != "exit":
+            err_console.print(f"hwemu: pid {result['pid']} {reason}", soft_wrap=True)
     finally:
         if trace is not None and is_locked(rd):
             trace_cli.finish(rd, trace)

@@ -14,15 +14,17 @@ from typing import Annotated, Any, Optional
 
 import trio
 import typer
+from rich.text import Text
 
 from orchestrator import tracing
 from orchestrator.cli.cluster import _call
-from orchestrator.cli.common import Json, RunDir, console, emit_json, err_console, fail, run_dir_of
+from orchestrator.cli.common import Json, RunDir, command, console, emit_json, err_console, fail, new_app, run_dir_of
 from orchestrator.client import call
 
 SAVE_TIMEOUT = 900.0  # seconds: merging a whole demo's rings is seconds of CPU, minutes on a crowded host
 
-app = typer.Typer(no_args_is_help=True, help="Record a Perfetto (Chrome JSON) trace of the running cluster.")
+app = new_app("Record a Perfetto (Chrome JSON) trace of the running cluster.",
+              ["hwemu trace start", "hwemu trace stop", "hwemu trace save run.json"])
 
 TraceFile = Annotated[Optional[Path], typer.Option(
     "--trace", metavar="FILE", help="Record a trace of the whole run and write it to FILE "
@@ -52,12 +54,12 @@ def _saved(data: dict[str, Any]) -> str:
 
 def said(data: dict[str, Any]) -> None:
     """Tell where the trace went (on stderr: stdout may be a program's output)."""
-    err_console.print(f"[dim]{_saved(data)}[/]", highlight=False)
+    err_console.print(Text(f"{_saved(data)}", style="dim"))
     for note in data.get("notes", []):
-        err_console.print(f"[yellow]{note}[/]", highlight=False)
+        err_console.print(Text(f"{note}", style="yellow"))
 
 
-@app.command("start")
+@command(app, "start", ["hwemu trace start"])
 def start(size: Size = tracing.DEFAULT_RING, run_dir: RunDir = None, json_out: Json = False) -> None:
     """Start recording: every node and the orchestrator keep their last SIZE events."""
     data = _call(run_dir_of(run_dir), "ctl_trace_start", {"size": size}, timeout=30.0)
@@ -66,10 +68,10 @@ def start(size: Size = tracing.DEFAULT_RING, run_dir: RunDir = None, json_out: J
         return
     console.print(f"tracing {len(data['nodes'])} nodes and the orchestrator, {size} events each")
     for miss in data["missing"]:
-        console.print(f"[yellow]not traced: {miss}[/]")
+        console.print(Text(f"not traced: {miss}", style="yellow"))
 
 
-@app.command("stop")
+@command(app, "stop", ["hwemu trace stop"])
 def stop(run_dir: RunDir = None, json_out: Json = False) -> None:
     """Stop recording; the events stay in the rings for `hwemu trace save`."""
     data = _call(run_dir_of(run_dir), "ctl_trace_stop", timeout=30.0)
@@ -79,7 +81,7 @@ def stop(run_dir: RunDir = None, json_out: Json = False) -> None:
     console.print(f"tracing stopped on {len(data['nodes'])} nodes and the orchestrator")
 
 
-@app.command("save")
+@command(app, "save", ["hwemu trace save run.json"])
 def save(
     file: Annotated[Path, typer.Argument(help="Where to write the trace (Chrome JSON).")],
     run_dir: RunDir = None,
@@ -92,14 +94,14 @@ def save(
         return
     console.print(_saved(data), highlight=False)
     for note in data["notes"]:
-        console.print(f"[yellow]{note}[/]")
+        console.print(Text(f"{note}", style="yellow"))
 
 
 def start_for(run_dir: Path, size: int = tracing.DEFAULT_RING) -> None:
     """:func:`begin` for a command's ``--trace FILE`` (a refusal is one line, exit 1)."""
     data = _call(run_dir, "ctl_trace_start", {"size": size}, timeout=30.0)
     for miss in data["missing"]:
-        err_console.print(f"[yellow]not traced: {miss}[/]", highlight=False)
+        err_console.print(Text(f"not traced: {miss}", style="yellow"))
 
 
 def check_file(path: Path | None) -> None:
@@ -122,5 +124,5 @@ def finish(run_dir: Path, *paths: Path | None) -> None:
 
     try:
         said(trio.run(stop_and_save))
-    except Exception as exc:  # noqa: BLE001 - the trace is a by-product of the run
-        err_console.print(f"[yellow]hwemu: trace not written: {exc}[/]", highlight=False)
+    except Exception as exc:  # the trace is a by-product of the run
+        err_console.print(Text(f"hwemu: trace not written: {exc}", style="yellow"))

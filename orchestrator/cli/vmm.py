@@ -13,11 +13,18 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.cli.cluster import _call
-from orchestrator.cli.common import Json, RunDir, console, emit_json, run_dir_of
+from orchestrator.cli.common import Json, RunDir, command, console, emit_json, new_app, run_dir_of
 
-app = typer.Typer(no_args_is_help=True, help="Load and unload the VMM at runtime (FIG. 4, FIG. 8).")
+app = new_app("Load and unload the VMM at runtime (patent figures 4 and 8).",
+              ["hwemu vmm load --host os1 --frames 64", "hwemu vmm unload", "hwemu vmm policy --auto-devirtualize"])
+
+INTERPOSE_EXAMPLES = ["hwemu interpose                 # CPU, memory and every device of the OS on the CPU",
+                      "hwemu interpose --cpu --io uart", "hwemu interpose --io disk --io nic --json"]
+DEVIRTUALIZE_EXAMPLES = ["hwemu devirtualize --unload     # everything back, then the VMM goes",
+                         "hwemu devirtualize --io uart", "hwemu devirtualize --memory --json"]
 
 TIMEOUT = 120.0  # a choreography starts nodes and waits for programs' traps: seconds, not ms
 
@@ -36,7 +43,8 @@ def show_reports(data: dict[str, Any], json_out: bool) -> None:
         console.print("nothing to do: nothing asked is virtualized")
     for rep in reports:
         if "steps" not in rep:  # a policy that did not act
-            console.print(f"[yellow]{rep.get('figure')}:[/] {rep.get('error') or rep.get('outcome')}")
+            console.print(Text.assemble((f"{rep.get('figure')}:", "yellow"),
+                                        f" {rep.get('error') or rep.get('outcome')}"))
             continue
         table = Table(title=f"{rep['title']}  [{rep['outcome']}]  pause {rep['pause_ms']:.2f} ms "
                             f"(budget {rep['budget_ms']:g} ms)  journal id {rep['id']}")
@@ -49,32 +57,33 @@ def show_reports(data: dict[str, Any], json_out: bool) -> None:
         console.print(table)
         if rep.get("partial"):
             part = rep["partial"]
-            console.print(f"[yellow]partial grant:[/] asked {part['asked']} frames, got {part['granted']}: "
-                          f"{part['why']}")
+            console.print(Text.assemble(("partial grant:", "yellow"),
+                                        f" asked {part['asked']} frames, got {part['granted']}: {part['why']}"))
 
 
 def _short(v: Any) -> str:
     if isinstance(v, list) and len(v) > 6:
         return f"[{v[0]}..{v[-1]}] ({len(v)})"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_short(x)}" for k, x in list(v.items())[:4]) + (", ..." if len(v) > 4 else "") + "}"
+        shown = ", ".join(f"{k}: {_short(x)}" for k, x in list(v.items())[:4])
+        return "{" + shown + (", ..." if len(v) > 4 else "") + "}"
     return str(v)
 
 
-@app.command("load")
+@command(app, "load", ["hwemu vmm load", "hwemu vmm load --host os1 --frames 64 --json"])
 def load(
     host: Annotated[str, typer.Option("--host", help="The OS whose kernel module gives the VMM its frames.")] = "os1",
     frames: Annotated[int, typer.Option("--frames", min=1, help="Frames the VMM is loaded into.")] = 64,
     run_dir: RunDir = None,
     json_out: Json = False,
 ) -> None:
-    """FIG. 4: the host's kernel module pins frames, the VMM takes them (zeroed), starts, initialises."""
+    """Load the VMM: the host's kernel module pins frames, the VMM takes them (zeroed), starts (figure 4)."""
     show_reports(_call(run_dir_of(run_dir), "ctl_vmm_load", {"host": host, "frames": frames}, TIMEOUT), json_out)
 
 
-@app.command("unload")
+@command(app, "unload", ["hwemu vmm unload", "hwemu devirtualize --unload   # give everything back first"])
 def unload(run_dir: RunDir = None, json_out: Json = False) -> None:
-    """FIG. 8 (808): stop the VMM and return its frames to the host (refused while it manages anything)."""
+    """Stop the VMM and return its frames to the host; refused while it manages anything (figure 8, 808)."""
     show_reports(_call(run_dir_of(run_dir), "ctl_vmm_unload", {}, TIMEOUT), json_out)
 
 
@@ -95,7 +104,8 @@ def interpose(
         "Virtualize memory (FIG. 3 308: the OS loses direct addressability, the VMM manages its map). Implies "
         "--cpu if the CPU is not virtualized yet: in FIG. 3 memory comes after the CPU's traps reach the VMM."))
     ] = False,
-    io: Annotated[Optional[list[str]], typer.Option("--io", help="Interpose on a device (FIG. 5): uart, disk, nic, or all (repeatable).")] = None,
+    io: Annotated[Optional[list[str]], typer.Option(
+        "--io", help="Interpose on a device (FIG. 5): uart, disk, nic, or all (repeatable).")] = None,
     os_name: Os = None,
     budget_ms: Budget = None,
     run_dir: RunDir = None,
@@ -108,21 +118,23 @@ def interpose(
 
 def devirtualize(
     cpu: Annotated[bool, typer.Option("--cpu", help="Give the CPU back (FIG. 7; implies memory and devices).")] = False,
-    io: Annotated[Optional[list[str]], typer.Option("--io", help="Give a device back (FIG. 6): uart, disk, nic, or all (repeatable).")] = None,
+    io: Annotated[Optional[list[str]], typer.Option(
+        "--io", help="Give a device back (FIG. 6): uart, disk, nic, or all (repeatable).")] = None,
     memory: Annotated[bool, typer.Option("--memory", help=(
         "Give direct addressability back (FIG. 7 712 alone; the CPU stays virtualized)."))] = False,
-    unload_vmm: Annotated[bool, typer.Option("--unload", help="Then unload the VMM and return its frames (FIG. 8).")] = False,
+    unload_vmm: Annotated[bool, typer.Option("--unload",
+                                             help="Then unload the VMM and return its frames (FIG. 8).")] = False,
     os_name: Os = None,
     budget_ms: Budget = None,
     run_dir: RunDir = None,
     json_out: Json = False,
 ) -> None:
-    """Take the VMM out again, in FIG. 8's order; no option: everything allowed."""
+    """Take the VMM out again (figures 6-8); no option: everything allowed."""
     body = _body(cpu=cpu, io=_io(io), memory=memory, unload=unload_vmm, os=os_name, budget_ms=budget_ms)
     show_reports(_call(run_dir_of(run_dir), "ctl_devirtualize", body, TIMEOUT), json_out)
 
 
-@app.command("policy")
+@command(app, "policy", ["hwemu vmm policy --auto-devirtualize", "hwemu vmm policy --no-auto-devirtualize --json"])
 def policy(
     auto: Annotated[bool, typer.Option("--auto-devirtualize/--no-auto-devirtualize",
                                        help="Devirtualize everything as soon as one OS remains.")],

@@ -74,9 +74,9 @@ def render(data: dict[str, Any], prev: dict[str, Any] | None, dt: float) -> Grou
         old = before.get(n["name"])
         if old is not None and old.get("pid") != n.get("pid"):
             old = None  # restarted: its counters started over
-        state = n["state"] if n["alive"] else f"[red]{n['state']} (not alive)[/]"
+        state = n["state"] if n["alive"] else Text(f"{n['state']} (not alive)", style="red")
         if n.get("unresponsive"):
-            state = f"[yellow]{n['state']} (unresponsive)[/]"
+            state = Text(f"{n['state']} (unresponsive)", style="yellow")
         nodes.add_row(n["name"], n["kind"], state, _rate(_per_s(n, old, "msgs_in", dt)),
                       _rate(_per_s(n, old, "msgs_out", dt)), str(n["restarts"]), device_io(n, old, dt))
     parts: list[Any] = [nodes]
@@ -100,7 +100,7 @@ def render(data: dict[str, Any], prev: dict[str, Any] | None, dt: float) -> Grou
         v = virt["vmm"]
         rt.add_row("vmm", f"loaded in {v['frames']} frames of {v['host']}" if v["loaded"] else "not loaded")
         for res, who in sorted(virt["resources"].items()):
-            rt.add_row(res, "[bold magenta]VMM[/]" if who == "vmm" else f"OS ({who})")
+            rt.add_row(res, Text("VMM", style="bold magenta") if who == "vmm" else f"OS ({who})")
         for ln in virt.get("loans", []):
             rt.add_row(f"{ln['count']} frames lent by {ln['from']}", f"{ln['to']} (loan {ln['id']})")
         parts.append(rt)

@@ -98,7 +98,8 @@ bad:
 
 
 def _run(args, stdin=b""):
-    return subprocess.run([sys.executable, "-m", "nodes.cpu", "run", *args], input=stdin, capture_output=True, check=False)
+    return subprocess.run([sys.executable, "-m", "nodes.cpu", "run", *args], input=stdin, capture_output=True,
+                          check=False)
 
 
 def test_runner_passes_argv_and_exit_status_like_linux(tmp_path, cpu_helpers):
@@ -141,7 +142,8 @@ def test_guest_faults_print_one_line_and_exit_with_the_signal(tmp_path, cpu_help
 def test_hwemu_cli_execs_the_runner(tmp_path, cpu_helpers):
     elf = cpu_helpers.assemble(tmp_path, ECHO_ARGS)
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli.main", "cpu", "run", str(elf), "--", "x"], capture_output=True, check=False
+        [sys.executable, "-m", "orchestrator.cli.main", "cpu", "run", str(elf), "--", "x"], capture_output=True,
+        check=False
     )
     assert (done.returncode, done.stdout) == (42, f"{elf}x\n".encode())
 
@@ -220,7 +222,8 @@ def test_an_unwritable_stats_path_is_refused_before_running_with_exit_2(tmp_path
     elf = root / "guest/build/samples/hello.elf"
     if not elf.exists():
         subprocess.run(["make", "-C", str(root / "guest"), "-s"], check=True)
-    out = subprocess.run([sys.executable, "-m", "nodes.cpu", "run", str(elf), "--stats", str(tmp_path / "no/such/dir.json")],
+    out = subprocess.run([sys.executable, "-m", "nodes.cpu", "run", str(elf), "--stats",
+                          str(tmp_path / "no/such/dir.json")],
                          cwd=root, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stdout == ""

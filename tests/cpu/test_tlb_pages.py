@@ -69,7 +69,8 @@ def test_forbidden_access_is_an_access_fault_at_the_address(tmp_path, cpu_helper
 
 def test_missing_page_stops_before_the_load_and_the_load_restarts(tmp_path, cpu_helpers, mode):
     core = Core(hot_threshold=0 if mode == "translated" else 4)
-    cpu_helpers.load(core, cpu_helpers.assemble(tmp_path, "_start:\n li s0, 0x900008\n li a0, 5\n lw a0, 0(s0)\n ecall\n"))
+    cpu_helpers.load(core, cpu_helpers.assemble(tmp_path,
+                                                "_start:\n li s0, 0x900008\n li a0, 5\n lw a0, 0(s0)\n ecall\n"))
     core.tlb_write(0, 0x900, 0x777, "rw")
     stop = cpu_helpers.run_to_stop(core, stepped=mode == "stepped")
     assert (stop.kind, stop.ppn, stop.write, stop.pc) == ("page_miss", 0x777, False, 0x1000C)

@@ -17,6 +17,7 @@ import msgpack
 import trio
 import zmq
 
+from protocol.auth import Keyring, client_keyring
 from protocol.messages import MAX_FRAME, PROTOCOL_VERSION, Message, decode, encode
 
 TOPOLOGY = {
@@ -37,9 +38,10 @@ def raw(kind="ping", body=None, **over) -> bytes:
 class Probe:
     """Raw sockets named ``name`` talking to one node."""
 
-    def __init__(self, run: Path, name: str, node_endpoint: str):
+    def __init__(self, run: Path, name: str, node_endpoint: str, keys: Keyring):
         ctx = zmq.Context.instance()
         self.name = name
+        self.keys = keys  # the user's own client: its bad messages are authenticated, and answered
         self.endpoint = f"ipc://{run}/{name}.sock"
         self.inbox = ctx.socket(zmq.ROUTER)
         self.inbox.setsockopt(zmq.LINGER, 0)
@@ -61,12 +63,19 @@ class Probe:
             while not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 await trio.lowlevel.wait_readable(fd)
         ident, frame = sock.recv_multipart(zmq.NOBLOCK)
-        assert ident == b"n1"
-        return decode(frame)
+        assert ident.split(b"#")[0] == b"n1"
+        return decode(self.keys.open("n1", frame))
+
+    def send(self, payload: bytes | list[bytes]) -> None:
+        """Send ``payload`` sealed with this client's key (a multipart one as it is)."""
+        if isinstance(payload, list):
+            self.out.send_multipart(payload)
+        else:
+            self.out.send(self.keys.seal("n1", payload))
 
     async def introduce(self) -> None:
         """A valid ping with reply_to: from now on the node can answer this probe."""
-        self.out.send(self.message("ping"))
+        self.send(self.message("ping"))
         pong = await self.next_reply()
         assert (pong.kind, pong.corr) == ("pong", self.seq)
 
@@ -100,15 +109,12 @@ async def test_a_node_answers_every_bad_message_with_its_reason_counts_it_and_ke
     got = {}
     try:
         for name, (payload, _) in CASES.items():
-            probe = Probe(run, name, orch.directory["n1"])
+            probe = Probe(run, name, orch.directory["n1"], client_keyring(orch.run_dir, name))
             probes.append(probe)
             await probe.introduce()
             if payload is None:
                 payload = probe.message("ctl_status")
-            if isinstance(payload, list):
-                probe.out.send_multipart(payload)
-            else:
-                probe.out.send(payload)
+            probe.send(payload)
             error = await probe.next_reply()
             assert error.kind == "error", (name, error)
             got[name] = error.body["reason"]
@@ -116,9 +122,9 @@ async def test_a_node_answers_every_bad_message_with_its_reason_counts_it_and_ke
 
         # a sender the node cannot answer (outside the topology, no reply_to): dropped and counted;
         # its later ping with reply_to is answered, so the first was consumed before it
-        stranger = Probe(run, "p-stranger", orch.directory["n1"])
+        stranger = Probe(run, "p-stranger", orch.directory["n1"], client_keyring(orch.run_dir, "p-stranger"))
         probes.append(stranger)
-        stranger.out.send(stranger.message("ping", advertise=False))
+        stranger.send(stranger.message("ping", advertise=False))
         await stranger.introduce()
 
         stats = (await orch.request("n1", "stats")).body["stats"]
@@ -134,10 +140,10 @@ async def test_a_node_answers_every_bad_message_with_its_reason_counts_it_and_ke
 
 async def test_a_wrong_field_type_names_the_field_in_the_error_detail(cluster, tmp_path):
     orch = await cluster(TOPOLOGY)
-    probe = Probe(tmp_path, "p-detail", orch.directory["n1"])
+    probe = Probe(tmp_path, "p-detail", orch.directory["n1"], client_keyring(orch.run_dir, "p-detail"))
     try:
         await probe.introduce()
-        probe.out.send(raw("stream_start", {"count": True, "flow": "data:n1"}, src="p-detail"))
+        probe.send(raw("stream_start", {"count": True, "flow": "data:n1"}, src="p-detail"))
         error = await probe.next_reply()
         assert (error.body["reason"], error.body["detail"]) == (
             "bad_field", "bad_field [body.count]: expected int, got bool")

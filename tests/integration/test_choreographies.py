@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from orchestrator.cli.demo import timeshare_output
-
-from orchestrator.choreographies import ChoreographyError, ChoreographyFailed
+from orchestrator.choreographies.base import ChoreographyError, ChoreographyFailed
 from orchestrator.choreographies.fig5_devices import interpose_device
+from orchestrator.cli.demo import timeshare_output
 from orchestrator.cluster import Orchestrator, running
 from orchestrator.journal import WHOLE
 from orchestrator.topology import parse
+from protocol.auth import client_keyring
 from protocol.errors import RemoteError
 from protocol.frames import from_runs
 
@@ -110,10 +110,11 @@ async def test_load_vmm_starts_the_deferred_node_in_frames_taken_from_the_host_a
     await write_secret_everywhere(orch, "os1")
     free_before = await free_frames(orch, "os1")
 
-    data = await orch.ctl_vmm_load(host="os1", frames=8)
+    data = await orch.control("ctl_vmm_load", host="os1", frames=8)
     report = data["reports"][0]
     assert report["outcome"] == "committed"
-    assert [s["name"] for s in report["steps"]] == ["alloc_pin", "module_lets_go", "to_vmm", "vmm_space", "start_vmm", "vmm_init"]
+    assert [s["name"] for s in report["steps"]] == ["alloc_pin", "module_lets_go", "to_vmm", "vmm_space", "start_vmm",
+                                                    "vmm_init"]
     frames = from_runs(report["steps"][0]["data"]["runs"])
     assert len(frames) == 8 and all(OS1[0] <= f < OS1[0] + OS1[1] for f in frames)
     assert seen == ["fig4.alloc_pin", "fig4.module_lets_go", "fig4.to_vmm", "fig4.vmm_space",
@@ -128,13 +129,13 @@ async def test_load_vmm_starts_the_deferred_node_in_frames_taken_from_the_host_a
         with pytest.raises(Exception, match="mem_fault"):
             await read(orch, "os1", f)
         assert await read(orch, "vmm", f) == bytes(len(SECRET))
-    status = await orch.ctl_status()
+    status = await orch.control("ctl_status")
     assert status["virt"]["vmm"] == {"loaded": True, "host": "os1", "frames": 8}
 
     with pytest.raises(ChoreographyError, match="loaded already"):
-        await orch.ctl_vmm_load(host="os1", frames=8)
+        await orch.control("ctl_vmm_load", host="os1", frames=8)
 
-    data = await orch.ctl_vmm_unload()
+    data = await orch.control("ctl_vmm_unload")
     assert data["reports"][0]["outcome"] == "committed"
     own = await check_conservation(orch)
     assert "vmm" not in own and set(frames) <= set(own["os1"])
@@ -148,23 +149,24 @@ async def test_load_vmm_starts_the_deferred_node_in_frames_taken_from_the_host_a
 
 async def test_borrowed_frames_reach_the_borrower_zeroed_and_come_back_on_return(cluster):
     orch = await cluster(topology())
-    await orch.ctl_vmm_load(host="os1", frames=4)
+    await orch.control("ctl_vmm_load", host="os1", frames=4)
     seen = install_conservation_hook(orch)
     await write_secret_everywhere(orch, "os1")
     free1, free2 = await free_frames(orch, "os1"), await free_frames(orch, "os2")
 
-    report = (await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=16))["reports"][0]
+    report = (await orch.control("ctl_memory_borrow", from_os="os1", to_os="os2", frames=16))["reports"][0]
     assert report["outcome"] == "committed" and report["partial"] is None
     lent = report["frames"]
     assert len(lent) == 16
-    assert seen == ["p39_borrow.alloc_pin_from_os", "p39_borrow.module_lets_go", "p39_borrow.to_vmm", "p39_borrow.to_os",
+    assert seen == ["p39_borrow.alloc_pin_from_os", "p39_borrow.module_lets_go", "p39_borrow.to_vmm",
+                    "p39_borrow.to_os",
                     "p39_borrow.add_to_free_list"]
     own = await check_conservation(orch)
     assert set(lent) <= set(own["os2"]) and not set(lent) & set(own["os1"])
     for f in lent:
         assert await read(orch, "os2", f) == bytes(len(SECRET))  # not the secret: zeroed
     assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (free1 - 16, free2 + 16)
-    assert (await orch.ctl_virt_status())["loans"] == [
+    assert (await orch.control("ctl_virt_status"))["loans"] == [
         {"id": report["id"], "from": "os1", "to": "os2", "runs": report["runs"], "count": len(lent)}]
     assert from_runs(report["runs"]) == lent
     # the VMM itself took them and handed them on (it holds none in between steps)
@@ -175,20 +177,20 @@ async def test_borrowed_frames_reach_the_borrower_zeroed_and_come_back_on_return
 
     # os2 writes into a lent frame; it must not follow the frame home
     await orch.request("memctl", "mem_write", {"space": "os2", "addr": lent[0] * PAGE, "data": b"os2 was here"})
-    back = (await orch.ctl_memory_return(from_os="os1", to_os="os2"))["reports"]
+    back = (await orch.control("ctl_memory_return", from_os="os1", to_os="os2"))["reports"]
     assert [r["outcome"] for r in back] == ["committed"]
     own = await check_conservation(orch)
     assert set(lent) <= set(own["os1"]) and not set(lent) & set(own["os2"])
     assert await read(orch, "os1", lent[0]) == bytes(len(SECRET))
     assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (free1, free2)
-    assert (await orch.ctl_virt_status())["loans"] == []
+    assert (await orch.control("ctl_virt_status"))["loans"] == []
     vmm = (await orch.request("vmm", "vmm_status")).body["data"]
     assert (vmm["frames_taken"], vmm["frames_handed"], vmm["frames_held"]) == (32, 32, 0)
 
 
 async def test_the_vmm_refuses_a_frames_request_it_is_neither_side_of_and_keeps_serving(cluster):
     orch = await cluster(topology())
-    await orch.ctl_vmm_load(host="os1", frames=4)
+    await orch.control("ctl_vmm_load", host="os1", frames=4)
     with pytest.raises(RemoteError) as info:
         await orch.request("vmm", "vmm_frames", {"runs": [[300, 2]], "from_owner": "os1", "to_owner": "os2"})
     assert info.value.reason == "bad_field" and "exactly one of from_owner/to_owner must be 'vmm'" in info.value.detail
@@ -201,28 +203,28 @@ async def test_the_vmm_refuses_a_frames_request_it_is_neither_side_of_and_keeps_
 
 async def test_a_lender_grants_in_full_then_in_part_down_to_its_floor_then_refuses_with_its_reason(cluster):
     orch = await cluster(topology(lend_floor=100))
-    await orch.ctl_vmm_load(host="os1", frames=4)  # 124 free, 100 kept: 24 to lend
+    await orch.control("ctl_vmm_load", host="os1", frames=4)  # 124 free, 100 kept: 24 to lend
     kernel = (await orch.request("os1", "stats")).body["stats"]["kernel"]
     assert (kernel["lend_floor"], kernel["lendable"], kernel["free_frames"]) == (100, 24, 124)
     install_conservation_hook(orch)
     free2 = await free_frames(orch, "os2")
 
-    full = (await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=16))["reports"][0]
+    full = (await orch.control("ctl_memory_borrow", from_os="os1", to_os="os2", frames=16))["reports"][0]
     assert (full["outcome"], len(full["frames"]), full["partial"]) == ("committed", 16, None)
     assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (108, free2 + 16)
     await check_conservation(orch)
 
-    part = (await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=16))["reports"][0]
+    part = (await orch.control("ctl_memory_borrow", from_os="os1", to_os="os2", frames=16))["reports"][0]
     assert (part["outcome"], len(part["frames"])) == ("committed", 8)
     assert part["partial"] == {"asked": 16, "granted": 8, "why": "os1 keeps 100 frames free (its lending floor)"}
     assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (100, free2 + 24)
     own = await check_conservation(orch)
     assert set(full["frames"]) | set(part["frames"]) <= set(own["os2"])
-    assert [ln["count"] for ln in (await orch.ctl_virt_status())["loans"]] == [16, 8]
+    assert [ln["count"] for ln in (await orch.control("ctl_virt_status"))["loans"]] == [16, 8]
 
     before = await check_conservation(orch)
     with pytest.raises(ChoreographyFailed) as info:
-        await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=5)
+        await orch.control("ctl_memory_borrow", from_os="os1", to_os="os2", frames=5)
     assert str(info.value).endswith(
         "step 'alloc_pin_from_os' failed: os1 refused to allocate and pin 5 frames: it keeps 100 frames free "
         "(its lending floor) and has 100 free: 0 to lend, at least 1 of 5 asked")
@@ -230,37 +232,37 @@ async def test_a_lender_grants_in_full_then_in_part_down_to_its_floor_then_refus
     assert await free_frames(orch, "os1") == 100
     assert orch.journal.outcome(info.value.report["id"]) == "rolled_back"
     # all or nothing where a part is no use: the VMM is not loaded into fewer frames than it needs
-    await orch.ctl_memory_return(from_os="os1", to_os="os2")
+    await orch.control("ctl_memory_return", from_os="os1", to_os="os2")
     assert (await free_frames(orch, "os1"), await free_frames(orch, "os2")) == (124, free2)
-    await orch.ctl_vmm_unload()
+    await orch.control("ctl_vmm_unload")
     with pytest.raises(ChoreographyFailed, match=r"os1 refused to allocate and pin 29 frames: it keeps 100 frames "
                                                  r"free \(its lending floor\) and has 128 free: 28 to lend, "
                                                  r"at least 29 of 29 asked"):
-        await orch.ctl_vmm_load(host="os1", frames=29)
+        await orch.control("ctl_vmm_load", host="os1", frames=29)
     await check_conservation(orch)
 
 
 async def test_refusals_say_why(cluster):
     orch = await cluster(topology())
     with pytest.raises(ChoreographyError, match="borrowing goes through the VMM, which is not loaded"):
-        await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=1)
+        await orch.control("ctl_memory_borrow", from_os="os1", to_os="os2", frames=1)
     with pytest.raises(ChoreographyError, match="'os9' is not an OS instance of this cluster"):
-        await orch.ctl_vmm_load(host="os9", frames=4)
-    await orch.ctl_vmm_load(host="os1", frames=4)
+        await orch.control("ctl_vmm_load", host="os9", frames=4)
+    await orch.control("ctl_vmm_load", host="os1", frames=4)
     with pytest.raises(ChoreographyError, match="no frames of os1 are lent to os2"):
-        await orch.ctl_memory_return(from_os="os1", to_os="os2")
+        await orch.control("ctl_memory_return", from_os="os1", to_os="os2")
     # two OS instances under the VMM: the CPU cannot be given to one of them
     for name in ("os1", "os2"):
         orch.virt.attached[name] = {"asid_base": orch.virt.next_asid_base(), "cpu": "vmm", "memory": "vmm"}
     with pytest.raises(ChoreographyError, match=r"cannot devirtualize the CPU while 2 OS instances run under "
                                                 r"the VMM \(os1, os2\)"):
-        await orch.ctl_devirtualize(cpu=True)
+        await orch.control("ctl_devirtualize", cpu=True)
     # memory cannot be devirtualized while borrowed frames are out
-    await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=2)
+    await orch.control("ctl_memory_borrow", from_os="os1", to_os="os2", frames=2)
     with pytest.raises(ChoreographyError, match="cannot devirtualize the memory of os2 while borrowed frames are out"):
-        await orch.ctl_devirtualize(os="os2", memory=True)
+        await orch.control("ctl_devirtualize", os="os2", memory=True)
     with pytest.raises(ChoreographyError, match="cannot unload the VMM while it manages"):
-        await orch.ctl_vmm_unload()
+        await orch.control("ctl_vmm_unload")
     await check_conservation(orch)
 
 
@@ -270,7 +272,7 @@ async def test_a_step_failing_mid_way_rolls_back_to_the_state_before(cluster):
     before = await check_conservation(orch)
     free_before = await free_frames(orch, "os1")
     with pytest.raises(ChoreographyFailed) as info:
-        await orch.ctl_vmm_load(host="os1", frames=8)
+        await orch.control("ctl_vmm_load", host="os1", frames=8)
     assert "step 'vmm_init' failed" in str(info.value) and "stub told to fail vmm_init" in str(info.value)
     assert info.value.report["undone"] == ["start_vmm", "vmm_space", "to_vmm", "module_lets_go", "alloc_pin"]
     assert seen == ["fig4.alloc_pin", "fig4.module_lets_go", "fig4.to_vmm", "fig4.vmm_space", "fig4.start_vmm"]
@@ -287,7 +289,7 @@ async def test_a_step_failing_mid_way_rolls_back_to_the_state_before(cluster):
 
 async def test_a_pause_over_budget_rolls_the_device_interposition_back(cluster):
     orch = await cluster(topology())
-    await orch.ctl_vmm_load(host="os1", frames=4)
+    await orch.control("ctl_vmm_load", host="os1", frames=4)
     routes = dict(orch.routes.table.routes)
     with pytest.raises(ChoreographyFailed, match=r"pause budget exceeded after step 'redirect'"):
         await interpose_device(orch, "os1", "uart", budget_ms=0.0001)
@@ -339,7 +341,8 @@ class Client:
         from protocol.transport import Party
 
         self.orch = orch
-        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True)
+        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True,
+                           auth=client_keyring(orch.run_dir, name))
         self.exits: dict[tuple[str, int], dict] = {}
         self.changed = trio.Event()
 
@@ -397,7 +400,7 @@ async def test_interposed_and_devirtualized_by_the_choreographies_under_a_runnin
     orch = await cluster(VMM_TOPOLOGY)
     install_conservation_hook(orch)
     lines = 40
-    load = (await orch.ctl_vmm_load(host="os1", frames=8))["reports"][0]
+    load = (await orch.control("ctl_vmm_load", host="os1", frames=8))["reports"][0]
     vmm_frames = from_runs(load["steps"][0]["data"]["runs"])
     image = await orch.request("memctl", "mem_read", {"space": "vmm", "addr": vmm_frames[0] * PAGE, "length": 10})
     assert image.body["data"] == b"HWEMU-VMM\0"  # FIG. 4: the VMM's image is in the frames os1 gave up
@@ -409,19 +412,19 @@ async def test_interposed_and_devirtualized_by_the_choreographies_under_a_runnin
             start = await client.logged("uart0")
             pid = await client.exec("os1", "timeshare", ["timeshare", "T", str(lines)])
 
-            interposed = (await orch.ctl_interpose(os="os1"))["reports"]  # everything: CPU and console
+            interposed = (await orch.control("ctl_interpose", os="os1"))["reports"]  # everything: CPU and console
             assert [r["figure"] for r in interposed] == ["fig3", "fig5"]
             steps = {s["name"]: s for s in interposed[0]["steps"]}
             assert steps["redirect_traps"]["pause_ms"] > 0 and steps["route_priv"]["pause_ms"] > 0
             routes = orch.routes.table.routes
             assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"], routes["io:os1.uart"],
                     routes["irq:uart0"]) == ("vmm",) * 5
-            status = (await orch.ctl_status())["virt"]["resources"]
+            status = (await orch.control("ctl_status"))["virt"]["resources"]
             assert (status["os1.cpu"], status["os1.memory"], status["os1.uart (uart0)"]) == ("vmm",) * 3
             s0 = await wait_vmm(orch, lambda s: s["traps_reflected"] > 0 and s["priv_forwarded"] > 0)
 
             await wait_vmm(orch, lambda s: s["traps_reflected"] > s0["traps_reflected"])
-            back = (await orch.ctl_devirtualize(os="os1"))["reports"]
+            back = (await orch.control("ctl_devirtualize", os="os1"))["reports"]
             assert [r["figure"] for r in back] == ["fig6", "fig7"]
             exit1 = await client.wait_exit("os1", pid)
             assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("T", lines))
@@ -436,7 +439,7 @@ async def test_interposed_and_devirtualized_by_the_choreographies_under_a_runnin
     for name in orch.live_nodes():  # no interrupt or I/O lost or duplicated across the changes
         stats = (await orch.request(name, "stats")).body["stats"]
         assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
-    unloaded = (await orch.ctl_devirtualize(unload=True))["reports"]
+    unloaded = (await orch.control("ctl_devirtualize", unload=True))["reports"]
     assert [r["figure"] for r in unloaded] == ["fig8_unload"]
     assert "vmm" not in await check_conservation(orch)
 
@@ -544,12 +547,12 @@ async def test_two_oses_under_the_vmm_refuse_cpu_devirtualization_and_partial_de
     orch = await cluster(VMM_TOPOLOGY)
     install_conservation_hook(orch)
     lines = 20
-    await orch.ctl_vmm_load(host="os1", frames=8)
-    first = (await orch.ctl_interpose(os="os1"))["reports"]
-    second = (await orch.ctl_interpose(os="os2"))["reports"]
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
+    first = (await orch.control("ctl_interpose", os="os1"))["reports"]
+    second = (await orch.control("ctl_interpose", os="os2"))["reports"]
     assert [r["figure"] for r in first + second] == ["fig3", "fig5", "fig3", "fig5"]
     assert {s["name"]: s["data"] for s in second[0]["steps"]}["attach"] == {"current": False}
-    await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=4)  # os2's map grows to reach them
+    await orch.control("ctl_memory_borrow", from_os="os1", to_os="os2", frames=4)  # os2's map grows to reach them
 
     client = Client(orch)
     try:
@@ -569,14 +572,14 @@ async def test_two_oses_under_the_vmm_refuse_cpu_devirtualization_and_partial_de
             await both("A", "B")
             with pytest.raises(ChoreographyError, match=r"cannot devirtualize the CPU while 2 OS instances run "
                                                         r"under the VMM \(os1, os2\)"):
-                await orch.ctl_devirtualize(cpu=True)
+                await orch.control("ctl_devirtualize", cpu=True)
             with pytest.raises(ChoreographyError, match="while borrowed frames are out"):
-                await orch.ctl_devirtualize()
-            await orch.ctl_memory_return(from_os="os1", to_os="os2")
+                await orch.control("ctl_devirtualize")
+            await orch.control("ctl_memory_return", from_os="os1", to_os="os2")
             # everything allowed: consoles and memory back, the CPU stays with the VMM
-            partial = (await orch.ctl_devirtualize())["reports"]
+            partial = (await orch.control("ctl_devirtualize"))["reports"]
             assert sorted(r["figure"] for r in partial) == ["fig6", "fig6", "fig7_memory", "fig7_memory"]
-            resources = (await orch.ctl_virt_status())["resources"]
+            resources = (await orch.control("ctl_virt_status"))["resources"]
             assert (resources["os1.cpu"], resources["os2.cpu"]) == ("vmm", "vmm")
             assert (resources["os1.memory"], resources["os2.memory"], resources["os1.uart (uart0)"]) == (
                 "os1", "os2", "os1")
@@ -593,10 +596,10 @@ async def test_with_the_policy_on_stopping_one_of_two_oses_devirtualizes_the_oth
         guest_build, cluster):
     orch = await cluster(VMM_TOPOLOGY)
     install_conservation_hook(orch)
-    await orch.ctl_policy(auto_devirtualize=True)
-    await orch.ctl_vmm_load(host="os1", frames=8)
-    await orch.ctl_interpose(os="os1", cpu=True)
-    await orch.ctl_interpose(os="os2", cpu=True)
+    await orch.control("ctl_policy", auto_devirtualize=True)
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
+    await orch.control("ctl_interpose", os="os1", cpu=True)
+    await orch.control("ctl_interpose", os="os2", cpu=True)
     lines = 30
     client = Client(orch)
     try:
@@ -604,7 +607,7 @@ async def test_with_the_policy_on_stopping_one_of_two_oses_devirtualizes_the_oth
             await nursery.start(client.party.serve, client.handle)
             start = await client.logged("uart0")
             pid = await client.exec("os1", "timeshare", ["timeshare", "P", str(lines)])
-            stopped = await orch.ctl_os_stop(os="os2")  # os2 is idle; os1's program runs on
+            stopped = await orch.control("ctl_os_stop", os="os2")  # os2 is idle; os1's program runs on
             assert [r["figure"] for r in stopped["reports"]] == ["os_stop"]
             assert [r["figure"] for r in stopped["policy"]] == ["fig7"]  # one OS left: CPU given back
             assert node_state(orch, "os2") == "stopped"
@@ -615,14 +618,14 @@ async def test_with_the_policy_on_stopping_one_of_two_oses_devirtualizes_the_oth
             nursery.cancel_scope.cancel()
     finally:
         client.party.close()
-    assert (await orch.ctl_virt_status())["resources"]["os1.cpu"] == "os1"
+    assert (await orch.control("ctl_virt_status"))["resources"]["os1.cpu"] == "os1"
 
 
 async def test_a_cluster_restarted_on_the_same_run_dir_gives_every_os_its_partition_back(cluster, tmp_path):
     run_dir = tmp_path / "again"
     async with running(parse(topology(), "first"), run_dir) as orch:
-        await orch.ctl_vmm_load(host="os1", frames=4)
-        await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=3)
+        await orch.control("ctl_vmm_load", host="os1", frames=4)
+        await orch.control("ctl_memory_borrow", from_os="os1", to_os="os2", frames=3)
         own = await owners(orch)
         assert len(own["vmm"]) == 4 and len(own["os2"]) == OS2[1] + 3
     # the memory controller kept that; the OSes boot afresh with their partitions
@@ -639,7 +642,7 @@ async def test_an_interposition_over_its_pause_budget_is_rolled_back_under_a_run
 
     orch = await cluster(VMM_TOPOLOGY)
     install_conservation_hook(orch)
-    await orch.ctl_vmm_load(host="os1", frames=8)
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
     before = dict(orch.routes.table.routes)
     lines = 30
     client = Client(orch)
@@ -672,7 +675,8 @@ async def test_memctl_administration_is_refused_to_anyone_but_the_orchestrator_a
 
     orch = await cluster(topology())
     before = await check_conservation(orch)
-    intruder = Party("intruder", f"ipc://{orch.run_dir}/intruder.sock", dict(orch.directory), advertise=True)
+    intruder = Party("intruder", f"ipc://{orch.run_dir}/intruder.sock", dict(orch.directory), advertise=True,
+                     auth=client_keyring(orch.run_dir, "intruder"))  # the user's own client: authenticated
 
     async def ignore(msg):
         return None
@@ -687,10 +691,11 @@ async def test_memctl_administration_is_refused_to_anyone_but_the_orchestrator_a
                                ("mem_create_space", {"space": "evil", "frames": before["free"][:1]}),
                                ("mem_destroy_space", {"space": "os2"}),
                                ("mem_owners", {})):
-                with pytest.raises(RemoteError, match="accepted only from orch, vmm") as info:
+                with pytest.raises(RemoteError, match="refused by rule 'admin': accepted only from the orchestrator "
+                                                      "or the VMM") as info:
                     await intruder.request("memctl", kind, body, timeout=5)
                 assert info.value.reason == "forbidden"
-            with pytest.raises(RemoteError, match="may pin only its own frames"):
+            with pytest.raises(RemoteError, match="refused by rule 'own_frames'"):  # another owner's frames
                 await intruder.request("memctl", "mem_pin", {"frames": frames, "owner": "os1"}, timeout=5)
             with pytest.raises(RemoteError, match="cannot pin frames"):
                 await intruder.request("memctl", "mem_pin", {"frames": frames}, timeout=5)
@@ -771,19 +776,19 @@ async def test_os2_booted_on_frames_borrowed_from_os1_runs_exactly_and_its_shutd
     orch = await cluster(boot_topology())
     seen = install_conservation_hook(orch)
     assert node_state(orch, "os2") == "stopped"
-    await orch.ctl_vmm_load(host="os1", frames=8)
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
     with pytest.raises(ChoreographyError, match=r"os2 would share cpu0 with os1, whose CPU is not virtualized: "
                                                 r"`hwemu interpose --cpu` first"):
-        await orch.ctl_os_boot(os="os2", frames=48)
+        await orch.control("ctl_os_boot", os="os2", frames=48)
     free1 = await free_frames(orch, "os1")
     lines = 60
     async with serving(Client(orch)) as client:
         start1 = await client.logged("uart0")
         pid1 = await client.exec("os1", "timeshare", ["timeshare", "H", str(lines)])
-        await orch.ctl_interpose(os="os1", cpu=True)
+        await orch.control("ctl_interpose", os="os1", cpu=True)
 
         seen.clear()
-        booted = await orch.ctl_os_boot(os="os2", frames=48)
+        booted = await orch.control("ctl_os_boot", os="os2", frames=48)
         rep = booted["reports"][0]
         assert (rep["figure"], rep["outcome"], booted["started"]) == ("p49_boot", "committed", True)
         assert seen == [f"p49_boot.{s}" for s in ("alloc_pin", "module_lets_go", "to_vmm", "os_space", "to_os",
@@ -796,11 +801,11 @@ async def test_os2_booted_on_frames_borrowed_from_os1_runs_exactly_and_its_shutd
         assert len(own["os1"]) == 512 - 8 - 48
         assert await free_frames(orch, "os2") == 48  # its boot memory map is exactly the borrowed frames
         assert orch.routes.table.routes["priv:os2"] == "vmm"
-        resources = (await orch.ctl_virt_status())["resources"]
+        resources = (await orch.control("ctl_virt_status"))["resources"]
         assert (resources["os2.cpu"], resources["os2.memory"]) == ("vmm", "vmm")
         with pytest.raises(ChoreographyError, match=r"the frames of os1 in os2 are the memory os2 booted on: "
                                                     r"`hwemu os shutdown os2` returns them"):
-            await orch.ctl_memory_return(from_os="os1", to_os="os2")
+            await orch.control("ctl_memory_return", from_os="os1", to_os="os2")
 
         start2 = await client.logged("uart1")
         pid2 = await client.exec("os2", "timeshare", ["timeshare", "G", "20"])
@@ -808,19 +813,20 @@ async def test_os2_booted_on_frames_borrowed_from_os1_runs_exactly_and_its_shutd
         assert (exit2["code"], await client.console("uart1", start2)) == (0, timeshare_output("G", 20))
 
         seen.clear()
-        down = await orch.ctl_os_shutdown(os="os2")
+        down = await orch.control("ctl_os_shutdown", os="os2")
         assert [(r["figure"], r["outcome"]) for r in down["reports"]] == [("p49_shutdown", "committed")]
         assert seen == [f"p49_shutdown.{s}" for s in ("vmm_detach_os", "stop_node", "forget_boot_map", "to_vmm",
                                                       "to_host", "add_to_free_list")]
         assert node_state(orch, "os2") == "stopped"
         own = await check_conservation(orch)
         assert not own.get("os2") and set(lent) <= set(own["os1"]) and len(own["os1"]) == 512 - 8
-        assert (await orch.ctl_virt_status())["loans"] == []
+        assert (await orch.control("ctl_virt_status"))["loans"] == []
 
         exit1 = await client.wait_exit("os1", pid1)
         assert (exit1["code"], await client.console("uart0", start1)) == (0, timeshare_output("H", lines))
         assert await free_frames(orch, "os1") == free1  # the lent frames are on its free list again
-    assert [r["figure"] for r in (await orch.ctl_devirtualize(unload=True))["reports"]] == ["fig7", "fig8_unload"]
+    assert [r["figure"] for r in (await orch.control("ctl_devirtualize", unload=True))["reports"]] == ["fig7",
+                                                                                                       "fig8_unload"]
     assert "vmm" not in await check_conservation(orch)
 
 
@@ -832,43 +838,43 @@ async def test_interposing_the_cpu_keeps_direct_addressing_and_memory_is_virtual
         guest_build, cluster):
     orch = await cluster(VMM_TOPOLOGY)
     install_conservation_hook(orch)
-    await orch.ctl_vmm_load(host="os1", frames=8)
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
     lines = 60
     async with serving(Client(orch)) as client:
         start = await client.logged("uart0")
         pid = await client.exec("os1", "timeshare", ["timeshare", "M", str(lines)])
 
-        cpu_only = (await orch.ctl_interpose(os="os1", cpu=True))["reports"]
+        cpu_only = (await orch.control("ctl_interpose", os="os1", cpu=True))["reports"]
         assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in cpu_only] == [
             ("fig3", ["new_flows", "attach", "redirect_traps", "route_priv", "resume_os"])]
-        resources = (await orch.ctl_virt_status())["resources"]
+        resources = (await orch.control("ctl_virt_status"))["resources"]
         assert (resources["os1.cpu"], resources["os1.memory"]) == ("vmm", "os1")
         assert await memctl_space(orch, "os1") == "identity"
         assert orch.routes.table.routes["priv:os1"] == "vmm"
 
-        mem = (await orch.ctl_interpose(os="os1", memory=True))["reports"]
+        mem = (await orch.control("ctl_interpose", os="os1", memory=True))["reports"]
         assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in mem] == [
             ("fig3_memory", ["disable_direct_addressing"])]
-        assert (await orch.ctl_virt_status())["resources"]["os1.memory"] == "vmm"
+        assert (await orch.control("ctl_virt_status"))["resources"]["os1.memory"] == "vmm"
         assert await memctl_space(orch, "os1") == "504 pages mapped"
         with pytest.raises(ChoreographyError, match="the memory of os1 is virtualized already"):
-            await orch.ctl_interpose(os="os1", memory=True)
+            await orch.control("ctl_interpose", os="os1", memory=True)
 
-        await orch.ctl_devirtualize(os="os1", memory=True)
+        await orch.control("ctl_devirtualize", os="os1", memory=True)
         assert await memctl_space(orch, "os1") == "identity"
-        back = (await orch.ctl_devirtualize(os="os1"))["reports"]
+        back = (await orch.control("ctl_devirtualize", os="os1"))["reports"]
         assert [r["figure"] for r in back] == ["fig7"]
         assert {s["name"]: s["data"] for s in back[0]["steps"]}["direct_addressing_on"] == {"identity": "already"}
 
         # --memory with the CPU native: FIG. 3 whole (the CPU first, then 308)
-        implied = (await orch.ctl_interpose(os="os1", memory=True))["reports"]
+        implied = (await orch.control("ctl_interpose", os="os1", memory=True))["reports"]
         assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in implied] == [
             ("fig3", ["new_flows", "attach", "redirect_traps", "disable_direct_addressing", "route_priv",
                       "resume_os"])]
-        resources = (await orch.ctl_virt_status())["resources"]
+        resources = (await orch.control("ctl_virt_status"))["resources"]
         assert (resources["os1.cpu"], resources["os1.memory"], resources["os1.uart (uart0)"]) == (
             "vmm", "vmm", "os1")
-        assert [r["figure"] for r in (await orch.ctl_devirtualize(os="os1"))["reports"]] == ["fig7"]
+        assert [r["figure"] for r in (await orch.control("ctl_devirtualize", os="os1"))["reports"]] == ["fig7"]
         assert await memctl_space(orch, "os1") == "identity"
 
         exit1 = await client.wait_exit("os1", pid)
@@ -881,7 +887,7 @@ async def test_interposing_the_cpu_keeps_direct_addressing_and_memory_is_virtual
 async def test_fig2b_the_vmm_at_boot_hides_its_frames_and_os2s_partition_from_os1_and_is_devirtualized_later(
         guest_build, cluster):
     orch = await cluster(REPO / "compose" / "vmmboot.toml")
-    status = await orch.ctl_status()
+    status = await orch.control("ctl_status")
     virt = status["virt"]
     assert virt["vmm"] == {"loaded": True, "host": "os1", "frames": 64}
     assert {r: virt["resources"][r] for r in ("os1.cpu", "os1.memory", "os2.cpu", "os2.memory",
@@ -912,16 +918,16 @@ async def test_fig2b_the_vmm_at_boot_hides_its_frames_and_os2s_partition_from_os
 
         install_conservation_hook(orch)
         with pytest.raises(ChoreographyError, match="cannot devirtualize the CPU while 2 OS instances"):
-            await orch.ctl_devirtualize(cpu=True)
-        assert [r["figure"] for r in (await orch.ctl_os_shutdown(os="os2"))["reports"]] == ["os_stop"]
+            await orch.control("ctl_devirtualize", cpu=True)
+        assert [r["figure"] for r in (await orch.control("ctl_os_shutdown", os="os2"))["reports"]] == ["os_stop"]
         # booted again on 16 frames borrowed from os1, then on the firmware's own map once they are back
-        lent = (await orch.ctl_os_boot(os="os2", frames=16))["frames"]
+        lent = (await orch.control("ctl_os_boot", os="os2", frames=16))["frames"]
         assert await free_frames(orch, "os2") == 16
-        assert [r["figure"] for r in (await orch.ctl_os_shutdown(os="os2"))["reports"]] == ["p49_shutdown"]
+        assert [r["figure"] for r in (await orch.control("ctl_os_shutdown", os="os2"))["reports"]] == ["p49_shutdown"]
         assert set(lent) <= set((await check_conservation(orch))["os1"])
-        assert (await orch.ctl_os_boot(os="os2"))["started"] and await free_frames(orch, "os2") == 256
-        assert [r["figure"] for r in (await orch.ctl_os_shutdown(os="os2"))["reports"]] == ["os_stop"]
-        back = (await orch.ctl_devirtualize(unload=True))["reports"]
+        assert (await orch.control("ctl_os_boot", os="os2"))["started"] and await free_frames(orch, "os2") == 256
+        assert [r["figure"] for r in (await orch.control("ctl_os_shutdown", os="os2"))["reports"]] == ["os_stop"]
+        back = (await orch.control("ctl_devirtualize", unload=True))["reports"]
         assert [r["figure"] for r in back] == ["fig7", "fig8_unload"]
         routes = orch.routes.table.routes
         assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"]) == ("os1", "os1", "cpu0")

@@ -78,7 +78,7 @@ def test_up_status_route_set_show_second_up_and_down_leave_nothing_behind(run_di
     assert sorted(nodes) == ["sink_a", "sink_b", "src"]
     for name, node in nodes.items():
         assert NODE_KEYS <= set(node), (name, node)
-        assert (node["kind"], node["alive"], node["state"]) == ("testnode", True, "running"), (name, node)
+        assert (node["kind"], node["alive"], node["state"]) == ("streamer", True, "running"), (name, node)
         assert isinstance(node["pid"], int) and alive(node["pid"])
         assert node["endpoint"] == f"ipc://{rd}/{name}.sock"
         assert isinstance(node["uptime"], float) and node["uptime"] >= 0
@@ -99,11 +99,14 @@ def test_up_status_route_set_show_second_up_and_down_leave_nothing_behind(run_di
     assert one_json_object(show.stdout) == {"epoch": epoch + 1, "routes": {"data:src": "sink_b"}}
 
     for args, expected in ((["notaflow", "sink_b"], "hwemu: bad_flow [flow]: flow 'notaflow' is not of the form"),
-                           (["data:src", "ghost"], "hwemu: unknown_node [node]: cannot route data:src to 'ghost'")):
+                           (["data:src", "ghost"], "hwemu: unknown_node [node]: cannot route data:src to 'ghost'"),
+                           (["dta:src", "sink_b"], "hwemu: unknown_flow [changes]: no route for flow 'dta:src'")):
         refused = hwemu(rd, "route", "set", *args, "--json")
-        assert (refused.returncode, refused.stdout) == (1, ""), refused.stderr
+        assert refused.returncode == 1, refused.stderr
         lines = refused.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(expected), refused.stderr
+        error = one_json_object(refused.stdout)  # with --json the error is one JSON object on stdout too
+        assert (error["ok"], error["exit"], f"hwemu: {error['error']}") == (False, 1, lines[0])
     assert one_json_object(hwemu(rd, "route", "show", "--json").stdout)["epoch"] == epoch + 1  # nothing changed
 
     again = hwemu(rd, "up", "compose/flip.toml", "--detach")
@@ -149,9 +152,12 @@ def test_a_command_with_no_cluster_exits_1_with_one_clear_line(run_dir, args):
     rd, _ = run_dir
     result = hwemu(rd, *args)
     assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr.strip().splitlines() == [
-        f"hwemu: no cluster is running in {rd} (start one with `hwemu up TOPOLOGY`)"]
+    message = f"no cluster is running in {rd} (start one with `hwemu up TOPOLOGY`)"
+    assert result.stderr.strip().splitlines() == [f"hwemu: {message}"]
+    if "--json" in args:  # the error as one JSON object on stdout too
+        assert one_json_object(result.stdout) == {"ok": False, "error": message, "exit": 1}
+    else:
+        assert result.stdout == ""
 
 
 @pytest.mark.parametrize("args", [["status"], ["up", "compose/native.toml", "--detach"]])
@@ -206,7 +212,8 @@ def test_a_hung_orchestrator_is_reported_and_down_still_stops_every_process(run_
     os.kill(orch_pid, signal.SIGSTOP)
     try:
         status = hwemu(rd, "status", "--json", "--timeout", "1")
-        assert (status.returncode, status.stdout) == (1, "")
+        assert status.returncode == 1
+        assert one_json_object(status.stdout)["error"].startswith(f"the orchestrator in {rd} does not answer")
         lines = status.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"hwemu: the orchestrator in {rd} does not answer within 1 s"), \
             status.stderr

@@ -119,13 +119,13 @@ def test_a_tcp_endpoint_in_use_is_one_line(cluster_dir, tmp_path):
         line = one_line(hwemu(rd, "up", str(tmp_path / "tcp.toml"), "--detach"), 1)
     finally:
         holder.close()
-    assert line.startswith("hwemu: cluster failed to start: node sink_b (testnode) exited during start-up"), line
+    assert line.startswith("hwemu: cluster failed to start: node sink_b (streamer) exited during start-up"), line
     assert line.endswith(f"cannot bind tcp://127.0.0.1:{port}: Address already in use"), line
 
 
 def test_a_disk_image_of_a_bad_size_is_one_line(cluster_dir):
     rd, pids = cluster_dir
-    rd.mkdir(parents=True)
+    rd.mkdir(mode=0o700, parents=True)  # a run directory must be private (protocol/auth.py)
     (rd / "disk0.img").write_bytes(bytes(1000))
     line = one_line(hwemu(rd, "up", IO, "--detach"), 1)
     assert line == (f"hwemu: cluster failed to start: node disk0 (disk) exited during start-up with code 1: "

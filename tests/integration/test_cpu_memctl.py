@@ -83,8 +83,9 @@ async def test_hello_and_primes_run_on_the_cpu_node_through_the_test_os(cluster,
 async def test_an_os_may_only_name_its_own_space_but_other_initiators_name_any(cluster, tmp_path):
     orch = await cluster(topology(tmp_path))
     refused = (await orch.request("os1", "testos_acquire", {"space": "os2", "gpn": 300})).body["data"]
-    assert refused["reason"] == "mem_fault"
-    assert "own address space" in refused["detail"]
+    # refused by the rules table (protocol/authz.py) before the controller looks at it
+    assert refused["reason"] == "forbidden"
+    assert "mem_acquire from os1 (testos) refused by rule 'memory'" in refused["detail"]
     own = (await orch.request("os1", "testos_acquire", {"space": "os1", "gpn": 300})).body["data"]
     assert own == {"frame": 300}
     # a page outside the partition is a fault of the controller itself
@@ -98,7 +99,8 @@ async def test_an_os_may_only_name_its_own_space_but_other_initiators_name_any(c
         await orch.request("memctl", "mem_read", {"space": "nope", "addr": 0, "length": 1})
     assert err.value.reason == "mem_fault"
     info = (await orch.request("memctl", "mem_info")).body["data"]
-    assert info["refused"] == 1 and info["nframes"] == 1024
+    assert info["refused"] == 0 and info["nframes"] == 1024  # the table refused it before the controller saw it
+    assert (await stats(orch, "memctl"))["forbidden_by"] == {"memory": 1}
 
 
 async def test_memctl_killed_with_sigkill_is_restarted_with_memory_intact(cluster, tmp_path, guest_build):
@@ -210,8 +212,10 @@ async def test_a_new_address_space_writes_back_and_drops_every_cached_page_first
     assert (result["output"], result["exit_code"]) == (expected("primes"), 0)
     assert (await stats(orch, "cpu0"))["modified"] > 0
     # another space, a flushed TLB and pc 0: the CPU releases everything, then
-    # traps at once on the instruction fetch (nothing is mapped), and the test OS halts it
-    await emit(orch, "cpu_resume", {"space": "os2", "pc": 0, "asid": 2, "flush_tlb": True})
+    # traps at once on the instruction fetch (nothing is mapped), and the test OS halts it.
+    # The switch comes from the orchestrator, as a VMM's would: an OS may not run the
+    # CPU in another OS's space (protocol/authz.py, rule priv_route)
+    await orch.request("cpu0", "cpu_resume", {"space": "os2", "pc": 0, "asid": 2, "flush_tlb": True, "ack": True})
     with trio.fail_after(10):
         while (result := (await orch.request("os1", "testos_result")).body["data"])["fault"] is None:
             await trio.sleep(0.02)

@@ -11,8 +11,16 @@ import pytest
 import trio
 
 from tests.fixtures.trapper import SYS_BRK
-from tests.integration.test_cpu_memctl import (BUILD, args, expected, held_at_brk, run_program,
-                                               run_until_exit, stats, topology)
+from tests.integration.test_cpu_memctl import (
+    BUILD,
+    args,
+    expected,
+    held_at_brk,
+    run_program,
+    run_until_exit,
+    stats,
+    topology,
+)
 
 pytestmark = pytest.mark.integration
 

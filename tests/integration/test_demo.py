@@ -21,16 +21,28 @@ REPO = Path(__file__).resolve().parents[2]
 GUEST = REPO / "guest"
 
 
-def run_demo(tmp_path: Path, *args: str) -> dict:
-    """`hwemu demo [ARGS]` in its own run directory; its JSON report, after asserting every check passed."""
+def run_demo(tmp_path: Path, *args: str, to_stdout: bool = False) -> dict:
+    """`hwemu demo [ARGS]` in its own run directory; its JSON report, after asserting every check passed.
+
+    The report is asked for as a file (``--json FILE``: the progress on stdout,
+    where the UDP client's last exchange reads ``quit -> [b'bye']``) or, with
+    ``to_stdout``, as the one JSON object on stdout (``--json``: the progress on stderr)."""
     out = tmp_path / "demo.json"
     run_dir = tmp_path / "run"
     exe = str(Path(sys.executable).parent / "hwemu")
-    done = subprocess.run([exe, "demo", "--json", str(out), *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "HWEMU_RUN_DIR": str(run_dir)}, timeout=240,
-                          stdin=subprocess.DEVNULL)
-    assert out.exists(), done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    done = subprocess.run([exe, "demo", "--json", *([] if to_stdout else [str(out)]), *args], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "HWEMU_RUN_DIR": str(run_dir)},
+                          timeout=240, stdin=subprocess.DEVNULL)
+    if to_stdout:
+        report, end = json.JSONDecoder().raw_decode(done.stdout)
+        assert done.stdout[end:].strip() == "", done.stdout[-3000:]
+        progress = done.stderr
+    else:
+        assert out.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+        report = json.loads(out.read_text())
+        progress = done.stdout
+    if not args:  # rich markup used to swallow the brackets of the client's last reply
+        assert "quit -> [b'bye']" in progress, progress[-3000:]
     failed = [c for c in report["checks"] if not c["ok"]]
     assert (done.returncode, failed) == (0, []), done.stderr[-2000:]
     assert report["ok"] and report["failed"] == []
@@ -71,8 +83,9 @@ def test_demo_runs_every_choreography_and_every_check_passes(guest_build, tmp_pa
     assert io["interrupts"]["irq:disk0"] > 0 and io["interrupts"]["irq:nic0"] > 0
 
 
-def test_guest_outputs_and_client_replies_are_byte_identical_to_a_run_without_a_vmm(guest_build, tmp_path: Path) -> None:
-    control = run_demo(tmp_path / "control", "--control")
+def test_guest_outputs_and_client_replies_are_byte_identical_to_a_run_without_a_vmm(guest_build,
+                                                                                    tmp_path: Path) -> None:
+    control = run_demo(tmp_path / "control", "--control", to_stdout=True)
     virtualized = run_demo(tmp_path / "virtualized")
     assert control["control"] and not virtualized["control"] and control["steps"] == []
     assert control["io"]["compute_rounds"] == 1

@@ -239,7 +239,7 @@ async def test_disk_killed_with_sigkill_loses_no_acknowledged_write(cluster, tmp
 async def test_disk_image_defaults_to_the_run_dir_keeps_its_existing_size_and_takes_4096_byte_blocks(
         cluster, tmp_path):
     run_dir = tmp_path / "rd"
-    run_dir.mkdir()
+    run_dir.mkdir(mode=0o700)  # a run directory must be private (protocol/auth.py)
     old = os.urandom(64 * PAGE)  # an image made by a host tool: 64 blocks of 4 KiB, not size_mb
     (run_dir / "disk0.img").write_bytes(old)
     orch = await cluster(topology(tmp_path, disk={"block_size": 4096, "partitions": {"os1": [0, 64]}},

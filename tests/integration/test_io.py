@@ -32,12 +32,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.test_network_samples import (converse, echo_conversation, free_udp_port, kv_after_restart_conversation,
-                                              kv_fill_conversation, kv_restart_conversation)
-from tests.integration.test_native import (BUILD, HWEMU, REPO, _alive, hwemu, read_line_within,  # noqa: F401
-                                           run_dir, show)
+from tests.guest.test_network_samples import (
+    converse,
+    echo_conversation,
+    free_udp_port,
+    kv_after_restart_conversation,
+    kv_fill_conversation,
+    kv_restart_conversation,
+)
+from tests.integration import test_native
+from tests.integration.test_native import BUILD, HWEMU, REPO, _alive, hwemu, read_line_within, show
 
 pytestmark = pytest.mark.integration
+run_dir = test_native.run_dir  # a fixture: the tests take it as a parameter
 
 IO = "compose/io.toml"
 DISK_BYTES = 16 << 20  # compose/io.toml: size_mb = 16
@@ -331,7 +338,8 @@ def test_an_os_with_a_disk_partition_sees_only_its_partition(guest_build, run_di
     topo = tmp_path / "io-part.toml"
     topo.write_text((REPO / IO).read_text().replace(
         "options = { size_mb = 16, block_size = 512, memctl = \"memctl\" }",
-        f"options = {{ size_mb = 16, block_size = 512, memctl = \"memctl\", partitions = {{ os1 = [{first}, {count}] }} }}"))
+        f"options = {{ size_mb = 16, block_size = 512, memctl = \"memctl\", "
+        f"partitions = {{ os1 = [{first}, {count}] }} }}"))
     assert "partitions" in topo.read_text()
     up(rd, str(topo))
     size = count * 512

@@ -24,16 +24,16 @@ from typing import Any
 import pytest
 import trio
 
-from tests.integration.procs import alive as _alive, recorded_pids as _recorded_pids  # noqa: F401  (test_io)
-
-from protocol.errors import RemoteError
-from protocol.frames import from_runs, to_runs
-
 from nodes.cpu.core import PAGE_MISS, QUANTUM, TRAP, Core
 from nodes.guest_os.kernel import Kernel, KernelError
+from nodes.guest_os.module import FrameAllocator, FrameError, KernelModule, OutOfMemory
+from protocol.auth import client_keyring
+from protocol.errors import RemoteError
+from protocol.frames import from_runs, to_runs
 from protocol.linux_abi import initial_stack
 from protocol.riscv import TIMER_INTERRUPT
-from nodes.guest_os.module import FrameAllocator, FrameError, KernelModule, OutOfMemory
+from tests.integration.procs import alive as _alive  # also used by test_io
+from tests.integration.procs import recorded_pids as _recorded_pids
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = REPO / "guest"
@@ -492,6 +492,7 @@ def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, 
 
     # Ctrl-C: hwemu run exits 130 and its program goes too; the cluster stays
     import signal
+
     from orchestrator.client import call
 
     proc = subprocess.Popen([HWEMU, "run", "compose/native.toml", str(BUILD / "timeshare.elf"), "--", "Z", "100000"],
@@ -664,10 +665,11 @@ class Client:
     and hears their proc_exit."""
 
     def __init__(self, orch, name: str = "tclient"):
-        from protocol.transport import Party
         import protocol.hw  # noqa: F401
+        from protocol.transport import Party
 
-        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True)
+        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True,
+                           auth=client_keyring(orch.run_dir, name))
         self.exits: dict[int, dict] = {}
         self.changed = trio.Event()
 
@@ -733,7 +735,7 @@ async def _timeshare_and_segv(orch, client: Client, sleeper: bytes) -> None:
 
 
 async def _kernel_module_and_ps(orch, client: Client) -> None:
-    req = client.party.request
+    req = orch.party.request  # the kernel module and the drivers' modes are the orchestrator's (protocol/authz.py)
     pinned = (await req("os1", "mod_alloc_pin", {"n": 3})).body["data"]
     frames = from_runs(pinned["runs"])  # frames travel as [first, count] runs
     assert len(frames) == 3 and all(256 <= f < 768 for f in frames) and pinned["free"] == 509

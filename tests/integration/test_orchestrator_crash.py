@@ -23,11 +23,13 @@ import trio
 from orchestrator.cli.demo import timeshare_output
 from orchestrator.client import call
 from orchestrator.topology import load
+from protocol.auth import client_keyring
 from protocol.transport import Party
+from tests.integration import test_cli
 from tests.integration.procs import alive, recorded_pids
-from tests.integration.test_cli import run_dir  # noqa: F401  (the fixture: `hwemu down`, then SIGKILL by pid)
 
 pytestmark = pytest.mark.integration
+run_dir = test_cli.run_dir  # the fixture (`hwemu down`, then SIGKILL by pid): the tests take it as a parameter
 
 REPO = Path(__file__).resolve().parents[2]
 HWEMU = str(Path(sys.executable).parent / "hwemu")
@@ -104,7 +106,8 @@ async def test_kill_9_mid_interposition_a_restarted_orchestrator_reattaches_and_
     routes_before = before["routes"]["routes"]
     own_before = await owners(rd)
 
-    client = Party("crashclient", f"ipc://{rd}/crashclient.sock", load(TOPOLOGY).directory(rd), advertise=True)
+    client = Party("crashclient", f"ipc://{rd}/crashclient.sock", load(TOPOLOGY).directory(rd), advertise=True,
+                   auth=client_keyring(rd, "crashclient"))
     exits: dict[int, dict] = {}
     got = trio.Event()
 

@@ -17,6 +17,7 @@ import trio
 from orchestrator.cluster import running
 from orchestrator.routes import RouteChangeError
 from orchestrator.topology import parse
+from protocol.auth import client_keyring
 from protocol.errors import RemoteError
 from protocol.transport import Party
 
@@ -49,7 +50,8 @@ async def consumed_by(orch, sink: str, count: int) -> tuple[list[int], dict]:
 
 async def control(orch, tmp_path, kind: str, body: dict) -> str:
     """Send a control request as the CLI does (a party outside the topology); the error line."""
-    me = Party("ctl-test", f"ipc://{tmp_path}/ctl-test.sock", {"orch": orch.directory["orch"]}, advertise=True)
+    me = Party("ctl-test", f"ipc://{tmp_path}/ctl-test.sock", {"orch": orch.directory["orch"]}, advertise=True,
+               auth=client_keyring(orch.run_dir, "ctl-test"))
     try:
         async with trio.open_nursery() as nursery:
             async def ignore(msg):

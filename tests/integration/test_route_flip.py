@@ -25,7 +25,8 @@ FLOW = "data:src"
 
 
 def topology(**sink_a):
-    node = lambda role, **o: {"kind": "testnode", "module": "tests.fixtures.streamer", "options": {"role": role, **o}}
+    def node(role, **o):
+        return {"kind": "testnode", "module": "tests.fixtures.streamer", "options": {"role": role, **o}}
     return parse({
         "cluster": {"name": "flip"},
         "nodes": {"src": node("streamer"), "sink_a": node("sink", **sink_a), "sink_b": node("sink")},

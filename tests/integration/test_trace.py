@@ -97,7 +97,7 @@ def test_trace_start_stop_save_over_a_route_change_and_status_watch(tmp_path):
         assert abs(ann["pause_ms"].double_value - change["pause_ms"]) < 0.01
         # the sender's own view: a pause, then the switch and the resume (its slice) on its route track
         src_route = [u for u, n in tracks.items() if n == "route" and (u >> 32) == next(
-            v >> 32 for v, m in tracks.items() if m == "src (testnode)")]
+            v >> 32 for v, m in tracks.items() if m == "src (streamer)")]
         on_src = [e.track_event.name for e in events if e.track_event.track_uuid in src_route]
         assert "route pause data:src" in on_src and "route switch data:src" in on_src
     finally:

@@ -101,7 +101,7 @@ async def test_console_output_reaches_log_and_tcp_client_in_order_and_sync_count
 
 async def test_console_log_defaults_to_run_dir_and_sync_counts_what_was_there(cluster, tmp_path):
     run_dir = tmp_path / "rd"
-    run_dir.mkdir()
+    run_dir.mkdir(mode=0o700)  # a run directory must be private (protocol/auth.py)
     (run_dir / "uart0.console.log").write_bytes(b"earlier boot\n")
     orch = await cluster(uart_topology(), run_dir=run_dir)
     await orch.request("uart0", "uart_write", {"data": b"again\n"})

@@ -28,12 +28,19 @@ import trio
 
 import protocol.hw  # noqa: F401  (disk_done / nic_done replies decode in this process)
 import tests.fixtures.iodriver  # noqa: F401  (registers io_emit / io_events)
-from orchestrator.choreographies import ChoreographyError
+from orchestrator.choreographies.base import ChoreographyError
 from tests.guest.test_network_samples import converse
-from tests.integration.test_choreographies import (Client, check_conservation, cli_run_dir,  # noqa: F401
-                                                   install_conservation_hook, vmm_stats, wait_vmm)
+from tests.integration import test_choreographies
+from tests.integration.test_choreographies import (
+    Client,
+    check_conservation,
+    install_conservation_hook,
+    vmm_stats,
+    wait_vmm,
+)
 
 pytestmark = pytest.mark.integration
+cli_run_dir = test_choreographies.cli_run_dir  # a fixture: the CLI test takes it as a parameter
 
 REPO = Path(__file__).resolve().parents[2]
 VMMIO = REPO / "compose" / "vmmio.toml"
@@ -283,7 +290,7 @@ async def test_kvstore_answers_exactly_while_the_vmm_is_interposed_on_cpu_disk_a
         guest_build, cluster):
     orch = await cluster(VMMIO)
     install_conservation_hook(orch)
-    await orch.ctl_vmm_load(host="os1", frames=8)
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
     client = Client(orch, "kvclient")
     try:
         async with trio.open_nursery() as nursery:
@@ -302,12 +309,12 @@ async def test_kvstore_answers_exactly_while_the_vmm_is_interposed_on_cpu_disk_a
             with trio.fail_after(60):
                 while driver.rounds < 3:
                     await trio.sleep(0.02)
-            interposed = (await orch.ctl_interpose(os="os1"))["reports"]
+            interposed = (await orch.control("ctl_interpose", os="os1"))["reports"]
             assert [(r["figure"], r["params"].get("device")) for r in interposed] == [
                 ("fig3", None), ("fig5", "uart"), ("fig5", "disk"), ("fig5", "nic")]
             routes = orch.routes.table.routes
             assert [routes[f] for f in ("io:os1.disk", "irq:disk0", "io:os1.nic", "irq:nic0")] == ["vmm"] * 4
-            resources = (await orch.ctl_virt_status())["resources"]
+            resources = (await orch.control("ctl_virt_status"))["resources"]
             assert (resources["os1.disk (disk0)"], resources["os1.nic (nic0)"], resources["os2.disk (disk0)"]) == (
                 "vmm", "vmm", "os2")
             disk_state = {s["name"]: s["data"] for s in interposed[2]["steps"]}["driver_virtual"]["driver_virtual"]
@@ -318,7 +325,7 @@ async def test_kvstore_answers_exactly_while_the_vmm_is_interposed_on_cpu_disk_a
             s = await wait_vmm(orch, lambda s: _served(s, "disk0", "completions") > 10
                                and _served(s, "nic0", "rx") > 4)
             assert driver.rounds > at and s["io"]["shared"]["nic0"]["ports"] == {"7000": "os1"}
-            back = (await orch.ctl_devirtualize(os="os1"))["reports"]
+            back = (await orch.control("ctl_devirtualize", os="os1"))["reports"]
             assert sorted(r["figure"] for r in back) == ["fig6", "fig6", "fig6", "fig7"]
             at = driver.rounds
             with trio.fail_after(60):
@@ -347,14 +354,14 @@ async def test_kvstore_answers_exactly_while_the_vmm_is_interposed_on_cpu_disk_a
 async def test_two_oses_under_the_vmm_each_get_only_their_own_partition_and_port(guest_build, cluster):
     orch = await cluster(VMMIO)
     install_conservation_hook(orch)
-    await orch.ctl_vmm_load(host="os1", frames=8)
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
     with pytest.raises(ChoreographyError, match="disk0's interrupts go to os1, which drives it natively"):
-        await orch.ctl_interpose(os="os2", io=["disk"])
-    first = (await orch.ctl_interpose(os="os1"))["reports"]
-    second = (await orch.ctl_interpose(os="os2"))["reports"]
+        await orch.control("ctl_interpose", os="os2", io=["disk"])
+    first = (await orch.control("ctl_interpose", os="os1"))["reports"]
+    second = (await orch.control("ctl_interpose", os="os2"))["reports"]
     assert [r["figure"] for r in first + second] == ["fig3"] + ["fig5"] * 3 + ["fig3"] + ["fig5"] * 3
     with pytest.raises(ChoreographyError, match="os2 still reach disk0 through the VMM"):
-        await orch.ctl_devirtualize(os="os1", io=["disk"])
+        await orch.control("ctl_devirtualize", os="os1", io=["disk"])
     client = Client(orch, "kvclient2")
     try:
         async with trio.open_nursery() as nursery:
@@ -384,9 +391,9 @@ async def test_two_oses_under_the_vmm_each_get_only_their_own_partition_and_port
     assert s["io"]["shared"]["disk0"]["users"] == {"os1": {"partition": [0, 16384]},
                                                     "os2": {"partition": [16384, 16384]}}
     # os2 leaves (its devices back first), then os1 gets everything back
-    stopped = (await orch.ctl_os_stop(os="os2"))["reports"]
+    stopped = (await orch.control("ctl_os_stop", os="os2"))["reports"]
     assert [r["figure"] for r in stopped] == ["fig6"] * 3 + ["os_stop"]
-    back = (await orch.ctl_devirtualize(os="os1"))["reports"]
+    back = (await orch.control("ctl_devirtualize", os="os1"))["reports"]
     assert sorted(r["figure"] for r in back) == ["fig6", "fig6", "fig6", "fig7"]
     assert (orch.routes.table.routes["irq:disk0"], orch.routes.table.routes["irq:nic0"]) == ("os1", "os1")
     await no_gaps_or_dups(orch)
@@ -408,7 +415,7 @@ async def test_a_disk_driver_mode_switch_waits_for_the_whole_multi_block_transfe
     orch = await cluster(topo)
     cfg = NodeConfig(name="os1", kind="os", endpoint=orch.directory["os1"], directory=dict(orch.directory),
                      routes=orch.routes.table.to_wire(), orchestrator=None, options={"memory": [256, 256]},
-                     run_dir=str(orch.run_dir))
+                     run_dir=str(orch.run_dir), auth=orch._node_config(orch.topology.nodes["os1"])["auth"])
     node = OsNode(cfg)
     data = os.urandom(64 * PAGE)
     order: list[str] = []

@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from orchestrator.cli.demo import timeshare_output
+from protocol.auth import client_keyring
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = REPO / "guest"
@@ -187,12 +188,13 @@ class Client:
     """A party outside the topology that starts programs on an OS and hears their proc_exit."""
 
     def __init__(self, orch, name: str = "vclient"):
-        from protocol.transport import Party
-        import protocol.hw  # noqa: F401
+        import protocol.hw
         import protocol.vmm  # noqa: F401
+        from protocol.transport import Party
 
         self.orch = orch
-        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True)
+        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True,
+                           auth=client_keyring(orch.run_dir, name))
         self.exits: dict[tuple[str, int], dict] = {}
         self.changed = trio.Event()
 

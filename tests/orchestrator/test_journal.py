@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import choreographies as chor
-from orchestrator.choreographies import Choreography, ChoreographyFailed, Step
+from orchestrator.choreographies import base as chor
+from orchestrator.choreographies.base import Choreography, ChoreographyFailed, Step
 from orchestrator.choreographies.state import VirtState
 from orchestrator.journal import WHOLE, Journal
 

@@ -39,7 +39,7 @@ def test_the_flip_topology_loads():
     topo = load(ROOT / "compose" / "flip.toml")
     assert (topo.name, sorted(topo.nodes), topo.routes) == ("flip", ["sink_a", "sink_b", "src"],
                                                             {"data:src": "sink_a"})
-    assert topo.nodes["src"].module == "tests.fixtures.streamer"
+    assert topo.nodes["src"].module == "nodes.streamer"
     assert topo.nodes["src"].options == {"role": "streamer"}
 
 

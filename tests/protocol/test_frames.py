@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import protocol.hw  # registers mod_*
+import protocol.vmm  # noqa: F401  (registers mem_pin, mem_transfer ...)
 from protocol.errors import ProtocolError
 from protocol.frames import body_frames, check_runs, count, from_runs, to_runs
 from protocol.messages import validate_body
-import protocol.hw  # noqa: F401  (registers mod_*)
-import protocol.vmm  # noqa: F401  (registers mem_pin, mem_transfer ...)
 
 distinct_frames = st.lists(st.integers(min_value=0, max_value=5000), unique=True, max_size=300)
 

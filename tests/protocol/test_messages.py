@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 import protocol.hw  # noqa: F401  (registers the hardware kinds, so the round trip covers them)
 from protocol.errors import ProtocolError
 from protocol.messages import (
+    _SCHEMAS,
     MAX_FRAME,
     PROTOCOL_VERSION,
     Message,
-    _SCHEMAS,
     _fast_ok,
     _validate_full,
     decode,
@@ -110,7 +110,8 @@ def test_decode_of_a_valid_frame_truncated_or_corrupted_raises_only_protocol_err
 
 # -- each kind of bad input, with its exact reason and field ----------------------------
 
-@pytest.mark.parametrize("frame", [b"\xc1", b"\x92\x01", b"", b"\x81\xa1v"], ids=["reserved-byte", "truncated-array", "empty", "truncated-map"])
+@pytest.mark.parametrize("frame", [b"\xc1", b"\x92\x01", b"", b"\x81\xa1v"], ids=["reserved-byte", "truncated-array",
+                                                                                  "empty", "truncated-map"])
 def test_malformed_msgpack_is_bad_msgpack(frame):
     exc = rejects(frame)
     assert (exc.reason, exc.field) == ("bad_msgpack", None)

@@ -119,7 +119,9 @@ async def test_a_spoofed_source_is_counted_refused_and_the_party_keeps_serving(p
         out.send(encode(Message("ping", "alice", "bob", 1, {})))  # well formed, but claims to be alice
         ident, frame = await recv_raw(inbox)
         complaint = decode(frame)
-        assert (ident, complaint.kind, complaint.src, complaint.dst) == (b"bob", "error", "bob", "mallory")
+        # a party sends as name#incarnation (its life): a bare name never takes its connections over
+        assert ident == f"bob#{bob.incarnation:x}".encode()
+        assert (complaint.kind, complaint.src, complaint.dst) == ("error", "bob", "mallory")
         assert complaint.body["reason"] == "bad_source"
         assert bob.counters["spoofed"] == 1 and bob.counters["bad_in"] == 1
         # bob still serves, and never answered alice for the message she did not send:

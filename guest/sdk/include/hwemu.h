@@ -1,10 +1,14 @@
 /*
  * hwemu guest SDK: the small C library every guest program links against.
  *
- * System call wrappers (sys_*) return the kernel's raw result: >= 0 on
- * success, -errno on failure (there is no errno). The rest is a freestanding
- * subset of the C library: strings, a printf family that writes through
- * sys_write, a bump allocator over brk, qsort, exit.
+ * Two layers: the raw system call wrappers (sys_*) return the kernel's
+ * result, >= 0 on success, -errno on failure; the POSIX names (read, write,
+ * clock_gettime, socket, ...) return -1 and set errno, as a C programmer
+ * expects. The rest is a freestanding subset of the C library: strings, a
+ * printf family that writes through write(2) (unbuffered), stdin read
+ * through a buffer (getchar, fgets), malloc/free over brk, qsort, exit.
+ * The standard headers (stdio.h, stdlib.h, string.h, unistd.h, time.h,
+ * errno.h, fcntl.h, sys/socket.h, netinet/in.h, arpa/inet.h) include this one.
  */
 #ifndef HWEMU_H
 #define HWEMU_H
@@ -116,5 +120,84 @@ struct sockaddr_in {            /* 16 bytes, as the kernel expects */
 int parse_port(const char *s);
 /* a SOCK_DGRAM socket bound to INADDR_ANY:port: the fd, or -errno */
 long udp_bind_any(int port);
+
+/* ---- POSIX names (sdk/posix.c): -1 and errno on failure ---- */
+/* errno.h */
+extern int errno;
+#define EPERM     1
+#define ENOENT    2
+#define EINTR     4
+#define EIO       5
+#define EBADF     9
+#define EAGAIN   11
+#define ENOMEM   12
+#define EFAULT   14
+#define EINVAL   22
+#define ENOSPC   28
+#define ENOSYS   38
+#define EADDRINUSE 98
+
+/* sys/types.h */
+typedef int ssize_t;
+typedef int pid_t;
+typedef long off_t;
+typedef unsigned socklen_t;
+typedef int clockid_t;
+typedef int64_t time_t;
+
+/* unistd.h, fcntl.h */
+#define STDIN_FILENO  0
+#define STDOUT_FILENO 1
+#define STDERR_FILENO 2
+ssize_t read(int fd, void *buf, size_t n);
+ssize_t write(int fd, const void *buf, size_t n);
+int open(const char *path, int flags, ...);
+int close(int fd);
+int fsync(int fd);
+ssize_t pread(int fd, void *buf, size_t n, int64_t off);
+ssize_t pwrite(int fd, const void *buf, size_t n, int64_t off);
+pid_t getpid(void);
+void *sbrk(long increment);
+int brk(void *addr);
+__attribute__((noreturn)) void _exit(int code);
+
+/* time.h (64-bit time, as RV32 Linux has only the _time64 calls) */
+#define CLOCK_REALTIME  HWEMU_CLOCK_REALTIME
+#define CLOCK_MONOTONIC HWEMU_CLOCK_MONOTONIC
+struct timespec {
+    time_t tv_sec;
+    long tv_nsec;
+};
+int clock_gettime(clockid_t clock, struct timespec *ts);
+int nanosleep(const struct timespec *req, struct timespec *rem);
+time_t time(time_t *t);
+
+/* sys/socket.h (IPv4 UDP), netinet/in.h, arpa/inet.h: see AF_INET above */
+struct sockaddr {
+    uint16_t sa_family;
+    char sa_data[14];
+};
+int socket(int domain, int type, int protocol);
+int bind(int fd, const struct sockaddr *addr, socklen_t addrlen);
+ssize_t sendto(int fd, const void *buf, size_t n, int flags,
+               const struct sockaddr *addr, socklen_t addrlen);
+ssize_t recvfrom(int fd, void *buf, size_t n, int flags,
+                 struct sockaddr *addr, socklen_t *addrlen);
+
+/* stdio.h input: stdin is read through a buffer (getchar, fgets); the
+ * output functions write at once (no buffer to flush). Do not mix read(0)
+ * with getchar/fgets: the buffer may hold bytes read(0) would have seen. */
+typedef struct hwemu_file FILE;
+extern FILE *stdin, *stdout, *stderr;
+int getchar(void);
+int fgetc(FILE *f);
+int getc(FILE *f);
+char *fgets(char *buf, int size, FILE *f);
+int fputc(int c, FILE *f);
+int putc(int c, FILE *f);
+int fputs(const char *s, FILE *f);
+int fprintf(FILE *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int fflush(FILE *f);
+int feof(FILE *f);
 
 #endif
