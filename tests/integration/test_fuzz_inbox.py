@@ -133,7 +133,7 @@ async def test_a_hundred_thousand_fuzzed_messages_crash_nothing_and_a_guest_fini
     sent = sum(fz.counts.values()) - fz.counts["skipped"]
     assert sent + fz.counts["skipped"] == TOTAL and sent >= 0.99 * TOTAL, fz.counts
     # every well-formed request: its reply, or an error with a reason
-    missing = [r.kind for r, s in requests if s[1] is None]
+    missing = [(r.dst, r.kind, r.seq) for r, s in requests if s[1] is None]
     assert not missing, f"{len(missing)} of {len(requests)} unanswered: {missing[:10]}"
     for req, slot in requests:
         reply = slot[1]

@@ -419,3 +419,28 @@ async def test_a_look_at_the_inbox_from_a_task_that_does_not_yield_leaves_the_wa
             while not got:
                 await trio.sleep(0.01)
         assert got == [7] and not alice.inbox_signalled()
+
+
+async def test_a_reply_to_that_is_no_endpoint_keeps_the_link_to_the_good_one(tmp_path, pair):
+    """A message of a learned party whose ``reply_to`` is no endpoint (the
+    fuzzer sends ``"x" * 70``) changes nothing: its own reply and every reply
+    queued before and after it reach the party's real inbox. (Learning it
+    used to drop the good link first: the replies queued on it were lost, and
+    those due until the next good ``reply_to`` had nobody to go to.)"""
+    _, bob = pair
+    with Party("cli-1", ep(tmp_path, "cli-1"), {"bob": bob.endpoint}, advertise=True) as cli:
+        slots = []
+        for i in range(301):  # sent before cli reads anything: bob's replies queue up on its link
+            msg = cli.make("bob", "ping", {})
+            if i == 150:
+                msg.reply_to = "x" * 70
+            slots.append(cli._expect(msg, 30))
+            await cli.send_msg(msg)
+        async with trio.open_nursery() as n:
+            await n.start(cli.serve, lambda msg: trio.lowlevel.checkpoint())
+            with trio.move_on_after(30):
+                for done, _ in slots:
+                    await done.wait()
+            n.cancel_scope.cancel()
+        assert [i for i, (_, reply) in enumerate(slots) if reply is None or reply.kind != "pong"] == []
+        assert bob.directory["cli-1"] == cli.endpoint
