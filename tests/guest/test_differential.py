@@ -42,7 +42,8 @@ HANG_LIMIT_S = 240
 # (each has its own tests under tests/integration/: test_disk_nic, test_io, test_native)
 # naps sleeps (clock_nanosleep: the OS's timer), which `hwemu cpu run` alone does not serve
 # (tests/integration/test_recovery.py runs it on a cluster)
-NETWORK_SAMPLES = {"samples": {"udpecho", "kvstore", "iobad", "syscost", "naps"}}
+# faultprobe needs a disk and a fault injected under it (tests/integration/test_faults.py runs it)
+NETWORK_SAMPLES = {"samples": {"udpecho", "kvstore", "iobad", "syscost", "naps", "faultprobe"}}
 
 
 @dataclass(frozen=True)
