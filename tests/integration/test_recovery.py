@@ -224,11 +224,11 @@ async def test_kill9_of_the_interposed_vmm_rolls_the_sole_os_back_to_native_unde
         guest_build, cluster):
     orch = await cluster(VMM_TOPOLOGY)
     lines = 40
-    await orch.ctl_vmm_load(host="os1", frames=8)
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
     async with serving(Client(orch)) as client:
         start = await client.logged("uart0")
         pid = await client.exec("os1", "timeshare", ["timeshare", "T", str(lines)])
-        await orch.ctl_interpose(os="os1", memory=True)  # CPU, memory and console under the VMM
+        await orch.control("ctl_interpose", os="os1", memory=True)  # CPU, memory and console under the VMM
         assert orch.routes.table.routes["trap:cpu0"] == "vmm"
         await wait_vmm(orch, lambda s: s["traps_reflected"] > 0 and s["priv_forwarded"] > 0)
         vmm = orch.supervisor.nodes["vmm"]
@@ -250,9 +250,9 @@ async def test_kill9_of_the_interposed_vmm_rolls_the_sole_os_back_to_native_unde
         while vmm.state != "running":
             await trio.sleep(0.05)
     assert vmm.restarts == 1
-    await orch.ctl_vmm_load(host="os1", frames=8)
-    await orch.ctl_interpose(os="os1")
-    back = (await orch.ctl_devirtualize(os="os1"))["reports"]
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
+    await orch.control("ctl_interpose", os="os1")
+    back = (await orch.control("ctl_devirtualize", os="os1"))["reports"]
     assert [r["figure"] for r in back] == ["fig6", "fig7"]
 
 
@@ -366,9 +366,9 @@ async def test_kill9_of_the_vmm_under_two_oses_keeps_the_one_on_the_cpu_and_stop
         guest_build, cluster):
     orch = await cluster(VMM_TOPOLOGY)
     lines = 60
-    await orch.ctl_vmm_load(host="os1", frames=8)
-    await orch.ctl_interpose(os="os1")
-    await orch.ctl_interpose(os="os2")
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
+    await orch.control("ctl_interpose", os="os1")
+    await orch.control("ctl_interpose", os="os2")
     async with serving(Client(orch)) as client:
         starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
         pids = {"os1": await client.exec("os1", "timeshare", ["timeshare", "A", str(lines)]),

@@ -400,14 +400,14 @@ async def test_os2_reaches_no_byte_of_os1_before_during_and_after_a_loan(cluster
     for name in ("os1", "os2"):
         topo["nodes"][name]["module"] = "tests.fixtures.probeos"
     orch = await cluster(topo)
-    await orch.ctl_vmm_load(host="os1", frames=4)
+    await orch.control("ctl_vmm_load", host="os1", frames=4)
     await write_secret_everywhere(orch, "os1")
     own = await check_conservation(orch)
     os1 = own["os1"]
     sample = [os1[0], os1[len(os1) // 2], os1[-1]]
     refusals = await refused_everything(orch, sample)
 
-    report = (await orch.ctl_memory_borrow(from_os="os1", to_os="os2", frames=16))["reports"][0]
+    report = (await orch.control("ctl_memory_borrow", from_os="os1", to_os="os2", frames=16))["reports"][0]
     assert report["outcome"] == "committed"
     lent = report["frames"]
     own = await check_conservation(orch)
@@ -428,7 +428,7 @@ async def test_os2_reaches_no_byte_of_os1_before_during_and_after_a_loan(cluster
                                                           "data": b"os2's own secret"})
     assert got["kind"] == "ok"
 
-    back = (await orch.ctl_memory_return(from_os="os1", to_os="os2"))["reports"]
+    back = (await orch.control("ctl_memory_return", from_os="os1", to_os="os2"))["reports"]
     assert [r["outcome"] for r in back] == ["committed"]
     own = await check_conservation(orch)
     assert set(lent) <= set(own["os1"])
