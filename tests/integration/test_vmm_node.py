@@ -113,11 +113,11 @@ async def test_vmm_answers_acked_operations_and_cpu_save_from_each_oss_virtual_c
         asked = []
         real = {"regs": [1] * 32, "pc": 8, "asid": 2, "space": "os1", "cpu_state": "trapped", "instret": 99}
 
-        async def request(dst, kind, body=None, **kw):
-            asked.append((dst, kind, kw.get("flow")))
-            return r.Message("ok", dst, "vmm", 1, {"data": real})
+        async def request_msg(msg, *, timeout=5.0, frame=None):  # how a request on a flow leaves (runtime.py)
+            asked.append((msg.dst, msg.kind, msg.flow))
+            return r.Message("ok", msg.dst, "vmm", 1, {"data": real})
 
-        r.node.party.request = request
+        r.node.party.request_msg = request_msg
         await r.send("cpu_save", {}, flow="priv:os1", src="os1")
         assert asked == [("cpu0", "cpu_save", "priv:vmm")]
         assert r.replies[-1] == ("ok", {"data": {**real, "virtual": True}})
