@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable
 
 from protocol.messages import Field
 from protocol.messages import register as register_schema
+from protocol.messages import unregister as unregister_schema
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -60,6 +61,12 @@ def register(kind: str, handler: Handler, /, **fields: Field | str) -> Handler:
     register_schema(kind, **fields)
     REQUESTS[kind] = ControlRequest(kind, handler, handler.__module__)
     return handler
+
+
+def unregister(kind: str, /) -> None:
+    """Forget control request ``kind`` and its schema (tests register requests for a while)."""
+    REQUESTS.pop(kind, None)
+    unregister_schema(kind)
 
 
 def control(kind: str, /, **fields: Field | str) -> Callable[[Handler], Handler]:

@@ -116,6 +116,12 @@ def register(kind: str, /, **fields: Field | str) -> None:
     _FAST[kind] = _fast_fields(_SCHEMAS[kind])
 
 
+def unregister(kind: str, /) -> None:
+    """Forget ``kind``'s schema (for kinds declared for a while, as tests do)."""
+    _SCHEMAS.pop(kind, None)
+    _FAST.pop(kind, None)
+
+
 def known_kinds() -> list[str]:
     """All registered message kinds, sorted."""
     return sorted(_SCHEMAS)

@@ -707,7 +707,8 @@ async def test_cluster_timeshares_two_programs_and_a_fault_kills_only_its_proces
 
 
 async def _timeshare_and_segv(orch, client: Client, sleeper: bytes) -> None:
-    a = await client.exec("timeshare", ["timeshare", "A", "6"])
+    # A computes 12 times as long per line: it still runs when B starts, however fast the CPU
+    a = await client.exec("timeshare", ["timeshare", "A", "6", "12"])
     z = await client.exec(sleeper, ["sleeper"])
     b = await client.exec("timeshare", ["timeshare", "B", "6"])
     s = await client.exec("segv", ["segv"])

@@ -40,7 +40,7 @@ def test_registering_declares_the_schema_and_refuses_a_second_owner():
         with pytest.raises(ValueError, match="start with 'ctl_'"):
             control.register("test_echo", other)
     finally:
-        del control.REQUESTS["ctl_test_echo"]
+        control.unregister("ctl_test_echo")
 
 
 async def test_the_orchestrator_dispatches_through_the_registry_and_a_body_may_hold_kind():
@@ -52,4 +52,4 @@ async def test_the_orchestrator_dispatches_through_the_registry_and_a_body_may_h
         with pytest.raises(ProtocolError, match="no control request 'ctl_nope'"):
             await Orchestrator.control(stand_in, "ctl_nope")
     finally:
-        del control.REQUESTS["ctl_test_echo2"]
+        control.unregister("ctl_test_echo2")
