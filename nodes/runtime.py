@@ -522,9 +522,11 @@ class Node:
     # -- reliable flows: acknowledgements and retransmission ----------------------
 
     def _keep_reply(self, request: Message, reply: Message) -> None:
-        """Keep the reply to a request on a flow, for a retransmitted copy of it."""
+        """Keep the reply to a request on a flow, for a retransmitted copy of it.
+        Only a request of the flow's own sender counts: the error a forged one
+        gets (``foreign_flow``) must not replace the reply its sender may still ask for."""
         inflow = self.in_flows.get(request.flow)
-        if inflow is not None:
+        if inflow is not None and request.src == flow_sender(request.flow):
             inflow.reply = (request.fseq, reply)
 
     def _ack_soon(self, flow: str, src: str) -> None:
