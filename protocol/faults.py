@@ -9,7 +9,9 @@ would give it. Two fault types live here (the orchestrator sends them as
 ``fault_set``, ``nodes/runtime.py`` installs them):
 
 - ``flow``: on the messages of the named flows (``flows``; ``"*"``: every
-  flow), each with its probability: ``drop``, ``dup``, ``reorder`` (held back
+  flow), each with its probability: ``drop``, ``dup`` (a second copy 0-5 ms
+  later, sealed anew as a retransmission is: to the receiver's MAC it is a
+  new frame, so the copy reaches its flow layer), ``reorder`` (held back
   1-10 ms, so what follows overtakes it), ``corrupt`` (bytes flipped and the
   frame cut short: a frame the receiver cannot decode, a lost one to it);
   ``delay_ms`` with ``jitter_ms`` (uniform ±, so a jitter reorders too). A
@@ -135,17 +137,18 @@ class Injector:
     """The faults set on one party's send path, and the frames they hold back.
 
     Args:
-        send: sends an encoded frame to a party now, never waiting (``Party.send_frame_nowait``).
+        send: sends an encoded frame to a party now, never waiting (``Party.send_frame_nowait``;
+            its third argument: seal the frame first).
         nursery: where the task that sends held-back frames runs.
     """
 
-    def __init__(self, send: Callable[[str, bytes], bool], nursery: trio.Nursery):
+    def __init__(self, send: Callable[[str, bytes, bool], bool], nursery: trio.Nursery):
         self._send = send
         self._nursery = nursery
         self.faults: dict[str, _Fault] = {}
         self._flow: list[FlowFault] = []
         self._partition: frozenset[str] = frozenset()
-        self._later: list[tuple[float, int, str, bytes]] = []  # (due, tie, dst, frame), a heap
+        self._later: list[tuple[float, int, str, bytes, bool]] = []  # (due, tie, dst, frame, seal), a heap
         self._tie = itertools.count()
         self._kick = trio.Event()
         self._task = False
@@ -190,8 +193,15 @@ class Injector:
 
     # -- the send path ------------------------------------------------------------
 
-    def outgoing(self, msg: Message, frame: bytes) -> bytes | None:
-        """The frame to send now (maybe mangled), or None: dropped, or held back."""
+    def outgoing(self, msg: Message, frame: bytes, plain: bytes | None = None) -> bytes | None:
+        """The frame to send now (maybe mangled), or None: dropped, or held back.
+
+        ``frame`` is what goes on the wire (sealed with its MAC, if the party
+        signs); ``plain`` the message's encoding before sealing (None: the
+        party does not sign, ``frame`` is it). A duplicate is made of
+        ``plain`` and sealed when it leaves, as a sender's second send is: a
+        copy of the sealed frame would be a replay, which the receiver's MAC
+        check drops before its flow layer could see a duplicate."""
         if msg.dst in self._partition:
             for f in self.faults.values():
                 if isinstance(f, PartitionFault) and msg.dst in f.peers:
@@ -210,7 +220,10 @@ class Injector:
                 frame = mangle(frame, rng)
             if f.dup and rng.random() < f.dup:
                 f.count("duplicated")
-                self._hold(msg.dst, frame, rng.uniform(0.0, 0.005))
+                if plain is None:
+                    self._hold(msg.dst, frame, rng.uniform(0.0, 0.005))
+                else:
+                    self._hold(msg.dst, plain, rng.uniform(0.0, 0.005), seal=True)
             hold = 0.0
             if f.delay or f.jitter:
                 hold = max(0.0, f.delay + rng.uniform(-f.jitter, f.jitter))
@@ -223,8 +236,8 @@ class Injector:
                 return None
         return frame
 
-    def _hold(self, dst: str, frame: bytes, seconds: float) -> None:
-        heapq.heappush(self._later, (trio.current_time() + seconds, next(self._tie), dst, frame))
+    def _hold(self, dst: str, frame: bytes, seconds: float, seal: bool = False) -> None:
+        heapq.heappush(self._later, (trio.current_time() + seconds, next(self._tie), dst, frame, seal))
         if not self._task:
             self._task = True
             self._nursery.start_soon(self._release)
@@ -236,8 +249,8 @@ class Injector:
         while True:
             now = trio.current_time()
             while later and later[0][0] <= now:
-                _, _, dst, frame = heapq.heappop(later)
-                self._send(dst, frame)
+                _, _, dst, frame, seal = heapq.heappop(later)
+                self._send(dst, frame, seal)
             self._kick = trio.Event()
             with trio.move_on_at(later[0][0] if later else now + 3600):
                 await self._kick.wait()

@@ -322,10 +322,11 @@ class Party:
         peer = self._peer(msg.dst)
         if frame is None:
             frame = encode(msg)
+        plain = None
         if self._auth is not None:
-            frame = self._seal(msg, frame)
+            plain, frame = frame, self._seal(msg, frame)
         if self.faults is not None:  # after signing: a corrupted frame is a lost one to its receiver
-            frame = self.faults.outgoing(msg, frame)
+            frame = self.faults.outgoing(msg, frame, plain)
             if frame is None:  # dropped, or held back to go out later: it is gone as far as we know
                 self.counters["msgs_out"] += 1
                 return
@@ -361,10 +362,11 @@ class Party:
         sock = self._peer(msg.dst).sock
         if frame is None:
             frame = encode(msg)
+        plain = None
         if self._auth is not None:
-            frame = self._seal(msg, frame)
+            plain, frame = frame, self._seal(msg, frame)
         if self.faults is not None:
-            frame = self.faults.outgoing(msg, frame)
+            frame = self.faults.outgoing(msg, frame, plain)
             if frame is None:
                 self.counters["msgs_out"] += 1
                 return True
@@ -382,12 +384,15 @@ class Party:
         self.recorder.at(t, "msg", "send", kind=msg.kind, dst=msg.dst, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
                          epoch=msg.epoch, size=len(frame))
 
-    def send_frame_nowait(self, dst: str, frame: bytes) -> bool:
+    def send_frame_nowait(self, dst: str, frame: bytes, seal: bool = False) -> bool:
         """Send an encoded frame unless the link is full (the fault injector's
-        late, duplicated and reordered frames; they bypass it)."""
+        late, duplicated and reordered frames; they bypass it); ``seal``: seal
+        it first (an unsealed copy of a message: a duplicate, sent anew)."""
         try:
+            if seal and self._auth is not None:
+                frame = self._auth.seal(dst, frame)
             _send(self._peer(dst).sock, frame, _NOBLOCK)
-        except (zmq.Again, ProtocolError, zmq.ZMQError):
+        except (zmq.Again, ProtocolError, zmq.ZMQError, AuthError):
             return False
         return True
 

@@ -91,6 +91,30 @@ async def test_a_flow_nemesis_loses_duplicates_and_reorders_nothing(cluster, nem
 
 
 @pytest.mark.integration
+async def test_a_duplicated_message_reaches_the_flow_layer_which_drops_it(cluster):
+    """A ``dup`` fault is a retransmission's copy, sealed anew as a second
+    send is: the receiver's MAC check takes it (it is no replay), its flow
+    layer counts it as a duplicate and drops it, and the audit stays exact.
+    (A copy of the signed frame was a replay to the MAC: dropped there as
+    ``auth_failed``, and the flow's de-duplication was never tested.)"""
+    orch = await cluster(topology())
+    spec = {"id": "dup", "type": "flow", "seed": 14, "flows": [FLOW], "dup": 0.2}
+    await orch.request("src", "fault_set", spec)
+    await orch.request("src", "stream_start", {"flow": FLOW, "count": COUNT, "rate": RATE}, timeout=120)
+    reports = await consumed_all(orch, ["sink_a"], COUNT)
+    assert reports["sink_a"]["consumed"] == list(range(1, COUNT + 1))
+    duplicated = (await stats(orch, "src"))["faults"][0]["injected"]["duplicated"]
+    assert duplicated > COUNT // 10
+    with trio.fail_after(30):  # the last copies are held back up to 5 ms
+        while (sink := await stats(orch, "sink_a"))["flows_in"][FLOW]["dups"] < duplicated:
+            await trio.sleep(0.05)
+    assert sink["auth_failures"].get("replay", 0) == 0, sink["auth_failures"]
+    result = await flow_audit(orch)
+    assert result["ok"], result["problems"]
+    assert result["flows"][FLOW]["sent"] == COUNT
+
+
+@pytest.mark.integration
 async def test_requests_on_a_lossy_flow_are_answered_once_each_across_a_route_change(cluster):
     """Requests dropped, then replies and acknowledgements too (a partition
     of the new receiver from the sender for a second): each request is
