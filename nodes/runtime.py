@@ -1039,7 +1039,14 @@ class Node:
         await self.party.reply(msg, "error", {"reason": "drain_timeout",
                                               "detail": f"{self.name} consumed {have}, expected {msg.body['upto']}"})
 
-    def _install(self, epoch: int, routes: dict[str, str], nxt: dict[str, int]) -> None:
+    def _install(self, epoch: int, routes: dict[str, str], nxt: dict[str, int],
+                 restarted: dict[str, int] | None = None) -> None:
+        """Install a route table; ``nxt``: flow -> the fseq that comes next on it
+        here. ``restarted`` (sender -> the incarnation that died) says ``nxt`` is
+        about its next life: a flow already heard from a later life is left
+        alone (the install came after that life's first messages, which the
+        receiver followed from fseq 1 itself; set back to 1, it would consume
+        their retransmissions again)."""
         table = RouteTable(epoch, routes)
         if table.epoch < self.routes.epoch:
             raise ProtocolError("stale_epoch", f"epoch {table.epoch} is older than {self.routes.epoch}", "body.epoch")
@@ -1051,13 +1058,17 @@ class Node:
         if self._authz is not None:
             self._authz.routes = table
         for flow, n in nxt.items():
+            dead = restarted.get(flow_sender(flow)) if restarted else None
+            heard = self.in_flows.get(flow)
+            if dead is not None and heard is not None and heard.src_inc is not None and heard.src_inc > dead:
+                continue
             if table.get(flow) == self.name:
                 self.in_flows.setdefault(flow, _InFlow()).next_is(n)
             elif n == 1 and flow in self.in_flows:
                 self.in_flows[flow].forget_runs()
 
     async def on_route_install(self, msg: Message) -> None:
-        self._install(msg.body["epoch"], msg.body["routes"], msg.body.get("next", {}))
+        self._install(msg.body["epoch"], msg.body["routes"], msg.body.get("next", {}), msg.body.get("restarted"))
         await self.party.reply(msg, "ok", {"data": {"epoch": self.routes.epoch}})
 
     async def _flush(self, flows: list[str]) -> tuple[int, float]:

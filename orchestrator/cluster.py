@@ -114,10 +114,14 @@ class Orchestrator:
             await recovery.before_respawn(self, np)
         flows = {f: 1 for f in self.routes.table.routes if flow_sender(f) == np.spec.name}
         if flows:
+            # the life that died: a receiver that hears the next life before this install
+            # (it was paused, or slow) follows that life already and keeps its place
+            dead = self.incarnations.get(np.spec.name)
             async with self.routes.lock:
                 self.routes.table = self.routes.table.changed({})
                 try:
-                    await self.routes.install(self.routes.table, flows)
+                    await self.routes.install(self.routes.table, flows,
+                                              restarted={np.spec.name: dead} if dead is not None else None)
                 except (RemoteError, RequestTimeout) as exc:
                     log.warning("re-install after restart of %s: %s", np.spec.name, exc)
                 self.save_state()

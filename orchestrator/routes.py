@@ -89,10 +89,11 @@ class RouteAuthority:
         self.history: list[ChangeReport] = []
 
     async def install(self, table: RouteTable, nxt: Mapping[str, int] | None = None,
-                      nodes: Iterable[str] | None = None) -> None:
-        """Install ``table`` on every live node (or on ``nodes``)."""
+                      nodes: Iterable[str] | None = None, restarted: Mapping[str, int] | None = None) -> None:
+        """Install ``table`` on every live node (or on ``nodes``); ``restarted``:
+        sender -> the incarnation of its life that died (``nxt`` is about its next one)."""
         targets = list(nodes if nodes is not None else self.live_nodes())
-        await gather({n: (lambda n=n: self._install_one(n, table, nxt or {})) for n in targets})
+        await gather({n: (lambda n=n: self._install_one(n, table, nxt or {}, restarted)) for n in targets})
 
     async def change(self, changes: Mapping[str, str]) -> ChangeReport:
         """Re-route ``changes`` (flow → new receiver) with the four-step protocol.
@@ -222,9 +223,12 @@ class RouteAuthority:
             "flows": flows, "old": {f: current.get(f) for f in flows if current.get(f) in live}, **wire},
             timeout=self.timeout + 3)  # the sender's drain (timeout + 1) and its flush
 
-    async def _install_one(self, node: str, table: RouteTable, nxt: Mapping[str, int]):
-        return await self.party.request(node, "route_install", {
-            "epoch": table.epoch, "routes": dict(table.routes), "next": dict(nxt)}, timeout=self.timeout)
+    async def _install_one(self, node: str, table: RouteTable, nxt: Mapping[str, int],
+                           restarted: Mapping[str, int] | None = None):
+        body = {"epoch": table.epoch, "routes": dict(table.routes), "next": dict(nxt)}
+        if restarted:
+            body["restarted"] = dict(restarted)
+        return await self.party.request(node, "route_install", body, timeout=self.timeout)
 
 
 def _show(changes: Mapping[str, str]) -> str:

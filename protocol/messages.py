@@ -345,6 +345,9 @@ register(
     epoch="int",
     routes=Field("dict", items="str"),
     next=Field("dict", items="int", required=False),
+    # sender -> the incarnation of its life that died: ``next`` is about the life after it, and a
+    # receiver already following a later life (heard from it first) keeps its place
+    restarted=Field("dict", items="int", required=False),
 )
 register("route_resume", flows=Field("list", items="str"), epoch=Field("int", required=False),
          routes=Field("dict", items="str", required=False))  # the new table may ride along: one round trip less

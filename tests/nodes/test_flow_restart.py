@@ -1,0 +1,82 @@
+"""A restarted sender and the orchestrator's re-install racing to its
+receiver (nodes/runtime.py ``Node._install``; orchestrator/cluster.py
+``Orchestrator._restarted``; docs/reliability.md).
+
+When the supervisor restarts a crashed node, the orchestrator installs the
+route table on every node with ``next`` {flow: 1} for each flow the node
+sends (its new life numbers them from 1 again). That install may reach a
+receiver after the new life's first messages: a receiver that was paused
+(SIGSTOP) or slow when it was sent, whose inbox then fair-queues the
+orchestrator's link and the sender's. The receiver already follows the new
+life then (every message carries its sender's incarnation): the install must
+not set it back to fseq 1, or the new life's first messages, sent again
+because their acknowledgement had not come yet, are consumed a second time.
+
+In-process, on real ZeroMQ sockets: the sink node, the sender's two lives
+(two parties named ``src``, one after the other, as a restarted process is),
+and the orchestrator's party sending the install the orchestrator sends.
+"""
+
+from __future__ import annotations
+
+import trio
+
+import nodes.streamer.node  # noqa: F401  (registers datum)
+from nodes.runtime import NodeConfig
+from nodes.streamer.node import StreamerOrSink
+from protocol.transport import Party
+
+FLOW = "data:src"
+
+
+async def _until(cond) -> None:
+    with trio.fail_after(10):  # on a loaded host too; only a hang fails it
+        while not cond():
+            await trio.sleep(0.01)
+
+
+async def test_a_late_restart_install_does_not_make_a_receiver_consume_the_new_life_twice(tmp_path):
+    eps = {n: f"ipc://{tmp_path}/{n}.sock" for n in ("sink", "src", "orch")}
+    sink = StreamerOrSink(NodeConfig(name="sink", kind="streamer", endpoint=eps["sink"], directory=eps,
+                                     routes={"epoch": 1, "routes": {FLOW: "sink"}}, orchestrator=None,
+                                     options={"role": "sink"}))
+    orch = Party("orch", eps["orch"], eps)
+    lives = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sink.run)
+            await nursery.start(orch.serve, lambda msg: trio.lowlevel.checkpoint())
+
+            first = Party("src", eps["src"], eps)
+            lives.append(first)
+            for n in (1, 2, 3):
+                await first.send("sink", "datum", {"n": n}, flow=FLOW, fseq=n)
+            await _until(lambda: sink.consumed == [1, 2, 3])
+            first.close()  # it crashed
+
+            second = Party("src", eps["src"], eps)  # the supervisor started it again
+            lives.append(second)
+            assert second.incarnation > first.incarnation
+            sent = [second.make("sink", "datum", {"n": n}, flow=FLOW, fseq=n) for n in (1, 2)]
+            for msg in sent:
+                await second.send_msg(msg)
+            await _until(lambda: sink.consumed == [1, 2, 3, 1, 2])
+
+            # the orchestrator's re-install for the restart of src, late
+            await orch.request("sink", "route_install", {
+                "epoch": 2, "routes": {FLOW: "sink"}, "next": {FLOW: 1},
+                "restarted": {"src": first.incarnation}})
+
+            # no acknowledgement came yet: the new life sends its first messages again, then goes on
+            for msg in sent:
+                await second.send_msg(msg)
+            await second.send("sink", "datum", {"n": 3}, flow=FLOW, fseq=3)
+            await _until(lambda: sink.consumed[-1:] == [3] and len(sink.consumed) >= 6)
+            await trio.sleep(0.2)  # anything consumed twice would be in by now
+            assert sink.consumed == [1, 2, 3, 1, 2, 3]
+            assert sink.in_flows[FLOW].dups == 2
+            nursery.cancel_scope.cancel()
+    finally:
+        orch.close()
+        for party in lives:
+            party.close()
