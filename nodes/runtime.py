@@ -254,6 +254,9 @@ class Node:
         self._unacked: set[str] = set()
         self._retx_kick = trio.Event()
         self._peer_inc: dict[str, int] = {}
+        # flow -> (receiver, its new incarnation, what its previous life had acknowledged), noted
+        # when an acknowledgement shows the receiver restarted (its driver may re-issue from there)
+        self.receiver_restarts: dict[str, tuple[str, int, int]] = {}
         # requests on flows awaiting their reply: seq -> [request, trio time last sent, timeout]
         self._open_requests: dict[int, list] = {}
         self._dispatching = False  # the inbox task runs a handler: it must never wait for acknowledgements
@@ -594,6 +597,7 @@ class Node:
                 continue
             self._acked(out, flow, upto, src)
             if restarted:  # the receiver lost its state: tell it where the flow stands, send it all again
+                self.receiver_restarts[flow] = (src, inc, out.acked)
                 self._resync(out, flow, now)
                 continue
             missing = list(holes.get(flow, ()))

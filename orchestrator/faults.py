@@ -31,7 +31,7 @@ The control requests (the API ``hwemu fault`` and ``hwemu chaos`` use; replies
         {"type": "flow", "flows": [F, ...], "drop"?, "dup"?, "reorder"?, "corrupt"?: P,
          "delay_ms"?: MS, "jitter_ms"?: MS, "seed"?, "for_s"?}
             # set on each flow's sender (its transport drops, duplicates, ... what it sends)
-        {"type": "disk",  "node": N, "eio"?, "torn_write"?, "fsync_fail"?: P, "seed"?, "for_s"?}
+        {"type": "disk",  "node": N, "eio"?, "torn_write"?, "fsync_fail"?: P, "latency_ms"?, "seed"?, "for_s"?}
         {"type": "clock", "node": N, "skew_ms": MS, "for_s"?}
 
     P is a probability in [0, 1]. A bad spec (unknown type or node, a flow
@@ -288,8 +288,9 @@ class FaultManager:
             if ftype == "disk":
                 for key in PROBABILITIES["disk"]:
                     clean[key] = _number(spec, key, low=0.0, high=1.0, default=0.0)
-                if not any(clean[k] for k in PROBABILITIES["disk"]):
-                    raise FaultError("nothing to inject: give eio, torn_write or fsync_fail > 0", "spec")
+                clean["latency_ms"] = _number(spec, "latency_ms", low=0.0, high=10_000.0, default=0.0)
+                if not any(clean[k] for k in (*PROBABILITIES["disk"], "latency_ms")):
+                    raise FaultError("nothing to inject: give eio, torn_write, fsync_fail or latency_ms > 0", "spec")
             else:
                 if "skew_ms" not in spec:
                     raise FaultError("a clock fault needs skew_ms", "spec.skew_ms")

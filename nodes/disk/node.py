@@ -163,6 +163,7 @@ class Disk(Node):
                        "syncs": 0, "errors": 0, "busy": 0, "unrouted": 0}
         self.faults: dict[str, tuple[random.Random, dict[str, float]]] = {}  # id -> (its stream, probabilities)
         self.injected = dict.fromkeys(FAULT_KINDS, 0)
+        self.latency: dict[str, float] = {}  # fault id -> s every command waits before it runs
         self._open_image()
 
     # -- life cycle -------------------------------------------------------------
@@ -213,7 +214,12 @@ class Disk(Node):
     # -- faults -----------------------------------------------------------------------
 
     def fault_disk(self, spec: dict[str, Any]) -> None:
-        """``fault_set`` type ``disk``: probabilities ``eio``, ``torn_write``, ``fsync_fail``."""
+        """``fault_set`` type ``disk``: probabilities ``eio``, ``torn_write``, ``fsync_fail``;
+        ``latency_ms``: every command waits that long before it runs (a slow or failing
+        disk: a command is then in the disk, taken and not completed, for that long)."""
+        latency = spec.get("latency_ms", 0.0)
+        if isinstance(latency, bool) or not isinstance(latency, (int, float)) or not 0.0 <= latency <= 10_000.0:
+            raise ProtocolError("bad_fault", f"latency_ms must be in [0, 10000], got {latency!r}", "body.latency_ms")
         probs = {}
         for key in FAULT_KINDS:
             p = spec.get(key, 0.0)
@@ -221,12 +227,14 @@ class Disk(Node):
                 raise ProtocolError("bad_fault", f"{key} must be a probability in [0, 1], got {p!r}", f"body.{key}")
             probs[key] = float(p)
         self.faults[spec["id"]] = (random.Random(spec["seed"]), probs)
+        self.latency[spec["id"]] = float(latency) / 1e3
 
     def clear_fault(self, fault_id: str | None) -> int:
         n = super().clear_fault(fault_id)  # the transport's flow / partition faults
         ids = list(self.faults) if fault_id is None else [fault_id] if fault_id in self.faults else []
         for fid in ids:
             del self.faults[fid]
+            self.latency.pop(fid, None)
         return n + len(ids)
 
     def _injects(self, kind: str) -> str | None:
@@ -280,6 +288,8 @@ class Disk(Node):
         """The one executor: commands run and complete in arrival order."""
         async for msg in self._recv:
             self.queued -= 1
+            if self.latency:
+                await trio.sleep(max(self.latency.values()))
             try:
                 count = await self._execute(msg)
             except _Refused as exc:

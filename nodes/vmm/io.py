@@ -30,6 +30,15 @@ drivers (flows in :mod:`protocol.vmm`).
 The VMM keeps at most the disk's ``queue_depth`` commands outstanding and
 answers ``-EAGAIN`` itself beyond, so the disk never completes out of order
 (it answers a full queue at once) and completions match their commands.
+
+**A device restarted under the VMM** (``peer_restarted``, docs/recovery.md)
+is reset by the VMM, as the OS's driver resets it natively: the restarted NIC
+gets every served OS's receive buffers posted again and every port an OS
+bound through the VMM (or natively before FIG. 5) bound again for it; the
+restarted disk gets the commands the dead process had consumed and not
+completed issued again, each once (what it had not consumed comes again on
+the flow, from its retransmit window). The OS's own driver does nothing
+then: its device is the VMM.
 """
 
 from __future__ import annotations
@@ -57,12 +66,15 @@ class SharedDevice:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     """os -> {"partition": [first, count]} (disk), {"state": the driver's export}."""
     inflight: dict[int, deque] = field(default_factory=dict)
-    """command id -> issuers in command order (ids are the OSes' own: two may coincide)."""
+    """command id -> issuers in command order (ids are the OSes' own: two may coincide); each
+    [os, command, body sent, fseq on io:vmm.<node>] (the nic's: [os, command, port, fseq])."""
+    rx: dict[str, set[int]] = field(default_factory=dict)  # nic: os -> the receive buffers it posted
+    resets: int = 0  # restarts of the device the VMM reset it after
     ports: dict[int, str] = field(default_factory=dict)   # nic: guest port -> owner OS
     info: dict[str, Any] = field(default_factory=dict)    # disk: disk_info of the device
     counts: dict[str, int] = field(default_factory=lambda: {
         "commands": 0, "refused": 0, "completions": 0, "native_completions": 0, "rx": 0, "rx_native": 0,
-        "stale_acks": 0})
+        "stale_acks": 0, "reissued": 0})
 
     def outstanding(self) -> int:
         return sum(len(q) for q in self.inflight.values())
@@ -88,16 +100,17 @@ class SharedDevice:
             else:
                 del self.inflight[cid]
         self.ports = {p: o for p, o in self.ports.items() if o != os_name}
+        self.rx.pop(os_name, None)
 
     def view(self) -> dict[str, Any]:
         return {"device": self.device, "native_owner": self.native_owner,
                 "users": {o: {k: v for k, v in u.items() if k != "state"} for o, u in self.users.items()},
                 "outstanding": self.outstanding(), "ports": {str(p): o for p, o in sorted(self.ports.items())},
-                **self.counts}
+                "resets": self.resets, **self.counts}
 
 
 def _os_of(entry: Any) -> str:
-    return entry[0] if isinstance(entry, tuple) else entry
+    return entry[0] if isinstance(entry, (tuple, list)) else entry
 
 
 class _Refusal(Exception):
@@ -145,6 +158,9 @@ class DeviceMux:
                 if p.get("owner") == os_name:  # bound natively before the switch: still the OS's
                     dev.ports[int(port)] = os_name
             user["ports"] = sorted(p for p, o in dev.ports.items() if o == os_name)
+            posted = (state or {}).get("rx_buffers")
+            if posted:  # posted natively before the switch: the NIC holds them as the OS's
+                dev.rx[os_name] = set(posted)
         dev.users[os_name] = user
         self.served[(os_name, device)] = node
         return {k: v for k, v in user.items() if k != "state"}
@@ -218,8 +234,9 @@ class DeviceMux:
                                {"id": b["id"], "status": exc.status, "count": 0, "reason": exc.reason})
             return
         dev.counts["commands"] += 1
-        dev.issued(b["id"], (os_name, msg))
-        await self.emit(f"io:{self.name}.{dev.node}", msg.kind, body)
+        entry = [os_name, msg, body, 0]
+        dev.issued(b["id"], entry)
+        entry[3] = await self.emit(f"io:{self.name}.{dev.node}", msg.kind, body)
 
     @staticmethod
     def _translate(dev: SharedDevice, os_name: str, b: dict[str, Any]) -> int:
@@ -256,7 +273,7 @@ class DeviceMux:
             await self._reflect(dev.native_owner, "disk_done", dict(msg.body))
             return
         dev.counts["completions"] += 1
-        os_name, cmd = entry
+        os_name, cmd = entry[0], entry[1]
         await self._answer(cmd, os_name, "disk_done", dict(msg.body))
 
     async def on_disk_info(self, msg: Message) -> None:
@@ -291,9 +308,10 @@ class DeviceMux:
                                                           "reason": exc.reason})
             return
         dev.counts["commands"] += 1
-        dev.issued(msg.body["id"], (os_name, msg, port))
+        entry = [os_name, msg, port, 0]
+        dev.issued(msg.body["id"], entry)
         # the NIC checks the port's owner itself (the OS named here): one authority for ownership
-        await self.emit(f"io:{self.name}.{dev.node}", msg.kind, {**msg.body, "os": os_name})
+        entry[3] = await self.emit(f"io:{self.name}.{dev.node}", msg.kind, {**msg.body, "os": os_name})
 
     async def on_nic_rx_ack(self, msg: Message) -> None:
         os_name = self._io_os(msg)
@@ -316,6 +334,10 @@ class DeviceMux:
                 await self.party.reply(msg, "error", {"reason": "not_served", "detail": exc.reason,
                                                       "ref": "nic_rx_post"})
             return
+        posted = dev.rx.setdefault(os_name, set())
+        if msg.body.get("reset"):
+            posted.clear()
+        posted.update(msg.body["buffers"])  # (a buffer handed back after a datagram is posted again)
         await self.emit(f"io:{self.name}.{dev.node}", "nic_rx_post", {**msg.body, "os": os_name})
         if msg.flow is None:  # the driver's first post (a request): ordered before what it sends next
             await self.party.reply(msg, "ok")
@@ -331,7 +353,7 @@ class DeviceMux:
             await self._reflect(dev.native_owner, "nic_done", dict(b))
             return
         dev.counts["completions"] += 1
-        os_name, cmd, port = entry
+        os_name, cmd, port = entry[:3]
         if b.get("status", 0) == 0:
             if cmd.kind == "nic_bind":
                 dev.ports[int(b.get("port", port))] = os_name
@@ -349,6 +371,55 @@ class DeviceMux:
             dev.counts["rx_native"] += 1
         dev.counts["rx"] += 1
         await self._reflect(owner, "nic_rx", dict(msg.body))
+
+    # -- a device restarted (docs/recovery.md) --------------------------------------------------
+
+    async def reset_shared(self, node: str, incarnation: int | None) -> dict[str, Any] | None:
+        """``node`` restarted as ``incarnation``: reset it as the OSes' drivers would
+        (the module docstring); None if the VMM does not drive it. What it restored."""
+        dev = self.shared.get(node)
+        if dev is None:
+            return None
+        dev.resets += 1
+        flow = f"io:{self.name}.{node}"
+        out = self.out_flows.get(flow)
+        # what the dead process consumed: the flow's acknowledgements up to its death (a later
+        # life's acknowledgements may have come since: the flow layer noted where the old ones stood)
+        mark = self.receiver_restarts.get(flow)
+        consumed = mark[2] if mark is not None and mark[:2] == (node, incarnation) else (out.acked if out else 0)
+        if dev.device == "disk":
+            again = [e for q in dev.inflight.values() for e in q if 0 < e[3] <= consumed]
+            for entry in sorted(again, key=lambda e: e[3]):  # in the order they were first issued
+                entry[3] = await self.emit(flow, entry[1].kind, entry[2])
+            dev.counts["reissued"] += len(again)
+            return {"reissued": len(again)}
+        # the NIC: the commands it consumed died with it (each driver re-issues its own after its timeout)
+        for cid in list(dev.inflight):
+            kept = deque(e for e in dev.inflight[cid] if not 0 < e[3] <= consumed)
+            if kept:
+                dev.inflight[cid] = kept
+            else:
+                del dev.inflight[cid]
+        posted, bound, failed = {}, [], {}
+        for os_name in sorted(dev.users):
+            buffers = sorted(dev.rx.get(os_name, ()))
+            try:
+                if buffers:  # a direct request: the bind that follows must find them
+                    await self.party.request(node, "nic_rx_post", {"buffers": buffers, "space": os_name,
+                                                                   "reset": True, "os": os_name}, timeout=5.0)
+                    posted[os_name] = len(buffers)
+                for port in sorted(p for p, o in dev.ports.items() if o == os_name):
+                    done = (await self.party.request(node, "nic_bind", {"id": 0, "port": port, "os": os_name},
+                                                     timeout=5.0)).body
+                    if done.get("status", 0) == 0:
+                        bound.append(port)
+                    else:
+                        failed[str(port)] = done.get("reason", done.get("status"))
+            except Exception as exc:  # the NIC is away again: its next restart resets it again
+                failed[os_name] = str(exc)
+        if failed:
+            log.error("%s: %s not all restored after it restarted: %s", self.name, node, failed)
+        return {"posted": posted, "bound": bound, "failed": failed}
 
     def devices_status(self) -> dict[str, Any]:
         return {"shared": {n: d.view() for n, d in sorted(self.shared.items())}, **self.io_counts}

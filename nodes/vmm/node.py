@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import protocol.hw  # registers the kinds
+import protocol.recovery  # noqa: F401  (registers peer_restarted)
 import protocol.vmm  # noqa: F401
 from nodes.runtime import Node, main, spawned
 from nodes.vmm.frames import FrameBroker
@@ -125,6 +126,7 @@ class VmmNode(FrameBroker, DeviceMux, Node):
                        "priv_forwarded": 0, "priv_emulated": 0, "ticks_in": 0, "virtual_ticks": 0,
                        "uart_rx": 0, "switches": 0, "slices": 0, "uart_bytes": 0, "cpu_halts": 0, "virqs_unrouted": 0}
         self._init_frames()
+        self.peer_incarnations: dict[str, int] = {}  # node -> the incarnation last reset after its restart
 
     # -- helpers -----------------------------------------------------------------
 
@@ -582,6 +584,25 @@ class VmmNode(FrameBroker, DeviceMux, Node):
         else:
             self.devices.pop(node, None)
         await self.party.reply(msg, "ok", {"data": {"node": node, "os": os_name, "mode": b["mode"]}})
+
+    @spawned
+    async def on_peer_restarted(self, msg: Message) -> None:
+        """A node came back as a new incarnation (docs/recovery.md): a disk or NIC
+        this VMM drives is reset by its driver here, as an OS's resets it natively
+        (nodes/vmm/io.py); of anything else there is nothing the VMM holds."""
+        b = msg.body
+        node, inc = b["node"], b.get("incarnation")
+        if inc is not None and inc <= self.peer_incarnations.get(node, 0):
+            await self.party.reply(msg, "ok", {"data": {"node": node, "done": "already"}})
+            return
+        if inc is not None:
+            self.peer_incarnations[node] = inc
+        done: dict[str, Any] = {"node": node}
+        reset = await self.reset_shared(node, inc)
+        if reset is not None:
+            done.update(reset)
+            log.warning("%s: %s (%s) restarted: %s", self.name, node, b["kind"], done)
+        await self.party.reply(msg, "ok", {"data": done})
 
     async def on_vmm_status(self, msg: Message) -> None:
         await self.party.reply(msg, "ok", {"data": self._status()})

@@ -64,6 +64,8 @@ def describe(fault: dict[str, Any]) -> str:
         what = f"flow {','.join(spec['flows'])}: {', '.join(parts)}"
     elif t == "disk":
         parts = [f"{k} {spec[k]:g}" for k in ("eio", "torn_write", "fsync_fail") if spec[k]]
+        if spec.get("latency_ms"):
+            parts.append(f"latency {spec['latency_ms']:g} ms")
         what = f"disk {spec['node']}: {', '.join(parts)}"
     else:
         what = f"clock {spec['node']}: skew {spec['skew_ms']:+g} ms"
@@ -158,11 +160,13 @@ def disk(
                                               help="Probability a write lands partly, then fails with EIO.")] = 0.0,
     fsync_fail: Annotated[float, typer.Option("--fsync-fail", metavar="P",
                                               help="Probability an fdatasync fails (the command gets EIO).")] = 0.0,
+    latency: Annotated[float, typer.Option("--latency", metavar="MS",
+                                           help="Every command waits this long before it runs (a slow disk).")] = 0.0,
     for_s: For = None, seed: Seed = None, run_dir: RunDir = None, json_out: Json = False,
 ) -> None:
-    """Make a disk fail commands with EIO, tear writes, fail its syncs."""
+    """Make a disk fail commands with EIO, tear writes, fail its syncs, or slow it down."""
     _add(run_dir, json_out, {"type": "disk", "node": node, "eio": eio, "torn_write": torn_write,
-                             "fsync_fail": fsync_fail, "for_s": for_s, "seed": seed})
+                             "fsync_fail": fsync_fail, "latency_ms": latency, "for_s": for_s, "seed": seed})
 
 
 @command(app, "clock", ["hwemu fault clock timer0 --skew 60000"])

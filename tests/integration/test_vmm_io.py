@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import trio
 import protocol.hw  # noqa: F401  (disk_done / nic_done replies decode in this process)
 import tests.fixtures.iodriver  # noqa: F401  (registers io_emit / io_events)
 from orchestrator.choreographies.base import ChoreographyError
-from tests.guest.test_network_samples import converse
+from tests.guest.test_network_samples import converse, free_udp_port
 from tests.integration import test_choreographies
 from tests.integration.test_choreographies import (
     Client,
@@ -38,6 +39,8 @@ from tests.integration.test_choreographies import (
     vmm_stats,
     wait_vmm,
 )
+from tests.integration.test_io import _gets, _sets
+from tests.integration.test_recovery import request
 
 pytestmark = pytest.mark.integration
 cli_run_dir = test_choreographies.cli_run_dir  # a fixture: the CLI test takes it as a parameter
@@ -349,6 +352,85 @@ async def test_kvstore_answers_exactly_while_the_vmm_is_interposed_on_cpu_disk_a
     await no_gaps_or_dups(orch)
     await check_conservation(orch)
     assert (await vmm_stats(orch))["io"]["shared"] == {}
+
+
+async def kill9_and_wait_restart(orch, name: str) -> None:
+    """SIGKILL a node by its pid; return once the supervisor restarted it and every driver heard."""
+    np = orch.supervisor.nodes[name]
+    pid = np.pid
+    os.kill(pid, signal.SIGKILL)
+    with trio.fail_after(60):
+        while np.pid == pid or np.state != "running":
+            await trio.sleep(0.05)
+
+
+async def test_a_nic_and_a_disk_restarted_under_the_vmm_are_reset_by_its_drivers(guest_build, cluster):
+    """docs/recovery.md: a device restarted while the VMM drives it (FIG. 5) is
+    reset by the VMM's native driver of it, as the OS's driver resets it
+    natively: the NIC gets the OS's receive buffers and bound port again (the
+    store answers on the same host port), the disk the commands its dead
+    process had consumed (none stays outstanding); every acknowledged key is
+    read back, on the VMM and natively after FIG. 6."""
+    orch = await cluster(VMMIO)
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
+    host_port = free_udp_port()  # a forward added at runtime survives the NIC's restart (nodes/nic)
+    await orch.request("nic0", "nic_forward", {"guest_port": 7000, "host_port": host_port})
+    client = Client(orch, "kvclient")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client.handle)
+            pid, start, address = await start_kvstore(orch, client, "os1", "uart0", 7000)
+            assert address == ("127.0.0.1", host_port)
+            await trio.to_thread.run_sync(converse, address, _sets(0, 10))
+            await orch.control("ctl_interpose", os="os1")
+            assert orch.routes.table.get("io:os1.nic") == "vmm" and orch.routes.table.get("io:os1.disk") == "vmm"
+
+            await kill9_and_wait_restart(orch, "nic0")
+            # the first datagrams may be lost while the VMM binds the port again; none is wrong
+            assert await trio.to_thread.run_sync(request, address, b"COUNT") == b"COUNT 10"
+            nic = await stats(orch, "nic0")
+            assert nic["ports"]["7000"]["owner"] == "os1" and nic["ports"]["7000"]["host_port"] == host_port
+
+            # the disk dies with a command in it, taken and not completed (a slow disk: a latency
+            # fault), under SETs, each re-sent until answered (a SET is idempotent)
+            await orch.request("disk0", "fault_set", {"id": "slow", "type": "disk", "seed": 1, "latency_ms": 2000})
+            writer = trio.Event()
+
+            def sets() -> None:
+                for i in range(10, 40):
+                    assert request(address, b"SET key%03d value-%03d" % (i, i)) == b"OK"
+
+            async def write() -> None:
+                try:
+                    await trio.to_thread.run_sync(sets)
+                finally:
+                    writer.set()
+
+            nursery.start_soon(write)
+            flow = "io:vmm.disk0"
+            with trio.fail_after(60):  # a command the disk acknowledged and has not completed
+                while True:
+                    vmm = await stats(orch, "vmm")
+                    if vmm["vmm"]["io"]["shared"]["disk0"]["outstanding"] and \
+                            vmm["flows_acked"].get(flow) == vmm["flows_out"].get(flow):
+                        break
+                    await trio.sleep(0.02)
+            await kill9_and_wait_restart(orch, "disk0")
+            with trio.fail_after(120):
+                await writer.wait()
+            await trio.to_thread.run_sync(converse, address, _gets(40))
+            shared = (await vmm_stats(orch))["io"]["shared"]
+            assert (shared["nic0"]["resets"], shared["disk0"]["resets"]) == (1, 1), shared
+            assert shared["disk0"]["outstanding"] == 0 and shared["disk0"]["reissued"] >= 1, shared["disk0"]
+
+            await orch.control("ctl_devirtualize", os="os1")
+            await trio.to_thread.run_sync(converse, address, _gets(40) + [(b"QUIT", b"BYE")])
+            exit1 = await client.wait_exit("os1", pid)
+            assert (exit1["code"], await client.console("uart0", start)) == (
+                0, b"kvstore ready: 0 keys\nkvstore stopped: 40 keys\n")
+            nursery.cancel_scope.cancel()
+    finally:
+        client.party.close()
 
 
 async def test_two_oses_under_the_vmm_each_get_only_their_own_partition_and_port(guest_build, cluster):
