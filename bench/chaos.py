@@ -9,7 +9,11 @@ run, and the recovery time after each kill per node kind (median, p99: from
 the SIGKILL to the restarted node reporting ready again).
 
     .venv/bin/python bench/chaos.py [--io N] [--demo N] [--duration S] [--faults K,K] [--held-back K,K]
-                                    [--first-seed S] [--json]
+                                    [--first-seed S] [--trace] [--keep DIR] [--json]
+
+A failed run's directory (its history, its logs, and with ``--trace`` its
+Perfetto trace, ``chaos-seed<S>.pftrace``) is kept under ``--keep DIR``
+(default ``chaos-failed/`` with ``--trace``); passing runs leave nothing.
 
 ``--json`` prints one object: ``runs``, ``violations``, ``failed_runs``,
 ``faults_injected``, ``recovery_ms_median`` / ``recovery_ms_p99`` (per node
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,9 +42,12 @@ def p99(values: list[float]) -> float:
     return s[min(len(s) - 1, int(round(0.99 * (len(s) - 1))))]
 
 
-def one(seed: int, scenario: str, duration: float, faults: str | None, held: str | None, work: Path) -> dict:
+def one(seed: int, scenario: str, duration: float, faults: str | None, held: str | None, work: Path,
+        trace: bool = False) -> dict:
     cmd = [str(HWEMU), "chaos", "--seed", str(seed), "--duration", str(duration), "--scenario", scenario,
            "--json", "--run-dir", str(work / f"{scenario}-{seed}")]
+    if trace:
+        cmd.append("--trace")
     if faults:
         cmd += ["--faults", faults]
     if held is not None:
@@ -66,19 +74,28 @@ def main() -> None:
     ap.add_argument("--faults", default=None, help="fault kinds (default: hwemu chaos's, HELD_BACK left out)")
     ap.add_argument("--held-back", default=None, help="passed to hwemu chaos (KIND or KIND:NODEKIND, or none)")
     ap.add_argument("--first-seed", type=int, default=1000, help="seeds are first-seed, first-seed+1, ...")
+    ap.add_argument("--trace", action="store_true", help="trace each run (hwemu chaos --trace)")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep each failed run's directory here (default with --trace: chaos-failed/)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     if args.io < 0 or args.demo < 0 or args.io + args.demo == 0:
         ap.error("--io and --demo: at least one run, no negative count")
     if not HWEMU.exists():
         sys.exit(f"bench/chaos.py: {HWEMU} missing: run `make guest` (it creates .venv/) first")
+    keep = args.keep if args.keep is not None else (Path("chaos-failed") if args.trace else None)
     runs = []
     with tempfile.TemporaryDirectory(prefix="hwemu-chaos-") as tmp:
         plan = [("io", args.first_seed + i) for i in range(args.io)] + \
                [("demo", args.first_seed + args.io + i) for i in range(args.demo)]
         for n, (scenario, seed) in enumerate(plan, 1):
-            rep = one(seed, scenario, args.duration, args.faults, args.held_back, Path(tmp))
+            rep = one(seed, scenario, args.duration, args.faults, args.held_back, Path(tmp), args.trace)
             runs.append(rep)
+            run = Path(tmp) / f"{scenario}-{seed}"
+            if not rep.get("ok") and keep is not None and run.exists():
+                keep.mkdir(parents=True, exist_ok=True)
+                rep["kept"] = str(shutil.move(str(run), str(keep / run.name)))
+            shutil.rmtree(run, ignore_errors=True)  # a passing run's traces and images: the disk is not endless
             if not args.json:
                 print(f"[{n}/{len(plan)}] {scenario} seed {seed}: {rep.get('violations')} violations, faults "
                       f"{rep.get('faults_injected')}, {rep['wall_s']:.0f} s"
@@ -87,6 +104,8 @@ def main() -> None:
                     print(f"    {v['check']}: {v['what']}: {v['detail'][:200]} ({v['where']})", flush=True)
                 for e in rep.get("errors", [])[:3]:
                     print(f"    {e[:200]}", flush=True)
+                if rep.get("kept"):
+                    print(f"    kept: {rep['kept']}", flush=True)
     injected: dict[str, int] = {}
     recovery: dict[str, list[float]] = {}
     for rep in runs:

@@ -46,6 +46,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator import checker
 from orchestrator.cli import cluster
+from orchestrator.cli import trace as trace_cli
 from orchestrator.cli.check import show
 from orchestrator.cli.common import Json, RunDir, console, emit_json, err_console, fail
 from orchestrator.cli.demo import (
@@ -92,6 +93,7 @@ CLIENT_TIMEOUT = 5.0  # a key-value or echo request without a reply after this l
 READBACK_TIMEOUT = 15.0  # ... in the read-back after the faults, where an answer is what is checked
 RECOVERY_TIMEOUT = 30.0
 GIVE_UP = 3  # requests in a row without a reply after which the wind-down stops asking (the store is gone)
+TRACE_RING = 1 << 18  # events per node with --trace: a whole run on the busiest node (the demo's)
 
 
 # -- the schedule ---------------------------------------------------------------------------
@@ -677,9 +679,18 @@ def _toml(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def trace_path(rd: Path, seed: int) -> Path:
+    """Where ``--trace`` leaves a run's trace: in its run directory, named by its seed."""
+    return rd / f"chaos-seed{seed}.pftrace"
+
+
 def execute(seed: int, duration: float, faults: list[str], scenario: str, rd: Path, hist: Path,
-            show: bool, held: list[str]) -> dict[str, Any]:
-    """One whole run (cluster up, workloads, faults, down, check); its JSON report."""
+            show: bool, held: list[str], trace: bool = False) -> dict[str, Any]:
+    """One whole run (cluster up, workloads, faults, down, check); its JSON report.
+
+    ``trace``: every node traces the run (from the cluster's start to before it
+    stops) and the merged Perfetto trace is left at :func:`trace_path`; a killed
+    node's ring dies with it, its next life's is in the trace."""
     schedule = draw_schedule(seed, duration, faults, scenario, held)
     if show:
         console.print(f"chaos seed {seed}, scenario {scenario}, {duration:g} s, faults "
@@ -698,16 +709,23 @@ def execute(seed: int, duration: float, faults: list[str], scenario: str, rd: Pa
     r = Run(seed, duration, scenario, schedule, rd, hist, show)
     r.log("run", "start", seed=seed, duration=duration, scenario=scenario, faults=faults, schedule=schedule)
     error = None
+    traced = None
     old_env = os.environ.get("HWEMU_HISTORY_DIR")
     os.environ["HWEMU_HISTORY_DIR"] = str(hist)  # the orchestrator and every node it starts inherit it
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             cluster.up(topo, detach=True, run_dir=rd, json_out=True)
         r.say("cluster up, every node recording its history")
+        if trace:
+            trace_cli.start_for(rd, TRACE_RING)
+            traced = trace_path(rd, seed)
+            traced.unlink(missing_ok=True)  # a previous run's, of this seed
         error = _drive(r)
     except typer.Exit:
         error = "the cluster did not start (see " + str(rd / "orchestrator.log") + ")"
     finally:
+        if traced is not None and is_locked(rd):  # written while the cluster still runs (a failure only said)
+            trace_cli.finish(rd, traced)
         if old_env is None:
             os.environ.pop("HWEMU_HISTORY_DIR", None)
         else:
@@ -729,6 +747,7 @@ def execute(seed: int, duration: float, faults: list[str], scenario: str, rd: Pa
             "recovery_ms": r.recovery_ms, "violations": len(rep.violations),
             "violation_details": [v.to_json() for v in rep.violations], "checked": rep.checked,
             "notes": rep.notes, "errors": r.errors, "history": str(hist), "workload": r.counts,
+            "trace": str(traced) if traced is not None and traced.exists() else None,
             "seconds": round(time.monotonic() - r.t0, 1), "ok": rep.ok and not r.errors, "_report": rep}
 
 
@@ -818,6 +837,10 @@ def chaos(
     history: Annotated[Optional[Path], typer.Option(
         "--history", help="Keep the history here: a directory (one file per node), or a FILE.jsonl "
                           "(merged) [default: <run dir>/history].")] = None,
+    trace: Annotated[bool, typer.Option(
+        "--trace", help="Trace the whole run on every node and leave the Perfetto trace in the run directory "
+                        "(chaos-seed<SEED>.pftrace: open it in https://ui.perfetto.dev); a failure names it.")]
+    = False,
     json_out: Json = False,
     run_dir: RunDir = None,
 ) -> None:
@@ -837,7 +860,7 @@ def chaos(
     merged = history is not None and history.suffix == ".jsonl"
     hist = rd / "history" if history is None or merged else history.resolve()
     try:
-        rep = execute(seed, duration, kinds, scenario, rd, hist, not json_out, held)
+        rep = execute(seed, duration, kinds, scenario, rd, hist, not json_out, held, trace)
     except (TopologyError, OSError) as exc:
         fail(f"chaos run could not start: {exc}")
     if merged:
@@ -861,9 +884,12 @@ def chaos(
         for e in rep["errors"]:
             err_console.print(f"{e}", highlight=False)
         console.print(f"history: {rep['history']}", highlight=False)
+        if rep["trace"]:
+            console.print(f"trace: {rep['trace']}", highlight=False)
     if not rep["ok"]:
         what = (report.violations[0].text() if report.violations else rep["errors"][0])
-        err_console.print(f"hwemu chaos: seed {seed} failed: {what}\nreproduce: {command}",
+        err_console.print(f"hwemu chaos: seed {seed} failed: {what}\nreproduce: {command}"
+                          + (f"\ntrace: {rep['trace']}" if rep["trace"] else ""),
                           highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if not json_out:

@@ -1,6 +1,7 @@
 """`hwemu chaos` in CI (issue 14, "What must be shown"): fixed seeds of the `io` and `demo` scenarios, each a
 whole run (its own cluster, workloads, the seed's fault schedule, the history checked), all with 0 violations;
-and a real run's history, corrupted, that the checker must reject.
+and a real run's history, corrupted, that the checker must reject (that run is traced too: ``--trace`` leaves
+its Perfetto trace in the run directory, with every node's track).
 
 A failure prints the one command that reproduces the run. The fault kinds drawn are the default ones: every
 kind but those in HELD_BACK (orchestrator/cli/chaos.py), the faults this build does not recover from yet.
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +67,14 @@ def test_chaos_demo_seed_holds(tmp_path, seed):
 
 def test_the_checker_rejects_a_real_history_once_corrupted(tmp_path):
     history = tmp_path / "kept" / "run.jsonl"
-    assert_held(*chaos(tmp_path, 7, "io", "--history", str(history), duration=4))
+    code, report, stderr = chaos(tmp_path, 7, "io", "--history", str(history), "--trace", duration=4)
+    assert_held(code, report, stderr)
+    # the run's trace, in its run directory: every node that ran has its track, with its messages
+    assert report["trace"] == str(tmp_path / "run" / "chaos-seed7.pftrace")
+    trace = Trace.FromString(Path(report["trace"]).read_bytes())
+    tracks = {p.track_descriptor.name for p in trace.packet if p.HasField("track_descriptor")}
+    assert {"os1 (os)", "cpu0 (cpu)", "disk0 (disk)", "nic0 (nic)", "memctl (memctl)"} <= tracks, tracks
+    assert sum(len(p.track_event.flow_ids) for p in trace.packet if p.HasField("track_event")) > 1000
     assert subprocess.run([HWEMU, "check", str(history)], capture_output=True).returncode == 0
     lines = history.read_text().splitlines()
     events = [json.loads(line) for line in lines]
