@@ -6,9 +6,10 @@ A real streamer node emits ``--count`` messages on a flow to a real sink node
 (``compose/flip.toml``'s kinds) as fast as the plane takes them; the script
 prints µs of CPU per message for each process and both together, per turn
 and their median. Run it in two checkouts in turns (the code before a change
-and after) to compare them side by side:
+and after) to compare them side by side; ``--unsigned`` runs the plane
+without MACs (``sign=False``), which shows what the MAC costs of it:
 
-    .venv/bin/python bench/flowcpu.py [--count 100000] [--turns 3] [--json]
+    .venv/bin/python bench/flowcpu.py [--count 100000] [--turns 3] [--unsigned] [--json]
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def topology():
                   "routes": {FLOW: "sink"}}, "flowcpu")
 
 
-async def turn(count: int) -> dict[str, float]:
+async def turn(count: int, sign: bool = True) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="flowcpu") as tmp:
-        async with running(topology(), Path(tmp)) as orch:
+        async with running(topology(), Path(tmp), sign=sign) as orch:
             pids = {n: orch.supervisor.nodes[n].pid for n in ("src", "sink")}
             await orch.request("src", "stream_start", {"flow": FLOW, "count": 2000}, timeout=120)  # warm up
             before = {n: cpu_seconds(p) for n, p in pids.items()}
@@ -71,9 +72,10 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=100_000)
     ap.add_argument("--turns", type=int, default=3)
+    ap.add_argument("--unsigned", action="store_true", help="no MAC on the plane (what the MAC costs)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    turns = [await turn(args.count) for _ in range(args.turns)]
+    turns = [await turn(args.count, sign=not args.unsigned) for _ in range(args.turns)]
     result = {k: statistics.median(t[k] for t in turns) for k in ("src", "sink", "both")}
     result["turns"] = turns
     if args.json:
