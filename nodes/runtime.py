@@ -784,32 +784,6 @@ class Node:
         out = self.out_flows.get(flow)
         if out is None:
             out = self.out_flows[flow] = _OutFlow()
-        unacked = out.unacked
-        if out.paused or out.flushing or len(unacked) >= self.window:
-            return await self._emit_held(out, flow, kind, body)
-        # the common path, in one go (what _sent does, inlined: a call and its lookups
-        # were a third of what a reliable flow adds to a message, bench/flowcpu.py)
-        dst = self.routes.lookup(flow)
-        fseq = out.fseq = out.fseq + 1
-        party = self.party
-        msg = party.make(dst, kind, body, flow=flow, fseq=fseq)
-        if not unacked:
-            out.progress = trio.current_time()
-            if flow not in self._unacked:
-                self._unacked.add(flow)
-                self._retx_kick.set()
-        frame = encode(msg)
-        unacked.append((fseq, dst, frame))
-        rec = self.recorder
-        if rec.on:
-            if flow.startswith("irq:"):
-                rec("irq", "raise", flow=flow, fseq=fseq)
-            rec("flow", "sent", flow=flow, fseq=fseq, dst=dst, inc=msg.inc)
-        await party.send_msg(msg, frame)
-        return fseq
-
-    async def _emit_held(self, out: _OutFlow, flow: str, kind: str, body: dict[str, Any]) -> int:
-        """:meth:`emit` of a flow paused for a route change, or whose window is full."""
         while (out.paused or out.flushing) and len(out.buffer) >= self.pause_buffer:
             await out.resumed.wait()  # a device whose queue is full stalls, like hardware
         if len(out.unacked) >= self.window:
