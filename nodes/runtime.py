@@ -1048,8 +1048,6 @@ class Node:
         self.party.epoch = table.epoch
         if self._authz is not None:
             self._authz.routes = table
-            if self._authz.expected is not None and self._authz.expected.epoch <= table.epoch:
-                self._authz.expected = None
         for flow, n in nxt.items():
             if table.get(flow) == self.name:
                 self.in_flows.setdefault(flow, _InFlow()).next_is(n)
@@ -1057,14 +1055,7 @@ class Node:
                 self.in_flows[flow].forget_runs()
 
     async def on_route_install(self, msg: Message) -> None:
-        if msg.body.get("expect"):
-            # a change under way: its senders may reach this node by the new table
-            # before it installs that table at its own switch (protocol/authz.py)
-            expected = RouteTable(msg.body["epoch"], msg.body["routes"])
-            if self._authz is not None and expected.epoch > self.routes.epoch:
-                self._authz.expected = expected
-        else:
-            self._install(msg.body["epoch"], msg.body["routes"], msg.body.get("next", {}))
+        self._install(msg.body["epoch"], msg.body["routes"], msg.body.get("next", {}))
         await self.party.reply(msg, "ok", {"data": {"epoch": self.routes.epoch}})
 
     async def _flush(self, flows: list[str]) -> tuple[int, float]:

@@ -130,16 +130,10 @@ class RouteAuthority:
             # also sends a changed flow: it must not route by the new table before
             # its own pause (it gets the table with its switch)
             receivers = {n for f, n in changes.items() if old.get(f) != n and n not in by_sender} | set(orphans)
-            # a new receiver that is also a sender here installs the table at its own switch, which may
-            # come after another sender has switched to it: it expects the table (in the same round), and
-            # until it installs it accepts what either table routes to it (protocol/authz.py), so that
-            # sender is not refused by a table one step behind
-            expecting = {n for f, n in changes.items() if old.get(f) != n and n in by_sender}
             wire = {"epoch": new.epoch, "routes": dict(new.routes), "timeout": self.timeout}
             last: dict[str, int] = {}
             try:
-                await gather({n: (lambda n=n: self._install_one(n, new, orphans.get(n, {}), expect=n in expecting))
-                              for n in receivers | expecting})
+                await gather({n: (lambda n=n: self._install_one(n, new, orphans.get(n, {}))) for n in receivers})
             except REQUEST_FAILURES as exc:  # nothing paused yet
                 await self._roll_back(old, new, by_sender, live, {})
                 raise RouteChangeError(f"route change {_show(changes)} rolled back: {exc}") from None
@@ -228,11 +222,9 @@ class RouteAuthority:
             "flows": flows, "old": {f: current.get(f) for f in flows if current.get(f) in live}, **wire},
             timeout=self.timeout + 3)  # the sender's drain (timeout + 1) and its flush
 
-    async def _install_one(self, node: str, table: RouteTable, nxt: Mapping[str, int], expect: bool = False):
-        body = {"epoch": table.epoch, "routes": dict(table.routes), "next": dict(nxt)}
-        if expect:
-            body["expect"] = True
-        return await self.party.request(node, "route_install", body, timeout=self.timeout)
+    async def _install_one(self, node: str, table: RouteTable, nxt: Mapping[str, int]):
+        return await self.party.request(node, "route_install", {
+            "epoch": table.epoch, "routes": dict(table.routes), "next": dict(nxt)}, timeout=self.timeout)
 
 
 def _show(changes: Mapping[str, str]) -> str:

@@ -44,26 +44,12 @@ class Context:
         routes: its route table in force.
         kinds: node name → kind, for every node of the topology.
         orchestrator: the orchestrator's name.
-        expected: the table of a route change under way, announced before its
-            senders switch (``route_install`` with ``expect``): a node that is
-            itself a sender of the change installs that table only at its own
-            switch, but other senders may reach it by the new table before
-            then. Until the node installs it (or a later one), what either
-            table routes here is accepted.
     """
 
     me: str
     routes: RouteTable
     kinds: Mapping[str, str]
     orchestrator: str = "orch"
-    expected: RouteTable | None = None
-
-    def tables(self) -> tuple[RouteTable, ...]:
-        """The tables a request is judged by: the one in force, and the one expected."""
-        return (self.routes,) if self.expected is None else (self.routes, self.expected)
-
-    def routed_here(self, flow: str) -> bool:
-        return any(t.get(flow) == self.me for t in self.tables())
 
     def kind_of(self, name: str) -> str:
         """``name``'s node kind; :data:`ORCH` for the orchestrator, :data:`CLIENT` for anyone else."""
@@ -83,7 +69,7 @@ def _on_my_flow(msg: Message, ctx: Context, cls: str | None = None) -> bool:
     """``msg`` travels on a flow its sender emits and the receiver's table routes here."""
     flow = msg.flow
     return (flow is not None and (cls is None or flow.startswith(cls + ":"))
-            and _flow_sender(flow) == msg.src and ctx.routed_here(flow))
+            and _flow_sender(flow) == msg.src and ctx.routes.get(flow) == ctx.me)
 
 
 def _sends_io_here(msg: Message, ctx: Context) -> bool:
@@ -93,7 +79,7 @@ def _sends_io_here(msg: Message, ctx: Context) -> bool:
     if msg.flow is not None:
         return _on_my_flow(msg, ctx, "io")
     prefix = f"io:{msg.src}."
-    return any(f.startswith(prefix) and n == ctx.me for t in ctx.tables() for f, n in t.routes.items())
+    return any(f.startswith(prefix) and n == ctx.me for f, n in ctx.routes.routes.items())
 
 
 def _memory(msg: Message, ctx: Context) -> bool:
@@ -106,7 +92,7 @@ def _memory(msg: Message, ctx: Context) -> bool:
     src = msg.src
     if space == src or ctx.kind_of(src) in ("vmm", "cpu"):
         return True
-    for flow, node in (fn for t in ctx.tables() for fn in t.routes.items()):
+    for flow, node in ctx.routes.routes.items():
         if node == src and (flow.startswith(f"io:{space}.") or flow.startswith("io:vmm.")):
             return True
     return False

@@ -345,7 +345,6 @@ register(
     epoch="int",
     routes=Field("dict", items="str"),
     next=Field("dict", items="int", required=False),
-    expect=Field("bool", required=False),
 )
 register("route_resume", flows=Field("list", items="str"), epoch=Field("int", required=False),
          routes=Field("dict", items="str", required=False))  # the new table may ride along: one round trip less

@@ -181,20 +181,3 @@ def test_a_refusal_names_the_rule_and_the_sender():
     m = msg("mem_read", "os2", "memctl")
     text = authz.refusal(m, ctx("memctl", NATIVE))
     assert text.startswith("mem_read from os2 (os) refused by rule 'memory': accepted only from the space's own OS")
-
-
-def test_a_table_expected_during_a_route_change_is_accepted_beside_the_one_in_force():
-    """A node that is both a new receiver and a sender of one route change installs the new
-    table at its own switch; a sender that switched first reaches it by the new table. While
-    it expects that table (``route_install`` with ``expect``), what either table routes to
-    it is accepted; nothing else is."""
-    interposed = NATIVE.changed({"io:os1.disk": "vmm", "irq:disk0": "vmm"})
-    back = RouteTable(interposed.epoch + 1, NATIVE.routes)
-    on_io = msg("disk_write", "os1", "disk0", flow="io:os1.disk")
-    disk0 = ctx("disk0", interposed)
-    assert not authz.RULES["disk_write"].allows(on_io, disk0)
-    disk0.expected = back
-    assert authz.RULES["disk_write"].allows(on_io, disk0)
-    assert authz.RULES["disk_write"].allows(msg("disk_write", "os1", "disk0"), disk0)  # by the sender's flows
-    assert not authz.RULES["disk_write"].allows(msg("disk_write", "os2", "disk0", flow="io:os1.disk"), disk0)
-    assert not authz.RULES["cpu_resume"].allows(msg("cpu_resume", "os1", "disk0", flow="priv:os1"), disk0)
