@@ -279,7 +279,7 @@ class Driver:
 async def no_gaps_or_dups(orch) -> None:
     """No flow saw a gap or a duplicate, and no node refused a message: a sender that switched
     to a new receiver before that receiver's own switch (both in one change) is not refused by
-    its table one step behind (it expects the new one: orchestrator/routes.py)."""
+    its table one step behind (``receive_only``: orchestrator/routes.py)."""
     for name in orch.live_nodes():
         s = await stats(orch, name)
         assert not {f: v for f, v in s["flows_in"].items() if v["gaps"] or v["dups"]}, name
