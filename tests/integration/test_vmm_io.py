@@ -459,8 +459,8 @@ async def test_an_os_killed_and_restarted_withdraws_its_old_receive_buffers_befo
         async with trio.open_nursery() as nursery:
             await nursery.start(client.party.serve, client.handle)
             await client.exec("os1", "udpecho", ["udpecho", "7000"])
-            with trio.fail_after(READY_DEADLINE_S):
-                while (await stats(orch, "nic0"))["buffers"].get("os1") != 32:
+            with trio.fail_after(READY_DEADLINE_S):  # the driver posts its buffers, then binds
+                while not ((nic := await stats(orch, "nic0"))["buffers"].get("os1") == 32 and "7000" in nic["ports"]):
                     await trio.sleep(0.02)
             old = orch.supervisor.nodes["os1"]
             pid = old.pid
