@@ -524,6 +524,12 @@ async def _within(event: trio.Event, seconds: float, what: str) -> None:
 async def _start_servers(r: Run, nursery: trio.Nursery) -> dict[str, Any]:
     """udpecho and kvstore on os1, side by side, each with its client running."""
     servers: dict[str, Any] = {"clients": trio.Event()}
+    # their host ports pinned first, as `hwemu run --forward` does: a forward added at runtime
+    # outlives a restart of the NIC (nodes/nic), the topology's "any free port" does not (a kill
+    # of nic0 moved the servers to new host ports, and the clients asked the old ones in vain)
+    for port in (GUEST_PORT, KV_PORT):
+        await r.ctl("ctl_request", {"node": "nic0", "kind": "nic_forward",
+                                    "body": {"guest_port": port, "host_port": _free_udp_port()}})
 
     async def start(name: str, elf: str, args: list[str], port: int, ready: bytes) -> None:
         res, at = await _server(r.d, nursery, r.rd / "uart0.console.log", elf, args, port, ready)
@@ -598,6 +604,12 @@ def _served(out: bytes) -> int | None:
         return int(tail[1].split()[0])
     except (ValueError, IndexError):
         return None
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _converse_quit(address: tuple[str, int]) -> bytes:
