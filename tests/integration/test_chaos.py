@@ -4,7 +4,7 @@ and a real run's history, corrupted, that the checker must reject (that run is t
 its Perfetto trace in the run directory, with every node's track).
 
 A failure prints the one command that reproduces the run. The fault kinds drawn are the default ones: every
-kind but those in HELD_BACK (orchestrator/cli/chaos.py), the faults this build does not recover from yet.
+kind but those in HELD_BACK (orchestrator/cli/chaos.py), the kinds not yet through a campaign (docs/chaos.md).
 """
 
 from __future__ import annotations
