@@ -412,7 +412,7 @@ async def test_a_disk_driver_mode_switch_waits_for_the_whole_multi_block_transfe
     """The real OS node, run in this process on a cluster's endpoint so that the
     test can start a pwrite64-sized transfer (64 disk commands of 8 blocks) and
     ask for the mode switch while it is between two of them."""
-    from nodes.guest_os.kernel import OsNode
+    from nodes.guest_os.node import OsNode
     from nodes.runtime import NodeConfig
 
     topo = driver_topology(tmp_path)
