@@ -65,11 +65,12 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import msgpack
 import trio
 
+from nodes.options import Option, validate
 from protocol import authz, logs, sched
 from protocol.auth import keyring_from_config
 from protocol.errors import ProtocolError, RemoteError
@@ -219,11 +220,18 @@ class Node:
     pause_buffer = 4096  # messages a paused flow buffers before its emitter waits
     window = 8192  # messages a flow keeps for retransmission before its emitter waits for acknowledgements
     short_slice = True  # takes the time slice of HWEMU_SLICE_US (protocol/sched.py); False: always the kernel's
+    OPTIONS: Mapping[str, Option] = {}  # the kind's options (nodes/options.py), checked before its __init__ reads them
+
+    @classmethod
+    def settle_options(cls, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        """The options once each passed its own check: a kind whose options depend
+        on each other overrides this (raising :class:`~nodes.errors.OptionError`)."""
+        return options
 
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
         self.name = cfg.name
-        self.options = cfg.options
+        self.options = self.settle_options(cfg.name, validate(self.kind, cfg.name, self.OPTIONS, cfg.options))
         self.party = Party(cfg.name, cfg.endpoint, cfg.directory,
                            auth=keyring_from_config(cfg.name, cfg.auth) if cfg.auth else None)
         # trace ring and fault history, both off until asked for; the

@@ -19,19 +19,12 @@ from typing import Any
 import trio
 
 from orchestrator.daemon import read_state
+from orchestrator.errors import NotAllowed, NotRunning
 from protocol.auth import Keyring, client_keyring
 from protocol.errors import RemoteError, RequestTimeout
 from protocol.transport import Party
 
 _calls = itertools.count(1)
-
-
-class NotRunning(Exception):
-    """No cluster runs in the run directory."""
-
-
-class NotAllowed(NotRunning):
-    """This account cannot read the cluster's client keys (it did not start it)."""
 
 
 def client_auth(run_dir: Path, me: str) -> Keyring:

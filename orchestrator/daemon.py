@@ -32,16 +32,13 @@ from pathlib import Path
 import trio
 
 from orchestrator.cluster import Orchestrator
+from orchestrator.errors import StartError
 from orchestrator.topology import TopologyError, load
 from protocol import logs, sched
 from protocol.auth import make_private_dir
 
 LOCK = "cluster.lock"
 STATE = "cluster.json"
-
-
-class AlreadyRunning(Exception):
-    pass
 
 
 def read_state(run_dir: Path) -> dict | None:
@@ -149,7 +146,7 @@ async def serve(topology_path: str, run_dir: Path) -> int:
     except TopologyError as exc:
         print(f"hwemu: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
+    except StartError as exc:
         print(str(exc), file=sys.stderr)  # the log's tail, for the orchestrator log
         # the line `hwemu up` shows: one line naming the cause
         print(f"hwemu: cluster failed to start: {getattr(exc, 'summary', str(exc).splitlines()[0])}",
@@ -170,14 +167,14 @@ async def serve(topology_path: str, run_dir: Path) -> int:
 @contextlib.asynccontextmanager
 async def _unwrapped():
     """A nursery's group of one error is that error: the daemon's handlers (and its
-    one-line message) see the RuntimeError of a failed start, not an ExceptionGroup."""
+    one-line message) see the StartError of a failed start, not an ExceptionGroup."""
     try:
         yield
     except BaseExceptionGroup as group:
         exc: BaseException = group
         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
-        if isinstance(exc, (RuntimeError, TopologyError, OSError)):
+        if isinstance(exc, (StartError, TopologyError, OSError)):
             raise exc from None
         raise
 

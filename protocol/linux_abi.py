@@ -27,6 +27,7 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Protocol
 
 from protocol import riscv
+from protocol.constants import PAGE_SIZE
 from protocol.riscv import M32, signed
 
 # -- system call numbers (asm-generic/unistd.h, as riscv32 uses them) ---------------------
@@ -90,7 +91,6 @@ def fault_report(cause: int, tval: int, pc: int) -> tuple[str, int]:
 
 
 # -- the process image ---------------------------------------------------------------------
-PAGE_SIZE = 4096
 STACK_TOP = 0x80000000
 STACK_SIZE = 8 << 20  # allocated on first touch
 BRK_LIMIT = 0x40000000  # the heap may grow up to here

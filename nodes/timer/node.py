@@ -40,6 +40,7 @@ from typing import Any
 import trio
 
 import protocol.hw  # noqa: F401  (registers the device message kinds)
+from nodes.options import Option, number
 from nodes.runtime import Node, NodeConfig
 from protocol.errors import ProtocolError
 from protocol.messages import Message
@@ -57,14 +58,12 @@ class Timer(Node):
     """The timer device. See the module docstring for its messages."""
 
     kind = "timer"
+    OPTIONS = {"period_ms": Option(number(min=0), 0)}
 
     def __init__(self, cfg: NodeConfig):
         super().__init__(cfg)
         self.irq_flow = f"irq:{cfg.name}"
-        try:
-            self.boot_period_ms = _duration_ms(cfg.options.get("period_ms", 0), "options.period_ms")
-        except ProtocolError as exc:
-            raise ValueError(f"timer {cfg.name}: {exc}") from None
+        self.boot_period_ms = float(self.options["period_ms"])
         self.period_ms = 0.0
         self.ticks = 0
         self.ticks_missed = 0

@@ -25,6 +25,7 @@ from typing import Any
 
 from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.state import VMM
+from protocol.constants import DEFAULT_CPU, DEFAULT_TIMER
 
 FIGURE = "fig7"
 FIGURE_MEMORY = "fig7_memory"
@@ -32,7 +33,7 @@ FIGURE_MEMORY = "fig7_memory"
 
 def _names(run: Run, ctx: Ctx) -> tuple[str, str, str]:
     os_name = ctx["os"]
-    return os_name, run.os_option(os_name, "cpu", "cpu0"), run.os_option(os_name, "timer", "timer0")
+    return os_name, run.os_option(os_name, "cpu", DEFAULT_CPU), run.os_option(os_name, "timer", DEFAULT_TIMER)
 
 
 async def _release(run: Run, ctx: Ctx) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import trio
 
 import protocol.hw  # noqa: F401  (disk_done / nic_done replies decode in this process)
 import tests.fixtures.iodriver  # noqa: F401  (registers io_emit / io_events)
+from orchestrator.errors import StartError
 from protocol.errors import RemoteError, RequestTimeout
 
 pytestmark = pytest.mark.integration
@@ -257,7 +258,8 @@ async def test_disk_image_defaults_to_the_run_dir_keeps_its_existing_size_and_ta
 
 
 async def test_a_disk_whose_partition_ends_past_the_image_refuses_to_start_and_says_why(cluster, tmp_path):
-    with pytest.raises(RuntimeError, match=r"partition 'os1' \[0, 4096\] ends past the device's 2048 blocks"):
+    with pytest.raises(StartError, match=r"disk disk0: option 'partitions': expected \[first_block, count\] "
+                                           r"within the device's 2048 blocks, got \{'os1': \[0, 4096\]\}"):
         await cluster(topology(tmp_path, disk={"partitions": {"os1": [0, 4096]}}, restart="never"))
 
 
