@@ -229,6 +229,22 @@ async def udp_client(orch: Orchestrator, guest_port: int, *, nic: str | None = N
     raise AssertionError(f"the guest did not bind UDP port {guest_port} on {name} within {wait:g} s")
 
 
+async def node_stats(orch: Orchestrator, node: str) -> dict[str, Any]:
+    """``node``'s statistics (its ``stats`` reply)."""
+    return (await orch.request(node, "stats")).body["stats"]
+
+
+async def wait_stats(orch: Orchestrator, node: str, pred: Callable[[dict[str, Any]], bool],
+                     timeout: float = 15.0) -> dict[str, Any]:
+    """Poll ``node``'s statistics until ``pred(stats)``; fail after ``timeout`` s."""
+    with trio.fail_after(timeout):
+        while True:
+            s = await node_stats(orch, node)
+            if pred(s):
+                return s
+            await trio.sleep(0.01)
+
+
 async def flow_audit(orch: Orchestrator) -> dict[str, Any]:
     """Every flow's deliveries, from the records of all its receivers
     (orchestrator/flowaudit.py): ``{"ok", "flows": {flow: {sent, receivers,

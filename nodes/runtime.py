@@ -268,6 +268,7 @@ class Node:
         self._releasing = False  # the inbox task consumes held messages of a flow whose gap was filled
         self.party.on_flow_reply = self._keep_reply
         self.fault_injector = None  # a protocol.faults.Injector while a transport fault is set
+        self.kind_faults: dict[str, Any] = {}  # id -> a fault of the kind's own types (its fault_<type>)
         self.flow_counters = {"retransmits": 0, "resyncs": 0, "acks_out": 0, "acks_in": 0, "window_full": 0}
 
     # -- life cycle -------------------------------------------------------------
@@ -871,12 +872,15 @@ class Node:
         self.party.faults = self.fault_injector
 
     def clear_fault(self, fault_id: str | None) -> int:
-        """Clear a fault by id (None: all); how many were cleared. Node kinds
-        with faults of their own extend it (``super().clear_fault(id)`` + theirs)."""
+        """Clear a fault by id (None: all): the transport's and the kind's own
+        (``kind_faults``); how many were cleared."""
+        ids = list(self.kind_faults) if fault_id is None else [fault_id] if fault_id in self.kind_faults else []
+        for fid in ids:
+            del self.kind_faults[fid]
         inj = self.fault_injector
         if inj is None:
-            return 0
-        n = inj.clear(fault_id)
+            return len(ids)
+        n = len(ids) + inj.clear(fault_id)
         if not inj.faults:
             self.party.faults = None  # back to the plain send path; held-back frames still go out
         return n

@@ -98,6 +98,7 @@ from nodes.options import Option, boolean, integer, mapping, one_of, optional, p
 from nodes.runtime import Node, NodeConfig
 from protocol.constants import DEFAULT_MEMCTL
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.faults import probability
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.disk")
@@ -148,7 +149,7 @@ class Disk(Node):
         self.queued = 0
         self.counts = {"reads": 0, "writes": 0, "flushes": 0, "blocks_read": 0, "blocks_written": 0,
                        "syncs": 0, "errors": 0, "busy": 0, "unrouted": 0}
-        self.faults: dict[str, tuple[random.Random, dict[str, float]]] = {}  # id -> (its stream, probabilities)
+        # kind_faults (nodes/runtime.py): id -> (its random stream, probability of each of FAULT_KINDS)
         self.injected = dict.fromkeys(FAULT_KINDS, 0)
         self._open_image()
 
@@ -194,33 +195,21 @@ class Disk(Node):
         s.update(self.counts)
         s.update(image=str(self.image), blocks=self.blocks, block_size=self.block_size,
                  write_back=self.write_back, queued=self.queued, queue_depth=self.queue_depth,
-                 faults=sorted(self.faults), faults_injected=dict(self.injected))
+                 faults=sorted(self.kind_faults), faults_injected=dict(self.injected))
         return s
 
     # -- faults -----------------------------------------------------------------------
 
     def fault_disk(self, spec: dict[str, Any]) -> None:
         """``fault_set`` type ``disk``: probabilities ``eio``, ``torn_write``, ``fsync_fail``."""
-        probs = {}
-        for key in FAULT_KINDS:
-            p = spec.get(key, 0.0)
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-                raise ProtocolError("bad_fault", f"{key} must be a probability in [0, 1], got {p!r}", f"body.{key}")
-            probs[key] = float(p)
-        self.faults[spec["id"]] = (random.Random(spec["seed"]), probs)
-
-    def clear_fault(self, fault_id: str | None) -> int:
-        n = super().clear_fault(fault_id)  # the transport's flow / partition faults
-        ids = list(self.faults) if fault_id is None else [fault_id] if fault_id in self.faults else []
-        for fid in ids:
-            del self.faults[fid]
-        return n + len(ids)
+        probs = {key: probability(spec, key) for key in FAULT_KINDS}
+        self.kind_faults[spec["id"]] = (random.Random(spec["seed"]), probs)
 
     def _injects(self, kind: str) -> str | None:
         """Whether an active fault makes ``kind`` happen now: the fault's id, else None.
         Every fault with a non-zero probability of ``kind`` draws once, so one seed gives one schedule."""
         hit = None
-        for fid, (rng, probs) in self.faults.items():
+        for fid, (rng, probs) in self.kind_faults.items():
             if probs[kind] and rng.random() < probs[kind] and hit is None:
                 hit = fid
         if hit is not None:
@@ -360,7 +349,7 @@ class Disk(Node):
     async def _tear(self, fid: str, data: bytes, offset: int) -> None:
         """A torn write: the first k sectors reach the image (durably), then the command fails."""
         sectors = len(data) // SECTOR
-        k = self.faults[fid][0].randrange(sectors)
+        k = self.kind_faults[fid][0].randrange(sectors)
         if k:
             await self._io(os.pwrite, self.fd, data[:k * SECTOR], offset)
             await self._io(os.fdatasync, self.fd)

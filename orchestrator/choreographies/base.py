@@ -43,7 +43,7 @@ import protocol.hw  # registers mod_*, os_driver_mode
 import protocol.vmm  # noqa: F401  (registers vmm_*, mem_* administration)
 from orchestrator.errors import ChoreographyError, ChoreographyFailed, OrchestratorError
 from orchestrator.journal import WHOLE, Incomplete, Journal
-from protocol.constants import DEFAULT_MEMCTL
+from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -138,6 +138,10 @@ class Run:
 
     def memctl(self, os_name: str) -> str:
         return self.os_option(os_name, "memctl", DEFAULT_MEMCTL)
+
+    def cpu_and_timer(self, os_name: str) -> tuple[str, str]:
+        """The CPU and the timer node ``os_name`` runs with (its options, else the defaults)."""
+        return self.os_option(os_name, "cpu", DEFAULT_CPU), self.os_option(os_name, "timer", DEFAULT_TIMER)
 
     async def restore_routes(self, previous: dict[str, str | None]) -> None:
         back = {f: n for f, n in previous.items() if n is not None}

@@ -38,15 +38,13 @@ from orchestrator.choreographies.base import Choreography, ChoreographyError, Ct
 from orchestrator.choreographies.fig5_devices import interpose_device
 from orchestrator.choreographies.state import VMM, devices_of
 from orchestrator.control import control, optional
-from protocol.constants import DEFAULT_CPU, DEFAULT_TIMER
 
 FIGURE = "fig3"
 FIGURE_MEMORY = "fig3_memory"
 
 
 def _names(run: Run, ctx: Ctx) -> tuple[str, str, str]:
-    os_name = ctx["os"]
-    return os_name, run.os_option(os_name, "cpu", DEFAULT_CPU), run.os_option(os_name, "timer", DEFAULT_TIMER)
+    return (ctx["os"], *run.cpu_and_timer(ctx["os"]))
 
 
 async def _new_flows(run: Run, ctx: Ctx) -> dict[str, Any]:

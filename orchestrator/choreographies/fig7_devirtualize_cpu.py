@@ -25,15 +25,13 @@ from typing import Any
 
 from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.state import VMM
-from protocol.constants import DEFAULT_CPU, DEFAULT_TIMER
 
 FIGURE = "fig7"
 FIGURE_MEMORY = "fig7_memory"
 
 
 def _names(run: Run, ctx: Ctx) -> tuple[str, str, str]:
-    os_name = ctx["os"]
-    return os_name, run.os_option(os_name, "cpu", DEFAULT_CPU), run.os_option(os_name, "timer", DEFAULT_TIMER)
+    return (ctx["os"], *run.cpu_and_timer(ctx["os"]))
 
 
 async def _release(run: Run, ctx: Ctx) -> dict[str, Any]:
