@@ -109,6 +109,12 @@ class NotAllowed(NotRunning):
 
 
 class Lost(OrchestratorError):
-    """The cluster stopped answering while a command was following it."""
+    """The cluster stopped answering while a command was following it (``hwemu run``, ``status --watch``)."""
 
     reason = "cluster_lost"
+
+
+class ForwardRefused(OrchestratorError):
+    """The NIC refused a ``--forward`` port map of ``hwemu run``."""
+
+    reason = "forward_refused"

@@ -135,7 +135,7 @@ class MemctlNode(Node):
             try:
                 await self.party.request(initiator, "mem_recall", {"frame": RECALL_ALL, "mode": "invalidate"},
                                          timeout=RECALL_TIMEOUT)
-            except (RequestTimeout, RemoteError, ProtocolError, KeyError):
+            except (RequestTimeout, RemoteError, ProtocolError):  # unknown_node is a ProtocolError
                 self.counts["dropped_initiators"] += 1
                 self._drop(initiator)
 
