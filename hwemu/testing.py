@@ -35,6 +35,7 @@ from orchestrator import flowaudit
 from orchestrator.cli.run import run_program as _run_program
 from orchestrator.cluster import Orchestrator
 from orchestrator.topology import Topology, load, parse
+from protocol.constants import DEFAULT_UART
 
 
 def _topology(spec: str | Path | dict | Topology) -> Topology:
@@ -133,7 +134,7 @@ async def run_program(orch: Orchestrator, elf: str | Path | bytes, args: list[st
                    output=out.getvalue())
 
 
-async def wait_for_console(orch: Orchestrator, pattern: str | re.Pattern, *, uart: str = "uart0",
+async def wait_for_console(orch: Orchestrator, pattern: str | re.Pattern, *, uart: str = DEFAULT_UART,
                            timeout: float = 10.0, since: int = 0) -> re.Match:
     """Wait until the console of ``uart`` (all it was sent since byte ``since``)
     has a line matching ``pattern`` (a regex, searched in each line); the match.

@@ -73,6 +73,7 @@ import trio
 from nodes.options import Option, validate
 from protocol import authz, logs, sched
 from protocol.auth import keyring_from_config
+from protocol.constants import ORCHESTRATOR
 from protocol.errors import ProtocolError, RemoteError
 from protocol.faults import Injector
 from protocol.messages import Message, decode, encode, error_body
@@ -91,7 +92,7 @@ class NodeConfig:
     endpoint: str
     directory: dict[str, str]
     routes: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "routes": {}})
-    orchestrator: str | None = "orch"
+    orchestrator: str | None = ORCHESTRATOR
     options: dict[str, Any] = field(default_factory=dict)
     heartbeat: float = 1.0
     run_dir: str = "."

@@ -33,7 +33,7 @@ import trio
 
 from orchestrator.cluster import Orchestrator
 from orchestrator.errors import StartError
-from orchestrator.topology import TopologyError, load
+from orchestrator.topology import ORCHESTRATOR, TopologyError, load
 from protocol import logs, sched
 from protocol.auth import make_private_dir
 
@@ -66,7 +66,7 @@ def is_locked(run_dir: Path) -> bool:
 def _write_state(run_dir: Path, orch: Orchestrator, state: str) -> None:
     data = {
         "pid": os.getpid(), "state": state, "topology": orch.topology.source,
-        "cluster": orch.topology.name, "endpoint": orch.directory["orch"],
+        "cluster": orch.topology.name, "endpoint": orch.directory[ORCHESTRATOR],
         "started": time.time(),
         "nodes": {n: np.pid for n, np in orch.supervisor.nodes.items()},
     }
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topology", required=True)
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)
-    logs.configure("orch")
+    logs.configure(ORCHESTRATOR)
     sched.short_slice("orchestrator")  # the route authority is a link of every route change's chain
     sys.exit(trio.run(serve, args.topology, Path(args.run_dir).resolve()))
 

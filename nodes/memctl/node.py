@@ -64,6 +64,7 @@ import protocol.vmm  # noqa: F401  (registers the mem_* administration kinds)
 from nodes.options import Option, integer, mapping, optional, pair, string
 from nodes.runtime import Node, spawned
 from protocol import authz
+from protocol.constants import ORCHESTRATOR, VMM
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.frames import body_frames, check_runs, from_runs, to_runs
 from protocol.messages import Message
@@ -75,7 +76,7 @@ log = logging.getLogger("hwemu.memctl")
 
 RECALL_ALL = -1  # mem_recall frame meaning "every frame you hold" (recovery)
 RECALL_TIMEOUT = 2.0
-ADMINS = frozenset({"orch", "vmm"})  # by name, when the node runs without keys (else: protocol/authz.py)
+ADMINS = frozenset({ORCHESTRATOR, VMM})  # by name, when the node runs without keys (else: protocol/authz.py)
 
 
 def _frames(body: dict[str, Any]) -> list[int]:

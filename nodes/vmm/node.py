@@ -62,7 +62,7 @@ from nodes.options import Option, integer, mapping, optional, string
 from nodes.runtime import Node, main, spawned
 from nodes.vmm.frames import FrameBroker
 from nodes.vmm.io import SHARED_DEVICES, DeviceMux
-from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER, DEFAULT_UART
+from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER, DEFAULT_UART, ORCHESTRATOR, PAGE_SIZE, VMM
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.hw import tlb_entry
 from protocol.messages import Message
@@ -462,7 +462,7 @@ class VmmNode(FrameBroker, DeviceMux, Node):
             header = IMAGE_MAGIC + f"{self.name} frames={frames[0]}+{len(frames)}\n".encode()
             try:
                 await self.party.request(self.memctl_name, "mem_write",
-                                         {"space": "vmm", "addr": frames[0] * 4096, "data": header}, timeout=5.0)
+                                         {"space": VMM, "addr": frames[0] * PAGE_SIZE, "data": header}, timeout=5.0)
                 image["written"] = len(header)
             except (RemoteError, RequestTimeout) as exc:
                 image["written"] = 0
@@ -483,7 +483,7 @@ class VmmNode(FrameBroker, DeviceMux, Node):
             "cpu": {"name": self.cpu_name, **{k: cpu[k] for k in keep if k in cpu}},
             "memctl": {"name": self.memctl_name, **{k: v for k, v in mem.items()
                                                      if not isinstance(v, (dict, list)) or k == "spaces"}},
-            "devices": sorted(n for n in self.party.directory if n not in (self.name, "orch")),
+            "devices": sorted(n for n in self.party.directory if n not in (self.name, ORCHESTRATOR)),
         }
         await self.party.reply(msg, "ok", {"data": self.resources})
 
