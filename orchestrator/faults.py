@@ -282,8 +282,10 @@ class FaultManager:
             if ftype == "disk":
                 for key in PROBABILITIES["disk"]:
                     clean[key] = _number(spec, key, low=0.0, high=1.0, default=0.0)
-                clean["latency_ms"] = _number(spec, "latency_ms", low=0.0, high=10_000.0, default=0.0)
-                if not any(clean[k] for k in (*PROBABILITIES["disk"], "latency_ms")):
+                latency = _number(spec, "latency_ms", low=0.0, high=10_000.0, default=0.0)
+                if latency:  # (only when asked for: a spec says what the fault does)
+                    clean["latency_ms"] = latency
+                if not any(clean.get(k) for k in (*PROBABILITIES["disk"], "latency_ms")):
                     raise FaultError("nothing to inject: give eio, torn_write, fsync_fail or latency_ms > 0", "spec")
             else:
                 if "skew_ms" not in spec:
