@@ -3,7 +3,11 @@
 - guest syscall round trips per second: `sysloop` writes one byte per
   `write()` through the whole path (CPU trap → OS → memctl copy → UART →
   resume), timed as the difference between N=LONG and N=SHORT runs so the
-  fixed cost of starting a program cancels out;
+  fixed cost of starting a program cancels out; beside it, its critical
+  path (the messages one write() cycle waits for in sequence, counted on a
+  trace of a short traced sysloop run: bench/floor.py) and its floor, hops
+  × half the raw pyzmq round trip measured in the same run
+  (``syscall_floor_ratio`` = the write() round trip ÷ that floor);
 - the CPU's MIPS on `bench` inside the cluster (pages over the directory
   protocol, TLB misses and syscalls as trap messages to the OS) vs the same
   ELF under standalone `hwemu cpu run` (ratio). Both sides are timed the
@@ -50,7 +54,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import protocol.hw  # noqa: E402,F401  (registers os_exec / proc_exit)
+from bench.floor import floor_line, raw_rtt_s, syscall_hops  # noqa: E402
+from orchestrator import critpath  # noqa: E402
 from orchestrator.client import call, client_auth  # noqa: E402
+from protocol.linux_abi import SYS_WRITE  # noqa: E402
 from protocol.transport import Party  # noqa: E402
 
 HWEMU = ROOT / ".venv/bin/hwemu"
@@ -125,6 +132,7 @@ def main() -> None:
         stats_file = Path(tmp) / "stats.json"
         rd = Path(tmp) / "run"
         env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
+        zmq_rtt = [raw_rtt_s(tmp)]
         subprocess.run([str(HWEMU), "up", TOPOLOGY, "--detach"], env=env, check=True,
                        stdout=subprocess.DEVNULL, cwd=ROOT)
         try:
@@ -148,8 +156,12 @@ def main() -> None:
             long = statistics.median(run("sysloop.elf", str(LONG)) for _ in range(args.repeat))
             hello = statistics.median(run("hello.elf") for _ in range(args.repeat))
             bench_e2e = statistics.median(run("bench.elf", str(args.rounds)) for _ in range(args.repeat))
+            trace = Path(tmp) / "sysloop-trace.json"
+            timed([str(HWEMU), "run", TOPOLOGY, str(SAMPLES / "sysloop.elf"), "--trace", str(trace), "--", "50"], env)
+            sys_hops, sys_path = syscall_hops(critpath.from_chrome(json.loads(trace.read_text())), SYS_WRITE)
         finally:
             subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+        zmq_rtt.append(raw_rtt_s(tmp))
 
     instret = standalone[0]["instret"]
     standalone_mips = statistics.median(s["mips"] for s in standalone)
@@ -159,9 +171,15 @@ def main() -> None:
     cluster_mips = instret / 1e6 / statistics.median(runs)
     # None when the noise of two CLI start-ups swamps the difference (a busy machine)
     e2e_mips = instret / 1e6 / (bench_e2e - hello) if bench_e2e > hello else None
+    one_way = statistics.median(zmq_rtt) / 2
     result = {
         "syscalls_per_s": round(syscalls_per_s, 1),
         "syscall_us": round(1e6 / syscalls_per_s, 1),
+        "raw_zmq_rtt_us": round(statistics.median(zmq_rtt) * 1e6, 1),
+        "syscall_hops": sys_hops,
+        "syscall_floor_us": round(sys_hops * one_way * 1e6, 1),
+        "syscall_floor_ratio": round(1 / syscalls_per_s / (sys_hops * one_way), 2),
+        "syscall_path": sys_path,
         "standalone_mips": round(standalone_mips, 2),
         "cluster_mips": round(cluster_mips, 2),
         "cluster_vs_standalone_mips_ratio": round(cluster_mips / standalone_mips, 3),
@@ -180,6 +198,10 @@ def main() -> None:
         return
     print(f"guest write() round trips in the cluster: {result['syscalls_per_s']:.0f}/s "
           f"({result['syscall_us']} µs each)")
+    print(floor_line("write() round trip", f"{result['syscall_us']} µs", sys_hops,
+                     f"{result['syscall_floor_us']} µs (raw pyzmq round trip {result['raw_zmq_rtt_us']} µs "
+                     f"in the same run; one hop = half of it)", result["syscall_floor_ratio"], 1.5))
+    print(f"    path: {sys_path}")
     print(f"bench.elf ({instret} instructions): standalone {result['standalone_mips']} MIPS "
           f"({result['standalone_run_ms']} ms), in the cluster {result['cluster_mips']} MIPS "
           f"({result['cluster_run_ms']} ms), ratio {result['cluster_vs_standalone_mips_ratio']}; "
