@@ -172,7 +172,7 @@ RULES: dict[str, Rule] = {
     "route_next": NEXT,
     "flow_ack": NODE,  # a flow's receiver acknowledges it (the sender checks it is that flow's receiver)
     # memory
-    **dict.fromkeys(("mem_read", "mem_write", "mem_acquire"), MEMORY),
+    **dict.fromkeys(("mem_read", "mem_write", "mem_batch", "mem_acquire"), MEMORY),
     **dict.fromkeys(("mem_release", "mem_recalled"), NODE),  # the controller checks the frame's holder
     **dict.fromkeys(("mem_pin", "mem_unpin"), OWN_FRAMES),
     **dict.fromkeys(("mem_transfer", "mem_set_map", "mem_set_identity", "mem_create_space", "mem_destroy_space",

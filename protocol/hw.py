@@ -82,6 +82,9 @@ register("mem_release", frame="int", data=_opt("bytes", nullable=True))
 register("mem_read", space="str", addr="int", length="int")
 register("mem_write", space="str", addr="int", data="bytes")
 register("mem_data", data="bytes")
+# several uncached reads ([addr, length]) and writes ([addr, bytes]) of one space in one request, applied
+# in order (an OS copying a syscall's buffers: one round trip); reply ok {data: {"reads": [bytes, ...]}}
+register("mem_batch", space="str", ops=Field("list", items="list"))
 register("mem_space", space="str", frames=Field("list", items="int"))  # create / describe a space
 register("mem_info")
 
@@ -120,7 +123,8 @@ register("nic_done", id="int", status="int", port=_opt("int"), reason=_opt("str"
 register("nic_rx_post", buffers=Field("list", items="int"), space="str", reset=_opt("bool"), os=_opt("str"))
 # the driver posts receive buffers: guest addresses of page frames it owns (pinned); reset: they
 # replace every buffer posted before (a restarted OS's old frames are not its buffers any more)
-register("nic_rx", port="int", src_host="str", src_port="int", length="int", buffers=Field("list", items="int"))
+register("nic_rx", port="int", src_host="str", src_port="int", length="int", buffers=Field("list", items="int"),
+         data=_opt("bytes"))  # the datagram itself, carried with its interrupt (no buffers then)
 # a datagram of `length` bytes DMA'd into `buffers` (in order, a page each), taken from the posted ones
 register("nic_forward", guest_port="int", host_port="int")  # direct request: map a guest port to a host port (hostfwd)
 
