@@ -10,8 +10,8 @@
   is not counted), vs a raw Python ``os.pwrite`` + ``os.fdatasync`` loop on
   a file in the same run directory (same file system); ratio cluster / raw;
 - beside each guest figure, its critical path and floor (bench/floor.py):
-  the hops (messages waited for in sequence) of one echo, from the NIC's
-  interrupt to its ``nic_send``, and of one pwrite+fsync cycle, counted on a
+  the hops (messages waited for in sequence) of one echo, from the
+  datagram's arrival at the NIC to the NIC's send of the echo, and of one pwrite+fsync cycle, counted on a
   trace of a short extra batch (tracing slows the nodes, so the timed
   figures run untraced); the floor is hops × half the raw pyzmq round trip
   measured in the same run, plus the raw UDP echo (the loopback legs) or
@@ -188,8 +188,10 @@ def main() -> None:
         raw_write_s = raw_writes(rd / "raw-writes.bin", args.write_n)
         zmq_rtt.append(raw_rtt_s(tmp))
 
-    # hops of one echo: from the NIC's interrupt to its nic_send (the UDP legs are the raw echo's)
-    echo_paths = critpath.spans(echo_tl, "nic0", "nic_rx", "nic_send")
+    # hops of one echo: from the datagram's arrival at the NIC to the NIC's send of the
+    # echo (the UDP legs outside are the raw echo's)
+    echo_paths = critpath.between(echo_tl, "nic0", echo_tl.marks("nic0", "nic", "nic rx"),
+                                  echo_tl.marks("nic0", "nic", "nic tx"))
     echo_hops = critpath.hop_count(echo_paths)
     echo_path = critpath.describe(next(p for p in echo_paths if len(p) == echo_hops))
     write_hops, write_path = syscall_hops(write_tl, SYS_PWRITE64)

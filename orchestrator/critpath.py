@@ -146,6 +146,19 @@ def spans(tl: Timeline, node: str, first: str, last: str, skip: int = 1) -> list
     return out[skip:]
 
 
+def between(tl: Timeline, node: str, starts: list[float], ends: list[float], skip: int = 1) -> list[list[Hop]]:
+    """The critical path from each time in ``starts`` to the first of ``ends``
+    after it, both at ``node`` (a datagram's arrival at the NIC and the
+    NIC's next send of one); the first ``skip`` are left out (warm-up)."""
+    ends = sorted(ends)
+    out = []
+    for s in sorted(starts):
+        later = [e for e in ends if e > s]
+        if later:
+            out.append(critical_path(tl, (node, s), (node, later[0])))
+    return out[skip:]
+
+
 def hop_count(paths: list[list[Hop]]) -> int:
     """The median number of hops of ``paths`` (a typical cycle; a rare one that
     also fetched a page or met a route change does not move it)."""

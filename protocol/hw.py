@@ -120,7 +120,8 @@ register("nic_send", id="int", src_port="int", dst_host="str", dst_port="int", d
 register("nic_close", id="int", port="int", os=_opt("str"))
 register("nic_rx_ack", port="int", count="int", os=_opt("str"))  # the driver hands back receive slots
 register("nic_done", id="int", status="int", port=_opt("int"), reason=_opt("str"))
-register("nic_rx_post", buffers=Field("list", items="int"), space="str", reset=_opt("bool"), os=_opt("str"))
+register("nic_rx_post", buffers=Field("list", items="int"), space="str", reset=_opt("bool"), os=_opt("str"),
+         inline=_opt("bool"))  # the issuer takes each datagram in its nic_rx (``data``), no DMA
 # the driver posts receive buffers: guest addresses of page frames it owns (pinned); reset: they
 # replace every buffer posted before (a restarted OS's old frames are not its buffers any more)
 register("nic_rx", port="int", src_host="str", src_port="int", length="int", buffers=Field("list", items="int"),
