@@ -190,8 +190,9 @@ def main() -> None:
 
     # hops of one echo: from the datagram's arrival at the NIC to the NIC's send of the
     # echo (the UDP legs outside are the raw echo's)
-    echo_paths = critpath.between(echo_tl, "nic0", echo_tl.marks("nic0", "nic", "nic rx"),
-                                  echo_tl.marks("nic0", "nic", "nic tx"))
+    rx, tx = echo_tl.marks("nic0", "nic", "nic rx"), echo_tl.marks("nic0", "nic", "nic tx")
+    echo_paths = (critpath.between(echo_tl, "nic0", rx, tx) if rx and tx  # a NIC without the marks: its
+                  else critpath.spans(echo_tl, "nic0", "nic_rx", "nic_send"))  # interrupt to its nic_send
     echo_hops = critpath.hop_count(echo_paths)
     echo_path = critpath.describe(next(p for p in echo_paths if len(p) == echo_hops))
     write_hops, write_path = syscall_hops(write_tl, SYS_PWRITE64)
