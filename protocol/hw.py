@@ -105,10 +105,12 @@ register("timer_now")                # reply ok {data: {"time_ns": int}} (wall c
 # the issuer's partition, EFAULT bad DMA, EAGAIN queue full); reason says why.
 # block: from the start of the issuer's partition if it has one (each OS sees its
 # partition as the device, from block 0), else absolute.
-register("disk_read", id="int", block="int", count="int", space="str", addr="int")
-register("disk_write", id="int", block="int", count="int", space="str", addr="int")
+# (``inline``: a read's bytes come back in its disk_done's ``data``, no DMA; a write's ``data``: its bytes
+# travel with it, no DMA: the driver waits for no memory round trip either way)
+register("disk_read", id="int", block="int", count="int", space="str", addr="int", inline=_opt("bool"))
+register("disk_write", id="int", block="int", count="int", space="str", addr="int", data=_opt("bytes"))
 register("disk_flush", id="int")
-register("disk_done", id="int", status="int", count="int", reason=_opt("str"))
+register("disk_done", id="int", status="int", count="int", reason=_opt("str"), data=_opt("bytes"))
 register("disk_info", os=_opt("str"))  # reply ok {data: {blocks, block_size, write_back, ...}};
 # os: the geometry as that OS sees it (the VMM asks, to serve the OS's partition)
 
