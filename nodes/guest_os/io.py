@@ -213,11 +213,26 @@ class DiskDriver(_Driver):
             self.bounce = self.node.module.alloc_pin(1)[0]
         return self.bounce
 
-    async def _move(self, kind: str, block: int, count: int) -> None:
-        done = await self.command(kind, {"block": block, "count": count, "space": self.node.name,
-                                         "addr": self._bounce() * PAGE})
+    async def _move(self, kind: str, block: int, count: int, data: bytes | None = None) -> bytes | None:
+        """One command of ``count`` blocks, its bytes carried in the messages
+        (``data`` with a write, in the completion of a read: inline), so the
+        driver waits for no DMA through the memory controller; the bytes read."""
+        body: dict[str, Any] = {"block": block, "count": count, "space": self.node.name,
+                                "addr": self._bounce() * PAGE}  # where a disk that knew no inline would DMA
+        if kind == "disk_read":
+            body["inline"] = True
+        else:
+            body["data"] = bytes(data or b"")
+        done = await self.command(kind, body)
         if done.get("status", 0) < 0:
             raise DeviceError(done["status"], done.get("reason", ""))
+        if kind != "disk_read":
+            return None
+        got = done.get("data")
+        if got is None or len(got) != count * (self.block_size or 512):
+            raise DeviceError(-abi.EIO, f"disk_read of {count} blocks came back with "
+                                        f"{'no' if got is None else len(got)} bytes")
+        return got
 
     async def pread(self, offset: int, length: int) -> bytes:
         bs, blocks = await self.geometry()
@@ -231,8 +246,7 @@ class DiskDriver(_Driver):
             while pos < end:
                 first = pos // bs
                 count = min(per, (end - 1) // bs - first + 1)
-                await self._move("disk_read", first, count)
-                data = await self.node.mem_read(self._bounce() * PAGE, count * bs)
+                data = await self._move("disk_read", first, count)
                 lo = pos - first * bs
                 hi = min(end - first * bs, count * bs)
                 out += data[lo:hi]
@@ -255,13 +269,11 @@ class DiskDriver(_Driver):
                 lo = pos - first * bs
                 hi = min(end - first * bs, count * bs)
                 chunk = data[pos - offset:pos - offset + hi - lo]
-                base = self._bounce() * PAGE
                 if lo % bs or hi % bs:  # a partial block at either end: read-modify-write
-                    await self._move("disk_read", first, count)
-                    await self.node.mem_write(base + lo, chunk)
-                else:
-                    await self.node.mem_write(base, chunk)
-                await self._move("disk_write", first, count)
+                    blocks_now = bytearray(await self._move("disk_read", first, count))
+                    blocks_now[lo:hi] = chunk
+                    chunk = bytes(blocks_now)
+                await self._move("disk_write", first, count, chunk)
                 pos = first * bs + hi
         self.written_bytes += len(data)
         return len(data)
@@ -322,8 +334,10 @@ class NicDriver(_Driver):
         the post as a duplicate), and the bind that follows must find the buffers."""
         dest = self.node.routes.get(self.flow)
         try:
+            # inline: each datagram comes in its nic_rx, so no memory round trip comes before it
             await self.node.party.request(dest, "nic_rx_post", {"buffers": buffers, "space": space,
-                                                                 "reset": reset}, timeout=POST_TIMEOUT)
+                                                                 "reset": reset, "inline": True},
+                                          timeout=POST_TIMEOUT)
         except Exception as exc:  # the NIC is away
             log.warning("%s: nic_rx_post to %s failed: %s", space, dest, exc)
             return False
@@ -357,9 +371,17 @@ class NicDriver(_Driver):
             log.info("nic_rx_post not sent: %s", exc)
 
     async def receive(self, body: dict[str, Any]) -> bytes | None:
-        """The datagram of a ``nic_rx``, read out of the buffers the NIC wrote it
-        into (which are then posted again); None if they are not this driver's."""
+        """The datagram of a ``nic_rx``: carried in it (inline), or read out of
+        the buffers the NIC wrote it into (which are then posted again); None
+        if they are not this driver's."""
         buffers, length = list(body["buffers"]), body["length"]
+        if body.get("data") is not None:
+            if buffers or len(body["data"]) != length:
+                self.bad_rx += 1
+                log.warning("%s: inline nic_rx of %d bytes for a length of %d (buffers %s)", self.node.name,
+                            len(body["data"]), length, buffers[:4])
+                return None
+            return bytes(body["data"])
         mine = self.rx_frames or set()
         if any(a % PAGE or a // PAGE not in mine for a in buffers) or len(buffers) != -(-length // PAGE):
             self.bad_rx += 1
