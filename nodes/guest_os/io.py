@@ -551,22 +551,20 @@ class Io:
         await k.dispatch()
 
     async def _deliver(self, k: "Kernel", p: "Process", port: _Port, buf: int, length: int,
-                       addr: int, addrlen_p: int) -> int:
+                       addr: int, addrlen_p: int, room: int) -> int:
+        """The next datagram into the process: its bytes, the source address
+        (``room`` bytes of it, as the caller's addrlen said when it called) and
+        the address length, written in one memory request."""
         data, host, sport = port.queue.popleft()
         await self.nic.ack(port.port, 1)
         n = min(length, len(data))
-        if n and not await k.copy_to_user(p, buf, data[:n]):
-            return -abi.EFAULT
+        writes = [(buf, data[:n])] if n else []
         if addr and addrlen_p:
-            raw = await k.copy_from_user(p, addrlen_p, 4)
-            if raw is None:
-                return -abi.EFAULT
-            room = int.from_bytes(raw, "little")
-            sa = _sockaddr(host, sport)
-            if room and not await k.copy_to_user(p, addr, sa[:min(room, 16)]):
-                return -abi.EFAULT
-            if not await k.copy_to_user(p, addrlen_p, (16).to_bytes(4, "little")):
-                return -abi.EFAULT
+            if room:
+                writes.append((addr, _sockaddr(host, sport)[:room]))
+            writes.append((addrlen_p, (16).to_bytes(4, "little")))
+        if writes and not await k.copy_to_user_many(p, writes):
+            return -abi.EFAULT
         return n
 
     def stats(self) -> dict[str, Any]:
@@ -702,12 +700,15 @@ def _sock(io: Io | None, p: "Process", fd: int) -> Socket | int:
     return obj
 
 
-async def _read_sockaddr(k: "Kernel", p: "Process", addr: int, addrlen: int) -> tuple[str, int] | int:
+async def _read_sockaddr(k: "Kernel", p: "Process", addr: int, addrlen: int,
+                         raw: bytes | None = None) -> tuple[str, int] | int:
+    """The (host, port) of a user's sockaddr_in, or -errno (``raw``: its bytes, read already)."""
     if abi.signed(addrlen) < 0:
         return -abi.EINVAL
     if addrlen < 16:
         return -abi.EINVAL
-    raw = await k.copy_from_user(p, addr, abi.SOCKADDR_IN_SIZE)
+    if raw is None:
+        raw = await k.copy_from_user(p, addr, abi.SOCKADDR_IN_SIZE)
     if raw is None:
         return -abi.EFAULT
     parsed = abi.parse_sockaddr_in(raw)
@@ -751,10 +752,15 @@ async def sys_sendto(k: "Kernel", p: "Process", fd: int, buf: int, length: int, 
         return -abi.EMSGSIZE
     if not addr:
         return -abi.EDESTADDRREQ
-    sa = await _read_sockaddr(k, p, addr, addrlen)
+    # the address and the buffer in one memory request when both are good pointers
+    # (else as Linux orders it: the address's errors first, then the buffer's -EFAULT)
+    both = None
+    if abi.signed(addrlen) >= 16:
+        both = await k.copy_from_user_many(p, [(addr, abi.SOCKADDR_IN_SIZE), (buf, length)])
+    sa = await _read_sockaddr(k, p, addr, addrlen, both[0] if both else None)
     if isinstance(sa, int):
         return sa
-    data = await k.copy_from_user(p, buf, length)
+    data = both[1] if both else await k.copy_from_user(p, buf, length)
     if data is None:
         return -abi.EFAULT
     host, port = sa
@@ -788,6 +794,7 @@ async def sys_recvfrom(k: "Kernel", p: "Process", fd: int, buf: int, length: int
         return -abi.EINVAL
     if length and k.user_pieces(p, buf, length, "w") is None:
         return -abi.EFAULT
+    room = 0
     if addr and addrlen_p:
         raw = await k.copy_from_user(p, addrlen_p, 4)
         if raw is None or k.user_pieces(p, addrlen_p, 4, "w") is None:
@@ -802,7 +809,7 @@ async def sys_recvfrom(k: "Kernel", p: "Process", fd: int, buf: int, length: int
     port = io.nic.ports.get(s.port)
     if port is None:
         return -abi.EBADF
-    args = (buf, length, addr, addrlen_p)
+    args = (buf, length, addr, addrlen_p, room)
     if port.queue and not port.readers:
         return await io._deliver(k, p, port, *args)
     wait = ("recvfrom", s.port)
