@@ -54,6 +54,7 @@ MODIFIED = "M"
 
 INVALIDATE = "invalidate"
 DOWNGRADE = "downgrade"
+SNAPSHOT = "snapshot"  # the holder's bytes, its copy left as it is (an uncached read of a page it writes)
 
 SNAPSHOT_VERSION = 2  # 2: pins as (first, count) runs; 1: pins as a list of frames
 READABLE_VERSIONS = (1, 2)
@@ -412,8 +413,8 @@ class MemoryController:
     async def read(self, initiator: str, space: str, gaddr: int, n: int) -> bytes:
         """Read ``n`` bytes at guest address ``gaddr`` of ``space``, uncached (OS copies, DMA).
 
-        A modified cached copy is downgraded (written back) first, so the
-        bytes are the newest. Every page is translated before any is read.
+        A modified cached copy's bytes are fetched first (a snapshot: the holder
+        keeps its copy, writable), so the bytes are the newest. Every page is translated before any is read.
 
         Raises:
             MemFault: a page of the range is outside the space's map.
@@ -445,8 +446,8 @@ class MemoryController:
 
         Every page of every op is translated before anything is touched (a
         fault reads and writes nothing) and every frame is claimed at once;
-        the recalls the ops need (every copy of a frame written, a modified
-        copy of a frame only read) go out together, so they cost one round
+        the recalls the ops need (every copy of a frame written; a snapshot
+        of a modified copy of a frame only read) go out together, so they cost one round
         trip to the holders however many pages the ops cover.
 
         Raises:
@@ -480,8 +481,8 @@ class MemoryController:
                         recalls.append((f, INVALIDATE, list(holders)))
                     else:
                         writer = [h for h, m in holders.items() if m == MODIFIED]
-                        if writer:
-                            recalls.append((f, DOWNGRADE, writer))
+                        if writer:  # a read needs the newest bytes, not the writer's copy
+                            recalls.append((f, SNAPSHOT, writer))
                 await self._recall_all(recalls)
                 out: list[bytes | None] = []
                 for data, pages in plan:
@@ -748,6 +749,11 @@ class MemoryController:
             now = self._holders.get(frame, {}).get(holder)
             if now is None:
                 continue  # its release overtook the recall and already wrote back
+            if mode == SNAPSHOT:  # memory takes the bytes; the holder keeps its copy, writable
+                if data is not None and now == MODIFIED and len(data) == FRAME_SIZE:
+                    self.store.write_frame(frame, data)
+                    self._counts["snapshots"] += 1
+                continue
             if data is not None and now == MODIFIED:
                 if len(data) != FRAME_SIZE:
                     raise DirectoryError(f"recall of frame {frame} from {holder!r}: {len(data)} bytes back")

@@ -50,8 +50,11 @@ CONSOLE_WRITE_HOPS = 4
 
 
 def hwemu(run_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([HWEMU, *args, "--run-dir", str(run_dir)], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, env=dict(os.environ))
+    """``hwemu ARGS`` on the cluster of ``run_dir`` (its option before a ``--``: after it, the program's)."""
+    cut = args.index("--") if "--" in args else len(args)
+    return subprocess.run([HWEMU, *args[:cut], "--run-dir", str(run_dir), *args[cut:]], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ))
 
 
 def test_a_udp_echo_waits_for_no_more_messages_than_the_design_says(guest_build, tmp_path):
@@ -108,7 +111,7 @@ def test_a_synchronous_disk_write_waits_for_no_more_messages_than_the_design_say
     try:
         assert hwemu(rd, "up", "compose/io.toml", "--detach").returncode == 0
         done = hwemu(rd, "run", "compose/io.toml", str(elf), "--trace", str(trace), "--", "/dev/disk0", str(n))
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.startswith(f"iowrite {n} ")
     finally:
         hwemu(rd, "down")

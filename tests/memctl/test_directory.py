@@ -48,8 +48,10 @@ class Caches:
         data = bytes(line[1]) if line[0] == "M" else None
         if mode == "invalidate":
             del self.lines[holder][frame]
-        else:
+        elif mode == "downgrade":
             line[0] = "S"
+        else:
+            assert mode == "snapshot", mode  # the bytes; the copy stays as it is
         return data
 
     def install(self, initiator: str, grant, via: tuple[str, int] | None = None) -> bytearray:
@@ -307,11 +309,14 @@ async def test_uncached_access_sees_and_overrides_cached_copies(tmp_path):
     line = caches.install("cpu0", await mc.acquire("cpu0", "os1", 1, write=True))
     line[10:13] = b"xyz"
     assert await mc.read("disk0", "os1", FRAME_SIZE + 10, 3) == b"xyz"
-    assert mc.holders(1) == {"cpu0": "S"}
+    assert mc.holders(1) == {"cpu0": "M"}  # a snapshot: the writer keeps writing without asking again
+    assert caches.recalls == [("cpu0", 1, "snapshot")]
+    line[10:11] = b"w"
+    assert await mc.read("disk0", "os1", FRAME_SIZE + 10, 3) == b"wyz"
     await mc.write("disk0", "os1", FRAME_SIZE + 11, b"Q")
     assert mc.holders(1) == {}
     grant = await mc.acquire("cpu0", "os1", 1, write=False)
-    assert grant.data[10:13] == b"xQz"
+    assert grant.data[10:13] == b"wQz"  # its last write came back with the invalidation
 
 
 async def test_a_batch_applies_its_ops_in_order_and_recalls_every_page_at_once(tmp_path):
