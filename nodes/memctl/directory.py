@@ -566,7 +566,7 @@ class MemoryController:
                 cached[who] += 1
                 modified[who] += mode == MODIFIED
         counts = {k: self._counts[k] for k in (
-            "acquires", "recalls", "writebacks", "faults", "zeroed",
+            "acquires", "recalls", "writebacks", "snapshots", "faults", "zeroed",
             "uncached_reads", "uncached_writes", "stale_releases", "recall_anomalies")}
         return {
             "nframes": self.store.nframes,
