@@ -500,21 +500,8 @@ class Kernel:
         return bytes(out)
 
     async def copy_to_user(self, proc: Process, addr: int, data: bytes) -> bool:
-        pieces = self.user_pieces(proc, addr, len(data), "w")
-        if pieces is None:
-            return False
-        pos = 0
-        for vpn, off, n in pieces:
-            entry = proc.pages.get(vpn)
-            if entry is None:
-                try:
-                    await self._alloc_zero(proc, vpn)
-                except OutOfMemory:
-                    return False
-                entry = proc.pages[vpn]
-            await self.hw.mem_write(entry[0] * PAGE + off, bytes(data[pos:pos + n]))
-            pos += n
-        return True
+        """``data`` into the process at ``addr`` (every page in one memory request)."""
+        return await self.copy_to_user_many(proc, [(addr, data)])
 
     async def copy_from_user_many(self, proc: Process, ranges: list[tuple[int, int]]) -> list[bytes] | None:
         """Several user buffers ((addr, size) each) read in one memory request, as
