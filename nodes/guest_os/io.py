@@ -1,7 +1,7 @@
 """Disk and NIC for the OS: dual-mode drivers and the file/socket syscalls
 (DESIGN.md §4, issue #6 parts 3-4).
 
-Syscalls (Linux RV32 numbers, registered into :data:`syscalls.SYSCALLS`):
+Syscalls (Linux RV32 numbers, :data:`SYSCALLS`, served by the kernel with the others):
 ``openat`` (56) of ``/dev/disk0`` only (any other path: -ENOENT), ``close``
 (57), ``pread64`` (67) / ``pwrite64`` (68) (the 64-bit offset in the a3/a4
 register pair, low word first, as the SDK passes it), ``fsync`` (82, also
@@ -29,17 +29,18 @@ state, flips the bit and imports it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
-import math
 from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 
-from nodes.guest_os import syscalls
+from nodes.errors import Refused
 from nodes.guest_os.drivers import NATIVE, DualModeDriver
 from protocol import linux_abi as abi
+from protocol.constants import PAGE_SIZE as PAGE
 
 if TYPE_CHECKING:  # pragma: no cover
     from nodes.guest_os.kernel import Kernel, Process
@@ -47,18 +48,11 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("hwemu.os.io")
 
 DISK_PATH = "/dev/disk0"
-PAGE = 4096
 RX_BUFFERS = 32  # receive buffers (a frame each) the NIC driver posts: two largest datagrams
 POST_TIMEOUT = 5.0  # s for the NIC (or the VMM) to take posted receive buffers
 CMD_TIMEOUT = 3.0  # s before a command is re-issued (the device may have restarted)
 IO_DEADLINE = 120.0  # s before an I/O gives up with -EIO
 FIRST_FD = 3
-
-
-class DeviceError(Exception):
-    def __init__(self, status: int, reason: str = ""):
-        super().__init__(reason)
-        self.status = status
 
 
 class _Driver(DualModeDriver):
@@ -116,7 +110,7 @@ class _Driver(DualModeDriver):
                     self.errors += 1
                 return slot[1]
             if not retry or trio.current_time() >= deadline:
-                raise DeviceError(-abi.EIO, f"{self.device}: no completion for {kind}")
+                raise Refused(abi.EIO, f"{self.device}: no completion for {kind}")
             self.retries += 1
             await trio.sleep(0.05)
 
@@ -225,13 +219,13 @@ class DiskDriver(_Driver):
             body["data"] = bytes(data or b"")
         done = await self.command(kind, body)
         if done.get("status", 0) < 0:
-            raise DeviceError(done["status"], done.get("reason", ""))
+            raise Refused(-done["status"], done.get("reason", ""))
         if kind != "disk_read":
             return None
         got = done.get("data")
         if got is None or len(got) != count * (self.block_size or 512):
-            raise DeviceError(-abi.EIO, f"disk_read of {count} blocks came back with "
-                                        f"{'no' if got is None else len(got)} bytes")
+            raise Refused(abi.EIO, f"disk_read of {count} blocks came back with "
+                                   f"{'no' if got is None else len(got)} bytes")
         return got
 
     async def pread(self, offset: int, length: int) -> bytes:
@@ -258,7 +252,7 @@ class DiskDriver(_Driver):
         bs, blocks = await self.geometry()
         if blocks is not None:
             if offset >= blocks * bs:
-                raise DeviceError(-abi.ENOSPC, "at or past the end of the device")
+                raise Refused(abi.ENOSPC, "at or past the end of the device")
             data = data[:blocks * bs - offset]
         per = PAGE // bs
         async with self.lock:
@@ -281,7 +275,7 @@ class DiskDriver(_Driver):
     async def flush(self) -> None:
         done = await self.command("disk_flush", {})
         if done.get("status", 0) < 0:
-            raise DeviceError(done["status"], done.get("reason", ""))
+            raise Refused(-done["status"], done.get("reason", ""))
         self.flushes += 1
 
     def stats(self) -> dict[str, Any]:
@@ -321,11 +315,11 @@ class NicDriver(_Driver):
         try:
             frames = self.node.module.alloc_pin(RX_BUFFERS)
         except Exception as exc:  # no memory for buffers: no network
-            raise DeviceError(-abi.ENOMEM, f"no frames for {RX_BUFFERS} receive buffers: {exc}") from None
+            raise Refused(abi.ENOMEM, f"no frames for {RX_BUFFERS} receive buffers: {exc}") from None
         if not await self.post(self.node.name, [f * PAGE for f in frames], reset=True):
             self.node.module.give_back(frames)  # not buffers after all: back on the free list
             self.node.module.add_frames(frames)
-            raise DeviceError(-abi.EIO, "the NIC did not take the receive buffers")
+            raise Refused(abi.EIO, "the NIC did not take the receive buffers")
         self.rx_frames = set(frames)
 
     async def post(self, space: str, buffers: list[int], *, reset: bool) -> bool:
@@ -415,7 +409,7 @@ class NicDriver(_Driver):
             if closed.get("status", 0) == 0:
                 done = await self.command("nic_bind", {"port": port})
         if done.get("status", 0) < 0:
-            raise DeviceError(done["status"], done.get("reason", ""))
+            raise Refused(-done["status"], done.get("reason", ""))
         got = int(done.get("port", port))
         self.ports[got] = _Port(got)
         return got
@@ -510,12 +504,12 @@ class Io:
         async def run() -> None:
             try:
                 result = await work()
-            except DeviceError as exc:
+            except Refused as exc:
                 result = exc.status
             except Exception as exc:  # an I/O failure is the process's -EIO
                 log.exception("%s: %s for pid %d failed", self.node.name, what, p.pid)
                 result = -abi.EIO if not isinstance(exc, trio.TooSlowError) else -abi.ETIMEDOUT
-            self.node._queue("io_done", (p, wait, result, finish))
+            self.node.kernel_event(functools.partial(self.io_done, k), (p, wait, result, finish))
 
         self.node.nursery.start_soon(run)
 
@@ -830,6 +824,3 @@ SYSCALLS = {
     abi.SYS_SENDTO: sys_sendto,
     abi.SYS_RECVFROM: sys_recvfrom,
 }
-syscalls.SYSCALLS.update(SYSCALLS)
-
-__all__ = ["Io", "DiskDriver", "NicDriver", "SYSCALLS", "math"]
