@@ -165,19 +165,21 @@ for line in sys.stdin:  # as RAW_CLIENT: one batch a line, the socket kept betwe
 """
 
 
-def raw_throughput(tmp: str, n: int) -> float:
-    """One-way msg/s from a raw DEALER process to a raw ROUTER process."""
-    ep = f"ipc://{tmp}/raw-sink"
-    sink = python_script(RAW_SINK, ep, str(n), stdout=subprocess.PIPE)
+def raw_throughput(tmp: str, n: int, *, ep: str | None = None, prelude: str = "", sink_env: dict | None = None,
+                   sender_env: dict | None = None) -> float:
+    """One-way msg/s from a raw DEALER process to a raw ROUTER process (at ``ep``, by default an
+    ipc socket in ``tmp``; ``prelude`` and the environments: CURVE for ``--transport tcp+curve``)."""
+    ep = ep or f"ipc://{tmp}/raw-sink"
+    sink = python_script(prelude + RAW_SINK, ep, str(n), stdout=subprocess.PIPE, env=sink_env)
     sender = None
     try:
         sink.stdout.readline()
-        sender = python_script(RAW_SENDER, ep, str(n), stdin=subprocess.PIPE)
-        time.sleep(0.2)  # let the sender connect before the clock starts
+        sender = python_script(prelude + RAW_SENDER, ep, str(n), stdin=subprocess.PIPE, env=sender_env)
+        time.sleep(0.2)  # let the sender connect (and a CURVE handshake end) before the clock starts
         sender.stdin.write("\n")
         sender.stdin.flush()
         rate = float(sink.stdout.readline())
-        sender.wait(timeout=30)
+        sender.wait(timeout=60)
         return rate
     finally:
         stop(sender, sink)
@@ -426,6 +428,7 @@ async def mac_turns(tmp: str, n_rtt: int, n_tp: int, rtt_turns: int, tp_turns: i
         batch = n_tp // tp_turns
         res["tp_plain"], res["tp_mac"] = await turns(functools.partial(our_throughput, plain, batch),
                                                      functools.partial(our_throughput, signed, batch), tp_turns)
+        res["rtt"], res["tp"] = (res["rtt_plain"], res["rtt_mac"]), (res["tp_plain"], res["tp_mac"])
         stats = (await signed.request("sink_a", "stats")).body["stats"]
         res["auth_failed"] = stats["auth_failed"]
     return res
@@ -482,23 +485,6 @@ class CurveRawClient(RawClient):
                                   env=env)
 
 
-def raw_curve_throughput(ep: str, n: int, sink_env: dict, sender_env: dict) -> float:
-    """One-way msg/s from a raw DEALER process to a raw ROUTER process over tcp with CURVE."""
-    sink = python_script(CURVE_PRELUDE + RAW_SINK, ep, str(n), stdout=subprocess.PIPE, env=sink_env)
-    sender = None
-    try:
-        sink.stdout.readline()
-        sender = python_script(CURVE_PRELUDE + RAW_SENDER, ep, str(n), stdin=subprocess.PIPE, env=sender_env)
-        time.sleep(0.2)  # the CURVE handshake done before the clock starts
-        sender.stdin.write("\n")
-        sender.stdin.flush()
-        rate = float(sink.stdout.readline())
-        sender.wait(timeout=60)
-        return rate
-    finally:
-        stop(sender, sink)
-
-
 def placed_echo_topology(base: int):
     """:func:`echo_topology` on two loopback hosts: ``src`` (and the orchestrator) on a, the rest on b."""
     def node(role, host):
@@ -542,10 +528,12 @@ async def curve_turns(tmp: str, n_rtt: int, n_tp: int, rtt_turns: int, tp_turns:
             res["rtt_ours"], res["rtt_ipc"] = [b[0] for b in both], [b[1] for b in both]
             batch = n_tp // tp_turns
             sink_ep = f"tcp://127.0.0.2:{free_port('127.0.0.2')}"
-            raw_tp = functools.partial(trio.to_thread.run_sync, raw_curve_throughput, sink_ep, batch,
-                                       curve_env(ids["sink_a"]), curve_env(ids["src"], ids["sink_a"]))
+            raw_tp = functools.partial(trio.to_thread.run_sync, functools.partial(
+                raw_throughput, tmp, batch, ep=sink_ep, prelude=CURVE_PRELUDE, sink_env=curve_env(ids["sink_a"]),
+                sender_env=curve_env(ids["src"], ids["sink_a"])))
             res["tp_raw"], res["tp_ours"] = await turns(raw_tp, functools.partial(our_throughput, orch, batch),
                                                         tp_turns)
+            res["rtt"], res["tp"] = (res["rtt_raw"], res["rtt_ours"]), (res["tp_raw"], res["tp_ours"])
             stats = {n: (await orch.request(n, "stats")).body["stats"] for n in ("echo", "sink_a")}
             res["refused"] = sum(s.get("wrong_key", 0) + s.get("curve_refused", 0) for s in stats.values())
             res["endpoints"] = {n: orch.directory[n] for n in ("src", "echo", "sink_a")}
@@ -556,13 +544,23 @@ async def curve_turns(tmp: str, n_rtt: int, n_tp: int, rtt_turns: int, tp_turns:
     return res
 
 
-def curve_main(args) -> None:
+def side_by_side(args, measure) -> tuple[dict, list[float], list[float]]:
+    """``measure(tmp, n_rtt, n_tp, rtt_turns, tp_turns)`` run with this run's sizes; its
+    result with the per-turn ratios of its second side to its first (round trip, throughput)."""
     n_rtt, n_tp, rtt_turns, tp_turns = (400, 20000, 4, 2) if args.quick else (6000, 200000, 30, 10)
     with tempfile.TemporaryDirectory(prefix="hwb") as tmp:
-        r = trio.run(curve_turns, tmp, n_rtt, n_tp, rtt_turns, tp_turns)
-    lat = [statistics.median(o) / statistics.median(w) for w, o in zip(r["rtt_raw"], r["rtt_ours"])]
-    tp = [o / w for w, o in zip(r["tp_raw"], r["tp_ours"])]
-    pooled = lambda turns: [t for turn in turns for t in turn]  # noqa: E731
+        r = trio.run(measure, tmp, n_rtt, n_tp, rtt_turns, tp_turns)
+    (rtt_a, rtt_b), (tp_a, tp_b) = r["rtt"], r["tp"]
+    return (r, [statistics.median(b) / statistics.median(a) for a, b in zip(rtt_a, rtt_b)],
+            [b / a for a, b in zip(tp_a, tp_b)])
+
+
+def pooled(turns: list[list[float]]) -> list[float]:
+    return [t for turn in turns for t in turn]
+
+
+def curve_main(args) -> None:
+    r, lat, tp = side_by_side(args, curve_turns)
     result = {
         "transport": "tcp+curve", "endpoints": r["endpoints"],
         "raw_rtt_p50_us": round(statistics.median(pooled(r["rtt_raw"])) * 1e6, 1),
@@ -591,12 +589,7 @@ def curve_main(args) -> None:
 
 
 def mac_main(args) -> None:
-    n_rtt, n_tp, rtt_turns, tp_turns = (400, 20000, 4, 2) if args.quick else (6000, 200000, 30, 10)
-    with tempfile.TemporaryDirectory(prefix="hwb") as tmp:
-        r = trio.run(mac_turns, tmp, n_rtt, n_tp, rtt_turns, tp_turns)
-    lat = [statistics.median(m) / statistics.median(p) for p, m in zip(r["rtt_plain"], r["rtt_mac"])]
-    tp = [m / p for p, m in zip(r["tp_plain"], r["tp_mac"])]
-    pooled = lambda turns: [t for turn in turns for t in turn]  # noqa: E731
+    r, lat, tp = side_by_side(args, mac_turns)
     (seal64, open64), (seal4k, open4k) = seal_open_us(100), seal_open_us(4096 + 100)
     result = {
         "rtt_p50_us_plain": round(statistics.median(pooled(r["rtt_plain"])) * 1e6, 1),

@@ -8,30 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.topology import ORCHESTRATOR, TopologyError, load
+from orchestrator.topology import ORCHESTRATOR, load
+from tests.orchestrator.test_topology import error_of as topology_error
+from tests.orchestrator.test_topology import write
 
 TESTNODE = 'kind = "testnode"\nmodule = "tests.fixtures.streamer"\n'
 HOSTS = '[hosts.a]\naddress = "10.77.0.1"\n[hosts.b]\naddress = "10.77.0.2"\nport_base = 7200\n' \
         'exec = ["ip", "netns", "exec", "hwb"]\n'
 
 
-def topo_file(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "placed.toml"
-    path.write_text(text)
-    return path
-
-
 def error_of(tmp_path: Path, text: str) -> str:
-    path = topo_file(tmp_path, text)
-    with pytest.raises(TopologyError) as info:
-        load(path)
-    msg = str(info.value)
-    assert msg.startswith(f"{path}: ") and "\n" not in msg
-    return msg[len(f"{path}: "):]
+    """The one line a bad placement gets, without its file name (which test_topology checks)."""
+    exc = topology_error(tmp_path, text)
+    assert "\n" not in str(exc)
+    return str(exc)[len(f"{exc.source}: "):]
 
 
 def test_each_party_sees_peers_on_its_host_over_ipc_and_others_over_tcp(tmp_path):
-    topo = load(topo_file(tmp_path, HOSTS + f'[nodes.x]\n{TESTNODE}[nodes.y]\n{TESTNODE}host = "b"\n'
+    topo = load(write(tmp_path, HOSTS + f'[nodes.x]\n{TESTNODE}[nodes.y]\n{TESTNODE}host = "b"\n'
                                             f'[nodes.z]\n{TESTNODE}host = "b"\nport = 7999\n'))
     assert topo.orchestrator_host == "a" and topo.nodes["x"].host == "a"  # the first host, by default
     rd = Path("/r")
@@ -45,7 +39,7 @@ def test_each_party_sees_peers_on_its_host_over_ipc_and_others_over_tcp(tmp_path
 
 
 def test_a_moved_node_is_reached_at_its_new_host_with_its_port_index(tmp_path):
-    topo = load(topo_file(tmp_path, HOSTS + f'[nodes.x]\n{TESTNODE}[nodes.y]\n{TESTNODE}host = "b"\n'))
+    topo = load(write(tmp_path, HOSTS + f'[nodes.x]\n{TESTNODE}[nodes.y]\n{TESTNODE}host = "b"\n'))
     placement = topo.placement()
     placement.move("y", "a")
     assert placement.tcp("y") == "tcp://10.77.0.1:7102"
@@ -56,7 +50,7 @@ def test_a_moved_node_is_reached_at_its_new_host_with_its_port_index(tmp_path):
 
 
 def test_without_hosts_everything_stays_ipc(tmp_path):
-    topo = load(topo_file(tmp_path, f"[nodes.x]\n{TESTNODE}"))
+    topo = load(write(tmp_path, f"[nodes.x]\n{TESTNODE}"))
     assert not topo.placement().placed and topo.nodes["x"].host is None
     assert topo.directory(Path("/r")) == {"x": "ipc:///r/x.sock", ORCHESTRATOR: "ipc:///r/orch.sock"}
 
