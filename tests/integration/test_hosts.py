@@ -118,3 +118,35 @@ def test_another_account_cannot_reach_an_ipc_inbox_of_the_run_directory(run_dir,
         assert subprocess.run([*nobody, sock], timeout=30).returncode == 13
     finally:
         os.chmod(rd, 0o700)
+
+
+def test_keys_init_makes_private_key_pairs_and_keeps_them_unless_rotated(tmp_path):
+    rd = tmp_path / "k"
+    first = hwemu(rd, "keys", "init", "compose/native.toml", "--json")
+    assert first.returncode == 0, first.stderr
+    data = one_json_object(first.stdout)
+    assert sorted(data["public"]) == sorted(["orch", "memctl", "cpu0", "uart0", "timer0", "os1", "*client"])
+    keydir = rd / "keys" / "curve"
+    assert oct(keydir.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in keydir.iterdir())
+    again = one_json_object(hwemu(rd, "keys", "init", "compose/native.toml", "--json").stdout)
+    assert again["public"] == data["public"]  # kept
+    rotated = one_json_object(hwemu(rd, "keys", "init", "compose/native.toml", "--rotate", "--json").stdout)
+    assert all(rotated["public"][n] != data["public"][n] for n in data["public"])
+    shown = hwemu(rd, "keys", "show", "--json")
+    assert one_json_object(shown.stdout) == rotated["public"]
+    bad = hwemu(rd, "keys", "init", "no-such.toml")
+    assert bad.returncode == 2 and bad.stderr.startswith("hwemu: no-such.toml: cannot read")
+    os.chmod(rd, 0o755)
+    opened = hwemu(rd, "keys", "init", "compose/native.toml")
+    assert opened.returncode == 2 and "is open to other accounts" in opened.stderr
+
+
+def test_move_on_a_cluster_without_hosts_is_refused_in_one_line(run_dir):  # noqa: F811
+    rd, pids = run_dir
+    up = hwemu(rd, "up", "compose/flip.toml", "--detach")
+    assert up.returncode == 0, up.stderr
+    moved = hwemu(rd, "move", "src", "a")
+    assert moved.returncode == 1
+    assert moved.stderr.strip() == (f"hwemu: topology {ROOT / 'compose' / 'flip.toml'} names no hosts: "
+                                    "there is nowhere to move src to")
