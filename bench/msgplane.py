@@ -531,8 +531,11 @@ async def curve_turns(tmp: str, n_rtt: int, n_tp: int, rtt_turns: int, tp_turns:
             raw_tp = functools.partial(trio.to_thread.run_sync, functools.partial(
                 raw_throughput, tmp, batch, ep=sink_ep, prelude=CURVE_PRELUDE, sink_env=curve_env(ids["sink_a"]),
                 sender_env=curve_env(ids["src"], ids["sink_a"])))
-            res["tp_raw"], res["tp_ours"] = await turns(raw_tp, functools.partial(our_throughput, orch, batch),
-                                                        tp_turns)
+            async def tp_both():  # across hosts, then on one host (ipc) beside it
+                return await our_throughput(orch, batch), await our_throughput(one, batch)
+
+            res["tp_raw"], both = await turns(raw_tp, tp_both, tp_turns)
+            res["tp_ours"], res["tp_ipc"] = [b[0] for b in both], [b[1] for b in both]
             res["rtt"], res["tp"] = (res["rtt_raw"], res["rtt_ours"]), (res["tp_raw"], res["tp_ours"])
             stats = {n: (await orch.request(n, "stats")).body["stats"] for n in ("echo", "sink_a")}
             res["refused"] = sum(s.get("wrong_key", 0) + s.get("curve_refused", 0) for s in stats.values())
@@ -572,6 +575,9 @@ def curve_main(args) -> None:
         "raw_msgs_per_s": round(statistics.median(r["tp_raw"])),
         "our_msgs_per_s": round(statistics.median(r["tp_ours"])),
         "throughput_ratio": round(statistics.median(tp), 3), "throughput_ratios": [round(x, 3) for x in tp],
+        "ipc_msgs_per_s": round(statistics.median(r["tp_ipc"])),
+        "tcp_curve_over_ipc_throughput_ratio": round(statistics.median(
+            [t / i for t, i in zip(r["tp_ours"], r["tp_ipc"])]), 3),
         "refused": r["refused"],
     }
     if args.json:
@@ -585,7 +591,8 @@ def curve_main(args) -> None:
           f"{result['throughput_ratio']:>8}   (≥ 0.7)")
     print(f"ratio per turn: round trip {result['latency_ratios']}, throughput {result['throughput_ratios']}")
     print(f"beside it, the same cluster on one host (ipc): round trip p50 {result['ipc_rtt_p50_us']} µs; "
-          f"tcp+CURVE ÷ ipc {result['tcp_curve_over_ipc_ratio']}")
+          f"tcp+CURVE ÷ ipc {result['tcp_curve_over_ipc_ratio']}; throughput {result['ipc_msgs_per_s']} msg/s, "
+          f"tcp+CURVE ÷ ipc {result['tcp_curve_over_ipc_throughput_ratio']}")
 
 
 def mac_main(args) -> None:
