@@ -59,6 +59,11 @@ CTL_TIMEOUT = 120.0
 GUEST_PORT = 7000
 KV_PORT = 7001
 KV_SEED = 39
+# how long a client waits for one reply before it counts it lost: the clients wait for each reply
+# before the next request, so a reply counted lost that comes later is taken for the next one's
+# (every later reply then "wrong"). Generous: with the VMM interposed, two OS instances share one
+# CPU node, and on a loaded host one reply has been seen to take over 10 s
+REPLY_TIMEOUT = 60.0
 OS1_LINES = 60    # timeshare on os1, one round; rounds follow each other until the VMM is gone
 OS2_LINES = 6     # timeshare on os2, under the VMM, time-sliced with os1
 BORROW = 64       # frames os1 lends os2
@@ -152,7 +157,7 @@ async def _hwemu_run(d: Demo, args: list[str], result: dict, task_status=trio.TA
 def _udp_client(address: tuple[str, int], d: Demo, stop: threading.Event) -> None:
     """A real UDP client: datagrams of growing sizes, each reply checked byte for byte."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(10.0)
+        sock.settimeout(REPLY_TIMEOUT)
         i = 0
         while not stop.is_set():
             payload = (b"demo %d " % i) + bytes((i * 7 + k) & 0xFF for k in range((i * 97) % 2000))
@@ -206,7 +211,7 @@ def kv_expect(model: dict[bytes, bytes], request: bytes) -> bytes:
 def _kv_client(address: tuple[str, int], d: Demo, stop: threading.Event) -> None:
     """A real UDP client of the key-value store: kv_script's requests, each reply checked against the model."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(10.0)
+        sock.settimeout(REPLY_TIMEOUT)
         for request in kv_script():
             if stop.is_set():
                 return
@@ -227,7 +232,7 @@ def _converse(address: tuple[str, int], requests: list[bytes]) -> list[bytes]:
     """One datagram each, one reply each (a lost reply is b"")."""
     out = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(10.0)
+        sock.settimeout(REPLY_TIMEOUT)
         for request in requests:
             sock.sendto(request, address)
             try:
