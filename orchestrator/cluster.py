@@ -59,6 +59,7 @@ class Orchestrator:
         # where every party runs (docs/hosts.md); the directory is the orchestrator's view of it
         self.placement = topology.placement()
         self.directory = topology.directory(self.run_dir)
+        hosts.restore(self)  # the moves of a predecessor whose nodes still run
         self._master = auth.master_secret(self.run_dir) if sign else None
         keyring = None
         if self._master is not None:

@@ -8,21 +8,50 @@ the cluster had before: the orchestrator's directory, no CURVE.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from orchestrator.control import control, optional
+from orchestrator.supervisor import launched
 from orchestrator.topology import ORCHESTRATOR
 from orchestrator.topology_hosts import ipc_endpoint
 from protocol import curve
+from protocol.auth import write_private
 from protocol.errors import RemoteError, RequestTimeout
 
 if TYPE_CHECKING:  # the orchestrator imports this module
     from orchestrator.cluster import Orchestrator
 
 log = logging.getLogger("hwemu.placement")
+
+MOVES = "placement.json"  # in the run directory: node -> host, while nodes moved by `hwemu move` run
+
+
+def restore(orch: "Orchestrator") -> None:
+    """Put back the moves of a predecessor whose nodes still run (an orchestrator
+    restarted after a crash re-attaches to them where they are). A cluster
+    that starts afresh takes the topology's placement (and the file goes)."""
+    path = orch.run_dir / MOVES
+    if not orch.placement.placed or not path.exists():
+        return
+    alive = {name for name in launched(orch.run_dir).values() if name != ORCHESTRATOR}
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = None
+    if not alive or not isinstance(saved, dict):
+        path.unlink(missing_ok=True)
+        return
+    for node, host in saved.items():
+        if node in orch.topology.nodes and host in orch.placement.hosts:
+            try:
+                orch.placement.move(node, host)
+            except ValueError as exc:  # the topology changed since: its placement holds
+                log.warning("not restoring the move of %s: %s", node, exc)
+    orch.directory.update(orch.placement.view(ORCHESTRATOR, ipc_endpoint(orch.run_dir)))
 
 
 def view(orch: "Orchestrator", name: str) -> dict[str, str]:
@@ -89,6 +118,8 @@ async def move(orch: "Orchestrator", node: str, host: str, timeout: float = 30.0
     if old == host:
         return {"node": node, "from": old, "to": host, "endpoint": view(orch, ORCHESTRATOR)[node], "moved": False}
     placement.move(node, host)  # ValueError: unknown host, or a clash there
+    write_private(orch.run_dir / MOVES, json.dumps({n: h for n, h in placement.where.items()
+                                                    if n != ORCHESTRATOR}).encode())
     ipc = ipc_endpoint(orch.run_dir)
     endpoint = placement.view(ORCHESTRATOR, ipc)[node]
     orch.directory[node] = np.endpoint = endpoint

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -65,6 +66,19 @@ def test_output_is_byte_identical_across_hosts_and_after_a_move(run_dir, placed,
 
     bad = hwemu(rd, "move", "timer0", "z")
     assert bad.returncode == 1 and bad.stderr.strip().startswith("hwemu: unknown host 'z' (hosts: a, b)")
+
+    # an orchestrator killed after the move and started again re-attaches to the nodes where they run
+    before = status(rd)
+    pids_before = {n["name"]: n["pid"] for n in before["nodes"]}
+    os.kill(before["orchestrator"]["pid"], signal.SIGKILL)
+    again_up = hwemu(rd, "up", str(placed), "--detach")
+    assert again_up.returncode == 0, again_up.stderr
+    after = status(rd)
+    assert {n["name"]: n["pid"] for n in after["nodes"]} == pids_before  # re-attached, not restarted
+    assert after["orchestrator"]["hosts"]["timer0"] == "a"
+    third = hwemu(rd, "run", str(placed), PRIMES, "--", "300")
+    assert third.returncode == 0, third.stderr
+    assert third.stdout == one.stdout
 
 
 ATTACKER = textwrap.dedent("""
