@@ -63,13 +63,15 @@ def view(orch: "Orchestrator", name: str) -> dict[str, str]:
 
 def curve_identity(orch: "Orchestrator", name: str) -> curve.CurveIdentity | None:
     """``name``'s CURVE keys with the tcp endpoint it serves where it runs now (made by
-    ``hwemu keys init``, else here at the first start); None on one host.
+    ``hwemu keys init``, else here at the first start); None if no party has a tcp
+    endpoint. A topology without hosts may give a node a tcp ``endpoint``: it is
+    served with CURVE too (every tcp endpoint is).
 
     Raises:
         PermissionError, ValueError: a key file open to others, or malformed.
     """
-    if not orch.placement.placed:
-        return None
+    if not orch.placement.placed and not any(ep.startswith("tcp://") for ep in orch.directory.values()):
+        return None  # all ipc: the private run directory and the MACs (docs/security.md)
     names = orch.placement.order
     if not curve.have_keys(orch.run_dir, names):
         curve.init_keys(orch.run_dir, names)  # only the missing ones: keys made beforehand are kept
@@ -77,7 +79,7 @@ def curve_identity(orch: "Orchestrator", name: str) -> curve.CurveIdentity | Non
 
 
 def curve_config(orch: "Orchestrator", name: str) -> dict[str, Any]:
-    """What node ``name``'s ``auth`` carries of CURVE: ``{"curve": ...}``, or nothing on one host."""
+    """What node ``name``'s ``auth`` carries of CURVE: ``{"curve": ...}``, or nothing (all ipc)."""
     ident = curve_identity(orch, name)
     return {"curve": ident.to_config()} if ident is not None else {}
 

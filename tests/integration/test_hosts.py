@@ -164,3 +164,22 @@ def test_move_on_a_cluster_without_hosts_is_refused_in_one_line(run_dir):  # noq
     assert moved.returncode == 1
     assert moved.stderr.strip() == (f"hwemu: topology {ROOT / 'compose' / 'flip.toml'} names no hosts: "
                                     "there is nowhere to move src to")
+
+
+def test_a_tcp_endpoint_of_a_topology_without_hosts_is_curve_too(run_dir, tmp_path):  # noqa: F811
+    rd, pids = run_dir
+    port = free_base(["127.0.0.1"], 1)
+    topo = tmp_path / "tcp.toml"
+    topo.write_text((ROOT / "compose" / "flip.toml").read_text().replace(
+        "[nodes.sink_b]", f'[nodes.sink_b]\nendpoint = "tcp://127.0.0.1:{port}"'))
+    up = hwemu(rd, "up", str(topo), "--detach")
+    assert up.returncode == 0, up.stderr
+    assert "curve" in json.loads((rd / "conf" / "sink_b.json").read_text())["auth"]
+    flip = hwemu(rd, "route", "set", "data:src", "sink_b")  # src -> sink_b over tcp + CURVE
+    assert flip.returncode == 0, flip.stderr
+    before = next(n for n in status(rd)["nodes"] if n["name"] == "sink_b")["stats"]
+    done = subprocess.run([sys.executable, "-c", ATTACKER, str(rd), f"tcp://127.0.0.1:{port}", "no-key"], cwd=ROOT,
+                          timeout=60)
+    assert done.returncode == 0
+    after = next(n for n in status(rd)["nodes"] if n["name"] == "sink_b")["stats"]
+    assert after["auth_failed"] == before["auth_failed"] and after["bad_in"] == before["bad_in"]
