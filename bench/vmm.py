@@ -65,13 +65,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.rawzmq import RawProbe, abba_first, stop  # noqa: E402
 from orchestrator.client import call  # noqa: E402
+from protocol.constants import PAGE_SIZE as PAGE  # noqa: E402
 from protocol.frames import to_runs  # noqa: E402
 
 HWEMU = ROOT / ".venv/bin/hwemu"
 SAMPLES = ROOT / "guest/build/samples"
 TOPOLOGY = "compose/vmm.toml"
 SYSCOST_N, SYSCOST_ROUNDS = 300, 3  # writes per round, rounds per run (the median round counts)
-PAGE = 4096
 VMM_FRAMES = 64
 BORROW_SIZES_MIB = (16, 64, 256)
 DIRTY_CHUNK = 256  # frames per mem_write (1 MiB) when the bench writes os1's memory

@@ -35,6 +35,7 @@ from orchestrator import flowaudit
 from orchestrator.cli.run import run_program as _run_program
 from orchestrator.cluster import Orchestrator
 from orchestrator.topology import Topology, load, parse
+from protocol.constants import DEFAULT_UART
 
 
 def _topology(spec: str | Path | dict | Topology) -> Topology:
@@ -133,7 +134,7 @@ async def run_program(orch: Orchestrator, elf: str | Path | bytes, args: list[st
                    output=out.getvalue())
 
 
-async def wait_for_console(orch: Orchestrator, pattern: str | re.Pattern, *, uart: str = "uart0",
+async def wait_for_console(orch: Orchestrator, pattern: str | re.Pattern, *, uart: str = DEFAULT_UART,
                            timeout: float = 10.0, since: int = 0) -> re.Match:
     """Wait until the console of ``uart`` (all it was sent since byte ``since``)
     has a line matching ``pattern`` (a regex, searched in each line); the match.
@@ -227,6 +228,22 @@ async def udp_client(orch: Orchestrator, guest_port: int, *, nic: str | None = N
                 return UdpClient(("127.0.0.1", host_port), timeout)
             await trio.sleep(0.05)
     raise AssertionError(f"the guest did not bind UDP port {guest_port} on {name} within {wait:g} s")
+
+
+async def node_stats(orch: Orchestrator, node: str) -> dict[str, Any]:
+    """``node``'s statistics (its ``stats`` reply)."""
+    return (await orch.request(node, "stats")).body["stats"]
+
+
+async def wait_stats(orch: Orchestrator, node: str, pred: Callable[[dict[str, Any]], bool],
+                     timeout: float = 15.0) -> dict[str, Any]:
+    """Poll ``node``'s statistics until ``pred(stats)``; fail after ``timeout`` s."""
+    with trio.fail_after(timeout):
+        while True:
+            s = await node_stats(orch, node)
+            if pred(s):
+                return s
+            await trio.sleep(0.01)
 
 
 async def flow_audit(orch: Orchestrator) -> dict[str, Any]:

@@ -65,13 +65,15 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import msgpack
 import trio
 
+from nodes.options import Option, validate
 from protocol import authz, logs, sched
 from protocol.auth import keyring_from_config
+from protocol.constants import ORCHESTRATOR
 from protocol.errors import ProtocolError, RemoteError
 from protocol.faults import Injector
 from protocol.messages import Message, decode, encode, error_body
@@ -90,7 +92,7 @@ class NodeConfig:
     endpoint: str
     directory: dict[str, str]
     routes: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "routes": {}})
-    orchestrator: str | None = "orch"
+    orchestrator: str | None = ORCHESTRATOR
     options: dict[str, Any] = field(default_factory=dict)
     heartbeat: float = 1.0
     run_dir: str = "."
@@ -219,11 +221,18 @@ class Node:
     pause_buffer = 4096  # messages a paused flow buffers before its emitter waits
     window = 8192  # messages a flow keeps for retransmission before its emitter waits for acknowledgements
     short_slice = True  # takes the time slice of HWEMU_SLICE_US (protocol/sched.py); False: always the kernel's
+    OPTIONS: Mapping[str, Option] = {}  # the kind's options (nodes/options.py), checked before its __init__ reads them
+
+    @classmethod
+    def settle_options(cls, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        """The options once each passed its own check: a kind whose options depend
+        on each other overrides this (raising :class:`~nodes.errors.OptionError`)."""
+        return options
 
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
         self.name = cfg.name
-        self.options = cfg.options
+        self.options = self.settle_options(cfg.name, validate(self.kind, cfg.name, self.OPTIONS, cfg.options))
         self.party = Party(cfg.name, cfg.endpoint, cfg.directory,
                            auth=keyring_from_config(cfg.name, cfg.auth) if cfg.auth else None)
         # trace ring and fault history, both off until asked for; the
@@ -260,6 +269,7 @@ class Node:
         self._releasing = False  # the inbox task consumes held messages of a flow whose gap was filled
         self.party.on_flow_reply = self._keep_reply
         self.fault_injector = None  # a protocol.faults.Injector while a transport fault is set
+        self.kind_faults: dict[str, Any] = {}  # id -> a fault of the kind's own types (its fault_<type>)
         self.flow_counters = {"retransmits": 0, "resyncs": 0, "acks_out": 0, "acks_in": 0, "window_full": 0}
 
     # -- life cycle -------------------------------------------------------------
@@ -863,12 +873,15 @@ class Node:
         self.party.faults = self.fault_injector
 
     def clear_fault(self, fault_id: str | None) -> int:
-        """Clear a fault by id (None: all); how many were cleared. Node kinds
-        with faults of their own extend it (``super().clear_fault(id)`` + theirs)."""
+        """Clear a fault by id (None: all): the transport's and the kind's own
+        (``kind_faults``); how many were cleared."""
+        ids = list(self.kind_faults) if fault_id is None else [fault_id] if fault_id in self.kind_faults else []
+        for fid in ids:
+            del self.kind_faults[fid]
         inj = self.fault_injector
         if inj is None:
-            return 0
-        n = inj.clear(fault_id)
+            return len(ids)
+        n = len(ids) + inj.clear(fault_id)
         if not inj.faults:
             self.party.faults = None  # back to the plain send path; held-back frames still go out
         return n

@@ -59,13 +59,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from orchestrator.errors import HistoryError
+
 TAIL_S = 2.0  # a sender's last messages may still have been in flight when the run stopped
 MAX_CONFIGS = 20000  # key-value states kept per key before the check gives up on that key (said so)
 SYSTEM_OWNERS = frozenset({"free", "vmm", "firmware"})  # memctl's non-OS owners (nodes/memctl/directory.py)
-
-
-class HistoryError(Exception):
-    """The history cannot be read at all (no such file, no history files)."""
 
 
 @dataclass

@@ -19,20 +19,14 @@ from typing import Any
 import trio
 
 from orchestrator.daemon import read_state
+from orchestrator.errors import NotAllowed, NotRunning
 from protocol import curve
 from protocol.auth import Keyring, client_keyring
+from protocol.constants import ORCHESTRATOR
 from protocol.errors import RemoteError, RequestTimeout
 from protocol.transport import Party
 
 _calls = itertools.count(1)
-
-
-class NotRunning(Exception):
-    """No cluster runs in the run directory."""
-
-
-class NotAllowed(NotRunning):
-    """This account cannot read the cluster's client keys (it did not start it)."""
 
 
 def client_auth(run_dir: Path, me: str) -> Keyring:
@@ -67,7 +61,7 @@ async def call(run_dir: Path, kind: str, body: dict[str, Any] | None = None, tim
     if state is None:
         raise NotRunning(f"no cluster is running in {run_dir} (start one with `hwemu up TOPOLOGY`)")
     me = f"cli-{os.getpid()}-{next(_calls)}"
-    party = Party(me, f"ipc://{run_dir}/{me}.sock", {"orch": state["endpoint"]}, advertise=True,
+    party = Party(me, f"ipc://{run_dir}/{me}.sock", {ORCHESTRATOR: state["endpoint"]}, advertise=True,
                   auth=client_auth(run_dir, me))
     refused: Exception | None = None
     try:
@@ -77,7 +71,7 @@ async def call(run_dir: Path, kind: str, body: dict[str, Any] | None = None, tim
 
             await nursery.start(party.serve, ignore)
             try:
-                reply = await party.request("orch", kind, body or {}, timeout=timeout)
+                reply = await party.request(ORCHESTRATOR, kind, body or {}, timeout=timeout)
             except (RemoteError, RequestTimeout) as exc:
                 refused = exc  # raised outside the nursery, so not wrapped in an ExceptionGroup
             finally:

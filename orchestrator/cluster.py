@@ -9,7 +9,6 @@ peer.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
@@ -27,11 +26,13 @@ from orchestrator.choreographies import base as chor
 from orchestrator.choreographies.fig2b_boot import boot_maps, firmware_boot, interposed_routes
 from orchestrator.choreographies.fig8_remove_vmm import remove_vmm
 from orchestrator.choreographies.state import VirtState
+from orchestrator.errors import NoSuchNode, OrchestratorError
 from orchestrator.journal import Journal
-from orchestrator.routes import RouteAuthority, RouteChangeError
+from orchestrator.routes import RouteAuthority
 from orchestrator.supervisor import NodeProc, Supervisor
 from orchestrator.topology import ORCHESTRATOR, Topology
 from protocol import auth, authz
+from protocol.constants import DEFAULT_MEMCTL
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message, error_body
 from protocol.routes import RouteTable, flow_sender
@@ -189,12 +190,12 @@ class Orchestrator:
         if why is None:
             procs = {n: saved_state.AdoptedProcess(pid) for n, pid in alive.items()}
             for name, proc in procs.items():
-                np = self.supervisor.nodes[name] = NodeProc(self.topology.nodes[name], self.directory[name])
+                np = NodeProc(self.topology.nodes[name], self.directory[name])
                 np.proc, np.pid, np.state, np.started_at = proc, proc.pid, "running", time.monotonic()
                 np.ready.set()
-                nursery.start_soon(self.supervisor._watch, np)
+                self.supervisor.adopt(np, nursery)
             # replies to the dead orchestrator's requests may still arrive: never take one for ours
-            self.party._seq = itertools.count(time.time_ns() // 1000)
+            self.party.number_from(time.time_ns() // 1000)
             epochs = await self._epochs(list(procs))
             if set(epochs.values()) == {saved["epoch"]}:
                 self.routes.table = RouteTable(saved["epoch"], saved["routes"])
@@ -241,7 +242,7 @@ class Orchestrator:
         for name, spec in self.topology.nodes.items():
             mem = spec.options.get("memory") if spec.kind == "os" else None
             if isinstance(mem, list) and len(mem) == 2 and all(isinstance(v, int) for v in mem):
-                memctl = spec.options.get("memctl", "memctl")
+                memctl = spec.options.get("memctl", DEFAULT_MEMCTL)
                 homes.setdefault(memctl, {}).update({f: name for f in range(mem[0], mem[0] + mem[1])})
         run = chor.Run(self, "firmware", "firmware")
         for memctl, home in homes.items():
@@ -274,7 +275,7 @@ class Orchestrator:
     async def start_node(self, name: str) -> bool:
         """Launch a node that is not running (``autostart = false``); False if it was running."""
         if name not in self.supervisor.nodes:
-            raise KeyError(f"no node {name!r} in topology {self.topology.source}")
+            raise NoSuchNode(f"no node {name!r} in topology {self.topology.source}")
         np = self.supervisor.nodes[name]
         if np.pid is not None and np.state != "running":
             # it will start its flows from fseq 1 again: its receivers must expect that before
@@ -367,14 +368,8 @@ class Orchestrator:
     async def _control(self, msg: Message) -> None:
         try:
             data = await self.control(msg.kind, **msg.body)
-        except (ProtocolError, RouteChangeError, RemoteError, RequestTimeout, KeyError, RuntimeError, ValueError,
-                OSError, chor.ChoreographyError, chor.ChoreographyFailed) as exc:
-            body = error_body(exc, ref=msg.kind)
-            if isinstance(exc, chor.ChoreographyError):
-                body["reason"] = "refused"
-            elif isinstance(exc, chor.ChoreographyFailed):
-                body["reason"] = "rolled_back"
-            await self.party.reply(msg, "error", body)
+        except (ProtocolError, OrchestratorError, RemoteError, RequestTimeout, ValueError, OSError) as exc:
+            await self.party.reply(msg, "error", error_body(exc, ref=msg.kind))  # reason: exc.reason
             return
         except Exception as exc:  # a bug: answer in one line and keep the orchestrator (and cluster) up
             log.exception("%s failed", msg.kind)

@@ -32,16 +32,13 @@ from pathlib import Path
 import trio
 
 from orchestrator.cluster import Orchestrator
-from orchestrator.topology import TopologyError, load
+from orchestrator.errors import StartError
+from orchestrator.topology import ORCHESTRATOR, TopologyError, load
 from protocol import logs, sched
 from protocol.auth import make_private_dir
 
 LOCK = "cluster.lock"
 STATE = "cluster.json"
-
-
-class AlreadyRunning(Exception):
-    pass
 
 
 def read_state(run_dir: Path) -> dict | None:
@@ -69,7 +66,7 @@ def is_locked(run_dir: Path) -> bool:
 def _write_state(run_dir: Path, orch: Orchestrator, state: str) -> None:
     data = {
         "pid": os.getpid(), "state": state, "topology": orch.topology.source,
-        "cluster": orch.topology.name, "endpoint": orch.directory["orch"],
+        "cluster": orch.topology.name, "endpoint": orch.directory[ORCHESTRATOR],
         "started": time.time(),
         "nodes": {n: np.pid for n, np in orch.supervisor.nodes.items()},
     }
@@ -149,7 +146,7 @@ async def serve(topology_path: str, run_dir: Path) -> int:
     except TopologyError as exc:
         print(f"hwemu: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
+    except StartError as exc:
         print(str(exc), file=sys.stderr)  # the log's tail, for the orchestrator log
         # the line `hwemu up` shows: one line naming the cause
         print(f"hwemu: cluster failed to start: {getattr(exc, 'summary', str(exc).splitlines()[0])}",
@@ -170,14 +167,14 @@ async def serve(topology_path: str, run_dir: Path) -> int:
 @contextlib.asynccontextmanager
 async def _unwrapped():
     """A nursery's group of one error is that error: the daemon's handlers (and its
-    one-line message) see the RuntimeError of a failed start, not an ExceptionGroup."""
+    one-line message) see the StartError of a failed start, not an ExceptionGroup."""
     try:
         yield
     except BaseExceptionGroup as group:
         exc: BaseException = group
         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
-        if isinstance(exc, (RuntimeError, TopologyError, OSError)):
+        if isinstance(exc, (StartError, TopologyError, OSError)):
             raise exc from None
         raise
 
@@ -187,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topology", required=True)
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)
-    logs.configure("orch")
+    logs.configure(ORCHESTRATOR)
     sched.short_slice("orchestrator")  # the route authority is a link of every route change's chain
     sys.exit(trio.run(serve, args.topology, Path(args.run_dir).resolve()))
 

@@ -77,6 +77,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from orchestrator.control import control
+from orchestrator.errors import FaultError
 from orchestrator.supervisor import launched
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.routes import flow_sender
@@ -90,13 +91,6 @@ TYPES = ("kill", "pause", "partition", "flow", "disk", "clock")
 NODE_TYPES = {"disk": "disk", "clock": "timer"}  # node-message faults bound to one node kind
 PROBABILITIES = {"flow": ("drop", "dup", "reorder", "corrupt"), "disk": ("eio", "torn_write", "fsync_fail")}
 REQUEST_TIMEOUT = 5.0  # s for a node to answer fault_set / fault_clear
-
-
-class FaultError(ProtocolError):
-    """A fault spec the manager refuses (reason ``bad_fault``)."""
-
-    def __init__(self, detail: str, field: str | None = None):
-        super().__init__("bad_fault", detail, field)
 
 
 def _number(spec: dict, key: str, *, low: float | None = None, high: float | None = None,

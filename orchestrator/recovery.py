@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import protocol.recovery  # noqa: F401  (registers mem_drop_initiator / peer_restarted)
 from orchestrator.supervisor import NodeProc
+from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.frames import from_runs, to_runs
 
@@ -60,9 +61,9 @@ async def os_lost(orch: "Orchestrator", os_name: str) -> dict[str, Any]:
     """
     st = orch.virt
     opts = orch.topology.nodes[os_name].options
-    memctl = opts.get("memctl", "memctl")
+    memctl = opts.get("memctl", DEFAULT_MEMCTL)
     report: dict[str, Any] = {"node": os_name, "kind": "os", "returned": {}, "zeroed": 0}
-    cpu = opts.get("cpu", "cpu0")
+    cpu = opts.get("cpu", DEFAULT_CPU)
     if orch.routes.table.get(f"trap:{cpu}") == os_name and cpu in orch.live_nodes():
         try:  # its process stops running, and no trap of it reaches the next life
             report["cpu"] = await _call(orch, cpu, "cpu_reset")
@@ -133,7 +134,7 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
     attached = dict(st.attached)
     survivor = None
     if attached:
-        cpu = spec_of[next(iter(attached))].options.get("cpu", "cpu0")
+        cpu = spec_of[next(iter(attached))].options.get("cpu", DEFAULT_CPU)
         try:
             saved = await _call(orch, cpu, "cpu_save")
         except FAILURES:  # running: the VMM had resumed a context; its asid still names it
@@ -146,14 +147,14 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
     # the memory of the survivor direct again (its loans were to the stopped OS: returned above)
     for os_name, att in st.attached.items():
         if att.get("memory") == "vmm":
-            memctl = spec_of[os_name].options.get("memctl", "memctl")
+            memctl = spec_of[os_name].options.get("memctl", DEFAULT_MEMCTL)
             await _call(orch, memctl, "mem_set_identity", {"space": os_name})
     # every flow the VMM received goes where the topology routes it natively
     native = {f: n for f, n in orch.topology.routes.items()
               if orch.routes.table.get(f) == "vmm" and n in orch.live_nodes()}
     if survivor is not None:  # the CPU and its timer are the survivor's, whichever OS the topology booted on them
         opts = spec_of[survivor].options
-        cpu, timer = opts.get("cpu", "cpu0"), opts.get("timer", "timer0")
+        cpu, timer = opts.get("cpu", DEFAULT_CPU), opts.get("timer", DEFAULT_TIMER)
         native.update({f"trap:{cpu}": survivor, f"irq:{timer}": survivor, f"priv:{survivor}": cpu})
         native = {f: n for f, n in native.items() if orch.routes.table.get(f) != n}
     if native:
@@ -165,7 +166,7 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
     st.devices.clear()
     if survivor is not None:
         report["native"] = survivor
-        cpu = spec_of[survivor].options.get("cpu", "cpu0")
+        cpu = spec_of[survivor].options.get("cpu", DEFAULT_CPU)
         try:
             saved = await _call(orch, cpu, "cpu_save")
         except FAILURES:
@@ -184,7 +185,7 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
     if st.vmm_loaded and st.vmm_frames:
         host = st.vmm_host
         runs = to_runs(st.vmm_frames)
-        memctl = spec_of[host].options.get("memctl", "memctl") if host in spec_of else "memctl"
+        memctl = spec_of[host].options.get("memctl", DEFAULT_MEMCTL) if host in spec_of else "memctl"
         await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": "vmm", "to_owner": host})
         if host in orch.live_nodes():  # else its next boot has them: they are in its partition again
             await _call(orch, host, "mod_add", {"runs": runs})
@@ -201,7 +202,7 @@ async def _stop_lost_os(orch: "Orchestrator", os_name: str, report: dict[str, An
     st = orch.virt
     await orch.stop_node(os_name)
     report["stopped"].append(os_name)
-    memctl = orch.topology.nodes[os_name].options.get("memctl", "memctl")
+    memctl = orch.topology.nodes[os_name].options.get("memctl", DEFAULT_MEMCTL)
     for loan in [ln for ln in st.loans if ln["to"] == os_name]:
         runs = loan["runs"]
         await _call(orch, memctl, "mem_pin", {"runs": runs, "owner": os_name})

@@ -39,25 +39,12 @@ from typing import Callable, Iterable, Mapping
 
 import trio
 
+from orchestrator.errors import RouteChangeError
 from protocol.errors import ProtocolError
 from protocol.routes import RouteTable, flow_sender
 from protocol.transport import REQUEST_FAILURES, Party, gather
 
 log = logging.getLogger("hwemu.routes")
-
-
-class RouteChangeError(Exception):
-    """A route change failed.
-
-    Attributes:
-        committed: always False now: a failed change is rolled back, the old
-            routes are in force (the message says if a sender could not be
-            switched back).
-    """
-
-    def __init__(self, message: str, committed: bool = False):
-        super().__init__(message)
-        self.committed = committed
 
 
 @dataclass

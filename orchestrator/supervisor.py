@@ -22,21 +22,13 @@ from typing import Any, Callable
 
 import trio
 
+from orchestrator.errors import StartError
 from orchestrator.topology import NodeSpec
 from protocol.auth import write_private
 
 log = logging.getLogger("hwemu.supervisor")
 
 STATES = ("starting", "running", "stopping", "stopped", "crashed")
-
-
-class StartError(RuntimeError):
-    """A node did not come up. ``str()`` has its log's tail; ``summary`` is one line
-    with the cause (the last line it logged: its one-line error, or a traceback's last)."""
-
-    def __init__(self, summary: str, tail: str):
-        super().__init__(f"{summary}\n{tail}" if tail else summary)
-        self.summary = summary
 
 
 LAUNCHED = "launched.jsonl"  # in the run dir: every process started for the cluster, one JSON line each
@@ -276,6 +268,12 @@ class Supervisor:
         if np is not None and np.pid == pid:
             np.state = "running"
             np.ready.set()
+
+    def adopt(self, np: NodeProc, nursery: trio.Nursery) -> None:
+        """Supervise a node process this supervisor did not start (one an earlier,
+        crashed orchestrator started): watched and restarted per policy like the others."""
+        self.nodes[np.spec.name] = np
+        nursery.start_soon(self._watch, np)
 
     async def _watch(self, np: NodeProc) -> None:
         """Wait for the node to exit; restart it per policy."""

@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import TopologyError
 from orchestrator.topology_hosts import HostSpec, Placement, check_host, ipc_endpoint, parse_hosts
+from protocol.constants import DEFAULT_MEMCTL, ORCHESTRATOR
 from protocol.errors import ProtocolError
 from protocol.routes import check_flow, check_node_name
 
@@ -56,17 +58,7 @@ KINDS: dict[str, str] = {
     "streamer": "nodes.streamer",
 }
 RESTART_POLICIES = ("never", "on-failure", "always")
-ORCHESTRATOR = "orch"
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux
-
-
-class TopologyError(Exception):
-    """A topology file that cannot be used; the message names file and key."""
-
-    def __init__(self, source: str, key: str | None, problem: str):
-        self.source, self.key, self.problem = source, key, problem
-        where = f"{source}: {key}: " if key else f"{source}: "
-        super().__init__(where + problem)
 
 
 @dataclass
@@ -329,7 +321,7 @@ def _check_partitions(nodes: dict[str, NodeSpec], source: str) -> None:
     for os_name, spec in nodes.items():
         if spec.kind != "os":
             continue
-        mc_name = spec.options.get("memctl", "memctl")
+        mc_name = spec.options.get("memctl", DEFAULT_MEMCTL)
         mc = nodes.get(mc_name) if isinstance(mc_name, str) else None
         if mc is None or mc.kind != "memctl":
             continue

@@ -38,11 +38,12 @@ import msgpack
 import trio
 
 from orchestrator import perfetto_proto
+from protocol.constants import ORCHESTRATOR
 from protocol.errors import RemoteError, RequestTimeout
 
 log = logging.getLogger("hwemu.tracing")
 
-ORCH = "orch"
+ORCH = ORCHESTRATOR
 TIDS = {"messages": 1, "route": 2, "events": 3, "choreography": 4, "route authority": 5}
 MSG_SLICE_US = 1.0  # a message's slice on its track (shortened so that slices never overlap)
 

@@ -34,6 +34,8 @@ class RemoteError(Exception):
 class RequestTimeout(Exception):
     """A request got no reply in time (the peer is down, slow or unroutable)."""
 
+    reason = "timeout"
+
     def __init__(self, node: str, kind: str, seconds: float):
         self.node = node
         self.kind = kind

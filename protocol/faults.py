@@ -40,14 +40,19 @@ REORDER_HOLD_MS = (1.0, 10.0)  # how long a reordered frame is held back
 _COMMON = {"id", "type", "seed"}
 
 
-def _bad(detail: str) -> ProtocolError:
-    return ProtocolError("bad_fault", detail, "body")
+def _bad(detail: str, field: str = "body") -> ProtocolError:
+    return ProtocolError("bad_fault", detail, field)
 
 
-def _probability(spec: dict[str, Any], key: str) -> float:
+def probability(spec: dict[str, Any], key: str) -> float:
+    """``spec[key]`` (default 0) as a probability; a fault spec's, here and in the node kinds' own faults.
+
+    Raises:
+        ProtocolError: ``bad_fault``: not a number between 0 and 1.
+    """
     p = spec.get(key, 0.0)
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise _bad(f"{key} must be a probability between 0 and 1, got {p!r:.40}")
+        raise _bad(f"{key} must be a probability between 0 and 1, got {p!r:.40}", f"body.{key}")
     return float(p)
 
 
@@ -94,7 +99,7 @@ class FlowFault(_Fault):
         _unknown(spec, {"flows", "delay_ms", "jitter_ms", *PROBABILITIES})
         super().__init__(spec)
         self.flows = _names(spec, "flows")
-        self.drop, self.dup, self.reorder, self.corrupt = (_probability(spec, k) for k in PROBABILITIES)
+        self.drop, self.dup, self.reorder, self.corrupt = (probability(spec, k) for k in PROBABILITIES)
         self.delay = _ms(spec, "delay_ms") / 1e3
         self.jitter = _ms(spec, "jitter_ms") / 1e3
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Protocol
 
 from protocol import riscv
+from protocol.constants import PAGE_SHIFT, PAGE_SIZE
 from protocol.riscv import M32, signed
 
 # -- system call numbers (asm-generic/unistd.h, as riscv32 uses them) ---------------------
@@ -90,7 +91,6 @@ def fault_report(cause: int, tval: int, pc: int) -> tuple[str, int]:
 
 
 # -- the process image ---------------------------------------------------------------------
-PAGE_SIZE = 4096
 STACK_TOP = 0x80000000
 STACK_SIZE = 8 << 20  # allocated on first touch
 BRK_LIMIT = 0x40000000  # the heap may grow up to here
@@ -144,7 +144,7 @@ def layout(segments: Iterable[Segment], argv: list[str]) -> tuple[dict[int, str]
     images: dict[int, bytearray] = {}
     end = 0
     for seg in segments:
-        first, last = seg.vaddr >> 12, (seg.vaddr + seg.memsz + PAGE_SIZE - 1) >> 12
+        first, last = seg.vaddr >> PAGE_SHIFT, (seg.vaddr + seg.memsz + PAGE_SIZE - 1) >> PAGE_SHIFT
         for vpn in range(first, last):
             old = perms.get(vpn, "")
             perms[vpn] = "".join(c for c in "rwx" if c in old or c in seg.perms)
@@ -163,7 +163,7 @@ def _copy_into(images: dict[int, bytearray], addr: int, data: bytes) -> None:
         a = addr + pos
         off = a & (PAGE_SIZE - 1)
         n = min(len(data) - pos, PAGE_SIZE - off)
-        images.setdefault(a >> 12, bytearray(PAGE_SIZE))[off : off + n] = data[pos : pos + n]
+        images.setdefault(a >> PAGE_SHIFT, bytearray(PAGE_SIZE))[off : off + n] = data[pos : pos + n]
         pos += n
 
 
@@ -180,7 +180,7 @@ def user_pieces(
     pieces, pos = [], 0
     while pos < size:
         a = addr + pos
-        vpn, off = a >> 12, a & (PAGE_SIZE - 1)
+        vpn, off = a >> PAGE_SHIFT, a & (PAGE_SIZE - 1)
         perms = perms_of(vpn)
         if perms is None or perm not in perms:
             return None

@@ -24,6 +24,7 @@ validated on receipt by :func:`decode`, which raises only
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -375,12 +376,17 @@ register("fault_set", id="str", type="str", seed="int")
 register("fault_clear", id=Field("str", nullable=True))
 
 
+_REASON = re.compile(r"[a-z][a-z0-9_]*")  # a reason code: snake_case
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")  # where CamelCase words meet
+
+
 def error_body(exc: ProtocolError | Exception, ref: str | None = None) -> dict[str, Any]:
-    """The body of an ``error`` reply for an exception."""
-    if isinstance(exc, ProtocolError):
-        body = {"reason": exc.reason, "detail": str(exc)}
-    else:
-        body = {"reason": exc.__class__.__name__, "detail": str(exc)}
+    """The body of an ``error`` reply for an exception: its ``reason`` code if it has
+    one (snake_case), else its class name in snake_case (``OSError`` -> ``os_error``)."""
+    reason = getattr(exc, "reason", None)
+    if not (isinstance(reason, str) and _REASON.fullmatch(reason)):
+        reason = _CAMEL.sub("_", type(exc).__name__).lower()
+    body = {"reason": reason, "detail": str(exc)}
     if ref is not None:
         body["ref"] = ref
     return body

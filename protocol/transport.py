@@ -337,6 +337,12 @@ class Party:
     def next_seq(self) -> int:
         return next(self._seq)
 
+    def number_from(self, start: int) -> None:
+        """Number the next messages from ``start``: a party that takes over from an
+        earlier one under the same name starts past its numbers, so that a late
+        reply to the earlier one's request is never taken for a reply to its own."""
+        self._seq = itertools.count(start)
+
     def make(self, dst: str, kind: str, body: dict[str, Any], *, corr: int | None = None,
              flow: str | None = None, fseq: int | None = None) -> Message:
         return Message(kind=kind, src=self.name, dst=dst, seq=next(self._seq), body=body, corr=corr,

@@ -4,7 +4,8 @@ house"): ``orchestrator → protocol ← nodes``.
 - ``protocol/`` imports nothing of ours;
 - a node kind (``nodes/<kind>``: any module or package under ``nodes/`` other
   than the shared runtime) imports only ``protocol``, the shared
-  ``nodes.runtime`` / ``nodes.elf`` / ``nodes.recorder`` and itself, never another node kind;
+  ``nodes.runtime`` / ``nodes.elf`` / ``nodes.recorder`` / ``nodes.options`` /
+  ``nodes.errors`` and itself, never another node kind;
 - the shared node modules import only ``protocol`` and each other;
 - ``orchestrator/`` never imports ``nodes`` (it starts them as processes).
 
@@ -21,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = {"protocol", "nodes", "orchestrator", "hwemu", "tests", "guest", "bench", "compose", "scripts"}
-SHARED_NODE_MODULES = {"runtime", "elf", "recorder"}
+SHARED_NODE_MODULES = {"runtime", "elf", "recorder", "options", "errors"}
 
 
 def module_name(path: Path) -> str:

@@ -63,8 +63,8 @@ from nodes.cpu.fault import Fault
 from nodes.cpu.isa import M
 from nodes.cpu.tlb import TLB
 from nodes.cpu.translate import Translator
+from protocol.constants import PAGE_SIZE
 
-PAGE_SIZE = 4096
 TIMEBASE_HZ = 10_000_000  # rdtime ticks per second
 
 QUANTUM = "quantum"

@@ -48,6 +48,8 @@ import protocol.hw  # noqa: F401  (registers the kinds)
 import protocol.recovery  # noqa: F401  (registers cpu_retrap, cpu_reset)
 from nodes.cpu import isa
 from nodes.cpu.core import HALT, PAGE_MISS, PAGE_SIZE, QUANTUM, TRAP, Core
+from nodes.errors import OptionError
+from nodes.options import Option, integer, optional
 from nodes.runtime import Node, main
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.hw import tlb_entry
@@ -82,17 +84,26 @@ class CpuNode(Node):
     kind = "cpu"
     short_slice = False  # the kernel's slice: it computes for as long as its guest does (protocol/sched.py)
 
+    OPTIONS = {
+        "quantum": Option(integer(min=1), 20000),
+        "slice": Option(optional(integer(min=1)), None),  # default: 1000, or the quantum if smaller
+        "tlb": Option(integer(min=1), 1024),
+    }
+
+    @classmethod
+    def settle_options(cls, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        quantum, slice_ = options["quantum"], options["slice"]
+        if slice_ is None:
+            return {**options, "slice": min(1000, quantum)}
+        if slice_ > quantum:
+            raise OptionError(cls.kind, name, "slice", slice_, f"1..quantum ({quantum})")
+        return options
+
     def __init__(self, cfg):
-        # the options are checked before the inbox is bound: a bad one binds nothing
-        self.quantum = int(cfg.options.get("quantum", 20000))
-        if self.quantum <= 0:
-            raise SystemExit(f"cpu {cfg.name}: option 'quantum' must be positive, got {self.quantum}")
-        self.slice = int(cfg.options.get("slice", min(1000, self.quantum)))
-        if not 0 < self.slice <= self.quantum:
-            raise SystemExit(f"cpu {cfg.name}: option 'slice' must be 1..quantum ({self.quantum}), "
-                             f"got {self.slice}")
-        super().__init__(cfg)
-        self.core = Core(tlb_capacity=int(self.options.get("tlb", 1024)))
+        super().__init__(cfg)  # the options are checked before the inbox is bound: a bad one binds nothing
+        self.quantum = self.options["quantum"]
+        self.slice = self.options["slice"]
+        self.core = Core(tlb_capacity=self.options["tlb"])
         self.cpu_state = "halted"
         self.space: str | None = None
         self.frame_gpn: dict[int, int] = {}   # machine frame -> guest page cached

@@ -93,8 +93,12 @@ from typing import Any
 import trio
 
 import protocol.hw  # noqa: F401  (registers the device message kinds)
+from nodes.errors import OptionError, Refused
+from nodes.options import Option, boolean, integer, mapping, one_of, optional, pair, string
 from nodes.runtime import Node, NodeConfig
+from protocol.constants import DEFAULT_MEMCTL
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.faults import probability
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.disk")
@@ -113,47 +117,31 @@ def _block_crcs(data: bytes, block_size: int) -> list[int]:
     return [zlib.crc32(data[i:i + block_size]) for i in range(0, len(data), block_size)]
 
 
-class _Refused(Exception):
-    """A command that completes with an error status (never a crash)."""
-
-    def __init__(self, err: int, reason: str):
-        super().__init__(reason)
-        self.status = -err
-        self.reason = reason
-
-
-def _int_option(options: dict[str, Any], key: str, default: int, name: str) -> int:
-    value = options.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise SystemExit(f"disk {name}: option {key!r} must be a positive integer, got {value!r}")
-    return value
-
-
 class Disk(Node):
     """The block device. See the module docstring for its messages."""
 
     kind = "disk"
+    OPTIONS = {
+        "image": Option(optional(string()), None),
+        "size_mb": Option(integer(min=1), 16),
+        "block_size": Option(one_of(*BLOCK_SIZES), 512),
+        "write_back": Option(boolean(), False),
+        "memctl": Option(string(), DEFAULT_MEMCTL),
+        "queue_depth": Option(integer(min=1), 64),
+        "partitions": Option(optional(mapping(pair(integer(min=0), "first_block, count"))), None),
+    }
 
     def __init__(self, cfg: NodeConfig):
         super().__init__(cfg)
-        opts = cfg.options
-        self.image = Path(opts.get("image") or Path(cfg.run_dir) / f"{cfg.name}.img")
-        self.size_mb = _int_option(opts, "size_mb", 16, cfg.name)
-        self.block_size = opts.get("block_size", 512)
-        if self.block_size not in BLOCK_SIZES or isinstance(self.block_size, bool):
-            raise SystemExit(f"disk {cfg.name}: option 'block_size' must be 512 or 4096, got {self.block_size!r}")
-        self.write_back = opts.get("write_back", False)
-        if not isinstance(self.write_back, bool):
-            raise SystemExit(f"disk {cfg.name}: option 'write_back' must be true or false, got {self.write_back!r}")
-        self.memctl = opts.get("memctl", "memctl")
-        self.queue_depth = _int_option(opts, "queue_depth", 64, cfg.name)
+        opts = self.options
+        self.image = Path(opts["image"] or Path(cfg.run_dir) / f"{cfg.name}.img")
+        self.size_mb = opts["size_mb"]
+        self.block_size = opts["block_size"]
+        self.write_back = opts["write_back"]
+        self.memctl = opts["memctl"]
+        self.queue_depth = opts["queue_depth"]
         self.max_blocks = MAX_TRANSFER // self.block_size
-        self.partitions: dict[str, tuple[int, int]] = {}
-        for os_name, rng in (opts.get("partitions") or {}).items():
-            if (not isinstance(rng, (list, tuple)) or len(rng) != 2
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in rng)):
-                raise SystemExit(f"disk {cfg.name}: partition {os_name!r} must be [first_block, count], got {rng!r}")
-            self.partitions[os_name] = (rng[0], rng[1])
+        self.partitions = {os_name: (rng[0], rng[1]) for os_name, rng in (opts["partitions"] or {}).items()}
         self.irq_flow = f"irq:{cfg.name}"
         self.blocks = 0
         self.fd: int | None = None
@@ -161,7 +149,7 @@ class Disk(Node):
         self.queued = 0
         self.counts = {"reads": 0, "writes": 0, "flushes": 0, "blocks_read": 0, "blocks_written": 0,
                        "syncs": 0, "errors": 0, "busy": 0, "unrouted": 0}
-        self.faults: dict[str, tuple[random.Random, dict[str, float]]] = {}  # id -> (its stream, probabilities)
+        # kind_faults (nodes/runtime.py): id -> (its random stream, probability of each of FAULT_KINDS)
         self.injected = dict.fromkeys(FAULT_KINDS, 0)
         self._open_image()
 
@@ -191,8 +179,8 @@ class Disk(Node):
         self.blocks = size // self.block_size
         for os_name, (first, count) in self.partitions.items():
             if first + count > self.blocks:
-                raise SystemExit(f"disk {self.name}: partition {os_name!r} [{first}, {count}] ends past "
-                                 f"the device's {self.blocks} blocks")
+                raise OptionError(self.kind, self.name, "partitions", {os_name: [first, count]},
+                                  f"[first_block, count] within the device's {self.blocks} blocks")
 
     async def work(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._worker)
@@ -207,33 +195,21 @@ class Disk(Node):
         s.update(self.counts)
         s.update(image=str(self.image), blocks=self.blocks, block_size=self.block_size,
                  write_back=self.write_back, queued=self.queued, queue_depth=self.queue_depth,
-                 faults=sorted(self.faults), faults_injected=dict(self.injected))
+                 faults=sorted(self.kind_faults), faults_injected=dict(self.injected))
         return s
 
     # -- faults -----------------------------------------------------------------------
 
     def fault_disk(self, spec: dict[str, Any]) -> None:
         """``fault_set`` type ``disk``: probabilities ``eio``, ``torn_write``, ``fsync_fail``."""
-        probs = {}
-        for key in FAULT_KINDS:
-            p = spec.get(key, 0.0)
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-                raise ProtocolError("bad_fault", f"{key} must be a probability in [0, 1], got {p!r}", f"body.{key}")
-            probs[key] = float(p)
-        self.faults[spec["id"]] = (random.Random(spec["seed"]), probs)
-
-    def clear_fault(self, fault_id: str | None) -> int:
-        n = super().clear_fault(fault_id)  # the transport's flow / partition faults
-        ids = list(self.faults) if fault_id is None else [fault_id] if fault_id in self.faults else []
-        for fid in ids:
-            del self.faults[fid]
-        return n + len(ids)
+        probs = {key: probability(spec, key) for key in FAULT_KINDS}
+        self.kind_faults[spec["id"]] = (random.Random(spec["seed"]), probs)
 
     def _injects(self, kind: str) -> str | None:
         """Whether an active fault makes ``kind`` happen now: the fault's id, else None.
         Every fault with a non-zero probability of ``kind`` draws once, so one seed gives one schedule."""
         hit = None
-        for fid, (rng, probs) in self.faults.items():
+        for fid, (rng, probs) in self.kind_faults.items():
             if probs[kind] and rng.random() < probs[kind] and hit is None:
                 hit = fid
         if hit is not None:
@@ -282,7 +258,7 @@ class Disk(Node):
             self.queued -= 1
             try:
                 count = await self._execute(msg)
-            except _Refused as exc:
+            except Refused as exc:
                 self.counts["errors"] += 1
                 log.info("%s: %s %s refused: %s", self.name, msg.kind, msg.body.get("id"), exc.reason)
                 await self._complete(msg, exc.status, 0, exc.reason)
@@ -310,33 +286,33 @@ class Disk(Node):
         b = msg.body
         block, count, addr, space = b["block"], b["count"], b["addr"], b["space"]
         if count < 1 or count > self.max_blocks:
-            raise _Refused(errno.EINVAL, f"count {count}: expected 1..{self.max_blocks} blocks")
+            raise Refused(errno.EINVAL, f"count {count}: expected 1..{self.max_blocks} blocks")
         if block < 0:
-            raise _Refused(errno.EINVAL, f"block {block} is negative")
+            raise Refused(errno.EINVAL, f"block {block} is negative")
         if addr < 0 or addr % DMA_ALIGN:
-            raise _Refused(errno.EINVAL, f"guest address {addr:#x} is not {DMA_ALIGN}-byte aligned")
+            raise Refused(errno.EINVAL, f"guest address {addr:#x} is not {DMA_ALIGN}-byte aligned")
         issuer = self._issuer(msg)
         part = self.partitions.get(issuer)
         if part is not None:
             first, n = part
             if block + count > n:
-                raise _Refused(errno.EIO, f"blocks [{block}, {block + count}) outside {issuer}'s partition "
+                raise Refused(errno.EIO, f"blocks [{block}, {block + count}) outside {issuer}'s partition "
                                           f"of {n} blocks")
             if space != issuer:
-                raise _Refused(errno.EFAULT, f"{issuer} may only DMA into its own address space, not {space!r}")
+                raise Refused(errno.EFAULT, f"{issuer} may only DMA into its own address space, not {space!r}")
             block += first
         if block + count > self.blocks:
-            raise _Refused(errno.EIO, f"blocks [{block}, {block + count}) beyond the end of the device "
+            raise Refused(errno.EIO, f"blocks [{block}, {block + count}) beyond the end of the device "
                                       f"({self.blocks} blocks)")
         offset = block * self.block_size
         length = count * self.block_size
         fid = self._injects("eio")
         if fid is not None:
-            raise _Refused(errno.EIO, f"media error at blocks [{block}, {block + count}) (fault {fid})")
+            raise Refused(errno.EIO, f"media error at blocks [{block}, {block + count}) (fault {fid})")
         if msg.kind == "disk_read":
             data = await self._io(os.pread, self.fd, length, offset)
             if len(data) != length:
-                raise _Refused(errno.EIO, f"short read from the image: {len(data)} of {length} bytes")
+                raise Refused(errno.EIO, f"short read from the image: {len(data)} of {length} bytes")
             await self._dma("mem_write", {"space": space, "addr": addr, "data": data})
             self.counts["reads"] += 1
             self.counts["blocks_read"] += count
@@ -344,7 +320,7 @@ class Disk(Node):
             reply = await self._dma("mem_read", {"space": space, "addr": addr, "length": length})
             data = reply.body["data"]
             if len(data) != length:
-                raise _Refused(errno.EFAULT, f"memctl returned {len(data)} of {length} bytes")
+                raise Refused(errno.EFAULT, f"memctl returned {len(data)} of {length} bytes")
             rec = self.recorder
             if rec.on:  # what the image may hold from now on, acknowledged or not (a checker's candidates)
                 rec("disk", "write", req=b["id"], block=block, count=count, crcs=_block_crcs(data, self.block_size))
@@ -353,7 +329,7 @@ class Disk(Node):
                 await self._tear(fid, data, offset)
             written = await self._io(os.pwrite, self.fd, data, offset)
             if written != length:
-                raise _Refused(errno.EIO, f"short write to the image: {written} of {length} bytes")
+                raise Refused(errno.EIO, f"short write to the image: {written} of {length} bytes")
             if not self.write_back:
                 await self._sync()  # durable before the completion: that is the contract
                 if rec.on:
@@ -368,21 +344,21 @@ class Disk(Node):
         try:
             return await trio.to_thread.run_sync(fn, *args)
         except OSError as exc:
-            raise _Refused(exc.errno or errno.EIO, f"image {self.image}: {exc.strerror or exc}") from None
+            raise Refused(exc.errno or errno.EIO, f"image {self.image}: {exc.strerror or exc}") from None
 
     async def _tear(self, fid: str, data: bytes, offset: int) -> None:
         """A torn write: the first k sectors reach the image (durably), then the command fails."""
         sectors = len(data) // SECTOR
-        k = self.faults[fid][0].randrange(sectors)
+        k = self.kind_faults[fid][0].randrange(sectors)
         if k:
             await self._io(os.pwrite, self.fd, data[:k * SECTOR], offset)
             await self._io(os.fdatasync, self.fd)
-        raise _Refused(errno.EIO, f"torn write: {k} of {sectors} sectors written (fault {fid})")
+        raise Refused(errno.EIO, f"torn write: {k} of {sectors} sectors written (fault {fid})")
 
     async def _sync(self) -> None:
         fid = self._injects("fsync_fail")
         if fid is not None:
-            raise _Refused(errno.EIO, f"fdatasync failed (fault {fid})")
+            raise Refused(errno.EIO, f"fdatasync failed (fault {fid})")
         await self._io(os.fdatasync, self.fd)
         self.counts["syncs"] += 1
 
@@ -394,11 +370,11 @@ class Disk(Node):
                     return await self.party.request(self.memctl, kind, body, timeout=DMA_TIMEOUT)
                 except RemoteError as exc:
                     if exc.reason != "recovering":
-                        raise _Refused(errno.EFAULT, f"DMA {kind} at {body['addr']:#x} in space "
+                        raise Refused(errno.EFAULT, f"DMA {kind} at {body['addr']:#x} in space "
                                                      f"{body['space']!r}: {exc.reason}: {exc.detail}") from None
                 except RequestTimeout:
                     pass  # memctl down or restarting: the supervisor brings it back
                 except ProtocolError as exc:
-                    raise _Refused(errno.EIO, f"DMA {kind}: {exc}") from None
+                    raise Refused(errno.EIO, f"DMA {kind}: {exc}") from None
                 await trio.sleep(0.05)
-        raise _Refused(errno.EIO, f"DMA {kind}: memctl {self.memctl!r} did not answer within {DMA_DEADLINE:g} s")
+        raise Refused(errno.EIO, f"DMA {kind}: memctl {self.memctl!r} did not answer within {DMA_DEADLINE:g} s")

@@ -37,8 +37,10 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 
+from nodes.errors import Refused
 from nodes.guest_os.drivers import NATIVE, DualModeDriver
 from protocol import linux_abi as abi
+from protocol.constants import PAGE_SIZE as PAGE
 
 if TYPE_CHECKING:  # pragma: no cover
     from nodes.guest_os.kernel import Kernel, Process
@@ -46,18 +48,11 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("hwemu.os.io")
 
 DISK_PATH = "/dev/disk0"
-PAGE = 4096
 RX_BUFFERS = 32  # receive buffers (a frame each) the NIC driver posts: two largest datagrams
 POST_TIMEOUT = 5.0  # s for the NIC (or the VMM) to take posted receive buffers
 CMD_TIMEOUT = 3.0  # s before a command is re-issued (the device may have restarted)
 IO_DEADLINE = 120.0  # s before an I/O gives up with -EIO
 FIRST_FD = 3
-
-
-class DeviceError(Exception):
-    def __init__(self, status: int, reason: str = ""):
-        super().__init__(reason)
-        self.status = status
 
 
 class _Driver(DualModeDriver):
@@ -115,7 +110,7 @@ class _Driver(DualModeDriver):
                     self.errors += 1
                 return slot[1]
             if not retry or trio.current_time() >= deadline:
-                raise DeviceError(-abi.EIO, f"{self.device}: no completion for {kind}")
+                raise Refused(abi.EIO, f"{self.device}: no completion for {kind}")
             self.retries += 1
             await trio.sleep(0.05)
 
@@ -216,7 +211,7 @@ class DiskDriver(_Driver):
         done = await self.command(kind, {"block": block, "count": count, "space": self.node.name,
                                          "addr": self._bounce() * PAGE})
         if done.get("status", 0) < 0:
-            raise DeviceError(done["status"], done.get("reason", ""))
+            raise Refused(-done["status"], done.get("reason", ""))
 
     async def pread(self, offset: int, length: int) -> bytes:
         bs, blocks = await self.geometry()
@@ -243,7 +238,7 @@ class DiskDriver(_Driver):
         bs, blocks = await self.geometry()
         if blocks is not None:
             if offset >= blocks * bs:
-                raise DeviceError(-abi.ENOSPC, "at or past the end of the device")
+                raise Refused(abi.ENOSPC, "at or past the end of the device")
             data = data[:blocks * bs - offset]
         per = PAGE // bs
         async with self.lock:
@@ -268,7 +263,7 @@ class DiskDriver(_Driver):
     async def flush(self) -> None:
         done = await self.command("disk_flush", {})
         if done.get("status", 0) < 0:
-            raise DeviceError(done["status"], done.get("reason", ""))
+            raise Refused(-done["status"], done.get("reason", ""))
         self.flushes += 1
 
     def stats(self) -> dict[str, Any]:
@@ -308,11 +303,11 @@ class NicDriver(_Driver):
         try:
             frames = self.node.module.alloc_pin(RX_BUFFERS)
         except Exception as exc:  # no memory for buffers: no network
-            raise DeviceError(-abi.ENOMEM, f"no frames for {RX_BUFFERS} receive buffers: {exc}") from None
+            raise Refused(abi.ENOMEM, f"no frames for {RX_BUFFERS} receive buffers: {exc}") from None
         if not await self.post(self.node.name, [f * PAGE for f in frames], reset=True):
             self.node.module.give_back(frames)  # not buffers after all: back on the free list
             self.node.module.add_frames(frames)
-            raise DeviceError(-abi.EIO, "the NIC did not take the receive buffers")
+            raise Refused(abi.EIO, "the NIC did not take the receive buffers")
         self.rx_frames = set(frames)
 
     async def post(self, space: str, buffers: list[int], *, reset: bool) -> bool:
@@ -392,7 +387,7 @@ class NicDriver(_Driver):
             if closed.get("status", 0) == 0:
                 done = await self.command("nic_bind", {"port": port})
         if done.get("status", 0) < 0:
-            raise DeviceError(done["status"], done.get("reason", ""))
+            raise Refused(-done["status"], done.get("reason", ""))
         got = int(done.get("port", port))
         self.ports[got] = _Port(got)
         return got
@@ -487,7 +482,7 @@ class Io:
         async def run() -> None:
             try:
                 result = await work()
-            except DeviceError as exc:
+            except Refused as exc:
                 result = exc.status
             except Exception as exc:  # an I/O failure is the process's -EIO
                 log.exception("%s: %s for pid %d failed", self.node.name, what, p.pid)

@@ -35,11 +35,11 @@ from nodes.guest_os import io, syscalls
 from nodes.guest_os.module import FrameAllocator, OutOfMemory
 from nodes.recorder import Recorder
 from protocol import linux_abi as abi
+from protocol.constants import PAGE_SIZE as PAGE
 from protocol.riscv import ECALL_U, INTERRUPT, M32, PAGE_FAULT_ACCESS
 
 log = logging.getLogger("hwemu.os")
 
-PAGE = abi.PAGE_SIZE
 STACK_TOP = abi.STACK_TOP
 STACK_PAGES = abi.STACK_SIZE // PAGE  # allocated on first touch
 SIGKILL = abi.SIGKILL

@@ -28,7 +28,9 @@ from nodes.guest_os.drivers import TimerDriver, UartDriver
 from nodes.guest_os.io import Io
 from nodes.guest_os.kernel import SIGKILL, Kernel, KernelError, Process
 from nodes.guest_os.module import BelowFloor, FrameAllocator, FrameError, KernelModule, OutOfMemory
+from nodes.options import Option, integer, list_of, number, optional, pair, string
 from nodes.runtime import Node, NodeConfig
+from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER, DEFAULT_UART
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.frames import body_frames, to_runs
 from protocol.messages import Message
@@ -40,22 +42,6 @@ TICK_SILENCE = 100  # periods without a tick before the timer driver programs th
 TICK_SILENCE_MIN_S = 2.0
 MEM_TRY_S = 3.0  # s for one memory request before it is asked again
 MEM_DEADLINE_S = 60.0  # s before a memory request fails (the process that needed it dies)
-
-
-def _memory_option(value: Any) -> tuple[int, int]:
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
-        raise ValueError(f"option 'memory': expected [first_frame, count], got {value!r}")
-    return value[0], value[1]
-
-
-def _boot_frames_option(value: Any) -> list[int] | None:
-    if value is None:
-        return None
-    if (not isinstance(value, list) or len(set(value)) != len(value)
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
-        raise ValueError(f"option 'boot_frames': expected a list of distinct frame numbers, got {value!r}")
-    return value
 
 
 def in_kernel_task(handler: Callable[["OsNode", Message], Awaitable[None]]
@@ -96,24 +82,30 @@ class OsNode(Node):
     """
 
     kind = "os"
+    OPTIONS = {
+        "memory": Option(pair(integer(min=0), "first_frame, count"), [0, 0]),
+        "boot_frames": Option(optional(list_of(integer(min=0), distinct=True)), None),
+        "lend_floor": Option(integer(min=0), 0),
+        "cpu": Option(string(), DEFAULT_CPU),
+        "memctl": Option(string(), DEFAULT_MEMCTL),
+        "uart": Option(string(), DEFAULT_UART),
+        "timer": Option(string(), DEFAULT_TIMER),
+        "tick_ms": Option(number(above=0), 10),
+    }
 
     def __init__(self, cfg: NodeConfig):
         super().__init__(cfg)
-        opts = cfg.options
-        first, count = _memory_option(opts.get("memory", [0, 0]))
-        boot_frames = _boot_frames_option(opts.get("boot_frames"))
-        self.cpu_name = opts.get("cpu", "cpu0")
-        self.memctl_name = opts.get("memctl", "memctl")
-        self.uart_name = opts.get("uart", "uart0")
-        self.timer_name = opts.get("timer", "timer0")
-        tick = opts.get("tick_ms", 10)
-        if isinstance(tick, bool) or not isinstance(tick, (int, float)) or not math.isfinite(tick) or tick <= 0:
-            raise ValueError(f"option 'tick_ms': expected a positive number, got {tick!r}")
-        self.tick_ms = float(tick)
+        opts = self.options
+        first, count = opts["memory"]
+        self.cpu_name = opts["cpu"]
+        self.memctl_name = opts["memctl"]
+        self.uart_name = opts["uart"]
+        self.timer_name = opts["timer"]
+        self.tick_ms = float(opts["tick_ms"])
         self.priv_flow = f"priv:{self.name}"
         self.mem_flow = f"mem:{self.name}"
-        self.frames = FrameAllocator(first, count, boot_frames)
-        self.module = KernelModule(self.frames, opts.get("lend_floor", 0))
+        self.frames = FrameAllocator(first, count, opts["boot_frames"])
+        self.module = KernelModule(self.frames, opts["lend_floor"])
         self.console = UartDriver(self, self.name, writer=f"{self.name}:{self.party.incarnation}")
         self.timer = TimerDriver(self, self.name)
         self.kernel = Kernel(self.name, self.frames, self)

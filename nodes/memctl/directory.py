@@ -41,11 +41,12 @@ from typing import Any
 
 import trio
 
+from protocol.constants import VMM
+
 from .errors import DirectoryError, InvariantError, MemFault, OwnershipError, Recovering
 from .store import FRAME_SIZE, FrameStore, Snapshot, frame_runs
 
 FREE = "free"
-VMM = "vmm"
 FIRMWARE = "firmware"
 SYSTEM_OWNERS = frozenset({FREE, VMM, FIRMWARE})
 

@@ -61,8 +61,10 @@ import trio
 import protocol.hw  # registers the mem_* kinds
 import protocol.recovery  # registers mem_drop_initiator
 import protocol.vmm  # noqa: F401  (registers the mem_* administration kinds)
+from nodes.options import Option, integer, mapping, optional, pair, string
 from nodes.runtime import Node, spawned
 from protocol import authz
+from protocol.constants import ORCHESTRATOR, VMM
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.frames import body_frames, check_runs, from_runs, to_runs
 from protocol.messages import Message
@@ -74,7 +76,7 @@ log = logging.getLogger("hwemu.memctl")
 
 RECALL_ALL = -1  # mem_recall frame meaning "every frame you hold" (recovery)
 RECALL_TIMEOUT = 2.0
-ADMINS = frozenset({"orch", "vmm"})  # by name, when the node runs without keys (else: protocol/authz.py)
+ADMINS = frozenset({ORCHESTRATOR, VMM})  # by name, when the node runs without keys (else: protocol/authz.py)
 
 
 def _frames(body: dict[str, Any]) -> list[int]:
@@ -86,22 +88,18 @@ def _frames(body: dict[str, Any]) -> list[int]:
 
 class MemctlNode(Node):
     kind = "memctl"
+    OPTIONS = {
+        "frames": Option(integer(min=1)),
+        "path": Option(optional(string()), None),
+        "partitions": Option(optional(mapping(pair(integer(min=0), "first_frame, count"))), None),
+    }
 
     def __init__(self, cfg):
         super().__init__(cfg)
         opts = self.options
-        frames = opts.get("frames")
-        if not isinstance(frames, int) or isinstance(frames, bool) or frames <= 0:
-            raise SystemExit(f"memctl {self.name}: option 'frames' must be a positive int, got {frames!r}")
-        self.nframes = frames
-        self.path = Path(opts.get("path") or Path(cfg.run_dir) / f"{self.name}.mem")
-        parts = opts.get("partitions") or {}
-        self.partitions: dict[str, tuple[int, int]] = {}
-        for os_name, rng in parts.items():
-            if (not isinstance(rng, (list, tuple)) or len(rng) != 2
-                    or not all(isinstance(v, int) and v >= 0 for v in rng)):
-                raise SystemExit(f"memctl {self.name}: partition {os_name!r} must be [first_frame, count], got {rng!r}")
-            self.partitions[os_name] = (rng[0], rng[1])
+        self.nframes = opts["frames"]
+        self.path = Path(opts["path"] or Path(cfg.run_dir) / f"{self.name}.mem")
+        self.partitions = {os_name: (rng[0], rng[1]) for os_name, rng in (opts["partitions"] or {}).items()}
         self.mc: MemoryController | None = None
         self.os_spaces: set[str] = set(self.partitions)
         self.counts = {"recall_timeouts": 0, "dropped_initiators": 0, "lost_frames": 0,
@@ -138,7 +136,7 @@ class MemctlNode(Node):
             try:
                 await self.party.request(initiator, "mem_recall", {"frame": RECALL_ALL, "mode": "invalidate"},
                                          timeout=RECALL_TIMEOUT)
-            except (RequestTimeout, RemoteError, ProtocolError, KeyError):
+            except (RequestTimeout, RemoteError, ProtocolError):  # unknown_node is a ProtocolError
                 self.counts["dropped_initiators"] += 1
                 self._drop(initiator)
 

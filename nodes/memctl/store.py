@@ -20,11 +20,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from protocol.constants import PAGE_SIZE as FRAME_SIZE
 from protocol.frames import to_runs
 
 from .errors import StoreError
 
-FRAME_SIZE = 4096
 _ZERO_FRAME = bytes(FRAME_SIZE)  # shared, immutable: no allocation per zeroed frame
 _ZERO_RUN = bytes(256 * FRAME_SIZE)  # the fallback of zero_frames writes 1 MiB at a time
 

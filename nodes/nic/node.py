@@ -88,26 +88,22 @@ from typing import Any
 import trio
 
 import protocol.hw  # noqa: F401  (registers the device message kinds)
+from nodes.errors import OptionError, Refused
+from nodes.options import Option, integer, mapping, optional, string
 from nodes.runtime import Node, NodeConfig
+from protocol.constants import DEFAULT_MEMCTL
+from protocol.constants import PAGE_SIZE as PAGE
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.nic")
 
 MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
-PAGE = 4096  # one receive buffer: a page frame of the driver's
 DMA_TIMEOUT = 10.0  # s for one memctl request
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 PROC_UDP = Path("/proc/net/udp")  # Linux: per socket, the datagrams its full receive queue dropped
 EPHEMERAL = range(49152, 65536)  # guest ports the NIC picks for bind(port 0)
 HOST = "127.0.0.1"
-
-
-class _Refused(Exception):
-    def __init__(self, err: int, reason: str):
-        super().__init__(reason)
-        self.status = -err
-        self.reason = reason
 
 
 class _Port:
@@ -137,7 +133,7 @@ class _Port:
 
 def _port_number(value: Any, what: str, *, zero: bool = False) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not (0 if zero else 1) <= value <= 65535:
-        raise _Refused(errno.EINVAL, f"{what} {value!r}: expected {0 if zero else 1}..65535")
+        raise Refused(errno.EINVAL, f"{what} {value!r}: expected {0 if zero else 1}..65535")
     return value
 
 
@@ -156,28 +152,29 @@ class Nic(Node):
     """The UDP network device. See the module docstring for its messages."""
 
     kind = "nic"
+    OPTIONS = {
+        "forward": Option(optional(mapping(integer(min=0, max=65535))), None),
+        "rx_queue": Option(integer(min=1), 64),
+        "mtu": Option(integer(min=1, max=MAX_DATAGRAM), MAX_DATAGRAM),
+        "memctl": Option(string(), DEFAULT_MEMCTL),
+    }
 
     def __init__(self, cfg: NodeConfig):
         super().__init__(cfg)
-        opts = cfg.options
+        opts = self.options
         self.forward: dict[int, int] = {}
         # the forwards added at runtime (nic_forward) outlive a crash of this process, as a
         # host's NAT table outlives a reset of its card: kept here, removed at a clean stop
         self.forward_file = Path(cfg.run_dir) / f"{cfg.name}.forward.json"
-        for guest, host in {**(opts.get("forward") or {}), **self._saved_forwards()}.items():
+        for guest, host in {**(opts["forward"] or {}), **self._saved_forwards()}.items():
             try:
-                g = _port_number(int(guest), "guest port")
-                h = _port_number(host, "host port", zero=True)
-            except (ValueError, _Refused) as exc:
-                raise SystemExit(f"nic {cfg.name}: option 'forward' {guest!r} = {host!r}: {exc}") from None
-            self.forward[g] = h
-        self.rx_queue = opts.get("rx_queue", 64)
-        if not isinstance(self.rx_queue, int) or isinstance(self.rx_queue, bool) or self.rx_queue < 1:
-            raise SystemExit(f"nic {cfg.name}: option 'rx_queue' must be a positive integer, got {self.rx_queue!r}")
-        self.mtu = opts.get("mtu", MAX_DATAGRAM)
-        if not isinstance(self.mtu, int) or isinstance(self.mtu, bool) or not 1 <= self.mtu <= MAX_DATAGRAM:
-            raise SystemExit(f"nic {cfg.name}: option 'mtu' must be 1..{MAX_DATAGRAM}, got {self.mtu!r}")
-        self.memctl = opts.get("memctl", "memctl")
+                self.forward[_port_number(int(guest), "guest port")] = _port_number(host, "host port", zero=True)
+            except (ValueError, Refused) as exc:
+                raise OptionError(self.kind, cfg.name, "forward", {guest: host},
+                                  f"guest ports 1..65535 to host ports: {exc}") from None
+        self.rx_queue = opts["rx_queue"]
+        self.mtu = opts["mtu"]
+        self.memctl = opts["memctl"]
         self.irq_flow = f"irq:{cfg.name}"
         self.ports: dict[int, _Port] = {}
         self.buffers: dict[str, deque[tuple[str, int]]] = {}  # owner -> posted buffers (space, addr)
@@ -267,7 +264,7 @@ class Nic(Node):
         if acting_for is None or acting_for == sender:
             return sender
         if self.routes.get(f"io:{acting_for}.nic") != sender:
-            raise _Refused(errno.EPERM, f"{sender} may not act for {acting_for}: io:{acting_for}.nic is not "
+            raise Refused(errno.EPERM, f"{sender} may not act for {acting_for}: io:{acting_for}.nic is not "
                                         f"routed to it")
         return acting_for
 
@@ -275,7 +272,7 @@ class Nic(Node):
         body: dict[str, Any]
         try:
             body = {"id": msg.body["id"], "status": 0, **(await action(msg))}
-        except _Refused as exc:
+        except Refused as exc:
             self.counts["errors"] += 1
             body = {"id": msg.body["id"], "status": exc.status, "reason": exc.reason}
         if msg.flow is None:
@@ -296,9 +293,9 @@ class Nic(Node):
         issuer = self._issuer(msg)
         p = self.ports.get(port)
         if p is None:
-            raise _Refused(errno.EBADF, f"{what} {port!r} is not bound")
+            raise Refused(errno.EBADF, f"{what} {port!r} is not bound")
         if p.owner != issuer:
-            raise _Refused(errno.EBADF, f"{what} {port} is bound by {p.owner}, not {issuer}")
+            raise Refused(errno.EBADF, f"{what} {port} is bound by {p.owner}, not {issuer}")
         return p
 
     async def on_nic_bind(self, msg: Message) -> None:
@@ -310,15 +307,15 @@ class Nic(Node):
         if guest == 0:
             guest = next((p for p in EPHEMERAL if p not in self.ports), 0)
             if not guest:
-                raise _Refused(errno.EADDRINUSE, "no free guest port")
+                raise Refused(errno.EADDRINUSE, "no free guest port")
         elif guest in self.ports:
-            raise _Refused(errno.EADDRINUSE, f"guest port {guest} is already bound")
+            raise Refused(errno.EADDRINUSE, f"guest port {guest} is already bound")
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             await sock.bind((HOST, self.forward.get(guest, 0)))
         except OSError as exc:
             sock.close()
-            raise _Refused(exc.errno or errno.EIO,
+            raise Refused(exc.errno or errno.EIO,
                            f"host port {self.forward.get(guest, 0)} for guest port {guest}: {exc.strerror}") from None
         port = self.ports[guest] = _Port(guest, owner, sock, sock.getsockname()[1])
         self.nursery.start_soon(self._reader, port)
@@ -347,19 +344,19 @@ class Nic(Node):
         data = b["data"]
         if len(data) > self.mtu:
             self.counts["oversize"] += 1
-            raise _Refused(errno.EMSGSIZE, f"datagram of {len(data)} bytes exceeds the mtu {self.mtu}")
+            raise Refused(errno.EMSGSIZE, f"datagram of {len(data)} bytes exceeds the mtu {self.mtu}")
         try:
             dst = ipaddress.IPv4Address(b["dst_host"])
         except ValueError:
             dst = None
         if dst is None or dst not in LOOPBACK:
             self.counts["refused"] += 1
-            raise _Refused(errno.ENETUNREACH, f"destination {b['dst_host']!r} is not in {LOOPBACK}: "
+            raise Refused(errno.ENETUNREACH, f"destination {b['dst_host']!r} is not in {LOOPBACK}: "
                                               "traffic never leaves loopback")
         try:
             await port.sock.sendto(data, (str(dst), dst_port))
         except OSError as exc:
-            raise _Refused(exc.errno or errno.EIO, f"sendto {dst}:{dst_port}: {exc.strerror}") from None
+            raise Refused(exc.errno or errno.EIO, f"sendto {dst}:{dst_port}: {exc.strerror}") from None
         port.tx += 1
         return {"port": port.guest}
 
@@ -367,7 +364,7 @@ class Nic(Node):
         port = self.ports.get(msg.body["port"])
         try:
             issuer = self._issuer(msg)
-        except _Refused:
+        except Refused:
             issuer = None
         if port is None or port.owner != issuer:
             self.counts["stale_acks"] += 1  # the port was closed meanwhile: nothing to hand back
@@ -381,12 +378,12 @@ class Nic(Node):
         try:
             owner = self._issuer(msg)
             if b["space"] != owner:
-                raise _Refused(errno.EFAULT, f"{owner} may only post buffers of its own address space, "
+                raise Refused(errno.EFAULT, f"{owner} may only post buffers of its own address space, "
                                              f"not {b['space']!r}")
             bad = [a for a in b["buffers"] if not isinstance(a, int) or a < 0 or a % PAGE]
             if bad:
-                raise _Refused(errno.EINVAL, f"buffers {bad[:4]} are not page-aligned guest addresses")
-        except _Refused as exc:
+                raise Refused(errno.EINVAL, f"buffers {bad[:4]} are not page-aligned guest addresses")
+        except Refused as exc:
             self.counts["bad_posts"] += 1
             log.info("%s: nic_rx_post refused: %s", self.name, exc.reason)
             if msg.flow is None:
@@ -408,7 +405,7 @@ class Nic(Node):
         try:
             g = _port_number(msg.body["guest_port"], "guest_port")
             h = _port_number(msg.body["host_port"], "host_port", zero=True)
-        except _Refused as exc:
+        except Refused as exc:
             await self.party.reply(msg, "error", {"reason": "bad_field", "detail": exc.reason, "ref": "nic_forward"})
             return
         self.forward[g] = h

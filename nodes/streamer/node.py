@@ -28,6 +28,7 @@ import time
 
 import trio
 
+from nodes.options import Option, list_of, number, one_of, string
 from nodes.runtime import Node, spawned
 from protocol.errors import ProtocolError
 from protocol.messages import Field, Message, register
@@ -43,17 +44,23 @@ register("ping_probe", peer="str", count="int", warmup=Field("int", required=Fal
 
 class StreamerOrSink(Node):
     kind = "streamer"
+    OPTIONS = {
+        "role": Option(one_of("streamer", "sink"), "sink"),
+        "stall_s": Option(number(min=0), 0),  # a sink that stops reading at its first datum, this long
+        "refuse": Option(list_of(string()), []),
+        "ignore": Option(list_of(string()), []),
+    }
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.role = cfg.options.get("role", "sink")
+        self.role = self.options["role"]
         self.consumed: list[int] = []
         self.epochs: list[int] = []  # the route epoch of each consumed message
         self.stopping = False
-        self.stall = float(cfg.options.get("stall_s", 0))  # a sink that stops reading at its first datum, this long
-        for kind in cfg.options.get("refuse", []):
+        self.stall = float(self.options["stall_s"])
+        for kind in self.options["refuse"]:
             self._handlers[kind] = self._refuse
-        for kind in cfg.options.get("ignore", []):
+        for kind in self.options["ignore"]:
             self._handlers[kind] = self._ignore
 
     async def _refuse(self, msg: Message) -> None:

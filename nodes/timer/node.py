@@ -40,6 +40,7 @@ from typing import Any
 import trio
 
 import protocol.hw  # noqa: F401  (registers the device message kinds)
+from nodes.options import Option, number
 from nodes.runtime import Node, NodeConfig
 from protocol.errors import ProtocolError
 from protocol.messages import Message
@@ -57,14 +58,12 @@ class Timer(Node):
     """The timer device. See the module docstring for its messages."""
 
     kind = "timer"
+    OPTIONS = {"period_ms": Option(number(min=0), 0)}
 
     def __init__(self, cfg: NodeConfig):
         super().__init__(cfg)
         self.irq_flow = f"irq:{cfg.name}"
-        try:
-            self.boot_period_ms = _duration_ms(cfg.options.get("period_ms", 0), "options.period_ms")
-        except ProtocolError as exc:
-            raise ValueError(f"timer {cfg.name}: {exc}") from None
+        self.boot_period_ms = float(self.options["period_ms"])
         self.period_ms = 0.0
         self.ticks = 0
         self.ticks_missed = 0
@@ -72,25 +71,18 @@ class Timer(Node):
         self.alarms_fired = 0
         self._ticker: trio.CancelScope | None = None
         self._alarms: dict[int, trio.CancelScope] = {}
-        self.skews: dict[str, int] = {}  # clock fault id -> its skew in ns
+        # kind_faults (nodes/runtime.py): clock fault id -> its skew in ns
 
     def wall_ns(self) -> int:
         """The wall clock this timer reports: the host's, plus any clock fault's skew."""
-        return time.time_ns() + sum(self.skews.values())
+        return time.time_ns() + sum(self.kind_faults.values())
 
     def fault_clock(self, spec: dict[str, Any]) -> None:
         """``fault_set`` type ``clock``: ``skew_ms`` added to the wall clock it reports."""
         skew = spec.get("skew_ms")
         if isinstance(skew, bool) or not isinstance(skew, (int, float)) or not math.isfinite(skew):
             raise ProtocolError("bad_fault", f"skew_ms must be a finite number, got {skew!r}", "body.skew_ms")
-        self.skews[spec["id"]] = round(skew * 1_000_000)
-
-    def clear_fault(self, fault_id: str | None) -> int:
-        n = super().clear_fault(fault_id)  # the transport's flow / partition faults
-        ids = list(self.skews) if fault_id is None else [fault_id] if fault_id in self.skews else []
-        for fid in ids:
-            del self.skews[fid]
-        return n + len(ids)
+        self.kind_faults[spec["id"]] = round(skew * 1_000_000)
 
     async def work(self, nursery: trio.Nursery) -> None:
         if self.boot_period_ms > 0:
@@ -100,7 +92,7 @@ class Timer(Node):
         s = super().stats()
         s.update(period_ms=self.period_ms, ticks=self.ticks, ticks_missed=self.ticks_missed,
                  alarms_pending=len(self._alarms), alarms_fired=self.alarms_fired, unrouted=self.unrouted,
-                 skew_ms=sum(self.skews.values()) / 1e6)
+                 skew_ms=sum(self.kind_faults.values()) / 1e6)
         return s
 
     async def _raise_irq(self, kind: str, body: dict[str, Any]) -> bool:

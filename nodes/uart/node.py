@@ -49,6 +49,7 @@ from typing import Any
 import trio
 
 import protocol.hw  # noqa: F401  (registers the device message kinds)
+from nodes.options import Option, integer, optional, string
 from nodes.runtime import Node, NodeConfig
 from protocol.errors import ProtocolError
 from protocol.messages import Message
@@ -107,29 +108,26 @@ class _Client:
         self.scope = scope
 
 
-def _size_option(options: dict[str, Any], key: str, default: int) -> int:
-    value = options.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"option {key!r}: expected a positive number of bytes, got {value!r}")
-    return value
-
-
 class Uart(Node):
     """The console device. See the module docstring for its messages."""
 
     kind = "uart"
+    OPTIONS = {
+        "log": Option(optional(string()), None),
+        "port": Option(integer(min=0, max=65535), 0),
+        "client_buffer": Option(integer(min=1), 256 * 1024),  # bytes
+        "rx_buffer": Option(integer(min=1), 64 * 1024),
+        "log_max": Option(integer(min=1), 64 << 20),
+    }
 
     def __init__(self, cfg: NodeConfig):
         super().__init__(cfg)
-        opts = cfg.options
-        self.log_path = Path(opts.get("log") or Path(cfg.run_dir) / f"{cfg.name}.console.log")
-        port = opts.get("port", 0)
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-            raise ValueError(f"option 'port': expected 0..65535, got {port!r}")
-        self.port = port
-        self.client_buffer = _size_option(opts, "client_buffer", 256 * 1024)
-        self.rx_buffer = _size_option(opts, "rx_buffer", 64 * 1024)
-        self.log_max = _size_option(opts, "log_max", 64 << 20)
+        opts = self.options
+        self.log_path = Path(opts["log"] or Path(cfg.run_dir) / f"{cfg.name}.console.log")
+        self.port = opts["port"]
+        self.client_buffer = opts["client_buffer"]
+        self.rx_buffer = opts["rx_buffer"]
+        self.log_max = opts["log_max"]
         self.writers: dict[str, int] = {}  # writer -> where its stream ends in the log
         self._gaps: dict[str, float] = {}  # writer -> since when its writes wait for a gap to be filled
         self._writers_file = None

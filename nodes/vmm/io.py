@@ -40,6 +40,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from nodes.errors import Refused
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.vmm.io")
@@ -100,13 +101,6 @@ def _os_of(entry: Any) -> str:
     return entry[0] if isinstance(entry, tuple) else entry
 
 
-class _Refusal(Exception):
-    def __init__(self, err: int, reason: str):
-        super().__init__(reason)
-        self.status = -err
-        self.reason = reason
-
-
 class DeviceMux:
     """Mixin of the VMM node: the disk and NIC handlers (see the module docstring).
 
@@ -125,7 +119,7 @@ class DeviceMux:
         """The VMM's native driver for ``node`` starts serving ``os_name``."""
         dev = self.shared.get(node)
         if dev is not None and dev.device != device:
-            raise _Refusal(errno.EINVAL, f"{node} is driven as a {dev.device}, not a {device}")
+            raise Refused(errno.EINVAL, f"{node} is driven as a {dev.device}, not a {device}")
         user: dict[str, Any] = {"state": state or {}}
         if device == "disk":
             info = (await self.party.request(node, "disk_info", {"os": os_name}, timeout=10.0)).body["data"]
@@ -133,7 +127,7 @@ class DeviceMux:
             user["partition"] = list(part) if part else [0, int(info["blocks"])]
         if device == "disk" and not part and dev is not None and set(dev.users) - {os_name}:
             # a second OS on the whole device would see the first one's blocks
-            raise _Refusal(errno.EACCES, f"{node} has no partition for {os_name} and already serves "
+            raise Refused(errno.EACCES, f"{node} has no partition for {os_name} and already serves "
                                          f"{', '.join(sorted(dev.users))}")
         if dev is None:
             dev = self.shared[node] = SharedDevice(node, device, native_owner=os_name)
@@ -167,7 +161,7 @@ class DeviceMux:
         dev = self.shared.get(node) if node else None
         if dev is None or os_name not in dev.users:
             self.io_counts["unserved"] += 1
-            raise _Refusal(errno.ENODEV, f"{self.name} does not serve a {device} for {os_name}")
+            raise Refused(errno.ENODEV, f"{self.name} does not serve a {device} for {os_name}")
         return dev
 
     async def _reflect(self, os_name: str, kind: str, body: dict[str, Any]) -> None:
@@ -209,9 +203,9 @@ class DeviceMux:
             if msg.kind != "disk_flush":
                 body["block"] = self._translate(dev, os_name, b)
             if dev.outstanding() >= int(dev.info.get("queue_depth", 64)):
-                raise _Refusal(errno.EAGAIN, f"{dev.node}'s command queue is full "
+                raise Refused(errno.EAGAIN, f"{dev.node}'s command queue is full "
                                              f"({dev.outstanding()} outstanding)")
-        except _Refusal as exc:
+        except Refused as exc:
             if dev is not None:
                 dev.counts["refused"] += 1
             await self._answer(msg, os_name, "disk_done",
@@ -228,14 +222,14 @@ class DeviceMux:
         block, count = b["block"], b["count"]
         top = int(dev.info.get("max_blocks", count))
         if count < 1 or count > top:
-            raise _Refusal(errno.EINVAL, f"count {count}: expected 1..{top} blocks")
+            raise Refused(errno.EINVAL, f"count {count}: expected 1..{top} blocks")
         if block < 0:
-            raise _Refusal(errno.EINVAL, f"block {block} is negative")
+            raise Refused(errno.EINVAL, f"block {block} is negative")
         if block + count > n:
-            raise _Refusal(errno.EIO, f"blocks [{block}, {block + count}) outside {os_name}'s partition "
+            raise Refused(errno.EIO, f"blocks [{block}, {block + count}) outside {os_name}'s partition "
                                       f"of {n} blocks")
         if b["space"] != os_name:
-            raise _Refusal(errno.EFAULT, f"{os_name} may only DMA into its own address space, not {b['space']!r}")
+            raise Refused(errno.EFAULT, f"{os_name} may only DMA into its own address space, not {b['space']!r}")
         return first + block
 
     def _irq_device(self, msg: Message) -> SharedDevice | None:
@@ -264,7 +258,7 @@ class DeviceMux:
         os_name = msg.body.get("os") or msg.src
         try:
             dev = self._shared_for(os_name, "disk")
-        except _Refusal as exc:
+        except Refused as exc:
             await self.party.reply(msg, "error", {"reason": "not_served", "detail": exc.reason, "ref": "disk_info"})
             return
         first, n = dev.users[os_name]["partition"]
@@ -286,7 +280,7 @@ class DeviceMux:
         os_name = self._io_os(msg)
         try:
             dev = self._shared_for(os_name, "nic")
-        except _Refusal as exc:
+        except Refused as exc:
             await self._answer(msg, os_name, "nic_done", {"id": msg.body["id"], "status": exc.status,
                                                           "reason": exc.reason})
             return
@@ -299,7 +293,7 @@ class DeviceMux:
         os_name = self._io_os(msg)
         try:
             dev = self._shared_for(os_name, "nic")
-        except _Refusal:
+        except Refused:
             return  # nothing to hand back to: counted as unserved
         if dev.ports.get(msg.body["port"], dev.native_owner) != os_name:
             dev.counts["stale_acks"] += 1  # closed meanwhile, or not its port
@@ -311,7 +305,7 @@ class DeviceMux:
         os_name = self._io_os(msg)
         try:
             dev = self._shared_for(os_name, "nic")
-        except _Refusal as exc:  # counted as unserved: its datagrams cannot arrive either
+        except Refused as exc:  # counted as unserved: its datagrams cannot arrive either
             if msg.flow is None:
                 await self.party.reply(msg, "error", {"reason": "not_served", "detail": exc.reason,
                                                       "ref": "nic_rx_post"})

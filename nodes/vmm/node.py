@@ -57,9 +57,12 @@ from typing import Any
 
 import protocol.hw  # registers the kinds
 import protocol.vmm  # noqa: F401
+from nodes.errors import Refused
+from nodes.options import Option, integer, mapping, optional, string
 from nodes.runtime import Node, main, spawned
 from nodes.vmm.frames import FrameBroker
-from nodes.vmm.io import SHARED_DEVICES, DeviceMux, _Refusal
+from nodes.vmm.io import SHARED_DEVICES, DeviceMux
+from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER, DEFAULT_UART, ORCHESTRATOR, PAGE_SIZE, VMM
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.hw import tlb_entry
 from protocol.messages import Message
@@ -101,18 +104,22 @@ class VmmNode(FrameBroker, DeviceMux, Node):
     """The virtual machine monitor (``kind = "vmm"``). See the module docstring."""
 
     kind = "vmm"
+    OPTIONS = {
+        "cpu": Option(string(), DEFAULT_CPU),
+        "memctl": Option(string(), DEFAULT_MEMCTL),
+        "timer": Option(string(), DEFAULT_TIMER),
+        "slice_ticks": Option(integer(min=1), 5),
+        "uarts": Option(optional(mapping(string())), None),
+    }
 
     def __init__(self, cfg):
         super().__init__(cfg)
         opts = self.options
-        self.cpu_name = opts.get("cpu", "cpu0")
-        self.memctl_name = opts.get("memctl", "memctl")
-        self.timer_name = opts.get("timer", "timer0")
-        slice_ticks = opts.get("slice_ticks", 5)
-        if isinstance(slice_ticks, bool) or not isinstance(slice_ticks, int) or slice_ticks <= 0:
-            raise SystemExit(f"vmm {self.name}: option 'slice_ticks' must be a positive integer, got {slice_ticks!r}")
-        self.slice_ticks = slice_ticks
-        self.uart_owner: dict[str, str] = dict(opts.get("uarts") or {})   # uart node -> os
+        self.cpu_name = opts["cpu"]
+        self.memctl_name = opts["memctl"]
+        self.timer_name = opts["timer"]
+        self.slice_ticks = opts["slice_ticks"]
+        self.uart_owner: dict[str, str] = dict(opts["uarts"] or {})   # uart node -> os
         self.oses: dict[str, VirtualCpu] = {}
         self.current: str | None = None       # whose context is on the CPU (None: halted)
         self.own_preempt = False              # our cpu_preempt is pending in the CPU
@@ -455,7 +462,7 @@ class VmmNode(FrameBroker, DeviceMux, Node):
             header = IMAGE_MAGIC + f"{self.name} frames={frames[0]}+{len(frames)}\n".encode()
             try:
                 await self.party.request(self.memctl_name, "mem_write",
-                                         {"space": "vmm", "addr": frames[0] * 4096, "data": header}, timeout=5.0)
+                                         {"space": VMM, "addr": frames[0] * PAGE_SIZE, "data": header}, timeout=5.0)
                 image["written"] = len(header)
             except (RemoteError, RequestTimeout) as exc:
                 image["written"] = 0
@@ -476,7 +483,7 @@ class VmmNode(FrameBroker, DeviceMux, Node):
             "cpu": {"name": self.cpu_name, **{k: cpu[k] for k in keep if k in cpu}},
             "memctl": {"name": self.memctl_name, **{k: v for k, v in mem.items()
                                                      if not isinstance(v, (dict, list)) or k == "spaces"}},
-            "devices": sorted(n for n in self.party.directory if n not in (self.name, "orch")),
+            "devices": sorted(n for n in self.party.directory if n not in (self.name, ORCHESTRATOR)),
         }
         await self.party.reply(msg, "ok", {"data": self.resources})
 
@@ -509,8 +516,8 @@ class VmmNode(FrameBroker, DeviceMux, Node):
             # OS gets it back with its next cpu_resume (or a trap names it by asid)
             self.current = name
             vcpu.runnable = True
-        if not any(o == name for o in self.uart_owner.values()) and "uart0" not in self.uart_owner:
-            self.uart_owner["uart0"] = name
+        if not any(o == name for o in self.uart_owner.values()) and DEFAULT_UART not in self.uart_owner:
+            self.uart_owner[DEFAULT_UART] = name
         self.released = False
         await self.party.reply(msg, "ok", {"data": vcpu.view(self.current == name)})
 
@@ -567,7 +574,7 @@ class VmmNode(FrameBroker, DeviceMux, Node):
                     data = await self.take_shared(device, node, os_name, b.get("state"))
                 else:
                     data = self.give_back_shared(device, node, os_name)
-            except _Refusal as exc:
+            except Refused as exc:
                 raise ProtocolError("bad_field", exc.reason, "body.node") from None
             except (RemoteError, RequestTimeout) as exc:
                 raise ProtocolError("device_unavailable", f"{node} did not describe itself: {exc}",

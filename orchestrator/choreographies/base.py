@@ -41,8 +41,9 @@ import trio
 
 import protocol.hw  # registers mod_*, os_driver_mode
 import protocol.vmm  # noqa: F401  (registers vmm_*, mem_* administration)
+from orchestrator.errors import ChoreographyError, ChoreographyFailed, OrchestratorError
 from orchestrator.journal import WHOLE, Incomplete, Journal
-from orchestrator.routes import RouteChangeError
+from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,19 +57,8 @@ Ctx = dict[str, Any]
 StepFn = Callable[["Run", Ctx], Awaitable["dict[str, Any] | None"]]
 
 
-class ChoreographyError(Exception):
-    """A choreography refused before any step (a precondition) or a step's own failure."""
-
-
-class ChoreographyFailed(Exception):
-    """A step failed and the completed steps were undone; the report says which."""
-
-    def __init__(self, message: str, report: dict[str, Any]):
-        super().__init__(message)
-        self.report = report
-
-
-FAILURES = (ChoreographyError, RemoteError, RequestTimeout, RouteChangeError, ProtocolError, RuntimeError, KeyError)
+# what a step may fail with and still be a refusal, not a bug (a KeyError or RuntimeError is a bug)
+FAILURES = (OrchestratorError, RemoteError, RequestTimeout, ProtocolError)
 
 
 @dataclass
@@ -147,7 +137,11 @@ class Run:
         return spec.options.get(key, default)
 
     def memctl(self, os_name: str) -> str:
-        return self.os_option(os_name, "memctl", "memctl")
+        return self.os_option(os_name, "memctl", DEFAULT_MEMCTL)
+
+    def cpu_and_timer(self, os_name: str) -> tuple[str, str]:
+        """The CPU and the timer node ``os_name`` runs with (its options, else the defaults)."""
+        return self.os_option(os_name, "cpu", DEFAULT_CPU), self.os_option(os_name, "timer", DEFAULT_TIMER)
 
     async def restore_routes(self, previous: dict[str, str | None]) -> None:
         back = {f: n for f, n in previous.items() if n is not None}

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.choreographies.base import Run
 from orchestrator.choreographies.state import VMM
+from protocol.constants import DEFAULT_CPU, DEFAULT_TIMER
 from protocol.errors import RemoteError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,7 +63,7 @@ def interposed_routes(topology: "Topology") -> dict[str, str]:
     routes = dict(topology.routes)
     for name in _oses(topology, booted_only=True):
         opts = topology.nodes[name].options
-        cpu, timer = opts.get("cpu", "cpu0"), opts.get("timer", "timer0")
+        cpu, timer = opts.get("cpu", DEFAULT_CPU), opts.get("timer", DEFAULT_TIMER)
         routes.update({f"trap:{cpu}": VMM, f"irq:{timer}": VMM, f"priv:{name}": VMM,
                        f"trap:{VMM}.{name}": name, f"irq:{VMM}.{name}": name, f"priv:{VMM}": cpu})
     return routes

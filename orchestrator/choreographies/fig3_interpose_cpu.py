@@ -44,8 +44,7 @@ FIGURE_MEMORY = "fig3_memory"
 
 
 def _names(run: Run, ctx: Ctx) -> tuple[str, str, str]:
-    os_name = ctx["os"]
-    return os_name, run.os_option(os_name, "cpu", "cpu0"), run.os_option(os_name, "timer", "timer0")
+    return (ctx["os"], *run.cpu_and_timer(ctx["os"]))
 
 
 async def _new_flows(run: Run, ctx: Ctx) -> dict[str, Any]:

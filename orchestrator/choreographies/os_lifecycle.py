@@ -41,6 +41,7 @@ from orchestrator.choreographies.fig5_devices import give_back_device
 from orchestrator.choreographies.frames import add_frames, alloc_pin, ctx_runs, give_up, runs_of, transfer, via_vmm
 from orchestrator.choreographies.state import VMM
 from orchestrator.control import control, optional
+from protocol.constants import DEFAULT_CPU
 from protocol.errors import RemoteError
 from protocol.frames import count, from_runs
 
@@ -193,7 +194,7 @@ async def boot_os(orch, os_name: str, frames: int | None = None, host: str | Non
         ChoreographyFailed: a step failed; rolled back.
     """
     run = Run(orch, "", FIGURE_BOOT)
-    cpu = run.os_option(os_name, "cpu", "cpu0")
+    cpu = run.os_option(os_name, "cpu", DEFAULT_CPU)
     if frames is None:
         started = await orch.start_node(os_name)
         return {"os": os_name, "started": started, "reports": []}

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.control import control
+from protocol.constants import DEFAULT_UART, VMM
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchestrator.topology import Topology
 
-VMM = "vmm"
 DEVICES = ("uart", "disk", "nic")  # the devices a VMM can interpose on (FIG. 5)
 
 
@@ -37,7 +37,7 @@ def device_node(topology, os_name: str, device: str) -> str | None:
     native = topology.routes.get(f"io:{os_name}.{device}")
     if native and native in topology.nodes and topology.nodes[native].kind == device:
         return native
-    return "uart0" if device == "uart" else None
+    return DEFAULT_UART if device == "uart" else None
 
 
 def devices_of(topology, os_name: str) -> list[str]:

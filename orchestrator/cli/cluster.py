@@ -20,6 +20,7 @@ from orchestrator.cli.common import Json, RunDir, console, emit_json, fail, run_
 from orchestrator.cli.fault import faults_table
 from orchestrator.client import NotRunning, call
 from orchestrator.daemon import is_locked, read_state
+from orchestrator.errors import Lost
 from orchestrator.supervisor import LAUNCHED, launched, record_launch
 from orchestrator.topology import ORCHESTRATOR, TopologyError, load
 from protocol.auth import check_private
@@ -177,7 +178,7 @@ def status(
             fail("--watch and --json do not go together: `hwemu status --json` in a loop", code=2)
         try:
             watch.watch(rd, console, interval, count, timeout)
-        except watch.Gone as exc:
+        except Lost as exc:
             fail(str(exc))
         except KeyboardInterrupt:
             pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
@@ -9,7 +10,7 @@ import typer
 
 from orchestrator.cli import chaos, check, cluster, console, cpu, demo, fault, keys, memory, route, run, trace, vmm
 from orchestrator.cli import os as os_cli
-from orchestrator.cli.common import examples_text, fail
+from orchestrator.cli.common import emit_json, examples_text, fail
 from protocol.logs import level_from_env
 from protocol.sched import slice_from_env
 from protocol.transport import spin_from_env
@@ -79,5 +80,24 @@ app.command("interpose", epilog=examples_text(vmm.INTERPOSE_EXAMPLES))(vmm.inter
 app.command("devirtualize", epilog=examples_text(vmm.DEVIRTUALIZE_EXAMPLES))(vmm.devirtualize)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The ``hwemu`` command: :data:`app`, whose usage errors (an unknown option, a
+    value of the wrong type ...) are also one JSON object on stdout when ``--json``
+    is among the options, like every other error of a command given ``--json``."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = app(args=args, prog_name="hwemu", standalone_mode=False)
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    except typer.TyperException as exc:  # bad usage, found before the command ran
+        options = args[:args.index("--")] if "--" in args else args
+        if "--json" in options:
+            emit_json({"ok": False, "error": exc.format_message(), "exit": exc.exit_code})
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

@@ -40,19 +40,12 @@ from orchestrator.cli.cluster import _call
 from orchestrator.cli.common import Json, RunDir, emit_json, err_console, fail, run_dir_of
 from orchestrator.client import NotRunning, call, client_auth
 from orchestrator.daemon import is_locked
+from orchestrator.errors import ForwardRefused, Lost
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.transport import Party
 
 POLL_S = 0.05  # how often the console log is looked at while the program runs
 CHECK_S = 2.0  # how often the OS is asked whether it still has the program
-
-
-class Lost(Exception):
-    """The cluster stopped answering while the program ran."""
-
-
-class ForwardRefused(Exception):
-    """The NIC refused a ``--forward`` port map."""
 
 
 def _pick(status: dict, os_name: str | None) -> tuple[dict, dict]:

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.client import NotRunning, call
+from orchestrator.errors import Lost
 from protocol.errors import RemoteError, RequestTimeout
 
 
@@ -107,24 +108,20 @@ def render(data: dict[str, Any], prev: dict[str, Any] | None, dt: float) -> Grou
     return Group(*parts)
 
 
-class Gone(Exception):
-    """The cluster stopped answering."""
-
-
 def _status(run_dir: Path, timeout: float) -> dict[str, Any]:
     try:
         return trio.run(call, run_dir, "ctl_status", {}, timeout)
     except NotRunning as exc:
-        raise Gone(str(exc)) from None
+        raise Lost(str(exc)) from None
     except (RemoteError, RequestTimeout) as exc:
-        raise Gone(f"the orchestrator in {run_dir} does not answer: {exc}") from None
+        raise Lost(f"the orchestrator in {run_dir} does not answer: {exc}") from None
 
 
 def watch(run_dir: Path, console: Console, interval: float = 1.0, count: int = 0, timeout: float = 10.0) -> None:
     """Refresh every ``interval`` seconds until Ctrl-C (or ``count`` refreshes, if not 0).
 
     Raises:
-        Gone: the cluster stopped (or never ran).
+        Lost: the cluster stopped (or never ran).
     """
     prev, t_prev = None, 0.0
     shown = 0

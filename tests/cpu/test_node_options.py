@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nodes.cpu.node import CpuNode
+from nodes.errors import OptionError
 from nodes.runtime import NodeConfig
 
 
@@ -14,12 +15,13 @@ def config(tmp_path, **options) -> NodeConfig:
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"quantum": 0}, "option 'quantum' must be positive, got 0"),
-    ({"quantum": 100, "slice": 200}, r"option 'slice' must be 1..quantum \(100\), got 200"),
-    ({"slice": 0}, r"option 'slice' must be 1..quantum \(20000\), got 0"),
+    ({"quantum": 0}, "cpu cpu0: option 'quantum': expected an integer >= 1, got 0"),
+    ({"quantum": 100, "slice": 200}, r"cpu cpu0: option 'slice': expected 1..quantum \(100\), got 200"),
+    ({"slice": 0}, r"cpu cpu0: option 'slice': expected an integer >= 1 or nothing, got 0"),
+    ({"tlb": True}, r"cpu cpu0: option 'tlb': expected an integer >= 1, got True"),
 ])
 def test_a_bad_quantum_or_slice_stops_the_node_naming_it(tmp_path, options, message):
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(OptionError, match=message):
         CpuNode(config(tmp_path, **options))
     assert not (tmp_path / "cpu0").exists()  # nothing was bound
 

@@ -27,6 +27,7 @@ from orchestrator.topology import parse
 from protocol.auth import client_keyring
 from protocol.errors import RemoteError
 from protocol.frames import from_runs
+from protocol.transport import Party
 
 pytestmark = pytest.mark.integration
 
@@ -339,8 +340,6 @@ class Client:
     """A party outside the topology that starts programs on an OS and hears their proc_exit."""
 
     def __init__(self, orch: Orchestrator, name: str = "chclient"):
-        from protocol.transport import Party
-
         self.orch = orch
         self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True,
                            auth=client_keyring(orch.run_dir, name))
@@ -369,6 +368,13 @@ class Client:
     async def console(self, uart: str, start: int) -> bytes:
         end = await self.logged(uart)
         return (self.orch.run_dir / f"{uart}.console.log").read_bytes()[start:end]
+
+    async def run(self, os_name: str, uart: str, elf: str, argv: list[str]) -> tuple[int, bytes]:
+        """Run a program to its end; (exit code, its console output)."""
+        start = await self.logged(uart)
+        pid = await self.exec(os_name, elf, argv)
+        code = (await self.wait_exit(os_name, pid))["code"]
+        return code, await self.console(uart, start)
 
 
 @asynccontextmanager
@@ -406,32 +412,26 @@ async def test_interposed_and_devirtualized_by_the_choreographies_under_a_runnin
     image = await orch.request("memctl", "mem_read", {"space": "vmm", "addr": vmm_frames[0] * PAGE, "length": 10})
     assert image.body["data"] == b"HWEMU-VMM\0"  # FIG. 4: the VMM's image is in the frames os1 gave up
 
-    client = Client(orch)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(client.party.serve, client.handle)
-            start = await client.logged("uart0")
-            pid = await client.exec("os1", "timeshare", ["timeshare", "T", str(lines)])
+    async with serving(Client(orch)) as client:
+        start = await client.logged("uart0")
+        pid = await client.exec("os1", "timeshare", ["timeshare", "T", str(lines)])
 
-            interposed = (await orch.control("ctl_interpose", os="os1"))["reports"]  # everything: CPU and console
-            assert [r["figure"] for r in interposed] == ["fig3", "fig5"]
-            steps = {s["name"]: s for s in interposed[0]["steps"]}
-            assert steps["redirect_traps"]["pause_ms"] > 0 and steps["route_priv"]["pause_ms"] > 0
-            routes = orch.routes.table.routes
-            assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"], routes["io:os1.uart"],
-                    routes["irq:uart0"]) == ("vmm",) * 5
-            status = (await orch.control("ctl_status"))["virt"]["resources"]
-            assert (status["os1.cpu"], status["os1.memory"], status["os1.uart (uart0)"]) == ("vmm",) * 3
-            s0 = await wait_vmm(orch, lambda s: s["traps_reflected"] > 0 and s["priv_forwarded"] > 0)
+        interposed = (await orch.control("ctl_interpose", os="os1"))["reports"]  # everything: CPU and console
+        assert [r["figure"] for r in interposed] == ["fig3", "fig5"]
+        steps = {s["name"]: s for s in interposed[0]["steps"]}
+        assert steps["redirect_traps"]["pause_ms"] > 0 and steps["route_priv"]["pause_ms"] > 0
+        routes = orch.routes.table.routes
+        assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"], routes["io:os1.uart"],
+                routes["irq:uart0"]) == ("vmm",) * 5
+        status = (await orch.control("ctl_status"))["virt"]["resources"]
+        assert (status["os1.cpu"], status["os1.memory"], status["os1.uart (uart0)"]) == ("vmm",) * 3
+        s0 = await wait_vmm(orch, lambda s: s["traps_reflected"] > 0 and s["priv_forwarded"] > 0)
 
-            await wait_vmm(orch, lambda s: s["traps_reflected"] > s0["traps_reflected"])
-            back = (await orch.control("ctl_devirtualize", os="os1"))["reports"]
-            assert [r["figure"] for r in back] == ["fig6", "fig7"]
-            exit1 = await client.wait_exit("os1", pid)
-            assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("T", lines))
-            nursery.cancel_scope.cancel()
-    finally:
-        client.party.close()
+        await wait_vmm(orch, lambda s: s["traps_reflected"] > s0["traps_reflected"])
+        back = (await orch.control("ctl_devirtualize", os="os1"))["reports"]
+        assert [r["figure"] for r in back] == ["fig6", "fig7"]
+        exit1 = await client.wait_exit("os1", pid)
+        assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("T", lines))
 
     routes = orch.routes.table.routes
     assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"], routes["io:os1.uart"],
@@ -555,39 +555,33 @@ async def test_two_oses_under_the_vmm_refuse_cpu_devirtualization_and_partial_de
     assert {s["name"]: s["data"] for s in second[0]["steps"]}["attach"] == {"current": False}
     await orch.control("ctl_memory_borrow", from_os="os1", to_os="os2", frames=4)  # os2's map grows to reach them
 
-    client = Client(orch)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(client.party.serve, client.handle)
+    async with serving(Client(orch)) as client:
 
-            async def both(tag1: str, tag2: str) -> None:
-                starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
-                p1 = await client.exec("os1", "timeshare", ["timeshare", tag1, str(lines)])
-                p2 = await client.exec("os2", "timeshare", ["timeshare", tag2, str(lines)])
-                e1, e2 = await client.wait_exit("os1", p1), await client.wait_exit("os2", p2)
-                assert (e1["code"], await client.console("uart0", starts["uart0"])) == (
-                    0, timeshare_output(tag1, lines))
-                assert (e2["code"], await client.console("uart1", starts["uart1"])) == (
-                    0, timeshare_output(tag2, lines))
+        async def both(tag1: str, tag2: str) -> None:
+            starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
+            p1 = await client.exec("os1", "timeshare", ["timeshare", tag1, str(lines)])
+            p2 = await client.exec("os2", "timeshare", ["timeshare", tag2, str(lines)])
+            e1, e2 = await client.wait_exit("os1", p1), await client.wait_exit("os2", p2)
+            assert (e1["code"], await client.console("uart0", starts["uart0"])) == (
+                0, timeshare_output(tag1, lines))
+            assert (e2["code"], await client.console("uart1", starts["uart1"])) == (
+                0, timeshare_output(tag2, lines))
 
-            await both("A", "B")
-            with pytest.raises(ChoreographyError, match=r"cannot devirtualize the CPU while 2 OS instances run "
-                                                        r"under the VMM \(os1, os2\)"):
-                await orch.control("ctl_devirtualize", cpu=True)
-            with pytest.raises(ChoreographyError, match="while borrowed frames are out"):
-                await orch.control("ctl_devirtualize")
-            await orch.control("ctl_memory_return", from_os="os1", to_os="os2")
-            # everything allowed: consoles and memory back, the CPU stays with the VMM
-            partial = (await orch.control("ctl_devirtualize"))["reports"]
-            assert sorted(r["figure"] for r in partial) == ["fig6", "fig6", "fig7_memory", "fig7_memory"]
-            resources = (await orch.control("ctl_virt_status"))["resources"]
-            assert (resources["os1.cpu"], resources["os2.cpu"]) == ("vmm", "vmm")
-            assert (resources["os1.memory"], resources["os2.memory"], resources["os1.uart (uart0)"]) == (
-                "os1", "os2", "os1")
-            await both("C", "D")
-            nursery.cancel_scope.cancel()
-    finally:
-        client.party.close()
+        await both("A", "B")
+        with pytest.raises(ChoreographyError, match=r"cannot devirtualize the CPU while 2 OS instances run "
+                                                    r"under the VMM \(os1, os2\)"):
+            await orch.control("ctl_devirtualize", cpu=True)
+        with pytest.raises(ChoreographyError, match="while borrowed frames are out"):
+            await orch.control("ctl_devirtualize")
+        await orch.control("ctl_memory_return", from_os="os1", to_os="os2")
+        # everything allowed: consoles and memory back, the CPU stays with the VMM
+        partial = (await orch.control("ctl_devirtualize"))["reports"]
+        assert sorted(r["figure"] for r in partial) == ["fig6", "fig6", "fig7_memory", "fig7_memory"]
+        resources = (await orch.control("ctl_virt_status"))["resources"]
+        assert (resources["os1.cpu"], resources["os2.cpu"]) == ("vmm", "vmm")
+        assert (resources["os1.memory"], resources["os2.memory"], resources["os1.uart (uart0)"]) == (
+            "os1", "os2", "os1")
+        await both("C", "D")
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
         assert not with_gaps(stats["flows_in"]), (name, stats["flows_in"])
@@ -602,23 +596,17 @@ async def test_with_the_policy_on_stopping_one_of_two_oses_devirtualizes_the_oth
     await orch.control("ctl_interpose", os="os1", cpu=True)
     await orch.control("ctl_interpose", os="os2", cpu=True)
     lines = 30
-    client = Client(orch)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(client.party.serve, client.handle)
-            start = await client.logged("uart0")
-            pid = await client.exec("os1", "timeshare", ["timeshare", "P", str(lines)])
-            stopped = await orch.control("ctl_os_stop", os="os2")  # os2 is idle; os1's program runs on
-            assert [r["figure"] for r in stopped["reports"]] == ["os_stop"]
-            assert [r["figure"] for r in stopped["policy"]] == ["fig7"]  # one OS left: CPU given back
-            assert node_state(orch, "os2") == "stopped"
-            routes = orch.routes.table.routes
-            assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"]) == ("os1", "os1", "cpu0")
-            exit1 = await client.wait_exit("os1", pid)
-            assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("P", lines))
-            nursery.cancel_scope.cancel()
-    finally:
-        client.party.close()
+    async with serving(Client(orch)) as client:
+        start = await client.logged("uart0")
+        pid = await client.exec("os1", "timeshare", ["timeshare", "P", str(lines)])
+        stopped = await orch.control("ctl_os_stop", os="os2")  # os2 is idle; os1's program runs on
+        assert [r["figure"] for r in stopped["reports"]] == ["os_stop"]
+        assert [r["figure"] for r in stopped["policy"]] == ["fig7"]  # one OS left: CPU given back
+        assert node_state(orch, "os2") == "stopped"
+        routes = orch.routes.table.routes
+        assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"]) == ("os1", "os1", "cpu0")
+        exit1 = await client.wait_exit("os1", pid)
+        assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("P", lines))
     assert (await orch.control("ctl_virt_status"))["resources"]["os1.cpu"] == "os1"
 
 
@@ -646,23 +634,17 @@ async def test_an_interposition_over_its_pause_budget_is_rolled_back_under_a_run
     await orch.control("ctl_vmm_load", host="os1", frames=8)
     before = dict(orch.routes.table.routes)
     lines = 30
-    client = Client(orch)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(client.party.serve, client.handle)
-            start = await client.logged("uart0")
-            pid = await client.exec("os1", "timeshare", ["timeshare", "R", str(lines)])
-            with pytest.raises(ChoreographyFailed, match=r"pause budget exceeded after step 'redirect_traps'") as info:
-                await interpose_cpu(orch, "os1", budget_ms=0.001)
-            assert info.value.report["undone"] == ["redirect_traps", "attach", "new_flows"]
-            now = orch.routes.table.routes
-            assert {f: now[f] for f in before} == before  # traps, interrupts, privileged ops: the OS's again
-            assert (await orch.request("vmm", "vmm_status")).body["data"]["oses"] == {}
-            exit1 = await client.wait_exit("os1", pid)
-            assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("R", lines))
-            nursery.cancel_scope.cancel()
-    finally:
-        client.party.close()
+    async with serving(Client(orch)) as client:
+        start = await client.logged("uart0")
+        pid = await client.exec("os1", "timeshare", ["timeshare", "R", str(lines)])
+        with pytest.raises(ChoreographyFailed, match=r"pause budget exceeded after step 'redirect_traps'") as info:
+            await interpose_cpu(orch, "os1", budget_ms=0.001)
+        assert info.value.report["undone"] == ["redirect_traps", "attach", "new_flows"]
+        now = orch.routes.table.routes
+        assert {f: now[f] for f in before} == before  # traps, interrupts, privileged ops: the OS's again
+        assert (await orch.request("vmm", "vmm_status")).body["data"]["oses"] == {}
+        exit1 = await client.wait_exit("os1", pid)
+        assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("R", lines))
     assert orch.virt.attached == {}
     assert orch.journal.outcome(info.value.report["id"]) == "rolled_back"
     for name in orch.live_nodes():

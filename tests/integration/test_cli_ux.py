@@ -59,6 +59,20 @@ def test_version():
     assert result.returncode == 0 and re.fullmatch(r"hwemu \d+\.\d+\.\d+\n", result.stdout), result
 
 
+@pytest.mark.parametrize("argv, error", [
+    (["status", "--json", "--timeout", "soon"], "Invalid value for '--timeout'"),
+    (["route", "show", "--bogus", "--json"], "No such option: --bogus"),
+])
+def test_a_usage_error_given_json_is_one_json_object_on_stdout_too(argv, error):
+    result = subprocess.run([HWEMU, *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result
+    data = one_json_object(result.stdout)
+    assert data["ok"] is False and data["exit"] == 2 and data["error"].startswith(error), data
+    assert f"Error: {error}" in result.stderr and "Traceback" not in result.stderr  # the usual line, for a person
+    plain = subprocess.run([HWEMU, *(a for a in argv if a != "--json")], capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 2 and plain.stdout == "", plain  # without --json, stdout stays empty
+
+
 def test_a_bad_log_level_is_one_line_and_exit_2(run_dir):
     rd, _ = run_dir
     result = hwemu(rd, "up", "compose/native.toml", "--detach", HWEMU_LOG="bogus")

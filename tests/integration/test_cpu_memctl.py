@@ -15,6 +15,7 @@ import pytest
 import trio
 
 import tests.fixtures.trapper  # noqa: F401  (registers the testos_* kinds in this process)
+from hwemu.testing import node_stats as stats
 from protocol.errors import RemoteError, RequestTimeout
 
 pytestmark = pytest.mark.integration
@@ -35,10 +36,6 @@ def topology(tmp_path: Path, quantum: int = 20000) -> dict:
                       "os1": {"kind": "testos", "module": "tests.fixtures.trapper",
                               "options": {"first_gpn": 256, "count": 256}}},
             "routes": {"trap:cpu0": "os1", "priv:os1": "cpu0", "mem:cpu0": "memctl", "mem:os1": "memctl"}}
-
-
-async def stats(orch, node: str) -> dict:
-    return (await orch.request(node, "stats")).body["stats"]
 
 
 async def run_program(orch, name: str, argv: list[str], timeout: float = 60.0) -> dict:

@@ -17,6 +17,9 @@ import trio
 
 import protocol.hw  # noqa: F401  (disk_done / nic_done replies decode in this process)
 import tests.fixtures.iodriver  # noqa: F401  (registers io_emit / io_events)
+from hwemu.testing import node_stats as stats
+from hwemu.testing import wait_stats
+from orchestrator.errors import StartError
 from protocol.errors import RemoteError, RequestTimeout
 
 pytestmark = pytest.mark.integration
@@ -43,20 +46,6 @@ def topology(tmp_path: Path, disk: dict | None = None, nic: dict | None = None, 
         },
         "routes": {"io:os1.disk": "disk0", "irq:disk0": "os1", "io:os1.nic": "nic0", "irq:nic0": "os1"},
     }
-
-
-async def stats(orch, node: str) -> dict:
-    return (await orch.request(node, "stats")).body["stats"]
-
-
-async def wait_stats(orch, node: str, pred, timeout: float = 15.0) -> dict:
-    """Poll ``node``'s stats until ``pred(stats)``; fail after ``timeout`` s."""
-    with trio.fail_after(timeout):
-        while True:
-            s = await stats(orch, node)
-            if pred(s):
-                return s
-            await trio.sleep(0.01)
 
 
 async def issue(orch, flow: str, kind: str, bodies: list[dict]) -> None:
@@ -257,7 +246,8 @@ async def test_disk_image_defaults_to_the_run_dir_keeps_its_existing_size_and_ta
 
 
 async def test_a_disk_whose_partition_ends_past_the_image_refuses_to_start_and_says_why(cluster, tmp_path):
-    with pytest.raises(RuntimeError, match=r"partition 'os1' \[0, 4096\] ends past the device's 2048 blocks"):
+    with pytest.raises(StartError, match=r"disk disk0: option 'partitions': expected \[first_block, count\] "
+                                           r"within the device's 2048 blocks, got \{'os1': \[0, 4096\]\}"):
         await cluster(topology(tmp_path, disk={"partitions": {"os1": [0, 4096]}}, restart="never"))
 
 

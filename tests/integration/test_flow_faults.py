@@ -20,7 +20,8 @@ import signal
 import pytest
 import trio
 
-from orchestrator.flowaudit import audit, collect
+from hwemu import testing
+from hwemu.testing import node_stats as stats
 from orchestrator.topology import parse
 from tests.integration.test_native import NATIVE, Client, elf_of, expected
 
@@ -58,17 +59,16 @@ async def consumed_all(orch, sinks: list[str], count: int, timeout: float = 60) 
 
 
 async def flow_audit(orch) -> dict:
-    async def request(node, kind, body):
-        return (await orch.request(node, kind, body, timeout=10)).body
-
-    status = await orch.ctl_status()
-    histories, sent, notes = await collect(request, status, orch.run_dir)
-    assert not notes, notes
-    return audit(histories, sent)
+    """The audit of every flow's history (orchestrator/flowaudit.py), asserted clean."""
+    result = await testing.flow_audit(orch)
+    assert result["ok"], (result["problems"], result["notes"])
+    return result
 
 
-async def stats(orch, node: str) -> dict:
-    return (await orch.request(node, "stats")).body["stats"]
+def stream_soon(nursery: trio.Nursery, orch, count: int) -> None:
+    """``src`` streams ``count`` data on FLOW at RATE, in the background."""
+    nursery.start_soon(lambda: orch.request("src", "stream_start", {"flow": FLOW, "count": count, "rate": RATE},
+                                            timeout=120))
 
 
 @pytest.mark.integration
@@ -85,9 +85,7 @@ async def test_a_flow_nemesis_loses_duplicates_and_reorders_nothing(cluster, nem
     assert sum(injected.values()) > 0, injected
     assert (await orch.request("src", "fault_clear", {"id": None})).body["data"] == {"cleared": 1}
     assert "faults" not in await stats(orch, "src")
-    result = await flow_audit(orch)
-    assert result["ok"], result["problems"]
-    assert result["flows"][FLOW]["sent"] == COUNT
+    assert (await flow_audit(orch))["flows"][FLOW]["sent"] == COUNT
 
 
 @pytest.mark.integration
@@ -119,8 +117,7 @@ async def test_requests_on_a_lossy_flow_are_answered_once_each_across_a_route_ch
     reports = await consumed_all(orch, ["sink_a", "sink_b"], count)
     a, b = reports["sink_a"]["consumed"], reports["sink_b"]["consumed"]
     assert a and b and a + b == list(range(1, count + 1))
-    result = await flow_audit(orch)
-    assert result["ok"], result["problems"]
+    await flow_audit(orch)
 
 
 @pytest.mark.integration
@@ -128,8 +125,7 @@ async def test_a_partition_healed_after_seconds_loses_nothing(cluster):
     orch = await cluster(topology())
     count = 6000
     async with trio.open_nursery() as n:
-        n.start_soon(lambda: orch.request("src", "stream_start", {"flow": FLOW, "count": count, "rate": RATE},
-                                          timeout=120))
+        stream_soon(n, orch, count)
         await trio.sleep(0.3)
         # both ways: the data and the acknowledgements
         await orch.request("src", "fault_set", {"id": "cut", "type": "partition", "seed": 0, "peers": ["sink_a"]})
@@ -141,8 +137,7 @@ async def test_a_partition_healed_after_seconds_loses_nothing(cluster):
             await orch.request(node, "fault_clear", {"id": "cut"})
     reports = await consumed_all(orch, ["sink_a"], count)
     assert reports["sink_a"]["consumed"] == list(range(1, count + 1))
-    result = await flow_audit(orch)
-    assert result["ok"], result["problems"]
+    await flow_audit(orch)
 
 
 @pytest.mark.integration
@@ -151,8 +146,7 @@ async def test_a_receiver_killed_and_restarted_gets_everything_it_had_not_acknow
     count = 6000
     node = orch.supervisor.nodes["sink_a"]
     async with trio.open_nursery() as n:
-        n.start_soon(lambda: orch.request("src", "stream_start", {"flow": FLOW, "count": count, "rate": RATE},
-                                          timeout=120))
+        stream_soon(n, orch, count)
         with trio.fail_after(30):
             while len((await orch.request("sink_a", "sink_report")).body["data"]["consumed"]) < 1000:
                 await trio.sleep(0.05)

@@ -220,11 +220,27 @@ def test_the_console_log_is_capped_and_rotated_and_hwemu_run_follows_the_rotatio
 
 # ------------------------------------------------------------------------ vmm
 
+async def vmm_loaded(cluster):
+    """A cluster of two OSes with the VMM loaded in 8 frames of os1."""
+    orch = await cluster(VMM_TOPOLOGY)
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
+    return orch
+
+
+async def assert_native_again(orch, os_name: str) -> dict:
+    """``os_name`` holds its CPU and memory again and the VMM's frames went home (zeroed);
+    the resources table."""
+    resources = (await orch.ctl_status())["virt"]["resources"]
+    assert (resources[f"{os_name}.cpu"], resources[f"{os_name}.memory"]) == (os_name, os_name)
+    owners = (await orch.request("memctl", "mem_owners")).body["data"]
+    assert owners["invariants"] == "ok" and "vmm" not in owners
+    return resources
+
+
 async def test_kill9_of_the_interposed_vmm_rolls_the_sole_os_back_to_native_under_a_running_program(
         guest_build, cluster):
-    orch = await cluster(VMM_TOPOLOGY)
+    orch = await vmm_loaded(cluster)
     lines = 40
-    await orch.control("ctl_vmm_load", host="os1", frames=8)
     async with serving(Client(orch)) as client:
         start = await client.logged("uart0")
         pid = await client.exec("os1", "timeshare", ["timeshare", "T", str(lines)])
@@ -242,10 +258,7 @@ async def test_kill9_of_the_interposed_vmm_rolls_the_sole_os_back_to_native_unde
     routes = orch.routes.table.routes
     assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"], routes["io:os1.uart"],
             routes["irq:uart0"]) == ("os1", "os1", "cpu0", "uart0", "os1")
-    resources = (await orch.ctl_status())["virt"]["resources"]
-    assert (resources["os1.cpu"], resources["os1.memory"], resources["os1.uart (uart0)"]) == ("os1",) * 3
-    owners = (await orch.request("memctl", "mem_owners")).body["data"]
-    assert owners["invariants"] == "ok" and "vmm" not in owners  # its frames went home (zeroed)
+    assert (await assert_native_again(orch, "os1"))["os1.uart (uart0)"] == "os1"
     with trio.fail_after(60):  # the VMM comes back, unloaded: it can be loaded and interposed again
         while vmm.state != "running":
             await trio.sleep(0.05)
@@ -364,9 +377,8 @@ def test_kill9_of_the_uart_while_a_program_prints_loses_and_doubles_no_byte(gues
 
 async def test_kill9_of_the_vmm_under_two_oses_keeps_the_one_on_the_cpu_and_stops_the_one_whose_state_died(
         guest_build, cluster):
-    orch = await cluster(VMM_TOPOLOGY)
+    orch = await vmm_loaded(cluster)
     lines = 60
-    await orch.control("ctl_vmm_load", host="os1", frames=8)
     await orch.control("ctl_interpose", os="os1")
     await orch.control("ctl_interpose", os="os2")
     async with serving(Client(orch)) as client:
@@ -388,7 +400,4 @@ async def test_kill9_of_the_vmm_under_two_oses_keeps_the_one_on_the_cpu_and_stop
         assert (done["code"], await client.console(uart, starts[uart])) == (0, timeshare_output(tag, lines))
     routes = orch.routes.table.routes
     assert (routes["trap:cpu0"], routes["priv:" + survivor]) == (survivor, "cpu0")
-    resources = (await orch.ctl_status())["virt"]["resources"]
-    assert (resources[f"{survivor}.cpu"], resources[f"{survivor}.memory"]) == (survivor, survivor)
-    owners = (await orch.request("memctl", "mem_owners")).body["data"]
-    assert owners["invariants"] == "ok" and "vmm" not in owners
+    await assert_native_again(orch, survivor)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from hwemu.testing import node_stats as stats
+from hwemu.testing import wait_stats
 from orchestrator.client import call
 from protocol.errors import RemoteError
 
@@ -36,20 +38,6 @@ def timer_topology(period_ms: float) -> dict:
     return {"cluster": {"name": "timer"},
             "nodes": {"timer0": {"kind": "timer", "options": {"period_ms": period_ms}}, "os1": SINK},
             "routes": {"irq:timer0": "os1", "io:os1.timer": "timer0"}}
-
-
-async def stats(orch, node: str) -> dict:
-    return (await orch.request(node, "stats")).body["stats"]
-
-
-async def wait_stats(orch, node: str, pred, timeout: float = 10.0) -> dict:
-    """Poll ``node``'s stats until ``pred(stats)``; fail after ``timeout`` s."""
-    with trio.fail_after(timeout):
-        while True:
-            s = await stats(orch, node)
-            if pred(s):
-                return s
-            await trio.sleep(0.01)
 
 
 async def wait_events(orch, pred, timeout: float = 10.0) -> dict:

@@ -28,6 +28,7 @@ import trio
 
 import protocol.hw  # noqa: F401  (disk_done / nic_done replies decode in this process)
 import tests.fixtures.iodriver  # noqa: F401  (registers io_emit / io_events)
+from hwemu.testing import node_stats as stats
 from orchestrator.choreographies.base import ChoreographyError
 from orchestrator.flowaudit import with_gaps
 from tests.guest.test_network_samples import converse
@@ -71,10 +72,6 @@ def driver_topology(tmp_path: Path) -> dict:
         },
         "routes": {"io:os1.disk": "disk0", "irq:disk0": "os1", "io:os1.nic": "nic0", "irq:nic0": "os1"},
     }
-
-
-async def stats(orch, node: str) -> dict:
-    return (await orch.request(node, "stats")).body["stats"]
 
 
 async def issue(orch, os_name: str, device: str, kind: str, bodies: list[dict]) -> None:

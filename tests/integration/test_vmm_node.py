@@ -19,12 +19,11 @@ import trio
 
 from orchestrator.cli.demo import timeshare_output
 from orchestrator.flowaudit import with_gaps
-from protocol.auth import client_keyring
+from tests.integration.test_choreographies import Client, serving, vmm_stats, wait_vmm
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = REPO / "guest"
 SAMPLES = GUEST / "samples"
-BUILD = GUEST / "build" / "samples"
 VMM_TOPOLOGY = REPO / "compose" / "vmm.toml"
 
 pytestmark = pytest.mark.integration
@@ -185,68 +184,8 @@ async def test_vmm_reflects_forwards_emulates_and_switches_in_process(tmp_path) 
         r.close()
 
 
-class Client:
-    """A party outside the topology that starts programs on an OS and hears their proc_exit."""
-
-    def __init__(self, orch, name: str = "vclient"):
-        import protocol.hw
-        import protocol.vmm  # noqa: F401
-        from protocol.transport import Party
-
-        self.orch = orch
-        self.party = Party(name, f"ipc://{orch.run_dir}/{name}.sock", dict(orch.directory), advertise=True,
-                           auth=client_keyring(orch.run_dir, name))
-        self.exits: dict[tuple[str, int], dict] = {}
-        self.changed = trio.Event()
-
-    async def _handle(self, msg) -> None:
-        if msg.kind == "proc_exit":
-            self.exits[(msg.src, msg.body["pid"])] = msg.body
-            self.changed.set()
-            self.changed = trio.Event()
-
-    async def logged(self, uart: str) -> int:
-        return (await self.party.request(uart, "uart_sync")).body["data"]["logged"]
-
-    async def exec(self, os_name: str, elf: str, argv: list[str]) -> int:
-        body = {"elf": (BUILD / f"{elf}.elf").read_bytes(), "argv": argv, "notify": True}
-        reply = await self.party.request(os_name, "os_exec", body, timeout=30)
-        return reply.body["data"]["pid"]
-
-    async def wait_exit(self, os_name: str, pid: int, timeout: float = 120) -> dict:
-        with trio.fail_after(timeout):
-            while (os_name, pid) not in self.exits:
-                await self.changed.wait()
-        return self.exits[(os_name, pid)]
-
-    async def run(self, os_name: str, uart: str, elf: str, argv: list[str]) -> tuple[int, bytes]:
-        """Run a program to its end; (exit code, its console output)."""
-        start = await self.logged(uart)
-        pid = await self.exec(os_name, elf, argv)
-        code = (await self.wait_exit(os_name, pid))["code"]
-        return code, await self.console(uart, start)
-
-    async def console(self, uart: str, start: int) -> bytes:
-        end = await self.logged(uart)
-        return (self.orch.run_dir / f"{uart}.console.log").read_bytes()[start:end]
-
-
 async def vmm(orch, kind: str, body: dict | None = None) -> dict:
     return (await orch.request("vmm", kind, body or {})).body.get("data") or {}
-
-
-async def vmm_stats(orch) -> dict:
-    return (await orch.request("vmm", "stats")).body["stats"]["vmm"]
-
-
-async def wait_vmm(orch, pred, what: str, timeout: float = 60) -> dict:
-    """Poll the VMM's counters until ``pred`` holds (deadline ``timeout``)."""
-    with trio.fail_after(timeout):
-        while True:
-            s = await vmm_stats(orch)
-            if pred(s):
-                return s
-            await trio.sleep(0.02)
 
 
 async def assert_nothing_lost(orch) -> None:
@@ -283,14 +222,8 @@ async def trap_consumed(orch, node: str) -> int:
 
 
 async def with_client(orch, body) -> None:
-    client = Client(orch)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(client.party.serve, client._handle)
-            await body(client)
-            nursery.cancel_scope.cancel()
-    finally:
-        client.party.close()
+    async with serving(Client(orch, "vclient")) as client:
+        await body(client)
 
 
 async def test_vmm_init_discovers_the_machine(cluster) -> None:
@@ -328,7 +261,7 @@ async def test_vmm_interposed_under_a_running_program_is_transparent(guest_build
         pid = await client.exec("os1", "timeshare", ["timeshare", "T", str(lines)])
         await vmm(orch, "vmm_attach_os", {"os": "os1", "asid_base": 0, "current": True})
         await interpose(orch, ["os1"])
-        s = await wait_vmm(orch, lambda s: s["traps_reflected"] > 0 and s["priv_forwarded"] > 0, "reflect")
+        s = await wait_vmm(orch, lambda s: s["traps_reflected"] > 0 and s["priv_forwarded"] > 0)
         exit1 = await client.wait_exit("os1", pid)
         assert (exit1["code"], await client.console("uart0", start)) == (0, want)
 
@@ -341,7 +274,7 @@ async def test_vmm_interposed_under_a_running_program_is_transparent(guest_build
         start = await client.logged("uart0")
         pid = await client.exec("os1", "timeshare", ["timeshare", "T", str(lines)])
         s0 = await vmm_stats(orch)
-        before = await wait_vmm(orch, lambda s: s["traps_reflected"] > s0["traps_reflected"], "reflect")
+        before = await wait_vmm(orch, lambda s: s["traps_reflected"] > s0["traps_reflected"])
         held, last_to_vmm = await devirtualize(orch, "os1")
         assert held["held"] == 0  # one OS, never switched out: the VMM held nothing
         # the program goes on natively: cpu0's traps reach os1 again, straight
@@ -386,7 +319,7 @@ async def test_vmm_time_slices_two_oses_and_both_outputs_are_exact(guest_build, 
         assert s["oses"]["os1"]["traps"] > 0 and s["oses"]["os2"]["traps"] > 0, s
         assert s["stray_traps"] == 0
         # both idle now: the CPU is halted and nobody is on it
-        s = await wait_vmm(orch, lambda s: s["current"] is None, "idle")
+        s = await wait_vmm(orch, lambda s: s["current"] is None)
         # each OS again alone, one after the other, exact
         code, out = await client.run("os2", "uart1", "primes", ["primes"])
         assert (code, out) == (0, (SAMPLES / "primes.expected").read_bytes())
@@ -435,7 +368,7 @@ async def test_vmm_drives_both_consoles_of_time_sliced_oses_byte_for_byte(guest_
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         try:
             await stream.send_all(b"typed\n")
-            await wait_vmm(orch, lambda s: s["oses"]["os2"]["uart_rx"] >= 1, "uart_rx")
+            await wait_vmm(orch, lambda s: s["oses"]["os2"]["uart_rx"] >= 1)
         finally:
             await stream.aclose()
 
@@ -474,13 +407,13 @@ async def test_vmm_from_two_oses_back_to_one_native_os_under_a_running_program(g
         starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
         p1 = await client.exec("os1", "timeshare", ["timeshare", "A", "80"])
         p2 = await client.exec("os2", "timeshare", ["timeshare", "B", "8"])
-        await wait_vmm(orch, lambda s: s["oses"]["os2"]["switched_in"] > 0, "os2 on the CPU")
+        await wait_vmm(orch, lambda s: s["oses"]["os2"]["switched_in"] > 0)
         with pytest.raises(RemoteError) as info:  # os1 still has work: not detachable
             await vmm(orch, "vmm_detach_os", {"os": "os1"})
         assert info.value.reason == "os_busy"
         e2 = await client.wait_exit("os2", p2)
         assert (e2["code"], await client.console("uart1", starts["uart1"])) == (0, timeshare_output("B", 8))
-        await wait_vmm(orch, lambda s: not s["oses"]["os2"]["runnable"], "os2 idle")
+        await wait_vmm(orch, lambda s: not s["oses"]["os2"]["runnable"])
         await vmm(orch, "vmm_detach_os", {"os": "os2"})
         assert ("os1", p1) not in client.exits, "os1's program ended before FIG. 7 could run under it"
 
