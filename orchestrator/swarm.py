@@ -36,7 +36,8 @@ from orchestrator.topology import NodeSpec, Topology
 DEFAULT_IMAGE = "hwemu:latest"
 SWARM_FILE = "swarm.json"  # in the run directory: the stack a swarm cluster runs as (`hwemu down` removes it)
 RESTART = {"never": "none", "on-failure": "on-failure", "always": "any"}
-ENV_PASSED = ("HWEMU_LOG", "HWEMU_SPIN_US", "HWEMU_SLICE_US", "HWEMU_HISTORY_DIR")
+# the environment every node reads (docs/topologies.md), with its defaults: `docker stack deploy` fills it in
+ENV_PASSED = {"HWEMU_LOG": "INFO", "HWEMU_SPIN_US": "200", "HWEMU_SLICE_US": "", "HWEMU_HISTORY_DIR": ""}
 HOST_LABEL = "hwemu.host"  # `docker node update --label-add hwemu.host=a NODE` places the nodes of host "a"
 
 
@@ -98,10 +99,11 @@ def node_command(spec: NodeSpec, run_dir: str) -> list[str]:
     """The container's command: the node process itself (pid 1), its log in the run directory.
 
     The config the orchestrator wrote for this start wins; a node on a host that has
-    no copy of the run directory reads the one deployed as its secret."""
+    no copy of the run directory reads the one deployed as its secret. (``$$``: a ``$`` the
+    stack file does not fill in.)"""
     conf = f"{run_dir}/conf/{spec.name}.json"
-    script = (f'c="{conf}"; [ -r "$c" ] || c=/run/secrets/{spec.name}.json; mkdir -p "{run_dir}/logs"; '
-              f'exec python3 -m {spec.module} --config "$c" >>"{run_dir}/logs/{spec.name}.log" 2>&1')
+    script = (f'c="{conf}"; [ -r "$$c" ] || c=/run/secrets/{spec.name}.json; mkdir -p "{run_dir}/logs"; '
+              f'exec python3 -m {spec.module} --config "$$c" >>"{run_dir}/logs/{spec.name}.log" 2>&1')
     return ["sh", "-c", script]
 
 
@@ -132,7 +134,7 @@ def stack(topology: Topology, *, run_dir: str = "${HWEMU_RUN_DIR}", image: str =
         services[spec.name] = {
             "image": image,
             "command": node_command(spec, run_dir),
-            "environment": {"PYTHONUNBUFFERED": "1", **{k: f"${{{k}:-}}" for k in ENV_PASSED}},
+            "environment": {"PYTHONUNBUFFERED": "1", **{k: f"${{{k}:-{v}}}" for k, v in ENV_PASSED.items()}},
             "volumes": [f"{run_dir}:{run_dir}"],
             "networks": ["hostnet"],
             "secrets": [{"source": f"{spec.name}.json", "target": f"{spec.name}.json", "mode": 0o400}],
@@ -209,15 +211,26 @@ class ServiceProcess:
         self._fd = os.pidfd_open(pid)
 
     async def wait(self) -> int:
+        """Its exit status, once it ended. Several tasks may wait at once (the supervisor's
+        watch and a stop): each on its own copy of the pidfd (trio lets one task wait per fd)."""
         if self.returncode is None:
-            await trio.lowlevel.wait_readable(self._fd)
-            os.close(self._fd)
-            try:  # the container's exit status: the node's
-                out = await trio.to_thread.run_sync(docker, "wait", self.container)
-                self.returncode = int(out.strip() or -1)
-            except (DockerError, ValueError):
-                self.returncode = -1
+            fd = os.dup(self._fd)
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            finally:
+                os.close(fd)
+            with trio.CancelScope(shield=True):
+                try:  # the container's exit status: the node's
+                    out = await trio.to_thread.run_sync(docker, "wait", self.container)
+                    code = int(out.strip() or -1)
+                except (DockerError, ValueError):
+                    code = -1
+                if self.returncode is None:
+                    self.returncode = code
         return self.returncode
+
+    def __del__(self) -> None:
+        os.close(self._fd)
 
     def kill(self) -> None:
         try:

@@ -294,7 +294,8 @@ def down(
     except (NotRunning, RemoteError, RequestTimeout):
         pass  # fall through to signals
     pids = {"orch": state["pid"], **state.get("nodes", {})}
-    _wait_gone(set(pids.values()) | set(launched(rd)), timeout + 2)
+    # a swarm cluster's orchestrator removes its stack before it exits: seconds more
+    _wait_gone(set(pids.values()) | set(launched(rd)), timeout + 2 + (30 if (rd / swarm.SWARM_FILE).exists() else 0))
     # still there (a hung orchestrator, a node it could not stop): SIGTERM lets
     # it clean up; whatever ignores that too gets SIGKILL. The launch record names
     # every process started for this cluster (a node restarted after the state file
