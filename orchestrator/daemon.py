@@ -137,7 +137,7 @@ async def serve(topology_path: str, run_dir: Path, engine: str = "local", image:
         deployed = None
         if engine == "swarm":
             deployed = swarm.SwarmEngine(topology, run_dir, image)
-            orch.supervisor.launch = deployed.launch
+            orch.supervisor.engine = deployed.launch
             await trio.to_thread.run_sync(deployed.deploy, orch.supervisor.config_for, write_private)
         async with _unwrapped(), trio.open_nursery() as nursery:
             async def on_signal():

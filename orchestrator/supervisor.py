@@ -138,7 +138,7 @@ class Supervisor:
         self.on_back = on_back  # awaited once a restarted node is ready again (its drivers reset it)
         self.nodes: dict[str, NodeProc] = {}
         self.stopping = False
-        self.launch: Callable[[NodeSpec], Any] | None = None
+        self.engine: Callable[[NodeSpec], Any] | None = None
         """Another engine's start of a node (``orchestrator/swarm.py``): awaited, returns a process
         handle (``pid`` on this host, ``ns_pid``, ``returncode``, ``wait()``); None: a local process."""
         (run_dir / "conf").mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -147,8 +147,8 @@ class Supervisor:
     async def _spawn(self, np: NodeProc) -> None:
         conf = self.run_dir / "conf" / f"{np.spec.name}.json"
         write_private(conf, json.dumps(self.config_for(np.spec)).encode())  # 0600: it holds the node's keys
-        if self.launch is not None:
-            np.proc = await self.launch(np.spec)
+        if self.engine is not None:
+            np.proc = await self.engine(np.spec)
         else:
             logf = open(self.run_dir / "logs" / f"{np.spec.name}.log", "ab")
             try:
