@@ -131,8 +131,12 @@ class Supervisor:
 
     def __init__(self, run_dir: Path, config_for: Callable[[NodeSpec], dict[str, Any]],
                  on_restart: Callable[[NodeProc], Any] | None = None,
-                 on_back: Callable[[NodeProc], Any] | None = None):
+                 on_back: Callable[[NodeProc], Any] | None = None,
+                 launcher: Callable[[str], list[str]] = lambda name: []):
         self.run_dir = run_dir
+        # node -> the command prefix that runs it on its host (orchestrator/topology_hosts.py), read at each
+        # start: a node restarted after a move starts on its new host
+        self.launcher = launcher
         self.config_for = config_for
         self.on_restart = on_restart
         self.on_back = on_back  # awaited once a restarted node is ready again (its drivers reset it)
@@ -153,7 +157,7 @@ class Supervisor:
             logf = open(self.run_dir / "logs" / f"{np.spec.name}.log", "ab")
             try:
                 np.proc = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", np.spec.module, "--config", str(conf)],
+                    [*self.launcher(np.spec.name), sys.executable, "-m", np.spec.module, "--config", str(conf)],
                     stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 )

@@ -22,7 +22,7 @@ from orchestrator.cli.fault import faults_table
 from orchestrator.client import NotRunning, call
 from orchestrator.daemon import is_locked, read_state
 from orchestrator.supervisor import LAUNCHED, launched, record_launch
-from orchestrator.topology import TopologyError, load
+from orchestrator.topology import ORCHESTRATOR, TopologyError, load
 from protocol.auth import check_private
 from protocol.errors import RemoteError, RequestTimeout
 
@@ -54,6 +54,9 @@ def _status_table(data: dict) -> Table:
             state = Text.assemble(("unresponsive", "bold yellow"), f" (no heartbeat {n['silent_s']:.1f} s)")
         elif n["kind"] == "cpu" and isinstance(n["stats"].get("cpu_state"), str):
             state += f" / {n['stats']['cpu_state']}"
+        refused = n["stats"].get("wrong_key", 0) + n["stats"].get("curve_refused", 0)
+        if refused:  # across hosts: connections or messages refused by CURVE (docs/hosts.md)
+            state += f" / {refused} refused"
         dropped = (n["stats"].get("rx_dropped") or {}).get("total") if n["kind"] == "nic" else None
         if dropped:
             state += f" / {dropped} dropped"  # received datagrams that never reached the guest
@@ -127,8 +130,9 @@ def up(
     before = log.tell()  # this start's part of the log: a failed start is explained by its own lines
     with log:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.daemon", "--topology", str(topology.resolve()), "--run-dir", str(rd),
-             "--engine", engine, "--image", image],
+            # on the orchestrator's host if the topology places it (docs/hosts.md)
+            [*topo.placement().launcher(ORCHESTRATOR), sys.executable, "-m", "orchestrator.daemon",
+             "--topology", str(topology.resolve()), "--run-dir", str(rd), "--engine", engine, "--image", image],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     record_launch(rd, "orch", daemon.pid)
     # a stack deploys, and its containers start, in seconds each

@@ -17,6 +17,7 @@ from orchestrator.cli import (
     demo,
     fault,
     image,
+    keys,
     memory,
     route,
     run,
@@ -90,6 +91,8 @@ app.add_typer(trace.app, name="trace")
 app.add_typer(fault.app, name="fault")
 app.add_typer(image.app, name="image")
 app.add_typer(compose.app, name="compose")
+app.add_typer(keys.app, name="keys")
+app.command("move", epilog=examples_text(keys.MOVE_EXAMPLES))(keys.move)
 app.command("interpose", epilog=examples_text(vmm.INTERPOSE_EXAMPLES))(vmm.interpose)
 app.command("devirtualize", epilog=examples_text(vmm.DEVIRTUALIZE_EXAMPLES))(vmm.devirtualize)
 
