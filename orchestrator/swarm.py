@@ -117,8 +117,9 @@ def stack(topology: Topology, *, run_dir: str = "${HWEMU_RUN_DIR}", image: str =
     """
     services: dict[str, Any] = {}
     secrets: dict[str, Any] = {}
+    where = topology.placement().where  # node -> its host (docs/hosts.md); empty: one host, anywhere
     for spec in topology.nodes.values():
-        host = getattr(spec, "host", None)  # the topology's placement (docs/hosts.md)
+        host = where.get(spec.name)
         deploy: dict[str, Any] = {
             "mode": "replicated",
             "replicas": 0 if supervised or not spec.autostart else 1,

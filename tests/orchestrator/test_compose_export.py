@@ -62,17 +62,18 @@ def test_one_service_per_node_with_secret_health_and_host_network():
 
 def test_restart_policy_and_placement_come_from_the_topology():
     topo = parse({"cluster": {"name": "t"},
+                  "hosts": {"h1": {"address": "127.0.0.1"}, "h2": {"address": "127.0.0.2"}},
                   "nodes": {"a": {"kind": "timer", "restart": "never"},
-                            "b": {"kind": "timer", "restart": "always", "max_restarts": 7},
-                            "c": {"kind": "timer"}},
+                            "b": {"kind": "timer", "restart": "always", "max_restarts": 7, "host": "h1"},
+                            "c": {"kind": "timer", "host": "h2"}},  # placement: docs/hosts.md
                   "routes": {}})
-    topo.nodes["c"].host = "h2"  # the placement of docs/hosts.md (`host = "h2"` in the topology)
     deploy = {n: s["deploy"] for n, s in swarm.stack(topo)["services"].items()}
     assert deploy["a"]["restart_policy"]["condition"] == "none"
     assert deploy["b"]["restart_policy"] == {"condition": "any", "delay": "1s", "max_attempts": 7}
     assert deploy["c"]["restart_policy"]["condition"] == "on-failure"
     assert deploy["c"]["placement"] == {"constraints": ["node.labels.hwemu.host == h2"]}
-    assert "placement" not in deploy["a"]
+    assert deploy["b"]["placement"] == {"constraints": ["node.labels.hwemu.host == h1"]}
+    assert deploy["a"]["placement"] == deploy["b"]["placement"]  # no host: the orchestrator's (the first)
     supervised = swarm.stack(topo, run_dir="/r", image="img", supervised=True)["services"]
     assert all(s["deploy"]["replicas"] == 0 and s["deploy"]["restart_policy"] == {"condition": "none"}
                for s in supervised.values())
