@@ -91,6 +91,21 @@ def test_native_cluster_on_swarm_runs_programs_and_leaves_nothing(image, run_dir
     hello = hwemu("run", "--run-dir", str(run_dir), "compose/native.toml", str(SAMPLES / "hello.elf"), "--", "world")
     assert hello.stdout == b'Hello from hwemu!\nargc = 2\nargv[0] = hello.elf\nargv[1] = "world"\n'
 
+    # a crash (`hwemu fault kill`, SIGKILL by the host pid): the orchestrator starts a new task of
+    # the service, as it restarts a local node, and the cluster goes on
+    killed = hwemu("fault", "kill", "timer0", "--run-dir", str(run_dir))
+    assert killed.returncode == 0, killed.stderr.decode()
+    for _ in range(300):
+        timer0 = next(n for n in json.loads(hwemu("status", "--json", "--run-dir", str(run_dir)).stdout)["nodes"]
+                      if n["name"] == "timer0")
+        if timer0["restarts"] == 1 and timer0["state"] == "running":
+            break
+    assert timer0["restarts"] == 1 and timer0["state"] == "running", timer0
+    tasks = swarm.docker("service", "ps", "--format", "{{.Error}}", f"{stack}_timer0")
+    assert "non-zero exit (137)" in tasks  # the killed container, as Swarm saw it
+    again = hwemu("run", "--run-dir", str(run_dir), "compose/native.toml", str(SAMPLES / "hello.elf"), "--", "world")
+    assert again.stdout == hello.stdout
+
     down = hwemu("down", "--run-dir", str(run_dir), "--json", timeout=120)
     assert down.returncode == 0, down.stderr.decode()
     assert json.loads(down.stdout)["killed"] == []
