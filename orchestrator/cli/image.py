@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Optional
@@ -50,6 +51,12 @@ def apt_mirror() -> str:
             if not uri.rstrip("/").endswith("-security"):
                 return uri
     return DEFAULT_MIRROR
+
+
+def project_dependencies() -> list[str]:
+    """The project's dependencies as pyproject.toml lists them (the image needs no test extras)."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return list(tomllib.load(f)["project"]["dependencies"])
 
 
 def _run(args: list[str], what: str, timeout: float = 900, **kwargs) -> None:
@@ -112,8 +119,8 @@ def wheels(into: Path) -> None:
     cached = cache_dir() / "wheels"
     cached.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    _run([*pip, "wheel", "-c", str(ROOT / "constraints.txt"), "--find-links", str(cached), "-w", str(cached),
-          str(ROOT)], "pip wheel of the project and its dependencies")
+    _run([*pip, "download", "-c", str(ROOT / "constraints.txt"), "--find-links", str(cached), "-d", str(cached),
+          "--only-binary=:all:", *project_dependencies()], "pip download of the project's dependencies")
     _run([*pip, "download", "--no-deps", "-d", str(cached), f"pip=={version('pip')}"], "pip download pip")
     into.mkdir(parents=True)
     for whl in cached.glob("*.whl"):
@@ -123,8 +130,13 @@ def wheels(into: Path) -> None:
             os.link(whl, into / whl.name)  # the context is in the cache's directory: no copy
         except OSError:
             shutil.copy2(whl, into)
-    # the project itself: always the wheel of this checkout (the cached one may be of older sources)
-    _run([*pip, "wheel", "--no-deps", "-w", str(into), str(ROOT)], "pip wheel of the project")
+    # the project itself: always the wheel of this checkout's sources, built from a copy of them (a
+    # build in place would reuse its build/ directory, where a module deleted since still lies)
+    src = into.parent / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "build", "guest", "bench", "tests", "compose",
+                                                             "*.egg-info", "__pycache__", "*.img"))
+    _run([*pip, "wheel", "--no-deps", "-w", str(into), str(src)], "pip wheel of the project")
+    shutil.rmtree(src)
 
 
 @command(app, "build", EXAMPLES)

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def run_dir(tmp_path):
     rd.mkdir(mode=0o700)
     yield rd
     hwemu("down", "--run-dir", str(rd), timeout=120)
-    for topology in ("native.toml", "demo.toml"):
+    for topology in ("native.toml", "vmm.toml", "demo.toml"):
         swarm.remove_stack(swarm.stack_name(load(ROOT / "compose" / topology), rd))
 
 
@@ -100,6 +101,7 @@ def test_native_cluster_on_swarm_runs_programs_and_leaves_nothing(image, run_dir
                       if n["name"] == "timer0")
         if timer0["restarts"] == 1 and timer0["state"] == "running":
             break
+        time.sleep(0.2)
     assert timer0["restarts"] == 1 and timer0["state"] == "running", timer0
     tasks = swarm.docker("service", "ps", "--format", "{{.Error}}", f"{stack}_timer0")
     assert "non-zero exit (137)" in tasks  # the killed container, as Swarm saw it
@@ -112,6 +114,28 @@ def test_native_cluster_on_swarm_runs_programs_and_leaves_nothing(image, run_dir
     assert stack_resources(stack) == []
     assert swarm.docker("stack", "ls", "--format", "{{.Name}}").split().count(stack) == 0
     assert not (run_dir / "cluster.json").exists() and not (run_dir / swarm.SWARM_FILE).exists()
+
+
+def test_interpose_and_devirtualize_on_swarm(image, run_dir, guest_build):
+    """The VMM (a service of the stack) loaded, interposed under the running OS and taken out
+    again; a program's output is the same under it and after it."""
+    stack = swarm.stack_name(load(ROOT / "compose" / "vmm.toml"), run_dir)
+    up = hwemu("up", "--engine", "swarm", "--image", image, "compose/vmm.toml", "--detach", "--run-dir", str(run_dir))
+    assert up.returncode == 0, up.stderr.decode()
+    hello = [str(SAMPLES / "hello.elf"), "--", "under", "the VMM"]
+    bare = hwemu("cpu", "run", *hello).stdout
+    for step in (["vmm", "load", "--host", "os1", "--frames", "64"], ["interpose"], None,
+                 ["devirtualize", "--unload"], None):
+        if step is None:
+            ran = hwemu("run", "--run-dir", str(run_dir), "compose/vmm.toml", *hello, timeout=120)
+            assert ran.returncode == 0 and ran.stdout == bare, ran.stderr.decode()
+            continue
+        done = hwemu(*step, "--run-dir", str(run_dir), "--json", timeout=120)
+        assert done.returncode == 0, (step, done.stdout.decode(), done.stderr.decode())
+    status = json.loads(hwemu("status", "--json", "--run-dir", str(run_dir)).stdout)
+    assert not status["virt"]["vmm"]["loaded"] and set(status["virt"]["resources"].values()) != {"vmm"}
+    assert hwemu("down", "--run-dir", str(run_dir), timeout=120).returncode == 0
+    assert stack_resources(stack) == []
 
 
 def test_demo_passes_on_swarm(image, run_dir, guest_build):
