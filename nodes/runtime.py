@@ -1055,6 +1055,13 @@ class Node:
                 self.in_flows[flow].forget_runs()
 
     async def on_route_install(self, msg: Message) -> None:
+        if msg.body.get("receive_only"):
+            # a sender of a change that is also a new receiver in it: it accepts the flows
+            # coming to it from now on, and routes its own by its table until its switch
+            if self._authz is not None:
+                self._authz.routes = RouteTable(msg.body["epoch"], msg.body["routes"])
+            await self.party.reply(msg, "ok", {"data": {"epoch": self.routes.epoch}})
+            return
         self._install(msg.body["epoch"], msg.body["routes"], msg.body.get("next", {}))
         await self.party.reply(msg, "ok", {"data": {"epoch": self.routes.epoch}})
 

@@ -96,6 +96,17 @@ def _coverage(runs: list[tuple[int, int, str]], total: int) -> tuple[int, list[i
     return lost_n, lost, dup_n, dup
 
 
+def with_gaps(flows_in: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The flows of one receiver's ``stats["flows_in"]`` that saw a gap: a message
+    that arrived before one it follows. Without faults that is a defect (a route
+    change that let a sender reach a receiver not ready for it, a message
+    dropped on the way) even though the flow repairs it. Duplicates are not
+    counted: a sender sends again what was not acknowledged within its timeout
+    (on a loaded host, a reply can take longer), and the receiver drops the
+    copy; whether anything was delivered twice is what :func:`audit` says."""
+    return {f: v for f, v in flows_in.items() if v.get("gaps")}
+
+
 Request = Callable[[str, str, dict], Awaitable[dict]]
 
 

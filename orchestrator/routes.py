@@ -131,13 +131,27 @@ class RouteAuthority:
             # its own pause (it gets the table with its switch)
             receivers = {n for f, n in changes.items() if old.get(f) != n and n not in by_sender} | set(orphans)
             wire = {"epoch": new.epoch, "routes": dict(new.routes), "timeout": self.timeout}
+            # a sender of the change that also receives a changed flow (the CPU sends traps
+            # and receives the OS's privileged operations, the OS the other way round) is
+            # given, to switch by and to accept by, the new table except that a flow it
+            # received stays its own until the install at the end: that flow's last
+            # messages, sent before its sender paused, may reach it after its switch. A
+            # new receiver among them accepts its new flows at once (receive_only): its
+            # sender may flush to it before it has switched itself
+            wires = {s: {**wire, "routes": {**wire["routes"], **{
+                f: s for f in changes if old.get(f) == s and flow_sender(f) != s}}} for s in by_sender}
+            dual = {n for f, n in changes.items() if old.get(f) != n and n in by_sender}
             last: dict[str, int] = {}
+            calls = {n: (lambda n=n: self._install_one(n, new, orphans.get(n, {}))) for n in receivers}
+            calls.update({n: (lambda n=n: self.party.request(n, "route_install", {
+                "epoch": new.epoch, "routes": wires[n]["routes"], "receive_only": True}, timeout=self.timeout))
+                for n in dual})
             try:
-                await gather({n: (lambda n=n: self._install_one(n, new, orphans.get(n, {}))) for n in receivers})
+                await gather(calls)
             except REQUEST_FAILURES as exc:  # nothing paused yet
                 await self._roll_back(old, new, by_sender, live, {})
                 raise RouteChangeError(f"route change {_show(changes)} rolled back: {exc}") from None
-            replies, failures = await self._switch(by_sender, old, live, wire)
+            replies, failures = await self._switch(by_sender, old, live, wires)
             if failures:
                 incomplete = await self._roll_back(old, new, by_sender, live, replies)
                 raise RouteChangeError(f"route change {_show(changes)} rolled back: {failures[0]}{incomplete}")
@@ -167,8 +181,8 @@ class RouteAuthority:
             return report
 
     async def _switch(self, by_sender: Mapping[str, list[str]], old: RouteTable, live: set[str],
-                      wire: dict) -> tuple[dict, list[Exception]]:
-        """One ``route_switch`` to each sender, concurrently: the replies of
+                      wires: Mapping[str, dict]) -> tuple[dict, list[Exception]]:
+        """One ``route_switch`` to each sender (its table in ``wires``), concurrently: the replies of
         those that switched, by sender, and the failures of the others (each
         of which resumed on the routes in force, or did not answer)."""
         replies: dict = {}
@@ -176,7 +190,7 @@ class RouteAuthority:
 
         async def one(sender: str, flows: list[str]) -> None:
             try:
-                replies[sender] = await self._switch_one(sender, flows, old, live, wire)
+                replies[sender] = await self._switch_one(sender, flows, old, live, wires[sender])
             except REQUEST_FAILURES as exc:
                 failures.append(exc)
 

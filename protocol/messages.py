@@ -340,11 +340,14 @@ register("heartbeat", kind="str", pid="int", state="str", uptime="float", stats=
 # The route-change protocol (DESIGN.md §2): pause / drain / switch / resume.
 register("route_pause", flows=Field("list", items="str"))
 register("route_drain", upto=Field("dict", items="int"), timeout=Field("float", required=False))
+# (``receive_only``: what the node accepts follows ``routes`` at once, what it sends keeps its table until its
+# own switch: a node that sends a changed flow and receives another one of the same change)
 register(
     "route_install",
     epoch="int",
     routes=Field("dict", items="str"),
     next=Field("dict", items="int", required=False),
+    receive_only=Field("bool", required=False),
 )
 register("route_resume", flows=Field("list", items="str"), epoch=Field("int", required=False),
          routes=Field("dict", items="str", required=False))  # the new table may ride along: one round trip less

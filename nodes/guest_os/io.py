@@ -1,7 +1,7 @@
 """Disk and NIC for the OS: dual-mode drivers and the file/socket syscalls
 (DESIGN.md §4, issue #6 parts 3-4).
 
-Syscalls (Linux RV32 numbers, registered into :data:`syscalls.SYSCALLS`):
+Syscalls (Linux RV32 numbers, :data:`SYSCALLS`, served by the kernel with the others):
 ``openat`` (56) of ``/dev/disk0`` only (any other path: -ENOENT), ``close``
 (57), ``pread64`` (67) / ``pwrite64`` (68) (the 64-bit offset in the a3/a4
 register pair, low word first, as the SDK passes it), ``fsync`` (82, also
@@ -29,15 +29,14 @@ state, flips the bit and imports it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
-import math
 from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 
-from nodes.guest_os import syscalls
 from nodes.guest_os.drivers import NATIVE, DualModeDriver
 from protocol import linux_abi as abi
 
@@ -493,7 +492,7 @@ class Io:
             except Exception as exc:  # an I/O failure is the process's -EIO
                 log.exception("%s: %s for pid %d failed", self.node.name, what, p.pid)
                 result = -abi.EIO if not isinstance(exc, trio.TooSlowError) else -abi.ETIMEDOUT
-            self.node._queue("io_done", (p, wait, result, finish))
+            self.node.kernel_event(functools.partial(self.io_done, k), (p, wait, result, finish))
 
         self.node.nursery.start_soon(run)
 
@@ -801,6 +800,3 @@ SYSCALLS = {
     abi.SYS_SENDTO: sys_sendto,
     abi.SYS_RECVFROM: sys_recvfrom,
 }
-syscalls.SYSCALLS.update(SYSCALLS)
-
-__all__ = ["Io", "DiskDriver", "NicDriver", "SYSCALLS", "math"]

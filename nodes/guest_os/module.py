@@ -6,7 +6,7 @@ the VMM loader and memory lending use: allocate-and-pin frames, add frames
 received from elsewhere, give frames back. The node exposes it as the
 messages ``mod_alloc_pin`` {n, min}, ``mod_add`` {runs}, ``mod_give_back``
 {runs} (all answered ``ok`` {data: {runs, free}}; frames as [first, count]
-runs, protocol/frames.py; nodes/guest_os/kernel.py).
+runs, protocol/frames.py; nodes/guest_os/node.py).
 
 Lending floor (¶39, "OS A may refuse below a floor it declares"): the OS
 keeps ``lend_floor`` frames free whatever it is asked; ``alloc_pin`` grants

@@ -8,8 +8,10 @@ a7 = number, a0..a5 = arguments, the result in a0 (``-errno`` on failure).
 A user pointer is checked page by page against the process's mapped
 regions: a bad one is ``-EFAULT``, never the kernel's problem.
 
-:func:`syscall` returns the value for a0, or ``None`` when the call has
-already decided what happens to the process (it blocked, or it exited).
+A handler returns the value for a0, or ``None`` when the call has already
+decided what happens to the process (it blocked, or it exited). The kernel
+serves :data:`SYSCALLS` together with the file and socket calls of
+:mod:`nodes.guest_os.io` (:data:`nodes.guest_os.kernel.SYSCALLS`).
 """
 
 from __future__ import annotations
@@ -129,12 +131,3 @@ SYSCALLS: dict[int, Callable[..., Awaitable[int | None]]] = {
     abi.SYS_CLOCK_NANOSLEEP64: sys_clock_nanosleep64,
 }
 
-
-async def syscall(k: "Kernel", p: "Process") -> int | None:
-    """Serve the ecall of process ``p`` (its registers are saved in ``p.regs``)."""
-    number = p.regs[17] & abi.M32
-    handler = SYSCALLS.get(number)
-    if handler is None:
-        return -abi.ENOSYS
-    args = [r & abi.M32 for r in p.regs[10:16]]
-    return await handler(k, p, *args)

@@ -12,7 +12,7 @@ on. At the end: every step with its pause, the guest outputs checked byte for
 byte against what they must print, every UDP reply checked (the key-value
 replies against a model of the store), the store read back by a second run,
 the I/O counts, and the invariants (every frame exactly one owner after every
-step, no gap or duplicate in any flow of any node). Exit 0 only if every
+step, no gap in any flow of any node). Exit 0 only if every
 check passed.
 
 ``--control`` runs the same workloads and clients with no VMM at all (one
@@ -59,6 +59,11 @@ CTL_TIMEOUT = 120.0
 GUEST_PORT = 7000
 KV_PORT = 7001
 KV_SEED = 39
+# how long a client waits for one reply before it counts it lost: the clients wait for each reply
+# before the next request, so a reply counted lost that comes later is taken for the next one's
+# (every later reply then "wrong"). Generous: with the VMM interposed, two OS instances share one
+# CPU node, and on a loaded host one reply has been seen to take over 10 s
+REPLY_TIMEOUT = 60.0
 OS1_LINES = 60    # timeshare on os1, one round; rounds follow each other until the VMM is gone
 OS2_LINES = 6     # timeshare on os2, under the VMM, time-sliced with os1
 BORROW = 64       # frames os1 lends os2
@@ -152,7 +157,7 @@ async def _hwemu_run(d: Demo, args: list[str], result: dict, task_status=trio.TA
 def _udp_client(address: tuple[str, int], d: Demo, stop: threading.Event) -> None:
     """A real UDP client: datagrams of growing sizes, each reply checked byte for byte."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(10.0)
+        sock.settimeout(REPLY_TIMEOUT)
         i = 0
         while not stop.is_set():
             payload = (b"demo %d " % i) + bytes((i * 7 + k) & 0xFF for k in range((i * 97) % 2000))
@@ -206,7 +211,7 @@ def kv_expect(model: dict[bytes, bytes], request: bytes) -> bytes:
 def _kv_client(address: tuple[str, int], d: Demo, stop: threading.Event) -> None:
     """A real UDP client of the key-value store: kv_script's requests, each reply checked against the model."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(10.0)
+        sock.settimeout(REPLY_TIMEOUT)
         for request in kv_script():
             if stop.is_set():
                 return
@@ -227,7 +232,7 @@ def _converse(address: tuple[str, int], requests: list[bytes]) -> list[bytes]:
     """One datagram each, one reply each (a lost reply is b"")."""
     out = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(10.0)
+        sock.settimeout(REPLY_TIMEOUT)
         for request in requests:
             sock.sendto(request, address)
             try:
@@ -386,10 +391,11 @@ async def _story(d: Demo, topo, uart0: dict, uart0_log: Path, stop_clients: thre
     await d.conserved("at the end")
     status = await d.ctl("ctl_status")
     alive = [n for n in status["nodes"] if n["alive"]]
-    bad = {n["name"]: {f: v for f, v in n["stats"].get("flows_in", {}).items() if v.get("gaps") or v.get("dups")}
-           for n in alive}
+    bad = {n["name"]: flowaudit.with_gaps(n["stats"].get("flows_in", {})) for n in alive}
     bad = {n: v for n, v in bad.items() if v}
-    d.check("no gap or duplicate in any flow of any node", not bad, str(bad) if bad else f"{len(alive)} nodes")
+    resent = sum(v.get("dups", 0) for n in alive for v in n["stats"].get("flows_in", {}).values())
+    d.check("no gap in any flow of any node", not bad,
+            str(bad) if bad else f"{len(alive)} nodes; {resent} copies sent again and dropped")
 
     async def request(node: str, kind: str, body: dict) -> dict:
         return (await d.ctl("ctl_request", {"node": node, "kind": kind, "body": body}))["body"]

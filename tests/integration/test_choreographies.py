@@ -21,6 +21,7 @@ from orchestrator.choreographies.base import ChoreographyError, ChoreographyFail
 from orchestrator.choreographies.fig5_devices import interpose_device
 from orchestrator.cli.demo import timeshare_output
 from orchestrator.cluster import Orchestrator, running
+from orchestrator.flowaudit import with_gaps
 from orchestrator.journal import WHOLE
 from orchestrator.topology import parse
 from protocol.auth import client_keyring
@@ -438,7 +439,7 @@ async def test_interposed_and_devirtualized_by_the_choreographies_under_a_runnin
     assert (await owners(orch))["vmm"] == vmm_frames
     for name in orch.live_nodes():  # no interrupt or I/O lost or duplicated across the changes
         stats = (await orch.request(name, "stats")).body["stats"]
-        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, name
+        assert not with_gaps(stats["flows_in"]), name
     unloaded = (await orch.control("ctl_devirtualize", unload=True))["reports"]
     assert [r["figure"] for r in unloaded] == ["fig8_unload"]
     assert "vmm" not in await check_conservation(orch)
@@ -589,7 +590,7 @@ async def test_two_oses_under_the_vmm_refuse_cpu_devirtualization_and_partial_de
         client.party.close()
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
-        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, (name, stats["flows_in"])
+        assert not with_gaps(stats["flows_in"]), (name, stats["flows_in"])
 
 
 async def test_with_the_policy_on_stopping_one_of_two_oses_devirtualizes_the_other_under_a_running_program(
@@ -666,7 +667,7 @@ async def test_an_interposition_over_its_pause_budget_is_rolled_back_under_a_run
     assert orch.journal.outcome(info.value.report["id"]) == "rolled_back"
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
-        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, (name, stats["flows_in"])
+        assert not with_gaps(stats["flows_in"]), (name, stats["flows_in"])
 
 
 async def test_memctl_administration_is_refused_to_anyone_but_the_orchestrator_and_the_vmm(cluster):
@@ -881,7 +882,7 @@ async def test_interposing_the_cpu_keeps_direct_addressing_and_memory_is_virtual
         assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("M", lines))
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
-        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, (name, stats["flows_in"])
+        assert not with_gaps(stats["flows_in"]), (name, stats["flows_in"])
 
 
 async def test_fig2b_the_vmm_at_boot_hides_its_frames_and_os2s_partition_from_os1_and_is_devirtualized_later(
@@ -939,4 +940,4 @@ async def test_fig2b_the_vmm_at_boot_hides_its_frames_and_os2s_partition_from_os
         assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("N", lines))
     for name in orch.live_nodes():
         stats = (await orch.request(name, "stats")).body["stats"]
-        assert not {f: v for f, v in stats["flows_in"].items() if v["gaps"] or v["dups"]}, (name, stats["flows_in"])
+        assert not with_gaps(stats["flows_in"]), (name, stats["flows_in"])
