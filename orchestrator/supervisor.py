@@ -145,6 +145,9 @@ class Supervisor:
         self.engine: Callable[[NodeSpec], Any] | None = None
         """Another engine's start of a node (``orchestrator/swarm.py``): awaited, returns a process
         handle (``pid`` on this host, ``ns_pid``, ``returncode``, ``wait()``); None: a local process."""
+        self._launching: dict[str, int | None] = {}
+        """node -> the pid of a ``ready`` that came while the engine was still starting it (a
+        container's process may report before ``docker inspect`` has told us who it is)."""
         (run_dir / "conf").mkdir(mode=0o700, parents=True, exist_ok=True)
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -152,7 +155,11 @@ class Supervisor:
         conf = self.run_dir / "conf" / f"{np.spec.name}.json"
         write_private(conf, json.dumps(self.config_for(np.spec)).encode())  # 0600: it holds the node's keys
         if self.engine is not None:
-            np.proc = await self.engine(np.spec)
+            self._launching[np.spec.name] = None
+            try:
+                np.proc = await self.engine(np.spec)
+            finally:
+                early = self._launching.pop(np.spec.name, None)
         else:
             logf = open(self.run_dir / "logs" / f"{np.spec.name}.log", "ab")
             try:
@@ -171,6 +178,8 @@ class Supervisor:
         np.exit_code = None
         np.ready = trio.Event()
         np.exited = trio.Event()
+        if self.engine is not None and early is not None:
+            self.mark_ready(np.spec.name, early)
 
     async def start_all(self, nursery: trio.Nursery, specs: list[NodeSpec], endpoints: dict[str, str],
                         timeout: float) -> None:
@@ -279,6 +288,9 @@ class Supervisor:
 
     def mark_ready(self, name: str, pid: int) -> None:
         np = self.nodes.get(name)
+        if name in self._launching:  # taken up once the engine has started it
+            self._launching[name] = pid
+            return
         # a node in a container reports its pid there (ns_pid), we know its pid on this host
         if np is not None and pid in (np.pid, getattr(np.proc, "ns_pid", None)):
             np.state = "running"
