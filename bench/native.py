@@ -32,7 +32,15 @@
 
 Every figure is a median of --repeat runs against one cluster launched once.
 
-    .venv/bin/python bench/native.py [--json] [--repeat N] [--rounds N]
+With ``--hosts`` (root: network namespaces, hwemu/netns.py) it measures
+instead what placing the CPU and the memory controller on different hosts
+costs (docs/hosts.md): compose/native.toml on one host, and beside it the
+same topology with cpu0 on host b and everything else on host a (two network
+namespaces joined by a bridge; cpu0 ⇄ memctl, os1 over tcp + CURVE), both up
+at once; `bench` runs on each in turns (ABBA), MIPS counted as above; the
+ratio is across hosts ÷ one host (target ≥ 0.8).
+
+    .venv/bin/python bench/native.py [--json] [--repeat N] [--rounds N] [--hosts]
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ sys.path.insert(0, str(ROOT))
 
 import protocol.hw  # noqa: E402,F401  (registers os_exec / proc_exit)
 from bench.floor import floor_line, raw_rtt_s, syscall_hops  # noqa: E402
+from bench.rawzmq import abba_first  # noqa: E402
+from hwemu.netns import NetHosts, NetnsError  # noqa: E402
 from orchestrator import critpath  # noqa: E402
 from orchestrator.client import call, client_auth  # noqa: E402
 from protocol.linux_abi import SYS_WRITE  # noqa: E402
@@ -114,6 +124,60 @@ async def exec_timed(rd: Path, elf: bytes, argv: list[str]) -> tuple[float, floa
     return t1 - t0, t2 - t1
 
 
+def placed_native(path: Path, net: NetHosts) -> Path:
+    """compose/native.toml with cpu0 on host b and the rest (and the orchestrator) on host a."""
+    text = (ROOT / TOPOLOGY).read_text().replace("[nodes.cpu0]\n", '[nodes.cpu0]\nhost = "b"\n')
+    hosts = "".join(f'[hosts.{h}]\naddress = "{net.address(h)}"\nexec = {json.dumps(net.exec(h))}\n\n'
+                    for h in ("a", "b"))
+    path.write_text(hosts + '[orchestrator]\nhost = "a"\n\n' + text)
+    return path
+
+
+def hosts_main(args) -> None:
+    try:
+        net = NetHosts(["a", "b"])
+    except NetnsError as exc:
+        raise SystemExit(f"bench/native.py --hosts: {exc}") from None
+    elf = (SAMPLES / "bench.elf").read_bytes()
+    argv = [str(SAMPLES / "bench.elf"), str(args.rounds)]
+    with net, tempfile.TemporaryDirectory(prefix="hwn") as tmp:
+        one, placed = Path(tmp) / "one", Path(tmp) / "placed"
+        topo = placed_native(Path(tmp) / "placed.toml", net)
+        ups = ((one, [str(HWEMU), "up", TOPOLOGY, "--detach"]),
+               (placed, [*net.exec("a"), str(HWEMU), "up", str(topo), "--detach"]))
+        try:
+            for rd, cmd in ups:
+                subprocess.run(cmd, env={**os.environ, "HWEMU_RUN_DIR": str(rd)}, check=True,
+                               stdout=subprocess.DEVNULL, cwd=ROOT)
+            mips: dict[Path, list[float]] = {one: [], placed: []}
+
+            def measure(rd: Path) -> None:
+                before = cpu_instret(rd)
+                _, run_s = trio.run(exec_timed, rd, elf, argv)
+                mips[rd].append((cpu_instret(rd) - before) / 1e6 / run_s)
+
+            for rd in (one, placed):  # warm: first page faults, the CPU's translation caches
+                trio.run(exec_timed, rd, elf, argv)
+            for i in range(args.repeat):
+                for rd in ((one, placed) if abba_first(i) else (placed, one)):
+                    measure(rd)
+        finally:
+            for rd, _ in ups:
+                subprocess.run([str(HWEMU), "down"], env={**os.environ, "HWEMU_RUN_DIR": str(rd)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    ratios = [p / o for o, p in zip(mips[one], mips[placed])]
+    result = {"one_host_mips": round(statistics.median(mips[one]), 2),
+              "cpu_memctl_apart_mips": round(statistics.median(mips[placed]), 2),
+              "hosts_mips_ratio": round(statistics.median(ratios), 3), "ratios": [round(r, 3) for r in ratios],
+              "bench_rounds": args.rounds, "repeat": args.repeat}
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"bench.elf, cpu0 and memctl on one host: {result['one_host_mips']} MIPS; on two netns hosts "
+          f"(tcp + CURVE): {result['cpu_memctl_apart_mips']} MIPS; ratio {result['hosts_mips_ratio']} "
+          f"(target ≥ 0.8; per turn {result['ratios']})")
+
+
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so the clusters this script started are stopped
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -123,9 +187,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=64,
                     help="bench.elf's ROUNDS argument for the MIPS figures (16: its default, 3.6 M instructions, "
                          "a few tenths of a second: too short to stand out of a busy machine's noise)")
+    ap.add_argument("--hosts", action="store_true",
+                    help="cpu0 and memctl on two network-namespace hosts vs one host (MIPS ratio; needs root)")
     args = ap.parse_args()
     if not (SAMPLES / "sysloop.elf").exists():
         subprocess.run(["make", "-C", str(ROOT / "guest"), "-s"], check=True)
+    if args.hosts:
+        hosts_main(args)
+        return
     bench_elf = SAMPLES / "bench.elf"
 
     with tempfile.TemporaryDirectory(prefix="hwn") as tmp:
