@@ -269,7 +269,7 @@ class Nic(Node):
         acting_for = msg.body.get("os")
         if acting_for is None or acting_for == sender:
             return sender
-        if self.routes.get(f"io:{acting_for}.nic") != sender:
+        if sender not in self.routed_to(f"io:{acting_for}.nic"):  # (either table during a route change)
             raise Refused(errno.EPERM, f"{sender} may not act for {acting_for}: io:{acting_for}.nic is not "
                                         f"routed to it")
         return acting_for
