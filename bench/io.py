@@ -8,7 +8,14 @@
   here against the SDK) doing pwrite64 of one 4 KiB block + fsync, --write-n
   times, timed by the guest's own clock_gettime (so the program's start-up
   is not counted), vs a raw Python ``os.pwrite`` + ``os.fdatasync`` loop on
-  a file in the same run directory (same file system); ratio cluster / raw.
+  a file in the same run directory (same file system); ratio cluster / raw;
+- beside each guest figure, its critical path and floor (bench/floor.py):
+  the hops (messages waited for in sequence) of one echo, from the
+  datagram's arrival at the NIC to the NIC's send of the echo, and of one pwrite+fsync cycle, counted on a
+  trace of a short extra batch (tracing slows the nodes, so the timed
+  figures run untraced); the floor is hops × half the raw pyzmq round trip
+  measured in the same run, plus the raw UDP echo (the loopback legs) or
+  the raw pwrite+fdatasync (the device's own time); ratio figure ÷ floor.
 
     .venv/bin/python bench/io.py [--json] [--rtt-n N] [--write-n N]
 """
@@ -22,12 +29,20 @@ import selectors
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.floor import floor_line, raw_rtt_s, syscall_hops, traced  # noqa: E402
+from orchestrator import critpath  # noqa: E402
+from protocol.linux_abi import SYS_PWRITE64  # noqa: E402
+
+TRACED_N = 30  # echoes and writes of the traced batches that count the hops
 HWEMU = ROOT / ".venv/bin/hwemu"
 GUEST = ROOT / "guest"
 SAMPLES = GUEST / "build/samples"
@@ -135,6 +150,7 @@ def main() -> None:
         rd = Path(tmp) / "run"
         env = {**os.environ, "HWEMU_RUN_DIR": str(rd)}
         elf = build_iowrite(Path(tmp))
+        zmq_rtt = [raw_rtt_s(tmp)]
         subprocess.run([str(HWEMU), "up", "compose/io.toml", "--detach"], env=env, check=True,
                        stdout=subprocess.DEVNULL, cwd=ROOT)
         try:
@@ -145,6 +161,7 @@ def main() -> None:
             try:
                 read_line(echo)
                 guest_rtt = rtts(("127.0.0.1", host), args.rtt_n)
+                echo_tl = traced(rd, Path(tmp) / "echo-trace.json", lambda: rtts(("127.0.0.1", host), TRACED_N))
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                     s.settimeout(10)
                     s.sendto(b"quit", ("127.0.0.1", host))
@@ -160,14 +177,41 @@ def main() -> None:
             if run.returncode != 0 or len(words) != 3 or words[0] != b"iowrite":
                 raise SystemExit(f"iowrite failed: {run.stdout!r} {run.stderr!r}")
             guest_write_s = int(words[2]) / 1e6
+            write_trace = Path(tmp) / "write-trace.json"
+            subprocess.run([str(HWEMU), "run", "compose/io.toml", str(elf), "--trace", str(write_trace), "--",
+                            "/dev/disk0", str(TRACED_N)], env=env, cwd=ROOT, capture_output=True, timeout=600,
+                           check=True)
+            write_tl = critpath.from_chrome(json.loads(write_trace.read_text()))
         finally:
             subprocess.run([str(HWEMU), "down"], env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
         raw_rtt = raw_echo(args.rtt_n)
         raw_write_s = raw_writes(rd / "raw-writes.bin", args.write_n)
+        zmq_rtt.append(raw_rtt_s(tmp))
+
+    # hops of one echo: from the datagram's arrival at the NIC to the NIC's send of the
+    # echo (the UDP legs outside are the raw echo's)
+    rx, tx = echo_tl.marks("nic0", "nic", "nic rx"), echo_tl.marks("nic0", "nic", "nic tx")
+    echo_paths = (critpath.between(echo_tl, "nic0", rx, tx) if rx and tx  # a NIC without the marks: its
+                  else critpath.spans(echo_tl, "nic0", "nic_rx", "nic_send"))  # interrupt to its nic_send
+    echo_hops = critpath.hop_count(echo_paths)
+    echo_path = critpath.describe(next(p for p in echo_paths if len(p) == echo_hops))
+    write_hops, write_path = syscall_hops(write_tl, SYS_PWRITE64)
+    one_way = statistics.median(zmq_rtt) / 2
 
     g_rtt, r_rtt = statistics.median(guest_rtt), statistics.median(raw_rtt)
     g_iops, r_iops = args.write_n / guest_write_s, args.write_n / raw_write_s
+    udp_floor = echo_hops * one_way + r_rtt
+    write_floor = write_hops * one_way + raw_write_s / args.write_n  # seconds per pwrite+fsync
     result = {
+        "raw_zmq_rtt_us": round(statistics.median(zmq_rtt) * 1e6, 1),
+        "udp_rtt_hops": echo_hops,
+        "udp_rtt_floor_us": round(udp_floor * 1e6, 1),
+        "udp_rtt_floor_ratio": round(g_rtt / udp_floor, 2),
+        "udp_rtt_path": echo_path,
+        "write_hops": write_hops,
+        "write_floor_iops": round(1 / write_floor, 1),
+        "write_floor_ratio": round((guest_write_s / args.write_n) / write_floor, 2),
+        "write_path": write_path,
         "udp_rtt_guest_us": round(g_rtt * 1e6, 1),
         "udp_rtt_raw_us": round(r_rtt * 1e6, 1),
         "udp_rtt_ratio": round(g_rtt / r_rtt, 2),
@@ -184,7 +228,14 @@ def main() -> None:
     print(f"UDP echo round trip: guest {result['udp_rtt_guest_us']} µs, raw Python {result['udp_rtt_raw_us']} µs "
           f"(median of {args.rtt_n}), ratio {result['udp_rtt_ratio']}")
     print(f"4 KiB pwrite+fsync: guest {result['write_iops_guest']} IOPS, raw pwrite+fdatasync "
-          f"{result['write_iops_raw']} IOPS, ratio {result['write_iops_ratio']}")
+          f"{result['write_iops_raw']} IOPS, ratio {result['write_iops_ratio']} (target ≥ 0.3)")
+    print(f"floors (raw pyzmq round trip {result['raw_zmq_rtt_us']} µs in the same run; one hop = half of it):")
+    print(floor_line("UDP echo", f"{result['udp_rtt_guest_us']} µs", echo_hops,
+                     f"{result['udp_rtt_floor_us']} µs (+ the raw echo)", result["udp_rtt_floor_ratio"], 1.5))
+    print(f"    path: {echo_path}")
+    print(floor_line("pwrite+fsync", f"{result['write_iops_guest']} IOPS", write_hops,
+                     f"{result['write_floor_iops']} IOPS (+ the raw fdatasync)", result["write_floor_ratio"], 1.5))
+    print(f"    path: {write_path}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,12 @@ Prints
   real `Node` processes), and beside it a client party inside the bench's
   own process, the alternative adapter design (a poller thread feeding a
   trio channel), and the floor: a bare trio loop on the same sockets (no
-  framing, validation or dispatch), which no trio adapter can beat;
+  framing, validation or dispatch), which no trio adapter can beat; and a
+  second raw pair that polls (a non-blocking receive in a loop for the
+  polling window, then a blocking poll), as our inbox does: raw pyzmq's
+  blocking ``recv`` sleeps and wakes through the kernel, so against it alone
+  ours would look faster than raw. ``latency_ratio_vs_fastest_raw`` divides
+  ours by the faster of the two raw pairs in each turn;
 - one-way throughput: a raw DEALER process → a raw ROUTER process vs a real
   node emitting on a flow to a real node (which decodes, validates and
   sequence-checks every message);
@@ -32,7 +37,15 @@ clusters side by side, one signing and checking every frame and one
 without, taking turns in ABBA order; and the cost of sealing and opening one
 frame in this process.
 
-    .venv/bin/python bench/msgplane.py [--json] [--quick] [--trace | --mac]
+With ``--transport tcp+curve`` it measures the plane across hosts instead
+(docs/hosts.md): the echo cluster placed on two loopback hosts (``src`` on
+127.0.0.1, ``echo`` and the sinks on 127.0.0.2), so every node-to-node message
+travels over tcp with CURVE (and its MAC), against raw pyzmq processes over tcp
+with CURVE using the same key pairs (``src``'s as client, ``echo``'s and
+``sink_a``'s as servers), taking turns in ABBA order: round trip and one-way
+throughput as ratios.
+
+    .venv/bin/python bench/msgplane.py [--json] [--quick] [--trace | --mac | --transport tcp+curve]
 """
 
 from __future__ import annotations
@@ -40,7 +53,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -56,10 +71,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import nodes.streamer.node  # noqa: E402,F401  (registers datum/stream_start)
-from bench.rawzmq import RAW_ECHO, RawClient, RawProbe, abba_first, python_script, stop  # noqa: E402
+from bench.rawzmq import RAW_CLIENT, RAW_ECHO, RawClient, RawProbe, abba_first, python_script, stop  # noqa: E402
 from orchestrator.cluster import running  # noqa: E402
 from orchestrator.topology import parse  # noqa: E402
-from protocol import auth  # noqa: E402
+from protocol import auth, curve  # noqa: E402
 from protocol.transport import Party, spin_from_env  # noqa: E402
 
 PAYLOAD = b"x" * 64
@@ -155,19 +170,67 @@ for line in sys.stdin:  # as RAW_CLIENT: one batch a line, the socket kept betwe
 """
 
 
-def raw_throughput(tmp: str, n: int) -> float:
-    """One-way msg/s from a raw DEALER process to a raw ROUTER process."""
-    ep = f"ipc://{tmp}/raw-sink"
-    sink = python_script(RAW_SINK, ep, str(n), stdout=subprocess.PIPE)
+# raw pyzmq without trio that receives as our inbox does: non-blocking
+# receives in a loop for the polling window (HWEMU_SPIN_US), then a blocking
+# poll; the same process layout as RAW_ECHO / RAW_CLIENT
+RAW_POLL = """
+import sys, time, zmq
+def poll_recv(s, spin):
+    clock, again, nb = time.perf_counter, zmq.Again, zmq.NOBLOCK
+    def recv():
+        end = clock() + spin
+        while True:
+            try:
+                return s.recv_multipart(nb)
+            except again:
+                pass
+            if clock() >= end:
+                s.poll()
+    return recv
+"""
+
+RAW_POLL_ECHO = RAW_POLL + """
+ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.bind(sys.argv[1])
+recv = poll_recv(s, float(sys.argv[2]))
+print("ready", flush=True)
+while True:
+    ident, frame = recv()
+    if frame == b"quit":
+        break
+    s.send_multipart([ident, frame])
+"""
+
+RAW_POLL_CLIENT = RAW_POLL + """
+import json
+ctx = zmq.Context(); s = ctx.socket(zmq.DEALER); s.connect(sys.argv[1])
+recv = poll_recv(s, float(sys.argv[2]))
+frame, clock = b"x" * 64, time.perf_counter
+for line in sys.stdin:
+    n, warmup = map(int, line.split())
+    for _ in range(warmup):
+        s.send(frame); recv()
+    out = []
+    for _ in range(n):
+        t = clock(); s.send(frame); recv(); out.append(clock() - t)
+    print(json.dumps(out), flush=True)
+"""
+
+
+def raw_throughput(tmp: str, n: int, *, ep: str | None = None, prelude: str = "", sink_env: dict | None = None,
+                   sender_env: dict | None = None) -> float:
+    """One-way msg/s from a raw DEALER process to a raw ROUTER process (at ``ep``, by default an
+    ipc socket in ``tmp``; ``prelude`` and the environments: CURVE for ``--transport tcp+curve``)."""
+    ep = ep or f"ipc://{tmp}/raw-sink"
+    sink = python_script(prelude + RAW_SINK, ep, str(n), stdout=subprocess.PIPE, env=sink_env)
     sender = None
     try:
         sink.stdout.readline()
-        sender = python_script(RAW_SENDER, ep, str(n), stdin=subprocess.PIPE)
-        time.sleep(0.2)  # let the sender connect before the clock starts
+        sender = python_script(prelude + RAW_SENDER, ep, str(n), stdin=subprocess.PIPE, env=sender_env)
+        time.sleep(0.2)  # let the sender connect (and a CURVE handshake end) before the clock starts
         sender.stdin.write("\n")
         sender.stdin.flush()
         rate = float(sink.stdout.readline())
-        sender.wait(timeout=30)
+        sender.wait(timeout=60)
         return rate
     finally:
         stop(sender, sink)
@@ -354,18 +417,20 @@ async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rtt_turns: int, tp_
                 trace: bool = False) -> dict:
     """Every figure on one cluster, raw and ours taking turns (a drift of the
     shared host's speed hits both sides alike)."""
-    res = {k: [] for k in ("raw_rtt", "rtt", "floor_rtt", "rtt_client", "rtt_thread", "raw_tp", "tp", "lat_ratio",
-                           "floor_ratio", "tp_ratio")}
-    echo_ep, floor_ep = f"ipc://{tmp}/raw-echo", f"ipc://{tmp}/trio-echo"
+    res = {k: [] for k in ("raw_rtt", "rtt", "floor_rtt", "poll_rtt", "rtt_client", "rtt_thread", "raw_tp", "tp",
+                           "lat_ratio", "fastest_ratio", "floor_ratio", "tp_ratio")}
+    echo_ep, floor_ep, poll_ep = f"ipc://{tmp}/raw-echo", f"ipc://{tmp}/trio-echo", f"ipc://{tmp}/raw-poll-echo"
     spin = str(spin_from_env())
-    echoes, clients = [], []  # raw pyzmq's, then the floor's
+    echoes, clients = [], []  # raw pyzmq's, the floor's, then raw pyzmq polling
     try:
         echoes.append(python_script(RAW_ECHO, echo_ep, stdout=subprocess.PIPE))
         echoes.append(python_script(TRIO_ECHO, floor_ep, spin, stdout=subprocess.PIPE))
+        echoes.append(python_script(RAW_POLL_ECHO, poll_ep, spin, stdout=subprocess.PIPE))
         for echo in echoes:
             echo.stdout.readline()
         clients.append(RawClient(echo_ep))
         clients.append(RawClient(floor_ep, TRIO_CLIENT, spin))
+        clients.append(RawClient(poll_ep, RAW_POLL_CLIENT, spin))
         async with running(echo_topology(), Path(tmp) / "cl") as orch:
             await node_rtt(orch, 10, 200)  # every side warm before the first turn
             for client in clients:
@@ -378,11 +443,14 @@ async def bench(tmp: str, n_rtt: int, n_tp: int, flips: int, rtt_turns: int, tp_
                 return [await trio.to_thread.run_sync(c.rtt, batch, 20) for c in clients]
 
             raws, ours = await turns(raw_and_floor, functools.partial(node_rtt, orch, batch, 20), rtt_turns)
-            res["raw_rtt"] = [t for r, _ in raws for t in r]
-            res["floor_rtt"] = [t for _, f in raws for t in f]
+            res["raw_rtt"] = [t for r, _, _ in raws for t in r]
+            res["floor_rtt"] = [t for _, f, _ in raws for t in f]
+            res["poll_rtt"] = [t for _, _, p in raws for t in p]
             res["rtt"] = [t for o in ours for t in o]
-            res["lat_ratio"] = [statistics.median(o) / statistics.median(r) for (r, _), o in zip(raws, ours)]
-            res["floor_ratio"] = [statistics.median(f) / statistics.median(r) for r, f in raws]
+            res["lat_ratio"] = [statistics.median(o) / statistics.median(r) for (r, _, _), o in zip(raws, ours)]
+            res["fastest_ratio"] = [statistics.median(o) / min(statistics.median(r), statistics.median(p))
+                                    for (r, _, p), o in zip(raws, ours)]
+            res["floor_ratio"] = [statistics.median(f) / statistics.median(r) for r, f, _ in raws]
             for _ in range(5):
                 res["rtt_client"] += await our_rtt(orch, tmp, n_rtt // 5)
                 res["rtt_thread"] += await our_rtt(orch, tmp, n_rtt // 5, ThreadInboxParty)
@@ -416,6 +484,7 @@ async def mac_turns(tmp: str, n_rtt: int, n_tp: int, rtt_turns: int, tp_turns: i
         batch = n_tp // tp_turns
         res["tp_plain"], res["tp_mac"] = await turns(functools.partial(our_throughput, plain, batch),
                                                      functools.partial(our_throughput, signed, batch), tp_turns)
+        res["rtt"], res["tp"] = (res["rtt_plain"], res["rtt_mac"]), (res["tp_plain"], res["tp_mac"])
         stats = (await signed.request("sink_a", "stats")).body["stats"]
         res["auth_failed"] = stats["auth_failed"]
     return res
@@ -438,13 +507,152 @@ def seal_open_us(size: int, n: int = 20000) -> tuple[float, float]:
     return round(t_seal * 1e6, 2), round((time.perf_counter() - t) / n * 1e6, 2)
 
 
-def mac_main(args) -> None:
+# raw pyzmq with CURVE: every socket the script makes takes the key pair (and the
+# server's key, or the server role) that HWB_CURVE gives, before its bind or connect
+CURVE_PRELUDE = """
+import json, os, zmq
+_c = json.loads(os.environ["HWB_CURVE"])
+_socket = zmq.Context.socket
+def _curved(self, kind, **kw):
+    s = _socket(self, kind, **kw)
+    s.curve_publickey, s.curve_secretkey = _c["public"].encode(), _c["secret"].encode()
+    if _c.get("serverkey"):
+        s.curve_serverkey = _c["serverkey"].encode()
+    else:
+        s.curve_server = True
+    return s
+zmq.Context.socket = _curved
+"""
+
+
+def curve_env(ident: curve.CurveIdentity, server: curve.CurveIdentity | None = None) -> dict:
+    """The environment of a raw process with ``ident``'s keys (a client of ``server``, else a server)."""
+    keys = {"public": ident.public.decode(), "secret": ident.secret.decode()}
+    if server is not None:
+        keys["serverkey"] = server.public.decode()
+    return {**os.environ, "HWB_CURVE": json.dumps(keys)}
+
+
+class CurveRawClient(RawClient):
+    """:class:`RawClient` over tcp with CURVE."""
+
+    def __init__(self, ep: str, env: dict):
+        self.proc = python_script(CURVE_PRELUDE + RAW_CLIENT, ep, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  env=env)
+
+
+def placed_echo_topology(base: int):
+    """:func:`echo_topology` on two loopback hosts: ``src`` (and the orchestrator) on a, the rest on b."""
+    def node(role, host):
+        return {"kind": "streamer", "options": {"role": role}, "host": host}
+    return parse({"hosts": {"a": {"address": "127.0.0.1", "port_base": base},
+                            "b": {"address": "127.0.0.2", "port_base": base}},
+                  "nodes": {"echo": node("sink", "b"), "src": node("streamer", "a"), "sink_a": node("sink", "b"),
+                            "sink_b": node("sink", "b")},
+                  "routes": {"data:src": "sink_a"}}, "bench")
+
+
+def free_port(addr: str) -> int:
+    with socket.socket() as s:
+        s.bind((addr, 0))
+        return s.getsockname()[1]
+
+
+async def curve_turns(tmp: str, n_rtt: int, n_tp: int, rtt_turns: int, tp_turns: int) -> dict:
+    res: dict = {}
+    base = free_port("127.0.0.2") // 10 * 10
+    base = base - 10 if base + 6 > 65535 else base
+    async with running(placed_echo_topology(base), Path(tmp) / "cl") as orch, \
+            running(echo_topology(), Path(tmp) / "one") as one:
+        ids = {n: curve.load_identity(orch.run_dir, n) for n in ("src", "echo", "sink_a")}
+        echo_ep = f"tcp://127.0.0.2:{free_port('127.0.0.2')}"
+        echo = python_script(CURVE_PRELUDE + RAW_ECHO, echo_ep, stdout=subprocess.PIPE, env=curve_env(ids["echo"]))
+        client = None
+        try:
+            echo.stdout.readline()
+            client = CurveRawClient(echo_ep, curve_env(ids["src"], ids["echo"]))
+            await node_rtt(orch, 10, 200)
+            await node_rtt(one, 10, 200)
+            await trio.to_thread.run_sync(client.rtt, 10, 200)
+            batch = n_rtt // rtt_turns
+
+            async def ours_both():  # across hosts, then the same cluster on one host (ipc) beside it
+                return await node_rtt(orch, batch, 20), await node_rtt(one, batch, 20)
+
+            res["rtt_raw"], both = await turns(functools.partial(trio.to_thread.run_sync, client.rtt, batch, 20),
+                                               ours_both, rtt_turns)
+            res["rtt_ours"], res["rtt_ipc"] = [b[0] for b in both], [b[1] for b in both]
+            batch = n_tp // tp_turns
+            sink_ep = f"tcp://127.0.0.2:{free_port('127.0.0.2')}"
+            raw_tp = functools.partial(trio.to_thread.run_sync, functools.partial(
+                raw_throughput, tmp, batch, ep=sink_ep, prelude=CURVE_PRELUDE, sink_env=curve_env(ids["sink_a"]),
+                sender_env=curve_env(ids["src"], ids["sink_a"])))
+            async def tp_both():  # across hosts, then on one host (ipc) beside it
+                return await our_throughput(orch, batch), await our_throughput(one, batch)
+
+            res["tp_raw"], both = await turns(raw_tp, tp_both, tp_turns)
+            res["tp_ours"], res["tp_ipc"] = [b[0] for b in both], [b[1] for b in both]
+            res["rtt"], res["tp"] = (res["rtt_raw"], res["rtt_ours"]), (res["tp_raw"], res["tp_ours"])
+            stats = {n: (await orch.request(n, "stats")).body["stats"] for n in ("echo", "sink_a")}
+            res["refused"] = sum(s.get("wrong_key", 0) + s.get("curve_refused", 0) for s in stats.values())
+            res["endpoints"] = {n: orch.directory[n] for n in ("src", "echo", "sink_a")}
+        finally:
+            if client is not None:
+                client.close()
+            stop(echo)
+    return res
+
+
+def side_by_side(args, measure) -> tuple[dict, list[float], list[float]]:
+    """``measure(tmp, n_rtt, n_tp, rtt_turns, tp_turns)`` run with this run's sizes; its
+    result with the per-turn ratios of its second side to its first (round trip, throughput)."""
     n_rtt, n_tp, rtt_turns, tp_turns = (400, 20000, 4, 2) if args.quick else (6000, 200000, 30, 10)
     with tempfile.TemporaryDirectory(prefix="hwb") as tmp:
-        r = trio.run(mac_turns, tmp, n_rtt, n_tp, rtt_turns, tp_turns)
-    lat = [statistics.median(m) / statistics.median(p) for p, m in zip(r["rtt_plain"], r["rtt_mac"])]
-    tp = [m / p for p, m in zip(r["tp_plain"], r["tp_mac"])]
-    pooled = lambda turns: [t for turn in turns for t in turn]  # noqa: E731
+        r = trio.run(measure, tmp, n_rtt, n_tp, rtt_turns, tp_turns)
+    (rtt_a, rtt_b), (tp_a, tp_b) = r["rtt"], r["tp"]
+    return (r, [statistics.median(b) / statistics.median(a) for a, b in zip(rtt_a, rtt_b)],
+            [b / a for a, b in zip(tp_a, tp_b)])
+
+
+def pooled(turns: list[list[float]]) -> list[float]:
+    return [t for turn in turns for t in turn]
+
+
+def curve_main(args) -> None:
+    r, lat, tp = side_by_side(args, curve_turns)
+    result = {
+        "transport": "tcp+curve", "endpoints": r["endpoints"],
+        "raw_rtt_p50_us": round(statistics.median(pooled(r["rtt_raw"])) * 1e6, 1),
+        "our_rtt_p50_us": round(statistics.median(pooled(r["rtt_ours"])) * 1e6, 1),
+        "latency_ratio": round(statistics.median(lat), 3), "latency_ratios": [round(x, 3) for x in lat],
+        "ipc_rtt_p50_us": round(statistics.median(pooled(r["rtt_ipc"])) * 1e6, 1),
+        "tcp_curve_over_ipc_ratio": round(statistics.median(
+            [statistics.median(t) / statistics.median(i) for t, i in zip(r["rtt_ours"], r["rtt_ipc"])]), 3),
+        "raw_msgs_per_s": round(statistics.median(r["tp_raw"])),
+        "our_msgs_per_s": round(statistics.median(r["tp_ours"])),
+        "throughput_ratio": round(statistics.median(tp), 3), "throughput_ratios": [round(x, 3) for x in tp],
+        "ipc_msgs_per_s": round(statistics.median(r["tp_ipc"])),
+        "tcp_curve_over_ipc_throughput_ratio": round(statistics.median(
+            [t / i for t, i in zip(r["tp_ours"], r["tp_ipc"])]), 3),
+        "refused": r["refused"],
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"tcp + CURVE across two loopback hosts: {result['endpoints']}")
+    print(f"{'':34}{'raw pyzmq':>12}{'hwemu':>12}{'ratio':>8}   (target)")
+    print(f"{'round trip p50, node to node (µs)':34}{result['raw_rtt_p50_us']:>12}{result['our_rtt_p50_us']:>12}"
+          f"{result['latency_ratio']:>8}   (≤ 1.3)")
+    print(f"{'one-way throughput (msg/s)':34}{result['raw_msgs_per_s']:>12}{result['our_msgs_per_s']:>12}"
+          f"{result['throughput_ratio']:>8}   (≥ 0.7)")
+    print(f"ratio per turn: round trip {result['latency_ratios']}, throughput {result['throughput_ratios']}")
+    print(f"beside it, the same cluster on one host (ipc): round trip p50 {result['ipc_rtt_p50_us']} µs; "
+          f"tcp+CURVE ÷ ipc {result['tcp_curve_over_ipc_ratio']}; throughput {result['ipc_msgs_per_s']} msg/s, "
+          f"tcp+CURVE ÷ ipc {result['tcp_curve_over_ipc_throughput_ratio']}")
+
+
+def mac_main(args) -> None:
+    r, lat, tp = side_by_side(args, mac_turns)
     (seal64, open64), (seal4k, open4k) = seal_open_us(100), seal_open_us(4096 + 100)
     result = {
         "rtt_p50_us_plain": round(statistics.median(pooled(r["rtt_plain"])) * 1e6, 1),
@@ -476,7 +684,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     ap.add_argument("--trace", action="store_true", help="also measure the cost of tracing (rings on ÷ off)")
     ap.add_argument("--mac", action="store_true", help="measure the cost of the MACs instead (signed vs unsigned)")
+    ap.add_argument("--transport", choices=("ipc", "tcp+curve"), default="ipc",
+                    help="tcp+curve: the plane across two loopback hosts vs raw pyzmq over tcp with CURVE")
     args = ap.parse_args()
+    if args.transport == "tcp+curve":
+        curve_main(args)
+        return
     if args.mac:
         mac_main(args)
         return
@@ -495,6 +708,10 @@ def main() -> None:
         "client_rtt_p50_us": us(statistics.median(ours["rtt_client"])),
         "latency_ratio": round(statistics.median(ours["lat_ratio"]), 3),
         "latency_ratios": [round(r, 3) for r in ours["lat_ratio"]],
+        "raw_poll_rtt_p50_us": us(statistics.median(ours["poll_rtt"])),
+        "raw_poll_rtt_p99_us": us(pct(ours["poll_rtt"], 99)),
+        "latency_ratio_vs_fastest_raw": round(statistics.median(ours["fastest_ratio"]), 3),
+        "latency_ratios_vs_fastest_raw": [round(r, 3) for r in ours["fastest_ratio"]],
         "thread_latency_ratio": round(statistics.median(ours["rtt_thread"]) / statistics.median(raw), 3),
         "floor_rtt_p50_us": us(statistics.median(ours["floor_rtt"])),
         "floor_latency_ratio": round(statistics.median(ours["floor_ratio"]), 3),
@@ -526,6 +743,9 @@ def main() -> None:
     rows = [
         ("round trip p50 (µs)", result["raw_rtt_p50_us"], result["our_rtt_p50_us"], result["latency_ratio"]),
         ("round trip p99 (µs)", result["raw_rtt_p99_us"], result["our_rtt_p99_us"], ""),
+        ("  raw polling pair p50 (µs)", result["raw_poll_rtt_p50_us"], result["our_rtt_p50_us"],
+         round(result["our_rtt_p50_us"] / result["raw_poll_rtt_p50_us"], 3)),
+        ("  vs the faster raw, per turn", "", "", result["latency_ratio_vs_fastest_raw"]),
         ("  a client in the bench p50 (µs)", result["raw_rtt_p50_us"], result["client_rtt_p50_us"],
          round(result["client_rtt_p50_us"] / result["raw_rtt_p50_us"], 3)),
         ("  alt: poller thread p50 (µs)", result["raw_rtt_p50_us"], result["thread_rtt_p50_us"],
@@ -546,6 +766,8 @@ def main() -> None:
           f"{result['raw_rtt_beside_idle_p50_ms']} / {result['raw_rtt_beside_idle_p99_ms']} ms")
     print(f"ratio per turn: round trip {result['latency_ratios']}, throughput {result['throughput_ratios']}")
     print(f"floor ratio per turn: {result['floor_latency_ratios']}")
+    print(f"ratio to the faster raw pair (blocking or polling) per turn: {result['latency_ratios_vs_fastest_raw']} "
+          f"(target ≤ 1.3)")
     if args.trace:
         print(f"tracing on ÷ off: round trip p50 {result['trace_on_rtt_p50_us']} / {result['trace_off_rtt_p50_us']} µs "
               f"= {result['trace_latency_ratio']} (per turn {result['trace_latency_ratios']}), throughput "

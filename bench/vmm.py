@@ -9,7 +9,10 @@ runtime, on one cluster of compose/vmm.toml launched once.
   target p99 <= 5 ms on loopback (reported, not asserted). Beside the
   cycles, on the same loaded host, a raw pyzmq round trip between two
   processes of its own every 5 ms: the floor of each change's drain, which
-  is such a round trip between nodes;
+  is such a round trip between nodes; ``interpose_pause_rtt_ratio`` and
+  ``devirtualize_pause_rtt_ratio`` divide each pause's p99 by that round
+  trip's p99 (target <= 1.5), and the ``*_window_rtt_ratio`` figures the
+  longest single window's;
 - guest syscall round-trip cost: ``syscost`` times N one-byte writes from
   inside the guest (CLOCK_MONOTONIC around the loop, so loading the ELF and
   starting the CLI stay out of it), on two clusters of compose/vmm.toml up
@@ -141,15 +144,18 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
 
 
-def pause(data: dict, windows: list[float] | None = None) -> float:
+def pause(data: dict, windows: list[float] | None = None, changes: list[int] | None = None) -> float:
     """The pause of one interpose/devirtualize request: the sum of its disabled
-    windows (one per route change). The longest of them goes to ``windows``."""
+    windows (one per route change). The longest of them goes to ``windows``,
+    their number (the route changes that held senders, in sequence) to ``changes``."""
     reports = data.get("reports") or []
     for r in reports:
         if r.get("outcome") != "committed":
             raise SystemExit(f"{r.get('title')}: {r.get('outcome')} {r.get('error', '')}")
     if windows is not None:
         windows.append(max((step["pause_ms"] for r in reports for step in r["steps"]), default=0.0))
+    if changes is not None:
+        changes.append(sum(1 for r in reports for step in r["steps"] if step["pause_ms"] > 0))
     return sum(r["pause_ms"] for r in reports)
 
 
@@ -264,6 +270,11 @@ def main() -> None:
         print(f"  beside them, a raw pyzmq round trip between two processes every 5 ms: p50 "
               f"{result['raw_rtt_under_load_p50_ms']} ms, p99 {result['raw_rtt_under_load_p99_ms']} ms "
               f"({result['raw_rtt_under_load_n']} round trips)")
+        print(f"  pause p99 ÷ raw round trip p99: interpose {result['interpose_pause_rtt_ratio']} "
+              f"({result['interpose_route_changes']} route changes in sequence), devirtualize "
+              f"{result['devirtualize_pause_rtt_ratio']} ({result['devirtualize_route_changes']}) (target ≤ 1.5); "
+              f"the longest single window: {result['interpose_window_rtt_ratio']} / "
+              f"{result['devirtualize_window_rtt_ratio']}")
         print(f"syscall round trip  native {result['syscall_us_native']} us, "
               f"virtualized {result['syscall_us_virtualized']} us "
               f"(x{result['virtualized_ratio']}), devirtualized {result['syscall_us_devirtualized']} us "
@@ -325,10 +336,11 @@ def virt_figures(rd: Path, args) -> dict:
         # route change's drain, which is such a round trip between nodes)
         probe = RawProbe(f"ipc://{rd.parent}/wakeup-probe")
         inter, devirt, inter_win, devirt_win = [], [], [], []
+        n_changes: dict[str, list[int]] = {"interpose": [], "devirtualize": []}
         for _ in range(args.cycles):
-            inter.append(pause(ctl(rd, "ctl_interpose", {"os": "os1"}), inter_win))
+            inter.append(pause(ctl(rd, "ctl_interpose", {"os": "os1"}), inter_win, n_changes["interpose"]))
             time.sleep(0.05)
-            devirt.append(pause(ctl(rd, "ctl_devirtualize", {"os": "os1"}), devirt_win))
+            devirt.append(pause(ctl(rd, "ctl_devirtualize", {"os": "os1"}), devirt_win, n_changes["devirtualize"]))
             time.sleep(0.05)
         wakeups = probe.stop()
         if background.poll() is not None:
@@ -339,6 +351,7 @@ def virt_figures(rd: Path, args) -> dict:
         stop(background)
         for e in (env, ref_env):
             down(e, stderr=subprocess.DEVNULL)
+    changes = {k: statistics.median_low(v) for k, v in n_changes.items()}
     us = lambda v: round(v * 1e6, 1)  # noqa: E731
     ratio = lambda phase: round(phases[phase][0] / phases[phase][1], 3)  # noqa: E731
     return {
@@ -351,6 +364,12 @@ def virt_figures(rd: Path, args) -> dict:
         "interpose_longest_window_p99_ms": round(pct(inter_win, 99), 3),
         "devirtualize_longest_window_p50_ms": round(statistics.median(devirt_win), 3),
         "devirtualize_longest_window_p99_ms": round(pct(devirt_win, 99), 3),
+        "interpose_pause_rtt_ratio": round(pct(inter, 99) / (pct(wakeups, 99) * 1e3), 2),
+        "devirtualize_pause_rtt_ratio": round(pct(devirt, 99) / (pct(wakeups, 99) * 1e3), 2),
+        "interpose_window_rtt_ratio": round(pct(inter_win, 99) / (pct(wakeups, 99) * 1e3), 2),
+        "devirtualize_window_rtt_ratio": round(pct(devirt_win, 99) / (pct(wakeups, 99) * 1e3), 2),
+        "interpose_route_changes": changes["interpose"],
+        "devirtualize_route_changes": changes["devirtualize"],
         "cycles": args.cycles,
         "raw_rtt_under_load_p50_ms": round(statistics.median(wakeups) * 1e3, 3),
         "raw_rtt_under_load_p99_ms": round(pct(wakeups, 99) * 1e3, 3),

@@ -241,6 +241,10 @@ class Node:
         self._trace_dump: list[list[Any]] | None = None  # the events of the trace stopped last, for trace_dump
         self.routes = RouteTable.from_wire(cfg.routes)
         self.party.epoch = self.routes.epoch
+        # during a route change, the table on its other side (the new one before this node's
+        # own switch, the old one after): until the change ends, what either routes is
+        # accepted (authz, and a kind's own checks through routed_to)
+        self.transition: RouteTable | None = None
         # who may ask what (protocol/authz.py), judged before any handler runs; None without keys
         self._authz = authz.context_from_config(cfg.name, self.routes, cfg.auth, cfg.orchestrator)
         self.forbidden_by: dict[str, int] = {}  # rule -> requests it refused
@@ -1023,7 +1027,10 @@ class Node:
             for flow, upto in flows.items():
                 self._acked(self.out_flows[flow], flow, upto, receiver)
         if table.epoch > self.routes.epoch:
+            before = self.routes
             self._install(table.epoch, table.routes, {})
+            if self.transition is not None:  # within a change: the old table's flows may still
+                self._set_transition(before)  # bring their last messages; accepted until it ends
         if self.recorder.on:
             self.recorder("route", "switch", flows=list(last), epoch=self.routes.epoch,
                           paused_ms=round((clock() - marks[0]) * 1e3, 3))
@@ -1074,6 +1081,8 @@ class Node:
         self.party.epoch = table.epoch
         if self._authz is not None:
             self._authz.routes = table
+        if self.transition is not None and table.epoch > self.transition.epoch:
+            self._set_transition(None)  # a later table (the change rolled back, or a newer one)
         for flow, n in nxt.items():
             dead = restarted.get(flow_sender(flow)) if restarted else None
             heard = self.in_flows.get(flow)
@@ -1084,15 +1093,29 @@ class Node:
             elif n == 1 and flow in self.in_flows:
                 self.in_flows[flow].forget_runs()
 
+    def _set_transition(self, table: RouteTable | None) -> None:
+        self.transition = table
+        if self._authz is not None:
+            self._authz.transition = table
+
+    def routed_to(self, flow: str) -> set[str | None]:
+        """Who ``flow`` goes to, by the table in force and, during a route change, the other."""
+        if self.transition is None:
+            return {self.routes.get(flow)}
+        return {self.routes.get(flow), self.transition.get(flow)}
+
     async def on_route_install(self, msg: Message) -> None:
         if msg.body.get("receive_only"):
-            # a sender of a change that is also a new receiver in it: it accepts the flows
-            # coming to it from now on, and routes its own by its table until its switch
-            if self._authz is not None:
-                self._authz.routes = RouteTable(msg.body["epoch"], msg.body["routes"])
+            # a route change begins: other senders may switch to its table before this node
+            # does (if it sends in the change) or before it hears the table at the end; it
+            # accepts what either allows, and routes its own flows by its table meanwhile
+            table = RouteTable(msg.body["epoch"], msg.body["routes"])
+            if table.epoch > self.routes.epoch:
+                self._set_transition(table)
             await self.party.reply(msg, "ok", {"data": {"epoch": self.routes.epoch}})
             return
         self._install(msg.body["epoch"], msg.body["routes"], msg.body.get("next", {}), msg.body.get("restarted"))
+        self._set_transition(None)  # the change ended: its table is the one in force
         await self.party.reply(msg, "ok", {"data": {"epoch": self.routes.epoch}})
 
     async def _flush(self, flows: list[str]) -> tuple[int, float]:

@@ -20,6 +20,7 @@ import trio
 
 from orchestrator.daemon import read_state
 from orchestrator.errors import NotAllowed, NotRunning
+from protocol import curve
 from protocol.auth import Keyring, client_keyring
 from protocol.constants import ORCHESTRATOR
 from protocol.errors import RemoteError, RequestTimeout
@@ -35,7 +36,10 @@ def client_auth(run_dir: Path, me: str) -> Keyring:
         NotAllowed: the key file cannot be read, or is open to other accounts.
     """
     try:
-        return client_keyring(run_dir, me)
+        ring = client_keyring(run_dir, me)
+        if curve.key_dir(run_dir).exists():  # a cluster across hosts: its tcp endpoints want the client's CURVE key
+            ring.curve = curve.load_identity(run_dir, curve.CLIENT)
+        return ring
     except (OSError, ValueError) as exc:
         raise NotAllowed(f"cannot control the cluster in {run_dir}: its client key: {exc}") from None
 

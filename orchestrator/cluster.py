@@ -20,6 +20,7 @@ import trio
 
 from orchestrator import control as ctl
 from orchestrator import faults, recovery, tracing
+from orchestrator import placement as hosts
 from orchestrator import state as saved_state
 from orchestrator.choreographies import base as chor
 from orchestrator.choreographies.fig2b_boot import boot_maps, firmware_boot, interposed_routes
@@ -56,12 +57,17 @@ class Orchestrator:
         # capabilities; one open to other accounts is refused (PermissionError)
         auth.make_private_dir(self.run_dir)
         topology.check_run_dir(self.run_dir)
+        # where every party runs (docs/hosts.md); the directory is the orchestrator's view of it
+        self.placement = topology.placement()
         self.directory = topology.directory(self.run_dir)
+        hosts.restore(self)  # the moves of a predecessor whose nodes still run
         self._master = auth.master_secret(self.run_dir) if sign else None
+        keyring = None
         if self._master is not None:
             auth.write_client_file(self.run_dir, self._master, self.directory)
-        self.party = Party(ORCHESTRATOR, self.directory[ORCHESTRATOR], self.directory,
-                           auth=self._master and auth.orchestrator_keyring(self._master, ORCHESTRATOR, self.directory))
+            keyring = auth.orchestrator_keyring(self._master, ORCHESTRATOR, self.directory)
+            keyring.curve = hosts.curve_identity(self, ORCHESTRATOR)  # None on one host
+        self.party = Party(ORCHESTRATOR, f"ipc://{self.run_dir}/{ORCHESTRATOR}.sock", self.directory, auth=keyring)
         self.recorder = self.party.recorder  # choreography steps and route changes, when tracing
         self.trace_events: list | None = None  # the orchestrator's events of the trace stopped last
         routes = topology.routes
@@ -69,7 +75,7 @@ class Orchestrator:
             routes = interposed_routes(topology)
         self.routes = RouteAuthority(self.party, RouteTable(1, routes), self.live_nodes)
         self.supervisor = Supervisor(self.run_dir, self._node_config, self._restarted,
-                                     lambda np: recovery.back(self, np))
+                                     lambda np: recovery.back(self, np), self.placement.launcher)
         self.incarnations: dict[str, int] = {}  # node -> the Party.incarnation its last ready named
         self.recovery_log: list[dict[str, Any]] = []  # what recovery did after each crash (docs/recovery.md)
         self.state = "starting"
@@ -99,13 +105,16 @@ class Orchestrator:
         options = spec.options
         if spec.name in self.boot_maps:  # the firmware's memory map: the frames it was given, not its partition
             options = {**options, "boot_frames": list(self.boot_maps[spec.name])}
+        placed = self.placement.placed
         return {
-            "name": spec.name, "kind": spec.kind, "endpoint": self.directory[spec.name],
-            "directory": self.directory, "routes": self.routes.table.to_wire(),
+            "name": spec.name, "kind": spec.kind,
+            "endpoint": f"ipc://{self.run_dir}/{spec.name}.sock" if placed else self.directory[spec.name],
+            "directory": hosts.view(self, spec.name), "routes": self.routes.table.to_wire(),
             "orchestrator": ORCHESTRATOR, "options": options,
             "heartbeat": self.topology.heartbeat, "run_dir": str(self.run_dir),
             "auth": self._master and {**auth.node_auth(self._master, spec.name, self.directory),
-                                      "kinds": {n: s.kind for n, s in self.topology.nodes.items()}},
+                                      "kinds": {n: s.kind for n, s in self.topology.nodes.items()},
+                                      **hosts.curve_config(self, spec.name)},
         }
 
     async def _restarted(self, np: NodeProc) -> None:
@@ -387,6 +396,7 @@ class Orchestrator:
                              "uptime": round(time.monotonic() - self.started, 3),
                              "endpoint": self.directory[ORCHESTRATOR],
                              "auth_failed": self.party.counters["auth_failed"],
+                             **hosts.status(self),
                              "forbidden": sum(self.forbidden_by.values()), "forbidden_by": dict(self.forbidden_by)},
             "nodes": [np.view(stale_after=self.stale_after) for np in self.supervisor.nodes.values()],
             "routes": self.routes.table.to_wire(),

@@ -31,11 +31,12 @@ from pathlib import Path
 
 import trio
 
+from orchestrator import swarm
 from orchestrator.cluster import Orchestrator
 from orchestrator.errors import StartError
 from orchestrator.topology import ORCHESTRATOR, TopologyError, load
 from protocol import logs, sched
-from protocol.auth import make_private_dir
+from protocol.auth import make_private_dir, write_private
 
 LOCK = "cluster.lock"
 STATE = "cluster.json"
@@ -104,8 +105,14 @@ def _hold_hook(orch: Orchestrator) -> None:
     orch.step_hook = hook
 
 
-async def serve(topology_path: str, run_dir: Path) -> int:
-    """Run a cluster until told to stop. Returns the process exit code."""
+async def serve(topology_path: str, run_dir: Path, engine: str = "local", image: str = swarm.DEFAULT_IMAGE) -> int:
+    """Run a cluster until told to stop. Returns the process exit code.
+
+    Args:
+        engine: ``local`` (node processes of ours) or ``swarm`` (one Docker Swarm service per
+            node, deployed here and supervised as local processes: orchestrator/swarm.py).
+        image: the nodes' image, for ``swarm``.
+    """
     try:
         make_private_dir(run_dir)
     except OSError as exc:
@@ -124,6 +131,11 @@ async def serve(topology_path: str, run_dir: Path) -> int:
         previous = read_state(run_dir) or {}  # a predecessor killed with kill -9 left it
         orch = Orchestrator(topology, run_dir)
         _hold_hook(orch)
+        deployed = None
+        if engine == "swarm":
+            deployed = swarm.SwarmEngine(topology, run_dir, image)
+            orch.supervisor.engine = deployed.launch
+            await trio.to_thread.run_sync(deployed.deploy, orch.supervisor.config_for, write_private)
         async with _unwrapped(), trio.open_nursery() as nursery:
             async def on_signal():
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
@@ -141,6 +153,8 @@ async def serve(topology_path: str, run_dir: Path) -> int:
             finally:
                 with trio.CancelScope(shield=True):
                     await orch.shutdown()
+                    if deployed is not None:  # no service, container or secret left behind
+                        await trio.to_thread.run_sync(deployed.remove)
                 nursery.cancel_scope.cancel()
         return 0
     except TopologyError as exc:
@@ -183,10 +197,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.daemon")
     parser.add_argument("--topology", required=True)
     parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--engine", choices=("local", "swarm"), default="local")
+    parser.add_argument("--image", default=swarm.DEFAULT_IMAGE)
     args = parser.parse_args(argv)
     logs.configure(ORCHESTRATOR)
     sched.short_slice("orchestrator")  # the route authority is a link of every route change's chain
-    sys.exit(trio.run(serve, args.topology, Path(args.run_dir).resolve()))
+    sys.exit(trio.run(serve, args.topology, Path(args.run_dir).resolve(), args.engine, args.image))
 
 
 if __name__ == "__main__":

@@ -123,28 +123,45 @@ class Supervisor:
 
     def __init__(self, run_dir: Path, config_for: Callable[[NodeSpec], dict[str, Any]],
                  on_restart: Callable[[NodeProc], Any] | None = None,
-                 on_back: Callable[[NodeProc], Any] | None = None):
+                 on_back: Callable[[NodeProc], Any] | None = None,
+                 launcher: Callable[[str], list[str]] = lambda name: []):
         self.run_dir = run_dir
+        # node -> the command prefix that runs it on its host (orchestrator/topology_hosts.py), read at each
+        # start: a node restarted after a move starts on its new host
+        self.launcher = launcher
         self.config_for = config_for
         self.on_restart = on_restart
         self.on_back = on_back  # awaited once a restarted node is ready again (its drivers reset it)
         self.nodes: dict[str, NodeProc] = {}
         self.stopping = False
+        self.engine: Callable[[NodeSpec], Any] | None = None
+        """Another engine's start of a node (``orchestrator/swarm.py``): awaited, returns a process
+        handle (``pid`` on this host, ``ns_pid``, ``returncode``, ``wait()``); None: a local process."""
+        self._launching: dict[str, int | None] = {}
+        """node -> the pid of a ``ready`` that came while the engine was still starting it (a
+        container's process may report before ``docker inspect`` has told us who it is)."""
         (run_dir / "conf").mkdir(mode=0o700, parents=True, exist_ok=True)
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     async def _spawn(self, np: NodeProc) -> None:
         conf = self.run_dir / "conf" / f"{np.spec.name}.json"
         write_private(conf, json.dumps(self.config_for(np.spec)).encode())  # 0600: it holds the node's keys
-        logf = open(self.run_dir / "logs" / f"{np.spec.name}.log", "ab")
-        try:
-            np.proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", np.spec.module, "--config", str(conf)],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        finally:
-            logf.close()
+        if self.engine is not None:
+            self._launching[np.spec.name] = None
+            try:
+                np.proc = await self.engine(np.spec)
+            finally:
+                early = self._launching.pop(np.spec.name, None)
+        else:
+            logf = open(self.run_dir / "logs" / f"{np.spec.name}.log", "ab")
+            try:
+                np.proc = await trio.lowlevel.open_process(
+                    [*self.launcher(np.spec.name), sys.executable, "-m", np.spec.module, "--config", str(conf)],
+                    stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+            finally:
+                logf.close()
         np.pid = np.proc.pid
         record_launch(self.run_dir, np.spec.name, np.pid)
         log.info("started %s (%s), pid %d", np.spec.name, np.spec.kind, np.pid)
@@ -153,6 +170,8 @@ class Supervisor:
         np.exit_code = None
         np.ready = trio.Event()
         np.exited = trio.Event()
+        if self.engine is not None and early is not None:
+            self.mark_ready(np.spec.name, early)
 
     async def start_all(self, nursery: trio.Nursery, specs: list[NodeSpec], endpoints: dict[str, str],
                         timeout: float) -> None:
@@ -261,7 +280,11 @@ class Supervisor:
 
     def mark_ready(self, name: str, pid: int) -> None:
         np = self.nodes.get(name)
-        if np is not None and np.pid == pid:
+        if name in self._launching:  # taken up once the engine has started it
+            self._launching[name] = pid
+            return
+        # a node in a container reports its pid there (ns_pid), we know its pid on this host
+        if np is not None and pid in (np.pid, getattr(np.proc, "ns_pid", None)):
             np.state = "running"
             np.ready.set()
 

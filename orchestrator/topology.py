@@ -17,6 +17,10 @@ inboxes are, their options and the initial routes (DESIGN.md §1, §2).
 Endpoints default to ``ipc://<run dir>/<node>.sock``; a node may name its own
 (``endpoint = "tcp://127.0.0.1:7001"``). Errors name the file and the key.
 
+Across hosts (orchestrator/topology_hosts.py, docs/hosts.md): ``[hosts.NAME]``
+with ``address`` (and ``port_base``, ``exec``), ``host = "NAME"`` (and
+``port``) on a node and on ``[orchestrator]``.
+
 FIG. 2b, the VMM at boot (orchestrator/choreographies/fig2b_boot.py):
 
     [firmware]
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import TopologyError
+from orchestrator.topology_hosts import HostSpec, Placement, check_host, ipc_endpoint, parse_hosts
 from protocol.constants import DEFAULT_MEMCTL, ORCHESTRATOR
 from protocol.errors import ProtocolError
 from protocol.routes import check_flow, check_node_name
@@ -66,6 +71,10 @@ class NodeSpec:
     max_restarts: int = 3
     options: dict[str, Any] = field(default_factory=dict)
     autostart: bool = True
+    host: str | None = None
+    """The host it runs on (``[hosts]``); None without hosts."""
+    port: int | None = None
+    """Its tcp port when placed; None: the host's ``port_base`` + its index."""
 
 
 @dataclass
@@ -78,12 +87,26 @@ class Topology:
     heartbeat: float = 1.0
     firmware: dict[str, Any] = field(default_factory=dict)
     """The ``[firmware]`` table (FIG. 2b), validated; empty: the VMM is not there at boot."""
+    hosts: dict[str, HostSpec] = field(default_factory=dict)
+    """The ``[hosts]`` tables; empty: one host, every endpoint ``ipc://``."""
+    orchestrator_host: str | None = None
 
     def endpoint(self, node: str, run_dir: Path) -> str:
         spec = self.nodes[node]
         return spec.endpoint or f"ipc://{run_dir}/{node}.sock"
 
-    def directory(self, run_dir: Path) -> dict[str, str]:
+    def placement(self) -> Placement:
+        """Where every party runs as the file says (a new object: the orchestrator moves nodes in its own)."""
+        order = [ORCHESTRATOR, *self.nodes]
+        if not self.hosts:
+            return Placement({}, order)
+        where = {ORCHESTRATOR: self.orchestrator_host, **{n: s.host for n, s in self.nodes.items()}}
+        return Placement(dict(self.hosts), order, where, {n: s.port for n, s in self.nodes.items() if s.port})
+
+    def directory(self, run_dir: Path, viewer: str = ORCHESTRATOR) -> dict[str, str]:
+        """Every party's endpoint as ``viewer`` reaches it (over tcp if on another host)."""
+        if self.hosts:
+            return self.placement().view(viewer, ipc_endpoint(run_dir))
         d = {name: self.endpoint(name, run_dir) for name in self.nodes}
         d[ORCHESTRATOR] = f"ipc://{run_dir}/{ORCHESTRATOR}.sock"
         return d
@@ -124,15 +147,23 @@ def parse(data: dict, source: str = "<topology>") -> Topology:
         TopologyError: naming the key and what was expected.
     """
     _table(data, source, "(top level)")
-    unknown = set(data) - {"cluster", "nodes", "routes", "orchestrator", "firmware"}
+    unknown = set(data) - {"cluster", "nodes", "routes", "orchestrator", "firmware", "hosts"}
     if unknown:
         raise TopologyError(source, sorted(unknown)[0],
-                            "unknown section (expected cluster, nodes, routes, orchestrator, firmware)")
+                            "unknown section (expected cluster, nodes, routes, orchestrator, firmware, hosts)")
+
+    def fail(key: str, problem: str) -> TopologyError:
+        return TopologyError(source, key, problem)
+
+    hosts = parse_hosts(_table(data.get("hosts", {}), source, "hosts"), fail)
     cluster = _table(data.get("cluster", {}), source, "cluster")
     name = cluster.get("name", Path(source).stem)
     if not isinstance(name, str) or not name:
         raise TopologyError(source, "cluster.name", "expected a non-empty string")
     orch = _table(data.get("orchestrator", {}), source, "orchestrator")
+    orch_host = None
+    if "host" in orch or hosts:
+        orch_host = check_host(orch.get("host", next(iter(hosts), None)), hosts, "orchestrator.host", fail)
     ready_timeout = orch.get("ready_timeout", 15.0)
     heartbeat = orch.get("heartbeat", 1.0)
     for key, val in (("ready_timeout", ready_timeout), ("heartbeat", heartbeat)):
@@ -157,10 +188,20 @@ def parse(data: dict, source: str = "<topology>") -> Topology:
         if node_name == ORCHESTRATOR:
             raise TopologyError(source, key, f"the name {ORCHESTRATOR!r} is reserved for the orchestrator")
         raw = _table(raw, source, key)
-        extra = set(raw) - {"kind", "module", "endpoint", "restart", "max_restarts", "options", "autostart"}
+        extra = set(raw) - {"kind", "module", "endpoint", "restart", "max_restarts", "options", "autostart",
+                            "host", "port"}
         if extra:
             raise TopologyError(source, f"{key}.{sorted(extra)[0]}", "unknown key (expected kind, module, endpoint, "
-                                "restart, max_restarts, options, autostart)")
+                                "restart, max_restarts, options, autostart, host, port)")
+        host = port = None
+        if "host" in raw or "port" in raw or hosts:
+            host = check_host(raw.get("host", orch_host), hosts, f"{key}.host", fail)
+            if "endpoint" in raw:
+                raise TopologyError(source, f"{key}.endpoint", "a placed node's endpoints follow from its host "
+                                    "(ipc:// on its host, tcp://ADDRESS:PORT from others): give port, not endpoint")
+            port = raw.get("port")
+            if port is not None and not (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535):
+                raise TopologyError(source, f"{key}.port", f"expected a port number 1-65535, got {port!r}")
         kind = raw.get("kind")
         if not isinstance(kind, str):
             raise TopologyError(source, f"{key}.kind",
@@ -191,7 +232,8 @@ def parse(data: dict, source: str = "<topology>") -> Topology:
         autostart = raw.get("autostart", True)
         if not isinstance(autostart, bool):
             raise TopologyError(source, f"{key}.autostart", f"expected true or false, got {autostart!r}")
-        nodes[node_name] = NodeSpec(node_name, kind, module, endpoint, restart, max_restarts, dict(options), autostart)
+        nodes[node_name] = NodeSpec(node_name, kind, module, endpoint, restart, max_restarts, dict(options), autostart,
+                                    host, port)
 
     routes_raw = _table(data.get("routes", {}), source, "routes")
     routes: dict[str, str] = {}
@@ -207,7 +249,14 @@ def parse(data: dict, source: str = "<topology>") -> Topology:
     firmware = _firmware(_table(data.get("firmware", {}), source, "firmware"), nodes, source)
     if not firmware:  # with the VMM at boot the firmware makes every space from the OSes' memory (FIG. 2b)
         _check_partitions(nodes, source)
-    return Topology(name, source, nodes, routes, float(ready_timeout), float(heartbeat), firmware)
+    topo = Topology(name, source, nodes, routes, float(ready_timeout), float(heartbeat), firmware, hosts, orch_host)
+    if hosts:
+        clashes = topo.placement().clashes()
+        if clashes:
+            first = clashes[0].split(" and ", 1)[0]
+            raise TopologyError(source, f"nodes.{first}.port" if first in nodes else "orchestrator",
+                                f"port clash: {clashes[0]}")
+    return topo
 
 
 def _range(value: Any) -> bool:

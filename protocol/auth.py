@@ -116,6 +116,8 @@ class Keyring:
         self._derive = derive
         self._counters: dict[str, int] = {}  # peer -> the last counter sent on the link to it
         self.incarnation = 0  # set by the Party that uses it
+        # its CURVE identity across hosts (protocol/curve.py: a CurveIdentity or its config), or None
+        self.curve: Any = None
         # sender -> [incarnation, highest counter, the counters below it not seen yet (within WINDOW)]
         self._seen: dict[str, list] = {}
 
@@ -276,9 +278,11 @@ def keyring_from_config(name: str, auth: Mapping) -> Keyring:
         ValueError: a malformed key.
     """
     secret = bytes.fromhex(auth["client"])
-    return Keyring(name, {p: bytes.fromhex(k) for p, k in auth["send"].items()},
+    ring = Keyring(name, {p: bytes.fromhex(k) for p, k in auth["send"].items()},
                    {p: bytes.fromhex(k) for p, k in auth["recv"].items()},
                    lambda peer: client_keys(secret, peer)[::-1])
+    ring.curve = auth.get("curve")  # the same identity on tcp between hosts (protocol/curve.py)
+    return ring
 
 
 def orchestrator_keyring(master: bytes, name: str, nodes: Iterable[str]) -> Keyring:

@@ -44,12 +44,24 @@ class Context:
         routes: its route table in force.
         kinds: node name → kind, for every node of the topology.
         orchestrator: the orchestrator's name.
+        transition: during a route change, the table on the other side of it
+            (the new one before the node's own switch, the old one after):
+            until the change ends, what either table routes is accepted, so
+            no sender is refused for switching before or after this node.
     """
 
     me: str
     routes: RouteTable
     kinds: Mapping[str, str]
     orchestrator: str = "orch"
+    transition: RouteTable | None = None
+
+    def tables(self) -> tuple[RouteTable, ...]:
+        """The tables a request is judged by."""
+        return (self.routes,) if self.transition is None else (self.routes, self.transition)
+
+    def routed_here(self, flow: str) -> bool:
+        return any(t.get(flow) == self.me for t in self.tables())
 
     def kind_of(self, name: str) -> str:
         """``name``'s node kind; :data:`ORCH` for the orchestrator, :data:`CLIENT` for anyone else."""
@@ -69,7 +81,7 @@ def _on_my_flow(msg: Message, ctx: Context, cls: str | None = None) -> bool:
     """``msg`` travels on a flow its sender emits and the receiver's table routes here."""
     flow = msg.flow
     return (flow is not None and (cls is None or flow.startswith(cls + ":"))
-            and _flow_sender(flow) == msg.src and ctx.routes.get(flow) == ctx.me)
+            and _flow_sender(flow) == msg.src and ctx.routed_here(flow))
 
 
 def _sends_io_here(msg: Message, ctx: Context) -> bool:
@@ -79,7 +91,7 @@ def _sends_io_here(msg: Message, ctx: Context) -> bool:
     if msg.flow is not None:
         return _on_my_flow(msg, ctx, "io")
     prefix = f"io:{msg.src}."
-    return any(f.startswith(prefix) and n == ctx.me for f, n in ctx.routes.routes.items())
+    return any(f.startswith(prefix) and n == ctx.me for t in ctx.tables() for f, n in t.routes.items())
 
 
 def _memory(msg: Message, ctx: Context) -> bool:
@@ -92,7 +104,7 @@ def _memory(msg: Message, ctx: Context) -> bool:
     src = msg.src
     if space == src or ctx.kind_of(src) in ("vmm", "cpu"):
         return True
-    for flow, node in ctx.routes.routes.items():
+    for flow, node in (fn for t in ctx.tables() for fn in t.routes.items()):
         if node == src and (flow.startswith(f"io:{space}.") or flow.startswith("io:vmm.")):
             return True
     return False
@@ -162,7 +174,7 @@ RULES: dict[str, Rule] = {
                      "ctl_vmm_unload", "ctl_interpose", "ctl_devirtualize", "ctl_memory_borrow", "ctl_memory_return",
                      "ctl_virt_status", "ctl_policy", "ctl_os_boot", "ctl_os_shutdown", "ctl_os_start", "ctl_os_stop",
                      "ctl_fault_add", "ctl_fault_list", "ctl_fault_clear", "ctl_trace_start", "ctl_trace_stop",
-                     "ctl_trace_save"), USER),
+                     "ctl_trace_save", "ctl_node_move"), USER),
     # life cycle, routes, faults: the orchestrator's
     **dict.fromkeys(("shutdown", "route_pause", "route_install", "route_resume", "route_switch", "fault_set",
                      "fault_clear", "cpu_run", "trace_start", "trace_stop", "trace_dump"), ORCH_ONLY),
@@ -172,7 +184,7 @@ RULES: dict[str, Rule] = {
     "route_next": NEXT,
     "flow_ack": NODE,  # a flow's receiver acknowledges it (the sender checks it is that flow's receiver)
     # memory
-    **dict.fromkeys(("mem_read", "mem_write", "mem_acquire"), MEMORY),
+    **dict.fromkeys(("mem_read", "mem_write", "mem_batch", "mem_acquire"), MEMORY),
     **dict.fromkeys(("mem_release", "mem_recalled"), NODE),  # the controller checks the frame's holder
     **dict.fromkeys(("mem_pin", "mem_unpin"), OWN_FRAMES),
     **dict.fromkeys(("mem_transfer", "mem_set_map", "mem_set_identity", "mem_create_space", "mem_destroy_space",

@@ -82,6 +82,9 @@ register("mem_release", frame="int", data=_opt("bytes", nullable=True))
 register("mem_read", space="str", addr="int", length="int")
 register("mem_write", space="str", addr="int", data="bytes")
 register("mem_data", data="bytes")
+# several uncached reads ([addr, length]) and writes ([addr, bytes]) of one space in one request, applied
+# in order (an OS copying a syscall's buffers: one round trip); reply ok {data: {"reads": [bytes, ...]}}
+register("mem_batch", space="str", ops=Field("list", items="list"))
 register("mem_space", space="str", frames=Field("list", items="int"))  # create / describe a space
 register("mem_info")
 
@@ -102,10 +105,12 @@ register("timer_now")                # reply ok {data: {"time_ns": int}} (wall c
 # the issuer's partition, EFAULT bad DMA, EAGAIN queue full); reason says why.
 # block: from the start of the issuer's partition if it has one (each OS sees its
 # partition as the device, from block 0), else absolute.
-register("disk_read", id="int", block="int", count="int", space="str", addr="int")
-register("disk_write", id="int", block="int", count="int", space="str", addr="int")
+# (``inline``: a read's bytes come back in its disk_done's ``data``, no DMA; a write's ``data``: its bytes
+# travel with it, no DMA: the driver waits for no memory round trip either way)
+register("disk_read", id="int", block="int", count="int", space="str", addr="int", inline=_opt("bool"))
+register("disk_write", id="int", block="int", count="int", space="str", addr="int", data=_opt("bytes"))
 register("disk_flush", id="int")
-register("disk_done", id="int", status="int", count="int", reason=_opt("str"))
+register("disk_done", id="int", status="int", count="int", reason=_opt("str"), data=_opt("bytes"))
 register("disk_info", os=_opt("str"))  # reply ok {data: {blocks, block_size, write_back, ...}};
 # os: the geometry as that OS sees it (the VMM asks, to serve the OS's partition)
 
@@ -117,10 +122,12 @@ register("nic_send", id="int", src_port="int", dst_host="str", dst_port="int", d
 register("nic_close", id="int", port="int", os=_opt("str"))
 register("nic_rx_ack", port="int", count="int", os=_opt("str"))  # the driver hands back receive slots
 register("nic_done", id="int", status="int", port=_opt("int"), reason=_opt("str"))
-register("nic_rx_post", buffers=Field("list", items="int"), space="str", reset=_opt("bool"), os=_opt("str"))
+register("nic_rx_post", buffers=Field("list", items="int"), space="str", reset=_opt("bool"), os=_opt("str"),
+         inline=_opt("bool"))  # the issuer takes each datagram in its nic_rx (``data``), no DMA
 # the driver posts receive buffers: guest addresses of page frames it owns (pinned); reset: they
 # replace every buffer posted before (a restarted OS's old frames are not its buffers any more)
-register("nic_rx", port="int", src_host="str", src_port="int", length="int", buffers=Field("list", items="int"))
+register("nic_rx", port="int", src_host="str", src_port="int", length="int", buffers=Field("list", items="int"),
+         data=_opt("bytes"))  # the datagram itself, carried with its interrupt (no buffers then)
 # a datagram of `length` bytes DMA'd into `buffers` (in order, a page each), taken from the posted ones
 register("nic_forward", guest_port="int", host_port="int")  # direct request: map a guest port to a host port (hostfwd)
 

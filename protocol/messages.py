@@ -341,8 +341,8 @@ register("heartbeat", kind="str", pid="int", state="str", uptime="float", stats=
 # The route-change protocol (DESIGN.md §2): pause / drain / switch / resume.
 register("route_pause", flows=Field("list", items="str"))
 register("route_drain", upto=Field("dict", items="int"), timeout=Field("float", required=False))
-# (``receive_only``: what the node accepts follows ``routes`` at once, what it sends keeps its table until its
-# own switch: a node that sends a changed flow and receives another one of the same change)
+# (``receive_only``: a route change begins; until it ends (the plain install at its end) the node accepts
+# what its table in force or ``routes`` allows, and routes what it sends by its table until its own switch)
 register(
     "route_install",
     epoch="int",

@@ -50,6 +50,7 @@ import trio
 import zmq
 
 from protocol.auth import AuthError, Keyring
+from protocol.curve import CLIENT, MOVED, CurveIdentity, ipc_private, zap_handler
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.messages import MAX_FRAME, Message, decode, encode, error_body
 from protocol.recorder import Recorder
@@ -192,11 +193,15 @@ class Party:
             is sealed with a MAC and every frame it receives must verify
             (else it is dropped and counted as ``auth_failed``). None: no
             MAC either way (unit tests, the bench's baseline).
+        curve: its CURVE identity (:mod:`protocol.curve`; default: the
+            keyring's ``curve``): it serves ``curve.bind`` (tcp) besides its
+            endpoint, connects to every tcp endpoint as a CURVE client, and
+            drops a message whose sender is not its connection key's owner.
     """
 
     def __init__(self, name: str, endpoint: str, directory: Mapping[str, str] | None = None,
                  ctx: zmq.Context | None = None, advertise: bool = False, spin: float | None = None,
-                 auth: Keyring | None = None):
+                 auth: Keyring | None = None, curve: CurveIdentity | None = None):
         self.name = name
         self.endpoint = endpoint
         self.directory: dict[str, str] = dict(directory or {})
@@ -226,6 +231,12 @@ class Party:
         # auth_failed: frames dropped because their MAC did not verify or they were replays
         self.counters = {"msgs_in": 0, "msgs_out": 0, "bad_in": 0, "late_replies": 0, "spoofed": 0,
                          "handler_errors": 0, "polled_in": 0, "auth_failed": 0}
+        curve = curve if curve is not None else getattr(auth, "curve", None)
+        self._curve = CurveIdentity.from_config(name, curve) if isinstance(curve, Mapping) else curve
+        if self._curve is not None:
+            # wrong_key: messages refused because their sender is not the owner of the connection's
+            # CURVE key; curve_refused: handshakes the context's ZAP handler refused (no/unknown key)
+            self.counters.update(wrong_key=0, curve_refused=0)
         self.auth_failures: dict[str, int] = {}  # reason -> count (protocol.auth.AuthError reasons)
         self._inbox = self.ctx.socket(zmq.ROUTER)
         self._inbox.setsockopt(zmq.RCVHWM, RCVHWM)
@@ -235,12 +246,23 @@ class Party:
         path = ipc_path(endpoint)
         if path is not None and os.path.exists(path):
             os.unlink(path)  # stale socket file from a killed predecessor
-        try:
-            self._inbox.bind(endpoint)
-        except zmq.ZMQError as exc:  # in use, no such directory, ...: one line, not a zmq traceback
-            self._inbox.close()
-            raise ProtocolError("bind_failed", f"cannot bind {endpoint}: {os.strerror(exc.errno)}",
-                                "endpoint") from None
+        self._zap = None
+        binds = [endpoint]
+        if self._curve is not None and self._curve.bind:
+            self._zap = zap_handler(self.ctx, self._curve)  # before the CURVE bind: it answers the handshakes
+            self._zap.count_into(self.counters)
+            binds.append(self._curve.bind)
+        for where in binds:
+            if where.startswith("tcp://") and self._curve is not None:
+                self._curve.serve(self._inbox)  # a bind takes the socket's options as they are now
+            try:
+                self._inbox.bind(where)
+            except zmq.ZMQError as exc:  # in use, no such directory, ...: one line, not a zmq traceback
+                self._inbox.close()
+                raise ProtocolError("bind_failed", f"cannot bind {where}: {os.strerror(exc.errno)}",
+                                    "endpoint") from None
+        if path is not None:
+            ipc_private(path)  # 0600: only this account may connect (the run directory is 0700 too)
         self._inbox_fd = self._inbox.getsockopt(zmq.FD)
         self._busy = False  # the inbox task is handling what it read (not waiting for the next)
         # deliveries a polling requester read that are not replies, for the
@@ -285,6 +307,13 @@ class Party:
         sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
         sock.setsockopt(zmq.SNDHWM, SNDHWM)
         sock.setsockopt(zmq.LINGER, 0)
+        if self._curve is not None and endpoint.startswith("tcp://"):
+            try:
+                self._curve.client(sock, dst)
+            except KeyError:
+                sock.close(linger=0)
+                raise ProtocolError("no_key", f"{self.name} has no CURVE key of {dst!r} to connect to {endpoint}",
+                                    "dst") from None
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as exc:  # a reply_to that is no endpoint (a fuzzer's, a bug's)
@@ -292,6 +321,12 @@ class Party:
             raise ProtocolError("bad_endpoint", f"cannot connect to {dst} at {endpoint!r:.80}: {exc}",
                                 "reply_to") from None
         return sock
+
+    def moved(self, node: str, endpoint: str) -> None:
+        """``node`` is now reached at ``endpoint`` (it was restarted on another host):
+        the link to its old place is dropped, the next send connects to the new one."""
+        self.directory[node] = endpoint
+        self.forget(node)
 
     def forget(self, dst: str) -> None:
         """Drop the link to ``dst`` (it moved or is gone); the next send reconnects."""
@@ -571,7 +606,32 @@ class Party:
         while part.more:
             part = sock.recv(_NOBLOCK, copy=False)
             frames.append(part.bytes)
+        if self._curve is not None and not self._key_owns(part, ident):
+            return []  # dropped (counted): the caller takes the next one
         return frames
+
+    def _key_owns(self, part: zmq.Frame, ident: bytes) -> bool:
+        """True unless the delivery came over a CURVE connection whose key is
+        not its sender's (docs/hosts.md): a node's key speaks only as that node,
+        the client key only as a party outside the topology."""
+        try:
+            owner = part.get("User-Id")
+        except zmq.ZMQError:
+            owner = ""
+        if not owner:  # not a CURVE connection: ipc (private files) or the party's own tcp endpoint
+            return True
+        sender = self._sender(ident)
+        if owner == sender or (owner == CLIENT and sender not in self._static and sender != self.name):
+            return True
+        self.counters["wrong_key"] += 1
+        self.counters["spoofed"] += 1
+        n = self.counters["wrong_key"]
+        if n & (n - 1) == 0:
+            log.warning("%s: refused a message from %r over a connection authenticated as %s (%d so far)",
+                        self.name, ident[:64], owner, n)
+        if self.recorder.on:
+            self.recorder("auth", "drop", src=sender, reason="wrong_key")
+        return False
 
     def inbox_signalled(self) -> bool:
         """True if the inbox has work for its task: something reached it since
@@ -704,6 +764,8 @@ class Party:
         the handler, with the frames (a malformed one: with its error)."""
         counters = self.counters
         counters["msgs_in"] += 1
+        if not frames:
+            return None  # refused by _recv_now (counted there)
         try:
             msg = self.parse(frames)
         except ProtocolError as exc:
@@ -771,6 +833,10 @@ class Party:
                 continue
             if msg.reply_to:
                 self.learn(msg)
+            if msg.kind == MOVED and self._curve is not None and msg.src == self._curve.authority:
+                self.moved(msg.body["node"], msg.body["endpoint"])
+                await self.reply(msg, "ok", {})
+                continue
             try:
                 await handler(msg)
             except ProtocolError as exc:

@@ -11,6 +11,10 @@ command -v riscv64-unknown-elf-gcc >/dev/null || need_pkgs+=(gcc-riscv64-unknown
 command -v qemu-riscv32 >/dev/null || need_pkgs+=(qemu-user)
 # headless Chromium renders the demo's HTML report in its test (tests/integration/test_demo_report.py)
 command -v chromium >/dev/null || need_pkgs+=(chromium)
+# network namespaces and veth pairs: the across-hosts test (tests/integration/test_netns.py); setpriv
+# runs a process as another account in test_hosts.py
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v setpriv >/dev/null || need_pkgs+=(util-linux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: installing Debian packages: ${need_pkgs[*]}"

@@ -232,6 +232,10 @@ class Core:
         self._maps_dirty = True
         return bytes(self._pages[ppn])
 
+    def page_bytes(self, ppn: int) -> bytes:
+        """The current bytes of page `ppn`, which stays cached as it is."""
+        return bytes(self._pages[ppn])
+
     def has_page(self, ppn: int) -> bool:
         """Whether page `ppn` is in the local cache."""
         return ppn in self._pages

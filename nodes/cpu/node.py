@@ -283,9 +283,9 @@ class CpuNode(Node):
 
     async def on_mem_recall(self, msg: Message) -> None:
         frame, mode = msg.body["frame"], msg.body["mode"]
-        if mode not in ("invalidate", "downgrade"):
-            raise ProtocolError("bad_field", f"mem_recall mode must be invalidate or downgrade, got {mode!r}",
-                                "body.mode")
+        if mode not in ("invalidate", "downgrade", "snapshot"):
+            raise ProtocolError("bad_field", f"mem_recall mode must be invalidate, downgrade or snapshot, "
+                                             f"got {mode!r}", "body.mode")
         self.counts["recalls"] += 1
         if frame == RECALL_ALL:
             await self._drop_all(msg.src)
@@ -293,7 +293,10 @@ class CpuNode(Node):
             return
         gpn = self.frame_gpn.get(frame)
         data = None
-        if gpn is None or not self.core.has_page(gpn):
+        if mode == "snapshot":  # an uncached read of a page this CPU writes: its bytes, the copy kept
+            if gpn is not None and self.core.has_page(gpn) and gpn in self.modified:
+                data = self.core.page_bytes(gpn)
+        elif gpn is None or not self.core.has_page(gpn):
             if self._acquiring:
                 self._early[frame] = mode
         elif mode == "invalidate":

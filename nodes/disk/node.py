@@ -14,6 +14,10 @@ Message interface (for the OS driver):
   guest memory, ``pwrite`` them to the image and ``fdatasync`` before the
   completion (unless the ``write_back`` option: then durable at the next
   ``disk_flush``).
+  With ``data`` (the ``count * block_size`` bytes themselves) there is no
+  DMA: the bytes travel with the command.
+- ``disk_read`` with ``inline`` true: no DMA either; the bytes come back in
+  the completion's ``data``.
 - ``disk_flush`` {id} — ``fdatasync`` the image, then complete (count 0).
 - completion ``disk_done`` {id, status, count, reason?}: ``status`` 0 and
   ``count`` = blocks moved, or ``status`` = -errno, ``count`` 0 and a
@@ -269,18 +273,22 @@ class Disk(Node):
                 if self.latency:
                     await trio.sleep(max(self.latency.values()))
             try:
-                count = await self._execute(msg)
+                done = await self._execute(msg)
             except Refused as exc:
                 self.counts["errors"] += 1
                 log.info("%s: %s %s refused: %s", self.name, msg.kind, msg.body.get("id"), exc.reason)
                 await self._complete(msg, exc.status, 0, exc.reason)
             else:
-                await self._complete(msg, 0, count, None)
+                count, data = done if isinstance(done, tuple) else (done, None)
+                await self._complete(msg, 0, count, None, data)
 
-    async def _complete(self, msg: Message, status: int, count: int, reason: str | None) -> None:
+    async def _complete(self, msg: Message, status: int, count: int, reason: str | None,
+                        data: bytes | None = None) -> None:
         body: dict[str, Any] = {"id": msg.body["id"], "status": status, "count": count}
         if reason is not None:
             body["reason"] = reason
+        if data is not None:
+            body["data"] = data
         if msg.flow is None:
             await self.party.reply(msg, "disk_done", body)
             return
@@ -290,7 +298,7 @@ class Disk(Node):
             self.counts["unrouted"] += 1
             log.warning("%s: disk_done %s not delivered: %s", self.name, body["id"], exc)
 
-    async def _execute(self, msg: Message) -> int:
+    async def _execute(self, msg: Message) -> int | tuple[int, bytes]:
         if msg.kind == "disk_flush":
             await self._sync()
             self.counts["flushes"] += 1
@@ -325,14 +333,22 @@ class Disk(Node):
             data = await self._io(os.pread, self.fd, length, offset)
             if len(data) != length:
                 raise Refused(errno.EIO, f"short read from the image: {len(data)} of {length} bytes")
-            await self._dma("mem_write", {"space": space, "addr": addr, "data": data})
             self.counts["reads"] += 1
             self.counts["blocks_read"] += count
+            if b.get("inline"):
+                return count, data
+            await self._dma("mem_write", {"space": space, "addr": addr, "data": data})
         else:
-            reply = await self._dma("mem_read", {"space": space, "addr": addr, "length": length})
-            data = reply.body["data"]
-            if len(data) != length:
-                raise Refused(errno.EFAULT, f"memctl returned {len(data)} of {length} bytes")
+            data = b.get("data")
+            if data is not None:
+                if len(data) != length:
+                    raise Refused(errno.EINVAL, f"{len(data)} bytes of data for {count} blocks of "
+                                                f"{self.block_size}")
+            else:
+                reply = await self._dma("mem_read", {"space": space, "addr": addr, "length": length})
+                data = reply.body["data"]
+                if len(data) != length:
+                    raise Refused(errno.EFAULT, f"memctl returned {len(data)} of {length} bytes")
             rec = self.recorder
             if rec.on:  # what the image may hold from now on, acknowledged or not (a checker's candidates)
                 rec("disk", "write", req=b["id"], block=block, count=count, crcs=_block_crcs(data, self.block_size))

@@ -207,11 +207,26 @@ class DiskDriver(_Driver):
             self.bounce = self.node.module.alloc_pin(1)[0]
         return self.bounce
 
-    async def _move(self, kind: str, block: int, count: int) -> None:
-        done = await self.command(kind, {"block": block, "count": count, "space": self.node.name,
-                                         "addr": self._bounce() * PAGE})
+    async def _move(self, kind: str, block: int, count: int, data: bytes | None = None) -> bytes | None:
+        """One command of ``count`` blocks, its bytes carried in the messages
+        (``data`` with a write, in the completion of a read: inline), so the
+        driver waits for no DMA through the memory controller; the bytes read."""
+        body: dict[str, Any] = {"block": block, "count": count, "space": self.node.name,
+                                "addr": self._bounce() * PAGE}  # where a disk that knew no inline would DMA
+        if kind == "disk_read":
+            body["inline"] = True
+        else:
+            body["data"] = bytes(data or b"")
+        done = await self.command(kind, body)
         if done.get("status", 0) < 0:
             raise Refused(-done["status"], done.get("reason", ""))
+        if kind != "disk_read":
+            return None
+        got = done.get("data")
+        if got is None or len(got) != count * (self.block_size or 512):
+            raise Refused(abi.EIO, f"disk_read of {count} blocks came back with "
+                                   f"{'no' if got is None else len(got)} bytes")
+        return got
 
     async def pread(self, offset: int, length: int) -> bytes:
         bs, blocks = await self.geometry()
@@ -225,8 +240,7 @@ class DiskDriver(_Driver):
             while pos < end:
                 first = pos // bs
                 count = min(per, (end - 1) // bs - first + 1)
-                await self._move("disk_read", first, count)
-                data = await self.node.mem_read(self._bounce() * PAGE, count * bs)
+                data = await self._move("disk_read", first, count)
                 lo = pos - first * bs
                 hi = min(end - first * bs, count * bs)
                 out += data[lo:hi]
@@ -249,13 +263,11 @@ class DiskDriver(_Driver):
                 lo = pos - first * bs
                 hi = min(end - first * bs, count * bs)
                 chunk = data[pos - offset:pos - offset + hi - lo]
-                base = self._bounce() * PAGE
                 if lo % bs or hi % bs:  # a partial block at either end: read-modify-write
-                    await self._move("disk_read", first, count)
-                    await self.node.mem_write(base + lo, chunk)
-                else:
-                    await self.node.mem_write(base, chunk)
-                await self._move("disk_write", first, count)
+                    blocks_now = bytearray(await self._move("disk_read", first, count))
+                    blocks_now[lo:hi] = chunk
+                    chunk = bytes(blocks_now)
+                await self._move("disk_write", first, count, chunk)
                 pos = first * bs + hi
         self.written_bytes += len(data)
         return len(data)
@@ -316,8 +328,10 @@ class NicDriver(_Driver):
         the post as a duplicate), and the bind that follows must find the buffers."""
         dest = self.node.routes.get(self.flow)
         try:
+            # inline: each datagram comes in its nic_rx, so no memory round trip comes before it
             await self.node.party.request(dest, "nic_rx_post", {"buffers": buffers, "space": space,
-                                                                 "reset": reset}, timeout=POST_TIMEOUT)
+                                                                 "reset": reset, "inline": True},
+                                          timeout=POST_TIMEOUT)
         except Exception as exc:  # the NIC is away
             log.warning("%s: nic_rx_post to %s failed: %s", space, dest, exc)
             return False
@@ -351,9 +365,17 @@ class NicDriver(_Driver):
             log.info("nic_rx_post not sent: %s", exc)
 
     async def receive(self, body: dict[str, Any]) -> bytes | None:
-        """The datagram of a ``nic_rx``, read out of the buffers the NIC wrote it
-        into (which are then posted again); None if they are not this driver's."""
+        """The datagram of a ``nic_rx``: carried in it (inline), or read out of
+        the buffers the NIC wrote it into (which are then posted again); None
+        if they are not this driver's."""
         buffers, length = list(body["buffers"]), body["length"]
+        if body.get("data") is not None:
+            if buffers or len(body["data"]) != length:
+                self.bad_rx += 1
+                log.warning("%s: inline nic_rx of %d bytes for a length of %d (buffers %s)", self.node.name,
+                            len(body["data"]), length, buffers[:4])
+                return None
+            return bytes(body["data"])
         mine = self.rx_frames or set()
         if any(a % PAGE or a // PAGE not in mine for a in buffers) or len(buffers) != -(-length // PAGE):
             self.bad_rx += 1
@@ -523,22 +545,20 @@ class Io:
         await k.dispatch()
 
     async def _deliver(self, k: "Kernel", p: "Process", port: _Port, buf: int, length: int,
-                       addr: int, addrlen_p: int) -> int:
+                       addr: int, addrlen_p: int, room: int) -> int:
+        """The next datagram into the process: its bytes, the source address
+        (``room`` bytes of it, as the caller's addrlen said when it called) and
+        the address length, written in one memory request."""
         data, host, sport = port.queue.popleft()
         await self.nic.ack(port.port, 1)
         n = min(length, len(data))
-        if n and not await k.copy_to_user(p, buf, data[:n]):
-            return -abi.EFAULT
+        writes = [(buf, data[:n])] if n else []
         if addr and addrlen_p:
-            raw = await k.copy_from_user(p, addrlen_p, 4)
-            if raw is None:
-                return -abi.EFAULT
-            room = int.from_bytes(raw, "little")
-            sa = _sockaddr(host, sport)
-            if room and not await k.copy_to_user(p, addr, sa[:min(room, 16)]):
-                return -abi.EFAULT
-            if not await k.copy_to_user(p, addrlen_p, (16).to_bytes(4, "little")):
-                return -abi.EFAULT
+            if room:
+                writes.append((addr, _sockaddr(host, sport)[:room]))
+            writes.append((addrlen_p, (16).to_bytes(4, "little")))
+        if writes and not await k.copy_to_user_many(p, writes):
+            return -abi.EFAULT
         return n
 
     def stats(self) -> dict[str, Any]:
@@ -674,12 +694,15 @@ def _sock(io: Io | None, p: "Process", fd: int) -> Socket | int:
     return obj
 
 
-async def _read_sockaddr(k: "Kernel", p: "Process", addr: int, addrlen: int) -> tuple[str, int] | int:
+async def _read_sockaddr(k: "Kernel", p: "Process", addr: int, addrlen: int,
+                         raw: bytes | None = None) -> tuple[str, int] | int:
+    """The (host, port) of a user's sockaddr_in, or -errno (``raw``: its bytes, read already)."""
     if abi.signed(addrlen) < 0:
         return -abi.EINVAL
     if addrlen < 16:
         return -abi.EINVAL
-    raw = await k.copy_from_user(p, addr, abi.SOCKADDR_IN_SIZE)
+    if raw is None:
+        raw = await k.copy_from_user(p, addr, abi.SOCKADDR_IN_SIZE)
     if raw is None:
         return -abi.EFAULT
     parsed = abi.parse_sockaddr_in(raw)
@@ -723,10 +746,15 @@ async def sys_sendto(k: "Kernel", p: "Process", fd: int, buf: int, length: int, 
         return -abi.EMSGSIZE
     if not addr:
         return -abi.EDESTADDRREQ
-    sa = await _read_sockaddr(k, p, addr, addrlen)
+    # the address and the buffer in one memory request when both are good pointers
+    # (else as Linux orders it: the address's errors first, then the buffer's -EFAULT)
+    both = None
+    if abi.signed(addrlen) >= 16:
+        both = await k.copy_from_user_many(p, [(addr, abi.SOCKADDR_IN_SIZE), (buf, length)])
+    sa = await _read_sockaddr(k, p, addr, addrlen, both[0] if both else None)
     if isinstance(sa, int):
         return sa
-    data = await k.copy_from_user(p, buf, length)
+    data = both[1] if both else await k.copy_from_user(p, buf, length)
     if data is None:
         return -abi.EFAULT
     host, port = sa
@@ -760,6 +788,7 @@ async def sys_recvfrom(k: "Kernel", p: "Process", fd: int, buf: int, length: int
         return -abi.EINVAL
     if length and k.user_pieces(p, buf, length, "w") is None:
         return -abi.EFAULT
+    room = 0
     if addr and addrlen_p:
         raw = await k.copy_from_user(p, addrlen_p, 4)
         if raw is None or k.user_pieces(p, addrlen_p, 4, "w") is None:
@@ -774,7 +803,7 @@ async def sys_recvfrom(k: "Kernel", p: "Process", fd: int, buf: int, length: int
     port = io.nic.ports.get(s.port)
     if port is None:
         return -abi.EBADF
-    args = (buf, length, addr, addrlen_p)
+    args = (buf, length, addr, addrlen_p, room)
     if port.queue and not port.readers:
         return await io._deliver(k, p, port, *args)
     wait = ("recvfrom", s.port)

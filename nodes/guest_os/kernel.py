@@ -65,6 +65,8 @@ class Hardware(Protocol):
 
     async def mem_write(self, addr: int, data: bytes) -> None: ...
 
+    async def mem_batch(self, ops: list[list[Any]]) -> list[bytes]: ...
+
     async def priv(self, kind: str, body: dict[str, Any]) -> None: ...
 
     def process_exited(self, proc: "Process") -> None: ...
@@ -513,20 +515,62 @@ class Kernel:
         return bytes(out)
 
     async def copy_to_user(self, proc: Process, addr: int, data: bytes) -> bool:
-        pieces = self.user_pieces(proc, addr, len(data), "w")
-        if pieces is None:
-            return False
-        pos = 0
-        for vpn, off, n in pieces:
-            entry = proc.pages.get(vpn)
-            if entry is None:
-                try:
-                    await self._alloc_zero(proc, vpn)
-                except OutOfMemory:
-                    return False
-                entry = proc.pages[vpn]
-            await self.hw.mem_write(entry[0] * PAGE + off, bytes(data[pos:pos + n]))
-            pos += n
+        """``data`` into the process at ``addr`` (every page in one memory request)."""
+        return await self.copy_to_user_many(proc, [(addr, data)])
+
+    async def copy_from_user_many(self, proc: Process, ranges: list[tuple[int, int]]) -> list[bytes] | None:
+        """Several user buffers ((addr, size) each) read in one memory request, as
+        a syscall that takes an address and a buffer needs them; None if any byte
+        of any is outside the process or not readable (then nothing was read)."""
+        ops: list[list[int]] = []
+        layouts = []  # per range: its parts, an int (that many zero bytes: never touched) or [op index]
+        for addr, size in ranges:
+            pieces = self.user_pieces(proc, addr, size, "r")
+            if pieces is None:
+                return None
+            parts: list[Any] = []
+            for vpn, off, n in pieces:
+                entry = proc.pages.get(vpn)
+                if entry is None:
+                    parts.append(n)
+                    continue
+                ga = entry[0] * PAGE + off
+                if parts and isinstance(parts[-1], list) and sum(ops[parts[-1][0]]) == ga:
+                    ops[parts[-1][0]][1] += n  # the next page is the next frame: one run
+                else:
+                    ops.append([ga, n])
+                    parts.append([len(ops) - 1])
+            layouts.append(parts)
+        got = await self.hw.mem_batch(ops) if ops else []
+        return [b"".join(bytes(part) if isinstance(part, int) else got[part[0]] for part in parts)
+                for parts in layouts]
+
+    async def copy_to_user_many(self, proc: Process, writes: list[tuple[int, bytes]]) -> bool:
+        """Several user buffers ((addr, data) each) written in one memory request,
+        in order (a syscall's result, the source address, its length); False if
+        any byte of any is outside the process or not writable (then nothing was
+        written), or a page could not be allocated."""
+        checked = []
+        for addr, data in writes:
+            pieces = self.user_pieces(proc, addr, len(data), "w")
+            if pieces is None:
+                return False
+            checked.append((pieces, data))
+        ops = []
+        for pieces, data in checked:
+            pos = 0
+            for vpn, off, n in pieces:
+                entry = proc.pages.get(vpn)
+                if entry is None:
+                    try:
+                        await self._alloc_zero(proc, vpn)
+                    except OutOfMemory:
+                        return False
+                    entry = proc.pages[vpn]
+                ops.append([entry[0] * PAGE + off, bytes(data[pos:pos + n])])
+                pos += n
+        if ops:
+            await self.hw.mem_batch(ops)
         return True
 
     def ps(self) -> list[dict[str, Any]]:

@@ -160,6 +160,10 @@ class OsNode(Node):
     async def mem_write(self, addr: int, data: bytes) -> None:
         await self._mem("mem_write", {"space": self.name, "addr": addr, "data": bytes(data)})
 
+    async def mem_batch(self, ops: list[list[Any]]) -> list[bytes]:
+        reply = await self._mem("mem_batch", {"space": self.name, "ops": ops})
+        return reply.body["data"]["reads"]
+
     async def priv(self, kind: str, body: dict[str, Any]) -> None:
         await self.emit(self.priv_flow, kind, body)
 

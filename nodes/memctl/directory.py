@@ -55,6 +55,7 @@ MODIFIED = "M"
 
 INVALIDATE = "invalidate"
 DOWNGRADE = "downgrade"
+SNAPSHOT = "snapshot"  # the holder's bytes, its copy left as it is (an uncached read of a page it writes)
 
 SNAPSHOT_VERSION = 2  # 2: pins as (first, count) runs; 1: pins as a list of frames
 READABLE_VERSIONS = (1, 2)
@@ -413,20 +414,15 @@ class MemoryController:
     async def read(self, initiator: str, space: str, gaddr: int, n: int) -> bytes:
         """Read ``n`` bytes at guest address ``gaddr`` of ``space``, uncached (OS copies, DMA).
 
-        A modified cached copy is downgraded (written back) first, so the
-        bytes are the newest. Every page is translated before any is read.
+        A modified cached copy's bytes are fetched first (a snapshot: the holder
+        keeps its copy, writable), so the bytes are the newest. Every page is translated before any is read.
 
         Raises:
             MemFault: a page of the range is outside the space's map.
         """
-        pieces = []
-        for gpn, offset, length in self._pages(space, gaddr, n):
-            async with self._translated(space, gpn) as frame:
-                writer = [h for h, m in self._holders.get(frame, {}).items() if m == MODIFIED]
-                await self._recall(frame, DOWNGRADE, writer)
-                pieces.append(self.store.read(frame, offset, length))
-        self._counts["uncached_reads"] += 1
-        return b"".join(pieces)
+        if not isinstance(n, int) or isinstance(n, bool):
+            self._pages(space, gaddr, n)  # a bad range is a fault (not a write of whatever ``n`` is)
+        return (await self.access(initiator, space, [(gaddr, n)]))[0]
 
     async def write(self, initiator: str, space: str, gaddr: int, data: bytes) -> None:
         """Write ``data`` at guest address ``gaddr`` of ``space``, uncached (OS copies, DMA).
@@ -441,14 +437,87 @@ class MemoryController:
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise DirectoryError(f"uncached write by {initiator!r}: data must be bytes, got {type(data).__name__}")
-        data = bytes(data)
-        done = 0
-        for gpn, offset, length in self._pages(space, gaddr, len(data)):
-            async with self._translated(space, gpn) as frame:
-                await self._recall(frame, INVALIDATE, list(self._holders.get(frame, {})))
-                self.store.write(frame, offset, data[done:done + length])
-            done += length
-        self._counts["uncached_writes"] += 1
+        await self.access(initiator, space, [(gaddr, data)])
+
+    async def access(self, initiator: str, space: str, ops: list[tuple[int, Any]]) -> list[bytes | None]:
+        """Several uncached reads and writes of ``space`` as one (an OS copying
+        a syscall's buffers): ``(gaddr, n)`` reads ``n`` bytes, ``(gaddr,
+        data)`` writes ``data``; applied in order, so a read sees the writes
+        before it. What each read returned (None for a write).
+
+        Every page of every op is translated before anything is touched (a
+        fault reads and writes nothing) and every frame is claimed at once;
+        the recalls the ops need (every copy of a frame written; a snapshot
+        of a modified copy of a frame only read) go out together, so they cost one round
+        trip to the holders however many pages the ops cover.
+
+        Raises:
+            MemFault: a page of an op is outside the space's map.
+            DirectoryError: an op is neither (int, int) nor (int, bytes).
+        """
+        plan: list[tuple[bytes | None, list[tuple[int, int, int]]]] = []
+        for op in ops:
+            if not isinstance(op, (tuple, list)) or len(op) != 2:
+                raise DirectoryError(f"uncached access by {initiator!r}: an op is (address, length | bytes), "
+                                     f"got {op!r:.80}")
+            gaddr, what = op
+            if isinstance(what, int) and not isinstance(what, bool):
+                plan.append((None, self._pages(space, gaddr, what)))
+            elif isinstance(what, (bytes, bytearray, memoryview)):
+                data = bytes(what)
+                plan.append((data, self._pages(space, gaddr, len(data))))
+            else:
+                raise DirectoryError(f"uncached write by {initiator!r}: data must be bytes, got {type(what).__name__}")
+        gpns = sorted({gpn for _data, pages in plan for gpn, _o, _n in pages})
+        while True:
+            frames = {gpn: self.translate(space, gpn) for gpn in gpns}
+            async with self._claim(sorted(set(frames.values()))):
+                if any(self.translate(space, g) != f for g, f in frames.items()):
+                    continue  # the map moved while queued: translate again
+                written = {frames[g] for data, pages in plan if data is not None for g, _o, _n in pages}
+                recalls = []
+                for f in sorted(set(frames.values())):
+                    holders = self._holders.get(f, {})
+                    if f in written:
+                        recalls.append((f, INVALIDATE, list(holders)))
+                    else:
+                        writer = [h for h, m in holders.items() if m == MODIFIED]
+                        if writer:  # a read needs the newest bytes, not the writer's copy
+                            recalls.append((f, SNAPSHOT, writer))
+                await self._recall_all(recalls)
+                out: list[bytes | None] = []
+                for data, pages in plan:
+                    if data is None:
+                        out.append(b"".join(self.store.read(frames[g], off, n) for g, off, n in pages))
+                        self._counts["uncached_reads"] += 1
+                        continue
+                    done = 0
+                    for g, off, n in pages:
+                        self.store.write(frames[g], off, data[done:done + n])
+                        done += n
+                    out.append(None)
+                    self._counts["uncached_writes"] += 1
+                return out
+
+    async def _recall_all(self, recalls: list[tuple[int, str, list[str]]]) -> None:
+        """:meth:`_recall` of each (frame, mode, holders) at once (the caller holds
+        every frame's claim); the first error, once every recall ended."""
+        if len(recalls) == 1:
+            await self._recall(*recalls[0])
+            return
+        errors: list[Exception] = []
+
+        async def one(frame: int, mode: str, holders: list[str]) -> None:
+            try:
+                await self._recall(frame, mode, holders)
+            except Exception as exc:  # re-raised below, after the others ended
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for recall in recalls:
+                nursery.start_soon(one, *recall)
+        if errors:
+            raise errors[0]
 
     def drop_initiator(self, initiator: str) -> list[int]:
         """Forget every copy ``initiator`` holds (it crashed, or stopped answering recalls).
@@ -498,7 +567,7 @@ class MemoryController:
                 cached[who] += 1
                 modified[who] += mode == MODIFIED
         counts = {k: self._counts[k] for k in (
-            "acquires", "recalls", "writebacks", "faults", "zeroed",
+            "acquires", "recalls", "writebacks", "snapshots", "faults", "zeroed",
             "uncached_reads", "uncached_writes", "stale_releases", "recall_anomalies")}
         return {
             "nframes": self.store.nframes,
@@ -681,6 +750,11 @@ class MemoryController:
             now = self._holders.get(frame, {}).get(holder)
             if now is None:
                 continue  # its release overtook the recall and already wrote back
+            if mode == SNAPSHOT:  # memory takes the bytes; the holder keeps its copy, writable
+                if data is not None and now == MODIFIED and len(data) == FRAME_SIZE:
+                    self.store.write_frame(frame, data)
+                    self._counts["snapshots"] += 1
+                continue
             if data is not None and now == MODIFIED:
                 if len(data) != FRAME_SIZE:
                     raise DirectoryError(f"recall of frame {frame} from {holder!r}: {len(data)} bytes back")

@@ -11,7 +11,9 @@ Options:
   snapshot has them already and they are not recreated).
 
 Requests: ``mem_acquire`` → ``mem_grant``; ``mem_release`` (no reply);
-``mem_read`` → ``mem_data``; ``mem_write`` → ``ok``; ``mem_info`` → ``ok``
+``mem_read`` → ``mem_data``; ``mem_write`` → ``ok``; ``mem_batch`` {space, ops:
+[[addr, length] | [addr, bytes], ...]} → ``ok`` {data: {reads}} (several
+reads and writes in order, their recalls at once); ``mem_info`` → ``ok``
 {data: controller stats}. Errors of the controller become ``error`` replies
 with the error's ``reason`` (``mem_fault``, ``bad_address``, ``recovering``...).
 
@@ -238,6 +240,16 @@ class MemctlNode(Node):
             await self.party.reply(msg, "error", self._error(exc, msg.kind))
             return
         await self.party.reply(msg, "ok", {"data": {"written": len(msg.body["data"])}})
+
+    @spawned
+    async def on_mem_batch(self, msg: Message) -> None:
+        space = self._space(msg)
+        try:
+            got = await self.mc.access(msg.src, space, [tuple(op) for op in msg.body["ops"]])
+        except MemctlError as exc:
+            await self.party.reply(msg, "error", self._error(exc, msg.kind))
+            return
+        await self.party.reply(msg, "ok", {"data": {"reads": [d for d in got if d is not None]}})
 
     async def on_mem_info(self, msg: Message) -> None:
         await self.party.reply(msg, "ok", {"data": self.stats()})

@@ -34,13 +34,18 @@ directly as requests:
   receive buffers, the guest physical addresses (page-aligned) of page frames
   of its own address space ``space`` (an issuer may only post its own:
   otherwise the NIC would be a deputy into another instance's memory); with
-  ``reset`` they replace every buffer the issuer posted before.
+  ``reset`` they replace every buffer the issuer posted before. With
+  ``inline`` (kept until a post without it that has ``reset``) the issuer's
+  datagrams travel in their ``nic_rx`` itself (``data``; ``buffers`` empty):
+  no DMA, so the driver waits for no memory round trip before it has the
+  datagram, and none of its buffers is taken.
 - interrupt ``nic_rx`` {port, src_host, src_port, length, buffers} on
   ``irq:<name>``: a datagram of ``length`` bytes received for guest ``port``,
   written by DMA (``mem_write`` to ``memctl``) into ``buffers``, one page
   each, in order, taken from the buffers the port's owner posted (0 bytes: no
   buffer). The buffers are the driver's again: it reads the datagram out and
-  posts them anew.
+  posts them anew. For an issuer that asked for ``inline``, ``data`` carries
+  the datagram and ``buffers`` is empty.
 
 Receive ring: each bound port has ``rx_queue`` slots (default 64). A
 datagram takes a slot when it arrives from the host and keeps it until the
@@ -178,6 +183,7 @@ class Nic(Node):
         self.irq_flow = f"irq:{cfg.name}"
         self.ports: dict[int, _Port] = {}
         self.buffers: dict[str, deque[tuple[str, int]]] = {}  # owner -> posted buffers (space, addr)
+        self.inline: set[str] = set()  # owners that take their datagrams in the nic_rx (nic_rx_post inline)
         self.counts = {"refused": 0, "oversize": 0, "unrouted": 0, "stale_acks": 0, "errors": 0,
                        "no_buffers": 0, "dma_errors": 0, "bad_posts": 0,
                        "closed_drops": 0, "closed_host_drops": 0}  # drops of ports closed since
@@ -263,7 +269,7 @@ class Nic(Node):
         acting_for = msg.body.get("os")
         if acting_for is None or acting_for == sender:
             return sender
-        if self.routes.get(f"io:{acting_for}.nic") != sender:
+        if sender not in self.routed_to(f"io:{acting_for}.nic"):  # (either table during a route change)
             raise Refused(errno.EPERM, f"{sender} may not act for {acting_for}: io:{acting_for}.nic is not "
                                         f"routed to it")
         return acting_for
@@ -357,6 +363,8 @@ class Nic(Node):
             await port.sock.sendto(data, (str(dst), dst_port))
         except OSError as exc:
             raise Refused(exc.errno or errno.EIO, f"sendto {dst}:{dst_port}: {exc.strerror}") from None
+        if self.recorder.on:  # where a guest's send ends (bench/io.py)
+            self.recorder("nic", "tx", port=port.guest, length=len(data))
         port.tx += 1
         return {"port": port.guest}
 
@@ -393,6 +401,9 @@ class Nic(Node):
         pool = self.buffers.setdefault(owner, deque())
         if b.get("reset"):
             pool.clear()
+            self.inline.discard(owner)
+        if b.get("inline"):
+            self.inline.add(owner)
         pool.extend((b["space"], a) for a in b["buffers"])
         if msg.flow is None:
             await self.party.reply(msg, "ok", {"data": {"buffers": len(pool)}})
@@ -428,6 +439,8 @@ class Nic(Node):
                     port.drops += 1
                     continue
                 port.queue.append((data, src_host, src_port))
+                if self.recorder.on:  # where a guest's receive starts (bench/io.py counts its hops from here)
+                    self.recorder("nic", "rx", port=port.guest, length=len(data))
                 self._wake.set()
 
     async def _rx_pump(self) -> None:
@@ -443,14 +456,17 @@ class Nic(Node):
                     continue  # closed while an earlier emit waited
                 data, src_host, src_port = port.queue.popleft()
                 port.inflight += 1  # keeps its slot while its DMA runs
-                buffers = await self._dma_in(port, data)
-                if buffers is None:
-                    port.inflight -= 1
-                    port.drops += 1
-                    continue
-                if await self._raise_irq("nic_rx", {"port": port.guest, "src_host": src_host,
-                                                    "src_port": src_port, "length": len(data),
-                                                    "buffers": buffers}):
+                body = {"port": port.guest, "src_host": src_host, "src_port": src_port, "length": len(data)}
+                if port.owner in self.inline:
+                    body.update(buffers=[], data=data)
+                else:
+                    buffers = await self._dma_in(port, data)
+                    if buffers is None:
+                        port.inflight -= 1
+                        port.drops += 1
+                        continue
+                    body["buffers"] = buffers
+                if await self._raise_irq("nic_rx", body):
                     port.rx += 1
                 else:
                     port.inflight -= 1

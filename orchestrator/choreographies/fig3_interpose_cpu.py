@@ -17,12 +17,18 @@ Patent steps → steps here:
   route nobody sends on is harmless);
 - (attach) ``vmm_attach_os`` {os, asid_base, current}: the VMM starts
   managing the OS (asid base 0 for the first, so its TLB entries stay valid);
-- 302-306 disable interrupts → redirect the CPU's trap and interrupt routes
-  to the VMM → re-enable: ONE lossless route change
-  ``{trap:cpu0: vmm, irq:timer0: vmm}``; its pause is the disabled window;
+- 302-306 and 310 disable interrupts → redirect the CPU's trap and
+  interrupt routes and the OS's privileged operations to the VMM →
+  re-enable: ONE lossless route change ``{trap:cpu0: vmm, irq:timer0: vmm,
+  priv:<os>: vmm}``, whose senders (cpu0, timer0, the OS) each drain on
+  their own, concurrently: the disabled window is one drain round trip, not
+  one per route in a row. Routing the privileged operations in the same
+  window as the traps is safe because the VMM manages the OS from
+  ``attach`` on and handles its privileged operations under direct
+  addressability (what ``--cpu`` alone leaves);
 - 308 disable the OS's direct addressability: ``mem_set_map`` with the
-  identity made explicit (every frame the OS owns, guest page = frame);
-- 310 route privileged operations to the VMM: ``priv:<os>`` → vmm;
+  identity made explicit (every frame the OS owns, guest page = frame),
+  after the window, as ``--memory`` alone does on a virtualized CPU;
 - 312 resume the OS: nothing stopped it (the route change only held its
   traps); recorded as a step so the journal shows the figure whole.
 
@@ -67,8 +73,8 @@ async def _detach(run: Run, ctx: Ctx) -> None:
 
 
 async def _redirect(run: Run, ctx: Ctx) -> dict[str, Any]:
-    _, cpu, timer = _names(run, ctx)
-    out = await run.reroute({f"trap:{cpu}": VMM, f"irq:{timer}": VMM})
+    os_name, cpu, timer = _names(run, ctx)
+    out = await run.reroute({f"trap:{cpu}": VMM, f"irq:{timer}": VMM, f"priv:{os_name}": VMM})
     return {**run.window(out), "traps_previous": out["previous"]}
 
 
@@ -88,15 +94,6 @@ async def _identity(run: Run, ctx: Ctx) -> None:
     await run.call(run.memctl(ctx["os"]), "mem_set_identity", {"space": ctx["os"]})
 
 
-async def _priv(run: Run, ctx: Ctx) -> dict[str, Any]:
-    out = await run.reroute({f"priv:{ctx['os']}": VMM})
-    return {**run.window(out), "priv_previous": out["previous"]}
-
-
-async def _priv_back(run: Run, ctx: Ctx) -> None:
-    await run.restore_routes(ctx.get("priv_previous") or {})
-
-
 async def _resume(run: Run, ctx: Ctx) -> dict[str, Any]:
     return {"resumed": ctx["os"]}
 
@@ -108,9 +105,8 @@ def build(params: dict[str, Any]) -> Choreography:
         Step("new_flows", _new_flows, None, "(the VMM's flows to the OS and the CPU)"),
         Step("attach", _attach, _detach, "(the VMM manages the OS)"),
         Step("redirect_traps", _redirect, _redirect_back,
-             "302-306 disable interrupts, traps and interrupts to the VMM, re-enable"),
+             "302-306, 310 disable interrupts, traps, interrupts and privileged operations to the VMM, re-enable"),
         *([Step("disable_direct_addressing", _map, _identity, "308 disable direct addressability")] if memory else []),
-        Step("route_priv", _priv, _priv_back, "310 privileged operations to the VMM"),
         Step("resume_os", _resume, None, "312 resume the OS"),
     ]
     what = "CPU and memory" if memory else "CPU (direct addressability kept)"

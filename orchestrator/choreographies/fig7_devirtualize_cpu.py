@@ -6,11 +6,14 @@ Patent steps → steps here:
 - 704-706 disable interrupts, the VMM's shutdown routine
   (``vmm_cpu_release`` {os}: it reflects whatever trap it holds and leaves
   the CPU running the OS's context with its own asids);
-- 708-710 interrupts and traps to the OS, re-enable: ONE lossless route
-  change ``{trap:cpu0: os, irq:timer0: os}`` (its pause is the window);
 - 712 direct addressability on (``mem_set_identity``) — refused while
   borrowed frames are out (they would stay reachable only through the map);
-- 714 privileged operations straight to the CPU (``priv:<os>`` → cpu);
+  before the window, as devirtualizing the memory alone does with the CPU
+  still virtualized, so a refusal comes before any route moves;
+- 708-710 and 714 interrupts, traps and privileged operations straight to
+  the OS and the CPU, re-enable: ONE lossless route change ``{trap:cpu0:
+  os, irq:timer0: os, priv:<os>: cpu}``, its senders draining each on its
+  own, concurrently (its pause is the window: one drain round trip);
 - (detach) ``vmm_detach_os``.
 
 Also here: devirtualizing memory alone (partial devirtualization, the CPU
@@ -47,7 +50,7 @@ async def _reattach(run: Run, ctx: Ctx) -> None:
 
 async def _traps_back(run: Run, ctx: Ctx) -> dict[str, Any]:
     os_name, cpu, timer = _names(run, ctx)
-    out = await run.reroute({f"trap:{cpu}": os_name, f"irq:{timer}": os_name})
+    out = await run.reroute({f"trap:{cpu}": os_name, f"irq:{timer}": os_name, f"priv:{os_name}": cpu})
     return {**run.window(out), "traps_previous": out["previous"]}
 
 
@@ -71,16 +74,6 @@ async def _map_again(run: Run, ctx: Ctx) -> None:
                    {"space": os_name, "map": {str(f): f for f in owners.get(os_name, [])}})
 
 
-async def _priv_back(run: Run, ctx: Ctx) -> dict[str, Any]:
-    os_name, cpu, _ = _names(run, ctx)
-    out = await run.reroute({f"priv:{os_name}": cpu})
-    return {**run.window(out), "priv_previous": out["previous"]}
-
-
-async def _priv_undo(run: Run, ctx: Ctx) -> None:
-    await run.restore_routes(ctx.get("priv_previous") or {})
-
-
 async def _detach(run: Run, ctx: Ctx) -> dict[str, Any]:
     await run.call(VMM, "vmm_detach_os", {"os": ctx["os"]})
     return {"detached": ctx["os"]}
@@ -94,9 +87,9 @@ async def _attach(run: Run, ctx: Ctx) -> None:
 def build(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE, f"FIG. 7 devirtualize the CPU of {params.get('os')}", [
         Step("vmm_cpu_release", _release, _reattach, "704-706 disable interrupts, VMM shutdown routine"),
-        Step("traps_to_os", _traps_back, _traps_undo, "708-710 interrupts and traps to the OS, re-enable"),
         Step("direct_addressing_on", _identity, _map_again, "712 direct addressability on"),
-        Step("priv_to_cpu", _priv_back, _priv_undo, "714 privileged operations straight to the CPU"),
+        Step("traps_to_os", _traps_back, _traps_undo,
+             "708-710, 714 interrupts and traps to the OS, privileged operations to the CPU, re-enable"),
         Step("detach", _detach, _attach, "(the VMM stops managing the OS)"),
     ], params=params)
 

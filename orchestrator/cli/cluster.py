@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator import swarm
 from orchestrator.cli import watch
 from orchestrator.cli.common import Json, RunDir, console, emit_json, fail, run_dir_of
 from orchestrator.cli.fault import faults_table
@@ -22,11 +23,12 @@ from orchestrator.client import NotRunning, call
 from orchestrator.daemon import is_locked, read_state
 from orchestrator.errors import Lost
 from orchestrator.supervisor import LAUNCHED, launched, record_launch
-from orchestrator.topology import TopologyError, load
+from orchestrator.topology import ORCHESTRATOR, TopologyError, load
 from protocol.auth import check_private
 from protocol.errors import RemoteError, RequestTimeout
 
 UP_EXAMPLES = ["hwemu up compose/native.toml --detach", "hwemu up compose/flip.toml --detach --run-dir /tmp/flip",
+               "hwemu up --engine swarm compose/native.toml --detach    # one Docker Swarm service per node",
                "hwemu up compose/io.toml    # in the foreground: Ctrl-C stops it"]
 STATUS_EXAMPLES = ["hwemu status", "hwemu status --json", "hwemu status --run-dir /tmp/flip --timeout 2"]
 DOWN_EXAMPLES = ["hwemu down", "hwemu down --timeout 1 --json"]
@@ -53,6 +55,9 @@ def _status_table(data: dict) -> Table:
             state = Text.assemble(("unresponsive", "bold yellow"), f" (no heartbeat {n['silent_s']:.1f} s)")
         elif n["kind"] == "cpu" and isinstance(n["stats"].get("cpu_state"), str):
             state += f" / {n['stats']['cpu_state']}"
+        refused = n["stats"].get("wrong_key", 0) + n["stats"].get("curve_refused", 0)
+        if refused:  # across hosts: connections or messages refused by CURVE (docs/hosts.md)
+            state += f" / {refused} refused"
         dropped = (n["stats"].get("rx_dropped") or {}).get("total") if n["kind"] == "nic" else None
         if dropped:
             state += f" / {dropped} dropped"  # received datagrams that never reached the guest
@@ -88,6 +93,11 @@ def up(
                                          help="Return once the cluster runs; stop it with `hwemu down`.")] = False,
     run_dir: RunDir = None,
     json_out: Json = False,
+    engine: Annotated[str, typer.Option(
+        help="local: the nodes are processes of this host; swarm: one Docker Swarm service per node, deployed "
+             "with `docker stack deploy` (docs/swarm.md).")] = "local",
+    image: Annotated[str, typer.Option(help="With --engine swarm: the nodes' image (`hwemu image build`).")]
+    = swarm.DEFAULT_IMAGE,
 ) -> None:
     """Launch the cluster a topology describes and show its status."""
     rd = run_dir_of(run_dir)
@@ -105,6 +115,13 @@ def up(
             check_private(rd)
         except OSError as exc:
             fail(str(exc), code=2)
+    if engine not in ("local", "swarm"):
+        fail(f"--engine must be local or swarm, not {engine!r}", code=2)
+    if engine == "swarm":
+        try:
+            swarm.check_swarm(image)
+        except swarm.DockerError as exc:
+            fail(str(exc))
     log_path = rd / "orchestrator.log"
     try:
         rd.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -114,10 +131,13 @@ def up(
     before = log.tell()  # this start's part of the log: a failed start is explained by its own lines
     with log:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.daemon", "--topology", str(topology.resolve()), "--run-dir", str(rd)],
+            # on the orchestrator's host if the topology places it (docs/hosts.md)
+            [*topo.placement().launcher(ORCHESTRATOR), sys.executable, "-m", "orchestrator.daemon",
+             "--topology", str(topology.resolve()), "--run-dir", str(rd), "--engine", engine, "--image", image],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     record_launch(rd, "orch", daemon.pid)
-    deadline = time.monotonic() + topo.ready_timeout + 10
+    # a stack deploys, and its containers start, in seconds each
+    deadline = time.monotonic() + topo.ready_timeout + 10 + (60 + 5 * len(topo.nodes) if engine == "swarm" else 0)
     while True:
         state = read_state(rd)
         if state and state.get("pid") == daemon.pid and state.get("state") == "running":
@@ -268,6 +288,7 @@ def down(
     rd = run_dir_of(run_dir)
     state = read_state(rd)
     if state is None:
+        _down_stack(rd)  # a swarm cluster whose orchestrator is gone: its stack still
         if json_out:
             emit_json({"stopped": [], "note": "no cluster running"})
         else:
@@ -278,7 +299,8 @@ def down(
     except (NotRunning, RemoteError, RequestTimeout):
         pass  # fall through to signals
     pids = {"orch": state["pid"], **state.get("nodes", {})}
-    _wait_gone(set(pids.values()) | set(launched(rd)), timeout + 2)
+    # a swarm cluster's orchestrator removes its stack before it exits: seconds more
+    _wait_gone(set(pids.values()) | set(launched(rd)), timeout + 2 + (30 if (rd / swarm.SWARM_FILE).exists() else 0))
     # still there (a hung orchestrator, a node it could not stop): SIGTERM lets
     # it clean up; whatever ignores that too gets SIGKILL. The launch record names
     # every process started for this cluster (a node restarted after the state file
@@ -293,6 +315,7 @@ def down(
     terminated = [name for name, pid in left.items() if _signal(pid, signal.SIGTERM)]
     _wait_gone(left.values(), TERM_GRACE)
     killed = [name for name, pid in left.items() if _alive(pid) and _signal(pid, signal.SIGKILL)]
+    _down_stack(rd)
     for sock in rd.glob("*.sock"):
         sock.unlink(missing_ok=True)
     (rd / "cluster.json").unlink(missing_ok=True)
@@ -303,3 +326,11 @@ def down(
         notes = [f"{', '.join(names)} needed {sig}" for names, sig in ((terminated, "SIGTERM"), (killed, "SIGKILL"))
                  if names]
         console.print(f"stopped {len(pids)} processes" + (f" ({'; '.join(notes)})" if notes else ""))
+
+
+def _down_stack(rd: Path) -> None:
+    """A swarm cluster's stack, if its orchestrator did not remove it: no service, container or secret left."""
+    try:
+        swarm.down(rd)
+    except swarm.DockerError as exc:
+        fail(str(exc))

@@ -528,7 +528,7 @@ def _tables(rep: dict[str, Any], console: Console) -> None:
 
 EXAMPLES = ["hwemu demo", "hwemu demo --json > report.json   # the report on stdout, the progress on stderr",
             "hwemu demo --json report.json     # the report in a file, the progress on stdout",
-            "hwemu demo --control"]
+            "hwemu demo --control", "hwemu demo --engine swarm    # on a Docker Swarm (hwemu image build first)"]
 
 
 def demo(
@@ -544,6 +544,8 @@ def demo(
     report_dir: Annotated[Optional[Path], typer.Option(
         "--report", metavar="DIR", help="Write an HTML report to DIR (index.html: the steps, a timeline "
                                         "picture, the checks, the I/O counts, and the trace beside it).")] = None,
+    engine: Annotated[str, typer.Option(help="Where the cluster runs: local processes, or one Docker Swarm "
+                                             "service per node (swarm: docs/swarm.md).")] = "local",
 ) -> None:
     """The main job: a VMM interposed under a running OS, memory lent, everything devirtualized; all checked."""
     if json_file is not None and not json_out:
@@ -560,6 +562,8 @@ def demo(
     for elf in ("timeshare.elf", "udpecho.elf", "kvstore.elf"):
         if not (SAMPLES / elf).exists():
             fail(f"missing {SAMPLES / elf}: run `make guest` first")
+    if engine not in ("local", "swarm"):
+        fail(f"--engine must be local or swarm, not {engine!r}", code=2)
     if is_locked(rd):
         fail(f"a cluster is already running in {rd}: `hwemu down --run-dir {rd}` first, or use another --run-dir")
     d = Demo(rd, control=control, out=out)
@@ -569,7 +573,7 @@ def demo(
         # a fresh disk: the key-value store starts empty, so its replies are the model's
         (rd / "disk0.img").unlink(missing_ok=True)
         with contextlib.redirect_stdout(io.StringIO()):
-            cluster.up(TOPOLOGY, detach=True, run_dir=rd, json_out=True)
+            cluster.up(TOPOLOGY, detach=True, run_dir=rd, json_out=True, engine=engine)
         d.say("cluster up")
         if trace is not None or report_dir is not None:
             trace_cli.start_for(rd, DEMO_TRACE_RING)

@@ -8,7 +8,23 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli import chaos, check, cluster, console, cpu, demo, fault, memory, route, run, trace, vmm
+from orchestrator.cli import (
+    chaos,
+    check,
+    cluster,
+    compose,
+    console,
+    cpu,
+    demo,
+    fault,
+    image,
+    keys,
+    memory,
+    route,
+    run,
+    trace,
+    vmm,
+)
 from orchestrator.cli import os as os_cli
 from orchestrator.cli.common import emit_json, examples_text, fail
 from protocol.logs import level_from_env
@@ -74,6 +90,10 @@ app.add_typer(memory.app, name="memory")
 app.add_typer(os_cli.app, name="os")
 app.add_typer(trace.app, name="trace")
 app.add_typer(fault.app, name="fault")
+app.add_typer(image.app, name="image")
+app.add_typer(compose.app, name="compose")
+app.add_typer(keys.app, name="keys")
+app.command("move", epilog=examples_text(keys.MOVE_EXAMPLES))(keys.move)
 app.command("interpose", epilog=examples_text(vmm.INTERPOSE_EXAMPLES))(vmm.interpose)
 app.command("devirtualize", epilog=examples_text(vmm.DEVIRTUALIZE_EXAMPLES))(vmm.devirtualize)
 

@@ -419,7 +419,9 @@ async def test_interposed_and_devirtualized_by_the_choreographies_under_a_runnin
         interposed = (await orch.control("ctl_interpose", os="os1"))["reports"]  # everything: CPU and console
         assert [r["figure"] for r in interposed] == ["fig3", "fig5"]
         steps = {s["name"]: s for s in interposed[0]["steps"]}
-        assert steps["redirect_traps"]["pause_ms"] > 0 and steps["route_priv"]["pause_ms"] > 0
+        # one disabled window for the CPU's routes: traps, interrupts and privileged operations together
+        assert steps["redirect_traps"]["pause_ms"] > 0
+        assert [s for s in steps.values() if s["pause_ms"] > 0] == [steps["redirect_traps"]]
         routes = orch.routes.table.routes
         assert (routes["trap:cpu0"], routes["irq:timer0"], routes["priv:os1"], routes["io:os1.uart"],
                 routes["irq:uart0"]) == ("vmm",) * 5
@@ -776,7 +778,7 @@ async def test_os2_booted_on_frames_borrowed_from_os1_runs_exactly_and_its_shutd
         assert (rep["figure"], rep["outcome"], booted["started"]) == ("p49_boot", "committed", True)
         assert seen == [f"p49_boot.{s}" for s in ("alloc_pin", "module_lets_go", "to_vmm", "os_space", "to_os",
                                                   "boot", "new_flows", "attach", "redirect_traps",
-                                                  "disable_direct_addressing", "route_priv", "resume_os")]
+                                                  "disable_direct_addressing", "resume_os")]
         lent = booted["frames"]
         assert len(lent) == 48 and all(256 <= f < 768 for f in lent)
         own = await check_conservation(orch)
@@ -829,7 +831,7 @@ async def test_interposing_the_cpu_keeps_direct_addressing_and_memory_is_virtual
 
         cpu_only = (await orch.control("ctl_interpose", os="os1", cpu=True))["reports"]
         assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in cpu_only] == [
-            ("fig3", ["new_flows", "attach", "redirect_traps", "route_priv", "resume_os"])]
+            ("fig3", ["new_flows", "attach", "redirect_traps", "resume_os"])]
         resources = (await orch.control("ctl_virt_status"))["resources"]
         assert (resources["os1.cpu"], resources["os1.memory"]) == ("vmm", "os1")
         assert await memctl_space(orch, "os1") == "identity"
@@ -852,8 +854,7 @@ async def test_interposing_the_cpu_keeps_direct_addressing_and_memory_is_virtual
         # --memory with the CPU native: FIG. 3 whole (the CPU first, then 308)
         implied = (await orch.control("ctl_interpose", os="os1", memory=True))["reports"]
         assert [(r["figure"], [s["name"] for s in r["steps"]]) for r in implied] == [
-            ("fig3", ["new_flows", "attach", "redirect_traps", "disable_direct_addressing", "route_priv",
-                      "resume_os"])]
+            ("fig3", ["new_flows", "attach", "redirect_traps", "disable_direct_addressing", "resume_os"])]
         resources = (await orch.control("ctl_virt_status"))["resources"]
         assert (resources["os1.cpu"], resources["os1.memory"], resources["os1.uart (uart0)"]) == (
             "vmm", "vmm", "os1")

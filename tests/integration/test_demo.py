@@ -60,7 +60,7 @@ def test_demo_runs_every_choreography_and_every_check_passes(guest_build, tmp_pa
     assert all(isinstance(s["pause_ms"], (int, float)) and s["pause_ms"] >= 0 for s in report["steps"])
     assert all(s["outcome"] == "committed" for s in report["steps"])
     paused = {s["step"] for s in report["steps"] if s["pause_ms"] > 0}
-    assert {"redirect_traps", "route_priv", "traps_to_os"} <= paused  # FIG. 3 and FIG. 7 disable "interrupts"
+    assert {"redirect_traps", "traps_to_os"} <= paused  # FIG. 3 and FIG. 7 disable "interrupts"
     names = {c["check"] for c in report["checks"]}
     assert "os1 timeshare A1 output exact" in names and report["io"]["compute_rounds"] >= 1
     for want in ("os2 timeshare output exact", "os1 console byte-identical",

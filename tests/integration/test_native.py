@@ -104,6 +104,15 @@ class Machine:
             self.page((addr + pos) >> 12)[off:off + n] = data[pos:pos + n]
             pos += n
 
+    async def mem_batch(self, ops: list) -> list[bytes]:
+        reads = []
+        for addr, what in ops:  # in order, as memctl applies them
+            if isinstance(what, int):
+                reads.append(await self.mem_read(addr, what))
+            else:
+                await self.mem_write(addr, what)
+        return reads
+
     async def priv(self, kind: str, body: dict) -> None:
         self.priv_log.append((kind, body))
         core = self.core

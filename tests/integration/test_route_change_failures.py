@@ -142,7 +142,7 @@ async def test_an_install_refused_by_the_new_receiver_rolls_back_and_the_control
         before = orch.routes.table
         line = await control(orch, tmp_path, "ctl_route_set", {"changes": {"data:src": "picky"}})
         assert "\n" not in line
-        assert line.startswith("orch: RouteChangeError: route change data:src -> picky rolled back: ")
+        assert line.startswith("orch: route_change_failed: route change data:src -> picky rolled back: ")
         assert "picky: refused" in line
         await assert_rolled_back(orch, before, routes)
         assert orch.state == "running"

@@ -48,8 +48,10 @@ class Caches:
         data = bytes(line[1]) if line[0] == "M" else None
         if mode == "invalidate":
             del self.lines[holder][frame]
-        else:
+        elif mode == "downgrade":
             line[0] = "S"
+        else:
+            assert mode == "snapshot", mode  # the bytes; the copy stays as it is
         return data
 
     def install(self, initiator: str, grant, via: tuple[str, int] | None = None) -> bytearray:
@@ -307,11 +309,50 @@ async def test_uncached_access_sees_and_overrides_cached_copies(tmp_path):
     line = caches.install("cpu0", await mc.acquire("cpu0", "os1", 1, write=True))
     line[10:13] = b"xyz"
     assert await mc.read("disk0", "os1", FRAME_SIZE + 10, 3) == b"xyz"
-    assert mc.holders(1) == {"cpu0": "S"}
+    assert mc.holders(1) == {"cpu0": "M"}  # a snapshot: the writer keeps writing without asking again
+    assert caches.recalls == [("cpu0", 1, "snapshot")]
+    line[10:11] = b"w"
+    assert await mc.read("disk0", "os1", FRAME_SIZE + 10, 3) == b"wyz"
     await mc.write("disk0", "os1", FRAME_SIZE + 11, b"Q")
     assert mc.holders(1) == {}
     grant = await mc.acquire("cpu0", "os1", 1, write=False)
-    assert grant.data[10:13] == b"xQz"
+    assert grant.data[10:13] == b"wQz"  # its last write came back with the invalidation
+
+
+async def test_a_batch_applies_its_ops_in_order_and_recalls_every_page_at_once(tmp_path):
+    mc, caches = await controller(tmp_path)
+    for gpn in (0, 1):  # the CPU wrote both pages of a buffer that straddles them
+        caches.install("cpu0", await mc.acquire("cpu0", "os1", gpn, write=True))[:2] = b"c%d" % gpn
+    inside, most = 0, 0
+    recall = caches.recall
+
+    async def counting(holder, frame, mode):
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        try:
+            await trio.sleep(0)  # a round trip: the other recall starts meanwhile if it was sent at once
+            return await recall(holder, frame, mode)
+        finally:
+            inside -= 1
+
+    mc._recall_cb = counting
+    got = await mc.access("os1", "os1", [(FRAME_SIZE - 2, b"WXYZ"), (0, 2), (FRAME_SIZE - 3, 5), (FRAME_SIZE, 2)])
+    assert got == [None, b"c0", b"\0WXYZ", b"YZ"]  # each read sees the writes before it, and the CPU's bytes
+    assert most == 2 and sorted(caches.recalls) == [("cpu0", 0, "invalidate"), ("cpu0", 1, "invalidate")]
+    assert mc.holders(0) == mc.holders(1) == {}
+
+
+async def test_a_batch_with_a_faulting_op_touches_nothing(tmp_path):
+    mc, caches = await controller(tmp_path)
+    caches.install("cpu0", await mc.acquire("cpu0", "os1", 0, write=True))
+    with pytest.raises(MemFault):  # page 3 is os2's
+        await mc.access("os1", "os1", [(0, b"written?"), (3 * FRAME_SIZE, 4)])
+    assert mc.store.read(0, 0, 8) == bytes(8) and mc.holders(0) == {"cpu0": "M"} and caches.recalls == []
+    with pytest.raises(DirectoryError, match="an op is"):
+        await mc.access("os1", "os1", [(0, 1, 2)])
+    with pytest.raises(DirectoryError, match="must be bytes"):
+        await mc.access("os1", "os1", [(0, "text")])
 
 
 async def test_a_release_overtaken_by_a_recall_writes_nothing(tmp_path):

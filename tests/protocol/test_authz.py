@@ -181,3 +181,21 @@ def test_a_refusal_names_the_rule_and_the_sender():
     m = msg("mem_read", "os2", "memctl")
     text = authz.refusal(m, ctx("memctl", NATIVE))
     assert text.startswith("mem_read from os2 (os) refused by rule 'memory': accepted only from the space's own OS")
+
+
+def test_during_a_route_change_what_either_table_routes_is_accepted():
+    """A route change's senders switch one by one, so a receiver may hear a sender that
+    switched before it (new table) or one that has not yet (old): until the change ends
+    (``transition``), both tables are accepted; nothing else is."""
+    interposed = NATIVE.changed({"io:os1.disk": "vmm", "irq:disk0": "vmm"})
+    back = RouteTable(interposed.epoch + 1, NATIVE.routes)
+    on_io = msg("disk_write", "os1", "disk0", flow="io:os1.disk")
+    disk0 = ctx("disk0", interposed)
+    assert not authz.RULES["disk_write"].allows(on_io, disk0)
+    disk0.transition = back
+    assert authz.RULES["disk_write"].allows(on_io, disk0)
+    assert authz.RULES["disk_write"].allows(msg("disk_write", "os1", "disk0"), disk0)  # by the sender's flows
+    assert not authz.RULES["disk_write"].allows(msg("disk_write", "os2", "disk0", flow="io:os1.disk"), disk0)
+    assert not authz.RULES["cpu_resume"].allows(msg("cpu_resume", "os1", "disk0", flow="priv:os1"), disk0)
+    disk0.transition = None
+    assert not authz.RULES["disk_write"].allows(on_io, disk0)
