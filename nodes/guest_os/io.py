@@ -694,6 +694,14 @@ def _sock(io: Io | None, p: "Process", fd: int) -> Socket | int:
     return obj
 
 
+def _datagram_sock(io: Io | None, p: "Process", fd: int, length: int) -> Socket | int:
+    """The socket ``fd`` names for a datagram of ``length`` bytes, or -errno (as Linux checks them)."""
+    s = _sock(io, p, fd)
+    if isinstance(s, int):
+        return s
+    return -abi.EINVAL if abi.signed(length) < 0 else s
+
+
 async def _read_sockaddr(k: "Kernel", p: "Process", addr: int, addrlen: int,
                          raw: bytes | None = None) -> tuple[str, int] | int:
     """The (host, port) of a user's sockaddr_in, or -errno (``raw``: its bytes, read already)."""
@@ -737,11 +745,9 @@ async def sys_bind(k: "Kernel", p: "Process", fd: int, addr: int, addrlen: int, 
 async def sys_sendto(k: "Kernel", p: "Process", fd: int, buf: int, length: int, flags: int, addr: int,
                      addrlen: int) -> int | None:
     io = _io(k)
-    s = _sock(io, p, fd)
+    s = _datagram_sock(io, p, fd, length)
     if isinstance(s, int):
         return s
-    if abi.signed(length) < 0:
-        return -abi.EINVAL
     if length > abi.MAX_DATAGRAM:
         return -abi.EMSGSIZE
     if not addr:
@@ -781,11 +787,9 @@ async def sys_sendto(k: "Kernel", p: "Process", fd: int, buf: int, length: int, 
 async def sys_recvfrom(k: "Kernel", p: "Process", fd: int, buf: int, length: int, flags: int, addr: int,
                        addrlen_p: int) -> int | None:
     io = _io(k)
-    s = _sock(io, p, fd)
+    s = _datagram_sock(io, p, fd, length)
     if isinstance(s, int):
         return s
-    if abi.signed(length) < 0:
-        return -abi.EINVAL
     if length and k.user_pieces(p, buf, length, "w") is None:
         return -abi.EFAULT
     room = 0

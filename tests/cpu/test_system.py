@@ -64,12 +64,7 @@ def test_quantum_stops_exactly_and_chunks_equal_one_run(tmp_path, cpu_helpers):
     for chunk in (1, 3, 4, 7, 100):
         core = Core(hot_threshold=0)
         cpu_helpers.load(core, elf)
-        while True:
-            before = core.instret
-            stop = core.run(chunk)
-            if stop.kind != "quantum":
-                break
-            assert core.instret - before == chunk
+        _run_in_chunks(core, chunk)
         assert core.get_state() == whole.get_state()
     assert whole.instret == 2 + 4 * 1000
 
@@ -152,12 +147,7 @@ def test_regions_stop_exactly_on_every_quantum_size(tmp_path, cpu_helpers):
     for threshold in (0, 4):
         for chunk in (1, 2, 5, 9, 64, 1000):
             core = _mixed_core(cpu_helpers, tmp_path, threshold)
-            while True:
-                before = core.instret
-                stop = core.run(chunk)
-                if stop.kind != "quantum":
-                    break
-                assert core.instret - before == chunk
+            stop = _run_in_chunks(core, chunk)
             assert stop.cause == 8
             assert core.get_state() == whole.get_state()
 
@@ -204,3 +194,14 @@ def test_budget_zero_is_an_empty_quantum(tmp_path, cpu_helpers):
     cpu_helpers.load(core, cpu_helpers.assemble(tmp_path, LOOP))
     stop = core.run(0)
     assert (stop.kind, stop.pc, core.instret) == ("quantum", 0x10000, 0)
+
+
+def _run_in_chunks(core, chunk: int):
+    """Run ``core`` ``chunk`` instructions at a time until it stops for another reason than its
+    quantum (each quantum retiring exactly ``chunk``); that stop."""
+    while True:
+        before = core.instret
+        stop = core.run(chunk)
+        if stop.kind != "quantum":
+            return stop
+        assert core.instret - before == chunk

@@ -41,12 +41,7 @@ def topology(tmp_path: Path, quantum: int = 20000) -> dict:
 async def run_program(orch, name: str, argv: list[str], timeout: float = 60.0) -> dict:
     elf = (BUILD / f"{name}.elf").read_bytes()
     await orch.request("os1", "testos_load", {"elf": elf, "argv": argv}, timeout=20)
-    with trio.fail_after(timeout):
-        while True:
-            result = (await orch.request("os1", "testos_result")).body["data"]
-            if result["exit_code"] is not None or result["fault"] is not None:
-                return result
-            await trio.sleep(0.02)
+    return await run_until_exit(orch, timeout)
 
 
 def expected(name: str) -> bytes:
