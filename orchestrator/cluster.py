@@ -14,7 +14,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -286,6 +286,16 @@ class Orchestrator:
             # it sends anything (a timer_set at boot would otherwise count as a duplicate)
             await self._restarted(np)
         return await self.supervisor.start_one(self._nursery, name, self.topology.ready_timeout)
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the orchestrator's own nursery (it ends with the cluster).
+
+        Raises:
+            RuntimeError: the cluster is not running.
+        """
+        if self._nursery is None:
+            raise RuntimeError("the orchestrator is not running")
+        self._nursery.start_soon(fn, *args)
 
     async def stop_node(self, name: str, timeout: float = 5.0) -> bool:
         """Stop one node (it is not restarted); False if it was not running."""

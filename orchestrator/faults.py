@@ -152,7 +152,7 @@ class FaultManager:
             self._journal("add", fault)
             if fault["ends"] is not None:
                 self._timers[fault["id"]] = scope = trio.CancelScope()
-                self.orch._nursery.start_soon(self._expire, fault["id"], fault["spec"]["for_s"], scope)
+                self.orch.start_soon(self._expire, fault["id"], fault["spec"]["for_s"], scope)
         return {"id": fault["id"], "fault": fault}
 
     async def ctl_fault_list(self) -> dict[str, Any]:
