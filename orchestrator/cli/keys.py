@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli.cluster import _call
-from orchestrator.cli.common import Json, RunDir, emit_json, examples_text, fail, run_dir_of
+from orchestrator.cli.common import Json, RunDir, emit_json, examples_text, fail, new_app, run_dir_of
 from orchestrator.topology import TopologyError, load
 from protocol import curve
 
@@ -18,8 +18,7 @@ INIT_EXAMPLES = ["hwemu keys init compose/native.toml", "hwemu keys init placed.
 SHOW_EXAMPLES = ["hwemu keys show", "hwemu keys show --json"]
 MOVE_EXAMPLES = ["hwemu move timer0 b", "hwemu move cpu0 a --json"]
 
-app = typer.Typer(help="CURVE key pairs of the cluster's parties (tcp between hosts).", no_args_is_help=True,
-                  rich_markup_mode=None)
+app = new_app("CURVE key pairs of the cluster's parties (tcp between hosts).", [INIT_EXAMPLES[0], SHOW_EXAMPLES[1]])
 
 
 @app.command("init", epilog=examples_text(INIT_EXAMPLES))
