@@ -899,7 +899,8 @@ class Node:
     # -- built-in handlers ----------------------------------------------------------
 
     async def on_ping(self, msg: Message) -> None:
-        await self.party.reply(msg, "pong", {"name": self.name, "kind": self.kind})
+        # its CLOCK_MONOTONIC: a trace merged on another host aligns this node's stamps by it
+        await self.party.reply(msg, "pong", {"name": self.name, "kind": self.kind, "now_ns": time.monotonic_ns()})
 
     async def on_stats(self, msg: Message) -> None:
         await self.party.reply(msg, "stats_reply", {"stats": self.stats()})

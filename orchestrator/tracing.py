@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -265,6 +266,54 @@ async def stop(orch) -> dict[str, Any]:
     return {"nodes": ok, "missing": missing, "orch_events": len(orch.trace_events), "orch_dropped": dropped}
 
 
+PINGS = 5  # round trips per node whose clock is estimated; the shortest counts
+
+
+def clock_offset(samples: list[tuple[int, int, int]]) -> tuple[int, int]:
+    """A node's clock minus ours, as NTP estimates it, and the bound of its error
+    (ns), from ``(t0, t1, t2)`` samples: a ping sent at our ``t0``, answered with the
+    node's clock ``t1``, received at our ``t2``; the sample of the shortest round
+    trip counts (its error is at most half of it).
+
+    Raises:
+        ValueError: no sample.
+    """
+    if not samples:
+        raise ValueError("no clock sample")
+    t0, t1, t2 = min(samples, key=lambda s: s[2] - s[0])
+    return t1 - (t0 + t2) // 2, (t2 - t0 + 1) // 2
+
+
+async def remote_offsets(orch, nodes: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """For each of ``nodes`` placed on another host than the orchestrator's, what to
+    add to its stamps to put them on the orchestrator's clock, and its error (ns).
+    Processes of one host read one CLOCK_MONOTONIC: nothing to do for them."""
+    placement = orch.placement
+    if not placement.placed:
+        return {}, {}
+    here = placement.where.get(ORCHESTRATOR)
+    add: dict[str, int] = {}
+    error: dict[str, int] = {}
+    for node in nodes:
+        if placement.where.get(node) in (None, here):
+            continue
+        samples = []
+        for _ in range(PINGS):
+            t0 = time.monotonic_ns()
+            try:
+                reply = await orch.party.request(node, "ping", {}, timeout=5.0)
+            except (RemoteError, RequestTimeout) as exc:
+                log.warning("clock of %s not estimated: %s", node, exc)
+                break
+            t2 = time.monotonic_ns()
+            if isinstance(reply.body.get("now_ns"), int):
+                samples.append((t0, reply.body["now_ns"], t2))
+        if samples:
+            offset, error[node] = clock_offset(samples)
+            add[node] = -offset
+    return add, error
+
+
 async def save(orch, path: str, also: list[str] | None = None) -> dict[str, Any]:
     """Merge every ring (of the trace stopped last, or of the one still on, as it
     is now) into one trace at ``path`` and at each of ``also`` (each absolute: the
@@ -289,7 +338,11 @@ async def save(orch, path: str, also: list[str] | None = None) -> dict[str, Any]
         dumps.setdefault(name, left)  # a node restarted since: the running one's ring is on the trace
     dumps[ORCH] = {"kind": "orchestrator", "pid": os.getpid(), "events": [list(e) for e in mine],
                    "dropped": orch.recorder.dropped}
-    trace = chrome_trace(dumps, notes=notes)
+    offsets, errors = await remote_offsets(orch, [n for n in dumps if n in orch.live_nodes()])
+    if offsets:
+        notes = [*notes, *(f"{n}: clock offset {-v} ns (± {errors[n]} ns) to the orchestrator's, applied"
+                           for n, v in sorted(offsets.items()))]
+    trace = chrome_trace(dumps, offsets=offsets, notes=notes)
     for p in paths:
         await trio.to_thread.run_sync(write, Path(p), trace)
     return {"path": path, "also": paths[1:], "events": len(trace["traceEvents"]), "nodes": sorted(dumps),

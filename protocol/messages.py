@@ -329,7 +329,7 @@ def _decode_checked(raw: Any) -> Message:
 # --- the kinds every party speaks -------------------------------------------------
 
 register("ping")
-register("pong", name="str", kind=Field("str", required=False))
+register("pong", name="str", kind=Field("str", required=False), now_ns=Field("int", required=False))
 register("ok", data=Field("any", required=False, nullable=True))
 register("error", reason="str", detail="str", ref=Field("str", required=False))
 register("stats")

@@ -183,3 +183,23 @@ def test_a_tcp_endpoint_of_a_topology_without_hosts_is_curve_too(run_dir, tmp_pa
     assert done.returncode == 0
     after = next(n for n in status(rd)["nodes"] if n["name"] == "sink_b")["stats"]
     assert after["auth_failed"] == before["auth_failed"] and after["bad_in"] == before["bad_in"]
+
+
+def test_a_trace_of_a_placed_cluster_puts_the_other_hosts_nodes_on_the_orchestrators_clock(
+        run_dir, placed, tmp_path):  # noqa: F811
+    """`hwemu trace save` estimates each remote node's clock offset from ping round trips (NTP's
+    estimate, docs/observability.md) and applies it; the nodes of the orchestrator's host need none."""
+    rd, pids = run_dir
+    assert hwemu(rd, "up", str(placed), "--detach").returncode == 0
+    assert hwemu(rd, "trace", "start").returncode == 0
+    ran = hwemu(rd, "run", str(placed), HELLO)
+    assert ran.returncode == 0, ran.stderr
+    out = tmp_path / "placed.json"
+    saved = hwemu(rd, "trace", "save", str(out), "--json")
+    assert saved.returncode == 0, saved.stderr
+    notes = one_json_object(saved.stdout)["notes"]
+    aligned = sorted(n.split(":")[0] for n in notes if "clock offset" in n)
+    assert aligned == ["cpu0", "timer0"], notes
+    events = json.loads(out.read_text())["traceEvents"]
+    assert {e["args"]["name"].split()[0] for e in events if e.get("name") == "process_name"} >= {"cpu0", "timer0"}
+    assert hwemu(rd, "down").returncode == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
 
 from orchestrator import perfetto_proto, tracing
@@ -88,3 +89,12 @@ def test_the_protobuf_encoding_holds_the_same_slices_flows_and_counters():
             open_[p.track_event.track_uuid] -= 1
             assert open_[p.track_event.track_uuid] >= 0
     assert not any(open_.values())
+
+
+def test_a_remote_clock_offset_is_estimated_from_the_shortest_round_trip():
+    """NTP's estimate: offset = t1 - (t0 + t2) / 2 of the fastest ping, error at most half its round trip."""
+    # the node's clock runs 1_000_000 ns ahead; the slow sample's answer sat in a queue
+    samples = [(100, 1_000_400, 900), (2_000, 1_002_150, 2_300), (5_000, 1_009_000, 9_000)]
+    assert tracing.clock_offset(samples) == (1_000_000, 150)
+    with pytest.raises(ValueError):
+        tracing.clock_offset([])
