@@ -24,3 +24,9 @@ def recorded_pids(run_dir: Path) -> set[int]:
     except (OSError, ValueError):
         return set()
     return {state["pid"], *state.get("nodes", {}).values()} - {None}
+
+
+def identity(pong: dict) -> dict:
+    """A ``pong`` body without its clock reading: what stays the same while
+    the same node keeps running (``now_ns`` changes with every ping)."""
+    return {key: value for key, value in pong.items() if key != "now_ns"}

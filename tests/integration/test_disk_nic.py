@@ -21,6 +21,7 @@ from hwemu.testing import node_stats as stats
 from hwemu.testing import wait_stats
 from orchestrator.errors import StartError
 from protocol.errors import RemoteError, RequestTimeout
+from tests.integration.procs import identity
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +124,7 @@ async def test_disk_write_is_in_the_image_file_at_completion_and_reads_back_thro
 
 async def test_bad_disk_commands_complete_with_errno_in_order_and_the_node_keeps_serving(cluster, tmp_path):
     orch = await cluster(topology(tmp_path))
-    pid = (await orch.request("disk0", "ping")).body
+    pid = identity((await orch.request("disk0", "ping")).body)
     pattern = os.urandom(BS)
     await poke(orch, GUEST, pattern)
     bad = [
@@ -153,7 +154,7 @@ async def test_bad_disk_commands_complete_with_errno_in_order_and_the_node_keeps
     # a whole-device issuer (no partition: a tool, the VMM) meets the end of the device itself
     beyond = await orch.request("disk0", "disk_read", cmd(13, BLOCKS - 1, 2))
     assert (beyond.body["status"], "beyond the end" in beyond.body["reason"]) == (-errno.EIO, True)
-    assert (await orch.request("disk0", "ping")).body == pid
+    assert identity((await orch.request("disk0", "ping")).body) == pid
     s = await stats(orch, "disk0")
     assert (s["state"], s["errors"], s["writes"], s["reads"]) == ("running", 11, 1, 1)
     assert orch.supervisor.nodes["disk0"].restarts == 0
@@ -306,7 +307,7 @@ async def test_udp_datagrams_cross_between_a_host_socket_and_the_guest_port_both
 
 async def test_nic_refuses_oversize_non_loopback_unbound_and_double_bound_sends_and_keeps_running(cluster, tmp_path):
     orch = await cluster(topology(tmp_path))
-    pid = (await orch.request("nic0", "ping")).body
+    pid = identity((await orch.request("nic0", "ping")).body)
 
     def send(i: int, host: str, data: bytes = b"x", src: int = 7000) -> dict:
         return {"id": i, "src_port": src, "dst_host": host, "dst_port": 9, "data": data}
@@ -329,7 +330,7 @@ async def test_nic_refuses_oversize_non_loopback_unbound_and_double_bound_sends_
     # a direct request is answered with its completion
     direct = await orch.request("nic0", "nic_bind", {"id": 13, "port": 7000})
     assert (direct.kind, direct.body) == ("nic_done", {"id": 13, "status": 0, "port": 7000})
-    assert (await orch.request("nic0", "ping")).body == pid
+    assert identity((await orch.request("nic0", "ping")).body) == pid
     s = await stats(orch, "nic0")
     assert (s["state"], s["refused"], s["oversize"], s["ports"]["7000"]["tx"]) == ("running", 5, 1, 0)
     assert orch.supervisor.nodes["nic0"].restarts == 0
