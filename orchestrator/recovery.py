@@ -5,9 +5,11 @@ node, as an OS resets a device after a reset.
 
 - Before a crashed **CPU** runs again: every memory controller forgets the
   copies it cached (``mem_drop_initiator``) and says which frames held the
-  only copy of their newest bytes; each OS is told (``peer_restarted`` with
-  ``lost``) and stops, with a machine check, the process that was on the CPU
-  and every process whose memory was among them. Only then is the new CPU
+  only copy of their newest bytes; a VMM managing the CPU resets its virtual
+  CPUs and says whose context was on it; each OS is told (``peer_restarted``
+  with ``lost``, and ``on_cpu`` under the VMM) and stops, with a machine
+  check, the process that was on the CPU and every process whose memory was
+  among them. Only then is the new CPU
   started, so no process ever runs again on memory that silently went back
   in time.
 - Once any restarted node is **ready**: every OS and the VMM get
@@ -234,17 +236,33 @@ async def cpu_lost(orch: "Orchestrator", cpu: str) -> dict[str, Any]:
         frames += data.get("frames", [])
         for space, gpns in (data.get("pages") or {}).items():
             pages.setdefault(space, []).extend(gpns)
-    killed: dict[str, Any] = {}
-    for os_name in _running(orch, ("os", "vmm")):
+    notice = {"node": cpu, "kind": "cpu", "lost": pages}
+    # under the VMM first: it resets its virtual CPUs and says whose context was on the CPU (that
+    # OS's current process lost its registers; the others' were saved in the VMM and live on)
+    vmm: dict[str, Any] | None = None
+    managed = [o for o in orch.virt.attached if orch.topology.nodes[o].options.get("cpu", DEFAULT_CPU) == cpu]
+    for name in _running(orch, ("vmm",)) if managed else ():
         try:
-            reply = await orch.party.request(os_name, "peer_restarted",
-                                             {"node": cpu, "kind": "cpu", "lost": pages}, timeout=NOTICE_TIMEOUT)
+            reply = await orch.party.request(name, "peer_restarted", notice, timeout=NOTICE_TIMEOUT)
+            vmm = reply.body.get("data") or {}
+        except FAILURES as exc:
+            log.error("%s was not told that %s died: %s", name, cpu, exc)
+    killed: dict[str, Any] = {}
+    for os_name in _running(orch, ("os",)):
+        body = dict(notice)
+        if vmm is not None and os_name in managed:
+            body["on_cpu"] = vmm.get("on_cpu") == os_name
+        try:
+            reply = await orch.party.request(os_name, "peer_restarted", body, timeout=NOTICE_TIMEOUT)
             killed[os_name] = (reply.body.get("data") or {}).get("killed", [])
         except FAILURES as exc:
             log.error("%s was not told that %s died: %s", os_name, cpu, exc)
     log.warning("%s died: %d frames lost their newest bytes; processes stopped: %s", cpu, len(frames), killed)
-    orch.recovery_log.append({"node": cpu, "kind": "cpu", "lost_frames": len(frames), "killed": killed})
-    return {"frames": frames, "killed": killed}
+    report = {"node": cpu, "kind": "cpu", "lost_frames": len(frames), "killed": killed}
+    if vmm is not None:
+        report["vmm"] = vmm
+    orch.recovery_log.append(report)
+    return {"frames": frames, "killed": killed, **({"vmm": vmm} if vmm is not None else {})}
 
 
 async def back(orch: "Orchestrator", np: NodeProc) -> None:

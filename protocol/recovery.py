@@ -16,6 +16,12 @@
   "resumed" | "retrap" | ...}}: it re-sent the resume the VMM lost, or it
   never saw the trap the CPU waits in (then the orchestrator sends
   ``cpu_retrap``).
+  Under the VMM, a CPU's ``peer_restarted`` with ``lost`` goes to the VMM
+  first: it resets its virtual CPUs (the context that was on the CPU died,
+  the ones it had saved did not) and answers ``ok`` {data: {on_cpu: the OS
+  whose context died, or None}}; each OS is then told ``on_cpu`` (false: its
+  current process's registers were saved in the VMM, only its lost pages
+  count).
 - ``cpu_retrap`` {asid_base?} (orchestrator → CPU): a trapped CPU emits its
   pending trap again on ``trap:<cpu>`` (its receiver died with it), its asid
   without the base the dead VMM had added. Reply ``ok``
@@ -29,6 +35,7 @@ from protocol.messages import Field, register
 _opt = lambda t, **kw: Field(t, required=False, **kw)  # noqa: E731
 
 register("mem_drop_initiator", initiator="str")
-register("peer_restarted", node="str", kind="str", incarnation=_opt("int"), lost=_opt("dict"), cpu=_opt("dict"))
+register("peer_restarted", node="str", kind="str", incarnation=_opt("int"), lost=_opt("dict"), cpu=_opt("dict"),
+         on_cpu=_opt("bool"))
 register("cpu_retrap", asid_base=_opt("int"))
 register("cpu_reset")

@@ -423,7 +423,7 @@ class Kernel:
         self.procs.pop(proc.pid, None)
         self.hw.process_exited(proc)
 
-    async def machine_check(self, cpu: str, lost: set[int]) -> list[int]:
+    async def machine_check(self, cpu: str, lost: set[int], on_cpu: bool = True) -> list[int]:
         """The CPU died (its process was killed and restarted): what only it held is gone.
 
         The process that was on it lost its registers; every process with a page
@@ -431,11 +431,15 @@ class Kernel:
         lost memory. Each dies with 128 + SIGBUS, as Linux kills a process on an
         uncorrectable memory error, rather than run on state that went back in
         time. The others go on, on the new CPU. Returns the pids killed.
+
+        ``on_cpu`` False: under the VMM, this OS's context was not on the CPU
+        (the VMM had saved it, and puts it back on the new CPU): its current
+        process lost no registers, only pages in ``lost`` count.
         """
         victims = []
         for proc in sorted(self.procs.values(), key=lambda p: p.pid):
             pages = sum(1 for gpn, _ in proc.pages.values() if gpn in lost)
-            if proc is self.current:
+            if proc is self.current and on_cpu:
                 why = f"its registers{f' and {pages} modified page(s)' if pages else ''} were in the CPU"
             elif pages:
                 why = f"{pages} modified page(s) of it were in the CPU's cache"
@@ -445,8 +449,13 @@ class Kernel:
         for proc, why in victims:
             self.counters["machine_checks"] += 1
             await self.kill(proc, 128 + abi.SIGBUS, f"machine check: {cpu} failed and was restarted; {why}")
-        self.current = None  # nothing runs on the new CPU until the kernel resumes something
-        await self.dispatch()
+        if on_cpu or self.current is None:
+            self.current = None  # nothing runs on the new CPU until the kernel resumes something
+            await self.dispatch()
+            if self.current is None:
+                # a resume sent to the dead CPU just before this notice reaches the new one (the
+                # flow resends what the dead one had not acknowledged): it must not run a dead context
+                await self.hw.priv("cpu_halt", {})
         return [p.pid for p, _ in victims]
 
     async def cpu_returned(self, cpu: dict[str, Any]) -> str:

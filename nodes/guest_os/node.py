@@ -329,7 +329,7 @@ class OsNode(Node):
                 await self.party.reply(msg, "ok", {"data": done})
                 return
             lost = set((b.get("lost") or {}).get(self.name, ()))
-            done["killed"] = await self.kernel.machine_check(node, lost)
+            done["killed"] = await self.kernel.machine_check(node, lost, b.get("on_cpu", True))
         elif b["kind"] == "vmm" and "cpu" in b:  # the VMM died: the CPU is ours again, natively
             done["cpu"] = await self.kernel.cpu_returned(b["cpu"])
         elif node == self.uart_name and self.routes.get(self.console.native_flow) == node:

@@ -131,7 +131,8 @@ class VmmNode(FrameBroker, DeviceMux, Node):
         self.resources: dict[str, Any] = {}
         self.counts = {"traps_in": 0, "traps_reflected": 0, "traps_kept": 0, "stray_traps": 0,
                        "priv_forwarded": 0, "priv_emulated": 0, "ticks_in": 0, "virtual_ticks": 0,
-                       "uart_rx": 0, "switches": 0, "slices": 0, "uart_bytes": 0, "cpu_halts": 0, "virqs_unrouted": 0}
+                       "uart_rx": 0, "switches": 0, "slices": 0, "uart_bytes": 0, "cpu_halts": 0, "virqs_unrouted": 0,
+                       "cpu_resets": 0}
         self._init_frames()
         self.peer_incarnations: dict[str, int] = {}  # node -> the incarnation last reset after its restart
 
@@ -605,11 +606,42 @@ class VmmNode(FrameBroker, DeviceMux, Node):
         if inc is not None:
             self.peer_incarnations[node] = inc
         done: dict[str, Any] = {"node": node}
+        if node == self.cpu_name and b["kind"] == "cpu" and "lost" in b:
+            done.update(await self._cpu_lost())
+            log.warning("%s: %s died: virtual CPUs reset: %s", self.name, node, done)
+            await self.party.reply(msg, "ok", {"data": done})
+            return
         reset = await self.reset_shared(node, inc)
         if reset is not None:
             done.update(reset)
             log.warning("%s: %s (%s) restarted: %s", self.name, node, b["kind"], done)
         await self.party.reply(msg, "ok", {"data": done})
+
+    async def _cpu_lost(self) -> dict[str, Any]:
+        """The CPU died (a machine check, docs/recovery.md), before the new one runs.
+
+        The context that was on it died with it: the OS it belonged to stops
+        that process (the orchestrator tells it ``on_cpu``), so its virtual CPU
+        has nothing to run until that OS resumes another one. The contexts
+        this VMM had saved (switched out) did not die: they stay runnable. A
+        preemption of ours pending in the dead CPU is gone with it. A saved
+        context, if any, gets the new CPU at once (what is sent to the CPU
+        now reaches its next incarnation, as the OSes' own operations do);
+        else the first OS to resume a process gets it."""
+        lost = self.current
+        if lost is not None:
+            vcpu = self.oses[lost]
+            vcpu.regs = vcpu.pc = vcpu.asid = None
+            vcpu.runnable = vcpu.in_handler = vcpu.preempt = False
+        self.current = None
+        self.own_preempt = False
+        self.slice_left = self.slice_ticks
+        self.counts["cpu_resets"] += 1
+        nxt = self._other_runnable() if self._managed() else None
+        if nxt is not None:
+            await self._switch_in(nxt)
+        return {"on_cpu": lost, "switched_in": nxt.name if nxt is not None else None,
+                "saved": sorted(n for n, v in self.oses.items() if v.runnable and n != lost)}
 
     async def on_vmm_status(self, msg: Message) -> None:
         await self.party.reply(msg, "ok", {"data": self._status()})

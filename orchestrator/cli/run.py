@@ -142,14 +142,24 @@ async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, el
     return exits[pid]
 
 
-async def _still_there(party: Party, os_name: str, pid: int) -> None:
-    """The OS still runs ``pid`` (or has just ended it); else :class:`Lost`."""
+KILLED_WITH_OS = 128 + signal.SIGKILL  # the program's OS crashed and was restarted: it died with it
+
+
+async def _still_there(party: Party, os_name: str, pid: int, incarnation: int | None) -> dict[str, Any] | None:
+    """The OS still runs ``pid`` (or has just ended it): None. The OS that ran it
+    crashed and was restarted (a new incarnation answers): the program died with
+    it, its exit (status 137, as a process killed with SIGKILL; a new life of the
+    OS may already run another program with the same pid). Else :class:`Lost`."""
     try:
-        ps = (await party.request(os_name, "os_ps", timeout=10)).body["data"]
+        reply = await party.request(os_name, "os_ps", timeout=10)
     except (RequestTimeout, RemoteError) as exc:
         raise Lost(f"{os_name} does not answer: {exc}") from None
+    if incarnation is not None and reply.inc is not None and reply.inc != incarnation:
+        return {"pid": pid, "code": KILLED_WITH_OS, "reason": f"killed: {os_name} crashed and was restarted"}
+    ps = reply.body["data"]
     if not any(p["pid"] == pid for p in ps["procs"] + ps["exited"]):
         raise Lost(f"{os_name} no longer knows pid {pid} (was it restarted?)")
+    return None
 
 
 async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, argv: list[str], log_path: Path,
@@ -192,7 +202,10 @@ async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, ar
                 with trio.move_on_after(POLL_S):
                     await arrived().wait()
                 if pid not in exits and trio.current_time() >= next_check:
-                    await _still_there(party, os_node["name"], pid)
+                    gone = await _still_there(party, os_node["name"], pid, reply.inc)
+                    if gone is not None:
+                        exits[pid] = gone
+                        break
                     next_check = trio.current_time() + CHECK_S
         try:
             logged = (await party.request(uart["name"], "uart_sync", timeout=10)).body["data"]["logged"]

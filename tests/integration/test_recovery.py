@@ -48,7 +48,7 @@ import trio
 
 from orchestrator.cli.demo import timeshare_output
 from tests.guest.test_network_samples import converse, free_udp_port
-from tests.integration.test_choreographies import VMM_TOPOLOGY, Client, serving, wait_vmm
+from tests.integration.test_choreographies import VMM_TOPOLOGY, Client, serving, vmm_stats, wait_vmm
 from tests.integration.test_io import (
     GUEST_PORT,
     IO,
@@ -301,6 +301,32 @@ async def test_kill9_of_an_os_zeroes_every_frame_it_owned_and_leaves_the_other_o
         assert await client.console("uart0", start) == timeshare_output("T", 3)
 
 
+def test_hwemu_run_of_a_program_whose_os_is_killed_exits_137_even_when_the_new_life_reuses_its_pid(
+        guest_build, run_dir):
+    """The program died with its OS: ``hwemu run`` says so and exits 137 (killed), as a user expects, even
+    when the OS's next life already runs another program with the same pid (it used to follow that one's
+    console for ever, since it only asked whether the OS still knew the pid)."""
+    rd, pids = run_dir
+    up(rd)
+    port = free_udp_port()
+    first = kv(rd, pids, port)
+    second = None
+    try:
+        assert first.line() == b"kvstore ready: 0 keys\n"
+        kill9_and_wait_restart(rd, "os1")
+        second = kv(rd, pids, port)  # pid 1 again, in the OS's next life
+        assert second.line() == b"kvstore ready: 0 keys\n"
+        code, out, err = first.finish()
+        assert code == 128 + signal.SIGKILL, (code, out, err)
+        assert b"hwemu: pid 1 killed: os1 crashed and was restarted" in err, err
+        converse(second.address, [(b"COUNT", b"COUNT 0"), (b"QUIT", b"BYE")])
+        assert second.finish()[:2] == (0, b"kvstore stopped: 0 keys\n")
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+
+
 # ----------------------------------------------------------------------- disk
 
 def test_kill9_of_the_disk_under_writes_reissues_them_and_no_acknowledged_key_is_lost_or_doubled(
@@ -403,3 +429,56 @@ async def test_kill9_of_the_vmm_under_two_oses_keeps_the_one_on_the_cpu_and_stop
     routes = orch.routes.table.routes
     assert (routes["trap:cpu0"], routes["priv:" + survivor]) == (survivor, "cpu0")
     await assert_native_again(orch, survivor)
+
+
+async def test_kill9_of_the_cpu_under_the_vmm_resets_its_virtual_cpus_a_machine_check_for_the_context_on_it(
+        guest_build, cluster):
+    """A CPU crash while the VMM time-slices two OSes on it: only the context that was on the CPU died.
+    That OS stops its process with a machine check (135, the documented line); the other OS's context,
+    saved in the VMM, goes on and its program finishes exactly; the VMM keeps managing both and new
+    programs run on the restarted CPU, time-sliced again."""
+    orch = await vmm_loaded(cluster)
+    lines = 40
+    await orch.control("ctl_interpose", os="os1")
+    await orch.control("ctl_interpose", os="os2")
+    async with serving(Client(orch)) as client:
+        uarts, tags = {"os1": "uart0", "os2": "uart1"}, {"os1": "A", "os2": "B"}
+        starts = {o: await client.logged(u) for o, u in uarts.items()}
+        pids = {o: await client.exec(o, "timeshare", ["timeshare", tags[o], str(lines)]) for o in uarts}
+        await wait_vmm(orch, lambda s: s["slices"] > 2 and s["traps_reflected"] > 5)
+        cpu = orch.supervisor.nodes["cpu0"]
+        os.kill(cpu.pid, signal.SIGKILL)
+        with trio.fail_after(RECOVERY_DEADLINE_S):
+            while not any(r["kind"] == "cpu" for r in orch.recovery_log):
+                await trio.sleep(0.05)
+        report = next(r for r in orch.recovery_log if r["kind"] == "cpu")
+        lost = report["vmm"]["on_cpu"]
+        assert lost in uarts, report  # both ran: one of them was on the CPU
+        other = ({"os1", "os2"} - {lost}).pop()
+        assert report["vmm"]["saved"] == [other], report
+
+        died = await client.wait_exit(lost, pids[lost])
+        assert died["code"] == MACHINE_CHECK, died
+        out = await client.console(uarts[lost], starts[lost])
+        line = f"[{lost}] pid {pids[lost]} (timeshare) killed: machine check: cpu0 failed and was restarted; ".encode()
+        assert line in out and out.endswith(b" were in the CPU\n"), out
+        assert timeshare_output(tags[lost], lines).startswith(out[:out.index(line)])
+        # the other OS's context was saved in the VMM, not in the CPU: its program finishes exactly
+        done = await client.wait_exit(other, pids[other])
+        assert (done["code"], await client.console(uarts[other], starts[other])) == (
+            0, timeshare_output(tags[other], lines))
+        assert report["killed"] == {lost: [pids[lost]], other: []}, report
+
+        # the OSes and the VMM went on; new programs run on the restarted CPU, time-sliced again
+        assert cpu.restarts == 1
+        assert all(orch.supervisor.nodes[n].restarts == 0 for n in ("os1", "os2", "vmm"))
+        slices = (await vmm_stats(orch))["slices"]
+        again = {o: await client.logged(u) for o, u in uarts.items()}
+        pids = {o: await client.exec(o, "timeshare", ["timeshare", tags[o] + "2", "6"]) for o in uarts}
+        for o in uarts:
+            done = await client.wait_exit(o, pids[o])
+            assert (done["code"], await client.console(uarts[o], again[o])) == (
+                0, timeshare_output(tags[o] + "2", 6)), o
+    s = await vmm_stats(orch)
+    assert s["cpu_resets"] == 1 and s["slices"] > slices and sorted(s["oses"]) == ["os1", "os2"], s
+    assert orch.routes.table.routes["trap:cpu0"] == "vmm"
