@@ -205,7 +205,8 @@ class Run:
         self.unsupported: list[str] = []
         self.skipped: list[str] = []  # faults whose target was not there to take them
         self.recovery_ms: list[dict[str, Any]] = []
-        self.kills: list[tuple[float, float, str]] = []  # (from, to, node kind): what a program may have died of
+        # [from, to (None while it lasts), node kind] of each kill: what a guest program may have died of
+        self.kills: list[list[Any]] = []
         self.counts = {"kv_requests": 0, "kv_replies": 0, "kv_timeouts": 0, "udp_sent": 0, "udp_replies": 0}
         self.phase = "starting"
         self.stop_clients = threading.Event()
@@ -337,8 +338,15 @@ async def _signal_fault(r: Run, f: dict[str, Any]) -> None:
     kind, target = f["kind"], f["target"]
     spec = {"type": kind, "node": target, **({"for_s": f["for_s"]} if kind == "pause" else {})}
     before = await _running(r, target)  # a node still restarting from the last kill is waited for
-    fid = await _fault_manager(r, spec)
-    t_kill = time.monotonic()
+    t_kill = time.monotonic()  # (before the kill: a program may end of it before the manager answers)
+    kill = [t_kill, None, before["kind"]]
+    if kind == "kill":
+        r.kills.append(kill)
+    try:
+        fid = await _fault_manager(r, spec)
+    except BaseException:
+        kill[1] = time.monotonic()
+        raise
     if fid is None:  # this build's orchestrator has no fault manager: by pid, as it would
         pid = before["pid"]
         if kind == "kill":
@@ -355,17 +363,18 @@ async def _signal_fault(r: Run, f: dict[str, Any]) -> None:
     if kind != "kill":
         return
     # recovered: the supervisor restarted it and it reported ready again (a new pid, running)
-    with trio.move_on_after(RECOVERY_TIMEOUT):
-        while True:
-            now = (await _status(r)).get(target, {})
-            if now.get("pid") not in (None, before["pid"]) and now.get("alive") and now.get("state") == "running":
-                ms = (time.monotonic() - t_kill) * 1e3
-                r.recovery_ms.append({"node": target, "kind": before["kind"], "ms": round(ms, 1)})
-                r.kills.append((t_kill, time.monotonic(), before["kind"]))
-                r.log("fault", "recovered", kind=kind, target=target, node_kind=before["kind"], ms=round(ms, 1))
-                return
-            await trio.sleep(0.05)
-    r.kills.append((t_kill, time.monotonic(), before["kind"]))
+    try:
+        with trio.move_on_after(RECOVERY_TIMEOUT):
+            while True:
+                now = (await _status(r)).get(target, {})
+                if now.get("pid") not in (None, before["pid"]) and now.get("alive") and now.get("state") == "running":
+                    ms = (time.monotonic() - t_kill) * 1e3
+                    r.recovery_ms.append({"node": target, "kind": before["kind"], "ms": round(ms, 1)})
+                    r.log("fault", "recovered", kind=kind, target=target, node_kind=before["kind"], ms=round(ms, 1))
+                    return
+                await trio.sleep(0.05)
+    finally:
+        kill[1] = time.monotonic()
     r.log("fault", "not_recovered", kind=kind, target=target, node_kind=before["kind"], after_s=RECOVERY_TIMEOUT)
 
 
@@ -430,21 +439,41 @@ async def _program(r: Run, nursery: trio.Nursery, name: str, args: list[str]) ->
     return res
 
 
+KILLERS = ("cpu", "os")  # node kinds whose crash ends guest programs (docs/recovery.md)
+
+
+def _killed(r: Run, t0: float, t1: float) -> bool:
+    """Did a kill of a CPU or an OS overlap [t0, t1] (one still going on counts)?"""
+    return any(a <= t1 and (b is None or b >= t0) and k in KILLERS for a, b, k in r.kills)
+
+
+def _os_lines(out: bytes) -> tuple[bytes, list[str]]:
+    """The console copy without the OS's own lines (``[os1] pid N (name) killed: why``, one per
+    process it stopped: a machine check, a fault): not any program's output. (The rest, the lines)."""
+    keep, said = [], []
+    for line in out.splitlines(keepends=True):
+        if line.startswith(b"[os") and b"] pid " in line[:16] and b") killed: " in line:
+            said.append(line.decode("utf-8", "replace").rstrip("\n"))
+        else:
+            keep.append(line)
+    return b"".join(keep), said
+
+
 def _guest_exit(r: Run, res: dict[str, Any], expected: bytes, suffix: bool = False) -> None:
     """Record a program's end against the fault-free run's output.
 
     ``suffix``: a server, whose console output (``hwemu run`` copies the
     console while the program lives) also holds what the programs beside it
-    printed meanwhile; its own last line must end it."""
-    out = res.get("out", b"")
+    printed meanwhile; its own last line must end it. The OS's lines about
+    processes it stopped are not a program's output (recorded apart)."""
+    out, said = _os_lines(res.get("out", b""))
     if suffix:
-        out = out[-len(expected):]
+        out = out[-len(expected):] if expected else b""
     t1 = res.get("t1", time.monotonic())
-    killed = any(a <= t1 and b >= res["t0"] and k in ("cpu", "os") for a, b, k in r.kills)
     r.log("guest", "exit", program=res["name"], status=res.get("code"), sha256=hashlib.sha256(out).hexdigest(),
           expected_sha256=hashlib.sha256(expected).hexdigest(), length=len(out), expected_length=len(expected),
-          killed=killed, killed_status=KILL_STATUS, prefix=expected.startswith(out),
-          stderr=res.get("err", "")[-200:])
+          killed=_killed(r, res["t0"], t1), killed_status=KILL_STATUS, prefix=expected.startswith(out),
+          os_lines=said[-4:], stderr=res.get("err", "")[-200:])
 
 
 async def _compute(r: Run, nursery: trio.Nursery, done: trio.Event, finished: trio.Event,
@@ -454,15 +483,38 @@ async def _compute(r: Run, nursery: trio.Nursery, done: trio.Event, finished: tr
     while not finished.is_set():
         n += 1
         tag = f"C{n}"
+        await _os_up(r)
         res = await _program(r, nursery, f"timeshare {tag}", ["timeshare.elf", tag, str(COMPUTE_LINES)])
         task_status.started()
         task_status = trio.TASK_STATUS_IGNORED
         while "code" not in res:
             await trio.sleep(0.05)
         res["t1"] = time.monotonic()
-        _guest_exit(r, res, timeshare_output(tag, COMPUTE_LINES))
+        if not _not_started(r, res):
+            _guest_exit(r, res, timeshare_output(tag, COMPUTE_LINES))
         if done.is_set():
             finished.set()
+
+
+KILL_SEEN_S = 4.0  # after a kill of its OS, `hwemu run` sees its program died within CHECK_S (run.py): 2 s
+GUEST_NODES = ("os1", "cpu0")  # what a program of the workloads needs running to start
+
+
+async def _os_up(r: Run) -> None:
+    """Wait until os1 and its CPU run (a kill of either is recovering): a program started
+    meanwhile cannot start."""
+    for node in GUEST_NODES:
+        await _running(r, node)
+
+
+def _not_started(r: Run, res: dict[str, Any]) -> bool:
+    """A program that never started because its OS or CPU was killed as it was being started
+    (``hwemu run`` exits 1 with nothing on the console: the OS did not answer, or forgot it):
+    recorded as such, not as a program's exit. Anything else that ends a program is its exit."""
+    if res.get("code") != 1 or res.get("out") or not _killed(r, res["t0"], res["t1"]):
+        return False
+    r.log("guest", "not_started", program=res["name"], detail=res.get("err", "")[-300:])
+    return True
 
 
 async def scenario_run(r: Run) -> None:
@@ -523,7 +575,7 @@ async def _within(event: trio.Event, seconds: float, what: str) -> None:
 
 async def _start_servers(r: Run, nursery: trio.Nursery) -> dict[str, Any]:
     """udpecho and kvstore on os1, side by side, each with its client running."""
-    servers: dict[str, Any] = {"clients": trio.Event()}
+    servers: dict[str, Any] = {"clients": trio.Event(), "winding_down": False, "restarting": 0}
     # their host ports pinned first, as `hwemu run --forward` does: a forward added at runtime
     # outlives a restart of the NIC (nodes/nic), the topology's "any free port" does not (a kill
     # of nic0 moved the servers to new host ports, and the clients asked the old ones in vain)
@@ -531,14 +583,11 @@ async def _start_servers(r: Run, nursery: trio.Nursery) -> dict[str, Any]:
         await r.ctl("ctl_request", {"node": "nic0", "kind": "nic_forward",
                                     "body": {"guest_port": port, "host_port": _free_udp_port()}})
 
-    async def start(name: str, elf: str, args: list[str], port: int, ready: bytes) -> None:
-        res, at = await _server(r.d, nursery, r.rd / "uart0.console.log", elf, args, port, ready)
-        res.update(t0=time.monotonic(), name=name)
-        servers[name] = (res, at)
-
     async with trio.open_nursery() as both:  # each waits for its own line and port
-        both.start_soon(start, "udpecho", "udpecho.elf", [str(GUEST_PORT)], GUEST_PORT, b"udpecho listening")
-        both.start_soon(start, "kvstore", "kvstore.elf", ["/dev/disk0", str(KV_PORT)], KV_PORT, b"kvstore ready")
+        for name in SERVERS:
+            both.start_soon(_serve, r, nursery, servers, name)
+    for name in SERVERS:
+        nursery.start_soon(_keep_serving, r, nursery, servers, name)
 
     async def run_clients() -> None:
         async with trio.open_nursery() as c:
@@ -552,8 +601,74 @@ async def _start_servers(r: Run, nursery: trio.Nursery) -> dict[str, Any]:
     return servers
 
 
+SERVERS = {  # name: (program, its arguments, its guest port, the line that says it serves)
+    "udpecho": ("udpecho.elf", [str(GUEST_PORT)], GUEST_PORT, b"udpecho listening"),
+    "kvstore": ("kvstore.elf", ["/dev/disk0", str(KV_PORT)], KV_PORT, b"kvstore ready"),
+}
+
+
+async def _serve(r: Run, nursery: trio.Nursery, servers: dict[str, Any], name: str) -> None:
+    """Start a life of server ``name`` on os1 and wait until it serves (``servers[name]``: its
+    ``hwemu run`` result and host address). A start that a kill of its OS or CPU broke is tried again."""
+    elf, args, port, ready = SERVERS[name]
+    lives = servers.setdefault("lives", {})
+    while True:
+        await _os_up(r)
+        t0 = time.monotonic()
+        echo_at_start = (r.counts["udp_sent"], r.counts["udp_replies"])  # what this life may have served
+        try:
+            res, at = await _server(r.d, nursery, r.rd / "uart0.console.log", elf, args, port, ready)
+        except (RuntimeError, trio.TooSlowError, RemoteError, RequestTimeout) as exc:
+            if not _killed(r, t0, time.monotonic()):
+                raise RuntimeError(f"{name} did not start: {exc}") from None
+            r.log("guest", "not_started", program=name, detail=str(exc)[-300:])
+            continue
+        lives[name] = lives.get(name, 0) + 1
+        res.update(t0=t0, name=name if lives[name] == 1 else f"{name} (life {lives[name]})",
+                   echo_at_start=echo_at_start)
+        servers[name] = (res, at)
+        return
+
+
+async def _keep_serving(r: Run, nursery: trio.Nursery, servers: dict[str, Any], name: str) -> None:
+    """Until the wind-down: a server the schedule killed (with its CPU or its OS) is started again, as
+    its user would, once the OS runs again; its clients go on at the same host port (pinned). A
+    server that ended of anything else is a failed check."""
+    while not servers["winding_down"]:
+        res, _ = servers[name]
+        while "code" not in res and not servers["winding_down"]:
+            await trio.sleep(0.05)
+        if "code" not in res:
+            return
+        res["t1"] = time.monotonic()
+        servers["restarting"] += 1
+        try:
+            with trio.move_on_after(RECOVERY_TIMEOUT):  # the kill that ended it is over (its node back)
+                while any(b is None for _, b, _ in r.kills):
+                    await trio.sleep(0.05)
+            if not _killed(r, res["t0"], res["t1"]):
+                r.log("scenario", "check", name=f"{name} served until the wind-down", ok=False,
+                      detail=f"{res['name']} ended with exit {res['code']}: {res.get('err', '')[-300:]}")
+                return
+            _guest_exit(r, res, b"", suffix=True)  # it ended with the documented status, or that is a violation
+            r.say(f"{res['name']} ended (exit {res['code']}) with its OS or CPU: started again")
+            await _serve(r, nursery, servers, name)
+        finally:
+            servers["restarting"] -= 1
+
+
 async def _stop_servers(r: Run, nursery: trio.Nursery, servers: dict[str, Any]) -> None:
     """Every key read back, the store quits and a second run reads it back from the disk; udpecho quits."""
+    # a server the last faults ended is serving again first (its restart is what the read-back checks):
+    # no kill going on, none of a CPU or an OS in the last seconds (`hwemu run` may take CHECK_S to see
+    # its OS died), no server being started again
+    with trio.move_on_after(RECOVERY_TIMEOUT + 60):
+        while True:
+            ends = [b for _, b, k in r.kills if k in KILLERS]
+            if not (servers["restarting"] or None in ends or (ends and time.monotonic() - max(ends) < KILL_SEEN_S)):
+                break
+            await trio.sleep(0.05)
+    servers["winding_down"] = True
     (kv, kv_at), (echo, echo_at) = servers["kvstore"], servers["udpecho"]
     keys = [b"key%02d" % i for i in range(24)]
     readback = [b"COUNT", *[b"GET " + k for k in keys]]
@@ -580,9 +695,12 @@ async def _stop_servers(r: Run, nursery: trio.Nursery, servers: dict[str, Any]) 
     await _wait_exit(echo, 60)
     echo["t1"] = time.monotonic()
     served = _served(echo.get("out", b""))
-    # UDP may lose datagrams, never invent them: the server served at most what was sent
-    plausible = served is not None and r.counts["udp_replies"] <= served <= r.counts["udp_sent"]
-    want = b"udpecho served %d datagrams\n" % (served if plausible else r.counts["udp_sent"])
+    # UDP may lose datagrams, never invent them: this life of the server served at most what was sent
+    # since it started, and at least what was answered since
+    sent0, replies0 = echo["echo_at_start"]
+    sent, replies = r.counts["udp_sent"] - sent0, r.counts["udp_replies"] - replies0
+    plausible = served is not None and replies <= served <= sent
+    want = b"udpecho served %d datagrams\n" % (served if plausible else sent)
     _guest_exit(r, echo, want, suffix=True)
     r.log("scenario", "check", name="udpecho said bye", ok=bye == b"bye", detail=repr(bye))
 
