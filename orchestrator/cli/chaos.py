@@ -89,6 +89,7 @@ SETTLE_S = 3.0  # no fault starts in the last seconds: every fault is over befor
 CLIENT_TIMEOUT = 5.0  # a key-value or echo request without a reply after this long is indeterminate
 READBACK_TIMEOUT = 15.0  # ... in the read-back after the faults, where an answer is what is checked
 RECOVERY_TIMEOUT = 30.0
+NATIVE_AGAIN_S = 120.0  # the machine back to native after an interrupted demo cycle
 GIVE_UP = 3  # requests in a row without a reply after which the wind-down stops asking (the store is gone)
 TRACE_RING = 1 << 18  # events per node with --trace: a whole run on the busiest node (the demo's)
 
@@ -378,9 +379,9 @@ async def _signal_fault(r: Run, f: dict[str, Any]) -> None:
     r.log("fault", "not_recovered", kind=kind, target=target, node_kind=before["kind"], after_s=RECOVERY_TIMEOUT)
 
 
-async def _running(r: Run, node: str) -> dict[str, Any]:
+async def _running(r: Run, node: str, timeout: float = RECOVERY_TIMEOUT) -> dict[str, Any]:
     """``node``'s status once it runs (a node restarting after a kill is waited for)."""
-    with trio.move_on_after(RECOVERY_TIMEOUT):
+    with trio.move_on_after(timeout):
         while True:
             st = (await _status(r)).get(node, {})
             if st.get("alive") and st.get("state") == "running" and st.get("pid"):
@@ -442,9 +443,12 @@ async def _program(r: Run, nursery: trio.Nursery, name: str, args: list[str]) ->
 KILLERS = ("cpu", "os")  # node kinds whose crash ends guest programs (docs/recovery.md)
 
 
-def _killed(r: Run, t0: float, t1: float) -> bool:
-    """Did a kill of a CPU or an OS overlap [t0, t1] (one still going on counts)?"""
-    return any(a <= t1 and (b is None or b >= t0) and k in KILLERS for a, b, k in r.kills)
+CYCLE_KILLERS = ("cpu", "os", "vmm")  # ... and the demo cycle (a VMM crash stops an OS whose context died)
+
+
+def _killed(r: Run, t0: float, t1: float, killers: tuple[str, ...] = KILLERS) -> bool:
+    """Did a kill of a node of ``killers``' kinds overlap [t0, t1] (one still going on counts)?"""
+    return any(a <= t1 and (b is None or b >= t0) and k in killers for a, b, k in r.kills)
 
 
 def _os_lines(out: bytes) -> tuple[bytes, list[str]]:
@@ -459,7 +463,8 @@ def _os_lines(out: bytes) -> tuple[bytes, list[str]]:
     return b"".join(keep), said
 
 
-def _guest_exit(r: Run, res: dict[str, Any], expected: bytes, suffix: bool = False) -> None:
+def _guest_exit(r: Run, res: dict[str, Any], expected: bytes, suffix: bool = False,
+                killers: tuple[str, ...] = KILLERS) -> None:
     """Record a program's end against the fault-free run's output.
 
     ``suffix``: a server, whose console output (``hwemu run`` copies the
@@ -472,7 +477,7 @@ def _guest_exit(r: Run, res: dict[str, Any], expected: bytes, suffix: bool = Fal
     t1 = res.get("t1", time.monotonic())
     r.log("guest", "exit", program=res["name"], status=res.get("code"), sha256=hashlib.sha256(out).hexdigest(),
           expected_sha256=hashlib.sha256(expected).hexdigest(), length=len(out), expected_length=len(expected),
-          killed=_killed(r, res["t0"], t1), killed_status=KILL_STATUS, prefix=expected.startswith(out),
+          killed=_killed(r, res["t0"], t1, killers), killed_status=KILL_STATUS, prefix=expected.startswith(out),
           os_lines=said[-4:], stderr=res.get("err", "")[-200:])
 
 
@@ -503,8 +508,8 @@ GUEST_NODES = ("os1", "cpu0")  # what a program of the workloads needs running t
 async def _os_up(r: Run) -> None:
     """Wait until os1 and its CPU run (a kill of either is recovering): a program started
     meanwhile cannot start."""
-    for node in GUEST_NODES:
-        await _running(r, node)
+    for node in GUEST_NODES:  # (os1 may be stopped by a VMM crash, and started again after the cycle)
+        await _running(r, node, RECOVERY_TIMEOUT + NATIVE_AGAIN_S)
 
 
 def _not_started(r: Run, res: dict[str, Any]) -> bool:
@@ -538,14 +543,7 @@ async def scenario_run(r: Run) -> None:
 
         async def cycle() -> None:
             if r.scenario == "demo":
-                topo = load(REPO / "compose" / SCENARIOS["demo"])
-                r.d.nframes = topo.nodes["memctl"].options["frames"]  # what the cycle's conservation checks count
-                try:
-                    await _virtualization(r.d, topo)
-                except (trio.TooSlowError, RemoteError, RequestTimeout, RuntimeError) as exc:
-                    raise RuntimeError(f"demo cycle, {r.d.phase}: {type(exc).__name__} {exc}".strip()) from None
-                r.say("demo cycle done: VMM loaded, interposed, os2 booted and ran on borrowed memory, "
-                      "everything given back and devirtualized")
+                await _cycle(r)
 
         async with trio.open_nursery() as n:
             n.start_soon(schedule)
@@ -561,8 +559,83 @@ async def scenario_run(r: Run) -> None:
         await _within(compute_finished, 120, "the last compute round (timeshare on os1)")
         if servers is not None:
             await _stop_servers(r, nursery, servers)
-    for c in r.d.checks:  # the demo cycle's own checks (each choreography committed, os2's output exact)
+    for c in r.d.checks:  # the demo cycle's own checks (each choreography committed, frames conserved)
+        if c["check"] == OS2_CHECK and r.d.os2_program is not None:
+            continue  # os2's program is checked as every guest program is (below)
         r.log("scenario", "check", name=c["check"], ok=c["ok"], detail=c["detail"][:300])
+    if r.d.os2_program is not None:
+        prog = r.d.os2_program
+        _guest_exit(r, prog, prog["expected"], killers=CYCLE_KILLERS)
+
+
+OS2_CHECK = "os2 timeshare output exact"  # the demo cycle's check of its os2 program (orchestrator/cli/demo.py)
+
+
+async def _cycle(r: Run) -> None:
+    """The whole cycle of ``hwemu demo`` (VMM in, os2 on borrowed memory, everything back).
+
+    A kill of the CPU, an OS or the VMM may interrupt it (docs/recovery.md: a
+    VMM crash rolls the machine back to native and stops an OS whose context
+    died with it; a choreography whose participant died fails and rolls
+    back): then the machine is brought back to where the cycle started, as
+    its user would, and that must work. A cycle that fails without such a
+    kill is a failed run."""
+    topo = load(REPO / "compose" / SCENARIOS["demo"])
+    r.d.nframes = topo.nodes["memctl"].options["frames"]  # what the cycle's conservation checks count
+    t0 = time.monotonic()
+    try:
+        await _virtualization(r.d, topo)
+    except (trio.TooSlowError, RemoteError, RequestTimeout, RuntimeError) as exc:
+        what = f"demo cycle, {r.d.phase}: {type(exc).__name__} {exc}".strip()
+        if not _killed(r, t0, time.monotonic(), CYCLE_KILLERS):
+            raise RuntimeError(what) from None
+        r.log("scenario", "cycle_interrupted", phase=r.d.phase, detail=what[:500])
+        r.say(f"{what[:160]}: interrupted by a kill; the machine goes back to native")
+        await _native_again(r)
+        return
+    r.say("demo cycle done: VMM loaded, interposed, os2 booted and ran on borrowed memory, "
+          "everything given back and devirtualized")
+
+
+async def _native_again(r: Run) -> None:
+    """After an interrupted cycle: os2 shut down (its loans returned), os1 running, devirtualized,
+    the VMM unloaded; each step as `hwemu` offers it, retried while a choreography is refused
+    (the machine still settling). Checked: it got there, and every frame has one owner."""
+    with trio.move_on_after(RECOVERY_TIMEOUT):
+        while any(b is None for _, b, _ in r.kills):
+            await trio.sleep(0.05)
+    done: list[str] = []
+    last = ""
+    step: tuple[str, dict[str, Any]] | None = ("ctl_status", {})
+    with trio.move_on_after(NATIVE_AGAIN_S):
+        while True:
+            st = await r.ctl("ctl_status")
+            state = {n["name"]: n.get("state") for n in st["nodes"]}
+            virt = st["virt"]
+            step: tuple[str, dict[str, Any]] | None = None
+            if state.get("os2") == "running":
+                lent = [ln for ln in virt["loans"] if not ln.get("boot") and "os2" in (ln["from"], ln["to"])]
+                step = (("ctl_memory_return", {"from_os": lent[0]["from"], "to_os": lent[0]["to"]}) if lent
+                        else ("ctl_os_stop", {"os": "os2"}))
+            elif state.get("os1") != "running":
+                step = ("ctl_os_start", {"os": "os1"})
+            elif any(v == "vmm" for k, v in virt["resources"].items() if k.startswith("os1.")):
+                step = ("ctl_devirtualize", {"os": "os1"})
+            elif virt["vmm"]["loaded"]:
+                step = ("ctl_vmm_unload", {})
+            if step is None:
+                break
+            try:
+                await r.ctl(*step)
+                done.append(step[0])
+            except (RemoteError, RequestTimeout) as exc:
+                last = f"{step[0]}: {exc}"
+                await trio.sleep(0.5)
+    native = step is None
+    r.log("scenario", "check", name="the machine is native again after an interrupted demo cycle", ok=native,
+          detail=f"done {done}" + ("" if native else f"; still to do {step[0]}, last refusal {last}")[:400])
+    r.say(f"native again: {done}" if native else f"not native again: {last}")
+    await r.d.conserved("after the interrupted demo cycle")
 
 
 async def _within(event: trio.Event, seconds: float, what: str) -> None:

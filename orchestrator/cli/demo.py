@@ -100,6 +100,7 @@ class Demo:
         self.kv_model: dict[bytes, bytes] = {}
         self.kv_replies: list[bytes] = []
         self.outputs: dict[str, str] = {}  # program -> sha256 of its exact output (the control run's are compared)
+        self.os2_program: dict[str, Any] | None = None  # os2's program of the cycle, as it ended
         self.phase = "starting"
         self.t0 = time.monotonic()
 
@@ -445,10 +446,13 @@ async def _virtualization(d: Demo, topo) -> None:
     uart1 = {n["name"]: n for n in status["nodes"]}[topo.nodes["os2"].options["uart"]]
     d.phase = "os2: timeshare"
     buf = io.BytesIO()
+    t0 = time.monotonic()
     res = await run_program(d.rd, status, os2, uart1, (SAMPLES / "timeshare.elf").read_bytes(),
                             ["timeshare", "B", str(OS2_LINES)], buf, timeout=OS2_TIMEOUT)
     os2_out = (res["code"], buf.getvalue())
     want = timeshare_output("B", OS2_LINES)
+    d.os2_program = {"name": "timeshare B on os2", "code": res["code"], "out": os2_out[1], "t0": t0,
+                     "t1": time.monotonic(), "expected": want}  # (hwemu chaos records it as a guest program)
     d.check("os2 timeshare output exact", os2_out == (0, want),
             f"exit {res['code']}, {len(os2_out[1])} bytes" + (f": {os2_out[1][:300]!r}" if os2_out[1] != want else ""))
     await d.choreography("return os1 ← os2 (¶39)", "ctl_memory_return", {"from_os": "os1", "to_os": "os2"})
