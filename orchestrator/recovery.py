@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import protocol.recovery  # noqa: F401  (registers mem_drop_initiator / peer_restarted)
 from orchestrator.supervisor import NodeProc
-from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER
+from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER, VMM
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.frames import from_runs, to_runs
 
@@ -71,6 +71,11 @@ async def os_lost(orch: "Orchestrator", os_name: str) -> dict[str, Any]:
             report["cpu"] = await _call(orch, cpu, "cpu_reset")
         except FAILURES as exc:
             log.error("%s was not reset after %s died: %s", cpu, os_name, exc)
+    elif os_name in st.attached and VMM in orch.live_nodes():
+        try:  # the CPU is the VMM's to share: it resets this OS's virtual CPU (and its part of the CPU)
+            report["vmm"] = await _call(orch, VMM, "peer_restarted", {"node": os_name, "kind": "os"})
+        except FAILURES as exc:
+            log.error("the VMM did not reset the virtual CPU of the dead %s: %s", os_name, exc)
     if memctl not in orch.live_nodes():
         return report
     try:

@@ -611,6 +611,11 @@ class VmmNode(FrameBroker, DeviceMux, Node):
             log.warning("%s: %s died: virtual CPUs reset: %s", self.name, node, done)
             await self.party.reply(msg, "ok", {"data": done})
             return
+        if b["kind"] == "os" and node in self.oses and inc is None:
+            done.update(await self._os_lost(node))
+            log.warning("%s: %s died: its virtual CPU reset: %s", self.name, node, done)
+            await self.party.reply(msg, "ok", {"data": done})
+            return
         reset = await self.reset_shared(node, inc)
         if reset is not None:
             done.update(reset)
@@ -642,6 +647,36 @@ class VmmNode(FrameBroker, DeviceMux, Node):
             await self._switch_in(nxt)
         return {"on_cpu": lost, "switched_in": nxt.name if nxt is not None else None,
                 "saved": sorted(n for n, v in self.oses.items() if v.runnable and n != lost)}
+
+    async def _os_lost(self, name: str) -> dict[str, Any]:
+        """OS ``name`` died (before its next life boots): its context must never run again.
+
+        Natively the orchestrator resets the CPU (``cpu_reset``); here the CPU
+        is shared, so only this OS's part of it is reset: its saved context,
+        pending preemption and held virtual interrupts are dropped, its TLB
+        entries (by asid) flushed, and if its context is on the CPU another
+        OS's saved context replaces it (else the CPU halts). The next life
+        stays attached and starts from nothing, as after a boot."""
+        vcpu = self.oses[name]
+        vcpu.regs = vcpu.pc = vcpu.asid = None
+        vcpu.runnable = vcpu.in_handler = vcpu.preempt = False
+        vcpu.vif = True
+        vcpu.queued.clear()
+        for asid in sorted(vcpu.asids):
+            await self._cpu("tlb_flush", {"asid": asid, "vpn": None})
+        vcpu.asids.clear()
+        on_cpu = self.current == name
+        nxt = None
+        if on_cpu:
+            self.current = None
+            self.own_preempt = False
+            nxt = self._other_runnable() if self._managed() else None
+            if nxt is not None:
+                await self._switch_in(nxt)
+            else:
+                self.counts["cpu_halts"] += 1
+                await self._cpu("cpu_halt", {})
+        return {"on_cpu": on_cpu, "switched_in": nxt.name if nxt is not None else None}
 
     async def on_vmm_status(self, msg: Message) -> None:
         await self.party.reply(msg, "ok", {"data": self._status()})
