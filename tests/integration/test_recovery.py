@@ -482,3 +482,31 @@ async def test_kill9_of_the_cpu_under_the_vmm_resets_its_virtual_cpus_a_machine_
     s = await vmm_stats(orch)
     assert s["cpu_resets"] == 1 and s["slices"] > slices and sorted(s["oses"]) == ["os1", "os2"], s
     assert orch.routes.table.routes["trap:cpu0"] == "vmm"
+
+
+async def test_kill9_of_an_os_under_the_vmm_resets_its_virtual_cpu_and_the_other_os_goes_on(guest_build, cluster):
+    """An OS crash while the VMM time-slices two OSes: the dead OS's context must never run again (natively
+    the CPU is reset; here it is shared, so the VMM resets that OS's part of it). The other OS's program
+    finishes exactly, and the restarted OS, still under the VMM, runs a new program exactly."""
+    orch = await vmm_loaded(cluster)
+    await orch.control("ctl_interpose", os="os1")
+    await orch.control("ctl_interpose", os="os2")
+    async with serving(Client(orch)) as client:
+        start = await client.logged("uart0")
+        pid = await client.exec("os1", "timeshare", ["timeshare", "A", "40"])
+        await client.exec("os2", "timeshare", ["timeshare", "B", "400"])  # dies with its OS
+        await wait_vmm(orch, lambda s: s["slices"] > 2 and s["traps_reflected"] > 5)
+        os2 = orch.supervisor.nodes["os2"]
+        os.kill(os2.pid, signal.SIGKILL)
+        with trio.fail_after(RECOVERY_DEADLINE_S):
+            while os2.state != "running" or os2.restarts != 1:
+                await trio.sleep(0.05)
+        report = next(r for r in orch.recovery_log if r["kind"] == "os")
+        assert report["node"] == "os2" and isinstance(report["vmm"]["on_cpu"], bool), report
+        done = await client.wait_exit("os1", pid)
+        assert (done["code"], await client.console("uart0", start)) == (0, timeshare_output("A", 40))
+        assert (await vmm_stats(orch))["oses"]["os2"]["runnable"] is False  # nothing of the dead life to run
+        code, out = await client.run("os2", "uart1", "timeshare", ["timeshare", "B2", "6"])
+        assert (code, out) == (0, timeshare_output("B2", 6))
+    assert orch.supervisor.nodes["os1"].restarts == 0 and orch.supervisor.nodes["vmm"].restarts == 0
+    assert sorted((await vmm_stats(orch))["oses"]) == ["os1", "os2"]
