@@ -131,7 +131,7 @@ async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, el
                     except RequestTimeout as exc:
                         raise Lost(f"{nic} does not answer: {exc}") from None
                 pid = await _exec_and_copy(party, os_node, uart, elf, argv, log_path, exits, lambda: arrived,
-                                           copy, timeout, stdin, info if info is not None else {})
+                                           copy, timeout, stdin, info if info is not None else {}, run_dir)
             except (RemoteError, Lost, trio.TooSlowError, ProtocolError, ForwardRefused) as exc:
                 failed = exc  # raised outside the nursery, so not wrapped in an ExceptionGroup
             nursery.cancel_scope.cancel()
@@ -145,14 +145,21 @@ async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, el
 KILLED_WITH_OS = 128 + signal.SIGKILL  # the program's OS crashed and was restarted: it died with it
 
 
-async def _still_there(party: Party, os_name: str, pid: int, incarnation: int | None) -> dict[str, Any] | None:
+async def _still_there(party: Party, os_name: str, pid: int, incarnation: int | None,
+                       run_dir: Path | None = None) -> dict[str, Any] | None:
     """The OS still runs ``pid`` (or has just ended it): None. The OS that ran it
-    crashed and was restarted (a new incarnation answers): the program died with
-    it, its exit (status 137, as a process killed with SIGKILL; a new life of the
-    OS may already run another program with the same pid). Else :class:`Lost`."""
+    crashed and was restarted (a new incarnation answers), or the orchestrator
+    stopped it (a VMM crash stops an OS whose context died with it): the program
+    died with it, its exit (status 137, as a process killed with SIGKILL; a new
+    life of the OS may already run another program with the same pid). Else
+    :class:`Lost`."""
     try:
         reply = await party.request(os_name, "os_ps", timeout=10)
     except (RequestTimeout, RemoteError) as exc:
+        state = await _os_state(run_dir, os_name)
+        if state not in (None, "running"):
+            why = "was stopped" if state == "stopped" else f"crashed ({state})"
+            return {"pid": pid, "code": KILLED_WITH_OS, "reason": f"killed: {os_name} {why}"}
         raise Lost(f"{os_name} does not answer: {exc}") from None
     if incarnation is not None and reply.inc is not None and reply.inc != incarnation:
         return {"pid": pid, "code": KILLED_WITH_OS, "reason": f"killed: {os_name} crashed and was restarted"}
@@ -162,9 +169,20 @@ async def _still_there(party: Party, os_name: str, pid: int, incarnation: int | 
     return None
 
 
+async def _os_state(run_dir: Path | None, os_name: str) -> str | None:
+    """The OS node's state as the orchestrator says (None: it cannot say)."""
+    if run_dir is None:
+        return None
+    try:
+        status = await call(run_dir, "ctl_status", {}, 10)
+    except (NotRunning, RemoteError, RequestTimeout, ProtocolError):
+        return None
+    return next((n.get("state") for n in status["nodes"] if n["name"] == os_name), None)
+
+
 async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, argv: list[str], log_path: Path,
                          exits: dict[int, dict], arrived, copy, timeout: float | None,
-                         stdin: bytes | None = None, info: dict | None = None) -> int:
+                         stdin: bytes | None = None, info: dict | None = None, run_dir: Path | None = None) -> int:
     try:
         start = (await party.request(uart["name"], "uart_sync", timeout=10)).body["data"]["logged"]
         body: dict[str, Any] = {"elf": elf, "argv": argv, "notify": True}
@@ -202,7 +220,7 @@ async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, ar
                 with trio.move_on_after(POLL_S):
                     await arrived().wait()
                 if pid not in exits and trio.current_time() >= next_check:
-                    gone = await _still_there(party, os_node["name"], pid, reply.inc)
+                    gone = await _still_there(party, os_node["name"], pid, reply.inc, run_dir)
                     if gone is not None:
                         exits[pid] = gone
                         break
