@@ -82,6 +82,9 @@ HELD_BACK = [
     "kill:cpu", "kill:os", "kill:vmm", "kill:memctl",  # a machine check / an OS or VMM crash ends guest programs
 ]
 
+# node kinds whose crash ends guest programs (docs/recovery.md): a CPU (a machine check), an OS, and in
+# demo the VMM (its crash stops an OS whose context died with it); they may interrupt the demo cycle too
+KILLERS = {"native": ("cpu", "os"), "io": ("cpu", "os"), "demo": ("cpu", "os", "vmm")}
 KILL_STATUS = [137, 135]  # a guest process killed with its CPU: what `hwemu run` exits with (128 + SIGKILL/SIGBUS)
 COMPUTE_LINES = 8  # timeshare lines per compute round (rounds follow each other while the run lasts)
 WARMUP_S = 1.0  # workloads run this long before the first fault
@@ -440,15 +443,9 @@ async def _program(r: Run, nursery: trio.Nursery, name: str, args: list[str]) ->
     return res
 
 
-KILLERS = ("cpu", "os")  # node kinds whose crash ends guest programs (docs/recovery.md)
-
-
-CYCLE_KILLERS = ("cpu", "os", "vmm")  # ... and the demo cycle (a VMM crash stops an OS whose context died)
-
-
-def _killed(r: Run, t0: float, t1: float, killers: tuple[str, ...] = KILLERS) -> bool:
-    """Did a kill of a node of ``killers``' kinds overlap [t0, t1] (one still going on counts)?"""
-    return any(a <= t1 and (b is None or b >= t0) and k in killers for a, b, k in r.kills)
+def _killed(r: Run, t0: float, t1: float) -> bool:
+    """Did a kill of a node whose crash ends guest programs overlap [t0, t1] (one still going on counts)?"""
+    return any(a <= t1 and (b is None or b >= t0) and k in KILLERS[r.scenario] for a, b, k in r.kills)
 
 
 def _os_lines(out: bytes) -> tuple[bytes, list[str]]:
@@ -463,8 +460,7 @@ def _os_lines(out: bytes) -> tuple[bytes, list[str]]:
     return b"".join(keep), said
 
 
-def _guest_exit(r: Run, res: dict[str, Any], expected: bytes, suffix: bool = False,
-                killers: tuple[str, ...] = KILLERS) -> None:
+def _guest_exit(r: Run, res: dict[str, Any], expected: bytes, suffix: bool = False) -> None:
     """Record a program's end against the fault-free run's output.
 
     ``suffix``: a server, whose console output (``hwemu run`` copies the
@@ -477,7 +473,7 @@ def _guest_exit(r: Run, res: dict[str, Any], expected: bytes, suffix: bool = Fal
     t1 = res.get("t1", time.monotonic())
     r.log("guest", "exit", program=res["name"], status=res.get("code"), sha256=hashlib.sha256(out).hexdigest(),
           expected_sha256=hashlib.sha256(expected).hexdigest(), length=len(out), expected_length=len(expected),
-          killed=_killed(r, res["t0"], t1, killers), killed_status=KILL_STATUS, prefix=expected.startswith(out),
+          killed=_killed(r, res["t0"], t1), killed_status=KILL_STATUS, prefix=expected.startswith(out),
           os_lines=said[-4:], stderr=res.get("err", "")[-200:])
 
 
@@ -565,7 +561,7 @@ async def scenario_run(r: Run) -> None:
         r.log("scenario", "check", name=c["check"], ok=c["ok"], detail=c["detail"][:300])
     if r.d.os2_program is not None:
         prog = r.d.os2_program
-        _guest_exit(r, prog, prog["expected"], killers=CYCLE_KILLERS)
+        _guest_exit(r, prog, prog["expected"])
 
 
 OS2_CHECK = "os2 timeshare output exact"  # the demo cycle's check of its os2 program (orchestrator/cli/demo.py)
@@ -587,7 +583,7 @@ async def _cycle(r: Run) -> None:
         await _virtualization(r.d, topo)
     except (trio.TooSlowError, RemoteError, RequestTimeout, RuntimeError) as exc:
         what = f"demo cycle, {r.d.phase}: {type(exc).__name__} {exc}".strip()
-        if not _killed(r, t0, time.monotonic(), CYCLE_KILLERS):
+        if not _killed(r, t0, time.monotonic()):
             raise RuntimeError(what) from None
         r.log("scenario", "cycle_interrupted", phase=r.d.phase, detail=what[:500])
         r.say(f"{what[:160]}: interrupted by a kill; the machine goes back to native")
@@ -737,7 +733,7 @@ async def _stop_servers(r: Run, nursery: trio.Nursery, servers: dict[str, Any]) 
     # its OS died), no server being started again
     with trio.move_on_after(RECOVERY_TIMEOUT + 60):
         while True:
-            ends = [b for _, b, k in r.kills if k in KILLERS]
+            ends = [b for _, b, k in r.kills if k in KILLERS[r.scenario]]
             if not (servers["restarting"] or None in ends or (ends and time.monotonic() - max(ends) < KILL_SEEN_S)):
                 break
             await trio.sleep(0.05)
