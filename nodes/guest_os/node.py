@@ -33,6 +33,7 @@ from nodes.runtime import Node, NodeConfig
 from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER, DEFAULT_UART
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.frames import body_frames, to_runs
+from protocol.linux_abi import SIGBUS
 from protocol.messages import Message
 from protocol.riscv import M32
 
@@ -231,8 +232,13 @@ class OsNode(Node):
         proc = k.current
         if proc is None:
             return
+        code, why = 128 + SIGKILL, f"kernel could not serve its trap ({exc}) pc={proc.pc & M32:#010x}"
+        if isinstance(exc, RemoteError) and exc.reason == "frame_lost":
+            # its memory went back in time (the CPU that held its newest bytes died): a machine check,
+            # rather than serve the system call with older bytes (docs/recovery.md)
+            code, why = 128 + SIGBUS, f"machine check: {exc.detail}"
         try:
-            await k.kill(proc, 128 + SIGKILL, f"kernel could not serve its trap ({exc}) pc={proc.pc & M32:#010x}")
+            await k.kill(proc, code, why)
             await k.dispatch()
         except Exception:
             log.exception("%s: could not even kill pid %d", self.name, proc.pid)

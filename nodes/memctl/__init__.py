@@ -20,6 +20,7 @@ from .directory import (
 )
 from .errors import (
     DirectoryError,
+    FrameLost,
     InvariantError,
     MemctlError,
     MemFault,
@@ -31,6 +32,6 @@ from .store import FRAME_SIZE, FrameStore, Snapshot
 
 __all__ = [
     "DOWNGRADE", "FIRMWARE", "FRAME_SIZE", "FREE", "INVALIDATE", "MODIFIED", "SHARED", "VMM",
-    "DirectoryError", "FrameStore", "Grant", "InvariantError", "MemFault", "MemctlError",
+    "DirectoryError", "FrameLost", "FrameStore", "Grant", "InvariantError", "MemFault", "MemctlError",
     "MemoryController", "OwnershipError", "Recall", "Recovering", "Snapshot", "StoreError", "is_os",
 ]

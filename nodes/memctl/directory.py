@@ -43,7 +43,7 @@ import trio
 
 from protocol.constants import VMM
 
-from .errors import DirectoryError, InvariantError, MemFault, OwnershipError, Recovering
+from .errors import DirectoryError, FrameLost, InvariantError, MemFault, OwnershipError, Recovering
 from .store import FRAME_SIZE, FrameStore, Snapshot, frame_runs
 
 FREE = "free"
@@ -131,6 +131,9 @@ class MemoryController:
         self._pinned: dict[str, set[int]] = {}
         self._holders: dict[int, dict[str, str]] = {}  # frame -> {initiator: S|M}; no empty dicts
         self._busy: dict[int, trio.Event] = {}  # frame -> set when its holder lets go
+        # frames whose newest bytes died with a holder (drop_initiator): a read of one is refused
+        # (FrameLost) until the frame is written whole or changes owner (zeroed)
+        self.poisoned: set[int] = set()
         self._meta_lock = trio.Lock()
         self.known_initiators: set[str] = set()
         self.recorder = None  # the node's (protocol/recorder.py): frame owner changes, when tracing
@@ -485,6 +488,7 @@ class MemoryController:
                         if writer:  # a read needs the newest bytes, not the writer's copy
                             recalls.append((f, SNAPSHOT, writer))
                 await self._recall_all(recalls)
+                self._check_poison(plan, frames)
                 out: list[bytes | None] = []
                 for data, pages in plan:
                     if data is None:
@@ -498,6 +502,24 @@ class MemoryController:
                     out.append(None)
                     self._counts["uncached_writes"] += 1
                 return out
+
+    def _check_poison(self, plan: list[tuple[bytes | None, list[tuple[int, int, int]]]],
+                      frames: dict[int, int]) -> None:
+        """Refuse a read of a poisoned frame (FrameLost) unless a write of the same
+        access covered it whole before; a whole-frame write cures it."""
+        if not self.poisoned:
+            return
+        cured: set[int] = set()
+        for data, pages in plan:
+            for g, off, n in pages:
+                f = frames[g]
+                if f not in self.poisoned or f in cured:
+                    continue
+                if data is None:
+                    raise FrameLost(sorted({frames[g] for _d, ps in plan for g, _o, _n in ps} & self.poisoned))
+                if off == 0 and n == FRAME_SIZE:
+                    cured.add(f)
+        self.poisoned -= cured
 
     async def _recall_all(self, recalls: list[tuple[int, str, list[str]]]) -> None:
         """:meth:`_recall` of each (frame, mode, holders) at once (the caller holds
@@ -531,6 +553,7 @@ class MemoryController:
             if self._holders[frame][initiator] == MODIFIED:
                 lost.append(frame)
             self._drop_holder(frame, initiator)
+        self.poisoned.update(lost)
         return sorted(lost)
 
     def guest_pages(self, frames: Iterable[int]) -> dict[str, list[int]]:
@@ -578,6 +601,7 @@ class MemoryController:
             "cached": dict(cached),
             "modified": {k: v for k, v in modified.items() if v},
             "recovering": self.recovering,
+            "poisoned": len(self.poisoned),
             **counts,
         }
 
@@ -811,6 +835,7 @@ class MemoryController:
         # Zero before the owner changes: the new owner never sees the old one's bytes.
         runs = frame_runs(moving)
         self.store.zero_runs(runs)
+        self.poisoned.difference_update(moving)  # zeroed: no older bytes to pass for the newest
         self._counts["zeroed"] += len(moving)
         for first, count in runs:
             owner[first:first + count] = [new_owner] * count

@@ -73,3 +73,20 @@ class InvariantError(MemctlError, AssertionError):
     """An invariant of DESIGN.md §6 does not hold; always a bug in the controller."""
 
     reason = "invariant"
+
+
+class FrameLost(MemctlError):
+    """A read of a frame whose newest bytes died with the initiator that held them
+    modified (a CPU that died, or stopped answering recalls): memory holds older
+    bytes, which must not pass for the newest (a machine check, DESIGN.md §6).
+
+    Attributes:
+        frames: the frames of the access that are lost.
+    """
+
+    reason = "frame_lost"
+
+    def __init__(self, frames: list[int]):
+        self.frames = frames
+        super().__init__(f"the newest bytes of frame(s) {frames[:8]} died with the CPU that held them modified; "
+                         "memory holds older ones")

@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from nodes.memctl import (
     FRAME_SIZE,
     DirectoryError,
+    FrameLost,
     MemFault,
     MemoryController,
     OwnershipError,
@@ -401,6 +402,49 @@ async def test_a_dead_initiator_is_forgotten_and_its_unwritten_frames_reported(t
     caches.install("cpu1", await mc.acquire("cpu1", "os1", 1, write=False))
     assert mc.drop_initiator("cpu0") == [0]
     assert mc.holders(0) == {} and mc.holders(1) == {"cpu1": "S"}
+    mc.check_invariants()
+
+
+async def test_a_read_of_bytes_that_died_with_their_cpu_is_refused_not_served_stale(tmp_path):
+    """A CPU that holds a page modified dies while an OS reads the page (a system call's buffer): the
+    recall goes unanswered and the holder is dropped (as nodes/memctl/node.py does on a timeout).
+    Memory holds older bytes; serving them printed a line twice and could write an old record to a
+    disk. The read is refused (FrameLost) until the frame is written whole or changes owner."""
+    dead: set[str] = set()
+    mc: MemoryController
+
+    async def recall(holder: str, frame: int, mode: str) -> bytes | None:
+        await trio.lowlevel.checkpoint()
+        assert holder in dead
+        mc.drop_initiator(holder)  # it cannot answer: its copies, newest bytes too, are gone
+        return None
+
+    mc = MemoryController.open(tmp_path, 8, recall)
+    await mc.create_space("os1", [0, 1, 2])
+    await mc.write("os1", "os1", 0, b"line 3".ljust(FRAME_SIZE, b"."))
+    grant = await mc.acquire("cpu0", "os1", 0, write=True)  # the CPU formats "line 4" in its cache ...
+    assert grant.writable
+    dead.add("cpu0")  # ... and dies before writing it back
+    with pytest.raises(FrameLost) as lost:
+        await mc.read("os1", "os1", 0, 16)
+    assert lost.value.frames == [0] and lost.value.reason == "frame_lost"
+    with pytest.raises(FrameLost):  # and again: the loss is not forgotten after one refusal
+        await mc.access("os1", "os1", [(8, 4), (FRAME_SIZE, 4)])
+    assert await mc.read("os1", "os1", FRAME_SIZE, 4) == bytes(4)  # its other frames read as they are
+    # a partial write leaves older bytes beside it; a whole-frame write (an OS zeroing a page) cures it
+    await mc.write("os1", "os1", 0, b"new")
+    with pytest.raises(FrameLost):
+        await mc.read("os1", "os1", 0, 3)
+    await mc.access("os1", "os1", [(0, bytes(FRAME_SIZE)), (0, 4)])
+    assert await mc.read("os1", "os1", 0, 4) == bytes(4)
+    # a frame that changes owner is zeroed: cured too
+    await mc.acquire("cpu1", "os1", 2, write=True)
+    dead.add("cpu1")
+    with pytest.raises(FrameLost):
+        await mc.read("os1", "os1", 2 * FRAME_SIZE, 1)
+    mc.pin_frames("os1", [2])
+    await mc.transfer([2], "os1", "free")
+    assert mc.stats()["poisoned"] == 0
     mc.check_invariants()
 
 
