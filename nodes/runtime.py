@@ -645,7 +645,8 @@ class Node:
             out.room.set()
             out.room = None
         if self.recorder.on:
-            self.recorder("flow", "acked", flow=flow, upto=upto, peer=peer)
+            # a tail given up because its receiver died (abandon) was consumed by nobody: not an acknowledgement
+            self.recorder("flow", "abandoned" if peer == "abandoned" else "acked", flow=flow, upto=upto, peer=peer)
 
     def _resync(self, out: _OutFlow, flow: str, now: float, reset: bool = False, upto: int | None = None) -> None:
         """Send ``flow``'s unacknowledged messages again, each to the receiver

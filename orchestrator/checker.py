@@ -197,6 +197,7 @@ def check_flows(events: list[dict[str, Any]], report: Report) -> None:
     # (flow, sender life) -> fseq -> sent event; acked upto with its event
     sent: dict[tuple[str, tuple], dict[int, dict]] = {}
     acked: dict[tuple[str, tuple], list[tuple[int, int]]] = {}  # [(t, upto)]
+    abandoned: dict[tuple[str, tuple], list[tuple[int, int]]] = {}  # [(t, upto)]
     sent_by_flow_fseq: dict[tuple[str, str, int], list[dict]] = {}
     deliveries: list[dict] = []
     for ev in events:
@@ -211,6 +212,8 @@ def check_flows(events: list[dict[str, Any]], report: Report) -> None:
             pass
         elif name == "acked":
             acked.setdefault((ev["flow"], ev["_life"]), []).append((ev["t"], ev["upto"]))
+        elif name == "abandoned":  # its receiver died: the tail up to ``upto`` was given up, delivered to nobody
+            abandoned.setdefault((ev["flow"], ev["_life"]), []).append((ev["t"], ev["upto"]))
         elif name == "deliver":
             deliveries.append(ev)
 
@@ -275,7 +278,12 @@ def check_flows(events: list[dict[str, Any]], report: Report) -> None:
         for fseq in sorted(set(numbered) - set(seen)):
             sev = numbered[fseq]
             subject = {"flow": flow, "fseq": fseq, "sender": f"{slife[0]}#{slife[1]}"}
-            if fseq <= acked_upto(key, 1 << 62):
+            given_up = any(at >= sev["t"] and upto >= fseq for at, upto in abandoned.get(key, ()))
+            if given_up:  # its receiver died with it (a later life of the receiver starts after it)
+                if not _in_flight_at_death(sev, life, lives):
+                    report.add("flow", "lost", f"{flow} #{fseq} given up by {slife[0]} (abandoned), but "
+                               f"{sev.get('dst')} did not die after it was sent", sev, **subject)
+            elif fseq <= acked_upto(key, 1 << 62):
                 report.add("flow", "lost", f"{flow} #{fseq} acknowledged to {slife[0]} but never delivered",
                            sev, **subject)
             elif fseq < highest:

@@ -145,7 +145,7 @@ async def run_program(run_dir: Path, status: dict, os_node: dict, uart: dict, el
 KILLED_WITH_OS = 128 + signal.SIGKILL  # the program's OS crashed and was restarted: it died with it
 
 
-async def _still_there(party: Party, os_name: str, pid: int, incarnation: int | None,
+async def _still_there(party: Party, os_node: dict, pid: int, incarnation: int | None,
                        run_dir: Path | None = None) -> dict[str, Any] | None:
     """The OS still runs ``pid`` (or has just ended it): None. The OS that ran it
     crashed and was restarted (a new incarnation answers), or the orchestrator
@@ -153,13 +153,16 @@ async def _still_there(party: Party, os_name: str, pid: int, incarnation: int | 
     died with it, its exit (status 137, as a process killed with SIGKILL; a new
     life of the OS may already run another program with the same pid). Else
     :class:`Lost`."""
+    os_name = os_node["name"]
     try:
         reply = await party.request(os_name, "os_ps", timeout=10)
-    except (RequestTimeout, RemoteError) as exc:
-        state = await _os_state(run_dir, os_name)
-        if state not in (None, "running"):
-            why = "was stopped" if state == "stopped" else f"crashed ({state})"
+    except (RequestTimeout, RemoteError) as exc:  # (a request to a process that died is lost with it)
+        now = await _os_node(run_dir, os_name)
+        if now is not None and now.get("state") != "running":
+            why = "was stopped" if now.get("state") == "stopped" else f"crashed ({now.get('state')})"
             return {"pid": pid, "code": KILLED_WITH_OS, "reason": f"killed: {os_name} {why}"}
+        if now is not None and os_node.get("pid") is not None and now.get("pid") != os_node["pid"]:
+            return {"pid": pid, "code": KILLED_WITH_OS, "reason": f"killed: {os_name} crashed and was restarted"}
         raise Lost(f"{os_name} does not answer: {exc}") from None
     if incarnation is not None and reply.inc is not None and reply.inc != incarnation:
         return {"pid": pid, "code": KILLED_WITH_OS, "reason": f"killed: {os_name} crashed and was restarted"}
@@ -169,15 +172,15 @@ async def _still_there(party: Party, os_name: str, pid: int, incarnation: int | 
     return None
 
 
-async def _os_state(run_dir: Path | None, os_name: str) -> str | None:
-    """The OS node's state as the orchestrator says (None: it cannot say)."""
+async def _os_node(run_dir: Path | None, os_name: str) -> dict[str, Any] | None:
+    """The OS node as the orchestrator's status shows it now (None: it cannot say)."""
     if run_dir is None:
         return None
     try:
         status = await call(run_dir, "ctl_status", {}, 10)
     except (NotRunning, RemoteError, RequestTimeout, ProtocolError):
         return None
-    return next((n.get("state") for n in status["nodes"] if n["name"] == os_name), None)
+    return next((n for n in status["nodes"] if n["name"] == os_name), None)
 
 
 async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, argv: list[str], log_path: Path,
@@ -220,7 +223,7 @@ async def _exec_and_copy(party: Party, os_node: dict, uart: dict, elf: bytes, ar
                 with trio.move_on_after(POLL_S):
                     await arrived().wait()
                 if pid not in exits and trio.current_time() >= next_check:
-                    gone = await _still_there(party, os_node["name"], pid, reply.inc, run_dir)
+                    gone = await _still_there(party, os_node, pid, reply.inc, run_dir)
                     if gone is not None:
                         exits[pid] = gone
                         break

@@ -153,6 +153,33 @@ def test_a_message_lost_with_a_receiver_that_lived_on_is_reported(tmp_path):
     assert found == [("flow", "lost")]
 
 
+def test_a_tail_abandoned_for_a_receiver_that_died_may_be_missing_even_when_its_next_life_acks_past_it(tmp_path):
+    """A CPU gives up its traps for an OS that crashed (cpu_reset: none reaches the next life); that life
+    is told the flow goes on at #3 and acknowledges up to #3 (a real campaign's seed 604 of kill:os)."""
+    h = pair(tmp_path)
+    h.flow("os1", "memctl", "mem:os1", [1, 2], deliver=[1])
+    h.start("memctl", 3)  # the receiver died with #2 in flight
+    h("os1", "flow", "abandoned", flow="mem:os1", upto=2, peer="abandoned")
+    h.flow("os1", "memctl", "mem:os1", [3])
+    h("os1", "flow", "acked", flow="mem:os1", upto=3, peer="memctl")
+    h.t += 5_000_000_000
+    h.stop("os1", 1)
+    h.stop("memctl", 3)
+    _, found = verdict(h.write())
+    assert found == []
+
+
+def test_a_tail_abandoned_while_its_receiver_lived_on_is_lost(tmp_path):
+    h = pair(tmp_path)
+    h.flow("os1", "memctl", "mem:os1", [1, 2], deliver=[1])
+    h("os1", "flow", "abandoned", flow="mem:os1", upto=2, peer="abandoned")
+    h.t += 5_000_000_000
+    h.stop("os1", 1)
+    h.stop("memctl", 2)
+    _, found = verdict(h.write())
+    assert found == [("flow", "lost")]
+
+
 def test_a_redelivery_to_a_restarted_receiver_of_what_it_never_acknowledged_is_fine(tmp_path):
     h = pair(tmp_path)
     h.flow("os1", "memctl", "mem:os1", [1, 2], deliver=[1, 2])
