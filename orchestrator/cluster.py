@@ -89,6 +89,8 @@ class Orchestrator:
         self.policy_reports: list[dict[str, Any]] = []
         self.step_hook = None  # async (figure, step) -> None, awaited after each choreography step
         self.boot_maps: dict[str, list[int]] = {}
+        self.restart_maps: dict[str, list[int]] = {}
+        """os -> the frames a crashed OS owned, which its next life boots on (not those it gave away)."""
         self.firmware_maps: dict[str, list[int]] = {}
         """os -> its boot memory map as the FIG. 2b firmware computed it (restored after a borrowed boot)."""
         self.firmware: dict[str, Any] = {}
@@ -105,6 +107,8 @@ class Orchestrator:
         options = spec.options
         if spec.name in self.boot_maps:  # the firmware's memory map: the frames it was given, not its partition
             options = {**options, "boot_frames": list(self.boot_maps[spec.name])}
+        elif spec.name in self.restart_maps:  # after a crash: the frames it owns (orchestrator/recovery.py)
+            options = {**options, "boot_frames": list(self.restart_maps[spec.name])}
         placed = self.placement.placed
         return {
             "name": spec.name, "kind": spec.kind,

@@ -100,6 +100,16 @@ async def os_lost(orch: "Orchestrator", os_name: str) -> dict[str, Any]:
             await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": os_name, "to_owner": "free"})
             await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": "free", "to_owner": os_name})
             report["zeroed"] = len(owned)
+        # the next life boots on what it owns now, not on frames of its partition it gave the VMM or
+        # lent to another OS (its programs would fault on them: "outside the partition")
+        spec_map = opts.get("memory")
+        intended = set(orch.boot_maps.get(os_name) or (range(spec_map[0], spec_map[0] + spec_map[1])
+                                                        if spec_map else ()))
+        if os_name not in orch.boot_maps and owned and intended and owned != intended:
+            orch.restart_maps[os_name] = sorted(owned)
+            report["boots_on"] = len(owned)
+        else:
+            orch.restart_maps.pop(os_name, None)
     except FAILURES as exc:
         log.error("the frames of the dead %s were not all reclaimed: %s", os_name, exc)
         report["error"] = str(exc)
