@@ -513,3 +513,27 @@ async def test_kill9_of_an_os_under_the_vmm_resets_its_virtual_cpu_and_the_other
         assert (code, out) == (0, timeshare_output("B2", 6))
     assert orch.supervisor.nodes["os1"].restarts == 0 and orch.supervisor.nodes["vmm"].restarts == 0
     assert sorted((await vmm_stats(orch))["oses"]) == ["os1", "os2"]
+
+
+async def test_kill9_of_the_os_that_gave_the_vmm_frames_boots_its_next_life_without_them(guest_build, cluster):
+    """os1 gave 8 frames to the VMM (FIG. 4) and crashed: its next life must not hand those frames to its
+    programs (they are the VMM's: every access faults, "outside the partition"), and unloading the VMM
+    gives them back to it."""
+    orch = await vmm_loaded(cluster)
+    vmm_frames = (await orch.request("memctl", "mem_owners")).body["data"]["vmm"]
+    os1 = orch.supervisor.nodes["os1"]
+    os.kill(os1.pid, signal.SIGKILL)
+    with trio.fail_after(RECOVERY_DEADLINE_S):
+        while os1.state != "running" or os1.restarts != 1:
+            await trio.sleep(0.05)
+    report = next(r for r in orch.recovery_log if r["kind"] == "os")
+    assert report["boots_on"] == 512 - len(vmm_frames), report
+    async with serving(Client(orch)) as client:
+        # programs big enough to take frames from the start of its free list, where the VMM's were
+        for tag in ("P", "Q"):
+            assert await client.run("os1", "uart0", "timeshare", ["timeshare", tag, "4"]) == (
+                0, timeshare_output(tag, 4))
+        await orch.control("ctl_vmm_unload")  # its frames back to os1, which takes them again
+        assert await client.run("os1", "uart0", "timeshare", ["timeshare", "R", "4"]) == (0, timeshare_output("R", 4))
+    owners = (await orch.request("memctl", "mem_owners")).body["data"]
+    assert owners["invariants"] == "ok" and "vmm" not in owners and owners["os1"] == list(range(256, 768))
