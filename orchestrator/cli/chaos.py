@@ -78,8 +78,11 @@ FLOW_FAULTS = ("drop", "dup", "delay", "reorder", "corrupt")
 # delete an entry once `bench/chaos.py --held-back <the list without it>` passes on many seeds, and the CI
 # seeds (tests/integration/test_chaos.py) draw it.
 HELD_BACK = [
-    "delay", "corrupt", "clock",                   # not yet through a campaign
-    "kill:cpu", "kill:os", "kill:vmm", "kill:memctl",  # a machine check / an OS or VMM crash ends guest programs
+    # the emergency devirtualization's route change away from the dead VMM loses the flow messages the VMM
+    # had not consumed: they are sent again to the restarted VMM (their first receiver), never to the
+    # native receiver, while later ones are (demo seeds 702, 703: irq:timer0 ticks, an irq:nic0 interrupt,
+    # a trap)
+    "kill:vmm",
 ]
 
 # node kinds whose crash ends guest programs (docs/recovery.md): a CPU (a machine check), an OS, and in

@@ -31,7 +31,7 @@ SEEDS_DRAW = {
     "io": {44: ["corrupt", "kill:nic", "kill:disk"], 183: ["kill:cpu", "drop", "kill:os"], 1: ["pause", "reorder"],
            23: ["dup", "delay"], 247: ["kill:memctl", "kill:uart"], 373: ["partition", "clock"], 33: ["disk"],
            47: ["delay", "kill:timer"], 309: ["kill:cpu", "drop"], 84: ["kill:os", "dup"]},
-    "demo": {183: ["kill:cpu", "drop", "corrupt"], 1: ["kill:vmm", "delay"], 84: ["kill:os", "corrupt"]},
+    "demo": {183: ["kill:cpu", "drop", "corrupt"], 84: ["kill:os", "corrupt"], 36: ["kill:memctl", "drop"]},
 }
 IO_SEEDS = list(SEEDS_DRAW["io"])
 DEMO_SEEDS = list(SEEDS_DRAW["demo"])
@@ -66,7 +66,7 @@ def assert_held(code: int, report: dict, stderr: str) -> None:
 
 def test_the_ci_seeds_draw_every_fault_kind_on_its_targets():
     """The seeds still draw what they were chosen for (a change of the draw or of HELD_BACK shows here
-    first), and together every fault kind, kills of every node kind included."""
+    first), and together every fault kind, kills of every node kind HELD_BACK does not hold back."""
     default_kinds, held = parse_faults(None)
     drawn: set[str] = set()
     for scenario, seeds in SEEDS_DRAW.items():
@@ -78,7 +78,7 @@ def test_the_ci_seeds_draw_every_fault_kind_on_its_targets():
             drawn.update(got)
     assert {k.split(":")[0] for k in drawn} == set(FAULT_KINDS)
     assert {k for k in drawn if k.startswith("kill:")} == {
-        f"kill:{k}" for k in ("cpu", "os", "memctl", "vmm", "disk", "nic", "uart", "timer")}
+        f"kill:{k}" for k in ("cpu", "os", "memctl", "vmm", "disk", "nic", "uart", "timer")} - set(held)
 
 
 @pytest.mark.parametrize("seed", IO_SEEDS)
