@@ -487,6 +487,16 @@ async def test_kill9_of_the_cpu_under_the_vmm_resets_its_virtual_cpus_a_machine_
     assert orch.routes.table.routes["trap:cpu0"] == "vmm"
 
 
+async def kill9_os_and_wait(orch, name: str) -> dict:
+    """SIGKILL OS ``name``; wait until the supervisor restarted it; the orchestrator's recovery report."""
+    node = orch.supervisor.nodes[name]
+    os.kill(node.pid, signal.SIGKILL)
+    with trio.fail_after(RECOVERY_DEADLINE_S):
+        while node.state != "running" or node.restarts != 1:
+            await trio.sleep(0.05)
+    return next(r for r in orch.recovery_log if r["kind"] == "os" and r["node"] == name)
+
+
 async def test_kill9_of_an_os_under_the_vmm_resets_its_virtual_cpu_and_the_other_os_goes_on(guest_build, cluster):
     """An OS crash while the VMM time-slices two OSes: the dead OS's context must never run again (natively
     the CPU is reset; here it is shared, so the VMM resets that OS's part of it). The other OS's program
@@ -499,12 +509,7 @@ async def test_kill9_of_an_os_under_the_vmm_resets_its_virtual_cpu_and_the_other
         pid = await client.exec("os1", "timeshare", ["timeshare", "A", "40"])
         await client.exec("os2", "timeshare", ["timeshare", "B", "400"])  # dies with its OS
         await wait_vmm(orch, lambda s: s["slices"] > 2 and s["traps_reflected"] > 5)
-        os2 = orch.supervisor.nodes["os2"]
-        os.kill(os2.pid, signal.SIGKILL)
-        with trio.fail_after(RECOVERY_DEADLINE_S):
-            while os2.state != "running" or os2.restarts != 1:
-                await trio.sleep(0.05)
-        report = next(r for r in orch.recovery_log if r["kind"] == "os")
+        report = await kill9_os_and_wait(orch, "os2")
         assert report["node"] == "os2" and isinstance(report["vmm"]["on_cpu"], bool), report
         done = await client.wait_exit("os1", pid)
         assert (done["code"], await client.console("uart0", start)) == (0, timeshare_output("A", 40))
@@ -521,12 +526,7 @@ async def test_kill9_of_the_os_that_gave_the_vmm_frames_boots_its_next_life_with
     gives them back to it."""
     orch = await vmm_loaded(cluster)
     vmm_frames = (await orch.request("memctl", "mem_owners")).body["data"]["vmm"]
-    os1 = orch.supervisor.nodes["os1"]
-    os.kill(os1.pid, signal.SIGKILL)
-    with trio.fail_after(RECOVERY_DEADLINE_S):
-        while os1.state != "running" or os1.restarts != 1:
-            await trio.sleep(0.05)
-    report = next(r for r in orch.recovery_log if r["kind"] == "os")
+    report = await kill9_os_and_wait(orch, "os1")
     assert report["boots_on"] == 512 - len(vmm_frames), report
     async with serving(Client(orch)) as client:
         # programs big enough to take frames from the start of its free list, where the VMM's were
