@@ -647,7 +647,7 @@ async def _within(event: trio.Event, seconds: float, what: str) -> None:
 
 async def _start_servers(r: Run, nursery: trio.Nursery) -> dict[str, Any]:
     """udpecho and kvstore on os1, side by side, each with its client running."""
-    servers: dict[str, Any] = {"clients": trio.Event(), "winding_down": False, "restarting": 0}
+    servers: dict[str, Any] = {"clients": trio.Event(), "winding_down": False, "restarting": 0, "gave_up": set()}
     # their host ports pinned first, as `hwemu run --forward` does: a forward added at runtime
     # outlives a restart of the NIC (nodes/nic), the topology's "any free port" does not (a kill
     # of nic0 moved the servers to new host ports, and the clients asked the old ones in vain)
@@ -697,7 +697,7 @@ async def _serve(r: Run, nursery: trio.Nursery, servers: dict[str, Any], name: s
             continue
         lives[name] = lives.get(name, 0) + 1
         res.update(t0=t0, name=name if lives[name] == 1 else f"{name} (life {lives[name]})",
-                   echo_at_start=echo_at_start)
+                   echo_at_start=echo_at_start, os_pid=(await _status(r)).get("os1", {}).get("pid"))
         servers[name] = (res, at)
         return
 
@@ -721,6 +721,7 @@ async def _keep_serving(r: Run, nursery: trio.Nursery, servers: dict[str, Any], 
             if not _killed(r, res["t0"], res["t1"]):
                 r.log("scenario", "check", name=f"{name} served until the wind-down", ok=False,
                       detail=f"{res['name']} ended with exit {res['code']}: {res.get('err', '')[-300:]}")
+                servers["gave_up"].add(name)
                 return
             _guest_exit(r, res, b"", suffix=True)  # it ended with the documented status, or that is a violation
             r.say(f"{res['name']} ended (exit {res['code']}) with its OS or CPU: started again")
@@ -738,7 +739,11 @@ async def _stop_servers(r: Run, nursery: trio.Nursery, servers: dict[str, Any]) 
         while True:
             ends = [b for _, b, k in r.kills if k in KILLERS[r.scenario]]
             if not (servers["restarting"] or None in ends or (ends and time.monotonic() - max(ends) < KILL_SEEN_S)):
-                break
+                # and no server's OS died under it unnoticed yet (`hwemu run` may wait for an answer first)
+                os_pid = (await _status(r)).get("os1", {}).get("pid")
+                if all(n in servers["gave_up"] or ("code" not in servers[n][0]
+                                                    and servers[n][0].get("os_pid") == os_pid) for n in SERVERS):
+                    break
             await trio.sleep(0.05)
     servers["winding_down"] = True
     (kv, kv_at), (echo, echo_at) = servers["kvstore"], servers["udpecho"]
