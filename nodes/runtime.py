@@ -813,7 +813,7 @@ class Node:
             # run (its drain, its resume): a paused flow yields on every message
             await trio.lowlevel.checkpoint()
         else:
-            await self.party.send_msg(msg, self._sent(out, flow, msg))
+            await self.party.send_msg(msg, self._sent(out, flow, msg), batch=True)  # a burst goes as one batch
         return msg.fseq
 
     async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Message:
