@@ -487,6 +487,8 @@ async def mac_turns(tmp: str, n_rtt: int, n_tp: int, rtt_turns: int, tp_turns: i
         res["rtt"], res["tp"] = (res["rtt_plain"], res["rtt_mac"]), (res["tp_plain"], res["tp_mac"])
         stats = (await signed.request("sink_a", "stats")).body["stats"]
         res["auth_failed"] = stats["auth_failed"]
+        res["batches"] = [(await orch.request(sink, "stats")).body["stats"] for orch in (plain, signed)
+                          for sink in ("sink_a", "sink_b")]
     return res
 
 
@@ -663,6 +665,10 @@ def mac_main(args) -> None:
         "throughput_ratio": round(statistics.median(tp), 3), "throughput_ratios": [round(x, 3) for x in tp],
         "seal_us_100B": seal64, "open_us_100B": open64, "seal_us_4KiB": seal4k, "open_us_4KiB": open4k,
         "auth_failed": r["auth_failed"],
+        # of the flow's messages, how many came in batches (a burst under one MAC), and how many in each
+        "batched_share": round(sum(b["batched_in"] for b in r["batches"]) / sum(b["msgs_in"] for b in r["batches"]), 3),
+        "msgs_per_batch": round(sum(b["batched_in"] for b in r["batches"]) / max(1, sum(b["batches_in"]
+                                                                                      for b in r["batches"])), 1),
     }
     if args.json:
         print(json.dumps(result))
@@ -674,6 +680,8 @@ def mac_main(args) -> None:
           f"{result['throughput_ratio']:>8}   (≥ 0.90)")
     print(f"one frame: seal {seal64} µs / open {open64} µs (100 B), seal {seal4k} / open {open4k} µs (4 KiB page)")
     print(f"ratio per turn: round trip {result['rtt_ratios']}, throughput {result['throughput_ratios']}")
+    print(f"the flow's messages that came in batches: {result['batched_share']:.0%}, "
+          f"{result['msgs_per_batch']} a batch")
 
 
 def main() -> None:

@@ -249,8 +249,11 @@ class Party:
         # (``("msg", "send"|"recv", ...)``; one attribute test when off)
         self.recorder = Recorder(name)
         # auth_failed: frames dropped because their MAC did not verify or they were replays
+        # batches_in/out: frames that held several messages (a burst: Party.send_msg's batch),
+        # batched_in/out: the messages they held
         self.counters = {"msgs_in": 0, "msgs_out": 0, "bad_in": 0, "late_replies": 0, "spoofed": 0,
-                         "handler_errors": 0, "polled_in": 0, "auth_failed": 0}
+                         "handler_errors": 0, "polled_in": 0, "auth_failed": 0,
+                         "batches_in": 0, "batched_in": 0, "batches_out": 0, "batched_out": 0}
         curve = curve if curve is not None else getattr(auth, "curve", None)
         self._curve = CurveIdentity.from_config(name, curve) if isinstance(curve, Mapping) else curve
         if self._curve is not None:
@@ -471,7 +474,12 @@ class Party:
     def _batch_frame(self, peer: _Peer) -> bytes:
         """``peer``'s batch as one frame, sealed (the batch is emptied)."""
         queued, peer.batch = peer.batch, None
-        frame = queued[0] if len(queued) == 1 else encode_batch(queued)
+        if len(queued) == 1:
+            frame = queued[0]
+        else:
+            frame = encode_batch(queued)
+            self.counters["batches_out"] += 1
+            self.counters["batched_out"] += len(queued)
         if self._auth is not None:
             try:
                 frame = self._auth.seal(peer.name, frame)
@@ -504,6 +512,9 @@ class Party:
             _send(peer.sock, frame, _NOBLOCK)
         except zmq.Again:
             peer.batch = queued  # as it was (sealed again when it goes: a counter skipped is no harm)
+            if len(queued) > 1:
+                self.counters["batches_out"] -= 1
+                self.counters["batched_out"] -= len(queued)
             return False
         return True
 
@@ -959,6 +970,8 @@ class Party:
         """
         parts = split_batch(batch)
         counters = self.counters
+        counters["batches_in"] += 1
+        counters["batched_in"] += len(parts)
         counters["msgs_in"] += len(parts) - 1
         deferred = self._deferred
         for part in parts:
