@@ -17,6 +17,9 @@ A message on the wire is one ZeroMQ frame holding a msgpack map:
   restart), so a receiver tells a restarted sender's new numbering of a flow
   from a retransmission (docs/reliability.md). Optional on the wire.
 
+A burst of messages to one receiver may travel as one *batch* frame
+(:func:`encode_batch`, first byte 0xc1, which no msgpack message starts with).
+
 Every kind has a body schema, registered with :func:`register`; bodies are
 validated on receipt by :func:`decode`, which raises only
 :class:`~protocol.errors.ProtocolError` whatever bytes it is given.

@@ -30,6 +30,12 @@ trio's Event: 12 µs of a 100 µs round trip), and anything else it reads is
 queued, in order, for the serve task, which reads that queue before the
 socket.
 
+A burst of a flow's messages to one peer (:meth:`Party.send_msg` with
+``batch``) goes out as one *batch* when the sending task yields: one frame,
+one MAC, one ZeroMQ send and receive for all of it
+(:func:`protocol.messages.encode_batch`, docs/security.md). A message that
+comes alone, and every request and reply, goes out at once.
+
 ``bench/msgplane.py`` measures this adapter against raw pyzmq and against a
 poller thread feeding a trio channel; this one is faster (see README).
 """
@@ -89,10 +95,11 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _send = zmq.backend.Socket.send
 _now = time.perf_counter
 _MIN_WINDOW = 20e-6  # a polling window narrower than this is not worth a scheduler pass
-# a flow message sent to a peer within this long of the last frame to it is
-# part of a burst: it waits, with the rest of the burst, for the sending task to
-# yield and goes out in one batch (one send, one MAC: see Party.send_msg); one
-# further apart goes out at once, as every request and reply does
+# a flow message sent to a peer within this long of the last flow message to
+# it is part of a burst: it waits, with the rest of the burst, for the sending
+# task to yield and goes out in one batch (one send, one MAC: see
+# Party.send_msg); one further apart goes out at once, as every request and
+# reply does (a round trip never waits for a batch)
 _BURST_GAP = 50e-6
 _BATCH_BYTES = 256 * 1024  # a batch is sent once its messages hold this much (well under MAX_FRAME)
 
@@ -530,7 +537,7 @@ class Party:
                 if peer.batch is not None:
                     try:
                         await self._flush(peer)
-                    except (ProtocolError, zmq.ZMQError) as exc:  # no key, a link closed meanwhile
+                    except (ProtocolError, zmq.ZMQError, trio.ClosedResourceError) as exc:  # no key, a closed link
                         log.warning("%s: a batch to %s is lost: %s", self.name, peer.name, exc)
 
     def send_nowait(self, msg: Message, frame: bytes | None = None) -> bool:
