@@ -80,81 +80,73 @@ def opened(ring: auth.Keyring, src: str, frame: bytes) -> list[bytes]:
     return [bytes(p) for p in split_batch(body)] if body[:1] == BATCH else [bytes(body)]
 
 
-async def test_a_burst_on_a_flow_goes_as_one_batch_under_one_mac_in_order(tmp_path, bursts):
-    """What alice puts on the wire: the burst's first message at once, the rest in a batch,
-    sealed once for bob; opened with bob's keys it holds exactly what was sent, in order."""
+@pytest.fixture
+async def alice_to_wire(tmp_path):
+    """alice serving with her keys, and bob's inbox read raw: ``deliveries(n)`` waits for
+    ``n`` messages and returns what each frame held, opened with bob's keys."""
     directory = {"alice": f"ipc://{tmp_path}/alice", "bob": f"ipc://{tmp_path}/bob"}
-    ka, kb = keyring("alice", list(directory)), keyring("bob", list(directory))
-    wire = zmq.Context.instance().socket(zmq.ROUTER)  # bob's inbox, read raw
-    wire.setsockopt(zmq.LINGER, 0)
-    wire.bind(directory["bob"])
-    try:
-        with Party("alice", directory["alice"], directory, auth=ka) as alice:
-            async with trio.open_nursery() as n:
-                await n.start(alice.serve, lambda m: trio.lowlevel.checkpoint())
-                sent = []
-                for i in range(1, 11):  # one task step: no yield between them
-                    msg = alice.make("bob", "batch_probe", {"n": i}, flow="data:alice", fseq=i)
-                    sent.append(encode(msg))
-                    await alice.send_msg(msg, sent[-1], batch=True)
-                ping = alice.make("bob", "ping", {})  # not a flow's: it goes at once, behind the batch
-                sent.append(encode(ping))
-                await alice.send_msg(ping, sent[-1])
-                got: list[list[bytes]] = []
-                with trio.fail_after(10):
-                    while sum(map(len, got)) < len(sent):
-                        if wire.poll(0):
-                            got.append(opened(kb, "alice", wire.recv_multipart()[1]))
-                        else:
-                            await trio.sleep(0.005)
-                n.cancel_scope.cancel()
-        assert [f for delivery in got for f in delivery] == sent
-        assert [len(d) for d in got] == [1, 9, 1]  # the burst's first at once, the rest batched, then the ping
-        assert alice.counters["msgs_out"] == len(sent)
-        assert (alice.counters["batches_out"], alice.counters["batched_out"]) == (1, 9)
-    finally:
-        wire.close(linger=0)
-
-
-async def test_flow_messages_one_at_a_time_and_all_under_a_fault_go_frame_by_frame(tmp_path):
-    """Only a burst is batched: flow messages far apart (the default gap) go each in its own
-    frame, and so does a burst while a fault is set on the sender (faults act on each frame)."""
-    directory = {"alice": f"ipc://{tmp_path}/alice", "bob": f"ipc://{tmp_path}/bob"}
-    ka, kb = keyring("alice", list(directory)), keyring("bob", list(directory))
+    kb = keyring("bob", list(directory))
     wire = zmq.Context.instance().socket(zmq.ROUTER)
     wire.setsockopt(zmq.LINGER, 0)
     wire.bind(directory["bob"])
+
+    async def deliveries(n: int) -> list[list[bytes]]:
+        got: list[list[bytes]] = []
+        with trio.fail_after(10):
+            while sum(map(len, got)) < n:
+                if wire.poll(0):
+                    got.append(opened(kb, "alice", wire.recv_multipart()[1]))
+                else:
+                    await trio.sleep(0.005)
+        return got
+
     try:
-        with Party("alice", directory["alice"], directory, auth=ka) as alice:
+        with Party("alice", directory["alice"], directory, auth=keyring("alice", list(directory))) as alice:
             async with trio.open_nursery() as n:
                 await n.start(alice.serve, lambda m: trio.lowlevel.checkpoint())
-                fseq = 0
-
-                async def emit():
-                    nonlocal fseq
-                    fseq += 1
-                    await alice.send_msg(alice.make("bob", "batch_probe", {"n": fseq}, flow="data:alice",
-                                                    fseq=fseq), batch=True)
-
-                for _ in range(3):
-                    await emit()
-                    await trio.sleep(0.01)  # 10 ms apart: no burst
-                alice.faults = Injector(alice.send_frame_nowait, n)
-                alice.faults.add({"type": "partition", "id": "p", "seed": 1, "peers": ["carol"]})  # not bob
-                for _ in range(5):
-                    await emit()
-                got: list[list[bytes]] = []
-                with trio.fail_after(10):
-                    while sum(map(len, got)) < fseq:
-                        if wire.poll(0):
-                            got.append(opened(kb, "alice", wire.recv_multipart()[1]))
-                        else:
-                            await trio.sleep(0.005)
+                yield alice, deliveries, n
                 n.cancel_scope.cancel()
-        assert [decode(d[0]).body["n"] for d in got] == list(range(1, 9))
-        assert [len(d) for d in got] == [1] * 8 and alice.counters["batches_out"] == 0
     finally:
         wire.close(linger=0)
+
+
+def flow_probe(alice: Party, fseq: int) -> Message:
+    return alice.make("bob", "batch_probe", {"n": fseq}, flow="data:alice", fseq=fseq)
+
+
+async def test_a_burst_on_a_flow_goes_as_one_batch_under_one_mac_in_order(alice_to_wire, bursts):
+    """What alice puts on the wire: the burst's first message at once, the rest in a batch,
+    sealed once for bob; opened with bob's keys it holds exactly what was sent, in order."""
+    alice, deliveries, _ = alice_to_wire
+    sent = []
+    for i in range(1, 11):  # one task step: no yield between them
+        msg = flow_probe(alice, i)
+        sent.append(encode(msg))
+        await alice.send_msg(msg, sent[-1], batch=True)
+    ping = alice.make("bob", "ping", {})  # not a flow's: it goes at once, behind the batch
+    sent.append(encode(ping))
+    await alice.send_msg(ping, sent[-1])
+    got = await deliveries(len(sent))
+    assert [f for delivery in got for f in delivery] == sent
+    assert [len(d) for d in got] == [1, 9, 1]  # the burst's first at once, the rest batched, then the ping
+    assert alice.counters["msgs_out"] == len(sent)
+    assert (alice.counters["batches_out"], alice.counters["batched_out"]) == (1, 9)
+
+
+async def test_flow_messages_one_at_a_time_and_all_under_a_fault_go_frame_by_frame(alice_to_wire):
+    """Only a burst is batched: flow messages far apart (the default gap) go each in its own
+    frame, and so does a burst while a fault is set on the sender (faults act on each frame)."""
+    alice, deliveries, nursery = alice_to_wire
+    for fseq in (1, 2, 3):
+        await alice.send_msg(flow_probe(alice, fseq), batch=True)
+        await trio.sleep(0.01)  # 10 ms apart: no burst
+    alice.faults = Injector(alice.send_frame_nowait, nursery)
+    alice.faults.add({"type": "partition", "id": "p", "seed": 1, "peers": ["carol"]})  # not bob
+    for fseq in range(4, 9):
+        await alice.send_msg(flow_probe(alice, fseq), batch=True)
+    got = await deliveries(8)
+    assert [decode(d[0]).body["n"] for d in got] == list(range(1, 9))
+    assert [len(d) for d in got] == [1] * 8 and alice.counters["batches_out"] == 0
 
 
 @pytest.fixture
