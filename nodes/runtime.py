@@ -787,8 +787,11 @@ class Node:
         self._acked(out, flow, out.fseq, "abandoned")
         return n
 
-    async def emit(self, flow: str, kind: str, body: dict[str, Any]) -> int:
+    async def emit(self, flow: str, kind: str, body: dict[str, Any], *, more: bool = False) -> int:
         """Send ``kind`` on a logical flow to whoever the route table names.
+
+        ``more``: more messages follow at once (a stream's burst): they go out
+        together as one batch, under one MAC (:meth:`protocol.transport.Party.send_msg`).
 
         While the flow is paused for a route change the message is buffered
         and goes out, in order, at resume; once ``pause_buffer`` messages are
@@ -813,7 +816,7 @@ class Node:
             # run (its drain, its resume): a paused flow yields on every message
             await trio.lowlevel.checkpoint()
         else:
-            await self.party.send_msg(msg, self._sent(out, flow, msg), batch=True)  # a burst goes as one batch
+            await self.party.send_msg(msg, self._sent(out, flow, msg), more=more)
         return msg.fseq
 
     async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Message:

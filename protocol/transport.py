@@ -30,11 +30,11 @@ trio's Event: 12 µs of a 100 µs round trip), and anything else it reads is
 queued, in order, for the serve task, which reads that queue before the
 socket.
 
-A burst of a flow's messages to one peer (:meth:`Party.send_msg` with
-``batch``) goes out as one *batch* when the sending task yields: one frame,
-one MAC, one ZeroMQ send and receive for all of it
-(:func:`protocol.messages.encode_batch`, docs/security.md). A message that
-comes alone, and every request and reply, goes out at once.
+A burst of messages to one peer, each sent with ``more`` (more follow at
+once: :meth:`Party.send_msg`), goes out as one *batch*: one frame, one MAC,
+one ZeroMQ send and receive for all of it
+(:func:`protocol.messages.encode_batch`, docs/security.md). A message sent
+without ``more`` goes out at once (with the burst it ends, if there is one).
 
 ``bench/msgplane.py`` measures this adapter against raw pyzmq and against a
 poller thread feeding a trio channel; this one is faster (see README).
@@ -95,12 +95,6 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _send = zmq.backend.Socket.send
 _now = time.perf_counter
 _MIN_WINDOW = 20e-6  # a polling window narrower than this is not worth a scheduler pass
-# a flow message sent to a peer within this long of the last flow message to
-# it is part of a burst: it waits, with the rest of the burst, for the sending
-# task to yield and goes out in one batch (one send, one MAC: see
-# Party.send_msg); one further apart goes out at once, as every request and
-# reply does (a round trip never waits for a batch)
-_BURST_GAP = 50e-6
 _BATCH_BYTES = 256 * 1024  # a batch is sent once its messages hold this much (well under MAX_FRAME)
 
 
@@ -194,7 +188,7 @@ class _PollWindow:
 
 
 class _Peer:
-    __slots__ = ("name", "sock", "fd", "lock", "batch", "batch_bytes", "last_emit")
+    __slots__ = ("name", "sock", "fd", "lock", "batch", "batch_bytes")
 
     def __init__(self, name: str, sock: zmq.Socket):
         self.name = name
@@ -203,7 +197,6 @@ class _Peer:
         self.lock = trio.Lock()
         self.batch: list[bytes] | None = None  # encoded messages of a burst, not sent yet (in order)
         self.batch_bytes = 0
-        self.last_emit = 0.0  # perf_counter of the last flow message (send_msg's batch=True) to it
 
 
 class Party:
@@ -256,7 +249,7 @@ class Party:
         # (``("msg", "send"|"recv", ...)``; one attribute test when off)
         self.recorder = Recorder(name)
         # auth_failed: frames dropped because their MAC did not verify or they were replays
-        # batches_in/out: frames that held several messages (a burst: Party.send_msg's batch),
+        # batches_in/out: frames that held several messages (a burst: Party.send_msg's more),
         # batched_in/out: the messages they held
         self.counters = {"msgs_in": 0, "msgs_out": 0, "bad_in": 0, "late_replies": 0, "spoofed": 0,
                          "handler_errors": 0, "polled_in": 0, "auth_failed": 0,
@@ -391,33 +384,33 @@ class Party:
         except AuthError as exc:
             raise ProtocolError("no_key", str(exc), "dst") from None
 
-    async def send_msg(self, msg: Message, frame: bytes | None = None, *, batch: bool = False) -> None:
+    async def send_msg(self, msg: Message, frame: bytes | None = None, *, more: bool = False) -> None:
         """Send a built message (``frame``: its encoding, if the caller has it);
         waits only while the peer's queue is full.
 
-        ``batch``: the message may wait for the rest of its burst (a flow's
-        messages, :meth:`nodes.runtime.Node.emit`): sent within
-        ``_BURST_GAP`` of the last such message to the same peer, it is
-        queued there, and what is queued goes out as one batch (one frame,
-        one MAC: :func:`protocol.messages.encode_batch`) when the sending
-        task yields (:meth:`_flusher`), when the batch is full, or before
-        anything else is sent to that peer, so the peer gets every message in
-        the order they were sent. A message that comes alone (an interrupt, a
-        trap) goes out at once, as every request and reply does; so does
-        everything while a fault is set on this party (faults act per frame).
+        ``more``: more messages to the same peer follow at once (a burst, as
+        :meth:`nodes.runtime.Node.emit` of a stream sends it). The message
+        then waits for them, and the burst goes out as one batch (one frame,
+        one MAC, one ZeroMQ send: :func:`protocol.messages.encode_batch`)
+        with the next message sent to that peer without ``more`` (which joins
+        it), once ``BATCH_MAX`` are queued, or when the sending task yields
+        (:meth:`_flusher`), whichever comes first; the peer gets every message
+        in the order they were sent. A message without ``more`` and no burst
+        before it goes out at once, as every request and reply does (a round
+        trip never waits for a batch); so does everything while a fault is
+        set on this party (faults act on each frame).
         """
         peer = self._peer(msg.dst)
         if frame is None:
             frame = encode(msg)
-        if batch:
-            now = _now()
-            burst = now - peer.last_emit < _BURST_GAP
-            peer.last_emit = now
-            if peer.batch is not None or (burst and self._serving and self.faults is None):
-                await self._queue(peer, msg, frame)
+        if peer.batch is not None:
+            if self.faults is None:
+                await self._queue(peer, msg, frame, more)  # it joins the burst (which goes now, unless more follow)
                 return
-        elif peer.batch is not None:
-            await self._flush(peer)  # what waits for its batch goes first
+            await self._flush(peer)  # a fault was set meanwhile: the burst goes as it is, this one alone
+        elif more and self._serving and self.faults is None:
+            await self._queue(peer, msg, frame, more)
+            return
         plain = None
         if self._auth is not None:
             plain, frame = frame, self._seal(msg, frame)
@@ -457,21 +450,22 @@ class Party:
                         pass
                 await trio.lowlevel.wait_readable(peer.fd)
 
-    async def _queue(self, peer: _Peer, msg: Message, frame: bytes) -> None:
-        """Put a flow's message in ``peer``'s batch (opened if need be; sent when full)."""
+    async def _queue(self, peer: _Peer, msg: Message, frame: bytes, more: bool) -> None:
+        """Put a message in ``peer``'s batch (opened if need be), and send the batch
+        unless ``more`` follow (or it is full)."""
         queued = peer.batch
         if queued is None:
             queued = peer.batch = []
             peer.batch_bytes = 0
             self._batched.append(peer)
-            self._flush_kick.set()  # the flusher sends it once this task yields
+            self._flush_kick.set()  # the flusher sends it if this task yields before the burst ends
         queued.append(frame)
         peer.batch_bytes += len(frame)
         if self.recorder.on:
             self._record_send(msg, frame, time.monotonic_ns())
         self.counters["msgs_out"] += 1
         self._active = _now()
-        if len(queued) >= BATCH_MAX or peer.batch_bytes >= _BATCH_BYTES:
+        if not more or len(queued) >= BATCH_MAX or peer.batch_bytes >= _BATCH_BYTES:
             await self._flush(peer)
         self._unyielded += 1
         if self._unyielded >= _YIELD_EVERY:

@@ -12,7 +12,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import auth, transport
+from protocol import auth
 from protocol.errors import ProtocolError
 from protocol.faults import Injector
 from protocol.messages import BATCH, BATCH_MAX, Field, Message, decode, encode, encode_batch, register, split_batch
@@ -34,13 +34,6 @@ async def wait_for(cond, timeout: float = 10.0) -> None:
     with trio.fail_after(timeout):
         while not cond():
             await trio.sleep(0.005)
-
-
-@pytest.fixture
-def bursts(monkeypatch):
-    """Every flow message after the first of a burst waits for its batch, however slow the
-    host: the gap that tells a burst from messages one at a time is made wide."""
-    monkeypatch.setattr(transport, "_BURST_GAP", 3600.0)
 
 
 def test_a_batch_splits_into_its_messages_in_order():
@@ -114,36 +107,49 @@ def flow_probe(alice: Party, fseq: int) -> Message:
     return alice.make("bob", "batch_probe", {"n": fseq}, flow="data:alice", fseq=fseq)
 
 
-async def test_a_burst_on_a_flow_goes_as_one_batch_under_one_mac_in_order(alice_to_wire, bursts):
-    """What alice puts on the wire: the burst's first message at once, the rest in a batch,
-    sealed once for bob; opened with bob's keys it holds exactly what was sent, in order."""
+async def test_a_burst_goes_as_one_batch_under_one_mac_ended_by_a_message_without_more(alice_to_wire):
+    """What alice puts on the wire: a burst (each but its last sent with ``more``) in one
+    frame sealed once for bob; a message alone in a frame of its own; a request sent after
+    a burst that is still open joins it. Opened with bob's keys each holds exactly what was
+    sent, in order."""
     alice, deliveries, _ = alice_to_wire
     sent = []
-    for i in range(1, 11):  # one task step: no yield between them
-        msg = flow_probe(alice, i)
+
+    async def send(msg: Message, more: bool = False) -> None:
         sent.append(encode(msg))
-        await alice.send_msg(msg, sent[-1], batch=True)
-    ping = alice.make("bob", "ping", {})  # not a flow's: it goes at once, behind the batch
-    sent.append(encode(ping))
-    await alice.send_msg(ping, sent[-1])
+        await alice.send_msg(msg, sent[-1], more=more)
+
+    for i in range(1, 6):
+        await send(flow_probe(alice, i), more=i < 5)
+    await send(alice.make("bob", "ping", {}))  # alone: at once
+    for i in range(6, 10):
+        await send(flow_probe(alice, i), more=True)
+    await send(alice.make("bob", "ping", {}))  # not a flow's, no more: it ends the burst it joins
     got = await deliveries(len(sent))
     assert [f for delivery in got for f in delivery] == sent
-    assert [len(d) for d in got] == [1, 9, 1]  # the burst's first at once, the rest batched, then the ping
+    assert [len(d) for d in got] == [5, 1, 5]
     assert alice.counters["msgs_out"] == len(sent)
-    assert (alice.counters["batches_out"], alice.counters["batched_out"]) == (1, 9)
+    assert (alice.counters["batches_out"], alice.counters["batched_out"]) == (2, 10)
 
 
-async def test_flow_messages_one_at_a_time_and_all_under_a_fault_go_frame_by_frame(alice_to_wire):
-    """Only a burst is batched: flow messages far apart (the default gap) go each in its own
-    frame, and so does a burst while a fault is set on the sender (faults act on each frame)."""
+async def test_a_burst_whose_sender_yields_before_it_ends_goes_at_the_yield(alice_to_wire):
+    alice, deliveries, _ = alice_to_wire
+    for i in (1, 2, 3):
+        await alice.send_msg(flow_probe(alice, i), more=True)
+    await trio.lowlevel.checkpoint()  # the flusher runs: no message waits for one that may never come
+    assert [len(d) for d in await deliveries(3)] == [3]
+
+
+async def test_messages_without_more_and_a_burst_under_a_fault_go_frame_by_frame(alice_to_wire):
+    """Only a burst is batched: messages sent without ``more`` go each in its own frame, and
+    so does a burst while a fault is set on the sender (faults act on each frame)."""
     alice, deliveries, nursery = alice_to_wire
     for fseq in (1, 2, 3):
-        await alice.send_msg(flow_probe(alice, fseq), batch=True)
-        await trio.sleep(0.01)  # 10 ms apart: no burst
+        await alice.send_msg(flow_probe(alice, fseq))
     alice.faults = Injector(alice.send_frame_nowait, nursery)
     alice.faults.add({"type": "partition", "id": "p", "seed": 1, "peers": ["carol"]})  # not bob
     for fseq in range(4, 9):
-        await alice.send_msg(flow_probe(alice, fseq), batch=True)
+        await alice.send_msg(flow_probe(alice, fseq), more=True)
     got = await deliveries(8)
     assert [decode(d[0]).body["n"] for d in got] == list(range(1, 9))
     assert [len(d) for d in got] == [1] * 8 and alice.counters["batches_out"] == 0
@@ -219,7 +225,7 @@ async def test_batches_and_single_frames_interleave_in_order_on_one_link(bob):
     assert party.counters["msgs_in"] == n and party.counters["auth_failed"] == 0
 
 
-async def test_parties_batch_a_burst_and_keep_it_in_order_with_requests_between(tmp_path, bursts):
+async def test_parties_batch_a_burst_and_keep_it_in_order_with_requests_between(tmp_path):
     """Two real parties with keys: alice's bursts (batched) and her requests (sent at once)
     reach bob in the order she sent them, and nothing is refused."""
     directory = {"alice": f"ipc://{tmp_path}/alice", "bob": f"ipc://{tmp_path}/bob"}
@@ -241,12 +247,13 @@ async def test_parties_batch_a_burst_and_keep_it_in_order_with_requests_between(
                 for _ in range(burst):
                     fseq += 1
                     msg = alice.make("bob", "batch_probe", {"n": fseq}, flow="data:alice", fseq=fseq)
-                    await alice.send_msg(msg, batch=True)
+                    await alice.send_msg(msg, more=True)
                     want.append(("batch_probe", fseq))
-                assert (await alice.request("bob", "ping")).kind == "pong"  # it goes behind the burst
+                assert (await alice.request("bob", "ping")).kind == "pong"  # it ends the burst, behind it
                 want.append(("ping", -1))
             await wait_for(lambda: len(got) >= len(want))
             nursery.cancel_scope.cancel()
     assert got == want
     assert bob.counters["auth_failed"] == 0 and bob.counters["bad_in"] == 0
     assert bob.counters["msgs_in"] == alice.counters["msgs_out"] == len(want)
+    assert bob.counters["batches_in"] >= 4  # every burst went in one batch or more, with the ping that ended it
