@@ -1152,10 +1152,10 @@ class Node:
                     buffered.dst = dst
                     buffered.epoch = epoch
                     frame = self._sent(out, flow, buffered)
-                    # in one go while the link takes them (nothing can emit in
-                    # between); wait only when its queue is full
-                    if not party.send_nowait(buffered, frame):
-                        await party.send_msg(buffered, frame)
+                    # in one go (what is emitted meanwhile is buffered behind), in
+                    # batches: one frame and one MAC for many; it waits only when
+                    # the link's queue is full
+                    await party.send_msg(buffered, frame, more=bool(out.buffer))
                     flushed += 1
             finally:
                 out.flushing = False
