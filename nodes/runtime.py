@@ -788,8 +788,11 @@ class Node:
         self._acked(out, flow, out.fseq, "abandoned")
         return n
 
-    async def emit(self, flow: str, kind: str, body: dict[str, Any]) -> int:
+    async def emit(self, flow: str, kind: str, body: dict[str, Any], *, more: bool = False) -> int:
         """Send ``kind`` on a logical flow to whoever the route table names.
+
+        ``more``: more messages follow at once (a stream's burst): they go out
+        together as one batch, under one MAC (:meth:`protocol.transport.Party.send_msg`).
 
         While the flow is paused for a route change the message is buffered
         and goes out, in order, at resume; once ``pause_buffer`` messages are
@@ -814,7 +817,7 @@ class Node:
             # run (its drain, its resume): a paused flow yields on every message
             await trio.lowlevel.checkpoint()
         else:
-            await self.party.send_msg(msg, self._sent(out, flow, msg))
+            await self.party.send_msg(msg, self._sent(out, flow, msg), more=more)
         return msg.fseq
 
     async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Message:
@@ -1170,10 +1173,10 @@ class Node:
                     buffered.dst = dst
                     buffered.epoch = epoch
                     frame = self._sent(out, flow, buffered)
-                    # in one go while the link takes them (nothing can emit in
-                    # between); wait only when its queue is full
-                    if not party.send_nowait(buffered, frame):
-                        await party.send_msg(buffered, frame)
+                    # in one go (what is emitted meanwhile is buffered behind), in
+                    # batches: one frame and one MAC for many; it waits only when
+                    # the link's queue is full
+                    await party.send_msg(buffered, frame, more=bool(out.buffer))
                     flushed += 1
             finally:
                 out.flushing = False
