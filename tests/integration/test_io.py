@@ -41,7 +41,8 @@ from tests.guest.test_network_samples import (
     kv_restart_conversation,
 )
 from tests.integration import test_native
-from tests.integration.test_native import BUILD, HWEMU, REPO, _alive, hwemu, read_line_within, show
+from tests.integration.procs import alive
+from tests.integration.test_native import BUILD, HWEMU, REPO, hwemu, read_line_within, show
 
 pytestmark = pytest.mark.integration
 run_dir = test_native.run_dir  # a fixture: the tests take it as a parameter
@@ -228,7 +229,7 @@ def test_kvstore_acknowledged_sets_survive_kill9_of_the_disk_the_os_and_the_whol
         down = hwemu(rd, "down", timeout=60)
         assert down.returncode in (0, 1), show(down)
         deadline = time.monotonic() + RESTART_DEADLINE_S
-        while any(_alive(p) for p in everything):
+        while any(alive(p) for p in everything):
             assert time.monotonic() < deadline, "killed processes still alive"
             time.sleep(0.05)
         up(rd)
