@@ -72,7 +72,7 @@ class Recorder:
         self.seq += 1
         msg = self.Message(kind, src, "vmm", self.seq, body or {}, flow=flow, fseq=self.seq if flow else None)
         mark = len(self.out)
-        await getattr(self.node, f"on_{kind}")(msg)
+        await self.node.handler(kind)(msg)
         return self.out[mark:]
 
     def close(self) -> None:
