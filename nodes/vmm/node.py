@@ -248,7 +248,7 @@ class VmmNode(FrameBroker, DeviceMux, Node):
 
     # -- privileged operations ----------------------------------------------------------
 
-    @handles("cpu_resume", "tlb_write", "tlb_flush", "cpu_preempt", "cpu_halt", "irq_mask")
+    @handles(*PRIV_KINDS)
     async def _priv(self, msg: Message) -> None:
         vcpu = self._os_of_flow(msg)
         ack = bool(msg.body.get("ack"))
