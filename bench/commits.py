@@ -58,12 +58,21 @@ PRESETS = {  # name -> (before, after): the changes whose cost an issue asks for
 TREES = ("protocol", "nodes", "orchestrator", "bench", "hwemu", "tests", "compose", "pyproject.toml")
 
 # Runs inside a tree (cwd and PYTHONPATH = the tree): its echo cluster, measured on command
-# ("rtt N" -> the median round trip in s, "tp N" -> msg/s, one JSON line each).
+# ("rtt N" -> the median round trip in s, "tp N" -> msg/s), each answer one JSON line with
+# the CPU time the cluster's nodes spent meanwhile (ns, from /proc/PID/schedstat: what the
+# code costs, which a loaded host's scheduling moves much less than it moves wall time).
 DRIVER = """
 import json, statistics, sys, tempfile, trio
 from pathlib import Path
 from bench.msgplane import echo_topology, node_rtt, our_throughput
 from orchestrator.cluster import running
+
+def cpu_ns(orch):
+    total = 0
+    for np in orch.supervisor.nodes.values():
+        with open(f"/proc/{np.pid}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total
 
 async def main():
     with tempfile.TemporaryDirectory(prefix="hwtcd") as tmp:
@@ -72,11 +81,12 @@ async def main():
             print(json.dumps("ready"), flush=True)
             while line := (await trio.to_thread.run_sync(sys.stdin.readline)).split():
                 what, n = line[0], int(line[1])
+                before = cpu_ns(orch)
                 if what == "rtt":
                     out = statistics.median(await node_rtt(orch, n, 20))
                 else:
                     out = await our_throughput(orch, n)
-                print(json.dumps(out), flush=True)
+                print(json.dumps([out, cpu_ns(orch) - before]), flush=True)
 
 trio.run(main)
 """
@@ -97,9 +107,9 @@ def extract(commit: str, into: Path) -> Path:
 class Driver:
     """One tree's driver process, its echo cluster kept running between turns."""
 
-    def __init__(self, tree: Path):
+    def __init__(self, tree: Path, env: dict[str, str]):
         self.proc = subprocess.Popen([sys.executable, "-c", DRIVER], cwd=tree, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
+                                     stdout=subprocess.PIPE, text=True, env={**env, "PYTHONPATH": str(tree)})
         self.name = tree.name
         self._answer()
 
@@ -110,7 +120,8 @@ class Driver:
                      "its error is above)")
         return json.loads(line)
 
-    def measure(self, what: str, n: int) -> float:
+    def measure(self, what: str, n: int) -> list[float]:
+        """``[figure, CPU ns the cluster spent]`` of one turn."""
         self.proc.stdin.write(f"{what} {n}\n")
         self.proc.stdin.flush()
         return self._answer()
@@ -152,25 +163,37 @@ def main() -> None:
     ap.add_argument("--after", metavar="COMMIT", help="the commit with it")
     ap.add_argument("--bound", type=float, default=0.03,
                     help="the cost allowed, as a fraction (default 0.03: within 3 %%)")
+    ap.add_argument("--spin-us", type=int, default=None, metavar="US",
+                    help="the nodes' inbox polling window (HWEMU_SPIN_US; default: the environment's, else 200); "
+                         "0 for the CPU figures: a polling node's CPU time is mostly the time it waited")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
+    env = dict(os.environ)
+    if args.spin_us is not None:
+        if args.spin_us < 0:
+            sys.exit("bench/commits.py: --spin-us must be 0 or more")
+        env["HWEMU_SPIN_US"] = str(args.spin_us)
     if min(args.turns, args.rtt, args.msgs) < 1:
         sys.exit("bench/commits.py: --turns, --rtt and --msgs must be at least 1")
     if not 0 < args.bound < 1:
         sys.exit("bench/commits.py: --bound must be a fraction between 0 and 1")
     args.before = args.before or PRESETS[args.preset][0]
     args.after = args.after or PRESETS[args.preset][1]
-    runs: dict[str, dict[str, list[float]]] = {"before": {"rtt": [], "tp": []}, "after": {"rtt": [], "tp": []}}
+    keys = ("rtt", "tp", "rtt_cpu", "tp_cpu")
+    runs: dict[str, dict[str, list[float]]] = {side: {k: [] for k in keys} for side in ("before", "after")}
     with tempfile.TemporaryDirectory(prefix="hwtc") as tmp:
         drivers: dict[str, Driver] = {}
         try:
             for name, commit in (("before", args.before), ("after", args.after)):
-                drivers[name] = Driver(extract(commit, Path(tmp) / name))
+                drivers[name] = Driver(extract(commit, Path(tmp) / name), env)
             for i in range(args.turns):
                 order = ("before", "after") if i % 2 == 0 else ("after", "before")  # ABBA: drift cancels
                 for name in order:
-                    runs[name]["rtt"].append(drivers[name].measure("rtt", args.rtt))
-                    runs[name]["tp"].append(drivers[name].measure("tp", args.msgs))
+                    for what, n in (("rtt", args.rtt), ("tp", args.msgs)):
+                        figure, cpu = drivers[name].measure(what, n)
+                        runs[name][what].append(figure)
+                        # CPU per round trip (the warm-up's 20 included) or per message streamed
+                        runs[name][f"{what}_cpu"].append(cpu / (n + 20 if what == "rtt" else n))
                 if not args.json:
                     b, a = runs["before"], runs["after"]
                     print(f"turn {i + 1}: round trip {b['rtt'][-1] * 1e6:.1f} → {a['rtt'][-1] * 1e6:.1f} µs, "
@@ -179,12 +202,16 @@ def main() -> None:
             for driver in drivers.values():
                 driver.stop()
 
-    lat = [a / b for a, b in zip(runs["after"]["rtt"], runs["before"]["rtt"])]
-    thr = [a / b for a, b in zip(runs["after"]["tp"], runs["before"]["tp"])]
+    def ratios(key: str) -> list[float]:
+        return [a / b for a, b in zip(runs["after"][key], runs["before"][key])]
+
+    lat, thr, lat_cpu, thr_cpu = ratios("rtt"), ratios("tp"), ratios("rtt_cpu"), ratios("tp_cpu")
     (lat_lo, lat_hi), (thr_lo, thr_hi) = interval(lat), interval(thr)
+    (lc_lo, lc_hi), (tc_lo, tc_hi) = interval(lat_cpu), interval(thr_cpu)
     result = {
         "preset": args.preset if (args.before, args.after) == PRESETS[args.preset] else None,
-        "before": args.before, "after": args.after, "bound": args.bound, "turns": args.turns, "rtt_per_turn": args.rtt,
+        "before": args.before, "after": args.after, "bound": args.bound,
+        "spin_us": env.get("HWEMU_SPIN_US"), "turns": args.turns, "rtt_per_turn": args.rtt,
         "msgs_per_turn": args.msgs,
         "before_rtt_p50_us": round(statistics.median(runs["before"]["rtt"]) * 1e6, 1),
         "after_rtt_p50_us": round(statistics.median(runs["after"]["rtt"]) * 1e6, 1),
@@ -196,6 +223,17 @@ def main() -> None:
         "throughput_cost": round(statistics.median(thr), 3),
         "throughput_interval": [round(thr_lo, 3), round(thr_hi, 3)],
         "throughput_verdict": verdict(thr_lo, thr_hi, 1 - args.bound, upper=False),
+        # the CPU the nodes spent per round trip and per message: after ÷ before (more is worse)
+        "before_cpu_per_rtt_us": round(statistics.median(runs["before"]["rtt_cpu"]) / 1e3, 2),
+        "after_cpu_per_rtt_us": round(statistics.median(runs["after"]["rtt_cpu"]) / 1e3, 2),
+        "before_cpu_per_msg_us": round(statistics.median(runs["before"]["tp_cpu"]) / 1e3, 2),
+        "after_cpu_per_msg_us": round(statistics.median(runs["after"]["tp_cpu"]) / 1e3, 2),
+        "cpu_rtt_cost": round(statistics.median(lat_cpu), 3),
+        "cpu_rtt_interval": [round(lc_lo, 3), round(lc_hi, 3)],
+        "cpu_rtt_verdict": verdict(lc_lo, lc_hi, 1 + args.bound, upper=True),
+        "cpu_msg_cost": round(statistics.median(thr_cpu), 3),
+        "cpu_msg_interval": [round(tc_lo, 3), round(tc_hi, 3)],
+        "cpu_msg_verdict": verdict(tc_lo, tc_hi, 1 + args.bound, upper=True),
     }
     if printed_as_json(result, args):
         return
@@ -206,6 +244,12 @@ def main() -> None:
     print(f"  throughput  {result['throughput_cost']} {result['throughput_interval']}  "
           f"(target ≥ {1 - args.bound:g}: {result['throughput_verdict']}; "
           f"{result['before_msgs_per_s']} → {result['after_msgs_per_s']} msg/s)")
+    print(f"  CPU per round trip  {result['cpu_rtt_cost']} {result['cpu_rtt_interval']}  "
+          f"(target ≤ {1 + args.bound:g}: {result['cpu_rtt_verdict']}; "
+          f"{result['before_cpu_per_rtt_us']} → {result['after_cpu_per_rtt_us']} µs)")
+    print(f"  CPU per message     {result['cpu_msg_cost']} {result['cpu_msg_interval']}  "
+          f"(target ≤ {1 + args.bound:g}: {result['cpu_msg_verdict']}; "
+          f"{result['before_cpu_per_msg_us']} → {result['after_cpu_per_msg_us']} µs)")
 
 
 if __name__ == "__main__":
