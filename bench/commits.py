@@ -45,6 +45,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import printed_as_json  # noqa: E402
+
 PRESETS = {  # name -> (before, after): the changes whose cost an issue asks for
     "tracing": ("03476f7", "ac399ee"),  # main before the recorders; the commit that put one in every node
     "house": ("04b8fdf", "5f4efe6"),  # main before the first layout refactor; its merge
@@ -231,8 +235,7 @@ def main() -> None:
         "cpu_msg_interval": [round(tc_lo, 3), round(tc_hi, 3)],
         "cpu_msg_verdict": verdict(tc_lo, tc_hi, 1 + args.bound, upper=True),
     }
-    if args.json:
-        print(json.dumps(result))
+    if printed_as_json(result, args):
         return
     print(f"{args.after} ÷ {args.before}, median of {args.turns} ABBA turns [95 % interval]:")
     print(f"  round trip  {result['latency_cost']} {result['latency_interval']}  "

@@ -75,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 
 import nodes.streamer.node  # noqa: E402,F401  (registers datum/stream_start)
 from bench.rawzmq import RAW_CLIENT, RAW_ECHO, RawClient, RawProbe, abba_first, python_script, stop  # noqa: E402
+from bench.report import printed_as_json  # noqa: E402
 from orchestrator.cluster import running  # noqa: E402
 from orchestrator.topology import parse  # noqa: E402
 from protocol import auth, curve  # noqa: E402
@@ -661,8 +662,7 @@ def curve_main(args) -> None:
             [t / i for t, i in zip(r["tp_ours"], r["tp_ipc"])]), 3),
         "refused": r["refused"],
     }
-    if args.json:
-        print(json.dumps(result))
+    if printed_as_json(result, args):
         return
     print(f"tcp + CURVE across two loopback hosts: {result['endpoints']}")
     print(f"{'':34}{'raw pyzmq':>12}{'hwemu':>12}{'ratio':>8}   (target)")
@@ -697,8 +697,7 @@ def mac_main(args) -> None:
         "msgs_per_batch": round(sum(b["batched_in"] for b in r["batches"]) / max(1, sum(b["batches_in"]
                                                                                       for b in r["batches"])), 1),
     }
-    if args.json:
-        print(json.dumps(result))
+    if printed_as_json(result, args):
         return
     print(f"{'':34}{'no MAC':>12}{'MAC':>12}{'ratio':>8}   (target)")
     print(f"{'round trip p50, node to node (µs)':34}{result['rtt_p50_us_plain']:>12}{result['rtt_p50_us_mac']:>12}"
@@ -772,8 +771,7 @@ def main() -> None:
             "trace_throughput_ratio": round(statistics.median(ours["trace_tp_ratio"]), 3),
             "trace_throughput_ratios": [round(r, 3) for r in ours["trace_tp_ratio"]],
         })
-    if args.json:
-        print(json.dumps(result))
+    if printed_as_json(result, args):
         return
     rows = [
         ("round trip p50 (µs)", result["raw_rtt_p50_us"], result["our_rtt_p50_us"], result["latency_ratio"]),

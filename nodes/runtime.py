@@ -46,7 +46,8 @@ that every message a sender numbered was delivered exactly once
 (``orchestrator/flowaudit.py``), even across route changes whose new
 receiver could not know which ``fseq`` to expect.
 
-A node kind subclasses :class:`Node`, adds ``on_<kind>`` handlers and
+A node kind subclasses :class:`Node`, adds ``on_<kind>`` handlers (one
+method for several kinds: :func:`handles`) and
 ``async def work(nursery)`` for its own tasks, and its ``__main__`` calls
 :func:`main`. Handlers run inline in arrival order (so flows stay ordered) and
 must not wait for replies; a handler that needs to make requests is marked
@@ -109,6 +110,17 @@ def spawned(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]
     """Mark a handler to run as its own task (it may await replies)."""
     fn.spawned = True  # type: ignore[attr-defined]
     return fn
+
+
+def handles(*kinds: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
+    """Make a method the handler of each message kind in ``kinds``, as an
+    ``on_<kind>`` method is of its kind: one body for the kinds a node treats
+    alike (a device's read, write and flush commands) instead of a one-line
+    ``on_<kind>`` forwarder each."""
+    def mark(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        fn.handles = kinds  # type: ignore[attr-defined]
+        return fn
+    return mark
 
 
 ACK_DELAY = 0.02  # s a receiver gathers acknowledgements before it sends them (one message per sender)
@@ -258,6 +270,9 @@ class Node:
         for attr in dir(type(self)):
             if attr.startswith("on_"):
                 self._handlers[attr[3:]] = getattr(self, attr)
+            elif callable(fn := getattr(type(self), attr, None)) and hasattr(fn, "handles"):
+                for kind in fn.handles:
+                    self._handlers[kind] = getattr(self, attr)
         self._spawns: dict[str, bool] = {}  # kind -> its handler runs as its own task (looked up once)
         # reliable flows: acknowledgements due (flow -> sender), the flows with
         # unacknowledged messages, the incarnation each receiver last showed
@@ -401,6 +416,10 @@ class Node:
         return s
 
     # -- dispatch ---------------------------------------------------------------
+
+    def handler(self, kind: str) -> Callable[[Message], Awaitable[None]] | None:
+        """The handler of message kind ``kind`` (``None``: this node does not handle it)."""
+        return self._handlers.get(kind)
 
     async def _dispatch(self, msg: Message) -> None:
         if self._authz is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from orchestrator.client import request_once
 from orchestrator.cluster import running
 from orchestrator.routes import RouteChangeError
 from orchestrator.topology import parse
@@ -53,19 +54,9 @@ async def control(orch, tmp_path, kind: str, body: dict) -> str:
     me = Party("ctl-test", f"ipc://{tmp_path}/ctl-test.sock", {"orch": orch.directory["orch"]}, advertise=True,
                auth=client_keyring(orch.run_dir, "ctl-test"))
     try:
-        async with trio.open_nursery() as nursery:
-            async def ignore(msg):
-                return None
-
-            await nursery.start(me.serve, ignore)
-            try:
-                await me.request("orch", kind, body, timeout=30)
-            except RemoteError as exc:
-                return str(exc)
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        me.close()
+        await request_once(me, "orch", kind, body, timeout=30)
+    except RemoteError as exc:
+        return str(exc)
     raise AssertionError(f"{kind} {body} succeeded")
 
 
