@@ -17,13 +17,9 @@ from protocol.errors import ProtocolError
 from protocol.faults import Injector
 from protocol.messages import BATCH, BATCH_MAX, Field, Message, decode, encode, encode_batch, register, split_batch
 from protocol.transport import Party
+from tests.protocol.keyed import alice_and_bob, keyring
 
-MASTER = bytes(range(32))
 register("batch_probe", n=Field("int"))
-
-
-def keyring(name: str, peers: list[str]) -> auth.Keyring:
-    return auth.keyring_from_config(name, auth.node_auth(MASTER, name, peers))
 
 
 def probe(src: str, n: int, dst: str = "bob", seq: int | None = None) -> Message:
@@ -228,31 +224,24 @@ async def test_batches_and_single_frames_interleave_in_order_on_one_link(bob):
 async def test_parties_batch_a_burst_and_keep_it_in_order_with_requests_between(tmp_path):
     """Two real parties with keys: alice's bursts (batched) and her requests (sent at once)
     reach bob in the order she sent them, and nothing is refused."""
-    directory = {"alice": f"ipc://{tmp_path}/alice", "bob": f"ipc://{tmp_path}/bob"}
-    ka, kb = keyring("alice", list(directory)), keyring("bob", list(directory))
     got: list[tuple[str, int]] = []
 
-    async def on_bob(msg):
+    async def on_bob(bob, msg):
         got.append((msg.kind, msg.body.get("n", -1)))
         if msg.kind == "ping":
             await bob.reply(msg, "pong", {"name": "bob"})
 
-    with Party("alice", directory["alice"], directory, auth=ka) as alice, \
-            Party("bob", directory["bob"], directory, auth=kb) as bob:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(alice.serve, lambda m: trio.lowlevel.checkpoint())
-            await nursery.start(bob.serve, on_bob)
-            want, fseq = [], 0
-            for burst in (5, 40, 1, 100):
-                for _ in range(burst):
-                    fseq += 1
-                    msg = alice.make("bob", "batch_probe", {"n": fseq}, flow="data:alice", fseq=fseq)
-                    await alice.send_msg(msg, more=True)
-                    want.append(("batch_probe", fseq))
-                assert (await alice.request("bob", "ping")).kind == "pong"  # it ends the burst, behind it
-                want.append(("ping", -1))
-            await wait_for(lambda: len(got) >= len(want))
-            nursery.cancel_scope.cancel()
+    async with alice_and_bob(tmp_path, on_bob) as (alice, bob, _):
+        want, fseq = [], 0
+        for burst in (5, 40, 1, 100):
+            for _ in range(burst):
+                fseq += 1
+                msg = alice.make("bob", "batch_probe", {"n": fseq}, flow="data:alice", fseq=fseq)
+                await alice.send_msg(msg, more=True)
+                want.append(("batch_probe", fseq))
+            assert (await alice.request("bob", "ping")).kind == "pong"  # it ends the burst, behind it
+            want.append(("ping", -1))
+        await wait_for(lambda: len(got) >= len(want))
     assert got == want
     assert bob.counters["auth_failed"] == 0 and bob.counters["bad_in"] == 0
     assert bob.counters["msgs_in"] == alice.counters["msgs_out"] == len(want)
