@@ -19,7 +19,6 @@ from protocol.messages import Message, decode, encode
 from tests.protocol.keyed import MASTER, alice_and_bob
 
 
-
 def link(a: str, b: str, inc: int = 1) -> tuple[Keyring, Keyring]:
     """Keyrings of ``a`` (sends to b) and ``b`` (receives from a) as the orchestrator hands them out."""
     ka = auth.keyring_from_config(a, auth.node_auth(MASTER, a, [a, b]))
