@@ -34,6 +34,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import printed_as_json  # noqa: E402
+
 HWEMU = ROOT / ".venv/bin/hwemu"
 
 
@@ -127,8 +131,7 @@ def main() -> None:
         "per_run": [{k: r.get(k) for k in ("scenario", "seed", "violations", "faults_injected", "ok", "wall_s")}
                     for r in runs],
     }
-    if args.json:
-        print(json.dumps(out))
+    if printed_as_json(out, args):
         return
     print(f"runs: {out['runs']} ({args.io} io, {args.demo} demo), {args.duration:g} s of faults each, "
           f"median run {out['run_seconds_median']:.0f} s")

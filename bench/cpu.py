@@ -37,6 +37,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import printed_as_json  # noqa: E402
+
 PROGRAMS = {"mixed": "bench", "real": "mixed", "alu": "aluloop"}
 BEFORE_COMMIT = "03476f7"  # main before issue #16's core work
 
@@ -178,8 +182,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         before = None if args.no_before else checkout_before(args.before, Path(tmp))
         report = measure(max(1, args.repeat), before)
-    if args.json:
-        print(json.dumps(report))
+    if printed_as_json(report, args):
         return
     from rich.console import Console
     from rich.table import Table

@@ -15,7 +15,6 @@ without MACs (``sign=False``), which shows what the MAC costs of it:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tests.fixtures.streamer  # noqa: E402,F401  (registers datum/stream_start)
+from bench.report import printed_as_json  # noqa: E402
 from orchestrator.cluster import running  # noqa: E402
 from orchestrator.topology import parse  # noqa: E402
 
@@ -78,9 +78,7 @@ async def main() -> None:
     turns = [await turn(args.count, sign=not args.unsigned) for _ in range(args.turns)]
     result = {k: statistics.median(t[k] for t in turns) for k in ("src", "sink", "both")}
     result["turns"] = turns
-    if args.json:
-        print(json.dumps(result))
-    else:
+    if not printed_as_json(result, args):
         for t in turns:
             print(f"turn: sender {t['src']} µs, receiver {t['sink']} µs, both {t['both']} µs of CPU per message")
         print(f"median: sender {result['src']} µs, receiver {result['sink']} µs, both {result['both']} µs")

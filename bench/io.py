@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.floor import floor_line, raw_rtt_s, syscall_hops, traced  # noqa: E402
+from bench.report import printed_as_json  # noqa: E402
 from orchestrator import critpath  # noqa: E402
 from protocol.linux_abi import SYS_PWRITE64  # noqa: E402
 
@@ -222,8 +223,7 @@ def main() -> None:
         "rtt_n": args.rtt_n,
         "write_n": args.write_n,
     }
-    if args.json:
-        print(json.dumps(result))
+    if printed_as_json(result, args):
         return
     print(f"UDP echo round trip: guest {result['udp_rtt_guest_us']} µs, raw Python {result['udp_rtt_raw_us']} µs "
           f"(median of {args.rtt_n}), ratio {result['udp_rtt_ratio']}")

@@ -35,7 +35,9 @@ With ``--mac`` it measures instead what the MAC of every frame costs
 (protocol/auth.py): the same node-to-node round trips and throughput on two
 clusters side by side, one signing and checking every frame and one
 without, taking turns in ABBA order; and the cost of sealing and opening one
-frame in this process.
+frame in this process. The streamer sends its flow in batches (one frame and
+one MAC for a burst: docs/security.md) on both clusters alike; the share of
+the flow that came in batches, and their mean size, are printed too.
 
 With ``--transport tcp+curve`` it measures the plane across hosts instead
 (docs/hosts.md): the echo cluster placed on two loopback hosts (``src`` on
@@ -43,7 +45,8 @@ With ``--transport tcp+curve`` it measures the plane across hosts instead
 travels over tcp with CURVE (and its MAC), against raw pyzmq processes over tcp
 with CURVE using the same key pairs (``src``'s as client, ``echo``'s and
 ``sink_a``'s as servers), taking turns in ABBA order: round trip and one-way
-throughput as ratios.
+throughput as ratios; beside the round trip, as over ipc, raw pyzmq polling as
+our inbox does and the bare trio loop (the floor), both over tcp with CURVE.
 
     .venv/bin/python bench/msgplane.py [--json] [--quick] [--trace | --mac | --transport tcp+curve]
 """
@@ -72,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 
 import nodes.streamer.node  # noqa: E402,F401  (registers datum/stream_start)
 from bench.rawzmq import RAW_CLIENT, RAW_ECHO, RawClient, RawProbe, abba_first, python_script, stop  # noqa: E402
+from bench.report import printed_as_json  # noqa: E402
 from orchestrator.cluster import running  # noqa: E402
 from orchestrator.topology import parse  # noqa: E402
 from protocol import auth, curve  # noqa: E402
@@ -487,6 +491,8 @@ async def mac_turns(tmp: str, n_rtt: int, n_tp: int, rtt_turns: int, tp_turns: i
         res["rtt"], res["tp"] = (res["rtt_plain"], res["rtt_mac"]), (res["tp_plain"], res["tp_mac"])
         stats = (await signed.request("sink_a", "stats")).body["stats"]
         res["auth_failed"] = stats["auth_failed"]
+        res["batches"] = [(await orch.request(sink, "stats")).body["stats"] for orch in (plain, signed)
+                          for sink in ("sink_a", "sink_b")]
     return res
 
 
@@ -534,11 +540,11 @@ def curve_env(ident: curve.CurveIdentity, server: curve.CurveIdentity | None = N
 
 
 class CurveRawClient(RawClient):
-    """:class:`RawClient` over tcp with CURVE."""
+    """:class:`RawClient` over tcp with CURVE (``script``: raw pyzmq's client by default, with
+    :data:`CURVE_PRELUDE` before it)."""
 
-    def __init__(self, ep: str, env: dict):
-        self.proc = python_script(CURVE_PRELUDE + RAW_CLIENT, ep, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  env=env)
+    def __init__(self, ep: str, env: dict, script: str = CURVE_PRELUDE + RAW_CLIENT, *args: str):
+        self.proc = python_script(script, ep, *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
 
 def placed_echo_topology(base: int):
@@ -562,25 +568,37 @@ async def curve_turns(tmp: str, n_rtt: int, n_tp: int, rtt_turns: int, tp_turns:
     res: dict = {}
     base = free_port("127.0.0.2") // 10 * 10
     base = base - 10 if base + 6 > 65535 else base
+    spin = str(spin_from_env())
     async with running(placed_echo_topology(base), Path(tmp) / "cl") as orch, \
             running(echo_topology(), Path(tmp) / "one") as one:
         ids = {n: curve.load_identity(orch.run_dir, n) for n in ("src", "echo", "sink_a")}
-        echo_ep = f"tcp://127.0.0.2:{free_port('127.0.0.2')}"
-        echo = python_script(CURVE_PRELUDE + RAW_ECHO, echo_ep, stdout=subprocess.PIPE, env=curve_env(ids["echo"]))
-        client = None
+        server, client_env = curve_env(ids["echo"]), curve_env(ids["src"], ids["echo"])
+        # over tcp+CURVE with the same keys: raw pyzmq blocking in recv, the bare trio loop (the floor
+        # of any trio adapter) and raw pyzmq polling as our inbox does, each an echo and a client process
+        pairs = ((RAW_ECHO, RAW_CLIENT, ()), (TRIO_ECHO, TRIO_CLIENT, (spin,)),
+                 (RAW_POLL_ECHO, RAW_POLL_CLIENT, (spin,)))
+        echoes, clients = [], []
         try:
-            echo.stdout.readline()
-            client = CurveRawClient(echo_ep, curve_env(ids["src"], ids["echo"]))
+            for echo_script, client_script, args in pairs:
+                ep = f"tcp://127.0.0.2:{free_port('127.0.0.2')}"
+                echoes.append(python_script(CURVE_PRELUDE + echo_script, ep, *args, stdout=subprocess.PIPE,
+                                            env=server))
+                echoes[-1].stdout.readline()
+                clients.append(CurveRawClient(ep, client_env, CURVE_PRELUDE + client_script, *args))
             await node_rtt(orch, 10, 200)
             await node_rtt(one, 10, 200)
-            await trio.to_thread.run_sync(client.rtt, 10, 200)
+            for client in clients:
+                await trio.to_thread.run_sync(client.rtt, 10, 200)
             batch = n_rtt // rtt_turns
+
+            async def raws():
+                return [await trio.to_thread.run_sync(c.rtt, batch, 20) for c in clients]
 
             async def ours_both():  # across hosts, then the same cluster on one host (ipc) beside it
                 return await node_rtt(orch, batch, 20), await node_rtt(one, batch, 20)
 
-            res["rtt_raw"], both = await turns(functools.partial(trio.to_thread.run_sync, client.rtt, batch, 20),
-                                               ours_both, rtt_turns)
+            raw_turns, both = await turns(raws, ours_both, rtt_turns)
+            res["rtt_raw"], res["rtt_floor"], res["rtt_poll"] = ([r[i] for r in raw_turns] for i in range(3))
             res["rtt_ours"], res["rtt_ipc"] = [b[0] for b in both], [b[1] for b in both]
             batch = n_tp // tp_turns
             sink_ep = f"tcp://127.0.0.2:{free_port('127.0.0.2')}"
@@ -597,9 +615,9 @@ async def curve_turns(tmp: str, n_rtt: int, n_tp: int, rtt_turns: int, tp_turns:
             res["refused"] = sum(s.get("wrong_key", 0) + s.get("curve_refused", 0) for s in stats.values())
             res["endpoints"] = {n: orch.directory[n] for n in ("src", "echo", "sink_a")}
         finally:
-            if client is not None:
+            for client in clients:
                 client.close()
-            stop(echo)
+            stop(*echoes)
     return res
 
 
@@ -625,6 +643,14 @@ def curve_main(args) -> None:
         "raw_rtt_p50_us": round(statistics.median(pooled(r["rtt_raw"])) * 1e6, 1),
         "our_rtt_p50_us": round(statistics.median(pooled(r["rtt_ours"])) * 1e6, 1),
         "latency_ratio": round(statistics.median(lat), 3), "latency_ratios": [round(x, 3) for x in lat],
+        "poll_rtt_p50_us": round(statistics.median(pooled(r["rtt_poll"])) * 1e6, 1),
+        "floor_rtt_p50_us": round(statistics.median(pooled(r["rtt_floor"])) * 1e6, 1),
+        "latency_ratio_vs_fastest_raw": round(statistics.median(
+            [statistics.median(o) / min(statistics.median(a), statistics.median(b))
+             for o, a, b in zip(r["rtt_ours"], r["rtt_raw"], r["rtt_poll"])]), 3),
+        "floor_ratio_vs_fastest_raw": round(statistics.median(
+            [statistics.median(f) / min(statistics.median(a), statistics.median(b))
+             for f, a, b in zip(r["rtt_floor"], r["rtt_raw"], r["rtt_poll"])]), 3),
         "ipc_rtt_p50_us": round(statistics.median(pooled(r["rtt_ipc"])) * 1e6, 1),
         "tcp_curve_over_ipc_ratio": round(statistics.median(
             [statistics.median(t) / statistics.median(i) for t, i in zip(r["rtt_ours"], r["rtt_ipc"])]), 3),
@@ -636,13 +662,16 @@ def curve_main(args) -> None:
             [t / i for t, i in zip(r["tp_ours"], r["tp_ipc"])]), 3),
         "refused": r["refused"],
     }
-    if args.json:
-        print(json.dumps(result))
+    if printed_as_json(result, args):
         return
     print(f"tcp + CURVE across two loopback hosts: {result['endpoints']}")
     print(f"{'':34}{'raw pyzmq':>12}{'hwemu':>12}{'ratio':>8}   (target)")
     print(f"{'round trip p50, node to node (µs)':34}{result['raw_rtt_p50_us']:>12}{result['our_rtt_p50_us']:>12}"
           f"{result['latency_ratio']:>8}   (≤ 1.3)")
+    print(f"{'  raw pyzmq polling as we do (µs)':34}{result['poll_rtt_p50_us']:>12}{'':12}"
+          f"{result['latency_ratio_vs_fastest_raw']:>8}   (ours ÷ the faster raw)")
+    print(f"{'  the floor: bare trio loop (µs)':34}{result['floor_rtt_p50_us']:>12}{'':12}"
+          f"{result['floor_ratio_vs_fastest_raw']:>8}   (floor ÷ the faster raw)")
     print(f"{'one-way throughput (msg/s)':34}{result['raw_msgs_per_s']:>12}{result['our_msgs_per_s']:>12}"
           f"{result['throughput_ratio']:>8}   (≥ 0.7)")
     print(f"ratio per turn: round trip {result['latency_ratios']}, throughput {result['throughput_ratios']}")
@@ -663,9 +692,12 @@ def mac_main(args) -> None:
         "throughput_ratio": round(statistics.median(tp), 3), "throughput_ratios": [round(x, 3) for x in tp],
         "seal_us_100B": seal64, "open_us_100B": open64, "seal_us_4KiB": seal4k, "open_us_4KiB": open4k,
         "auth_failed": r["auth_failed"],
+        # of the flow's messages, how many came in batches (a burst under one MAC), and how many in each
+        "batched_share": round(sum(b["batched_in"] for b in r["batches"]) / sum(b["msgs_in"] for b in r["batches"]), 3),
+        "msgs_per_batch": round(sum(b["batched_in"] for b in r["batches"]) / max(1, sum(b["batches_in"]
+                                                                                      for b in r["batches"])), 1),
     }
-    if args.json:
-        print(json.dumps(result))
+    if printed_as_json(result, args):
         return
     print(f"{'':34}{'no MAC':>12}{'MAC':>12}{'ratio':>8}   (target)")
     print(f"{'round trip p50, node to node (µs)':34}{result['rtt_p50_us_plain']:>12}{result['rtt_p50_us_mac']:>12}"
@@ -674,6 +706,8 @@ def mac_main(args) -> None:
           f"{result['throughput_ratio']:>8}   (≥ 0.90)")
     print(f"one frame: seal {seal64} µs / open {open64} µs (100 B), seal {seal4k} / open {open4k} µs (4 KiB page)")
     print(f"ratio per turn: round trip {result['rtt_ratios']}, throughput {result['throughput_ratios']}")
+    print(f"the flow's messages that came in batches: {result['batched_share']:.0%}, "
+          f"{result['msgs_per_batch']} a batch")
 
 
 def main() -> None:
@@ -737,8 +771,7 @@ def main() -> None:
             "trace_throughput_ratio": round(statistics.median(ours["trace_tp_ratio"]), 3),
             "trace_throughput_ratios": [round(r, 3) for r in ours["trace_tp_ratio"]],
         })
-    if args.json:
-        print(json.dumps(result))
+    if printed_as_json(result, args):
         return
     rows = [
         ("round trip p50 (µs)", result["raw_rtt_p50_us"], result["our_rtt_p50_us"], result["latency_ratio"]),

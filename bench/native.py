@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 import protocol.hw  # noqa: E402,F401  (registers os_exec / proc_exit)
 from bench.floor import floor_line, raw_rtt_s, syscall_hops  # noqa: E402
 from bench.rawzmq import abba_first  # noqa: E402
+from bench.report import printed_as_json  # noqa: E402
 from hwemu.netns import NetHosts, NetnsError  # noqa: E402
 from orchestrator import critpath  # noqa: E402
 from orchestrator.client import call, client_auth  # noqa: E402
@@ -170,8 +171,7 @@ def hosts_main(args) -> None:
               "cpu_memctl_apart_mips": round(statistics.median(mips[placed]), 2),
               "hosts_mips_ratio": round(statistics.median(ratios), 3), "ratios": [round(r, 3) for r in ratios],
               "bench_rounds": args.rounds, "repeat": args.repeat}
-    if args.json:
-        print(json.dumps(result))
+    if printed_as_json(result, args):
         return
     print(f"bench.elf, cpu0 and memctl on one host: {result['one_host_mips']} MIPS; on two netns hosts "
           f"(tcp + CURVE): {result['cpu_memctl_apart_mips']} MIPS; ratio {result['hosts_mips_ratio']} "
@@ -262,8 +262,7 @@ def main() -> None:
         "bench_instret": instret,
         "bench_rounds": args.rounds,
     }
-    if args.json:
-        print(json.dumps(result))
+    if printed_as_json(result, args):
         return
     print(f"guest write() round trips in the cluster: {result['syscalls_per_s']:.0f}/s "
           f"({result['syscall_us']} µs each)")

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import socket
 import statistics
@@ -67,6 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.rawzmq import RawProbe, abba_first, stop  # noqa: E402
+from bench.report import printed_as_json  # noqa: E402
 from orchestrator.client import call  # noqa: E402
 from protocol.constants import PAGE_SIZE as PAGE  # noqa: E402
 from protocol.frames import to_runs  # noqa: E402
@@ -254,8 +254,7 @@ def main() -> None:
                 "udp_devirtualized_vs_own_native": round(ratio["devirtualized"] / ratio["native"], 3)})
         if args.only in (None, "borrow"):
             result.update(borrow_figures(Path(tmp) / "borrow", args))
-    if args.json:
-        print(json.dumps(result))
+    if printed_as_json(result, args):
         return
     if "cycles" in result:
         print(f"interpose pause     p50 {result['interpose_pause_p50_ms']:8.3f} ms  "

@@ -46,7 +46,8 @@ that every message a sender numbered was delivered exactly once
 (``orchestrator/flowaudit.py``), even across route changes whose new
 receiver could not know which ``fseq`` to expect.
 
-A node kind subclasses :class:`Node`, adds ``on_<kind>`` handlers and
+A node kind subclasses :class:`Node`, adds ``on_<kind>`` handlers (one
+method for several kinds: :func:`handles`) and
 ``async def work(nursery)`` for its own tasks, and its ``__main__`` calls
 :func:`main`. Handlers run inline in arrival order (so flows stay ordered) and
 must not wait for replies; a handler that needs to make requests is marked
@@ -74,7 +75,7 @@ from nodes.options import Option, validate
 from protocol import authz, logs, sched
 from protocol.auth import keyring_from_config
 from protocol.constants import ORCHESTRATOR
-from protocol.errors import ProtocolError, RemoteError
+from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.faults import Injector
 from protocol.messages import Message, decode, encode, error_body
 from protocol.routes import RouteTable, flow_sender
@@ -111,6 +112,17 @@ def spawned(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]
     return fn
 
 
+def handles(*kinds: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
+    """Make a method the handler of each message kind in ``kinds``, as an
+    ``on_<kind>`` method is of its kind: one body for the kinds a node treats
+    alike (a device's read, write and flush commands) instead of a one-line
+    ``on_<kind>`` forwarder each."""
+    def mark(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        fn.handles = kinds  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
 ACK_DELAY = 0.02  # s a receiver gathers acknowledgements before it sends them (one message per sender)
 RTO = 0.2  # s without an acknowledgement before a sender sends its unacknowledged messages again
 RTO_MAX = 1.0  # the retransmission timeout doubles up to this while nothing is acknowledged
@@ -119,6 +131,7 @@ RETRANSMIT_MAX = 1024  # messages one retransmission sends at most (the rest on 
 ACK_EVERY = 256  # messages consumed on a flow that are acknowledged without waiting for ACK_DELAY
 HOLD = 1024  # messages past a gap a receiver holds per flow (further ones are dropped: they come again)
 HOLES_MAX = 256  # missing fseq an acknowledgement names per flow
+DRAIN_RETRY = 1.0  # s before a route change's drain is asked again (its request or its answer may be lost)
 
 
 class _OutFlow:
@@ -257,6 +270,9 @@ class Node:
         for attr in dir(type(self)):
             if attr.startswith("on_"):
                 self._handlers[attr[3:]] = getattr(self, attr)
+            elif callable(fn := getattr(type(self), attr, None)) and hasattr(fn, "handles"):
+                for kind in fn.handles:
+                    self._handlers[kind] = getattr(self, attr)
         self._spawns: dict[str, bool] = {}  # kind -> its handler runs as its own task (looked up once)
         # reliable flows: acknowledgements due (flow -> sender), the flows with
         # unacknowledged messages, the incarnation each receiver last showed
@@ -400,6 +416,10 @@ class Node:
         return s
 
     # -- dispatch ---------------------------------------------------------------
+
+    def handler(self, kind: str) -> Callable[[Message], Awaitable[None]] | None:
+        """The handler of message kind ``kind`` (``None``: this node does not handle it)."""
+        return self._handlers.get(kind)
 
     async def _dispatch(self, msg: Message) -> None:
         if self._authz is not None:
@@ -788,8 +808,11 @@ class Node:
         self._acked(out, flow, out.fseq, "abandoned")
         return n
 
-    async def emit(self, flow: str, kind: str, body: dict[str, Any]) -> int:
+    async def emit(self, flow: str, kind: str, body: dict[str, Any], *, more: bool = False) -> int:
         """Send ``kind`` on a logical flow to whoever the route table names.
+
+        ``more``: more messages follow at once (a stream's burst): they go out
+        together as one batch, under one MAC (:meth:`protocol.transport.Party.send_msg`).
 
         While the flow is paused for a route change the message is buffered
         and goes out, in order, at resume; once ``pause_buffer`` messages are
@@ -814,7 +837,7 @@ class Node:
             # run (its drain, its resume): a paused flow yields on every message
             await trio.lowlevel.checkpoint()
         else:
-            await self.party.send_msg(msg, self._sent(out, flow, msg))
+            await self.party.send_msg(msg, self._sent(out, flow, msg), more=more)
         return msg.fseq
 
     async def emit_request(self, flow: str, kind: str, body: dict[str, Any], *, timeout: float = 5.0) -> Message:
@@ -997,18 +1020,38 @@ class Node:
         # soon as there is room.)
         waits: dict[str, Callable[[], Awaitable[Message]]] = {}
         failed = None
+        deadline = trio.current_time() + timeout + 1
         for receiver, upto in drains.items():
             drain = {"upto": upto, "timeout": timeout}
             try:
-                waits[receiver] = self.party.start_request(receiver, "route_drain", drain, timeout=timeout + 1)
+                first = self.party.start_request(receiver, "route_drain", drain, timeout=DRAIN_RETRY)
             except ProtocolError as exc:
                 if exc.reason != "busy":  # an unknown peer: the change fails, the flows resume
                     failed = exc
                     break
-                waits[receiver] = functools.partial(self.party.request, receiver, "route_drain", drain,
-                                                    timeout=timeout + 1)
+                first = None
+            waits[receiver] = functools.partial(self._drained, receiver, drain, first, deadline)
         self.nursery.start_soon(self._guarded, functools.partial(
             self._switch, table=table, last=last, waits=waits, failed=failed, drains=drains), msg)
+
+    async def _drained(self, receiver: str, drain: dict[str, Any],
+                       first: Callable[[], Awaitable[Message]] | None, deadline: float) -> Message:
+        """The old receiver's answer to a drain: the request sent first (``first``; None if its
+        queue was full), asked again every :data:`DRAIN_RETRY` s until ``deadline``. A drain is a
+        question (has it consumed up to there?), safe to ask twice; a partition or a dropped frame
+        that loses the request or its answer costs a retry, not the route change."""
+        wait, started = first, deadline - drain["timeout"] - 1
+        while True:
+            if wait is None:
+                left = deadline - trio.current_time()
+                if left <= 0:
+                    raise RequestTimeout(receiver, "route_drain", round(deadline - started, 3))
+                wait = functools.partial(self.party.request, receiver, "route_drain",
+                                         {**drain, "timeout": max(0.1, left - 1)}, timeout=min(DRAIN_RETRY, left))
+            try:
+                return await wait()
+            except RequestTimeout:
+                wait = None
 
     async def _switch(self, msg: Message, *, table: RouteTable, last: dict[str, int],
                       waits: dict[str, Callable[[], Awaitable[Message]]], failed: Exception | None,
@@ -1150,10 +1193,10 @@ class Node:
                     buffered.dst = dst
                     buffered.epoch = epoch
                     frame = self._sent(out, flow, buffered)
-                    # in one go while the link takes them (nothing can emit in
-                    # between); wait only when its queue is full
-                    if not party.send_nowait(buffered, frame):
-                        await party.send_msg(buffered, frame)
+                    # in one go (what is emitted meanwhile is buffered behind), in
+                    # batches: one frame and one MAC for many; it waits only when
+                    # the link's queue is full
+                    await party.send_msg(buffered, frame, more=bool(out.buffer))
                     flushed += 1
             finally:
                 out.flushing = False

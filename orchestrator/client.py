@@ -24,6 +24,7 @@ from protocol import curve
 from protocol.auth import Keyring, client_keyring
 from protocol.constants import ORCHESTRATOR
 from protocol.errors import RemoteError, RequestTimeout
+from protocol.messages import Message
 from protocol.transport import Party
 
 _calls = itertools.count(1)
@@ -63,24 +64,37 @@ async def call(run_dir: Path, kind: str, body: dict[str, Any] | None = None, tim
     me = f"cli-{os.getpid()}-{next(_calls)}"
     party = Party(me, f"ipc://{run_dir}/{me}.sock", {ORCHESTRATOR: state["endpoint"]}, advertise=True,
                   auth=client_auth(run_dir, me))
+    reply = await request_once(party, ORCHESTRATOR, kind, body or {}, timeout)
+    return reply.body.get("data")
+
+
+async def request_once(party: Party, dst: str, kind: str, body: dict[str, Any], timeout: float) -> Message:
+    """One request from ``party``, a short-lived client outside the topology: it
+    serves its inbox just long enough for the reply, and is closed after.
+
+    Raises:
+        RemoteError: ``dst`` refused (raised as itself, not in an ExceptionGroup).
+        RequestTimeout: it did not answer.
+    """
     refused: Exception | None = None
     try:
         async with trio.open_nursery() as nursery:
-            async def ignore(msg):
+            async def ignore(msg: Message) -> None:
                 return None
 
             await nursery.start(party.serve, ignore)
             try:
-                reply = await party.request(ORCHESTRATOR, kind, body or {}, timeout=timeout)
+                reply = await party.request(dst, kind, body, timeout=timeout)
             except (RemoteError, RequestTimeout) as exc:
                 refused = exc  # raised outside the nursery, so not wrapped in an ExceptionGroup
             finally:
                 nursery.cancel_scope.cancel()
         if refused is not None:
             raise refused
-        return reply.body.get("data")
+        return reply
     finally:
         party.close()
 
 
-__all__ = ["call", "client_auth", "default_run_dir", "NotAllowed", "NotRunning", "RemoteError", "RequestTimeout"]
+__all__ = ["call", "client_auth", "default_run_dir", "request_once", "NotAllowed", "NotRunning", "RemoteError",
+           "RequestTimeout"]

@@ -119,16 +119,16 @@ class RouteAuthority:
             # its own pause (it gets the table with its switch)
             receivers = {n for f, n in changes.items() if old.get(f) != n and n not in by_sender} | set(orphans)
             wire = {"epoch": new.epoch, "routes": dict(new.routes), "timeout": self.timeout}
-            # a sender of the change that also receives a changed flow (the CPU sends traps
-            # and receives the OS's privileged operations, the OS the other way round) is
-            # given, to switch by and to accept by, the new table except that a flow it
-            # received stays its own until the install at the end: that flow's last
-            # messages, sent before its sender paused, may reach it after its switch. A
-            # new receiver among them accepts its new flows at once (receive_only): its
-            # sender may flush to it before it has switched itself
-            wires = {s: {**wire, "routes": {**wire["routes"], **{
-                f: s for f in changes if old.get(f) == s and flow_sender(f) != s}}} for s in by_sender}
+            # a sender of the change that also receives a changed flow, before or after it (the
+            # CPU sends traps and receives the OS's privileged operations; a NIC sends interrupts
+            # and receives the OS's commands): from the change's first round to its end it accepts
+            # what the old or the new table allows (receive_only: its transition table; at its own
+            # switch the old table takes that place, nodes/runtime.py), so the last messages of a
+            # flow it loses, sent before that flow's sender paused, are taken after its switch,
+            # and a flow it gains may be flushed to it before it has switched itself. Its answer
+            # is a must: without it the change does not start
             dual = {n for f, n in changes.items() if old.get(f) != n and n in by_sender}
+            dual |= {old.get(f) for f, n in changes.items() if old.get(f) != n and old.get(f) in by_sender}
             # every other node judges some requests by routes too (the memory controller: which
             # device works for which OS; a NIC: whom the VMM acts for), and a sender that switched
             # first may reach them through the new routes: until the change ends, each accepts
@@ -137,7 +137,7 @@ class RouteAuthority:
             judges = live - receivers - dual
             last: dict[str, int] = {}
             calls = {n: (lambda n=n: self._install_one(n, new, orphans.get(n, {}))) for n in receivers}
-            calls.update({n: (lambda n=n: self._expect_one(n, new.epoch, wires[n]["routes"])) for n in dual})
+            calls.update({n: (lambda n=n: self._expect_one(n, new.epoch, wire["routes"])) for n in dual})
             calls.update({n: (lambda n=n: self._expect_one(n, new.epoch, wire["routes"], must=False))
                           for n in judges})
             try:
@@ -145,7 +145,7 @@ class RouteAuthority:
             except REQUEST_FAILURES as exc:  # nothing paused yet
                 await self._roll_back(old, new, by_sender, live, {})
                 raise RouteChangeError(f"route change {_show(changes)} rolled back: {exc}") from None
-            replies, failures = await self._switch(by_sender, old, live, wires)
+            replies, failures = await self._switch(by_sender, old, live, wire)
             if failures:
                 incomplete = await self._roll_back(old, new, by_sender, live, replies)
                 raise RouteChangeError(f"route change {_show(changes)} rolled back: {failures[0]}{incomplete}")
@@ -175,8 +175,8 @@ class RouteAuthority:
             return report
 
     async def _switch(self, by_sender: Mapping[str, list[str]], old: RouteTable, live: set[str],
-                      wires: Mapping[str, dict]) -> tuple[dict, list[Exception]]:
-        """One ``route_switch`` to each sender (its table in ``wires``), concurrently: the replies of
+                      wire: dict) -> tuple[dict, list[Exception]]:
+        """One ``route_switch`` to each sender (to the table in ``wire``), concurrently: the replies of
         those that switched, by sender, and the failures of the others (each
         of which resumed on the routes in force, or did not answer)."""
         replies: dict = {}
@@ -184,7 +184,7 @@ class RouteAuthority:
 
         async def one(sender: str, flows: list[str]) -> None:
             try:
-                replies[sender] = await self._switch_one(sender, flows, old, live, wires[sender])
+                replies[sender] = await self._switch_one(sender, flows, old, live, wire)
             except REQUEST_FAILURES as exc:
                 failures.append(exc)
 

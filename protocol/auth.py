@@ -1,7 +1,8 @@
 """Message authentication: every frame carries a MAC of its sender (docs/security.md).
 
-A frame on the wire is the msgpack message (:mod:`protocol.messages`)
-followed by a 32-byte trailer::
+A frame on the wire is the msgpack message (:mod:`protocol.messages`), or
+a batch of them (:func:`protocol.messages.encode_batch`: one MAC for a
+burst), followed by a 32-byte trailer::
 
     frame = message || person || tag
     person = <QQ: the sender's incarnation, the link's counter>

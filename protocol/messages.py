@@ -17,6 +17,9 @@ A message on the wire is one ZeroMQ frame holding a msgpack map:
   restart), so a receiver tells a restarted sender's new numbering of a flow
   from a retransmission (docs/reliability.md). Optional on the wire.
 
+A burst of messages to one receiver may travel as one *batch* frame
+(:func:`encode_batch`, first byte 0xc1, which no msgpack message starts with).
+
 Every kind has a body schema, registered with :func:`register`; bodies are
 validated on receipt by :func:`decode`, which raises only
 :class:`~protocol.errors.ProtocolError` whatever bytes it is given.
@@ -25,6 +28,7 @@ validated on receipt by :func:`decode`, which raises only
 from __future__ import annotations
 
 import re
+import struct
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -415,3 +419,50 @@ register("ctl_trace_save", path="str", also=Field("list", items="str", required=
 register("ctl_fault_add", spec="dict")
 register("ctl_fault_list")
 register("ctl_fault_clear", id=Field("str", required=False, nullable=True))
+
+
+# -- batches: several messages to one receiver in one frame -----------------------------
+#
+#   batch = 0xc1 || <H: n> || <I: length of message 1> ... <I: length of message n>
+#           || message 1 || ... || message n
+#
+# 0xc1 is the one byte msgpack never uses, so no message (a msgpack map) starts
+# with it: a receiver tells a batch from a message by its first byte. A sender
+# puts a burst to one receiver in one batch, which costs one ZeroMQ send and
+# receive and one MAC for all of it (protocol/transport.py, docs/security.md).
+
+BATCH = b"\xc1"
+BATCH_MAX = 64  # messages in one batch (also the most a receiver takes in one)
+_BATCH_HEAD = struct.Struct("<cH")
+_LENGTHS = [struct.Struct(f"<{n}I") for n in range(BATCH_MAX + 1)]
+
+
+def encode_batch(frames: list[bytes]) -> bytes:
+    """One frame holding the encoded messages ``frames`` (2 to :data:`BATCH_MAX`), in order."""
+    n = len(frames)
+    return b"".join((_BATCH_HEAD.pack(BATCH, n), _LENGTHS[n].pack(*map(len, frames)), *frames))
+
+
+def split_batch(batch: bytes | memoryview) -> list[memoryview]:
+    """The message frames of a batch (:func:`encode_batch`), not yet decoded.
+
+    Raises:
+        ProtocolError: ``bad_batch``, if its header does not describe it exactly.
+    """
+    size = len(batch)
+    if size < _BATCH_HEAD.size:
+        raise ProtocolError("bad_batch", f"a batch of {size} bytes has no room for its header")
+    n = _BATCH_HEAD.unpack_from(batch)[1]
+    start = _BATCH_HEAD.size + 4 * n
+    if not 2 <= n <= BATCH_MAX or size < start:
+        raise ProtocolError("bad_batch", f"a batch of {n} messages in {size} bytes (2 to {BATCH_MAX} fit)")
+    lengths = _LENGTHS[n].unpack_from(batch, _BATCH_HEAD.size)
+    if start + sum(lengths) != size:
+        raise ProtocolError("bad_batch", f"a batch's lengths add up to {sum(lengths)}, its messages hold "
+                                         f"{size - start} bytes")
+    view = memoryview(batch)
+    out = []
+    for length in lengths:
+        out.append(view[start:start + length])
+        start += length
+    return out

@@ -30,6 +30,12 @@ trio's Event: 12 µs of a 100 µs round trip), and anything else it reads is
 queued, in order, for the serve task, which reads that queue before the
 socket.
 
+A burst of messages to one peer, each sent with ``more`` (more follow at
+once: :meth:`Party.send_msg`), goes out as one *batch*: one frame, one MAC,
+one ZeroMQ send and receive for all of it
+(:func:`protocol.messages.encode_batch`, docs/security.md). A message sent
+without ``more`` goes out at once (with the burst it ends, if there is one).
+
 ``bench/msgplane.py`` measures this adapter against raw pyzmq and against a
 poller thread feeding a trio channel; this one is faster (see README).
 """
@@ -52,7 +58,17 @@ import zmq
 from protocol.auth import AuthError, Keyring
 from protocol.curve import CLIENT, MOVED, CurveIdentity, ipc_private, zap_handler
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
-from protocol.messages import MAX_FRAME, Message, decode, encode, error_body
+from protocol.messages import (
+    BATCH,
+    BATCH_MAX,
+    MAX_FRAME,
+    Message,
+    decode,
+    encode,
+    encode_batch,
+    error_body,
+    split_batch,
+)
 from protocol.recorder import Recorder
 
 log = logging.getLogger("hwemu.transport")
@@ -79,6 +95,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _send = zmq.backend.Socket.send
 _now = time.perf_counter
 _MIN_WINDOW = 20e-6  # a polling window narrower than this is not worth a scheduler pass
+_BATCH_BYTES = 256 * 1024  # a batch is sent once its messages hold this much (well under MAX_FRAME)
 
 
 def spin_from_env() -> float:
@@ -171,12 +188,15 @@ class _PollWindow:
 
 
 class _Peer:
-    __slots__ = ("sock", "fd", "lock")
+    __slots__ = ("name", "sock", "fd", "lock", "batch", "batch_bytes")
 
-    def __init__(self, sock: zmq.Socket):
+    def __init__(self, name: str, sock: zmq.Socket):
+        self.name = name
         self.sock = sock
         self.fd = sock.getsockopt(zmq.FD)
         self.lock = trio.Lock()
+        self.batch: list[bytes] | None = None  # encoded messages of a burst, not sent yet (in order)
+        self.batch_bytes = 0
 
 
 class Party:
@@ -229,8 +249,11 @@ class Party:
         # (``("msg", "send"|"recv", ...)``; one attribute test when off)
         self.recorder = Recorder(name)
         # auth_failed: frames dropped because their MAC did not verify or they were replays
+        # batches_in/out: frames that held several messages (a burst: Party.send_msg's more),
+        # batched_in/out: the messages they held
         self.counters = {"msgs_in": 0, "msgs_out": 0, "bad_in": 0, "late_replies": 0, "spoofed": 0,
-                         "handler_errors": 0, "polled_in": 0, "auth_failed": 0}
+                         "handler_errors": 0, "polled_in": 0, "auth_failed": 0,
+                         "batches_in": 0, "batched_in": 0, "batches_out": 0, "batched_out": 0}
         curve = curve if curve is not None else getattr(auth, "curve", None)
         self._curve = CurveIdentity.from_config(name, curve) if isinstance(curve, Mapping) else curve
         if self._curve is not None:
@@ -287,6 +310,9 @@ class Party:
         # the fault injector (protocol/faults.py) every frame passes on its way
         # out, or None: then sending costs one attribute test more
         self.faults: Any = None
+        # peers whose batch waits for the flusher task (Party._queue), in the order they were opened
+        self._batched: deque[_Peer] = deque()
+        self._flush_kick = trio.Event()
         # called with (request, reply) when a message of a flow is answered:
         # the node keeps the reply for a retransmitted request (nodes/runtime.py)
         self.on_flow_reply: Callable[[Message, Message], None] | None = None
@@ -299,7 +325,7 @@ class Party:
             endpoint = self.directory.get(dst)
             if endpoint is None:
                 raise ProtocolError("unknown_node", f"{self.name} has no endpoint for node {dst!r}", "dst")
-            peer = self._peers[dst] = _Peer(self._connect(dst, endpoint))
+            peer = self._peers[dst] = _Peer(dst, self._connect(dst, endpoint))
         return peer
 
     def _connect(self, dst: str, endpoint: str) -> zmq.Socket:
@@ -332,6 +358,7 @@ class Party:
         """Drop the link to ``dst`` (it moved or is gone); the next send reconnects."""
         peer = self._peers.pop(dst, None)
         if peer is not None:
+            peer.batch = None  # what it queued for the old link is lost with it (a flow sends it again)
             peer.sock.close(linger=0)
 
     def next_seq(self) -> int:
@@ -357,12 +384,33 @@ class Party:
         except AuthError as exc:
             raise ProtocolError("no_key", str(exc), "dst") from None
 
-    async def send_msg(self, msg: Message, frame: bytes | None = None) -> None:
+    async def send_msg(self, msg: Message, frame: bytes | None = None, *, more: bool = False) -> None:
         """Send a built message (``frame``: its encoding, if the caller has it);
-        waits only while the peer's queue is full."""
+        waits only while the peer's queue is full.
+
+        ``more``: more messages to the same peer follow at once (a burst, as
+        :meth:`nodes.runtime.Node.emit` of a stream sends it). The message
+        then waits for them, and the burst goes out as one batch (one frame,
+        one MAC, one ZeroMQ send: :func:`protocol.messages.encode_batch`)
+        with the next message sent to that peer without ``more`` (which joins
+        it), once ``BATCH_MAX`` are queued, or when the sending task yields
+        (:meth:`_flusher`), whichever comes first; the peer gets every message
+        in the order they were sent. A message without ``more`` and no burst
+        before it goes out at once, as every request and reply does (a round
+        trip never waits for a batch); so does everything while a fault is
+        set on this party (faults act on each frame).
+        """
         peer = self._peer(msg.dst)
         if frame is None:
             frame = encode(msg)
+        if peer.batch is not None:
+            if self.faults is None:
+                await self._queue(peer, msg, frame, more)  # it joins the burst (which goes now, unless more follow)
+                return
+            await self._flush(peer)  # a fault was set meanwhile: the burst goes as it is, this one alone
+        elif more and self._serving and self.faults is None:
+            await self._queue(peer, msg, frame, more)
+            return
         plain = None
         if self._auth is not None:
             plain, frame = frame, self._seal(msg, frame)
@@ -379,15 +427,7 @@ class Party:
                 raise zmq.Again
             _send(sock, frame, _NOBLOCK)
         except zmq.Again:
-            async with peer.lock:
-                while True:
-                    if sock.getsockopt(_EVENTS) & _POLLOUT:
-                        try:
-                            _send(sock, frame, _NOBLOCK)
-                            break
-                        except zmq.Again:
-                            pass
-                    await trio.lowlevel.wait_readable(peer.fd)
+            await self._put(peer, frame)
         self.counters["msgs_out"] += 1
         self._active = _now()
         self._unyielded += 1
@@ -397,10 +437,110 @@ class Party:
             self._unyielded = 0
             await trio.lowlevel.checkpoint()
 
+    async def _put(self, peer: _Peer, frame: bytes) -> None:
+        """Send ``frame`` to ``peer`` once its queue has room, behind whoever waits already."""
+        sock = peer.sock
+        async with peer.lock:
+            while True:
+                if sock.getsockopt(_EVENTS) & _POLLOUT:
+                    try:
+                        _send(sock, frame, _NOBLOCK)
+                        return
+                    except zmq.Again:
+                        pass
+                await trio.lowlevel.wait_readable(peer.fd)
+
+    async def _queue(self, peer: _Peer, msg: Message, frame: bytes, more: bool) -> None:
+        """Put a message in ``peer``'s batch (opened if need be), and send the batch
+        unless ``more`` follow (or it is full)."""
+        queued = peer.batch
+        if queued is None:
+            queued = peer.batch = []
+            peer.batch_bytes = 0
+            self._batched.append(peer)
+            self._flush_kick.set()  # the flusher sends it if this task yields before the burst ends
+        queued.append(frame)
+        peer.batch_bytes += len(frame)
+        if self.recorder.on:
+            self._record_send(msg, frame, time.monotonic_ns())
+        self.counters["msgs_out"] += 1
+        self._active = _now()
+        if not more or len(queued) >= BATCH_MAX or peer.batch_bytes >= _BATCH_BYTES:
+            await self._flush(peer)
+        self._unyielded += 1
+        if self._unyielded >= _YIELD_EVERY:
+            self._unyielded = 0
+            await trio.lowlevel.checkpoint()  # (and the flusher sends the batch)
+
+    def _batch_frame(self, peer: _Peer) -> bytes:
+        """``peer``'s batch as one frame, sealed (the batch is emptied)."""
+        queued, peer.batch = peer.batch, None
+        if len(queued) == 1:
+            frame = queued[0]
+        else:
+            frame = encode_batch(queued)
+            self.counters["batches_out"] += 1
+            self.counters["batched_out"] += len(queued)
+        if self._auth is not None:
+            try:
+                frame = self._auth.seal(peer.name, frame)
+            except AuthError as exc:
+                raise ProtocolError("no_key", str(exc), "dst") from None
+        return frame
+
+    async def _flush(self, peer: _Peer) -> None:
+        """Send ``peer``'s batch, if it has one, waiting for room if need be."""
+        if peer.batch is None:
+            return
+        frame = self._batch_frame(peer)
+        if peer.lock.locked():
+            await self._put(peer, frame)
+            return
+        try:
+            _send(peer.sock, frame, _NOBLOCK)
+        except zmq.Again:
+            await self._put(peer, frame)
+
+    def _flush_nowait(self, peer: _Peer) -> bool:
+        """Send ``peer``'s batch unless its queue is full (then it stays queued); True if nothing is queued now."""
+        if peer.batch is None:
+            return True
+        if peer.lock.locked():
+            return False
+        queued = peer.batch
+        frame = self._batch_frame(peer)
+        try:
+            _send(peer.sock, frame, _NOBLOCK)
+        except zmq.Again:
+            peer.batch = queued  # as it was (sealed again when it goes: a counter skipped is no harm)
+            if len(queued) > 1:
+                self.counters["batches_out"] -= 1
+                self.counters["batched_out"] -= len(queued)
+            return False
+        return True
+
+    async def _flusher(self) -> None:
+        """The task that sends the batches queued while another task ran (:meth:`_queue`):
+        it runs once that task yields."""
+        while True:
+            await self._flush_kick.wait()
+            self._flush_kick = trio.Event()
+            batched = self._batched
+            while batched:
+                peer = batched.popleft()
+                if peer.batch is not None:
+                    try:
+                        await self._flush(peer)
+                    except (ProtocolError, zmq.ZMQError, trio.ClosedResourceError) as exc:  # no key, a closed link
+                        log.warning("%s: a batch to %s is lost: %s", self.name, peer.name, exc)
+
     def send_nowait(self, msg: Message, frame: bytes | None = None) -> bool:
         """Send unless the peer's queue is full (then drop and return False).
         For messages that must never block the data plane, like heartbeats."""
-        sock = self._peer(msg.dst).sock
+        peer = self._peer(msg.dst)
+        if peer.lock.locked() or (peer.batch is not None and not self._flush_nowait(peer)):
+            return False  # what waits for room (or its batch) goes first: never overtake it
+        sock = peer.sock
         if frame is None:
             frame = encode(msg)
         plain = None
@@ -430,9 +570,12 @@ class Party:
         late, duplicated and reordered frames; they bypass it); ``seal``: seal
         it first (an unsealed copy of a message: a duplicate, sent anew)."""
         try:
+            peer = self._peer(dst)
+            if peer.batch is not None and not self._flush_nowait(peer):
+                return False
             if seal and self._auth is not None:
                 frame = self._auth.seal(dst, frame)
-            _send(self._peer(dst).sock, frame, _NOBLOCK)
+            _send(peer.sock, frame, _NOBLOCK)
         except (zmq.Again, ProtocolError, zmq.ZMQError, AuthError):
             return False
         return True
@@ -457,7 +600,7 @@ class Party:
                 return
             self.forget(msg.src)
             self.directory[msg.src] = msg.reply_to
-            self._peers[msg.src] = _Peer(sock)
+            self._peers[msg.src] = _Peer(msg.src, sock)
         self._learned.pop(msg.src, None)
         self._learned[msg.src] = None
         while len(self._learned) > _LEARNED_MAX:
@@ -722,13 +865,13 @@ class Party:
             self._senders[ident] = name
         return name
 
-    def parse(self, frames: list[bytes]) -> Message:
-        """Check an inbox delivery's MAC (if this party has keys), decode it and
-        check its claimed source.
+    def _open(self, frames: list[bytes]) -> tuple[str, bytes]:
+        """The sender's name and the message (or batch) of an inbox delivery,
+        its MAC checked (if this party has keys) before anything of it is parsed.
 
         Raises:
             AuthError: its MAC does not verify as its claimed sender's, or it is a replay.
-            ProtocolError: malformed, or ``src`` differs from the sending socket's id.
+            ProtocolError: not one frame.
         """
         if len(frames) != 2:
             raise ProtocolError("bad_message", f"expected one frame per message, got {len(frames) - 1}")
@@ -736,11 +879,26 @@ class Party:
         sender = self._sender(ident)
         if self._auth is not None:
             frame = self._auth.open(sender, frame)  # before parsing anything of it
+        return sender, frame
+
+    def _decoded(self, sender: str, ident: bytes, frame: bytes) -> Message:
+        """``frame`` decoded, its ``src`` checked against the name it came from."""
         msg = decode(frame)
         if sender != msg.src:
             self.counters["spoofed"] += 1
             raise ProtocolError("bad_source", f"message claims src {msg.src!r} but came from {ident[:64]!r}", "src")
         return msg
+
+    def parse(self, frames: list[bytes]) -> Message:
+        """Check an inbox delivery's MAC (if this party has keys), decode it and
+        check its claimed source (a delivery of one message, not a batch).
+
+        Raises:
+            AuthError: its MAC does not verify as its claimed sender's, or it is a replay.
+            ProtocolError: malformed, or ``src`` differs from the sending socket's id.
+        """
+        sender, frame = self._open(frames)
+        return self._decoded(sender, frames[0], frame)
 
     async def serve(self, handler: Handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Read the inbox forever: replies wake their requester; everything
@@ -748,6 +906,7 @@ class Party:
         counted and answered with ``error``; it never stops the loop."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._expire)
+            nursery.start_soon(self._flusher)
             self._serving = True
             try:
                 await self._serve(handler, task_status)
@@ -767,7 +926,11 @@ class Party:
         if not frames:
             return None  # refused by _recv_now (counted there)
         try:
-            msg = self.parse(frames)
+            sender, frame = self._open(frames)
+            if frame[:1] == BATCH:  # several messages, authenticated as one
+                self._take_batch(frames[0], sender, frame)
+                return None
+            msg = self._decoded(sender, frames[0], frame)
         except ProtocolError as exc:
             counters["bad_in"] += 1
             return frames, exc
@@ -781,6 +944,10 @@ class Party:
             if self.recorder.on:
                 self.recorder("auth", "drop", src=self._sender(frames[0]), reason=exc.reason)
             return None
+        return self._delivered(frames, msg)
+
+    def _delivered(self, frames: list[bytes], msg: Message) -> tuple[list[bytes], Message] | None:
+        """A reply given to its requester (None), or anything else with its frames, for the handler."""
         if self.recorder.on:
             self.recorder("msg", "recv", kind=msg.kind, src=msg.src, seq=msg.seq, flow=msg.flow, fseq=msg.fseq,
                           size=len(frames[1]))
@@ -791,8 +958,34 @@ class Party:
             slot[1] = msg
             slot[0].set()
         else:
-            counters["late_replies"] += 1
+            self.counters["late_replies"] += 1
         return None
+
+    def _take_batch(self, ident: bytes, sender: str, batch: bytes) -> None:
+        """Take each message of a batch its MAC let in (:meth:`_take`), in
+        order: what is for the handler is queued for the serve task, which
+        reads that queue before the socket.
+
+        Raises:
+            ProtocolError: its header does not describe it (nothing of it is taken).
+        """
+        parts = split_batch(batch)
+        counters = self.counters
+        counters["batches_in"] += 1
+        counters["batched_in"] += len(parts)
+        counters["msgs_in"] += len(parts) - 1
+        deferred = self._deferred
+        for part in parts:
+            frames = [ident, part]
+            try:
+                msg = self._decoded(sender, ident, part)
+            except ProtocolError as exc:
+                counters["bad_in"] += 1
+                deferred.append((frames, exc))
+                continue
+            item = self._delivered(frames, msg)
+            if item is not None:
+                deferred.append(item)
 
     async def _serve(self, handler: Handler, task_status) -> None:
         task_status.started()
@@ -876,6 +1069,11 @@ class Party:
             return
         self._closed = True
         for peer in self._peers.values():
+            if peer.batch is not None:
+                try:
+                    self._flush_nowait(peer)  # a last burst goes if its link takes it
+                except (ProtocolError, zmq.ZMQError):
+                    pass
             peer.sock.close(linger=0)
         self._peers.clear()
         self._inbox.close(linger=0)

@@ -38,39 +38,31 @@
                (unsigned)(r_ - pc_));                                        \
     } while (0)
 
+/* The instructions, each an X-macro list (X(mnemonic) per entry), in the
+ * order they print. */
+#define RR_OPS(X)        X(add) X(sub) X(xor) X(or) X(and) X(slt) X(sltu)
+#define SHIFT_RR_OPS(X)  X(sll) X(srl) X(sra)
+#define RI_OPS(X)        X(addi) X(xori) X(ori) X(andi) X(slti) X(sltiu)
+#define SHIFT_IMM_OPS(X) X(slli) X(srli) X(srai)
+/* lui's and auipc's 20-bit immediates: 0, 1 and both ends of each sign */
+#define UPPER_IMMS(X)    X(0) X(1) X(0x7ffff) X(0x80000) X(0xfffff)
+
+#define EDGE_X_EDGE(op)  TEST_RR(op, edge, edge);
+#define EDGE_X_SHAMT(op) TEST_RR(op, edge, shamt);
+#define RI_EACH(op)      TEST_RI_ALL(op);
+#define SHIFT_EACH(op)   TEST_SHIFT_IMM(op);
+#define LUI_EACH(imm)    TEST_LUI(imm);
+#define AUIPC_EACH(imm)  TEST_AUIPC(imm);
+
 int main(void)
 {
-    TEST_RR(add, edge, edge);
-    TEST_RR(sub, edge, edge);
-    TEST_RR(xor, edge, edge);
-    TEST_RR(or, edge, edge);
-    TEST_RR(and, edge, edge);
-    TEST_RR(slt, edge, edge);
-    TEST_RR(sltu, edge, edge);
-    TEST_RR(sll, edge, shamt);
-    TEST_RR(srl, edge, shamt);
-    TEST_RR(sra, edge, shamt);
+    RR_OPS(EDGE_X_EDGE)
+    SHIFT_RR_OPS(EDGE_X_SHAMT)
+    RI_OPS(RI_EACH)
+    SHIFT_IMM_OPS(SHIFT_EACH)
 
-    TEST_RI_ALL(addi);
-    TEST_RI_ALL(xori);
-    TEST_RI_ALL(ori);
-    TEST_RI_ALL(andi);
-    TEST_RI_ALL(slti);
-    TEST_RI_ALL(sltiu);
-    TEST_SHIFT_IMM(slli);
-    TEST_SHIFT_IMM(srli);
-    TEST_SHIFT_IMM(srai);
-
-    TEST_LUI(0);
-    TEST_LUI(1);
-    TEST_LUI(0x7ffff);
-    TEST_LUI(0x80000);
-    TEST_LUI(0xfffff);
-    TEST_AUIPC(0);
-    TEST_AUIPC(1);
-    TEST_AUIPC(0x7ffff);
-    TEST_AUIPC(0x80000);
-    TEST_AUIPC(0xfffff);
+    UPPER_IMMS(LUI_EACH)
+    UPPER_IMMS(AUIPC_EACH)
 
     uint32_t zero;
     __asm__ volatile("addi x0, x0, 5\n\tlui x0, 0x12345\n\tadd x0, %1, %1\n\tmv %0, x0"

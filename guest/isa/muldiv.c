@@ -10,15 +10,13 @@ static const uint32_t operand[] = {
     0xedcba988,
 };
 
+/* The M extension's instructions (an X-macro list, in the order they print),
+ * each over every pair of operands. */
+#define M_OPS(X) X(mul) X(mulh) X(mulhsu) X(mulhu) X(div) X(divu) X(rem) X(remu)
+#define OPERAND_X_OPERAND(op) TEST_RR(op, operand, operand);
+
 int main(void)
 {
-    TEST_RR(mul, operand, operand);
-    TEST_RR(mulh, operand, operand);
-    TEST_RR(mulhsu, operand, operand);
-    TEST_RR(mulhu, operand, operand);
-    TEST_RR(div, operand, operand);
-    TEST_RR(divu, operand, operand);
-    TEST_RR(rem, operand, operand);
-    TEST_RR(remu, operand, operand);
+    M_OPS(OPERAND_X_OPERAND)
     return 0;
 }

@@ -308,17 +308,27 @@ static size_t handle(char *s, size_t n, int *quit)
     return len;
 }
 
+/* The reply to one datagram of n bytes (n > MAX_REQUEST: it did not fit,
+ * truncated); *quit is set by QUIT. */
+static size_t answer(char *s, size_t n, const char **out, int *quit)
+{
+    *out = reply;
+    if (n > MAX_REQUEST) {
+        strcpy(reply, "ERR request too long");
+        return strlen(reply);
+    }
+    return handle(s, n, quit);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
         printf("usage: kvstore <disk device or file> <udp port>\n");
         return 2;
     }
-    int port = parse_port(argv[2]);
-    if (port < 0) {
-        printf("kvstore: bad port '%s' (want 1..65535)\n", argv[2]);
+    int port = port_arg("kvstore", argv[2]);
+    if (port < 0)
         return 2;
-    }
 
     long fd = sys_openat(AT_FDCWD, argv[1], O_RDWR, 0);
     if (fd == -HWEMU_ENOENT)
@@ -331,35 +341,13 @@ int main(int argc, char **argv)
     if (load(argv[1]) < 0)
         return 1;
 
-    long sock = udp_bind_any(port);
-    if (sock < 0) {
-        printf("kvstore: cannot bind UDP port %d: %ld\n", port, sock);
+    long sock = udp_listen("kvstore", port);
+    if (sock < 0)
         return 1;
-    }
     printf("kvstore ready: %u keys\n", nkeys);
 
-    int quit = 0;
-    while (!quit) {
-        struct sockaddr_in peer;
-        unsigned peerlen = sizeof peer;
-        long n = sys_recvfrom((int)sock, req, sizeof req, 0, &peer, &peerlen);
-        if (n < 0) {
-            printf("kvstore: recvfrom failed: %ld\n", n);
-            return 1;
-        }
-        size_t len;
-        if (n > MAX_REQUEST) {          /* the datagram did not fit: truncated */
-            strcpy(reply, "ERR request too long");
-            len = strlen(reply);
-        } else {
-            len = handle(req, (size_t)n, &quit);
-        }
-        long r = sys_sendto((int)sock, reply, len, 0, &peer, peerlen);
-        if (r < 0) {
-            printf("kvstore: sendto failed: %ld\n", r);
-            return 1;
-        }
-    }
+    if (udp_serve((int)sock, req, sizeof req, answer, "kvstore") < 0)
+        return 1;
     printf("kvstore stopped: %u keys\n", nkeys);
     sys_fsync(disk);
     sys_close(disk);

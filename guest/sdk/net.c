@@ -1,4 +1,5 @@
-/* hwemu guest SDK: the UDP set-up the network samples share. */
+/* hwemu guest SDK: the UDP set-up and request/reply loop the network
+ * samples share. */
 #include <hwemu.h>
 
 int parse_port(const char *s)
@@ -6,6 +7,14 @@ int parse_port(const char *s)
     char *end;
     long port = strtol(s, &end, 10);
     return *s != '\0' && *end == '\0' && port >= 1 && port <= 65535 ? (int)port : -1;
+}
+
+int port_arg(const char *name, const char *s)
+{
+    int port = parse_port(s);
+    if (port < 0)
+        printf("%s: bad port '%s' (want 1..65535)\n", name, s);
+    return port;
 }
 
 long udp_bind_any(int port)
@@ -24,4 +33,34 @@ long udp_bind_any(int port)
         return r;
     }
     return fd;
+}
+
+long udp_listen(const char *name, int port)
+{
+    long fd = udp_bind_any(port);
+    if (fd < 0)
+        printf("%s: cannot bind UDP port %d: %ld\n", name, port, fd);
+    return fd;
+}
+
+long udp_serve(int fd, char *buf, size_t cap, udp_answer_fn *answer, const char *name)
+{
+    int stop = 0;
+    while (!stop) {
+        struct sockaddr_in peer;
+        unsigned peerlen = sizeof peer;
+        long n = sys_recvfrom(fd, buf, cap, 0, &peer, &peerlen);
+        if (n < 0) {
+            printf("%s: recvfrom failed: %ld\n", name, n);
+            return n;
+        }
+        const char *reply;
+        size_t len = answer(buf, (size_t)n, &reply, &stop);
+        long r = sys_sendto(fd, reply, len, 0, &peer, peerlen);
+        if (r < 0) {
+            printf("%s: sendto failed: %ld\n", name, r);
+            return r;
+        }
+    }
+    return 0;
 }

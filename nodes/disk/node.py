@@ -99,7 +99,7 @@ import trio
 import protocol.hw  # noqa: F401  (registers the device message kinds)
 from nodes.errors import OptionError, Refused
 from nodes.options import Option, boolean, integer, mapping, one_of, optional, pair, string
-from nodes.runtime import Node, NodeConfig
+from nodes.runtime import Node, NodeConfig, handles
 from protocol.constants import DEFAULT_MEMCTL
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.faults import probability
@@ -232,15 +232,6 @@ class Disk(Node):
 
     # -- commands -------------------------------------------------------------------
 
-    async def on_disk_read(self, msg: Message) -> None:
-        await self._submit(msg)
-
-    async def on_disk_write(self, msg: Message) -> None:
-        await self._submit(msg)
-
-    async def on_disk_flush(self, msg: Message) -> None:
-        await self._submit(msg)
-
     async def on_disk_info(self, msg: Message) -> None:
         part = self.partitions.get(msg.body.get("os") or self._issuer(msg))
         await self.party.reply(msg, "ok", {"data": {
@@ -248,6 +239,7 @@ class Disk(Node):
             "queue_depth": self.queue_depth, "max_blocks": self.max_blocks,
             "partition": list(part) if part is not None else None}})
 
+    @handles("disk_read", "disk_write", "disk_flush")
     async def _submit(self, msg: Message) -> None:
         try:
             self._send.send_nowait(msg)

@@ -29,7 +29,7 @@ from nodes.guest_os.io import Io
 from nodes.guest_os.kernel import SIGKILL, Kernel, KernelError, Process
 from nodes.guest_os.module import BelowFloor, FrameAllocator, FrameError, KernelModule, OutOfMemory
 from nodes.options import Option, integer, list_of, number, optional, pair, string
-from nodes.runtime import Node, NodeConfig
+from nodes.runtime import Node, NodeConfig, handles
 from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER, DEFAULT_UART
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.frames import body_frames, to_runs
@@ -351,18 +351,8 @@ class OsNode(Node):
         log.warning("%s: %s (%s) restarted: %s", self.name, node, b["kind"], done)
         await self.party.reply(msg, "ok", {"data": done})
 
+    @handles("mod_alloc_pin", "mod_add", "mod_give_back")
     @in_kernel_task
-    async def on_mod_alloc_pin(self, msg: Message) -> None:
-        await self._module_request(msg)
-
-    @in_kernel_task
-    async def on_mod_add(self, msg: Message) -> None:
-        await self._module_request(msg)
-
-    @in_kernel_task
-    async def on_mod_give_back(self, msg: Message) -> None:
-        await self._module_request(msg)
-
     async def _module_request(self, msg: Message) -> None:
         """The kernel module's messages (DESIGN.md §4-5: FIG. 4, ¶39), frames as runs.
 

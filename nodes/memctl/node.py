@@ -64,7 +64,7 @@ import protocol.hw  # registers the mem_* kinds
 import protocol.recovery  # registers mem_drop_initiator
 import protocol.vmm  # noqa: F401  (registers the mem_* administration kinds)
 from nodes.options import Option, integer, mapping, optional, pair, string
-from nodes.runtime import Node, spawned
+from nodes.runtime import Node, handles, spawned
 from protocol import authz
 from protocol.constants import ORCHESTRATOR, VMM
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
@@ -303,22 +303,14 @@ class MemctlNode(Node):
         await self._answer(msg, go)
 
     @spawned
-    async def on_mem_pin(self, msg: Message) -> None:
+    @handles("mem_pin", "mem_unpin")
+    async def _pinning(self, msg: Message) -> None:
+        """``mem_pin`` / ``mem_unpin`` frames of the owner the sender may name; how many it has pinned after."""
         frames = _frames(msg.body)
         owner = self._pin_owner(msg, frames)
 
         async def go():
-            self.mc.pin_frames(owner, frames)
-            return {"owner": owner, "pinned": len(self.mc.pinned(owner))}
-        await self._answer(msg, go)
-
-    @spawned
-    async def on_mem_unpin(self, msg: Message) -> None:
-        frames = _frames(msg.body)
-        owner = self._pin_owner(msg, frames)
-
-        async def go():
-            self.mc.unpin(owner, frames)
+            (self.mc.pin_frames if msg.kind == "mem_pin" else self.mc.unpin)(owner, frames)
             return {"owner": owner, "pinned": len(self.mc.pinned(owner))}
         await self._answer(msg, go)
 

@@ -6,7 +6,7 @@ route-change tests and ``bench/msgplane.py`` (started as
 - ``streamer``: on ``stream_start`` {count, flow, rate} emits ``count``
   sequenced ``datum`` messages on ``flow`` (without ``count``: until
   ``stream_stop``) at ``rate`` per second (or as fast as the plane takes
-  them), then answers how many it sent. With ``requests`` each is a
+  them, in batches: ``emit(..., more=True)``), then answers how many it sent. With ``requests`` each is a
   ``datum_req`` request on the flow (``emit_request``), answered by the sink
   before the next goes out, as a driver's privileged operations are. It is the *sender* of ``data:<its name>``.
 - ``sink``: consumes ``datum`` messages, recording each ``fseq`` and the route
@@ -79,11 +79,14 @@ class StreamerOrSink(Node):
         sent = 0
         while (count is None or sent < count) and not self.stopping:
             sent += 1
+            paced = rate and sent % 10 == 0
             if msg.body.get("requests"):
                 await self.emit_request(flow, "datum_req", {"n": sent})
             else:
-                await self.emit(flow, "datum", {"n": sent})
-            if rate and sent % 10 == 0:  # paced in steps of 10 (0.5 ms at 20k/s), not bursts
+                # a burst: one batch and one MAC for many (more follow, but for the last and
+                # the one before a pause for the rate)
+                await self.emit(flow, "datum", {"n": sent}, more=not paced and sent != count)
+            if paced:  # paced in steps of 10 (0.5 ms at 20k/s), not bursts
                 await trio.sleep_until(start + sent / rate)
         await self.party.reply(msg, "ok", {"data": {"sent": sent}})
 

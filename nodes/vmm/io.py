@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodes.errors import Refused
+from nodes.runtime import handles
 from protocol.messages import Message
 
 log = logging.getLogger("hwemu.vmm.io")
@@ -200,15 +201,7 @@ class DeviceMux:
 
     # -- disk ---------------------------------------------------------------------------------
 
-    async def on_disk_read(self, msg: Message) -> None:
-        await self._disk_command(msg)
-
-    async def on_disk_write(self, msg: Message) -> None:
-        await self._disk_command(msg)
-
-    async def on_disk_flush(self, msg: Message) -> None:
-        await self._disk_command(msg)
-
+    @handles("disk_read", "disk_write", "disk_flush")
     async def _disk_command(self, msg: Message) -> None:
         os_name = self._io_os(msg)
         b = msg.body

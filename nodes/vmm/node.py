@@ -60,7 +60,7 @@ import protocol.recovery  # noqa: F401  (registers peer_restarted)
 import protocol.vmm  # noqa: F401
 from nodes.errors import Refused
 from nodes.options import Option, integer, mapping, optional, string
-from nodes.runtime import Node, main, spawned
+from nodes.runtime import Node, handles, main, spawned
 from nodes.vmm.frames import FrameBroker
 from nodes.vmm.io import SHARED_DEVICES, DeviceMux
 from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER, DEFAULT_UART, ORCHESTRATOR, PAGE_SIZE, VMM
@@ -249,6 +249,7 @@ class VmmNode(FrameBroker, DeviceMux, Node):
 
     # -- privileged operations ----------------------------------------------------------
 
+    @handles(*PRIV_KINDS)
     async def _priv(self, msg: Message) -> None:
         vcpu = self._os_of_flow(msg)
         ack = bool(msg.body.get("ack"))
@@ -348,9 +349,6 @@ class VmmNode(FrameBroker, DeviceMux, Node):
         self.counts["priv_forwarded"] += 1
         await self._cpu(kind, b)
 
-    async def on_cpu_resume(self, msg: Message) -> None:
-        await self._priv(msg)
-
     @spawned
     async def on_cpu_save(self, msg: Message) -> None:
         vcpu = self._os_of_flow(msg)
@@ -369,21 +367,6 @@ class VmmNode(FrameBroker, DeviceMux, Node):
                     "space": vcpu.name, "cpu_state": "switched_out" if vcpu.runnable else "halted",
                     "instret": None}
         await self.party.reply(msg, "ok", {"data": {**data, "virtual": True}})
-
-    async def on_tlb_write(self, msg: Message) -> None:
-        await self._priv(msg)
-
-    async def on_tlb_flush(self, msg: Message) -> None:
-        await self._priv(msg)
-
-    async def on_cpu_preempt(self, msg: Message) -> None:
-        await self._priv(msg)
-
-    async def on_cpu_halt(self, msg: Message) -> None:
-        await self._priv(msg)
-
-    async def on_irq_mask(self, msg: Message) -> None:
-        await self._priv(msg)
 
     # -- virtual interrupts ---------------------------------------------------------------
 

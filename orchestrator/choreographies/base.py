@@ -160,8 +160,12 @@ class Choreography:
     budget_ms: float = PAUSE_BUDGET_MS
     on_commit: Callable[[Ctx], None] | None = None
 
-    async def run(self, orch: "Orchestrator") -> dict[str, Any]:
+    async def run(self, orch: "Orchestrator", budget_ms: float | None = None) -> dict[str, Any]:
         """Run every step, journaled; roll back on failure.
+
+        Args:
+            orch: the orchestrator of the running cluster.
+            budget_ms: the pause budget for this run (``None``: :attr:`budget_ms`).
 
         Returns:
             The report: ``{id, figure, title, outcome: "committed", steps:
@@ -171,6 +175,8 @@ class Choreography:
             ChoreographyFailed: a step failed; the completed ones were undone
                 (the report is on the exception, outcome ``rolled_back``).
         """
+        if budget_ms is not None:
+            self.budget_ms = budget_ms
         journal: Journal = orch.journal
         cid = journal.new_id(self.figure)
         run = Run(orch, cid, self.figure)

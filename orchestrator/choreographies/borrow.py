@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
-from orchestrator.choreographies.frames import add_frames, alloc_pin, ctx_runs, give_up, runs_of, via_vmm
+from orchestrator.choreographies.frames import alloc_pin, ctx_runs, give_up, hand_over, runs_of
 from orchestrator.control import control, optional
 from protocol.frames import count, from_runs
 
@@ -49,6 +49,10 @@ async def _readd_to(run: Run, ctx: Ctx) -> None:
     await run.call(ctx["to_os"], "mod_add", {"runs": ctx_runs(ctx, "runs")})
 
 
+def _adds(os: str) -> str:
+    return f"module in OS {os} adds them to its free list (its map reaches them while the VMM manages its memory)"
+
+
 @figure(FIGURE)
 def build(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE, f"¶39 borrow {params.get('n')} frames of {params.get('from_os')} "
@@ -56,11 +60,8 @@ def build(params: dict[str, Any]) -> Choreography:
         alloc_pin("from_os", "n", patent="module in OS A allocates and pins N frames (up to its floor)",
                   partial=True),
         give_up("from_os", "runs", "module_lets_go", patent="module in OS A hands them over"),
-        *via_vmm("runs", "from_os", "to_os", ("to_vmm", "to_os"),
-                 ("the VMM takes them (zeroed)", "the VMM hands them to OS B (zeroed)")),
-        add_frames("to_os", "runs", "add_to_free_list", remap=True,
-                   patent="module in OS B adds them to its free list (its map reaches them while the VMM "
-                          "manages its memory)"),
+        *hand_over("runs", "from_os", "to_os", ("to_vmm", "to_os"),
+                   ("the VMM takes them (zeroed)", "the VMM hands them to OS B (zeroed)", _adds("B")), remap=True),
     ], params=params)
 
 
@@ -69,11 +70,8 @@ def build_return(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE_RETURN, f"¶39 return {count(runs_of(params.get('runs')))} frames of "
                                        f"{params.get('from_os')} from {params.get('to_os')}", [
         Step("give_back", _give_back_to, _readd_to, "module in OS B gives the frames back"),
-        *via_vmm("runs", "to_os", "from_os", ("to_vmm", "to_lender"),
-                 ("the VMM takes them (zeroed)", "back to OS A (zeroed)")),
-        add_frames("from_os", "runs", "add_to_free_list", remap=True,
-                   patent="module in OS A adds them to its free list (its map reaches them while the VMM "
-                          "manages its memory)"),
+        *hand_over("runs", "to_os", "from_os", ("to_vmm", "to_lender"),
+                   ("the VMM takes them (zeroed)", "back to OS A (zeroed)", _adds("A")), remap=True),
     ], params=params)
 
 
@@ -105,9 +103,7 @@ async def borrow(orch, from_os: str, to_os: str, n: int, budget_ms: float | None
                                 "runs": ctx["runs"], "count": count(ctx["runs"])})
 
     chor.on_commit = commit
-    if budget_ms is not None:
-        chor.budget_ms = budget_ms
-    report = await chor.run(orch)
+    report = await chor.run(orch, budget_ms)
     first = report["steps"][0]["data"]
     report["runs"] = first["runs"]
     report["frames"] = from_runs(first["runs"])

@@ -42,6 +42,7 @@ from typing import Any
 from orchestrator.choreographies import base
 from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.fig5_devices import interpose_device
+from orchestrator.choreographies.frames import map_identity, map_owned
 from orchestrator.choreographies.state import VMM, devices_of
 from orchestrator.control import control, optional
 
@@ -49,12 +50,26 @@ FIGURE = "fig3"
 FIGURE_MEMORY = "fig3_memory"
 
 
-def _names(run: Run, ctx: Ctx) -> tuple[str, str, str]:
-    return (ctx["os"], *run.cpu_and_timer(ctx["os"]))
+async def reroute_traps(run: Run, os_name: str, to_vmm: bool) -> dict[str, Any]:
+    """ONE lossless route change of what makes the VMM interposed on ``os_name``:
+    its CPU's traps, its timer's interrupts and its privileged operations, to
+    the VMM (``to_vmm``) or back (traps and interrupts to the OS, privileged
+    operations to the CPU). The disabled window and the previous receivers
+    (``traps_previous``, for :func:`restore_traps`)."""
+    cpu, timer = run.cpu_and_timer(os_name)
+    native = {f"trap:{cpu}": os_name, f"irq:{timer}": os_name, f"priv:{os_name}": cpu}
+    out = await run.reroute({flow: VMM for flow in native} if to_vmm else native)
+    return {**run.window(out), "traps_previous": out["previous"]}
+
+
+async def restore_traps(run: Run, ctx: Ctx) -> None:
+    """The undo of :func:`reroute_traps`."""
+    await run.restore_routes(ctx.get("traps_previous") or {})
 
 
 async def _new_flows(run: Run, ctx: Ctx) -> dict[str, Any]:
-    os_name, cpu, _ = _names(run, ctx)
+    os_name = ctx["os"]
+    cpu, _ = run.cpu_and_timer(os_name)
     out = await run.reroute({f"trap:{VMM}.{os_name}": os_name, f"irq:{VMM}.{os_name}": os_name,
                              f"priv:{VMM}": cpu})
     # only the VMM was held (nothing of the OS): not the disabled window the budget is for
@@ -62,7 +77,8 @@ async def _new_flows(run: Run, ctx: Ctx) -> dict[str, Any]:
 
 
 async def _attach(run: Run, ctx: Ctx) -> dict[str, Any]:
-    os_name, cpu, _ = _names(run, ctx)
+    os_name = ctx["os"]
+    cpu, _ = run.cpu_and_timer(os_name)
     current = run.orch.routes.table.get(f"trap:{cpu}") == os_name
     await run.call(VMM, "vmm_attach_os", {"os": os_name, "asid_base": ctx["asid_base"], "current": current})
     return {"current": current}
@@ -73,25 +89,15 @@ async def _detach(run: Run, ctx: Ctx) -> None:
 
 
 async def _redirect(run: Run, ctx: Ctx) -> dict[str, Any]:
-    os_name, cpu, timer = _names(run, ctx)
-    out = await run.reroute({f"trap:{cpu}": VMM, f"irq:{timer}": VMM, f"priv:{os_name}": VMM})
-    return {**run.window(out), "traps_previous": out["previous"]}
-
-
-async def _redirect_back(run: Run, ctx: Ctx) -> None:
-    await run.restore_routes(ctx.get("traps_previous") or {})
+    return await reroute_traps(run, ctx["os"], to_vmm=True)
 
 
 async def _map(run: Run, ctx: Ctx) -> dict[str, Any]:
-    os_name = ctx["os"]
-    owners = await run.call(run.memctl(os_name), "mem_owners")
-    frames = owners.get(os_name, [])
-    await run.call(run.memctl(os_name), "mem_set_map", {"space": os_name, "map": {str(f): f for f in frames}})
-    return {"mapped_pages": len(frames)}
+    return {"mapped_pages": await map_owned(run, ctx["os"])}
 
 
 async def _identity(run: Run, ctx: Ctx) -> None:
-    await run.call(run.memctl(ctx["os"]), "mem_set_identity", {"space": ctx["os"]})
+    await map_identity(run, ctx["os"])
 
 
 async def _resume(run: Run, ctx: Ctx) -> dict[str, Any]:
@@ -104,7 +110,7 @@ def build(params: dict[str, Any]) -> Choreography:
     steps = [
         Step("new_flows", _new_flows, None, "(the VMM's flows to the OS and the CPU)"),
         Step("attach", _attach, _detach, "(the VMM manages the OS)"),
-        Step("redirect_traps", _redirect, _redirect_back,
+        Step("redirect_traps", _redirect, restore_traps,
              "302-306, 310 disable interrupts, traps, interrupts and privileged operations to the VMM, re-enable"),
         *([Step("disable_direct_addressing", _map, _identity, "308 disable direct addressability")] if memory else []),
         Step("resume_os", _resume, None, "312 resume the OS"),
@@ -140,9 +146,7 @@ async def interpose_cpu(orch, os_name: str, budget_ms: float | None = None, memo
         st.attached[os_name] = {"asid_base": ctx["asid_base"], "cpu": VMM, "memory": VMM if memory else os_name}
 
     chor.on_commit = commit
-    if budget_ms is not None:
-        chor.budget_ms = budget_ms
-    return await chor.run(orch)
+    return await chor.run(orch, budget_ms)
 
 
 async def interpose_memory(orch, os_name: str, budget_ms: float | None = None) -> dict[str, Any]:
@@ -163,9 +167,7 @@ async def interpose_memory(orch, os_name: str, budget_ms: float | None = None) -
         att["memory"] = VMM
 
     chor.on_commit = commit
-    if budget_ms is not None:
-        chor.budget_ms = budget_ms
-    return await chor.run(orch)
+    return await chor.run(orch, budget_ms)
 
 
 @control("ctl_interpose", os=optional("str"), cpu=optional("bool"), memory=optional("bool"),

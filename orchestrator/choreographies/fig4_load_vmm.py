@@ -43,8 +43,7 @@ async def _vmm_space(run: Run, ctx: Ctx) -> dict[str, Any]:
 
 
 async def _start_vmm(run: Run, ctx: Ctx) -> dict[str, Any]:
-    started = await run.orch.start_node(VMM)
-    return {"vmm_started": started}
+    return {"vmm_started": await run.orch.start_node(VMM)}
 
 
 async def _stop_vmm(run: Run, ctx: Ctx) -> None:
@@ -52,7 +51,8 @@ async def _stop_vmm(run: Run, ctx: Ctx) -> None:
         await run.orch.stop_node(VMM)
 
 
-async def _init(run: Run, ctx: Ctx) -> dict[str, Any]:
+async def init_vmm(run: Run, ctx: Ctx) -> dict[str, Any]:
+    """408: the VMM learns its frames (``ctx["runs"]``) and its host, and discovers the machine."""
     data = await run.call(VMM, "vmm_init", {"frames": from_runs(ctx_runs(ctx, "runs")), "host": ctx["host"]})
     return {"discovered": data}
 
@@ -65,7 +65,7 @@ def build(params: dict[str, Any]) -> Choreography:
         transfer("runs", "host", None, "to_vmm", to_owner=VMM, patent="404 frames become the VMM's (zeroed)"),
         Step("vmm_space", _vmm_space, None, "404 the VMM's address space over its frames"),
         Step("start_vmm", _start_vmm, _stop_vmm, "406 VMM image loaded into them"),
-        Step("vmm_init", _init, None, "408 VMM initialised (resource discovery)"),
+        Step("vmm_init", init_vmm, None, "408 VMM initialised (resource discovery)"),
     ], params=params)
 
 
@@ -91,9 +91,7 @@ async def load_vmm(orch, host: str = "os1", frames: int = 64, budget_ms: float |
         st.vmm_loaded, st.vmm_host, st.vmm_frames = True, host, from_runs(ctx_runs(ctx, "runs"))
 
     chor.on_commit = commit
-    if budget_ms is not None:
-        chor.budget_ms = budget_ms
-    return await chor.run(orch)
+    return await chor.run(orch, budget_ms)
 
 
 @control("ctl_vmm_load", host=optional("str"), frames=optional("int"))

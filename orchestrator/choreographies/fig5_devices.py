@@ -162,9 +162,7 @@ async def interpose_device(orch, os_name: str, device: str = "uart", budget_ms: 
         st.devices[key] = {"os": os_name, "device": device, "node": node}
 
     chor.on_commit = commit
-    if budget_ms is not None:
-        chor.budget_ms = budget_ms
-    return await chor.run(orch)
+    return await chor.run(orch, budget_ms)
 
 
 async def give_back_device(orch, os_name: str, device: str = "uart", budget_ms: float | None = None) -> dict:
@@ -180,6 +178,4 @@ async def give_back_device(orch, os_name: str, device: str = "uart", budget_ms: 
                                 f"interrupts: give their {device} back first")
     chor = build_out({"os": os_name, "device": device})
     chor.on_commit = lambda ctx: st.devices.pop(key, None)
-    if budget_ms is not None:
-        chor.budget_ms = budget_ms
-    return await chor.run(orch)
+    return await chor.run(orch, budget_ms)

@@ -27,14 +27,12 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.fig3_interpose_cpu import reroute_traps, restore_traps
+from orchestrator.choreographies.frames import map_identity, map_owned
 from orchestrator.choreographies.state import VMM
 
 FIGURE = "fig7"
 FIGURE_MEMORY = "fig7_memory"
-
-
-def _names(run: Run, ctx: Ctx) -> tuple[str, str, str]:
-    return (ctx["os"], *run.cpu_and_timer(ctx["os"]))
 
 
 async def _release(run: Run, ctx: Ctx) -> dict[str, Any]:
@@ -49,29 +47,19 @@ async def _reattach(run: Run, ctx: Ctx) -> None:
 
 
 async def _traps_back(run: Run, ctx: Ctx) -> dict[str, Any]:
-    os_name, cpu, timer = _names(run, ctx)
-    out = await run.reroute({f"trap:{cpu}": os_name, f"irq:{timer}": os_name, f"priv:{os_name}": cpu})
-    return {**run.window(out), "traps_previous": out["previous"]}
-
-
-async def _traps_undo(run: Run, ctx: Ctx) -> None:
-    await run.restore_routes(ctx.get("traps_previous") or {})
+    return await reroute_traps(run, ctx["os"], to_vmm=False)
 
 
 async def _identity(run: Run, ctx: Ctx) -> dict[str, Any]:
     if ctx.get("memory_was") != VMM:
         return {"identity": "already"}
-    await run.call(run.memctl(ctx["os"]), "mem_set_identity", {"space": ctx["os"]})
+    await map_identity(run, ctx["os"])
     return {"identity": True}
 
 
 async def _map_again(run: Run, ctx: Ctx) -> None:
-    if ctx.get("identity") is not True:
-        return
-    os_name = ctx["os"]
-    owners = await run.call(run.memctl(os_name), "mem_owners")
-    await run.call(run.memctl(os_name), "mem_set_map",
-                   {"space": os_name, "map": {str(f): f for f in owners.get(os_name, [])}})
+    if ctx.get("identity") is True:
+        await map_owned(run, ctx["os"])
 
 
 async def _detach(run: Run, ctx: Ctx) -> dict[str, Any]:
@@ -88,7 +76,7 @@ def build(params: dict[str, Any]) -> Choreography:
     return Choreography(FIGURE, f"FIG. 7 devirtualize the CPU of {params.get('os')}", [
         Step("vmm_cpu_release", _release, _reattach, "704-706 disable interrupts, VMM shutdown routine"),
         Step("direct_addressing_on", _identity, _map_again, "712 direct addressability on"),
-        Step("traps_to_os", _traps_back, _traps_undo,
+        Step("traps_to_os", _traps_back, restore_traps,
              "708-710, 714 interrupts and traps to the OS, privileged operations to the CPU, re-enable"),
         Step("detach", _detach, _attach, "(the VMM stops managing the OS)"),
     ], params=params)
@@ -132,9 +120,7 @@ async def devirtualize_cpu(orch, os_name: str, budget_ms: float | None = None) -
         st.attached.pop(os_name, None)
 
     chor.on_commit = commit
-    if budget_ms is not None:
-        chor.budget_ms = budget_ms
-    return await chor.run(orch)
+    return await chor.run(orch, budget_ms)
 
 
 async def devirtualize_memory(orch, os_name: str) -> dict[str, Any]:

@@ -21,25 +21,25 @@ from typing import Any
 
 from orchestrator.choreographies import base
 from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
+from orchestrator.choreographies.fig4_load_vmm import init_vmm
 from orchestrator.choreographies.fig5_devices import give_back_device
 from orchestrator.choreographies.fig7_devirtualize_cpu import devirtualize_cpu, devirtualize_memory, refuse_memory
-from orchestrator.choreographies.frames import add_frames, ctx_runs, transfer
+from orchestrator.choreographies.frames import add_frames, transfer
 from orchestrator.choreographies.state import VMM
 from orchestrator.control import control, optional
-from protocol.frames import from_runs, to_runs
+from protocol.frames import to_runs
 
 FIGURE_UNLOAD = "fig8_unload"
 
 
 async def _stop(run: Run, ctx: Ctx) -> dict[str, Any]:
-    stopped = await run.orch.stop_node(VMM)
-    return {"vmm_stopped": stopped}
+    return {"vmm_stopped": await run.orch.stop_node(VMM)}
 
 
 async def _restart(run: Run, ctx: Ctx) -> None:
-    if ctx.get("vmm_stopped"):
+    if ctx.get("vmm_stopped"):  # loaded again as FIG. 4 loads it, into the frames it had
         await run.orch.start_node(VMM)
-        await run.call(VMM, "vmm_init", {"frames": from_runs(ctx_runs(ctx, "runs")), "host": ctx["host"]})
+        await init_vmm(run, ctx)
 
 
 @figure(FIGURE_UNLOAD)

@@ -158,6 +158,15 @@ def via_vmm(frames_key: str, src_key: str, dst_key: str, names: tuple[str, str],
             transfer(frames_key, None, dst_key, names[1], from_owner=VMM, patent=patents[1], through_vmm=True)]
 
 
+def hand_over(frames_key: str, src_key: str, dst_key: str, names: tuple[str, str], patents: tuple[str, str, str],
+              remap: bool = False, pin: bool = False) -> list[Step]:
+    """Frames handed from one OS to another through the VMM (:func:`via_vmm`, zeroed at each
+    change of owner), then added to the free list of the OS that receives them
+    (:func:`add_frames`, step ``add_to_free_list``): ``patents`` are the three steps'."""
+    return [*via_vmm(frames_key, src_key, dst_key, names, patents[:2], pin=pin),
+            add_frames(dst_key, frames_key, "add_to_free_list", patent=patents[2], remap=remap)]
+
+
 def add_frames(os_key: str, frames_key: str, name: str, patent: str = "", remap: bool = False) -> Step:
     """``mod_add`` {runs} on the OS: received frames join its free list; undone by ``mod_give_back``.
 
@@ -184,7 +193,20 @@ async def remap_if_virtualized(run: Run, os_name: str) -> dict[str, Any]:
     """While the VMM manages ``os_name``'s memory, its explicit map follows what it owns."""
     if run.state.attached.get(os_name, {}).get("memory") != "vmm":
         return {}
-    owners = await run.call(run.memctl(os_name), "mem_owners")
-    mapping = {str(f): f for f in owners.get(os_name, [])}
-    await run.call(run.memctl(os_name), "mem_set_map", {"space": os_name, "map": mapping})
+    await map_owned(run, os_name)
     return {"remapped": os_name}
+
+
+async def map_owned(run: Run, os_name: str) -> int:
+    """Direct addressability off (FIG. 3 308): ``os_name``'s explicit map is the
+    identity made explicit over every frame it owns (guest page = frame); the
+    number of pages mapped."""
+    owners = await run.call(run.memctl(os_name), "mem_owners")
+    frames = owners.get(os_name, [])
+    await run.call(run.memctl(os_name), "mem_set_map", {"space": os_name, "map": {str(f): f for f in frames}})
+    return len(frames)
+
+
+async def map_identity(run: Run, os_name: str) -> None:
+    """Direct addressability on (FIG. 7 712): ``os_name`` addresses its frames directly again."""
+    await run.call(run.memctl(os_name), "mem_set_identity", {"space": os_name})

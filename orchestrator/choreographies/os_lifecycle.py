@@ -38,7 +38,7 @@ from typing import Any
 from orchestrator.choreographies import fig3_interpose_cpu as fig3
 from orchestrator.choreographies.base import Choreography, ChoreographyError, Ctx, Run, Step, figure
 from orchestrator.choreographies.fig5_devices import give_back_device
-from orchestrator.choreographies.frames import add_frames, alloc_pin, ctx_runs, give_up, runs_of, transfer, via_vmm
+from orchestrator.choreographies.frames import alloc_pin, ctx_runs, give_up, hand_over, runs_of, transfer
 from orchestrator.choreographies.state import VMM
 from orchestrator.control import control, optional
 from protocol.constants import DEFAULT_CPU
@@ -144,9 +144,9 @@ def build_shutdown(params: dict[str, Any]) -> Choreography:
         Step("stop_node", _stop, _start, "the instance shuts down"),
         Step("forget_boot_map", _forget_map, None, "(its boot memory map is void)"),
         # the instance is shut down: no module of its own lets go of the frames, the step pins them
-        *via_vmm("runs", "os", "host", ("to_vmm", "to_host"),
-                 ("the VMM takes its memory back (zeroed)", "back to the host OS (zeroed)"), pin=True),
-        add_frames("host", "runs", "add_to_free_list", patent="the host's module adds them to its free list"),
+        *hand_over("runs", "os", "host", ("to_vmm", "to_host"),
+                   ("the VMM takes its memory back (zeroed)", "back to the host OS (zeroed)",
+                    "the host's module adds them to its free list"), pin=True),
     ], params=params)
 
 
@@ -221,9 +221,7 @@ async def boot_os(orch, os_name: str, frames: int | None = None, host: str | Non
                          "count": count(ctx["runs"]), "boot": True})
 
     chor.on_commit = commit
-    if budget_ms is not None:
-        chor.budget_ms = budget_ms
-    report = await chor.run(orch)
+    report = await chor.run(orch, budget_ms)
     return {"os": os_name, "started": True, "frames": from_runs(report["steps"][0]["data"]["runs"]),
             "reports": [report]}
 

@@ -87,7 +87,9 @@ class Probe:
 
 CASES = {
     # probe name: (what it sends, the reason of the error it gets back)
-    "p-msgpack": (b"\xc1\x00\x93", "bad_msgpack"),
+    "p-msgpack": (b"\x92\xc1\x00", "bad_msgpack"),
+    # 0xc1, the byte msgpack never uses, starts a batch (protocol/messages.py): this one is cut short
+    "p-batch": (b"\xc1\x00\x93", "bad_batch"),
     "p-notmap": (msgpack.packb([1, 2, 3]), "bad_message"),
     "p-type": (raw("stream_start", {"count": "ten", "flow": "data:n1"}, src="p-type"), "bad_field"),
     "p-bool": (raw("ping", seq=True, src="p-bool"), "bad_field"),

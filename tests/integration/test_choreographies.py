@@ -28,6 +28,7 @@ from protocol.auth import client_keyring
 from protocol.errors import RemoteError
 from protocol.frames import from_runs
 from protocol.transport import Party
+from tests.integration.procs import cluster_dir
 
 pytestmark = pytest.mark.integration
 
@@ -470,25 +471,8 @@ def one_json(out: str) -> dict:
 @pytest.fixture
 def cli_run_dir(tmp_path):
     """A short run directory; `hwemu down` at the end, then SIGKILL by pid for anything of ours left."""
-    import json
-    import os
-    import signal
-
-    rd = tmp_path / "r"
-    try:
+    with cluster_dir(tmp_path / "r", lambda rd: hwemu(rd, "down", timeout=60)) as (rd, _pids):
         yield rd
-    finally:
-        try:
-            state = json.loads((rd / "cluster.json").read_text())
-            pids = {state["pid"], *state.get("nodes", {}).values()} - {None}
-        except (OSError, ValueError):
-            pids = set()
-        hwemu(rd, "down", timeout=60)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def test_cli_loads_interposes_lends_refuses_and_devirtualizes_with_steps_and_pauses(cli_run_dir):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.procs import alive, recorded_pids
+from tests.integration.procs import alive, cluster_dir, recorded_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 HWEMU = str(Path(sys.executable).parent / "hwemu")
@@ -42,19 +42,8 @@ def one_json_object(out: str) -> dict:
 @pytest.fixture
 def run_dir(tmp_path):
     """A short run directory; at the end, `hwemu down` and SIGKILL for anything of ours left."""
-    rd = tmp_path / "r"
-    pids: set[int] = set()
-    try:
-        yield rd, pids
-    finally:
-        pids |= recorded_pids(rd)
-        hwemu(rd, "down", timeout=60)
-        for pid in pids:
-            if alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+    with cluster_dir(tmp_path / "r", lambda rd: hwemu(rd, "down", timeout=60)) as dir_and_pids:
+        yield dir_and_pids
 
 
 def sched_slice_ns(pid: int) -> int:

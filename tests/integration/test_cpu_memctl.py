@@ -16,7 +16,8 @@ import trio
 
 import tests.fixtures.trapper  # noqa: F401  (registers the testos_* kinds in this process)
 from hwemu.testing import node_stats as stats
-from protocol.errors import RemoteError, RequestTimeout
+from protocol.errors import RemoteError
+from tests.integration.procs import sigkill_until_restarted
 
 pytestmark = pytest.mark.integration
 
@@ -109,18 +110,12 @@ async def test_memctl_killed_with_sigkill_is_restarted_with_memory_intact(cluste
     pattern = bytes(range(256)) * 32  # two pages, written uncached
     await orch.request("memctl", "mem_write", {"space": "os1", "addr": 500 * 4096, "data": pattern})
 
-    proc = orch.supervisor.nodes["memctl"]
-    old_pid = proc.pid
-    os.kill(old_pid, signal.SIGKILL)
-    with trio.fail_after(30):
-        while True:
-            try:
-                mem = await stats(orch, "memctl")
-                if proc.pid != old_pid and proc.restarts == 1 and mem["recovering"] is False:
-                    break
-            except (RemoteError, RequestTimeout):
-                pass
-            await trio.sleep(0.05)
+    async def recovered() -> dict | None:
+        mem = await stats(orch, "memctl")
+        return mem if mem["recovering"] is False else None
+
+    assert orch.supervisor.nodes["memctl"].restarts == 0
+    mem = await sigkill_until_restarted(orch, "memctl", recovered)
     assert mem["recoveries"] == 1 and mem["dropped_initiators"] == 0
     got = await orch.request("memctl", "mem_read", {"space": "os1", "addr": 500 * 4096, "length": len(pattern)})
     assert got.body["data"] == pattern

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,7 @@ import tests.fixtures.iodriver  # noqa: F401  (registers io_emit / io_events)
 from hwemu.testing import node_stats as stats
 from hwemu.testing import wait_stats
 from orchestrator.errors import StartError
-from protocol.errors import RemoteError, RequestTimeout
-from tests.integration.procs import identity
+from tests.integration.procs import identity, sigkill_until_restarted
 
 pytestmark = pytest.mark.integration
 
@@ -201,19 +199,14 @@ async def test_disk_killed_with_sigkill_loses_no_acknowledged_write(cluster, tmp
     assert all(b["status"] == 0 for b in done.values())
 
     epoch = orch.routes.table.epoch
-    proc = orch.supervisor.nodes["disk0"]
-    old_pid = proc.pid
-    os.kill(old_pid, signal.SIGKILL)
-    with trio.fail_after(30):
-        while True:
-            try:
-                if (proc.pid != old_pid and proc.restarts == 1 and orch.routes.table.epoch > epoch
-                        and (await stats(orch, "disk0"))["epoch"] == orch.routes.table.epoch
-                        and (await stats(orch, "os1"))["epoch"] == orch.routes.table.epoch):
-                    break
-            except (RemoteError, RequestTimeout):
-                pass
-            await trio.sleep(0.05)
+
+    async def rerouted() -> bool:  # the restarted disk and its OS both at the epoch that names it
+        now = orch.routes.table.epoch
+        return (now > epoch and (await stats(orch, "disk0"))["epoch"] == now
+                and (await stats(orch, "os1"))["epoch"] == now)
+
+    assert orch.supervisor.nodes["disk0"].restarts == 0
+    await sigkill_until_restarted(orch, "disk0", rerouted)
 
     dest = GUEST + 16 * PAGE
     await poke(orch, dest, bytes(n * BS))

@@ -22,6 +22,7 @@ pid at the end (the ``run_dir`` fixture, plus the ``hwemu run`` children).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import ContextManager, Iterator
 
 import pytest
 
@@ -41,7 +43,8 @@ from tests.guest.test_network_samples import (
     kv_restart_conversation,
 )
 from tests.integration import test_native
-from tests.integration.test_native import BUILD, HWEMU, REPO, _alive, hwemu, read_line_within, show
+from tests.integration.procs import alive
+from tests.integration.test_native import BUILD, HWEMU, REPO, hwemu, read_line_within, show
 
 pytestmark = pytest.mark.integration
 run_dir = test_native.run_dir  # a fixture: the tests take it as a parameter
@@ -78,10 +81,39 @@ class Program:
         out, err = self.proc.communicate(timeout=EXIT_DEADLINE_S)
         return self.proc.returncode, out, err
 
+    def expect_exit(self, out: bytes) -> None:
+        """It ends with status 0, having printed exactly ``out``."""
+        code, got, err = self.finish()
+        assert (code, got) == (0, out), (code, got, err)
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.communicate(timeout=EXIT_DEADLINE_S)
+
+
+@contextlib.contextmanager
+def started(rd: Path, pids: set[int], elf: str, args: list[str], ready: bytes,
+            host_port: int | None = None) -> Iterator[Program]:
+    """A :class:`Program` (a fresh host port unless ``host_port``) whose first line is
+    ``ready``; killed at the end if it still runs."""
+    prog = Program(rd, pids, elf, args, host_port or free_udp_port())
+    try:
+        assert prog.line() == ready
+        yield prog
+    finally:
+        prog.kill()
+
+
+def kvstore(rd: Path, pids: set[int], keys: int, host_port: int | None = None) -> ContextManager[Program]:
+    """kvstore.elf on /dev/disk0, ready with ``keys`` keys (see :func:`started`)."""
+    return started(rd, pids, "kvstore.elf", ["/dev/disk0", str(GUEST_PORT)], b"kvstore ready: %d keys\n" % keys,
+                   host_port)
+
+
+def udpecho(rd: Path, pids: set[int]) -> ContextManager[Program]:
+    """udpecho.elf on GUEST_PORT, listening (see :func:`started`)."""
+    return started(rd, pids, "udpecho.elf", [str(GUEST_PORT)], b"udpecho listening on %d\n" % GUEST_PORT)
 
 
 def status(rd: Path) -> dict:
@@ -112,15 +144,10 @@ def up(rd: Path, topology: str = IO) -> None:
     assert started.returncode == 0, show(started)
 
 
-def kv_session(rd: Path, pids: set[int], conversation, ready: bytes, stopped: bytes) -> None:
-    prog = Program(rd, pids, "kvstore.elf", ["/dev/disk0", str(GUEST_PORT)], free_udp_port())
-    try:
-        assert prog.line() == ready
+def kv_session(rd: Path, pids: set[int], conversation, keys: int, keys_after: int) -> None:
+    with kvstore(rd, pids, keys) as prog:
         converse(prog.address, conversation)
-        code, out, err = prog.finish()
-        assert (code, out) == (0, stopped), (code, out, err)
-    finally:
-        prog.kill()
+        prog.expect_exit(b"kvstore stopped: %d keys\n" % keys_after)
 
 
 # ------------------------------------------------------------ differential
@@ -128,29 +155,24 @@ def kv_session(rd: Path, pids: set[int], conversation, ready: bytes, stopped: by
 def test_udpecho_on_the_cluster_echoes_like_under_qemu(guest_build, run_dir):
     rd, pids = run_dir
     up(rd)
-    prog = Program(rd, pids, "udpecho.elf", [str(GUEST_PORT)], free_udp_port())
-    try:
-        assert prog.line() == b"udpecho listening on 7000\n"
+    with udpecho(rd, pids) as prog:
         conversation = echo_conversation()
         converse(prog.address, conversation)
-        code, out, err = prog.finish()
-        assert (code, out) == (0, b"udpecho served %d datagrams\n" % (len(conversation) - 1)), (code, out, err)
-    finally:
-        prog.kill()
+        prog.expect_exit(b"udpecho served %d datagrams\n" % (len(conversation) - 1))
 
 
 def test_kvstore_on_the_cluster_answers_like_under_qemu_across_restarts(guest_build, run_dir):
     rd, pids = run_dir
     up(rd)
-    kv_session(rd, pids, kv_fill_conversation(), b"kvstore ready: 0 keys\n", b"kvstore stopped: 6 keys\n")
+    kv_session(rd, pids, kv_fill_conversation(), 0, 6)
     # the drivers switch mode and back (drain, export, import) with nothing lost
     for mode in ("virtual", "native"):
         for device in ("disk", "nic"):
             r = hwemu(rd, "status", "--json")  # the cluster still answers
             assert r.returncode == 0, show(r)
             _driver_mode(rd, device, mode)
-    kv_session(rd, pids, kv_restart_conversation(), b"kvstore ready: 6 keys\n", b"kvstore stopped: 6 keys\n")
-    kv_session(rd, pids, kv_after_restart_conversation(), b"kvstore ready: 6 keys\n", b"kvstore stopped: 6 keys\n")
+    kv_session(rd, pids, kv_restart_conversation(), 6, 6)
+    kv_session(rd, pids, kv_after_restart_conversation(), 6, 6)
     assert (rd / "disk0.img").stat().st_size == DISK_BYTES
 
 
@@ -228,7 +250,7 @@ def test_kvstore_acknowledged_sets_survive_kill9_of_the_disk_the_os_and_the_whol
         down = hwemu(rd, "down", timeout=60)
         assert down.returncode in (0, 1), show(down)
         deadline = time.monotonic() + RESTART_DEADLINE_S
-        while any(_alive(p) for p in everything):
+        while any(alive(p) for p in everything):
             assert time.monotonic() < deadline, "killed processes still alive"
             time.sleep(0.05)
         up(rd)

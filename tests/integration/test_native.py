@@ -12,7 +12,6 @@ Two levels:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
@@ -32,8 +31,7 @@ from protocol.errors import RemoteError
 from protocol.frames import from_runs, to_runs
 from protocol.linux_abi import initial_stack
 from protocol.riscv import TIMER_INTERRUPT
-from tests.integration.procs import alive as _alive  # also used by test_io
-from tests.integration.procs import recorded_pids as _recorded_pids
+from tests.integration.procs import cluster_dir, recorded_pids
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = REPO / "guest"
@@ -392,23 +390,9 @@ def hwemu(run_dir: Path, *args: str, timeout: float = 180) -> subprocess.Complet
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-@contextlib.contextmanager
 def _cluster_dir(rd: Path):
     """Yield (rd, pids); at the end `hwemu down` and SIGKILL for anything of ours left."""
-    import signal
-
-    pids: set[int] = set()
-    try:
-        yield rd, pids
-    finally:
-        pids |= _recorded_pids(rd)
-        hwemu(rd, "down", timeout=60)
-        for pid in pids:
-            if _alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+    return cluster_dir(rd, lambda rd: hwemu(rd, "down", timeout=60))
 
 
 @pytest.fixture
@@ -458,7 +442,7 @@ FAULT_WHAT = {"illegal": re.escape("illegal instruction 0x00000000"),
 def test_hwemu_run_on_a_running_cluster_samples_faults_and_bad_elf(guest_build, run_dir, tmp_path):
     rd, pids = run_dir
     up = hwemu(rd, "up", "compose/native.toml", "--detach", "--json")
-    pids |= _recorded_pids(rd)
+    pids |= recorded_pids(rd)
     assert up.returncode == 0, show(up)
 
     # every SDK sample with a known output, against the same .expected file as
@@ -566,7 +550,7 @@ def test_bytes_typed_into_the_uart_tcp_port_reach_a_guest_read_on_the_native_clu
 
     rd, pids = run_dir
     up = hwemu(rd, "up", "compose/native.toml", "--detach", "--json")
-    pids |= _recorded_pids(rd)
+    pids |= recorded_pids(rd)
     assert up.returncode == 0, show(up)
     status = json.loads(hwemu(rd, "status", "--json").stdout)
     port = next(n for n in status["nodes"] if n["name"] == "uart0")["stats"]["tcp_port"]
@@ -624,7 +608,7 @@ def test_hwemu_status_shows_the_cpu_halted_running_and_trapped(guest_build, tiny
         assert proc.wait(timeout=60) == 130, proc.stderr.read()
 
     up = hwemu(rd, "up", "compose/native.toml", "--detach", "--json")
-    pids |= _recorded_pids(rd)
+    pids |= recorded_pids(rd)
     assert up.returncode == 0, show(up)
     os1 = json.loads((rd / "cluster.json").read_text())["nodes"]["os1"]
     wait_for("halted")

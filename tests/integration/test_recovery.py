@@ -41,7 +41,6 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import trio
@@ -52,11 +51,11 @@ from tests.integration.test_choreographies import VMM_TOPOLOGY, Client, serving,
 from tests.integration.test_io import (
     GUEST_PORT,
     IO,
-    Program,
     _fresh_stats,
     _gets,
     _sets,
     kill9_and_wait_restart,
+    kvstore,
     node,
     up,
 )
@@ -85,19 +84,13 @@ def request(address: tuple[str, int], data: bytes, deadline_s: float = RECOVERY_
     pytest.fail(f"no reply to {data!r} from {address} within {deadline_s} s", pytrace=False)
 
 
-def kv(rd: Path, pids: set[int], host_port: int) -> Program:
-    return Program(rd, pids, "kvstore.elf", ["/dev/disk0", str(GUEST_PORT)], host_port)
-
-
 # ------------------------------------------------------------------------ cpu
 
 def test_kill9_of_the_cpu_is_a_machine_check_for_its_process_and_no_acknowledged_key_is_lost(guest_build, run_dir):
     rd, pids = run_dir
     up(rd)
     port = free_udp_port()
-    prog = kv(rd, pids, port)
-    try:
-        assert prog.line() == b"kvstore ready: 0 keys\n"
+    with kvstore(rd, pids, 0, port) as prog:
         converse(prog.address, _sets(0, 25))
         kill9_and_wait_restart(rd, "cpu0")
         # the store's index lived in the dead CPU's cache: it must not answer from a stale one
@@ -111,14 +104,10 @@ def test_kill9_of_the_cpu_is_a_machine_check_for_its_process_and_no_acknowledged
         os1 = _fresh_stats(rd, "os1")
         assert os1["kernel"]["machine_checks"] == 1 and os1["kernel"]["procs"] == 0, os1["kernel"]
 
-        # a new program on the restarted CPU: every acknowledged SET is there, once
-        prog = kv(rd, pids, port)
-        assert prog.line() == b"kvstore ready: 25 keys\n"
+    # a new program on the restarted CPU: every acknowledged SET is there, once
+    with kvstore(rd, pids, 25, port) as prog:
         converse(prog.address, _gets(25) + _sets(25, 30) + [(b"COUNT", b"COUNT 30"), (b"QUIT", b"BYE")])
-        code, out, err = prog.finish()
-        assert (code, out) == (0, b"kvstore stopped: 30 keys\n"), (code, out, err)
-    finally:
-        prog.kill()
+        prog.expect_exit(b"kvstore stopped: 30 keys\n")
 
 
 # ------------------------------------------------------------------------ nic
@@ -126,9 +115,7 @@ def test_kill9_of_the_cpu_is_a_machine_check_for_its_process_and_no_acknowledged
 def test_kill9_of_the_nic_keeps_runtime_forwards_and_bound_ports(guest_build, run_dir):
     rd, pids = run_dir
     up(rd)
-    prog = kv(rd, pids, free_udp_port())  # a forward added at runtime (hwemu run --forward)
-    try:
-        assert prog.line() == b"kvstore ready: 0 keys\n"
+    with kvstore(rd, pids, 0) as prog:  # a forward added at runtime (hwemu run --forward)
         converse(prog.address, _sets(0, 10))
         kill9_and_wait_restart(rd, "nic0")
         # the first datagrams may be lost while the driver binds the port again; none is wrong
@@ -137,12 +124,9 @@ def test_kill9_of_the_nic_keeps_runtime_forwards_and_bound_ports(guest_build, ru
         assert nic["forward"][str(GUEST_PORT)] == prog.address[1], nic["forward"]
         assert nic["ports"][str(GUEST_PORT)]["host_port"] == prog.address[1], nic["ports"]
         converse(prog.address, _gets(10) + _sets(10, 15) + [(b"QUIT", b"BYE")])
-        code, out, err = prog.finish()
-        assert (code, out) == (0, b"kvstore stopped: 15 keys\n"), (code, out, err)
+        prog.expect_exit(b"kvstore stopped: 15 keys\n")
         os1 = _fresh_stats(rd, "os1")
         assert os1["resets"] == {"nic0": 1} and os1["io"]["nic"]["resets"] == 1, (os1["resets"], os1["io"]["nic"])
-    finally:
-        prog.kill()
 
 
 # ---------------------------------------------------------------------- timer
@@ -176,9 +160,7 @@ def test_kill9_of_the_timer_while_a_guest_sleeps_the_driver_reprograms_it(guest_
 def test_a_flood_is_delivered_or_counted_as_dropped_never_silently_lost(guest_build, tiny_run_dir):
     rd, pids = tiny_run_dir  # short endpoints: the status table keeps its state column whole
     up(rd)
-    prog = kv(rd, pids, free_udp_port())
-    try:
-        assert prog.line() == b"kvstore ready: 0 keys\n"
+    with kvstore(rd, pids, 0) as prog:
         sent = 3000
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for _ in range(sent):  # far more than the ring and the host socket queue hold
@@ -197,10 +179,7 @@ def test_a_flood_is_delivered_or_counted_as_dropped_never_silently_lost(guest_bu
         assert st.returncode == 0, show(st)
         assert f"{nic['rx_dropped']['total']} dropped".encode() in st.stdout, st.stdout
         assert request(prog.address, b"QUIT") == b"BYE"
-        code, out, err = prog.finish()
-        assert (code, out) == (0, b"kvstore stopped: 0 keys\n"), (code, out, err)
-    finally:
-        prog.kill()
+        prog.expect_exit(b"kvstore stopped: 0 keys\n")
 
 
 # -------------------------------------------------------- uart: the log's cap
@@ -333,9 +312,7 @@ def test_kill9_of_the_disk_under_writes_reissues_them_and_no_acknowledged_key_is
         guest_build, run_dir):
     rd, pids = run_dir
     up(rd)
-    prog = kv(rd, pids, free_udp_port())
-    try:
-        assert prog.line() == b"kvstore ready: 0 keys\n"
+    with kvstore(rd, pids, 0) as prog:
         killer = threading.Timer(0.5, lambda: kill9_and_wait_restart(rd, "disk0"))
         killer.start()  # while the SETs below are written and fsync'ed
         try:
@@ -345,11 +322,8 @@ def test_kill9_of_the_disk_under_writes_reissues_them_and_no_acknowledged_key_is
             killer.join()
         assert node(rd, "disk0")["restarts"] == 1
         converse(prog.address, _gets(60) + [(b"QUIT", b"BYE")])
-        code, out, err = prog.finish()
-        assert (code, out) == (0, b"kvstore stopped: 60 keys\n"), (code, out, err)
+        prog.expect_exit(b"kvstore stopped: 60 keys\n")
         assert _fresh_stats(rd, "os1")["resets"] == {"disk0": 1}
-    finally:
-        prog.kill()
 
 
 # --------------------------------------------------------------------- memctl

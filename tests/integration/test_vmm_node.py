@@ -72,7 +72,7 @@ class Recorder:
         self.seq += 1
         msg = self.Message(kind, src, "vmm", self.seq, body or {}, flow=flow, fseq=self.seq if flow else None)
         mark = len(self.out)
-        await getattr(self.node, f"on_{kind}")(msg)
+        await self.node.handler(kind)(msg)
         return self.out[mark:]
 
     def close(self) -> None:
@@ -221,6 +221,34 @@ async def trap_consumed(orch, node: str) -> int:
     return stats["flows_in"].get("trap:cpu0", {}).get("consumed", 0)
 
 
+async def attach_both(orch, interposed: bool = True) -> None:
+    """os1 (its context on the CPU) and os2 managed by the VMM, os2's asids above
+    os1's; ``interposed``: and FIG. 3 by hand for both (the VMM time-slices them)."""
+    await vmm(orch, "vmm_attach_os", {"os": "os1", "asid_base": 0, "current": True})
+    await vmm(orch, "vmm_attach_os", {"os": "os2", "asid_base": 0x10000})
+    if interposed:
+        await interpose(orch, ["os1", "os2"])
+
+
+async def start_timeshares(client: Client, lines_a: int, lines_b: int) -> tuple[dict[str, int], int, int]:
+    """timeshare A on os1 (console uart0) and B on os2 (uart1): where each console
+    stood before, and the two pids."""
+    starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
+    p1 = await client.exec("os1", "timeshare", ["timeshare", "A", str(lines_a)])
+    p2 = await client.exec("os2", "timeshare", ["timeshare", "B", str(lines_b)])
+    return starts, p1, p2
+
+
+async def timeshare_exact(client: Client, os_name: str, pid: int, uart: str, start: int, letter: str,
+                          lines: int) -> bytes:
+    """Wait for timeshare ``pid`` on ``os_name`` to exit 0 having printed exactly its
+    ``lines`` lines of ``letter`` on ``uart`` since ``start``; that output."""
+    exit_ = await client.wait_exit(os_name, pid)
+    out = await client.console(uart, start)
+    assert (exit_["code"], out) == (0, timeshare_output(letter, lines))
+    return out
+
+
 async def with_client(orch, body) -> None:
     async with serving(Client(orch, "vclient")) as client:
         await body(client)
@@ -241,8 +269,7 @@ async def test_vmm_cpu_release_refuses_while_two_oses_are_attached(cluster) -> N
     from protocol.errors import RemoteError
 
     orch = await cluster(VMM_TOPOLOGY)
-    await vmm(orch, "vmm_attach_os", {"os": "os1", "asid_base": 0, "current": True})
-    await vmm(orch, "vmm_attach_os", {"os": "os2", "asid_base": 0x10000})
+    await attach_both(orch, interposed=False)
     with pytest.raises(RemoteError) as info:
         await vmm(orch, "vmm_cpu_release", {"os": "os1"})
     assert info.value.reason == "more_than_one_os"
@@ -303,16 +330,10 @@ async def test_vmm_time_slices_two_oses_and_both_outputs_are_exact(guest_build, 
     lines = 40
 
     async def body(client: Client) -> None:
-        await vmm(orch, "vmm_attach_os", {"os": "os1", "asid_base": 0, "current": True})
-        await vmm(orch, "vmm_attach_os", {"os": "os2", "asid_base": 0x10000})
-        await interpose(orch, ["os1", "os2"])
-        starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
-        p1 = await client.exec("os1", "timeshare", ["timeshare", "A", str(lines)])
-        p2 = await client.exec("os2", "timeshare", ["timeshare", "B", str(lines)])
-        e1 = await client.wait_exit("os1", p1)
-        e2 = await client.wait_exit("os2", p2)
-        assert (e1["code"], await client.console("uart0", starts["uart0"])) == (0, timeshare_output("A", lines))
-        assert (e2["code"], await client.console("uart1", starts["uart1"])) == (0, timeshare_output("B", lines))
+        await attach_both(orch)
+        starts, p1, p2 = await start_timeshares(client, lines, lines)
+        await timeshare_exact(client, "os1", p1, "uart0", starts["uart0"], "A", lines)
+        await timeshare_exact(client, "os2", p2, "uart1", starts["uart1"], "B", lines)
         s = await vmm_stats(orch)
         assert s["slices"] > 0 and s["traps_kept"] > 0, s
         assert s["oses"]["os1"]["switched_in"] > 0 and s["oses"]["os2"]["switched_in"] > 0, s
@@ -354,14 +375,10 @@ async def test_vmm_drives_both_consoles_of_time_sliced_oses_byte_for_byte(guest_
     lines = 30
 
     async def body(client: Client) -> None:
-        await vmm(orch, "vmm_attach_os", {"os": "os1", "asid_base": 0, "current": True})
-        await vmm(orch, "vmm_attach_os", {"os": "os2", "asid_base": 0x10000})
-        await interpose(orch, ["os1", "os2"])
+        await attach_both(orch)
         await virtualize_console(orch, "os1", "uart0")
         await virtualize_console(orch, "os2", "uart1")
-        starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
-        p1 = await client.exec("os1", "timeshare", ["timeshare", "A", str(lines)])
-        p2 = await client.exec("os2", "timeshare", ["timeshare", "B", str(lines)])
+        starts, p1, p2 = await start_timeshares(client, lines, lines)
 
         # a byte typed on os2's console reaches os2 (uart1 -> vmm -> irq:vmm.os2), not os1
         port = (await orch.request("uart1", "stats")).body["stats"]["tcp_port"]
@@ -372,12 +389,8 @@ async def test_vmm_drives_both_consoles_of_time_sliced_oses_byte_for_byte(guest_
         finally:
             await stream.aclose()
 
-        e1 = await client.wait_exit("os1", p1)
-        e2 = await client.wait_exit("os2", p2)
-        out1 = await client.console("uart0", starts["uart0"])
-        out2 = await client.console("uart1", starts["uart1"])
-        assert (e1["code"], out1) == (0, timeshare_output("A", lines))
-        assert (e2["code"], out2) == (0, timeshare_output("B", lines))
+        out1 = await timeshare_exact(client, "os1", p1, "uart0", starts["uart0"], "A", lines)
+        out2 = await timeshare_exact(client, "os2", p2, "uart1", starts["uart1"], "B", lines)
         s = await vmm_stats(orch)
         assert s["uart_bytes"] == len(out1) + len(out2), "every console byte went through the VMM's driver"
         assert s["oses"]["os1"]["uart_rx"] == 0 and s["uart_rx"] >= 1
@@ -401,18 +414,13 @@ async def test_vmm_from_two_oses_back_to_one_native_os_under_a_running_program(g
     orch = await cluster(VMM_TOPOLOGY)
 
     async def body(client: Client) -> None:
-        await vmm(orch, "vmm_attach_os", {"os": "os1", "asid_base": 0, "current": True})
-        await vmm(orch, "vmm_attach_os", {"os": "os2", "asid_base": 0x10000})
-        await interpose(orch, ["os1", "os2"])
-        starts = {u: await client.logged(u) for u in ("uart0", "uart1")}
-        p1 = await client.exec("os1", "timeshare", ["timeshare", "A", "80"])
-        p2 = await client.exec("os2", "timeshare", ["timeshare", "B", "8"])
+        await attach_both(orch)
+        starts, p1, p2 = await start_timeshares(client, 80, 8)
         await wait_vmm(orch, lambda s: s["oses"]["os2"]["switched_in"] > 0)
         with pytest.raises(RemoteError) as info:  # os1 still has work: not detachable
             await vmm(orch, "vmm_detach_os", {"os": "os1"})
         assert info.value.reason == "os_busy"
-        e2 = await client.wait_exit("os2", p2)
-        assert (e2["code"], await client.console("uart1", starts["uart1"])) == (0, timeshare_output("B", 8))
+        await timeshare_exact(client, "os2", p2, "uart1", starts["uart1"], "B", 8)
         await wait_vmm(orch, lambda s: not s["oses"]["os2"]["runnable"])
         await vmm(orch, "vmm_detach_os", {"os": "os2"})
         assert ("os1", p1) not in client.exits, "os1's program ended before FIG. 7 could run under it"
@@ -421,8 +429,7 @@ async def test_vmm_from_two_oses_back_to_one_native_os_under_a_running_program(g
         with trio.fail_after(60):
             while await trap_consumed(orch, "os1") <= last_to_vmm:
                 await trio.sleep(0.02)
-        e1 = await client.wait_exit("os1", p1)
-        assert (e1["code"], await client.console("uart0", starts["uart0"])) == (0, timeshare_output("A", 80))
+        await timeshare_exact(client, "os1", p1, "uart0", starts["uart0"], "A", 80)
         s = await vmm_stats(orch)
         assert s["slices"] > 0 and s["oses"] == {} and s["stray_traps"] == 0
         code, out = await client.run("os1", "uart0", "primes", ["primes"])

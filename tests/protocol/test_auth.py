@@ -16,9 +16,7 @@ from hypothesis import strategies as st
 from protocol import auth
 from protocol.auth import AuthError, Keyring
 from protocol.messages import Message, decode, encode
-from protocol.transport import Party
-
-MASTER = bytes(range(32))
+from tests.protocol.keyed import MASTER, alice_and_bob
 
 
 def link(a: str, b: str, inc: int = 1) -> tuple[Keyring, Keyring]:
@@ -170,39 +168,30 @@ def test_run_dir_and_keys_are_private_and_an_open_run_dir_is_refused(tmp_path: P
 
 
 async def test_parties_with_keys_talk_and_a_keyless_or_replayed_frame_is_dropped_and_counted(tmp_path):
-    ep = lambda n: f"ipc://{tmp_path}/{n}"  # noqa: E731
-    directory = {"alice": ep("alice"), "bob": ep("bob")}
-    ka = auth.keyring_from_config("alice", auth.node_auth(MASTER, "alice", directory))
-    kb = auth.keyring_from_config("bob", auth.node_auth(MASTER, "bob", directory))
     captured: list[bytes] = []
 
-    async def pong(msg):
+    async def pong(bob, msg):
         if msg.kind == "ping":
             await bob.reply(msg, "pong", {"name": "bob"})
 
-    with Party("alice", directory["alice"], directory, auth=ka) as alice, \
-            Party("bob", directory["bob"], directory, auth=kb) as bob:
-        async with trio.open_nursery() as n:
-            await n.start(alice.serve, lambda m: trio.lowlevel.checkpoint())
-            await n.start(bob.serve, pong)
-            assert (await alice.request("bob", "ping")).kind == "pong"
-            ping = alice.make("bob", "ping", {})
-            captured.append(alice._seal(ping, encode(ping)))
-            out = zmq.Context.instance().socket(zmq.DEALER)
-            out.setsockopt(zmq.LINGER, 0)
-            out.setsockopt(zmq.ROUTING_ID, b"alice")  # alice's name, not her key
-            out.connect(bob.endpoint)
-            try:
-                out.send(encode(Message("ping", "alice", "bob", 99, {})))  # unsigned
-                out.send(captured[0])  # signed by alice: taken once
-                out.send(captured[0])  # ... and never again
-                with trio.fail_after(10):
-                    while bob.counters["msgs_in"] < 4:
-                        await trio.sleep(0.01)
-            finally:
-                out.close(linger=0)
-            assert bob.counters["auth_failed"] == 2
-            assert bob.auth_failures == {"bad_mac": 1, "replay": 1}
-            assert (await alice.request("bob", "ping")).kind == "pong"  # alice's own link is untouched
-            n.cancel_scope.cancel()
+    async with alice_and_bob(tmp_path, pong) as (alice, bob, _):
+        assert (await alice.request("bob", "ping")).kind == "pong"
+        ping = alice.make("bob", "ping", {})
+        captured.append(alice._seal(ping, encode(ping)))
+        out = zmq.Context.instance().socket(zmq.DEALER)
+        out.setsockopt(zmq.LINGER, 0)
+        out.setsockopt(zmq.ROUTING_ID, b"alice")  # alice's name, not her key
+        out.connect(bob.endpoint)
+        try:
+            out.send(encode(Message("ping", "alice", "bob", 99, {})))  # unsigned
+            out.send(captured[0])  # signed by alice: taken once
+            out.send(captured[0])  # ... and never again
+            with trio.fail_after(10):
+                while bob.counters["msgs_in"] < 4:
+                    await trio.sleep(0.01)
+        finally:
+            out.close(linger=0)
+        assert bob.counters["auth_failed"] == 2
+        assert bob.auth_failures == {"bad_mac": 1, "replay": 1}
+        assert (await alice.request("bob", "ping")).kind == "pong"  # alice's own link is untouched
     assert decode(captured[0][:-auth.TRAILER]).kind == "ping"

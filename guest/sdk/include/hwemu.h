@@ -120,6 +120,19 @@ struct sockaddr_in {            /* 16 bytes, as the kernel expects */
 int parse_port(const char *s);
 /* a SOCK_DGRAM socket bound to INADDR_ANY:port: the fd, or -errno */
 long udp_bind_any(int port);
+/* the same for a program called name, saying what went wrong in one line:
+ * "<name>: bad port '<s>' (want 1..65535)", "<name>: cannot bind UDP port
+ * <port>: <-errno>" */
+int port_arg(const char *name, const char *s);
+long udp_listen(const char *name, int port);
+/* sdk/net.c: a request/reply server on UDP socket fd. Each datagram is
+ * received into buf (cap bytes; a longer one is truncated, n = cap) and
+ * answered to its sender with the *reply of answer's returned length;
+ * answer sets *stop to end the loop after that reply. Returns 0 once
+ * stopped; a failing recvfrom or sendto prints "<name>: recvfrom failed:
+ * <-errno>" (or sendto) and returns the -errno. */
+typedef size_t udp_answer_fn(char *req, size_t n, const char **reply, int *stop);
+long udp_serve(int fd, char *buf, size_t cap, udp_answer_fn *answer, const char *name);
 
 /* ---- POSIX names (sdk/posix.c): -1 and errno on failure ---- */
 /* errno.h */
