@@ -288,22 +288,14 @@ def test_hwemu_run_of_a_program_whose_os_is_killed_exits_137_even_when_the_new_l
     rd, pids = run_dir
     up(rd)
     port = free_udp_port()
-    first = kv(rd, pids, port)
-    second = None
-    try:
-        assert first.line() == b"kvstore ready: 0 keys\n"
+    with kvstore(rd, pids, 0, port) as first:
         kill9_and_wait_restart(rd, "os1")
-        second = kv(rd, pids, port)  # pid 1 again, in the OS's next life
-        assert second.line() == b"kvstore ready: 0 keys\n"
-        code, out, err = first.finish()
-        assert code == 128 + signal.SIGKILL, (code, out, err)
-        assert b"hwemu: pid 1 killed: os1 crashed and was restarted" in err, err
-        converse(second.address, [(b"COUNT", b"COUNT 0"), (b"QUIT", b"BYE")])
-        assert second.finish()[:2] == (0, b"kvstore stopped: 0 keys\n")
-    finally:
-        first.kill()
-        if second is not None:
-            second.kill()
+        with kvstore(rd, pids, 0, port) as second:  # pid 1 again, in the OS's next life
+            code, out, err = first.finish()
+            assert code == 128 + signal.SIGKILL, (code, out, err)
+            assert b"hwemu: pid 1 killed: os1 crashed and was restarted" in err, err
+            converse(second.address, [(b"COUNT", b"COUNT 0"), (b"QUIT", b"BYE")])
+            assert second.finish()[:2] == (0, b"kvstore stopped: 0 keys\n")
 
 
 # ----------------------------------------------------------------------- disk
