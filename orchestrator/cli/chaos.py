@@ -451,14 +451,17 @@ def _killed(r: Run, t0: float, t1: float) -> bool:
     return any(a <= t1 and (b is None or b >= t0) and k in KILLERS[r.scenario] for a, b, k in r.kills)
 
 
-def _os_lines(out: bytes) -> tuple[bytes, list[str]]:
+def _os_lines(out: bytes, others: tuple[bytes, ...] = ()) -> tuple[bytes, list[str]]:
     """The console copy without the OS's own lines (``[os1] pid N (name) killed: why``, one per
-    process it stopped: a machine check, a fault): not any program's output. (The rest, the lines)."""
+    process it stopped: a machine check, a fault): not any program's output; and without the lines
+    that start with one of ``others`` (the ready lines of servers that are not this program: a
+    server started again on the OS's next life prints its own while ``hwemu run`` of a program the
+    crash killed still copies the console). (The rest, the OS's lines)."""
     keep, said = [], []
     for line in out.splitlines(keepends=True):
         if line.startswith(b"[os") and b"] pid " in line[:16] and b") killed: " in line:
             said.append(line.decode("utf-8", "replace").rstrip("\n"))
-        else:
+        elif not (others and line.startswith(others)):
             keep.append(line)
     return b"".join(keep), said
 
@@ -470,7 +473,8 @@ def _guest_exit(r: Run, res: dict[str, Any], expected: bytes, suffix: bool = Fal
     console while the program lives) also holds what the programs beside it
     printed meanwhile; its own last line must end it. The OS's lines about
     processes it stopped are not a program's output (recorded apart)."""
-    out, said = _os_lines(res.get("out", b""))
+    others = () if suffix else tuple(ready for *_, ready in SERVERS.values() if ready not in expected)
+    out, said = _os_lines(res.get("out", b""), others)
     if suffix:
         out = out[-len(expected):] if expected else b""
     t1 = res.get("t1", time.monotonic())

@@ -62,3 +62,18 @@ def test_the_held_back_list_applies_to_the_default_kinds_and_can_be_overridden()
     # the reproduce command draws the same schedule: it names what differs from the default
     assert "--faults" not in chaos.repro(3, 8, list(chaos.FAULT_KINDS), "io", list(chaos.HELD_BACK))
     assert chaos.repro(3, 8, ["kill"], "io", []).endswith("--faults kill --held-back none --scenario io")
+
+
+def test_a_killed_programs_console_copy_leaves_out_the_ready_lines_of_servers_started_again():
+    """A program killed by its OS's crash: its ``hwemu run`` copies the console until it learns of the
+    crash, and the workload's servers, started again on the OS's next life, print their ready lines
+    meanwhile (seed 84 of the io scenario). Those are not the program's output; its own lines still
+    must be a prefix of the fault-free run's, and a server's own ready line stays its own."""
+    mine = b"C1: line 1 of 8, work 0x092ad627\nC1: line 2 of 8, work 0x0f677fb0\n"
+    copy = mine + b"udpecho listening on 7000\n[os1] pid 3 (timeshare) killed: os1 crashed\nkvstore ready: 12 keys\n"
+    others = tuple(ready for *_, ready in chaos.SERVERS.values())
+    out, said = chaos._os_lines(copy, others)
+    assert out == mine and said == ["[os1] pid 3 (timeshare) killed: os1 crashed"]
+    assert chaos._os_lines(copy)[0] == mine + b"udpecho listening on 7000\nkvstore ready: 12 keys\n"
+    # a line of the program's own that is not in the fault-free output still shows (not a prefix)
+    assert chaos._os_lines(mine + b"C1: line 2 of 8, work 0x0f677fb0\n", others)[0] != mine
