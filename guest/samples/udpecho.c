@@ -19,32 +19,41 @@
 #define MAX_DATAGRAM 65507          /* the largest UDP payload over IPv4 */
 
 static char buf[MAX_DATAGRAM + 1];
-static unsigned served;            /* datagrams echoed, the "quit" not counted */
-
-/* The datagram itself back; "quit" is answered "bye" and stops the server. */
-static size_t echo(char *req, size_t n, const char **reply, int *stop)
-{
-    if (n == 4 && memcmp(req, "quit", 4) == 0) {
-        *reply = "bye";
-        *stop = 1;
-        return 3;
-    }
-    served++;
-    *reply = req;
-    return n;
-}
 
 int main(int argc, char **argv)
 {
-    int port = argc > 1 ? port_arg("udpecho", argv[1]) : DEFAULT_PORT;
-    if (port < 0)
+    int port = argc > 1 ? parse_port(argv[1]) : DEFAULT_PORT;
+    if (port < 0) {
+        printf("udpecho: bad port '%s' (want 1..65535)\n", argv[1]);
         return 2;
-    long fd = udp_listen("udpecho", port);
-    if (fd < 0)
+    }
+    long fd = udp_bind_any(port);
+    if (fd < 0) {
+        printf("udpecho: cannot bind UDP port %d: %ld\n", port, fd);
         return 1;
+    }
     printf("udpecho listening on %d\n", port);
-    if (udp_serve((int)fd, buf, sizeof buf, echo, "udpecho") < 0)
-        return 1;
+
+    unsigned served = 0;
+    for (;;) {
+        struct sockaddr_in peer;
+        unsigned peerlen = sizeof peer;
+        long n = sys_recvfrom((int)fd, buf, sizeof buf, 0, &peer, &peerlen);
+        if (n < 0) {
+            printf("udpecho: recvfrom failed: %ld\n", n);
+            return 1;
+        }
+        int quit = n == 4 && memcmp(buf, "quit", 4) == 0;
+        long r = quit ? sys_sendto((int)fd, "bye", 3, 0, &peer, peerlen)
+                      : sys_sendto((int)fd, buf, (size_t)n, 0, &peer, peerlen);
+        if (r < 0) {
+            printf("udpecho: sendto failed: %ld\n", r);
+            return 1;
+        }
+        if (quit)
+            break;
+        served++;
+    }
     printf("udpecho served %u datagrams\n", served);
     sys_close((int)fd);
     return 0;
