@@ -808,6 +808,16 @@ class Node:
         self._acked(out, flow, out.fseq, "abandoned")
         return n
 
+    def abandon_to(self, node: str) -> int:
+        """:meth:`abandon` every flow whose unacknowledged messages went to
+        ``node``, which died with its state (docs/recovery.md: a CPU's machine
+        check). What that life consumed died with it; sent again, it would act
+        on its next life: a ``cpu_resume`` of a context the machine check
+        declared lost would run it again on the new CPU. What is sent from now
+        on reaches the next life. Returns how many messages were given up."""
+        flows = [f for f, out in self.out_flows.items() if any(dst == node for _, dst, _ in out.unacked)]
+        return sum(self.abandon(f) for f in flows)
+
     async def emit(self, flow: str, kind: str, body: dict[str, Any], *, more: bool = False) -> int:
         """Send ``kind`` on a logical flow to whoever the route table names.
 

@@ -40,9 +40,11 @@ from typing import Callable, Iterable, Mapping
 import trio
 
 from orchestrator.errors import RouteChangeError
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, RequestTimeout
 from protocol.routes import RouteTable, flow_sender
 from protocol.transport import REQUEST_FAILURES, Party, gather
+
+GONE_POLL = 0.05  # s between looks at whether a node asked during a change still runs
 
 log = logging.getLogger("hwemu.routes")
 
@@ -159,7 +161,8 @@ class RouteAuthority:
             restarted = {f: 1 for f in changes if last.get(f, 0) == 0}  # numbering starts over: old records go
             try:
                 await gather({n: (lambda n=n: self._install_one(
-                    n, new, {f: 1 for f in restarted if new.get(f) != n})) for n in live - receivers})
+                    n, new, {f: 1 for f in restarted if new.get(f) != n}))
+                    for n in set(self.live_nodes()) - receivers})  # one that died meanwhile: at its restart
             except REQUEST_FAILURES as exc:  # re-sent to a node when it restarts
                 log.warning("install of epoch %d incomplete: %s", new.epoch, exc)
             t_end = time.perf_counter()
@@ -208,12 +211,12 @@ class RouteAuthority:
         self.table = rollback
         back = {"epoch": rollback.epoch, "routes": dict(rollback.routes), "timeout": self.timeout}
         calls = {("install", n): (lambda n=n: self._install_one(n, rollback, {}))
-                 for n in live if n not in by_sender}  # the senders get the table with their resume
+                 for n in self.live_nodes() if n not in by_sender}  # the senders get the table with their resume
         for s, flows in by_sender.items():
             if s in switched:
                 calls[("switch back", s)] = lambda s=s, flows=flows: self._switch_one(s, flows, new, live, back)
             else:
-                calls[("resume", s)] = lambda s=s, flows=flows: self.party.request(
+                calls[("resume", s)] = lambda s=s, flows=flows: self._ask(
                     s, "route_resume", {"flows": flows, "epoch": back["epoch"], "routes": back["routes"]},
                     timeout=self.timeout)
         try:
@@ -226,7 +229,7 @@ class RouteAuthority:
     async def _switch_one(self, sender: str, flows: list[str], current: RouteTable, live: set[str], wire: dict):
         """``route_switch`` of ``flows`` to ``sender``, away from the receivers
         of ``current`` (the running ones are drained) to ``wire``'s table."""
-        return await self.party.request(sender, "route_switch", {
+        return await self._ask(sender, "route_switch", {
             "flows": flows, "old": {f: current.get(f) for f in flows if current.get(f) in live}, **wire},
             timeout=self.timeout + 3)  # the sender's drain (timeout + 1) and its flush
 
@@ -235,7 +238,7 @@ class RouteAuthority:
         until the change ends (``route_install`` with ``receive_only``). ``must``: a failure
         fails the change (else it is logged)."""
         try:
-            return await self.party.request(node, "route_install", {
+            return await self._ask(node, "route_install", {
                 "epoch": epoch, "routes": dict(routes), "receive_only": True}, timeout=self.timeout)
         except REQUEST_FAILURES as exc:
             if must:
@@ -248,7 +251,42 @@ class RouteAuthority:
         body = {"epoch": table.epoch, "routes": dict(table.routes), "next": dict(nxt)}
         if restarted:
             body["restarted"] = dict(restarted)
-        return await self.party.request(node, "route_install", body, timeout=self.timeout)
+        return await self._ask(node, "route_install", body, timeout=self.timeout)
+
+    async def _ask(self, node: str, kind: str, body: dict, timeout: float):
+        """``party.request``, given up as soon as ``node``, running when it was
+        asked, stops (killed during a change, say): its answer will not come,
+        and its next life gets the table in force when it starts. (Waited out,
+        each such request held the change, and the restart behind it, for its
+        whole timeout: a CPU killed during FIG. 3 came back 10 s late.)"""
+        if node not in self.live_nodes():  # starting: it answers when it is up
+            return await self.party.request(node, kind, body, timeout=timeout)
+        outcome: list = []
+        async with trio.open_nursery() as nursery:
+            async def ask() -> None:
+                try:
+                    outcome.append(await self.party.request(node, kind, body, timeout=timeout))
+                except REQUEST_FAILURES as exc:  # raised below, not as an exception group
+                    outcome.append(exc)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(ask)
+            while node in self.live_nodes():
+                await trio.sleep(GONE_POLL)
+            nursery.cancel_scope.cancel()
+        if not outcome:
+            raise NodeGone(node, kind)
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return outcome[0]
+
+
+class NodeGone(RequestTimeout):
+    """A node stopped running before it answered a request of a route change."""
+
+    def __init__(self, node: str, kind: str):
+        Exception.__init__(self, f"{node} stopped running before it answered {kind!r}")
+        self.node, self.kind = node, kind
 
 
 def _show(changes: Mapping[str, str]) -> str:

@@ -35,8 +35,11 @@ _opt = lambda t, **kw: Field(t, required=False, **kw)  # noqa: E731
 
 # -- CPU ------------------------------------------------------------------------
 # cause: RISC-V scause code; interrupt traps (preemption) use cause 0x80000005.
+# after: [flow, fseq] of the cpu_resume whose context raised it (absent if that came on no flow): a
+# trap raised under an older resume than the last one its handler sent is stale (the newer resume,
+# on its way, replaces that context): the VMM drops it (nodes/vmm/node.py ``on_trap``)
 register("trap", cause="int", tval="int", pc="int", regs=Field("list", items="int"), asid="int",
-         instret="int", insn=_opt("int"))
+         instret="int", insn=_opt("int"), after=_opt("list"))
 # Privileged operations (priv:<os>). Each is answered ``ok`` {data} when it
 # carries ``ack: true`` (after it took effect; an error reply says why not);
 # without it, none is sent: on the hot path (a trap's resume) the answer is the

@@ -115,6 +115,7 @@ class CpuNode(Node):
         self._acquiring = False
         self._early: dict[int, str] = {}      # recalls that overtook our own grant
         self._last_trap: dict[str, Any] | None = None  # the trap we wait in (cpu_retrap raises it again)
+        self._resumed_by: list | None = None  # [flow, fseq] of the cpu_resume that set the context running
         self.counts = {"traps": 0, "page_misses": 0, "recalls": 0, "preempts": 0, "mem_retries": 0,
                        "releases": 0}
         self._mips = 0.0
@@ -192,6 +193,8 @@ class CpuNode(Node):
                 "asid": st["asid"], "instret": st["instret"]}
         if insn is not None:
             body["insn"] = insn
+        if self._resumed_by is not None:
+            body["after"] = self._resumed_by
         self._last_trap = body
         try:
             await self.emit(f"trap:{self.name}", "trap", body)
@@ -333,6 +336,7 @@ class CpuNode(Node):
         self.core.set_state({"x": b.get("regs", st["x"]), "pc": b.get("pc", st["pc"]),
                              "asid": b.get("asid", st["asid"])})
         self.core.halted = False
+        self._resumed_by = [msg.flow, msg.fseq] if msg.flow is not None else None
         if self.recorder.on:
             self.recorder("trap", "resume", pc=b.get("pc", st["pc"]), space=self.space)
         if self.cpu_state != "waiting_mem":
@@ -347,6 +351,7 @@ class CpuNode(Node):
         again = self.cpu_state == "trapped" and self._last_trap is not None
         if again:
             trap = dict(self._last_trap)
+            trap.pop("after", None)  # it named a resume of the VMM that died: no handler now can judge it
             # the VMM that died had tagged the OS's asids with a base: its OS knows them untagged
             trap["asid"] = trap["asid"] - min(trap["asid"], int(msg.body.get("asid_base") or 0))
             await self.emit(f"trap:{self.name}", "trap", trap)

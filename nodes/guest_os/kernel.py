@@ -450,12 +450,10 @@ class Kernel:
             self.counters["machine_checks"] += 1
             await self.kill(proc, 128 + abi.SIGBUS, f"machine check: {cpu} failed and was restarted; {why}")
         if on_cpu or self.current is None:
-            self.current = None  # nothing runs on the new CPU until the kernel resumes something
+            # nothing runs on the new CPU (it starts halted) until the kernel resumes something; what
+            # was sent to the dead one and not acknowledged is not sent again (Node.abandon_to)
+            self.current = None
             await self.dispatch()
-            if self.current is None:
-                # a resume sent to the dead CPU just before this notice reaches the new one (the
-                # flow resends what the dead one had not acknowledged): it must not run a dead context
-                await self.hw.priv("cpu_halt", {})
         return [p.pid for p, _ in victims]
 
     async def cpu_returned(self, cpu: dict[str, Any]) -> str:

@@ -335,6 +335,9 @@ class OsNode(Node):
                 await self.party.reply(msg, "ok", {"data": done})
                 return
             lost = set((b.get("lost") or {}).get(self.name, ()))
+            # natively our privileged operations went to the dead CPU: what it had not acknowledged
+            # died with it (a resume of the context the machine check stops must not run on the new one)
+            done["abandoned"] = self.abandon_to(node)
             done["killed"] = await self.kernel.machine_check(node, lost, b.get("on_cpu", True))
         elif b["kind"] == "vmm" and "cpu" in b:  # the VMM died: the CPU is ours again, natively
             done["cpu"] = await self.kernel.cpu_returned(b["cpu"])

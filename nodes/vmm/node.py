@@ -124,12 +124,13 @@ class VmmNode(FrameBroker, DeviceMux, Node):
         self.oses: dict[str, VirtualCpu] = {}
         self.current: str | None = None       # whose context is on the CPU (None: halted)
         self.own_preempt = False              # our cpu_preempt is pending in the CPU
+        self.last_control = 0                 # fseq of our last cpu_resume or cpu_halt (on_trap)
         self.released = False                 # vmm_cpu_release done: pass everything through
         self.slice_left = self.slice_ticks
         self.devices: dict[str, dict[str, Any]] = {}   # uart node -> {"os", "mode"}
         self._init_devices()                           # the disks and NICs (nodes/vmm/io.py)
         self.resources: dict[str, Any] = {}
-        self.counts = {"traps_in": 0, "traps_reflected": 0, "traps_kept": 0, "stray_traps": 0,
+        self.counts = {"traps_in": 0, "traps_reflected": 0, "traps_kept": 0, "stray_traps": 0, "stale_traps": 0,
                        "priv_forwarded": 0, "priv_emulated": 0, "ticks_in": 0, "virtual_ticks": 0,
                        "uart_rx": 0, "switches": 0, "slices": 0, "uart_bytes": 0, "cpu_halts": 0, "virqs_unrouted": 0,
                        "cpu_resets": 0}
@@ -152,7 +153,9 @@ class VmmNode(FrameBroker, DeviceMux, Node):
         return vcpu
 
     async def _cpu(self, kind: str, body: dict[str, Any]) -> None:
-        await self.emit("priv:vmm", kind, body)
+        fseq = await self.emit("priv:vmm", kind, body)
+        if kind in ("cpu_resume", "cpu_halt"):
+            self.last_control = fseq  # a trap raised under an older resume is stale (on_trap)
 
     async def _virq(self, vcpu: VirtualCpu, kind: str, body: dict[str, Any]) -> None:
         """A virtual interrupt for ``vcpu``: delivered now, or queued while it masks interrupts."""
@@ -215,6 +218,16 @@ class VmmNode(FrameBroker, DeviceMux, Node):
     async def on_trap(self, msg: Message) -> None:
         b = msg.body
         self.counts["traps_in"] += 1
+        after = b.get("after")
+        if after and after[0] == "priv:vmm" and after[1] < self.last_control:
+            # raised by a context the CPU ran before our last resume or halt reached it, which
+            # replaces it (docs/recovery.md: after a CPU's death the new CPU may run, briefly, a
+            # context resumed just before its OS's machine check stopped that process): taken for
+            # the context on the CPU now, it would be saved as that OS's and resumed later
+            self.counts["stale_traps"] += 1
+            log.info("%s: trap %#x raised under resume %d, before resume or halt %d: dropped",
+                     self.name, b["cause"], after[1], self.last_control)
+            return
         cur = self.oses.get(self.current) if self.current else None
         if cur is None:
             cur = self._owner_of_asid(b["asid"])  # the CPU ran without us seeing the resume
@@ -590,6 +603,9 @@ class VmmNode(FrameBroker, DeviceMux, Node):
             self.peer_incarnations[node] = inc
         done: dict[str, Any] = {"node": node}
         if node == self.cpu_name and b["kind"] == "cpu" and "lost" in b:
+            # what the dead CPU had not acknowledged died with it: sent again, a resume of the
+            # context that died (or of one switched out since) would run on the new CPU
+            done["abandoned"] = self.abandon_to(node)
             done.update(await self._cpu_lost())
             log.warning("%s: %s died: virtual CPUs reset: %s", self.name, node, done)
             await self.party.reply(msg, "ok", {"data": done})

@@ -184,6 +184,36 @@ async def test_vmm_reflects_forwards_emulates_and_switches_in_process(tmp_path) 
         r.close()
 
 
+async def test_vmm_drops_a_trap_raised_under_a_resume_older_than_its_last_in_process(tmp_path) -> None:
+    """A trap names the resume whose context raised it (``after``); one raised before the VMM's last
+    resume or halt reached the CPU is stale: that newer resume replaces the context. Seen in the chaos
+    campaign (seed 183, demo): after cpu0's death, os1 resumed a process its machine check stopped a
+    moment later, then a new one; the new CPU ran the first briefly and trapped; the VMM kept that
+    trap as os1's context, resumed it later, and os1, not knowing its address space, resumed nothing."""
+    r = Recorder(tmp_path, slice_ticks=2)
+    try:
+        await r.send("vmm_attach_os", {"os": "os1", "asid_base": 0, "current": True})
+        stale = {"regs": [1] * 32, "pc": 4, "asid": 1, "space": "os1"}
+        assert await r.send("cpu_resume", stale, flow="priv:os1", src="os1") == [("priv:vmm", "cpu_resume", stale)]
+        stale_fseq = len(r.out)  # what the Recorder's emit returned for it
+        fresh = {"regs": [0] * 32, "pc": 8, "asid": 3, "space": "os1"}
+        assert await r.send("cpu_resume", fresh, flow="priv:os1", src="os1") == [("priv:vmm", "cpu_resume", fresh)]
+        fresh_fseq = len(r.out)
+        # the CPU ran the stale context before the fresh resume reached it: that trap is dropped
+        assert await r.send("trap", {**trap_body(0x80000005, 1), "after": ["priv:vmm", stale_fseq]},
+                            flow="trap:cpu0", src="cpu0") == []
+        # the fresh context's trap is reflected as ever
+        body = {**trap_body(8, 3), "after": ["priv:vmm", fresh_fseq]}
+        assert await r.send("trap", body, flow="trap:cpu0", src="cpu0") == [("trap:vmm.os1", "trap", body)]
+        # a trap naming a resume of another flow (an OS's own, natively) is not judged
+        body = {**trap_body(8, 3), "after": ["priv:os1", 1]}
+        await r.send("cpu_resume", {}, flow="priv:os1", src="os1")
+        assert await r.send("trap", body, flow="trap:cpu0", src="cpu0") == [("trap:vmm.os1", "trap", body)]
+        assert r.node.stats()["vmm"]["stale_traps"] == 1
+    finally:
+        r.close()
+
+
 async def vmm(orch, kind: str, body: dict | None = None) -> dict:
     return (await orch.request("vmm", kind, body or {})).body.get("data") or {}
 
