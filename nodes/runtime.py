@@ -405,6 +405,7 @@ class Node:
         s["auth_failures"] = dict(self.party.auth_failures)
         s["state"] = self.state
         s["epoch"] = self.routes.epoch
+        s["tracing"] = self.recorder.tracing  # its trace ring is on (hwemu trace start)
         s["flows_out"] = {f: o.fseq for f, o in self.out_flows.items()}
         s["flows_in"] = {f: {"consumed": i.consumed, "gaps": i.gaps, "dups": i.dups, "runs": i.runs,
                              "runs_dropped": i.runs_dropped} for f, i in self.in_flows.items()}

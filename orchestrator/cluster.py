@@ -357,6 +357,8 @@ class Orchestrator:
                 self.incarnations[msg.src] = msg.body["incarnation"]
             if self.faults.active:
                 self._nursery.start_soon(self.faults.node_ready, msg.src)
+            if self.recorder.tracing:
+                self._nursery.start_soon(tracing.node_ready, self, msg.src)
         elif msg.kind == "heartbeat":
             np = self.supervisor.nodes.get(msg.src)
             if np is not None and np.pid == msg.body["pid"]:

@@ -258,6 +258,19 @@ async def start(orch, size: int = DEFAULT_RING) -> dict[str, Any]:
     return {"size": size, "nodes": ok, "missing": missing}
 
 
+async def node_ready(orch, name: str) -> None:
+    """A node (re)started while a trace is on: its ring starts too, as large as the
+    orchestrator's (a restarted node's track goes on from its new life; the events of the
+    life that was killed died with it)."""
+    ring = orch.recorder.ring
+    if ring is None:
+        return
+    try:
+        await orch.party.request(name, "trace_start", {"size": ring.maxlen or DEFAULT_RING}, timeout=5.0)
+    except (RemoteError, RequestTimeout) as exc:
+        log.warning("%s started without its trace ring: %s", name, exc)
+
+
 async def stop(orch) -> dict[str, Any]:
     """Stop every ring; the events stay where they are until the next start, for :func:`save`."""
     dropped = orch.recorder.dropped

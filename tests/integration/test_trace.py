@@ -134,3 +134,37 @@ async def test_a_ring_bigger_than_a_message_is_read_out_in_pages(cluster):
     assert sum(n for _, _, n, _ in sink_pages) == sink_pages[0][3] == len(dumps["sink"]["events"])
     delivered = [f["fseq"] for _, cat, name, f in dumps["sink"]["events"] if (cat, name) == ("flow", "deliver")]
     assert delivered == list(range(1, 20_001))
+
+
+async def test_a_node_restarted_while_a_trace_is_on_traces_its_new_life(cluster):
+    """Killed and restarted by its supervisor while a trace is on, a node's new life starts its ring
+    too (orchestrator/tracing.py ``node_ready``): the trace of a fault run has its track after the
+    restart (the chaos runs of a killed CPU had none, and the hang that followed it was guessed at)."""
+    node = {"kind": "testnode", "module": "tests.fixtures.streamer"}
+    orch = await cluster(parse({"nodes": {"src": {**node, "options": {"role": "streamer"}},
+                                          "sink": {**node, "options": {"role": "sink"}}},
+                                "routes": {"data:src": "sink"}}, "restarted"))
+    await orch.ctl_trace_start(size=10_000)
+    first = orch.supervisor.nodes["sink"].pid
+    os.kill(first, 9)
+    with trio.fail_after(60):  # the supervisor restarted it and it said ready
+        while not (orch.supervisor.nodes["sink"].pid not in (None, first)
+                   and orch.supervisor.nodes["sink"].state == "running"):
+            await trio.sleep(0.05)
+        while not (await orch.request("sink", "stats")).body["stats"]["tracing"]:  # its ring is on
+            await trio.sleep(0.05)
+    await orch.request("src", "stream_start", {"count": 50, "flow": "data:src"}, timeout=60)
+    with trio.fail_after(60):
+        while (await orch.request("sink", "stats")).body["stats"]["flows_in"].get("data:src", {}).get(
+                "consumed", 0) < 50:
+            await trio.sleep(0.05)
+    await orch.ctl_trace_stop()
+
+    async def request(name: str, kind: str, body: dict):
+        return (await orch.request(name, kind, body, timeout=10)).body["data"]
+
+    dumps, notes = await tracing.collect(request, ["sink"])
+    assert notes == []
+    assert dumps["sink"]["pid"] == orch.supervisor.nodes["sink"].pid != first
+    delivered = [f["fseq"] for _, cat, name, f in dumps["sink"]["events"] if (cat, name) == ("flow", "deliver")]
+    assert len(delivered) >= 50
