@@ -283,6 +283,8 @@ class Node:
         self._unacked: set[str] = set()
         self._retx_kick = trio.Event()
         self._peer_inc: dict[str, int] = {}
+        self._drain_waits: dict[tuple, tuple[tuple[int, int], trio.CancelScope]] = {}  # (src, upto) -> (order, wait)
+        self._drains_superseded: set[trio.CancelScope] = set()
         # flow -> (receiver, its new incarnation, what its previous life had acknowledged), noted
         # when an acknowledgement shows the receiver restarted (its driver may re-issue from there)
         self.receiver_restarts: dict[str, tuple[str, int, int]] = {}
@@ -1051,12 +1053,12 @@ class Node:
         queue was full), asked again every :data:`DRAIN_RETRY` s until ``deadline``. A drain is a
         question (has it consumed up to there?), safe to ask twice; a partition or a dropped frame
         that loses the request or its answer costs a retry, not the route change."""
-        wait, started = first, deadline - drain["timeout"] - 1
+        wait = first
         while True:
             if wait is None:
                 left = deadline - trio.current_time()
                 if left <= 0:
-                    raise RequestTimeout(receiver, "route_drain", round(deadline - started, 3))
+                    raise RequestTimeout(receiver, "route_drain", drain["timeout"] + 1)
                 wait = functools.partial(self.party.request, receiver, "route_drain",
                                          {**drain, "timeout": max(0.1, left - 1)}, timeout=min(DRAIN_RETRY, left))
             try:
@@ -1110,10 +1112,29 @@ class Node:
 
     async def _drain(self, msg: Message) -> None:
         timeout = msg.body.get("timeout", 5.0)
-        with trio.move_on_after(timeout):
-            for flow, upto in msg.body["upto"].items():
-                await self.in_flows.setdefault(flow, _InFlow()).wait_consumed(upto)
+        # the sender asks again every DRAIN_RETRY s (Node._drained) and waits only for the newest
+        # answer: the wait for the same question before it gives way
+        # (tasks start in no set order: the sender's life and the request's seq say which came first)
+        key = (msg.src, tuple(sorted(msg.body["upto"].items())))
+        order = (msg.inc or 0, msg.seq)
+        other = self._drain_waits.get(key)
+        if other is not None:
+            if other[0] > order:
+                return  # a newer one waits already
+            self._drains_superseded.add(other[1])
+            other[1].cancel()
+        with trio.move_on_after(timeout) as scope:
+            self._drain_waits[key] = (order, scope)
+            try:
+                for flow, upto in msg.body["upto"].items():
+                    await self.in_flows.setdefault(flow, _InFlow()).wait_consumed(upto)
+            finally:
+                if self._drain_waits.get(key, (None, None))[1] is scope:
+                    del self._drain_waits[key]
             await self.party.reply(msg, "ok", {"data": {f: self.in_flows[f].consumed for f in msg.body["upto"]}})
+            return
+        if scope in self._drains_superseded:  # given way to the same question asked again
+            self._drains_superseded.discard(scope)
             return
         have = {f: self.in_flows[f].consumed for f in msg.body["upto"]}
         await self.party.reply(msg, "error", {"reason": "drain_timeout",
