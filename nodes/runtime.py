@@ -66,7 +66,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Collection, Mapping
 
 import msgpack
 import trio
@@ -799,17 +799,20 @@ class Node:
 
     # -- emitting on flows --------------------------------------------------------
 
-    def abandon(self, flow: str) -> int:
+    def abandon(self, flow: str, to: Collection[str] | None = None) -> int:
         """Give up what ``flow`` sent and has not had acknowledged: its receiver
         died and what it held is void (docs/recovery.md: a CPU's trap for an OS
         that died must not reach that OS's next life). Nothing of it is sent
-        again. Returns how many messages were given up."""
+        again. ``to``: only what went to these receivers (up to the last message
+        sent to one of them: a flow moved away from a dead VMM keeps what it
+        sent to its new receiver since). Returns how many messages were given up."""
         out = self.out_flows.get(flow)
         if out is None:
             return 0
-        n = len(out.unacked)
-        self._acked(out, flow, out.fseq, "abandoned")
-        return n
+        upto = out.fseq if to is None else max((n for n, dst, _ in out.unacked if dst in to), default=0)
+        given_up = sum(1 for n, _, _ in out.unacked if n <= upto)
+        self._acked(out, flow, upto, "abandoned")
+        return given_up
 
     def abandon_to(self, node: str) -> int:
         """:meth:`abandon` every flow whose unacknowledged messages went to
@@ -820,6 +823,17 @@ class Node:
         on reaches the next life. Returns how many messages were given up."""
         flows = [f for f, out in self.out_flows.items() if any(dst == node for _, dst, _ in out.unacked)]
         return sum(self.abandon(f) for f in flows)
+
+    async def on_flow_abandon(self, msg: Message) -> None:
+        """The orchestrator: ``node`` died with its state, and every flow it received has
+        moved away from it (the VMM, at an emergency devirtualization: docs/recovery.md).
+        What was sent to it and not acknowledged is given up (:meth:`abandon` ``to``
+        it), neither replayed to its next life, which refuses it, nor moved to the
+        flow's new receiver, which the dead one may have acted for already. Reply
+        ``ok`` {data: {flow: messages given up}}."""
+        node = msg.body["node"]
+        given_up = {f: n for f in list(self.out_flows) if (n := self.abandon(f, (node,)))}
+        await self.party.reply(msg, "ok", {"data": given_up})
 
     async def emit(self, flow: str, kind: str, body: dict[str, Any], *, more: bool = False) -> int:
         """Send ``kind`` on a logical flow to whoever the route table names.

@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 import protocol.recovery  # noqa: F401  (registers mem_drop_initiator / peer_restarted)
 from orchestrator.supervisor import NodeProc
 from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER, VMM
@@ -177,10 +179,22 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
     if native:
         await orch.routes.change(native)
     report["routes"] = native
+    # what was sent to the dead VMM and not acknowledged is given up by its senders (this change's, and
+    # an interrupted choreography's that moved a flow away from it already): replayed to its next life it
+    # is refused there while the flow's later messages reach the native receiver; moved to that receiver,
+    # it may act twice (the VMM may have passed it on). Made up for below: a trap the CPU raises again, the
+    # OS's resume settled, device commands re-issued and the console re-sent by the OS's drivers; a tick
+    # or a datagram in flight is lost (docs/recovery.md). The VMM is not running yet: nothing of it
+    # reached its next life before this
+    report["abandoned"] = await _abandon_to(orch, VMM)
     for key, dev in sorted(st.devices.items()):
         if dev["os"] in orch.live_nodes():
             await _call(orch, dev["os"], "os_driver_mode", {"device": dev["device"], "mode": "native"}, timeout=60.0)
+    served = {dev["os"] for dev in st.devices.values()} - {survivor}
     st.devices.clear()
+    for os_name in sorted(served & set(orch.live_nodes())):  # (the survivor's drivers: with its CPU, below)
+        done = await _call(orch, os_name, "peer_restarted", {"node": VMM, "kind": "vmm", "io": True})
+        report.setdefault("io", {})[os_name] = done.get("io")
     if survivor is not None:
         report["native"] = survivor
         cpu = spec_of[survivor].options.get("cpu", DEFAULT_CPU)
@@ -195,7 +209,7 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
         if isinstance(saved.get("asid"), int) and saved["asid"] >= base:
             saved["asid"] -= base
         done = await _call(orch, survivor, "peer_restarted", {"node": "vmm", "kind": "vmm", "cpu": saved})
-        report["cpu"] = done.get("cpu")
+        report["cpu"], report["io"] = done.get("cpu"), {**report.get("io", {}), survivor: done.get("io")}
         if done.get("cpu") == "retrap":
             report["retrap"] = await _call(orch, cpu, "cpu_retrap", {"asid_base": base})
     st.attached.clear()
@@ -212,6 +226,24 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
     log.warning("the VMM died: emergency devirtualization: %s", report)
     orch.recovery_log.append(report)
     return report
+
+
+async def _abandon_to(orch: "Orchestrator", node: str) -> dict[str, dict[str, int]]:
+    """Every running node gives up what it sent ``node`` and had not had acknowledged (``flow_abandon``)."""
+    given_up: dict[str, dict[str, int]] = {}
+
+    async def one(name: str) -> None:
+        try:
+            if data := await _call(orch, name, "flow_abandon", {"node": node}):
+                given_up[name] = data
+        except FAILURES as exc:  # dying itself: its next life sends nothing of this one's
+            log.warning("%s did not give up its flows to the dead %s: %s", name, node, exc)
+
+    async with trio.open_nursery() as nursery:
+        for name in orch.live_nodes():
+            if name != node:
+                nursery.start_soon(one, name)
+    return given_up
 
 
 async def _stop_lost_os(orch: "Orchestrator", os_name: str, report: dict[str, Any]) -> None:

@@ -179,7 +179,7 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(("shutdown", "route_pause", "route_install", "route_resume", "route_switch", "fault_set",
                      "fault_clear", "cpu_run", "trace_start", "trace_stop", "trace_dump"), ORCH_ONLY),
     # recovery after a crash (orchestrator/recovery.py)
-    **dict.fromkeys(("peer_restarted", "cpu_reset", "cpu_retrap", "mem_drop_initiator"), ORCH_ONLY),
+    **dict.fromkeys(("peer_restarted", "cpu_reset", "cpu_retrap", "mem_drop_initiator", "flow_abandon"), ORCH_ONLY),
     "route_drain": DRAIN,  # a flow's sender asks its old receiver, in-band
     "route_next": NEXT,
     "flow_ack": NODE,  # a flow's receiver acknowledges it (the sender checks it is that flow's receiver)

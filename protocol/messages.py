@@ -378,6 +378,9 @@ register("route_next", next=Field("dict", items="int"), inc=Field("int", require
 register("flow_ack", acks=Field("dict", items="int"), inc="int", gap=Field("list", items="str", required=False),
          probe=Field("dict", items="int", required=False), holes=Field("dict", items="list", required=False),
          top=Field("dict", items="int", required=False))
+# orchestrator -> every node: ``node`` died with its state and every flow it received moved away from it
+# (the VMM, docs/recovery.md): give up what was sent to it and not acknowledged; ok {data: {flow: given up}}
+register("flow_abandon", node="str")
 # fault injection in a node's transport (protocol/faults.py); orchestrator -> node
 register("fault_set", id="str", type="str", seed="int")
 register("fault_clear", id=Field("str", nullable=True))

@@ -15,7 +15,10 @@
   with ``cpu`` (the CPU's ``cpu_save``): the OS answers ``ok`` {data: {cpu:
   "resumed" | "retrap" | ...}}: it re-sent the resume the VMM lost, or it
   never saw the trap the CPU waits in (then the orchestrator sends
-  ``cpu_retrap``).
+  ``cpu_retrap``), and its drivers make up for what the VMM held of their
+  traffic (``data.io``: commands re-issued, console re-sent). Another OS
+  whose disk or NIC the VMM drove gets it with ``io`` (true) instead of ``cpu``.
+  Before it, every node was told ``flow_abandon`` {node: "vmm"} (protocol/messages.py).
   Under the VMM, a CPU's ``peer_restarted`` with ``lost`` goes to the VMM
   first: it resets its virtual CPUs (the context that was on the CPU died,
   the ones it had saved did not) and answers ``ok`` {data: {on_cpu: the OS
@@ -36,6 +39,6 @@ _opt = lambda t, **kw: Field(t, required=False, **kw)  # noqa: E731
 
 register("mem_drop_initiator", initiator="str")
 register("peer_restarted", node="str", kind="str", incarnation=_opt("int"), lost=_opt("dict"), cpu=_opt("dict"),
-         on_cpu=_opt("bool"))
+         on_cpu=_opt("bool"), io=_opt("bool"))
 register("cpu_retrap", asid_base=_opt("int"))
 register("cpu_reset")

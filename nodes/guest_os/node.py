@@ -339,8 +339,10 @@ class OsNode(Node):
             # died with it (a resume of the context the machine check stops must not run on the new one)
             done["abandoned"] = self.abandon_to(node)
             done["killed"] = await self.kernel.machine_check(node, lost, b.get("on_cpu", True))
-        elif b["kind"] == "vmm" and "cpu" in b:  # the VMM died: the CPU is ours again, natively
-            done["cpu"] = await self.kernel.cpu_returned(b["cpu"])
+        elif b["kind"] == "vmm" and ("cpu" in b or b.get("io")):  # the VMM died: the machine is ours again
+            if "cpu" in b:  # natively
+                done["cpu"] = await self.kernel.cpu_returned(b["cpu"])
+            done["io"] = await self._devices_after_vmm()
         elif node == self.uart_name and self.routes.get(self.console.native_flow) == node:
             done["console"] = await self.console.reset()
         elif node == self.timer_name and self.routes.get(self.timer.native_flow) == node:
@@ -353,6 +355,26 @@ class OsNode(Node):
         self.resets[node] = self.resets.get(node, 0) + 1
         log.warning("%s: %s (%s) restarted: %s", self.name, node, b["kind"], done)
         await self.party.reply(msg, "ok", {"data": done})
+
+    async def _devices_after_vmm(self) -> dict[str, Any]:
+        """The VMM died while our device traffic went through it: what it had not
+        consumed, its senders gave up (``abandon`` at the route change back to
+        native, orchestrator/recovery.py), and what it had taken and not passed on
+        died with it. Each driver makes up for it natively, as after a reset of its
+        device (docs/recovery.md, "vmm"): the disk's and the NIC's commands still
+        waiting are issued again (idempotent), the console sends what the UART's
+        log lacks of our stream, the timer gets its period again. A datagram or a
+        tick in flight is lost; nothing is done twice that a guest could see."""
+        done: dict[str, Any] = {"reissued": self.io.disk.reissue() + self.io.nic.reissue()}
+        try:
+            if self.routes.get(self.console.flow) == self.uart_name:
+                done["console"] = await self.console.resend()
+            if self.routes.get(self.timer.flow) == self.timer_name:
+                await self.timer.after_switch()
+                done["period_ms"] = self.timer.period_ms
+        except (RemoteError, RequestTimeout, ProtocolError) as exc:  # the device is away: its restart resets it
+            done["error"] = str(exc)
+        return done
 
     @handles("mod_alloc_pin", "mod_add", "mod_give_back")
     @in_kernel_task
