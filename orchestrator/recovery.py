@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("hwemu.recovery")
 
 NOTICE_TIMEOUT = 10.0
+RUNNING_WAIT = 2.0  # s a CPU still running when the VMM died is given to trap, before its context is named
 FAILURES = (RemoteError, RequestTimeout, ProtocolError)
 
 
@@ -143,7 +144,13 @@ async def vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
     The VMM's own frames go back to its host, zeroed; it comes back unloaded.
     """
     async with orch.choreography_lock:  # a choreography that was talking to it has failed by now
-        return await _vmm_lost(orch)
+        try:
+            return await _vmm_lost(orch)
+        except FAILURES as exc:  # said, not raised: raised here, it took the orchestrator down with the VMM
+            log.error("the emergency devirtualization after the VMM died is incomplete: %s", exc)
+            report = {"node": VMM, "kind": "vmm", "error": str(exc)}
+            orch.recovery_log.append(report)
+            return report
 
 
 async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
@@ -154,12 +161,24 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
     survivor = None
     if attached:
         cpu = spec_of[next(iter(attached))].options.get("cpu", DEFAULT_CPU)
-        try:
-            saved = await _call(orch, cpu, "cpu_save")
-        except FAILURES:  # running: the VMM had resumed a context; its asid still names it
-            saved = None
-        base = (saved["asid"] & ~0xFFFF) if saved else 0
-        survivor = next((o for o, a in attached.items() if a["asid_base"] == base), sorted(attached)[0])
+        saved = None
+        with trio.move_on_after(RUNNING_WAIT):  # running: it traps soon (to the dead VMM), and waits there
+            while saved is None:
+                try:
+                    saved = await _call(orch, cpu, "cpu_save")
+                except FAILURES:
+                    await trio.sleep(0.05)
+        base = (saved["asid"] & ~0xFFFF) if saved else 0  # (still running: taken for the first OS's)
+        on_cpu = next((o for o, a in attached.items() if a["asid_base"] == base), sorted(attached)[0])
+        # the OS on the CPU keeps it, unless it runs on memory borrowed from another (os2 of the demo,
+        # booted on frames of os1): then its lender does. Kept by the borrower, the loan could never be
+        # given back (there is no VMM to return it through) and the lender could not boot again on its
+        # partition. The borrower's context on the CPU stops with it, the CPU forgetting it first; the
+        # lender's current process had its registers in the dead VMM: it stops, as after a machine check
+        lenders = sorted({ln["from"] for ln in st.loans if ln["to"] == on_cpu and ln["from"] in attached})
+        survivor = lenders[0] if lenders else on_cpu
+        if on_cpu != survivor:
+            report["cpu_reset"] = await _call(orch, cpu, "cpu_reset")
         for os_name in sorted(attached):
             if os_name != survivor:
                 await _stop_lost_os(orch, os_name, report)
@@ -168,7 +187,13 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
         if att.get("memory") == "vmm":
             memctl = spec_of[os_name].options.get("memctl", DEFAULT_MEMCTL)
             await _call(orch, memctl, "mem_set_identity", {"space": os_name})
-    # every flow the VMM received goes where the topology routes it natively
+    # every flow the VMM received goes where the topology routes it natively; a receiver restarting
+    # meanwhile (killed too) is waited for: left out, its flows would stay on the dead VMM
+    back = {n for f, n in orch.topology.routes.items() if orch.routes.table.get(f) == "vmm"}
+    with trio.move_on_after(RUNNING_WAIT * 5):
+        while any(orch.supervisor.nodes[n].state in ("crashed", "starting") for n in back
+                  if n in orch.supervisor.nodes):
+            await trio.sleep(0.05)
     native = {f: n for f, n in orch.topology.routes.items()
               if orch.routes.table.get(f) == "vmm" and n in orch.live_nodes()}
     if survivor is not None:  # the CPU and its timer are the survivor's, whichever OS the topology booted on them
@@ -189,12 +214,22 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
     report["abandoned"] = await _abandon_to(orch, VMM)
     for key, dev in sorted(st.devices.items()):
         if dev["os"] in orch.live_nodes():
-            await _call(orch, dev["os"], "os_driver_mode", {"device": dev["device"], "mode": "native"}, timeout=60.0)
+            try:  # (a failure here must not take the orchestrator down: the OS's driver says why)
+                await _call(orch, dev["os"], "os_driver_mode", {"device": dev["device"], "mode": "native"},
+                            timeout=60.0)
+            except FAILURES as exc:
+                log.error("the %s driver of %s did not go native after the VMM died: %s", dev["device"],
+                          dev["os"], exc)
+                report.setdefault("errors", []).append(str(exc))
     served = {dev["os"] for dev in st.devices.values()} - {survivor}
     st.devices.clear()
     for os_name in sorted(served & set(orch.live_nodes())):  # (the survivor's drivers: with its CPU, below)
-        done = await _call(orch, os_name, "peer_restarted", {"node": VMM, "kind": "vmm", "io": True})
-        report.setdefault("io", {})[os_name] = done.get("io")
+        try:
+            done = await _call(orch, os_name, "peer_restarted", {"node": VMM, "kind": "vmm", "io": True})
+            report.setdefault("io", {})[os_name] = done.get("io")
+        except FAILURES as exc:
+            log.error("%s did not make up for its I/O lost with the VMM: %s", os_name, exc)
+            report.setdefault("errors", []).append(str(exc))
     if survivor is not None:
         report["native"] = survivor
         cpu = spec_of[survivor].options.get("cpu", DEFAULT_CPU)
@@ -208,7 +243,10 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
         await _call(orch, cpu, "tlb_flush", {"ack": True})
         if isinstance(saved.get("asid"), int) and saved["asid"] >= base:
             saved["asid"] -= base
-        done = await _call(orch, survivor, "peer_restarted", {"node": "vmm", "kind": "vmm", "cpu": saved})
+        notice = {"node": "vmm", "kind": "vmm", "cpu": saved}
+        if "cpu_reset" in report:
+            notice["context_lost"] = True
+        done = await _call(orch, survivor, "peer_restarted", notice)
         report["cpu"], report["io"] = done.get("cpu"), {**report.get("io", {}), survivor: done.get("io")}
         if done.get("cpu") == "retrap":
             report["retrap"] = await _call(orch, cpu, "cpu_retrap", {"asid_base": base})

@@ -19,6 +19,8 @@
   traffic (``data.io``: commands re-issued, console re-sent). Another OS
   whose disk or NIC the VMM drove gets it with ``io`` (true) instead of ``cpu``.
   Before it, every node was told ``flow_abandon`` {node: "vmm"} (protocol/messages.py).
+  ``context_lost`` (true): the CPU ran another OS's context (reset since), and
+  this OS's current process had its registers in the VMM: it is stopped.
   Under the VMM, a CPU's ``peer_restarted`` with ``lost`` goes to the VMM
   first: it resets its virtual CPUs (the context that was on the CPU died,
   the ones it had saved did not) and answers ``ok`` {data: {on_cpu: the OS
@@ -39,6 +41,6 @@ _opt = lambda t, **kw: Field(t, required=False, **kw)  # noqa: E731
 
 register("mem_drop_initiator", initiator="str")
 register("peer_restarted", node="str", kind="str", incarnation=_opt("int"), lost=_opt("dict"), cpu=_opt("dict"),
-         on_cpu=_opt("bool"), io=_opt("bool"))
+         on_cpu=_opt("bool"), io=_opt("bool"), context_lost=_opt("bool"))
 register("cpu_retrap", asid_base=_opt("int"))
 register("cpu_reset")

@@ -456,10 +456,15 @@ class Kernel:
             await self.dispatch()
         return [p.pid for p, _ in victims]
 
-    async def cpu_returned(self, cpu: dict[str, Any]) -> str:
+    async def cpu_returned(self, cpu: dict[str, Any], context_lost: bool = False) -> str:
         """The VMM died holding the CPU for this OS (emergency devirtualization);
         ``cpu`` is the CPU's context now (``cpu_save``). Settle it without running
         an instruction twice or a system call twice:
+
+        - ``context_lost``: another OS's context was on the CPU (the CPU was
+          reset): the current process's registers were saved in the dead VMM;
+          it is stopped as on a machine check (``"context_lost"``), the next
+          ready one runs;
 
         - a trapped CPU whose trap this kernel handled (same asid, same
           instruction count as the last trap of the current process): the
@@ -470,6 +475,14 @@ class Kernel:
           (``"resumed"``); with none current, the next ready one runs.
         """
         proc, state = self.current, cpu.get("cpu_state")
+        if context_lost:
+            if proc is not None and proc.state == RUNNING:
+                self.counters["machine_checks"] += 1
+                await self.kill(proc, 128 + abi.SIGBUS, "machine check: the VMM failed and was restarted; "
+                                                        "its registers were in the VMM")
+            self.current = None
+            await self.dispatch()
+            return "context_lost"
         if proc is not None and proc.state == RUNNING:
             handled = cpu.get("asid") == proc.asid and cpu.get("instret") == proc.instret
             if state == "halted" or (state == "trapped" and handled):

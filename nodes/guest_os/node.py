@@ -341,7 +341,7 @@ class OsNode(Node):
             done["killed"] = await self.kernel.machine_check(node, lost, b.get("on_cpu", True))
         elif b["kind"] == "vmm" and ("cpu" in b or b.get("io")):  # the VMM died: the machine is ours again
             if "cpu" in b:  # natively
-                done["cpu"] = await self.kernel.cpu_returned(b["cpu"])
+                done["cpu"] = await self.kernel.cpu_returned(b["cpu"], bool(b.get("context_lost")))
             done["io"] = await self._devices_after_vmm()
         elif node == self.uart_name and self.routes.get(self.console.native_flow) == node:
             done["console"] = await self.console.reset()
