@@ -35,6 +35,7 @@ at the end (the ``run_dir`` fixture, plus the ``hwemu run`` children).
 # ruff: noqa: F811  (the run_dir fixtures imported from test_native are this module's test arguments)
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -246,6 +247,33 @@ async def test_kill9_of_the_interposed_vmm_rolls_the_sole_os_back_to_native_unde
     await orch.control("ctl_interpose", os="os1")
     back = (await orch.control("ctl_devirtualize", os="os1"))["reports"]
     assert [r["figure"] for r in back] == ["fig6", "fig7"]
+
+
+# the demo cycle under kills of the VMM alone (docs/chaos.md): every other kill held back
+VMM_KILLS_ONLY = ["--faults", "kill", "--held-back",
+                  "kill:cpu,kill:os,kill:memctl,kill:disk,kill:nic,kill:uart,kill:timer"]
+
+
+def test_kill9_of_the_vmm_in_the_demo_cycle_loses_no_flow_message_sent_to_it(tmp_path):
+    """Demo seed 702: three kills of the VMM, the first while it manages os1 and os2 (their CPU, timer,
+    console, disk and NIC). What its senders had sent it and it had not consumed (timer ticks, the CPU's
+    trap, os1's resume, device commands and interrupts) is given up by each sender (``flow abandoned`` in
+    its history), not sent again to the VMM's next life while the flow's later messages reach the native
+    receiver: the checker found irq:timer0 ticks and priv:os1 messages lost there. The run holds."""
+    rd = tmp_path / "run"
+    done = subprocess.run([HWEMU, "chaos", "--seed", "702", "--duration", "8", "--scenario", "demo", "--json",
+                           "--run-dir", str(rd), *VMM_KILLS_ONLY], cwd=REPO, capture_output=True, text=True,
+                          timeout=280, stdin=subprocess.DEVNULL)
+    report = json.loads(done.stdout)
+    details = "\n".join(f"  {v['check']}: {v['what']}: {v['detail']} ({v['where']})"
+                        for v in report["violation_details"][:10])
+    assert report["faults_injected"] == {"kill": 3} and {f["target"] for f in report["schedule"]} == {"vmm"}
+    assert (done.returncode, report["violations"]) == (0, 0), (
+        f"{report['reproduce']}\n{details}\n{done.stderr[-1500:]}")
+    assert report["checked"]["flow_messages_delivered"] > 0
+    given_up = [json.loads(line) for f in sorted((rd / "history").glob("*.jsonl"))
+                for line in f.read_text().splitlines() if '"ev":"abandoned"' in line]
+    assert {e["node"] for e in given_up} >= {"timer0"}, given_up  # its ticks to the dead VMM, at least
 
 
 # ------------------------------------------------------------------------- os
