@@ -216,7 +216,7 @@ class RouteAuthority:
             if s in switched:
                 calls[("switch back", s)] = lambda s=s, flows=flows: self._switch_one(s, flows, new, live, back)
             else:
-                calls[("resume", s)] = lambda s=s, flows=flows: self._ask(
+                calls[("resume", s)] = lambda s=s, flows=flows: self.ask(
                     s, "route_resume", {"flows": flows, "epoch": back["epoch"], "routes": back["routes"]},
                     timeout=self.timeout)
         try:
@@ -229,7 +229,7 @@ class RouteAuthority:
     async def _switch_one(self, sender: str, flows: list[str], current: RouteTable, live: set[str], wire: dict):
         """``route_switch`` of ``flows`` to ``sender``, away from the receivers
         of ``current`` (the running ones are drained) to ``wire``'s table."""
-        return await self._ask(sender, "route_switch", {
+        return await self.ask(sender, "route_switch", {
             "flows": flows, "old": {f: current.get(f) for f in flows if current.get(f) in live}, **wire},
             timeout=self.timeout + 3)  # the sender's drain (timeout + 1) and its flush
 
@@ -238,7 +238,7 @@ class RouteAuthority:
         until the change ends (``route_install`` with ``receive_only``). ``must``: a failure
         fails the change (else it is logged)."""
         try:
-            return await self._ask(node, "route_install", {
+            return await self.ask(node, "route_install", {
                 "epoch": epoch, "routes": dict(routes), "receive_only": True}, timeout=self.timeout)
         except REQUEST_FAILURES as exc:
             if must:
@@ -251,26 +251,27 @@ class RouteAuthority:
         body = {"epoch": table.epoch, "routes": dict(table.routes), "next": dict(nxt)}
         if restarted:
             body["restarted"] = dict(restarted)
-        return await self._ask(node, "route_install", body, timeout=self.timeout)
+        return await self.ask(node, "route_install", body, timeout=self.timeout)
 
-    async def _ask(self, node: str, kind: str, body: dict, timeout: float):
+    async def ask(self, node: str, kind: str, body: dict, timeout: float):
         """``party.request``, given up as soon as ``node``, running when it was
         asked, stops (killed during a change, say): its answer will not come,
         and its next life gets the table in force when it starts. (Waited out,
         each such request held the change, and the restart behind it, for its
-        whole timeout: a CPU killed during FIG. 3 came back 10 s late.)"""
+        whole timeout: a CPU killed during FIG. 3 came back 10 s late; a choreography's step
+        waiting for the dead VMM held the VMM's emergency devirtualization 60 s.)"""
         if node not in self.live_nodes():  # starting: it answers when it is up
             return await self.party.request(node, kind, body, timeout=timeout)
         outcome: list = []
         async with trio.open_nursery() as nursery:
-            async def ask() -> None:
+            async def one() -> None:
                 try:
                     outcome.append(await self.party.request(node, kind, body, timeout=timeout))
                 except REQUEST_FAILURES as exc:  # raised below, not as an exception group
                     outcome.append(exc)
                 nursery.cancel_scope.cancel()
 
-            nursery.start_soon(ask)
+            nursery.start_soon(one)
             while node in self.live_nodes():
                 await trio.sleep(GONE_POLL)
             nursery.cancel_scope.cancel()

@@ -101,7 +101,9 @@ class Run:
         with trio.move_on_after(timeout):
             while True:
                 try:
-                    reply = await self.orch.request(node, kind, body or {}, timeout=timeout)
+                    # given up as soon as the node dies (the VMM): waited out, the step held the
+                    # choreography lock, and the VMM's emergency devirtualization behind it, 60 s
+                    reply = await self.orch.routes.ask(node, kind, body or {}, timeout=timeout)
                     return reply.body.get("data")
                 except RemoteError as exc:
                     if exc.reason != "recovering":
