@@ -374,10 +374,11 @@ register("route_next", next=Field("dict", items="int"), inc=Field("int", require
 # receiver -> sender of flows: cumulative acknowledgements, batched (docs/reliability.md): ``acks`` is the
 # last fseq consumed per flow, ``inc`` the receiver's incarnation, ``gap`` the flows where it saw one
 # (``probe``: the flows it answers a probe for, with the fseq the probe named; ``holes``: per flow, fseq
-# missing below ``top``, the highest one it holds)
+# missing below ``top``, the highest one it holds; ``of``: per flow, the incarnation of the sender whose
+# numbering ``acks`` counts)
 register("flow_ack", acks=Field("dict", items="int"), inc="int", gap=Field("list", items="str", required=False),
          probe=Field("dict", items="int", required=False), holes=Field("dict", items="list", required=False),
-         top=Field("dict", items="int", required=False))
+         top=Field("dict", items="int", required=False), of=Field("dict", items="int", required=False))
 # orchestrator -> every node: ``node`` died with its state and every flow it received moved away from it
 # (the VMM, docs/recovery.md): give up what was sent to it and not acknowledged; ok {data: {flow: given up}}
 register("flow_abandon", node="str")
