@@ -80,3 +80,42 @@ async def test_a_late_restart_install_does_not_make_a_receiver_consume_the_new_l
         orch.close()
         for party in lives:
             party.close()
+
+
+async def test_a_new_life_ignores_an_acknowledgement_counted_in_its_previous_lifes_numbering(tmp_path):
+    """The receiver built an acknowledgement while it still followed the sender's previous life (its
+    ``of`` names that life); it reaches the new life after the new life's first messages left. Taken for
+    the new life's, it reset the receiver to #1 (it names more than the new life sent: the new life's
+    first messages were delivered twice, a restarted timer's ticks in demo seed 1022), or acknowledged
+    what the receiver never got. Ignored, it changes nothing; the receiver's next one counts."""
+    eps = {n: f"ipc://{tmp_path}/{n}.sock" for n in ("sink", "src")}
+    src = StreamerOrSink(NodeConfig(name="src", kind="streamer", endpoint=eps["src"], directory=eps,
+                                    routes={"epoch": 1, "routes": {FLOW: "sink"}}, orchestrator=None,
+                                    options={"role": "sink"}))
+    heard: list = []
+
+    async def receiver(msg) -> None:
+        heard.append(msg)
+
+    sink = Party("sink", eps["sink"], eps)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(src.run)
+            await nursery.start(sink.serve, receiver)
+            for n in (1, 2, 3):
+                await src.emit(FLOW, "datum", {"n": n})
+            await _until(lambda: len(heard) == 3)
+            previous = src.party.incarnation - 1
+            for upto in (500, 2):
+                await sink.send("src", "flow_ack", {"acks": {FLOW: upto}, "inc": sink.incarnation,
+                                                    "of": {FLOW: previous}})
+            await trio.sleep(0.3)  # a reset would have been sent by now
+            # no route_next {reset}, nothing sent again (a probe of the sender's timer may have come)
+            assert [(m.kind, m.body.get("reset")) for m in heard if "probe" not in m.body] == [("datum", None)] * 3
+            assert [n for n, _, _ in src.out_flows[FLOW].unacked] == [1, 2, 3]
+            await sink.send("src", "flow_ack", {"acks": {FLOW: 2}, "inc": sink.incarnation,
+                                                "of": {FLOW: src.party.incarnation}})
+            await _until(lambda: [n for n, _, _ in src.out_flows[FLOW].unacked] == [3])
+            nursery.cancel_scope.cancel()
+    finally:
+        sink.close()
