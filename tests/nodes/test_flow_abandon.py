@@ -32,30 +32,35 @@ def _node(eps: dict[str, str], name: str) -> StreamerOrSink:
                                      options={"role": "sink"}))
 
 
+async def _dies_holding_three(src: StreamerOrSink, party: Party) -> list[int]:
+    """``party`` takes #1-#3 of the flow from ``src`` and dies (closed) before acknowledging any: what it got."""
+    heard: list[int] = []
+
+    async def take(msg) -> None:  # it runs what it gets, and dies before acknowledging any
+        heard.append(msg.fseq)
+        await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as life:
+        await life.start(party.serve, take)
+        for n in (1, 2, 3):
+            await src.emit(FLOW, "datum", {"n": n})
+        with trio.fail_after(10):
+            while len(heard) < 3:
+                await trio.sleep(0.01)
+        life.cancel_scope.cancel()
+    party.close()  # killed: what it consumed, and its place in the flow, died with it
+    return heard
+
+
 @pytest.mark.parametrize("abandon", [True, False], ids=["abandoned", "kept"])
 async def test_what_a_dead_receiver_had_not_acknowledged_does_not_reach_its_next_life(tmp_path, abandon):
     eps = {n: f"ipc://{tmp_path}/{n}.sock" for n in ("sink", "src")}
     src = _node(eps, "src")
-    heard: list[int] = []
-
-    async def first_life(msg) -> None:  # it runs what it gets, and dies before acknowledging any
-        heard.append(msg.fseq)
-        await trio.lowlevel.checkpoint()
-
     first = Party("sink", eps["sink"], eps)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(src.run)
-            async with trio.open_nursery() as life:
-                await life.start(first.serve, first_life)
-                for n in (1, 2, 3):
-                    await src.emit(FLOW, "datum", {"n": n})
-                with trio.fail_after(10):
-                    while len(heard) < 3:
-                        await trio.sleep(0.01)
-                life.cancel_scope.cancel()
-            first.close()  # killed: what it consumed, and its place in the flow, died with it
-
+            heard = await _dies_holding_three(src, first)
             given_up = src.abandon_to("sink") if abandon else 0
             await src.emit(FLOW, "datum", {"n": 4})  # sent after the notice of its death
             second = _node(eps, "sink")  # its next life
@@ -83,25 +88,12 @@ async def test_a_flow_moved_away_from_a_dead_receiver_gives_up_only_what_went_to
     eps = {n: f"ipc://{tmp_path}/{n}.sock" for n in ("sink", "src", "dead")}
     src = _node(eps, "src")
     src.routes = src.routes.changed({FLOW: "dead"})
-    heard: list[int] = []
-
-    async def dying(msg) -> None:  # takes the messages in, acknowledges none
-        heard.append(msg.fseq)
-
     dead = Party("dead", eps["dead"], eps)
     sink = _node(eps, "sink")
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(src.run)
-            async with trio.open_nursery() as life:
-                await life.start(dead.serve, dying)
-                for n in (1, 2, 3):
-                    await src.emit(FLOW, "datum", {"n": n})
-                with trio.fail_after(10):
-                    while len(heard) < 3:
-                        await trio.sleep(0.01)
-                life.cancel_scope.cancel()
-            dead.close()
+            heard = await _dies_holding_three(src, dead)
             # the route change away from it (it is not drained: it is dead): paused, switched, flushed
             src._pause([FLOW])
             src._install(src.routes.epoch + 1, {FLOW: "sink"}, {})
