@@ -466,9 +466,13 @@ class Kernel:
           it is stopped as on a machine check (``"context_lost"``), the next
           ready one runs;
 
-        - a trapped CPU whose trap this kernel handled (same asid, same
-          instruction count as the last trap of the current process): the
-          resume was lost with the VMM; send it again (``"resumed"``);
+        - a trapped CPU whose trap this kernel handled (the instruction count
+          of the last trap of the process its asid names, or a process gone
+          since): the resume was lost with the VMM; send it again
+          (``"resumed"``). The process may be another than the current one:
+          the kernel handled its trap by switching processes, and the resume
+          of the next one was lost (raised again, the trap was a stray one,
+          and nothing ran again: demo seed 1057 of ``--faults kill``);
         - a trapped CPU whose trap this kernel never saw: ``"retrap"`` (the
           orchestrator has the CPU raise it again);
         - a halted CPU while a process is current: its resume was lost
@@ -483,14 +487,15 @@ class Kernel:
             self.current = None
             await self.dispatch()
             return "context_lost"
-        if proc is not None and proc.state == RUNNING:
-            handled = cpu.get("asid") == proc.asid and cpu.get("instret") == proc.instret
-            if state == "halted" or (state == "trapped" and handled):
-                await self.resume(proc)
-                return "resumed"
-        if state == "trapped":
+        trapped_in = next((p for p in self.procs.values() if p.asid == cpu.get("asid")), None)
+        if state == "trapped" and trapped_in is not None and cpu.get("instret") != trapped_in.instret:
             return "retrap"
+        if proc is not None and proc.state == RUNNING and state in ("halted", "trapped"):
+            await self.resume(proc)
+            return "resumed"
         await self.dispatch()
+        if state == "trapped":  # a trap handled, nothing to run: the CPU halts (a stray trap does so)
+            await self._halt_if_idle()
         return "dispatched" if self.current is not None else state or "unknown"
 
     # --------------------------------------------------------------- devices
