@@ -30,6 +30,7 @@ from orchestrator.supervisor import NodeProc
 from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER, VMM
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.frames import from_runs, to_runs
+from protocol.routes import flow_sender
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchestrator.cluster import Orchestrator
@@ -187,9 +188,12 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
         if att.get("memory") == "vmm":
             memctl = spec_of[os_name].options.get("memctl", DEFAULT_MEMCTL)
             await _call(orch, memctl, "mem_set_identity", {"space": os_name})
-    # every flow the VMM received goes where the topology routes it natively; a receiver restarting
-    # meanwhile (killed too) is waited for: left out, its flows would stay on the dead VMM
-    back = {n for f, n in orch.topology.routes.items() if orch.routes.table.get(f) == "vmm"}
+    # every flow the VMM received goes where the topology routes it natively; a receiver or a sender
+    # restarting meanwhile (killed too) is waited for: a receiver left out, its flows would stay on the dead
+    # VMM; a sender not running yet misses the change and goes on sending to the VMM (a timer restarted
+    # during it sent its ticks there for the rest of the run: demo seed 1088 of --faults kill)
+    back = {x for f, n in orch.topology.routes.items() if orch.routes.table.get(f) == "vmm"
+            for x in (n, flow_sender(f))}
     with trio.move_on_after(RUNNING_WAIT * 5):
         while any(orch.supervisor.nodes[n].state in ("crashed", "starting") for n in back
                   if n in orch.supervisor.nodes):
