@@ -21,7 +21,7 @@ node, as an OS resets a device after a reset.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import trio
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("hwemu.recovery")
 
 NOTICE_TIMEOUT = 10.0
+RESTART_WAIT = 10.0  # s a route change waits for a node the supervisor is restarting (killed meanwhile)
 RUNNING_WAIT = 2.0  # s a CPU still running when the VMM died is given to trap, before its context is named
 FAILURES = (RemoteError, RequestTimeout, ProtocolError)
 
@@ -192,12 +193,8 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
     # restarting meanwhile (killed too) is waited for: a receiver left out, its flows would stay on the dead
     # VMM; a sender not running yet misses the change and goes on sending to the VMM (a timer restarted
     # during it sent its ticks there for the rest of the run: demo seed 1088 of --faults kill)
-    back = {x for f, n in orch.topology.routes.items() if orch.routes.table.get(f) == "vmm"
-            for x in (n, flow_sender(f))}
-    with trio.move_on_after(RUNNING_WAIT * 5):
-        while any(orch.supervisor.nodes[n].state in ("crashed", "starting") for n in back
-                  if n in orch.supervisor.nodes):
-            await trio.sleep(0.05)
+    await restarts_done(orch, {x for f, n in orch.topology.routes.items() if orch.routes.table.get(f) == "vmm"
+                               for x in (n, flow_sender(f))})
     native = {f: n for f, n in orch.topology.routes.items()
               if orch.routes.table.get(f) == "vmm" and n in orch.live_nodes()}
     if survivor is not None:  # the CPU and its timer are the survivor's, whichever OS the topology booted on them
@@ -268,6 +265,15 @@ async def _vmm_lost(orch: "Orchestrator") -> dict[str, Any]:
     log.warning("the VMM died: emergency devirtualization: %s", report)
     orch.recovery_log.append(report)
     return report
+
+
+async def restarts_done(orch: "Orchestrator", nodes: Iterable[str], timeout: float = RESTART_WAIT) -> None:
+    """Wait, up to ``timeout``, until none of ``nodes`` is being restarted (crashed, or started and
+    not ready yet): a route change names only running nodes, and one that misses it keeps the old routes."""
+    sup = orch.supervisor.nodes
+    with trio.move_on_after(timeout):
+        while any(sup[n].state in ("crashed", "starting") for n in nodes if n in sup):
+            await trio.sleep(0.05)
 
 
 async def _abandon_to(orch: "Orchestrator", node: str) -> dict[str, dict[str, int]]:

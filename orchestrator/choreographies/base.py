@@ -41,15 +41,18 @@ import trio
 
 import protocol.hw  # registers mod_*, os_driver_mode
 import protocol.vmm  # noqa: F401  (registers vmm_*, mem_* administration)
+from orchestrator import recovery
 from orchestrator.errors import ChoreographyError, ChoreographyFailed, OrchestratorError
 from orchestrator.journal import WHOLE, Incomplete, Journal
 from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
+from protocol.routes import flow_sender
 
 if TYPE_CHECKING:  # pragma: no cover
     from orchestrator.cluster import Orchestrator
 
 log = logging.getLogger("hwemu.choreography")
+RESTARTED_DEVICES = ("uart", "timer", "disk", "nic")  # node kinds a route change waits for while restarted
 
 PAUSE_BUDGET_MS = 300.0
 
@@ -116,6 +119,11 @@ class Run:
         changes = {f: n for f, n in changes.items() if self.orch.routes.table.get(f) != n}
         if not changes:
             return {"pause_ms": 0.0, "spent_ms": {}, "previous": {}}
+        # a device being restarted (killed meanwhile) is waited for, as its driver waits for it: the change
+        # names only running nodes (FIG. 5 and FIG. 6 failed on a UART or a disk that was coming back)
+        kinds = {n: s.kind for n, s in self.orch.topology.nodes.items()}
+        await recovery.restarts_done(self.orch, {n for f, r in changes.items() for n in (r, flow_sender(f))
+                                                 if kinds.get(n) in RESTARTED_DEVICES})
         report = await self.orch.routes.change(changes)
         return {"pause_ms": round(report.pause_ms, 3), "epoch": report.epoch, "spent_ms": report.spent,
                 "previous": {f: old for f, (old, _new) in report.flows.items()}}
