@@ -300,12 +300,22 @@ async def _stop_lost_os(orch: "Orchestrator", os_name: str, report: dict[str, An
     await orch.stop_node(os_name)
     report["stopped"].append(os_name)
     memctl = orch.topology.nodes[os_name].options.get("memctl", DEFAULT_MEMCTL)
-    for loan in [ln for ln in st.loans if ln["to"] == os_name]:
-        runs = loan["runs"]
-        await _call(orch, memctl, "mem_pin", {"runs": runs, "owner": os_name})
-        await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": os_name, "to_owner": loan["from"]})
-        if loan["from"] in orch.live_nodes():
-            await _call(orch, loan["from"], "mod_add", {"runs": runs})
+    loans = [ln for ln in st.loans if ln["to"] == os_name]
+    owners = await _call(orch, memctl, "mem_owners") if loans else {}
+    for loan in loans:
+        lent = from_runs(loan["runs"])
+        # each frame from where it is: the borrower, or the VMM, through which a return that the VMM's
+        # death cut short was taking it (asked to pin them all, the borrower refused: bad_ownership)
+        for holder in (os_name, VMM):
+            held = sorted(set(owners.get(holder, ())).intersection(lent))
+            if not held:
+                continue
+            runs = to_runs(held)
+            if holder == os_name:
+                await _call(orch, memctl, "mem_pin", {"runs": runs, "owner": os_name})
+            await _call(orch, memctl, "mem_transfer", {"runs": runs, "from_owner": holder, "to_owner": loan["from"]})
+            if loan["from"] in orch.live_nodes():
+                await _call(orch, loan["from"], "mod_add", {"runs": runs})
         st.loans.remove(loan)
     st.attached.pop(os_name, None)
     for key in [k for k, d in st.devices.items() if d["os"] == os_name]:
