@@ -77,12 +77,9 @@ FLOW_FAULTS = ("drop", "dup", "delay", "reorder", "corrupt")
 # yet run through a campaign of many seeds with 0 violations (docs/chaos.md). THE ONE LIST TO WIDEN:
 # delete an entry once `bench/chaos.py --held-back <the list without it>` passes on many seeds, and the CI
 # seeds (tests/integration/test_chaos.py) draw it.
-HELD_BACK = [
-    # the emergency devirtualization's route change away from the dead VMM loses the flow messages the VMM
-    # had not consumed: they are sent again to the restarted VMM (their first receiver), never to the
-    # native receiver, while later ones are (demo seeds 702, 703: irq:timer0 ticks, an irq:nic0 interrupt,
-    # a trap)
-    "kill:vmm",
+HELD_BACK: list[str] = [
+    # empty: kill:vmm, the last one, came out once a dead VMM's unconsumed flow messages were given up by
+    # their senders instead of replayed to its next life (docs/recovery.md, "vmm")
 ]
 
 # node kinds whose crash ends guest programs (docs/recovery.md): a CPU (a machine check), an OS, and in

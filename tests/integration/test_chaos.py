@@ -31,7 +31,8 @@ SEEDS_DRAW = {
     "io": {44: ["corrupt", "kill:nic", "kill:disk"], 183: ["kill:cpu", "drop", "kill:os"], 1: ["pause", "reorder"],
            23: ["dup", "delay"], 247: ["kill:memctl", "kill:uart"], 373: ["partition", "clock"], 33: ["disk"],
            47: ["delay", "kill:timer"], 309: ["kill:cpu", "drop"], 84: ["kill:os", "dup"]},
-    "demo": {183: ["kill:cpu", "drop", "corrupt"], 84: ["kill:os", "corrupt"], 36: ["kill:memctl", "drop"]},
+    "demo": {183: ["kill:cpu", "drop", "corrupt"], 84: ["kill:os", "corrupt"], 36: ["kill:memctl", "drop"],
+             1: ["kill:vmm", "delay"]},
 }
 IO_SEEDS = list(SEEDS_DRAW["io"])
 DEMO_SEEDS = list(SEEDS_DRAW["demo"])
