@@ -219,7 +219,8 @@ class VmmNode(FrameBroker, DeviceMux, Node):
         b = msg.body
         self.counts["traps_in"] += 1
         after = b.get("after")
-        if after and after[0] == "priv:vmm" and after[1] < self.last_control:
+        if (isinstance(after, list) and len(after) == 2 and after[0] == "priv:vmm" and isinstance(after[1], int)
+                and after[1] < self.last_control):
             # raised by a context the CPU ran before our last resume or halt reached it, which
             # replaces it (docs/recovery.md: after a CPU's death the new CPU may run, briefly, a
             # context resumed just before its OS's machine check stopped that process): taken for
