@@ -129,8 +129,8 @@ class RouteAuthority:
             # flow it loses, sent before that flow's sender paused, are taken after its switch,
             # and a flow it gains may be flushed to it before it has switched itself. Its answer
             # is a must: without it the change does not start
-            dual = {n for f, n in changes.items() if old.get(f) != n and n in by_sender}
-            dual |= {old.get(f) for f, n in changes.items() if old.get(f) != n and old.get(f) in by_sender}
+            dual = {r for f, n in changes.items() if old.get(f) != n
+                    for r in (old.get(f), n) if r in by_sender}  # gains or loses a flow
             # every other node judges some requests by routes too (the memory controller: which
             # device works for which OS; a NIC: whom the VMM acts for), and a sender that switched
             # first may reach them through the new routes: until the change ends, each accepts
