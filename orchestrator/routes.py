@@ -41,6 +41,7 @@ import trio
 
 from orchestrator.errors import RouteChangeError
 from protocol.errors import ProtocolError, RequestTimeout
+from protocol.messages import Message
 from protocol.routes import RouteTable, flow_sender
 from protocol.transport import REQUEST_FAILURES, Party, gather
 
@@ -261,24 +262,39 @@ class RouteAuthority:
         whole timeout: a CPU killed during FIG. 3 came back 10 s late.)"""
         if node not in self.live_nodes():  # starting: it answers when it is up
             return await self.party.request(node, kind, body, timeout=timeout)
-        outcome: list = []
-        async with trio.open_nursery() as nursery:
-            async def ask() -> None:
-                try:
-                    outcome.append(await self.party.request(node, kind, body, timeout=timeout))
-                except REQUEST_FAILURES as exc:  # raised below, not as an exception group
-                    outcome.append(exc)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(ask)
-            while node in self.live_nodes():
-                await trio.sleep(GONE_POLL)
-            nursery.cancel_scope.cancel()
-        if not outcome:
+        reply = await request_while(self.party, node, kind, body, timeout, lambda: node in self.live_nodes())
+        if reply is None:
             raise NodeGone(node, kind)
-        if isinstance(outcome[0], Exception):
-            raise outcome[0]
-        return outcome[0]
+        return reply
+
+
+async def request_while(party: Party, node: str, kind: str, body: dict, timeout: float,
+                        holds: Callable[[], bool]) -> Message | None:
+    """``party.request(node, kind, body)``, given up (None) as soon as ``holds()``
+    turns false (looked at every :data:`GONE_POLL` s): ``node`` stopped, or was
+    restarted, and the life that was asked will not answer.
+
+    Raises:
+        RemoteError, RequestTimeout, ProtocolError: as ``party.request``.
+    """
+    outcome: list = []
+    async with trio.open_nursery() as nursery:
+        async def ask() -> None:
+            try:
+                outcome.append(await party.request(node, kind, body, timeout=timeout))
+            except REQUEST_FAILURES as exc:  # raised below, not as an exception group
+                outcome.append(exc)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(ask)
+        while holds():
+            await trio.sleep(GONE_POLL)
+        nursery.cancel_scope.cancel()
+    if not outcome:
+        return None
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
 
 
 class NodeGone(RequestTimeout):

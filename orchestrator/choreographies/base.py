@@ -43,6 +43,7 @@ import protocol.hw  # registers mod_*, os_driver_mode
 import protocol.vmm  # noqa: F401  (registers vmm_*, mem_* administration)
 from orchestrator.errors import ChoreographyError, ChoreographyFailed, OrchestratorError
 from orchestrator.journal import WHOLE, Incomplete, Journal
+from orchestrator.routes import request_while
 from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 
@@ -93,19 +94,30 @@ class Run:
         """One request; returns the reply's ``data`` (an ``error`` reply raises RemoteError).
 
         A memory controller still recovering after its own restart is waited
-        for (up to ``timeout``): it answers every request once it is done.
+        for (up to ``timeout``): it answers every request once it is done. A
+        node killed and restarted by its supervisor while the request waited
+        is asked again, once its next life runs (that life did not see it:
+        the request was lost with the one that died, a chaos run's kill of
+        the memory controller in the middle of ¶39 waited out its timeout).
         """
         if node not in self.orch.live_nodes():
             state = self.orch.supervisor.nodes[node].state if node in self.orch.supervisor.nodes else "unknown"
             raise ChoreographyError(f"{node} is not running ({state}): cannot send it {kind}")
+        procs = self.orch.supervisor.nodes
         with trio.move_on_after(timeout):
             while True:
+                life = procs[node].pid
                 try:
-                    reply = await self.orch.request(node, kind, body or {}, timeout=timeout)
-                    return reply.body.get("data")
+                    reply = await request_while(self.orch.party, node, kind, body or {}, timeout,
+                                                lambda: procs[node].pid == life)
                 except RemoteError as exc:
                     if exc.reason != "recovering":
                         raise
+                    reply = None
+                if reply is not None:
+                    return reply.body.get("data")
+                while node not in self.orch.live_nodes():  # its next life is not up yet
+                    await trio.sleep(0.05)
                 await trio.sleep(0.05)
         raise RequestTimeout(node, kind, timeout)
 
