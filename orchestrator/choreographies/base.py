@@ -94,11 +94,13 @@ class Run:
         """One request; returns the reply's ``data`` (an ``error`` reply raises RemoteError).
 
         A memory controller still recovering after its own restart is waited
-        for (up to ``timeout``): it answers every request once it is done. A
-        node killed and restarted by its supervisor while the request waited
-        is asked again, once its next life runs (that life did not see it:
-        the request was lost with the one that died, a chaos run's kill of
-        the memory controller in the middle of ¶39 waited out its timeout).
+        for (up to ``timeout``): it answers every request once it is done; one
+        killed while the request waited is asked again once its next life runs
+        (that life restores the frames from its file, and never saw the
+        request: a chaos run's kill of memctl in the middle of ¶39 timed the
+        step out and rolled the borrow back). Any other node that dies while
+        asked fails the step at once (ChoreographyError): its state died with
+        it, and its recovery waits for this choreography to roll back.
         """
         if node not in self.orch.live_nodes():
             state = self.orch.supervisor.nodes[node].state if node in self.orch.supervisor.nodes else "unknown"
@@ -109,16 +111,18 @@ class Run:
                 life = procs[node].pid
                 try:
                     reply = await request_while(self.orch.party, node, kind, body or {}, timeout,
-                                                lambda: procs[node].pid == life)
+                                                lambda: procs[node].pid == life and node in self.orch.live_nodes())
                 except RemoteError as exc:
                     if exc.reason != "recovering":
                         raise
-                    reply = None
+                    await trio.sleep(0.05)
+                    continue
                 if reply is not None:
                     return reply.body.get("data")
-                while node not in self.orch.live_nodes():  # its next life is not up yet
+                if procs[node].spec.kind != "memctl":
+                    raise ChoreographyError(f"{node} died while it was asked {kind}")
+                while node not in self.orch.live_nodes() or procs[node].pid == life:  # its next life is not up
                     await trio.sleep(0.05)
-                await trio.sleep(0.05)
         raise RequestTimeout(node, kind, timeout)
 
     async def reroute(self, changes: dict[str, str]) -> dict[str, Any]:
