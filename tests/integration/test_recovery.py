@@ -534,3 +534,51 @@ async def test_kill9_of_the_os_that_gave_the_vmm_frames_boots_its_next_life_with
         assert await client.run("os1", "uart0", "timeshare", ["timeshare", "R", "4"]) == (0, timeshare_output("R", 4))
     owners = (await orch.request("memctl", "mem_owners")).body["data"]
     assert owners["invariants"] == "ok" and "vmm" not in owners and owners["os1"] == list(range(256, 768))
+
+
+async def test_an_os_killed_in_the_middle_of_a_return_of_its_frames_boots_without_the_ones_still_lent(
+        guest_build, cluster):
+    """os1 dies while ¶39 gives its frames back from os2 (frozen as the last step asks it to take
+    them, then killed): the step fails at once, the return rolls back (the frames stay os2's, the
+    loan stands), and only then does os1's recovery book its partition for the next life, without
+    the lent frames. Seen in a chaos run (demo seed 84): the recovery booked them for the next life
+    first, the rollback then gave them back to os2, and os1's next life faulted on pages it did not
+    own; every return after it was refused."""
+    orch = await vmm_loaded(cluster)
+    await orch.control("ctl_interpose", os="os1")
+    await orch.control("ctl_interpose", os="os2")
+    await orch.control("ctl_memory_borrow", from_os="os1", to_os="os2", frames=16)
+    owners = (await orch.request("memctl", "mem_owners")).body["data"]
+    os1 = orch.supervisor.nodes["os1"]
+    first = os1.pid
+    os.kill(first, signal.SIGSTOP)
+    refused: list = []
+
+    async def give_back() -> None:
+        try:
+            await orch.control("ctl_memory_return", from_os="os1", to_os="os2")
+        except Exception as exc:  # noqa: BLE001  (what it failed with is asserted below)
+            refused.append(exc)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(give_back)
+            await trio.sleep(1.0)  # the return waits for the frozen os1
+            os.kill(first, signal.SIGKILL)
+            with trio.fail_after(RECOVERY_DEADLINE_S):
+                while os1.state != "running" or os1.restarts != 1:
+                    await trio.sleep(0.05)
+    finally:
+        if os1.pid == first:
+            os.kill(first, signal.SIGKILL)
+    assert refused and "os1 died while it was asked" in str(refused[0]), refused
+    report = next(r for r in orch.recovery_log if r["kind"] == "os" and r["node"] == "os1")
+    assert report["boots_on"] == len(owners["os1"]), (report, len(owners["os1"]))  # the lent 16 are not in it
+    after = (await orch.request("memctl", "mem_owners")).body["data"]
+    assert after["invariants"] == "ok" and after["os2"] == owners["os2"]
+    async with serving(Client(orch)) as client:  # the next life runs programs on what it owns
+        for tag in ("P", "Q"):
+            assert await client.run("os1", "uart0", "timeshare", ["timeshare", tag, "4"]) == (
+                0, timeshare_output(tag, 4))
+    await orch.control("ctl_memory_return", from_os="os1", to_os="os2")  # and takes its frames back
+    assert (await orch.request("memctl", "mem_owners")).body["data"]["invariants"] == "ok"
