@@ -676,7 +676,11 @@ class VmmNode(FrameBroker, DeviceMux, Node):
             else:
                 self.counts["cpu_halts"] += 1
                 await self._cpu("cpu_halt", {})
-        return {"on_cpu": on_cpu, "switched_in": nxt.name if nxt is not None else None}
+        # what we had sent the dead life and it had not acknowledged (a trap we reflected, its
+        # interrupts) is not its next life's: sent again, a trap of a dead process whose asid a new
+        # process reuses is taken for that process's, which then resumes on its registers
+        abandoned = self.abandon_to(name)
+        return {"on_cpu": on_cpu, "switched_in": nxt.name if nxt is not None else None, "abandoned": abandoned}
 
     async def on_vmm_status(self, msg: Message) -> None:
         await self.party.reply(msg, "ok", {"data": self._status()})
