@@ -93,19 +93,24 @@ class Run:
                    timeout: float = 10.0) -> Any:
         """One request; returns the reply's ``data`` (an ``error`` reply raises RemoteError).
 
-        A memory controller still recovering after its own restart is waited
-        for (up to ``timeout``): it answers every request once it is done; one
-        killed while the request waited is asked again once its next life runs
+        A memory controller being restarted, or still recovering after its
+        restart, is waited for (up to ``timeout``): it answers every request
+        once it is done; one killed while the request waited is asked again
+        once its next life runs
         (that life restores the frames from its file, and never saw the
         request: a chaos run's kill of memctl in the middle of ¶39 timed the
         step out and rolled the borrow back). Any other node that dies while
         asked fails the step at once (ChoreographyError): its state died with
         it, and its recovery waits for this choreography to roll back.
         """
-        if node not in self.orch.live_nodes():
-            state = self.orch.supervisor.nodes[node].state if node in self.orch.supervisor.nodes else "unknown"
-            raise ChoreographyError(f"{node} is not running ({state}): cannot send it {kind}")
         procs = self.orch.supervisor.nodes
+        if node in procs and procs[node].spec.kind == "memctl":  # one being restarted: waited for
+            with trio.move_on_after(timeout):
+                while procs[node].state in ("crashed", "starting"):
+                    await trio.sleep(0.05)
+        if node not in self.orch.live_nodes():
+            state = procs[node].state if node in procs else "unknown"
+            raise ChoreographyError(f"{node} is not running ({state}): cannot send it {kind}")
         with trio.move_on_after(timeout):
             while True:
                 life = procs[node].pid

@@ -369,6 +369,14 @@ async def test_a_choreography_request_lost_with_a_killed_memctl_is_asked_of_its_
             os.kill(first, signal.SIGKILL)
     assert memctl.pid != first and memctl.restarts == 1
     assert got[0]["invariants"] == "ok"
+    # asked while it is being restarted (killed, not yet up again): waited for, not refused
+    second = memctl.pid
+    os.kill(second, signal.SIGKILL)
+    with trio.fail_after(60):
+        while memctl.state == "running" and memctl.pid == second:  # the supervisor saw it die
+            await trio.sleep(0.01)
+        owners = await run.call("memctl", "mem_owners", timeout=50)
+    assert owners["invariants"] == "ok" and memctl.restarts == 2
 
 
 # ----------------------------------------------------------------------- uart
