@@ -54,7 +54,12 @@ async def before_respawn(orch: "Orchestrator", np: NodeProc) -> None:
     elif np.spec.kind == "vmm" and (orch.virt.attached or orch.virt.devices or orch.virt.vmm_loaded):
         await vmm_lost(orch)
     elif np.spec.kind == "os":
-        await os_lost(orch, np.spec.name)
+        # after any choreography that was talking to it has failed and rolled back (it fails at once:
+        # Run.call), so what it reclaims is what the rollback left: a ¶39 return cut short by the
+        # crash gave the frames it had moved back to the borrower after os_lost had booked them for
+        # the next life, which then faulted on pages it did not own (chaos demo seed 84)
+        async with orch.choreography_lock:
+            await os_lost(orch, np.spec.name)
 
 
 async def os_lost(orch: "Orchestrator", os_name: str) -> dict[str, Any]:

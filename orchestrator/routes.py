@@ -41,6 +41,7 @@ import trio
 
 from orchestrator.errors import RouteChangeError
 from protocol.errors import ProtocolError, RequestTimeout
+from protocol.messages import Message
 from protocol.routes import RouteTable, flow_sender
 from protocol.transport import REQUEST_FAILURES, Party, gather
 
@@ -129,8 +130,8 @@ class RouteAuthority:
             # flow it loses, sent before that flow's sender paused, are taken after its switch,
             # and a flow it gains may be flushed to it before it has switched itself. Its answer
             # is a must: without it the change does not start
-            dual = {n for f, n in changes.items() if old.get(f) != n and n in by_sender}
-            dual |= {old.get(f) for f, n in changes.items() if old.get(f) != n and old.get(f) in by_sender}
+            dual = {r for f, n in changes.items() if old.get(f) != n
+                    for r in (old.get(f), n) if r in by_sender}  # gains or loses a flow
             # every other node judges some requests by routes too (the memory controller: which
             # device works for which OS; a NIC: whom the VMM acts for), and a sender that switched
             # first may reach them through the new routes: until the change ends, each accepts
@@ -216,7 +217,7 @@ class RouteAuthority:
             if s in switched:
                 calls[("switch back", s)] = lambda s=s, flows=flows: self._switch_one(s, flows, new, live, back)
             else:
-                calls[("resume", s)] = lambda s=s, flows=flows: self.ask(
+                calls[("resume", s)] = lambda s=s, flows=flows: self._ask(
                     s, "route_resume", {"flows": flows, "epoch": back["epoch"], "routes": back["routes"]},
                     timeout=self.timeout)
         try:
@@ -229,7 +230,7 @@ class RouteAuthority:
     async def _switch_one(self, sender: str, flows: list[str], current: RouteTable, live: set[str], wire: dict):
         """``route_switch`` of ``flows`` to ``sender``, away from the receivers
         of ``current`` (the running ones are drained) to ``wire``'s table."""
-        return await self.ask(sender, "route_switch", {
+        return await self._ask(sender, "route_switch", {
             "flows": flows, "old": {f: current.get(f) for f in flows if current.get(f) in live}, **wire},
             timeout=self.timeout + 3)  # the sender's drain (timeout + 1) and its flush
 
@@ -238,7 +239,7 @@ class RouteAuthority:
         until the change ends (``route_install`` with ``receive_only``). ``must``: a failure
         fails the change (else it is logged)."""
         try:
-            return await self.ask(node, "route_install", {
+            return await self._ask(node, "route_install", {
                 "epoch": epoch, "routes": dict(routes), "receive_only": True}, timeout=self.timeout)
         except REQUEST_FAILURES as exc:
             if must:
@@ -251,35 +252,49 @@ class RouteAuthority:
         body = {"epoch": table.epoch, "routes": dict(table.routes), "next": dict(nxt)}
         if restarted:
             body["restarted"] = dict(restarted)
-        return await self.ask(node, "route_install", body, timeout=self.timeout)
+        return await self._ask(node, "route_install", body, timeout=self.timeout)
 
-    async def ask(self, node: str, kind: str, body: dict, timeout: float):
+    async def _ask(self, node: str, kind: str, body: dict, timeout: float):
         """``party.request``, given up as soon as ``node``, running when it was
         asked, stops (killed during a change, say): its answer will not come,
         and its next life gets the table in force when it starts. (Waited out,
         each such request held the change, and the restart behind it, for its
-        whole timeout: a CPU killed during FIG. 3 came back 10 s late; a choreography's step
-        waiting for the dead VMM held the VMM's emergency devirtualization 60 s.)"""
+        whole timeout: a CPU killed during FIG. 3 came back 10 s late.)"""
         if node not in self.live_nodes():  # starting: it answers when it is up
             return await self.party.request(node, kind, body, timeout=timeout)
-        outcome: list = []
-        async with trio.open_nursery() as nursery:
-            async def one() -> None:
-                try:
-                    outcome.append(await self.party.request(node, kind, body, timeout=timeout))
-                except REQUEST_FAILURES as exc:  # raised below, not as an exception group
-                    outcome.append(exc)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(one)
-            while node in self.live_nodes():
-                await trio.sleep(GONE_POLL)
-            nursery.cancel_scope.cancel()
-        if not outcome:
+        reply = await request_while(self.party, node, kind, body, timeout, lambda: node in self.live_nodes())
+        if reply is None:
             raise NodeGone(node, kind)
-        if isinstance(outcome[0], Exception):
-            raise outcome[0]
-        return outcome[0]
+        return reply
+
+
+async def request_while(party: Party, node: str, kind: str, body: dict, timeout: float,
+                        holds: Callable[[], bool]) -> Message | None:
+    """``party.request(node, kind, body)``, given up (None) as soon as ``holds()``
+    turns false (looked at every :data:`GONE_POLL` s): ``node`` stopped, or was
+    restarted, and the life that was asked will not answer.
+
+    Raises:
+        RemoteError, RequestTimeout, ProtocolError: as ``party.request``.
+    """
+    outcome: list = []
+    async with trio.open_nursery() as nursery:
+        async def ask() -> None:
+            try:
+                outcome.append(await party.request(node, kind, body, timeout=timeout))
+            except REQUEST_FAILURES as exc:  # raised below, not as an exception group
+                outcome.append(exc)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(ask)
+        while holds():
+            await trio.sleep(GONE_POLL)
+        nursery.cancel_scope.cancel()
+    if not outcome:
+        return None
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
 
 
 class NodeGone(RequestTimeout):

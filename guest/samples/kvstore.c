@@ -309,15 +309,22 @@ static size_t handle(char *s, size_t n, int *quit)
 }
 
 /* The reply to one datagram of n bytes (n > MAX_REQUEST: it did not fit,
- * truncated); *quit is set by QUIT. */
-static size_t answer(char *s, size_t n, const char **out, int *quit)
+ * truncated), written over the request in s (cap bytes, more than any
+ * reply); UDP_LAST after QUIT. */
+static long answer(char *s, size_t n, size_t cap)
 {
-    *out = reply;
+    int quit = 0;
+    size_t len;
     if (n > MAX_REQUEST) {
         strcpy(reply, "ERR request too long");
-        return strlen(reply);
+        len = strlen(reply);
+    } else {
+        len = handle(s, n, &quit);
     }
-    return handle(s, n, quit);
+    if (len > cap)
+        len = cap;
+    memcpy(s, reply, len);
+    return quit ? UDP_LAST(len) : (long)len;
 }
 
 int main(int argc, char **argv)

@@ -102,7 +102,11 @@ class MemctlNode(Node):
         self.nframes = opts["frames"]
         self.path = Path(opts["path"] or Path(cfg.run_dir) / f"{self.name}.mem")
         self.partitions = {os_name: (rng[0], rng[1]) for os_name, rng in (opts["partitions"] or {}).items()}
-        self.mc: MemoryController | None = None
+        # opened here, before the inbox serves anything: a restarted controller's first requests (a
+        # CPU asks again at once) get `recovering`, not a handler failing on a controller not yet
+        # there (the CPU took that answer for a fault: a store "to a read-only page" killed kvstore)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.mc: MemoryController | None = MemoryController.open(self.path, self.nframes, self._recall)
         self.os_spaces: set[str] = set(self.partitions)
         self.counts = {"recall_timeouts": 0, "dropped_initiators": 0, "lost_frames": 0,
                        "recoveries": 0, "refused": 0}
@@ -112,8 +116,6 @@ class MemctlNode(Node):
     # -- life cycle ---------------------------------------------------------------
 
     async def setup(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.mc = MemoryController.open(self.path, self.nframes, self._recall)
         self.mc.recorder = self.recorder
         if self.recorder.on:  # a history's owner model starts from what this life found, then follows each change
             self.recorder("frame", "owners", owners=self.mc.owners(), nframes=self.mc.store.nframes)

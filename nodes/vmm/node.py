@@ -219,7 +219,8 @@ class VmmNode(FrameBroker, DeviceMux, Node):
         b = msg.body
         self.counts["traps_in"] += 1
         after = b.get("after")
-        if after and after[0] == "priv:vmm" and after[1] < self.last_control:
+        if (isinstance(after, list) and len(after) == 2 and after[0] == "priv:vmm" and isinstance(after[1], int)
+                and after[1] < self.last_control):
             # raised by a context the CPU ran before our last resume or halt reached it, which
             # replaces it (docs/recovery.md: after a CPU's death the new CPU may run, briefly, a
             # context resumed just before its OS's machine check stopped that process): taken for
@@ -675,7 +676,11 @@ class VmmNode(FrameBroker, DeviceMux, Node):
             else:
                 self.counts["cpu_halts"] += 1
                 await self._cpu("cpu_halt", {})
-        return {"on_cpu": on_cpu, "switched_in": nxt.name if nxt is not None else None}
+        # what we had sent the dead life and it had not acknowledged (a trap we reflected, its
+        # interrupts) is not its next life's: sent again, a trap of a dead process whose asid a new
+        # process reuses is taken for that process's, which then resumes on its registers
+        abandoned = self.abandon_to(name)
+        return {"on_cpu": on_cpu, "switched_in": nxt.name if nxt is not None else None, "abandoned": abandoned}
 
     async def on_vmm_status(self, msg: Message) -> None:
         await self.party.reply(msg, "ok", {"data": self._status()})

@@ -44,6 +44,7 @@ import protocol.vmm  # noqa: F401  (registers vmm_*, mem_* administration)
 from orchestrator import recovery
 from orchestrator.errors import ChoreographyError, ChoreographyFailed, OrchestratorError
 from orchestrator.journal import WHOLE, Incomplete, Journal
+from orchestrator.routes import request_while
 from protocol.constants import DEFAULT_CPU, DEFAULT_MEMCTL, DEFAULT_TIMER
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
 from protocol.routes import flow_sender
@@ -95,23 +96,41 @@ class Run:
                    timeout: float = 10.0) -> Any:
         """One request; returns the reply's ``data`` (an ``error`` reply raises RemoteError).
 
-        A memory controller still recovering after its own restart is waited
-        for (up to ``timeout``): it answers every request once it is done.
+        A memory controller being restarted, or still recovering after its
+        restart, is waited for (up to ``timeout``): it answers every request
+        once it is done; one killed while the request waited is asked again
+        once its next life runs
+        (that life restores the frames from its file, and never saw the
+        request: a chaos run's kill of memctl in the middle of ¶39 timed the
+        step out and rolled the borrow back). Any other node that dies while
+        asked fails the step at once (ChoreographyError): its state died with
+        it, and its recovery waits for this choreography to roll back.
         """
+        procs = self.orch.supervisor.nodes
+        if node in procs and procs[node].spec.kind == "memctl":  # one being restarted: waited for
+            with trio.move_on_after(timeout):
+                while procs[node].state in ("crashed", "starting"):
+                    await trio.sleep(0.05)
         if node not in self.orch.live_nodes():
-            state = self.orch.supervisor.nodes[node].state if node in self.orch.supervisor.nodes else "unknown"
+            state = procs[node].state if node in procs else "unknown"
             raise ChoreographyError(f"{node} is not running ({state}): cannot send it {kind}")
         with trio.move_on_after(timeout):
             while True:
+                life = procs[node].pid
                 try:
-                    # given up as soon as the node dies (the VMM): waited out, the step held the
-                    # choreography lock, and the VMM's emergency devirtualization behind it, 60 s
-                    reply = await self.orch.routes.ask(node, kind, body or {}, timeout=timeout)
-                    return reply.body.get("data")
+                    reply = await request_while(self.orch.party, node, kind, body or {}, timeout,
+                                                lambda: procs[node].pid == life and node in self.orch.live_nodes())
                 except RemoteError as exc:
                     if exc.reason != "recovering":
                         raise
-                await trio.sleep(0.05)
+                    await trio.sleep(0.05)
+                    continue
+                if reply is not None:
+                    return reply.body.get("data")
+                if procs[node].spec.kind != "memctl":
+                    raise ChoreographyError(f"{node} died while it was asked {kind}")
+                while node not in self.orch.live_nodes() or procs[node].pid == life:  # its next life is not up
+                    await trio.sleep(0.05)
         raise RequestTimeout(node, kind, timeout)
 
     async def reroute(self, changes: dict[str, str]) -> dict[str, Any]:

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
+
+from orchestrator.cli.demo import Demo
+from orchestrator.topology import load
+from tests.integration.procs import cluster_dir
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +102,44 @@ def test_guest_outputs_and_client_replies_are_byte_identical_to_a_run_without_a_
     n = min(len(control["kv_replies"]), len(virtualized["kv_replies"]))
     assert n >= 10
     assert control["kv_replies"][:n] == virtualized["kv_replies"][:n]
+
+
+
+def test_the_frames_check_waits_for_a_memctl_that_was_killed_and_restarted(tmp_path):
+    """The demo's frame conservation check (``Demo.conserved``) asks the memory controller: killed while
+    the question waited in its inbox (frozen, then SIGKILL), it is asked again of its next life, which
+    restores every frame from its file, and the check holds (a chaos run of demo seed 36 took the lost
+    question for a failed demo cycle)."""
+    exe = str(Path(sys.executable).parent / "hwemu")
+
+    def hwemu(rd: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([exe, *args, "--run-dir", str(rd)], cwd=REPO, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    with cluster_dir(tmp_path / "r", lambda rd: hwemu(rd, "down")) as (rd, pids):
+        up = hwemu(rd, "up", "compose/native.toml", "--detach")
+        assert up.returncode == 0, up.stderr
+        status = json.loads(hwemu(rd, "status", "--json").stdout)
+        first = next(n["pid"] for n in status["nodes"] if n["name"] == "memctl")
+        pids.add(first)
+        demo = Demo(rd, show=False)
+        demo.nframes = load(REPO / "compose" / "native.toml").nodes["memctl"].options["frames"]
+        held: list[bool] = []
+
+        async def main() -> None:
+            with trio.fail_after(90):  # a hang guard: the check's own bound is MEMCTL_BACK_S
+                async with trio.open_nursery() as nursery:
+                    os.kill(first, signal.SIGSTOP)
+                    nursery.start_soon(lambda: _append(held, demo.conserved("across a memctl restart")))
+                    await trio.sleep(0.5)  # the question waits in the frozen controller's inbox
+                    os.kill(first, signal.SIGKILL)  # and dies with it
+
+        trio.run(main)
+        assert held == [True], demo.checks
+        after = json.loads(hwemu(rd, "status", "--json").stdout)
+        memctl = next(n for n in after["nodes"] if n["name"] == "memctl")
+        assert memctl["pid"] != first and memctl["restarts"] == 1, memctl
+
+
+async def _append(into: list, awaitable) -> None:
+    into.append(await awaitable)

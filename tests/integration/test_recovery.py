@@ -46,6 +46,7 @@ import time
 import pytest
 import trio
 
+from orchestrator.choreographies.base import Run
 from orchestrator.cli.demo import timeshare_output
 from tests.guest.test_network_samples import converse, free_udp_port
 from tests.integration.test_choreographies import VMM_TOPOLOGY, Client, serving, vmm_stats, wait_vmm
@@ -368,6 +369,44 @@ async def test_kill9_of_memctl_under_a_running_program_output_is_exact(guest_bui
         assert (await orch.request("memctl", "mem_owners")).body["data"]["invariants"] == "ok"
 
 
+async def test_a_choreography_request_lost_with_a_killed_memctl_is_asked_of_its_next_life(cluster):
+    """A choreography's request that the memory controller took with it when it was killed is asked
+    again of its next life (orchestrator/choreographies/base.py ``Run.call``), not waited out: in a
+    chaos run (demo seed 36) a kill of memctl in the middle of ¶39 timed its step out (10 s) and the
+    borrow rolled back. Here memctl is frozen (SIGSTOP) while the request reaches it, then killed."""
+    orch = await cluster(VMM_TOPOLOGY)
+    memctl = orch.supervisor.nodes["memctl"]
+    first = memctl.pid
+    run = Run(orch, "test", "test")
+    os.kill(first, signal.SIGSTOP)
+    try:
+        async with trio.open_nursery() as nursery:
+            got: list = []
+
+            async def ask() -> None:
+                got.append(await run.call("memctl", "mem_owners", timeout=60))
+
+            nursery.start_soon(ask)
+            await trio.sleep(0.5)  # the request waits in the frozen process's inbox
+            os.kill(first, signal.SIGKILL)  # and dies with it
+            with trio.fail_after(60):  # a hang guard; the call's own timeout is 60 s
+                while not got:
+                    await trio.sleep(0.05)
+    finally:
+        if memctl.pid == first:
+            os.kill(first, signal.SIGKILL)
+    assert memctl.pid != first and memctl.restarts == 1
+    assert got[0]["invariants"] == "ok"
+    # asked while it is being restarted (killed, not yet up again): waited for, not refused
+    second = memctl.pid
+    os.kill(second, signal.SIGKILL)
+    with trio.fail_after(60):
+        while memctl.state == "running" and memctl.pid == second:  # the supervisor saw it die
+            await trio.sleep(0.01)
+        owners = await run.call("memctl", "mem_owners", timeout=50)
+    assert owners["invariants"] == "ok" and memctl.restarts == 2
+
+
 # ----------------------------------------------------------------------- uart
 
 def test_kill9_of_the_uart_while_a_program_prints_loses_and_doubles_no_byte(guest_build, run_dir):
@@ -531,3 +570,82 @@ async def test_kill9_of_the_os_that_gave_the_vmm_frames_boots_its_next_life_with
         assert await client.run("os1", "uart0", "timeshare", ["timeshare", "R", "4"]) == (0, timeshare_output("R", 4))
     owners = (await orch.request("memctl", "mem_owners")).body["data"]
     assert owners["invariants"] == "ok" and "vmm" not in owners and owners["os1"] == list(range(256, 768))
+
+
+async def test_an_os_killed_in_the_middle_of_a_return_of_its_frames_boots_without_the_ones_still_lent(
+        guest_build, cluster):
+    """os1 dies while ¶39 gives its frames back from os2 (frozen as the last step asks it to take
+    them, then killed): the step fails at once, the return rolls back (the frames stay os2's, the
+    loan stands), and only then does os1's recovery book its partition for the next life, without
+    the lent frames. Seen in a chaos run (demo seed 84): the recovery booked them for the next life
+    first, the rollback then gave them back to os2, and os1's next life faulted on pages it did not
+    own; every return after it was refused."""
+    orch = await vmm_loaded(cluster)
+    await orch.control("ctl_interpose", os="os1")
+    await orch.control("ctl_interpose", os="os2")
+    await orch.control("ctl_memory_borrow", from_os="os1", to_os="os2", frames=16)
+    owners = (await orch.request("memctl", "mem_owners")).body["data"]
+    os1 = orch.supervisor.nodes["os1"]
+    first = os1.pid
+    os.kill(first, signal.SIGSTOP)
+    refused: list = []
+
+    async def give_back() -> None:
+        try:
+            await orch.control("ctl_memory_return", from_os="os1", to_os="os2")
+        except Exception as exc:  # noqa: BLE001  (what it failed with is asserted below)
+            refused.append(exc)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(give_back)
+            await trio.sleep(1.0)  # the return waits for the frozen os1
+            os.kill(first, signal.SIGKILL)
+            with trio.fail_after(RECOVERY_DEADLINE_S):
+                while os1.state != "running" or os1.restarts != 1:
+                    await trio.sleep(0.05)
+    finally:
+        if os1.pid == first:
+            os.kill(first, signal.SIGKILL)
+    assert refused and "os1 died while it was asked" in str(refused[0]), refused
+    report = next(r for r in orch.recovery_log if r["kind"] == "os" and r["node"] == "os1")
+    assert report["boots_on"] == len(owners["os1"]), (report, len(owners["os1"]))  # the lent 16 are not in it
+    after = (await orch.request("memctl", "mem_owners")).body["data"]
+    assert after["invariants"] == "ok" and after["os2"] == owners["os2"]
+    async with serving(Client(orch)) as client:  # the next life runs programs on what it owns
+        for tag in ("P", "Q"):
+            assert await client.run("os1", "uart0", "timeshare", ["timeshare", tag, "4"]) == (
+                0, timeshare_output(tag, 4))
+    await orch.control("ctl_memory_return", from_os="os1", to_os="os2")  # and takes its frames back
+    assert (await orch.request("memctl", "mem_owners")).body["data"]["invariants"] == "ok"
+
+
+async def test_a_trap_the_vmm_reflected_to_a_dead_os_never_reaches_its_next_life(guest_build, cluster):
+    """os1, under the VMM, is frozen while its program traps to it (the trap the VMM reflected waits,
+    unacknowledged), then killed: the VMM gives up what it had sent the dead life (docs/recovery.md,
+    "os"), so the next life, whose first process has the same pid and asid as the dead one, never takes
+    that trap for its own. Seen in a chaos run (demo seed 84): the trap was sent again to the next life,
+    its pid 1 resumed on the dead process's registers and died of a segmentation fault."""
+    orch = await vmm_loaded(cluster)
+    await orch.control("ctl_interpose", os="os1")
+    os1 = orch.supervisor.nodes["os1"]
+    first = os1.pid
+    async with serving(Client(orch)) as client:
+        await client.exec("os1", "timeshare", ["timeshare", "T", "400"])  # dies with its OS
+        await wait_vmm(orch, lambda s: s["traps_reflected"] > 5)
+        os.kill(first, signal.SIGSTOP)
+        try:
+            with trio.fail_after(RECOVERY_DEADLINE_S):  # a trap waits for the frozen os1
+                while not (await vmm_stats(orch))["oses"]["os1"]["in_handler"]:
+                    await trio.sleep(0.05)
+            await trio.sleep(0.3)  # unacknowledged: the frozen os1 acknowledges nothing
+        finally:
+            os.kill(first, signal.SIGKILL)
+        with trio.fail_after(RECOVERY_DEADLINE_S):
+            while os1.state != "running" or os1.restarts != 1:
+                await trio.sleep(0.05)
+        report = next(r for r in orch.recovery_log if r["kind"] == "os" and r["node"] == "os1")
+        assert report["vmm"]["abandoned"] >= 1, report
+        assert await client.run("os1", "uart0", "timeshare", ["timeshare", "N", "6"]) == (0, timeshare_output("N", 6))
+        kernel = (await orch.request("os1", "stats")).body["stats"]["kernel"]
+        assert kernel["stray_traps"] == 0, kernel

@@ -127,11 +127,16 @@ int port_arg(const char *name, const char *s);
 long udp_listen(const char *name, int port);
 /* sdk/net.c: a request/reply server on UDP socket fd. Each datagram is
  * received into buf (cap bytes; a longer one is truncated, n = cap) and
- * answered to its sender with the *reply of answer's returned length;
- * answer sets *stop to end the loop after that reply. Returns 0 once
- * stopped; a failing recvfrom or sendto prints "<name>: recvfrom failed:
- * <-errno>" (or sendto) and returns the -errno. */
-typedef size_t udp_answer_fn(char *req, size_t n, const char **reply, int *stop);
+ * answered to its sender with the first len bytes of buf, len being what
+ * answer(buf, n, cap) returns: the reply is written in place (an echo
+ * writes nothing); answer returns UDP_LAST(len) to end the loop after that
+ * reply. Returns, once stopped, how many datagrams were answered before the
+ * one that stopped it; a failing recvfrom or sendto prints "<name>:
+ * recvfrom failed: <-errno>" (or sendto) and returns the -errno. An answer
+ * that reads buf only when it must and keeps no variable of its own costs
+ * no memory fetch beyond the loop's (udpecho: 12 messages an echo). */
+typedef long udp_answer_fn(char *buf, size_t n, size_t cap);
+#define UDP_LAST(len) (-(long)(len) - 1)
 long udp_serve(int fd, char *buf, size_t cap, udp_answer_fn *answer, const char *name);
 
 /* ---- POSIX names (sdk/posix.c): -1 and errno on failure ---- */
