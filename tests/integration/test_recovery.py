@@ -250,33 +250,6 @@ async def test_kill9_of_the_interposed_vmm_rolls_the_sole_os_back_to_native_unde
     assert [r["figure"] for r in back] == ["fig6", "fig7"]
 
 
-# the demo cycle under kills of the VMM alone (docs/chaos.md): every other kill held back
-VMM_KILLS_ONLY = ["--faults", "kill", "--held-back",
-                  "kill:cpu,kill:os,kill:memctl,kill:disk,kill:nic,kill:uart,kill:timer"]
-
-
-def test_kill9_of_the_vmm_in_the_demo_cycle_loses_no_flow_message_sent_to_it(tmp_path):
-    """Demo seed 702: three kills of the VMM, the first while it manages os1 and os2 (their CPU, timer,
-    console, disk and NIC). What its senders had sent it and it had not consumed (timer ticks, the CPU's
-    trap, os1's resume, device commands and interrupts) is given up by each sender (``flow abandoned`` in
-    its history), not sent again to the VMM's next life while the flow's later messages reach the native
-    receiver: the checker found irq:timer0 ticks and priv:os1 messages lost there. The run holds."""
-    rd = tmp_path / "run"
-    done = subprocess.run([HWEMU, "chaos", "--seed", "702", "--duration", "8", "--scenario", "demo", "--json",
-                           "--run-dir", str(rd), *VMM_KILLS_ONLY], cwd=REPO, capture_output=True, text=True,
-                          timeout=280, stdin=subprocess.DEVNULL)
-    report = json.loads(done.stdout)
-    details = "\n".join(f"  {v['check']}: {v['what']}: {v['detail']} ({v['where']})"
-                        for v in report["violation_details"][:10])
-    assert report["faults_injected"] == {"kill": 3} and {f["target"] for f in report["schedule"]} == {"vmm"}
-    assert (done.returncode, report["violations"]) == (0, 0), (
-        f"{report['reproduce']}\n{details}\n{done.stderr[-1500:]}")
-    assert report["checked"]["flow_messages_delivered"] > 0
-    given_up = [json.loads(line) for f in sorted((rd / "history").glob("*.jsonl"))
-                for line in f.read_text().splitlines() if '"ev":"abandoned"' in line]
-    assert {e["node"] for e in given_up} >= {"timer0"}, given_up  # its ticks to the dead VMM, at least
-
-
 # ------------------------------------------------------------------------- os
 
 async def test_kill9_of_an_os_zeroes_every_frame_it_owned_and_leaves_the_other_os_untouched(guest_build, cluster):
