@@ -35,7 +35,6 @@ at the end (the ``run_dir`` fixture, plus the ``hwemu run`` children).
 # ruff: noqa: F811  (the run_dir fixtures imported from test_native are this module's test arguments)
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
