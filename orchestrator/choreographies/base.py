@@ -108,9 +108,7 @@ class Run:
         """
         procs = self.orch.supervisor.nodes
         if node in procs and procs[node].spec.kind == "memctl":  # one being restarted: waited for
-            with trio.move_on_after(timeout):
-                while procs[node].state in ("crashed", "starting"):
-                    await trio.sleep(0.05)
+            await recovery.restarts_done(self.orch, [node], timeout)
         if node not in self.orch.live_nodes():
             state = procs[node].state if node in procs else "unknown"
             raise ChoreographyError(f"{node} is not running ({state}): cannot send it {kind}")
