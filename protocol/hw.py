@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from protocol.constants import PAGE_SIZE
 from protocol.errors import ProtocolError
 from protocol.messages import Field, register
 
@@ -38,16 +39,27 @@ _opt = lambda t, **kw: Field(t, required=False, **kw)  # noqa: E731
 # after: [flow, fseq] of the cpu_resume whose context raised it (absent if that came on no flow): a
 # trap raised under an older resume than the last one its handler sent is stale (the newer resume,
 # on its way, replaces that context): the VMM drops it (nodes/vmm/node.py ``on_trap``)
+# mem: [[addr, bytes], ...], the user memory a system call reads (its ``peek`` entries, below),
+# as the CPU held it when it trapped: the OS takes it instead of reading it from the memory
+# controller (after its own checks of the pointers). Ranges the CPU could not read from the
+# pages it holds (not cached, no TLB entry, not readable, longer than PEEK_MAX) are left out.
 register("trap", cause="int", tval="int", pc="int", regs=Field("list", items="int"), asid="int",
-         instret="int", insn=_opt("int"), after=_opt("list"))
+         instret="int", insn=_opt("int"), after=_opt("list"), mem=_opt("list", items="list"))
 # Privileged operations (priv:<os>). Each is answered ``ok`` {data} when it
 # carries ``ack: true`` (after it took effect; an error reply says why not);
 # without it, none is sent: on the hot path (a trap's resume) the answer is the
 # CPU running again. ``cpu_save`` is always answered.
 # cpu_resume's ``tlb``: entries [asid, vpn, ppn, perms] installed (after
 # flush_tlb) before the CPU runs, saving a tlb_write round each on a switch.
+# ``peek``: entries [ecall number (a7), pointer register, length register (0: the fixed
+# length), fixed length]: at an ecall of that number in this ``space`` the trap carries the
+# bytes the registers name (``mem``); the CPU keeps the last table of each space.
+# ``stores``: [[gpn, offset, bytes], ...], the kernel's writes into the process (a system call's
+# results) in this space, in order: the CPU makes them, as stores of its own to pages it then
+# holds writable, before the context runs or traps (protocol/hw.py ``store_entry``).
 register("cpu_resume", regs=_opt("list", items="int"), pc=_opt("int"), asid=_opt("int"),
-         space=_opt("str"), flush_tlb=_opt("bool"), tlb=_opt("list", items="list"))
+         space=_opt("str"), flush_tlb=_opt("bool"), tlb=_opt("list", items="list"),
+         peek=_opt("list", items="list"), stores=_opt("list", items="list"))
 register("cpu_save")              # reply ok {data: {regs, pc, asid, space, cpu_state, instret}}; refused while running
 register("tlb_write", asid="int", vpn="int", ppn="int", perms="str")
 register("tlb_flush", asid=_opt("int", nullable=True), vpn=_opt("int", nullable=True))
@@ -74,6 +86,43 @@ def tlb_entry(entry: Any, where: str) -> tuple[int, int, int, str]:
         raise ProtocolError("bad_field", f"TLB perms must be a subset of 'rwx', got {entry[3]!r}",
                             f"{where}.perms" if where == "body" else where)
     return entry[0], entry[1], entry[2], entry[3]
+
+
+def store_entry(entry: Any, where: str) -> tuple[int, int, bytes]:
+    """A [gpn, offset, bytes] store of cpu_resume's ``stores``, checked: within one page.
+
+    Raises:
+        ProtocolError: not three fields, a negative gpn or offset, or bytes past the page's end.
+    """
+    if (not isinstance(entry, list) or len(entry) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in entry[:2])
+            or not isinstance(entry[2], bytes) or entry[1] + len(entry[2]) > PAGE_SIZE):
+        raise ProtocolError("bad_field", f"a store is [gpn, offset, bytes] within one {PAGE_SIZE}-byte page, "
+                            f"got {entry!r:.80}", where)
+    return entry[0], entry[1], entry[2]
+
+
+PEEK_MAX = 16384  # the most bytes one range of a trap's ``mem`` carries (more: the OS reads them)
+
+
+def peek_table(entries: Any, where: str = "body.peek") -> dict[int, tuple[tuple[int, int, int], ...]]:
+    """cpu_resume's ``peek`` as {ecall number: ((pointer reg, length reg, fixed length), ...)}.
+
+    Raises:
+        ProtocolError: an entry is not four non-negative ints, a register is not 1..31 (the
+            length register may be 0), or a fixed length is over PEEK_MAX.
+    """
+    table: dict[int, tuple[tuple[int, int, int], ...]] = {}
+    for i, e in enumerate(entries):
+        if (not isinstance(e, list) or len(e) != 4
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in e)
+                or not 1 <= e[1] <= 31 or e[2] > 31 or e[3] > PEEK_MAX):
+            raise ProtocolError("bad_field", f"a peek entry is [ecall number, pointer register 1..31, length "
+                                f"register 0..31, fixed length <= {PEEK_MAX}], got {e!r}", f"{where}[{i}]")
+        table[e[0]] = table.get(e[0], ()) + ((e[1], e[2], e[3]),)
+    return table
+
+
 register("cpu_run", elf=_opt("bytes"))  # standalone convenience; unused by the OS
 
 # -- memory controller ------------------------------------------------------------

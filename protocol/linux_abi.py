@@ -321,3 +321,20 @@ def parse_sockaddr_in(raw: bytes) -> tuple[bytes, int] | int:
     if int.from_bytes(raw[:2], "little") != AF_INET:
         return -EAFNOSUPPORT
     return bytes(raw[4:8]), int.from_bytes(raw[2:4], "big")
+
+
+# -- what a syscall's trap carries (protocol/hw.py ``peek``) --------------------------------
+# The user memory a call reads, named by its registers, so that the CPU can send the bytes
+# with the trap from the pages it holds and the OS need not ask the memory controller for
+# them (with the CPU's copy of a page it just wrote recalled on the way): [nr, pointer
+# register, length register (0: the fixed length instead), fixed length]. Registers are
+# x10..x15 = a0..a5. Only what the OS serves reads here; a call not listed carries nothing.
+TRAP_PEEK = [
+    [SYS_WRITE, 11, 12, 0],                       # write(fd, buf, count)
+    [SYS_PWRITE64, 11, 12, 0],                    # pwrite64(fd, buf, count, ...)
+    [SYS_SENDTO, 11, 12, 0],                      # sendto(fd, buf, len, flags, addr, addrlen)
+    [SYS_SENDTO, 14, 0, SOCKADDR_IN_SIZE],        # ... its destination
+    [SYS_RECVFROM, 15, 0, 4],                     # recvfrom(..., addr, addrlen *): the length
+    [SYS_BIND, 11, 0, SOCKADDR_IN_SIZE],          # bind(fd, addr, addrlen)
+    [SYS_CLOCK_NANOSLEEP64, 12, 0, TIMESPEC64_SIZE],  # clock_nanosleep(clock, flags, req, rem)
+]

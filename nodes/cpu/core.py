@@ -240,6 +240,29 @@ class Core:
         """Whether page `ppn` is in the local cache."""
         return ppn in self._pages
 
+    def poke(self, ppn: int, off: int, data: bytes) -> None:
+        """Write ``data`` at ``off`` of cached page ``ppn`` (the caller holds it writable)."""
+        self._pages[ppn][off:off + len(data)] = data
+
+    def peek(self, addr: int, size: int) -> bytes | None:
+        """The ``size`` bytes at virtual ``addr`` as a user load would read them, if every
+        page of them is readable through the TLB and in the local cache; else None.
+        Nothing changes: no trap, no page miss (a trap carries these, nodes/cpu/node.py)."""
+        out = bytearray()
+        while size > 0:
+            off = addr & 4095
+            n = min(size, PAGE_SIZE - off)
+            entry = self.tlb.lookup(self.asid, addr >> 12)
+            if entry is None or "r" not in entry[1]:
+                return None
+            page = self._pages.get(entry[0])
+            if page is None:
+                return None
+            out += page[off:off + n]
+            addr = (addr + n) & M
+            size -= n
+        return bytes(out)
+
     # ------------------------------------------------------------- running
 
     def run(self, max_instructions: int) -> Stop:

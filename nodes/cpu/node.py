@@ -52,9 +52,9 @@ from nodes.errors import OptionError
 from nodes.options import Option, integer, optional
 from nodes.runtime import Node, main
 from protocol.errors import ProtocolError, RemoteError, RequestTimeout
-from protocol.hw import tlb_entry
+from protocol.hw import PEEK_MAX, peek_table, store_entry, tlb_entry
 from protocol.messages import Message
-from protocol.riscv import TIMER_INTERRUPT
+from protocol.riscv import ECALL_U, TIMER_INTERRUPT
 
 log = logging.getLogger("hwemu.cpu")
 
@@ -116,8 +116,11 @@ class CpuNode(Node):
         self._early: dict[int, str] = {}      # recalls that overtook our own grant
         self._last_trap: dict[str, Any] | None = None  # the trap we wait in (cpu_retrap raises it again)
         self._resumed_by: list | None = None  # [flow, fseq] of the cpu_resume that set the context running
+        self._peek: dict[str, tuple[list, dict]] = {}  # space -> (cpu_resume's peek as sent, its table)
+        self._stores: list[tuple[int, int, bytes]] = []  # a resume's stores not made yet (pages to acquire)
         self.counts = {"traps": 0, "page_misses": 0, "recalls": 0, "preempts": 0, "mem_retries": 0,
-                       "releases": 0}
+                       "releases": 0, "peeked": 0, "peek_misses": 0, "stores": 0, "stores_acquired": 0,
+                       "stores_posted": 0}
         self._mips = 0.0
         self._last_mem_error: str | None = None
         self._window = (time.monotonic(), 0)
@@ -137,6 +140,9 @@ class CpuNode(Node):
             if self.cpu_state != "running":
                 self._go = trio.Event()
                 await self._go.wait()
+                continue
+            if self._stores:  # the kernel's stores of the resume come before any instruction or trap
+                await self._make_stores()
                 continue
             if self.preempt_pending and not self.masked:
                 self.preempt_pending = False
@@ -193,6 +199,10 @@ class CpuNode(Node):
                 "asid": st["asid"], "instret": st["instret"]}
         if insn is not None:
             body["insn"] = insn
+        if cause == ECALL_U and self.space in self._peek:
+            mem = self._peeked(st["x"])
+            if mem:
+                body["mem"] = mem
         if self._resumed_by is not None:
             body["after"] = self._resumed_by
         self._last_trap = body
@@ -201,6 +211,65 @@ class CpuNode(Node):
         except ProtocolError as exc:  # no trap handler routed: nobody can resume us
             log.error("%s: cannot deliver trap (cause %#x at pc %#x): %s; halting", self.name, cause, st["pc"], exc)
             self.cpu_state = "halted"
+
+    def _take_stores(self, stores: list) -> None:
+        """A resume's stores: made at once in pages held writable, in order; from the first
+        one that needs its page acquired on, left to the run loop (:meth:`_make_stores`)."""
+        for i, entry in enumerate(stores):
+            gpn, off, data = store_entry(entry, f"body.stores[{i}]")
+            self.counts["stores"] += 1
+            if not self._stores and gpn in self.modified and self.core.has_page(gpn):
+                self.core.poke(gpn, off, data)
+            else:
+                self._stores.append((gpn, off, data))
+
+    async def _make_stores(self) -> None:
+        """Make the stores left by a resume, acquiring each page writable as a store of the
+        guest would; a page the memory controller refuses drops its store (the access
+        fault trap that :meth:`_page_miss` raised tells the OS)."""
+        while self._stores and self.cpu_state == "running":
+            gpn, off, data = self._stores[0]
+            if gpn in self.modified and self.core.has_page(gpn):
+                self.core.poke(gpn, off, data)
+                self._stores.pop(0)
+                continue
+            self.counts["stores_acquired"] += 1
+            await self._page_miss(gpn, True)
+            if self.cpu_state == "trapped":
+                log.error("%s: a kernel store to page %#x of %s failed (%s): dropped", self.name, gpn, self.space,
+                          self._last_mem_error)
+                self._stores.pop(0)
+
+    def _post_stores(self, space: str) -> None:
+        """Stores of ``space`` not made when the CPU leaves it for another (the VMM switched
+        OS before this one ran): written through the memory controller instead, in order
+        on our link to it, before anything we send it later."""
+        for gpn, off, data in self._stores:
+            self.counts["stores_posted"] += 1
+            answer = self.party.start_request(self.routes.lookup(f"mem:{self.name}"), "mem_write",
+                                              {"space": space, "addr": gpn * PAGE_SIZE + off, "data": data})
+            self.nursery.start_soon(self._posted, answer, gpn, space)
+        self._stores.clear()
+
+    async def _posted(self, answer, gpn: int, space: str) -> None:
+        try:
+            await answer()
+        except (RemoteError, RequestTimeout, ProtocolError) as exc:
+            log.error("%s: a kernel store to page %#x of %s failed: %s", self.name, gpn, space, exc)
+
+    def _peeked(self, x: list[int]) -> list[list[Any]]:
+        """The user memory the ecall in ``x`` reads, per the space's peek table: [[addr,
+        bytes], ...] of the ranges every byte of which this CPU holds readable."""
+        mem = []
+        for ptr, length_reg, fixed in self._peek[self.space][1].get(x[17], ()):
+            n = x[length_reg] if length_reg else fixed
+            data = self.core.peek(x[ptr], n) if n <= PEEK_MAX else None
+            if data is None:
+                self.counts["peek_misses"] += 1
+            else:
+                self.counts["peeked"] += 1
+                mem.append([x[ptr], data])
+        return mem
 
     async def _page_miss(self, gpn: int, write: bool) -> None:
         self.counts["page_misses"] += 1
@@ -324,10 +393,20 @@ class CpuNode(Node):
         if "regs" in b and len(b["regs"]) != 32:
             raise ProtocolError("bad_field", f"cpu_resume regs must be 32 ints, got {len(b['regs'])}", "body.regs")
         entries = [tlb_entry(e, f"body.tlb[{i}]") for i, e in enumerate(b.get("tlb") or [])]
+        peek = b.get("peek")
+        space = b.get("space", self.space)
+        if peek is not None and space is not None:
+            known = self._peek.get(space)
+            if known is None or known[0] != peek:
+                self._peek[space] = (peek, peek_table(peek))
         if "space" in b and b["space"] != self.space:
             if self.space is not None:
                 await self._drop_all()
+                if self._stores:
+                    self._post_stores(self.space)
             self.space = b["space"]
+        if b.get("stores"):
+            self._take_stores(b["stores"])
         if b.get("flush_tlb"):
             self.core.tlb_flush()
         for entry in entries:
@@ -352,6 +431,7 @@ class CpuNode(Node):
         if again:
             trap = dict(self._last_trap)
             trap.pop("after", None)  # it named a resume of the VMM that died: no handler now can judge it
+            trap.pop("mem", None)  # bytes of then: the OS may have written the process since (a read's result)
             # the VMM that died had tagged the OS's asids with a base: its OS knows them untagged
             trap["asid"] = trap["asid"] - min(trap["asid"], int(msg.body.get("asid_base") or 0))
             await self.emit(f"trap:{self.name}", "trap", trap)
@@ -368,6 +448,7 @@ class CpuNode(Node):
         self.cpu_state = "halted"
         self.preempt_pending = False
         self._last_trap = None
+        self._stores.clear()  # the dead OS's
         self.core.tlb_flush()
         gone = self.routes.get(f"trap:{self.name}")
         self.abandon(f"trap:{self.name}")  # not sent again to the next life either

@@ -101,6 +101,15 @@ class Process:
     traps: int = 0
     syscalls: int = 0
     instret: int = 0
+    # the user memory its trap carried ([[addr, bytes], ...], protocol/hw.py ``mem``): good
+    # while the kernel serves that trap and has not written into the process
+    carried: list | None = None
+    # the kernel's writes into it not made yet ([gpn, offset, bytes], in order): they go with
+    # its next cpu_resume (protocol/hw.py ``stores``), and stay in ``sent`` until it traps again
+    # (a resume lost with a dead VMM is sent again with them: cpu_returned)
+    stores: list = field(default_factory=list)
+    stores_bytes: int = 0
+    sent: list = field(default_factory=list)
 
     def region_perms(self, vpn: int) -> str | None:
         """The rights of virtual page ``vpn``, or None if it is not part of the process."""
@@ -116,6 +125,11 @@ class Process:
                 "state": self.state, "pages": len(self.pages), "pc": self.pc,
                 "wait": self.wait[0] if self.wait else None, "syscalls": self.syscalls,
                 "traps": self.traps, "instret": self.instret, "owner": self.owner}
+
+
+# the most bytes of writes into a process that wait for its resume; more go through the memory
+# controller at once (a large read's result: a resume is not a bulk transfer)
+STORES_MAX = 64 * 1024
 
 
 class KernelError(Exception):
@@ -148,7 +162,8 @@ class Kernel:
         self.ticks = 0
         self.wall_offset_ns = 0  # CLOCK_REALTIME minus the host's: the timer's clock, stepped as NTP steps
         self.counters = {"traps": 0, "syscalls": 0, "tlb_misses": 0, "preempts": 0, "switches": 0,
-                         "exits": 0, "kills": 0, "stray_traps": 0, "machine_checks": 0}
+                         "exits": 0, "kills": 0, "stray_traps": 0, "machine_checks": 0,
+                         "carried_reads": 0, "stores_flushed": 0}
         self.recorder = Recorder(name)  # the node's own, once the node is built (syscalls, when tracing)
 
     # ---------------------------------------------------------------- helpers
@@ -255,9 +270,18 @@ class Kernel:
         self.counters["switches"] += 1
         await self.resume(proc)
 
-    async def resume(self, proc: Process) -> None:
-        await self.hw.priv("cpu_resume", {"regs": [r & M32 for r in proc.regs], "pc": proc.pc & M32,
-                                          "asid": proc.asid, "space": self.space})
+    async def resume(self, proc: Process, again: bool = False) -> None:
+        """Put ``proc`` on the CPU, with the kernel's writes into it that wait
+        (``again``: a resume that was lost, sent again with the writes it carried)."""
+        body = {"regs": [r & M32 for r in proc.regs], "pc": proc.pc & M32, "asid": proc.asid,
+                "space": self.space, "peek": abi.TRAP_PEEK}
+        if again:
+            proc.stores[:0] = proc.sent
+        if proc.stores:
+            body["stores"] = proc.stores
+            proc.sent = proc.stores
+            proc.stores, proc.stores_bytes = [], 0
+        await self.hw.priv("cpu_resume", body)
 
     def make_ready(self, proc: Process) -> None:
         proc.wait = None
@@ -312,6 +336,7 @@ class Kernel:
             await self._halt_if_idle()
             return
         proc.traps += 1
+        proc.sent = []  # it ran: its last resume's stores are made
         proc.regs = list(body["regs"])
         proc.pc = body["pc"]
         proc.instret = body.get("instret", proc.instret)
@@ -324,7 +349,11 @@ class Kernel:
             proc.pc = (proc.pc + 4) & M32
             if self.recorder.on:
                 self.recorder("syscall", "enter", nr=proc.regs[17] & M32, pid=proc.pid)
-            result = await self.syscall(proc)
+            proc.carried = body.get("mem")
+            try:
+                result = await self.syscall(proc)
+            finally:
+                proc.carried = None
             if self.recorder.on:
                 self.recorder("syscall", "exit", nr=proc.regs[17] & M32, pid=proc.pid, result=result)
             if result is not None:
@@ -413,6 +442,7 @@ class Kernel:
         if proc in self.sleepers:
             self.sleepers.remove(proc)
         proc.state = EXITED
+        proc.stores, proc.sent = [], []
         proc.code = code
         proc.reason = reason
         proc.wait = None
@@ -491,7 +521,7 @@ class Kernel:
         if state == "trapped" and trapped_in is not None and cpu.get("instret") != trapped_in.instret:
             return "retrap"
         if proc is not None and proc.state == RUNNING and state in ("halted", "trapped"):
-            await self.resume(proc)
+            await self.resume(proc, again=True)
             return "resumed"
         await self.dispatch()
         if state == "trapped":  # a trap handled, nothing to run: the CPU halts (a stray trap does so)
@@ -514,10 +544,31 @@ class Kernel:
         outside the process or lacks ``perm``."""
         return abi.user_pieces(addr, size, perm, proc.region_perms)
 
+    def _carried(self, proc: Process, addr: int, size: int) -> bytes | None:
+        """The ``size`` bytes at ``addr`` if the trap being served carried them."""
+        for start, data in proc.carried or ():
+            if start <= addr and addr + size <= start + len(data):
+                self.counters["carried_reads"] += 1
+                return bytes(data[addr - start:addr - start + size])
+        return None
+
+    async def flush_stores(self, proc: Process) -> None:
+        """Make the writes into ``proc`` that wait for its resume now, through the memory
+        controller (before the kernel reads it, or when too many wait)."""
+        if proc.stores:
+            ops = [[gpn * PAGE + off, data] for gpn, off, data in proc.stores]
+            proc.stores, proc.stores_bytes = [], 0
+            self.counters["stores_flushed"] += 1
+            await self.hw.mem_batch(ops)
+
     async def copy_from_user(self, proc: Process, addr: int, size: int) -> bytes | None:
         pieces = self.user_pieces(proc, addr, size, "r")
         if pieces is None:
             return None
+        await self.flush_stores(proc)
+        carried = self._carried(proc, addr, size)
+        if carried is not None:
+            return carried
         out = bytearray()
         run_start = run_len = None
         for vpn, off, n in pieces:
@@ -553,6 +604,11 @@ class Kernel:
             pieces = self.user_pieces(proc, addr, size, "r")
             if pieces is None:
                 return None
+            await self.flush_stores(proc)
+            carried = self._carried(proc, addr, size)
+            if carried is not None:
+                layouts.append([carried])
+                continue
             parts: list[Any] = []
             for vpn, off, n in pieces:
                 entry = proc.pages.get(vpn)
@@ -567,7 +623,8 @@ class Kernel:
                     parts.append([len(ops) - 1])
             layouts.append(parts)
         got = await self.hw.mem_batch(ops) if ops else []
-        return [b"".join(bytes(part) if isinstance(part, int) else got[part[0]] for part in parts)
+        return [b"".join(part if isinstance(part, bytes) else bytes(part) if isinstance(part, int)
+                         else got[part[0]] for part in parts)
                 for parts in layouts]
 
     async def copy_to_user_many(self, proc: Process, writes: list[tuple[int, bytes]]) -> bool:
@@ -581,6 +638,7 @@ class Kernel:
             if pieces is None:
                 return False
             checked.append((pieces, data))
+        proc.carried = None  # what the trap carried may be what this overwrites
         ops = []
         for pieces, data in checked:
             pos = 0
@@ -592,10 +650,18 @@ class Kernel:
                     except OutOfMemory:
                         return False
                     entry = proc.pages[vpn]
-                ops.append([entry[0] * PAGE + off, bytes(data[pos:pos + n])])
+                ops.append([entry[0], off, bytes(data[pos:pos + n])])
                 pos += n
+        size = sum(len(op[2]) for op in ops)
+        if proc.stores_bytes + size <= STORES_MAX:
+            # made by the CPU before the process runs again (its next cpu_resume carries them): the
+            # memory controller need not recall the pages the CPU holds, nor the CPU fetch them back
+            proc.stores += ops
+            proc.stores_bytes += size
+            return True
+        await self.flush_stores(proc)
         if ops:
-            await self.hw.mem_batch(ops)
+            await self.hw.mem_batch([[gpn * PAGE + off, data] for gpn, off, data in ops])
         return True
 
     def ps(self) -> list[dict[str, Any]]:

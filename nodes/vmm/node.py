@@ -91,6 +91,7 @@ class VirtualCpu:
     vif: bool = True                 # virtual interrupt flag: True = interrupts enabled
     queued: deque = field(default_factory=deque)   # virtual interrupts held while masked
     asids: set[int] = field(default_factory=set)   # CPU asids the OS used (for tlb_flush None)
+    stores: list = field(default_factory=list)     # its resumes' kernel stores, held while it is off the CPU
     counts: dict[str, int] = field(default_factory=lambda: {
         "traps": 0, "forwarded": 0, "emulated": 0, "ticks": 0, "uart_rx": 0, "switched_in": 0,
         "switched_out": 0, "queued_irqs": 0})
@@ -209,6 +210,8 @@ class VmmNode(FrameBroker, DeviceMux, Node):
         body: dict[str, Any] = {"space": vcpu.name}
         if vcpu.regs is not None:
             body.update(regs=list(vcpu.regs), pc=vcpu.pc, asid=vcpu.asid)
+        if vcpu.stores:  # the results of system calls it served while off the CPU: made before it runs
+            body["stores"], vcpu.stores = vcpu.stores, []
         await self._cpu("cpu_resume", body)
         if vcpu.preempt:  # a preemption it asked for while off the CPU: taken now
             await self._cpu("cpu_preempt", {})
@@ -320,6 +323,8 @@ class VmmNode(FrameBroker, DeviceMux, Node):
                 vcpu.pc = b["pc"]
             if "asid" in b:
                 vcpu.asid = b["asid"]
+            if b.get("stores") and self.current != vcpu.name:  # they go with its context (_switch_in)
+                vcpu.stores.extend(b.pop("stores"))
             if b.get("flush_tlb") and self.current != vcpu.name:
                 for asid in sorted(vcpu.asids):  # its own entries only; the others' stay
                     await self._cpu("tlb_flush", {"asid": asid, "vpn": None})

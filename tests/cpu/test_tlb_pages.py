@@ -151,3 +151,25 @@ def test_remapping_a_code_page_drops_its_translations(tmp_path, cpu_helpers):
     core.tlb_write(0, 0x10, 0x600, "rx")
     core.pc = 0x10000
     assert core.run(10).cause == 8 and core.x[10] == 3
+
+
+def test_peek_reads_only_what_the_tlb_and_the_cache_give_and_poke_writes_in_place():
+    """What a syscall trap carries (``Core.peek``) and a resume's stores (``Core.poke``):
+    a range across two pages is read only if both are mapped readable and cached; nothing
+    else changes (no trap, no page miss)."""
+    core = Core()
+    core.set_asid(3)
+    first, second = bytearray(b"a" * 4096), bytearray(b"b" * 4096)
+    core.install_page(40, first, writable=True)
+    core.install_page(41, second, writable=False)
+    core.tlb_write(3, 0x100, 40, "rw")
+    core.tlb_write(3, 0x101, 41, "r")
+    core.tlb_write(3, 0x102, 42, "r")  # mapped, not cached
+    core.tlb_write(3, 0x103, 41, "w")  # cached, not readable
+    assert core.peek(0x100FFE, 4) == b"aabb"
+    assert core.peek(0x101FFF, 2) is None  # its second byte's page is not here
+    assert core.peek(0x103000, 1) is None and core.peek(0x104000, 1) is None
+    assert core.peek(0x100000, 0) == b""
+    assert core.stop is None
+    core.poke(40, 4094, b"xy")
+    assert core.peek(0x100FFD, 4) == b"axyb" and first[4094:] == b"xy"

@@ -3,21 +3,20 @@ guest operation waits for in sequence, counted on a real trace of a real
 cluster (orchestrator/critpath.py), so that a change that adds a wait to a
 path fails here rather than only in a benchmark.
 
-The design's counts (12, 12 and 4 hops; docs/benchmarks.md, "Critical paths"):
+The design's counts (4, 8 and 2 hops; docs/benchmarks.md, "Critical paths"):
 
 - a UDP echo through ``udpecho`` (from the datagram's arrival at the NIC to
   the NIC's send of the echo): the interrupt carries the datagram; the OS
-  writes the buffer, the source address and its length into the process in
-  one memory request (the CPU's cached copy of the page recalled on the
-  way), resumes the CPU, which fetches the page again; the ``sendto`` trap;
-  the address and the buffer read in one request; ``nic_send``;
-- a 4 KiB ``pwrite64`` + ``fsync`` loop (one cycle, trap to trap): the
-  buffer read in one request (a snapshot of the pages the CPU wrote, taken
-  from it at once: it keeps them writable), the block written with its
-  bytes in ``disk_write`` (no DMA), the completion, the resume, the
-  ``fsync`` trap, ``disk_flush`` and its completion, the resume;
-- a one-byte console ``write()`` loop: the byte read, the resume, the next
-  trap (the UART's write is posted, not awaited).
+  resumes the process with the buffer, the source address and its length as
+  the resume's stores (the CPU makes them in the pages it holds); the
+  ``sendto`` trap carries the buffer and the address; ``nic_send``. No
+  message to the memory controller at all;
+- a 4 KiB ``pwrite64`` + ``fsync`` loop (one cycle, trap to trap): the trap
+  carries the buffer, the block is written with its bytes in ``disk_write``
+  (no DMA), the completion, the resume, the ``fsync`` trap, ``disk_flush``
+  and its completion, the resume;
+- a one-byte console ``write()`` loop: the trap carries the byte, the
+  resume, the next trap (the UART's write is posted, not awaited).
 """
 
 from __future__ import annotations
@@ -44,9 +43,11 @@ HWEMU = str(Path(sys.executable).parent / "hwemu")
 SAMPLES = REPO / "guest" / "build" / "samples"
 
 # the most messages each operation may wait for in sequence (the module docstring says which)
-UDP_ECHO_HOPS = 12    # before issue #16: 22 (and 2 more for the NIC's DMA, not counted then)
-WRITE_FSYNC_HOPS = 12  # before: 22
-CONSOLE_WRITE_HOPS = 4  # before: 4
+# before issue #16: 22 (and 2 more for the NIC's DMA, not counted then), 22 and 4; then 12, 12 and 4;
+# then traps carried the buffers the calls read and resumes the results they write
+UDP_ECHO_HOPS = 4
+WRITE_FSYNC_HOPS = 8
+CONSOLE_WRITE_HOPS = 2
 
 
 def hwemu(run_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -100,8 +101,8 @@ def test_a_udp_echo_waits_for_no_more_messages_than_the_design_says(guest_build,
     typical = next(p for p in paths if len(p) == critpath.hop_count(paths))
     kinds = [h.kind for h in typical]
     assert kinds[0] == "nic_rx" and kinds[-1] == "nic_send", critpath.describe(typical)
-    # the datagram came with its interrupt: the OS read nothing before it wrote the process's buffer
-    assert kinds[1] == "mem_batch", critpath.describe(typical)
+    # the datagram came with its interrupt and went with the resume; the echo with the trap
+    assert kinds == ["nic_rx", "cpu_resume", "trap", "nic_send"], critpath.describe(typical)
     assert critpath.hop_count(paths) <= UDP_ECHO_HOPS, critpath.describe(typical)
 
 
@@ -122,6 +123,7 @@ def test_a_synchronous_disk_write_waits_for_no_more_messages_than_the_design_say
         assert image[i * 4096:(i + 1) * 4096] == bytes([i]) * 4096
     hops, path = syscall_hops(critpath.from_chrome(json.loads(trace.read_text())), SYS_PWRITE64)
     assert "disk_write os1→disk0" in path and "mem_read disk0→memctl" not in path, path  # no DMA
+    assert "memctl" not in path, path  # the trap carried the buffer
     assert hops <= WRITE_FSYNC_HOPS, path
 
 

@@ -116,6 +116,8 @@ class Machine:
         core = self.core
         if kind == "cpu_resume":
             assert body["space"] == "os1"
+            for gpn, off, data in body.get("stores", ()):  # the kernel's writes, before the context runs
+                self.page(gpn)[off:off + len(data)] = data
             core.set_state({"x": body["regs"], "pc": body["pc"], "asid": body["asid"]})
             self.running = True
         elif kind == "tlb_write":
