@@ -31,6 +31,12 @@ void *memmove(void *dst, const void *src, size_t n)
 void *memset(void *dst, int c, size_t n)
 {
     unsigned char *d = dst;
+    if ((((uintptr_t)d | n) & 3) == 0) { /* word stores: a quarter of the instructions */
+        uint32_t w = (unsigned char)c * 0x01010101u;
+        for (; n; n -= 4, d += 4)
+            *(uint32_t *)d = w;
+        return dst;
+    }
     while (n--)
         *d++ = (unsigned char)c;
     return dst;
