@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -355,6 +356,128 @@ async def test_kvstore_answers_exactly_while_the_vmm_is_interposed_on_cpu_disk_a
     await no_gaps_or_refusals(orch)
     await check_conservation(orch)
     assert (await vmm_stats(orch))["io"]["shared"] == {}
+
+
+async def test_kill9_of_the_vmm_under_the_kvstore_loses_no_acknowledged_key(guest_build, cluster):
+    """The VMM dies while it drives os1's CPU, disk and NIC under the key-value store and
+    a client that keeps writing: the emergency devirtualization puts os1 back on the
+    hardware, and every value the store acknowledged reads back, none twice (COUNT). A
+    system call's results travel with the process's resume (``stores``, through the VMM
+    while it is there): one lost with the dead VMM is sent again with them (the OS keeps
+    them until the process traps again), so no request the store answered is missing from
+    its buffer and no datagram is read twice. The client re-sends a request a restart may
+    have lost (UDP may lose; a SET of the same value is idempotent)."""
+    orch = await cluster(VMMIO)
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
+    client = Client(orch, "kvclient")
+    stop = threading.Event()
+    acked: dict[bytes, bytes] = {}
+    rounds = [0]
+
+    def drive() -> None:
+        while not stop.is_set():
+            i = rounds[0]
+            key, value = b"k%03d" % (i % 120), b"v-%05d-" % i + bytes(range(97, 97 + i % 26))
+            assert request(address, b"SET %s %s" % (key, value)) == b"OK"
+            acked[key] = value
+            assert request(address, b"GET " + key) == b"VALUE " + value
+            rounds[0] += 1
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client.handle)
+            pid, start, address = await start_kvstore(orch, client, "os1", "uart0", 7000)
+            done = trio.Event()
+
+            async def driving() -> None:
+                try:
+                    await trio.to_thread.run_sync(drive)
+                finally:
+                    done.set()
+
+            nursery.start_soon(driving)
+            with trio.fail_after(60):
+                while rounds[0] < 3:
+                    await trio.sleep(0.02)
+            await orch.control("ctl_interpose", os="os1")
+            await wait_vmm(orch, lambda s: _served(s, "nic0", "rx") > 6 and s["traps_reflected"] > 20)
+            stores = (await stats(orch, "cpu0"))["stores"]
+            os.kill(orch.supervisor.nodes["vmm"].pid, signal.SIGKILL)
+            with trio.fail_after(60):
+                while not any(r["kind"] == "vmm" for r in orch.recovery_log):
+                    await trio.sleep(0.05)
+            at = rounds[0]
+            with trio.fail_after(60):
+                while rounds[0] < at + 10:
+                    await trio.sleep(0.05)
+            stop.set()
+            await done.wait()
+            final = [(b"GET " + k, b"VALUE " + v) for k, v in acked.items()]
+            final += [(b"COUNT", b"COUNT %d" % len(acked)), (b"QUIT", b"BYE")]
+            await trio.to_thread.run_sync(converse, address, final)
+            exit1 = await client.wait_exit("os1", pid)
+            assert (exit1["code"], await client.console("uart0", start)) == (
+                0, b"kvstore ready: 0 keys\nkvstore stopped: %d keys\n" % len(acked))
+            nursery.cancel_scope.cancel()
+    finally:
+        stop.set()
+        client.party.close()
+    report = next(r for r in orch.recovery_log if r["kind"] == "vmm")
+    assert report["native"] == "os1", report
+    routes = orch.routes.table.routes
+    assert [routes[f] for f in ("trap:cpu0", "priv:os1", "io:os1.nic", "irq:nic0")] == ["os1", "cpu0", "nic0", "os1"]
+    # the requests' bytes reached the store as resume stores, under the VMM and after it
+    assert stores > 0 and (await stats(orch, "cpu0"))["stores"] > stores
+
+
+async def test_a_resume_lost_with_a_dead_vmm_is_sent_again_with_the_results_it_carried(guest_build, cluster):
+    """The CPU alone under the VMM (the NIC's interrupts still reach os1): the store is
+    blocked in recvfrom, the CPU halted. The VMM is frozen, a request arrives, os1 delivers
+    it into the store's buffer as the stores of the resume it sends, and that resume stops
+    in the frozen VMM, which is then killed. The emergency devirtualization finds the CPU
+    halted with a process current (``resumed``): os1 sends the resume again, with the
+    stores, so the store reads the request it was told it got and answers it (without
+    them it would run on with its buffer as it was)."""
+    orch = await cluster(VMMIO)
+    await orch.control("ctl_vmm_load", host="os1", frames=8)
+    client = Client(orch, "kvclient")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.party.serve, client.handle)
+            pid, start, address = await start_kvstore(orch, client, "os1", "uart0", 7000)
+            assert await trio.to_thread.run_sync(request, address, b"SET a 1") == b"OK"
+            await orch.control("ctl_interpose", os="os1", cpu=True)
+            routes = orch.routes.table.routes
+            assert (routes["priv:os1"], routes["trap:cpu0"], routes["irq:nic0"]) == ("vmm", "vmm", "os1")
+            assert await trio.to_thread.run_sync(request, address, b"GET a") == b"VALUE 1"
+            with trio.fail_after(30):
+                while (await stats(orch, "cpu0"))["cpu_state"] != "halted":  # blocked in recvfrom
+                    await trio.sleep(0.02)
+            rx = (await stats(orch, "os1"))["io"]["nic"]["rx"]
+            vmm = orch.supervisor.nodes["vmm"]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(60)
+                os.kill(vmm.pid, signal.SIGSTOP)
+                try:
+                    sock.sendto(b"SET lost-and-found 42", address)
+                    with trio.fail_after(30):  # delivered, its resume on its way to the frozen VMM
+                        while (await stats(orch, "os1"))["io"]["nic"]["rx"] == rx:
+                            await trio.sleep(0.02)
+                    await trio.sleep(0.3)
+                finally:
+                    os.kill(vmm.pid, signal.SIGKILL)
+                with trio.fail_after(60):
+                    while not any(r["kind"] == "vmm" for r in orch.recovery_log):
+                        await trio.sleep(0.05)
+                assert await trio.to_thread.run_sync(sock.recvfrom, 100) == (b"OK", address)
+            report = next(r for r in orch.recovery_log if r["kind"] == "vmm")
+            assert (report["native"], report["cpu"]) == ("os1", "resumed"), report
+            await trio.to_thread.run_sync(converse, address, [(b"GET lost-and-found", b"VALUE 42"),
+                                                              (b"COUNT", b"COUNT 2"), (b"QUIT", b"BYE")])
+            assert (await client.wait_exit("os1", pid))["code"] == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        client.party.close()
 
 
 async def kill9_and_wait_restart(orch, name: str) -> None:
