@@ -917,20 +917,25 @@ def execute(seed: int, duration: float, faults: list[str], scenario: str, rd: Pa
     traced = None
     old_env = os.environ.get("HWEMU_HISTORY_DIR")
     os.environ["HWEMU_HISTORY_DIR"] = str(hist)  # the orchestrator and every node it starts inherit it
+    # with --json (``show`` False) stdout carries the report alone: anything else the run writes
+    # there (a CLI helper's error object, say) goes to stderr instead
+    quiet = contextlib.redirect_stdout(sys.stderr) if not show else contextlib.nullcontext()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             cluster.up(topo, detach=True, run_dir=rd, json_out=True)
         r.say("cluster up, every node recording its history")
-        if trace:
-            trace_cli.start_for(rd, TRACE_RING)
-            traced = trace_path(rd, seed)
-            traced.unlink(missing_ok=True)  # a previous run's, of this seed
-        error = _drive(r)
+        with quiet:
+            if trace:
+                trace_cli.start_for(rd, TRACE_RING)
+                traced = trace_path(rd, seed)
+                traced.unlink(missing_ok=True)  # a previous run's, of this seed
+            error = _drive(r)
     except typer.Exit:
         error = "the cluster did not start (see " + str(rd / "orchestrator.log") + ")"
     finally:
         if traced is not None and is_locked(rd):  # written while the cluster still runs (a failure only said)
-            trace_cli.finish(rd, traced)
+            with quiet:
+                trace_cli.finish(rd, traced)
         if old_env is None:
             os.environ.pop("HWEMU_HISTORY_DIR", None)
         else:
