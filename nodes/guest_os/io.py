@@ -161,6 +161,7 @@ class DiskDriver(_Driver):
         # one, every write it acknowledged is durable already, and a flush has nothing to do (Linux
         # sends no flush to such a device either)
         self.write_back = True
+        self.write_failed = False  # a write failed since the last flush: the next fsync asks the disk
         self.bounce: int | None = None  # gpn
         self.lock = trio.Lock()  # one transfer at a time through the bounce frame
         self.read_bytes = 0
@@ -226,6 +227,8 @@ class DiskDriver(_Driver):
             body["data"] = bytes(data or b"")
         done = await self.command(kind, body)
         if done.get("status", 0) < 0:
+            if kind == "disk_write":
+                self.write_failed = True
             raise Refused(-done["status"], done.get("reason", ""))
         if kind != "disk_read":
             return None
@@ -279,14 +282,21 @@ class DiskDriver(_Driver):
         self.written_bytes += len(data)
         return len(data)
 
+    def flush_needed(self) -> bool:
+        """Whether an fsync must ask the disk: it has a volatile write cache (or its geometry is
+        not known yet), or a write failed since the last flush (a failed sync of it may have
+        left bytes that are not durable: the disk says what a flush of them gives)."""
+        return self.block_size is None or self.write_back or self.write_failed
+
     async def flush(self) -> None:
         await self.geometry()
-        if not self.write_back:
+        if not self.flush_needed():
             self.flushes_elided += 1
             return
         done = await self.command("disk_flush", {})
         if done.get("status", 0) < 0:
             raise Refused(-done["status"], done.get("reason", ""))
+        self.write_failed = False
         self.flushes += 1
 
     def stats(self) -> dict[str, Any]:
@@ -677,7 +687,7 @@ async def sys_fsync(k: "Kernel", p: "Process", fd: int, *_: int) -> int | None:
         return -abi.EBADF
     if isinstance(obj, Socket):
         return -abi.EINVAL
-    if io.disk.block_size is not None and not io.disk.write_back:
+    if not io.disk.flush_needed():
         io.disk.flushes_elided += 1  # no volatile cache: what it acknowledged is durable (DiskDriver.flush)
         return 0
 
