@@ -74,8 +74,9 @@ class Orchestrator:
         if topology.firmware.get("vmm_at_boot"):  # FIG. 2b: the machine comes up interposed
             routes = interposed_routes(topology)
         self.routes = RouteAuthority(self.party, RouteTable(1, routes), self.live_nodes)
-        self.supervisor = Supervisor(self.run_dir, self._node_config, self._restarted,
-                                     lambda np: recovery.back(self, np), self.placement.launcher)
+        self.supervisor = Supervisor(self.run_dir, self._node_config, self._restarted, self._back,
+                                     self.placement.launcher)
+        self.spawn_epochs: dict[str, int] = {}  # node -> the route epoch its config carried when it was started
         self.incarnations: dict[str, int] = {}  # node -> the Party.incarnation its last ready named
         self.recovery_log: list[dict[str, Any]] = []  # what recovery did after each crash (docs/recovery.md)
         self.state = "starting"
@@ -110,6 +111,7 @@ class Orchestrator:
         elif spec.name in self.restart_maps:  # after a crash: the frames it owns (orchestrator/recovery.py)
             options = {**options, "boot_frames": list(self.restart_maps[spec.name])}
         placed = self.placement.placed
+        self.spawn_epochs[spec.name] = self.routes.table.epoch
         return {
             "name": spec.name, "kind": spec.kind,
             "endpoint": f"ipc://{self.run_dir}/{spec.name}.sock" if placed else self.directory[spec.name],
@@ -139,6 +141,20 @@ class Orchestrator:
                 except (RemoteError, RequestTimeout) as exc:
                     log.warning("re-install after restart of %s: %s", np.spec.name, exc)
                 self.save_state()
+
+    async def _back(self, np: NodeProc) -> None:
+        """A restarted node is ready. A route change made while it started (after its config
+        was written, before it answered) was not sent to it: it gets the table in force now.
+        Then its drivers reset it (orchestrator/recovery.py)."""
+        name = np.spec.name
+        if self.spawn_epochs.get(name, self.routes.table.epoch) != self.routes.table.epoch:
+            async with self.routes.lock:
+                try:
+                    await self.routes.install(self.routes.table, nodes=[name])
+                except (RemoteError, RequestTimeout, ProtocolError) as exc:
+                    log.warning("routes of epoch %d not installed on %s after its restart: %s",
+                                self.routes.table.epoch, name, exc)
+        await recovery.back(self, np)
 
     def live_nodes(self) -> list[str]:
         return [n for n, np in self.supervisor.nodes.items() if np.state == "running"]

@@ -45,6 +45,7 @@ import time
 import pytest
 import trio
 
+from hwemu.testing import node_stats
 from orchestrator.choreographies.base import Run
 from orchestrator.cli.demo import timeshare_output
 from tests.guest.test_network_samples import converse, free_udp_port
@@ -320,6 +321,34 @@ def test_kill9_of_the_disk_under_writes_reissues_them_and_no_acknowledged_key_is
 
 
 # --------------------------------------------------------------------- memctl
+
+async def test_a_node_restarted_while_a_route_change_ran_gets_the_table_in_force_once_ready(cluster):
+    """A route change made while a node starts (its config written with the table then, not
+    ready yet) is not sent to it: once ready, it gets the table in force. (Left with the older
+    table, a restarted memctl would refuse the memory traffic of a flow moved meanwhile.) The
+    new process is frozen from its spawn until the change is over, so the window is certain."""
+    orch = await cluster(VMM_TOPOLOGY)
+    np = orch.supervisor.nodes["memctl"]
+    old = np.pid
+    os.kill(old, signal.SIGKILL)
+    with trio.fail_after(30):
+        while np.pid == old:
+            await trio.sleep(0.001)
+    os.kill(np.pid, signal.SIGSTOP)
+    try:
+        assert np.state != "running"
+        spawned = orch.spawn_epochs["memctl"]
+        await orch.routes.change({"irq:uart0": "os2"})
+        assert orch.routes.table.epoch > spawned
+    finally:
+        os.kill(np.pid, signal.SIGCONT)
+    with trio.fail_after(30):
+        while np.state != "running":
+            await trio.sleep(0.02)
+    with trio.fail_after(30):  # the install after its ready
+        while (await node_stats(orch, "memctl"))["epoch"] != orch.routes.table.epoch:
+            await trio.sleep(0.05)
+
 
 async def test_kill9_of_memctl_under_a_running_program_output_is_exact(guest_build, cluster):
     orch = await cluster(VMM_TOPOLOGY)
