@@ -212,13 +212,16 @@ class CpuNode(Node):
             log.error("%s: cannot deliver trap (cause %#x at pc %#x): %s; halting", self.name, cause, st["pc"], exc)
             self.cpu_state = "halted"
 
+    def _holds_writable(self, gpn: int) -> bool:
+        return gpn in self.modified and self.core.has_page(gpn)
+
     def _take_stores(self, stores: list) -> None:
         """A resume's stores: made at once in pages held writable, in order; from the first
         one that needs its page acquired on, left to the run loop (:meth:`_make_stores`)."""
         for i, entry in enumerate(stores):
             gpn, off, data = store_entry(entry, f"body.stores[{i}]")
             self.counts["stores"] += 1
-            if not self._stores and gpn in self.modified and self.core.has_page(gpn):
+            if not self._stores and self._holds_writable(gpn):
                 self.core.poke(gpn, off, data)
             else:
                 self._stores.append((gpn, off, data))
@@ -229,7 +232,7 @@ class CpuNode(Node):
         fault trap that :meth:`_page_miss` raised tells the OS)."""
         while self._stores and self.cpu_state == "running":
             gpn, off, data = self._stores[0]
-            if gpn in self.modified and self.core.has_page(gpn):
+            if self._holds_writable(gpn):
                 self.core.poke(gpn, off, data)
                 self._stores.pop(0)
                 continue

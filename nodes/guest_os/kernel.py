@@ -652,16 +652,13 @@ class Kernel:
                     entry = proc.pages[vpn]
                 ops.append([entry[0], off, bytes(data[pos:pos + n])])
                 pos += n
-        size = sum(len(op[2]) for op in ops)
-        if proc.stores_bytes + size <= STORES_MAX:
-            # made by the CPU before the process runs again (its next cpu_resume carries them): the
-            # memory controller need not recall the pages the CPU holds, nor the CPU fetch them back
-            proc.stores += ops
-            proc.stores_bytes += size
-            return True
-        await self.flush_stores(proc)
-        if ops:
-            await self.hw.mem_batch([[gpn * PAGE + off, data] for gpn, off, data in ops])
+        # made by the CPU before the process runs again (its next cpu_resume carries them): the
+        # memory controller need not recall the pages the CPU holds, nor the CPU fetch them back;
+        # past STORES_MAX they go through the memory controller at once, in one request
+        proc.stores += ops
+        proc.stores_bytes += sum(len(op[2]) for op in ops)
+        if proc.stores_bytes > STORES_MAX:
+            await self.flush_stores(proc)
         return True
 
     def ps(self) -> list[dict[str, Any]]:

@@ -258,6 +258,21 @@ async def start_kvstore(orch, client: Client, os_name: str, uart: str, port: int
     return pid, start, ("127.0.0.1", host)
 
 
+def in_thread(nursery: trio.Nursery, fn) -> trio.Event:
+    """Run ``fn()`` in a worker thread as a task of ``nursery`` (what it raises fails the
+    nursery); the event is set once it has returned or raised."""
+    done = trio.Event()
+
+    async def run() -> None:
+        try:
+            await trio.to_thread.run_sync(fn)
+        finally:
+            done.set()
+
+    nursery.start_soon(run)
+    return done
+
+
 class Driver:
     """A real UDP client in a thread: SET then GET, every reply checked, until stopped
     (keys cycle through 150 names, so the store never fills)."""
@@ -304,15 +319,7 @@ async def test_kvstore_answers_exactly_while_the_vmm_is_interposed_on_cpu_disk_a
             await nursery.start(client.party.serve, client.handle)
             pid, start, address = await start_kvstore(orch, client, "os1", "uart0", 7000)
             driver = Driver(address, b"key")
-            done = trio.Event()
-
-            async def drive() -> None:
-                try:
-                    await trio.to_thread.run_sync(driver.run)
-                finally:
-                    done.set()
-
-            nursery.start_soon(drive)
+            done = in_thread(nursery, driver.run)
             with trio.fail_after(60):
                 while driver.rounds < 3:
                     await trio.sleep(0.02)
@@ -387,15 +394,7 @@ async def test_kill9_of_the_vmm_under_the_kvstore_loses_no_acknowledged_key(gues
         async with trio.open_nursery() as nursery:
             await nursery.start(client.party.serve, client.handle)
             pid, start, address = await start_kvstore(orch, client, "os1", "uart0", 7000)
-            done = trio.Event()
-
-            async def driving() -> None:
-                try:
-                    await trio.to_thread.run_sync(drive)
-                finally:
-                    done.set()
-
-            nursery.start_soon(driving)
+            done = in_thread(nursery, drive)
             with trio.fail_after(60):
                 while rounds[0] < 3:
                     await trio.sleep(0.02)
@@ -520,19 +519,12 @@ async def test_a_nic_and_a_disk_restarted_under_the_vmm_are_reset_by_its_drivers
             # the disk dies with a command in it, taken and not completed (a slow disk: a latency
             # fault), under SETs, each re-sent until answered (a SET is idempotent)
             await orch.request("disk0", "fault_set", {"id": "slow", "type": "disk", "seed": 1, "latency_ms": 2000})
-            writer = trio.Event()
 
             def sets() -> None:
                 for i in range(10, 40):
                     assert request(address, b"SET key%03d value-%03d" % (i, i)) == b"OK"
 
-            async def write() -> None:
-                try:
-                    await trio.to_thread.run_sync(sets)
-                finally:
-                    writer.set()
-
-            nursery.start_soon(write)
+            writer = in_thread(nursery, sets)
             flow = "io:vmm.disk0"
             with trio.fail_after(60):  # a command the disk acknowledged and has not completed
                 while True:
