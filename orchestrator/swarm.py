@@ -36,6 +36,8 @@ RESTART = {"never": "none", "on-failure": "on-failure", "always": "any"}
 # the environment every node reads (docs/topologies.md), with its defaults: `docker stack deploy` fills it in
 ENV_PASSED = {"HWEMU_LOG": "INFO", "HWEMU_SPIN_US": "200", "HWEMU_SLICE_US": "", "HWEMU_HISTORY_DIR": ""}
 HOST_LABEL = "hwemu.host"  # `docker node update --label-add hwemu.host=a NODE` places the nodes of host "a"
+SOURCE_LABEL = "org.hwemu.source"  # on an image: the source_digest() of the code it was built from
+PACKAGES = ("hwemu", "nodes", "orchestrator", "protocol")  # what the image installs (pyproject.toml)
 
 
 class DockerError(RuntimeError):
@@ -69,17 +71,41 @@ def check_daemon() -> None:
                           f"scripts/swarm-setup.sh): {exc}") from None
 
 
+def source_digest() -> str:
+    """A digest of the Python sources this orchestrator runs (every ``.py`` file of
+    :data:`PACKAGES`, by path and content): the same for a checkout and for the
+    image built from it, different as soon as one line differs."""
+    h = hashlib.sha256()
+    for pkg in PACKAGES:
+        top = Path(__import__(pkg).__file__).resolve().parent
+        for path in sorted(top.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            h.update(f"{pkg}/{path.relative_to(top).as_posix()}\0".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
 def check_swarm(image: str) -> None:
-    """This host is a Swarm manager and has ``image``."""
+    """This host is a Swarm manager and has ``image``, built from the code this
+    orchestrator runs: nodes of other code would not speak the same protocol
+    (a stale image once ran a whole demo on code a day old, and lost messages
+    at its first route change)."""
     check_daemon()
     state = docker("info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}").split()
     if state[:1] != ["active"] or state[1:] != ["true"]:
         raise DockerError("this Docker is not a Swarm manager (run `docker swarm init --advertise-addr 127.0.0.1`, "
                           "or scripts/swarm-setup.sh)")
     try:
-        docker("image", "inspect", "--format", "{{.Id}}", image)
+        fmt = f'{{{{index .Config.Labels "{SOURCE_LABEL}"}}}}|{{{{.Created}}}}'
+        label, created = docker("image", "inspect", "--format", fmt, image).strip().split("|")
     except DockerError:
         raise DockerError(f"no image {image} here: build it with `hwemu image build --tag {image}`") from None
+    ours = source_digest()
+    if label != ours:
+        was = f"sources {label}" if label and label != "<no value>" else "sources not recorded"
+        raise DockerError(f"image {image} was built from other hwemu code ({was}, created {created[:19]}; "
+                          f"this checkout: {ours}): rebuild it with `hwemu image build --tag {image}`")
 
 
 def stack_name(topology: Topology, run_dir: Path) -> str:

@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator import flowaudit, report
+from orchestrator import flowaudit, report, swarm
 from orchestrator.cli import cluster
 from orchestrator.cli import trace as trace_cli
 from orchestrator.cli.common import Json, RunDir, console, emit_json, err_console, fail
@@ -551,7 +551,8 @@ def _tables(rep: dict[str, Any], console: Console) -> None:
 
 EXAMPLES = ["hwemu demo", "hwemu demo --json > report.json   # the report on stdout, the progress on stderr",
             "hwemu demo --json report.json     # the report in a file, the progress on stdout",
-            "hwemu demo --control", "hwemu demo --engine swarm    # on a Docker Swarm (hwemu image build first)"]
+            "hwemu demo --control", "hwemu demo --engine swarm    # on a Docker Swarm (hwemu image build first)",
+            "hwemu demo --engine swarm --image hwemu:test"]
 
 
 def demo(
@@ -569,6 +570,8 @@ def demo(
                                         "picture, the checks, the I/O counts, and the trace beside it).")] = None,
     engine: Annotated[str, typer.Option(help="Where the cluster runs: local processes, or one Docker Swarm "
                                              "service per node (swarm: docs/swarm.md).")] = "local",
+    image: Annotated[str, typer.Option(help="With --engine swarm: the nodes' image (`hwemu image build`).")]
+    = swarm.DEFAULT_IMAGE,
 ) -> None:
     """The main job: a VMM interposed under a running OS, memory lent, everything devirtualized; all checked."""
     if json_file is not None and not json_out:
@@ -596,7 +599,7 @@ def demo(
         # a fresh disk: the key-value store starts empty, so its replies are the model's
         (rd / "disk0.img").unlink(missing_ok=True)
         with contextlib.redirect_stdout(io.StringIO()):
-            cluster.up(TOPOLOGY, detach=True, run_dir=rd, json_out=True, engine=engine)
+            cluster.up(TOPOLOGY, detach=True, run_dir=rd, json_out=True, engine=engine, image=image)
         d.say("cluster up")
         if trace is not None or report_dir is not None:
             trace_cli.start_for(rd, DEMO_TRACE_RING)

@@ -161,17 +161,20 @@ def build(
     tar = rootfs(mirror or apt_mirror(), rebuild_base)
     t_base = time.monotonic()
     base = base_image(tar)
+    source = swarm.source_digest()
     with tempfile.TemporaryDirectory(prefix="hwemu-image-", dir=cache_dir()) as tmp:
         ctx = Path(tmp)
         wheels(ctx / "wheels")
         shutil.copy2(ROOT / "docker" / "Dockerfile", ctx / "Dockerfile")
         try:
-            swarm.docker("build", "-q", "--build-arg", f"BASE={base}", "-t", tag, str(ctx), timeout=900)
+            # labelled with the digest of the code it runs: `hwemu up` refuses an image of other code
+            swarm.docker("build", "-q", "--build-arg", f"BASE={base}", "--label",
+                         f"{swarm.SOURCE_LABEL}={source}", "-t", tag, str(ctx), timeout=900)
         except swarm.DockerError as exc:
             fail(str(exc))
     image_id = swarm.docker("image", "inspect", "--format", "{{.Id}} {{.Size}}", tag).split()
     result = {"tag": tag, "id": image_id[0], "size_mb": round(int(image_id[1]) / 1e6, 1), "base": base,
-              "rootfs": str(tar), "seconds": round(time.monotonic() - t0, 1),
+              "source": source, "rootfs": str(tar), "seconds": round(time.monotonic() - t0, 1),
               "rootfs_seconds": round(t_base - t0, 1)}
     if json_out:
         emit_json(result)

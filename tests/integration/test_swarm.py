@@ -44,6 +44,7 @@ def image():
     assert done.returncode == 0, done.stderr.decode()
     built = json.loads(done.stdout)
     assert built["tag"] == IMAGE and built["base"].startswith("hwemu-base:bookworm-")
+    assert built["source"] == swarm.source_digest()  # labelled with the code it runs
     # the image's Python runs the node kinds it ships
     out = swarm.docker("run", "--rm", "--network", "host", IMAGE, "python3", "-c",
                        "import sys, nodes.cpu, nodes.guest_os, orchestrator.daemon; print(sys.version_info[:2])")
@@ -138,17 +139,33 @@ def test_interpose_and_devirtualize_on_swarm(image, run_dir, guest_build):
     assert stack_resources(stack) == []
 
 
-@pytest.mark.swarm_demo  # run by hand (`pytest -m swarm_demo`): see docs/swarm.md, Known problems
 def test_demo_passes_on_swarm(image, run_dir, guest_build):
     """The main job on a swarm cluster: VMM loaded (a deferred service started), interposed, os2
     booted on borrowed memory, devirtualized; every output checked against the model."""
-    done = hwemu("demo", "--engine", "swarm", "--run-dir", str(run_dir), "--json", timeout=600)
+    done = hwemu("demo", "--engine", "swarm", "--image", image, "--run-dir", str(run_dir), "--json", timeout=600)
     report = json.loads(done.stdout)
     failed = [c for c in report["checks"] if not c["ok"]]
     assert done.returncode == 0 and report["ok"] and not failed, failed or done.stderr.decode()[-2000:]
     figures = {s["figure"] for s in report["steps"]}
     assert {"fig4", "fig3", "fig5"} <= figures
     assert stack_resources(swarm.stack_name(load(ROOT / "compose" / "demo.toml"), run_dir)) == []
+
+
+def test_up_refuses_an_image_of_other_code_in_one_line(image, run_dir):
+    """Nodes of other code do not speak this orchestrator's protocol: an image whose source
+    label is not this checkout's (an older build, say) is refused before anything starts."""
+    stale = "hwemu:test-stale"
+    swarm.docker("build", "-q", "-t", stale, "-", input=f"FROM {image}\nLABEL {swarm.SOURCE_LABEL}=0123456789abcdef\n"
+                 .encode(), timeout=300)
+    try:
+        done = hwemu("up", "--engine", "swarm", "--image", stale, "compose/native.toml", "--detach",
+                     "--run-dir", str(run_dir))
+        err = done.stderr.decode()
+        assert done.returncode == 1 and "Traceback" not in err, err
+        assert "sources 0123456789abcdef" in err and f"hwemu image build --tag {stale}" in err, err
+        assert not (run_dir / "cluster.json").exists()
+    finally:
+        swarm.docker("image", "rm", "-f", stale)
 
 
 def test_up_refuses_a_missing_image_in_one_line(run_dir):
