@@ -144,10 +144,14 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
 
 
-def pause(data: dict, windows: list[float] | None = None, changes: list[int] | None = None) -> float:
+def pause(data: dict, windows: list[float] | None = None, changes: list[int] | None = None,
+          spent: dict | None = None) -> float:
     """The pause of one interpose/devirtualize request: the sum of its disabled
     windows (one per route change). The longest of them goes to ``windows``,
-    their number (the route changes that held senders, in sequence) to ``changes``."""
+    their number (the route changes that held senders, in sequence) to ``changes``,
+    and where each sender's pause went (``start``: from its pause to its switch
+    task running; ``drain``: waiting for the old receiver; ``flush``) to
+    ``spent`` (sender -> part -> [ms, ...])."""
     reports = data.get("reports") or []
     for r in reports:
         if r.get("outcome") != "committed":
@@ -156,6 +160,12 @@ def pause(data: dict, windows: list[float] | None = None, changes: list[int] | N
         windows.append(max((step["pause_ms"] for r in reports for step in r["steps"]), default=0.0))
     if changes is not None:
         changes.append(sum(1 for r in reports for step in r["steps"] if step["pause_ms"] > 0))
+    if spent is not None:
+        for r in reports:
+            for step in r["steps"]:
+                for sender, parts in ((step.get("data") or {}).get("spent_ms") or {}).items():
+                    for part, ms in parts.items():
+                        spent.setdefault(sender, {}).setdefault(part, []).append(ms)
     return sum(r["pause_ms"] for r in reports)
 
 
@@ -274,6 +284,10 @@ def main() -> None:
               f"{result['devirtualize_pause_rtt_ratio']} ({result['devirtualize_route_changes']}) (target ≤ 1.5); "
               f"the longest single window: {result['interpose_window_rtt_ratio']} / "
               f"{result['devirtualize_window_rtt_ratio']}")
+        print("  where a sender's pause went, p50 / p99 ms (start: from its pause to its switch running; drain: "
+              "waiting for the old receiver to consume; flush): " + "; ".join(
+                  f"{sender} " + ", ".join(f"{part} {v[0]}/{v[1]}" for part, v in parts.items())
+                  for sender, parts in result["window_spent_ms"].items()))
         print(f"syscall round trip  native {result['syscall_us_native']} us, "
               f"virtualized {result['syscall_us_virtualized']} us "
               f"(x{result['virtualized_ratio']}), devirtualized {result['syscall_us_devirtualized']} us "
@@ -336,10 +350,12 @@ def virt_figures(rd: Path, args) -> dict:
         probe = RawProbe(f"ipc://{rd.parent}/wakeup-probe")
         inter, devirt, inter_win, devirt_win = [], [], [], []
         n_changes: dict[str, list[int]] = {"interpose": [], "devirtualize": []}
+        spent: dict = {}
         for _ in range(args.cycles):
-            inter.append(pause(ctl(rd, "ctl_interpose", {"os": "os1"}), inter_win, n_changes["interpose"]))
+            inter.append(pause(ctl(rd, "ctl_interpose", {"os": "os1"}), inter_win, n_changes["interpose"], spent))
             time.sleep(0.05)
-            devirt.append(pause(ctl(rd, "ctl_devirtualize", {"os": "os1"}), devirt_win, n_changes["devirtualize"]))
+            devirt.append(pause(ctl(rd, "ctl_devirtualize", {"os": "os1"}), devirt_win, n_changes["devirtualize"],
+                                spent))
             time.sleep(0.05)
         wakeups = probe.stop()
         if background.poll() is not None:
@@ -367,6 +383,9 @@ def virt_figures(rd: Path, args) -> dict:
         "devirtualize_pause_rtt_ratio": round(pct(devirt, 99) / (pct(wakeups, 99) * 1e3), 2),
         "interpose_window_rtt_ratio": round(pct(inter_win, 99) / (pct(wakeups, 99) * 1e3), 2),
         "devirtualize_window_rtt_ratio": round(pct(devirt_win, 99) / (pct(wakeups, 99) * 1e3), 2),
+        "window_spent_ms": {sender: {part: [round(statistics.median(v), 3), round(pct(v, 99), 3)]
+                                     for part, v in sorted(parts.items())}
+                            for sender, parts in sorted(spent.items())},
         "interpose_route_changes": changes["interpose"],
         "devirtualize_route_changes": changes["devirtualize"],
         "cycles": args.cycles,
