@@ -27,20 +27,23 @@ is the entry block plus the blocks reachable from it by static successors
 (branch targets, fall-through, jal targets) that have already run, whether
 or not another region holds them too: a `while True` loop dispatches on `pc`
 between them (a binary search), so a loop with branches inside never leaves
-Python locals. A static exit to a short block of the region carries a copy
-of it (a superblock of two), skipping the dispatch. A block left out because
-it was still cold makes its region be rebuilt around it once it is hot
-(`Core._translate_at`).
+Python locals. The code after a block is a tree: a static exit to a block of
+the region carries a copy of it, skipping the dispatch; a loop header runs
+its tree inside a `while True` of its own, whose back edges are `continue`,
+so an iteration of a loop costs no dispatch at all (`_RegionBuilder`). A
+block left out because it was still cold makes its region be rebuilt around
+it once it is hot (`Core._translate_at`).
 
 Generated signature: `region(core, budget) -> retired`; it starts at
 `core.pc` (any of its block starts) and sets `core.pc`. A block runs only if
-it fits in what is left of the budget, so quanta are exact. If an
-instruction stops (trap, page miss), the slow path raises `Fault`, the
-region writes back its registers, points pc at that instruction and returns
-how many retired before it: the stop is precise. Which instruction it was
-(`k`, its index in the current block) is read from the traceback's line
-number (every line of an instruction that may stop is tagged `# k=<index>`),
-so the hot path stores nothing for it.
+it fits in what is left of the budget, so quanta are exact. Along a tree,
+`pc` and the count of retired instructions are set only where the tree
+leaves or loops. If an instruction stops (trap, page miss), the slow path
+raises `Fault`, the region writes back its registers, points pc at that
+instruction and returns how many retired before it: the stop is precise.
+Which instruction it was, and how many retired before it on its path, are
+read from the traceback's line number (every line of an instruction that
+may stop is tagged `# @<pc>,<retired>`), so the hot path stores nothing for it.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ MAX_REGION_BLOCKS = 32  # basic blocks per region; bounds compile time and dispa
 # copies stay small to compile.
 INLINE_MAX = 12
 INLINE_DEPTH = 2  # a copy may carry copies of its own successors: deeper costs more to compile than it saves
+LOOP_TREE_MAX = 192  # instructions in the tree of a loop's body, copies included: bounds compile time
 
 # Memory access inline: one dict subscript finds the page, one view subscript
 # the value. The maps are keyed by page base address; masking the address
@@ -73,6 +77,7 @@ _OFFSET = {1: "{m} & 4095", 2: "({m} & 4095) >> 1", 4: "({m} & 4095) >> 2"}
 
 _MAY_STOP = re.compile(r"TRAP\(|\b[RW][124]\[")
 _STOP_TAG = re.compile(r"  # k=(\d+)$")
+_STOP_AT = re.compile(r"  # @(\d+),(\d+)$")
 
 
 def _address(node: ast.expr) -> str:
@@ -540,15 +545,14 @@ class Translator:
         sets_npc = any(_assigns_npc(s) for s in statements)  # unconditionally, at top level
         return texts, _Touched(spec.read, spec.written, may_stop, sets_npc)
 
-    def _block(self, start: int, insns: list[isa.Insn]) -> tuple["_BlockCode", set[int], set[int]]:
-        """The code of one basic block inside a region's dispatch loop."""
+    def _block(self, start: int, insns: list[isa.Insn]) -> "_Block":
+        """The code of one basic block: its lines, where it goes, what it touches."""
         length = len(insns)
         fallthrough = (start + 4 * length) & isa.M
-        # `lim` is budget - MAX_BLOCK: below it every block fits, so the
-        # exact test runs only near the end of the budget.
-        body = [f"if n > lim and n + {length} > budget:", "    break"]
+        body: list[str] = []
         read: set[int] = set()
         written: set[int] = set()
+        exit_ = None
         for index, insn in enumerate(insns):
             texts, spec = self._specialise(insn, (start + 4 * index) & isa.M)
             read |= spec.read
@@ -565,38 +569,39 @@ class Translator:
                     _append_narrowed(body, text)
         if insns[-1].mnemonic not in isa.CONTROL:
             exit_ = ("jump", fallthrough)
-        body.append(f"n += {length}")
-        return _BlockCode(body, exit_, length), read, written
+        return _Block(start, body, exit_, length, read, written)
 
     def _compile(self, entry: int, blocks: list[tuple[int, list[isa.Insn]]]):
+        codes = {start: self._block(start, insns) for start, insns in blocks}
         read: set[int] = set()
         written: set[int] = set()
-        codes: dict[int, _BlockCode] = {}
-        for start, insns in blocks:
-            codes[start], block_read, block_written = self._block(start, insns)
-            read |= block_read
-            written |= block_written
-        bodies = {start: code.lines(codes, INLINE_DEPTH) for start, code in codes.items()}
+        for code in codes.values():
+            read |= code.read
+            written |= code.written
+        build = _RegionBuilder(codes, entry)
+        bodies = {start: build.entry(start) for start in codes}
         dispatch = _dispatch(sorted(bodies), bodies)
         load = [f"x{r} = X[{r}]" for r in sorted(read | written)]
         store = [f"X[{r}] = x{r}" for r in sorted(written)]
         name = f"region_{entry:08x}"
         lines = [f"def {name}(s, budget):"]
-        entry_lines = ["X = s.x", *load, "pc = s.pc", "n = 0", f"lim = budget - {MAX_BLOCK}"]
+        # Below `lim` every block of every path fits in the budget, so the
+        # exact test of a block runs only near the end of the budget.
+        entry_lines = ["X = s.x", *load, "pc = s.pc", "n = 0", f"lim = budget - {build.longest}"]
         lines += _indent(1, [*entry_lines, "try:", "    while True:"])
         lines += _indent(3, dispatch)
         lines += _indent(1, [
             "except Fault as stopped:",
-            "    k = K[stopped.__traceback__.tb_lineno]",
+            "    pc, k = K[stopped.__traceback__.tb_lineno]",
             *_indent(1, store),
-            "    s.pc = pc + 4 * k",
+            "    s.pc = pc",
             "    return n + k",
             "except KeyError as missed:",
             "    # Not on the fast path (TLB miss, page absent or read-only,",
             "    # misaligned): the interpreter's slow path runs it exactly.",
-            "    k = K[missed.__traceback__.tb_lineno]",
+            "    pc, k = K[missed.__traceback__.tb_lineno]",
             *_indent(1, store),
-            "    s.pc = pc + 4 * k",
+            "    s.pc = pc",
             "    return n + k + INTERP(s, 1)",
             *store,
             "s.pc = pc",
@@ -605,7 +610,11 @@ class Translator:
             "return INTERP(s, budget)  # the budget is smaller than the first block",
         ])
         source = "\n".join(lines) + "\n"
-        stops = {number: int(tag.group(1)) for number, line in enumerate(lines, 1) if (tag := _STOP_TAG.search(line))}
+        stops = {
+            number: (int(tag.group(1)), int(tag.group(2)))
+            for number, line in enumerate(lines, 1)
+            if (tag := _STOP_AT.search(line))
+        }
         namespace = dict(self.namespace, K=stops)
         # The source is generated from isa.py only, never from guest data.
         exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)
@@ -717,36 +726,122 @@ def _exit(texts: list[str], spec: _Touched, fallthrough: int) -> tuple[list[str]
     return [*head, *texts, "pc = npc"], None
 
 
-class _BlockCode:
-    """One basic block's code: its body (up to `n += length`) and its static exit, if any.
+class _Block:
+    """One basic block: body lines (those of an instruction that may stop tagged
+    `# k=<index>`), static exit (see `_exit`), length, registers read and written."""
 
-    A static exit to another block of the region carries a copy of that
-    block's code (a superblock of two), so the more common half of the
-    block-to-block steps needs no trip through the dispatch. The copy begins
-    with `pc = <its start>`, so a stop inside it is reported exactly as in
-    the original.
+    def __init__(self, start: int, body: list[str], exit_: tuple | None, length: int, read: set, written: set):
+        self.start, self.exit, self.length, self.read, self.written = start, exit_, length, read, written
+        self.lines: list[tuple[str, int | None]] = []
+        for text in body:
+            for line in text.split("\n"):
+                tag = _STOP_TAG.search(line)
+                self.lines.append((line[: tag.start()], int(tag.group(1))) if tag else (line, None))
+        if exit_ is None:
+            self.targets: tuple[int, ...] = ()
+        elif exit_[0] == "jump":
+            self.targets = (exit_[1],)
+        else:
+            self.targets = (exit_[2], exit_[3])
+
+
+class _RegionBuilder:
+    """The code of a region's blocks as trees, and loops as Python `while` loops.
+
+    Every block start gets an entry in the region's dispatch. The code that
+    follows a block is a tree: a static exit to a block of the region carries
+    a copy of that block (and so on), so a path through the region needs no
+    trip through the dispatch. A loop header (the target of a back edge of a
+    depth-first walk from the entry) runs as `while True:` around its tree,
+    in which the back edges are `continue`: an iteration of a loop, whatever
+    branches it takes inside, costs no dispatch at all.
+
+    Along a tree, `pc` and `n` (instructions retired) are not updated: each
+    leaf adds the length of its path to `n` and sets `pc` once. An instruction
+    that may stop is tagged `# @<pc>,<retired before it on the path>`, which
+    the region's handlers read back by line number; each block checks that it
+    fits in the budget with the length of the path up to its end.
     """
 
-    def __init__(self, body: list[str], exit_: tuple | None, length: int):
-        self.body, self.exit, self.length = body, exit_, length
+    def __init__(self, blocks: dict[int, _Block], entry: int):
+        self.blocks = blocks
+        self.longest = 1  # the longest path up to the end of a block, of any tree
+        self.headers = self._loop_headers(entry)
 
-    def lines(self, region: dict[int, "_BlockCode"] | None = None, depth: int = 1) -> list[str]:
-        """Source lines; with `region`, successors in it are copied in (`depth` levels deep)."""
-        exit_ = self.exit
-        if exit_ is None:
-            return self.body
+    def _loop_headers(self, entry: int) -> set[int]:
+        headers: set[int] = set()
+        on_path: set[int] = set()
+        seen: set[int] = set()
+        # Iterative depth-first walk: a successor on the current path is the
+        # target of a back edge.
+        stack = [(entry, iter(self.blocks[entry].targets))]
+        on_path.add(entry)
+        seen.add(entry)
+        while stack:
+            node, successors = stack[-1]
+            for successor in successors:
+                if successor not in self.blocks:
+                    continue
+                if successor in on_path:
+                    headers.add(successor)
+                elif successor not in seen:
+                    seen.add(successor)
+                    on_path.add(successor)
+                    stack.append((successor, iter(self.blocks[successor].targets)))
+                    break
+            else:
+                stack.pop()
+                on_path.discard(node)
+        return headers
 
-        def go(target: int) -> list[str]:
-            follow = region is not None and target in region and region[target].length <= INLINE_MAX
-            copy = region[target].lines(region if depth > 1 else None, depth - 1) if follow else []
-            return [f"pc = {target}", *copy]
+    def entry(self, start: int) -> list[str]:
+        """The code that runs when the dispatch finds `start`."""
+        if start in self.headers:
+            self._room = LOOP_TREE_MAX
+            tree = self._tree(start, 0, (start,), start, 0)
+            return ["while True:", *_indent(1, tree), "if n > lim:", "    break"]
+        self._room = INLINE_MAX * (1 << INLINE_DEPTH)
+        return self._tree(start, 0, (start,), None, INLINE_DEPTH)
 
+    def _tree(self, start: int, done: int, path: tuple, loop: int | None, depth: int) -> list[str]:
+        block = self.blocks[start]
+        end = done + block.length
+        self.longest = max(self.longest, end)
+        # Out of budget: leave the region (a loop's `break` is followed by
+        # the same test, which then holds, see `entry`).
+        out = [f"if n > lim and n + {end} > budget:", *_indent(1, [*self._leave(done, start, None), "break"])]
+        for line, k in block.lines:
+            out.append(line if k is None else f"{line}  # @{(start + 4 * k) & isa.M},{done + k}")
+        exit_ = block.exit
+        if exit_ is None:  # the lines set pc
+            return [*out, f"n += {end}", *(["break"] if loop is not None else [])]
         if exit_[0] == "jump":
-            return [*self.body, *go(exit_[1])]
+            return [*out, *self._go(exit_[1], end, path, loop, depth)]
         _, condition, taken, fallthrough = exit_
-        if region is None or (taken not in region and fallthrough not in region):
-            return [*self.body, f"pc = {taken} if {condition} else {fallthrough}"]
-        return [*self.body, f"if {condition}:", *_indent(1, go(taken)), "else:", *_indent(1, go(fallthrough))]
+        if taken not in self.blocks and fallthrough not in self.blocks:
+            return [*out, f"n += {end}", f"pc = {taken} if {condition} else {fallthrough}",
+                    *(["break"] if loop is not None else [])]
+        return [
+            *out,
+            f"if {condition}:", *_indent(1, self._go(taken, end, path, loop, depth)),
+            "else:", *_indent(1, self._go(fallthrough, end, path, loop, depth)),
+        ]
+
+    def _go(self, target: int, done: int, path: tuple, loop: int | None, depth: int) -> list[str]:
+        """Continue at `target` after `done` instructions on the path."""
+        if target == loop:
+            return [f"n += {done}", "continue"]
+        block = self.blocks.get(target)
+        if block is not None and target not in path and target not in self.headers and block.length <= self._room:
+            if loop is not None or (depth > 0 and block.length <= INLINE_MAX):
+                self._room -= block.length
+                return self._tree(target, done, (*path, target), loop, depth - 1)
+        return self._leave(done, target, loop)
+
+    @staticmethod
+    def _leave(done: int, target: int, loop: int | None) -> list[str]:
+        """Back to the dispatch (out of the loop, if in one) to run `target`."""
+        return [*([f"n += {done}"] if done else []), f"pc = {target}", *(["break"] if loop is not None else [])]
 
 
 def _interpret_one(core, budget):
