@@ -60,7 +60,7 @@ from nodes.cpu.fault import Fault
 MAX_BLOCK = 64  # instructions per basic block; bounds budget granularity
 MAX_REGION_BLOCKS = 32  # basic blocks per region; bounds compile time and dispatch
 # Blocks up to this many instructions are copied into their predecessors (see
-# `_BlockCode`): for them the dispatch is a large share of the cost, and the
+# `_RegionBuilder`): for them the dispatch is a large share of the cost, and the
 # copies stay small to compile.
 INLINE_MAX = 12
 INLINE_DEPTH = 2  # a copy may carry copies of its own successors: deeper costs more to compile than it saves
@@ -569,7 +569,7 @@ class Translator:
                     _append_narrowed(body, text)
         if insns[-1].mnemonic not in isa.CONTROL:
             exit_ = ("jump", fallthrough)
-        return _Block(start, body, exit_, length, read, written)
+        return _Block(start, [_wrapped(line) for line in body], exit_, length, read, written)
 
     def _compile(self, entry: int, blocks: list[tuple[int, list[isa.Insn]]]):
         codes = {start: self._block(start, insns) for start, insns in blocks}
@@ -663,6 +663,25 @@ def _append_narrowed(body: list[str], text: str) -> None:
     body.append(text)
 
 
+_WRAP_UP = re.compile(r"(x\d+) = (x\d+ \+ (?:x\d+|\d+)|x\d+ << 1) & 4294967295")
+_WRAP_DOWN = re.compile(r"(x\d+) = (x\d+ (?:\+ \(-\d+\)|- x\d+)) & 4294967295")
+
+
+def _wrapped(line: str) -> str:
+    """`x = a + b & M` as `x = a + b` and a test: `& 2**32 - 1` is a slow operation.
+
+    For values in [0, 2**32) (every register), a sum, `x << 1` and a
+    difference leave that range by less than 2**32 on one known side, so one
+    comparison (which allocates nothing) and a rare correction do the wrap.
+    """
+    for pattern, test, fix in ((_WRAP_UP, "> 4294967295", "-="), (_WRAP_DOWN, "< 0", "+=")):
+        match = pattern.fullmatch(line)
+        if match and int(match.group(2).rpartition(" ")[2].strip("x(-)")) <= isa.M:
+            register = match.group(1)
+            return f"{register} = {match.group(2)}\nif {register} {test}:\n    {register} {fix} 4294967296"
+    return line
+
+
 def _masked(line: str, register: str) -> tuple[ast.expr, int] | None:
     """(e, c) if `line` is `register = e & c` with `&` its outermost operation."""
     match = _MASKED.fullmatch(line)
@@ -713,7 +732,7 @@ def _exit(texts: list[str], spec: _Touched, fallthrough: int) -> tuple[list[str]
         (lines, None) if the lines set `pc` themselves (a computed target, or
         an exit that may stop); else (lines before the transfer, ("jump",
         target)) or ([], ("branch", condition, taken, fallthrough)), which
-        `_BlockCode` turns into code that sets `pc`.
+        `_RegionBuilder` turns into code that sets `pc`.
     """
     if not spec.may_stop:
         # The usual shapes after folding: a conditional branch, and a jump
