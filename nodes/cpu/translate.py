@@ -71,7 +71,17 @@ LOOP_TREE_MAX = 192  # instructions in the tree of a loop's body, copies include
 # with the page bits plus the access's alignment bits makes a misaligned
 # address a key no map holds, so alignment, TLB and presence are all checked
 # by that one subscript, and a miss is a KeyError (see `_compile`).
-_PAGE_KEY = {1: 0xFFFFF000, 2: 0xFFFFF001, 4: 0xFFFFF003}
+#
+# The masks are negative numbers of one CPython digit (-4096 is ~0xFFF, the
+# same low 32 bits as 0xFFFFF000): `&` of two one-digit ints is a fast path,
+# while 0xFFFFF000 is two digits, and every `&` with it takes the slow general
+# one. An address that is not in [0, 2**32) (a base plus an offset that
+# wrapped) keeps bits a 32-bit mask would drop, so it is a key no map holds,
+# and the slow path wraps it. The stack is above 2**30 (two digits anyway),
+# where a negative mask costs one more allocation: accesses based on sp use
+# the positive masks (`_stack_keys`).
+_PAGE_KEY = {1: -0x1000, 2: -0xFFF, 4: -0xFFD}
+_STACK_KEY = re.compile(r"\[(x2|\(_ma := x2 [^\]]*?\)) & (-\d+)\]")
 _OFFSET = {1: "{m} & 4095", 2: "({m} & 4095) >> 1", 4: "({m} & 4095) >> 2"}
 
 
@@ -569,7 +579,7 @@ class Translator:
                     _append_narrowed(body, text)
         if insns[-1].mnemonic not in isa.CONTROL:
             exit_ = ("jump", fallthrough)
-        return _Block(start, [_wrapped(line) for line in body], exit_, length, read, written)
+        return _Block(start, [_stack_keys(_wrapped(line)) for line in body], exit_, length, read, written)
 
     def _compile(self, entry: int, blocks: list[tuple[int, list[isa.Insn]]]):
         codes = {start: self._block(start, insns) for start, insns in blocks}
@@ -680,6 +690,13 @@ def _wrapped(line: str) -> str:
             register = match.group(1)
             return f"{register} = {match.group(2)}\nif {register} {test}:\n    {register} {fix} 4294967296"
     return line
+
+
+def _stack_keys(line: str) -> str:
+    """The page keys of accesses based on sp with positive masks (see `_PAGE_KEY`)."""
+    if "x2" not in line:
+        return line
+    return _STACK_KEY.sub(lambda m: f"[{m.group(1)} & {int(m.group(2)) & isa.M}]", line)
 
 
 def _masked(line: str, register: str) -> tuple[ast.expr, int] | None:
