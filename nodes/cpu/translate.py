@@ -589,7 +589,7 @@ class Translator:
             read |= code.read
             written |= code.written
         build = _RegionBuilder(codes, entry)
-        bodies = {start: build.entry(start) for start in codes}
+        bodies = build.entries()
         dispatch = _dispatch(sorted(bodies), bodies)
         load = [f"x{r} = X[{r}]" for r in sorted(read | written)]
         store = [f"X[{r}] = x{r}" for r in sorted(written)]
@@ -801,7 +801,9 @@ class _RegionBuilder:
 
     def __init__(self, blocks: dict[int, _Block], entry: int):
         self.blocks = blocks
+        self.entry_pc = entry
         self.longest = 1  # the longest path up to the end of a block, of any tree
+        self.leaves_to: set[int] = set()  # the blocks the tree being built leaves to
         self.headers = self._loop_headers(entry)
 
     def _loop_headers(self, entry: int) -> set[int]:
@@ -830,8 +832,32 @@ class _RegionBuilder:
                 on_path.discard(node)
         return headers
 
-    def entry(self, start: int) -> list[str]:
-        """The code that runs when the dispatch finds `start`."""
+    def entries(self) -> dict[int, list[str]]:
+        """The code that runs when the dispatch finds each block start.
+
+        The entry and the loop headers get their trees, and so does each
+        block a tree leaves to (a path that goes through the dispatch). The
+        other blocks are entered only to finish a budget or after a stop:
+        their entries hold just themselves, which keeps the source (and its
+        compile time) small.
+        """
+        bodies: dict[int, list[str]] = {}
+        pending = [self.entry_pc, *sorted(self.headers)]
+        while pending:
+            start = pending.pop()
+            if start in bodies:
+                continue
+            self.leaves_to = set()
+            bodies[start] = self._entry(start)
+            pending += sorted(self.leaves_to - bodies.keys())
+        self.leaves_to = set()
+        for start in self.blocks:
+            if start not in bodies:
+                self._room = 0
+                bodies[start] = self._tree(start, 0, (start,), None, 0)
+        return bodies
+
+    def _entry(self, start: int) -> list[str]:
         if start in self.headers:
             self._room = LOOP_TREE_MAX
             tree = self._tree(start, 0, (start,), start, 0)
@@ -844,8 +870,9 @@ class _RegionBuilder:
         end = done + block.length
         self.longest = max(self.longest, end)
         # Out of budget: leave the region (a loop's `break` is followed by
-        # the same test, which then holds, see `entry`).
-        out = [f"if n > lim and n + {end} > budget:", *_indent(1, [*self._leave(done, start, None), "break"])]
+        # the same test, which then holds, see `_entry`).
+        out = [f"if n > lim and n + {end} > budget:", *([f"    n += {done}"] if done else []), f"    pc = {start}"]
+        out.append("    break")
         for line, k in block.lines:
             out.append(line if k is None else f"{line}  # @{(start + 4 * k) & isa.M},{done + k}")
         exit_ = block.exit
@@ -874,9 +901,10 @@ class _RegionBuilder:
                 return self._tree(target, done, (*path, target), loop, depth - 1)
         return self._leave(done, target, loop)
 
-    @staticmethod
-    def _leave(done: int, target: int, loop: int | None) -> list[str]:
+    def _leave(self, done: int, target: int, loop: int | None) -> list[str]:
         """Back to the dispatch (out of the loop, if in one) to run `target`."""
+        if target in self.blocks:
+            self.leaves_to.add(target)
         return [*([f"n += {done}"] if done else []), f"pc = {target}", *(["break"] if loop is not None else [])]
 
 
