@@ -124,21 +124,32 @@ def _is_attr(node: ast.AST, obj: str, attr: str | None = None) -> bool:
 
 
 @functools.cache
-def _isa_functions() -> dict[str, ast.FunctionDef]:
-    """Every top-level function of isa.py as an AST, from one parse of its source.
+def _isa_lines() -> list[str]:
+    """The source lines of isa.py (read once)."""
+    return inspect.getsource(isa).splitlines(keepends=True)
 
-    One parse of the module costs less than `inspect.getsource` per function,
-    which re-scans the file each time, and start-up translates many templates.
+
+def _isa_function(name: str) -> ast.FunctionDef:
+    """The top-level function `name` of isa.py as an AST.
+
+    Only its own lines are parsed (it ends where the next top-level statement
+    starts): parsing the whole module, or `inspect.getsource` per function
+    (which tokenizes the file each time), costs several times more, and a
+    run parses only the templates of the instructions it translates.
     """
-    tree = ast.parse(inspect.getsource(isa))
-    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    lines = _isa_lines()
+    first = getattr(isa, name).__code__.co_firstlineno - 1
+    last = first + 1
+    while last < len(lines) and (not lines[last].strip() or lines[last][0] in " \t#"):
+        last += 1
+    return ast.parse("".join(lines[first:last])).body[0]
 
 
 class _Template:
     """The source of one `execute_<mnemonic>`, its local names, whether it reads pc."""
 
     def __init__(self, mnemonic: str):
-        func = _isa_functions()["execute_" + mnemonic]
+        func = _isa_function("execute_" + mnemonic)
         self.source = ast.unparse(func)
         self.body = func.body
         self.uses_pc = any(_is_attr(n, "s", "pc") for n in ast.walk(func))
@@ -163,8 +174,9 @@ class _Specialise(ast.NodeTransformer):
     instruction of the same shape; `_fill` puts the numbers in.
     """
 
-    def __init__(self, insn: isa.Insn, pc: int, local_names: set[str], symbolic: bool = False):
+    def __init__(self, insn: isa.Insn, pc: int, local_names: set[str], symbolic: bool = False, values: bool = True):
         self.insn, self.pc, self.local_names, self.symbolic = insn, pc, local_names, symbolic
+        self.values = symbolic and values  # immediates as placeholders too
         self.read: set = set()
         self.written: set = set()
         self.may_stop = False
@@ -189,7 +201,7 @@ class _Specialise(ast.NodeTransformer):
     def visit_Attribute(self, node):
         if _is_attr(node, "i"):
             value = getattr(self.insn, node.attr)
-            if self.symbolic and node.attr in _VALUE_FIELDS and value != 0:
+            if self.values and node.attr in _VALUE_FIELDS and value != 0:
                 return ast.Name(f"__{node.attr}__", ast.Load())
             if self.symbolic and node.attr in _REGISTER_FIELDS:
                 raise _NotSymbolic  # a register number used as a value
@@ -509,8 +521,8 @@ class Translator:
         Cached by word (and pc, for templates that read it): hot code is
         re-translated whenever a block starts in a new place. Most templates
         are folded once per shape (which registers and immediates are zero)
-        and filled in by text substitution; branches and jal are folded once
-        per word at a canonical pc and moved to the real pc (`_move`).
+        and filled in by text substitution; control transfers are folded
+        once per shape at a canonical pc and given their real targets.
         """
         template = self._template(insn.mnemonic)
         key = (insn.word, pc if template.uses_pc else None)
@@ -518,11 +530,27 @@ class Translator:
         if cached is not None:
             return cached
         if insn.mnemonic in _PC_RELATIVE_CONTROL:
-            shape = self._shapes.get(insn.word)
+            # Folded once per shape at a canonical pc, then given the real
+            # target and link by text substitution. A branch or jal is folded
+            # with a canonical offset of the same alignment (which decides
+            # the alignment check); jalr's offset is a placeholder.
+            jalr = insn.mnemonic == "jalr"
+            shape_key = (insn.mnemonic, insn.rd == 0, insn.rs1 == 0, insn.rs2 == 0,
+                         insn.simm == 0 if jalr else insn.simm & 3)
+            shape = self._shapes.get(shape_key)
             if shape is None:
-                shape = self._shapes[insn.word] = self._fold_template(template, insn, _CANONICAL_PC, False)
+                offset = insn.simm if jalr else _CANONICAL_OFFSET + (insn.simm & 3)
+                canonical = isa.Insn(insn.mnemonic, insn.word, insn.rd, insn.rs1, insn.rs2, offset)
+                shape = self._shapes[shape_key] = self._fold_template(
+                    template, canonical, _CANONICAL_PC, symbolic=True, values=jalr)
             texts, spec = shape
-            cached = ([_move(text, pc) for text in texts], spec)
+            numbers = {
+                str(_CANONICAL_PC + _CANONICAL_OFFSET + (insn.simm & 3)): str((pc + insn.simm) & isa.M),
+                str(_CANONICAL_PC + 4): str((pc + 4) & isa.M),
+            }
+            texts = [_fill(_NUMBER.sub(lambda m: numbers.get(m.group(), m.group()), text), insn) for text in texts]
+            cached = (texts, _Touched({getattr(insn, f) for f in spec.read}, {getattr(insn, f) for f in spec.written},
+                                      spec.may_stop, spec.sets_npc))
         elif not template.uses_pc:
             shape_key = (insn.mnemonic, insn.rd == 0, insn.rs1 == 0, insn.rs2 == 0, insn.simm == 0, insn.shamt == 0)
             shape = self._shapes.get(shape_key)
@@ -541,8 +569,8 @@ class Translator:
         self._specialised[key] = cached
         return cached
 
-    def _fold_template(self, template: _Template, insn: isa.Insn, pc: int, symbolic: bool):
-        spec = _Specialise(insn, pc, template.locals, symbolic)
+    def _fold_template(self, template: _Template, insn: isa.Insn, pc: int, symbolic: bool, values: bool = True):
+        spec = _Specialise(insn, pc, template.locals, symbolic, values)
         statements = []
         for statement in _clone(template.body):
             result = spec.visit(statement)
@@ -920,24 +948,13 @@ class _Touched:
         self.read, self.written, self.may_stop, self.sets_npc = read, written, may_stop, sets_npc
 
 
-# Branch and jal templates depend on pc only through pc + small constants
-# (target, link). Folded at a canonical pc far from any such constant, their
-# source is moved to the real pc by rewriting the numbers near it.
-_PC_RELATIVE_CONTROL = frozenset({"jal", "beq", "bne", "blt", "bge", "bltu", "bgeu"})
+# Control transfer templates depend on pc only through pc + constants (target,
+# link): folded at a canonical pc far from any such constant, their source gets
+# the real numbers by substitution (see `Translator._specialise`).
+_PC_RELATIVE_CONTROL = frozenset({"jal", "jalr", "beq", "bne", "blt", "bge", "bltu", "bgeu"})
 _CANONICAL_PC = 0x40000000
-_PC_REACH = 1 << 21  # > |jal offset| + 4
+_CANONICAL_OFFSET = 0x120  # an aligned branch offset; the canonical target is _CANONICAL_PC plus this
 _NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.])")
-
-
-def _move(text: str, pc: int) -> str:
-    """Rewrite a canonical-pc translation for `pc` (targets wrap mod 2**32)."""
-
-    def moved(match: re.Match) -> str:
-        value = int(match.group())
-        delta = value - _CANONICAL_PC
-        return str((pc + delta) & isa.M) if -_PC_REACH < delta < _PC_REACH else match.group()
-
-    return _NUMBER.sub(moved, text)
 
 
 def _fill(text: str, insn: isa.Insn) -> str:
