@@ -59,6 +59,7 @@ from nodes.cpu.fault import Fault
 
 MAX_BLOCK = 64  # instructions per basic block; bounds budget granularity
 MAX_REGION_BLOCKS = 32  # basic blocks per region; bounds compile time and dispatch
+REGION_HEAT = 4  # times a successor must have run to join a region (at most half the hot threshold)
 # Blocks up to this many instructions are copied into their predecessors (see
 # `_RegionBuilder`): for them the dispatch is a large share of the cost, and the
 # copies stay small to compile.
@@ -478,8 +479,10 @@ class Translator:
         while queue and len(region) < MAX_REGION_BLOCKS:
             start = queue.pop(0)
             # Blocks that ran only once or twice are likely start-up or error
-            # paths: compiling them costs more than leaving the region.
-            cold = heat.get(start, 0) < (self.core.hot_threshold + 1) // 2
+            # paths: compiling them costs more than leaving the region. A
+            # block that ran a few times is in, though: left out, it would
+            # make the region be compiled again when it gets hot.
+            cold = heat.get(start, 0) < min(REGION_HEAT, (self.core.hot_threshold + 1) // 2)
             # A block another region already holds is compiled here again:
             # leaving a region and entering another through the run loop
             # costs more, every time, than compiling it once more.
