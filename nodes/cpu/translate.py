@@ -628,7 +628,10 @@ class Translator:
         lines = [f"def {name}(s, budget):"]
         # Below `lim` every block of every path fits in the budget, so the
         # exact test of a block runs only near the end of the budget.
-        entry_lines = ["X = s.x", *load, "pc = s.pc", "n = 0", f"lim = budget - {build.longest}"]
+        # The page maps the region uses, as locals (a global costs more).
+        text = "\n".join(dispatch)
+        maps = [f"{m} = s.{m}" for m in ("R1", "R2", "R4", "W1", "W2", "W4") if f"{m}[" in text]
+        entry_lines = ["X = s.x", *load, *maps, "pc = s.pc", "n = 0", f"lim = budget - {build.longest}"]
         lines += _indent(1, [*entry_lines, "try:", "    while True:"])
         lines += _indent(3, dispatch)
         lines += _indent(1, [
@@ -1009,5 +1012,6 @@ def _assigns_npc(node: ast.stmt, value: int | None = None) -> bool:
 
 
 def _indent(level: int, lines: list[str]) -> list[str]:
+    """`lines` (each a single line) indented by `level` levels."""
     pad = "    " * level
-    return [pad + line for text in lines for line in text.split("\n")]
+    return [pad + line for line in lines]
