@@ -610,7 +610,7 @@ class Translator:
                     _append_narrowed(body, text)
         if insns[-1].mnemonic not in isa.CONTROL:
             exit_ = ("jump", fallthrough)
-        return _Block(start, [_stack_keys(_wrapped(line)) for line in body], exit_, length, read, written)
+        return _Block(start, _merged([_stack_keys(_wrapped(line)) for line in body]), exit_, length, read, written)
 
     def _compile(self, entry: int, blocks: list[tuple[int, list[isa.Insn]]]):
         codes = {start: self._block(start, insns) for start, insns in blocks}
@@ -679,6 +679,7 @@ class Translator:
 _MASK_AGAIN = re.compile(r"(x\d+) = \1 & (\d+)")
 _SHIFT_MASKED = re.compile(r"(x\d+) = \1 << (\d+) & 4294967295")
 _MASKED = re.compile(r"(x\d+) = (.+) & (\d+)")
+_ASSIGN = re.compile(r"(x\d+) = ([^=].*)")
 
 
 def _append_narrowed(body: list[str], text: str) -> None:
@@ -724,6 +725,27 @@ def _wrapped(line: str) -> str:
             register = match.group(1)
             return f"{register} = {match.group(2)}\nif {register} {test}:\n    {register} {fix} 4294967296"
     return line
+
+
+def _merged(body: list[str]) -> list[str]:
+    """The lines of `body`, with `x = e1` then `x = e2(x)` (x used once in e2) as `x = e2((e1))`.
+
+    That saves a store and a load of an intermediate value that nothing
+    sees: only lines that cannot stop are merged, at the top level of the
+    block (a wrap's test after the second line still tests its value).
+    """
+    lines: list[str] = []
+    for text in body:
+        for line in text.split("\n"):
+            second = _ASSIGN.fullmatch(line)
+            first = _ASSIGN.fullmatch(lines[-1]) if second and lines else None
+            if first and first.group(1) == second.group(1) and "#" not in line and "#" not in lines[-1]:
+                use = re.compile(rf"\b{first.group(1)}\b")
+                if len(use.findall(second.group(2))) == 1:
+                    lines[-1] = f"{first.group(1)} = {use.sub(f'({first.group(2)})', second.group(2))}"
+                    continue
+            lines.append(line)
+    return lines
 
 
 def _stack_keys(line: str) -> str:
