@@ -147,16 +147,14 @@ def _isa_function(name: str) -> ast.FunctionDef:
 
 
 class _Template:
-    """The source of one `execute_<mnemonic>`, its local names, whether it reads pc."""
+    """The body of one `execute_<mnemonic>`, its local names, whether it reads pc."""
 
     def __init__(self, mnemonic: str):
         func = _isa_function("execute_" + mnemonic)
-        self.source = ast.unparse(func)
         self.body = func.body
-        self.uses_pc = any(_is_attr(n, "s", "pc") for n in ast.walk(func))
-        self.locals = {
-            n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
-        }
+        nodes = list(ast.walk(func))
+        self.uses_pc = any(_is_attr(n, "s", "pc") for n in nodes)
+        self.locals = {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
 
 
 class _NotSymbolic(Exception):
@@ -167,7 +165,46 @@ _REGISTER_FIELDS = ("rd", "rs1", "rs2")
 _VALUE_FIELDS = ("imm", "simm", "shamt", "csr", "word")
 
 
-class _Specialise(ast.NodeTransformer):
+class _Transformer(ast.NodeTransformer):
+    """ast.NodeTransformer, faster: visitors looked up once per node class,
+    contexts (Load, Store) not visited. Folding templates is the translator's
+    largest cost after compile(), and most of it is this walk."""
+
+    _visitors: dict = {}
+
+    def visit(self, node):
+        key = (type(self), type(node))
+        visitor = _Transformer._visitors.get(key)
+        if visitor is None:
+            visitor = _Transformer._visitors[key] = getattr(
+                type(self), "visit_" + type(node).__name__, type(self).generic_visit)
+        return visitor(self, node)
+
+    def generic_visit(self, node):
+        for field in node._fields:
+            old = getattr(node, field, None)
+            if isinstance(old, list):
+                new = []
+                for value in old:
+                    if isinstance(value, ast.AST):
+                        value = self.visit(value)
+                        if value is None:
+                            continue
+                        if not isinstance(value, ast.AST):
+                            new.extend(value)
+                            continue
+                    new.append(value)
+                old[:] = new
+            elif isinstance(old, ast.AST) and field != "ctx":
+                replaced = self.visit(old)
+                if replaced is None:
+                    delattr(node, field)
+                else:
+                    setattr(node, field, replaced)
+        return node
+
+
+class _Specialise(_Transformer):
     """Rewrite one instruction's template into block code (see module doc).
 
     With `symbolic`, non-zero register numbers and non-zero immediates become
@@ -292,7 +329,7 @@ def _constant_value(node: ast.expr):
     raise LookupError
 
 
-class _Fold(ast.NodeTransformer):
+class _Fold(_Transformer):
     """Constant folding and single-assignment constant propagation."""
 
     def __init__(self, constants: dict[str, int]):
@@ -326,7 +363,7 @@ def _is_register(node: ast.expr) -> bool:
 _SIGN = 0x80000000
 
 
-class _ExpandLoads(ast.NodeTransformer):
+class _ExpandLoads(_Transformer):
     """Replace load markers by placeholders; `loads` gets their fast-path source."""
 
     def __init__(self):
@@ -413,7 +450,7 @@ def _fold(statements: list[ast.stmt]) -> list[ast.stmt]:
     return ast.fix_missing_locations(module).body
 
 
-class _DropAssigns(ast.NodeTransformer):
+class _DropAssigns(_Transformer):
     def __init__(self, dead: set[int]):
         self.dead = dead
 
