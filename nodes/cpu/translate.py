@@ -668,24 +668,26 @@ class Translator:
         # The page maps the region uses, as locals (a global costs more).
         text = "\n".join(dispatch)
         maps = [f"{m} = s.{m}" for m in ("R1", "R2", "R4", "W1", "W2", "W4") if f"{m}[" in text]
-        entry_lines = ["X = s.x", *load, *maps, "pc = s.pc", "n = 0", f"lim = budget - {build.longest}"]
+        entry_lines = ["X = s.x", *load, *maps, "pc = s.pc", "n = 0", "stop = 0", f"lim = budget - {build.longest}"]
         lines += _indent(1, [*entry_lines, "try:", "    while True:"])
         lines += _indent(3, dispatch)
+        # One write-back of the registers for every way out (it is a large
+        # share of a small region's source, and of its compile time).
         lines += _indent(1, [
             "except Fault as stopped:",
             "    pc, k = K[stopped.__traceback__.tb_lineno]",
-            *_indent(1, store),
-            "    s.pc = pc",
-            "    return n + k",
+            "    n += k",
+            "    stop = 1",
             "except KeyError as missed:",
             "    # Not on the fast path (TLB miss, page absent or read-only,",
             "    # misaligned): the interpreter's slow path runs it exactly.",
             "    pc, k = K[missed.__traceback__.tb_lineno]",
-            *_indent(1, store),
-            "    s.pc = pc",
-            "    return n + k + INTERP(s, 1)",
+            "    n += k",
+            "    stop = 2",
             *store,
             "s.pc = pc",
+            "if stop:",
+            "    return n if stop == 1 else n + INTERP(s, 1)",
             "if n:",
             "    return n",
             "return INTERP(s, budget)  # the budget is smaller than the first block",
