@@ -668,7 +668,9 @@ class Translator:
         # The page maps the region uses, as locals (a global costs more).
         text = "\n".join(dispatch)
         maps = [f"{m} = s.{m}" for m in ("R1", "R2", "R4", "W1", "W2", "W4") if f"{m}[" in text]
+        limits = [f"{name} = budget - {longest}" for name, longest in build.loop_limits.items()]
         entry_lines = ["X = s.x", *load, *maps, "pc = s.pc", "n = 0", "stop = 0", f"lim = budget - {build.longest}"]
+        entry_lines += limits
         lines += _indent(1, [*entry_lines, "try:", "    while True:"])
         lines += _indent(3, dispatch)
         # One write-back of the registers for every way out (it is a large
@@ -890,14 +892,18 @@ class _RegionBuilder:
     Along a tree, `pc` and `n` (instructions retired) are not updated: each
     leaf adds the length of its path to `n` and sets `pc` once. An instruction
     that may stop is tagged `# @<pc>,<retired before it on the path>`, which
-    the region's handlers read back by line number; each block checks that it
-    fits in the budget with the length of the path up to its end.
+    the region's handlers read back by line number. Outside loops, each block
+    checks that it fits in the budget with the length of the path up to its
+    end; a loop tests once per iteration that its longest path fits, and
+    finishes a budget block by block (see `_entry`).
     """
 
     def __init__(self, blocks: dict[int, _Block], entry: int):
         self.blocks = blocks
         self.entry_pc = entry
-        self.longest = 1  # the longest path up to the end of a block, of any tree
+        self.longest = 1  # the longest path up to the end of a block, of any tree that tests the budget
+        self.loop_limits: dict[str, int] = {}  # for each loop, its limit's name -> its longest path
+        self._path_max = 0
         self.leaves_to: set[int] = set()  # the blocks the tree being built leaves to
         self.headers = self._loop_headers(entry)
 
@@ -949,43 +955,55 @@ class _RegionBuilder:
         for start in self.blocks:
             if start not in bodies:
                 self._room = 0
-                bodies[start] = self._tree(start, 0, (start,), None, 0)
+                bodies[start] = self._tree(start, 0, (start,), None, 0, True)
         return bodies
 
     def _entry(self, start: int) -> list[str]:
         if start in self.headers:
+            # A loop iterates while its longest path fits in the budget, with
+            # no test inside; near the end of the budget (`while ... else`)
+            # its header runs alone, testing that it fits, and so do the
+            # blocks after it (their entries), to use the budget exactly.
             self._room = LOOP_TREE_MAX
-            tree = self._tree(start, 0, (start,), start, 0)
-            return ["while True:", *_indent(1, tree), "if n > lim:", "    break"]
+            self._path_max = 0
+            tree = self._tree(start, 0, (start,), start, 0, False)
+            limit = f"lim_{start:x}"
+            self.loop_limits[limit] = self._path_max
+            self._room = 0
+            alone = self._tree(start, 0, (start,), None, 0, True)
+            return [f"while n <= {limit}:", *_indent(1, tree), "else:", *_indent(1, alone)]
         self._room = INLINE_MAX * (1 << INLINE_DEPTH)
-        return self._tree(start, 0, (start,), None, INLINE_DEPTH)
+        return self._tree(start, 0, (start,), None, INLINE_DEPTH, True)
 
-    def _tree(self, start: int, done: int, path: tuple, loop: int | None, depth: int) -> list[str]:
+    def _tree(self, start: int, done: int, path: tuple, loop: int | None, depth: int, checked: bool) -> list[str]:
         block = self.blocks[start]
         end = done + block.length
-        self.longest = max(self.longest, end)
-        # Out of budget: leave the region (a loop's `break` is followed by
-        # the same test, which then holds, see `_entry`).
-        out = [f"if n > lim and n + {end} > budget:", *([f"    n += {done}"] if done else []), f"    pc = {start}"]
-        out.append("    break")
+        if checked:
+            self.longest = max(self.longest, end)
+            # Out of budget: leave the region.
+            out = [f"if n > lim and n + {end} > budget:", *([f"    n += {done}"] if done else []), f"    pc = {start}"]
+            out.append("    break")
+        else:
+            self._path_max = max(self._path_max, end)
+            out = []
         for line, k in block.lines:
             out.append(line if k is None else f"{line}  # @{(start + 4 * k) & isa.M},{done + k}")
         exit_ = block.exit
         if exit_ is None:  # the lines set pc
             return [*out, f"n += {end}", *(["break"] if loop is not None else [])]
         if exit_[0] == "jump":
-            return [*out, *self._go(exit_[1], end, path, loop, depth)]
+            return [*out, *self._go(exit_[1], end, path, loop, depth, checked)]
         _, condition, taken, fallthrough = exit_
         if taken not in self.blocks and fallthrough not in self.blocks:
             return [*out, f"n += {end}", f"pc = {taken} if {condition} else {fallthrough}",
                     *(["break"] if loop is not None else [])]
         return [
             *out,
-            f"if {condition}:", *_indent(1, self._go(taken, end, path, loop, depth)),
-            "else:", *_indent(1, self._go(fallthrough, end, path, loop, depth)),
+            f"if {condition}:", *_indent(1, self._go(taken, end, path, loop, depth, checked)),
+            "else:", *_indent(1, self._go(fallthrough, end, path, loop, depth, checked)),
         ]
 
-    def _go(self, target: int, done: int, path: tuple, loop: int | None, depth: int) -> list[str]:
+    def _go(self, target: int, done: int, path: tuple, loop: int | None, depth: int, checked: bool) -> list[str]:
         """Continue at `target` after `done` instructions on the path."""
         if target == loop:
             return [f"n += {done}", "continue"]
@@ -993,7 +1011,7 @@ class _RegionBuilder:
         if block is not None and target not in path and target not in self.headers and block.length <= self._room:
             if loop is not None or (depth > 0 and block.length <= INLINE_MAX):
                 self._room -= block.length
-                return self._tree(target, done, (*path, target), loop, depth - 1)
+                return self._tree(target, done, (*path, target), loop, depth - 1, checked)
         return self._leave(done, target, loop)
 
     def _leave(self, done: int, target: int, loop: int | None) -> list[str]:
