@@ -852,11 +852,23 @@ def _exit(texts: list[str], spec: _Touched, fallthrough: int) -> tuple[list[str]
         # The usual shapes after folding: a conditional branch, and a jump
         # to a constant target.
         if not spec.sets_npc and len(texts) == 1 and (match := _BRANCH.fullmatch(texts[0])):
-            return [], ("branch", match.group(1), int(match.group(2)), fallthrough)
+            return [], ("branch", _truth(match.group(1)), int(match.group(2)), fallthrough)
         if spec.sets_npc and (match := _JUMP.fullmatch(texts[-1])):
             return texts[:-1], ("jump", int(match.group(1)))
     head = [] if spec.sets_npc else [f"npc = {fallthrough}"]  # a branch not taken
     return [*head, *texts, "pc = npc"], None
+
+
+_ZERO_TEST = re.compile(r"(x\d+) ([!=])= 0|0 ([!=])= (x\d+)")
+
+
+def _truth(condition: str) -> str:
+    """`x != 0` as `x`, `x == 0` as `not x` (beqz, bnez): a truth test costs less than a comparison."""
+    match = _ZERO_TEST.fullmatch(condition)
+    if match is None:
+        return condition
+    register, op = (match.group(1), match.group(2)) if match.group(1) else (match.group(4), match.group(3))
+    return register if op == "!" else f"not {register}"
 
 
 class _Block:
