@@ -415,8 +415,17 @@ def _simplify(node: ast.expr) -> ast.expr:
         left_image, right_image = _unsigned_image(left), _unsigned_image(right)
         if left_image is not None and right_image is not None:
             return ast.Compare(left_image, node.ops, [right_image])
+        op = type(node.ops[0])
         if left_image is not None and isinstance(right, ast.Constant):
+            if right.value == 0 and op in (ast.Lt, ast.GtE):
+                # signed(a) < 0 is a >= 2**31: no bias at all (bltz, bgez)
+                flipped = ast.GtE() if op is ast.Lt else ast.Lt()
+                return ast.Compare(left_image.left, [flipped], [ast.Constant(_SIGN)])
             return ast.Compare(left_image, node.ops, [ast.Constant(right.value + _SIGN)])
+        if right_image is not None and isinstance(left, ast.Constant) and left.value == 0 and op in (ast.Gt, ast.LtE):
+            # 0 > signed(a) is a >= 2**31 (bltz written blt x0 ...)
+            flipped = ast.GtE() if op is ast.Gt else ast.Lt()
+            return ast.Compare(right_image.left, [flipped], [ast.Constant(_SIGN)])
         if right_image is not None and isinstance(left, ast.Constant):
             return ast.Compare(ast.Constant(left.value + _SIGN), node.ops, [right_image])
     if isinstance(node, ast.BinOp) and isinstance(node.right, ast.Constant):
