@@ -773,7 +773,7 @@ def _wrapped(line: str) -> str:
         match = pattern.fullmatch(line)
         if match and int(match.group(2).rpartition(" ")[2].strip("x(-)")) <= isa.M:
             register = match.group(1)
-            return f"{register} = {match.group(2)}\nif {register} {test}:\n    {register} {fix} 4294967296"
+            return f"{register} = {match.group(2)}\nif {register} {test}: {register} {fix} 4294967296"
     return line
 
 
@@ -1002,8 +1002,8 @@ class _RegionBuilder:
         if checked:
             self.longest = max(self.longest, end)
             # Out of budget: leave the region.
-            out = [f"if n > lim and n + {end} > budget:", *([f"    n += {done}"] if done else []), f"    pc = {start}"]
-            out.append("    break")
+            # (One line: less for compile() to parse.)
+            out = [f"if n > lim and n + {end} > budget: {f'n += {done}; ' if done else ''}pc = {start}; break"]
         else:
             self._path_max = max(self._path_max, end)
             out = []
