@@ -275,35 +275,35 @@ def execute_bgeu(s, i):
 
 
 def execute_lb(s, i):
-    s.x[i.rd] = ((s.load((s.x[i.rs1] + i.imm) & M, 1) ^ 0x80) - 0x80) & M
+    s.x[i.rd] = ((s.load((s.x[i.rs1] + i.simm) & M, 1) ^ 0x80) - 0x80) & M
 
 
 def execute_lh(s, i):
-    s.x[i.rd] = ((s.load((s.x[i.rs1] + i.imm) & M, 2) ^ 0x8000) - 0x8000) & M
+    s.x[i.rd] = ((s.load((s.x[i.rs1] + i.simm) & M, 2) ^ 0x8000) - 0x8000) & M
 
 
 def execute_lw(s, i):
-    s.x[i.rd] = s.load((s.x[i.rs1] + i.imm) & M, 4)
+    s.x[i.rd] = s.load((s.x[i.rs1] + i.simm) & M, 4)
 
 
 def execute_lbu(s, i):
-    s.x[i.rd] = s.load((s.x[i.rs1] + i.imm) & M, 1)
+    s.x[i.rd] = s.load((s.x[i.rs1] + i.simm) & M, 1)
 
 
 def execute_lhu(s, i):
-    s.x[i.rd] = s.load((s.x[i.rs1] + i.imm) & M, 2)
+    s.x[i.rd] = s.load((s.x[i.rs1] + i.simm) & M, 2)
 
 
 def execute_sb(s, i):
-    s.store((s.x[i.rs1] + i.imm) & M, 1, s.x[i.rs2] & 0xFF)
+    s.store((s.x[i.rs1] + i.simm) & M, 1, s.x[i.rs2] & 0xFF)
 
 
 def execute_sh(s, i):
-    s.store((s.x[i.rs1] + i.imm) & M, 2, s.x[i.rs2] & 0xFFFF)
+    s.store((s.x[i.rs1] + i.simm) & M, 2, s.x[i.rs2] & 0xFFFF)
 
 
 def execute_sw(s, i):
-    s.store((s.x[i.rs1] + i.imm) & M, 4, s.x[i.rs2])
+    s.store((s.x[i.rs1] + i.simm) & M, 4, s.x[i.rs2])
 
 
 def execute_addi(s, i):

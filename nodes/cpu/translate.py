@@ -27,20 +27,23 @@ is the entry block plus the blocks reachable from it by static successors
 (branch targets, fall-through, jal targets) that have already run, whether
 or not another region holds them too: a `while True` loop dispatches on `pc`
 between them (a binary search), so a loop with branches inside never leaves
-Python locals. A static exit to a short block of the region carries a copy
-of it (a superblock of two), skipping the dispatch. A block left out because
-it was still cold makes its region be rebuilt around it once it is hot
-(`Core._translate_at`).
+Python locals. The code after a block is a tree: a static exit to a block of
+the region carries a copy of it, skipping the dispatch; a loop header runs
+its tree inside a `while True` of its own, whose back edges are `continue`,
+so an iteration of a loop costs no dispatch at all (`_RegionBuilder`). A
+block left out because it was still cold makes its region be rebuilt around
+it once it is hot (`Core._translate_at`).
 
 Generated signature: `region(core, budget) -> retired`; it starts at
 `core.pc` (any of its block starts) and sets `core.pc`. A block runs only if
-it fits in what is left of the budget, so quanta are exact. If an
-instruction stops (trap, page miss), the slow path raises `Fault`, the
-region writes back its registers, points pc at that instruction and returns
-how many retired before it: the stop is precise. Which instruction it was
-(`k`, its index in the current block) is read from the traceback's line
-number (every line of an instruction that may stop is tagged `# k=<index>`),
-so the hot path stores nothing for it.
+it fits in what is left of the budget, so quanta are exact. Along a tree,
+`pc` and the count of retired instructions are set only where the tree
+leaves or loops. If an instruction stops (trap, page miss), the slow path
+raises `Fault`, the region writes back its registers, points pc at that
+instruction and returns how many retired before it: the stop is precise.
+Which instruction it was, and how many retired before it on its path, are
+read from the traceback's line number (every line of an instruction that
+may stop is tagged `# @<pc>,<retired>`), so the hot path stores nothing for it.
 """
 
 from __future__ import annotations
@@ -56,23 +59,36 @@ from nodes.cpu.fault import Fault
 
 MAX_BLOCK = 64  # instructions per basic block; bounds budget granularity
 MAX_REGION_BLOCKS = 32  # basic blocks per region; bounds compile time and dispatch
+REGION_HEAT = 4  # times a successor must have run to join a region (at most half the hot threshold)
 # Blocks up to this many instructions are copied into their predecessors (see
-# `_BlockCode`): for them the dispatch is a large share of the cost, and the
+# `_RegionBuilder`): for them the dispatch is a large share of the cost, and the
 # copies stay small to compile.
 INLINE_MAX = 12
 INLINE_DEPTH = 2  # a copy may carry copies of its own successors: deeper costs more to compile than it saves
+LOOP_TREE_MAX = 192  # instructions in the tree of a loop's body, copies included: bounds compile time
 
 # Memory access inline: one dict subscript finds the page, one view subscript
 # the value. The maps are keyed by page base address; masking the address
 # with the page bits plus the access's alignment bits makes a misaligned
 # address a key no map holds, so alignment, TLB and presence are all checked
 # by that one subscript, and a miss is a KeyError (see `_compile`).
-_PAGE_KEY = {1: 0xFFFFF000, 2: 0xFFFFF001, 4: 0xFFFFF003}
+#
+# The masks are negative numbers of one CPython digit (-4096 is ~0xFFF, the
+# same low 32 bits as 0xFFFFF000): `&` of two one-digit ints is a fast path,
+# while 0xFFFFF000 is two digits, and every `&` with it takes the slow general
+# one. An address that is not in [0, 2**32) (a base plus an offset that
+# wrapped) keeps bits a 32-bit mask would drop, so it is a key no map holds,
+# and the slow path wraps it. The stack is above 2**30 (two digits anyway),
+# where a negative mask costs one more allocation: accesses based on sp use
+# the positive masks (`_stack_keys`).
+_PAGE_KEY = {1: -0x1000, 2: -0xFFF, 4: -0xFFD}
+_STACK_KEY = re.compile(r"\[(x2|\(_ma := x2 [^\]]*?\)) & (-\d+)\]")
 _OFFSET = {1: "{m} & 4095", 2: "({m} & 4095) >> 1", 4: "({m} & 4095) >> 2"}
 
 
 _MAY_STOP = re.compile(r"TRAP\(|\b[RW][124]\[")
 _STOP_TAG = re.compile(r"  # k=(\d+)$")
+_STOP_AT = re.compile(r"  # @(\d+),(\d+)$")
 
 
 def _address(node: ast.expr) -> str:
@@ -109,27 +125,36 @@ def _is_attr(node: ast.AST, obj: str, attr: str | None = None) -> bool:
 
 
 @functools.cache
-def _isa_functions() -> dict[str, ast.FunctionDef]:
-    """Every top-level function of isa.py as an AST, from one parse of its source.
+def _isa_lines() -> list[str]:
+    """The source lines of isa.py (read once)."""
+    return inspect.getsource(isa).splitlines(keepends=True)
 
-    One parse of the module costs less than `inspect.getsource` per function,
-    which re-scans the file each time, and start-up translates many templates.
+
+def _isa_function(name: str) -> ast.FunctionDef:
+    """The top-level function `name` of isa.py as an AST.
+
+    Only its own lines are parsed (it ends where the next top-level statement
+    starts): parsing the whole module, or `inspect.getsource` per function
+    (which tokenizes the file each time), costs several times more, and a
+    run parses only the templates of the instructions it translates.
     """
-    tree = ast.parse(inspect.getsource(isa))
-    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    lines = _isa_lines()
+    first = getattr(isa, name).__code__.co_firstlineno - 1
+    last = first + 1
+    while last < len(lines) and (not lines[last].strip() or lines[last][0] in " \t#"):
+        last += 1
+    return ast.parse("".join(lines[first:last])).body[0]
 
 
 class _Template:
-    """The source of one `execute_<mnemonic>`, its local names, whether it reads pc."""
+    """The body of one `execute_<mnemonic>`, its local names, whether it reads pc."""
 
     def __init__(self, mnemonic: str):
-        func = _isa_functions()["execute_" + mnemonic]
-        self.source = ast.unparse(func)
+        func = _isa_function("execute_" + mnemonic)
         self.body = func.body
-        self.uses_pc = any(_is_attr(n, "s", "pc") for n in ast.walk(func))
-        self.locals = {
-            n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
-        }
+        nodes = list(ast.walk(func))
+        self.uses_pc = any(_is_attr(n, "s", "pc") for n in nodes)
+        self.locals = {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
 
 
 class _NotSymbolic(Exception):
@@ -140,7 +165,46 @@ _REGISTER_FIELDS = ("rd", "rs1", "rs2")
 _VALUE_FIELDS = ("imm", "simm", "shamt", "csr", "word")
 
 
-class _Specialise(ast.NodeTransformer):
+class _Transformer(ast.NodeTransformer):
+    """ast.NodeTransformer, faster: visitors looked up once per node class,
+    contexts (Load, Store) not visited. Folding templates is the translator's
+    largest cost after compile(), and most of it is this walk."""
+
+    _visitors: dict = {}
+
+    def visit(self, node):
+        key = (type(self), type(node))
+        visitor = _Transformer._visitors.get(key)
+        if visitor is None:
+            visitor = _Transformer._visitors[key] = getattr(
+                type(self), "visit_" + type(node).__name__, type(self).generic_visit)
+        return visitor(self, node)
+
+    def generic_visit(self, node):
+        for field in node._fields:
+            old = getattr(node, field, None)
+            if isinstance(old, list):
+                new = []
+                for value in old:
+                    if isinstance(value, ast.AST):
+                        value = self.visit(value)
+                        if value is None:
+                            continue
+                        if not isinstance(value, ast.AST):
+                            new.extend(value)
+                            continue
+                    new.append(value)
+                old[:] = new
+            elif isinstance(old, ast.AST) and field != "ctx":
+                replaced = self.visit(old)
+                if replaced is None:
+                    delattr(node, field)
+                else:
+                    setattr(node, field, replaced)
+        return node
+
+
+class _Specialise(_Transformer):
     """Rewrite one instruction's template into block code (see module doc).
 
     With `symbolic`, non-zero register numbers and non-zero immediates become
@@ -148,8 +212,9 @@ class _Specialise(ast.NodeTransformer):
     instruction of the same shape; `_fill` puts the numbers in.
     """
 
-    def __init__(self, insn: isa.Insn, pc: int, local_names: set[str], symbolic: bool = False):
+    def __init__(self, insn: isa.Insn, pc: int, local_names: set[str], symbolic: bool = False, values: bool = True):
         self.insn, self.pc, self.local_names, self.symbolic = insn, pc, local_names, symbolic
+        self.values = symbolic and values  # immediates as placeholders too
         self.read: set = set()
         self.written: set = set()
         self.may_stop = False
@@ -174,7 +239,7 @@ class _Specialise(ast.NodeTransformer):
     def visit_Attribute(self, node):
         if _is_attr(node, "i"):
             value = getattr(self.insn, node.attr)
-            if self.symbolic and node.attr in _VALUE_FIELDS and value != 0:
+            if self.values and node.attr in _VALUE_FIELDS and value != 0:
                 return ast.Name(f"__{node.attr}__", ast.Load())
             if self.symbolic and node.attr in _REGISTER_FIELDS:
                 raise _NotSymbolic  # a register number used as a value
@@ -264,7 +329,7 @@ def _constant_value(node: ast.expr):
     raise LookupError
 
 
-class _Fold(ast.NodeTransformer):
+class _Fold(_Transformer):
     """Constant folding and single-assignment constant propagation."""
 
     def __init__(self, constants: dict[str, int]):
@@ -298,7 +363,7 @@ def _is_register(node: ast.expr) -> bool:
 _SIGN = 0x80000000
 
 
-class _ExpandLoads(ast.NodeTransformer):
+class _ExpandLoads(_Transformer):
     """Replace load markers by placeholders; `loads` gets their fast-path source."""
 
     def __init__(self):
@@ -350,8 +415,17 @@ def _simplify(node: ast.expr) -> ast.expr:
         left_image, right_image = _unsigned_image(left), _unsigned_image(right)
         if left_image is not None and right_image is not None:
             return ast.Compare(left_image, node.ops, [right_image])
+        op = type(node.ops[0])
         if left_image is not None and isinstance(right, ast.Constant):
+            if right.value == 0 and op in (ast.Lt, ast.GtE):
+                # signed(a) < 0 is a >= 2**31: no bias at all (bltz, bgez)
+                flipped = ast.GtE() if op is ast.Lt else ast.Lt()
+                return ast.Compare(left_image.left, [flipped], [ast.Constant(_SIGN)])
             return ast.Compare(left_image, node.ops, [ast.Constant(right.value + _SIGN)])
+        if right_image is not None and isinstance(left, ast.Constant) and left.value == 0 and op in (ast.Gt, ast.LtE):
+            # 0 > signed(a) is a >= 2**31 (bltz written blt x0 ...)
+            flipped = ast.GtE() if op is ast.Gt else ast.Lt()
+            return ast.Compare(right_image.left, [flipped], [ast.Constant(_SIGN)])
         if right_image is not None and isinstance(left, ast.Constant):
             return ast.Compare(ast.Constant(left.value + _SIGN), node.ops, [right_image])
     if isinstance(node, ast.BinOp) and isinstance(node.right, ast.Constant):
@@ -385,7 +459,7 @@ def _fold(statements: list[ast.stmt]) -> list[ast.stmt]:
     return ast.fix_missing_locations(module).body
 
 
-class _DropAssigns(ast.NodeTransformer):
+class _DropAssigns(_Transformer):
     def __init__(self, dead: set[int]):
         self.dead = dead
 
@@ -451,8 +525,10 @@ class Translator:
         while queue and len(region) < MAX_REGION_BLOCKS:
             start = queue.pop(0)
             # Blocks that ran only once or twice are likely start-up or error
-            # paths: compiling them costs more than leaving the region.
-            cold = heat.get(start, 0) < (self.core.hot_threshold + 1) // 2
+            # paths: compiling them costs more than leaving the region. A
+            # block that ran a few times is in, though: left out, it would
+            # make the region be compiled again when it gets hot.
+            cold = heat.get(start, 0) < min(REGION_HEAT, (self.core.hot_threshold + 1) // 2)
             # A block another region already holds is compiled here again:
             # leaving a region and entering another through the run loop
             # costs more, every time, than compiling it once more.
@@ -494,8 +570,8 @@ class Translator:
         Cached by word (and pc, for templates that read it): hot code is
         re-translated whenever a block starts in a new place. Most templates
         are folded once per shape (which registers and immediates are zero)
-        and filled in by text substitution; branches and jal are folded once
-        per word at a canonical pc and moved to the real pc (`_move`).
+        and filled in by text substitution; control transfers are folded
+        once per shape at a canonical pc and given their real targets.
         """
         template = self._template(insn.mnemonic)
         key = (insn.word, pc if template.uses_pc else None)
@@ -503,11 +579,27 @@ class Translator:
         if cached is not None:
             return cached
         if insn.mnemonic in _PC_RELATIVE_CONTROL:
-            shape = self._shapes.get(insn.word)
+            # Folded once per shape at a canonical pc, then given the real
+            # target and link by text substitution. A branch or jal is folded
+            # with a canonical offset of the same alignment (which decides
+            # the alignment check); jalr's offset is a placeholder.
+            jalr = insn.mnemonic == "jalr"
+            shape_key = (insn.mnemonic, insn.rd == 0, insn.rs1 == 0, insn.rs2 == 0,
+                         insn.simm == 0 if jalr else insn.simm & 3)
+            shape = self._shapes.get(shape_key)
             if shape is None:
-                shape = self._shapes[insn.word] = self._fold_template(template, insn, _CANONICAL_PC, False)
+                offset = insn.simm if jalr else _CANONICAL_OFFSET + (insn.simm & 3)
+                canonical = isa.Insn(insn.mnemonic, insn.word, insn.rd, insn.rs1, insn.rs2, offset)
+                shape = self._shapes[shape_key] = self._fold_template(
+                    template, canonical, _CANONICAL_PC, symbolic=True, values=jalr)
             texts, spec = shape
-            cached = ([_move(text, pc) for text in texts], spec)
+            numbers = {
+                str(_CANONICAL_PC + _CANONICAL_OFFSET + (insn.simm & 3)): str((pc + insn.simm) & isa.M),
+                str(_CANONICAL_PC + 4): str((pc + 4) & isa.M),
+            }
+            texts = [_fill(_NUMBER.sub(lambda m: numbers.get(m.group(), m.group()), text), insn) for text in texts]
+            cached = (texts, _Touched({getattr(insn, f) for f in spec.read}, {getattr(insn, f) for f in spec.written},
+                                      spec.may_stop, spec.sets_npc))
         elif not template.uses_pc:
             shape_key = (insn.mnemonic, insn.rd == 0, insn.rs1 == 0, insn.rs2 == 0, insn.simm == 0, insn.shamt == 0)
             shape = self._shapes.get(shape_key)
@@ -526,8 +618,8 @@ class Translator:
         self._specialised[key] = cached
         return cached
 
-    def _fold_template(self, template: _Template, insn: isa.Insn, pc: int, symbolic: bool):
-        spec = _Specialise(insn, pc, template.locals, symbolic)
+    def _fold_template(self, template: _Template, insn: isa.Insn, pc: int, symbolic: bool, values: bool = True):
+        spec = _Specialise(insn, pc, template.locals, symbolic, values)
         statements = []
         for statement in _clone(template.body):
             result = spec.visit(statement)
@@ -540,15 +632,14 @@ class Translator:
         sets_npc = any(_assigns_npc(s) for s in statements)  # unconditionally, at top level
         return texts, _Touched(spec.read, spec.written, may_stop, sets_npc)
 
-    def _block(self, start: int, insns: list[isa.Insn]) -> tuple["_BlockCode", set[int], set[int]]:
-        """The code of one basic block inside a region's dispatch loop."""
+    def _block(self, start: int, insns: list[isa.Insn]) -> "_Block":
+        """The code of one basic block: its lines, where it goes, what it touches."""
         length = len(insns)
         fallthrough = (start + 4 * length) & isa.M
-        # `lim` is budget - MAX_BLOCK: below it every block fits, so the
-        # exact test runs only near the end of the budget.
-        body = [f"if n > lim and n + {length} > budget:", "    break"]
+        body: list[str] = []
         read: set[int] = set()
         written: set[int] = set()
+        exit_ = None
         for index, insn in enumerate(insns):
             texts, spec = self._specialise(insn, (start + 4 * index) & isa.M)
             read |= spec.read
@@ -565,47 +656,59 @@ class Translator:
                     _append_narrowed(body, text)
         if insns[-1].mnemonic not in isa.CONTROL:
             exit_ = ("jump", fallthrough)
-        body.append(f"n += {length}")
-        return _BlockCode(body, exit_, length), read, written
+        return _Block(start, _merged([_stack_keys(_wrapped(line)) for line in body]), exit_, length, read, written)
 
     def _compile(self, entry: int, blocks: list[tuple[int, list[isa.Insn]]]):
+        codes = {start: self._block(start, insns) for start, insns in blocks}
         read: set[int] = set()
         written: set[int] = set()
-        codes: dict[int, _BlockCode] = {}
-        for start, insns in blocks:
-            codes[start], block_read, block_written = self._block(start, insns)
-            read |= block_read
-            written |= block_written
-        bodies = {start: code.lines(codes, INLINE_DEPTH) for start, code in codes.items()}
+        for code in codes.values():
+            read |= code.read
+            written |= code.written
+        build = _RegionBuilder(codes, entry)
+        bodies = build.entries()
         dispatch = _dispatch(sorted(bodies), bodies)
         load = [f"x{r} = X[{r}]" for r in sorted(read | written)]
         store = [f"X[{r}] = x{r}" for r in sorted(written)]
         name = f"region_{entry:08x}"
         lines = [f"def {name}(s, budget):"]
-        entry_lines = ["X = s.x", *load, "pc = s.pc", "n = 0", f"lim = budget - {MAX_BLOCK}"]
+        # Below `lim` every block of every path fits in the budget, so the
+        # exact test of a block runs only near the end of the budget.
+        # The page maps the region uses, as locals (a global costs more).
+        text = "\n".join(dispatch)
+        maps = [f"{m} = s.{m}" for m in ("R1", "R2", "R4", "W1", "W2", "W4") if f"{m}[" in text]
+        limits = [f"{name} = budget - {longest}" for name, longest in build.loop_limits.items()]
+        entry_lines = ["X = s.x", *load, *maps, "pc = s.pc", "n = 0", "stop = 0", f"lim = budget - {build.longest}"]
+        entry_lines += limits
         lines += _indent(1, [*entry_lines, "try:", "    while True:"])
         lines += _indent(3, dispatch)
+        # One write-back of the registers for every way out (it is a large
+        # share of a small region's source, and of its compile time).
         lines += _indent(1, [
             "except Fault as stopped:",
-            "    k = K[stopped.__traceback__.tb_lineno]",
-            *_indent(1, store),
-            "    s.pc = pc + 4 * k",
-            "    return n + k",
+            "    pc, k = K[stopped.__traceback__.tb_lineno]",
+            "    n += k",
+            "    stop = 1",
             "except KeyError as missed:",
             "    # Not on the fast path (TLB miss, page absent or read-only,",
             "    # misaligned): the interpreter's slow path runs it exactly.",
-            "    k = K[missed.__traceback__.tb_lineno]",
-            *_indent(1, store),
-            "    s.pc = pc + 4 * k",
-            "    return n + k + INTERP(s, 1)",
+            "    pc, k = K[missed.__traceback__.tb_lineno]",
+            "    n += k",
+            "    stop = 2",
             *store,
             "s.pc = pc",
+            "if stop:",
+            "    return n if stop == 1 else n + INTERP(s, 1)",
             "if n:",
             "    return n",
             "return INTERP(s, budget)  # the budget is smaller than the first block",
         ])
         source = "\n".join(lines) + "\n"
-        stops = {number: int(tag.group(1)) for number, line in enumerate(lines, 1) if (tag := _STOP_TAG.search(line))}
+        stops = {
+            number: (int(tag.group(1)), int(tag.group(2)))
+            for number, line in enumerate(lines, 1)
+            if (tag := _STOP_AT.search(line))
+        }
         namespace = dict(self.namespace, K=stops)
         # The source is generated from isa.py only, never from guest data.
         exec(compile(source, f"<region {entry:#010x}>", "exec"), namespace)
@@ -626,6 +729,7 @@ class Translator:
 _MASK_AGAIN = re.compile(r"(x\d+) = \1 & (\d+)")
 _SHIFT_MASKED = re.compile(r"(x\d+) = \1 << (\d+) & 4294967295")
 _MASKED = re.compile(r"(x\d+) = (.+) & (\d+)")
+_ASSIGN = re.compile(r"(x\d+) = ([^=].*)")
 
 
 def _append_narrowed(body: list[str], text: str) -> None:
@@ -652,6 +756,53 @@ def _append_narrowed(body: list[str], text: str) -> None:
                 body.append(f"{shift.group(1)} = {shift.group(1)} << {shift.group(2)}")
                 return
     body.append(text)
+
+
+_WRAP_UP = re.compile(r"(x\d+) = (x\d+ \+ (?:x\d+|\d+)|x\d+ << 1) & 4294967295")
+_WRAP_DOWN = re.compile(r"(x\d+) = (x\d+ (?:\+ \(-\d+\)|- x\d+)) & 4294967295")
+
+
+def _wrapped(line: str) -> str:
+    """`x = a + b & M` as `x = a + b` and a test: `& 2**32 - 1` is a slow operation.
+
+    For values in [0, 2**32) (every register), a sum, `x << 1` and a
+    difference leave that range by less than 2**32 on one known side, so one
+    comparison (which allocates nothing) and a rare correction do the wrap.
+    """
+    for pattern, test, fix in ((_WRAP_UP, "> 4294967295", "-="), (_WRAP_DOWN, "< 0", "+=")):
+        match = pattern.fullmatch(line)
+        if match and int(match.group(2).rpartition(" ")[2].strip("x(-)")) <= isa.M:
+            register = match.group(1)
+            return f"{register} = {match.group(2)}\nif {register} {test}: {register} {fix} 4294967296"
+    return line
+
+
+def _merged(body: list[str]) -> list[str]:
+    """The lines of `body`, with `x = e1` then `x = e2(x)` (x used once in e2) as `x = e2((e1))`.
+
+    That saves a store and a load of an intermediate value that nothing
+    sees: only lines that cannot stop are merged, at the top level of the
+    block (a wrap's test after the second line still tests its value).
+    """
+    lines: list[str] = []
+    for text in body:
+        for line in text.split("\n"):
+            second = _ASSIGN.fullmatch(line)
+            first = _ASSIGN.fullmatch(lines[-1]) if second and lines else None
+            if first and first.group(1) == second.group(1) and "#" not in line and "#" not in lines[-1]:
+                use = re.compile(rf"\b{first.group(1)}\b")
+                if len(use.findall(second.group(2))) == 1:
+                    lines[-1] = f"{first.group(1)} = {use.sub(f'({first.group(2)})', second.group(2))}"
+                    continue
+            lines.append(line)
+    return lines
+
+
+def _stack_keys(line: str) -> str:
+    """The page keys of accesses based on sp with positive masks (see `_PAGE_KEY`)."""
+    if "x2" not in line:
+        return line
+    return _STACK_KEY.sub(lambda m: f"[{m.group(1)} & {int(m.group(2)) & isa.M}]", line)
 
 
 def _masked(line: str, register: str) -> tuple[ast.expr, int] | None:
@@ -704,49 +855,191 @@ def _exit(texts: list[str], spec: _Touched, fallthrough: int) -> tuple[list[str]
         (lines, None) if the lines set `pc` themselves (a computed target, or
         an exit that may stop); else (lines before the transfer, ("jump",
         target)) or ([], ("branch", condition, taken, fallthrough)), which
-        `_BlockCode` turns into code that sets `pc`.
+        `_RegionBuilder` turns into code that sets `pc`.
     """
     if not spec.may_stop:
         # The usual shapes after folding: a conditional branch, and a jump
         # to a constant target.
         if not spec.sets_npc and len(texts) == 1 and (match := _BRANCH.fullmatch(texts[0])):
-            return [], ("branch", match.group(1), int(match.group(2)), fallthrough)
+            return [], ("branch", _truth(match.group(1)), int(match.group(2)), fallthrough)
         if spec.sets_npc and (match := _JUMP.fullmatch(texts[-1])):
             return texts[:-1], ("jump", int(match.group(1)))
     head = [] if spec.sets_npc else [f"npc = {fallthrough}"]  # a branch not taken
     return [*head, *texts, "pc = npc"], None
 
 
-class _BlockCode:
-    """One basic block's code: its body (up to `n += length`) and its static exit, if any.
+_ZERO_TEST = re.compile(r"(x\d+) ([!=])= 0|0 ([!=])= (x\d+)")
 
-    A static exit to another block of the region carries a copy of that
-    block's code (a superblock of two), so the more common half of the
-    block-to-block steps needs no trip through the dispatch. The copy begins
-    with `pc = <its start>`, so a stop inside it is reported exactly as in
-    the original.
+
+def _truth(condition: str) -> str:
+    """`x != 0` as `x`, `x == 0` as `not x` (beqz, bnez): a truth test costs less than a comparison."""
+    match = _ZERO_TEST.fullmatch(condition)
+    if match is None:
+        return condition
+    register, op = (match.group(1), match.group(2)) if match.group(1) else (match.group(4), match.group(3))
+    return register if op == "!" else f"not {register}"
+
+
+class _Block:
+    """One basic block: body lines (those of an instruction that may stop tagged
+    `# k=<index>`), static exit (see `_exit`), length, registers read and written."""
+
+    def __init__(self, start: int, body: list[str], exit_: tuple | None, length: int, read: set, written: set):
+        self.start, self.exit, self.length, self.read, self.written = start, exit_, length, read, written
+        self.lines: list[tuple[str, int | None]] = []
+        for text in body:
+            for line in text.split("\n"):
+                tag = _STOP_TAG.search(line)
+                self.lines.append((line[: tag.start()], int(tag.group(1))) if tag else (line, None))
+        if exit_ is None:
+            self.targets: tuple[int, ...] = ()
+        elif exit_[0] == "jump":
+            self.targets = (exit_[1],)
+        else:
+            self.targets = (exit_[2], exit_[3])
+
+
+class _RegionBuilder:
+    """The code of a region's blocks as trees, and loops as Python `while` loops.
+
+    Every block start gets an entry in the region's dispatch. The code that
+    follows a block is a tree: a static exit to a block of the region carries
+    a copy of that block (and so on), so a path through the region needs no
+    trip through the dispatch. A loop header (the target of a back edge of a
+    depth-first walk from the entry) runs as `while True:` around its tree,
+    in which the back edges are `continue`: an iteration of a loop, whatever
+    branches it takes inside, costs no dispatch at all.
+
+    Along a tree, `pc` and `n` (instructions retired) are not updated: each
+    leaf adds the length of its path to `n` and sets `pc` once. An instruction
+    that may stop is tagged `# @<pc>,<retired before it on the path>`, which
+    the region's handlers read back by line number. Outside loops, each block
+    checks that it fits in the budget with the length of the path up to its
+    end; a loop tests once per iteration that its longest path fits, and
+    finishes a budget block by block (see `_entry`).
     """
 
-    def __init__(self, body: list[str], exit_: tuple | None, length: int):
-        self.body, self.exit, self.length = body, exit_, length
+    def __init__(self, blocks: dict[int, _Block], entry: int):
+        self.blocks = blocks
+        self.entry_pc = entry
+        self.longest = 1  # the longest path up to the end of a block, of any tree that tests the budget
+        self.loop_limits: dict[str, int] = {}  # for each loop, its limit's name -> its longest path
+        self._path_max = 0
+        self.leaves_to: set[int] = set()  # the blocks the tree being built leaves to
+        self.headers = self._loop_headers(entry)
 
-    def lines(self, region: dict[int, "_BlockCode"] | None = None, depth: int = 1) -> list[str]:
-        """Source lines; with `region`, successors in it are copied in (`depth` levels deep)."""
-        exit_ = self.exit
-        if exit_ is None:
-            return self.body
+    def _loop_headers(self, entry: int) -> set[int]:
+        headers: set[int] = set()
+        on_path: set[int] = set()
+        seen: set[int] = set()
+        # Iterative depth-first walk: a successor on the current path is the
+        # target of a back edge.
+        stack = [(entry, iter(self.blocks[entry].targets))]
+        on_path.add(entry)
+        seen.add(entry)
+        while stack:
+            node, successors = stack[-1]
+            for successor in successors:
+                if successor not in self.blocks:
+                    continue
+                if successor in on_path:
+                    headers.add(successor)
+                elif successor not in seen:
+                    seen.add(successor)
+                    on_path.add(successor)
+                    stack.append((successor, iter(self.blocks[successor].targets)))
+                    break
+            else:
+                stack.pop()
+                on_path.discard(node)
+        return headers
 
-        def go(target: int) -> list[str]:
-            follow = region is not None and target in region and region[target].length <= INLINE_MAX
-            copy = region[target].lines(region if depth > 1 else None, depth - 1) if follow else []
-            return [f"pc = {target}", *copy]
+    def entries(self) -> dict[int, list[str]]:
+        """The code that runs when the dispatch finds each block start.
 
+        The entry and the loop headers get their trees, and so does each
+        block a tree leaves to (a path that goes through the dispatch). The
+        other blocks are entered only to finish a budget or after a stop:
+        their entries hold just themselves, which keeps the source (and its
+        compile time) small.
+        """
+        bodies: dict[int, list[str]] = {}
+        pending = [self.entry_pc, *sorted(self.headers)]
+        while pending:
+            start = pending.pop()
+            if start in bodies:
+                continue
+            self.leaves_to = set()
+            bodies[start] = self._entry(start)
+            pending += sorted(self.leaves_to - bodies.keys())
+        self.leaves_to = set()
+        for start in self.blocks:
+            if start not in bodies:
+                self._room = 0
+                bodies[start] = self._tree(start, 0, (start,), None, 0, True)
+        return bodies
+
+    def _entry(self, start: int) -> list[str]:
+        if start in self.headers:
+            # A loop iterates while its longest path fits in the budget, with
+            # no test inside; near the end of the budget (`while ... else`)
+            # its header runs alone, testing that it fits, and so do the
+            # blocks after it (their entries), to use the budget exactly.
+            self._room = LOOP_TREE_MAX
+            self._path_max = 0
+            tree = self._tree(start, 0, (start,), start, 0, False)
+            limit = f"lim_{start:x}"
+            self.loop_limits[limit] = self._path_max
+            self._room = 0
+            alone = self._tree(start, 0, (start,), None, 0, True)
+            return [f"while n <= {limit}:", *_indent(1, tree), "else:", *_indent(1, alone)]
+        self._room = INLINE_MAX * (1 << INLINE_DEPTH)
+        return self._tree(start, 0, (start,), None, INLINE_DEPTH, True)
+
+    def _tree(self, start: int, done: int, path: tuple, loop: int | None, depth: int, checked: bool) -> list[str]:
+        block = self.blocks[start]
+        end = done + block.length
+        if checked:
+            self.longest = max(self.longest, end)
+            # Out of budget: leave the region.
+            # (One line: less for compile() to parse.)
+            out = [f"if n > lim and n + {end} > budget: {f'n += {done}; ' if done else ''}pc = {start}; break"]
+        else:
+            self._path_max = max(self._path_max, end)
+            out = []
+        for line, k in block.lines:
+            out.append(line if k is None else f"{line}  # @{(start + 4 * k) & isa.M},{done + k}")
+        exit_ = block.exit
+        if exit_ is None:  # the lines set pc
+            return [*out, f"n += {end}", *(["break"] if loop is not None else [])]
         if exit_[0] == "jump":
-            return [*self.body, *go(exit_[1])]
+            return [*out, *self._go(exit_[1], end, path, loop, depth, checked)]
         _, condition, taken, fallthrough = exit_
-        if region is None or (taken not in region and fallthrough not in region):
-            return [*self.body, f"pc = {taken} if {condition} else {fallthrough}"]
-        return [*self.body, f"if {condition}:", *_indent(1, go(taken)), "else:", *_indent(1, go(fallthrough))]
+        if taken not in self.blocks and fallthrough not in self.blocks:
+            return [*out, f"n += {end}", f"pc = {taken} if {condition} else {fallthrough}",
+                    *(["break"] if loop is not None else [])]
+        return [
+            *out,
+            f"if {condition}:", *_indent(1, self._go(taken, end, path, loop, depth, checked)),
+            "else:", *_indent(1, self._go(fallthrough, end, path, loop, depth, checked)),
+        ]
+
+    def _go(self, target: int, done: int, path: tuple, loop: int | None, depth: int, checked: bool) -> list[str]:
+        """Continue at `target` after `done` instructions on the path."""
+        if target == loop:
+            return [f"n += {done}", "continue"]
+        block = self.blocks.get(target)
+        if block is not None and target not in path and target not in self.headers and block.length <= self._room:
+            if loop is not None or (depth > 0 and block.length <= INLINE_MAX):
+                self._room -= block.length
+                return self._tree(target, done, (*path, target), loop, depth - 1, checked)
+        return self._leave(done, target, loop)
+
+    def _leave(self, done: int, target: int, loop: int | None) -> list[str]:
+        """Back to the dispatch (out of the loop, if in one) to run `target`."""
+        if target in self.blocks:
+            self.leaves_to.add(target)
+        return [*([f"n += {done}"] if done else []), f"pc = {target}", *(["break"] if loop is not None else [])]
 
 
 def _interpret_one(core, budget):
@@ -761,24 +1054,13 @@ class _Touched:
         self.read, self.written, self.may_stop, self.sets_npc = read, written, may_stop, sets_npc
 
 
-# Branch and jal templates depend on pc only through pc + small constants
-# (target, link). Folded at a canonical pc far from any such constant, their
-# source is moved to the real pc by rewriting the numbers near it.
-_PC_RELATIVE_CONTROL = frozenset({"jal", "beq", "bne", "blt", "bge", "bltu", "bgeu"})
+# Control transfer templates depend on pc only through pc + constants (target,
+# link): folded at a canonical pc far from any such constant, their source gets
+# the real numbers by substitution (see `Translator._specialise`).
+_PC_RELATIVE_CONTROL = frozenset({"jal", "jalr", "beq", "bne", "blt", "bge", "bltu", "bgeu"})
 _CANONICAL_PC = 0x40000000
-_PC_REACH = 1 << 21  # > |jal offset| + 4
+_CANONICAL_OFFSET = 0x120  # an aligned branch offset; the canonical target is _CANONICAL_PC plus this
 _NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.])")
-
-
-def _move(text: str, pc: int) -> str:
-    """Rewrite a canonical-pc translation for `pc` (targets wrap mod 2**32)."""
-
-    def moved(match: re.Match) -> str:
-        value = int(match.group())
-        delta = value - _CANONICAL_PC
-        return str((pc + delta) & isa.M) if -_PC_REACH < delta < _PC_REACH else match.group()
-
-    return _NUMBER.sub(moved, text)
 
 
 def _fill(text: str, insn: isa.Insn) -> str:
@@ -830,5 +1112,6 @@ def _assigns_npc(node: ast.stmt, value: int | None = None) -> bool:
 
 
 def _indent(level: int, lines: list[str]) -> list[str]:
+    """`lines` (each a single line) indented by `level` levels."""
     pad = "    " * level
-    return [pad + line for text in lines for line in text.split("\n")]
+    return [pad + line for line in lines]
