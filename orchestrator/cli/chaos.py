@@ -205,6 +205,9 @@ class Run:
         self.rd, self.hist, self.show = rd, hist, show
         self.log = Log(hist / "chaos.jsonl")
         self.d = Demo(rd, show=False, control=scenario != "demo")
+        # a dropped or delayed message holds a route change's drain for a retransmission timeout: a
+        # choreography rolled back over its pause budget is asked again (recorded), as its user would
+        self.d.retry_over_budget = 30.0
         self.injected: dict[str, int] = {}
         self.unsupported: list[str] = []
         self.skipped: list[str] = []  # faults whose target was not there to take them
@@ -584,7 +587,11 @@ async def _cycle(r: Run) -> None:
     r.d.nframes = topo.nodes["memctl"].options["frames"]  # what the cycle's conservation checks count
     t0 = time.monotonic()
     try:
-        await _virtualization(r.d, topo)
+        try:
+            await _virtualization(r.d, topo)
+        finally:
+            for rollback in r.d.over_budget:
+                r.log("scenario", "over_budget", **rollback)
     except (trio.TooSlowError, RemoteError, RequestTimeout, RuntimeError) as exc:
         what = f"demo cycle, {r.d.phase}: {type(exc).__name__} {exc}".strip()
         if not _killed(r, t0, time.monotonic()):

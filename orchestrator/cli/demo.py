@@ -102,6 +102,8 @@ class Demo:
         self.kv_replies: list[bytes] = []
         self.outputs: dict[str, str] = {}  # program -> sha256 of its exact output (the control run's are compared)
         self.os2_program: dict[str, Any] | None = None  # os2's program of the cycle, as it ended
+        self.retry_over_budget = 0.0  # s to retry a choreography rolled back over its pause budget
+        self.over_budget: list[dict[str, str]] = []  # those rollbacks
         self.phase = "starting"
         self.t0 = time.monotonic()
 
@@ -118,9 +120,25 @@ class Demo:
         return await call(self.rd, kind, body or {}, CTL_TIMEOUT)
 
     async def choreography(self, what: str, kind: str, body: dict | None = None) -> list[dict]:
-        """One control request; its reports' steps recorded with their pauses."""
+        """One control request; its reports' steps recorded with their pauses.
+
+        A choreography that held its senders longer than its pause budget is rolled back
+        (orchestrator/choreographies/base.py): with :attr:`retry_over_budget` (seconds; ``hwemu
+        chaos`` sets it, whose dropped and delayed messages can hold a drain for a retransmission
+        timeout) the request is made again, as its user would, until it commits or that time is
+        up; every rollback is recorded in :attr:`over_budget`."""
         self.phase = what
-        data = await self.ctl(kind, body)
+        deadline = time.monotonic() + self.retry_over_budget
+        while True:
+            try:
+                data = await self.ctl(kind, body)
+                break
+            except RemoteError as exc:
+                if "pause budget exceeded" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                self.over_budget.append({"phase": what, "error": str(exc)[:300]})
+                self.say(f"{what}: rolled back over its pause budget ({exc}); again")
+                await trio.sleep(0.2)
         reports = data.get("reports", []) + data.get("policy", []) if isinstance(data, dict) else []
         for rep in reports:
             for s in rep.get("steps", []):
