@@ -106,17 +106,17 @@ def test_guest_outputs_and_client_replies_are_byte_identical_to_a_run_without_a_
 
 
 
+def hwemu(rd: Path, *args: str) -> subprocess.CompletedProcess:
+    """The CLI of this venv on run directory ``rd``."""
+    return subprocess.run([str(Path(sys.executable).parent / "hwemu"), *args, "--run-dir", str(rd)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
 def test_the_frames_check_waits_for_a_memctl_that_was_killed_and_restarted(tmp_path):
     """The demo's frame conservation check (``Demo.conserved``) asks the memory controller: killed while
     the question waited in its inbox (frozen, then SIGKILL), it is asked again of its next life, which
     restores every frame from its file, and the check holds (a chaos run of demo seed 36 took the lost
     question for a failed demo cycle)."""
-    exe = str(Path(sys.executable).parent / "hwemu")
-
-    def hwemu(rd: Path, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([exe, *args, "--run-dir", str(rd)], cwd=REPO, capture_output=True, text=True,
-                              timeout=120, stdin=subprocess.DEVNULL)
-
     with cluster_dir(tmp_path / "r", lambda rd: hwemu(rd, "down")) as (rd, pids):
         up = hwemu(rd, "up", "compose/native.toml", "--detach")
         assert up.returncode == 0, up.stderr
@@ -152,12 +152,6 @@ def test_a_choreography_rolled_back_over_its_pause_budget_is_asked_again_while_r
     at 631 ms > 300 ms) asks again a request rolled back over its pause budget, records each rollback,
     and gives up with the last error when its time is up; the machine stays whole throughout, and a
     request within its budget then commits. Without retries the first rollback is the error."""
-    exe = str(Path(sys.executable).parent / "hwemu")
-
-    def hwemu(rd: Path, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([exe, *args, "--run-dir", str(rd)], cwd=REPO, capture_output=True, text=True,
-                              timeout=120, stdin=subprocess.DEVNULL)
-
     with cluster_dir(tmp_path / "r", lambda rd: hwemu(rd, "down")) as (rd, pids):
         up = hwemu(rd, "up", "compose/vmm.toml", "--detach")
         assert up.returncode == 0, up.stderr
