@@ -354,18 +354,26 @@ async def test_kill9_of_memctl_under_a_running_program_output_is_exact(guest_bui
     orch = await cluster(VMM_TOPOLOGY)
     async with serving(Client(orch)) as client:
         start = await client.logged("uart0")
-        pid = await client.exec("os1", "timeshare", ["timeshare", "T", "30"])
+        # long enough to be running when memctl dies (30 lines once were: a faster core finished
+        # them between the check below and the kill, and the restart was not done yet when counted)
+        pid = await client.exec("os1", "timeshare", ["timeshare", "T", "300"])
         memctl = orch.supervisor.nodes["memctl"]
         with trio.fail_after(60):  # it runs (its pages are in the CPU's cache, some modified)
             # (not a count of page misses: since reads of its buffers take snapshots, the CPU
             # keeps its pages across syscalls and misses few)
             while (await orch.request("cpu0", "stats")).body["stats"]["modified"] == 0:
                 await trio.sleep(0.02)
+        assert len(await client.console("uart0", start)) < len(timeshare_output("T", 300))  # still running
         os.kill(memctl.pid, signal.SIGKILL)
         exit1 = await client.wait_exit("os1", pid)
-        assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("T", 30))
+        assert (exit1["code"], await client.console("uart0", start)) == (0, timeshare_output("T", 300))
+        with trio.fail_after(30):  # the supervisor's restart (the program may end before it is done)
+            while memctl.restarts < 1 or memctl.state != "running":
+                await trio.sleep(0.02)
         assert memctl.restarts == 1
-        stats = (await orch.request("memctl", "stats")).body["stats"]
+        with trio.fail_after(30):  # its recovery (every initiator recalled) may end after the program
+            while (stats := (await orch.request("memctl", "stats")).body["stats"])["recoveries"] < 1:
+                await trio.sleep(0.02)
         assert (stats["recoveries"], stats["lost_frames"]) == (1, 0), stats
         assert (await orch.request("memctl", "mem_owners")).body["data"]["invariants"] == "ok"
 
