@@ -56,6 +56,7 @@ log = logging.getLogger("hwemu.choreography")
 RESTARTED_DEVICES = ("uart", "timer", "disk", "nic")  # node kinds a route change waits for while restarted
 
 PAUSE_BUDGET_MS = 300.0
+OVER_BUDGET = "pause budget exceeded"  # the error of a choreography rolled back for its pause (hwemu chaos asks again)
 
 Ctx = dict[str, Any]
 StepFn = Callable[["Run", Ctx], Awaitable["dict[str, Any] | None"]]
@@ -241,7 +242,7 @@ class Choreography:
                                     "data": {k: v for k, v in out.items() if k != "pause_ms"}})
             if report["pause_ms"] > self.budget_ms:
                 return await self._fail(run, ctx, done, report,
-                                        f"pause budget exceeded after step {step.name!r}: "
+                                        f"{OVER_BUDGET} after step {step.name!r}: "
                                         f"{report['pause_ms']:.1f} ms > {self.budget_ms:g} ms")
         if self.on_commit is not None:
             self.on_commit({**ctx, "choreography": cid})

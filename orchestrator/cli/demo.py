@@ -43,6 +43,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import flowaudit, report, swarm
+from orchestrator.choreographies.base import OVER_BUDGET
 from orchestrator.cli import cluster
 from orchestrator.cli import trace as trace_cli
 from orchestrator.cli.common import Json, RunDir, console, emit_json, err_console, fail
@@ -134,7 +135,7 @@ class Demo:
                 data = await self.ctl(kind, body)
                 break
             except RemoteError as exc:
-                if "pause budget exceeded" not in str(exc) or time.monotonic() >= deadline:
+                if OVER_BUDGET not in str(exc) or time.monotonic() >= deadline:
                     raise
                 self.over_budget.append({"phase": what, "error": str(exc)[:300]})
                 self.say(f"{what}: rolled back over its pause budget ({exc}); again")
