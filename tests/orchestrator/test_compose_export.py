@@ -5,6 +5,7 @@ import json
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,12 @@ def test_healthcheck_pings_the_inbox(tmp_path):
         srv.listen()
         conf.write_text(json.dumps({"endpoint": f"tcp://127.0.0.1:{srv.getsockname()[1]}"}))
         assert health(str(conf)) == 0
+
+
+def test_the_image_source_digest_covers_every_package_the_project_installs():
+    """`swarm.PACKAGES` (what an image's `org.hwemu.source` label digests) is the project's package list
+    (pyproject.toml): a package left out would change in an image without the label saying so."""
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(p.removesuffix("*") for p in include) == sorted(swarm.PACKAGES)
+    digest = swarm.source_digest()
+    assert len(digest) == 16 and digest == swarm.source_digest()
